@@ -1,0 +1,229 @@
+//! The frame model: one enum shared by the binary and the JSON encodings.
+
+use bytes::Bytes;
+
+use crate::Code;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Default largest frame (length prefix excluded) a peer accepts, in bytes.
+pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
+
+/// One protocol frame: a request id and an op-specific body.
+///
+/// The request id pairs replies with requests on a full-duplex connection: a reply (`connected`,
+/// `pong`, `error`) carries the id of the request it answers. Frames the server sends on its own
+/// (`push`, `disconnect`) carry id 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub id: u32,
+    pub body: Body,
+}
+
+impl Frame {
+    pub fn new(id: u32, body: impl Into<Body>) -> Self {
+        Frame {
+            id,
+            body: body.into(),
+        }
+    }
+
+    pub fn op(&self) -> Op {
+        self.body.op()
+    }
+}
+
+/// The op of a frame, with its number in the binary encoding and its name in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    Connect = 1,
+    Connected = 2,
+    Ping = 3,
+    Pong = 4,
+    Push = 5,
+    Ack = 6,
+    Error = 7,
+    Disconnect = 8,
+}
+
+impl Op {
+    pub const ALL: [Op; 8] = [
+        Op::Connect,
+        Op::Connected,
+        Op::Ping,
+        Op::Pong,
+        Op::Push,
+        Op::Ack,
+        Op::Error,
+        Op::Disconnect,
+    ];
+
+    pub fn from_u8(n: u8) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| *op as u8 == n)
+    }
+
+    /// The op's name in the JSON encoding (`"connect"`, `"push"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Connect => "connect",
+            Op::Connected => "connected",
+            Op::Ping => "ping",
+            Op::Pong => "pong",
+            Op::Push => "push",
+            Op::Ack => "ack",
+            Op::Error => "error",
+            Op::Disconnect => "disconnect",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// The op-specific part of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Connect(Connect),
+    Connected(Connected),
+    Ping,
+    Pong,
+    Push(Push),
+    Ack(Ack),
+    Error(ErrorBody),
+    Disconnect(Disconnect),
+}
+
+impl Body {
+    pub fn op(&self) -> Op {
+        match self {
+            Body::Connect(_) => Op::Connect,
+            Body::Connected(_) => Op::Connected,
+            Body::Ping => Op::Ping,
+            Body::Pong => Op::Pong,
+            Body::Push(_) => Op::Push,
+            Body::Ack(_) => Op::Ack,
+            Body::Error(_) => Op::Error,
+            Body::Disconnect(_) => Op::Disconnect,
+        }
+    }
+}
+
+/// Client -> server, first frame: protocol version, device, bindings, heartbeat proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// The protocol version the client speaks.
+    pub version: u8,
+    /// A client-chosen id, stable across reconnects of the same install.
+    pub device: String,
+    /// The heartbeat interval the client proposes, in milliseconds (0: no preference).
+    pub heartbeat_ms: u32,
+    /// One or more (app, token) pairs; each token names the user.
+    pub bindings: Vec<Binding>,
+}
+
+/// A request to bind the connection to an app as the user named by the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub app: String,
+    /// JWT HS256 signed with the app's secret; `sub` is the user id.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding")
+            .field("app", &self.app)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Server -> client, reply to `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The connection's id on its node.
+    pub conn_id: u64,
+    /// The node holding the connection.
+    pub node: String,
+    /// The negotiated heartbeat interval in milliseconds: the client sends a frame (a `ping` if
+    /// it has nothing else to say) at least this often.
+    pub heartbeat_ms: u32,
+    /// The largest frame the server accepts, length prefix excluded.
+    pub max_frame: u32,
+    /// The bindings accepted, in the order requested.
+    pub bindings: Vec<Bound>,
+}
+
+/// An accepted binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub app: String,
+    pub user: String,
+}
+
+/// How a push payload should be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PayloadKind {
+    /// Opaque bytes (JSON encoding: base64 in `payload_base64`).
+    Binary = 0,
+    /// UTF-8 JSON text (JSON encoding: embedded as-is in `payload`).
+    Json = 1,
+}
+
+/// Server -> client: a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub app: String,
+    /// Unique message id (JSON: a decimal string, since it may exceed 2^53).
+    pub msg_id: u64,
+    /// Inbox sequence number for durable messages, 0 for transient ones.
+    pub seq: u64,
+    /// 0 transient, 1 durable.
+    pub qos: u8,
+    /// When the message was accepted, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+}
+
+/// Client -> server: "I have everything up to `seq` in this app's inbox" (cumulative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub app: String,
+    pub seq: u64,
+}
+
+/// Server -> client: a request failed (request-error codes, 43xx); the connection stays open.
+/// Closes are announced with [`Disconnect`], never with this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: Code,
+    pub message: String,
+}
+
+/// Either side: the connection is about to close, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub code: Code,
+    /// Human-readable detail; never needed to decide what to do (the code's group says that).
+    pub reason: String,
+    /// Wait at least this long before reconnecting, in milliseconds; the server spreads these
+    /// during a shutdown or drain so clients do not all come back in the same second.
+    pub retry_after_ms: u32,
+}
+
+macro_rules! into_body {
+    ($($ty:ident => $variant:ident),*) => {
+        $(impl From<$ty> for Body {
+            fn from(b: $ty) -> Body {
+                Body::$variant(b)
+            }
+        })*
+    };
+}
+
+into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect);
