@@ -1,0 +1,33 @@
+//! tether's domain model and the seams between roles.
+//!
+//! # Layout
+//!
+//! - [`id`]: newtype ids (`AppId`, `UserId`, `DeviceId`, `ConnId`, `NodeId`, `MessageId`) and
+//!   the message id generator.
+//! - [`auth`]: client tokens (JWT HS256): minting and verification.
+//! - [`message`]: [`Outgoing`], a message encoded at most once per encoding and shared by every
+//!   recipient.
+//! - [`registry`]: the registry seam (who is connected where) and its in-memory backend.
+//! - [`router`]: the router seam (carry a delivery to the node holding a connection) and its
+//!   in-memory, single-node backend.
+//! - [`contract`]: the contract test suites every backend of a seam must pass.
+
+pub mod auth;
+pub mod contract;
+pub mod id;
+pub mod message;
+pub mod registry;
+pub mod router;
+
+pub use id::*;
+pub use message::Outgoing;
+pub use registry::{MemoryRegistry, Registry, RegistryError, Session, Transport};
+pub use router::{LocalSink, MemoryRouter, Router, RouterError};
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,158 @@
+//! The registry seam: who is connected, on which node, connection and device.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{AppId, ConnId, DeviceId, NodeId, UserId};
+
+/// How a connection reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Ws,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+/// One binding of one connection: (app, user) on a connection of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub app: AppId,
+    pub user: UserId,
+    pub node: NodeId,
+    pub conn: ConnId,
+    pub device: DeviceId,
+    pub transport: Transport,
+    /// When the connection completed its handshake, ms since the epoch.
+    pub connected_at_ms: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend cannot be reached; the caller may retry.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Who is connected where.
+///
+/// A session is keyed by (app, user, node, conn): one connection with bindings for two apps has
+/// two sessions. Backends: [`MemoryRegistry`] (one node); Redis lands with the cluster mode.
+#[async_trait]
+pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
+    /// Records a session. Registering the same (app, user, node, conn) again replaces it.
+    ///
+    /// Guarantee: once this returns `Ok`, [`Registry::sessions`] on any node sees the session.
+    async fn register(&self, session: Session) -> Result<(), RegistryError>;
+
+    /// Forgets the session (app, user, node, conn). Unknown sessions are ignored.
+    async fn unregister(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        node: &NodeId,
+        conn: ConnId,
+    ) -> Result<(), RegistryError>;
+
+    /// Every session of each of `users` in `app`, in no particular order. Users with no
+    /// session contribute nothing.
+    async fn sessions(&self, app: &AppId, users: &[UserId]) -> Result<Vec<Session>, RegistryError>;
+
+    /// How many sessions `app` has across all nodes.
+    async fn app_session_count(&self, app: &AppId) -> Result<u64, RegistryError>;
+}
+
+type UserKey = (AppId, UserId);
+
+/// The in-memory registry: exact and immediate, for one node.
+///
+/// # Invariants
+/// No key maps to an empty vector (the last unregister removes the key), so memory follows
+/// the number of sessions, not the number of users ever seen.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    users: RwLock<HashMap<UserKey, Vec<Session>>>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(&self, session: Session) -> Result<(), RegistryError> {
+        let key = (session.app.clone(), session.user.clone());
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        let list = users.entry(key).or_default();
+        match list
+            .iter_mut()
+            .find(|s| s.conn == session.conn && s.node == session.node)
+        {
+            Some(existing) => *existing = session,
+            None => list.push(session),
+        }
+        Ok(())
+    }
+
+    async fn unregister(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        node: &NodeId,
+        conn: ConnId,
+    ) -> Result<(), RegistryError> {
+        let key = (app.clone(), user.clone());
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = users.get_mut(&key) {
+            list.retain(|s| !(s.conn == conn && &s.node == node));
+            if list.is_empty() {
+                users.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sessions(&self, app: &AppId, users: &[UserId]) -> Result<Vec<Session>, RegistryError> {
+        let map = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for user in users {
+            // Building the key clones two strings; cheaper than a borrowed-key map for now.
+            if let Some(list) = map.get(&(app.clone(), user.clone())) {
+                out.extend(list.iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn app_session_count(&self, app: &AppId) -> Result<u64, RegistryError> {
+        let map = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Ok(map
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .map(|(_, list)| list.len() as u64)
+            .sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_registry_passes_the_contract() {
+        crate::contract::registry_contract(&MemoryRegistry::new()).await;
+    }
+}
