@@ -1,0 +1,339 @@
+//! The HTTP API for business servers, plus health and metrics.
+//!
+//! Every `/v1/apps/{app}/...` route needs `Authorization: Bearer <api key>`: no key or an
+//! unknown one answers 401, another app's key answers 403. Errors are JSON:
+//! `{"error": "...", "code": "..."}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tether_core::{
+    AppId, ConnId, MessageIdGen, NodeId, Outgoing, Registry, Session, UserId, validate_id,
+};
+use tether_proto::{Code, PayloadKind, Push};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Shared state of the API role.
+#[derive(Debug)]
+pub struct Api {
+    /// API key -> app.
+    keys: HashMap<String, AppId>,
+    registry: Arc<dyn Registry>,
+    router: Arc<dyn tether_core::Router>,
+    ids: MessageIdGen,
+    metrics: Metrics,
+    max_payload: usize,
+    max_users: usize,
+    body_limit: usize,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl Api {
+    pub fn new(
+        config: &Config,
+        registry: Arc<dyn Registry>,
+        router: Arc<dyn tether_core::Router>,
+        metrics: Metrics,
+    ) -> Self {
+        Api {
+            keys: config
+                .apps
+                .iter()
+                .map(|a| (a.api_key.expose().to_owned(), a.id.clone()))
+                .collect(),
+            registry,
+            router,
+            ids: MessageIdGen::new(node_number(&config.node.id)),
+            metrics,
+            max_payload: config.limits.max_payload,
+            max_users: config.limits.max_push_users,
+            body_limit: config.limits.api_body_bytes,
+            prometheus: crate::metrics::prometheus(),
+        }
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.body_limit;
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics))
+            .route("/v1/apps/{app}/push", post(push))
+            .route("/v1/apps/{app}/users/{user}/presence", get(presence))
+            .route("/v1/apps/{app}/users/{user}/kick", post(kick))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    /// Checks the bearer key against `app`.
+    fn authorize(&self, headers: &HeaderMap, app: &str) -> Result<AppId, ApiError> {
+        let key = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing Authorization: Bearer <api key>",
+                )
+            })?;
+        // A HashMap lookup is not constant-time, but it only reveals whether some key exists
+        // with a given hash bucket, not its bytes; keys are long and random.
+        match self.keys.get(key.trim()) {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown API key",
+            )),
+            Some(owner) if owner.as_str() != app => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this API key belongs to another app",
+            )),
+            Some(owner) => Ok(owner.clone()),
+        }
+    }
+}
+
+/// The 10-bit node number in message ids, derived from the node id.
+fn node_number(id: &str) -> u16 {
+    // FNV-1a: stable across runs and platforms, unlike the std hasher.
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (hash & 0x3ff) as u16
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unavailable(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            message.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "code": self.code })),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let status = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, "bad_request", e.body_text())
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.prometheus.render(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    users: Vec<String>,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    qos: u8,
+}
+
+async fn push(
+    State(api): State<Arc<Api>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<PushRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let app = api.authorize(&headers, &app)?;
+    let Json(req) = body?;
+    match req.qos {
+        0 => {}
+        1 => {
+            return Err(ApiError::bad_request(
+                "qos 1 (durable delivery) is not available in this version yet; use qos 0",
+            ));
+        }
+        n => {
+            return Err(ApiError::bad_request(format!(
+                "qos must be 0 or 1, not {n}"
+            )));
+        }
+    }
+    if req.users.is_empty() || req.users.len() > api.max_users {
+        return Err(ApiError::bad_request(format!(
+            "users must list 1 to {} users",
+            api.max_users
+        )));
+    }
+    let mut users = Vec::with_capacity(req.users.len());
+    for user in req.users {
+        validate_id("user", &user).map_err(ApiError::bad_request)?;
+        users.push(UserId::new(user));
+    }
+    users.sort_unstable();
+    users.dedup();
+    let (kind, payload) = match (req.payload, req.payload_base64) {
+        (Some(json), None) => (PayloadKind::Json, Bytes::from(json.get().to_owned())),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?;
+            (PayloadKind::Binary, Bytes::from(bytes))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of payload (any JSON) or payload_base64",
+            ));
+        }
+    };
+    if payload.len() > api.max_payload {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "payload is {} bytes; the limit is {}",
+                payload.len(),
+                api.max_payload
+            ),
+        ));
+    }
+    let id = api.ids.next();
+    let msg = Arc::new(Outgoing::new(Push {
+        app: app.to_string(),
+        msg_id: id.0,
+        seq: 0,
+        qos: 0,
+        created_ms: tether_core::now_ms(),
+        kind,
+        payload,
+    }));
+    let sessions = api
+        .registry
+        .sessions(&app, &users)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let mut reached = 0;
+    for (node, conns) in by_node(sessions) {
+        match api.router.deliver(&node, &conns, msg.clone()).await {
+            Ok(n) => reached += n,
+            // Transient messages are best effort: a node that cannot be reached is skipped.
+            Err(e) => tracing::warn!(%node, error = %e, "push not routed"),
+        }
+    }
+    api.metrics.push(0);
+    Ok(Json(json!({ "id": id, "connections": reached })))
+}
+
+/// The connection ids of `sessions`, grouped by the node that holds them.
+fn by_node(sessions: Vec<Session>) -> HashMap<NodeId, Vec<ConnId>> {
+    let mut nodes: HashMap<NodeId, Vec<ConnId>> = HashMap::new();
+    for s in sessions {
+        nodes.entry(s.node).or_default().push(s.conn);
+    }
+    nodes
+}
+
+async fn presence(
+    State(api): State<Arc<Api>>,
+    Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let app = api.authorize(&headers, &app)?;
+    validate_id("user", &user).map_err(ApiError::bad_request)?;
+    let user = UserId::new(user);
+    let mut sessions = api
+        .registry
+        .sessions(&app, std::slice::from_ref(&user))
+        .await
+        .map_err(ApiError::unavailable)?;
+    sessions.sort_by_key(|s| s.connected_at_ms);
+    let connections: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "node": s.node,
+                "conn": s.conn,
+                "device": s.device,
+                "transport": s.transport,
+                "connected_at_ms": s.connected_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "app": app,
+        "user": user,
+        "online": !connections.is_empty(),
+        "connections": connections,
+    })))
+}
+
+async fn kick(
+    State(api): State<Arc<Api>>,
+    Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let app = api.authorize(&headers, &app)?;
+    validate_id("user", &user).map_err(ApiError::bad_request)?;
+    let sessions = api
+        .registry
+        .sessions(&app, &[UserId::new(user)])
+        .await
+        .map_err(ApiError::unavailable)?;
+    let mut kicked = 0;
+    for (node, conns) in by_node(sessions) {
+        kicked += api
+            .router
+            .disconnect(&node, &conns, Code::KICKED, "kicked by the application")
+            .await
+            .map_err(ApiError::unavailable)?;
+    }
+    Ok(Json(json!({ "kicked": kicked })))
+}

@@ -1,0 +1,563 @@
+//! Configuration: one typed tree, defaults in code, TOML file, environment overrides, validated
+//! before start with every problem reported at once.
+//!
+//! Environment overrides: `TETHER_<SECTION>__<KEY>=value`, e.g. `TETHER_LISTEN__TCP=0.0.0.0:7400`
+//! or `TETHER_LIMITS__MAX_CONNECTIONS=50000`. The value is read as a TOML value when it parses
+//! as one (numbers, booleans) and as a string otherwise.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use tether_core::{AppId, validate_id};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    pub limits: Limits,
+    pub gateway: GatewayConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id, unique in a cluster.
+    pub id: String,
+    /// Where the node keeps its state (the generated demo app; the durable store later).
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Raw TCP, binary frames. Empty string: disabled.
+    pub tcp: String,
+    /// WebSocket (`/ws`), binary or JSON frames. Empty string: disabled.
+    pub ws: String,
+    /// HTTP API, health and metrics.
+    pub http: String,
+    /// Set SO_REUSEPORT so that several processes can share the gateway ports.
+    pub reuse_port: bool,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open gateway connections on this node (handshaking ones included).
+    pub max_connections: usize,
+    /// Open gateway connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Largest frame a client may send, length prefix excluded.
+    pub max_frame: u32,
+    /// Largest push payload accepted by the API, in bytes.
+    pub max_payload: usize,
+    /// Bindings in one `connect`.
+    pub max_bindings: usize,
+    /// Bytes queued for one connection before it is disconnected as slow.
+    pub outbound_queue_bytes: usize,
+    /// Users in one push request.
+    pub max_push_users: usize,
+    /// Largest API request body, in bytes.
+    pub api_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Time a new connection has to send `connect`.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// The heartbeat interval used when the client proposes none.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_default: Duration,
+    /// Client proposals are clamped to [heartbeat_min, heartbeat_max].
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_min: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_max: Duration,
+    /// A connection silent for this many intervals is closed.
+    pub heartbeat_missed: u32,
+    /// A write that makes no progress for this long marks the client slow.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// Clock skew tolerated on token expiry.
+    #[serde(deserialize_with = "duration")]
+    pub token_leeway: Duration,
+    /// On shutdown, clients are told to come back at a random point within this window.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_spread: Duration,
+    /// On shutdown, the node exits after at most this long.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: AppId,
+    /// Signs client tokens (JWT HS256).
+    pub secret: Secret,
+    /// Authenticates the business server on the HTTP API.
+    pub api_key: Secret,
+}
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "tether-1".into(),
+            data_dir: PathBuf::from("tether-data"),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            tcp: "127.0.0.1:7400".into(),
+            ws: "127.0.0.1:7401".into(),
+            http: "127.0.0.1:7480".into(),
+            reuse_port: false,
+            backlog: 4096,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_connections_per_ip: 100_000,
+            max_frame: tether_proto::DEFAULT_MAX_FRAME,
+            max_payload: 32 * 1024,
+            max_bindings: 8,
+            outbound_queue_bytes: 256 * 1024,
+            max_push_users: 1000,
+            api_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_default: Duration::from_secs(25),
+            heartbeat_min: Duration::from_secs(5),
+            heartbeat_max: Duration::from_secs(120),
+            heartbeat_missed: 3,
+            write_timeout: Duration::from_secs(10),
+            token_leeway: Duration::from_secs(30),
+            shutdown_spread: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything wrong with a configuration, one problem per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies `TETHER_*` environment overrides,
+    /// and validates. Does not touch the data directory; see [`Config::with_demo_app`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(vec![e.message().to_owned()]))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document with no environment overrides (for tests and examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError(vec![e.message().to_owned()]))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = validate_id("node.id", &self.node.id) {
+            problems.push(e);
+        }
+        for (name, value, optional) in [
+            ("listen.tcp", &self.listen.tcp, true),
+            ("listen.ws", &self.listen.ws, true),
+            ("listen.http", &self.listen.http, false),
+        ] {
+            if value.is_empty() && optional {
+                continue;
+            }
+            if value.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{name}: {value:?} is not an address like 127.0.0.1:7400"
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            problems.push("limits.max_connections must be at least 1".into());
+        }
+        if l.max_connections_per_ip == 0 {
+            problems.push("limits.max_connections_per_ip must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_frame) {
+            problems.push("limits.max_frame must be between 1024 and 16777216".into());
+        }
+        // A push frame carries the payload plus its header, app id and fixed fields.
+        let overhead = 12 + 2 + tether_core::MAX_ID_LEN + 8 * 3 + 2;
+        if l.max_payload == 0 || l.max_payload + overhead > l.max_frame as usize {
+            problems.push(format!(
+                "limits.max_payload must be at least 1 and at most limits.max_frame - {overhead}"
+            ));
+        }
+        if l.max_bindings == 0 || l.max_bindings > 64 {
+            problems.push("limits.max_bindings must be between 1 and 64".into());
+        }
+        if l.outbound_queue_bytes < l.max_frame as usize {
+            problems.push("limits.outbound_queue_bytes must be at least limits.max_frame".into());
+        }
+        if l.max_push_users == 0 {
+            problems.push("limits.max_push_users must be at least 1".into());
+        }
+        if l.api_body_bytes < l.max_payload * 2 {
+            problems.push("limits.api_body_bytes must be at least twice limits.max_payload".into());
+        }
+        let g = &self.gateway;
+        if g.heartbeat_min.is_zero() || g.heartbeat_min > g.heartbeat_max {
+            problems
+                .push("gateway.heartbeat_min must be non-zero and at most heartbeat_max".into());
+        }
+        if g.heartbeat_default < g.heartbeat_min || g.heartbeat_default > g.heartbeat_max {
+            problems.push(
+                "gateway.heartbeat_default must lie within [heartbeat_min, heartbeat_max]".into(),
+            );
+        }
+        if g.heartbeat_max > Duration::from_secs(3600) {
+            problems.push("gateway.heartbeat_max must be at most 1h".into());
+        }
+        if g.heartbeat_missed == 0 {
+            problems.push("gateway.heartbeat_missed must be at least 1".into());
+        }
+        for (name, d) in [
+            ("gateway.handshake_timeout", g.handshake_timeout),
+            ("gateway.write_timeout", g.write_timeout),
+            ("gateway.shutdown_grace", g.shutdown_grace),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("{name} must be non-zero"));
+            }
+        }
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if let Err(e) = validate_id("app id", app.id.as_str()) {
+                problems.push(format!("apps[{i}].id: {e}"));
+            }
+            if !ids.insert(app.id.as_str()) {
+                problems.push(format!("apps[{i}].id {:?} appears twice", app.id.as_str()));
+            }
+            if app.secret.expose().len() < 16 {
+                problems.push(format!("apps[{i}].secret must be at least 16 characters"));
+            }
+            if app.api_key.expose().len() < 16 {
+                problems.push(format!("apps[{i}].api_key must be at least 16 characters"));
+            }
+            if !keys.insert(app.api_key.expose()) {
+                problems.push(format!("apps[{i}].api_key is used by another app"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// When no app is configured, adds the `demo` app, whose secret and API key are generated
+    /// on first use and kept in `<data_dir>/demo-app.toml`. Returns the app when it was added
+    /// (so that the caller can print it).
+    pub fn with_demo_app(&mut self) -> anyhow::Result<Option<AppConfig>> {
+        if !self.apps.is_empty() {
+            return Ok(None);
+        }
+        let path = self.node.data_dir.join("demo-app.toml");
+        let app = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<AppConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let app = AppConfig {
+                    id: AppId::from("demo"),
+                    secret: Secret::new(random_hex(32)),
+                    api_key: Secret::new(format!("tk_{}", random_hex(24))),
+                };
+                std::fs::create_dir_all(&self.node.data_dir)?;
+                let text = format!(
+                    "# Generated on first start because no app is configured. Delete to regenerate.\n\
+                     id = \"demo\"\nsecret = \"{}\"\napi_key = \"{}\"\n",
+                    app.secret.expose(),
+                    app.api_key.expose()
+                );
+                write_private(&path, &text)?;
+                app
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        self.apps.push(app.clone());
+        self.validate()?;
+        Ok(Some(app))
+    }
+
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id.as_str() == id)
+    }
+
+    /// A configuration for tests: every listener on 127.0.0.1 port 0, one app `demo` with a
+    /// fixed secret and key, a data directory under the system's temp dir.
+    pub fn for_tests() -> Config {
+        let mut config = Config::default();
+        config.listen.tcp = "127.0.0.1:0".into();
+        config.listen.ws = "127.0.0.1:0".into();
+        config.listen.http = "127.0.0.1:0".into();
+        config.node.data_dir = std::env::temp_dir().join("tether-tests");
+        config.apps.push(AppConfig {
+            id: AppId::from("demo"),
+            secret: Secret::new("demo-secret-0123456789"),
+            api_key: Secret::new("demo-api-key-0123456789"),
+        });
+        config
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for (key, value) in env {
+        let Some(path) = key.strip_prefix("TETHER_") else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if parts.len() != 2 || parts.iter().any(String::is_empty) {
+            // TETHER_CONFIG and similar are CLI variables, not overrides.
+            if path.contains("__") {
+                problems.push(format!("{key}: expected TETHER_<SECTION>__<KEY>"));
+            }
+            continue;
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let section = table
+            .entry(parts[0].clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section.as_table_mut() {
+            Some(section) => {
+                section.insert(parts[1].clone(), parsed);
+            }
+            None => problems.push(format!("{key}: [{}] is not a section", parts[0])),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(problems))
+    }
+}
+
+/// Reads "250ms", "10s", "5m", "1h" (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 250ms, 5m or 1h"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m or h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A commented example configuration, printed by `tether config example`.
+pub const EXAMPLE: &str = include_str!("../../../docs/tether.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_is_valid() {
+        let config = Config::from_toml(EXAMPLE).expect("docs/tether.example.toml must be valid");
+        assert!(!config.apps.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::from_toml(
+            r#"
+            [listen]
+            tcp = "nowhere"
+            [gateway]
+            heartbeat_min = "10s"
+            heartbeat_max = "5s"
+            [[apps]]
+            id = "a"
+            secret = "short"
+            api_key = "short"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in ["listen.tcp", "heartbeat_min", "secret", "api_key"] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(Config::from_toml("[limits]\nmax_conections = 5\n").is_err());
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_typed() {
+        let env = [
+            (
+                "TETHER_LIMITS__MAX_CONNECTIONS".to_string(),
+                "42".to_string(),
+            ),
+            ("TETHER_LISTEN__TCP".to_string(), "0.0.0.0:9000".to_string()),
+            (
+                "TETHER_GATEWAY__HANDSHAKE_TIMEOUT".to_string(),
+                "3s".to_string(),
+            ),
+            ("TETHER_CONFIG".to_string(), "ignored.toml".to_string()),
+        ];
+        let config = Config::load_with_env(None, env).unwrap();
+        assert_eq!(config.limits.max_connections, 42);
+        assert_eq!(config.listen.tcp, "0.0.0.0:9000");
+        assert_eq!(config.gateway.handshake_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config::for_tests();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("demo-secret"));
+        assert!(!debug.contains("demo-api-key"));
+    }
+
+    #[test]
+    fn the_demo_app_is_generated_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("tether-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut first = Config::default();
+        first.node.data_dir = dir.clone();
+        let app = first.with_demo_app().unwrap().unwrap();
+        let mut second = Config::default();
+        second.node.data_dir = dir.clone();
+        let again = second.with_demo_app().unwrap().unwrap();
+        assert_eq!(app.secret, again.secret);
+        assert_eq!(app.api_key, again.api_key);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

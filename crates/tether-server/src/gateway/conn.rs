@@ -1,0 +1,414 @@
+//! One connection's life: handshake, then reading frames, writing what is queued, and
+//! watching the heartbeat, until someone closes it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether_core::{AppId, DeviceId, Session, auth, validate_id};
+use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
+use tokio::time::timeout;
+use tracing::debug;
+
+use super::Gateway;
+use super::table::{Close, ConnHandle, NewConn};
+use super::wire::Wire;
+
+/// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one accepted connection to the end.
+///
+/// # Memory
+/// This future is the largest per-connection allocation, so what it holds while idle is kept
+/// small: the handshake, the writes and the goodbye are boxed, so that their state is
+/// allocated only while they run rather than reserved for the connection's whole life.
+pub(crate) async fn serve<W: Wire>(mut wire: W, gw: Arc<Gateway>) {
+    let Some(conn) = Box::pin(establish(&mut wire, &gw)).await else {
+        return;
+    };
+    let outcome = run(&mut wire, &gw, &conn).await;
+    gw.metrics.disconnect(outcome);
+    gw.metrics
+        .transport(conn.transport)
+        .connections
+        .decrement(1.0);
+    Box::pin(forget(&gw, &conn)).await;
+}
+
+/// Handshake, registration, `connected`. Returns the connection, or `None` when it was refused
+/// or lost (and everything is cleaned up).
+async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle>> {
+    let (id, accepted) = handshake(wire, gw).await?;
+    let conn = Arc::new(ConnHandle::new(NewConn {
+        id: gw.table.next_id(),
+        transport: wire.transport(),
+        encoding: wire.encoding(),
+        device: accepted.device,
+        bindings: accepted.bindings,
+        queue_limit: gw.limits.outbound_queue_bytes,
+        idle_limit: accepted.heartbeat * gw.config.heartbeat_missed,
+        now_ms: gw.clock_ms(),
+    }));
+    // Visible to pushes from here on; they queue behind `connected`.
+    gw.table.insert(conn.clone());
+    // A shutdown that began before the insert did not see this connection: close it here.
+    // One that begins after it will (the table's lock orders the two).
+    if gw.shutdown.is_cancelled() {
+        conn.close(Close {
+            code: Code::SHUTDOWN,
+            reason: "server shutting down".into(),
+            retry_after_ms: 0,
+            flush: true,
+        });
+    }
+    for (app, user) in &conn.bindings {
+        let session = Session {
+            app: app.clone(),
+            user: user.clone(),
+            node: gw.node.clone(),
+            conn: conn.id,
+            device: conn.device.clone(),
+            transport: conn.transport,
+            connected_at_ms: conn.connected_at_ms,
+        };
+        if let Err(e) = gw.registry.register(session).await {
+            tracing::warn!(error = %e, "cannot register session");
+            let close = Close {
+                code: Code::INTERNAL,
+                reason: "registry unavailable".into(),
+                retry_after_ms: 1000,
+                flush: false,
+            };
+            goodbye(wire, &close).await;
+            gw.metrics.disconnect(Some(Code::INTERNAL));
+            forget(gw, &conn).await;
+            return None;
+        }
+    }
+    gw.metrics
+        .transport(conn.transport)
+        .connections
+        .increment(1.0);
+    gw.metrics.handshakes_ok.increment(1);
+    let reply = Frame::new(
+        id,
+        Connected {
+            conn_id: conn.id.0,
+            node: gw.node.to_string(),
+            heartbeat_ms: accepted.heartbeat.as_millis() as u32,
+            max_frame: gw.limits.max_frame,
+            bindings: conn
+                .bindings
+                .iter()
+                .map(|(app, user)| Bound {
+                    app: app.to_string(),
+                    user: user.to_string(),
+                })
+                .collect(),
+        },
+    );
+    let mut pending = VecDeque::from([conn.encoding.encode(&reply)]);
+    if let Ok(Ok(_)) = timeout(gw.config.write_timeout, wire.send(&mut pending)).await {
+        return Some(conn);
+    }
+    gw.metrics.disconnect(None);
+    gw.metrics
+        .transport(conn.transport)
+        .connections
+        .decrement(1.0);
+    forget(gw, &conn).await;
+    None
+}
+
+/// Waits for the `connect` frame and checks it. `None`: the connection was refused (and told
+/// why) or went away.
+async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted)> {
+    let first = tokio::select! {
+        biased;
+        () = gw.shutdown.cancelled() => {
+            reject(wire, gw, Code::SHUTDOWN, "server shutting down").await;
+            return None;
+        }
+        r = timeout(gw.config.handshake_timeout, wire.recv()) => r,
+    };
+    let (id, connect) = match first {
+        Err(_) => {
+            let reason = "no connect frame within the handshake timeout";
+            reject(wire, gw, Code::HANDSHAKE_TIMEOUT, reason).await;
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            let code = e.code().unwrap_or(Code::PROTOCOL);
+            reject(wire, gw, code, &e.to_string()).await;
+            return None;
+        }
+        Ok(Ok(Some(Frame {
+            id,
+            body: Body::Connect(connect),
+        }))) => (id, connect),
+        Ok(Ok(Some(frame))) => {
+            let reason = format!("the first frame must be connect, not {}", frame.op().name());
+            reject(wire, gw, Code::EXPECTED_CONNECT, &reason).await;
+            return None;
+        }
+    };
+    match accept(gw, connect) {
+        Ok(accepted) => Some((id, accepted)),
+        Err((code, reason)) => {
+            reject(wire, gw, code, &reason).await;
+            None
+        }
+    }
+}
+
+struct Accepted {
+    device: DeviceId,
+    bindings: Vec<(AppId, tether_core::UserId)>,
+    heartbeat: Duration,
+}
+
+/// Checks a `connect`: version, device, every binding's app and token, the heartbeat.
+fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
+    if connect.version != PROTOCOL_VERSION {
+        return Err((
+            Code::UNSUPPORTED_VERSION,
+            format!(
+                "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
+                connect.version
+            ),
+        ));
+    }
+    validate_id("device", &connect.device).map_err(|e| (Code::PROTOCOL, e))?;
+    let n = connect.bindings.len();
+    if n == 0 || n > gw.limits.max_bindings {
+        return Err((
+            Code::BAD_BINDINGS,
+            format!(
+                "a connect needs 1 to {} bindings, not {n}",
+                gw.limits.max_bindings
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut bindings = Vec::with_capacity(n);
+    for binding in connect.bindings {
+        if !seen.insert(binding.app.clone()) {
+            return Err((
+                Code::BAD_BINDINGS,
+                format!("app {:?} is bound twice", binding.app),
+            ));
+        }
+        // The configured id is shared by every connection of the app (an `Arc<str>`).
+        let Some((app, secret)) = gw.apps.get_key_value(binding.app.as_str()) else {
+            return Err((Code::UNKNOWN_APP, format!("unknown app {:?}", binding.app)));
+        };
+        let app = app.clone();
+        let user = auth::verify(
+            secret.as_bytes(),
+            &app,
+            &binding.token,
+            gw.config.token_leeway,
+        )
+        .map_err(|e| match e {
+            auth::TokenError::Expired => {
+                (Code::TOKEN_EXPIRED, format!("token for app {app} expired"))
+            }
+            auth::TokenError::Invalid(why) => {
+                (Code::BAD_TOKEN, format!("token for app {app}: {why}"))
+            }
+        })?;
+        bindings.push((app, user));
+    }
+    let proposed = Duration::from_millis(u64::from(connect.heartbeat_ms));
+    let heartbeat = if proposed.is_zero() {
+        gw.config.heartbeat_default
+    } else {
+        proposed.clamp(gw.config.heartbeat_min, gw.config.heartbeat_max)
+    };
+    Ok(Accepted {
+        device: DeviceId::new(connect.device),
+        bindings,
+        heartbeat,
+    })
+}
+
+/// The connected state. Returns the code the connection closed with (`None`: the peer left).
+///
+/// Heartbeats are watched by [`Gateway::sweep_heartbeats`], which closes a silent connection
+/// through its queue like any other close.
+async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<Code> {
+    let metrics = gw.metrics.transport(conn.transport);
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.notified() => {
+                let close = conn.take(&mut pending);
+                if !pending.is_empty() {
+                    let frames = pending.len() as u64;
+                    let sent = Box::pin(timeout(gw.config.write_timeout, wire.send(&mut pending)));
+                    match sent.await {
+                        Ok(Ok(n)) => {
+                            conn.written(n);
+                            metrics.frames_out.increment(frames);
+                            metrics.bytes_out.increment(n as u64);
+                        }
+                        Ok(Err(_)) => return None,
+                        Err(_) => {
+                            let close = Close {
+                                code: Code::SLOW,
+                                reason: "writes stalled".into(),
+                                retry_after_ms: 0,
+                                flush: false,
+                            };
+                            Box::pin(goodbye(wire, &close)).await;
+                            return Some(Code::SLOW);
+                        }
+                    }
+                }
+                if let Some(close) = close {
+                    Box::pin(goodbye(wire, &close)).await;
+                    return Some(close.code);
+                }
+            }
+            received = wire.recv() => {
+                let frame = match received {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        let code = e.code()?;
+                        let close = Close { code, reason: e.to_string(), retry_after_ms: 0, flush: false };
+                        Box::pin(goodbye(wire, &close)).await;
+                        return Some(code);
+                    }
+                };
+                conn.seen(gw.clock_ms());
+                metrics.frames_in.increment(1);
+                if let Some(close) = handle(conn, frame) {
+                    // Closing on the client's account: what is queued is still written.
+                    conn.close(close);
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one frame from a connected client. Returns a close request for frames that end the
+/// connection.
+fn handle(conn: &ConnHandle, frame: Frame) -> Option<Close> {
+    let reply = |body: Body| conn.encoding.encode(&Frame { id: frame.id, body });
+    let close = |code: Code, reason: String| Close {
+        code,
+        reason,
+        retry_after_ms: 0,
+        flush: true,
+    };
+    match frame.body {
+        Body::Ping => {
+            conn.enqueue(reply(Body::Pong));
+            None
+        }
+        Body::Pong => None,
+        Body::Ack(ack) => {
+            if !conn.bindings.iter().any(|(app, _)| app.as_str() == ack.app) {
+                let error = ErrorBody {
+                    code: Code::BAD_REQUEST,
+                    message: format!(
+                        "ack for app {:?}, which this connection has not bound",
+                        ack.app
+                    ),
+                };
+                conn.enqueue(reply(Body::Error(error)));
+            }
+            // Transient (qos 0) messages have seq 0 and need no cursor; durable delivery
+            // records the acked seq here.
+            None
+        }
+        Body::Disconnect(d) => {
+            debug!(conn = %conn.id, code = %d.code, "client said goodbye");
+            Some(close(d.code, "client disconnected".into()))
+        }
+        Body::Connect(_) => Some(close(Code::EXPECTED_CONNECT, "connect sent twice".into())),
+        other => {
+            let reason = format!("op {} is not sent by clients", other.op().name());
+            Some(close(Code::PROTOCOL, reason))
+        }
+    }
+}
+
+/// Refuses a connection that did not complete its handshake.
+async fn reject<W: Wire>(wire: &mut W, gw: &Gateway, code: Code, reason: &str) {
+    debug!(%code, reason, "handshake refused");
+    gw.metrics.handshake_failed(code);
+    let close = Close {
+        code,
+        reason: reason.to_owned(),
+        retry_after_ms: 0,
+        flush: false,
+    };
+    goodbye(wire, &close).await;
+}
+
+/// Tells the client why it is being closed, then closes. Bounded in time.
+async fn goodbye<W: Wire>(wire: &mut W, close: &Close) {
+    let mut frame = VecDeque::from([wire.encoding().encode(&close.frame())]);
+    let _ = timeout(GOODBYE_TIMEOUT, async {
+        if wire.send(&mut frame).await.is_ok() {
+            wire.close(close.code, &close.reason).await;
+        }
+    })
+    .await;
+}
+
+/// Removes a closed connection from the table and the registry.
+async fn forget(gw: &Gateway, conn: &ConnHandle) {
+    gw.table.remove(conn.id);
+    for (app, user) in &conn.bindings {
+        if let Err(e) = gw.registry.unregister(app, user, &gw.node, conn.id).await {
+            tracing::warn!(error = %e, "cannot unregister session");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::Gateway;
+    use super::super::table::ConnTable;
+    use super::super::wire::TcpWire;
+
+    fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The connection future is what every idle connection costs: keep it from creeping up.
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let table = ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        );
+        let gw = Arc::new(Gateway::new(
+            &crate::Config::for_tests(),
+            Arc::new(table),
+            Arc::new(tether_core::MemoryRegistry::new()),
+            metrics,
+            Default::default(),
+        ));
+        let future = super::serve(TcpWire::new(stream, 1024), gw);
+        let size = size_of_future(&future);
+        assert!(
+            size <= 768,
+            "the TCP connection future grew to {size} bytes"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The gateway role: holds client connections.
+//!
+//! - [`table`]: the sharded connection table and each connection's byte-bounded queue.
+//! - [`wire`]: one interface over raw TCP and WebSocket.
+//! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
+//!
+//! Each connection is one task. Nothing is spawned per message: producers queue encoded frames
+//! on the connection's handle and wake its task.
+
+mod conn;
+pub mod table;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tether_core::{AppId, NodeId, Registry};
+use tether_proto::{Code, Disconnect, Frame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::{Config, GatewayConfig, Limits};
+use crate::metrics::Metrics;
+use table::{Close, ConnTable};
+use wire::{TcpWire, WsWire};
+
+/// Shared state of the gateway role.
+#[derive(Debug)]
+pub struct Gateway {
+    pub node: NodeId,
+    pub config: GatewayConfig,
+    pub limits: Limits,
+    /// App id -> token secret.
+    apps: HashMap<AppId, String>,
+    pub table: Arc<ConnTable>,
+    pub registry: Arc<dyn Registry>,
+    pub metrics: Metrics,
+    admission: Admission,
+    /// Cancelled when the node stops accepting; handshakes in progress are refused.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// The origin of [`Gateway::clock_ms`].
+    epoch: tokio::time::Instant,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        table: Arc<ConnTable>,
+        registry: Arc<dyn Registry>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Gateway {
+            node: NodeId::new(config.node.id.clone()),
+            config: config.gateway.clone(),
+            limits: config.limits.clone(),
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), a.secret.expose().to_owned()))
+                .collect(),
+            table,
+            registry,
+            metrics,
+            admission: Admission::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
+            shutdown,
+            tasks: TaskTracker::new(),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the gateway started, by tokio's clock (so that tests can pause it).
+    pub fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Closes connections whose clients went silent, until shutdown.
+    ///
+    /// One sweep over the table replaces a timer per connection: an idle connection holds no
+    /// timer, and a frame from the client costs one atomic store instead of a timer reset.
+    /// A silent client is closed between its limit and its limit plus one sweep period.
+    pub async fn sweep_heartbeats(self: Arc<Self>) {
+        let period = (self.config.heartbeat_min / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let closed = self.table.sweep_idle(self.clock_ms());
+            if closed > 0 {
+                debug!(closed, "heartbeat sweep");
+            }
+        }
+    }
+
+    /// Accepts raw TCP clients until shutdown.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        while let Some((stream, peer)) = self.accept(&listener).await {
+            let gw = self.clone();
+            self.tasks.spawn(async move {
+                let _permit = match gw.admit(peer.ip()) {
+                    Ok(permit) => permit,
+                    Err(code) => return refuse_tcp(stream, &gw, code).await,
+                };
+                let wire = TcpWire::new(stream, gw.limits.max_frame);
+                conn::serve(wire, gw.clone()).await;
+            });
+        }
+    }
+
+    /// Accepts WebSocket clients on `/ws` until shutdown.
+    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
+        // The frame limit plus the binary length prefix; JSON frames get the same budget.
+        let max = self.limits.max_frame as usize + tether_proto::binary::PREFIX_LEN;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        while let Some((stream, peer)) = self.accept(&listener).await {
+            let gw = self.clone();
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
+            self.tasks.spawn(async move {
+                let permit = gw.admit(peer.ip());
+                let refused = permit.as_ref().err().copied();
+                let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+                    stream,
+                    |req: &Request, resp: Response| upgrade_check(req, resp, refused),
+                    Some(ws_config),
+                );
+                let ws = match tokio::time::timeout(gw.config.handshake_timeout, upgrade).await {
+                    Ok(Ok(ws)) => ws,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "websocket upgrade failed");
+                        return;
+                    }
+                    Err(_) => {
+                        gw.metrics.handshake_failed(Code::HANDSHAKE_TIMEOUT);
+                        return;
+                    }
+                };
+                conn::serve(WsWire::new(ws, gw.limits.max_frame), gw.clone()).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// The next accepted socket, or `None` at shutdown.
+    async fn accept(&self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    // Pushes are small and latency matters more than packet count; batching
+                    // happens in the connection's queue instead.
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<Permit<'_>, Code> {
+        self.admission.admit(ip).inspect_err(|code| {
+            self.metrics.rejected_connections.increment(1);
+            self.metrics.handshake_failed(*code);
+        })
+    }
+
+    /// Closes every connection with `code`, telling each client to come back at a random
+    /// point within `spread`, so that they do not all reconnect in the same second.
+    pub fn close_all(&self, code: Code, reason: &str, spread: Duration) -> usize {
+        let spread_ms = spread.as_millis().min(u128::from(u32::MAX)) as u32;
+        let mut rng = rand::rng();
+        let mut n = 0;
+        self.table.for_each(|conn| {
+            let retry_after_ms = if spread_ms == 0 {
+                0
+            } else {
+                rng.random_range(0..=spread_ms)
+            };
+            if conn.close(Close {
+                code,
+                reason: reason.to_owned(),
+                retry_after_ms,
+                flush: true,
+            }) {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Open connections, by the admission count (handshaking ones included).
+    pub fn open_connections(&self) -> usize {
+        self.admission.total.load(Ordering::Relaxed)
+    }
+}
+
+// The error type is tungstenite's; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
+fn upgrade_check(
+    req: &Request,
+    resp: Response,
+    refused: Option<Code>,
+) -> Result<Response, ErrorResponse> {
+    let error = |status: StatusCode, text: &str| {
+        let mut e = ErrorResponse::new(Some(text.to_owned()));
+        *e.status_mut() = status;
+        Err(e)
+    };
+    if req.uri().path() != "/ws" {
+        return error(StatusCode::NOT_FOUND, "the WebSocket endpoint is /ws");
+    }
+    match refused {
+        Some(Code::IP_LIMIT) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+        ),
+        Some(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached; retry later",
+        ),
+        None => Ok(resp),
+    }
+}
+
+/// Tells a raw TCP client that it was refused, in a binary `disconnect` frame.
+async fn refuse_tcp(mut stream: TcpStream, gw: &Gateway, code: Code) {
+    let frame = Frame::new(
+        0,
+        Disconnect {
+            code,
+            reason: format!("refused: {}", code.label()),
+            retry_after_ms: 1000,
+        },
+    );
+    let bytes = tether_proto::binary::encode_to_bytes(&frame);
+    let _ = tokio::time::timeout(gw.config.write_timeout, stream.write_all(&bytes)).await;
+}
+
+/// The global and per-IP connection limits.
+#[derive(Debug)]
+struct Admission {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; dropping it gives the slot back.
+struct Permit<'a> {
+    admission: &'a Admission,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Admission {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<Permit<'_>, Code> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Code::CONNECTION_LIMIT);
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Code::IP_LIMIT);
+        }
+        *count += 1;
+        Ok(Permit {
+            admission: self,
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.admission.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}

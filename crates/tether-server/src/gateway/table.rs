@@ -1,0 +1,443 @@
+//! The connection table and each connection's outbound queue.
+//!
+//! The table is sharded by connection id so that fan-out from several API workers does not
+//! serialise on one lock. Each connection's [`ConnHandle`] owns a byte-bounded outbound queue:
+//! producers (pushes, pongs, disconnects) append encoded frames and wake the connection's task,
+//! which writes everything queued in one go (one vectored write for many frames).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::Counter;
+use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
+use tether_proto::{Code, Disconnect, Frame};
+use tokio::sync::Notify;
+
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Binary,
+    Json,
+}
+
+impl Encoding {
+    pub fn encode(self, frame: &Frame) -> Bytes {
+        match self {
+            Encoding::Binary => tether_proto::binary::encode_to_bytes(frame),
+            Encoding::Json => Bytes::from(tether_proto::json::encode(frame)),
+        }
+    }
+}
+
+/// Why and how a connection is being closed by the server.
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub code: Code,
+    pub reason: String,
+    pub retry_after_ms: u32,
+    /// Write what is already queued before the `disconnect` (false when the client is slow:
+    /// the queue was dropped to bound memory).
+    pub flush: bool,
+}
+
+impl Close {
+    pub fn frame(&self) -> Frame {
+        Frame::new(
+            0,
+            Disconnect {
+                code: self.code,
+                reason: self.reason.clone(),
+                retry_after_ms: self.retry_after_ms,
+            },
+        )
+    }
+}
+
+/// What happened to a frame offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+    /// The queue passed its byte limit: the connection is now closing as slow.
+    Overflow,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes accepted and not yet written: queued plus the batch being written.
+    bytes: usize,
+    close: Option<Close>,
+}
+
+/// What a connection is made of once its handshake succeeded.
+#[derive(Debug)]
+pub struct NewConn {
+    pub id: ConnId,
+    pub transport: Transport,
+    pub encoding: Encoding,
+    pub device: DeviceId,
+    pub bindings: Vec<(AppId, UserId)>,
+    /// Bytes that may wait in the outbound queue.
+    pub queue_limit: usize,
+    /// Silence after which the heartbeat sweep closes the connection.
+    pub idle_limit: Duration,
+    /// Now, by [`super::Gateway::clock_ms`].
+    pub now_ms: u64,
+}
+
+/// One connection as the rest of the node sees it.
+///
+/// # Invariants
+/// `outbox.bytes <= limit` whenever `close` is `None`; once `close` is set it is never
+/// replaced, and no frame is queued after it.
+#[derive(Debug)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub transport: Transport,
+    pub encoding: Encoding,
+    pub device: DeviceId,
+    pub bindings: Vec<(AppId, UserId)>,
+    pub connected_at_ms: u64,
+    limit: usize,
+    /// A connection silent for longer than this is closed by the heartbeat sweep.
+    idle_limit_ms: u64,
+    /// When a frame last arrived, in ms of the gateway's clock ([`super::Gateway::clock_ms`]).
+    last_seen_ms: AtomicU64,
+    outbox: Mutex<Outbox>,
+    notify: Notify,
+}
+
+impl ConnHandle {
+    pub fn new(conn: NewConn) -> Self {
+        ConnHandle {
+            id: conn.id,
+            transport: conn.transport,
+            encoding: conn.encoding,
+            device: conn.device,
+            bindings: conn.bindings,
+            connected_at_ms: tether_core::now_ms(),
+            limit: conn.queue_limit,
+            idle_limit_ms: conn.idle_limit.as_millis() as u64,
+            last_seen_ms: AtomicU64::new(conn.now_ms),
+            outbox: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every update
+        // is a single push or swap), so a poisoned lock is still usable.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an encoded frame. Never blocks.
+    pub fn enqueue(&self, frame: Bytes) -> Enqueued {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return Enqueued::Closed;
+        }
+        if outbox.bytes + frame.len() > self.limit {
+            outbox.frames = VecDeque::new();
+            outbox.close = Some(Close {
+                code: Code::SLOW,
+                reason: format!("more than {} bytes waiting to be read", self.limit),
+                retry_after_ms: 0,
+                flush: false,
+            });
+            drop(outbox);
+            self.notify.notify_one();
+            return Enqueued::Overflow;
+        }
+        outbox.bytes += frame.len();
+        let was_empty = outbox.frames.is_empty();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        // One wake-up covers everything queued before the task runs.
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Enqueued::Queued
+    }
+
+    /// Asks the connection to close. The first close wins; later ones are ignored.
+    pub fn close(&self, close: Close) -> bool {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return false;
+        }
+        outbox.close = Some(close);
+        drop(outbox);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Waits until there is something to write or a close to act on.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Moves every queued frame to `into` and returns the close request, if any. When the
+    /// close does not flush, the queue is left behind.
+    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
+        let mut outbox = self.outbox();
+        match &outbox.close {
+            Some(close) if !close.flush => {
+                outbox.frames.clear();
+            }
+            _ if into.is_empty() => std::mem::swap(into, &mut outbox.frames),
+            _ => into.append(&mut outbox.frames),
+        }
+        outbox.close.clone()
+    }
+
+    /// Reports `n` bytes written, freeing that much of the queue's budget.
+    pub fn written(&self, n: usize) {
+        let mut outbox = self.outbox();
+        outbox.bytes = outbox.bytes.saturating_sub(n);
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox().bytes
+    }
+
+    /// Records that the client was heard from at `now_ms`.
+    pub fn seen(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Closes the connection if it has been silent past its limit at `now_ms`.
+    fn close_if_idle(&self, now_ms: u64) -> bool {
+        let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
+        silent > self.idle_limit_ms
+            && self.close(Close {
+                code: Code::HEARTBEAT_TIMEOUT,
+                reason: format!("no frame for {silent} ms"),
+                retry_after_ms: 0,
+                flush: false,
+            })
+    }
+}
+
+const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<ConnId, Arc<ConnHandle>>>;
+
+/// Every connection of this node that has completed its handshake.
+#[derive(Debug)]
+pub struct ConnTable {
+    shards: Box<[Shard]>,
+    next_id: AtomicU64,
+    overflows: Counter,
+    deliveries: Counter,
+}
+
+impl ConnTable {
+    pub fn new(overflows: Counter, deliveries: Counter) -> Self {
+        ConnTable {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_id: AtomicU64::new(1),
+            overflows,
+            deliveries,
+        }
+    }
+
+    pub fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn shard(&self, id: ConnId) -> MutexGuard<'_, HashMap<ConnId, Arc<ConnHandle>>> {
+        self.shards[(id.0 as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, conn: Arc<ConnHandle>) {
+        self.shard(conn.id).insert(conn.id, conn);
+    }
+
+    pub fn remove(&self, id: ConnId) {
+        self.shard(id).remove(&id);
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<Arc<ConnHandle>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every connection, one shard lock at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<ConnHandle>)) {
+        for shard in self.shards.iter() {
+            let conns: Vec<_> = shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            conns.iter().for_each(&mut f);
+        }
+    }
+
+    /// Closes every connection silent past its heartbeat limit at `now_ms`. Holds one shard
+    /// lock at a time and allocates nothing for connections that are alive.
+    pub fn sweep_idle(&self, now_ms: u64) -> usize {
+        let mut closed = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            closed += shard.values().filter(|c| c.close_if_idle(now_ms)).count();
+        }
+        closed
+    }
+
+    /// Offers `frame_for(conn)` to a connection, counting overflows.
+    fn offer(&self, conn: &ConnHandle, frame: Bytes) -> bool {
+        match conn.enqueue(frame) {
+            Enqueued::Queued => true,
+            Enqueued::Closed => false,
+            Enqueued::Overflow => {
+                self.overflows.increment(1);
+                false
+            }
+        }
+    }
+}
+
+impl LocalSink for ConnTable {
+    fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
+        let mut reached = 0;
+        for id in conns {
+            let Some(conn) = self.get(*id) else { continue };
+            let frame = match conn.encoding {
+                Encoding::Binary => msg.binary().clone(),
+                Encoding::Json => msg.json().clone(),
+            };
+            if self.offer(&conn, frame) {
+                reached += 1;
+            }
+        }
+        self.deliveries.increment(reached as u64);
+        reached
+    }
+
+    fn disconnect(&self, conns: &[ConnId], code: Code, reason: &str) -> usize {
+        conns
+            .iter()
+            .filter_map(|id| self.get(*id))
+            .filter(|conn| {
+                conn.close(Close {
+                    code,
+                    reason: reason.to_owned(),
+                    retry_after_ms: 0,
+                    flush: true,
+                })
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(limit: usize) -> ConnHandle {
+        ConnHandle::new(NewConn {
+            id: ConnId(1),
+            transport: Transport::Tcp,
+            encoding: Encoding::Binary,
+            device: DeviceId::from("d"),
+            bindings: vec![],
+            queue_limit: limit,
+            idle_limit: Duration::from_secs(30),
+            now_ms: 0,
+        })
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_overflow_closes_as_slow() {
+        let conn = handle(100);
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 60])), Enqueued::Queued);
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 60])), Enqueued::Overflow);
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 1])), Enqueued::Closed);
+        let mut taken = VecDeque::new();
+        let close = conn.take(&mut taken).expect("closed");
+        assert_eq!(close.code, Code::SLOW);
+        assert!(
+            taken.is_empty(),
+            "a slow client's queue is dropped, not written"
+        );
+    }
+
+    #[test]
+    fn written_bytes_free_the_budget() {
+        let conn = handle(100);
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 80])), Enqueued::Queued);
+        let mut taken = VecDeque::new();
+        assert!(conn.take(&mut taken).is_none());
+        assert_eq!(taken.len(), 1);
+        // Still counted while being written.
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 30])), Enqueued::Overflow);
+        let conn = handle(100);
+        conn.enqueue(Bytes::from(vec![0; 80]));
+        conn.take(&mut VecDeque::new());
+        conn.written(80);
+        assert_eq!(conn.enqueue(Bytes::from(vec![0; 80])), Enqueued::Queued);
+    }
+
+    #[test]
+    fn the_sweep_closes_only_silent_connections() {
+        let table = ConnTable::new(metrics::counter!("x"), metrics::counter!("y"));
+        let conn = Arc::new(handle(100));
+        table.insert(conn.clone());
+        assert_eq!(
+            table.sweep_idle(30_000),
+            0,
+            "silent for exactly the limit is still alive"
+        );
+        conn.seen(20_000);
+        assert_eq!(table.sweep_idle(50_000), 0);
+        assert_eq!(table.sweep_idle(50_001), 1);
+        assert_eq!(
+            conn.take(&mut VecDeque::new()).unwrap().code,
+            Code::HEARTBEAT_TIMEOUT
+        );
+        assert_eq!(
+            table.sweep_idle(90_000),
+            0,
+            "a closing connection is not closed twice"
+        );
+    }
+
+    #[test]
+    fn a_flushing_close_keeps_queued_frames_and_the_first_close_wins() {
+        let conn = handle(100);
+        conn.enqueue(Bytes::from_static(b"a"));
+        let kick = Close {
+            code: Code::KICKED,
+            reason: "kicked".into(),
+            retry_after_ms: 0,
+            flush: true,
+        };
+        assert!(conn.close(kick.clone()));
+        assert!(!conn.close(Close {
+            code: Code::SHUTDOWN,
+            ..kick
+        }));
+        let mut taken = VecDeque::new();
+        assert_eq!(conn.take(&mut taken).unwrap().code, Code::KICKED);
+        assert_eq!(taken.len(), 1);
+    }
+}

@@ -1,0 +1,279 @@
+//! One interface over the transports: raw TCP and WebSocket.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tether_core::Transport;
+use tether_proto::{Code, DecodeError, Frame, binary, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::table::Encoding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+impl WireError {
+    /// The code to close with, or `None` when the peer is simply gone.
+    pub fn code(&self) -> Option<Code> {
+        use tokio_tungstenite::tungstenite::Error as E;
+        match self {
+            WireError::Decode(e) => Some(e.code()),
+            WireError::Io(_) => None,
+            WireError::Ws(E::Capacity(_)) => Some(Code::FRAME_TOO_LARGE),
+            WireError::Ws(E::Protocol(_) | E::Utf8(_)) => Some(Code::PROTOCOL),
+            WireError::Ws(_) => None,
+        }
+    }
+}
+
+/// What the connection task needs from a transport.
+pub trait Wire: Send {
+    fn transport(&self) -> Transport;
+
+    /// The encoding frames to this client use (WebSocket: the one its `connect` used).
+    fn encoding(&self) -> Encoding;
+
+    /// The next frame from the client; `None` when it closed the connection.
+    ///
+    /// Cancel-safe: bytes read before a cancellation are kept for the next call.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, WireError>> + Send;
+
+    /// Writes every queued frame (already encoded for [`Wire::encoding`]), removing them from
+    /// the queue. Returns the number of bytes written.
+    fn send(
+        &mut self,
+        frames: &mut VecDeque<Bytes>,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Closes the connection with `code` (WebSocket: a close frame). Best effort.
+    fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Raw TCP: a stream of binary frames.
+///
+/// # Memory
+/// The read buffer is allocated only while a frame is arriving and released as soon as it is
+/// empty again, so an idle connection holds no buffer at all.
+#[derive(Debug)]
+pub struct TcpWire {
+    stream: TcpStream,
+    buf: BytesMut,
+    max_frame: u32,
+}
+
+/// Smallest read: most frames (pings, acks) are far smaller.
+const READ_CHUNK: usize = 512;
+
+impl TcpWire {
+    pub fn new(stream: TcpStream, max_frame: u32) -> Self {
+        TcpWire {
+            stream,
+            buf: BytesMut::new(),
+            max_frame,
+        }
+    }
+}
+
+impl Wire for TcpWire {
+    fn transport(&self) -> Transport {
+        Transport::Tcp
+    }
+
+    fn encoding(&self) -> Encoding {
+        Encoding::Binary
+    }
+
+    async fn recv(&mut self) -> Result<Option<Frame>, WireError> {
+        loop {
+            if let Some(frame) = binary::decode(&mut self.buf, self.max_frame)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.is_empty() {
+                // Drop our reference to the last read's allocation while idle.
+                self.buf = BytesMut::new();
+            }
+            self.stream.readable().await?;
+            // A whole frame's length is known once its prefix is here (and was checked
+            // against max_frame by decode above): read up to the end of it.
+            let want = match binary::check(&self.buf, self.max_frame)? {
+                None if self.buf.len() >= binary::PREFIX_LEN => {
+                    let len =
+                        u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                    (len as usize + binary::PREFIX_LEN).saturating_sub(self.buf.len())
+                }
+                _ => READ_CHUNK,
+            };
+            self.buf.reserve(want.max(READ_CHUNK));
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    return if self.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(DecodeError::Malformed("connection closed inside a frame").into())
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<usize> {
+        let remaining = frames.iter().map(Bytes::len).sum();
+        let mut queue = FrameQueue {
+            frames,
+            remaining,
+            written: 0,
+        };
+        // write_all_buf uses vectored writes: many frames, one syscall.
+        self.stream.write_all_buf(&mut queue).await?;
+        Ok(queue.written)
+    }
+
+    async fn close(&mut self, _code: Code, _reason: &str) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// A queue of frames seen as one [`Buf`], so that the whole queue goes out in vectored writes.
+struct FrameQueue<'a> {
+    frames: &'a mut VecDeque<Bytes>,
+    remaining: usize,
+    written: usize,
+}
+
+impl Buf for FrameQueue<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.frames.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [io::IoSlice<'b>]) -> usize {
+        let mut n = 0;
+        for (slot, frame) in dst.iter_mut().zip(self.frames.iter()) {
+            *slot = io::IoSlice::new(frame);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        self.written += cnt;
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.frames.pop_front();
+        }
+    }
+}
+
+/// WebSocket: one frame per message, binary or JSON text.
+#[derive(Debug)]
+pub struct WsWire {
+    ws: WebSocketStream<TcpStream>,
+    encoding: Encoding,
+    encoding_fixed: bool,
+    max_frame: u32,
+}
+
+impl WsWire {
+    pub fn new(ws: WebSocketStream<TcpStream>, max_frame: u32) -> Self {
+        WsWire {
+            ws,
+            encoding: Encoding::Binary,
+            encoding_fixed: false,
+            max_frame,
+        }
+    }
+
+    fn fix_encoding(&mut self, encoding: Encoding) {
+        if !self.encoding_fixed {
+            self.encoding = encoding;
+            self.encoding_fixed = true;
+        }
+    }
+}
+
+impl Wire for WsWire {
+    fn transport(&self) -> Transport {
+        Transport::Ws
+    }
+
+    fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    async fn recv(&mut self) -> Result<Option<Frame>, WireError> {
+        loop {
+            let Some(message) = self.ws.next().await else {
+                return Ok(None);
+            };
+            // The first message (the `connect`) fixes the encoding of everything the server
+            // sends; later messages are read in whichever encoding they come in.
+            match message? {
+                Message::Binary(bytes) => {
+                    self.fix_encoding(Encoding::Binary);
+                    return Ok(Some(binary::parse(bytes, self.max_frame)?));
+                }
+                Message::Text(text) => {
+                    self.fix_encoding(Encoding::Json);
+                    return Ok(Some(json::decode(text.as_bytes())?));
+                }
+                Message::Close(_) => return Ok(None),
+                // Control frames: tungstenite answers pings itself; they keep nothing alive
+                // here, since the protocol's own heartbeat is what counts.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<usize> {
+        let mut written = 0;
+        while let Some(frame) = frames.pop_front() {
+            written += frame.len();
+            let message = match self.encoding {
+                Encoding::Binary => Message::Binary(frame),
+                Encoding::Json => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a JSON frame is not UTF-8")
+                })?),
+            };
+            self.ws.feed(message).await.map_err(io::Error::other)?;
+        }
+        self.ws.flush().await.map_err(io::Error::other)?;
+        Ok(written)
+    }
+
+    async fn close(&mut self, code: Code, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code.0),
+            reason: reason.chars().take(100).collect::<String>().into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+    }
+}

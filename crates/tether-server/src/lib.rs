@@ -1,0 +1,23 @@
+//! The tether server: gateway, API and node composition.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration tree, loading, environment overrides, validation, the demo
+//!   app.
+//! - [`gateway`]: holds client connections (TCP and WebSocket): handshake, heartbeats,
+//!   per-connection byte-bounded queues, connection limits.
+//! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics.
+//! - [`metrics`]: Prometheus metrics and the hot-path counter handles.
+//! - [`node`]: builds the backends (in one place), binds the listeners, runs and shuts down.
+//!
+//! Every role talks to the others through the seams of `tether-core` (registry, router), never
+//! through each other's internals.
+
+pub mod api;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod node;
+
+pub use config::Config;
+pub use node::{Node, run};

@@ -1,0 +1,103 @@
+//! Prometheus metrics. Handles for hot-path counters are resolved once, at node start, so that
+//! counting a frame is an atomic add and not a registry lookup.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tether_core::Transport;
+use tether_proto::Code;
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// Several nodes in one process (tests) share it; their figures add up.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (an embedding program's);
+            // then our figures go to that recorder and /metrics renders an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Per-transport counters.
+#[derive(Debug, Clone)]
+pub struct TransportMetrics {
+    pub connections: Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl TransportMetrics {
+    fn new(transport: Transport) -> Self {
+        let t = transport.as_str();
+        TransportMetrics {
+            connections: gauge!("tether_connections", "transport" => t),
+            frames_in: counter!("tether_frames_in_total", "transport" => t),
+            frames_out: counter!("tether_frames_out_total", "transport" => t),
+            bytes_in: counter!("tether_bytes_in_total", "transport" => t),
+            bytes_out: counter!("tether_bytes_out_total", "transport" => t),
+        }
+    }
+}
+
+/// The node's metric handles.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub tcp: TransportMetrics,
+    pub ws: TransportMetrics,
+    pub handshakes_ok: Counter,
+    pub queue_overflows: Counter,
+    pub push_deliveries: Counter,
+    pub rejected_connections: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        prometheus();
+        Metrics {
+            tcp: TransportMetrics::new(Transport::Tcp),
+            ws: TransportMetrics::new(Transport::Ws),
+            handshakes_ok: counter!("tether_handshakes_total", "result" => "ok"),
+            queue_overflows: counter!("tether_queue_overflows_total"),
+            push_deliveries: counter!("tether_push_deliveries_total"),
+            rejected_connections: counter!("tether_rejected_connections_total"),
+        }
+    }
+
+    pub fn transport(&self, t: Transport) -> &TransportMetrics {
+        match t {
+            Transport::Tcp => &self.tcp,
+            Transport::Ws => &self.ws,
+        }
+    }
+
+    /// A failed handshake, by the code the client was given.
+    pub fn handshake_failed(&self, code: Code) {
+        counter!("tether_handshakes_total", "result" => code.label()).increment(1);
+    }
+
+    /// A connection closed by the server or the client, by code (`"peer"` when the client
+    /// simply went away).
+    pub fn disconnect(&self, code: Option<Code>) {
+        let label = code.map_or("peer", Code::label);
+        counter!("tether_disconnects_total", "code" => label).increment(1);
+    }
+
+    pub fn push(&self, qos: u8) {
+        counter!("tether_pushes_total", "qos" => if qos == 0 { "0" } else { "1" }).increment(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,191 @@
+//! Composes the roles of one node: binds the listeners, builds the backends, serves until
+//! shutdown, and shuts down gracefully within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tether_core::{MemoryRegistry, MemoryRouter, NodeId, Registry, Router};
+use tether_proto::Code;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::Api;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::gateway::table::ConnTable;
+use crate::metrics::Metrics;
+
+/// The backends of the seams, chosen from the configuration in this one place.
+fn backends(config: &Config, table: Arc<ConnTable>) -> (Arc<dyn Registry>, Arc<dyn Router>) {
+    let node = NodeId::new(config.node.id.clone());
+    // One node, everything in memory. The Redis backends land with the cluster mode.
+    (
+        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryRouter::new(node, table)),
+    )
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    tcp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    http: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Binds every configured listener and starts serving. Port 0 picks a free port: ask the
+    /// node for the address it got.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let table = Arc::new(ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        ));
+        let (registry, router) = backends(&config, table.clone());
+        let shutdown = CancellationToken::new();
+        let gateway = Arc::new(Gateway::new(
+            &config,
+            table,
+            registry.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let api = Arc::new(Api::new(&config, registry, router, metrics));
+
+        let tcp = bind(&config.listen.tcp, &config).await?;
+        let ws = bind(&config.listen.ws, &config).await?;
+        let http = bind(&config.listen.http, &config)
+            .await?
+            .context("listen.http must be set")?;
+        let addrs = (
+            tcp.as_ref().map(TcpListener::local_addr).transpose()?,
+            ws.as_ref().map(TcpListener::local_addr).transpose()?,
+            http.local_addr()?,
+        );
+        if let Some(listener) = tcp {
+            tokio::spawn(gateway.clone().serve_tcp(listener));
+        }
+        if let Some(listener) = ws {
+            tokio::spawn(gateway.clone().serve_ws(listener));
+        }
+        tokio::spawn(gateway.clone().sweep_heartbeats());
+        let app = api.router();
+        let http_shutdown = shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            let server = axum::serve(http, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        let task = {
+            let gateway = gateway.clone();
+            let shutdown = shutdown.clone();
+            let grace = config.gateway.shutdown_grace;
+            let spread = config.gateway.shutdown_spread;
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                // Listeners stopped accepting when the token was cancelled; handshakes in
+                // progress are refused. Tell every connected client to come back later.
+                let n = gateway.close_all(Code::SHUTDOWN, "server shutting down", spread);
+                info!(connections = n, "shutting down");
+                gateway.tasks.close();
+                let drained = tokio::time::timeout(grace, async {
+                    gateway.tasks.wait().await;
+                    let _ = http_task.await;
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        left = gateway.table.len(),
+                        "grace period over; closing what is left"
+                    );
+                }
+            })
+        };
+
+        info!(
+            node = %config.node.id,
+            tcp = ?addrs.0,
+            ws = ?addrs.1,
+            http = %addrs.2,
+            "tether node started"
+        );
+        Ok(Node {
+            tcp: addrs.0,
+            ws: addrs.1,
+            http: addrs.2,
+            gateway,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The WebSocket listener; clients connect to `ws://<addr>/ws`.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Connections that completed their handshake and are still open.
+    pub fn connections(&self) -> usize {
+        self.gateway.table.len()
+    }
+
+    /// Starts a graceful shutdown: stop accepting, tell clients to reconnect, finish.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the node has shut down (after [`Node::shutdown`]), at most the grace
+    /// period after it began.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled, then shuts it down gracefully.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    shutdown.cancelled().await;
+    node.shutdown();
+    node.wait().await;
+    Ok(())
+}
+
+async fn bind(addr: &str, config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if config.listen.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(Some(socket.listen(config.listen.backlog)?))
+}

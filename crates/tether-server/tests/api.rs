@@ -1,0 +1,183 @@
+//! End-to-end tests of the HTTP API: authentication, request validation and its error bodies,
+//! health and metrics.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::Value;
+use tether_core::AppId;
+use tether_server::Config;
+use tether_server::config::{AppConfig, Secret};
+
+const OTHER_KEY: &str = "other-api-key-0123456789";
+
+fn config() -> Config {
+    let mut config = Config::for_tests();
+    config.apps.push(AppConfig {
+        id: AppId::from("other"),
+        secret: Secret::new("other-secret-0123456789"),
+        api_key: Secret::new(OTHER_KEY),
+    });
+    config.limits.max_payload = 2048;
+    config.limits.api_body_bytes = 8192;
+    config.limits.max_push_users = 3;
+    config
+}
+
+const PUSH: &str = "/v1/apps/demo/push";
+const OK_BODY: &str = r#"{"users":["alice"],"payload":{"n":1},"qos":0}"#;
+
+/// An error reply: the status, and a JSON body with `error` and `code`.
+fn assert_error(reply: &Reply, status: u16) -> String {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert!(
+        reply.body["code"].is_string(),
+        "no code in {:?}",
+        reply.body
+    );
+    reply.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {:?}", reply.body))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_app_route_needs_the_app_s_own_key() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let presence = "/v1/apps/demo/users/alice/presence";
+    let kick = "/v1/apps/demo/users/alice/kick";
+
+    for key in [None, Some("no-such-key-0123456789")] {
+        let reply = http.post_raw(PUSH, key, OK_BODY).await;
+        assert_error(&reply, 401);
+        assert_eq!(reply.body["code"], "unauthorized");
+        assert_error(&http.get(presence, key).await, 401);
+        assert_error(&http.post_raw(kick, key, "").await, 401);
+    }
+    // Another app's valid key.
+    let reply = http.post_raw(PUSH, Some(OTHER_KEY), OK_BODY).await;
+    assert_error(&reply, 403);
+    assert_eq!(reply.body["code"], "forbidden");
+    assert_error(&http.get(presence, Some(OTHER_KEY)).await, 403);
+    assert_error(&http.post_raw(kick, Some(OTHER_KEY), "").await, 403);
+    // ... which works on its own app.
+    let reply = http
+        .post_raw("/v1/apps/other/push", Some(OTHER_KEY), OK_BODY)
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["connections"], 0);
+
+    // The right key, and no one online.
+    let reply = http.post_raw(PUSH, Some(API_KEY), OK_BODY).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["connections"], 0);
+}
+
+#[tokio::test]
+async fn qos_1_is_refused_until_durable_delivery_exists() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let reply = http
+        .post_raw(
+            PUSH,
+            Some(API_KEY),
+            r#"{"users":["alice"],"payload":{"n":1},"qos":1}"#,
+        )
+        .await;
+    let message = assert_error(&reply, 400);
+    assert!(
+        message.contains("durable") && message.contains("not available"),
+        "{message}"
+    );
+    let reply = http
+        .post_raw(
+            PUSH,
+            Some(API_KEY),
+            r#"{"users":["alice"],"payload":1,"qos":2}"#,
+        )
+        .await;
+    assert_error(&reply, 400);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_with_a_json_error() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    for body in [
+        r#"{"users":["alice"],"payload":"#,
+        "not json",
+        r#"{"users":"alice","payload":1}"#,
+        r#"{"users":["alice"],"payload":1,"colour":"red"}"#,
+        // Exactly one of payload and payload_base64.
+        r#"{"users":["alice"]}"#,
+        r#"{"users":["alice"],"payload":1,"payload_base64":"AA=="}"#,
+        r#"{"users":["alice"],"payload_base64":"not base64!"}"#,
+        // Users: 1 to max_push_users (3 here), each a valid id.
+        r#"{"users":[],"payload":1}"#,
+        r#"{"users":["a","b","c","d"],"payload":1}"#,
+        r#"{"users":[""],"payload":1}"#,
+    ] {
+        let reply = http.post_raw(PUSH, Some(API_KEY), body).await;
+        assert_eq!(reply.status, 400, "{body}: {:?}", reply.body);
+        assert!(
+            reply.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], "bad_request", "{body}");
+    }
+    // Three users is fine.
+    let reply = http
+        .post_raw(
+            PUSH,
+            Some(API_KEY),
+            r#"{"users":["a","b","c"],"payload":1}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn payloads_and_bodies_over_their_limits_get_413() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    // The payload limit (2048), in a body under the body limit (8192).
+    let payload = format!("\"{}\"", "x".repeat(2048));
+    let body = format!(r#"{{"users":["alice"],"payload":{payload}}}"#);
+    let reply = http.post_raw(PUSH, Some(API_KEY), &body).await;
+    assert_error(&reply, 413);
+    assert_eq!(reply.body["code"], "payload_too_large");
+    // Binary payloads count their decoded bytes: 2049 of them.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 2049]);
+    let body = format!(r#"{{"users":["alice"],"payload_base64":"{b64}"}}"#);
+    assert_error(&http.post_raw(PUSH, Some(API_KEY), &body).await, 413);
+    // Exactly at the limit is fine.
+    let payload = format!("\"{}\"", "x".repeat(2046));
+    let body = format!(r#"{{"users":["alice"],"payload":{payload}}}"#);
+    let reply = http.post_raw(PUSH, Some(API_KEY), &body).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // A body over the body limit.
+    let body = format!(r#"{{"users":["alice"],"payload":"{}"}}"#, "x".repeat(9000));
+    assert_error(&http.post_raw(PUSH, Some(API_KEY), &body).await, 413);
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let reply = http.get("/healthz", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, Value::String("ok\n".into()));
+
+    // One handshake, so that the counters have something to show.
+    let (_client, _) = TcpClient::connected(node.tcp_addr().unwrap(), "alice", "phone", 0).await;
+    let page = http.metrics().await;
+    assert!(
+        page.contains("tether_connections{transport=\"tcp\"}"),
+        "{page}"
+    );
+    let ok = metric(&page, "tether_handshakes_total{result=\"ok\"}");
+    assert!(ok.is_some_and(|n| n >= 1.0), "{page}");
+}
