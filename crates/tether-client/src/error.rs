@@ -1,0 +1,89 @@
+//! [`ClientError`], the one error type of the SDK.
+
+use std::time::Duration;
+
+use tether_proto::{Code, DecodeError};
+
+/// Why connecting, or a call on a [`crate::Client`], failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL is not one this client can connect to.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// A config field is out of range.
+    #[error("invalid client config: {0}")]
+    Config(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The WebSocket upgrade or a WebSocket read/write failed.
+    #[error("WebSocket error: {0}")]
+    WebSocket(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Connecting and the handshake together took longer than `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server sent bytes that do not decode.
+    #[error("undecodable frame from the server: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server sent a valid frame where it makes no sense.
+    #[error("protocol violation by the server: {0}")]
+    Protocol(String),
+    /// The server closed the connection before answering `connect`, without a code.
+    #[error("the server closed the connection during the handshake")]
+    ClosedDuringHandshake,
+    /// The server refused the connection with a code (a `disconnect` or an `error` frame, or a
+    /// WebSocket close code). [`Code::should_reconnect`] tells whether trying again can help.
+    #[error("the server refused the connection: {code}: {reason}")]
+    Rejected {
+        code: Code,
+        reason: String,
+        /// The server's `retry_after_ms` (zero when it gave none).
+        retry_after: Duration,
+    },
+    /// [`crate::Client::ack`] for an app that is not among the config's bindings.
+    #[error("app {0:?} is not bound on this client")]
+    NotBound(String),
+    /// The client was closed, or its connection ended for good.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// The protocol code, when the server gave one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later could succeed: transport trouble and codes of the reconnect
+    /// groups, not bad config or do-not-reconnect codes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::InvalidUrl { .. }
+            | ClientError::Config(_)
+            | ClientError::NotBound(_)
+            | ClientError::Closed => false,
+            ClientError::Rejected { code, .. } => code.should_reconnect(),
+            _ => true,
+        }
+    }
+
+    /// The server's requested minimum wait before reconnecting.
+    pub(crate) fn retry_after(&self) -> Duration {
+        match self {
+            ClientError::Rejected { retry_after, .. } => *retry_after,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        match e {
+            tokio_tungstenite::tungstenite::Error::Io(io) => ClientError::Io(io),
+            other => ClientError::WebSocket(Box::new(other)),
+        }
+    }
+}

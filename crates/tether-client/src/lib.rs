@@ -1,0 +1,66 @@
+//! The Rust client SDK for tether: connect to a gateway over TCP or WebSocket, receive pushes,
+//! ack them, and stay connected (heartbeats, reconnect with backoff).
+//!
+//! ```no_run
+//! use tether_client::{Client, ClientConfig, Event};
+//!
+//! # async fn example() -> Result<(), tether_client::ClientError> {
+//! let config = ClientConfig::new("tcp://127.0.0.1:7000", "my-device").bind("demo", "<token>");
+//! let mut client = Client::connect(config).await?; // fails on e.g. a bad token (code 4204)
+//! while let Some(event) = client.recv().await {
+//!     match event {
+//!         Event::Message(push) => {
+//!             println!("{} bytes for {}", push.payload.len(), push.app);
+//!             client.ack(&push.app, push.seq)?; // cumulative; ignored for seq 0
+//!         }
+//!         Event::Disconnected { reason, reconnecting, .. } => {
+//!             eprintln!("disconnected: {reason} (reconnecting: {reconnecting})");
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `config`: [`ClientConfig`], [`ReconnectPolicy`], [`WsEncoding`], and parsing of
+//!   `tcp://` / `ws://` URLs.
+//! - `client`: [`Client`], the user's handle, and the [`Event`]s it yields.
+//! - `task`: the one background task per client that owns the socket: handshake, heartbeats,
+//!   acks, reconnect loop.
+//! - `transport`: frames over a socket (TCP stream of binary frames; WebSocket with binary or
+//!   JSON messages).
+//! - `backoff`: reconnect delays (exponential, full jitter, server's `retry_after_ms` as a
+//!   floor).
+//! - `error`: [`ClientError`], the one error type.
+//!
+//! # Behaviour
+//!
+//! - **Handshake**: `connect` (protocol version, device, heartbeat proposal, bindings) must be
+//!   answered by `connected`; the server's heartbeat interval wins. [`Client::connect`] returns
+//!   after the first handshake, or with its error (no retry before a first success).
+//! - **Heartbeats**: the client sends a frame at least every negotiated interval (a `ping` when
+//!   idle) and drops the connection when nothing arrives within two intervals of a ping.
+//! - **Reconnect**: after I/O errors, heartbeat timeouts and codes 40xx/41xx, with backoff
+//!   (see [`ReconnectPolicy`]); never after 42xx codes, which end the event stream with a
+//!   final [`Event::Disconnected`] `{ reconnecting: false }`. 41xx ("reconnect elsewhere")
+//!   reconnects to the same URL until the client asks a dispatcher.
+//! - **Backpressure**: events wait in a bounded queue. When the application does not call
+//!   [`Client::recv`], the task stops reading the socket (heartbeats continue); the server's
+//!   per-connection queue then fills and its slow-consumer protection disconnects the client
+//!   (code 4001, "slow"), which reconnects and gets unacked durable messages again. Nothing in the
+//!   client grows without bound: acks are coalesced to one pending seq per bound app.
+
+mod backoff;
+mod client;
+mod config;
+mod error;
+mod task;
+mod transport;
+
+pub use client::{CLOSE_TIMEOUT, Client, Event};
+pub use config::{ClientConfig, ReconnectPolicy, WsEncoding};
+pub use error::ClientError;
+pub use tether_proto::{Binding, Bound, Code, Connected, Group, PayloadKind, Push};

@@ -1,0 +1,419 @@
+//! The connection task: owns the socket, runs the handshake, heartbeats and acks, hands events
+//! to the [`crate::Client`], and reconnects.
+//!
+//! # States
+//!
+//! ```text
+//!   connect() ── handshake ──> connected ──(lost: I/O, heartbeat, disconnect 40xx/41xx)──> waiting
+//!       │ error                   │  ▲                                                        │
+//!       v                         │  └────────────── handshake ok <──── backoff elapsed ──────┘
+//!   Err to caller                 │                                     │ 42xx, or reconnect off
+//!                                 └── close()/drop ──> closed           v
+//!                                                                     given up (stream ends)
+//! ```
+//!
+//! A connection is considered dead when nothing arrived within two heartbeat intervals of a
+//! ping (`docs/protocol.md`, section 6) while the task was reading: the server answers every
+//! ping, so a live server is never silent that long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::{Ack, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::Shared;
+use crate::config::Endpoint;
+use crate::transport::{Incoming, Transport};
+use crate::{ClientConfig, ClientError, Event};
+
+/// The shortest heartbeat interval the client accepts from a server (a guard against a
+/// misconfigured server turning pings into a flood).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// How long a closing client tries to write its pending acks.
+const CLOSE_ACK_LIMIT: Duration = Duration::from_millis(500);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The user closed or dropped the client.
+    Closed,
+    /// The connection was lost; maybe reconnect.
+    Lost {
+        code: Option<Code>,
+        reason: String,
+        retry_after: Duration,
+    },
+}
+
+impl End {
+    fn lost(reason: impl Into<String>) -> End {
+        End::Lost {
+            code: None,
+            reason: reason.into(),
+            retry_after: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Task {
+    config: ClientConfig,
+    endpoint: Endpoint,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    /// The last request id used (ids start at 1; 0 is for frames that answer nothing).
+    last_id: u32,
+    /// An event read from the socket while the queue was full; while it is here the task does
+    /// not read the socket.
+    held: Option<Event>,
+}
+
+impl Task {
+    pub fn new(
+        config: ClientConfig,
+        endpoint: Endpoint,
+        events: mpsc::Sender<Event>,
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+    ) -> Task {
+        Task {
+            config,
+            endpoint,
+            events,
+            shared,
+            cancel,
+            last_id: 0,
+            held: None,
+        }
+    }
+
+    fn next_id(&mut self) -> u32 {
+        self.last_id = self.last_id.wrapping_add(1).max(1);
+        self.last_id
+    }
+
+    /// Connects and runs the handshake, all within `connect_timeout`.
+    pub async fn establish(&mut self) -> Result<(Transport, Connected), ClientError> {
+        let limit = self.config.connect_timeout;
+        timeout(limit, self.handshake())
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    async fn handshake(&mut self) -> Result<(Transport, Connected), ClientError> {
+        let mut conn = Transport::connect(&self.endpoint, &self.config).await?;
+        let connect = Connect {
+            version: PROTOCOL_VERSION,
+            device: self.config.device.clone(),
+            heartbeat_ms: u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX),
+            bindings: self.config.bindings.clone(),
+        };
+        let id = self.next_id();
+        conn.send(&[Frame::new(id, connect)]).await?;
+        // An `error` frame before the close carries the reason for it.
+        let mut refusal: Option<(Code, String)> = None;
+        loop {
+            let frame = match conn.recv().await? {
+                Incoming::Frame(frame) => frame,
+                Incoming::Closed { code, reason } => {
+                    let refusal = refusal.or(code.map(|code| (code, reason)));
+                    return Err(match refusal {
+                        Some((code, reason)) => ClientError::Rejected {
+                            code,
+                            reason,
+                            retry_after: Duration::ZERO,
+                        },
+                        None => ClientError::ClosedDuringHandshake,
+                    });
+                }
+            };
+            match frame.body {
+                Body::Connected(connected) => return Ok((conn, connected)),
+                Body::Disconnect(d) => {
+                    return Err(ClientError::Rejected {
+                        code: d.code,
+                        reason: d.reason,
+                        retry_after: Duration::from_millis(d.retry_after_ms.into()),
+                    });
+                }
+                Body::Error(e) => refusal = Some((e.code, e.message)),
+                Body::Ping | Body::Pong => {}
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected `connected`, got `{}`",
+                        other.op().name()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Hands `event` to the user, waiting for room; false when the client is gone or closing.
+    async fn emit(&mut self, event: Event) -> bool {
+        // A held event was read first: keep the order.
+        if let Some(held) = self.held.take()
+            && !self.emit_one(held).await
+        {
+            return false;
+        }
+        self.emit_one(event).await
+    }
+
+    async fn emit_one(&self, event: Event) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            sent = self.events.send(event) => sent.is_ok(),
+        }
+    }
+
+    /// Queues `event` without waiting; when the queue is full, holds it (and stops reading).
+    /// False when the client is gone.
+    fn deliver(&mut self, event: Event) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(event)) => {
+                self.held = Some(event);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Writes `frames` within `limit` (a server that stops reading is a dead server).
+    async fn send(
+        conn: &mut Transport,
+        frames: &[Frame],
+        limit: Duration,
+    ) -> Result<(), ClientError> {
+        timeout(limit, conn.send(frames))
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    /// Writes the pending acks, if any. On failure they stay pending for the next connection.
+    async fn write_acks(
+        &mut self,
+        conn: &mut Transport,
+        limit: Duration,
+    ) -> Result<bool, ClientError> {
+        let acks = self.shared.take_acks();
+        if acks.is_empty() {
+            return Ok(false);
+        }
+        let frames: Vec<Frame> = acks
+            .iter()
+            .map(|(app, seq)| {
+                let ack = Ack {
+                    app: app.clone(),
+                    seq: *seq,
+                };
+                Frame::new(self.next_id(), ack)
+            })
+            .collect();
+        match Self::send(conn, &frames, limit).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                for (app, seq) in acks {
+                    self.shared.merge_ack(&app, seq);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Serves one established connection until it ends.
+    async fn session(&mut self, mut conn: Transport, heartbeat: Duration) -> End {
+        let silence_limit = heartbeat * 2;
+        let cancel = self.cancel.clone();
+        let shared = self.shared.clone();
+        let events = self.events.clone();
+        let mut last_sent = Instant::now();
+        // When the oldest ping sent since the last frame received went out.
+        let mut unanswered_ping: Option<Instant> = None;
+        // The reason an `error` frame gave for the close that follows it.
+        let mut close_reason: Option<(Code, String)> = None;
+
+        // Acks recorded while no connection was up.
+        match self.write_acks(&mut conn, heartbeat).await {
+            Ok(true) => last_sent = Instant::now(),
+            Ok(false) => {}
+            Err(e) => return End::lost(e.to_string()),
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = self.write_acks(&mut conn, heartbeat.min(CLOSE_ACK_LIMIT)).await;
+                    conn.close().await;
+                    return End::Closed;
+                }
+                permit = events.reserve(), if self.held.is_some() => {
+                    let Ok(permit) = permit else { return End::Closed };
+                    if let Some(event) = self.held.take() {
+                        permit.send(event);
+                    }
+                    // Silence while we were not reading says nothing about the server.
+                    unanswered_ping = None;
+                }
+                _ = shared.ack_wake.notified() => {
+                    match self.write_acks(&mut conn, heartbeat).await {
+                        Ok(true) => last_sent = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => return End::lost(e.to_string()),
+                    }
+                }
+                _ = sleep_until(last_sent + heartbeat) => {
+                    let ping = Frame::new(self.next_id(), Body::Ping);
+                    if let Err(e) = Self::send(&mut conn, &[ping], heartbeat).await {
+                        return End::lost(e.to_string());
+                    }
+                    last_sent = Instant::now();
+                    unanswered_ping.get_or_insert(last_sent);
+                }
+                incoming = conn.recv(), if self.held.is_none() => {
+                    unanswered_ping = None;
+                    let frame = match incoming {
+                        Ok(Incoming::Frame(frame)) => frame,
+                        Ok(Incoming::Closed { code, reason }) => {
+                            let (code, reason) = match close_reason.take() {
+                                Some((code, reason)) => (Some(code), reason),
+                                None => (code, reason),
+                            };
+                            return End::Lost { code, reason, retry_after: Duration::ZERO };
+                        }
+                        Err(e) => return End::lost(e.to_string()),
+                    };
+                    match frame.body {
+                        Body::Push(push) => {
+                            if !self.deliver(Event::Message(push)) {
+                                return End::Closed;
+                            }
+                        }
+                        Body::Pong => {}
+                        Body::Ping => {
+                            let pong = Frame::new(frame.id, Body::Pong);
+                            if let Err(e) = Self::send(&mut conn, &[pong], heartbeat).await {
+                                return End::lost(e.to_string());
+                            }
+                            last_sent = Instant::now();
+                        }
+                        Body::Error(e) if e.code.group() == Group::RequestError => {
+                            let event = Event::Error { code: e.code, message: e.message };
+                            if !self.deliver(event) {
+                                return End::Closed;
+                            }
+                        }
+                        Body::Error(e) => close_reason = Some((e.code, e.message)),
+                        Body::Disconnect(d) => {
+                            return End::Lost {
+                                code: Some(d.code),
+                                reason: d.reason,
+                                retry_after: Duration::from_millis(d.retry_after_ms.into()),
+                            };
+                        }
+                        other => {
+                            return End::lost(format!(
+                                "protocol violation by the server: unexpected `{}` frame",
+                                other.op().name()
+                            ));
+                        }
+                    }
+                }
+                _ = sleep_until(unanswered_ping.unwrap_or(last_sent) + silence_limit),
+                    if self.held.is_none() && unanswered_ping.is_some() =>
+                {
+                    return End::lost(format!(
+                        "no frame from the server within {silence_limit:?} of a ping"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The interval at which the client must send something, as the server negotiated it.
+fn negotiated_heartbeat(connected: &Connected, proposed: Duration) -> Duration {
+    match connected.heartbeat_ms {
+        0 => proposed,
+        ms => Duration::from_millis(ms.into()),
+    }
+    .max(MIN_HEARTBEAT)
+}
+
+/// The connection task's body, from the first established connection to the end.
+pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
+    let cancel = task.cancel.clone();
+    let mut backoff = Backoff::new(&task.config.reconnect);
+    let (mut conn, mut connected) = (conn, connected);
+    loop {
+        let heartbeat = negotiated_heartbeat(&connected, task.config.heartbeat);
+        tracing::debug!(conn_id = connected.conn_id, node = %connected.node, ?heartbeat, "connected");
+        let started = Instant::now();
+        // Delivered like a message: if the queue is full, the session holds it and keeps the
+        // connection alive meanwhile.
+        let end = if task.deliver(Event::Connected(connected)) {
+            task.session(conn, heartbeat).await
+        } else {
+            conn.close().await;
+            End::Closed
+        };
+        let End::Lost {
+            code,
+            reason,
+            mut retry_after,
+        } = end
+        else {
+            return;
+        };
+        tracing::debug!(?code, %reason, "connection lost");
+        if started.elapsed() >= task.config.reconnect.max {
+            backoff.reset();
+        }
+        let reconnecting = task.config.reconnect.enabled && code.is_none_or(Code::should_reconnect);
+        let lost = Event::Disconnected {
+            code,
+            reason,
+            reconnecting,
+        };
+        if !task.emit(lost).await || !reconnecting {
+            return;
+        }
+        (conn, connected) = loop {
+            let delay = backoff.next_delay(retry_after, &mut rand::rng());
+            tracing::debug!(?delay, "reconnecting after delay");
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = sleep(delay) => {}
+            }
+            let attempt = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                attempt = task.establish() => attempt,
+            };
+            match attempt {
+                Ok(established) => break established,
+                Err(e) => {
+                    let reconnecting = e.is_retryable();
+                    retry_after = e.retry_after();
+                    let failed = Event::Disconnected {
+                        code: e.code(),
+                        reason: format!("reconnect failed: {e}"),
+                        reconnecting,
+                    };
+                    if !task.emit(failed).await || !reconnecting {
+                        return;
+                    }
+                }
+            }
+        };
+    }
+}

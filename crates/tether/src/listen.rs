@@ -1,0 +1,188 @@
+//! `tether listen`: connect as a device with the client SDK and print every message received,
+//! one JSON object per line on stdout. Notices go to stderr.
+
+use std::io::Write as _;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tether_client::{Client, ClientConfig, Event, PayloadKind, Push, WsEncoding};
+
+/// Connect to a gateway and print received messages as JSON lines.
+///
+/// Each line has `app`, `msg_id` (a string), `seq`, `qos`, `created_ms`, and either `payload`
+/// (a JSON payload, as pushed) or `payload_base64` (a binary payload). Durable messages
+/// (seq > 0) are acked after they are printed. Reconnects on transient failures; exits
+/// non-zero when the server refuses the connection for good (bad token, kicked, ...).
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// Gateway URL: tcp://HOST:PORT or ws://HOST:PORT/ws.
+    #[arg(long)]
+    pub url: String,
+    /// The app to bind to.
+    #[arg(long)]
+    pub app: String,
+    /// The user the token is for; checked against the user the server binds.
+    #[arg(long)]
+    pub user: String,
+    /// Client token for APP (JWT HS256 signed with the app's secret, `sub` = USER).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Exit successfully after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Device id, stable across runs of the same install.
+    #[arg(long, default_value = "tether-cli")]
+    pub device: String,
+    /// Use the JSON encoding on ws:// URLs (default: binary). Ignored for tcp://.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new(&args.url, &args.device).bind(&args.app, &args.token);
+    if args.json {
+        config.ws_encoding = WsEncoding::Json;
+    }
+    let mut client = Client::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to {}", args.url))?;
+    let result = listen(&mut client, &args).await;
+    client.close().await;
+    result
+}
+
+async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
+    let mut received: u64 = 0;
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    while let Some(event) = client.recv().await {
+        match event {
+            Event::Connected(c) => {
+                eprintln!(
+                    "connected to node {} (connection {}, heartbeat {} ms)",
+                    c.node, c.conn_id, c.heartbeat_ms
+                );
+                match c.bindings.iter().find(|b| b.app == args.app) {
+                    Some(b) if b.user == args.user => {}
+                    Some(b) => bail!(
+                        "the token is for user {:?}, not {:?} (app {:?})",
+                        b.user,
+                        args.user,
+                        args.app
+                    ),
+                    None => bail!("the server did not bind app {:?}", args.app),
+                }
+            }
+            Event::Message(push) => {
+                let line = message_line(&push);
+                let mut stdout = std::io::stdout().lock();
+                let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+                drop(stdout);
+                match written {
+                    Ok(()) => {}
+                    // The reader went away (`| head -1`): nothing left to do.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(e).context("cannot write to stdout"),
+                }
+                if push.seq > 0 {
+                    client.ack(&push.app, push.seq).context("cannot ack")?;
+                }
+                received += 1;
+                if args.count.is_some_and(|n| received >= n) {
+                    return Ok(());
+                }
+            }
+            Event::Error { code, message } => eprintln!("server error {code}: {message}"),
+            Event::Disconnected {
+                code,
+                reason,
+                reconnecting,
+            } => {
+                let code = code.map_or_else(|| "no code".to_owned(), |c| c.to_string());
+                if !reconnecting {
+                    bail!("disconnected ({code}): {reason}; not reconnecting");
+                }
+                eprintln!("disconnected ({code}): {reason}; reconnecting");
+            }
+        }
+    }
+    bail!("the connection ended")
+}
+
+/// One JSON line for a message. A JSON payload is embedded as pushed, byte for byte (line
+/// breaks outside strings become spaces, so the line stays one line); anything else is
+/// base64.
+fn message_line(push: &Push) -> String {
+    let head = format!(
+        "{{\"app\":{},\"msg_id\":\"{}\",\"seq\":{},\"qos\":{},\"created_ms\":{}",
+        serde_json::Value::from(push.app.as_str()),
+        push.msg_id,
+        push.seq,
+        push.qos,
+        push.created_ms
+    );
+    let json_payload = match push.kind {
+        PayloadKind::Json => {
+            serde_json::from_slice::<&serde_json::value::RawValue>(&push.payload).ok()
+        }
+        PayloadKind::Binary => None,
+    };
+    match json_payload {
+        // Raw line breaks cannot occur inside JSON strings, only between tokens.
+        Some(raw) => format!(
+            "{head},\"payload\":{}}}",
+            raw.get().trim().replace(['\n', '\r'], " ")
+        ),
+        None => format!(
+            "{head},\"payload_base64\":\"{}\"}}",
+            BASE64.encode(&push.payload)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PayloadKind, payload: &'static [u8]) -> Push {
+        Push {
+            app: "demo".into(),
+            msg_id: u64::MAX,
+            seq: 3,
+            qos: 1,
+            created_ms: 42,
+            kind,
+            payload: payload.to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn json_payload_is_embedded_as_pushed() {
+        let line = message_line(&push(
+            PayloadKind::Json,
+            b" {\n  \"n\": 12345678901234567890123,\n  \"s\": \"a\\nb\"\n}\n",
+        ));
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["app"], "demo");
+        assert_eq!(v["msg_id"], u64::MAX.to_string());
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["payload"]["s"], "a\nb");
+        // Big numbers are not rounded through f64.
+        assert!(line.contains("12345678901234567890123"));
+    }
+
+    #[test]
+    fn binary_payload_is_base64() {
+        let line = message_line(&push(PayloadKind::Binary, b"\x00\xffhi"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["payload_base64"], BASE64.encode(b"\x00\xffhi"));
+        assert!(v.get("payload").is_none());
+        // A JSON-kind payload that is not JSON falls back to base64.
+        let line = message_line(&push(PayloadKind::Json, b"{nope"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["payload_base64"], BASE64.encode(b"{nope"));
+    }
+}

@@ -1,0 +1,189 @@
+//! The `tether` binary: parses the command line, loads the configuration, sets up logging,
+//! and hands over to the library crates.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tether_core::{AppId, UserId};
+use tether_server::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "A long-connection push and messaging server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (with no config: the built-in defaults and a generated `demo` app).
+    Serve {
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Print a client token for a user of an app, signed with the app's secret.
+    Token {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// How long the token is valid: 30s, 10m, 24h...
+        #[arg(long, default_value = "24h", value_parser = tether_server::config::parse_duration)]
+        ttl: Duration,
+    },
+    /// Connect as a client and print every message received as a JSON line.
+    Listen(listen::ListenArgs),
+    /// Push a message to users through the HTTP API.
+    Push(push::PushArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a commented example configuration.
+    Example,
+    /// Load and validate a configuration (file plus TETHER_* overrides), reporting every problem.
+    Check {
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+mod listen;
+mod push;
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config, log_format } => serve(config, &log_format).await,
+            Command::Token {
+                app,
+                user,
+                config,
+                ttl,
+            } => token(&app, &user, config, ttl),
+            Command::Listen(args) => listen::run(args).await,
+            Command::Push(args) => push::run(args).await,
+            Command::Config {
+                command: ConfigCommand::Example,
+            } => {
+                print!("{}", tether_server::config::EXAMPLE);
+                Ok(())
+            }
+            Command::Config {
+                command: ConfigCommand::Check { config },
+            } => {
+                Config::load(config.as_deref())?;
+                println!("configuration is valid");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn load(
+    config: Option<PathBuf>,
+) -> anyhow::Result<(Config, Option<tether_server::config::AppConfig>)> {
+    let mut config = Config::load(config.as_deref())?;
+    let demo = config.with_demo_app()?;
+    Ok((config, demo))
+}
+
+async fn serve(config: Option<PathBuf>, log_format: &str) -> anyhow::Result<()> {
+    init_tracing(log_format);
+    let (config, demo) = load(config)?;
+    if let Some(app) = demo {
+        let http = &config.listen.http;
+        println!(
+            "No app is configured: using the demo app kept in {dir}/demo-app.toml\n  \
+             app:     {id}\n  secret:  {secret}\n  api key: {key}\n\
+             Try, in two more terminals:\n  \
+             tether listen --url tcp://{tcp} --app demo --user alice --token $(tether token --app demo --user alice)\n  \
+             curl -H 'Authorization: Bearer {key}' -d '{{\"users\":[\"alice\"],\"payload\":{{\"hello\":\"world\"}}}}' http://{http}/v1/apps/demo/push",
+            dir = config.node.data_dir.display(),
+            id = app.id,
+            secret = app.secret.expose(),
+            key = app.api_key.expose(),
+            tcp = config.listen.tcp,
+        );
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    tether_server::run(config, shutdown).await
+}
+
+fn token(app: &str, user: &str, config: Option<PathBuf>, ttl: Duration) -> anyhow::Result<()> {
+    let (config, _) = load(config)?;
+    let app_config = config
+        .app(app)
+        .with_context(|| format!("app {app:?} is not configured"))?;
+    tether_core::validate_id("user", user).map_err(anyhow::Error::msg)?;
+    let token = tether_core::auth::mint(
+        app_config.secret.expose().as_bytes(),
+        &AppId::from(app),
+        &UserId::from(user),
+        ttl,
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
