@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -156,15 +156,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
         let status = match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, "bad_request", e.body_text())
     }
+}
+
+/// Reads a JSON body whatever its Content-Type says: `curl -d` sends form encoding by default,
+/// and a push should not fail over a header when the body is valid JSON.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
@@ -190,10 +199,10 @@ async fn push(
     State(api): State<Arc<Api>>,
     Path(app): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<PushRequest>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let app = api.authorize(&headers, &app)?;
-    let Json(req) = body?;
+    let req: PushRequest = json_body(body)?;
     match req.qos {
         0 => {}
         1 => {

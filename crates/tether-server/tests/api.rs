@@ -181,3 +181,45 @@ async fn health_and_metrics_are_served() {
     let ok = metric(&page, "tether_handshakes_total{result=\"ok\"}");
     assert!(ok.is_some_and(|n| n >= 1.0), "{page}");
 }
+
+/// `curl -d` sends `application/x-www-form-urlencoded`; a valid JSON body must still be taken.
+#[tokio::test]
+async fn a_json_body_is_read_whatever_its_content_type() {
+    let node = start(config()).await;
+    let reply = reqwest::Client::new()
+        .post(format!("http://{}{PUSH}", node.http_addr()))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(OK_BODY)
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(reply.status(), 200);
+    let body: Value = reply.json().await.expect("JSON answer");
+    assert_eq!(body["connections"], 0);
+    assert!(body["id"].is_string());
+}
+
+/// Bytes and frames in are counted from the handshake on.
+#[tokio::test]
+async fn inbound_frames_and_bytes_are_counted() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let before = metric(
+        &http.metrics().await,
+        "tether_bytes_in_total{transport=\"tcp\"}",
+    )
+    .unwrap_or(0.0);
+    let (mut client, _) =
+        TcpClient::connected(node.tcp_addr().unwrap(), "metrics-user", "d1", 30_000).await;
+    client
+        .send(&tether_proto::Frame::new(7, tether_proto::Body::Ping))
+        .await;
+    assert_eq!(client.frame().await.body, tether_proto::Body::Pong);
+    let after = metric(
+        &http.metrics().await,
+        "tether_bytes_in_total{transport=\"tcp\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(after > before, "bytes in did not grow: {before} -> {after}");
+}

@@ -155,6 +155,9 @@ async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted
             return None;
         }
     };
+    let metrics = gw.metrics.transport(wire.transport());
+    metrics.frames_in.increment(1);
+    metrics.bytes_in.increment(wire.take_bytes_read() as u64);
     match accept(gw, connect) {
         Ok(accepted) => Some((id, accepted)),
         Err((code, reason)) => {
@@ -287,6 +290,7 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
                 };
                 conn.seen(gw.clock_ms());
                 metrics.frames_in.increment(1);
+                metrics.bytes_in.increment(wire.take_bytes_read() as u64);
                 if let Some(close) = handle(conn, frame) {
                     // Closing on the client's account: what is queued is still written.
                     conn.close(close);

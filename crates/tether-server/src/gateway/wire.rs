@@ -60,6 +60,9 @@ pub trait Wire: Send {
         frames: &mut VecDeque<Bytes>,
     ) -> impl Future<Output = io::Result<usize>> + Send;
 
+    /// Bytes received since the last call (for metrics).
+    fn take_bytes_read(&mut self) -> usize;
+
     /// Closes the connection with `code` (WebSocket: a close frame). Best effort.
     fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -74,6 +77,7 @@ pub struct TcpWire {
     stream: TcpStream,
     buf: BytesMut,
     max_frame: u32,
+    read: usize,
 }
 
 /// Smallest read: most frames (pings, acks) are far smaller.
@@ -85,6 +89,7 @@ impl TcpWire {
             stream,
             buf: BytesMut::new(),
             max_frame,
+            read: 0,
         }
     }
 }
@@ -127,7 +132,7 @@ impl Wire for TcpWire {
                         Err(DecodeError::Malformed("connection closed inside a frame").into())
                     };
                 }
-                Ok(_) => {}
+                Ok(n) => self.read += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
@@ -144,6 +149,10 @@ impl Wire for TcpWire {
         // write_all_buf uses vectored writes: many frames, one syscall.
         self.stream.write_all_buf(&mut queue).await?;
         Ok(queue.written)
+    }
+
+    fn take_bytes_read(&mut self) -> usize {
+        std::mem::take(&mut self.read)
     }
 
     async fn close(&mut self, _code: Code, _reason: &str) {
@@ -200,6 +209,7 @@ pub struct WsWire {
     encoding: Encoding,
     encoding_fixed: bool,
     max_frame: u32,
+    read: usize,
 }
 
 impl WsWire {
@@ -209,6 +219,7 @@ impl WsWire {
             encoding: Encoding::Binary,
             encoding_fixed: false,
             max_frame,
+            read: 0,
         }
     }
 
@@ -238,10 +249,12 @@ impl Wire for WsWire {
             // sends; later messages are read in whichever encoding they come in.
             match message? {
                 Message::Binary(bytes) => {
+                    self.read += bytes.len();
                     self.fix_encoding(Encoding::Binary);
                     return Ok(Some(binary::parse(bytes, self.max_frame)?));
                 }
                 Message::Text(text) => {
+                    self.read += text.len();
                     self.fix_encoding(Encoding::Json);
                     return Ok(Some(json::decode(text.as_bytes())?));
                 }
@@ -267,6 +280,10 @@ impl Wire for WsWire {
         }
         self.ws.flush().await.map_err(io::Error::other)?;
         Ok(written)
+    }
+
+    fn take_bytes_read(&mut self) -> usize {
+        std::mem::take(&mut self.read)
     }
 
     async fn close(&mut self, code: Code, reason: &str) {
