@@ -132,7 +132,7 @@ impl Gateway {
         // The frame limit plus the binary length prefix; JSON frames get the same budget.
         let max = self.limits.max_frame as usize + tether_proto::binary::PREFIX_LEN;
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
