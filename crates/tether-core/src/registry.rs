@@ -102,7 +102,12 @@ impl Registry for MemoryRegistry {
             .find(|s| s.conn == session.conn && s.node == session.node)
         {
             Some(existing) => *existing = session,
-            None => list.push(session),
+            None => {
+                // Most users have one or two sessions: grow one at a time rather than by
+                // doubling (a first push would reserve four).
+                list.reserve_exact(1);
+                list.push(session);
+            }
         }
         Ok(())
     }

@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::Counter;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
 use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame};
-use tokio::sync::Notify;
+
+use futures_util::task::AtomicWaker;
 
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +112,11 @@ pub struct ConnHandle {
     /// When a frame last arrived, in ms of the gateway's clock ([`super::Gateway::clock_ms`]).
     last_seen_ms: AtomicU64,
     outbox: Mutex<Outbox>,
-    notify: Notify,
+    /// Set when there is something for the task to do (frames queued, a close requested).
+    ready: AtomicBool,
+    /// The connection task, woken when `ready` is set. A waker slot rather than a `Notify`:
+    /// waiting on it needs no per-wait node in the task's future.
+    task: AtomicWaker,
 }
 
 impl ConnHandle {
@@ -125,7 +132,8 @@ impl ConnHandle {
             idle_limit_ms: conn.idle_limit.as_millis() as u64,
             last_seen_ms: AtomicU64::new(conn.now_ms),
             outbox: Mutex::new(Outbox::default()),
-            notify: Notify::new(),
+            ready: AtomicBool::new(false),
+            task: AtomicWaker::new(),
         }
     }
 
@@ -150,7 +158,7 @@ impl ConnHandle {
                 flush: false,
             });
             drop(outbox);
-            self.notify.notify_one();
+            self.wake();
             return Enqueued::Overflow;
         }
         outbox.bytes += frame.len();
@@ -159,7 +167,7 @@ impl ConnHandle {
         drop(outbox);
         // One wake-up covers everything queued before the task runs.
         if was_empty {
-            self.notify.notify_one();
+            self.wake();
         }
         Enqueued::Queued
     }
@@ -172,13 +180,26 @@ impl ConnHandle {
         }
         outbox.close = Some(close);
         drop(outbox);
-        self.notify.notify_one();
+        self.wake();
         true
     }
 
-    /// Waits until there is something to write or a close to act on.
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    fn wake(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Ready when there is something to write or a close to act on (then call [`Self::take`]).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.task.register(cx.waker());
+        // A wake between the check and the registration would otherwise be missed.
+        if self.ready.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Moves every queued frame to `into` and returns the close request, if any. When the

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -50,8 +51,14 @@ pub trait Wire: Send {
 
     /// The next frame from the client; `None` when it closed the connection.
     ///
-    /// Cancel-safe: bytes read before a cancellation are kept for the next call.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, WireError>> + Send;
+    /// Poll-based so that waiting for a frame costs the connection no future state: the waker
+    /// lives in the socket's registration. Bytes read before `Pending` are kept.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>>;
+
+    /// [`Wire::poll_recv`] as a future.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, WireError>> + Send {
+        std::future::poll_fn(|cx| self.poll_recv(cx))
+    }
 
     /// Writes every queued frame (already encoded for [`Wire::encoding`]), removing them from
     /// the queue. Returns the number of bytes written.
@@ -103,16 +110,16 @@ impl Wire for TcpWire {
         Encoding::Binary
     }
 
-    async fn recv(&mut self) -> Result<Option<Frame>, WireError> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
         loop {
             if let Some(frame) = binary::decode(&mut self.buf, self.max_frame)? {
-                return Ok(Some(frame));
+                return Poll::Ready(Ok(Some(frame)));
             }
             if self.buf.is_empty() {
                 // Drop our reference to the last read's allocation while idle.
                 self.buf = BytesMut::new();
             }
-            self.stream.readable().await?;
+            ready!(self.stream.poll_read_ready(cx))?;
             // A whole frame's length is known once its prefix is here (and was checked
             // against max_frame by decode above): read up to the end of it.
             let want = match binary::check(&self.buf, self.max_frame)? {
@@ -126,15 +133,16 @@ impl Wire for TcpWire {
             self.buf.reserve(want.max(READ_CHUNK));
             match self.stream.try_read_buf(&mut self.buf) {
                 Ok(0) => {
-                    return if self.buf.is_empty() {
+                    return Poll::Ready(if self.buf.is_empty() {
                         Ok(None)
                     } else {
                         Err(DecodeError::Malformed("connection closed inside a frame").into())
-                    };
+                    });
                 }
                 Ok(n) => self.read += n,
+                // Readiness was cleared: the next poll_read_ready registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
@@ -240,29 +248,28 @@ impl Wire for WsWire {
         self.encoding
     }
 
-    async fn recv(&mut self) -> Result<Option<Frame>, WireError> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
         loop {
-            let Some(message) = self.ws.next().await else {
-                return Ok(None);
+            let Some(message) = ready!(self.ws.poll_next_unpin(cx)) else {
+                return Poll::Ready(Ok(None));
             };
-            // The first message (the `connect`) fixes the encoding of everything the server
-            // sends; later messages are read in whichever encoding they come in.
-            match message? {
+            let frame = match message? {
                 Message::Binary(bytes) => {
                     self.read += bytes.len();
                     self.fix_encoding(Encoding::Binary);
-                    return Ok(Some(binary::parse(bytes, self.max_frame)?));
+                    binary::parse(bytes, self.max_frame)
                 }
                 Message::Text(text) => {
                     self.read += text.len();
                     self.fix_encoding(Encoding::Json);
-                    return Ok(Some(json::decode(text.as_bytes())?));
+                    json::decode(text.as_bytes())
                 }
-                Message::Close(_) => return Ok(None),
+                Message::Close(_) => return Poll::Ready(Ok(None)),
                 // Control frames: tungstenite answers pings itself; they keep nothing alive
                 // here, since the protocol's own heartbeat is what counts.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            return Poll::Ready(frame.map(Some).map_err(Into::into));
         }
     }
 
