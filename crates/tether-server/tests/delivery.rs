@@ -286,6 +286,95 @@ async fn a_client_that_does_not_read_is_dropped_as_slow_with_4001() {
     );
 }
 
+/// A client whose socket is full is still heard: while the server waits to write to it, it
+/// keeps reading the client's pings, so a reader that is merely slow is not mistaken for a
+/// silent one.
+#[tokio::test]
+async fn pings_are_read_while_a_write_waits_on_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = Config::for_tests();
+    config.limits.max_frame = 4096;
+    config.limits.max_payload = 2048;
+    config.limits.api_body_bytes = 8192;
+    config.limits.outbound_queue_bytes = 8 * 1024 * 1024;
+    config.gateway.heartbeat_min = Duration::from_millis(100);
+    config.gateway.heartbeat_missed = 3;
+    config.gateway.write_timeout = Duration::from_secs(10);
+    let node = start(config).await;
+    let http = Http::new(&node);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(node.tcp_addr().unwrap()).await.unwrap();
+    stream
+        .write_all(&encode(&connect_frame("alice", "slow-reader", 100)))
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let next_frame = async |stream: &mut tokio::net::tcp::OwnedReadHalf,
+                                buf: &mut bytes::BytesMut| loop {
+        if let Some(frame) = tether_proto::binary::decode(buf, 1 << 20).unwrap() {
+            return Some(frame);
+        }
+        if stream.read_buf(buf).await.unwrap() == 0 {
+            return None;
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let connected = timeout(WAIT, next_frame(&mut rd, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(expect_connected(connected).heartbeat_ms, 100);
+
+    // Ping every 50 ms from another task, and read nothing until the server's write to us has
+    // been blocked for several heartbeat limits (300 ms each).
+    let pinger = tokio::spawn(async move {
+        for id in 1.. {
+            let ping = encode(&Frame::new(id, Body::Ping));
+            if wr.write_all(&ping).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let body = push_body("alice", &format!("\"{}\"", "x".repeat(1500)));
+    let mut pushes = 0;
+    while pushes < 3000 {
+        let batch = futures_util::future::join_all((0..10).map(|_| http.push(&body))).await;
+        for reply in &batch {
+            assert_eq!(
+                reply["connections"], 1,
+                "the connection was dropped: {reply}"
+            );
+        }
+        pushes += batch.len();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        http.push(&body).await["connections"],
+        1,
+        "dropped while we did not read"
+    );
+    pushes += 1;
+
+    // Now read everything: every push arrives and no disconnect comes.
+    let mut delivered = 0;
+    while delivered < pushes {
+        let frame = timeout(WAIT, next_frame(&mut rd, &mut buf))
+            .await
+            .expect("a frame")
+            .expect("the server closed the connection");
+        match frame.body {
+            Body::Push(_) => delivered += 1,
+            Body::Pong => {}
+            other => panic!("unexpected {other:?} after {delivered} pushes"),
+        }
+    }
+    pinger.abort();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Graceful shutdown
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use tether_core::{AppId, DeviceId, Session, auth, validate_id};
 use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
 
@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::Gateway;
 use super::table::{Close, ConnHandle, NewConn};
-use super::wire::{Wire, WireError};
+use super::wire::{Wire, truncate_utf8};
 
 /// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -83,7 +83,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
                 retry_after_ms: 1000,
                 flush: false,
             };
-            goodbye(wire, &close).await;
+            goodbye(wire, &mut VecDeque::new(), &close).await;
             gw.metrics.disconnect(Some(Code::INTERNAL));
             forget(gw, &conn).await;
             return None;
@@ -242,123 +242,147 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
 
 /// The connected state. Returns the code the connection closed with (`None`: the peer left).
 ///
-/// Heartbeats are watched by [`Gateway::sweep_heartbeats`], which closes a silent connection
-/// through its queue like any other close.
+/// One `poll_fn` drives everything: it takes what producers queued, writes as much as the
+/// client takes, and reads frames, so a write waiting on a slow client never stops the task
+/// from reading its pings. Heartbeats and stalled writes are watched by
+/// [`Gateway::sweep_heartbeats`], which closes through the queue like any other close.
 ///
 /// # Memory
-/// Between frames this future holds only the wire, the empty write batch and references: the
-/// wait is one `poll_fn` whose wakers live outside the task (the handle's slot, the socket's
-/// registration), inbound frames are handled synchronously, and anything that awaits (a
-/// write, a goodbye) is boxed for as long as it runs.
+/// Between frames this future holds only the write batch, a close request and references: the
+/// wakers live outside the task (the handle's slot, the socket's registration), frames are
+/// handled synchronously, and the goodbye is boxed.
 async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<Code> {
-    let mut pending: VecDeque<Bytes> = VecDeque::new();
-    loop {
-        // Queued work first (biased), then the socket.
-        let received = std::future::poll_fn(|cx| {
-            if conn.poll_ready(cx).is_ready() {
-                return Poll::Ready(None);
+    let mut io = Io {
+        pending: VecDeque::new(),
+        sending: false,
+        close: None,
+    };
+    match std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await {
+        Event::Close(close) => {
+            // Nothing more is written but the rest of a frame already begun, so that the
+            // client can still read the `disconnect` behind it.
+            io.pending.truncate(usize::from(wire.mid_frame()));
+            Box::pin(goodbye(wire, &mut io.pending, &close)).await;
+            Some(close.code)
+        }
+        Event::Gone => None,
+    }
+}
+
+/// The connection's write batch and pending close.
+struct Io {
+    /// Frames taken from the queue and not fully written yet.
+    pending: VecDeque<Bytes>,
+    /// A write is under way (the transport may hold bytes not yet sent).
+    sending: bool,
+    /// A close asked for, acted on once what it flushes is written.
+    close: Option<Close>,
+}
+
+enum Event {
+    /// Close with this; what had to be flushed is written.
+    Close(Close),
+    /// The client went away.
+    Gone,
+}
+
+impl Io {
+    fn poll<W: Wire>(
+        &mut self,
+        cx: &mut Context<'_>,
+        wire: &mut W,
+        gw: &Gateway,
+        conn: &ConnHandle,
+    ) -> Poll<Event> {
+        loop {
+            // Queued work first. Until it answers `Pending` the handle has no waker of ours
+            // (a wake consumes it), so drain it in a loop.
+            while conn.poll_ready(cx).is_ready() {
+                if let Some(close) = conn.take(&mut self.pending) {
+                    self.close = Some(close);
+                }
+                if !self.pending.is_empty() && !self.sending {
+                    conn.set_writing(true, gw.clock_ms());
+                }
             }
-            wire.poll_recv(cx).map(Some)
-        })
-        .await;
-        let close = match received {
-            None => match conn.take(&mut pending) {
-                None if pending.is_empty() => continue,
-                close => close,
-            },
-            Some(received) => match on_received(wire, gw, conn, received) {
-                Received::Continue => continue,
-                Received::Gone => return None,
-                Received::Close(close) => Some(close),
-            },
-        };
-        if let Some(code) = Box::pin(flush(wire, gw, conn, &mut pending, close)).await {
-            return code;
+            if let Some(close) = self.close.take_if(|c| !c.flush) {
+                return Poll::Ready(Event::Close(close));
+            }
+            if self.sending || !self.pending.is_empty() {
+                let frames = self.pending.len();
+                let sent = wire.poll_send(cx, &mut self.pending);
+                let bytes = wire.take_bytes_written();
+                if bytes > 0 {
+                    conn.written(bytes, gw.clock_ms());
+                    let metrics = gw.metrics.transport(conn.transport);
+                    metrics.bytes_out.increment(bytes as u64);
+                    metrics
+                        .frames_out
+                        .increment((frames - self.pending.len()) as u64);
+                }
+                match sent {
+                    Poll::Ready(Ok(())) => {
+                        self.sending = false;
+                        conn.set_writing(false, 0);
+                        if self.pending.capacity() > 64 {
+                            // Give a burst's memory back once it is written.
+                            self.pending = VecDeque::new();
+                        }
+                    }
+                    Poll::Pending => self.sending = true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::Gone),
+                }
+            }
+            if !self.sending
+                && let Some(close) = self.close.take()
+            {
+                return Poll::Ready(Event::Close(close));
+            }
+            let received = match wire.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(received) => received,
+            };
+            let frame = match received {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Poll::Ready(Event::Gone),
+                Err(e) => {
+                    let Some(code) = e.code() else {
+                        return Poll::Ready(Event::Gone);
+                    };
+                    return Poll::Ready(Event::Close(Close {
+                        code,
+                        reason: e.to_string(),
+                        retry_after_ms: 0,
+                        flush: false,
+                    }));
+                }
+            };
+            conn.seen(gw.clock_ms());
+            let metrics = gw.metrics.transport(conn.transport);
+            metrics.frames_in.increment(1);
+            metrics.bytes_in.increment(wire.take_bytes_read() as u64);
+            match handle(conn, frame) {
+                Handled::Continue => {}
+                Handled::Leave => return Poll::Ready(Event::Gone),
+                // Closing on the client's account: what is queued is still written.
+                Handled::Close(close) => {
+                    conn.close(close);
+                }
+            }
         }
     }
 }
 
-/// What to do after a read.
-enum Received {
+/// What a frame from the client asks for.
+enum Handled {
     Continue,
-    /// The client went away.
-    Gone,
-    /// Close now, without flushing (a protocol error).
+    /// The client said goodbye.
+    Leave,
     Close(Close),
 }
 
-/// Handles the outcome of a read, synchronously.
-fn on_received<W: Wire>(
-    wire: &mut W,
-    gw: &Gateway,
-    conn: &ConnHandle,
-    received: Result<Option<Frame>, WireError>,
-) -> Received {
-    let frame = match received {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Received::Gone,
-        Err(e) => {
-            return match e.code() {
-                Some(code) => Received::Close(Close {
-                    code,
-                    reason: e.to_string(),
-                    retry_after_ms: 0,
-                    flush: false,
-                }),
-                None => Received::Gone,
-            };
-        }
-    };
-    conn.seen(gw.clock_ms());
-    let metrics = gw.metrics.transport(conn.transport);
-    metrics.frames_in.increment(1);
-    metrics.bytes_in.increment(wire.take_bytes_read() as u64);
-    if let Some(close) = handle(conn, frame) {
-        // Closing on the client's account: what is queued is still written.
-        conn.close(close);
-    }
-    Received::Continue
-}
-
-/// Writes the batch taken from the queue, then acts on `close`. Returns `Some(code)` when the
-/// connection is over (`Some(None)`: the peer is gone).
-async fn flush<W: Wire>(
-    wire: &mut W,
-    gw: &Gateway,
-    conn: &ConnHandle,
-    pending: &mut VecDeque<Bytes>,
-    close: Option<Close>,
-) -> Option<Option<Code>> {
-    if !pending.is_empty() {
-        let frames = pending.len() as u64;
-        match timeout(gw.config.write_timeout, wire.send(pending)).await {
-            Ok(Ok(n)) => {
-                conn.written(n);
-                let metrics = gw.metrics.transport(conn.transport);
-                metrics.frames_out.increment(frames);
-                metrics.bytes_out.increment(n as u64);
-            }
-            Ok(Err(_)) => return Some(None),
-            Err(_) => {
-                let close = Close {
-                    code: Code::SLOW,
-                    reason: "writes stalled".into(),
-                    retry_after_ms: 0,
-                    flush: false,
-                };
-                goodbye(wire, &close).await;
-                return Some(Some(Code::SLOW));
-            }
-        }
-    }
-    let close = close?;
-    goodbye(wire, &close).await;
-    Some(Some(close.code))
-}
-
-/// Acts on one frame from a connected client. Returns a close request for frames that end the
-/// connection.
-fn handle(conn: &ConnHandle, frame: Frame) -> Option<Close> {
+/// Acts on one frame from a connected client.
+fn handle(conn: &ConnHandle, frame: Frame) -> Handled {
     let reply = |body: Body| conn.encoding.encode(&Frame { id: frame.id, body });
     let close = |code: Code, reason: String| Close {
         code,
@@ -369,32 +393,35 @@ fn handle(conn: &ConnHandle, frame: Frame) -> Option<Close> {
     match frame.body {
         Body::Ping => {
             conn.enqueue(reply(Body::Pong));
-            None
+            Handled::Continue
         }
-        Body::Pong => None,
+        Body::Pong => Handled::Continue,
         Body::Ack(ack) => {
             if !conn.bindings.iter().any(|(app, _)| app.as_str() == ack.app) {
                 let error = ErrorBody {
                     code: Code::BAD_REQUEST,
                     message: format!(
                         "ack for app {:?}, which this connection has not bound",
-                        ack.app
+                        truncate_utf8(&ack.app, tether_core::MAX_ID_LEN)
                     ),
                 };
                 conn.enqueue(reply(Body::Error(error)));
             }
             // Transient (qos 0) messages have seq 0 and need no cursor; durable delivery
             // records the acked seq here.
-            None
+            Handled::Continue
         }
         Body::Disconnect(d) => {
+            // The client's code is its own business: logged, never echoed.
             debug!(conn = %conn.id, code = %d.code, "client said goodbye");
-            Some(close(d.code, "client disconnected".into()))
+            Handled::Leave
         }
-        Body::Connect(_) => Some(close(Code::EXPECTED_CONNECT, "connect sent twice".into())),
+        Body::Connect(_) => {
+            Handled::Close(close(Code::EXPECTED_CONNECT, "connect sent twice".into()))
+        }
         other => {
             let reason = format!("op {} is not sent by clients", other.op().name());
-            Some(close(Code::PROTOCOL, reason))
+            Handled::Close(close(Code::PROTOCOL, reason))
         }
     }
 }
@@ -409,16 +436,19 @@ async fn reject<W: Wire>(wire: &mut W, gw: &Gateway, code: Code, reason: &str) {
         retry_after_ms: 0,
         flush: false,
     };
-    goodbye(wire, &close).await;
+    goodbye(wire, &mut VecDeque::new(), &close).await;
 }
 
-/// Tells the client why it is being closed, then closes. Bounded in time.
-async fn goodbye<W: Wire>(wire: &mut W, close: &Close) {
-    let mut frame = VecDeque::from([wire.encoding().encode(&close.frame())]);
+/// Tells the client why it is being closed, then closes; bounded in time. `unsent` holds at
+/// most the rest of a frame already begun: it goes first, and if it cannot, the client gets no
+/// `disconnect` (it could not parse one after a torn frame), just the close.
+async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Close) {
     let _ = timeout(GOODBYE_TIMEOUT, async {
-        if wire.send(&mut frame).await.is_ok() {
-            wire.close(close.code, &close.reason).await;
+        unsent.push_back(wire.encoding().encode(&close.frame()));
+        if wire.send(unsent).await.is_err() {
+            return;
         }
+        wire.close(close.code, &close.reason).await;
     })
     .await;
 }
@@ -466,6 +496,9 @@ mod tests {
         ));
         let future = super::serve(TcpWire::new(stream, 1024), gw);
         let size = size_of_future(&future);
-        assert!(size <= 448, "the TCP connection future grew to {size} bytes");
+        assert!(
+            size <= 448,
+            "the TCP connection future grew to {size} bytes"
+        );
     }
 }

@@ -89,7 +89,7 @@ impl Gateway {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Closes connections whose clients went silent, until shutdown.
+    /// Closes connections whose clients went silent or stopped reading, until shutdown.
     ///
     /// One sweep over the table replaces a timer per connection: an idle connection holds no
     /// timer, and a frame from the client costs one atomic store instead of a timer reset.
@@ -105,7 +105,7 @@ impl Gateway {
                 () = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let closed = self.table.sweep_idle(self.clock_ms());
+            let closed = self.table.sweep(self.clock_ms(), self.config.write_timeout);
             if closed > 0 {
                 debug!(closed, "heartbeat sweep");
             }

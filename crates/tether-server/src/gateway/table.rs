@@ -6,13 +6,12 @@
 //! which writes everything queued in one go (one vectored write for many frames).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::Counter;
-use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame};
@@ -111,6 +110,10 @@ pub struct ConnHandle {
     idle_limit_ms: u64,
     /// When a frame last arrived, in ms of the gateway's clock ([`super::Gateway::clock_ms`]).
     last_seen_ms: AtomicU64,
+    /// The task holds bytes the client has not taken yet.
+    writing: AtomicBool,
+    /// When the current write last made progress (or began), by the gateway's clock.
+    progress_ms: AtomicU64,
     outbox: Mutex<Outbox>,
     /// Set when there is something for the task to do (frames queued, a close requested).
     ready: AtomicBool,
@@ -131,6 +134,8 @@ impl ConnHandle {
             limit: conn.queue_limit,
             idle_limit_ms: conn.idle_limit.as_millis() as u64,
             last_seen_ms: AtomicU64::new(conn.now_ms),
+            writing: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(conn.now_ms),
             outbox: Mutex::new(Outbox::default()),
             ready: AtomicBool::new(false),
             task: AtomicWaker::new(),
@@ -202,24 +207,57 @@ impl ConnHandle {
         Poll::Pending
     }
 
-    /// Moves every queued frame to `into` and returns the close request, if any. When the
-    /// close does not flush, the queue is left behind.
+    /// Moves every queued frame to the back of `into` and returns the close request, if any.
+    /// When the close does not flush, the queue is dropped instead.
     pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
         let mut outbox = self.outbox();
         match &outbox.close {
-            Some(close) if !close.flush => {
-                outbox.frames.clear();
-            }
-            _ if into.is_empty() => std::mem::swap(into, &mut outbox.frames),
+            Some(close) if !close.flush => outbox.frames = VecDeque::new(),
+            // The outbox starts again from an empty deque (no allocation) rather than getting
+            // `into`'s: a burst's capacity is freed once it is written, not kept for the
+            // connection's life.
+            _ if into.is_empty() => *into = std::mem::take(&mut outbox.frames),
             _ => into.append(&mut outbox.frames),
         }
         outbox.close.clone()
     }
 
-    /// Reports `n` bytes written, freeing that much of the queue's budget.
-    pub fn written(&self, n: usize) {
+    /// Reports `n` bytes written at `now_ms`, freeing that much of the queue's budget.
+    pub fn written(&self, n: usize, now_ms: u64) {
         let mut outbox = self.outbox();
         outbox.bytes = outbox.bytes.saturating_sub(n);
+        drop(outbox);
+        self.progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The task starts (`true`) or finishes (`false`) a write that waits on the client.
+    pub fn set_writing(&self, writing: bool, now_ms: u64) {
+        if self.writing.swap(writing, Ordering::Relaxed) != writing && writing {
+            self.progress_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives up on writing what is queued: the client stopped reading. A close already asked
+    /// for keeps its code (a kicked client is not told to come back); otherwise it closes as
+    /// slow.
+    pub fn abandon(&self, reason: &str) -> bool {
+        let mut outbox = self.outbox();
+        match &mut outbox.close {
+            Some(close) if !close.flush => return false,
+            Some(close) => close.flush = false,
+            None => {
+                outbox.close = Some(Close {
+                    code: Code::SLOW,
+                    reason: reason.to_owned(),
+                    retry_after_ms: 0,
+                    flush: false,
+                })
+            }
+        }
+        outbox.frames = VecDeque::new();
+        drop(outbox);
+        self.wake();
+        true
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -231,8 +269,15 @@ impl ConnHandle {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// Closes the connection if it has been silent past its limit at `now_ms`.
-    fn close_if_idle(&self, now_ms: u64) -> bool {
+    /// Closes the connection if the client has been silent past its limit at `now_ms`, or has
+    /// taken no bytes of a pending write for `write_timeout_ms`.
+    fn sweep(&self, now_ms: u64, write_timeout_ms: u64) -> bool {
+        if self.writing.load(Ordering::Relaxed) {
+            let stalled = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
+            if stalled > write_timeout_ms {
+                return self.abandon(&format!("the client took no bytes for {stalled} ms"));
+            }
+        }
         let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
         silent > self.idle_limit_ms
             && self.close(Close {
@@ -313,13 +358,18 @@ impl ConnTable {
         }
     }
 
-    /// Closes every connection silent past its heartbeat limit at `now_ms`. Holds one shard
-    /// lock at a time and allocates nothing for connections that are alive.
-    pub fn sweep_idle(&self, now_ms: u64) -> usize {
+    /// Closes every connection whose client went silent past its heartbeat limit, or stopped
+    /// taking bytes of a pending write for `write_timeout`. Holds one shard lock at a time and
+    /// allocates nothing for connections that are alive.
+    pub fn sweep(&self, now_ms: u64, write_timeout: Duration) -> usize {
+        let write_timeout_ms = write_timeout.as_millis() as u64;
         let mut closed = 0;
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            closed += shard.values().filter(|c| c.close_if_idle(now_ms)).count();
+            closed += shard
+                .values()
+                .filter(|c| c.sweep(now_ms, write_timeout_ms))
+                .count();
         }
         closed
     }
@@ -414,7 +464,7 @@ mod tests {
         let conn = handle(100);
         conn.enqueue(Bytes::from(vec![0; 80]));
         conn.take(&mut VecDeque::new());
-        conn.written(80);
+        conn.written(80, 0);
         assert_eq!(conn.enqueue(Bytes::from(vec![0; 80])), Enqueued::Queued);
     }
 
@@ -423,23 +473,53 @@ mod tests {
         let table = ConnTable::new(metrics::counter!("x"), metrics::counter!("y"));
         let conn = Arc::new(handle(100));
         table.insert(conn.clone());
+        let write_timeout = Duration::from_secs(10);
+        let silent_for_the_limit = table.sweep(30_000, write_timeout);
         assert_eq!(
-            table.sweep_idle(30_000),
-            0,
+            silent_for_the_limit, 0,
             "silent for exactly the limit is still alive"
         );
         conn.seen(20_000);
-        assert_eq!(table.sweep_idle(50_000), 0);
-        assert_eq!(table.sweep_idle(50_001), 1);
+        assert_eq!(table.sweep(50_000, write_timeout), 0);
+        assert_eq!(table.sweep(50_001, write_timeout), 1);
+        let close = conn.take(&mut VecDeque::new()).unwrap();
+        assert_eq!(close.code, Code::HEARTBEAT_TIMEOUT);
+        let again = table.sweep(90_000, write_timeout);
+        assert_eq!(again, 0, "a closing connection is not closed twice");
+    }
+
+    #[test]
+    fn a_write_that_makes_no_progress_is_abandoned_and_keeps_a_pending_close_code() {
+        let table = ConnTable::new(metrics::counter!("x"), metrics::counter!("y"));
+        let conn = Arc::new(handle(1000));
+        table.insert(conn.clone());
+        conn.seen(100_000);
+        conn.set_writing(true, 1_000);
+        conn.written(10, 5_000);
         assert_eq!(
-            conn.take(&mut VecDeque::new()).unwrap().code,
-            Code::HEARTBEAT_TIMEOUT
-        );
-        assert_eq!(
-            table.sweep_idle(90_000),
+            table.sweep(15_000, Duration::from_secs(10)),
             0,
-            "a closing connection is not closed twice"
+            "progress at 5 s"
         );
+        conn.close(Close {
+            code: Code::KICKED,
+            reason: "kicked".into(),
+            retry_after_ms: 0,
+            flush: true,
+        });
+        assert_eq!(table.sweep(15_001, Duration::from_secs(10)), 1);
+        let close = conn.take(&mut VecDeque::new()).unwrap();
+        assert_eq!(close.code, Code::KICKED, "the kick's code is kept");
+        assert!(!close.flush, "what is queued is given up");
+    }
+
+    #[test]
+    fn a_connection_not_writing_is_never_stalled() {
+        let conn = handle(1000);
+        conn.seen(1_000_000);
+        conn.set_writing(true, 0);
+        conn.set_writing(false, 1);
+        assert!(!conn.sweep(1_000_000, 10));
     }
 
     #[test]

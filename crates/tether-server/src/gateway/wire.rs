@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tether_core::Transport;
 use tether_proto::{Code, DecodeError, Frame, binary, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -60,12 +61,30 @@ pub trait Wire: Send {
         std::future::poll_fn(|cx| self.poll_recv(cx))
     }
 
-    /// Writes every queued frame (already encoded for [`Wire::encoding`]), removing them from
-    /// the queue. Returns the number of bytes written.
+    /// Writes queued frames (already encoded for [`Wire::encoding`]) until all are written
+    /// (`Ready(Ok)`) or the transport would block (`Pending`, waker registered). Written frames
+    /// leave the queue; a frame written in part stays at its front, advanced.
+    ///
+    /// Poll-based so that the connection task keeps reading while a write waits on the client.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<()>>;
+
+    /// [`Wire::poll_send`] until everything is written, as a future.
     fn send(
         &mut self,
         frames: &mut VecDeque<Bytes>,
-    ) -> impl Future<Output = io::Result<usize>> + Send;
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| self.poll_send(cx, frames))
+    }
+
+    /// Bytes written since the last call.
+    fn take_bytes_written(&mut self) -> usize;
+
+    /// Whether a frame was left half-written: then no other frame may follow on this stream.
+    fn mid_frame(&self) -> bool;
 
     /// Bytes received since the last call (for metrics).
     fn take_bytes_read(&mut self) -> usize;
@@ -85,7 +104,28 @@ pub struct TcpWire {
     buf: BytesMut,
     max_frame: u32,
     read: usize,
+    written: usize,
+    /// The front frame of the last write is partly on the wire.
+    partial: bool,
 }
+
+/// A WebSocket close frame's reason: 125 bytes of payload less the 2-byte code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Frames per vectored write.
+const MAX_IOVECS: usize = 64;
 
 /// Smallest read: most frames (pings, acks) are far smaller.
 const READ_CHUNK: usize = 512;
@@ -97,6 +137,8 @@ impl TcpWire {
             buf: BytesMut::new(),
             max_frame,
             read: 0,
+            written: 0,
+            partial: false,
         }
     }
 }
@@ -147,16 +189,45 @@ impl Wire for TcpWire {
         }
     }
 
-    async fn send(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<usize> {
-        let remaining = frames.iter().map(Bytes::len).sum();
-        let mut queue = FrameQueue {
-            frames,
-            remaining,
-            written: 0,
-        };
-        // write_all_buf uses vectored writes: many frames, one syscall.
-        self.stream.write_all_buf(&mut queue).await?;
-        Ok(queue.written)
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        while !frames.is_empty() {
+            // Many frames, one syscall.
+            let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+            let n = frames
+                .iter()
+                .zip(slices.iter_mut())
+                .map(|(frame, slice)| *slice = io::IoSlice::new(frame))
+                .count();
+            let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += written;
+            let mut left = written;
+            while let Some(front) = frames.front_mut() {
+                if left < front.len() {
+                    front.advance(left);
+                    self.partial = left > 0;
+                    break;
+                }
+                left -= front.len();
+                frames.pop_front();
+                self.partial = false;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_bytes_written(&mut self) -> usize {
+        std::mem::take(&mut self.written)
+    }
+
+    fn mid_frame(&self) -> bool {
+        self.partial
     }
 
     fn take_bytes_read(&mut self) -> usize {
@@ -168,48 +239,6 @@ impl Wire for TcpWire {
     }
 }
 
-/// A queue of frames seen as one [`Buf`], so that the whole queue goes out in vectored writes.
-struct FrameQueue<'a> {
-    frames: &'a mut VecDeque<Bytes>,
-    remaining: usize,
-    written: usize,
-}
-
-impl Buf for FrameQueue<'_> {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.frames.front().map_or(&[], |b| b.as_ref())
-    }
-
-    fn chunks_vectored<'b>(&'b self, dst: &mut [io::IoSlice<'b>]) -> usize {
-        let mut n = 0;
-        for (slot, frame) in dst.iter_mut().zip(self.frames.iter()) {
-            *slot = io::IoSlice::new(frame);
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut cnt: usize) {
-        self.written += cnt;
-        self.remaining -= cnt;
-        while cnt > 0 {
-            let Some(front) = self.frames.front_mut() else {
-                return;
-            };
-            if cnt < front.len() {
-                front.advance(cnt);
-                return;
-            }
-            cnt -= front.len();
-            self.frames.pop_front();
-        }
-    }
-}
-
 /// WebSocket: one frame per message, binary or JSON text.
 #[derive(Debug)]
 pub struct WsWire {
@@ -218,6 +247,7 @@ pub struct WsWire {
     encoding_fixed: bool,
     max_frame: u32,
     read: usize,
+    written: usize,
 }
 
 impl WsWire {
@@ -228,6 +258,7 @@ impl WsWire {
             encoding_fixed: false,
             max_frame,
             read: 0,
+            written: 0,
         }
     }
 
@@ -273,20 +304,38 @@ impl Wire for WsWire {
         }
     }
 
-    async fn send(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<usize> {
-        let mut written = 0;
-        while let Some(frame) = frames.pop_front() {
-            written += frame.len();
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        // tungstenite keeps message boundaries itself: a message it accepted is written whole
+        // (it holds what the socket has not taken yet), so no frame is ever torn here.
+        while !frames.is_empty() {
+            ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+            let Some(frame) = frames.pop_front() else {
+                break;
+            };
+            self.written += frame.len();
             let message = match self.encoding {
                 Encoding::Binary => Message::Binary(frame),
                 Encoding::Json => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
                     io::Error::new(io::ErrorKind::InvalidData, "a JSON frame is not UTF-8")
                 })?),
             };
-            self.ws.feed(message).await.map_err(io::Error::other)?;
+            self.ws
+                .start_send_unpin(message)
+                .map_err(io::Error::other)?;
         }
-        self.ws.flush().await.map_err(io::Error::other)?;
-        Ok(written)
+        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
+    }
+
+    fn take_bytes_written(&mut self) -> usize {
+        std::mem::take(&mut self.written)
+    }
+
+    fn mid_frame(&self) -> bool {
+        false
     }
 
     fn take_bytes_read(&mut self) -> usize {
@@ -296,7 +345,7 @@ impl Wire for WsWire {
     async fn close(&mut self, code: Code, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code.0),
-            reason: reason.chars().take(100).collect::<String>().into(),
+            reason: truncate_utf8(reason, MAX_CLOSE_REASON).to_owned().into(),
         };
         let _ = self.ws.close(Some(frame)).await;
     }
