@@ -6,10 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,6 +41,7 @@ pub struct Api {
     max_payload: usize,
     max_users: usize,
     body_limit: usize,
+    timeout: Duration,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -61,12 +65,14 @@ impl Api {
             max_payload: config.limits.max_payload,
             max_users: config.limits.max_push_users,
             body_limit: config.limits.api_body_bytes,
+            timeout: config.limits.api_timeout,
             prometheus: crate::metrics::prometheus(),
         }
     }
 
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.body_limit;
+        let timeout = self.timeout;
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
@@ -74,6 +80,9 @@ impl Api {
             .route("/v1/apps/{app}/users/{user}/presence", get(presence))
             .route("/v1/apps/{app}/users/{user}/kick", post(kick))
             .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                request_timeout(timeout, request, next)
+            }))
             .with_state(self)
     }
 
@@ -105,6 +114,40 @@ impl Api {
             )),
             Some(owner) => Ok(owner.clone()),
         }
+    }
+}
+
+/// The app of a `/v1/apps/{app}/...` route, authorized by the request's bearer key.
+///
+/// An extractor from the request's head, so that it runs before the body is read: a request
+/// without a valid key is answered without waiting for (or buffering) its body.
+struct Authorized(AppId);
+
+impl FromRequestParts<Arc<Api>> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, api)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let app = params
+            .iter()
+            .find(|(name, _)| name == "app")
+            .map_or("", |(_, value)| value.as_str());
+        api.authorize(&parts.headers, app).map(Authorized)
+    }
+}
+
+/// Answers 408 when a request (its body included) takes longer than `limit`.
+async fn request_timeout(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
     }
 }
 
@@ -197,11 +240,9 @@ struct PushRequest {
 
 async fn push(
     State(api): State<Arc<Api>>,
-    Path(app): Path<String>,
-    headers: HeaderMap,
+    Authorized(app): Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = api.authorize(&headers, &app)?;
     let req: PushRequest = json_body(body)?;
     match req.qos {
         0 => {}
@@ -292,10 +333,9 @@ fn by_node(sessions: Vec<Session>) -> HashMap<NodeId, Vec<ConnId>> {
 
 async fn presence(
     State(api): State<Arc<Api>>,
-    Path((app, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized(app): Authorized,
+    Path((_, user)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = api.authorize(&headers, &app)?;
     validate_id("user", &user).map_err(ApiError::bad_request)?;
     let user = UserId::new(user);
     let mut sessions = api
@@ -326,10 +366,9 @@ async fn presence(
 
 async fn kick(
     State(api): State<Arc<Api>>,
-    Path((app, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized(app): Authorized,
+    Path((_, user)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = api.authorize(&headers, &app)?;
     validate_id("user", &user).map_err(ApiError::bad_request)?;
     let sessions = api
         .registry

@@ -29,6 +29,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// This node's id, unique in a cluster.
+    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
     /// Where the node keeps its state (the generated demo app; the durable store later).
     pub data_dir: PathBuf,
@@ -68,6 +69,9 @@ pub struct Limits {
     pub max_push_users: usize,
     /// Largest API request body, in bytes.
     pub api_body_bytes: usize,
+    /// Longest an API request may take, reading its body included.
+    #[serde(deserialize_with = "duration")]
+    pub api_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +168,7 @@ impl Default for Limits {
             outbound_queue_bytes: 256 * 1024,
             max_push_users: 1000,
             api_body_bytes: 4 * 1024 * 1024,
+            api_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -247,6 +252,16 @@ impl Config {
                 ));
             }
         }
+        let listeners: Vec<_> = [&self.listen.tcp, &self.listen.ws, &self.listen.http]
+            .into_iter()
+            // Port 0 asks the kernel for a free port: those never collide.
+            .filter(|a| !a.is_empty() && !a.ends_with(":0"))
+            .collect();
+        for (i, a) in listeners.iter().enumerate() {
+            if listeners[..i].contains(a) {
+                problems.push(format!("listen: {a} is used by two listeners"));
+            }
+        }
         let l = &self.limits;
         if l.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());
@@ -267,14 +282,20 @@ impl Config {
         if l.max_bindings == 0 || l.max_bindings > 64 {
             problems.push("limits.max_bindings must be between 1 and 64".into());
         }
-        if l.outbound_queue_bytes < l.max_frame as usize {
-            problems.push("limits.outbound_queue_bytes must be at least limits.max_frame".into());
+        // A JSON push carries a binary payload as base64 (4/3 of its size): the queue must
+        // hold at least one of the largest, or such a push would close its client as slow.
+        if l.outbound_queue_bytes < 2 * l.max_frame as usize {
+            problems
+                .push("limits.outbound_queue_bytes must be at least twice limits.max_frame".into());
         }
         if l.max_push_users == 0 {
             problems.push("limits.max_push_users must be at least 1".into());
         }
         if l.api_body_bytes < l.max_payload * 2 {
             problems.push("limits.api_body_bytes must be at least twice limits.max_payload".into());
+        }
+        if l.api_timeout.is_zero() || l.api_timeout > Duration::from_secs(600) {
+            problems.push("limits.api_timeout must be between 1ms and 10m".into());
         }
         let g = &self.gateway;
         if g.heartbeat_min.is_zero() || g.heartbeat_min > g.heartbeat_max {
@@ -289,17 +310,23 @@ impl Config {
         if g.heartbeat_max > Duration::from_secs(3600) {
             problems.push("gateway.heartbeat_max must be at most 1h".into());
         }
-        if g.heartbeat_missed == 0 {
-            problems.push("gateway.heartbeat_missed must be at least 1".into());
+        if !(1..=100).contains(&g.heartbeat_missed) {
+            problems.push("gateway.heartbeat_missed must be between 1 and 100".into());
         }
         for (name, d) in [
             ("gateway.handshake_timeout", g.handshake_timeout),
             ("gateway.write_timeout", g.write_timeout),
             ("gateway.shutdown_grace", g.shutdown_grace),
         ] {
-            if d.is_zero() {
-                problems.push(format!("{name} must be non-zero"));
+            if d.is_zero() || d > Duration::from_secs(600) {
+                problems.push(format!("{name} must be between 1ms and 10m"));
             }
+        }
+        if g.token_leeway > Duration::from_secs(3600) {
+            problems.push("gateway.token_leeway must be at most 1h".into());
+        }
+        if g.shutdown_spread > Duration::from_secs(3600) {
+            problems.push("gateway.shutdown_spread must be at most 1h".into());
         }
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
@@ -456,6 +483,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// A string field that also takes a bare number (`TETHER_NODE__ID=7`).
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(i64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Int(n) => n.to_string(),
+    })
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -522,11 +563,24 @@ mod tests {
                 "3s".to_string(),
             ),
             ("TETHER_CONFIG".to_string(), "ignored.toml".to_string()),
+            ("TETHER_NODE__ID".to_string(), "7".to_string()),
         ];
         let config = Config::load_with_env(None, env).unwrap();
         assert_eq!(config.limits.max_connections, 42);
         assert_eq!(config.listen.tcp, "0.0.0.0:9000");
         assert_eq!(config.gateway.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.node.id, "7",
+            "a numeric-looking string stays a string"
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let err =
+            Config::from_toml("[listen]\ntcp = \"127.0.0.1:9000\"\nws = \"127.0.0.1:9000\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("used by two listeners"), "{err}");
     }
 
     #[test]

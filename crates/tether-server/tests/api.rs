@@ -223,3 +223,26 @@ async fn inbound_frames_and_bytes_are_counted() {
     .unwrap_or(0.0);
     assert!(after > before, "bytes in did not grow: {before} -> {after}");
 }
+
+/// A request without a valid key is answered from its head: the server does not wait for (or
+/// buffer) a body that a stranger announces.
+#[tokio::test]
+async fn an_unauthorized_request_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(config()).await;
+    let mut stream = tokio::net::TcpStream::connect(node.http_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {PUSH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 4000000\r\n\r\n{{\"users\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut answer))
+        .await
+        .expect("no answer while the body is still missing")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}

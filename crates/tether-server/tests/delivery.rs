@@ -313,7 +313,7 @@ async fn pings_are_read_while_a_write_waits_on_the_client() {
         .unwrap();
     let mut buf = bytes::BytesMut::new();
     let next_frame = async |stream: &mut tokio::net::tcp::OwnedReadHalf,
-                                buf: &mut bytes::BytesMut| loop {
+                            buf: &mut bytes::BytesMut| loop {
         if let Some(frame) = tether_proto::binary::decode(buf, 1 << 20).unwrap() {
             return Some(frame);
         }

@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 use table::{Close, ConnTable};
 use wire::{TcpWire, WsWire};
 
+/// How long a refused WebSocket client may take to send its upgrade request.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Shared state of the gateway role.
 #[derive(Debug)]
 pub struct Gateway {
@@ -147,7 +150,13 @@ impl Gateway {
                     |req: &Request, resp: Response| upgrade_check(req, resp, refused),
                     Some(ws_config),
                 );
-                let ws = match tokio::time::timeout(gw.config.handshake_timeout, upgrade).await {
+                // A refused client only needs its HTTP answer: it gets a second, not the whole
+                // handshake timeout, to hold a socket that no limit counts.
+                let limit = match refused {
+                    Some(_) => gw.config.handshake_timeout.min(REFUSAL_TIMEOUT),
+                    None => gw.config.handshake_timeout,
+                };
+                let ws = match tokio::time::timeout(limit, upgrade).await {
                     Ok(Ok(ws)) => ws,
                     Ok(Err(e)) => {
                         debug!(%peer, error = %e, "websocket upgrade failed");
