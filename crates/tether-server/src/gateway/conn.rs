@@ -112,7 +112,13 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         },
     );
     let mut pending = VecDeque::from([conn.encoding.encode(&reply)]);
-    if let Ok(Ok(_)) = timeout(gw.config.write_timeout, wire.send(&mut pending)).await {
+    let sent = timeout(gw.config.write_timeout, wire.send(&mut pending)).await;
+    // The reply was never in the queue's budget: count it here, apart from the queue.
+    let bytes = wire.take_bytes_written();
+    let metrics = gw.metrics.transport(conn.transport);
+    metrics.bytes_out.increment(bytes as u64);
+    if let Ok(Ok(())) = sent {
+        metrics.frames_out.increment(1);
         return Some(conn);
     }
     gw.metrics.disconnect(None);
@@ -257,7 +263,11 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
         sending: false,
         close: None,
     };
-    match std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await {
+    let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
+    // From here on nothing is written but the goodbye: pushes must see a closed connection
+    // (and not count it as reached) until it leaves the table.
+    conn.finish();
+    match event {
         Event::Close(close) => {
             // Nothing more is written but the rest of a frame already begun, so that the
             // client can still read the `disconnect` behind it.
@@ -294,10 +304,12 @@ impl Io {
         gw: &Gateway,
         conn: &ConnHandle,
     ) -> Poll<Event> {
+        // One take per pass, then a write, so that a producer that keeps queueing cannot keep
+        // the task taking without writing. `poll_ready` answering `Ready` leaves no waker of
+        // ours in the handle (a wake consumes it): it is asked again before any `Pending`.
+        let mut ready = conn.poll_ready(cx).is_ready();
         loop {
-            // Queued work first. Until it answers `Pending` the handle has no waker of ours
-            // (a wake consumes it), so drain it in a loop.
-            while conn.poll_ready(cx).is_ready() {
+            if ready {
                 if let Some(close) = conn.take(&mut self.pending) {
                     self.close = Some(close);
                 }
@@ -339,8 +351,14 @@ impl Io {
                 return Poll::Ready(Event::Close(close));
             }
             let received = match wire.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
                 Poll::Ready(received) => received,
+                Poll::Pending => {
+                    ready = conn.poll_ready(cx).is_ready();
+                    if ready {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
             };
             let frame = match received {
                 Ok(Some(frame)) => frame,
@@ -361,6 +379,7 @@ impl Io {
             let metrics = gw.metrics.transport(conn.transport);
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
+            ready = conn.poll_ready(cx).is_ready();
             match handle(conn, frame) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),

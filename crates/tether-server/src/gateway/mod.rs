@@ -137,6 +137,9 @@ impl Gateway {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(256)
             .write_buffer_size(0)
+            // One outgoing message plus the control frames tungstenite queues itself (pongs,
+            // close): a client that sends pings and never reads cannot grow it further.
+            .max_write_buffer_size(2 * max + 1024)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         while let Some((stream, peer)) = self.accept(&listener).await {

@@ -225,6 +225,10 @@ impl ConnHandle {
     /// Reports `n` bytes written at `now_ms`, freeing that much of the queue's budget.
     pub fn written(&self, n: usize, now_ms: u64) {
         let mut outbox = self.outbox();
+        debug_assert!(
+            outbox.bytes >= n || outbox.close.is_some(),
+            "wrote bytes never queued"
+        );
         outbox.bytes = outbox.bytes.saturating_sub(n);
         drop(outbox);
         self.progress_ms.store(now_ms, Ordering::Relaxed);
@@ -232,8 +236,28 @@ impl ConnHandle {
 
     /// The task starts (`true`) or finishes (`false`) a write that waits on the client.
     pub fn set_writing(&self, writing: bool, now_ms: u64) {
-        if self.writing.swap(writing, Ordering::Relaxed) != writing && writing {
+        // Only the connection's task writes these. The start time is stored before the flag
+        // (release), and the sweep reads the flag first (acquire): it never sees a write that
+        // has begun with the progress time of an earlier one.
+        if writing {
             self.progress_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.writing.store(writing, Ordering::Release);
+    }
+
+    /// Marks the connection finished: nothing more is queued (pushes count it as not reached)
+    /// and what was queued is dropped.
+    pub fn finish(&self) {
+        let mut outbox = self.outbox();
+        outbox.frames = VecDeque::new();
+        outbox.bytes = 0;
+        if outbox.close.is_none() {
+            outbox.close = Some(Close {
+                code: Code::INTERNAL,
+                reason: "connection finished".into(),
+                retry_after_ms: 0,
+                flush: false,
+            });
         }
     }
 
@@ -272,7 +296,7 @@ impl ConnHandle {
     /// Closes the connection if the client has been silent past its limit at `now_ms`, or has
     /// taken no bytes of a pending write for `write_timeout_ms`.
     fn sweep(&self, now_ms: u64, write_timeout_ms: u64) -> bool {
-        if self.writing.load(Ordering::Relaxed) {
+        if self.writing.load(Ordering::Acquire) {
             let stalled = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
             if stalled > write_timeout_ms {
                 return self.abandon(&format!("the client took no bytes for {stalled} ms"));
@@ -494,6 +518,8 @@ mod tests {
         let conn = Arc::new(handle(1000));
         table.insert(conn.clone());
         conn.seen(100_000);
+        conn.enqueue(Bytes::from(vec![0; 20]));
+        conn.take(&mut VecDeque::new());
         conn.set_writing(true, 1_000);
         conn.written(10, 5_000);
         assert_eq!(

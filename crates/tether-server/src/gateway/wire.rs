@@ -311,8 +311,11 @@ impl Wire for WsWire {
     ) -> Poll<io::Result<()>> {
         // tungstenite keeps message boundaries itself: a message it accepted is written whole
         // (it holds what the socket has not taken yet), so no frame is ever torn here.
+        // Sink::poll_ready is not used: it answers Ready while tungstenite still holds bytes.
         while !frames.is_empty() {
-            ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+            // Hand tungstenite a message only once its buffer is empty, so that the buffer
+            // never holds more than one message and the control replies it adds itself.
+            ready!(self.ws.poll_flush_unpin(cx)).map_err(io::Error::other)?;
             let Some(frame) = frames.pop_front() else {
                 break;
             };

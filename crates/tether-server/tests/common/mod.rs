@@ -310,6 +310,20 @@ impl WsClient {
             .expect("WebSocket send failed");
     }
 
+    /// Queues `n` copies of `message`, then flushes once.
+    pub async fn send_many(&mut self, message: Message, n: usize) {
+        for _ in 0..n {
+            timeout(WAIT, self.ws.feed(message.clone()))
+                .await
+                .expect("WebSocket send timed out")
+                .expect("WebSocket send failed");
+        }
+        timeout(WAIT, self.ws.flush())
+            .await
+            .expect("WebSocket flush timed out")
+            .expect("WebSocket flush failed");
+    }
+
     pub async fn send_frame(&mut self, frame: &Frame) {
         self.send(Message::Binary(encode(frame))).await;
     }
