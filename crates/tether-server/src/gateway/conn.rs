@@ -3,13 +3,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::task::{Context, Poll};
 use tether_core::{AppId, DeviceId, Session, auth, validate_id};
 use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
-
 use tokio::time::timeout;
 use tracing::debug;
 
@@ -24,7 +23,7 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// # Memory
 /// This future is the largest per-connection allocation, so what it holds while idle is kept
-/// small: the handshake, the writes and the goodbye are boxed, so that their state is
+/// small: the handshake, the goodbye and the clean-up are boxed, so that their state is
 /// allocated only while they run rather than reserved for the connection's whole life.
 pub(crate) async fn serve<W: Wire>(mut wire: W, gw: Arc<Gateway>) {
     let Some(conn) = Box::pin(establish(&mut wire, &gw)).await else {
@@ -209,12 +208,17 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
         if !seen.insert(binding.app.clone()) {
             return Err((
                 Code::BAD_BINDINGS,
-                format!("app {:?} is bound twice", binding.app),
+                format!(
+                    "app {:?} is bound twice",
+                    truncate_utf8(&binding.app, tether_core::MAX_ID_LEN)
+                ),
             ));
         }
         // The configured id is shared by every connection of the app (an `Arc<str>`).
         let Some((app, secret)) = gw.apps.get_key_value(binding.app.as_str()) else {
-            return Err((Code::UNKNOWN_APP, format!("unknown app {:?}", binding.app)));
+            // Echo at most an id's length of what the client sent.
+            let app = truncate_utf8(&binding.app, tether_core::MAX_ID_LEN);
+            return Err((Code::UNKNOWN_APP, format!("unknown app {app:?}")));
         };
         let app = app.clone();
         let user = auth::verify(
@@ -474,6 +478,7 @@ async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Cl
 
 /// Removes a closed connection from the table and the registry.
 async fn forget(gw: &Gateway, conn: &ConnHandle) {
+    conn.finish();
     gw.table.remove(conn.id);
     for (app, user) in &conn.bindings {
         if let Err(e) = gw.registry.unregister(app, user, &gw.node, conn.id).await {
