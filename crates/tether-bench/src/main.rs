@@ -269,14 +269,19 @@ async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
     }
 }
 
+/// The heartbeat from the server's answer to `connect`, or why the connection was refused.
+fn negotiated_heartbeat(reply: Body) -> anyhow::Result<Duration> {
+    match reply {
+        Body::Connected(c) => Ok(Duration::from_millis(u64::from(c.heartbeat_ms))),
+        Body::Disconnect(d) => bail!("refused: {}", d.code),
+        other => bail!("unexpected {:?}", other.op()),
+    }
+}
+
 async fn hold_tcp(mut stream: TcpStream, stats: &Stats, connect: Frame) -> anyhow::Result<()> {
     stream.write_all(&binary::encode_to_bytes(&connect)).await?;
     let mut buf = BytesMut::new();
-    let heartbeat = match read_tcp(&mut stream, &mut buf).await? {
-        Body::Connected(c) => Duration::from_millis(u64::from(c.heartbeat_ms)),
-        Body::Disconnect(d) => bail!("refused: {}", d.code),
-        other => bail!("unexpected {:?}", other.op()),
-    };
+    let heartbeat = negotiated_heartbeat(read_tcp(&mut stream, &mut buf).await?)?;
     stats.ok.fetch_add(1, Ordering::Relaxed);
     let ping = binary::encode_to_bytes(&Frame::new(2, Body::Ping));
     loop {
@@ -319,11 +324,7 @@ async fn hold_ws(
         tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     ws.send(Message::Binary(binary::encode_to_bytes(&connect)))
         .await?;
-    let heartbeat = match read_ws(&mut ws).await? {
-        Body::Connected(c) => Duration::from_millis(u64::from(c.heartbeat_ms)),
-        Body::Disconnect(d) => bail!("refused: {}", d.code),
-        other => bail!("unexpected {:?}", other.op()),
-    };
+    let heartbeat = negotiated_heartbeat(read_ws(&mut ws).await?)?;
     stats.ok.fetch_add(1, Ordering::Relaxed);
     let ping = binary::encode_to_bytes(&Frame::new(2, Body::Ping));
     loop {

@@ -230,11 +230,6 @@ impl Gateway {
         });
         n
     }
-
-    /// Open connections, by the admission count (handshaking ones included).
-    pub fn open_connections(&self) -> usize {
-        self.admission.total.load(Ordering::Relaxed)
-    }
 }
 
 // The error type is tungstenite's; its size is not ours to choose.

@@ -284,10 +284,6 @@ impl ConnHandle {
         true
     }
 
-    pub fn queued_bytes(&self) -> usize {
-        self.outbox().bytes
-    }
-
     /// Records that the client was heard from at `now_ms`.
     pub fn seen(&self, now_ms: u64) {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
