@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tether_proto::{Code, PayloadKind, Push};
 
+use crate::store::{Append, Cursor, Idempotency, NewMessage, Page, Store};
 use crate::{
-    AppId, ConnId, DeviceId, LocalSink, NodeId, Outgoing, Registry, Router, Session, Transport,
-    UserId,
+    AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, Outgoing, Registry, Router, Seq,
+    Session, Transport, UserId,
 };
 
 fn session(app: &str, user: &str, node: &str, conn: u64, device: &str) -> Session {
@@ -194,5 +195,315 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
     assert_eq!(
         sink.disconnected.lock().unwrap().as_slice(),
         &[(ConnId(2), Code::KICKED)]
+    );
+}
+
+/// The inbox cap a store must be built with for [`store_contract`].
+pub const CONTRACT_INBOX_CAP: usize = 5;
+
+fn new_message(id: u64, created_ms: u64, ttl_ms: u64, payload: &str) -> NewMessage {
+    NewMessage {
+        id: MessageId(id),
+        created_ms,
+        expires_ms: created_ms + ttl_ms,
+        kind: PayloadKind::Json,
+        payload: Bytes::from(payload.to_owned()),
+    }
+}
+
+fn append_to(app: &str, users: &[&str], message: NewMessage) -> Append {
+    Append {
+        app: AppId::from(app),
+        users: users.iter().map(|u| UserId::from(*u)).collect(),
+        message,
+        idempotency: None,
+    }
+}
+
+fn seqs(page: &Page) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq.0).collect()
+}
+
+/// The store contract. Build the backend with an inbox cap of [`CONTRACT_INBOX_CAP`]; it uses
+/// apps named `contract-*`, so run it on an empty backend.
+pub async fn store_contract(store: &dyn Store) {
+    let now = crate::now_ms();
+    let hour = 3_600_000;
+    let app = AppId::from("contract-s");
+    let alice = UserId::from("alice");
+    let bob = UserId::from("bob");
+
+    let empty = store.read(&app, &alice, Seq(0), 10, now).await.unwrap();
+    assert_eq!(empty.head, Seq(0), "an inbox never written has head 0");
+    assert!(empty.messages.is_empty());
+
+    // Seqs are per inbox, start at 1 and have no gaps.
+    let first = store
+        .append(append_to(
+            "contract-s",
+            &["alice", "bob"],
+            new_message(11, now, hour, "{\"n\":1}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.seqs,
+        vec![(alice.clone(), Seq(1)), (bob.clone(), Seq(1))],
+        "each inbox starts at seq 1"
+    );
+    assert!(!first.duplicate);
+    assert_eq!(first.id, MessageId(11));
+    let second = store
+        .append(append_to(
+            "contract-s",
+            &["alice"],
+            new_message(12, now, hour, "{\"n\":2}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(second.seqs, vec![(alice.clone(), Seq(2))]);
+    let page = store.read(&app, &alice, Seq(0), 10, now).await.unwrap();
+    assert_eq!(seqs(&page), vec![1, 2]);
+    assert_eq!(page.head, Seq(2));
+    assert_eq!(page.messages[0].id, MessageId(11));
+    assert_eq!(page.messages[1].payload, Bytes::from_static(b"{\"n\":2}"));
+    assert_eq!(page.messages[1].kind, PayloadKind::Json);
+    assert_eq!(page.messages[1].created_ms, now);
+    assert_eq!(page.messages[1].expires_ms, now + hour);
+    assert_eq!(
+        seqs(&store.read(&app, &alice, Seq(1), 10, now).await.unwrap()),
+        vec![2],
+        "read returns what comes after the given seq"
+    );
+    assert_eq!(
+        seqs(&store.read(&app, &alice, Seq(0), 1, now).await.unwrap()),
+        vec![1],
+        "read honours its limit, oldest first"
+    );
+    assert_eq!(
+        seqs(&store.read(&app, &bob, Seq(0), 10, now).await.unwrap()),
+        vec![1],
+        "inboxes are separate"
+    );
+    let other_app = AppId::from("contract-t");
+    assert_eq!(
+        store
+            .read(&other_app, &alice, Seq(0), 10, now)
+            .await
+            .unwrap()
+            .head,
+        Seq(0),
+        "apps are separate"
+    );
+
+    // Concurrent appends to one inbox get distinct, gapless seqs, and reads see them in order.
+    let carol = UserId::from("carol");
+    let appends = (0..200u64).map(|i| {
+        store.append(append_to(
+            "contract-s",
+            &["carol", "dave"],
+            new_message(1000 + i, now, hour, "{}"),
+        ))
+    });
+    let results = futures_util::future::join_all(appends).await;
+    let mut got: Vec<u64> = results
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(
+                r.seqs[0].1, r.seqs[1].1,
+                "carol and dave see the same appends"
+            );
+            r.seqs[0].1.0
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..=200).collect::<Vec<_>>(),
+        "concurrent appends: gapless and distinct"
+    );
+    // The cap keeps the newest messages.
+    let page = store.read(&app, &carol, Seq(0), 100, now).await.unwrap();
+    assert_eq!(
+        seqs(&page),
+        (196..=200).collect::<Vec<_>>(),
+        "an inbox over its cap keeps the newest {CONTRACT_INBOX_CAP}"
+    );
+    assert_eq!(page.head, Seq(200));
+    let ids: Vec<u64> = page.messages.iter().map(|m| m.id.0).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "each message once");
+
+    // Expiry: never returned once expired, and seqs are not reused afterwards.
+    let erin = UserId::from("erin");
+    store
+        .append(append_to(
+            "contract-s",
+            &["erin"],
+            new_message(21, now, 100, "{}"),
+        ))
+        .await
+        .unwrap();
+    store
+        .append(append_to(
+            "contract-s",
+            &["erin"],
+            new_message(22, now, hour, "{}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&store.read(&app, &erin, Seq(0), 10, now + 99).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .read(&app, &erin, Seq(0), 10, now + 100)
+                .await
+                .unwrap()
+        ),
+        vec![2],
+        "a message is not returned from its expiry on"
+    );
+    let frank = UserId::from("frank");
+    store
+        .append(append_to(
+            "contract-s",
+            &["frank"],
+            new_message(31, now, 10, "{}"),
+        ))
+        .await
+        .unwrap();
+    let later = store
+        .append(append_to(
+            "contract-s",
+            &["frank"],
+            new_message(32, now + 1000, hour, "{}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        later.seqs[0].1,
+        Seq(2),
+        "a seq is never reused, even when every message before it expired"
+    );
+    let page = store
+        .read(&app, &frank, Seq(0), 10, now + 1000)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), vec![2]);
+
+    // Idempotency: a retry within the window stores nothing and answers the first result.
+    let keyed = |id: u64, key: &str, created: u64, users: &[&str]| {
+        let mut a = append_to("contract-s", users, new_message(id, created, hour, "{}"));
+        a.idempotency = Some(Idempotency {
+            key: key.into(),
+            expires_ms: created + 60_000,
+        });
+        a
+    };
+    let gina = UserId::from("gina");
+    let once = store.append(keyed(41, "k1", now, &["gina"])).await.unwrap();
+    let again = store
+        .append(keyed(42, "k1", now + 10, &["gina"]))
+        .await
+        .unwrap();
+    assert!(again.duplicate, "the same key again is a duplicate");
+    assert_eq!(again.id, MessageId(41), "a duplicate answers the first id");
+    assert_eq!(again.seqs, once.seqs, "and the first seqs");
+    assert_eq!(
+        seqs(&store.read(&app, &gina, Seq(0), 10, now).await.unwrap()),
+        vec![1],
+        "a duplicate stores nothing"
+    );
+    let racing = futures_util::future::join_all(
+        (0..4).map(|i| store.append(keyed(50 + i, "k2", now, &["gina"]))),
+    )
+    .await;
+    assert_eq!(
+        racing
+            .iter()
+            .filter(|r| !r.as_ref().unwrap().duplicate)
+            .count(),
+        1,
+        "concurrent appends with one key store once"
+    );
+    let mut in_other_app = keyed(60, "k1", now, &["gina"]);
+    in_other_app.app = other_app.clone();
+    assert!(
+        !store.append(in_other_app).await.unwrap().duplicate,
+        "keys are per app"
+    );
+    let expired_key = store
+        .append(keyed(61, "k1", now + 60_000, &["gina"]))
+        .await
+        .unwrap();
+    assert!(
+        !expired_key.duplicate,
+        "a key is forgotten once its window passed"
+    );
+    assert_eq!(expired_key.seqs[0].1, Seq(3));
+
+    // Cursors: per device, forward only.
+    let phone = DeviceId::from("phone");
+    let laptop = DeviceId::from("laptop");
+    assert_eq!(
+        store.cursor(&app, &alice, &phone).await.unwrap(),
+        Cursor::default()
+    );
+    store.ack(&app, &alice, &phone, Seq(2)).await.unwrap();
+    store.ack(&app, &alice, &phone, Seq(1)).await.unwrap();
+    store.ack(&app, &alice, &laptop, Seq(1)).await.unwrap();
+    assert_eq!(
+        store.cursor(&app, &alice, &phone).await.unwrap().acked,
+        Seq(2),
+        "a cursor never moves back"
+    );
+    let all = store.cursors(&app, &alice).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|(d, c)| (d.as_str(), c.acked.0))
+            .collect::<Vec<_>>(),
+        vec![("laptop", 1), ("phone", 2)],
+        "cursors per device, sorted by device"
+    );
+    assert!(store.cursors(&app, &bob).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .read(&app, &alice, Seq(0), 10, now)
+            .await
+            .unwrap()
+            .head,
+        Seq(2),
+        "acks do not delete messages"
+    );
+
+    // The poison guard's count.
+    let tablet = DeviceId::from("tablet");
+    for expected in 1..=3 {
+        let n = store
+            .note_attempt(&app, &alice, &tablet, Seq(1))
+            .await
+            .unwrap();
+        assert_eq!(n, expected, "attempts of one seq add up");
+    }
+    assert_eq!(
+        store
+            .note_attempt(&app, &alice, &tablet, Seq(2))
+            .await
+            .unwrap(),
+        1,
+        "another seq starts again at 1"
+    );
+    store.ack(&app, &alice, &tablet, Seq(2)).await.unwrap();
+    let cursor = store.cursor(&app, &alice, &tablet).await.unwrap();
+    assert_eq!(cursor.acked, Seq(2));
+    assert_eq!(
+        cursor.attempts, 0,
+        "an ack past the attempted seq clears it"
     );
 }

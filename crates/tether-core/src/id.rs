@@ -90,6 +90,28 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// A position in one (app, user) inbox: the first message is 1, and each append takes the next
+/// number, with no gaps. 0 means "before the first message".
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub const ZERO: Seq = Seq(0);
+
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A message id: unique across nodes and roughly time-ordered.
 ///
 /// Layout (snowflake): 41 bits of milliseconds since 2025-01-01, 10 bits of node number, 12 bits

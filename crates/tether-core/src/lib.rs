@@ -10,6 +10,8 @@
 //! - [`registry`]: the registry seam (who is connected where) and its in-memory backend.
 //! - [`router`]: the router seam (carry a delivery to the node holding a connection) and its
 //!   in-memory, single-node backend.
+//! - [`store`]: the store seam (durable inboxes, device cursors, idempotency keys) and its
+//!   in-memory backend.
 //! - [`contract`]: the contract test suites every backend of a seam must pass.
 
 pub mod auth;
@@ -18,11 +20,13 @@ pub mod id;
 pub mod message;
 pub mod registry;
 pub mod router;
+pub mod store;
 
 pub use id::*;
 pub use message::Outgoing;
 pub use registry::{MemoryRegistry, Registry, RegistryError, Session, Transport};
 pub use router::{LocalSink, MemoryRouter, Router, RouterError};
+pub use store::{MemoryStore, Retention, Store, StoreError};
 
 /// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> u64 {

@@ -22,6 +22,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub limits: Limits,
     pub gateway: GatewayConfig,
+    pub store: StoreConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -102,6 +103,55 @@ pub struct GatewayConfig {
     /// On shutdown, the node exits after at most this long.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+}
+
+/// Durable (qos 1) messages: where inboxes live, how they are written, how long they last.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded`: on disk in `<data_dir>/store`, survives restarts. `memory`: lost on exit.
+    pub backend: StoreBackend,
+    /// When an append counts as done; see [`Durability`].
+    pub durability: Durability,
+    /// With `durability = "interval"`: how often the store fsyncs.
+    #[serde(deserialize_with = "duration")]
+    pub sync_interval: Duration,
+    /// Most messages one (app, user) inbox keeps; older ones are dropped first.
+    pub inbox_cap: usize,
+    /// A push without `ttl` is kept this long.
+    #[serde(deserialize_with = "duration")]
+    pub default_ttl: Duration,
+    /// The longest `ttl` a push may ask for.
+    #[serde(deserialize_with = "duration")]
+    pub max_ttl: Duration,
+    /// How long an idempotency key is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    /// Appends waiting for the store's writer; past it, qos 1 pushes get 503.
+    pub queue: usize,
+    /// The poison guard: a message that this many backlogs in a row began with, unacked, is
+    /// skipped for that device.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Memory,
+}
+
+/// When a durable append is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the fsync that covers it (one fsync covers every append waiting at the time).
+    /// Survives power loss.
+    Sync,
+    /// After the write reaches the operating system; fsync runs every `sync_interval`.
+    /// Survives a crash of the process, and loses up to `sync_interval` of appends on power
+    /// loss or a kernel crash.
+    Interval,
 }
 
 /// A tenant.
@@ -185,6 +235,22 @@ impl Default for GatewayConfig {
             token_leeway: Duration::from_secs(30),
             shutdown_spread: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            durability: Durability::Sync,
+            sync_interval: Duration::from_millis(10),
+            inbox_cap: 1000,
+            default_ttl: Duration::from_secs(3 * 86_400),
+            max_ttl: Duration::from_secs(30 * 86_400),
+            idempotency_window: Duration::from_secs(86_400),
+            queue: 65_536,
+            max_attempts: 5,
         }
     }
 }
@@ -328,6 +394,30 @@ impl Config {
         if g.shutdown_spread > Duration::from_secs(3600) {
             problems.push("gateway.shutdown_spread must be at most 1h".into());
         }
+        let st = &self.store;
+        if st.sync_interval.is_zero() || st.sync_interval > Duration::from_secs(10) {
+            problems.push("store.sync_interval must be between 1ms and 10s".into());
+        }
+        if !(1..=1_000_000).contains(&st.inbox_cap) {
+            problems.push("store.inbox_cap must be between 1 and 1000000".into());
+        }
+        if st.default_ttl.is_zero() || st.default_ttl > st.max_ttl {
+            problems.push("store.default_ttl must be non-zero and at most store.max_ttl".into());
+        }
+        if st.max_ttl > Duration::from_secs(365 * 86_400) {
+            problems.push("store.max_ttl must be at most 365d".into());
+        }
+        if st.idempotency_window.is_zero()
+            || st.idempotency_window > Duration::from_secs(7 * 86_400)
+        {
+            problems.push("store.idempotency_window must be between 1ms and 7d".into());
+        }
+        if !(1..=10_000_000).contains(&st.queue) {
+            problems.push("store.queue must be between 1 and 10000000".into());
+        }
+        if st.max_attempts == 0 {
+            problems.push("store.max_attempts must be at least 1".into());
+        }
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -400,6 +490,8 @@ impl Config {
         config.listen.ws = "127.0.0.1:0".into();
         config.listen.http = "127.0.0.1:0".into();
         config.node.data_dir = std::env::temp_dir().join("tether-tests");
+        // Tests share one data directory: keep their inboxes apart.
+        config.store.backend = StoreBackend::Memory;
         config.apps.push(AppConfig {
             id: AppId::from("demo"),
             secret: Secret::new("demo-secret-0123456789"),
@@ -471,13 +563,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 250ms, 5m or 1h"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 250ms, 5m, 1h or 3d"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m or h)")),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m, h or d)")),
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("{s:?} is too long"))
