@@ -253,6 +253,7 @@ fn connect_frame(setup: &Setup, n: u64) -> Frame {
             bindings: vec![Binding {
                 app: setup.app.to_string(),
                 token,
+                last_seq: None,
             }],
         },
     )

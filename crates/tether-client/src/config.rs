@@ -102,6 +102,25 @@ impl ClientConfig {
         self.bindings.push(Binding {
             app: app.into(),
             token: token.into(),
+            last_seq: None,
+        });
+        self
+    }
+
+    /// Adds a binding that resumes `app`'s inbox after `last_seq`, the last durable seq this
+    /// install kept from an earlier run. Without it ([`ClientConfig::bind`]), the first
+    /// connection resumes from the position the server holds for this device (its last ack).
+    /// Reconnects of one [`crate::Client`] always resume after the last message it received.
+    pub fn bind_at(
+        mut self,
+        app: impl Into<String>,
+        token: impl Into<String>,
+        last_seq: u64,
+    ) -> Self {
+        self.bindings.push(Binding {
+            app: app.into(),
+            token: token.into(),
+            last_seq: Some(last_seq),
         });
         self
     }

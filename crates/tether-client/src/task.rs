@@ -16,10 +16,13 @@
 //! ping (`docs/protocol.md`, section 6) while the task was reading: the server answers every
 //! ping, so a live server is never silent that long.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_proto::{Ack, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION};
+use tether_proto::{
+    Ack, Binding, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION, Push,
+};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -73,6 +76,9 @@ pub(crate) struct Task {
     /// An event read from the socket while the queue was full; while it is here the task does
     /// not read the socket.
     held: Option<Event>,
+    /// The highest durable seq handed to the user, per app of the bindings (which bounds the
+    /// map). A reconnect resumes after it; a push at or below it is a duplicate and dropped.
+    last_seqs: HashMap<String, u64>,
 }
 
 impl Task {
@@ -91,6 +97,7 @@ impl Task {
             cancel,
             last_id: 0,
             held: None,
+            last_seqs: HashMap::new(),
         }
     }
 
@@ -113,7 +120,15 @@ impl Task {
             version: PROTOCOL_VERSION,
             device: self.config.device.clone(),
             heartbeat_ms: u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX),
-            bindings: self.config.bindings.clone(),
+            bindings: self
+                .config
+                .bindings
+                .iter()
+                .map(|b| Binding {
+                    last_seq: self.last_seqs.get(&b.app).copied().or(b.last_seq),
+                    ..b.clone()
+                })
+                .collect(),
         };
         let id = self.next_id();
         conn.send(&[Frame::new(id, connect)]).await?;
@@ -185,6 +200,22 @@ impl Task {
             }
             Err(TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Records a durable push's seq; false when it was handed over before (a resend around a
+    /// reconnect).
+    fn first_time(&mut self, push: &Push) -> bool {
+        let Some(last) = self.last_seqs.get_mut(&push.app) else {
+            if self.config.bindings.iter().any(|b| b.app == push.app) {
+                self.last_seqs.insert(push.app.clone(), push.seq);
+            }
+            return true;
+        };
+        if push.seq <= *last {
+            return false;
+        }
+        *last = push.seq;
+        true
     }
 
     /// Writes `frames` within `limit` (a server that stops reading is a dead server).
@@ -293,6 +324,9 @@ impl Task {
                     };
                     match frame.body {
                         Body::Push(push) => {
+                            if push.qos > 0 && !self.first_time(&push) {
+                                continue;
+                            }
                             if !self.deliver(Event::Message(push)) {
                                 return End::Closed;
                             }

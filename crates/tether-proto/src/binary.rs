@@ -51,7 +51,7 @@ use crate::Code;
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Push,
+    PROTOCOL_VERSION, PayloadKind, Push, Sync, Synced,
 };
 
 /// Size of the length prefix.
@@ -148,6 +148,11 @@ fn parse_checked(frame: Bytes) -> Result<Frame, DecodeError> {
                 Ok(Binding {
                     app: r.str()?,
                     token: r.str()?,
+                    last_seq: match r.u8()? {
+                        0 => None,
+                        1 => Some(r.u64()?),
+                        _ => return Err(DecodeError::Malformed("binding has a bad last_seq flag")),
+                    },
                 })
             })?,
         }),
@@ -181,6 +186,16 @@ fn parse_checked(frame: Bytes) -> Result<Frame, DecodeError> {
         Op::Ack => Body::Ack(Ack {
             app: r.str()?,
             seq: r.u64()?,
+        }),
+        Op::Sync => Body::Sync(Sync {
+            app: r.str()?,
+            after: r.u64()?,
+            limit: r.u32()?,
+        }),
+        Op::Synced => Body::Synced(Synced {
+            app: r.str()?,
+            last: r.u64()?,
+            head: r.u64()?,
         }),
         Op::Error => Body::Error(ErrorBody {
             code: Code(r.u16()?),
@@ -290,7 +305,7 @@ pub fn encoded_len(frame: &Frame) -> usize {
                 + 2
                 + c.bindings
                     .iter()
-                    .map(|b| s(&b.app) + s(&b.token))
+                    .map(|b| s(&b.app) + s(&b.token) + 1 + if b.last_seq.is_some() { 8 } else { 0 })
                     .sum::<usize>()
         }
         Body::Connected(c) => {
@@ -306,6 +321,8 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Body::Ping | Body::Pong => 0,
         Body::Push(p) => PUSH_FIXED + p.app.len() + p.payload.len(),
         Body::Ack(a) => s(&a.app) + 8,
+        Body::Sync(q) => s(&q.app) + 8 + 4,
+        Body::Synced(q) => s(&q.app) + 8 + 8,
         Body::Error(e) => 2 + s(&e.message),
         Body::Disconnect(d) => 2 + 4 + s(&d.reason),
     };
@@ -350,6 +367,8 @@ pub fn validate(frame: &Frame) -> Result<(), EncodeError> {
         Body::Ping | Body::Pong => {}
         Body::Push(p) => s("app", &p.app)?,
         Body::Ack(a) => s("app", &a.app)?,
+        Body::Sync(q) => s("app", &q.app)?,
+        Body::Synced(q) => s("app", &q.app)?,
         Body::Error(e) => s("message", &e.message)?,
         Body::Disconnect(d) => s("reason", &d.reason)?,
     }
@@ -408,6 +427,13 @@ fn write(frame: &Frame, dst: &mut BytesMut) {
             for b in &c.bindings {
                 put_str(dst, &b.app);
                 put_str(dst, &b.token);
+                match b.last_seq {
+                    None => dst.put_u8(0),
+                    Some(seq) => {
+                        dst.put_u8(1);
+                        dst.put_u64(seq);
+                    }
+                }
             }
         }
         Body::Connected(c) => {
@@ -434,6 +460,16 @@ fn write(frame: &Frame, dst: &mut BytesMut) {
         Body::Ack(a) => {
             put_str(dst, &a.app);
             dst.put_u64(a.seq);
+        }
+        Body::Sync(q) => {
+            put_str(dst, &q.app);
+            dst.put_u64(q.after);
+            dst.put_u32(q.limit);
+        }
+        Body::Synced(q) => {
+            put_str(dst, &q.app);
+            dst.put_u64(q.last);
+            dst.put_u64(q.head);
         }
         Body::Error(e) => {
             dst.put_u16(e.code.0);
@@ -575,7 +611,7 @@ mod tests {
 
     #[test]
     fn unknown_op() {
-        for op in [0u8, 9, 200, 255] {
+        for op in [0u8, 11, 200, 255] {
             let v = header(8, 1, op, 0, 1);
             assert_eq!(
                 parse(Bytes::from(v), MAX),
@@ -709,6 +745,7 @@ mod tests {
         let binding = Binding {
             app: "a".into(),
             token: "t".into(),
+            last_seq: None,
         };
         let frame = Frame::new(
             1,

@@ -91,6 +91,8 @@ codes! {
     BAD_BINDINGS = 4209, "bad_bindings";
     /// A request that is well-formed but not valid here (e.g. an ack for an app not bound).
     BAD_REQUEST = 4300, "bad_request";
+    /// The request could not be served right now (the store is unavailable); retry it later.
+    UNAVAILABLE = 4301, "unavailable";
 }
 
 impl Code {

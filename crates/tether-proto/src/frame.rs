@@ -46,10 +46,12 @@ pub enum Op {
     Ack = 6,
     Error = 7,
     Disconnect = 8,
+    Sync = 9,
+    Synced = 10,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 10] = [
         Op::Connect,
         Op::Connected,
         Op::Ping,
@@ -58,6 +60,8 @@ impl Op {
         Op::Ack,
         Op::Error,
         Op::Disconnect,
+        Op::Sync,
+        Op::Synced,
     ];
 
     pub fn from_u8(n: u8) -> Option<Op> {
@@ -75,6 +79,8 @@ impl Op {
             Op::Ack => "ack",
             Op::Error => "error",
             Op::Disconnect => "disconnect",
+            Op::Sync => "sync",
+            Op::Synced => "synced",
         }
     }
 
@@ -94,6 +100,8 @@ pub enum Body {
     Ack(Ack),
     Error(ErrorBody),
     Disconnect(Disconnect),
+    Sync(Sync),
+    Synced(Synced),
 }
 
 impl Body {
@@ -107,6 +115,8 @@ impl Body {
             Body::Ack(_) => Op::Ack,
             Body::Error(_) => Op::Error,
             Body::Disconnect(_) => Op::Disconnect,
+            Body::Sync(_) => Op::Sync,
+            Body::Synced(_) => Op::Synced,
         }
     }
 }
@@ -130,6 +140,9 @@ pub struct Binding {
     pub app: String,
     /// JWT HS256 signed with the app's secret; `sub` is the user id.
     pub token: String,
+    /// The last inbox seq the client holds for this app: the server sends every durable
+    /// message after it. `None`: resume from the position this device last acked.
+    pub last_seq: Option<u64>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -137,6 +150,7 @@ impl std::fmt::Debug for Binding {
         f.debug_struct("Binding")
             .field("app", &self.app)
             .field("token", &"<redacted>")
+            .field("last_seq", &self.last_seq)
             .finish()
     }
 }
@@ -197,6 +211,26 @@ pub struct Ack {
     pub seq: u64,
 }
 
+/// Client -> server: send the durable messages of this app's inbox after `after`, at most
+/// `limit` of them (0: the server's page size). The server answers with `push` frames carrying
+/// the request's id, then a [`Synced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sync {
+    pub app: String,
+    pub after: u64,
+    pub limit: u32,
+}
+
+/// Server -> client, the end of a `sync` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    pub app: String,
+    /// The last seq sent in this reply (the request's `after` when none was).
+    pub last: u64,
+    /// The inbox's last seq: when above `last`, more is waiting (or was sent live meanwhile).
+    pub head: u64,
+}
+
 /// Server -> client: a request failed (request-error codes, 43xx); the connection stays open.
 /// Closes are announced with [`Disconnect`], never with this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,4 +260,4 @@ macro_rules! into_body {
     };
 }
 
-into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect);
+into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced);

@@ -33,7 +33,7 @@ use serde_json::value::RawValue;
 use crate::error::DecodeError;
 use crate::frame::{
     Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Push,
+    PROTOCOL_VERSION, PayloadKind, Push, Sync, Synced,
 };
 use crate::{Code, Group};
 
@@ -68,6 +68,7 @@ pub fn decode(text: &[u8]) -> Result<Frame, DecodeError> {
                 .map(|b| Binding {
                     app: b.app,
                     token: b.token,
+                    last_seq: b.last_seq,
                 })
                 .collect(),
         }),
@@ -119,6 +120,16 @@ pub fn decode(text: &[u8]) -> Result<Frame, DecodeError> {
             app: f.req(F::App)?,
             seq: f.req(F::Seq)?,
         }),
+        Op::Sync => Body::Sync(Sync {
+            app: f.req(F::App)?,
+            after: f.or(F::After, 0)?,
+            limit: f.or(F::Limit, 0)?,
+        }),
+        Op::Synced => Body::Synced(Synced {
+            app: f.req(F::App)?,
+            last: f.req(F::Last)?,
+            head: f.req(F::Head)?,
+        }),
         Op::Error => Body::Error(ErrorBody {
             code: Code(f.req(F::Code)?),
             message: f.or(F::Message, String::new())?,
@@ -155,10 +166,14 @@ enum F {
     Message,
     Reason,
     RetryAfterMs,
+    After,
+    Limit,
+    Last,
+    Head,
 }
 
 /// Names of [`F`], in order.
-const NAMES: [&str; 20] = [
+const NAMES: [&str; 24] = [
     "op",
     "id",
     "version",
@@ -179,6 +194,10 @@ const NAMES: [&str; 20] = [
     "message",
     "reason",
     "retry_after_ms",
+    "after",
+    "limit",
+    "last",
+    "head",
 ];
 
 impl F {
@@ -300,6 +319,8 @@ impl<'de> Deserialize<'de> for Key {
 struct BindingIn {
     app: String,
     token: String,
+    #[serde(default)]
+    last_seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +378,7 @@ pub fn encode(frame: &Frame) -> String {
                     .map(|b| BindingOut {
                         app: &b.app,
                         token: &b.token,
+                        last_seq: b.last_seq,
                     })
                     .collect(),
             },
@@ -390,6 +412,24 @@ pub fn encode(frame: &Frame) -> String {
             body: AckOut {
                 app: &a.app,
                 seq: a.seq,
+            },
+        }),
+        Body::Sync(q) => to_string(Out {
+            op,
+            id,
+            body: SyncOut {
+                app: &q.app,
+                after: q.after,
+                limit: q.limit,
+            },
+        }),
+        Body::Synced(q) => to_string(Out {
+            op,
+            id,
+            body: SyncedOut {
+                app: &q.app,
+                last: q.last,
+                head: q.head,
             },
         }),
         Body::Error(e) => to_string(Out {
@@ -448,6 +488,8 @@ struct ConnectOut<'a> {
 struct BindingOut<'a> {
     app: &'a str,
     token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -469,6 +511,20 @@ struct BoundOut<'a> {
 struct AckOut<'a> {
     app: &'a str,
     seq: u64,
+}
+
+#[derive(Serialize)]
+struct SyncOut<'a> {
+    app: &'a str,
+    after: u64,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct SyncedOut<'a> {
+    app: &'a str,
+    last: u64,
+    head: u64,
 }
 
 #[derive(Serialize)]
@@ -618,7 +674,8 @@ mod tests {
                     heartbeat_ms: 30_000,
                     bindings: vec![Binding {
                         app: "demo".into(),
-                        token: "t".into()
+                        token: "t".into(),
+                        last_seq: None,
                     }],
                 }
             ))

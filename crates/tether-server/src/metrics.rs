@@ -57,6 +57,14 @@ pub struct Metrics {
     pub queue_overflows: Counter,
     pub push_deliveries: Counter,
     pub rejected_connections: Counter,
+    /// Acks received from clients.
+    pub acks: Counter,
+    /// Durable messages sent from the store (resume backlogs), not live.
+    pub backlog_messages: Counter,
+    /// Messages the poison guard skipped for a device.
+    pub poison_skipped: Counter,
+    /// `sync` requests answered.
+    pub syncs: Counter,
 }
 
 impl Metrics {
@@ -69,6 +77,10 @@ impl Metrics {
             queue_overflows: counter!("tether_queue_overflows_total"),
             push_deliveries: counter!("tether_push_deliveries_total"),
             rejected_connections: counter!("tether_rejected_connections_total"),
+            acks: counter!("tether_acks_total"),
+            backlog_messages: counter!("tether_backlog_messages_total"),
+            poison_skipped: counter!("tether_poison_skipped_total"),
+            syncs: counter!("tether_syncs_total"),
         }
     }
 
@@ -89,6 +101,11 @@ impl Metrics {
     pub fn disconnect(&self, code: Option<Code>) {
         let label = code.map_or("peer", Code::label);
         counter!("tether_disconnects_total", "code" => label).increment(1);
+    }
+
+    /// A store operation failed, by operation (`read`, `ack`, `cursor`, `append`, ...).
+    pub fn store_error(&self, op: &'static str) {
+        counter!("tether_store_errors_total", "op" => op).increment(1);
     }
 
     pub fn push(&self, qos: u8) {

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tether_core::{MemoryRegistry, MemoryRouter, NodeId, Registry, Router};
+use tether_core::{
+    MemoryRegistry, MemoryRouter, MemoryStore, NodeId, Registry, Retention, Router, Store,
+};
 use tether_proto::Code;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -13,19 +15,35 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::Api;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
 
+/// The backends of the seams.
+#[derive(Debug, Clone)]
+struct Backends {
+    registry: Arc<dyn Registry>,
+    router: Arc<dyn Router>,
+    store: Arc<dyn Store>,
+}
+
 /// The backends of the seams, chosen from the configuration in this one place.
-fn backends(config: &Config, table: Arc<ConnTable>) -> (Arc<dyn Registry>, Arc<dyn Router>) {
+fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Backends> {
     let node = NodeId::new(config.node.id.clone());
-    // One node, everything in memory. The Redis backends land with the cluster mode.
-    (
-        Arc::new(MemoryRegistry::new()),
-        Arc::new(MemoryRouter::new(node, table)),
-    )
+    let retention = Retention {
+        inbox_cap: config.store.inbox_cap,
+    };
+    let store: Arc<dyn Store> = match config.store.backend {
+        StoreBackend::Memory => Arc::new(MemoryStore::new(retention)),
+        StoreBackend::Embedded => Arc::new(MemoryStore::new(retention)),
+    };
+    // One node: registry and router in memory. The Redis backends land with the cluster mode.
+    Ok(Backends {
+        registry: Arc::new(MemoryRegistry::new()),
+        router: Arc::new(MemoryRouter::new(node, table)),
+        store,
+    })
 }
 
 /// A running node.
@@ -49,16 +67,21 @@ impl Node {
             metrics.queue_overflows.clone(),
             metrics.push_deliveries.clone(),
         ));
-        let (registry, router) = backends(&config, table.clone());
+        let Backends {
+            registry,
+            router,
+            store,
+        } = backends(&config, table.clone())?;
         let shutdown = CancellationToken::new();
         let gateway = Arc::new(Gateway::new(
             &config,
             table,
             registry.clone(),
+            store.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
-        let api = Arc::new(Api::new(&config, registry, router, metrics));
+        let api = Arc::new(Api::new(&config, registry, router, store, metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
         let ws = bind(&config.listen.ws, &config).await?;

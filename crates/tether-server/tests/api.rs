@@ -76,29 +76,38 @@ async fn every_app_route_needs_the_app_s_own_key() {
 }
 
 #[tokio::test]
-async fn qos_1_is_refused_until_durable_delivery_exists() {
+async fn bad_qos_ttl_and_idempotency_keys_get_400() {
     let node = start(config()).await;
     let http = Http::new(&node);
-    let reply = http
-        .post_raw(
-            PUSH,
-            Some(API_KEY),
-            r#"{"users":["alice"],"payload":{"n":1},"qos":1}"#,
-        )
-        .await;
-    let message = assert_error(&reply, 400);
-    assert!(
-        message.contains("durable") && message.contains("not available"),
-        "{message}"
+    for (body, needle) in [
+        (r#"{"users":["alice"],"payload":1,"qos":2}"#, "qos"),
+        (
+            r#"{"users":["alice"],"payload":1,"qos":0,"ttl":5}"#,
+            "durable",
+        ),
+        (
+            r#"{"users":["alice"],"payload":1,"qos":0,"idempotency_key":"k"}"#,
+            "durable",
+        ),
+        (r#"{"users":["alice"],"payload":1,"qos":1,"ttl":0}"#, "ttl"),
+        (
+            r#"{"users":["alice"],"payload":1,"qos":1,"ttl":999999999}"#,
+            "ttl",
+        ),
+        (
+            r#"{"users":["alice"],"payload":1,"qos":1,"idempotency_key":""}"#,
+            "idempotency_key",
+        ),
+    ] {
+        let reply = http.post_raw(PUSH, Some(API_KEY), body).await;
+        let message = assert_error(&reply, 400);
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let long_key = format!(
+        r#"{{"users":["alice"],"payload":1,"qos":1,"idempotency_key":"{}"}}"#,
+        "k".repeat(257)
     );
-    let reply = http
-        .post_raw(
-            PUSH,
-            Some(API_KEY),
-            r#"{"users":["alice"],"payload":1,"qos":2}"#,
-        )
-        .await;
-    assert_error(&reply, 400);
+    assert_error(&http.post_raw(PUSH, Some(API_KEY), &long_key).await, 400);
 }
 
 #[tokio::test]

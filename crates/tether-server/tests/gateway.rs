@@ -121,6 +121,7 @@ fn binding(app: &str, token: String) -> Binding {
     Binding {
         app: app.into(),
         token,
+        last_seq: None,
     }
 }
 

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tether_proto::{
     Ack, Binding, Body, Bound, Code, Connect, Connected, Disconnect, ErrorBody, Frame, PayloadKind,
-    Push,
+    Push, Sync, Synced,
 };
 
 /// Any string, control characters and non-ASCII included; short, to keep cases fast.
@@ -86,7 +86,7 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
         any::<u8>(),
         text(),
         any::<u32>(),
-        vec((text(), text()), 0..4),
+        vec((text(), text(), proptest::option::of(any::<u64>())), 0..4),
     )
         .prop_map(|(version, device, heartbeat_ms, bindings)| {
             Body::Connect(Connect {
@@ -95,7 +95,11 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
                 heartbeat_ms,
                 bindings: bindings
                     .into_iter()
-                    .map(|(app, token)| Binding { app, token })
+                    .map(|(app, token, last_seq)| Binding {
+                        app,
+                        token,
+                        last_seq,
+                    })
                     .collect(),
             })
         });
@@ -125,6 +129,16 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
         Just(Body::Pong),
         push(payloads).prop_map(Body::Push),
         (text(), any::<u64>()).prop_map(|(app, seq)| Body::Ack(Ack { app, seq })),
+        (text(), any::<u64>(), any::<u32>()).prop_map(|(app, after, limit)| Body::Sync(Sync {
+            app,
+            after,
+            limit
+        })),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(app, last, head)| Body::Synced(Synced {
+            app,
+            last,
+            head
+        })),
         (any::<u16>(), text()).prop_map(|(code, message)| Body::Error(ErrorBody {
             code: Code(code),
             message

@@ -13,8 +13,10 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::Gateway;
-use super::table::{Close, ConnHandle, NewConn};
+use super::inbox::{self, Done, SYNC_PAGE, SyncRequest, Target, Work};
+use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
+use crate::metrics::Metrics;
 
 /// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,12 +44,29 @@ pub(crate) async fn serve<W: Wire>(mut wire: W, gw: Arc<Gateway>) {
 /// or lost (and everything is cleaned up).
 async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle>> {
     let (id, accepted) = handshake(wire, gw).await?;
+    let mut resume = Vec::with_capacity(accepted.bindings.len());
+    for ((app, user), last_seq) in accepted.bindings.iter().zip(&accepted.last_seqs) {
+        let position = match last_seq {
+            Some(seq) => *seq,
+            None => match gw.store.cursor(app, user, &accepted.device).await {
+                Ok(cursor) => cursor.acked.0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a device cursor");
+                    gw.metrics.store_error("cursor");
+                    reject(wire, gw, Code::INTERNAL, "store unavailable").await;
+                    return None;
+                }
+            },
+        };
+        resume.push(position);
+    }
     let conn = Arc::new(ConnHandle::new(NewConn {
         id: gw.table.next_id(),
         transport: wire.transport(),
         encoding: wire.encoding(),
         device: accepted.device,
         bindings: accepted.bindings,
+        resume,
         queue_limit: gw.limits.outbound_queue_bytes,
         idle_limit: accepted.heartbeat * gw.config.heartbeat_missed,
         now_ms: gw.clock_ms(),
@@ -177,6 +196,8 @@ async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted
 struct Accepted {
     device: DeviceId,
     bindings: Vec<(AppId, tether_core::UserId)>,
+    /// Each binding's `last_seq`, in the same order.
+    last_seqs: Vec<Option<u64>>,
     heartbeat: Duration,
 }
 
@@ -204,6 +225,7 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
     }
     let mut seen = HashSet::new();
     let mut bindings = Vec::with_capacity(n);
+    let mut last_seqs = Vec::with_capacity(n);
     for binding in connect.bindings {
         if !seen.insert(binding.app.clone()) {
             return Err((
@@ -236,6 +258,7 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
             }
         })?;
         bindings.push((app, user));
+        last_seqs.push(binding.last_seq);
     }
     let proposed = Duration::from_millis(u64::from(connect.heartbeat_ms));
     let heartbeat = if proposed.is_zero() {
@@ -246,6 +269,7 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
     Ok(Accepted {
         device: DeviceId::new(connect.device),
         bindings,
+        last_seqs,
         heartbeat,
     })
 }
@@ -266,6 +290,7 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
         pending: VecDeque::new(),
         sending: false,
         close: None,
+        work: None,
     };
     let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
     // From here on nothing is written but the goodbye: pushes must see a closed connection
@@ -291,6 +316,8 @@ struct Io {
     sending: bool,
     /// A close asked for, acted on once what it flushes is written.
     close: Option<Close>,
+    /// The store operation under way (durable delivery), boxed only while it runs.
+    work: Option<Work>,
 }
 
 enum Event {
@@ -313,6 +340,7 @@ impl Io {
         // ours in the handle (a wake consumes it): it is asked again before any `Pending`.
         let mut ready = conn.poll_ready(cx).is_ready();
         loop {
+            self.drive_work(cx, gw, conn);
             if ready {
                 if let Some(close) = conn.take(&mut self.pending) {
                     self.close = Some(close);
@@ -384,7 +412,7 @@ impl Io {
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
-            match handle(conn, frame) {
+            match handle(conn, &gw.metrics, frame) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),
                 // Closing on the client's account: what is queued is still written.
@@ -392,6 +420,120 @@ impl Io {
                     conn.close(close);
                 }
             }
+        }
+    }
+}
+
+impl Io {
+    /// Runs store operations (backlog reads, acks, `sync`) one at a time until one has to
+    /// wait, applying each result to the connection.
+    fn drive_work(&mut self, cx: &mut Context<'_>, gw: &Gateway, conn: &ConnHandle) {
+        loop {
+            let work = match &mut self.work {
+                Some(work) => work,
+                None => match conn.next_work() {
+                    Some(next) => self.work.insert(start_work(gw, conn, next)),
+                    None => return,
+                },
+            };
+            match work.as_mut().poll(cx) {
+                Poll::Ready(done) => {
+                    self.work = None;
+                    finish_work(gw, conn, done);
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+}
+
+/// Starts the store operation `next` for `conn`.
+fn start_work(gw: &Gateway, conn: &ConnHandle, next: NextWork) -> Work {
+    let target = |binding: usize| {
+        let (app, user) = &conn.bindings[binding];
+        Target {
+            store: gw.store.clone(),
+            app: app.clone(),
+            user: user.clone(),
+            device: conn.device.clone(),
+        }
+    };
+    match next {
+        NextWork::Ack { binding, seq } => inbox::ack(target(binding), binding, seq),
+        NextWork::Sync(request) => inbox::sync(target(request.binding), request),
+        NextWork::Backlog {
+            binding,
+            after,
+            first_page,
+            missed_before,
+        } => inbox::backlog(
+            target(binding),
+            binding,
+            after,
+            first_page,
+            missed_before,
+            gw.max_attempts,
+        ),
+    }
+}
+
+/// Applies a finished store operation to `conn`.
+fn finish_work(gw: &Gateway, conn: &ConnHandle, done: Done) {
+    match done {
+        Done::Backlog {
+            binding,
+            missed_before,
+            result: Ok(page),
+        } => {
+            if page.skipped.is_some() {
+                gw.metrics.poison_skipped.increment(1);
+            }
+            let queued = conn.apply_backlog(binding, missed_before, page);
+            gw.metrics.backlog_messages.increment(queued as u64);
+        }
+        Done::Backlog { result: Err(e), .. } => {
+            // The client resumes from its position when it comes back.
+            tracing::warn!(conn = %conn.id, error = %e, "cannot read a backlog");
+            gw.metrics.store_error("read");
+            conn.close(Close {
+                code: Code::INTERNAL,
+                reason: "store unavailable".into(),
+                retry_after_ms: 1000,
+                flush: true,
+            });
+        }
+        Done::Acked {
+            binding,
+            seq,
+            result,
+        } => {
+            if let Err(e) = result {
+                // A lost ack costs a redelivery, which at-least-once allows; retrying here
+                // could spin while the store is down.
+                tracing::warn!(conn = %conn.id, error = %e, "cannot store an ack");
+                gw.metrics.store_error("ack");
+            }
+            conn.ack_stored(binding, seq);
+        }
+        Done::Synced {
+            request,
+            result: Ok(page),
+        } => {
+            conn.apply_sync(request, &page);
+            gw.metrics.syncs.increment(1);
+        }
+        Done::Synced {
+            request,
+            result: Err(e),
+        } => {
+            tracing::warn!(conn = %conn.id, error = %e, "cannot answer a sync");
+            gw.metrics.store_error("read");
+            conn.sync_failed();
+            let error = ErrorBody {
+                code: Code::UNAVAILABLE,
+                message: "the store is unavailable; retry later".into(),
+            };
+            conn.enqueue(conn.encoding.encode(&Frame::new(request.id, error)));
         }
     }
 }
@@ -405,8 +547,17 @@ enum Handled {
 }
 
 /// Acts on one frame from a connected client.
-fn handle(conn: &ConnHandle, frame: Frame) -> Handled {
+fn handle(conn: &ConnHandle, metrics: &Metrics, frame: Frame) -> Handled {
     let reply = |body: Body| conn.encoding.encode(&Frame { id: frame.id, body });
+    let not_bound = |op: &str, app: &str| {
+        reply(Body::Error(ErrorBody {
+            code: Code::BAD_REQUEST,
+            message: format!(
+                "{op} for app {:?}, which this connection has not bound",
+                truncate_utf8(app, tether_core::MAX_ID_LEN)
+            ),
+        }))
+    };
     let close = |code: Code, reason: String| Close {
         code,
         reason,
@@ -420,18 +571,39 @@ fn handle(conn: &ConnHandle, frame: Frame) -> Handled {
         }
         Body::Pong => Handled::Continue,
         Body::Ack(ack) => {
-            if !conn.bindings.iter().any(|(app, _)| app.as_str() == ack.app) {
-                let error = ErrorBody {
-                    code: Code::BAD_REQUEST,
-                    message: format!(
-                        "ack for app {:?}, which this connection has not bound",
-                        truncate_utf8(&ack.app, tether_core::MAX_ID_LEN)
-                    ),
-                };
-                conn.enqueue(reply(Body::Error(error)));
+            match conn.binding(&ack.app) {
+                Some(binding) => {
+                    metrics.acks.increment(1);
+                    // The task writes it to the store; acks that arrive meanwhile coalesce.
+                    conn.ack(binding, ack.seq);
+                }
+                None => {
+                    conn.enqueue(not_bound("ack", &ack.app));
+                }
             }
-            // Transient (qos 0) messages have seq 0 and need no cursor; durable delivery
-            // records the acked seq here.
+            Handled::Continue
+        }
+        Body::Sync(sync) => {
+            let Some(binding) = conn.binding(&sync.app) else {
+                conn.enqueue(not_bound("sync", &sync.app));
+                return Handled::Continue;
+            };
+            let limit = match sync.limit as usize {
+                0 => SYNC_PAGE,
+                n => n.min(SYNC_PAGE),
+            };
+            let request = SyncRequest {
+                id: frame.id,
+                binding,
+                after: sync.after,
+                limit,
+            };
+            if !conn.request_sync(request) {
+                conn.enqueue(reply(Body::Error(ErrorBody {
+                    code: Code::BAD_REQUEST,
+                    message: "one sync at a time: wait for the previous one's synced".into(),
+                })));
+            }
             Handled::Continue
         }
         Body::Disconnect(d) => {
@@ -515,6 +687,7 @@ mod tests {
             &crate::Config::for_tests(),
             Arc::new(table),
             Arc::new(tether_core::MemoryRegistry::new()),
+            Arc::new(tether_core::MemoryStore::default()),
             metrics,
             Default::default(),
         ));

@@ -3,11 +3,13 @@
 //! - [`table`]: the sharded connection table and each connection's byte-bounded queue.
 //! - [`wire`]: one interface over raw TCP and WebSocket.
 //! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
+//! - [`inbox`]: durable delivery on a connection (resume, backlog, acks, `sync`).
 //!
 //! Each connection is one task. Nothing is spawned per message: producers queue encoded frames
 //! on the connection's handle and wake its task.
 
 mod conn;
+pub mod inbox;
 pub mod table;
 pub mod wire;
 
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tether_core::{AppId, NodeId, Registry};
+use tether_core::{AppId, NodeId, Registry, Store};
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +49,9 @@ pub struct Gateway {
     apps: HashMap<AppId, String>,
     pub table: Arc<ConnTable>,
     pub registry: Arc<dyn Registry>,
+    pub store: Arc<dyn Store>,
+    /// The poison guard's limit (see [`crate::config::StoreConfig::max_attempts`]).
+    pub max_attempts: u32,
     pub metrics: Metrics,
     admission: Admission,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
@@ -62,6 +67,7 @@ impl Gateway {
         config: &Config,
         table: Arc<ConnTable>,
         registry: Arc<dyn Registry>,
+        store: Arc<dyn Store>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -76,6 +82,8 @@ impl Gateway {
                 .collect(),
             table,
             registry,
+            store,
+            max_attempts: config.store.max_attempts,
             metrics,
             admission: Admission::new(
                 config.limits.max_connections,

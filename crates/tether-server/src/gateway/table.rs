@@ -13,8 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::Counter;
 use std::task::{Context, Poll};
+use tether_core::store::Page;
 use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
-use tether_proto::{Code, Disconnect, Frame};
+use tether_proto::{Code, Disconnect, Frame, Synced};
+
+use super::inbox::{Backlog, InboxState, SyncRequest, push_frame};
 
 use futures_util::task::AtomicWaker;
 
@@ -74,6 +77,29 @@ struct Outbox {
     /// Bytes accepted and not yet written: queued plus the batch being written.
     bytes: usize,
     close: Option<Close>,
+    /// Durable delivery state, one per binding, in the order of [`ConnHandle::bindings`].
+    /// Under the queue's lock, so that ordering a push and queueing it are one step.
+    inboxes: Box<[InboxState]>,
+    /// A `sync` waiting for the task.
+    sync: Option<SyncRequest>,
+    /// A `sync` is waiting or being answered.
+    sync_busy: bool,
+}
+
+/// A store operation the connection's task should run next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextWork {
+    /// Write binding `binding`'s ack up to `seq`.
+    Ack { binding: usize, seq: u64 },
+    /// Answer a `sync`.
+    Sync(SyncRequest),
+    /// Read binding `binding`'s backlog after `after`.
+    Backlog {
+        binding: usize,
+        after: u64,
+        first_page: bool,
+        missed_before: u64,
+    },
 }
 
 /// What a connection is made of once its handshake succeeded.
@@ -84,6 +110,8 @@ pub struct NewConn {
     pub encoding: Encoding,
     pub device: DeviceId,
     pub bindings: Vec<(AppId, UserId)>,
+    /// Where each binding resumes its inbox from (same order as `bindings`).
+    pub resume: Vec<u64>,
     /// Bytes that may wait in the outbound queue.
     pub queue_limit: usize,
     /// Silence after which the heartbeat sweep closes the connection.
@@ -136,7 +164,10 @@ impl ConnHandle {
             last_seen_ms: AtomicU64::new(conn.now_ms),
             writing: AtomicBool::new(false),
             progress_ms: AtomicU64::new(conn.now_ms),
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(Outbox {
+                inboxes: conn.resume.into_iter().map(InboxState::resuming).collect(),
+                ..Outbox::default()
+            }),
             ready: AtomicBool::new(false),
             task: AtomicWaker::new(),
         }
@@ -154,6 +185,17 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return Enqueued::Closed;
         }
+        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
+        drop(outbox);
+        if wake {
+            self.wake();
+        }
+        enqueued
+    }
+
+    /// Queues `frame` on an open connection's locked queue, or closes it as slow past the byte
+    /// limit. Returns whether the task must be woken (the caller does it after unlocking).
+    fn push_locked(&self, outbox: &mut Outbox, frame: Bytes) -> (Enqueued, bool) {
         if outbox.bytes + frame.len() > self.limit {
             outbox.frames = VecDeque::new();
             outbox.close = Some(Close {
@@ -162,19 +204,237 @@ impl ConnHandle {
                 retry_after_ms: 0,
                 flush: false,
             });
-            drop(outbox);
-            self.wake();
-            return Enqueued::Overflow;
+            return (Enqueued::Overflow, true);
         }
         outbox.bytes += frame.len();
         let was_empty = outbox.frames.is_empty();
         outbox.frames.push_back(frame);
-        drop(outbox);
         // One wake-up covers everything queued before the task runs.
-        if was_empty {
+        (Enqueued::Queued, was_empty)
+    }
+
+    /// The index of the binding for `app`, if the connection has one.
+    pub fn binding(&self, app: &str) -> Option<usize> {
+        self.bindings.iter().position(|(a, _)| a.as_str() == app)
+    }
+
+    /// Offers the live durable push `seq` of binding `binding`, encoded as `frame`.
+    ///
+    /// Queued only when it is the binding's next seq; an older seq was sent already, and a gap
+    /// (or a binding still catching up) leaves the push to the backlog read, which finds it in
+    /// the store. All of these count as reached: the connection gets the message in order.
+    pub fn offer_durable(&self, binding: usize, seq: u64, frame: Bytes) -> Enqueued {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return Enqueued::Closed;
+        }
+        let Some(inbox) = outbox.inboxes.get_mut(binding) else {
+            return Enqueued::Closed;
+        };
+        if inbox.catching_up {
+            inbox.missed = inbox.missed.max(seq);
+            return Enqueued::Queued;
+        }
+        if seq <= inbox.sent {
+            return Enqueued::Queued;
+        }
+        if seq > inbox.sent + 1 {
+            inbox.catching_up = true;
+            inbox.missed = seq;
+            drop(outbox);
+            self.wake();
+            return Enqueued::Queued;
+        }
+        inbox.sent = seq;
+        inbox.top = inbox.top.max(seq);
+        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
+        drop(outbox);
+        if wake {
             self.wake();
         }
-        Enqueued::Queued
+        enqueued
+    }
+
+    /// The client acked binding `binding` up to `seq` (clamped to what this connection sent).
+    pub fn ack(&self, binding: usize, seq: u64) {
+        let mut outbox = self.outbox();
+        if let Some(inbox) = outbox.inboxes.get_mut(binding) {
+            inbox.acked = inbox.acked.max(seq.min(inbox.top));
+        }
+    }
+
+    /// Queues a `sync` for the task. `false` when one is already waiting or being answered.
+    pub fn request_sync(&self, request: SyncRequest) -> bool {
+        let mut outbox = self.outbox();
+        if outbox.sync_busy {
+            return false;
+        }
+        outbox.sync_busy = true;
+        outbox.sync = Some(request);
+        true
+    }
+
+    /// The store operation the task should start, if any. Reads wait until the queue is at
+    /// most half full, so a backlog never pushes a connection over its limit.
+    pub fn next_work(&self) -> Option<NextWork> {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return None;
+        }
+        if let Some((binding, inbox)) = outbox
+            .inboxes
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.acked > i.stored_ack)
+        {
+            return Some(NextWork::Ack {
+                binding,
+                seq: inbox.acked,
+            });
+        }
+        if outbox.bytes > self.limit / 2 {
+            return None;
+        }
+        if let Some(request) = outbox.sync.take() {
+            return Some(NextWork::Sync(request));
+        }
+        outbox
+            .inboxes
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.catching_up)
+            .map(|(binding, i)| NextWork::Backlog {
+                binding,
+                after: i.sent,
+                first_page: i.first_page,
+                missed_before: i.missed,
+            })
+    }
+
+    /// Queues a backlog page of binding `binding` read after `missed_before` was taken, as far
+    /// as the byte limit allows, and turns the binding live once it has caught up. Returns how
+    /// many messages were queued.
+    pub fn apply_backlog(&self, binding: usize, missed_before: u64, page: Backlog) -> usize {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return 0;
+        }
+        let Some((app, _)) = self.bindings.get(binding) else {
+            return 0;
+        };
+        let mut queued = 0;
+        let mut all = true;
+        let mut wake = false;
+        {
+            let Outbox {
+                frames,
+                bytes,
+                inboxes,
+                ..
+            } = &mut *outbox;
+            let inbox = &mut inboxes[binding];
+            inbox.first_page = false;
+            if let Some(seq) = page.skipped {
+                inbox.sent = inbox.sent.max(seq);
+                inbox.top = inbox.top.max(seq);
+                inbox.acked = inbox.acked.max(seq);
+                inbox.stored_ack = inbox.stored_ack.max(seq);
+            }
+            for m in &page.messages {
+                if m.seq.0 <= inbox.sent {
+                    continue;
+                }
+                let frame = push_frame(self.encoding, 0, app, m);
+                if *bytes + frame.len() > self.limit {
+                    all = false;
+                    break;
+                }
+                *bytes += frame.len();
+                wake |= frames.is_empty();
+                frames.push_back(frame);
+                inbox.sent = m.seq.0;
+                inbox.top = inbox.top.max(m.seq.0);
+                queued += 1;
+            }
+            if all && page.complete {
+                // Everything missed before the read began was stored before it began: the read
+                // returned it, or it expired or was trimmed. Anything missed since needs
+                // another read.
+                inbox.sent = inbox.sent.max(missed_before);
+                inbox.top = inbox.top.max(inbox.sent);
+                if inbox.missed <= inbox.sent {
+                    inbox.catching_up = false;
+                    inbox.missed = 0;
+                }
+            }
+        }
+        drop(outbox);
+        if wake {
+            self.wake();
+        }
+        queued
+    }
+
+    /// Binding `binding`'s ack up to `seq` is in the store (or was given up on).
+    pub fn ack_stored(&self, binding: usize, seq: u64) {
+        let mut outbox = self.outbox();
+        if let Some(inbox) = outbox.inboxes.get_mut(binding) {
+            inbox.stored_ack = inbox.stored_ack.max(seq);
+        }
+    }
+
+    /// Queues a `sync` reply: the page's pushes with the request's id, as many as fit in the
+    /// byte limit, then `synced`. Returns how many pushes were queued.
+    pub fn apply_sync(&self, request: SyncRequest, page: &Page) -> usize {
+        // Room kept for the `synced` frame (an app id is at most 128 bytes).
+        const SYNCED_ROOM: usize = 512;
+        let mut outbox = self.outbox();
+        outbox.sync_busy = false;
+        if outbox.close.is_some() {
+            return 0;
+        }
+        let Some((app, _)) = self.bindings.get(request.binding) else {
+            return 0;
+        };
+        let mut last = request.after;
+        let mut queued = 0;
+        let mut wake = false;
+        for m in &page.messages {
+            let frame = push_frame(self.encoding, request.id, app, m);
+            if outbox.bytes + frame.len() + SYNCED_ROOM > self.limit {
+                break;
+            }
+            let (_, w) = self.push_locked(&mut outbox, frame);
+            wake |= w;
+            last = m.seq.0;
+            queued += 1;
+        }
+        let inbox = &mut outbox.inboxes[request.binding];
+        inbox.top = inbox.top.max(last);
+        let synced = Frame::new(
+            request.id,
+            Synced {
+                app: app.to_string(),
+                last,
+                head: page.head.0,
+            },
+        );
+        let (_, w) = self.push_locked(&mut outbox, self.encoding.encode(&synced));
+        drop(outbox);
+        if wake || w {
+            self.wake();
+        }
+        queued
+    }
+
+    /// A `sync` could not be answered; another may be asked.
+    pub fn sync_failed(&self) {
+        self.outbox().sync_busy = false;
+    }
+
+    /// A copy of binding `binding`'s delivery state (for tests and stats).
+    pub fn inbox(&self, binding: usize) -> Option<InboxState> {
+        self.outbox().inboxes.get(binding).cloned()
     }
 
     /// Asks the connection to close. The first close wins; later ones are ignored.
@@ -394,9 +654,9 @@ impl ConnTable {
         closed
     }
 
-    /// Offers `frame_for(conn)` to a connection, counting overflows.
-    fn offer(&self, conn: &ConnHandle, frame: Bytes) -> bool {
-        match conn.enqueue(frame) {
+    /// Whether a frame reached its connection, counting overflows.
+    fn counted(&self, enqueued: Enqueued) -> bool {
+        match enqueued {
             Enqueued::Queued => true,
             Enqueued::Closed => false,
             Enqueued::Overflow => {
@@ -409,6 +669,7 @@ impl ConnTable {
 
 impl LocalSink for ConnTable {
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
+        let push = msg.push();
         let mut reached = 0;
         for id in conns {
             let Some(conn) = self.get(*id) else { continue };
@@ -416,7 +677,15 @@ impl LocalSink for ConnTable {
                 Encoding::Binary => msg.binary().clone(),
                 Encoding::Json => msg.json().clone(),
             };
-            if self.offer(&conn, frame) {
+            let offered = if push.qos == 0 {
+                conn.enqueue(frame)
+            } else {
+                match conn.binding(&push.app) {
+                    Some(binding) => conn.offer_durable(binding, push.seq, frame),
+                    None => Enqueued::Closed,
+                }
+            };
+            if self.counted(offered) {
                 reached += 1;
             }
         }
@@ -451,6 +720,7 @@ mod tests {
             encoding: Encoding::Binary,
             device: DeviceId::from("d"),
             bindings: vec![],
+            resume: vec![],
             queue_limit: limit,
             idle_limit: Duration::from_secs(30),
             now_ms: 0,

@@ -90,6 +90,7 @@ pub fn connect_frame(user: &str, device: &str, heartbeat_ms: u32) -> Frame {
         vec![Binding {
             app: APP.into(),
             token: token(user),
+            last_seq: None,
         }],
     )
 }

@@ -1,5 +1,8 @@
 //! The HTTP API for business servers, plus health and metrics.
 //!
+//! - this module: routing, authorization, errors, transient pushes, presence, kick.
+//! - [`durable`]: durable (qos 1) pushes, inbox reads.
+//!
 //! Every `/v1/apps/{app}/...` route needs `Authorization: Bearer <api key>`: no key or an
 //! unknown one answers 401, another app's key answers 403. Errors are JSON:
 //! `{"error": "...", "code": "..."}`.
@@ -22,12 +25,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tether_core::{
-    AppId, ConnId, MessageIdGen, NodeId, Outgoing, Registry, Session, UserId, validate_id,
+    AppId, ConnId, MessageIdGen, NodeId, Outgoing, Registry, Session, Store, UserId, validate_id,
 };
 use tether_proto::{Code, PayloadKind, Push};
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+
+mod durable;
 
 /// Shared state of the API role.
 #[derive(Debug)]
@@ -36,6 +41,8 @@ pub struct Api {
     keys: HashMap<String, AppId>,
     registry: Arc<dyn Registry>,
     router: Arc<dyn tether_core::Router>,
+    store: Arc<dyn Store>,
+    store_config: StoreConfig,
     ids: MessageIdGen,
     metrics: Metrics,
     max_payload: usize,
@@ -50,6 +57,7 @@ impl Api {
         config: &Config,
         registry: Arc<dyn Registry>,
         router: Arc<dyn tether_core::Router>,
+        store: Arc<dyn Store>,
         metrics: Metrics,
     ) -> Self {
         Api {
@@ -60,6 +68,8 @@ impl Api {
                 .collect(),
             registry,
             router,
+            store,
+            store_config: config.store.clone(),
             ids: MessageIdGen::new(node_number(&config.node.id)),
             metrics,
             max_payload: config.limits.max_payload,
@@ -78,6 +88,10 @@ impl Api {
             .route("/metrics", get(metrics))
             .route("/v1/apps/{app}/push", post(push))
             .route("/v1/apps/{app}/users/{user}/presence", get(presence))
+            .route(
+                "/v1/apps/{app}/users/{user}/messages",
+                get(durable::messages),
+            )
             .route("/v1/apps/{app}/users/{user}/kick", post(kick))
             .layer(DefaultBodyLimit::max(limit))
             .layer(axum::middleware::from_fn(move |request, next| {
@@ -165,6 +179,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, sent as `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -173,7 +189,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -191,11 +213,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({ "error": self.message, "code": self.code })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -236,6 +264,12 @@ struct PushRequest {
     payload_base64: Option<String>,
     #[serde(default)]
     qos: u8,
+    /// Durable only: seconds to keep the message (default: the store's `default_ttl`).
+    #[serde(default)]
+    ttl: Option<u64>,
+    /// Durable only: a retry with the same key within the window stores nothing new.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 async fn push(
@@ -244,18 +278,16 @@ async fn push(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req: PushRequest = json_body(body)?;
-    match req.qos {
-        0 => {}
-        1 => {
-            return Err(ApiError::bad_request(
-                "qos 1 (durable delivery) is not available in this version yet; use qos 0",
-            ));
-        }
-        n => {
-            return Err(ApiError::bad_request(format!(
-                "qos must be 0 or 1, not {n}"
-            )));
-        }
+    if req.qos > 1 {
+        return Err(ApiError::bad_request(format!(
+            "qos must be 0 or 1, not {}",
+            req.qos
+        )));
+    }
+    if req.qos == 0 && (req.ttl.is_some() || req.idempotency_key.is_some()) {
+        return Err(ApiError::bad_request(
+            "ttl and idempotency_key apply to durable pushes only (qos 1)",
+        ));
     }
     if req.users.is_empty() || req.users.len() > api.max_users {
         return Err(ApiError::bad_request(format!(
@@ -295,6 +327,16 @@ async fn push(
             ),
         ));
     }
+    if req.qos == 1 {
+        let durable = durable::DurablePush {
+            users,
+            kind,
+            payload,
+            ttl: req.ttl,
+            idempotency_key: req.idempotency_key,
+        };
+        return durable::push(&api, app, durable).await;
+    }
     let id = api.ids.next();
     let msg = Arc::new(Outgoing::new(Push {
         app: app.to_string(),
@@ -323,7 +365,7 @@ async fn push(
 }
 
 /// The connection ids of `sessions`, grouped by the node that holds them.
-fn by_node(sessions: Vec<Session>) -> HashMap<NodeId, Vec<ConnId>> {
+fn by_node(sessions: impl IntoIterator<Item = Session>) -> HashMap<NodeId, Vec<ConnId>> {
     let mut nodes: HashMap<NodeId, Vec<ConnId>> = HashMap::new();
     for s in sessions {
         nodes.entry(s.node).or_default().push(s.conn);
@@ -344,6 +386,20 @@ async fn presence(
         .await
         .map_err(ApiError::unavailable)?;
     sessions.sort_by_key(|s| s.connected_at_ms);
+    let cursors = api.store.cursors(&app, &user).await.map_err(|e| {
+        api.metrics.store_error("cursors");
+        ApiError::unavailable(e)
+    })?;
+    let devices: Vec<Value> = cursors
+        .iter()
+        .map(|(device, cursor)| {
+            json!({
+                "device": device,
+                "acked": cursor.acked,
+                "online": sessions.iter().any(|s| &s.device == device),
+            })
+        })
+        .collect();
     let connections: Vec<Value> = sessions
         .iter()
         .map(|s| {
@@ -361,6 +417,7 @@ async fn presence(
         "user": user,
         "online": !connections.is_empty(),
         "connections": connections,
+        "devices": devices,
     })))
 }
 
