@@ -229,3 +229,68 @@ async fn reconnects_to_a_restarted_node() {
     node_b.shutdown();
     node_b.wait().await;
 }
+
+/// Waits until presence shows `device` acked at `seq` in `user`'s inbox.
+async fn wait_for_ack(http: SocketAddr, user: &str, device: &str, seq: u64) {
+    let url = format!("http://{http}/v1/apps/demo/users/{user}/presence");
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let presence: Value = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("presence")
+            .json()
+            .await
+            .expect("JSON presence");
+        let acked = presence["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["device"] == device))
+            .and_then(|d| d["acked"].as_u64());
+        if acked == Some(seq) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never showed {device} acked at {seq}: {presence}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn durable_messages_resume_after_the_device_s_last_ack() {
+    let node = start(node_config()).await;
+    let http = node.http_addr();
+    for n in 1..=3 {
+        push(http, json!({"users": ["gina"], "payload": n, "qos": 1})).await;
+    }
+    let mut client = connect(client_config(tcp_url(&node), "gina"), "gina").await;
+    for seq in 1..=3 {
+        let msg = next_message(&mut client).await;
+        assert_eq!((msg.seq, msg.qos), (seq, 1), "the backlog, in order");
+        assert_eq!(msg.payload, seq.to_string().as_bytes());
+    }
+    client.ack("demo", 3).expect("ack");
+    client.close().await;
+    wait_for_ack(http, "gina", "device-gina", 3).await;
+
+    for n in 4..=5 {
+        push(http, json!({"users": ["gina"], "payload": n, "qos": 1})).await;
+    }
+    // The same device again, in a new client: only what it has not acked.
+    let mut client = connect(client_config(tcp_url(&node), "gina"), "gina").await;
+    for seq in 4..=5 {
+        assert_eq!(next_message(&mut client).await.seq, seq);
+    }
+    assert!(
+        timeout(Duration::from_millis(200), client.recv())
+            .await
+            .is_err(),
+        "nothing else arrives"
+    );
+    client.close().await;
+    node.shutdown();
+    node.wait().await;
+}

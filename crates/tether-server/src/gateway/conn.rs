@@ -13,7 +13,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::Gateway;
-use super::inbox::{self, Done, SYNC_PAGE, SyncRequest, Target, Work};
+use super::inbox::{self, Done, InboxState, SYNC_PAGE, SyncRequest, Target, Work};
 use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
 use crate::metrics::Metrics;
@@ -46,19 +46,18 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
     let (id, accepted) = handshake(wire, gw).await?;
     let mut resume = Vec::with_capacity(accepted.bindings.len());
     for ((app, user), last_seq) in accepted.bindings.iter().zip(&accepted.last_seqs) {
-        let position = match last_seq {
-            Some(seq) => *seq,
-            None => match gw.store.cursor(app, user, &accepted.device).await {
-                Ok(cursor) => cursor.acked.0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a device cursor");
-                    gw.metrics.store_error("cursor");
-                    reject(wire, gw, Code::INTERNAL, "store unavailable").await;
-                    return None;
-                }
-            },
+        // Read even when the client says where it is: acks are written only past the stored
+        // position, which may be behind the client's `last_seq`.
+        let stored = match gw.store.cursor(app, user, &accepted.device).await {
+            Ok(cursor) => cursor.acked.0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a device cursor");
+                gw.metrics.store_error("cursor");
+                reject(wire, gw, Code::INTERNAL, "store unavailable").await;
+                return None;
+            }
         };
-        resume.push(position);
+        resume.push(InboxState::resuming(last_seq.unwrap_or(stored), stored));
     }
     let conn = Arc::new(ConnHandle::new(NewConn {
         id: gw.table.next_id(),

@@ -34,8 +34,9 @@ pub const SYNC_PAGE: usize = 100;
 /// One binding's delivery state on one connection.
 ///
 /// # Invariants
-/// `sent <= top`; `stored_ack <= acked <= top` except right after a poison skip, which moves
-/// all of them together; while `catching_up` is false, `missed <= sent`.
+/// `sent <= top`; `stored_ack <= acked`; `acked <= top` once the client acked anything on this
+/// connection (before that, `acked` is the stored position, which may be ahead of a client that
+/// resumed from an earlier `last_seq`); while `catching_up` is false, `missed <= sent`.
 #[derive(Debug, Default, Clone)]
 pub struct InboxState {
     /// The highest seq queued by resume or live delivery (starts at the resume position).
@@ -56,13 +57,14 @@ pub struct InboxState {
 }
 
 impl InboxState {
-    /// A binding that starts at `position` and catches up from there.
-    pub fn resuming(position: u64) -> Self {
+    /// A binding that starts at `position` and catches up from there; `stored` is the
+    /// device's acked position in the store (the client's `position` may be ahead or behind).
+    pub fn resuming(position: u64, stored: u64) -> Self {
         InboxState {
             sent: position,
             top: position,
-            acked: position,
-            stored_ack: position,
+            acked: stored,
+            stored_ack: stored,
             catching_up: true,
             missed: 0,
             first_page: true,

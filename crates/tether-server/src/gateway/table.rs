@@ -110,8 +110,8 @@ pub struct NewConn {
     pub encoding: Encoding,
     pub device: DeviceId,
     pub bindings: Vec<(AppId, UserId)>,
-    /// Where each binding resumes its inbox from (same order as `bindings`).
-    pub resume: Vec<u64>,
+    /// Where each binding starts in its inbox (same order as `bindings`).
+    pub resume: Vec<InboxState>,
     /// Bytes that may wait in the outbound queue.
     pub queue_limit: usize,
     /// Silence after which the heartbeat sweep closes the connection.
@@ -165,7 +165,7 @@ impl ConnHandle {
             writing: AtomicBool::new(false),
             progress_ms: AtomicU64::new(conn.now_ms),
             outbox: Mutex::new(Outbox {
-                inboxes: conn.resume.into_iter().map(InboxState::resuming).collect(),
+                inboxes: conn.resume.into_boxed_slice(),
                 ..Outbox::default()
             }),
             ready: AtomicBool::new(false),
