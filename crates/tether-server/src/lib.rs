@@ -8,6 +8,8 @@
 //!   per-connection byte-bounded queues, connection limits.
 //! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics.
 //! - [`metrics`]: Prometheus metrics and the hot-path counter handles.
+//! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
+//!   commit, expiry sweep.
 //! - [`node`]: builds the backends (in one place), binds the listeners, runs and shuts down.
 //!
 //! Every role talks to the others through the seams of `tether-core` (registry, router), never
@@ -18,6 +20,7 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod node;
+pub mod store;
 
 pub use config::Config;
 pub use node::{Node, run};

@@ -16,6 +16,7 @@ use tracing::info;
 
 use crate::api::Api;
 use crate::config::{Config, StoreBackend};
+use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
@@ -26,23 +27,40 @@ struct Backends {
     registry: Arc<dyn Registry>,
     router: Arc<dyn Router>,
     store: Arc<dyn Store>,
+    /// The embedded store, when it is the store: closed (drained and fsynced) on shutdown.
+    embedded: Option<Arc<EmbeddedStore>>,
 }
 
 /// The backends of the seams, chosen from the configuration in this one place.
-fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Backends> {
+async fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Backends> {
     let node = NodeId::new(config.node.id.clone());
-    let retention = Retention {
-        inbox_cap: config.store.inbox_cap,
-    };
-    let store: Arc<dyn Store> = match config.store.backend {
-        StoreBackend::Memory => Arc::new(MemoryStore::new(retention)),
-        StoreBackend::Embedded => Arc::new(MemoryStore::new(retention)),
+    let (store, embedded): (Arc<dyn Store>, _) = match config.store.backend {
+        StoreBackend::Memory => {
+            let retention = Retention {
+                inbox_cap: config.store.inbox_cap,
+            };
+            (Arc::new(MemoryStore::new(retention)), None)
+        }
+        StoreBackend::Embedded => {
+            let dir = config.node.data_dir.join("store");
+            let options = EmbeddedOptions::from_config(&config.store);
+            // Opening replays fjall's journal: blocking work.
+            let opened = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || EmbeddedStore::open(&dir, options)
+            })
+            .await?
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+            let store = Arc::new(opened);
+            (store.clone() as Arc<dyn Store>, Some(store))
+        }
     };
     // One node: registry and router in memory. The Redis backends land with the cluster mode.
     Ok(Backends {
         registry: Arc::new(MemoryRegistry::new()),
         router: Arc::new(MemoryRouter::new(node, table)),
         store,
+        embedded,
     })
 }
 
@@ -71,7 +89,8 @@ impl Node {
             registry,
             router,
             store,
-        } = backends(&config, table.clone())?;
+            embedded,
+        } = backends(&config, table.clone()).await?;
         let shutdown = CancellationToken::new();
         let gateway = Arc::new(Gateway::new(
             &config,
@@ -132,6 +151,11 @@ impl Node {
                         left = gateway.table.len(),
                         "grace period over; closing what is left"
                     );
+                }
+                // What the writer holds is written and fsynced before the node counts as
+                // stopped, so a restart on the same directory finds it.
+                if let Some(store) = embedded {
+                    store.close().await;
                 }
             })
         };

@@ -1,0 +1,545 @@
+//! Keys and values of the embedded store, as bytes.
+//!
+//! # Keys
+//! An id is written with its bytes `0x00` and `0x01` escaped (`0x01 0x01`, `0x01 0x02`) and
+//! then a `0x00` terminator, so an encoded id never contains the terminator: the inbox prefix
+//! `app 0x00 user 0x00` of one inbox is never a prefix of another inbox's keys, whatever the
+//! ids hold. [`tether_core::validate_id`] already keeps control characters out of ids, so in
+//! practice the escape never fires and keys read as `app 0x00 user 0x00 ...`. The escape keeps
+//! byte order, so keys sort as their ids do.
+//!
+//! - message: `inbox seq(u64 BE)`, in seq order within an inbox;
+//! - inbox meta: `inbox`;
+//! - cursor: `inbox device` (device escaped, no terminator);
+//! - idempotency: `app 0x00 key` (the key raw: it is last, and only looked up whole).
+//!
+//! # Values
+//! Each starts with a version byte ([`VERSION`]); integers are big-endian. A value that does
+//! not decode is [`StoreError::Corrupt`], never a panic.
+
+use bytes::Bytes;
+use tether_core::store::{Appended, Cursor, StoredMessage};
+use tether_core::{AppId, DeviceId, MessageId, Seq, StoreError, UserId};
+use tether_proto::PayloadKind;
+
+/// The value format written by this code.
+pub const VERSION: u8 = 1;
+
+/// Longest key the store writes. fjall refuses keys past 64 KiB (by panicking); ids are at
+/// most 128 bytes, so only an absurd idempotency key gets near this.
+pub const MAX_KEY: usize = 4096;
+
+const TERMINATOR: u8 = 0x00;
+const ESCAPE: u8 = 0x01;
+
+fn put_escaped(out: &mut Vec<u8>, id: &str) {
+    for &b in id.as_bytes() {
+        match b {
+            TERMINATOR => out.extend_from_slice(&[ESCAPE, 0x01]),
+            ESCAPE => out.extend_from_slice(&[ESCAPE, 0x02]),
+            b => out.push(b),
+        }
+    }
+}
+
+fn put_id(out: &mut Vec<u8>, id: &str) {
+    put_escaped(out, id);
+    out.push(TERMINATOR);
+}
+
+fn unescape(bytes: &[u8]) -> Result<String, StoreError> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut it = bytes.iter();
+    while let Some(&b) = it.next() {
+        match b {
+            ESCAPE => match it.next() {
+                Some(0x01) => out.push(TERMINATOR),
+                Some(0x02) => out.push(ESCAPE),
+                _ => return Err(corrupt("bad escape in a key")),
+            },
+            TERMINATOR => return Err(corrupt("terminator inside an escaped id")),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| corrupt("an id in a key is not UTF-8"))
+}
+
+pub fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+/// Refuses a key fjall would choke on.
+pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY {
+        return Err(StoreError::Unavailable(format!(
+            "a key of {} bytes is over the store's limit of {MAX_KEY}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `app 0x00 user 0x00`: the meta key of an inbox, and the prefix of its messages and cursors.
+pub fn inbox_key(app: &AppId, user: &UserId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(app.as_str().len() + user.as_str().len() + 2 + 8);
+    put_id(&mut out, app.as_str());
+    put_id(&mut out, user.as_str());
+    out
+}
+
+pub fn message_key(inbox: &[u8], seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inbox.len() + 8);
+    out.extend_from_slice(inbox);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// Splits a message key into its inbox key and seq.
+pub fn split_message_key(key: &[u8]) -> Result<(&[u8], u64), StoreError> {
+    let at = key
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| corrupt("message key too short"))?;
+    let (inbox, seq) = key.split_at(at);
+    let seq: [u8; 8] = seq.try_into().map_err(|_| corrupt("message key"))?;
+    Ok((inbox, u64::from_be_bytes(seq)))
+}
+
+pub fn cursor_key(inbox: &[u8], device: &DeviceId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inbox.len() + device.as_str().len());
+    out.extend_from_slice(inbox);
+    put_escaped(&mut out, device.as_str());
+    out
+}
+
+/// The device of a cursor key found under `inbox`.
+pub fn cursor_device(inbox: &[u8], key: &[u8]) -> Result<DeviceId, StoreError> {
+    let rest = key
+        .strip_prefix(inbox)
+        .ok_or_else(|| corrupt("cursor key outside its inbox"))?;
+    Ok(DeviceId::from(unescape(rest)?.as_str()))
+}
+
+pub fn idempotency_key(app: &AppId, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(app.as_str().len() + 1 + key.len());
+    put_id(&mut out, app.as_str());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Reads a value front to back; running out of bytes is [`StoreError::Corrupt`].
+struct Reader<'a> {
+    what: &'static str,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the version byte.
+    fn new(what: &'static str, bytes: &'a [u8]) -> Result<Self, StoreError> {
+        let mut r = Reader { what, bytes };
+        match r.u8()? {
+            VERSION => Ok(r),
+            v => Err(corrupt(format!("{what}: unknown format version {v}"))),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.bytes.len() < n {
+            return Err(corrupt(format!("{}: truncated", self.what)));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let what = self.what;
+        self.take(N)?
+            .try_into()
+            .map_err(|_| corrupt(format!("{what}: truncated")))
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn end(self) -> Result<(), StoreError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt(format!("{}: trailing bytes", self.what)))
+        }
+    }
+}
+
+/// version, kind, id, created_ms, expires_ms: what precedes a message's payload.
+const MESSAGE_HEADER: usize = 1 + 1 + 8 + 8 + 8;
+
+/// A message value: everything but its seq, which is in the key.
+pub fn encode_message(
+    id: MessageId,
+    created_ms: u64,
+    expires_ms: u64,
+    kind: PayloadKind,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + payload.len());
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&id.0.to_be_bytes());
+    out.extend_from_slice(&created_ms.to_be_bytes());
+    out.extend_from_slice(&expires_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The expiry of a message value, without copying its payload (the sweep reads only this).
+pub fn message_expires(value: &[u8]) -> Result<u64, StoreError> {
+    let mut r = Reader::new("message", value)?;
+    r.take(1 + 8 + 8)?;
+    r.u64()
+}
+
+pub fn decode_message(seq: u64, value: &[u8]) -> Result<StoredMessage, StoreError> {
+    let mut r = Reader::new("message", value)?;
+    let kind = match r.u8()? {
+        0 => PayloadKind::Binary,
+        1 => PayloadKind::Json,
+        k => return Err(corrupt(format!("message: unknown payload kind {k}"))),
+    };
+    let id = MessageId(r.u64()?);
+    let created_ms = r.u64()?;
+    let expires_ms = r.u64()?;
+    Ok(StoredMessage {
+        seq: Seq(seq),
+        id,
+        created_ms,
+        expires_ms,
+        kind,
+        payload: Bytes::copy_from_slice(r.rest()),
+    })
+}
+
+/// What the store remembers of an inbox beyond its messages.
+///
+/// # Invariants
+/// `1 <= first <= head + 1`; no message with a seq below `first` is readable (some may still
+/// await the sweep), and `head` is the last seq ever assigned, so it never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub head: u64,
+    pub first: u64,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta { head: 0, first: 1 }
+    }
+}
+
+pub fn encode_meta(meta: Meta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(VERSION);
+    out.extend_from_slice(&meta.head.to_be_bytes());
+    out.extend_from_slice(&meta.first.to_be_bytes());
+    out
+}
+
+pub fn decode_meta(value: &[u8]) -> Result<Meta, StoreError> {
+    let mut r = Reader::new("inbox meta", value)?;
+    let meta = Meta {
+        head: r.u64()?,
+        first: r.u64()?,
+    };
+    r.end()?;
+    if meta.first == 0 || meta.first > meta.head.saturating_add(1) {
+        return Err(corrupt(format!("inbox meta: first {meta:?} out of range")));
+    }
+    Ok(meta)
+}
+
+pub fn encode_cursor(cursor: Cursor) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21);
+    out.push(VERSION);
+    out.extend_from_slice(&cursor.acked.0.to_be_bytes());
+    out.extend_from_slice(&cursor.attempt_seq.0.to_be_bytes());
+    out.extend_from_slice(&cursor.attempts.to_be_bytes());
+    out
+}
+
+pub fn decode_cursor(value: &[u8]) -> Result<Cursor, StoreError> {
+    let mut r = Reader::new("cursor", value)?;
+    let cursor = Cursor {
+        acked: Seq(r.u64()?),
+        attempt_seq: Seq(r.u64()?),
+        attempts: r.u32()?,
+    };
+    r.end()?;
+    Ok(cursor)
+}
+
+/// An idempotency record: until `expires_ms`, the key answers `appended` (with `duplicate`
+/// set by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub expires_ms: u64,
+    pub appended: Appended,
+}
+
+pub fn encode_idempotency(record: &IdemRecord) -> Result<Vec<u8>, StoreError> {
+    let a = &record.appended;
+    let users = u32::try_from(a.seqs.len())
+        .map_err(|_| StoreError::Unavailable("too many users for one append".into()))?;
+    let mut out = Vec::with_capacity(
+        29 + a
+            .seqs
+            .iter()
+            .map(|(u, _)| 10 + u.as_str().len())
+            .sum::<usize>(),
+    );
+    out.push(VERSION);
+    out.extend_from_slice(&record.expires_ms.to_be_bytes());
+    out.extend_from_slice(&a.id.0.to_be_bytes());
+    out.extend_from_slice(&a.created_ms.to_be_bytes());
+    out.extend_from_slice(&users.to_be_bytes());
+    for (user, seq) in &a.seqs {
+        let len = u16::try_from(user.as_str().len())
+            .map_err(|_| StoreError::Unavailable("a user id over 64 KiB".into()))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(user.as_str().as_bytes());
+        out.extend_from_slice(&seq.0.to_be_bytes());
+    }
+    Ok(out)
+}
+
+/// The expiry of an idempotency value (the sweep reads only this).
+pub fn idempotency_expires(value: &[u8]) -> Result<u64, StoreError> {
+    Reader::new("idempotency record", value)?.u64()
+}
+
+pub fn decode_idempotency(value: &[u8]) -> Result<IdemRecord, StoreError> {
+    let mut r = Reader::new("idempotency record", value)?;
+    let expires_ms = r.u64()?;
+    let id = MessageId(r.u64()?);
+    let created_ms = r.u64()?;
+    let count = r.u32()? as usize;
+    // Each entry takes at least 10 bytes: a damaged count must not size a huge allocation.
+    let mut seqs = Vec::with_capacity(count.min(r.bytes.len() / 10));
+    for _ in 0..count {
+        let len = r.u16()? as usize;
+        let user = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| corrupt("idempotency record: a user id is not UTF-8"))?;
+        seqs.push((UserId::from(user), Seq(r.u64()?)));
+    }
+    r.end()?;
+    Ok(IdemRecord {
+        expires_ms,
+        appended: Appended {
+            id,
+            created_ms,
+            seqs,
+            duplicate: false,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn record() -> IdemRecord {
+        IdemRecord {
+            expires_ms: 99,
+            appended: Appended {
+                id: MessageId(7),
+                created_ms: 5,
+                seqs: vec![(UserId::from("alice"), Seq(3)), (UserId::from("b"), Seq(1))],
+                duplicate: false,
+            },
+        }
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let m = encode_message(MessageId(9), 10, 20, PayloadKind::Json, b"{}");
+        let back = decode_message(4, &m).unwrap();
+        assert_eq!(
+            (
+                back.seq,
+                back.id,
+                back.created_ms,
+                back.expires_ms,
+                back.kind
+            ),
+            (Seq(4), MessageId(9), 10, 20, PayloadKind::Json)
+        );
+        assert_eq!(&back.payload[..], b"{}");
+        assert_eq!(message_expires(&m).unwrap(), 20);
+
+        let meta = Meta { head: 8, first: 3 };
+        assert_eq!(decode_meta(&encode_meta(meta)).unwrap(), meta);
+
+        let cursor = Cursor {
+            acked: Seq(4),
+            attempt_seq: Seq(5),
+            attempts: 2,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+
+        let bytes = encode_idempotency(&record()).unwrap();
+        assert_eq!(decode_idempotency(&bytes).unwrap(), record());
+        assert_eq!(idempotency_expires(&bytes).unwrap(), 99);
+    }
+
+    #[test]
+    fn truncated_values_are_corrupt() {
+        let is_corrupt = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Corrupt(_)));
+        // A message's payload is whatever follows its header, so only a cut header shows.
+        let message = encode_message(MessageId(9), 10, 20, PayloadKind::Json, b"{}");
+        for len in 0..MESSAGE_HEADER {
+            assert!(is_corrupt(decode_message(1, &message[..len]).map(drop)));
+            assert!(is_corrupt(message_expires(&message[..len]).map(drop)));
+        }
+        let meta = encode_meta(Meta { head: 1, first: 1 });
+        let cursor = encode_cursor(Cursor::default());
+        let idem = encode_idempotency(&record()).unwrap();
+        for len in 0..meta.len() {
+            assert!(
+                is_corrupt(decode_meta(&meta[..len]).map(drop)),
+                "meta cut at {len}"
+            );
+        }
+        for len in 0..cursor.len() {
+            assert!(
+                is_corrupt(decode_cursor(&cursor[..len]).map(drop)),
+                "cursor cut at {len}"
+            );
+        }
+        for len in 0..idem.len() {
+            assert!(
+                is_corrupt(decode_idempotency(&idem[..len]).map(drop)),
+                "record cut at {len}"
+            );
+        }
+        let mut longer = meta.clone();
+        longer.push(0);
+        assert!(is_corrupt(decode_meta(&longer).map(drop)), "trailing bytes");
+    }
+
+    #[test]
+    fn unknown_versions_and_kinds_are_corrupt() {
+        let mut m = encode_message(MessageId(1), 1, 2, PayloadKind::Binary, b"x");
+        m[1] = 9;
+        assert!(matches!(decode_message(1, &m), Err(StoreError::Corrupt(_))));
+        m[0] = 2;
+        assert!(matches!(message_expires(&m), Err(StoreError::Corrupt(_))));
+        let meta = encode_meta(Meta { head: 1, first: 5 });
+        assert!(
+            matches!(decode_meta(&meta), Err(StoreError::Corrupt(_))),
+            "first past head + 1"
+        );
+    }
+
+    #[test]
+    fn inbox_keys_are_prefix_free() {
+        let key = |a: &str, u: &str| inbox_key(&AppId::from(a), &UserId::from(u));
+        assert_eq!(key("a", "b"), b"a\0b\0");
+        // Ids that would collide with naive separators do not.
+        let pairs = [
+            ("a", "b\0c"),
+            ("a\0b", "c"),
+            ("a", "b"),
+            ("a", "b\x01"),
+            ("a\x01", "b"),
+        ];
+        for (i, x) in pairs.iter().enumerate() {
+            for (j, y) in pairs.iter().enumerate() {
+                if i != j {
+                    assert!(!key(y.0, y.1).starts_with(&key(x.0, x.1)), "{x:?} / {y:?}");
+                }
+            }
+        }
+        let inbox = key("a", "b");
+        for device in ["phone", "p\0x", "\x01", ""] {
+            let k = cursor_key(&inbox, &DeviceId::from(device));
+            assert_eq!(cursor_device(&inbox, &k).unwrap().as_str(), device);
+        }
+        let mk = message_key(&inbox, 258);
+        assert_eq!(split_message_key(&mk).unwrap(), (&inbox[..], 258));
+    }
+
+    #[test]
+    fn escaping_keeps_order() {
+        let ids = ["", "\0", "\0a", "\x01", "\x01\0", "\x02", "a", "a\0", "ab"];
+        let mut encoded: Vec<(Vec<u8>, &str)> = ids
+            .iter()
+            .map(|id| {
+                let mut out = Vec::new();
+                put_escaped(&mut out, id);
+                (out, *id)
+            })
+            .collect();
+        encoded.sort();
+        let order: Vec<&str> = encoded.iter().map(|(_, id)| *id).collect();
+        assert_eq!(order, ids);
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = decode_message(1, &bytes);
+            let _ = message_expires(&bytes);
+            let _ = decode_meta(&bytes);
+            let _ = decode_cursor(&bytes);
+            let _ = decode_idempotency(&bytes);
+            let _ = idempotency_expires(&bytes);
+            let _ = split_message_key(&bytes);
+            let _ = cursor_device(b"", &bytes);
+        }
+
+        #[test]
+        fn damaged_versioned_values_decode_or_are_corrupt(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            if let Some(b) = bytes.first_mut() {
+                *b = VERSION;
+            }
+            for result in [
+                decode_message(1, &bytes).map(drop),
+                decode_meta(&bytes).map(drop),
+                decode_cursor(&bytes).map(drop),
+                decode_idempotency(&bytes).map(drop),
+            ] {
+                if let Err(e) = result {
+                    prop_assert!(matches!(e, StoreError::Corrupt(_)));
+                }
+            }
+        }
+
+        #[test]
+        fn ids_round_trip_through_cursor_keys(device in ".{0,40}") {
+            let inbox = inbox_key(&AppId::from("a"), &UserId::from("u"));
+            let key = cursor_key(&inbox, &DeviceId::from(device.as_str()));
+            let back = cursor_device(&inbox, &key).unwrap();
+            prop_assert_eq!(back.as_str(), device.as_str());
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! [`EmbeddedStore`]: the [`Store`] on local disk.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fjall::{Database, KeyspaceCreateOptions, Readable};
+use metrics::{Counter, counter};
+use tether_core::store::{Append, Appended, Cursor, Page, Store};
+use tether_core::{AppId, DeviceId, Retention, Seq, StoreError, UserId};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, Meta};
+use super::writer::{Counters, Keyspaces, Reply, Request, Write, Writer, unavailable};
+use crate::config::{Durability, StoreConfig};
+
+/// How an [`EmbeddedStore`] keeps and writes its data.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    pub retention: Retention,
+    /// When an append is answered: after the fsync that covers it, or once the operating
+    /// system has it (with an fsync every `sync_interval`).
+    pub durability: Durability,
+    /// With [`Durability::Interval`], the longest an answered write stays unsynced. Also
+    /// bounds how long acks wait for an fsync in [`Durability::Sync`] mode.
+    pub sync_interval: Duration,
+    /// Writes waiting for the writer; past it, writes fail with [`StoreError::Overloaded`].
+    pub queue: usize,
+}
+
+impl EmbeddedOptions {
+    pub fn from_config(config: &StoreConfig) -> Self {
+        EmbeddedOptions {
+            retention: Retention {
+                inbox_cap: config.inbox_cap,
+            },
+            durability: config.durability,
+            sync_interval: config.sync_interval,
+            queue: config.queue,
+        }
+    }
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self::from_config(&StoreConfig::default())
+    }
+}
+
+/// Work counters since the store opened, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Write batches committed or attempted.
+    pub batches: u64,
+    /// fsyncs of the journal.
+    pub fsyncs: u64,
+    /// Messages x users stored.
+    pub appends: u64,
+}
+
+/// What one sweep pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub messages: u64,
+    pub idempotency_keys: u64,
+}
+
+/// Durable inboxes in a fjall database in one directory.
+///
+/// Writes (`append`, `ack`, `note_attempt`) go to one writer thread over a bounded queue
+/// that they never wait on: when it is full, they fail at once with
+/// [`StoreError::Overloaded`] (the API turns that into a 503), so a burst beyond what the disk
+/// takes is refused, not buffered without end. The writer groups everything waiting into one
+/// batch and one fsync. Reads go to the database directly, on tokio's blocking pool.
+///
+/// A write whose caller is cancelled after it was queued still happens.
+///
+/// # Guarantees
+/// Those of [`Store`], with [`Durability::Sync`] meaning "fsynced before `append` returns".
+/// An appended message is readable once `append` returned, and may be readable a moment
+/// before (between the batch's commit and its fsync).
+///
+/// # Shutdown
+/// Call [`EmbeddedStore::close`] and wait for it: the writer finishes what is queued, fsyncs,
+/// and releases the directory. Dropping the handle without `close` does the same, but in the
+/// background: the directory may still be locked for a moment afterwards.
+pub struct EmbeddedStore {
+    requests: mpsc::Sender<Request>,
+    /// `None` once closed: reads then fail, and the database closes when the last in-flight
+    /// read ends.
+    reader: RwLock<Option<Keyspaces>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Arc<Counters>,
+    overloaded: Counter,
+    options: EmbeddedOptions,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("options", &self.options)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the embedded store is closed".into())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    ///
+    /// Blocks while fjall recovers its journal: from async code, call it on the blocking pool
+    /// when the store may be large. Fails if another store has `dir` open.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::builder(dir).open().map_err(unavailable)?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(unavailable)
+        };
+        let ks = Keyspaces {
+            messages: keyspace("messages")?,
+            inboxes: keyspace("inboxes")?,
+            cursors: keyspace("cursors")?,
+            idempotency: keyspace("idempotency")?,
+            db: db.clone(),
+        };
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let writer = Writer::new(ks.clone(), options, counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("tether-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        Ok(EmbeddedStore {
+            requests: tx,
+            reader: RwLock::new(Some(ks)),
+            writer: Mutex::new(Some(thread)),
+            counters,
+            overloaded: counter!("tether_store_overloaded_total"),
+            options,
+        })
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            fsyncs: self.counters.fsyncs.load(Ordering::Relaxed),
+            appends: self.counters.appends.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Finishes every write queued before this call, fsyncs, stops the writer and closes the
+    /// database. Later calls of any method fail with [`StoreError::Unavailable`]; calling
+    /// `close` again does nothing.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        // `send`, not `try_send`: closing must not fail because the queue is full.
+        if self.requests.send(Request::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            // It has answered and is returning; the join only makes sure it is gone.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.reader
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Deletes every message and idempotency key expired at `now_ms` now, in one pass (the
+    /// writer also does this on its own, a chunk at a time, when it is idle). Holds up writes
+    /// while it runs: for tests and maintenance.
+    pub async fn sweep_expired(&self, now_ms: u64) -> Result<Swept, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Sweep { now_ms, reply: tx })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Queues a write and waits for its answer.
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Write) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        match self.requests.try_send(Request::Write(make(tx))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.overloaded.increment(1);
+                return Err(StoreError::Overloaded(
+                    "the embedded store's write queue is full".into(),
+                ));
+            }
+            Err(TrySendError::Closed(_)) => return Err(closed()),
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the embedded store's writer stopped".into(),
+            ))
+        })
+    }
+
+    /// Runs a read on the blocking pool, off the async workers.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Keyspaces) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let ks = self
+            .reader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(closed)?;
+        tokio::task::spawn_blocking(move || read(&ks))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store read failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        self.write(|reply| Write::Append(append, reply)).await
+    }
+
+    async fn read(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        after: Seq,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        let inbox = codec::inbox_key(app, user);
+        codec::check_key(&codec::message_key(&inbox, 0))?;
+        self.read_with(move |ks| {
+            // One snapshot for the head and the messages, so that no message is above the head.
+            let snapshot = ks.db.snapshot();
+            let meta = match snapshot.get(&ks.inboxes, &inbox).map_err(unavailable)? {
+                Some(v) => codec::decode_meta(&v)?,
+                None => Meta::default(),
+            };
+            let mut messages = Vec::new();
+            let start = meta.first.max(after.0.saturating_add(1));
+            if limit > 0 && start <= meta.head {
+                let range =
+                    codec::message_key(&inbox, start)..=codec::message_key(&inbox, meta.head);
+                for guard in snapshot.range(&ks.messages, range) {
+                    let (key, value) = guard.into_inner().map_err(unavailable)?;
+                    // Skip an expired message before copying its payload.
+                    if codec::message_expires(&value)? <= now_ms {
+                        continue;
+                    }
+                    let (_, seq) = codec::split_message_key(&key)?;
+                    messages.push(codec::decode_message(seq, &value)?);
+                    if messages.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(Page {
+                messages,
+                head: Seq(meta.head),
+            })
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        let cursor = codec::cursor_key(&codec::inbox_key(app, user), device);
+        self.write(|reply| Write::Ack { cursor, seq, reply }).await
+    }
+
+    async fn cursor(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Cursor, StoreError> {
+        let key = codec::cursor_key(&codec::inbox_key(app, user), device);
+        codec::check_key(&key)?;
+        self.read_with(move |ks| match ks.cursors.get(&key).map_err(unavailable)? {
+            Some(v) => codec::decode_cursor(&v),
+            None => Ok(Cursor::default()),
+        })
+        .await
+    }
+
+    async fn cursors(
+        &self,
+        app: &AppId,
+        user: &UserId,
+    ) -> Result<Vec<(DeviceId, Cursor)>, StoreError> {
+        let inbox = codec::inbox_key(app, user);
+        codec::check_key(&inbox)?;
+        self.read_with(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.cursors.prefix(&inbox) {
+                let (key, value) = guard.into_inner().map_err(unavailable)?;
+                out.push((
+                    codec::cursor_device(&inbox, &key)?,
+                    codec::decode_cursor(&value)?,
+                ));
+            }
+            // Keys sort as device ids do; sorting again costs little and does not rely on it.
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn note_attempt(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        seq: Seq,
+    ) -> Result<u32, StoreError> {
+        let cursor = codec::cursor_key(&codec::inbox_key(app, user), device);
+        self.write(|reply| Write::NoteAttempt { cursor, seq, reply })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tether_core::MessageId;
+    use tether_core::store::NewMessage;
+    use tether_proto::PayloadKind;
+
+    use super::*;
+
+    fn store(dir: &Path, inbox_cap: usize) -> EmbeddedStore {
+        let options = EmbeddedOptions {
+            retention: Retention { inbox_cap },
+            durability: Durability::Interval,
+            sync_interval: Duration::from_millis(5),
+            queue: 1024,
+        };
+        EmbeddedStore::open(dir, options).unwrap()
+    }
+
+    fn keyspaces(store: &EmbeddedStore) -> Keyspaces {
+        store.reader.read().unwrap().clone().unwrap()
+    }
+
+    fn append(users: &[&str], id: u64) -> Append {
+        Append {
+            app: AppId::from("app"),
+            users: users.iter().map(|u| UserId::from(*u)).collect(),
+            message: NewMessage {
+                id: MessageId(id),
+                created_ms: tether_core::now_ms(),
+                expires_ms: tether_core::now_ms() + 3_600_000,
+                kind: PayloadKind::Binary,
+                payload: Bytes::from_static(b"x"),
+            },
+            idempotency: None,
+        }
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Corrupt(_)))
+    }
+
+    #[tokio::test]
+    async fn damaged_values_answer_corrupt_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let (app, broken, fine) = (
+            AppId::from("app"),
+            UserId::from("broken"),
+            UserId::from("fine"),
+        );
+        let phone = DeviceId::from("phone");
+        let ks = keyspaces(&store);
+        let inbox = codec::inbox_key(&app, &broken);
+        ks.inboxes.insert(&inbox, [codec::VERSION, 1, 2]).unwrap();
+        ks.cursors
+            .insert(codec::cursor_key(&inbox, &phone), [7u8; 3])
+            .unwrap();
+        drop(ks);
+
+        assert!(is_corrupt(store.read(&app, &broken, Seq(0), 10, 0).await));
+        assert!(is_corrupt(store.cursor(&app, &broken, &phone).await));
+        assert!(is_corrupt(store.cursors(&app, &broken).await));
+        assert!(is_corrupt(store.ack(&app, &broken, &phone, Seq(1)).await));
+        assert!(is_corrupt(
+            store.append(append(&["fine", "broken"], 1)).await
+        ));
+        assert_eq!(
+            store.read(&app, &fine, Seq(0), 10, 0).await.unwrap().head,
+            Seq(0),
+            "an append that fails for one user stores for none"
+        );
+        let ok = store.append(append(&["fine"], 2)).await.unwrap();
+        assert_eq!(ok.seqs[0].1, Seq(1), "the writer is still serving");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_cap_leaves_only_the_newest_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 5);
+        // Many appends share batches: those the cap pushes out within one are never written.
+        let results =
+            futures_util::future::join_all((0..300).map(|i| store.append(append(&["u"], i)))).await;
+        assert!(results.iter().all(Result::is_ok));
+        for i in 300..310 {
+            store.append(append(&["u"], i)).await.unwrap();
+        }
+        let ks = keyspaces(&store);
+        let inbox = codec::inbox_key(&AppId::from("app"), &UserId::from("u"));
+        let on_disk: Vec<u64> = ks
+            .messages
+            .prefix(&inbox)
+            .map(|g| codec::split_message_key(&g.key().unwrap()).unwrap().1)
+            .collect();
+        assert_eq!(on_disk, vec![306, 307, 308, 309, 310]);
+        let meta = codec::decode_meta(&ks.inboxes.get(&inbox).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            meta,
+            Meta {
+                head: 310,
+                first: 306
+            }
+        );
+        drop(ks);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_lower_cap_after_a_restart_trims_on_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 50);
+        for i in 0..50 {
+            store.append(append(&["u"], i)).await.unwrap();
+        }
+        store.close().await;
+        drop(store);
+        let store = self::store(dir.path(), 3);
+        let (app, user) = (AppId::from("app"), UserId::from("u"));
+        store.append(append(&["u"], 50)).await.unwrap();
+        let page = store.read(&app, &user, Seq(0), 100, 0).await.unwrap();
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+            vec![49, 50, 51]
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_idle_writer_sweeps_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        // One message per inbox, so that no later append drops them from an inbox's front.
+        for i in 0..10 {
+            let mut a = append(&[format!("u{i}").as_str()], i);
+            a.message.expires_ms = a.message.created_ms + 100;
+            a.idempotency = Some(tether_core::store::Idempotency {
+                key: format!("k{i}"),
+                expires_ms: a.message.created_ms + 100,
+            });
+            store.append(a).await.unwrap();
+        }
+        store.append(append(&["stays"], 10)).await.unwrap();
+        let ks = keyspaces(&store);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = (ks.messages.iter().count(), ks.idempotency.iter().count());
+            if left == (1, 0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sweep left {left:?} (messages, keys)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(ks);
+        store.close().await;
+    }
+}

@@ -1,0 +1,208 @@
+//! Expired data leaving the disk. Reads filter expired messages out on their own; this is
+//! about space: messages and idempotency records must not stay on disk forever.
+//!
+//! Two ways out, both run by the writer thread:
+//! - [`expire_front`]: when a batch writes to an inbox, expired messages at its front go in
+//!   the same batch (cheap: the writer knows where the front is);
+//! - [`Sweeper`]: a pass over every message and idempotency record, every [`SWEEP_EVERY`],
+//!   in chunks of [`SWEEP_CHUNK`] entries that run while the writer is idle, each resuming
+//!   after the last key the previous one looked at. It catches what `expire_front` cannot:
+//!   messages behind a live front, inboxes nobody writes to any more, idempotency keys.
+
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use tether_core::StoreError;
+
+use super::codec;
+use super::embedded::Swept;
+use super::writer::{Inbox, Keyspaces, unavailable};
+
+/// How often a sweep pass over the whole store starts. (Unit tests watch the idle sweep, over
+/// several chunks, without waiting a minute.)
+pub const SWEEP_EVERY: Duration = Duration::from_millis(if cfg!(test) { 200 } else { 60_000 });
+/// Entries one sweep chunk looks at, so that a chunk stays short.
+pub const SWEEP_CHUNK: usize = if cfg!(test) { 3 } else { 4096 };
+/// Pause between two chunks of a pass, so that a pass over a large store reads the disk at a
+/// bounded rate (about 200,000 entries a second) instead of all the time the writer is idle.
+const SWEEP_PAUSE: Duration = Duration::from_millis(20);
+/// A sweep that busy traffic kept from running for a whole extra period runs one chunk per
+/// this long between batches.
+const SWEEP_STARVED_EVERY: Duration = Duration::from_secs(1);
+/// Most expired messages dropped from the front of one inbox in one batch.
+const MAX_EXPIRE_STEPS: usize = 64;
+
+/// Deletes (in `batch`) expired messages at the front of an inbox, among those already on
+/// disk (up to `disk_head`), at most [`MAX_EXPIRE_STEPS`]; moves `inbox.meta.first` past them
+/// and returns how many it deleted. Failing to read the front only ends the step early: the
+/// sweep catches up later.
+pub fn expire_front(
+    messages: &Keyspace,
+    batch: &mut OwnedWriteBatch,
+    inbox_key: &[u8],
+    inbox: &mut Inbox,
+    disk_head: u64,
+    now_ms: u64,
+) -> u64 {
+    let mut expired = 0;
+    for _ in 0..MAX_EXPIRE_STEPS {
+        let first = inbox.meta.first;
+        if first > disk_head {
+            break;
+        }
+        let key = codec::message_key(inbox_key, first);
+        let expires = match inbox.front_expires {
+            Some(e) => Some(e),
+            None => match messages.get(&key) {
+                Ok(Some(v)) => match codec::message_expires(&v) {
+                    Ok(e) => Some(e),
+                    Err(_) => break,
+                },
+                // Gone already: a message is only ever deleted, never written again, so the
+                // sweep took it and `first` can move past it.
+                Ok(None) => None,
+                Err(_) => break,
+            },
+        };
+        match expires {
+            Some(e) if e > now_ms => {
+                inbox.front_expires = Some(e);
+                break;
+            }
+            Some(_) => {
+                batch.remove(messages, key);
+                expired += 1;
+            }
+            None => {}
+        }
+        inbox.meta.first = first + 1;
+        inbox.front_expires = None;
+    }
+    expired
+}
+
+/// Where a sweep pass stands: the keyspace and the last key it looked at.
+#[derive(Debug, Clone)]
+enum SweepAt {
+    Messages(Option<Vec<u8>>),
+    Idempotency(Option<Vec<u8>>),
+}
+
+/// The sweep's progress and pacing.
+#[derive(Debug)]
+pub struct Sweeper {
+    /// `Some` while a pass is under way.
+    at: Option<SweepAt>,
+    next_pass: Instant,
+    last_chunk: Instant,
+}
+
+impl Sweeper {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Sweeper {
+            at: None,
+            next_pass: now + SWEEP_EVERY,
+            last_chunk: now,
+        }
+    }
+
+    /// When an idle writer should wake up to run the next chunk.
+    pub fn wake_at(&self) -> Instant {
+        match self.at {
+            Some(_) => self.last_chunk + SWEEP_PAUSE,
+            None => self.next_pass,
+        }
+    }
+
+    /// Whether an idle writer should run a chunk now.
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.wake_at()
+    }
+
+    /// Whether a busy writer should run a chunk between batches anyway: the pass is a whole
+    /// period late.
+    pub fn starved(&self, now: Instant) -> bool {
+        now >= self.next_pass + SWEEP_EVERY && now >= self.last_chunk + SWEEP_STARVED_EVERY
+    }
+
+    /// Gives up the pass under way (after an error) and tries again a period later.
+    pub fn reset(&mut self) {
+        self.at = None;
+        self.next_pass = Instant::now() + SWEEP_EVERY;
+    }
+
+    /// One bounded step: looks at up to [`SWEEP_CHUNK`] entries after where the last step
+    /// stopped and deletes the expired ones, in a batch of their own (handed to the OS, not
+    /// fsynced: a lost delete is redone by the next pass).
+    pub fn chunk(&mut self, ks: &Keyspaces, now_ms: u64) -> Result<Swept, StoreError> {
+        self.last_chunk = Instant::now();
+        let at = self.at.take().unwrap_or(SweepAt::Messages(None));
+        let (keyspace, after, is_messages) = match at {
+            SweepAt::Messages(k) => (&ks.messages, k, true),
+            SweepAt::Idempotency(k) => (&ks.idempotency, k, false),
+        };
+        let iter = match after {
+            Some(k) => keyspace.range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded)),
+            None => keyspace.iter(),
+        };
+        let mut batch = ks.db.batch().durability(Some(PersistMode::Buffer));
+        let mut seen = 0;
+        let mut last = None;
+        for guard in iter.take(SWEEP_CHUNK) {
+            let (key, value) = guard.into_inner().map_err(unavailable)?;
+            seen += 1;
+            let expires = if is_messages {
+                codec::message_expires(&value)
+            } else {
+                codec::idempotency_expires(&value)
+            };
+            match expires {
+                Ok(e) if e <= now_ms => batch.remove(keyspace, key.clone()),
+                Ok(_) => {}
+                // Left in place for a human to look at; reads of it answer `Corrupt`.
+                Err(e) => tracing::warn!("store: the sweep skipped an entry: {e}"),
+            }
+            last = Some(key.to_vec());
+        }
+        let deleted = batch.len() as u64;
+        if deleted > 0 {
+            batch.commit().map_err(unavailable)?;
+        }
+        self.at = match (seen < SWEEP_CHUNK, is_messages) {
+            (false, true) => Some(SweepAt::Messages(last)),
+            (false, false) => Some(SweepAt::Idempotency(last)),
+            (true, true) => Some(SweepAt::Idempotency(None)),
+            (true, false) => {
+                self.next_pass = Instant::now() + SWEEP_EVERY;
+                None
+            }
+        };
+        Ok(if is_messages {
+            Swept {
+                messages: deleted,
+                idempotency_keys: 0,
+            }
+        } else {
+            Swept {
+                messages: 0,
+                idempotency_keys: deleted,
+            }
+        })
+    }
+
+    /// A whole pass from the start, now.
+    pub fn pass(&mut self, ks: &Keyspaces, now_ms: u64) -> Result<Swept, StoreError> {
+        self.at = None;
+        let mut total = Swept::default();
+        loop {
+            let swept = self.chunk(ks, now_ms)?;
+            total.messages += swept.messages;
+            total.idempotency_keys += swept.idempotency_keys;
+            if self.at.is_none() {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The durability promise under a crash: a real `tether serve` process is killed with SIGKILL
+//! while a client pushes durable messages as fast as it can; after a restart on the same data
+//! directory, every message the API answered 200 for reaches the user's device, in order, with
+//! no gap. Several rounds in one run, alternating the store's durability modes.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tether_core::{AppId, UserId, auth};
+use tether_proto::{Ack, Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "crash-secret-0123456789";
+const API_KEY: &str = "crash-api-key-0123456789";
+/// Requests in flight while pushing.
+const IN_FLIGHT: usize = 16;
+/// Upper bound of any wait.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A free loopback port (the kernel's pick; released before the server binds it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Server {
+    child: Child,
+    tcp: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Server {
+    /// Starts `tether serve` on `dir` and waits until its API answers.
+    async fn start(dir: &Path, durability: &str) -> Server {
+        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            r#"
+[node]
+id = "crash"
+data_dir = "{dir}"
+
+[listen]
+tcp = "{tcp}"
+ws = ""
+http = "{http}"
+
+[store]
+backend = "embedded"
+durability = "{durability}"
+inbox_cap = 1000000
+
+[[apps]]
+id = "demo"
+secret = "{SECRET}"
+api_key = "{API_KEY}"
+"#,
+            dir = dir.display()
+        );
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, config).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tether serve");
+        let server = Server { child, tcp, http };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = format!("http://{}/healthz", server.http);
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "tether serve did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(mut self) {
+        // std's kill sends SIGKILL on Unix: no shutdown path runs.
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushes durable messages to `user` from [`IN_FLIGHT`] workers until `stop`; returns every
+/// answered message: seq -> payload index.
+async fn push_until(http: SocketAddr, user: &str, stop: Duration) -> BTreeMap<u64, u64> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{http}/v1/apps/demo/push");
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + stop;
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (client, url, acked, next) =
+                (client.clone(), url.clone(), acked.clone(), next.clone());
+            let user = user.to_owned();
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < deadline {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let body = serde_json::json!({
+                        "users": [user],
+                        "qos": 1,
+                        "payload": {"n": n},
+                    });
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(API_KEY)
+                        .json(&body)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                    let Ok(reply) = sent else { break };
+                    if !reply.status().is_success() {
+                        break;
+                    }
+                    let Ok(reply) = reply.json::<serde_json::Value>().await else {
+                        break;
+                    };
+                    let seq = reply["seqs"][&user].as_u64().expect("a seq per user");
+                    let first = acked.lock().unwrap().insert(seq, n);
+                    assert!(first.is_none(), "seq {seq} answered twice");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("push worker");
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+/// Connects as `user` on a new device and reads pushes until it holds seq `up_to`; returns
+/// seq -> payload index in arrival order, checking order and gaps on the way.
+async fn receive_all(server: &Server, user: &str, up_to: u64) -> Vec<(u64, u64)> {
+    let mut stream = TcpStream::connect(server.tcp).await.expect("connect");
+    let token = auth::mint(
+        SECRET.as_bytes(),
+        &AppId::from("demo"),
+        &UserId::from(user),
+        Duration::from_secs(600),
+    );
+    let connect = Frame::new(
+        1,
+        Connect {
+            version: PROTOCOL_VERSION,
+            device: format!("{user}-reader"),
+            heartbeat_ms: 60_000,
+            bindings: vec![Binding {
+                app: "demo".into(),
+                token,
+                last_seq: None,
+            }],
+        },
+    );
+    stream
+        .write_all(&binary::encode_to_bytes(&connect))
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.last().is_none_or(|(seq, _)| *seq < up_to) {
+        let frame = tokio::time::timeout_at(deadline, read_frame(&mut stream, &mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out with {} of {up_to} messages, last {:?}",
+                    got.len(),
+                    got.last()
+                )
+            });
+        match frame.body {
+            Body::Connected(_) => {}
+            Body::Push(p) => {
+                let expected = got.last().map_or(1, |(seq, _)| seq + 1);
+                assert_eq!(p.seq, expected, "seqs arrive in order with no gap");
+                let payload: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                got.push((p.seq, payload["n"].as_u64().unwrap()));
+                if p.seq % 100 == 0 {
+                    let ack = Frame::new(
+                        2,
+                        Ack {
+                            app: "demo".into(),
+                            seq: p.seq,
+                        },
+                    );
+                    stream
+                        .write_all(&binary::encode_to_bytes(&ack))
+                        .await
+                        .unwrap();
+                }
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    got
+}
+
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
+    loop {
+        if let Some(len) = binary::check(buf, 1 << 20).expect("a valid frame") {
+            let frame: Bytes = buf.split_to(len).freeze();
+            return binary::parse(frame, 1 << 20).expect("a frame");
+        }
+        let n = stream.read_buf(buf).await.expect("read");
+        assert!(n > 0, "the server closed the connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_durable_push_survives_sigkill() {
+    let dir = std::env::temp_dir().join(format!("tether-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rounds = [
+        ("sync", 300),
+        ("interval", 450),
+        ("sync", 600),
+        ("interval", 250),
+    ];
+    for (round, (durability, millis)) in rounds.into_iter().enumerate() {
+        let user = format!("crash-{round}");
+        let server = Server::start(&dir, durability).await;
+        let started = Instant::now();
+        let pushing = push_until(server.http, &user, Duration::from_secs(10));
+        // Kill mid-stream, at a point that varies per round.
+        let kill = async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            server.kill();
+        };
+        let (answered, ()) = tokio::join!(pushing, kill);
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "the pushers stopped because the server died, not because time ran out"
+        );
+        let last = *answered.keys().last().expect("some pushes were answered");
+        assert!(
+            answered.len() > 10,
+            "round {round}: too few pushes answered"
+        );
+
+        let server = Server::start(&dir, durability).await;
+        let got = receive_all(&server, &user, last).await;
+        let delivered: BTreeMap<u64, u64> = got.into_iter().collect();
+        for (seq, n) in &answered {
+            assert_eq!(
+                delivered.get(seq),
+                Some(n),
+                "round {round} ({durability}): answered seq {seq} is not delivered intact"
+            );
+        }
+        eprintln!(
+            "round {round} ({durability}): {} answered, all delivered after SIGKILL",
+            answered.len()
+        );
+        server.kill();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
