@@ -9,7 +9,9 @@
 //! Opens a store in a fresh temporary directory (default options: inbox cap 1000, 10 ms
 //! sync interval) and runs C tasks that each append in a loop for S seconds: one message of
 //! BYTES bytes to N users, picked round-robin among K inboxes. Reports appends/s as
-//! messages x users (what reaches inboxes), requests/s, fsyncs/s and append latency.
+//! messages x users (what reaches inboxes), requests/s, fsyncs/s, append latency, and (on
+//! Linux) the CPU time of the store's writer thread and of the whole process per million
+//! appends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,6 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let before = store.stats();
+    let cpu_before = (thread_cpu("tether-store-wr"), process_cpu());
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|task| {
             let (store, pool, payload, app) =
@@ -163,6 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let after = store.stats();
+    let cpu_after = (thread_cpu("tether-store-wr"), process_cpu());
     store.close().await;
 
     let appends = after.appends - before.appends;
@@ -196,6 +200,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(0.999),
         h.max() as f64 / 1000.0,
     );
+    if let ((Some(w0), Some(p0)), (Some(w1), Some(p1))) = (cpu_before, cpu_after) {
+        let per_million = |d: Duration| d.as_secs_f64() * 1e6 / appends.max(1) as f64;
+        println!(
+            "  cpu per million appends: writer thread {:.2} s   whole process {:.2} s",
+            per_million(w1.saturating_sub(w0)),
+            per_million(p1.saturating_sub(p0)),
+        );
+    }
     if total.overloaded + total.failed > 0 {
         println!(
             "  refused: {} overloaded, {} failed",
@@ -203,4 +215,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// User + system time from a `/proc/.../stat` line: fields 14 and 15, in clock ticks (100 a
+/// second on Linux).
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    // The command name (field 2) may hold spaces; it ends at the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time so far of this process's thread named `name`, where `/proc` tells.
+fn thread_cpu(name: &str) -> Option<Duration> {
+    // A thread that ends while this looks (tokio's blocking pool) is skipped, not an error.
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .map(|task| task.path())
+        .find(|path| {
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .and_then(|path| stat_cpu(&std::fs::read_to_string(path.join("stat")).ok()?))
+}
+
+fn process_cpu() -> Option<Duration> {
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }

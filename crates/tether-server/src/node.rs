@@ -16,10 +16,10 @@ use tracing::info;
 
 use crate::api::Api;
 use crate::config::{Config, StoreBackend};
-use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
+use crate::store::{EmbeddedOptions, EmbeddedStore};
 
 /// The backends of the seams.
 #[derive(Debug, Clone)]

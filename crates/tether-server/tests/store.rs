@@ -411,3 +411,55 @@ async fn expired_messages_leave_the_front_of_an_inbox_when_it_is_written() {
     assert_eq!(page.head, Seq(5));
     store.close().await;
 }
+
+#[tokio::test]
+async fn seqs_continue_after_every_message_expired_was_swept_and_the_store_restarted() {
+    for durability in [Durability::Sync, Durability::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let (app, gone, newest) = (AppId::from("app"), UserId::from("g"), UserId::from("n"));
+        let store = open(dir.path(), options(durability));
+        for id in 1..=3 {
+            store
+                .append(append(&["g", "n"], message(id, now, 30_000)))
+                .await
+                .unwrap();
+        }
+        // "n" keeps an older message: only its newest ones expire.
+        store
+            .append(append(&["n"], message(4, now, HOUR)))
+            .await
+            .unwrap();
+        store
+            .append(append(&["n"], message(5, now, 30_000)))
+            .await
+            .unwrap();
+        let swept = store.sweep_expired(now + 30_000).await.unwrap();
+        assert_eq!(swept.messages, 3 + 4);
+        let page = store.read(&app, &gone, Seq(0), 10, now).await.unwrap();
+        assert_eq!((page.head, page.messages.len()), (Seq(3), 0));
+        let page = store.read(&app, &newest, Seq(0), 10, now).await.unwrap();
+        assert_eq!(page.head, Seq(5));
+        store.close().await;
+        drop(store);
+
+        let store = open(dir.path(), options(durability));
+        let page = store.read(&app, &gone, Seq(3), 10, now).await.unwrap();
+        assert_eq!(
+            page.head,
+            Seq(3),
+            "{durability:?}: the head outlives the messages"
+        );
+        let next = store
+            .append(append(&["g", "n"], message(6, now, HOUR)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next.seqs.iter().map(|(_, s)| s.0).collect::<Vec<_>>(),
+            vec![4, 6],
+            "{durability:?}: no seq is handed out twice"
+        );
+        assert_eq!(seqs(&store, "n", now).await, vec![4, 6]);
+        store.close().await;
+    }
+}

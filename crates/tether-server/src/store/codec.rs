@@ -9,21 +9,29 @@
 //! byte order, so keys sort as their ids do.
 //!
 //! - message: `inbox seq(u64 BE)`, in seq order within an inbox;
-//! - inbox meta: `inbox`;
+//! - inbox record: `inbox`;
 //! - cursor: `inbox device` (device escaped, no terminator);
 //! - idempotency: `app 0x00 key` (the key raw: it is last, and only looked up whole).
 //!
 //! # Values
-//! Each starts with a version byte ([`VERSION`]); integers are big-endian. A value that does
-//! not decode is [`StoreError::Corrupt`], never a panic.
+//! Each starts with a version byte ([`VERSION`]; [`META_VERSION`] for inbox records);
+//! integers are big-endian. A value that does not decode is [`StoreError::Corrupt`], never a
+//! panic.
 
 use bytes::Bytes;
+use fjall::Slice;
 use tether_core::store::{Appended, Cursor, StoredMessage};
 use tether_core::{AppId, DeviceId, MessageId, Seq, StoreError, UserId};
 use tether_proto::PayloadKind;
 
-/// The value format written by this code.
+/// The format of messages, cursors and idempotency records written by this code.
 pub const VERSION: u8 = 1;
+/// The format of inbox records written by this code. Version 1 records (same layout) were
+/// rewritten by every batch and held the exact head and first; version 2 records are only
+/// lower bounds of both (see [`Meta`]). This code reads both, since an exact value is also a
+/// lower bound; code that knows only version 1 refuses version 2 as corrupt instead of taking
+/// a stale head for the real one and handing out seqs again.
+pub const META_VERSION: u8 = 2;
 
 /// Longest key the store writes. fjall refuses keys past 64 KiB (by panicking); ids are at
 /// most 128 bytes, so only an absurd idempotency key gets near this.
@@ -79,12 +87,37 @@ pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// `app 0x00 user 0x00`: the meta key of an inbox, and the prefix of its messages and cursors.
+/// `app 0x00 user 0x00`: the record key of an inbox, and the prefix of its messages and
+/// cursors.
 pub fn inbox_key(app: &AppId, user: &UserId) -> Vec<u8> {
     let mut out = Vec::with_capacity(app.as_str().len() + user.as_str().len() + 2 + 8);
-    put_id(&mut out, app.as_str());
-    put_id(&mut out, user.as_str());
+    put_inbox_key(&mut out, app, user);
     out
+}
+
+/// Refuses an inbox whose message keys fjall would choke on.
+pub fn check_inbox_key(inbox: &[u8]) -> Result<(), StoreError> {
+    if inbox.len() + 8 > MAX_KEY {
+        return Err(StoreError::Unavailable(format!(
+            "a key of {} bytes is over the store's limit of {MAX_KEY}",
+            inbox.len() + 8
+        )));
+    }
+    Ok(())
+}
+
+/// Appends the inbox key of (app, user) to `out` (the writer keeps one buffer for them all).
+pub fn put_inbox_key(out: &mut Vec<u8>, app: &AppId, user: &UserId) {
+    put_id(out, app.as_str());
+    put_id(out, user.as_str());
+}
+
+/// The message key of `seq` in `inbox`, built in `buf` and copied once into a [`Slice`].
+pub fn message_key_slice(buf: &mut Vec<u8>, inbox: &[u8], seq: u64) -> Slice {
+    buf.clear();
+    buf.extend_from_slice(inbox);
+    buf.extend_from_slice(&seq.to_be_bytes());
+    Slice::new(buf)
 }
 
 pub fn message_key(inbox: &[u8], seq: u64) -> Vec<u8> {
@@ -136,9 +169,18 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Checks the version byte.
     fn new(what: &'static str, bytes: &'a [u8]) -> Result<Self, StoreError> {
+        Ok(Self::versioned(what, bytes, &[VERSION])?.0)
+    }
+
+    /// Checks that the version byte is one of `known`, and returns it.
+    fn versioned(
+        what: &'static str,
+        bytes: &'a [u8],
+        known: &[u8],
+    ) -> Result<(Self, u8), StoreError> {
         let mut r = Reader { what, bytes };
         match r.u8()? {
-            VERSION => Ok(r),
+            v if known.contains(&v) => Ok((r, v)),
             v => Err(corrupt(format!("{what}: unknown format version {v}"))),
         }
     }
@@ -236,11 +278,18 @@ pub fn decode_message(seq: u64, value: &[u8]) -> Result<StoredMessage, StoreErro
     })
 }
 
-/// What the store remembers of an inbox beyond its messages.
+/// Where an inbox stands: `head` is the last seq it ever assigned, `first` the lowest seq it
+/// may still hold.
 ///
 /// # Invariants
 /// `1 <= first <= head + 1`; no message with a seq below `first` is readable (some may still
-/// await the sweep), and `head` is the last seq ever assigned, so it never goes back.
+/// await the sweep), and `head` never goes back.
+///
+/// The inbox record on disk is a lower bound of both, not their current values: appends do
+/// not rewrite it. The real ones are `head = max(record head, seq of the inbox's last message
+/// key)` and `first` = the seq of the inbox's first message key at or above the record's
+/// `first` (or `head + 1` when there is none); see `super::writer` for when the record must be
+/// written so that this stays true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     pub head: u64,
@@ -255,14 +304,15 @@ impl Default for Meta {
 
 pub fn encode_meta(meta: Meta) -> Vec<u8> {
     let mut out = Vec::with_capacity(17);
-    out.push(VERSION);
+    out.push(META_VERSION);
     out.extend_from_slice(&meta.head.to_be_bytes());
     out.extend_from_slice(&meta.first.to_be_bytes());
     out
 }
 
-pub fn decode_meta(value: &[u8]) -> Result<Meta, StoreError> {
-    let mut r = Reader::new("inbox meta", value)?;
+/// An inbox record, and whether it is in the current format ([`META_VERSION`]).
+pub fn decode_meta(value: &[u8]) -> Result<(Meta, bool), StoreError> {
+    let (mut r, version) = Reader::versioned("inbox meta", value, &[1, META_VERSION])?;
     let meta = Meta {
         head: r.u64()?,
         first: r.u64()?,
@@ -271,7 +321,7 @@ pub fn decode_meta(value: &[u8]) -> Result<Meta, StoreError> {
     if meta.first == 0 || meta.first > meta.head.saturating_add(1) {
         return Err(corrupt(format!("inbox meta: first {meta:?} out of range")));
     }
-    Ok(meta)
+    Ok((meta, version == META_VERSION))
 }
 
 pub fn encode_cursor(cursor: Cursor) -> Vec<u8> {
@@ -395,7 +445,14 @@ mod tests {
         assert_eq!(message_expires(&m).unwrap(), 20);
 
         let meta = Meta { head: 8, first: 3 };
-        assert_eq!(decode_meta(&encode_meta(meta)).unwrap(), meta);
+        assert_eq!(decode_meta(&encode_meta(meta)).unwrap(), (meta, true));
+        let mut old = encode_meta(meta);
+        old[0] = 1;
+        assert_eq!(
+            decode_meta(&old).unwrap(),
+            (meta, false),
+            "version 1 records still read"
+        );
 
         let cursor = Cursor {
             acked: Seq(4),
@@ -451,6 +508,9 @@ mod tests {
         assert!(matches!(decode_message(1, &m), Err(StoreError::Corrupt(_))));
         m[0] = 2;
         assert!(matches!(message_expires(&m), Err(StoreError::Corrupt(_))));
+        let mut meta = encode_meta(Meta { head: 1, first: 1 });
+        meta[0] = 3;
+        assert!(matches!(decode_meta(&meta), Err(StoreError::Corrupt(_))));
         let meta = encode_meta(Meta { head: 1, first: 5 });
         assert!(
             matches!(decode_meta(&meta), Err(StoreError::Corrupt(_))),
@@ -522,9 +582,14 @@ mod tests {
             if let Some(b) = bytes.first_mut() {
                 *b = VERSION;
             }
+            let mut meta = bytes.clone();
+            if let Some(b) = meta.first_mut() {
+                *b = META_VERSION;
+            }
             for result in [
                 decode_message(1, &bytes).map(drop),
                 decode_meta(&bytes).map(drop),
+                decode_meta(&meta).map(drop),
                 decode_cursor(&bytes).map(drop),
                 decode_idempotency(&bytes).map(drop),
             ] {

@@ -13,7 +13,8 @@ use tether_core::{AppId, DeviceId, Retention, Seq, StoreError, UserId};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{self, Meta};
+use super::codec;
+use super::inbox;
 use super::writer::{Counters, Keyspaces, Reply, Request, Write, Writer, unavailable};
 use crate::config::{Durability, StoreConfig};
 
@@ -238,14 +239,11 @@ impl Store for EmbeddedStore {
         now_ms: u64,
     ) -> Result<Page, StoreError> {
         let inbox = codec::inbox_key(app, user);
-        codec::check_key(&codec::message_key(&inbox, 0))?;
+        codec::check_inbox_key(&inbox)?;
         self.read_with(move |ks| {
             // One snapshot for the head and the messages, so that no message is above the head.
             let snapshot = ks.db.snapshot();
-            let meta = match snapshot.get(&ks.inboxes, &inbox).map_err(unavailable)? {
-                Some(v) => codec::decode_meta(&v)?,
-                None => Meta::default(),
-            };
+            let meta = inbox::recover(&snapshot, ks, &inbox, false)?.meta;
             let mut messages = Vec::new();
             let start = meta.first.max(after.0.saturating_add(1));
             if limit > 0 && start <= meta.head {
@@ -342,6 +340,7 @@ mod tests {
     use tether_proto::PayloadKind;
 
     use super::*;
+    use crate::store::codec::Meta;
 
     fn store(dir: &Path, inbox_cap: usize) -> EmbeddedStore {
         let options = EmbeddedOptions {
@@ -430,9 +429,16 @@ mod tests {
             .map(|g| codec::split_message_key(&g.key().unwrap()).unwrap().1)
             .collect();
         assert_eq!(on_disk, vec![306, 307, 308, 309, 310]);
-        let meta = codec::decode_meta(&ks.inboxes.get(&inbox).unwrap().unwrap()).unwrap();
+        let (record, current) =
+            codec::decode_meta(&ks.inboxes.get(&inbox).unwrap().unwrap()).unwrap();
+        assert!(current);
+        assert!(
+            record.head <= 310 && record.first <= 306,
+            "the record is a lower bound: {record:?}"
+        );
+        let recovered = inbox::recover(&ks.db.snapshot(), &ks, &inbox, true).unwrap();
         assert_eq!(
-            meta,
+            recovered.meta,
             Meta {
                 head: 310,
                 first: 306
@@ -491,6 +497,122 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(ks);
+        store.close().await;
+    }
+
+    async fn head(store: &EmbeddedStore, user: &str) -> (u64, Vec<u64>) {
+        let page = store
+            .read(&AppId::from("app"), &UserId::from(user), Seq(0), 10_000, 0)
+            .await
+            .unwrap();
+        (page.head.0, page.messages.iter().map(|m| m.seq.0).collect())
+    }
+
+    #[tokio::test]
+    async fn heads_outlive_a_sweep_that_empties_inboxes_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let now = tether_core::now_ms();
+        let short = |users: &[&str], id| {
+            let mut a = append(users, id);
+            a.message.expires_ms = now + 1_000;
+            a
+        };
+        // Inboxes of 1 to 7 messages that all expire, so that the sweep's chunks (3 entries
+        // in unit tests) end before, at and after the last message of one inbox or another.
+        for n in 1..=7u64 {
+            for i in 0..n {
+                store.append(short(&[&format!("u{n}")], i)).await.unwrap();
+            }
+        }
+        // An inbox whose newest message expires and whose older one does not.
+        store.append(append(&["mixed"], 100)).await.unwrap();
+        store.append(short(&["mixed"], 101)).await.unwrap();
+
+        let swept = store.sweep_expired(now + 1_000).await.unwrap();
+        assert_eq!(swept.messages, 28 + 1);
+        for n in 1..=7u64 {
+            assert_eq!(head(&store, &format!("u{n}")).await, (n, vec![]));
+        }
+        assert_eq!(head(&store, "mixed").await, (2, vec![1]));
+        store.close().await;
+        drop(store);
+
+        // With a cold cache, the head comes back from the disk alone.
+        let store = self::store(dir.path(), 100);
+        for n in 1..=7u64 {
+            let user = format!("u{n}");
+            assert_eq!(head(&store, &user).await, (n, vec![]));
+            let next = store.append(append(&[&user], 200)).await.unwrap();
+            assert_eq!(next.seqs[0].1, Seq(n + 1), "{user}'s seqs continue");
+        }
+        let next = store.append(append(&["mixed"], 201)).await.unwrap();
+        assert_eq!(next.seqs[0].1, Seq(3));
+        assert_eq!(head(&store, "mixed").await, (3, vec![1, 3]));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_cap_lowered_past_one_batch_of_trimming_stays_trimmed_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 2000);
+        let results =
+            futures_util::future::join_all((0..1100).map(|i| store.append(append(&["u"], i))))
+                .await;
+        assert!(results.iter().all(Result::is_ok));
+        store.close().await;
+        drop(store);
+        // The cap pushes out 1,098 held messages, more than one batch deletes: the rest stay on
+        // disk below `first`, and the inbox record must say so.
+        let store = self::store(dir.path(), 3);
+        store.append(append(&["u"], 1100)).await.unwrap();
+        assert_eq!(head(&store, "u").await, (1101, vec![1099, 1100, 1101]));
+        store.close().await;
+        drop(store);
+        let store = self::store(dir.path(), 3);
+        assert_eq!(head(&store, "u").await, (1101, vec![1099, 1100, 1101]));
+        store.append(append(&["u"], 1101)).await.unwrap();
+        assert_eq!(head(&store, "u").await, (1102, vec![1100, 1101, 1102]));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn records_of_older_code_read_and_unknown_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        for i in 0..3 {
+            store.append(append(&["old", "new"], i)).await.unwrap();
+        }
+        let ks = keyspaces(&store);
+        let app = AppId::from("app");
+        // A version 1 record, as code that rewrote it with every batch left it: exact, with a
+        // head past the last message key (later messages expired and were swept).
+        let old = codec::inbox_key(&app, &UserId::from("old"));
+        let mut v1 = codec::encode_meta(Meta { head: 7, first: 2 });
+        v1[0] = 1;
+        ks.inboxes.insert(&old, v1).unwrap();
+        let new = codec::inbox_key(&app, &UserId::from("new"));
+        let mut v3 = codec::encode_meta(Meta { head: 3, first: 1 });
+        v3[0] = 3;
+        ks.inboxes.insert(&new, v3).unwrap();
+        drop(ks);
+        store.close().await;
+        drop(store);
+
+        let store = self::store(dir.path(), 100);
+        assert_eq!(head(&store, "old").await, (7, vec![2, 3]));
+        let next = store.append(append(&["old"], 3)).await.unwrap();
+        assert_eq!(next.seqs[0].1, Seq(8));
+        let ks = keyspaces(&store);
+        let (_, current) = codec::decode_meta(&ks.inboxes.get(&old).unwrap().unwrap()).unwrap();
+        assert!(
+            current,
+            "the writer rewrote the record in the current format"
+        );
+        drop(ks);
+        let user = UserId::from("new");
+        assert!(is_corrupt(store.read(&app, &user, Seq(0), 10, 0).await));
+        assert!(is_corrupt(store.append(append(&["new"], 4)).await));
         store.close().await;
     }
 }

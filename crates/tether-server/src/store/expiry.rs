@@ -8,16 +8,20 @@
 //!   in chunks of [`SWEEP_CHUNK`] entries that run while the writer is idle, each resuming
 //!   after the last key the previous one looked at. It catches what `expire_front` cannot:
 //!   messages behind a live front, inboxes nobody writes to any more, idempotency keys.
+//!
+//! Only the sweep can delete the newest message of an inbox (front expiry runs in a batch that
+//! appends to the inbox); when it does, it writes the inbox record that keeps the head in the
+//! same batch (see [`super::inbox`]).
 
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use tether_core::StoreError;
 
-use super::codec;
 use super::embedded::Swept;
 use super::writer::{Inbox, Keyspaces, unavailable};
+use super::{codec, inbox};
 
 /// How often a sweep pass over the whole store starts. (Unit tests watch the idle sweep, over
 /// several chunks, without waiting a minute.)
@@ -82,6 +86,38 @@ pub fn expire_front(
     expired
 }
 
+/// Deletes (in `batch`) the expired message `key`, whose next key on disk is `next`; when it
+/// is the last message of its inbox, also writes the record that keeps its seq as the head.
+/// Returns how many messages it deleted: 0 when it cannot keep the head, since deleting the
+/// message then would let the inbox hand its seq out again.
+fn delete_message(
+    ks: &Keyspaces,
+    batch: &mut OwnedWriteBatch,
+    key: &[u8],
+    next: Option<&[u8]>,
+) -> u64 {
+    let kept = codec::split_message_key(key).and_then(|(inbox_key, seq)| {
+        let same_inbox = next
+            .and_then(|n| codec::split_message_key(n).ok())
+            .is_some_and(|(next_inbox, _)| next_inbox == inbox_key);
+        if same_inbox {
+            Ok(())
+        } else {
+            inbox::keep_head(ks, batch, inbox_key, seq)
+        }
+    });
+    match kept {
+        Ok(()) => {
+            batch.remove(&ks.messages, key);
+            1
+        }
+        Err(e) => {
+            tracing::warn!("store: the sweep left an expired message: {e}");
+            0
+        }
+    }
+}
+
 /// Where a sweep pass stands: the keyspace and the last key it looked at.
 #[derive(Debug, Clone)]
 enum SweepAt {
@@ -143,30 +179,52 @@ impl Sweeper {
             SweepAt::Messages(k) => (&ks.messages, k, true),
             SweepAt::Idempotency(k) => (&ks.idempotency, k, false),
         };
-        let iter = match after {
+        let mut iter = match after {
             Some(k) => keyspace.range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded)),
             None => keyspace.iter(),
         };
         let mut batch = ks.db.batch().durability(Some(PersistMode::Buffer));
         let mut seen = 0;
         let mut last = None;
-        for guard in iter.take(SWEEP_CHUNK) {
+        let mut deleted = 0;
+        // An expired message not deleted yet: whether it is the last of its inbox on disk,
+        // which decides whether its inbox record must keep its seq, shows only with the next
+        // key (past the chunk's end too).
+        let mut pending: Option<Slice> = None;
+        while seen < SWEEP_CHUNK {
+            let Some(guard) = iter.next() else {
+                break;
+            };
             let (key, value) = guard.into_inner().map_err(unavailable)?;
             seen += 1;
+            if let Some(expired) = pending.take() {
+                deleted += delete_message(ks, &mut batch, &expired, Some(&key));
+            }
             let expires = if is_messages {
                 codec::message_expires(&value)
             } else {
                 codec::idempotency_expires(&value)
             };
             match expires {
-                Ok(e) if e <= now_ms => batch.remove(keyspace, key.clone()),
+                Ok(e) if e <= now_ms && is_messages => pending = Some(key.clone()),
+                Ok(e) if e <= now_ms => {
+                    batch.remove(keyspace, key.clone());
+                    deleted += 1;
+                }
                 Ok(_) => {}
                 // Left in place for a human to look at; reads of it answer `Corrupt`.
                 Err(e) => tracing::warn!("store: the sweep skipped an entry: {e}"),
             }
             last = Some(key.to_vec());
         }
-        let deleted = batch.len() as u64;
+        if let Some(expired) = pending.take() {
+            let next = iter
+                .next()
+                .map(|g| g.key())
+                .transpose()
+                .map_err(unavailable)?;
+            deleted += delete_message(ks, &mut batch, &expired, next.as_deref());
+        }
         if deleted > 0 {
             batch.commit().map_err(unavailable)?;
         }

@@ -6,6 +6,10 @@
 //! every append that was waiting (group commit). Because it is the only writer, it can keep
 //! inbox heads in memory and read-modify-write cursors and idempotency records without locks.
 //!
+//! An append costs one memtable insert per user: the message key. The inbox record is written
+//! only when the message keys alone would no longer say where the inbox stands (see
+//! [`super::inbox`]), and the message value is encoded once and shared by every user's key.
+//!
 //! When idle, it fsyncs what an interval left unsynced and runs the expiry sweep (see
 //! [`super::expiry`]).
 
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, IdemRecord, Meta};
 use super::embedded::{EmbeddedOptions, Swept};
 use super::expiry::{Sweeper, expire_front};
+use super::inbox;
 use crate::config::Durability;
 
 /// Most requests in one batch. Bounds the memory of a batch and the time its first request
@@ -102,26 +107,45 @@ pub fn unavailable(e: fjall::Error) -> StoreError {
 /// What the writer remembers of an inbox between batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbox {
+    /// The head is exact, unlike the inbox record's; `first` may lag behind messages the
+    /// sweep deleted (front expiry and the cap step over them).
     pub meta: Meta,
     /// The expiry of the message at `meta.first`, when known, so that checking whether the
     /// front expired costs no read.
     pub front_expires: Option<u64>,
 }
 
-/// An inbox appended to in the batch being prepared.
+/// An inbox in the writer's cache.
 #[derive(Debug)]
-struct StagedInbox {
-    /// As it is on disk (the last committed batch).
-    before: Meta,
-    /// (seq, value, expires_ms), in seq order.
-    messages: Vec<(u64, Slice, u64)>,
+struct Cached {
+    key: Box<[u8]>,
+    inbox: Inbox,
+    /// The inbox has a record in the current format on disk.
+    recorded: bool,
+    /// While the inbox is in the batch being prepared: its head on disk, before the batch.
+    disk_head: Option<u64>,
+}
+
+/// A message x user of the batch being prepared.
+#[derive(Debug)]
+struct StagedMessage {
+    /// The inbox's slot in the cache.
+    slot: usize,
+    seq: u64,
+    /// Its value in [`Staged::values`].
+    value: usize,
 }
 
 /// A batch being prepared. Every key is written at most once per batch: fjall gives all the
 /// writes of a batch one sequence number, so two writes of one key would not be ordered.
 #[derive(Debug, Default)]
 struct Staged {
-    inboxes: HashMap<Vec<u8>, StagedInbox>,
+    /// Cache slots of the inboxes appended to, each once.
+    inboxes: Vec<usize>,
+    /// In the order appended, so in seq order within an inbox.
+    messages: Vec<StagedMessage>,
+    /// (value, expires_ms) of each append: one encoding, shared by all its users.
+    values: Vec<(Slice, u64)>,
     cursors: HashMap<Vec<u8>, Cursor>,
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     /// Messages x users stored.
@@ -166,7 +190,12 @@ struct Metrics {
 pub struct Writer {
     ks: Keyspaces,
     options: EmbeddedOptions,
-    inboxes: HashMap<Vec<u8>, Inbox>,
+    /// The inbox cache: key -> slot in `slots`. A batch looks each user up once and then
+    /// works with slots.
+    index: HashMap<Box<[u8]>, usize>,
+    slots: Vec<Cached>,
+    /// Scratch space for keys, reused by every batch.
+    key_buf: Vec<u8>,
     counters: Arc<Counters>,
     metrics: Metrics,
     /// Committed writes not yet fsynced.
@@ -187,7 +216,9 @@ impl Writer {
         Writer {
             ks,
             options,
-            inboxes: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            key_buf: Vec::new(),
             counters,
             metrics: Metrics {
                 batches: counter!("tether_store_batches_total"),
@@ -354,8 +385,8 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: Vec<Write>) {
-        if self.inboxes.len() > CACHE_LIMIT {
-            self.inboxes.clear();
+        if self.slots.len() > CACHE_LIMIT {
+            self.forget();
         }
         let now_ms = tether_core::now_ms();
         let requests = batch.len();
@@ -388,10 +419,11 @@ impl Writer {
         if let Err(e) = &result {
             tracing::warn!(requests, "store: a batch failed: {e}");
             // What the cache says of these inboxes may not be on disk: read it again.
-            for key in staged.inboxes.keys() {
-                self.inboxes.remove(key);
-            }
+            self.forget();
         } else {
+            for &slot in &staged.inboxes {
+                self.slots[slot].disk_head = None;
+            }
             self.counters
                 .appends
                 .fetch_add(staged.appends, Ordering::Relaxed);
@@ -406,21 +438,31 @@ impl Writer {
         }
     }
 
-    /// Loads an inbox into the cache (the only fallible part of an append to it).
-    fn load(&mut self, key: &[u8]) -> Result<Inbox, StoreError> {
-        if let Some(inbox) = self.inboxes.get(key) {
-            return Ok(*inbox);
+    /// Empties the inbox cache.
+    fn forget(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+    }
+
+    /// Loads an inbox into the cache (the only fallible part of an append to it) and returns
+    /// its slot.
+    fn load(&mut self, key: &[u8]) -> Result<usize, StoreError> {
+        if let Some(&slot) = self.index.get(key) {
+            return Ok(slot);
         }
-        let meta = match self.ks.inboxes.get(key).map_err(unavailable)? {
-            Some(v) => codec::decode_meta(&v)?,
-            None => Meta::default(),
-        };
-        let inbox = Inbox {
-            meta,
-            front_expires: None,
-        };
-        self.inboxes.insert(key.to_vec(), inbox);
-        Ok(inbox)
+        let recovered = inbox::recover(&self.ks.db.snapshot(), &self.ks, key, true)?;
+        let slot = self.slots.len();
+        self.slots.push(Cached {
+            key: key.into(),
+            inbox: Inbox {
+                meta: recovered.meta,
+                front_expires: None,
+            },
+            recorded: recovered.recorded,
+            disk_head: None,
+        });
+        self.index.insert(key.into(), slot);
+        Ok(slot)
     }
 
     /// Adds an append to the batch, or answers it. Everything that can fail happens before
@@ -454,34 +496,45 @@ impl Writer {
                 "payload too large for the store".into(),
             ));
         }
-        let mut loaded = Vec::with_capacity(append.users.len());
+        let mut slots = Vec::with_capacity(append.users.len());
+        let mut key = std::mem::take(&mut self.key_buf);
         for user in &append.users {
-            let key = codec::inbox_key(&append.app, user);
-            codec::check_key(&codec::message_key(&key, 0))?;
-            let inbox = self.load(&key)?;
-            loaded.push((key, inbox));
+            key.clear();
+            codec::put_inbox_key(&mut key, &append.app, user);
+            let slot = codec::check_inbox_key(&key).and_then(|()| self.load(&key));
+            match slot {
+                Ok(slot) => slots.push(slot),
+                Err(e) => {
+                    self.key_buf = key;
+                    return Err(e);
+                }
+            }
         }
+        self.key_buf = key;
 
-        let value = Slice::from(codec::encode_message(
-            m.id,
-            m.created_ms,
+        let value = st.values.len();
+        st.values.push((
+            Slice::from(codec::encode_message(
+                m.id,
+                m.created_ms,
+                m.expires_ms,
+                m.kind,
+                &m.payload,
+            )),
             m.expires_ms,
-            m.kind,
-            &m.payload,
         ));
         let mut seqs = Vec::with_capacity(append.users.len());
-        for (user, (key, inbox)) in append.users.iter().zip(loaded) {
-            // Not a copy of `inbox`: a user listed twice must get two seqs.
-            let inbox = self.inboxes.entry(key.clone()).or_insert(inbox);
-            let staged = st.inboxes.entry(key).or_insert_with(|| StagedInbox {
-                before: inbox.meta,
-                messages: Vec::new(),
-            });
-            inbox.meta.head += 1;
-            staged
-                .messages
-                .push((inbox.meta.head, value.clone(), m.expires_ms));
-            seqs.push((user.clone(), Seq(inbox.meta.head)));
+        for (user, slot) in append.users.iter().zip(slots) {
+            // A user listed twice gets two seqs: both go through the one cache entry.
+            let cached = &mut self.slots[slot];
+            if cached.disk_head.is_none() {
+                cached.disk_head = Some(cached.inbox.meta.head);
+                st.inboxes.push(slot);
+            }
+            cached.inbox.meta.head += 1;
+            let seq = cached.inbox.meta.head;
+            st.messages.push(StagedMessage { slot, seq, value });
+            seqs.push((user.clone(), Seq(seq)));
         }
         st.appends += append.users.len() as u64;
         let appended = Appended {
@@ -528,35 +581,50 @@ impl Writer {
         let mut batch = ks.db.batch().durability(Some(PersistMode::Buffer));
         let cap = self.options.retention.inbox_cap.max(1) as u64;
         let mut expired = 0;
-        for (key, staged) in &st.inboxes {
-            let Some(inbox) = self.inboxes.get_mut(key) else {
+        for &slot in &st.inboxes {
+            let cached = &mut self.slots[slot];
+            let Some(disk_head) = cached.disk_head else {
                 continue;
             };
-            let disk_head = staged.before.head;
+            let inbox = &mut cached.inbox;
             let old_first = inbox.meta.first;
             let first = old_first.max((inbox.meta.head + 1).saturating_sub(cap));
-            // Held messages the cap pushes out; new ones it pushes out are never written.
-            for seq in old_first..first.min(disk_head + 1).min(old_first + MAX_TRIM) {
-                batch.remove(&ks.messages, codec::message_key(key, seq));
-            }
-            for (seq, value, _) in staged.messages.iter().filter(|(s, ..)| *s >= first) {
-                batch.insert(&ks.messages, codec::message_key(key, *seq), value.clone());
+            // Held messages the cap pushes out (new ones it pushes out are never written), and
+            // how far this batch deletes them.
+            let pushed_out = first.min(disk_head + 1);
+            let deleted_to = pushed_out.min(old_first + MAX_TRIM);
+            for seq in old_first..deleted_to {
+                let key = codec::message_key_slice(&mut self.key_buf, &cached.key, seq);
+                batch.remove(&ks.messages, key);
             }
             inbox.meta.first = first;
             if first > old_first {
                 // Its front is gone; the sweep sees to expiry in inboxes at their cap.
                 inbox.front_expires = None;
             } else {
+                let key = &cached.key;
                 expired += expire_front(&ks.messages, &mut batch, key, inbox, disk_head, now_ms);
             }
-            if inbox.meta.first > disk_head {
-                inbox.front_expires = staged
-                    .messages
-                    .iter()
-                    .find(|(s, ..)| *s == inbox.meta.first)
-                    .map(|(.., e)| *e);
+            // The message keys no longer tell where the inbox stands when `first` passed held
+            // messages that stay on disk; an inbox without a current record gets one.
+            if !cached.recorded || pushed_out > deleted_to {
+                let meta = codec::encode_meta(cached.inbox.meta);
+                batch.insert(&ks.inboxes, &*cached.key, meta);
+                cached.recorded = true;
             }
-            batch.insert(&ks.inboxes, key.clone(), codec::encode_meta(inbox.meta));
+        }
+        for m in &st.messages {
+            let cached = &mut self.slots[m.slot];
+            let first = cached.inbox.meta.first;
+            if m.seq < first {
+                continue;
+            }
+            let (value, expires) = &st.values[m.value];
+            if m.seq == first && cached.disk_head.is_some_and(|d| first > d) {
+                cached.inbox.front_expires = Some(*expires);
+            }
+            let key = codec::message_key_slice(&mut self.key_buf, &cached.key, m.seq);
+            batch.insert(&ks.messages, key, value.clone());
         }
         for (key, cursor) in st.cursors.drain() {
             batch.insert(&ks.cursors, key, codec::encode_cursor(cursor));
