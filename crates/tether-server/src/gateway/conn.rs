@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tether_core::{AppId, DeviceId, Session, auth, validate_id};
+use tether_core::{AppId, DeviceId, Seq, Session, auth, validate_id};
 use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
 use tokio::time::timeout;
 use tracing::debug;
@@ -430,7 +430,7 @@ impl Io {
         loop {
             let work = match &mut self.work {
                 Some(work) => work,
-                None => match conn.next_work() {
+                None => match conn.next_work(tether_core::now_ms()) {
                     Some(next) => self.work.insert(start_work(gw, conn, next)),
                     None => return,
                 },
@@ -647,10 +647,18 @@ async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Cl
     .await;
 }
 
-/// Removes a closed connection from the table and the registry.
+/// Removes a closed connection from the table and the registry, and writes the acks it had not
+/// written yet.
 async fn forget(gw: &Gateway, conn: &ConnHandle) {
     conn.finish();
     gw.table.remove(conn.id);
+    for (binding, seq) in conn.unstored_acks() {
+        let (app, user) = &conn.bindings[binding];
+        if let Err(e) = gw.store.ack(app, user, &conn.device, Seq(seq)).await {
+            tracing::warn!(conn = %conn.id, error = %e, "cannot store an ack");
+            gw.metrics.store_error("ack");
+        }
+    }
     for (app, user) in &conn.bindings {
         if let Err(e) = gw.registry.unregister(app, user, &gw.node, conn.id).await {
             tracing::warn!(error = %e, "cannot unregister session");

@@ -25,6 +25,16 @@ use tether_proto::{Frame, Push};
 
 use super::table::Encoding;
 
+/// Live pushes one binding may hold while it waits for an earlier seq to arrive.
+pub const REORDER_FRAMES: usize = 64;
+
+/// How long a binding waits for a missing seq before it reads the store instead (checked by
+/// the heartbeat sweep, so the wait can be up to one sweep period longer).
+pub const REORDER_WAIT_MS: u64 = 100;
+
+/// The shortest interval between two ack writes of one binding (ms since the epoch).
+pub const ACK_WRITE_EVERY_MS: u64 = 100;
+
 /// Messages read per backlog page.
 pub const BACKLOG_PAGE: usize = 64;
 
@@ -34,7 +44,7 @@ pub const SYNC_PAGE: usize = 100;
 /// One binding's delivery state on one connection.
 ///
 /// # Invariants
-/// `sent <= top`; `stored_ack <= acked`; `acked <= top` once the client acked anything on this
+/// `held` is empty while `catching_up`, and holds only seqs above `sent + 1`; `sent <= top`; `stored_ack <= acked`; `acked <= top` once the client acked anything on this
 /// connection (before that, `acked` is the stored position, which may be ahead of a client that
 /// resumed from an earlier `last_seq`); while `catching_up` is false, `missed <= sent`.
 #[derive(Debug, Default, Clone)]
@@ -54,6 +64,15 @@ pub struct InboxState {
     /// The first backlog read of this connection is still to come (the poison guard counts
     /// the message it begins with).
     pub first_page: bool,
+    /// Live pushes that overtook an earlier seq, held (at most [`REORDER_FRAMES`], counted in
+    /// the queue's bytes) until the earlier one arrives: concurrent API requests for one user
+    /// routinely reach a connection out of order, and a store read per overtaking push would
+    /// cost more than the push. Empty (no allocation) while pushes arrive in order.
+    pub held: Vec<(u64, Bytes)>,
+    /// When the oldest held push arrived (ms since the epoch).
+    pub held_since_ms: u64,
+    /// When an ack write last started (ms since the epoch).
+    pub ack_written_ms: u64,
 }
 
 impl InboxState {
@@ -68,6 +87,9 @@ impl InboxState {
             catching_up: true,
             missed: 0,
             first_page: true,
+            held: Vec::new(),
+            held_since_ms: 0,
+            ack_written_ms: 0,
         }
     }
 }

@@ -17,7 +17,10 @@ use tether_core::store::Page;
 use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame, Synced};
 
-use super::inbox::{Backlog, InboxState, SyncRequest, push_frame};
+use super::inbox::{
+    ACK_WRITE_EVERY_MS, Backlog, InboxState, REORDER_FRAMES, REORDER_WAIT_MS, SyncRequest,
+    push_frame,
+};
 
 use futures_util::task::AtomicWaker;
 
@@ -145,6 +148,10 @@ pub struct ConnHandle {
     outbox: Mutex<Outbox>,
     /// Set when there is something for the task to do (frames queued, a close requested).
     ready: AtomicBool,
+    /// Some binding holds overtaking pushes (see [`InboxState::held`]): the sweep looks.
+    held: AtomicBool,
+    /// Some binding has an ack not yet written to the store.
+    ack_pending: AtomicBool,
     /// The connection task, woken when `ready` is set. A waker slot rather than a `Notify`:
     /// waiting on it needs no per-wait node in the task's future.
     task: AtomicWaker,
@@ -169,6 +176,8 @@ impl ConnHandle {
                 ..Outbox::default()
             }),
             ready: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            ack_pending: AtomicBool::new(false),
             task: AtomicWaker::new(),
         }
     }
@@ -239,20 +248,106 @@ impl ConnHandle {
             return Enqueued::Queued;
         }
         if seq > inbox.sent + 1 {
-            inbox.catching_up = true;
-            inbox.missed = seq;
+            // Overtaken: hold it for the earlier seq, within the queue's budget, or fall back
+            // to the store.
+            let fits = outbox.bytes + frame.len() <= self.limit;
+            let inbox = &mut outbox.inboxes[binding];
+            if fits && inbox.held.len() < REORDER_FRAMES {
+                if inbox.held.is_empty() {
+                    inbox.held_since_ms = tether_core::now_ms();
+                    self.held.store(true, Ordering::Relaxed);
+                }
+                let len = frame.len();
+                inbox.held.push((seq, frame));
+                outbox.bytes += len;
+                return Enqueued::Queued;
+            }
+            Self::catch_up_locked(&mut outbox, binding, seq);
             drop(outbox);
             self.wake();
             return Enqueued::Queued;
         }
+        let Outbox {
+            frames,
+            bytes,
+            inboxes,
+            ..
+        } = &mut *outbox;
+        let inbox = &mut inboxes[binding];
+        if *bytes + frame.len() > self.limit {
+            drop(outbox);
+            return self.enqueue(frame);
+        }
+        let mut wake = frames.is_empty();
+        *bytes += frame.len();
+        frames.push_back(frame);
         inbox.sent = seq;
-        inbox.top = inbox.top.max(seq);
-        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
+        // Held pushes that now follow on (their bytes are already counted).
+        while let Some(i) = inbox.held.iter().position(|(s, _)| *s == inbox.sent + 1) {
+            let (s, frame) = inbox.held.swap_remove(i);
+            frames.push_back(frame);
+            inbox.sent = s;
+            wake = true;
+        }
+        inbox.top = inbox.top.max(inbox.sent);
+        if !inbox.held.is_empty() {
+            // Anything left is either older than `sent` (already sent: drop it) or still ahead.
+            let sent = inbox.sent;
+            let mut freed = 0;
+            inbox.held.retain(|(s, f)| {
+                let keep = *s > sent;
+                if !keep {
+                    freed += f.len();
+                }
+                keep
+            });
+            *bytes -= freed;
+        }
         drop(outbox);
         if wake {
             self.wake();
         }
-        enqueued
+        Enqueued::Queued
+    }
+
+    /// Switches binding `binding` to reading the store, giving up what it held; `seq` is the
+    /// highest seq known to be missing.
+    fn catch_up_locked(outbox: &mut Outbox, binding: usize, seq: u64) {
+        let inbox = &mut outbox.inboxes[binding];
+        let held: usize = inbox.held.iter().map(|(_, f)| f.len()).sum();
+        let highest = inbox.held.iter().map(|(s, _)| *s).max().unwrap_or(0);
+        inbox.held = Vec::new();
+        inbox.catching_up = true;
+        inbox.missed = inbox.missed.max(seq).max(highest);
+        outbox.bytes -= held;
+    }
+
+    /// Bindings that held overtaking pushes for longer than [`REORDER_WAIT_MS`] read the store
+    /// instead (the missing push may never come live, e.g. lost between nodes).
+    fn expire_held(&self, now_ms: u64) {
+        if !self.held.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut outbox = self.outbox();
+        let mut still_held = false;
+        let mut woke = false;
+        for binding in 0..outbox.inboxes.len() {
+            let inbox = &outbox.inboxes[binding];
+            if inbox.held.is_empty() {
+                continue;
+            }
+            if now_ms.saturating_sub(inbox.held_since_ms) > REORDER_WAIT_MS {
+                Self::catch_up_locked(&mut outbox, binding, 0);
+                woke = true;
+            } else {
+                still_held = true;
+            }
+        }
+        self.held.store(still_held, Ordering::Relaxed);
+        drop(outbox);
+        if woke {
+            self.wake();
+        }
     }
 
     /// The client acked binding `binding` up to `seq` (clamped to what this connection sent).
@@ -260,7 +355,23 @@ impl ConnHandle {
         let mut outbox = self.outbox();
         if let Some(inbox) = outbox.inboxes.get_mut(binding) {
             inbox.acked = inbox.acked.max(seq.min(inbox.top));
+            if inbox.acked > inbox.stored_ack {
+                self.ack_pending.store(true, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Acks recorded and not yet written to the store: (binding, seq). For the connection's
+    /// last act, so that an ack followed by a close is not lost.
+    pub fn unstored_acks(&self) -> Vec<(usize, u64)> {
+        let outbox = self.outbox();
+        outbox
+            .inboxes
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.acked > i.stored_ack)
+            .map(|(binding, i)| (binding, i.acked))
+            .collect()
     }
 
     /// Queues a `sync` for the task. `false` when one is already waiting or being answered.
@@ -276,17 +387,19 @@ impl ConnHandle {
 
     /// The store operation the task should start, if any. Reads wait until the queue is at
     /// most half full, so a backlog never pushes a connection over its limit.
-    pub fn next_work(&self) -> Option<NextWork> {
+    ///
+    /// Acks are written at most once per [`ACK_WRITE_EVERY_MS`] per binding (a client acking
+    /// every few messages would otherwise cost a store write per few messages); the heartbeat
+    /// sweep wakes the task for the ones that waited, and the connection's end writes the rest.
+    pub fn next_work(&self, now_ms: u64) -> Option<NextWork> {
         let mut outbox = self.outbox();
         if outbox.close.is_some() {
             return None;
         }
-        if let Some((binding, inbox)) = outbox
-            .inboxes
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.acked > i.stored_ack)
-        {
+        if let Some((binding, inbox)) = outbox.inboxes.iter_mut().enumerate().find(|(_, i)| {
+            i.acked > i.stored_ack && now_ms >= i.ack_written_ms.saturating_add(ACK_WRITE_EVERY_MS)
+        }) {
+            inbox.ack_written_ms = now_ms;
             return Some(NextWork::Ack {
                 binding,
                 seq: inbox.acked,
@@ -380,6 +493,9 @@ impl ConnHandle {
         let mut outbox = self.outbox();
         if let Some(inbox) = outbox.inboxes.get_mut(binding) {
             inbox.stored_ack = inbox.stored_ack.max(seq);
+        }
+        if outbox.inboxes.iter().all(|i| i.acked <= i.stored_ack) {
+            self.ack_pending.store(false, Ordering::Relaxed);
         }
     }
 
@@ -552,6 +668,11 @@ impl ConnHandle {
     /// Closes the connection if the client has been silent past its limit at `now_ms`, or has
     /// taken no bytes of a pending write for `write_timeout_ms`.
     fn sweep(&self, now_ms: u64, write_timeout_ms: u64) -> bool {
+        self.expire_held(tether_core::now_ms());
+        if self.ack_pending.load(Ordering::Relaxed) {
+            // An ack that waited for its write interval: the task decides.
+            self.wake();
+        }
         if self.writing.load(Ordering::Acquire) {
             let stalled = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
             if stalled > write_timeout_ms {
@@ -713,8 +834,8 @@ impl LocalSink for ConnTable {
 mod tests {
     use super::*;
 
-    fn handle(limit: usize) -> ConnHandle {
-        ConnHandle::new(NewConn {
+    fn new_conn(limit: usize) -> NewConn {
+        NewConn {
             id: ConnId(1),
             transport: Transport::Tcp,
             encoding: Encoding::Binary,
@@ -724,7 +845,81 @@ mod tests {
             queue_limit: limit,
             idle_limit: Duration::from_secs(30),
             now_ms: 0,
+        }
+    }
+
+    fn handle(limit: usize) -> ConnHandle {
+        ConnHandle::new(new_conn(limit))
+    }
+
+    /// A handle with one live binding at seq 0.
+    fn live(limit: usize) -> ConnHandle {
+        let mut inbox = InboxState::resuming(0, 0);
+        inbox.catching_up = false;
+        ConnHandle::new(NewConn {
+            bindings: vec![(AppId::from("a"), UserId::from("u"))],
+            resume: vec![inbox],
+            ..new_conn(limit)
         })
+    }
+
+    #[test]
+    fn overtaking_pushes_wait_for_the_earlier_seq_and_go_out_in_order() {
+        let conn = live(1000);
+        for seq in [3, 2] {
+            assert_eq!(
+                conn.offer_durable(0, seq, Bytes::from(vec![seq as u8; 10])),
+                Enqueued::Queued
+            );
+        }
+        let mut taken = VecDeque::new();
+        conn.take(&mut taken);
+        assert!(taken.is_empty(), "nothing goes out before seq 1");
+        conn.offer_durable(0, 1, Bytes::from(vec![1u8; 10]));
+        conn.offer_durable(0, 2, Bytes::from(vec![2u8; 10]));
+        conn.take(&mut taken);
+        let order: Vec<u8> = taken.iter().map(|f| f[0]).collect();
+        assert_eq!(order, vec![1, 2, 3], "in seq order, each once");
+        let inbox = conn.inbox(0).unwrap();
+        assert_eq!(
+            (inbox.sent, inbox.held.len(), inbox.catching_up),
+            (3, 0, false)
+        );
+        conn.written(30, 0);
+        assert_eq!(conn.outbox().bytes, 0, "held bytes were counted once");
+    }
+
+    #[test]
+    fn a_gap_that_does_not_fill_falls_back_to_the_store() {
+        let conn = live(1000);
+        conn.offer_durable(0, 5, Bytes::from(vec![5u8; 10]));
+        assert_eq!(
+            conn.outbox().bytes,
+            10,
+            "held bytes count against the queue"
+        );
+        conn.expire_held(tether_core::now_ms());
+        assert!(!conn.inbox(0).unwrap().catching_up, "not before the wait");
+        conn.expire_held(tether_core::now_ms() + REORDER_WAIT_MS + 1);
+        let inbox = conn.inbox(0).unwrap();
+        assert!(inbox.catching_up && inbox.held.is_empty());
+        assert_eq!(inbox.missed, 5);
+        assert_eq!(conn.outbox().bytes, 0);
+        assert!(matches!(
+            conn.next_work(0),
+            Some(NextWork::Backlog { after: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn too_many_overtaking_pushes_fall_back_to_the_store() {
+        let conn = live(100_000);
+        for seq in 2..(2 + REORDER_FRAMES as u64 + 1) {
+            conn.offer_durable(0, seq, Bytes::from(vec![0u8; 10]));
+        }
+        let inbox = conn.inbox(0).unwrap();
+        assert!(inbox.catching_up && inbox.held.is_empty());
+        assert_eq!(inbox.missed, 2 + REORDER_FRAMES as u64);
     }
 
     #[test]
