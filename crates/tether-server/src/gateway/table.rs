@@ -275,8 +275,12 @@ impl ConnHandle {
         } = &mut *outbox;
         let inbox = &mut inboxes[binding];
         if *bytes + frame.len() > self.limit {
+            // No room (held pushes may be taking it): the store has it, and a backlog read
+            // waits for room rather than closing the client as slow.
+            Self::catch_up_locked(&mut outbox, binding, seq);
             drop(outbox);
-            return self.enqueue(frame);
+            self.wake();
+            return Enqueued::Queued;
         }
         let mut wake = frames.is_empty();
         *bytes += frame.len();
