@@ -307,6 +307,10 @@ impl ConnHandle {
             });
             *bytes -= freed;
         }
+        if inbox.held.is_empty() && inbox.held.capacity() > 0 {
+            // Back in order: give the hold's memory back rather than keep it per connection.
+            inbox.held = Vec::new();
+        }
         drop(outbox);
         if wake {
             self.wake();
