@@ -123,6 +123,16 @@ pub struct NewConn {
     pub now_ms: u64,
 }
 
+/// Appends `frame` to a connection's queue and counts its bytes (the caller checked the limit).
+/// Returns whether the task needs waking: one wake-up covers everything queued before the task
+/// runs, so only a frame that finds the queue empty asks for one.
+fn queue_frame(frames: &mut VecDeque<Bytes>, bytes: &mut usize, frame: Bytes) -> bool {
+    let was_empty = frames.is_empty();
+    *bytes += frame.len();
+    frames.push_back(frame);
+    was_empty
+}
+
 /// One connection as the rest of the node sees it.
 ///
 /// # Invariants
@@ -215,11 +225,8 @@ impl ConnHandle {
             });
             return (Enqueued::Overflow, true);
         }
-        outbox.bytes += frame.len();
-        let was_empty = outbox.frames.is_empty();
-        outbox.frames.push_back(frame);
-        // One wake-up covers everything queued before the task runs.
-        (Enqueued::Queued, was_empty)
+        let wake = queue_frame(&mut outbox.frames, &mut outbox.bytes, frame);
+        (Enqueued::Queued, wake)
     }
 
     /// The index of the binding for `app`, if the connection has one.
@@ -282,9 +289,7 @@ impl ConnHandle {
             self.wake();
             return Enqueued::Queued;
         }
-        let mut wake = frames.is_empty();
-        *bytes += frame.len();
-        frames.push_back(frame);
+        let mut wake = queue_frame(frames, bytes, frame);
         inbox.sent = seq;
         // Held pushes that now follow on (their bytes are already counted).
         while let Some(i) = inbox.held.iter().position(|(s, _)| *s == inbox.sent + 1) {
@@ -470,9 +475,7 @@ impl ConnHandle {
                     all = false;
                     break;
                 }
-                *bytes += frame.len();
-                wake |= frames.is_empty();
-                frames.push_back(frame);
+                wake |= queue_frame(frames, bytes, frame);
                 inbox.sent = m.seq.0;
                 inbox.top = inbox.top.max(m.seq.0);
                 queued += 1;
