@@ -200,6 +200,8 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
 
 /// The inbox cap a store must be built with for [`store_contract`].
 pub const CONTRACT_INBOX_CAP: usize = 5;
+/// The topic history length a store must be built with for [`store_contract`].
+pub const CONTRACT_TOPIC_HISTORY: usize = 4;
 
 fn new_message(id: u64, created_ms: u64, ttl_ms: u64, payload: &str) -> NewMessage {
     NewMessage {

@@ -60,6 +60,8 @@ string_id! {
     DeviceId;
     /// A tether node.
     NodeId;
+    /// A topic of an app (a room, a channel); validated like the other ids.
+    TopicId;
 }
 
 /// Largest length of an app, user or device id, in bytes.

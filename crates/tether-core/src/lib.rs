@@ -26,7 +26,7 @@ pub use id::*;
 pub use message::Outgoing;
 pub use registry::{MemoryRegistry, Registry, RegistryError, Session, Transport};
 pub use router::{LocalSink, MemoryRouter, Router, RouterError};
-pub use store::{MemoryStore, Retention, Store, StoreError};
+pub use store::{MemoryStore, Retention, Store, StoreError, SubscriptionError};
 
 /// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> u64 {

@@ -5,18 +5,23 @@
 //! an inbox when they expire (per-message ttl) or when the inbox passes its cap (oldest first);
 //! an ack does not delete, because other devices of the user may not have the message yet.
 //!
+//! A topic's history is a log of the same shape, keyed (app, topic): each publication takes the
+//! next offset, and the history keeps the newest [`Retention::topic_history`] publications that
+//! have not expired. The store also remembers the topics the business subscribed each user to,
+//! so that the user's later connections join them too.
+//!
 //! Backends: [`MemoryStore`] (tests, and nodes that need no durability), the embedded store in
 //! the server crate (`tether serve`'s default), Redis with the cluster mode. All of them pass
 //! [`crate::contract::store_contract`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tether_proto::PayloadKind;
 
-use crate::{AppId, DeviceId, MessageId, Seq, UserId};
+use crate::{AppId, DeviceId, MessageId, Seq, TopicId, UserId};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -188,6 +193,55 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         device: &DeviceId,
         seq: Seq,
     ) -> Result<u32, StoreError>;
+
+    /// Appends `message` to the history of (app, topic) and returns its offset.
+    ///
+    /// Offsets follow the same rules as inbox seqs: strictly increasing and gapless per
+    /// (app, topic), across restarts too, never reused. Durable as `append` is. A history over
+    /// [`Retention::topic_history`] drops its oldest publications.
+    async fn publish(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        message: NewMessage,
+    ) -> Result<Seq, StoreError>;
+
+    /// Up to `limit` publications of (app, topic) with an offset above `after` that have not
+    /// expired at `now_ms`, in offset order, and the last offset assigned (`Page::head`). The
+    /// same visibility guarantee as [`Store::read`]: every earlier offset still held is
+    /// returned by a read after a lower offset.
+    async fn history(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        after: Seq,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Page, StoreError>;
+
+    /// Records that the business subscribed (`subscribed: true`) or unsubscribed `user` to
+    /// `topic`. Returns whether this changed anything. Refuses a subscription beyond `max`
+    /// topics for the user with [`SubscriptionError::TooMany`].
+    async fn set_subscription(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        topic: &TopicId,
+        subscribed: bool,
+        max: usize,
+    ) -> Result<bool, SubscriptionError>;
+
+    /// The topics the business subscribed `user` to, sorted.
+    async fn subscriptions(&self, app: &AppId, user: &UserId) -> Result<Vec<TopicId>, StoreError>;
+}
+
+/// Why a server-side subscription was not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("the user already has {0} topics")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Retention settings a store applies on its own.
@@ -195,11 +249,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 pub struct Retention {
     /// Most messages one inbox holds; appending past it drops the oldest.
     pub inbox_cap: usize,
+    /// Most publications one topic's history holds; publishing past it drops the oldest.
+    pub topic_history: usize,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { inbox_cap: 1000 }
+        Retention {
+            inbox_cap: 1000,
+            topic_history: 1000,
+        }
     }
 }
 
@@ -215,8 +274,17 @@ struct Inbox {
 type IdemKey = (AppId, String);
 
 #[derive(Debug, Default)]
+struct History {
+    head: Seq,
+    messages: VecDeque<StoredMessage>,
+}
+
+#[derive(Debug, Default)]
 struct State {
     inboxes: HashMap<InboxKey, Inbox>,
+    topics: HashMap<(AppId, TopicId), History>,
+    /// Server-side subscriptions; no key maps to an empty set.
+    subscriptions: HashMap<InboxKey, BTreeSet<TopicId>>,
     /// Key -> (expiry, first answer).
     idempotency: HashMap<IdemKey, (u64, Appended)>,
     /// Keys in the order they were stored, to forget expired ones without a scan (the window
@@ -395,6 +463,107 @@ impl Store for MemoryStore {
         let cursor = inbox.cursors.entry(device.clone()).or_default();
         Ok(count_attempt(cursor, seq))
     }
+
+    async fn publish(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        message: NewMessage,
+    ) -> Result<Seq, StoreError> {
+        let now = message.created_ms;
+        let cap = self.retention.topic_history.max(1);
+        let mut state = self.state();
+        let history = state
+            .topics
+            .entry((app.clone(), topic.clone()))
+            .or_default();
+        history.head = history.head.next();
+        while history
+            .messages
+            .front()
+            .is_some_and(|m| m.expires_ms <= now)
+        {
+            history.messages.pop_front();
+        }
+        history.messages.push_back(message.stored(history.head));
+        while history.messages.len() > cap {
+            history.messages.pop_front();
+        }
+        Ok(history.head)
+    }
+
+    async fn history(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        after: Seq,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        let state = self.state();
+        let Some(history) = state.topics.get(&(app.clone(), topic.clone())) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                head: Seq::ZERO,
+            });
+        };
+        let start = history.messages.partition_point(|m| m.seq <= after);
+        let messages = history
+            .messages
+            .range(start..)
+            .filter(|m| m.expires_ms > now_ms)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(Page {
+            messages,
+            head: history.head,
+        })
+    }
+
+    async fn set_subscription(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        topic: &TopicId,
+        subscribed: bool,
+        max: usize,
+    ) -> Result<bool, SubscriptionError> {
+        let mut state = self.state();
+        let key = (app.clone(), user.clone());
+        if !subscribed {
+            let Some(topics) = state.subscriptions.get_mut(&key) else {
+                return Ok(false);
+            };
+            let changed = topics.remove(topic);
+            if topics.is_empty() {
+                state.subscriptions.remove(&key);
+            }
+            return Ok(changed);
+        }
+        let topics = state.subscriptions.entry(key).or_default();
+        if topics.contains(topic) {
+            return Ok(false);
+        }
+        if topics.len() >= max {
+            let n = topics.len();
+            if topics.is_empty() {
+                state.subscriptions.remove(&(app.clone(), user.clone()));
+            }
+            return Err(SubscriptionError::TooMany(n));
+        }
+        topics.insert(topic.clone());
+        Ok(true)
+    }
+
+    async fn subscriptions(&self, app: &AppId, user: &UserId) -> Result<Vec<TopicId>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .subscriptions
+            .get(&(app.clone(), user.clone()))
+            .map(|topics| topics.iter().cloned().collect())
+            .unwrap_or_default())
+    }
 }
 
 /// The poison guard's bookkeeping, shared by backends: one more attempt of `seq`.
@@ -416,6 +585,7 @@ mod tests {
     async fn memory_store_passes_the_contract() {
         let store = MemoryStore::new(Retention {
             inbox_cap: crate::contract::CONTRACT_INBOX_CAP,
+            topic_history: crate::contract::CONTRACT_TOPIC_HISTORY,
         });
         crate::contract::store_contract(&store).await;
     }

@@ -51,7 +51,8 @@ use crate::Code;
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Push, Sync, Synced,
+    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Subscribe, Subscribed, Sync,
+    Synced, Unsubscribe, Unsubscribed,
 };
 
 /// Size of the length prefix.
@@ -61,6 +62,9 @@ pub const HEADER_LEN: usize = 8;
 
 /// Bytes of a push body before its payload: app length, msg_id, seq, qos, created_ms, kind.
 const PUSH_FIXED: usize = 2 + 8 + 8 + 1 + 8 + 1;
+/// A publication's body without its app, topic and payload: two string lengths, offset,
+/// msg_id, created_ms, kind.
+const PUBLICATION_FIXED: usize = 2 + 2 + 8 + 8 + 8 + 1;
 
 /// Check, then parse: `Ok(None)` when `buf` does not yet hold a whole frame ("incomplete" is
 /// normal, not an error).
@@ -176,11 +180,40 @@ fn parse_checked(frame: Bytes) -> Result<Frame, DecodeError> {
             seq: r.u64()?,
             qos: r.u8()?,
             created_ms: r.u64()?,
-            kind: match r.u8()? {
-                0 => PayloadKind::Binary,
-                1 => PayloadKind::Json,
-                _ => return Err(DecodeError::Malformed("unknown push payload kind")),
+            kind: r.kind()?,
+            payload: r.rest(),
+        }),
+        Op::Subscribe => Body::Subscribe(Subscribe {
+            app: r.str()?,
+            topic: r.str()?,
+            since: match r.u8()? {
+                0 => None,
+                1 => Some(r.u64()?),
+                _ => return Err(DecodeError::Malformed("subscribe has a bad since flag")),
             },
+        }),
+        Op::Subscribed => Body::Subscribed(Subscribed {
+            app: r.str()?,
+            topic: r.str()?,
+            offset: r.u64()?,
+            recovery: Recovery::from_u8(r.u8()?)
+                .ok_or(DecodeError::Malformed("unknown subscribed recovery"))?,
+        }),
+        Op::Unsubscribe => Body::Unsubscribe(Unsubscribe {
+            app: r.str()?,
+            topic: r.str()?,
+        }),
+        Op::Unsubscribed => Body::Unsubscribed(Unsubscribed {
+            app: r.str()?,
+            topic: r.str()?,
+        }),
+        Op::Publication => Body::Publication(Publication {
+            app: r.str()?,
+            topic: r.str()?,
+            offset: r.u64()?,
+            msg_id: r.u64()?,
+            created_ms: r.u64()?,
+            kind: r.kind()?,
             payload: r.rest(),
         }),
         Op::Ack => Body::Ack(Ack {
@@ -287,6 +320,14 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    fn kind(&mut self) -> Result<PayloadKind, DecodeError> {
+        match self.u8()? {
+            0 => Ok(PayloadKind::Binary),
+            1 => Ok(PayloadKind::Json),
+            _ => Err(DecodeError::Malformed("unknown payload kind")),
+        }
+    }
+
     /// Everything left, as a zero-copy slice of the frame.
     fn rest(&mut self) -> Bytes {
         let out = self.frame.slice(self.pos..);
@@ -323,6 +364,11 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Body::Ack(a) => s(&a.app) + 8,
         Body::Sync(q) => s(&q.app) + 8 + 4,
         Body::Synced(q) => s(&q.app) + 8 + 8,
+        Body::Subscribe(q) => s(&q.app) + s(&q.topic) + 1 + if q.since.is_some() { 8 } else { 0 },
+        Body::Subscribed(q) => s(&q.app) + s(&q.topic) + 8 + 1,
+        Body::Unsubscribe(q) => s(&q.app) + s(&q.topic),
+        Body::Unsubscribed(q) => s(&q.app) + s(&q.topic),
+        Body::Publication(p) => PUBLICATION_FIXED + p.app.len() + p.topic.len() + p.payload.len(),
         Body::Error(e) => 2 + s(&e.message),
         Body::Disconnect(d) => 2 + 4 + s(&d.reason),
     };
@@ -369,6 +415,14 @@ pub fn validate(frame: &Frame) -> Result<(), EncodeError> {
         Body::Ack(a) => s("app", &a.app)?,
         Body::Sync(q) => s("app", &q.app)?,
         Body::Synced(q) => s("app", &q.app)?,
+        Body::Subscribe(Subscribe { app, topic, .. })
+        | Body::Subscribed(Subscribed { app, topic, .. })
+        | Body::Unsubscribe(Unsubscribe { app, topic })
+        | Body::Unsubscribed(Unsubscribed { app, topic })
+        | Body::Publication(Publication { app, topic, .. }) => {
+            s("app", app)?;
+            s("topic", topic)?;
+        }
         Body::Error(e) => s("message", &e.message)?,
         Body::Disconnect(d) => s("reason", &d.reason)?,
     }
@@ -470,6 +524,37 @@ fn write(frame: &Frame, dst: &mut BytesMut) {
             put_str(dst, &q.app);
             dst.put_u64(q.last);
             dst.put_u64(q.head);
+        }
+        Body::Subscribe(q) => {
+            put_str(dst, &q.app);
+            put_str(dst, &q.topic);
+            match q.since {
+                None => dst.put_u8(0),
+                Some(offset) => {
+                    dst.put_u8(1);
+                    dst.put_u64(offset);
+                }
+            }
+        }
+        Body::Subscribed(q) => {
+            put_str(dst, &q.app);
+            put_str(dst, &q.topic);
+            dst.put_u64(q.offset);
+            dst.put_u8(q.recovery as u8);
+        }
+        Body::Unsubscribe(Unsubscribe { app, topic })
+        | Body::Unsubscribed(Unsubscribed { app, topic }) => {
+            put_str(dst, app);
+            put_str(dst, topic);
+        }
+        Body::Publication(p) => {
+            put_str(dst, &p.app);
+            put_str(dst, &p.topic);
+            dst.put_u64(p.offset);
+            dst.put_u64(p.msg_id);
+            dst.put_u64(p.created_ms);
+            dst.put_u8(p.kind as u8);
+            dst.put_slice(&p.payload);
         }
         Body::Error(e) => {
             dst.put_u16(e.code.0);
@@ -611,7 +696,7 @@ mod tests {
 
     #[test]
     fn unknown_op() {
-        for op in [0u8, 11, 200, 255] {
+        for op in [0u8, 16, 200, 255] {
             let v = header(8, 1, op, 0, 1);
             assert_eq!(
                 parse(Bytes::from(v), MAX),
@@ -716,7 +801,7 @@ mod tests {
         bytes[kind_at] = 2;
         assert_eq!(
             parse(Bytes::from(bytes), MAX),
-            Err(DecodeError::Malformed("unknown push payload kind"))
+            Err(DecodeError::Malformed("unknown payload kind"))
         );
     }
 

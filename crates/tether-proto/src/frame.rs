@@ -48,10 +48,15 @@ pub enum Op {
     Disconnect = 8,
     Sync = 9,
     Synced = 10,
+    Subscribe = 11,
+    Subscribed = 12,
+    Unsubscribe = 13,
+    Unsubscribed = 14,
+    Publication = 15,
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 15] = [
         Op::Connect,
         Op::Connected,
         Op::Ping,
@@ -62,6 +67,11 @@ impl Op {
         Op::Disconnect,
         Op::Sync,
         Op::Synced,
+        Op::Subscribe,
+        Op::Subscribed,
+        Op::Unsubscribe,
+        Op::Unsubscribed,
+        Op::Publication,
     ];
 
     pub fn from_u8(n: u8) -> Option<Op> {
@@ -81,6 +91,11 @@ impl Op {
             Op::Disconnect => "disconnect",
             Op::Sync => "sync",
             Op::Synced => "synced",
+            Op::Subscribe => "subscribe",
+            Op::Subscribed => "subscribed",
+            Op::Unsubscribe => "unsubscribe",
+            Op::Unsubscribed => "unsubscribed",
+            Op::Publication => "publication",
         }
     }
 
@@ -102,6 +117,11 @@ pub enum Body {
     Disconnect(Disconnect),
     Sync(Sync),
     Synced(Synced),
+    Subscribe(Subscribe),
+    Subscribed(Subscribed),
+    Unsubscribe(Unsubscribe),
+    Unsubscribed(Unsubscribed),
+    Publication(Publication),
 }
 
 impl Body {
@@ -117,6 +137,11 @@ impl Body {
             Body::Disconnect(_) => Op::Disconnect,
             Body::Sync(_) => Op::Sync,
             Body::Synced(_) => Op::Synced,
+            Body::Subscribe(_) => Op::Subscribe,
+            Body::Subscribed(_) => Op::Subscribed,
+            Body::Unsubscribe(_) => Op::Unsubscribe,
+            Body::Unsubscribed(_) => Op::Unsubscribed,
+            Body::Publication(_) => Op::Publication,
         }
     }
 }
@@ -231,6 +256,100 @@ pub struct Synced {
     pub head: u64,
 }
 
+/// Client -> server: subscribe this connection to a topic of a bound app.
+///
+/// With `since`, the server first sends the topic's publications after that offset from its
+/// history (or says they are gone: [`Recovery::TooOld`]), then live ones, with no gap and no
+/// reordering between the two. Without it, only publications after the reply's offset arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    pub app: String,
+    pub topic: String,
+    /// The last offset the client holds (binary: a flag byte, then the u64 when the flag is 1).
+    pub since: Option<u64>,
+}
+
+/// What a `subscribe` with `since` recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Recovery {
+    /// No `since` was given: live publications only.
+    Live = 0,
+    /// Every publication after `since` up to the reply's `offset` follows the reply, in order.
+    Complete = 1,
+    /// The history no longer reaches back to `since`: nothing was recovered, live publications
+    /// follow. The client should refetch what it missed from the business.
+    TooOld = 2,
+}
+
+impl Recovery {
+    pub fn from_u8(n: u8) -> Option<Recovery> {
+        match n {
+            0 => Some(Recovery::Live),
+            1 => Some(Recovery::Complete),
+            2 => Some(Recovery::TooOld),
+            _ => None,
+        }
+    }
+
+    /// The name in the JSON encoding.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recovery::Live => "live",
+            Recovery::Complete => "complete",
+            Recovery::TooOld => "too_old",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Recovery> {
+        [Recovery::Live, Recovery::Complete, Recovery::TooOld]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
+/// Server -> client: the connection is subscribed. The reply to a `subscribe` carries its id;
+/// a subscription the business made through the API arrives with id 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub app: String,
+    pub topic: String,
+    /// Live publications follow from the offset after this one. With [`Recovery::Complete`],
+    /// the recovered publications (up to this offset) come first.
+    pub offset: u64,
+    pub recovery: Recovery,
+}
+
+/// Client -> server: leave a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribe {
+    pub app: String,
+    pub topic: String,
+}
+
+/// Server -> client: no more publications of the topic follow. The reply to an `unsubscribe`
+/// carries its id; an unsubscription by the business arrives with id 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribed {
+    pub app: String,
+    pub topic: String,
+}
+
+/// Server -> client: a message published to a topic the connection is subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub app: String,
+    pub topic: String,
+    /// The publication's place in the topic's history (0 for a live-only, qos 0 publication).
+    pub offset: u64,
+    /// Unique message id (JSON: a decimal string).
+    pub msg_id: u64,
+    /// When the message was accepted, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+}
+
 /// Server -> client: a request failed (request-error codes, 43xx); the connection stays open.
 /// Closes are announced with [`Disconnect`], never with this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,4 +379,4 @@ macro_rules! into_body {
     };
 }
 
-into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced);
+into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced, Subscribe => Subscribe, Subscribed => Subscribed, Unsubscribe => Unsubscribe, Unsubscribed => Unsubscribed, Publication => Publication);

@@ -33,7 +33,8 @@ use serde_json::value::RawValue;
 use crate::error::DecodeError;
 use crate::frame::{
     Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Push, Sync, Synced,
+    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Subscribe, Subscribed, Sync,
+    Synced, Unsubscribe, Unsubscribed,
 };
 use crate::{Code, Group};
 
@@ -89,28 +90,47 @@ pub fn decode(text: &[u8]) -> Result<Frame, DecodeError> {
         Op::Ping => Body::Ping,
         Op::Pong => Body::Pong,
         Op::Push => {
-            let (kind, payload) = match (f.raw(F::Payload), f.opt::<String>(F::PayloadBase64)?) {
-                (Some(raw), None) => (PayloadKind::Json, Bytes::copy_from_slice(raw.as_bytes())),
-                (None, Some(b64)) => match BASE64_IN.decode(b64) {
-                    Ok(bytes) => (PayloadKind::Binary, Bytes::from(bytes)),
-                    Err(e) => return Err(field_error(F::PayloadBase64, e)),
-                },
-                (Some(_), Some(_)) => {
-                    return Err(DecodeError::Json(
-                        "push has both `payload` and `payload_base64`".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(DecodeError::Json(
-                        "missing field `payload` (or `payload_base64`)".into(),
-                    ));
-                }
-            };
+            let (kind, payload) = payload(&f)?;
             Body::Push(Push {
                 app: f.req(F::App)?,
                 msg_id: f.req::<MsgId>(F::MsgId)?.0,
                 seq: f.or(F::Seq, 0)?,
                 qos: f.or(F::Qos, 0)?,
+                created_ms: f.or(F::CreatedMs, 0)?,
+                kind,
+                payload,
+            })
+        }
+        Op::Subscribe => Body::Subscribe(Subscribe {
+            app: f.req(F::App)?,
+            topic: f.req(F::Topic)?,
+            since: f.opt(F::Since)?,
+        }),
+        Op::Subscribed => Body::Subscribed(Subscribed {
+            app: f.req(F::App)?,
+            topic: f.req(F::Topic)?,
+            offset: f.req(F::Offset)?,
+            recovery: {
+                let name: String = f.or(F::Recovery, "live".to_owned())?;
+                Recovery::from_name(&name)
+                    .ok_or_else(|| field_error(F::Recovery, format!("unknown recovery `{name}`")))?
+            },
+        }),
+        Op::Unsubscribe => Body::Unsubscribe(Unsubscribe {
+            app: f.req(F::App)?,
+            topic: f.req(F::Topic)?,
+        }),
+        Op::Unsubscribed => Body::Unsubscribed(Unsubscribed {
+            app: f.req(F::App)?,
+            topic: f.req(F::Topic)?,
+        }),
+        Op::Publication => {
+            let (kind, payload) = payload(&f)?;
+            Body::Publication(Publication {
+                app: f.req(F::App)?,
+                topic: f.req(F::Topic)?,
+                offset: f.or(F::Offset, 0)?,
+                msg_id: f.req::<MsgId>(F::MsgId)?.0,
                 created_ms: f.or(F::CreatedMs, 0)?,
                 kind,
                 payload,
@@ -143,6 +163,24 @@ pub fn decode(text: &[u8]) -> Result<Frame, DecodeError> {
     Ok(Frame { id, body })
 }
 
+/// A push's or publication's payload: embedded JSON in `payload`, or bytes in
+/// `payload_base64`.
+fn payload(f: &Fields<'_>) -> Result<(PayloadKind, Bytes), DecodeError> {
+    match (f.raw(F::Payload), f.opt::<String>(F::PayloadBase64)?) {
+        (Some(raw), None) => Ok((PayloadKind::Json, Bytes::copy_from_slice(raw.as_bytes()))),
+        (None, Some(b64)) => match BASE64_IN.decode(b64) {
+            Ok(bytes) => Ok((PayloadKind::Binary, Bytes::from(bytes))),
+            Err(e) => Err(field_error(F::PayloadBase64, e)),
+        },
+        (Some(_), Some(_)) => Err(DecodeError::Json(
+            "both `payload` and `payload_base64` are present".into(),
+        )),
+        (None, None) => Err(DecodeError::Json(
+            "missing field `payload` (or `payload_base64`)".into(),
+        )),
+    }
+}
+
 /// Every field name any op uses. The decoder keeps the raw text of these and skips the rest.
 #[derive(Debug, Clone, Copy)]
 enum F {
@@ -170,10 +208,14 @@ enum F {
     Limit,
     Last,
     Head,
+    Topic,
+    Since,
+    Offset,
+    Recovery,
 }
 
 /// Names of [`F`], in order.
-const NAMES: [&str; 24] = [
+const NAMES: [&str; 28] = [
     "op",
     "id",
     "version",
@@ -198,6 +240,10 @@ const NAMES: [&str; 24] = [
     "limit",
     "last",
     "head",
+    "topic",
+    "since",
+    "offset",
+    "recovery",
 ];
 
 impl F {
@@ -432,6 +478,32 @@ pub fn encode(frame: &Frame) -> String {
                 head: q.head,
             },
         }),
+        Body::Subscribe(q) => to_string(Out {
+            op,
+            id,
+            body: SubscribeOut {
+                app: &q.app,
+                topic: &q.topic,
+                since: q.since,
+            },
+        }),
+        Body::Subscribed(q) => to_string(Out {
+            op,
+            id,
+            body: SubscribedOut {
+                app: &q.app,
+                topic: &q.topic,
+                offset: q.offset,
+                recovery: q.recovery.name(),
+            },
+        }),
+        Body::Unsubscribe(Unsubscribe { app, topic })
+        | Body::Unsubscribed(Unsubscribed { app, topic }) => to_string(Out {
+            op,
+            id,
+            body: TopicOut { app, topic },
+        }),
+        Body::Publication(p) => encode_publication(id, p),
         Body::Error(e) => to_string(Out {
             op,
             id,
@@ -528,6 +600,28 @@ struct SyncedOut<'a> {
 }
 
 #[derive(Serialize)]
+struct SubscribeOut<'a> {
+    app: &'a str,
+    topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SubscribedOut<'a> {
+    app: &'a str,
+    topic: &'a str,
+    offset: u64,
+    recovery: &'static str,
+}
+
+#[derive(Serialize)]
+struct TopicOut<'a> {
+    app: &'a str,
+    topic: &'a str,
+}
+
+#[derive(Serialize)]
 struct ErrorOut<'a> {
     code: u16,
     message: &'a str,
@@ -543,18 +637,7 @@ struct DisconnectOut<'a> {
 
 /// The fan-out path: one encode shared by every recipient, written by hand into one buffer.
 fn encode_push(id: u32, p: &Push) -> String {
-    // A JSON payload is embedded as it is; anything else goes out as base64.
-    let json = match p.kind {
-        PayloadKind::Json => std::str::from_utf8(&p.payload)
-            .ok()
-            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok()),
-        PayloadKind::Binary => None,
-    };
-    let payload_len = match json {
-        Some(raw) => raw.get().len(),
-        None => p.payload.len().div_ceil(3) * 4,
-    };
-    let mut out = String::with_capacity(128 + p.app.len() + payload_len);
+    let mut out = String::with_capacity(128 + p.app.len() + payload_room(p.kind, &p.payload));
     out.push_str(r#"{"op":"push","id":"#);
     push_u64(&mut out, u64::from(id));
     out.push_str(r#","app":"#);
@@ -567,6 +650,49 @@ fn encode_push(id: u32, p: &Push) -> String {
     push_u64(&mut out, u64::from(p.qos));
     out.push_str(r#","created_ms":"#);
     push_u64(&mut out, p.created_ms);
+    push_payload(&mut out, p.kind, &p.payload);
+    out.push('}');
+    out
+}
+
+/// Like [`encode_push`]: a topic's fan-out encodes once for every subscriber.
+fn encode_publication(id: u32, p: &Publication) -> String {
+    let mut out =
+        String::with_capacity(160 + p.app.len() + p.topic.len() + payload_room(p.kind, &p.payload));
+    out.push_str(r#"{"op":"publication","id":"#);
+    push_u64(&mut out, u64::from(id));
+    out.push_str(r#","app":"#);
+    push_json_str(&mut out, &p.app);
+    out.push_str(r#","topic":"#);
+    push_json_str(&mut out, &p.topic);
+    out.push_str(r#","offset":"#);
+    push_u64(&mut out, p.offset);
+    out.push_str(r#","msg_id":""#);
+    push_u64(&mut out, p.msg_id);
+    out.push_str(r#"","created_ms":"#);
+    push_u64(&mut out, p.created_ms);
+    push_payload(&mut out, p.kind, &p.payload);
+    out.push('}');
+    out
+}
+
+/// A payload's bytes as embedded JSON, or else base64 (the size estimate is an upper bound).
+fn payload_room(kind: PayloadKind, payload: &[u8]) -> usize {
+    match kind {
+        PayloadKind::Json => payload.len(),
+        PayloadKind::Binary => payload.len().div_ceil(3) * 4,
+    }
+}
+
+/// Appends `,"payload":<json>` when the payload is valid JSON of kind JSON, or else
+/// `,"payload_base64":"..."`.
+fn push_payload(out: &mut String, kind: PayloadKind, payload: &[u8]) {
+    let json = match kind {
+        PayloadKind::Json => std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok()),
+        PayloadKind::Binary => None,
+    };
     match json {
         Some(raw) => {
             out.push_str(r#","payload":"#);
@@ -574,12 +700,10 @@ fn encode_push(id: u32, p: &Push) -> String {
         }
         None => {
             out.push_str(r#","payload_base64":""#);
-            general_purpose::STANDARD.encode_string(&p.payload, &mut out);
+            general_purpose::STANDARD.encode_string(payload, out);
             out.push('"');
         }
     }
-    out.push('}');
-    out
 }
 
 fn push_u64(out: &mut String, mut n: u64) {
@@ -834,8 +958,8 @@ mod tests {
     #[test]
     fn unknown_op_and_not_an_object() {
         assert_eq!(
-            dec(r#"{"op":"subscribe","id":1}"#),
-            Err(DecodeError::UnknownOp("subscribe".into()))
+            dec(r#"{"op":"upstream","id":1}"#),
+            Err(DecodeError::UnknownOp("upstream".into()))
         );
         for bad in [
             "",

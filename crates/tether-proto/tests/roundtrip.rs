@@ -24,16 +24,19 @@ fn drain(buf: &mut BytesMut, max_frame: u32) -> (Vec<Frame>, Option<DecodeError>
 /// What a frame becomes after a trip through JSON: a kind-json payload that is not JSON text
 /// travels as base64 and comes back binary; surrounding whitespace of a JSON payload is dropped.
 fn json_normalised(mut frame: Frame) -> Frame {
-    if let Body::Push(p) = &mut frame.body
-        && p.kind == PayloadKind::Json
-    {
-        let raw = std::str::from_utf8(&p.payload)
+    let (kind, payload) = match &mut frame.body {
+        Body::Push(p) => (&mut p.kind, &mut p.payload),
+        Body::Publication(p) => (&mut p.kind, &mut p.payload),
+        _ => return frame,
+    };
+    if *kind == PayloadKind::Json {
+        let raw = std::str::from_utf8(payload)
             .ok()
             .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
             .map(|raw| raw.get().to_owned());
         match raw {
-            Some(raw) => p.payload = Bytes::from(raw),
-            None => p.kind = PayloadKind::Binary,
+            Some(raw) => *payload = Bytes::from(raw),
+            None => *kind = PayloadKind::Binary,
         }
     }
     frame

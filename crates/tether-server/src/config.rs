@@ -23,6 +23,7 @@ pub struct Config {
     pub limits: Limits,
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
+    pub rate: RateConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -73,6 +74,28 @@ pub struct Limits {
     /// Longest an API request may take, reading its body included.
     #[serde(deserialize_with = "duration")]
     pub api_timeout: Duration,
+    /// Topics one connection may be subscribed to (client and server-side subscriptions
+    /// together); also the most server-side subscriptions one user may have.
+    pub max_topics: usize,
+}
+
+/// Per-app rate control. Each app may override these in its own `[[apps]]` entry.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    /// API requests that send messages (push, publish, broadcast) per second and app; over
+    /// it the API answers 429 with `Retry-After`. 0: no limit.
+    pub requests_per_sec: u32,
+    /// Requests allowed in a burst above the rate (at least 1 when the rate is set).
+    pub requests_burst: u32,
+    /// Publish and broadcast deliveries (recipients) per second and app: a large fan-out is
+    /// spread over time at this pace rather than dropped. 0: no limit.
+    pub deliveries_per_sec: u32,
+    /// Deliveries allowed in a burst above the pace.
+    pub deliveries_burst: u32,
+    /// Publishes and broadcasts of one app waiting for their fan-out; past it, the API
+    /// answers 503 with `Retry-After`.
+    pub fanout_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +155,9 @@ pub struct StoreConfig {
     /// The poison guard: a message that this many backlogs in a row began with, unacked, is
     /// skipped for that device.
     pub max_attempts: u32,
+    /// Most publications one topic's history keeps (qos 1 publishes); older ones are dropped
+    /// first. Publications also expire after their ttl (`default_ttl` unless given).
+    pub topic_history: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -163,6 +189,36 @@ pub struct AppConfig {
     pub secret: Secret,
     /// Authenticates the business server on the HTTP API.
     pub api_key: Secret,
+    /// Overrides `rate.requests_per_sec` for this app.
+    #[serde(default)]
+    pub requests_per_sec: Option<u32>,
+    /// Overrides `rate.deliveries_per_sec` for this app.
+    #[serde(default)]
+    pub deliveries_per_sec: Option<u32>,
+}
+
+impl AppConfig {
+    /// An app with the default rate settings.
+    pub fn new(id: impl Into<AppId>, secret: Secret, api_key: Secret) -> Self {
+        AppConfig {
+            id: id.into(),
+            secret,
+            api_key,
+            requests_per_sec: None,
+            deliveries_per_sec: None,
+        }
+    }
+
+    /// This app's rate settings: the defaults of `[rate]` with the app's overrides.
+    pub fn rate(&self, defaults: &RateConfig) -> RateConfig {
+        RateConfig {
+            requests_per_sec: self.requests_per_sec.unwrap_or(defaults.requests_per_sec),
+            deliveries_per_sec: self
+                .deliveries_per_sec
+                .unwrap_or(defaults.deliveries_per_sec),
+            ..*defaults
+        }
+    }
 }
 
 /// A string that never appears in logs or `Debug` output.
@@ -219,6 +275,19 @@ impl Default for Limits {
             max_push_users: 1000,
             api_body_bytes: 4 * 1024 * 1024,
             api_timeout: Duration::from_secs(30),
+            max_topics: 64,
+        }
+    }
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            requests_per_sec: 0,
+            requests_burst: 1000,
+            deliveries_per_sec: 0,
+            deliveries_burst: 10_000,
+            fanout_queue: 1024,
         }
     }
 }
@@ -251,6 +320,7 @@ impl Default for StoreConfig {
             idempotency_window: Duration::from_secs(86_400),
             queue: 65_536,
             max_attempts: 5,
+            topic_history: 1000,
         }
     }
 }
@@ -418,6 +488,27 @@ impl Config {
         if st.max_attempts == 0 {
             problems.push("store.max_attempts must be at least 1".into());
         }
+        if !(1..=1_000_000).contains(&st.topic_history) {
+            problems.push("store.topic_history must be between 1 and 1000000".into());
+        }
+        if !(1..=10_000).contains(&l.max_topics) {
+            problems.push("limits.max_topics must be between 1 and 10000".into());
+        }
+        for (who, rate) in std::iter::once(("rate".to_owned(), self.rate)).chain(
+            self.apps
+                .iter()
+                .map(|a| (format!("apps.{}", a.id), a.rate(&self.rate))),
+        ) {
+            if rate.requests_per_sec > 0 && rate.requests_burst == 0 {
+                problems.push(format!("{who}: requests_burst must be at least 1"));
+            }
+            if rate.deliveries_per_sec > 0 && rate.deliveries_burst == 0 {
+                problems.push(format!("{who}: deliveries_burst must be at least 1"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.rate.fanout_queue) {
+            problems.push("rate.fanout_queue must be between 1 and 1000000".into());
+        }
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -456,11 +547,11 @@ impl Config {
             Ok(text) => toml::from_str::<AppConfig>(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let app = AppConfig {
-                    id: AppId::from("demo"),
-                    secret: Secret::new(random_hex(32)),
-                    api_key: Secret::new(format!("tk_{}", random_hex(24))),
-                };
+                let app = AppConfig::new(
+                    AppId::from("demo"),
+                    Secret::new(random_hex(32)),
+                    Secret::new(format!("tk_{}", random_hex(24))),
+                );
                 std::fs::create_dir_all(&self.node.data_dir)?;
                 let text = format!(
                     "# Generated on first start because no app is configured. Delete to regenerate.\n\
@@ -492,11 +583,11 @@ impl Config {
         config.node.data_dir = std::env::temp_dir().join("tether-tests");
         // Tests share one data directory: keep their inboxes apart.
         config.store.backend = StoreBackend::Memory;
-        config.apps.push(AppConfig {
-            id: AppId::from("demo"),
-            secret: Secret::new("demo-secret-0123456789"),
-            api_key: Secret::new("demo-api-key-0123456789"),
-        });
+        config.apps.push(AppConfig::new(
+            AppId::from("demo"),
+            Secret::new("demo-secret-0123456789"),
+            Secret::new("demo-api-key-0123456789"),
+        ));
         config
     }
 }

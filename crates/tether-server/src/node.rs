@@ -38,6 +38,7 @@ async fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Back
         StoreBackend::Memory => {
             let retention = Retention {
                 inbox_cap: config.store.inbox_cap,
+                topic_history: config.store.topic_history,
             };
             (Arc::new(MemoryStore::new(retention)), None)
         }

@@ -14,11 +14,11 @@ const OTHER_KEY: &str = "other-api-key-0123456789";
 
 fn config() -> Config {
     let mut config = Config::for_tests();
-    config.apps.push(AppConfig {
-        id: AppId::from("other"),
-        secret: Secret::new("other-secret-0123456789"),
-        api_key: Secret::new(OTHER_KEY),
-    });
+    config.apps.push(AppConfig::new(
+        AppId::from("other"),
+        Secret::new("other-secret-0123456789"),
+        Secret::new(OTHER_KEY),
+    ));
     config.limits.max_payload = 2048;
     config.limits.api_body_bytes = 8192;
     config.limits.max_push_users = 3;

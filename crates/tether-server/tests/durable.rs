@@ -784,11 +784,11 @@ async fn a_durable_push_to_1000_users_gives_each_a_seq_and_reaches_those_online(
 #[tokio::test]
 async fn one_connection_bound_to_two_apps_keeps_their_inboxes_and_acks_apart() {
     let mut config = Config::for_tests();
-    config.apps.push(AppConfig {
-        id: AppId::from(OTHER),
-        secret: Secret::new(OTHER_SECRET),
-        api_key: Secret::new(OTHER_KEY),
-    });
+    config.apps.push(AppConfig::new(
+        AppId::from(OTHER),
+        Secret::new(OTHER_SECRET),
+        Secret::new(OTHER_KEY),
+    ));
     let node = start(config).await;
     let http = Http::new(&node);
     let addr = node.tcp_addr().unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use tether_core::contract::{CONTRACT_INBOX_CAP, store_contract};
+use tether_core::contract::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, store_contract};
 use tether_core::store::{Append, Idempotency, NewMessage, Store};
 use tether_core::{AppId, DeviceId, MessageId, Retention, Seq, StoreError, UserId, now_ms};
 use tether_proto::PayloadKind;
@@ -17,6 +17,7 @@ fn options(durability: Durability) -> EmbeddedOptions {
     EmbeddedOptions {
         retention: Retention {
             inbox_cap: CONTRACT_INBOX_CAP,
+            topic_history: CONTRACT_TOPIC_HISTORY,
         },
         durability,
         sync_interval: Duration::from_millis(10),

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tether_proto::{
     Ack, Binding, Body, Bound, Code, Connect, Connected, Disconnect, ErrorBody, Frame, PayloadKind,
-    Push, Sync, Synced,
+    Publication, Push, Recovery, Subscribe, Subscribed, Sync, Synced, Unsubscribe, Unsubscribed,
 };
 
 /// Any string, control characters and non-ASCII included; short, to keep cases fast.
@@ -82,6 +82,31 @@ pub fn push(payloads: Payloads) -> impl Strategy<Value = Push> {
 }
 
 pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
+    let topics = prop_oneof![
+        (text(), text(), proptest::option::of(any::<u64>()))
+            .prop_map(|(app, topic, since)| Body::Subscribe(Subscribe { app, topic, since })),
+        (text(), text(), any::<u64>(), 0..3u8).prop_map(|(app, topic, offset, r)| {
+            Body::Subscribed(Subscribed {
+                app,
+                topic,
+                offset,
+                recovery: Recovery::from_u8(r).unwrap_or(Recovery::Live),
+            })
+        }),
+        (text(), text()).prop_map(|(app, topic)| Body::Unsubscribe(Unsubscribe { app, topic })),
+        (text(), text()).prop_map(|(app, topic)| Body::Unsubscribed(Unsubscribed { app, topic })),
+        (push(payloads), text(), any::<u64>()).prop_map(|(p, topic, offset)| {
+            Body::Publication(Publication {
+                app: p.app,
+                topic,
+                offset,
+                msg_id: p.msg_id,
+                created_ms: p.created_ms,
+                kind: p.kind,
+                payload: p.payload,
+            })
+        }),
+    ];
     let connect = (
         any::<u8>(),
         text(),
@@ -150,6 +175,7 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
                 retry_after_ms,
             })
         }),
+        topics,
     ]
 }
 

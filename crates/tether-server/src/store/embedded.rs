@@ -8,8 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fjall::{Database, KeyspaceCreateOptions, Readable};
 use metrics::{Counter, counter};
-use tether_core::store::{Append, Appended, Cursor, Page, Store};
-use tether_core::{AppId, DeviceId, Retention, Seq, StoreError, UserId};
+use tether_core::store::{Append, Appended, Cursor, NewMessage, Page, Store};
+use tether_core::{
+    AppId, DeviceId, Retention, Seq, StoreError, SubscriptionError, TopicId, UserId,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,6 +39,7 @@ impl EmbeddedOptions {
         EmbeddedOptions {
             retention: Retention {
                 inbox_cap: config.inbox_cap,
+                topic_history: config.topic_history,
             },
             durability: config.durability,
             sync_interval: config.sync_interval,
@@ -330,6 +333,46 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::NoteAttempt { cursor, seq, reply })
             .await
     }
+
+    // TEMPORARY (not for landing): replaced by the embedded topic history being written.
+    async fn publish(
+        &self,
+        _app: &AppId,
+        _topic: &TopicId,
+        _message: NewMessage,
+    ) -> Result<Seq, StoreError> {
+        Err(StoreError::Unavailable("topic history: not yet".into()))
+    }
+
+    async fn history(
+        &self,
+        _app: &AppId,
+        _topic: &TopicId,
+        _after: Seq,
+        _limit: usize,
+        _now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        Err(StoreError::Unavailable("topic history: not yet".into()))
+    }
+
+    async fn set_subscription(
+        &self,
+        _app: &AppId,
+        _user: &UserId,
+        _topic: &TopicId,
+        _subscribed: bool,
+        _max: usize,
+    ) -> Result<bool, SubscriptionError> {
+        Err(StoreError::Unavailable("subscriptions: not yet".into()).into())
+    }
+
+    async fn subscriptions(
+        &self,
+        _app: &AppId,
+        _user: &UserId,
+    ) -> Result<Vec<TopicId>, StoreError> {
+        Err(StoreError::Unavailable("subscriptions: not yet".into()))
+    }
 }
 
 #[cfg(test)]
@@ -344,7 +387,10 @@ mod tests {
 
     fn store(dir: &Path, inbox_cap: usize) -> EmbeddedStore {
         let options = EmbeddedOptions {
-            retention: Retention { inbox_cap },
+            retention: Retention {
+                inbox_cap,
+                ..Retention::default()
+            },
             durability: Durability::Interval,
             sync_interval: Duration::from_millis(5),
             queue: 1024,
