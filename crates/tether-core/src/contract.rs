@@ -140,10 +140,13 @@ pub struct RecordingSink {
 impl LocalSink for RecordingSink {
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
         let mut map = self.delivered.lock().unwrap();
+        let payload = msg
+            .push()
+            .expect("the router carries pushes")
+            .payload
+            .clone();
         for conn in conns {
-            map.entry(*conn)
-                .or_default()
-                .push(msg.push().payload.clone());
+            map.entry(*conn).or_default().push(payload.clone());
         }
         conns.len()
     }

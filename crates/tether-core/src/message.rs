@@ -3,42 +3,59 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use tether_proto::{Frame, Push, binary, json};
+use tether_proto::{Body, Frame, Publication, Push, binary, json};
 
-/// A push frame shared by every recipient of one delivery.
+/// A server frame shared by every recipient of one delivery: a `push`, or a topic's
+/// `publication`.
 ///
 /// Fan-out hands the same `Arc<Outgoing>` to every connection; each connection asks for the
 /// encoding it speaks, and the first one to ask pays for the encode. The returned `Bytes` are
 /// reference-counted, so no recipient copies the payload.
 #[derive(Debug)]
 pub struct Outgoing {
-    push: Push,
+    frame: Frame,
     binary: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
 }
 
 impl Outgoing {
     pub fn new(push: Push) -> Self {
+        Self::of(Frame::new(0, push))
+    }
+
+    pub fn publication(publication: Publication) -> Self {
+        Self::of(Frame::new(0, publication))
+    }
+
+    fn of(frame: Frame) -> Self {
         Outgoing {
-            push,
+            frame,
             binary: OnceLock::new(),
             json: OnceLock::new(),
         }
     }
 
-    pub fn push(&self) -> &Push {
-        &self.push
+    /// The push, when this is one.
+    pub fn push(&self) -> Option<&Push> {
+        match &self.frame.body {
+            Body::Push(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn frame(&self) -> &Frame {
+        &self.frame
     }
 
     /// The frame in the binary encoding, length prefix included.
     pub fn binary(&self) -> &Bytes {
         self.binary
-            .get_or_init(|| binary::encode_to_bytes(&Frame::new(0, self.push.clone())))
+            .get_or_init(|| binary::encode_to_bytes(&self.frame))
     }
 
     /// The frame in the JSON encoding (UTF-8 text).
     pub fn json(&self) -> &Bytes {
         self.json
-            .get_or_init(|| Bytes::from(json::encode(&Frame::new(0, self.push.clone()))))
+            .get_or_init(|| Bytes::from(json::encode(&self.frame)))
     }
 }

@@ -91,8 +91,11 @@ codes! {
     BAD_BINDINGS = 4209, "bad_bindings";
     /// A request that is well-formed but not valid here (e.g. an ack for an app not bound).
     BAD_REQUEST = 4300, "bad_request";
-    /// The request could not be served right now (the store is unavailable); retry it later.
+    /// The request could not be served right now (the store is unavailable, or the server is
+    /// busy); retry it later.
     UNAVAILABLE = 4301, "unavailable";
+    /// A per-connection limit was reached (e.g. topics per connection).
+    LIMIT = 4302, "limit";
 }
 
 impl Code {

@@ -7,6 +7,8 @@
 //! - [`gateway`]: holds client connections (TCP and WebSocket): handshake, heartbeats,
 //!   per-connection byte-bounded queues, connection limits.
 //! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics.
+//! - [`fanout`]: topics and broadcast: subscriptions, the per-app fan-out worker, pacing.
+//! - [`rate`]: per-app rate limits (requests) and pacing (deliveries).
 //! - [`metrics`]: Prometheus metrics and the hot-path counter handles.
 //! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
 //!   commit, expiry sweep.
@@ -17,9 +19,11 @@
 
 pub mod api;
 pub mod config;
+pub mod fanout;
 pub mod gateway;
 pub mod metrics;
 pub mod node;
+pub mod rate;
 pub mod store;
 
 pub use config::Config;

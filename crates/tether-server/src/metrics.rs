@@ -65,6 +65,10 @@ pub struct Metrics {
     pub poison_skipped: Counter,
     /// `sync` requests answered.
     pub syncs: Counter,
+    /// API requests refused with 429 by an app's rate limit.
+    pub rate_limited: Counter,
+    /// API requests refused with 503 because an app's fan-out queue was full.
+    pub fanout_busy: Counter,
 }
 
 impl Metrics {
@@ -81,6 +85,8 @@ impl Metrics {
             backlog_messages: counter!("tether_backlog_messages_total"),
             poison_skipped: counter!("tether_poison_skipped_total"),
             syncs: counter!("tether_syncs_total"),
+            rate_limited: counter!("tether_rate_limited_total"),
+            fanout_busy: counter!("tether_fanout_busy_total"),
         }
     }
 
@@ -106,6 +112,10 @@ impl Metrics {
     /// A store operation failed, by operation (`read`, `ack`, `cursor`, `append`, ...).
     pub fn store_error(&self, op: &'static str) {
         counter!("tether_store_errors_total", "op" => op).increment(1);
+    }
+
+    pub fn publish(&self, qos: u8) {
+        counter!("tether_publishes_total", "qos" => if qos == 0 { "0" } else { "1" }).increment(1);
     }
 
     pub fn push(&self, qos: u8) {

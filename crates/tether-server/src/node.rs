@@ -16,6 +16,7 @@ use tracing::info;
 
 use crate::api::Api;
 use crate::config::{Config, StoreBackend};
+use crate::fanout::Fanout;
 use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
@@ -93,15 +94,23 @@ impl Node {
             embedded,
         } = backends(&config, table.clone()).await?;
         let shutdown = CancellationToken::new();
+        let fanout = Fanout::start(
+            &config,
+            store.clone(),
+            table.clone(),
+            metrics.queue_overflows.clone(),
+            shutdown.clone(),
+        );
         let gateway = Arc::new(Gateway::new(
             &config,
             table,
             registry.clone(),
             store.clone(),
+            fanout.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
-        let api = Arc::new(Api::new(&config, registry, router, store, metrics));
+        let api = Arc::new(Api::new(&config, registry, router, store, fanout, metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
         let ws = bind(&config.listen.ws, &config).await?;

@@ -21,6 +21,7 @@ use tether_core::{AppId, Outgoing, Seq, StoreError, UserId, validate_id};
 use tether_proto::{PayloadKind, Push};
 
 use super::{Api, ApiError, Authorized, by_node};
+use crate::config::StoreConfig;
 
 /// Longest idempotency key, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
@@ -40,20 +41,22 @@ pub(super) struct DurablePush {
     pub idempotency_key: Option<String>,
 }
 
+/// A request's `ttl` in seconds, checked against the store's limits, or the default.
+pub(super) fn ttl(config: &StoreConfig, ttl: Option<u64>) -> Result<Duration, ApiError> {
+    match ttl {
+        None => Ok(config.default_ttl),
+        Some(0) => Err(ApiError::bad_request("ttl must be at least 1 second")),
+        Some(secs) if Duration::from_secs(secs) > config.max_ttl => Err(ApiError::bad_request(
+            format!("ttl must be at most {} seconds", config.max_ttl.as_secs()),
+        )),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
 /// Stores `p` in each user's inbox, then routes it to their connections.
 pub(super) async fn push(api: &Api, app: AppId, p: DurablePush) -> Result<Json<Value>, ApiError> {
     let config = &api.store_config;
-    let ttl = match p.ttl {
-        None => config.default_ttl,
-        Some(0) => return Err(ApiError::bad_request("ttl must be at least 1 second")),
-        Some(secs) if Duration::from_secs(secs) > config.max_ttl => {
-            return Err(ApiError::bad_request(format!(
-                "ttl must be at most {} seconds",
-                config.max_ttl.as_secs()
-            )));
-        }
-        Some(secs) => Duration::from_secs(secs),
-    };
+    let ttl = ttl(config, p.ttl)?;
     if let Some(key) = &p.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
     {
@@ -143,7 +146,7 @@ async fn route(api: &Api, app: &AppId, appended: &Appended, message: &NewMessage
     reached
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Overloaded(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,7 @@
 //!
 //! - this module: routing, authorization, errors, transient pushes, presence, kick.
 //! - [`durable`]: durable (qos 1) pushes, inbox reads.
+//! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
 //!
 //! Every `/v1/apps/{app}/...` route needs `Authorization: Bearer <api key>`: no key or an
 //! unknown one answers 401, another app's key answers 403. Errors are JSON:
@@ -30,9 +31,11 @@ use tether_core::{
 use tether_proto::{Code, PayloadKind, Push};
 
 use crate::config::{Config, StoreConfig};
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 
 mod durable;
+mod topics;
 
 /// Shared state of the API role.
 #[derive(Debug)]
@@ -43,6 +46,9 @@ pub struct Api {
     router: Arc<dyn tether_core::Router>,
     store: Arc<dyn Store>,
     store_config: StoreConfig,
+    fanout: Arc<Fanout>,
+    node: NodeId,
+    max_topics: usize,
     ids: MessageIdGen,
     metrics: Metrics,
     max_payload: usize,
@@ -58,6 +64,7 @@ impl Api {
         registry: Arc<dyn Registry>,
         router: Arc<dyn tether_core::Router>,
         store: Arc<dyn Store>,
+        fanout: Arc<Fanout>,
         metrics: Metrics,
     ) -> Self {
         Api {
@@ -70,6 +77,9 @@ impl Api {
             router,
             store,
             store_config: config.store.clone(),
+            fanout,
+            node: NodeId::new(config.node.id.clone()),
+            max_topics: config.limits.max_topics,
             ids: MessageIdGen::new(node_number(&config.node.id)),
             metrics,
             max_payload: config.limits.max_payload,
@@ -93,11 +103,77 @@ impl Api {
                 get(durable::messages),
             )
             .route("/v1/apps/{app}/users/{user}/kick", post(kick))
+            .route(
+                "/v1/apps/{app}/topics/{topic}/publish",
+                post(topics::publish),
+            )
+            .route("/v1/apps/{app}/topics/{topic}", get(topics::info))
+            .route("/v1/apps/{app}/broadcast", post(topics::broadcast))
+            .route(
+                "/v1/apps/{app}/users/{user}/topics",
+                get(topics::user_topics),
+            )
+            .route(
+                "/v1/apps/{app}/users/{user}/topics/{topic}",
+                post(topics::subscribe_user).delete(topics::unsubscribe_user),
+            )
             .layer(DefaultBodyLimit::max(limit))
             .layer(axum::middleware::from_fn(move |request, next| {
                 request_timeout(timeout, request, next)
             }))
             .with_state(self)
+    }
+
+    /// Takes one message-sending request of `app` from its rate limit: 429 with `Retry-After`
+    /// over it.
+    fn limit(&self, app: &AppId) -> Result<(), ApiError> {
+        self.fanout.check_request(app).map_err(|wait| {
+            self.metrics.rate_limited.increment(1);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "over the app's request rate; retry in {} ms",
+                    wait.as_millis()
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        })
+    }
+
+    /// The payload of a message request: exactly one of `payload` (any JSON) and
+    /// `payload_base64`, within the size limit.
+    fn payload(
+        &self,
+        json: Option<Box<RawValue>>,
+        base64: Option<String>,
+    ) -> Result<(PayloadKind, Bytes), ApiError> {
+        let (kind, payload) = match (json, base64) {
+            (Some(json), None) => (PayloadKind::Json, Bytes::from(json.get().to_owned())),
+            (None, Some(b64)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?;
+                (PayloadKind::Binary, Bytes::from(bytes))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of payload (any JSON) or payload_base64",
+                ));
+            }
+        };
+        if payload.len() > self.max_payload {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "payload is {} bytes; the limit is {}",
+                    payload.len(),
+                    self.max_payload
+                ),
+            ));
+        }
+        Ok((kind, payload))
     }
 
     /// Checks the bearer key against `app`.
@@ -302,31 +378,8 @@ async fn push(
     }
     users.sort_unstable();
     users.dedup();
-    let (kind, payload) = match (req.payload, req.payload_base64) {
-        (Some(json), None) => (PayloadKind::Json, Bytes::from(json.get().to_owned())),
-        (None, Some(b64)) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?;
-            (PayloadKind::Binary, Bytes::from(bytes))
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of payload (any JSON) or payload_base64",
-            ));
-        }
-    };
-    if payload.len() > api.max_payload {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "payload is {} bytes; the limit is {}",
-                payload.len(),
-                api.max_payload
-            ),
-        ));
-    }
+    let (kind, payload) = api.payload(req.payload, req.payload_base64)?;
+    api.limit(&app)?;
     if req.qos == 1 {
         let durable = durable::DurablePush {
             users,

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tether_core::{AppId, DeviceId, Seq, Session, auth, validate_id};
+use tether_core::{AppId, DeviceId, Seq, Session, TopicId, auth, validate_id};
 use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
 use tokio::time::timeout;
 use tracing::debug;
@@ -16,7 +16,7 @@ use super::Gateway;
 use super::inbox::{self, Done, InboxState, SYNC_PAGE, SyncRequest, Target, Work};
 use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
-use crate::metrics::Metrics;
+use crate::fanout::Job;
 
 /// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -106,6 +106,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
             return None;
         }
     }
+    join_server_side_topics(gw, &conn).await;
     gw.metrics
         .transport(conn.transport)
         .connections
@@ -145,6 +146,38 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         .decrement(1.0);
     forget(gw, &conn).await;
     None
+}
+
+/// Subscribes a new connection to the topics the business subscribed its users to. A topic
+/// that cannot be joined (the store is down, the fan-out busy) is skipped and counted: the
+/// connection itself is worth more than one of its topics.
+async fn join_server_side_topics(gw: &Gateway, conn: &Arc<ConnHandle>) {
+    for (binding, (app, user)) in conn.bindings.iter().enumerate() {
+        let topics = match gw.store.subscriptions(app, user).await {
+            Ok(topics) => topics,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a user's topics");
+                gw.metrics.store_error("subscriptions");
+                continue;
+            }
+        };
+        for topic in topics {
+            if conn.add_topic(binding, &topic, gw.limits.max_topics) != Ok(true) {
+                continue;
+            }
+            let job = Job::Subscribe {
+                conn: conn.clone(),
+                binding,
+                topic: topic.clone(),
+                request: 0,
+                since: None,
+            };
+            if gw.fanout.submit(app, job).is_err() {
+                conn.remove_topic(binding, &topic);
+                gw.metrics.store_error("subscribe");
+            }
+        }
+    }
 }
 
 /// Waits for the `connect` frame and checks it. `None`: the connection was refused (and told
@@ -411,7 +444,7 @@ impl Io {
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
-            match handle(conn, &gw.metrics, frame) {
+            match handle(gw, conn, frame) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),
                 // Closing on the client's account: what is queued is still written.
@@ -546,8 +579,10 @@ enum Handled {
 }
 
 /// Acts on one frame from a connected client.
-fn handle(conn: &ConnHandle, metrics: &Metrics, frame: Frame) -> Handled {
+fn handle(gw: &Gateway, conn: &ConnHandle, frame: Frame) -> Handled {
+    let metrics = &gw.metrics;
     let reply = |body: Body| conn.encoding.encode(&Frame { id: frame.id, body });
+    let error = |code: Code, message: String| reply(Body::Error(ErrorBody { code, message }));
     let not_bound = |op: &str, app: &str| {
         reply(Body::Error(ErrorBody {
             code: Code::BAD_REQUEST,
@@ -605,6 +640,79 @@ fn handle(conn: &ConnHandle, metrics: &Metrics, frame: Frame) -> Handled {
             }
             Handled::Continue
         }
+        Body::Subscribe(sub) => {
+            let Some(binding) = conn.binding(&sub.app) else {
+                conn.enqueue(not_bound("subscribe", &sub.app));
+                return Handled::Continue;
+            };
+            if let Err(e) = validate_id("topic", &sub.topic) {
+                conn.enqueue(error(Code::BAD_REQUEST, e));
+                return Handled::Continue;
+            }
+            let topic = TopicId::from(sub.topic.as_str());
+            let new = match conn.add_topic(binding, &topic, gw.limits.max_topics) {
+                Ok(new) => new,
+                Err(n) => {
+                    let message = format!("this connection already has {n} topics");
+                    conn.enqueue(error(Code::LIMIT, message));
+                    return Handled::Continue;
+                }
+            };
+            let Some(handle) = gw.table.get(conn.id) else {
+                return Handled::Continue;
+            };
+            let app = conn.bindings[binding].0.clone();
+            let job = Job::Subscribe {
+                conn: handle,
+                binding,
+                topic: topic.clone(),
+                request: frame.id,
+                since: sub.since,
+            };
+            if gw.fanout.submit(&app, job).is_err() {
+                if new {
+                    conn.remove_topic(binding, &topic);
+                }
+                conn.enqueue(error(
+                    Code::UNAVAILABLE,
+                    "busy: retry the subscribe later".into(),
+                ));
+            }
+            Handled::Continue
+        }
+        Body::Unsubscribe(unsub) => {
+            let Some(binding) = conn.binding(&unsub.app) else {
+                conn.enqueue(not_bound("unsubscribe", &unsub.app));
+                return Handled::Continue;
+            };
+            if let Err(e) = validate_id("topic", &unsub.topic) {
+                conn.enqueue(error(Code::BAD_REQUEST, e));
+                return Handled::Continue;
+            }
+            let topic = TopicId::from(unsub.topic.as_str());
+            let had = conn.remove_topic(binding, &topic);
+            let Some(handle) = gw.table.get(conn.id) else {
+                return Handled::Continue;
+            };
+            let app = conn.bindings[binding].0.clone();
+            let job = Job::Unsubscribe {
+                conn: handle,
+                binding,
+                topic: topic.clone(),
+                request: frame.id,
+            };
+            if gw.fanout.submit(&app, job).is_err() {
+                if had {
+                    // Still subscribed: keep counting it.
+                    let _ = conn.add_topic(binding, &topic, usize::MAX);
+                }
+                conn.enqueue(error(
+                    Code::UNAVAILABLE,
+                    "busy: retry the unsubscribe later".into(),
+                ));
+            }
+            Handled::Continue
+        }
         Body::Disconnect(d) => {
             // The client's code is its own business: logged, never echoed.
             debug!(conn = %conn.id, code = %d.code, "client said goodbye");
@@ -652,6 +760,7 @@ async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Cl
 async fn forget(gw: &Gateway, conn: &ConnHandle) {
     conn.finish();
     gw.table.remove(conn.id);
+    gw.fanout.leave_all(conn);
     for (binding, seq) in conn.unstored_acks() {
         let (app, user) = &conn.bindings[binding];
         if let Err(e) = gw.store.ack(app, user, &conn.device, Seq(seq)).await {
@@ -690,11 +799,22 @@ mod tests {
             metrics.queue_overflows.clone(),
             metrics.push_deliveries.clone(),
         );
+        let config = crate::Config::for_tests();
+        let table = Arc::new(table);
+        let store: Arc<dyn tether_core::Store> = Arc::new(tether_core::MemoryStore::default());
+        let fanout = crate::fanout::Fanout::start(
+            &config,
+            store.clone(),
+            table.clone(),
+            metrics.queue_overflows.clone(),
+            Default::default(),
+        );
         let gw = Arc::new(Gateway::new(
-            &crate::Config::for_tests(),
-            Arc::new(table),
+            &config,
+            table,
             Arc::new(tether_core::MemoryRegistry::new()),
-            Arc::new(tether_core::MemoryStore::default()),
+            store,
+            fanout,
             metrics,
             Default::default(),
         ));

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::{Config, GatewayConfig, Limits};
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use table::{Close, ConnTable};
 use wire::{TcpWire, WsWire};
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub table: Arc<ConnTable>,
     pub registry: Arc<dyn Registry>,
     pub store: Arc<dyn Store>,
+    /// Topics and broadcast.
+    pub fanout: Arc<Fanout>,
     /// The poison guard's limit (see [`crate::config::StoreConfig::max_attempts`]).
     pub max_attempts: u32,
     pub metrics: Metrics,
@@ -68,6 +71,7 @@ impl Gateway {
         table: Arc<ConnTable>,
         registry: Arc<dyn Registry>,
         store: Arc<dyn Store>,
+        fanout: Arc<Fanout>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -83,6 +87,7 @@ impl Gateway {
             table,
             registry,
             store,
+            fanout,
             max_attempts: config.store.max_attempts,
             metrics,
             admission: Admission::new(

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use metrics::Counter;
 use std::task::{Context, Poll};
 use tether_core::store::Page;
-use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, Transport, UserId};
+use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, TopicId, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame, Synced};
 
 use super::inbox::{
@@ -87,6 +87,9 @@ struct Outbox {
     sync: Option<SyncRequest>,
     /// A `sync` is waiting or being answered.
     sync_busy: bool,
+    /// The topics this connection is subscribed to, or asked to be: (binding, topic). Kept
+    /// for the per-connection limit and for leaving every topic when the connection ends.
+    topics: Vec<(u8, TopicId)>,
 }
 
 /// A store operation the connection's task should run next.
@@ -559,6 +562,63 @@ impl ConnHandle {
         self.outbox().sync_busy = false;
     }
 
+    /// Records that binding `binding` subscribes to `topic`: `Ok(true)` if new, `Ok(false)` if
+    /// it already was, `Err(n)` when the connection already has `max` topics.
+    pub fn add_topic(&self, binding: usize, topic: &TopicId, max: usize) -> Result<bool, usize> {
+        let mut outbox = self.outbox();
+        let binding = binding as u8;
+        if outbox
+            .topics
+            .iter()
+            .any(|(b, t)| *b == binding && t == topic)
+        {
+            return Ok(false);
+        }
+        if outbox.topics.len() >= max {
+            return Err(outbox.topics.len());
+        }
+        // Most connections have a few topics: grow one at a time rather than by doubling.
+        outbox.topics.reserve_exact(1);
+        outbox.topics.push((binding, topic.clone()));
+        Ok(true)
+    }
+
+    /// Forgets binding `binding`'s subscription to `topic`; whether it had one.
+    pub fn remove_topic(&self, binding: usize, topic: &TopicId) -> bool {
+        let mut outbox = self.outbox();
+        let before = outbox.topics.len();
+        outbox
+            .topics
+            .retain(|(b, t)| !(*b as usize == binding && t == topic));
+        before != outbox.topics.len()
+    }
+
+    /// Whether binding `binding` is subscribed to `topic` (or asked to be).
+    pub fn has_topic(&self, binding: usize, topic: &TopicId) -> bool {
+        self.outbox()
+            .topics
+            .iter()
+            .any(|(b, t)| *b as usize == binding && t == topic)
+    }
+
+    /// Every topic of the connection, forgetting them: for its end.
+    pub fn take_topics(&self) -> Vec<(usize, TopicId)> {
+        std::mem::take(&mut self.outbox().topics)
+            .into_iter()
+            .map(|(b, t)| (b as usize, t))
+            .collect()
+    }
+
+    /// Whether the connection is closing or closed: nothing more will be queued.
+    pub fn is_closed(&self) -> bool {
+        self.outbox().close.is_some()
+    }
+
+    /// The byte limit of the outbound queue.
+    pub fn queue_limit(&self) -> usize {
+        self.limit
+    }
+
     /// A copy of binding `binding`'s delivery state (for tests and stats).
     pub fn inbox(&self, binding: usize) -> Option<InboxState> {
         self.outbox().inboxes.get(binding).cloned()
@@ -757,6 +817,20 @@ impl ConnTable {
         self.len() == 0
     }
 
+    /// How many shards the table has; see [`ConnTable::for_each_in`].
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+
+    /// Calls `f` for every connection of shards `range`, holding one shard lock at a time
+    /// (broadcast: `f` only queues a frame, so the lock is held briefly).
+    pub fn for_each_in(&self, range: std::ops::Range<usize>, mut f: impl FnMut(&Arc<ConnHandle>)) {
+        for shard in &self.shards[range] {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.values().for_each(&mut f);
+        }
+    }
+
     /// Calls `f` for every connection, one shard lock at a time.
     pub fn for_each(&self, mut f: impl FnMut(&Arc<ConnHandle>)) {
         for shard in self.shards.iter() {
@@ -801,7 +875,8 @@ impl ConnTable {
 
 impl LocalSink for ConnTable {
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
-        let push = msg.push();
+        // The router carries pushes only; topic fan-out does not go through it.
+        let Some(push) = msg.push() else { return 0 };
         let mut reached = 0;
         for id in conns {
             let Some(conn) = self.get(*id) else { continue };

@@ -1,0 +1,882 @@
+//! Topics and broadcast: who is subscribed to what on this node, and the fan-out that reaches
+//! them.
+//!
+//! - this module: one fan-out worker per app, its bounded job queue, subscribe and unsubscribe.
+//! - [`topic`]: one topic's subscribers, sharded for parallel fan-out.
+//!
+//! # Ordering
+//! Every job of one app (publication, broadcast, subscribe, unsubscribe) goes through the app's
+//! queue and is done by the app's one worker, in order. A subscribe therefore never interleaves
+//! with a publication of its topic: its reply and the publications it recovered from the
+//! history are queued on the connection before the subscriber is added, and live publications
+//! after that. Publications of one topic reach each subscriber in offset order: a durable
+//! publication whose offset is ahead of the last one fanned out (concurrent API requests finish
+//! out of order) first fans out the missing ones, read from the topic's history, and one that
+//! is behind was sent already.
+//!
+//! # Cost
+//! A publication is encoded once per encoding and its bytes are shared by every subscriber.
+//! A topic's subscribers are split into one shard per runtime worker thread; a large fan-out
+//! runs one task per shard, so every core queues frames. Connections write whatever they have
+//! queued in one vectored write, so frames that pile up under load leave in one syscall.
+//!
+//! # Overload
+//! - The job queue is bounded (`rate.fanout_queue`): the API answers 503 with `Retry-After`
+//!   when it is full, before anything is stored.
+//! - `rate.deliveries_per_sec` paces fan-out: a large broadcast is spread over time, and later
+//!   jobs of the app wait behind it in the queue.
+//! - A subscriber that does not read is closed as slow by its byte-bounded queue.
+
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use tether_core::store::StoredMessage;
+use tether_core::{AppId, ConnId, Outgoing, Seq, Store, TopicId};
+use tether_proto::{Code, ErrorBody, Frame, Publication, Recovery, Subscribed, Unsubscribed};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::gateway::table::{ConnHandle, ConnTable, Enqueued};
+use crate::rate::{Pacer, RequestLimit};
+use topic::{Reached, Sub, Topic, offer};
+
+/// Below this many recipients a fan-out runs inline: spawning would cost more than it saves.
+const PARALLEL_MIN: usize = 2048;
+
+/// Work for an app's fan-out worker.
+#[derive(Debug)]
+pub enum Job {
+    /// Fan `msg` out to the topic's subscribers. `offset` is its place in the topic's history,
+    /// 0 for a live-only (qos 0) publication.
+    Publish {
+        topic: TopicId,
+        offset: u64,
+        msg: Arc<Outgoing>,
+    },
+    /// Queue `msg` (a qos 0 push) on every connection bound to the app.
+    Broadcast { msg: Arc<Outgoing> },
+    /// Add a connection to a topic, after recovering what it missed when `since` is given.
+    /// The reply carries `request` (0 for a subscription made through the API).
+    Subscribe {
+        conn: Arc<ConnHandle>,
+        binding: usize,
+        topic: TopicId,
+        request: u32,
+        since: Option<u64>,
+    },
+    /// Remove a connection from a topic and confirm with `unsubscribed`.
+    Unsubscribe {
+        conn: Arc<ConnHandle>,
+        binding: usize,
+        topic: TopicId,
+        request: u32,
+    },
+}
+
+/// The app's fan-out queue is full: retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// Fan-out metric handles.
+#[derive(Debug, Clone)]
+struct FanoutMetrics {
+    topics: Gauge,
+    subscriptions: Gauge,
+    queued: Gauge,
+    topic_deliveries: Counter,
+    broadcast_deliveries: Counter,
+    paced: Counter,
+    overflows: Counter,
+    gap_fills: Counter,
+    store_errors: Counter,
+}
+
+impl FanoutMetrics {
+    fn new(overflows: Counter) -> Self {
+        FanoutMetrics {
+            topics: gauge!("tether_topics"),
+            subscriptions: gauge!("tether_topic_subscriptions"),
+            queued: gauge!("tether_fanout_queued"),
+            topic_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "topic"),
+            broadcast_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "broadcast"),
+            paced: counter!("tether_paced_recipients_total"),
+            overflows,
+            gap_fills: counter!("tether_topic_gap_fills_total"),
+            store_errors: counter!("tether_store_errors_total", "op" => "history"),
+        }
+    }
+}
+
+/// The topics of one app on this node.
+#[derive(Debug)]
+struct AppTopics {
+    app: AppId,
+    /// Topics with at least one subscriber here. Adding and removing a subscriber happen under
+    /// this lock, so a topic is never dropped while one is being added.
+    topics: Mutex<HashMap<TopicId, Arc<Topic>>>,
+}
+
+impl AppTopics {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TopicId, Arc<Topic>>> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, topic: &TopicId) -> Option<Arc<Topic>> {
+        self.lock().get(topic).cloned()
+    }
+
+    /// Removes `conn` from `topic`, and the topic once nobody is left.
+    fn remove(&self, topic: &TopicId, conn: ConnId, metrics: &FanoutMetrics) -> bool {
+        let mut topics = self.lock();
+        let Some(t) = topics.get(topic) else {
+            return false;
+        };
+        let gone = t.remove(conn);
+        if gone {
+            metrics.subscriptions.decrement(1.0);
+        }
+        if t.is_empty() {
+            topics.remove(topic);
+            metrics.topics.decrement(1.0);
+        }
+        gone
+    }
+
+    /// Drops `topic` if its subscribers all went (closed connections removed by a fan-out).
+    fn forget_if_empty(&self, topic: &TopicId, metrics: &FanoutMetrics) {
+        let mut topics = self.lock();
+        if topics.get(topic).is_some_and(|t| t.is_empty()) {
+            topics.remove(topic);
+            metrics.topics.decrement(1.0);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AppFanout {
+    jobs: mpsc::Sender<Job>,
+    topics: Arc<AppTopics>,
+    requests: Option<RequestLimit>,
+}
+
+/// Topics and broadcast for every app of the node.
+#[derive(Debug)]
+pub struct Fanout {
+    apps: HashMap<AppId, AppFanout>,
+    table: Arc<ConnTable>,
+    max_topics: usize,
+    metrics: FanoutMetrics,
+}
+
+impl Fanout {
+    /// Starts one worker per app; they stop at `shutdown` or when the fan-out is dropped.
+    pub fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        table: Arc<ConnTable>,
+        overflows: Counter,
+        shutdown: CancellationToken,
+    ) -> Arc<Fanout> {
+        let metrics = FanoutMetrics::new(overflows);
+        let shards = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .clamp(1, 16);
+        let mut apps = HashMap::new();
+        for app in &config.apps {
+            let rate = app.rate(&config.rate);
+            let (tx, rx) = mpsc::channel(rate.fanout_queue);
+            let topics = Arc::new(AppTopics {
+                app: app.id.clone(),
+                topics: Mutex::default(),
+            });
+            let worker = Worker {
+                topics: topics.clone(),
+                store: store.clone(),
+                table: table.clone(),
+                pacer: Pacer::new(rate.deliveries_per_sec, rate.deliveries_burst),
+                metrics: metrics.clone(),
+                history_cap: config.store.topic_history,
+                shards,
+            };
+            tokio::spawn(worker.run(rx, shutdown.clone()));
+            apps.insert(
+                app.id.clone(),
+                AppFanout {
+                    jobs: tx,
+                    topics,
+                    requests: RequestLimit::new(rate.requests_per_sec, rate.requests_burst),
+                },
+            );
+        }
+        Arc::new(Fanout {
+            apps,
+            table,
+            max_topics: config.limits.max_topics,
+            metrics,
+        })
+    }
+
+    /// Takes one API request of `app` from its rate limit, or says how long to wait.
+    pub fn check_request(&self, app: &AppId) -> Result<(), Duration> {
+        match self.apps.get(app).and_then(|a| a.requests.as_ref()) {
+            Some(limit) => limit.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a job for `app`'s worker without waiting.
+    pub fn submit(&self, app: &AppId, job: Job) -> Result<(), Busy> {
+        let fanout = self.apps.get(app).ok_or(Busy)?;
+        fanout.jobs.try_send(job).map_err(|_| Busy)?;
+        self.metrics.queued.increment(1.0);
+        Ok(())
+    }
+
+    /// Reserves room for one job of `app`, so that a publication can be stored knowing its
+    /// fan-out will be queued.
+    pub fn reserve(&self, app: &AppId) -> Result<Reserved<'_>, Busy> {
+        let fanout = self.apps.get(app).ok_or(Busy)?;
+        let permit = fanout.jobs.try_reserve().map_err(|_| Busy)?;
+        Ok(Reserved {
+            permit,
+            queued: &self.metrics.queued,
+        })
+    }
+
+    /// Subscribers of (app, topic) on this node.
+    pub fn subscribers(&self, app: &AppId, topic: &TopicId) -> usize {
+        self.apps
+            .get(app)
+            .and_then(|a| a.topics.get(topic))
+            .map_or(0, |t| t.len())
+    }
+
+    /// Subscribes connection `conn` of this node (bound to `app`) to `topic` for the business:
+    /// the connection gets `subscribed` with id 0. `Ok(false)`: the connection is gone, is
+    /// already subscribed, or has no room for another topic.
+    pub fn subscribe_conn(&self, app: &AppId, conn: ConnId, topic: &TopicId) -> Result<bool, Busy> {
+        let Some(conn) = self.table.get(conn) else {
+            return Ok(false);
+        };
+        let Some(binding) = conn.binding(app.as_str()) else {
+            return Ok(false);
+        };
+        if conn.add_topic(binding, topic, self.max_topics) != Ok(true) {
+            return Ok(false);
+        }
+        let job = Job::Subscribe {
+            conn: conn.clone(),
+            binding,
+            topic: topic.clone(),
+            request: 0,
+            since: None,
+        };
+        self.submit(app, job).inspect_err(|_| {
+            conn.remove_topic(binding, topic);
+        })?;
+        Ok(true)
+    }
+
+    /// Unsubscribes connection `conn` of this node from `topic` for the business: the
+    /// connection gets `unsubscribed` with id 0. `Ok(false)`: it was not subscribed.
+    pub fn unsubscribe_conn(
+        &self,
+        app: &AppId,
+        conn: ConnId,
+        topic: &TopicId,
+    ) -> Result<bool, Busy> {
+        let Some(conn) = self.table.get(conn) else {
+            return Ok(false);
+        };
+        let Some(binding) = conn.binding(app.as_str()) else {
+            return Ok(false);
+        };
+        if !conn.remove_topic(binding, topic) {
+            return Ok(false);
+        }
+        let job = Job::Unsubscribe {
+            conn: conn.clone(),
+            binding,
+            topic: topic.clone(),
+            request: 0,
+        };
+        self.submit(app, job).inspect_err(|_| {
+            let _ = conn.add_topic(binding, topic, usize::MAX);
+        })?;
+        Ok(true)
+    }
+
+    /// Takes a closing connection out of every topic it was in.
+    pub fn leave_all(&self, conn: &ConnHandle) {
+        for (binding, topic) in conn.take_topics() {
+            let Some((app, _)) = conn.bindings.get(binding) else {
+                continue;
+            };
+            if let Some(fanout) = self.apps.get(app) {
+                fanout.topics.remove(&topic, conn.id, &self.metrics);
+            }
+        }
+    }
+}
+
+/// Room for one job in an app's queue.
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    permit: mpsc::Permit<'a, Job>,
+    queued: &'a Gauge,
+}
+
+impl Reserved<'_> {
+    pub fn send(self, job: Job) {
+        self.permit.send(job);
+        self.queued.increment(1.0);
+    }
+}
+
+/// One app's fan-out worker.
+struct Worker {
+    topics: Arc<AppTopics>,
+    store: Arc<dyn Store>,
+    table: Arc<ConnTable>,
+    pacer: Option<Pacer>,
+    metrics: FanoutMetrics,
+    history_cap: usize,
+    shards: usize,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+        loop {
+            let job = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            self.metrics.queued.decrement(1.0);
+            match job {
+                Job::Publish { topic, offset, msg } => self.publish(&topic, offset, &msg).await,
+                Job::Broadcast { msg } => self.broadcast(&msg).await,
+                Job::Subscribe {
+                    conn,
+                    binding,
+                    topic,
+                    request,
+                    since,
+                } => self.subscribe(conn, binding, topic, request, since).await,
+                Job::Unsubscribe {
+                    conn,
+                    binding,
+                    topic,
+                    request,
+                } => self.unsubscribe(&conn, binding, &topic, request),
+            }
+        }
+    }
+
+    async fn publish(&self, topic_id: &TopicId, offset: u64, msg: &Arc<Outgoing>) {
+        let Some(topic) = self.topics.get(topic_id) else {
+            return; // no subscriber on this node
+        };
+        if offset != 0 {
+            let fanned = topic.fanned.load(std::sync::atomic::Ordering::Relaxed);
+            if offset <= fanned {
+                return; // sent already, by the gap fill of a later publication
+            }
+            if offset > fanned + 1 {
+                self.fill_gap(&topic, topic_id, fanned, offset).await;
+            }
+            topic
+                .fanned
+                .store(offset, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.fan_topic(&topic, topic_id, offset, msg).await;
+    }
+
+    /// Fans out the publications between `fanned` and `offset` (exclusive) from the history.
+    async fn fill_gap(&self, topic: &Arc<Topic>, topic_id: &TopicId, fanned: u64, offset: u64) {
+        let missing = ((offset - fanned - 1) as usize).min(self.history_cap);
+        let page = match self
+            .store
+            .history(
+                &self.topics.app,
+                topic_id,
+                Seq(fanned),
+                missing,
+                tether_core::now_ms(),
+            )
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                // Subscribers see a jump in offsets and can resubscribe with `since`.
+                self.metrics.store_errors.increment(1);
+                warn!(app = %self.topics.app, topic = %topic_id, error = %e, "topic gap not filled");
+                return;
+            }
+        };
+        for m in page.messages.iter().filter(|m| m.seq.0 < offset) {
+            self.metrics.gap_fills.increment(1);
+            let msg = Arc::new(publication(&self.topics.app, topic_id, m));
+            topic
+                .fanned
+                .store(m.seq.0, std::sync::atomic::Ordering::Relaxed);
+            self.fan_topic(topic, topic_id, m.seq.0, &msg).await;
+        }
+    }
+
+    async fn fan_topic(
+        &self,
+        topic: &Arc<Topic>,
+        topic_id: &TopicId,
+        offset: u64,
+        msg: &Arc<Outgoing>,
+    ) {
+        let mut reached = Reached::default();
+        if let Some(pacer) = &self.pacer {
+            let subs = topic.snapshot(offset);
+            for chunk in subs.chunks(pacer.chunk()) {
+                pacer.take(chunk.len()).await;
+                self.metrics.paced.increment(chunk.len() as u64);
+                reached.add(offer_all(chunk, msg));
+            }
+            // Closed connections leave at their end; nothing to remove here.
+        } else if topic.len() >= PARALLEL_MIN && topic.shard_count() > 1 {
+            let mut tasks = Vec::with_capacity(topic.shard_count() - 1);
+            for i in 1..topic.shard_count() {
+                let (topic, msg) = (topic.clone(), msg.clone());
+                tasks.push(tokio::spawn(
+                    async move { topic.deliver_shard(i, offset, &msg) },
+                ));
+            }
+            reached.add(topic.deliver_shard(0, offset, msg));
+            for task in tasks {
+                match task.await {
+                    Ok(r) => reached.add(r),
+                    Err(e) => warn!(error = %e, "a fan-out task failed"),
+                }
+            }
+        } else {
+            for i in 0..topic.shard_count() {
+                reached.add(topic.deliver_shard(i, offset, msg));
+            }
+        }
+        self.metrics.topic_deliveries.increment(reached.delivered);
+        self.metrics.overflows.increment(reached.overflowed);
+        if reached.closed > 0 {
+            self.metrics.subscriptions.decrement(reached.closed as f64);
+            self.topics.forget_if_empty(topic_id, &self.metrics);
+        }
+    }
+
+    async fn broadcast(&self, msg: &Arc<Outgoing>) {
+        let app = self.topics.app.clone();
+        let mut reached = Reached::default();
+        if let Some(pacer) = &self.pacer {
+            let mut conns = Vec::new();
+            self.table.for_each_in(0..self.table.shard_count(), |c| {
+                if c.binding(app.as_str()).is_some() {
+                    conns.push(c.clone());
+                }
+            });
+            for chunk in conns.chunks(pacer.chunk()) {
+                pacer.take(chunk.len()).await;
+                self.metrics.paced.increment(chunk.len() as u64);
+                reached.add(offer_all(chunk, msg));
+            }
+        } else {
+            let n = self.table.shard_count();
+            let parts = if self.table.len() >= PARALLEL_MIN {
+                self.shards
+            } else {
+                1
+            };
+            let step = n.div_ceil(parts);
+            let mut tasks = Vec::with_capacity(parts);
+            for start in (step..n).step_by(step) {
+                let (table, msg, app) = (self.table.clone(), msg.clone(), app.clone());
+                let range = start..(start + step).min(n);
+                tasks.push(tokio::spawn(async move {
+                    broadcast_range(&table, range, &app, &msg)
+                }));
+            }
+            reached.add(broadcast_range(&self.table, 0..step.min(n), &app, msg));
+            for task in tasks {
+                match task.await {
+                    Ok(r) => reached.add(r),
+                    Err(e) => warn!(error = %e, "a broadcast task failed"),
+                }
+            }
+        }
+        self.metrics
+            .broadcast_deliveries
+            .increment(reached.delivered);
+        self.metrics.overflows.increment(reached.overflowed);
+    }
+
+    async fn subscribe(
+        &self,
+        conn: Arc<ConnHandle>,
+        binding: usize,
+        topic_id: TopicId,
+        request: u32,
+        since: Option<u64>,
+    ) {
+        if conn.is_closed() {
+            return;
+        }
+        if !conn.has_topic(binding, &topic_id) {
+            // An unsubscribe came after this subscribe, before its turn.
+            if request != 0 {
+                let error = Frame::new(
+                    request,
+                    ErrorBody {
+                        code: Code::BAD_REQUEST,
+                        message: format!("subscribe to {topic_id} cancelled by an unsubscribe"),
+                    },
+                );
+                conn.enqueue(conn.encoding.encode(&error));
+            }
+            return;
+        }
+        let app = &self.topics.app;
+        let existing = self.topics.get(&topic_id);
+        // The store's head is needed when the topic is new on this node (live publications
+        // start after it) and when recovering.
+        let page = if existing.is_none() || since.is_some() {
+            let (after, limit) = match since {
+                Some(since) => (since, self.history_cap),
+                None => (u64::MAX, 0),
+            };
+            match self
+                .store
+                .history(app, &topic_id, Seq(after), limit, tether_core::now_ms())
+                .await
+            {
+                Ok(page) => Some(page),
+                Err(e) => {
+                    self.metrics.store_errors.increment(1);
+                    debug!(%app, topic = %topic_id, error = %e, "subscribe: history unavailable");
+                    conn.remove_topic(binding, &topic_id);
+                    let error = Frame::new(
+                        request,
+                        ErrorBody {
+                            code: Code::UNAVAILABLE,
+                            message: format!("topic {topic_id} is unavailable: {e}"),
+                        },
+                    );
+                    conn.enqueue(conn.encoding.encode(&error));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let head = page.as_ref().map(|p| p.head.0);
+
+        // What a recovery sends, or why it cannot.
+        let mut recovered = Vec::new();
+        let recovery = match (since, &page) {
+            (None, _) | (_, None) => Recovery::Live,
+            (Some(since), Some(page)) => {
+                let head = page.head.0;
+                let complete = since == head
+                    || (since < head
+                        && page.messages.first().is_some_and(|m| m.seq.0 == since + 1)
+                        && page.messages.last().is_some_and(|m| m.seq.0 == head));
+                let budget = conn.queue_limit() / 2;
+                let mut bytes = 0;
+                if complete {
+                    for m in &page.messages {
+                        let frame = conn.encoding.encode(&publication_frame(app, &topic_id, m));
+                        bytes += frame.len();
+                        recovered.push(frame);
+                    }
+                }
+                if complete && bytes <= budget {
+                    Recovery::Complete
+                } else {
+                    // The history no longer reaches back to `since` (or holds more than the
+                    // connection can take at once): the client refetches from its business.
+                    recovered.clear();
+                    Recovery::TooOld
+                }
+            }
+        };
+
+        let mut topics = self.topics.lock();
+        let created = !topics.contains_key(&topic_id);
+        let topic = topics
+            .entry(topic_id.clone())
+            .or_insert_with(|| Arc::new(Topic::new(self.shards, head.unwrap_or(0))))
+            .clone();
+        if created {
+            self.metrics.topics.increment(1.0);
+        }
+        let fanned = topic.fanned.load(std::sync::atomic::Ordering::Relaxed);
+        // Live publications start after `after`: everything up to it was recovered, or was
+        // published before the subscription.
+        let after = head.map_or(fanned, |h| h.max(fanned));
+        let reply = Frame::new(
+            request,
+            Subscribed {
+                app: app.to_string(),
+                topic: topic_id.to_string(),
+                offset: after,
+                recovery,
+            },
+        );
+        let mut open = conn.enqueue(conn.encoding.encode(&reply)) == Enqueued::Queued;
+        for frame in recovered {
+            open &= conn.enqueue(frame) == Enqueued::Queued;
+        }
+        if open && topic.insert(Sub { conn, after }) {
+            self.metrics.subscriptions.increment(1.0);
+        }
+        if topic.is_empty() {
+            topics.remove(&topic_id);
+            self.metrics.topics.decrement(1.0);
+        }
+    }
+
+    fn unsubscribe(&self, conn: &ConnHandle, binding: usize, topic: &TopicId, request: u32) {
+        // A subscribe of the same topic queued after this one re-added it: keep that one.
+        if !conn.has_topic(binding, topic) {
+            self.topics.remove(topic, conn.id, &self.metrics);
+        }
+        let Some((app, _)) = conn.bindings.get(binding) else {
+            return;
+        };
+        let reply = Frame::new(
+            request,
+            Unsubscribed {
+                app: app.to_string(),
+                topic: topic.to_string(),
+            },
+        );
+        conn.enqueue(conn.encoding.encode(&reply));
+    }
+}
+
+/// Queues `msg` on each of `conns`.
+fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing) -> Reached {
+    let mut reached = Reached::default();
+    for conn in conns {
+        match offer(conn, msg) {
+            Enqueued::Queued => reached.delivered += 1,
+            Enqueued::Overflow => reached.overflowed += 1,
+            Enqueued::Closed => reached.closed += 1,
+        }
+    }
+    reached
+}
+
+fn broadcast_range(
+    table: &ConnTable,
+    range: std::ops::Range<usize>,
+    app: &AppId,
+    msg: &Outgoing,
+) -> Reached {
+    let mut reached = Reached::default();
+    table.for_each_in(range, |conn| {
+        if conn.binding(app.as_str()).is_none() {
+            return;
+        }
+        match offer(conn, msg) {
+            Enqueued::Queued => reached.delivered += 1,
+            Enqueued::Overflow => reached.overflowed += 1,
+            Enqueued::Closed => reached.closed += 1,
+        }
+    });
+    reached
+}
+
+fn publication_frame(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Frame {
+    Frame::new(
+        0,
+        Publication {
+            app: app.to_string(),
+            topic: topic.to_string(),
+            offset: m.seq.0,
+            msg_id: m.id.0,
+            created_ms: m.created_ms,
+            kind: m.kind,
+            payload: m.payload.clone(),
+        },
+    )
+}
+
+fn publication(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Outgoing {
+    Outgoing::publication(Publication {
+        app: app.to_string(),
+        topic: topic.to_string(),
+        offset: m.seq.0,
+        msg_id: m.id.0,
+        created_ms: m.created_ms,
+        kind: m.kind,
+        payload: m.payload.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
+    use tether_core::{DeviceId, MemoryStore, Transport, UserId};
+    use tether_proto::PayloadKind;
+
+    use super::*;
+    use crate::gateway::inbox::InboxState;
+    use crate::gateway::table::{Encoding, NewConn};
+    use crate::metrics::Metrics;
+
+    fn conn(table: &ConnTable, app: &AppId) -> Arc<ConnHandle> {
+        let conn = Arc::new(ConnHandle::new(NewConn {
+            id: table.next_id(),
+            transport: Transport::Tcp,
+            encoding: Encoding::Binary,
+            device: DeviceId::from("d"),
+            bindings: vec![(app.clone(), UserId::from("u"))],
+            resume: vec![InboxState::resuming(0, 0)],
+            queue_limit: 1 << 20,
+            idle_limit: Duration::from_secs(600),
+            now_ms: 0,
+        }));
+        table.insert(conn.clone());
+        conn
+    }
+
+    /// Frames queued on `conns` since the last call.
+    fn drain(conns: &[Arc<ConnHandle>]) -> usize {
+        conns
+            .iter()
+            .map(|c| {
+                let mut frames = VecDeque::new();
+                c.take(&mut frames);
+                frames.len()
+            })
+            .sum()
+    }
+
+    fn message(app: &AppId, topic: &TopicId) -> Arc<Outgoing> {
+        Arc::new(Outgoing::publication(Publication {
+            app: app.to_string(),
+            topic: topic.to_string(),
+            offset: 0,
+            msg_id: 1,
+            created_ms: 0,
+            kind: PayloadKind::Json,
+            payload: Bytes::from_static(b"1"),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_publication_is_spread_over_time_not_dropped() {
+        let mut config = Config::for_tests();
+        config.rate.deliveries_per_sec = 100;
+        config.rate.deliveries_burst = 10;
+        let metrics = Metrics::new();
+        let table = Arc::new(ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        ));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let fanout = Fanout::start(
+            &config,
+            store,
+            table.clone(),
+            metrics.queue_overflows.clone(),
+            CancellationToken::new(),
+        );
+        let app = AppId::from("demo");
+        let topic = TopicId::from("t");
+        let conns: Vec<_> = (0..50).map(|_| conn(&table, &app)).collect();
+        for c in &conns {
+            assert_eq!(fanout.subscribe_conn(&app, c.id, &topic), Ok(true));
+        }
+        while fanout.subscribers(&app, &topic) < 50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(drain(&conns), 50, "one `subscribed` each");
+
+        fanout
+            .submit(
+                &app,
+                Job::Publish {
+                    topic: topic.clone(),
+                    offset: 0,
+                    msg: message(&app, &topic),
+                },
+            )
+            .unwrap();
+        let mut delivered = Vec::new();
+        for _ in 0..6 {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            delivered.push(drain(&conns));
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        // The burst at once, then 10 every 100 ms: 100 recipients per second, none dropped.
+        assert_eq!(delivered, vec![10, 10, 10, 10, 10, 0]);
+        assert_eq!(fanout.subscribers(&app, &topic), 50);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_not_grown() {
+        let mut config = Config::for_tests();
+        config.rate.fanout_queue = 2;
+        config.rate.deliveries_per_sec = 1;
+        config.rate.deliveries_burst = 1;
+        let metrics = Metrics::new();
+        let table = Arc::new(ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        ));
+        let fanout = Fanout::start(
+            &config,
+            Arc::new(MemoryStore::default()),
+            table.clone(),
+            metrics.queue_overflows.clone(),
+            CancellationToken::new(),
+        );
+        let app = AppId::from("demo");
+        let topic = TopicId::from("t");
+        // Two subscribers: the first publication waits a second for its second recipient,
+        // holding the worker, and the queue (2) fills behind it.
+        let conns: Vec<_> = (0..2).map(|_| conn(&table, &app)).collect();
+        for c in &conns {
+            fanout.subscribe_conn(&app, c.id, &topic).unwrap();
+        }
+        while fanout.subscribers(&app, &topic) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let publish = || Job::Publish {
+            topic: topic.clone(),
+            offset: 0,
+            msg: message(&app, &topic),
+        };
+        let mut accepted = 0;
+        let mut refused = 0;
+        for _ in 0..10 {
+            match fanout.submit(&app, publish()) {
+                Ok(()) => accepted += 1,
+                Err(Busy) => refused += 1,
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(accepted <= 3, "{accepted} accepted");
+        assert!(refused >= 7, "{refused} refused");
+        assert!(fanout.reserve(&app).is_err());
+    }
+}
