@@ -12,7 +12,7 @@ use tether_proto::{Code, PayloadKind, Push};
 use crate::store::{Append, Cursor, Idempotency, NewMessage, Page, Store};
 use crate::{
     AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, Outgoing, Registry, Router, Seq,
-    Session, Transport, UserId,
+    Session, SubscriptionError, TopicId, Transport, UserId,
 };
 
 fn session(app: &str, user: &str, node: &str, conn: u64, device: &str) -> Session {
@@ -229,9 +229,16 @@ fn seqs(page: &Page) -> Vec<u64> {
     page.messages.iter().map(|m| m.seq.0).collect()
 }
 
-/// The store contract. Build the backend with an inbox cap of [`CONTRACT_INBOX_CAP`]; it uses
-/// apps named `contract-*`, so run it on an empty backend.
+/// The store contract. Build the backend with an inbox cap of [`CONTRACT_INBOX_CAP`] and a
+/// topic history of [`CONTRACT_TOPIC_HISTORY`]; it uses apps named `contract-*`, so run it on
+/// an empty backend.
 pub async fn store_contract(store: &dyn Store) {
+    inbox_contract(store).await;
+    topic_history_contract(store).await;
+    subscription_contract(store).await;
+}
+
+async fn inbox_contract(store: &dyn Store) {
     let now = crate::now_ms();
     let hour = 3_600_000;
     let app = AppId::from("contract-s");
@@ -511,4 +518,339 @@ pub async fn store_contract(store: &dyn Store) {
         cursor.attempts, 0,
         "an ack past the attempted seq clears it"
     );
+}
+
+async fn topic_history_contract(store: &dyn Store) {
+    // A clock of its own: the inbox checks before may have taken a while, and a backend may
+    // drop expired publications by its own clock.
+    let now = crate::now_ms();
+    let hour = 3_600_000;
+    let app = AppId::from("contract-s");
+    let other_app = AppId::from("contract-t");
+    let news = TopicId::from("news");
+
+    let empty = store.history(&app, &news, Seq(0), 10, now).await.unwrap();
+    assert_eq!(empty.head, Seq(0), "a topic never published to has head 0");
+    assert!(empty.messages.is_empty());
+
+    // Offsets are per (app, topic), start at 1 and have no gaps; a user named like the topic
+    // has an inbox of its own.
+    store
+        .append(append_to(
+            "contract-s",
+            &["news"],
+            new_message(70, now, hour, "{\"inbox\":1}"),
+        ))
+        .await
+        .unwrap();
+    for (id, offset) in [(71, 1), (72, 2)] {
+        let got = store
+            .publish(&app, &news, new_message(id, now, hour, "{\"p\":1}"))
+            .await
+            .unwrap();
+        assert_eq!(got, Seq(offset), "offsets start at 1 and have no gaps");
+    }
+    let page = store.history(&app, &news, Seq(0), 10, now).await.unwrap();
+    assert_eq!(seqs(&page), vec![1, 2]);
+    assert_eq!(page.head, Seq(2));
+    let p = &page.messages[1];
+    assert_eq!(
+        (p.id, p.created_ms, p.expires_ms, p.kind),
+        (MessageId(72), now, now + hour, PayloadKind::Json),
+        "a publication comes back as published"
+    );
+    assert_eq!(p.payload, Bytes::from_static(b"{\"p\":1}"));
+    let inbox = store
+        .read(&app, &UserId::from("news"), Seq(0), 10, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&inbox), inbox.head, inbox.messages[0].id),
+        (vec![1], Seq(1), MessageId(70)),
+        "the inbox of a user named like a topic is not the topic's history"
+    );
+    assert_eq!(
+        seqs(&store.history(&app, &news, Seq(1), 10, now).await.unwrap()),
+        vec![2],
+        "history returns what comes after the given offset"
+    );
+    assert_eq!(
+        seqs(&store.history(&app, &news, Seq(0), 1, now).await.unwrap()),
+        vec![1],
+        "history honours its limit, oldest first"
+    );
+    assert_eq!(
+        store
+            .history(&other_app, &news, Seq(0), 10, now)
+            .await
+            .unwrap()
+            .head,
+        Seq(0),
+        "apps are separate"
+    );
+    let first_elsewhere = store
+        .publish(&other_app, &news, new_message(73, now, hour, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first_elsewhere,
+        Seq(1),
+        "each app's topic has its own offsets"
+    );
+    let shorter = TopicId::from("new");
+    assert_eq!(
+        store
+            .publish(&app, &shorter, new_message(74, now, hour, "{}"))
+            .await
+            .unwrap(),
+        Seq(1),
+        "topics are separate, also when one's id starts another's"
+    );
+    assert_eq!(
+        store
+            .history(&app, &news, Seq(0), 10, now)
+            .await
+            .unwrap()
+            .head,
+        Seq(2)
+    );
+
+    // Concurrent publishes get distinct, gapless offsets; the history keeps the newest.
+    let live = TopicId::from("live");
+    let published = futures_util::future::join_all(
+        (0..100u64).map(|i| store.publish(&app, &live, new_message(2000 + i, now, hour, "{}"))),
+    )
+    .await;
+    let offsets: HashMap<u64, u64> = published
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (r.unwrap().0, 2000 + i as u64))
+        .collect();
+    let mut sorted: Vec<u64> = offsets.keys().copied().collect();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=100).collect::<Vec<_>>(),
+        "concurrent publishes: gapless and distinct"
+    );
+    let page = store.history(&app, &live, Seq(0), 100, now).await.unwrap();
+    assert_eq!(
+        seqs(&page),
+        (97..=100).collect::<Vec<_>>(),
+        "a history over its cap keeps the newest {CONTRACT_TOPIC_HISTORY}"
+    );
+    assert_eq!(page.head, Seq(100));
+    for m in &page.messages {
+        assert_eq!(
+            m.id.0, offsets[&m.seq.0],
+            "each offset holds the publication it was given to"
+        );
+    }
+
+    // Expiry: never returned once expired, and offsets are not reused afterwards.
+    let brief = TopicId::from("brief");
+    store
+        .publish(&app, &brief, new_message(80, now, 60_000, "{}"))
+        .await
+        .unwrap();
+    store
+        .publish(&app, &brief, new_message(81, now, hour, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(
+            &store
+                .history(&app, &brief, Seq(0), 10, now + 59_999)
+                .await
+                .unwrap()
+        ),
+        vec![1, 2]
+    );
+    let page = store
+        .history(&app, &brief, Seq(0), 10, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&page), page.head),
+        (vec![2], Seq(2)),
+        "a publication is not returned from its expiry on"
+    );
+    let gone = TopicId::from("gone");
+    store
+        .publish(&app, &gone, new_message(82, now, 10, "{}"))
+        .await
+        .unwrap();
+    let later = store
+        .publish(&app, &gone, new_message(83, now + 1000, hour, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        later,
+        Seq(2),
+        "an offset is never reused, even when every publication before it expired"
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .history(&app, &gone, Seq(0), 10, now + 1000)
+                .await
+                .unwrap()
+        ),
+        vec![2]
+    );
+}
+
+async fn subscribe(
+    store: &dyn Store,
+    app: &AppId,
+    user: &str,
+    topic: &str,
+    subscribed: bool,
+    max: usize,
+) -> Result<bool, SubscriptionError> {
+    store
+        .set_subscription(
+            app,
+            &UserId::from(user),
+            &TopicId::from(topic),
+            subscribed,
+            max,
+        )
+        .await
+}
+
+async fn topics(store: &dyn Store, app: &AppId, user: &str) -> Vec<String> {
+    store
+        .subscriptions(app, &UserId::from(user))
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect()
+}
+
+async fn subscription_contract(store: &dyn Store) {
+    let app = AppId::from("contract-s");
+    let other_app = AppId::from("contract-t");
+    assert!(topics(store, &app, "alice").await.is_empty());
+
+    assert!(
+        subscribe(store, &app, "alice", "sports", true, 3)
+            .await
+            .unwrap(),
+        "a new subscription changes something"
+    );
+    assert!(
+        !subscribe(store, &app, "alice", "sports", true, 3)
+            .await
+            .unwrap(),
+        "subscribing again changes nothing"
+    );
+    for topic in ["news", "art"] {
+        assert!(
+            subscribe(store, &app, "alice", topic, true, 3)
+                .await
+                .unwrap()
+        );
+    }
+    let refused = subscribe(store, &app, "alice", "weather", true, 3).await;
+    assert!(
+        matches!(refused, Err(SubscriptionError::TooMany(3))),
+        "a subscription past max is refused: {refused:?}"
+    );
+    assert!(
+        !subscribe(store, &app, "alice", "news", true, 3)
+            .await
+            .unwrap(),
+        "a topic the user has is not refused at max"
+    );
+    assert_eq!(
+        topics(store, &app, "alice").await,
+        ["art", "news", "sports"],
+        "sorted, without the refused one"
+    );
+
+    // Apps and users are kept apart, and so are their counts.
+    assert!(
+        topics(store, &app, "ali").await.is_empty(),
+        "users are separate, also when one's id starts another's"
+    );
+    assert!(topics(store, &other_app, "alice").await.is_empty());
+    assert!(
+        subscribe(store, &other_app, "alice", "weather", true, 1)
+            .await
+            .unwrap(),
+        "the count is per app"
+    );
+    assert!(
+        subscribe(store, &app, "bob", "sports", true, 1)
+            .await
+            .unwrap(),
+        "the count is per user"
+    );
+    assert!(matches!(
+        subscribe(store, &app, "bob", "art", true, 1).await,
+        Err(SubscriptionError::TooMany(1))
+    ));
+    assert_eq!(topics(store, &app, "bob").await, ["sports"]);
+    assert_eq!(topics(store, &other_app, "alice").await, ["weather"]);
+
+    // Unsubscribing.
+    assert!(
+        subscribe(store, &app, "alice", "sports", false, 3)
+            .await
+            .unwrap(),
+        "an unsubscribe of a topic the user has changes something"
+    );
+    assert!(
+        !subscribe(store, &app, "alice", "sports", false, 3)
+            .await
+            .unwrap(),
+        "unsubscribing again changes nothing"
+    );
+    assert!(
+        !subscribe(store, &app, "alice", "never", false, 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        subscribe(store, &app, "alice", "weather", true, 3)
+            .await
+            .unwrap(),
+        "an unsubscribe makes room"
+    );
+    assert_eq!(
+        topics(store, &app, "alice").await,
+        ["art", "news", "weather"]
+    );
+    assert_eq!(
+        topics(store, &app, "bob").await,
+        ["sports"],
+        "another user's unsubscribe leaves bob's alone"
+    );
+
+    // Concurrent subscriptions cannot pass max together.
+    let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let racing = futures_util::future::join_all(
+        names
+            .iter()
+            .map(|topic| subscribe(store, &app, "hank", topic, true, 4)),
+    )
+    .await;
+    let done = racing.iter().filter(|r| matches!(r, Ok(true))).count();
+    let refused = racing
+        .iter()
+        .filter(|r| matches!(r, Err(SubscriptionError::TooMany(4))))
+        .count();
+    assert_eq!(
+        (done, refused),
+        (4, 6),
+        "concurrent subscriptions stop at max: {racing:?}"
+    );
+    assert_eq!(topics(store, &app, "hank").await.len(), 4);
+    assert!(matches!(
+        subscribe(store, &app, "ivy", "any", true, 0).await,
+        Err(SubscriptionError::TooMany(0))
+    ));
+    assert!(topics(store, &app, "ivy").await.is_empty());
 }

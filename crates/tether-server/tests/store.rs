@@ -1,5 +1,5 @@
 //! The embedded store: the store contract in both durability modes, restarts, group commit,
-//! the queue bound, and expiry on disk.
+//! the queue bound, and expiry on disk; for inboxes, topic histories and subscriptions.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +8,10 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use tether_core::contract::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, store_contract};
 use tether_core::store::{Append, Idempotency, NewMessage, Store};
-use tether_core::{AppId, DeviceId, MessageId, Retention, Seq, StoreError, UserId, now_ms};
+use tether_core::{
+    AppId, DeviceId, MessageId, Retention, Seq, StoreError, SubscriptionError, TopicId, UserId,
+    now_ms,
+};
 use tether_proto::PayloadKind;
 use tether_server::config::Durability;
 use tether_server::store::{EmbeddedOptions, EmbeddedStore};
@@ -463,4 +466,200 @@ async fn seqs_continue_after_every_message_expired_was_swept_and_the_store_resta
         assert_eq!(seqs(&store, "n", now).await, vec![4, 6]);
         store.close().await;
     }
+}
+
+async fn offsets(store: &EmbeddedStore, topic: &str, now: u64) -> (u64, Vec<u64>) {
+    let page = store
+        .history(&AppId::from("app"), &TopicId::from(topic), Seq(0), 100, now)
+        .await
+        .unwrap();
+    (page.head.0, page.messages.iter().map(|m| m.seq.0).collect())
+}
+
+async fn topics(store: &EmbeddedStore, user: &str) -> Vec<String> {
+    store
+        .subscriptions(&AppId::from("app"), &UserId::from(user))
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn topic_offsets_and_subscriptions_survive_a_restart() {
+    for durability in [Durability::Sync, Durability::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let app = AppId::from("app");
+        let (news, gone) = (TopicId::from("news"), TopicId::from("gone"));
+        let alice = UserId::from("alice");
+
+        let store = open(dir.path(), options(durability));
+        // Six publications: the cap of 4 keeps 3..=6.
+        for id in 1..=6 {
+            let offset = store.publish(&app, &news, message(id, now, HOUR)).await;
+            assert_eq!(offset.unwrap(), Seq(id));
+        }
+        // A topic whose every publication expires and is swept from the disk.
+        for id in 1..=3 {
+            store
+                .publish(&app, &gone, message(id, now, 30_000))
+                .await
+                .unwrap();
+        }
+        let swept = store.sweep_expired(now + 30_000).await.unwrap();
+        assert_eq!(swept.messages, 3);
+        assert_eq!(offsets(&store, "gone", now).await, (3, vec![]));
+        for topic in ["sports", "art"] {
+            let topic = TopicId::from(topic);
+            assert!(
+                store
+                    .set_subscription(&app, &alice, &topic, true, 2)
+                    .await
+                    .unwrap()
+            );
+        }
+        store.close().await;
+        drop(store);
+
+        let store = open(dir.path(), options(durability));
+        assert_eq!(
+            offsets(&store, "news", now).await,
+            (6, vec![3, 4, 5, 6]),
+            "{durability:?}: the history comes back as it was"
+        );
+        let page = store.history(&app, &news, Seq(5), 10, now).await.unwrap();
+        assert_eq!(page.messages[0].id, MessageId(6));
+        assert_eq!(page.messages[0].payload, Bytes::from("payload 6"));
+        assert_eq!(
+            store
+                .publish(&app, &news, message(7, now, HOUR))
+                .await
+                .unwrap(),
+            Seq(7),
+            "{durability:?}: offsets continue after a restart"
+        );
+        assert_eq!(offsets(&store, "news", now).await, (7, vec![4, 5, 6, 7]));
+        assert_eq!(
+            offsets(&store, "gone", now).await,
+            (3, vec![]),
+            "{durability:?}: the head outlives the publications"
+        );
+        assert_eq!(
+            store
+                .publish(&app, &gone, message(4, now, HOUR))
+                .await
+                .unwrap(),
+            Seq(4),
+            "{durability:?}: no offset is handed out twice"
+        );
+
+        assert_eq!(topics(&store, "alice").await, ["art", "sports"]);
+        let refused = store
+            .set_subscription(&app, &alice, &TopicId::from("weather"), true, 2)
+            .await;
+        assert!(
+            matches!(refused, Err(SubscriptionError::TooMany(2))),
+            "{durability:?}: the count comes back from the disk: {refused:?}"
+        );
+        let art = TopicId::from("art");
+        let off = store.set_subscription(&app, &alice, &art, false, 2).await;
+        assert!(off.unwrap());
+        store.close().await;
+        drop(store);
+
+        let store = open(dir.path(), options(durability));
+        assert_eq!(
+            topics(&store, "alice").await,
+            ["sports"],
+            "{durability:?}: an unsubscribe survives a restart too"
+        );
+        assert_eq!(offsets(&store, "news", now).await, (7, vec![4, 5, 6, 7]));
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(dir.path(), options(Durability::Sync)));
+    let now = now_ms();
+    let tasks: Vec<_> = (0..2000u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let topic = TopicId::from("hot");
+                store
+                    .publish(&AppId::from("app"), &topic, message(i, now, HOUR))
+                    .await
+                    .unwrap()
+                    .0
+            })
+        })
+        .collect();
+    let mut got: Vec<u64> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..=2000).collect::<Vec<_>>(),
+        "every offset exactly once"
+    );
+    let stats = store.stats();
+    assert_eq!((stats.publishes, stats.appends), (2000, 0));
+    assert!(
+        stats.fsyncs < 1000,
+        "one fsync covers many publishes: {stats:?}"
+    );
+    assert!(stats.fsyncs >= 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sync_mode_fsyncs_each_lone_publish_and_subscription_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let store = open(dir.path(), options(Durability::Sync));
+    let (app, topic, user) = (AppId::from("app"), TopicId::from("t"), UserId::from("u"));
+    for i in 0..5 {
+        store
+            .publish(&app, &topic, message(i, now, HOUR))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.stats().fsyncs,
+            i + 1,
+            "a publish alone waits for its own fsync"
+        );
+    }
+    assert!(
+        store
+            .set_subscription(&app, &user, &topic, true, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.stats().fsyncs, 6, "so does a subscription");
+    assert!(
+        !store
+            .set_subscription(&app, &user, &topic, true, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.stats().fsyncs,
+        6,
+        "one that changes nothing writes nothing"
+    );
+    assert!(
+        store
+            .set_subscription(&app, &user, &topic, false, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.stats().fsyncs, 7, "and an unsubscribe");
+    store.close().await;
 }

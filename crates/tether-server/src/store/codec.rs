@@ -8,20 +8,32 @@
 //! practice the escape never fires and keys read as `app 0x00 user 0x00 ...`. The escape keeps
 //! byte order, so keys sort as their ids do.
 //!
-//! - message: `inbox seq(u64 BE)`, in seq order within an inbox;
-//! - inbox record: `inbox`;
+//! A log is an inbox or a topic's history: a head, a first seq and messages, kept by the same
+//! code. A log key is the prefix of its message keys and the key of its record:
+//!
+//! - inbox: `app 0x00 user 0x00`;
+//! - topic history: `app 0x00 0x01 0x03 topic 0x00` ([`TOPIC_MARK`] where an inbox has its
+//!   user). An escaped id holds `0x01` only as the start of `0x01 0x01` or `0x01 0x02`, so
+//!   no escaped user starts with the mark: a topic's log key is never a prefix of an inbox's
+//!   keys nor the other way round, and a topic never shares a log with a user of its name.
+//!
+//! Under a log key, and for the user of an inbox key:
+//!
+//! - message: `log seq(u64 BE)`, in seq order within a log;
+//! - log record: `log`;
 //! - cursor: `inbox device` (device escaped, no terminator);
+//! - subscription: `inbox topic` (topic escaped, no terminator), in topic order for a user;
 //! - idempotency: `app 0x00 key` (the key raw: it is last, and only looked up whole).
 //!
 //! # Values
-//! Each starts with a version byte ([`VERSION`]; [`META_VERSION`] for inbox records);
+//! Each starts with a version byte ([`VERSION`]; [`META_VERSION`] for log records);
 //! integers are big-endian. A value that does not decode is [`StoreError::Corrupt`], never a
-//! panic.
+//! panic. A subscription's value is the version byte alone.
 
 use bytes::Bytes;
 use fjall::Slice;
 use tether_core::store::{Appended, Cursor, StoredMessage};
-use tether_core::{AppId, DeviceId, MessageId, Seq, StoreError, UserId};
+use tether_core::{AppId, DeviceId, MessageId, Seq, StoreError, TopicId, UserId};
 use tether_proto::PayloadKind;
 
 /// The format of messages, cursors and idempotency records written by this code.
@@ -39,6 +51,8 @@ pub const MAX_KEY: usize = 4096;
 
 const TERMINATOR: u8 = 0x00;
 const ESCAPE: u8 = 0x01;
+/// Marks a topic's log key: an escape sequence that escaping never writes.
+pub const TOPIC_MARK: [u8; 2] = [ESCAPE, 0x03];
 
 fn put_escaped(out: &mut Vec<u8>, id: &str) {
     for &b in id.as_bytes() {
@@ -95,12 +109,21 @@ pub fn inbox_key(app: &AppId, user: &UserId) -> Vec<u8> {
     out
 }
 
-/// Refuses an inbox whose message keys fjall would choke on.
-pub fn check_inbox_key(inbox: &[u8]) -> Result<(), StoreError> {
-    if inbox.len() + 8 > MAX_KEY {
+/// `app 0x00 0x01 0x03 topic 0x00`: the log key of a topic's history.
+pub fn topic_key(app: &AppId, topic: &TopicId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(app.as_str().len() + topic.as_str().len() + 4 + 8);
+    put_id(&mut out, app.as_str());
+    out.extend_from_slice(&TOPIC_MARK);
+    put_id(&mut out, topic.as_str());
+    out
+}
+
+/// Refuses a log (inbox or topic history) whose message keys fjall would choke on.
+pub fn check_inbox_key(log: &[u8]) -> Result<(), StoreError> {
+    if log.len() + 8 > MAX_KEY {
         return Err(StoreError::Unavailable(format!(
             "a key of {} bytes is over the store's limit of {MAX_KEY}",
-            inbox.len() + 8
+            log.len() + 8
         )));
     }
     Ok(())
@@ -151,6 +174,31 @@ pub fn cursor_device(inbox: &[u8], key: &[u8]) -> Result<DeviceId, StoreError> {
         .strip_prefix(inbox)
         .ok_or_else(|| corrupt("cursor key outside its inbox"))?;
     Ok(DeviceId::from(unescape(rest)?.as_str()))
+}
+
+/// `inbox topic`: the user of `inbox` is subscribed to `topic`.
+pub fn subscription_key(inbox: &[u8], topic: &TopicId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inbox.len() + topic.as_str().len());
+    out.extend_from_slice(inbox);
+    put_escaped(&mut out, topic.as_str());
+    out
+}
+
+/// The topic of a subscription key found under `inbox`.
+pub fn subscription_topic(inbox: &[u8], key: &[u8]) -> Result<TopicId, StoreError> {
+    let rest = key
+        .strip_prefix(inbox)
+        .ok_or_else(|| corrupt("subscription key outside its user"))?;
+    Ok(TopicId::from(unescape(rest)?.as_str()))
+}
+
+/// A subscription's value: nothing but the format.
+pub fn encode_subscription() -> [u8; 1] {
+    [VERSION]
+}
+
+pub fn decode_subscription(value: &[u8]) -> Result<(), StoreError> {
+    Reader::new("subscription", value)?.end()
 }
 
 pub fn idempotency_key(app: &AppId, key: &str) -> Vec<u8> {
@@ -278,8 +326,8 @@ pub fn decode_message(seq: u64, value: &[u8]) -> Result<StoredMessage, StoreErro
     })
 }
 
-/// Where an inbox stands: `head` is the last seq it ever assigned, `first` the lowest seq it
-/// may still hold.
+/// Where an inbox (or any log: a topic's history too) stands: `head` is the last seq it ever
+/// assigned, `first` the lowest seq it may still hold.
 ///
 /// # Invariants
 /// `1 <= first <= head + 1`; no message with a seq below `first` is readable (some may still
@@ -547,6 +595,56 @@ mod tests {
     }
 
     #[test]
+    fn topic_logs_and_inboxes_are_prefix_free() {
+        let ids = ["a", "b", "", "\0", "\x01", "\x01\x03", "\x03", "a\0b"];
+        let mut keys = Vec::new();
+        for app in ["x", "x\0"] {
+            for id in ids {
+                keys.push(inbox_key(&AppId::from(app), &UserId::from(id)));
+                keys.push(topic_key(&AppId::from(app), &TopicId::from(id)));
+            }
+        }
+        assert_eq!(
+            topic_key(&AppId::from("a"), &TopicId::from("b")),
+            b"a\0\x01\x03b\0"
+        );
+        for (i, x) in keys.iter().enumerate() {
+            for (j, y) in keys.iter().enumerate() {
+                if i != j {
+                    assert!(!y.starts_with(x), "{x:?} is a prefix of {y:?}");
+                }
+            }
+        }
+        let log = topic_key(&AppId::from("a"), &TopicId::from("b"));
+        assert_eq!(
+            split_message_key(&message_key(&log, 9)).unwrap(),
+            (&log[..], 9)
+        );
+    }
+
+    #[test]
+    fn subscription_keys_round_trip() {
+        let inbox = inbox_key(&AppId::from("a"), &UserId::from("u"));
+        for topic in ["news", "n\0x", "\x01", ""] {
+            let key = subscription_key(&inbox, &TopicId::from(topic));
+            assert_eq!(subscription_topic(&inbox, &key).unwrap().as_str(), topic);
+        }
+        let other = inbox_key(&AppId::from("a"), &UserId::from("v"));
+        let key = subscription_key(&inbox, &TopicId::from("news"));
+        assert!(matches!(
+            subscription_topic(&other, &key),
+            Err(StoreError::Corrupt(_))
+        ));
+        decode_subscription(&encode_subscription()).unwrap();
+        for bad in [&[][..], &[VERSION, 0], &[2]] {
+            assert!(matches!(
+                decode_subscription(bad),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
+
+    #[test]
     fn escaping_keeps_order() {
         let ids = ["", "\0", "\0a", "\x01", "\x01\0", "\x02", "a", "a\0", "ab"];
         let mut encoded: Vec<(Vec<u8>, &str)> = ids
@@ -573,6 +671,8 @@ mod tests {
             let _ = idempotency_expires(&bytes);
             let _ = split_message_key(&bytes);
             let _ = cursor_device(b"", &bytes);
+            let _ = subscription_topic(b"", &bytes);
+            let _ = decode_subscription(&bytes);
         }
 
         #[test]

@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::inbox;
-use super::writer::{Counters, Keyspaces, Reply, Request, Write, Writer, unavailable};
+use super::writer::{
+    Counters, Keyspaces, Reply, Request, Subscription, Write, Writer, unavailable,
+};
 use crate::config::{Durability, StoreConfig};
 
 /// How an [`EmbeddedStore`] keeps and writes its data.
@@ -63,29 +65,33 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Messages x users stored.
     pub appends: u64,
+    /// Publications stored in topic histories.
+    pub publishes: u64,
 }
 
 /// What one sweep pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Of inboxes and topic histories.
     pub messages: u64,
     pub idempotency_keys: u64,
 }
 
-/// Durable inboxes in a fjall database in one directory.
+/// Durable inboxes, topic histories and subscriptions in a fjall database in one directory.
 ///
-/// Writes (`append`, `ack`, `note_attempt`) go to one writer thread over a bounded queue
-/// that they never wait on: when it is full, they fail at once with
-/// [`StoreError::Overloaded`] (the API turns that into a 503), so a burst beyond what the disk
-/// takes is refused, not buffered without end. The writer groups everything waiting into one
-/// batch and one fsync. Reads go to the database directly, on tokio's blocking pool.
+/// Writes (`append`, `publish`, `set_subscription`, `ack`, `note_attempt`) go to one writer
+/// thread over a bounded queue that they never wait on: when it is full, they fail at once
+/// with [`StoreError::Overloaded`] (the API turns that into a 503), so a burst beyond what the
+/// disk takes is refused, not buffered without end. The writer groups everything waiting into
+/// one batch and one fsync. Reads go to the database directly, on tokio's blocking pool.
 ///
 /// A write whose caller is cancelled after it was queued still happens.
 ///
 /// # Guarantees
-/// Those of [`Store`], with [`Durability::Sync`] meaning "fsynced before `append` returns".
-/// An appended message is readable once `append` returned, and may be readable a moment
-/// before (between the batch's commit and its fsync).
+/// Those of [`Store`], with [`Durability::Sync`] meaning "fsynced before `append` returns"
+/// (and `publish`, and `set_subscription` when it changed something; not acks). An appended
+/// message is readable once `append` returned, and may be readable a moment before (between
+/// the batch's commit and its fsync); so are publications and subscriptions.
 ///
 /// # Shutdown
 /// Call [`EmbeddedStore::close`] and wait for it: the writer finishes what is queued, fsyncs,
@@ -131,6 +137,7 @@ impl EmbeddedStore {
             inboxes: keyspace("inboxes")?,
             cursors: keyspace("cursors")?,
             idempotency: keyspace("idempotency")?,
+            subscriptions: keyspace("subscriptions")?,
             db: db.clone(),
         };
         let counters = Arc::new(Counters::default());
@@ -155,6 +162,7 @@ impl EmbeddedStore {
             batches: self.counters.batches.load(Ordering::Relaxed),
             fsyncs: self.counters.fsyncs.load(Ordering::Relaxed),
             appends: self.counters.appends.load(Ordering::Relaxed),
+            publishes: self.counters.publishes.load(Ordering::Relaxed),
         }
     }
 
@@ -210,6 +218,45 @@ impl EmbeddedStore {
         })
     }
 
+    /// Up to `limit` live messages of the log (inbox or topic history) `log` after `after`,
+    /// and its head.
+    async fn read_log(
+        &self,
+        log: Vec<u8>,
+        after: Seq,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        codec::check_inbox_key(&log)?;
+        self.read_with(move |ks| {
+            // One snapshot for the head and the messages, so that no message is above the head.
+            let snapshot = ks.db.snapshot();
+            let meta = inbox::recover(&snapshot, ks, &log, false)?.meta;
+            let mut messages = Vec::new();
+            let start = meta.first.max(after.0.saturating_add(1));
+            if limit > 0 && start <= meta.head {
+                let range = codec::message_key(&log, start)..=codec::message_key(&log, meta.head);
+                for guard in snapshot.range(&ks.messages, range) {
+                    let (key, value) = guard.into_inner().map_err(unavailable)?;
+                    // Skip an expired message before copying its payload.
+                    if codec::message_expires(&value)? <= now_ms {
+                        continue;
+                    }
+                    let (_, seq) = codec::split_message_key(&key)?;
+                    messages.push(codec::decode_message(seq, &value)?);
+                    if messages.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(Page {
+                messages,
+                head: Seq(meta.head),
+            })
+        })
+        .await
+    }
+
     /// Runs a read on the blocking pool, off the async workers.
     async fn read_with<T: Send + 'static>(
         &self,
@@ -241,36 +288,8 @@ impl Store for EmbeddedStore {
         limit: usize,
         now_ms: u64,
     ) -> Result<Page, StoreError> {
-        let inbox = codec::inbox_key(app, user);
-        codec::check_inbox_key(&inbox)?;
-        self.read_with(move |ks| {
-            // One snapshot for the head and the messages, so that no message is above the head.
-            let snapshot = ks.db.snapshot();
-            let meta = inbox::recover(&snapshot, ks, &inbox, false)?.meta;
-            let mut messages = Vec::new();
-            let start = meta.first.max(after.0.saturating_add(1));
-            if limit > 0 && start <= meta.head {
-                let range =
-                    codec::message_key(&inbox, start)..=codec::message_key(&inbox, meta.head);
-                for guard in snapshot.range(&ks.messages, range) {
-                    let (key, value) = guard.into_inner().map_err(unavailable)?;
-                    // Skip an expired message before copying its payload.
-                    if codec::message_expires(&value)? <= now_ms {
-                        continue;
-                    }
-                    let (_, seq) = codec::split_message_key(&key)?;
-                    messages.push(codec::decode_message(seq, &value)?);
-                    if messages.len() == limit {
-                        break;
-                    }
-                }
-            }
-            Ok(Page {
-                messages,
-                head: Seq(meta.head),
-            })
-        })
-        .await
+        self.read_log(codec::inbox_key(app, user), after, limit, now_ms)
+            .await
     }
 
     async fn ack(
@@ -334,44 +353,73 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    // TEMPORARY (not for landing): replaced by the embedded topic history being written.
     async fn publish(
         &self,
-        _app: &AppId,
-        _topic: &TopicId,
-        _message: NewMessage,
+        app: &AppId,
+        topic: &TopicId,
+        message: NewMessage,
     ) -> Result<Seq, StoreError> {
-        Err(StoreError::Unavailable("topic history: not yet".into()))
+        let topic = codec::topic_key(app, topic);
+        self.write(|reply| Write::Publish {
+            topic,
+            message,
+            reply,
+        })
+        .await
     }
 
     async fn history(
         &self,
-        _app: &AppId,
-        _topic: &TopicId,
-        _after: Seq,
-        _limit: usize,
-        _now_ms: u64,
+        app: &AppId,
+        topic: &TopicId,
+        after: Seq,
+        limit: usize,
+        now_ms: u64,
     ) -> Result<Page, StoreError> {
-        Err(StoreError::Unavailable("topic history: not yet".into()))
+        self.read_log(codec::topic_key(app, topic), after, limit, now_ms)
+            .await
     }
 
     async fn set_subscription(
         &self,
-        _app: &AppId,
-        _user: &UserId,
-        _topic: &TopicId,
-        _subscribed: bool,
-        _max: usize,
+        app: &AppId,
+        user: &UserId,
+        topic: &TopicId,
+        subscribed: bool,
+        max: usize,
     ) -> Result<bool, SubscriptionError> {
-        Err(StoreError::Unavailable("subscriptions: not yet".into()).into())
+        let user = codec::inbox_key(app, user);
+        let key = codec::subscription_key(&user, topic);
+        let done = self
+            .write(|reply| Write::Subscribe {
+                user,
+                key,
+                subscribed,
+                max,
+                reply,
+            })
+            .await?;
+        match done {
+            Subscription::Set { changed } => Ok(changed),
+            Subscription::TooMany(n) => Err(SubscriptionError::TooMany(n)),
+        }
     }
 
-    async fn subscriptions(
-        &self,
-        _app: &AppId,
-        _user: &UserId,
-    ) -> Result<Vec<TopicId>, StoreError> {
-        Err(StoreError::Unavailable("subscriptions: not yet".into()))
+    async fn subscriptions(&self, app: &AppId, user: &UserId) -> Result<Vec<TopicId>, StoreError> {
+        let user = codec::inbox_key(app, user);
+        codec::check_key(&user)?;
+        self.read_with(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.subscriptions.prefix(&user) {
+                let (key, value) = guard.into_inner().map_err(unavailable)?;
+                codec::decode_subscription(&value)?;
+                out.push(codec::subscription_topic(&user, &key)?);
+            }
+            // Keys sort as topics do; as for cursors, sorting again does not rely on it.
+            out.sort();
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -453,6 +501,52 @@ mod tests {
         );
         let ok = store.append(append(&["fine"], 2)).await.unwrap();
         assert_eq!(ok.seqs[0].1, Seq(1), "the writer is still serving");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn damaged_topic_and_subscription_values_answer_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let app = AppId::from("app");
+        let (broken, fine) = (TopicId::from("broken"), TopicId::from("fine"));
+        let (alice, bob) = (UserId::from("alice"), UserId::from("bob"));
+        let ks = keyspaces(&store);
+        ks.inboxes
+            .insert(codec::topic_key(&app, &broken), [codec::META_VERSION, 1])
+            .unwrap();
+        let alice_key = codec::inbox_key(&app, &alice);
+        ks.subscriptions
+            .insert(codec::subscription_key(&alice_key, &broken), [9u8])
+            .unwrap();
+        drop(ks);
+        let message = append(&["x"], 1).message;
+
+        assert!(is_corrupt(
+            store.history(&app, &broken, Seq(0), 10, 0).await
+        ));
+        assert!(is_corrupt(
+            store.publish(&app, &broken, message.clone()).await
+        ));
+        assert!(is_corrupt(store.subscriptions(&app, &alice).await));
+        let set = store
+            .set_subscription(&app, &alice, &broken, false, 10)
+            .await;
+        assert!(
+            matches!(set, Err(SubscriptionError::Store(StoreError::Corrupt(_)))),
+            "{set:?}"
+        );
+        assert_eq!(
+            store.publish(&app, &fine, message).await.unwrap(),
+            Seq(1),
+            "the writer is still serving"
+        );
+        assert!(
+            store
+                .set_subscription(&app, &bob, &fine, true, 10)
+                .await
+                .unwrap()
+        );
         store.close().await;
     }
 

@@ -9,6 +9,9 @@
 //!   after the last key the previous one looked at. It catches what `expire_front` cannot:
 //!   messages behind a live front, inboxes nobody writes to any more, idempotency keys.
 //!
+//! Topic histories share the `messages` and `inboxes` keyspaces with inboxes (under keys of
+//! their own), so both ways out serve them unchanged.
+//!
 //! Only the sweep can delete the newest message of an inbox (front expiry runs in a batch that
 //! appends to the inbox); when it does, it writes the inbox record that keeps the head in the
 //! same batch (see [`super::inbox`]).

@@ -1,4 +1,5 @@
-//! Where an inbox stands (its head and first seq), recovered from the disk.
+//! Where an inbox stands (its head and first seq), recovered from the disk. A topic's history
+//! is kept the same way under its own log key (see [`codec`]); "inbox" here means either.
 //!
 //! Appends do not write the inbox record: the message keys already say where an inbox stands,
 //! and a second key per (message x user) doubled the writer's memtable inserts. The record is

@@ -1,12 +1,14 @@
-//! The embedded durable store: inboxes, cursors and idempotency keys in a fjall database on
-//! local disk (`<data_dir>/store`), the backend of `store.backend = "embedded"`.
+//! The embedded durable store: inboxes, cursors, idempotency keys, topic histories and
+//! server-side subscriptions in a fjall database on local disk (`<data_dir>/store`), the
+//! backend of `store.backend = "embedded"`.
 //!
 //! # Layout
 //!
 //! - [`embedded`]: [`EmbeddedStore`], the [`tether_core::Store`] handle: queues writes, runs
 //!   reads on the blocking pool, opens and closes.
 //! - `writer`: the one thread that writes: batches, seq assignment, the inbox cap, expiry at
-//!   the front of inboxes, idempotency, group commit, interval fsyncs.
+//!   the front of inboxes, idempotency, subscriptions and their count, group commit, interval
+//!   fsyncs.
 //! - `expiry`: expired data leaving the disk: from the front of inboxes a batch writes to, and
 //!   the sweep the writer runs when idle.
 //! - `inbox`: where an inbox stands (head, first), recovered from its record and its message
@@ -15,14 +17,21 @@
 //!
 //! # On disk
 //!
-//! Four fjall keyspaces, written together in atomic batches:
+//! Five fjall keyspaces, written together in atomic batches:
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `messages` | `app 0x00 user 0x00 seq(u64 BE)` | id, created, expires, kind, payload |
-//! | `inboxes` | `app 0x00 user 0x00` | lower bounds of head (last seq assigned) and first |
+//! | `messages` | `log seq(u64 BE)` | id, created, expires, kind, payload |
+//! | `inboxes` | `log` | lower bounds of head (last seq assigned) and first |
 //! | `cursors` | `app 0x00 user 0x00 device` | acked, attempt seq, attempts |
 //! | `idempotency` | `app 0x00 key` | expires, message id, created, (user, seq) list |
+//! | `subscriptions` | `app 0x00 user 0x00 topic` | version only |
+//!
+//! A log is a user's inbox (`app 0x00 user 0x00`) or a topic's history
+//! (`app 0x00 0x01 0x03 topic 0x00`; `codec` explains why the two never meet). Both are kept
+//! by the same code, and what follows of inboxes holds for topic histories, with
+//! `topic_history` as their cap. A publication is an append to one log. (Code older than
+//! topic histories never reads them; its sweep expires them as it does inbox messages.)
 //!
 //! An append writes only its message keys (one per user, all sharing one encoded value). An
 //! inbox's head is the larger of its record's head and the seq of its last message key; its

@@ -1,14 +1,20 @@
 //! The writer thread: the only code that writes to the embedded store.
 //!
 //! It takes everything waiting in its queue (up to [`MAX_BATCH`] requests), turns it into one
-//! fjall write batch, commits it, fsyncs once when the batch holds appends and the store runs
-//! with [`Durability::Sync`], and only then answers the requests of the batch: one fsync covers
-//! every append that was waiting (group commit). Because it is the only writer, it can keep
-//! inbox heads in memory and read-modify-write cursors and idempotency records without locks.
+//! fjall write batch, commits it, fsyncs once when the batch holds appends, publications or
+//! subscription changes and the store runs with [`Durability::Sync`], and only then answers
+//! the requests of the batch: one fsync covers every write that was waiting (group commit).
+//! Because it is the only writer, it can keep inbox heads in memory and read-modify-write
+//! cursors, idempotency records and subscriptions without locks (so a subscription's count
+//! check and its write are one step: two subscriptions cannot pass `max` together).
 //!
 //! An append costs one memtable insert per user: the message key. The inbox record is written
 //! only when the message keys alone would no longer say where the inbox stands (see
 //! [`super::inbox`]), and the message value is encoded once and shared by every user's key.
+//!
+//! A topic's history is a log like an inbox (see [`super::codec`]): a publish is an append to
+//! one log, with the same seqs, cache, cap (`topic_history` instead of `inbox_cap`), front
+//! expiry, records and fsyncs. What this module says of inboxes holds for topic histories.
 //!
 //! When idle, it fsyncs what an interval left unsynced and runs the expiry sweep (see
 //! [`super::expiry`]).
@@ -20,7 +26,7 @@ use std::time::Instant;
 
 use fjall::{Database, Keyspace, PersistMode, Slice};
 use metrics::{Counter, Histogram, counter, histogram};
-use tether_core::store::{Append, Appended, Cursor, count_attempt};
+use tether_core::store::{Append, Appended, Cursor, NewMessage, count_attempt};
 use tether_core::{Seq, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +66,12 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Write {
     Append(Append, Reply<Appended>),
+    /// Append `message` to the topic history whose log key is `topic`.
+    Publish {
+        topic: Vec<u8>,
+        message: NewMessage,
+        reply: Reply<Seq>,
+    },
     Ack {
         cursor: Vec<u8>,
         seq: Seq,
@@ -70,6 +82,24 @@ pub enum Write {
         seq: Seq,
         reply: Reply<u32>,
     },
+    /// Subscribe or unsubscribe the user of inbox key `user` (subscription `key`), refusing a
+    /// subscription past `max` of the user's.
+    Subscribe {
+        user: Vec<u8>,
+        key: Vec<u8>,
+        subscribed: bool,
+        max: usize,
+        reply: Reply<Subscription>,
+    },
+}
+
+/// What a [`Write::Subscribe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Recorded; `changed` is false when it was so already.
+    Set { changed: bool },
+    /// Refused: the user already has this many topics.
+    TooMany(usize),
 }
 
 impl Write {
@@ -77,6 +107,7 @@ impl Write {
     fn weight(&self) -> usize {
         match self {
             Write::Append(a, _) => (a.message.payload.len() + 64) * a.users.len().max(1),
+            Write::Publish { message, .. } => message.payload.len() + 64,
             _ => 64,
         }
     }
@@ -88,6 +119,7 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub fsyncs: AtomicU64,
     pub appends: AtomicU64,
+    pub publishes: AtomicU64,
 }
 
 /// The fjall handles.
@@ -98,6 +130,7 @@ pub struct Keyspaces {
     pub inboxes: Keyspace,
     pub cursors: Keyspace,
     pub idempotency: Keyspace,
+    pub subscriptions: Keyspace,
 }
 
 pub fn unavailable(e: fjall::Error) -> StoreError {
@@ -115,10 +148,12 @@ pub struct Inbox {
     pub front_expires: Option<u64>,
 }
 
-/// An inbox in the writer's cache.
+/// An inbox (or topic history) in the writer's cache.
 #[derive(Debug)]
 struct Cached {
     key: Box<[u8]>,
+    /// Most messages it holds: `inbox_cap` or `topic_history`.
+    cap: u64,
     inbox: Inbox,
     /// The inbox has a record in the current format on disk.
     recorded: bool,
@@ -148,14 +183,30 @@ struct Staged {
     values: Vec<(Slice, u64)>,
     cursors: HashMap<Vec<u8>, Cursor>,
     idempotency: HashMap<Vec<u8>, IdemRecord>,
+    /// Subscription key -> subscribed after the batch, for those the batch changes.
+    subscriptions: HashMap<Vec<u8>, bool>,
+    /// Inbox key -> the user's subscriptions after the batch, for users the batch touched.
+    subscription_counts: HashMap<Vec<u8>, usize>,
     /// Messages x users stored.
     appends: u64,
+    /// Publications stored.
+    publishes: u64,
+}
+
+impl Staged {
+    /// Whether the batch holds writes that [`Durability::Sync`] fsyncs before answering:
+    /// messages and subscriptions, not cursors.
+    fn wants_fsync(&self) -> bool {
+        self.appends > 0 || self.publishes > 0 || !self.subscriptions.is_empty()
+    }
 }
 
 enum Answer {
     Append(Reply<Appended>, Result<Appended, StoreError>),
+    Seq(Reply<Seq>, Result<Seq, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<u32>, Result<u32, StoreError>),
+    Subscription(Reply<Subscription>, Result<Subscription, StoreError>),
 }
 
 impl Answer {
@@ -170,8 +221,10 @@ impl Answer {
         // A caller that gave up has dropped its receiver: nothing to tell it.
         match self {
             Answer::Append(tx, r) => drop(tx.send(pick(r, failed))),
+            Answer::Seq(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Unit(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Count(tx, r) => drop(tx.send(pick(r, failed))),
+            Answer::Subscription(tx, r) => drop(tx.send(pick(r, failed))),
         }
     }
 }
@@ -181,6 +234,7 @@ struct Metrics {
     batches: Counter,
     fsyncs: Counter,
     appends: Counter,
+    publishes: Counter,
     batch_requests: Histogram,
     fsync_seconds: Histogram,
     expired_messages: Counter,
@@ -224,6 +278,7 @@ impl Writer {
                 batches: counter!("tether_store_batches_total"),
                 fsyncs: counter!("tether_store_fsyncs_total"),
                 appends: counter!("tether_store_appends_total"),
+                publishes: counter!("tether_store_publishes_total"),
                 batch_requests: histogram!("tether_store_batch_requests"),
                 fsync_seconds: histogram!("tether_store_fsync_seconds"),
                 expired_messages: counter!("tether_store_expired_deleted_total", "kind" => "message"),
@@ -398,6 +453,14 @@ impl Writer {
                     let r = self.stage_append(&mut staged, append);
                     Answer::Append(reply, r)
                 }
+                Write::Publish {
+                    topic,
+                    message,
+                    reply,
+                } => {
+                    let r = self.stage_publish(&mut staged, &topic, &message);
+                    Answer::Seq(reply, r)
+                }
                 Write::Ack { cursor, seq, reply } => {
                     let r = self.stage_cursor(&mut staged, cursor, |c| {
                         if seq > c.acked {
@@ -412,6 +475,16 @@ impl Writer {
                 Write::NoteAttempt { cursor, seq, reply } => {
                     let r = self.stage_cursor(&mut staged, cursor, |c| count_attempt(c, seq));
                     Answer::Count(reply, r)
+                }
+                Write::Subscribe {
+                    user,
+                    key,
+                    subscribed,
+                    max,
+                    reply,
+                } => {
+                    let r = self.stage_subscription(&mut staged, user, key, subscribed, max);
+                    Answer::Subscription(reply, r)
                 }
             });
         }
@@ -428,6 +501,10 @@ impl Writer {
                 .appends
                 .fetch_add(staged.appends, Ordering::Relaxed);
             self.metrics.appends.increment(staged.appends);
+            self.counters
+                .publishes
+                .fetch_add(staged.publishes, Ordering::Relaxed);
+            self.metrics.publishes.increment(staged.publishes);
         }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.metrics.batches.increment(1);
@@ -444,9 +521,10 @@ impl Writer {
         self.slots.clear();
     }
 
-    /// Loads an inbox into the cache (the only fallible part of an append to it) and returns
-    /// its slot.
-    fn load(&mut self, key: &[u8]) -> Result<usize, StoreError> {
+    /// Loads an inbox or topic history holding at most `cap` messages into the cache (the only
+    /// fallible part of an append to it) and returns its slot. A key is always loaded with
+    /// the same cap: inbox and topic keys never meet.
+    fn load(&mut self, key: &[u8], cap: usize) -> Result<usize, StoreError> {
         if let Some(&slot) = self.index.get(key) {
             return Ok(slot);
         }
@@ -454,6 +532,7 @@ impl Writer {
         let slot = self.slots.len();
         self.slots.push(Cached {
             key: key.into(),
+            cap: cap.max(1) as u64,
             inbox: Inbox {
                 meta: recovered.meta,
                 front_expires: None,
@@ -491,17 +570,14 @@ impl Writer {
             }
             None => None,
         };
-        if m.payload.len() > u32::MAX as usize / 2 {
-            return Err(StoreError::Unavailable(
-                "payload too large for the store".into(),
-            ));
-        }
+        check_payload(m)?;
+        let cap = self.options.retention.inbox_cap;
         let mut slots = Vec::with_capacity(append.users.len());
         let mut key = std::mem::take(&mut self.key_buf);
         for user in &append.users {
             key.clear();
             codec::put_inbox_key(&mut key, &append.app, user);
-            let slot = codec::check_inbox_key(&key).and_then(|()| self.load(&key));
+            let slot = codec::check_inbox_key(&key).and_then(|()| self.load(&key, cap));
             match slot {
                 Ok(slot) => slots.push(slot),
                 Err(e) => {
@@ -512,29 +588,12 @@ impl Writer {
         }
         self.key_buf = key;
 
-        let value = st.values.len();
-        st.values.push((
-            Slice::from(codec::encode_message(
-                m.id,
-                m.created_ms,
-                m.expires_ms,
-                m.kind,
-                &m.payload,
-            )),
-            m.expires_ms,
-        ));
+        let value = stage_value(st, m);
         let mut seqs = Vec::with_capacity(append.users.len());
         for (user, slot) in append.users.iter().zip(slots) {
             // A user listed twice gets two seqs: both go through the one cache entry.
-            let cached = &mut self.slots[slot];
-            if cached.disk_head.is_none() {
-                cached.disk_head = Some(cached.inbox.meta.head);
-                st.inboxes.push(slot);
-            }
-            cached.inbox.meta.head += 1;
-            let seq = cached.inbox.meta.head;
-            st.messages.push(StagedMessage { slot, seq, value });
-            seqs.push((user.clone(), Seq(seq)));
+            let seq = self.stage_message(st, slot, value);
+            seqs.push((user.clone(), seq));
         }
         st.appends += append.users.len() as u64;
         let appended = Appended {
@@ -553,6 +612,82 @@ impl Writer {
             );
         }
         Ok(appended)
+    }
+
+    /// Adds a publication to the batch, or answers it (before any change, like an append).
+    fn stage_publish(
+        &mut self,
+        st: &mut Staged,
+        topic: &[u8],
+        message: &NewMessage,
+    ) -> Result<Seq, StoreError> {
+        check_payload(message)?;
+        codec::check_inbox_key(topic)?;
+        let slot = self.load(topic, self.options.retention.topic_history)?;
+        let value = stage_value(st, message);
+        let offset = self.stage_message(st, slot, value);
+        st.publishes += 1;
+        Ok(offset)
+    }
+
+    /// Gives the message `value` of the batch the next seq of the log in `slot`.
+    fn stage_message(&mut self, st: &mut Staged, slot: usize, value: usize) -> Seq {
+        let cached = &mut self.slots[slot];
+        if cached.disk_head.is_none() {
+            cached.disk_head = Some(cached.inbox.meta.head);
+            st.inboxes.push(slot);
+        }
+        cached.inbox.meta.head += 1;
+        let seq = cached.inbox.meta.head;
+        st.messages.push(StagedMessage { slot, seq, value });
+        Seq(seq)
+    }
+
+    /// Adds a subscription change to the batch: reads what the disk and the batch say of the
+    /// subscription and of the user's count, and decides. The count is a scan of the user's
+    /// subscription keys, once per batch that touches the user.
+    fn stage_subscription(
+        &mut self,
+        st: &mut Staged,
+        user: Vec<u8>,
+        key: Vec<u8>,
+        subscribed: bool,
+        max: usize,
+    ) -> Result<Subscription, StoreError> {
+        codec::check_key(&key)?;
+        let held = match st.subscriptions.get(&key) {
+            Some(&held) => held,
+            None => match self.ks.subscriptions.get(&key).map_err(unavailable)? {
+                Some(v) => codec::decode_subscription(&v).map(|()| true)?,
+                None => false,
+            },
+        };
+        if held == subscribed {
+            return Ok(Subscription::Set { changed: false });
+        }
+        let count = match st.subscription_counts.get(&user) {
+            Some(&n) => n,
+            None => {
+                let mut n = 0;
+                for guard in self.ks.subscriptions.prefix(&user) {
+                    guard.key().map_err(unavailable)?;
+                    n += 1;
+                }
+                n
+            }
+        };
+        let count = if subscribed {
+            if count >= max {
+                return Ok(Subscription::TooMany(count));
+            }
+            count + 1
+        } else {
+            // The key exists, so the count is at least 1.
+            count.saturating_sub(1)
+        };
+        st.subscription_counts.insert(user, count);
+        st.subscriptions.insert(key, subscribed);
+        Ok(Subscription::Set { changed: true })
     }
 
     fn stage_cursor<T>(
@@ -578,8 +713,8 @@ impl Writer {
     /// durability mode asks for that before answering.
     fn commit(&mut self, st: &mut Staged, now_ms: u64) -> Result<(), StoreError> {
         let ks = self.ks.clone();
+        let wants_fsync = st.wants_fsync();
         let mut batch = ks.db.batch().durability(Some(PersistMode::Buffer));
-        let cap = self.options.retention.inbox_cap.max(1) as u64;
         let mut expired = 0;
         for &slot in &st.inboxes {
             let cached = &mut self.slots[slot];
@@ -588,7 +723,7 @@ impl Writer {
             };
             let inbox = &mut cached.inbox;
             let old_first = inbox.meta.first;
-            let first = old_first.max((inbox.meta.head + 1).saturating_sub(cap));
+            let first = old_first.max((inbox.meta.head + 1).saturating_sub(cached.cap));
             // Held messages the cap pushes out (new ones it pushes out are never written), and
             // how far this batch deletes them.
             let pushed_out = first.min(disk_head + 1);
@@ -632,12 +767,19 @@ impl Writer {
         for (key, record) in st.idempotency.drain() {
             batch.insert(&ks.idempotency, key, codec::encode_idempotency(&record)?);
         }
+        for (key, subscribed) in st.subscriptions.drain() {
+            if subscribed {
+                batch.insert(&ks.subscriptions, key, codec::encode_subscription());
+            } else {
+                batch.remove(&ks.subscriptions, key);
+            }
+        }
         if batch.is_empty() {
             return Ok(());
         }
         batch.commit().map_err(unavailable)?;
         self.metrics.expired_messages.increment(expired);
-        if self.options.durability == Durability::Sync && st.appends > 0 {
+        if self.options.durability == Durability::Sync && wants_fsync {
             self.sync()
         } else {
             // Acks ride along with the next fsync; in interval mode, so does everything.
@@ -645,4 +787,29 @@ impl Writer {
             Ok(())
         }
     }
+}
+
+fn check_payload(m: &NewMessage) -> Result<(), StoreError> {
+    if m.payload.len() > u32::MAX as usize / 2 {
+        return Err(StoreError::Unavailable(
+            "payload too large for the store".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes a message once for the batch (an append shares it between its users) and returns
+/// its index in [`Staged::values`].
+fn stage_value(st: &mut Staged, m: &NewMessage) -> usize {
+    st.values.push((
+        Slice::from(codec::encode_message(
+            m.id,
+            m.created_ms,
+            m.expires_ms,
+            m.kind,
+            &m.payload,
+        )),
+        m.expires_ms,
+    ));
+    st.values.len() - 1
 }
