@@ -570,3 +570,49 @@ async fn subscribers_that_stop_reading_are_closed_and_memory_stays_bounded() {
     assert!(metric(&page, "tether_queue_overflows_total").unwrap_or(0.0) >= 10.0);
     drop((stalled, kept));
 }
+
+#[tokio::test]
+async fn history_and_server_side_subscriptions_survive_a_restart_of_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = Config::for_tests();
+        config.store.backend = tether_server::config::StoreBackend::Embedded;
+        config.node.data_dir = dir.path().to_owned();
+        config
+    };
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    for n in 1..=3 {
+        let reply = publish_ok(&http, "log", json!({"payload": n, "qos": 1})).await;
+        assert_eq!(reply["offset"], n);
+    }
+    let reply = http
+        .post_raw(
+            &format!("/v1/apps/{APP}/users/alice/topics/log"),
+            Some(API_KEY),
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    node.shutdown();
+    node.wait().await;
+
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    // alice joins "log" at connect (the store remembered it), live from offset 3.
+    let (mut alice, _) = TcpClient::connected(node.tcp_addr().unwrap(), "alice", "d", 0).await;
+    let (id, s) = expect_subscribed(alice.frame().await);
+    assert_eq!((id, s.topic.as_str(), s.offset), (0, "log", 3));
+    // bob resumes after offset 1.
+    let (mut bob, _) = TcpClient::connected(node.tcp_addr().unwrap(), "bob", "d", 0).await;
+    bob.send(&subscribe(1, "log", Some(1))).await;
+    let (_, s) = expect_subscribed(bob.frame().await);
+    assert_eq!((s.recovery, s.offset), (Recovery::Complete, 3));
+    assert_eq!(expect_publication(bob.frame().await).offset, 2);
+    assert_eq!(expect_publication(bob.frame().await).offset, 3);
+    // Offsets continue after the restart.
+    let reply = publish_ok(&http, "log", json!({"payload": 4, "qos": 1})).await;
+    assert_eq!(reply["offset"], 4);
+    assert_eq!(expect_publication(alice.frame().await).offset, 4);
+    assert_eq!(expect_publication(bob.frame().await).offset, 4);
+}
