@@ -77,42 +77,54 @@ pub(super) async fn publish(
     }
     let (kind, payload) = api.payload(req.payload, req.payload_base64)?;
     api.limit(&app)?;
+    let ttl = match req.qos {
+        1 => Some(ttl(&api.store_config, req.ttl)?),
+        _ => None,
+    };
     // Room in the fan-out queue first: a publication is never stored without its fan-out.
     let room = api.fanout.reserve(&app).map_err(|b| busy(&api, b))?;
-    let id = api.ids.next();
-    let now = tether_core::now_ms();
-    let offset = if req.qos == 1 {
-        let ttl = ttl(&api.store_config, req.ttl)?;
-        let message = NewMessage {
-            id,
-            created_ms: now,
-            expires_ms: now.saturating_add(ttl.as_millis() as u64),
-            kind,
-            payload: payload.clone(),
-        };
-        let Seq(offset) = api
-            .store
-            .publish(&app, &topic, message)
-            .await
-            .map_err(|e| {
-                api.metrics.store_error("publish");
-                store_error(e)
-            })?;
-        offset
-    } else {
-        0
-    };
-    let msg = Arc::new(Outgoing::publication(Publication {
-        app: app.to_string(),
-        topic: topic.to_string(),
-        offset,
-        msg_id: id.0,
-        created_ms: now,
-        kind,
-        payload,
-    }));
-    let subscribers = api.fanout.subscribers(&app, &topic);
-    room.send(Job::Publish { topic, offset, msg });
+    // Storing and queueing run in their own task: a request cancelled in between (a client
+    // that hangs up, the request timeout) must not leave a stored publication unsent. The
+    // reserved room bounds these tasks.
+    let done = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let id = api.ids.next();
+            let now = tether_core::now_ms();
+            let offset = match ttl {
+                Some(ttl) => {
+                    let message = NewMessage {
+                        id,
+                        created_ms: now,
+                        expires_ms: now.saturating_add(ttl.as_millis() as u64),
+                        kind,
+                        payload: payload.clone(),
+                    };
+                    api.store.publish(&app, &topic, message).await?.0
+                }
+                None => 0,
+            };
+            let msg = Arc::new(Outgoing::publication(Publication {
+                app: app.to_string(),
+                topic: topic.to_string(),
+                offset,
+                msg_id: id.0,
+                created_ms: now,
+                kind,
+                payload,
+            }));
+            let subscribers = api.fanout.subscribers(&app, &topic);
+            room.send(Job::Publish { topic, offset, msg });
+            Ok::<_, tether_core::StoreError>((id, offset, subscribers))
+        }
+    });
+    let (id, offset, subscribers) = done
+        .await
+        .map_err(|e| ApiError::unavailable(format!("publish failed: {e}")))?
+        .map_err(|e| {
+            api.metrics.store_error("publish");
+            store_error(e)
+        })?;
     api.metrics.publish(req.qos);
     Ok(Json(json!({
         "id": id,

@@ -241,12 +241,12 @@ impl Fanout {
 
     /// Reserves room for one job of `app`, so that a publication can be stored knowing its
     /// fan-out will be queued.
-    pub fn reserve(&self, app: &AppId) -> Result<Reserved<'_>, Busy> {
+    pub fn reserve(&self, app: &AppId) -> Result<Reserved, Busy> {
         let fanout = self.apps.get(app).ok_or(Busy)?;
-        let permit = fanout.jobs.try_reserve().map_err(|_| Busy)?;
+        let permit = fanout.jobs.clone().try_reserve_owned().map_err(|_| Busy)?;
         Ok(Reserved {
             permit,
-            queued: &self.metrics.queued,
+            queued: self.metrics.queued.clone(),
         })
     }
 
@@ -328,12 +328,12 @@ impl Fanout {
 
 /// Room for one job in an app's queue.
 #[derive(Debug)]
-pub struct Reserved<'a> {
-    permit: mpsc::Permit<'a, Job>,
-    queued: &'a Gauge,
+pub struct Reserved {
+    permit: mpsc::OwnedPermit<Job>,
+    queued: Gauge,
 }
 
-impl Reserved<'_> {
+impl Reserved {
     pub fn send(self, job: Job) {
         self.permit.send(job);
         self.queued.increment(1.0);
@@ -447,9 +447,11 @@ impl Worker {
             for chunk in subs.chunks(pacer.chunk()) {
                 pacer.take(chunk.len()).await;
                 self.metrics.paced.increment(chunk.len() as u64);
-                reached.add(offer_all(chunk, msg));
+                let (r, closed) = offer_all(chunk, msg);
+                reached.add(r);
+                // Counted as closed only when this call removed them (their end may have).
+                reached.closed += closed.into_iter().filter(|id| topic.remove(*id)).count() as u64;
             }
-            // Closed connections leave at their end; nothing to remove here.
         } else if topic.len() >= PARALLEL_MIN && topic.shard_count() > 1 {
             let mut tasks = Vec::with_capacity(topic.shard_count() - 1);
             for i in 1..topic.shard_count() {
@@ -491,7 +493,7 @@ impl Worker {
             for chunk in conns.chunks(pacer.chunk()) {
                 pacer.take(chunk.len()).await;
                 self.metrics.paced.increment(chunk.len() as u64);
-                reached.add(offer_all(chunk, msg));
+                reached.add(offer_all(chunk, msg).0);
             }
         } else {
             let n = self.table.shard_count();
@@ -549,39 +551,15 @@ impl Worker {
             return;
         }
         let app = &self.topics.app;
-        let existing = self.topics.get(&topic_id);
-        // The store's head is needed when the topic is new on this node (live publications
-        // start after it) and when recovering.
-        let page = if existing.is_none() || since.is_some() {
-            let (after, limit) = match since {
-                Some(since) => (since, self.history_cap),
-                None => (u64::MAX, 0),
-            };
-            match self
-                .store
-                .history(app, &topic_id, Seq(after), limit, tether_core::now_ms())
-                .await
-            {
-                Ok(page) => Some(page),
-                Err(e) => {
-                    self.metrics.store_errors.increment(1);
-                    debug!(%app, topic = %topic_id, error = %e, "subscribe: history unavailable");
-                    conn.remove_topic(binding, &topic_id);
-                    let error = Frame::new(
-                        request,
-                        ErrorBody {
-                            code: Code::UNAVAILABLE,
-                            message: format!("topic {topic_id} is unavailable: {e}"),
-                        },
-                    );
-                    conn.enqueue(conn.encoding.encode(&error));
-                    return;
-                }
+        // With `since`, the history after it (and the head); otherwise the head is read only
+        // when the topic is new on this node, since live publications start after it.
+        let mut page = None;
+        if since.is_some() || self.topics.get(&topic_id).is_none() {
+            match self.read_history(&topic_id, since).await {
+                Ok(p) => page = Some(p),
+                Err(e) => return refuse(&conn, binding, &topic_id, request, &e),
             }
-        } else {
-            None
-        };
-        let head = page.as_ref().map(|p| p.head.0);
+        }
 
         // What a recovery sends, or why it cannot.
         let mut recovered = Vec::new();
@@ -613,46 +591,106 @@ impl Worker {
             }
         };
 
-        let mut topics = self.topics.lock();
-        let created = !topics.contains_key(&topic_id);
-        let topic = topics
-            .entry(topic_id.clone())
-            .or_insert_with(|| Arc::new(Topic::new(self.shards, head.unwrap_or(0))))
-            .clone();
-        if created {
-            self.metrics.topics.increment(1.0);
+        loop {
+            if self.join(&conn, &topic_id, request, recovery, &mut recovered, &page) {
+                return;
+            }
+            // The last subscriber left (a connection ending, outside this worker) since the
+            // check above: the new topic needs the store's head.
+            match self.read_history(&topic_id, None).await {
+                Ok(p) => page = Some(p),
+                Err(e) => return refuse(&conn, binding, &topic_id, request, &e),
+            }
         }
+    }
+
+    /// Queues `subscribed` and the recovered frames, then adds the subscriber, all under the
+    /// app's topic lock. `false` when the topic is not here and `page` holds no head to create
+    /// it with.
+    fn join(
+        &self,
+        conn: &Arc<ConnHandle>,
+        topic_id: &TopicId,
+        request: u32,
+        recovery: Recovery,
+        recovered: &mut Vec<bytes::Bytes>,
+        page: &Option<tether_core::store::Page>,
+    ) -> bool {
+        let mut topics = self.topics.lock();
+        let head = page.as_ref().map(|p| p.head.0);
+        let topic = match (topics.get(topic_id), head) {
+            (Some(topic), _) => topic.clone(),
+            (None, Some(head)) => {
+                let topic = Arc::new(Topic::new(self.shards, head));
+                topics.insert(topic_id.clone(), topic.clone());
+                self.metrics.topics.increment(1.0);
+                topic
+            }
+            (None, None) => return false,
+        };
         let fanned = topic.fanned.load(std::sync::atomic::Ordering::Relaxed);
         // Live publications start after `after`: everything up to it was recovered, or was
-        // published before the subscription.
-        let after = head.map_or(fanned, |h| h.max(fanned));
+        // published before the subscription. A connection subscribed already keeps its
+        // position if that is further on.
+        let mut after = head.map_or(fanned, |h| h.max(fanned));
+        if let Some(existing) = topic.position(conn.id) {
+            after = after.max(existing);
+        }
         let reply = Frame::new(
             request,
             Subscribed {
-                app: app.to_string(),
+                app: self.topics.app.to_string(),
                 topic: topic_id.to_string(),
                 offset: after,
                 recovery,
             },
         );
         let mut open = conn.enqueue(conn.encoding.encode(&reply)) == Enqueued::Queued;
-        for frame in recovered {
+        for frame in recovered.drain(..) {
             open &= conn.enqueue(frame) == Enqueued::Queued;
         }
-        if open && topic.insert(Sub { conn, after }) {
+        if open
+            && topic.insert(Sub {
+                conn: conn.clone(),
+                after,
+            })
+        {
             self.metrics.subscriptions.increment(1.0);
         }
         if topic.is_empty() {
-            topics.remove(&topic_id);
+            topics.remove(topic_id);
             self.metrics.topics.decrement(1.0);
         }
+        true
+    }
+
+    /// The topic's publications after `since` (all the history keeps), or only its head.
+    async fn read_history(
+        &self,
+        topic: &TopicId,
+        since: Option<u64>,
+    ) -> Result<tether_core::store::Page, tether_core::StoreError> {
+        let (after, limit) = match since {
+            Some(since) => (since, self.history_cap),
+            None => (u64::MAX, 0),
+        };
+        self.store
+            .history(
+                &self.topics.app,
+                topic,
+                Seq(after),
+                limit,
+                tether_core::now_ms(),
+            )
+            .await
+            .inspect_err(|_| self.metrics.store_errors.increment(1))
     }
 
     fn unsubscribe(&self, conn: &ConnHandle, binding: usize, topic: &TopicId, request: u32) {
-        // A subscribe of the same topic queued after this one re-added it: keep that one.
-        if !conn.has_topic(binding, topic) {
-            self.topics.remove(topic, conn.id, &self.metrics);
-        }
+        // Always out, even when a subscribe queued after this one already re-added the topic
+        // to the connection's list: that subscribe adds it back in its turn, after this
+        // `unsubscribed`, so no publication arrives between the two.
+        self.topics.remove(topic, conn.id, &self.metrics);
         let Some((app, _)) = conn.bindings.get(binding) else {
             return;
         };
@@ -667,17 +705,39 @@ impl Worker {
     }
 }
 
-/// Queues `msg` on each of `conns`.
-fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing) -> Reached {
+/// Answers a subscribe that cannot be served (the store is unavailable) with `error` 4301.
+fn refuse(
+    conn: &ConnHandle,
+    binding: usize,
+    topic: &TopicId,
+    request: u32,
+    e: &tether_core::StoreError,
+) {
+    debug!(topic = %topic, error = %e, "subscribe: history unavailable");
+    conn.remove_topic(binding, topic);
+    let error = Frame::new(
+        request,
+        ErrorBody {
+            code: Code::UNAVAILABLE,
+            message: format!("topic {topic} is unavailable: {e}"),
+        },
+    );
+    conn.enqueue(conn.encoding.encode(&error));
+}
+
+/// Queues `msg` on each of `conns`; also returns the connections found closed (not counted in
+/// the result: the caller decides whether they leave).
+fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing) -> (Reached, Vec<ConnId>) {
     let mut reached = Reached::default();
+    let mut closed = Vec::new();
     for conn in conns {
         match offer(conn, msg) {
             Enqueued::Queued => reached.delivered += 1,
             Enqueued::Overflow => reached.overflowed += 1,
-            Enqueued::Closed => reached.closed += 1,
+            Enqueued::Closed => closed.push(conn.id),
         }
     }
-    reached
+    (reached, closed)
 }
 
 fn broadcast_range(
@@ -830,6 +890,27 @@ mod tests {
         // The burst at once, then 10 every 100 ms: 100 recipients per second, none dropped.
         assert_eq!(delivered, vec![10, 10, 10, 10, 10, 0]);
         assert_eq!(fanout.subscribers(&app, &topic), 50);
+
+        // A closed subscriber found by a paced fan-out leaves the topic.
+        conns[0].finish();
+        fanout
+            .submit(
+                &app,
+                Job::Publish {
+                    topic: topic.clone(),
+                    offset: 0,
+                    msg: message(&app, &topic),
+                },
+            )
+            .unwrap();
+        for _ in 0..6 {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(drain(&conns), 49);
+        assert_eq!(fanout.subscribers(&app, &topic), 49);
     }
 
     #[tokio::test]

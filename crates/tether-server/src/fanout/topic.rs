@@ -84,14 +84,24 @@ impl Topic {
         self.shards[i].write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds or replaces a subscriber; whether it is new.
+    /// Adds a subscriber, or moves an existing one's position forward (never back: what it
+    /// recovered is not sent again); whether it is new.
     pub fn insert(&self, sub: Sub) -> bool {
         let id = sub.conn.id;
-        let new = self.write(self.shard(id)).insert(id, sub).is_none();
-        if new {
-            self.count.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.write(self.shard(id));
+        if let Some(existing) = shard.get_mut(&id) {
+            existing.after = existing.after.max(sub.after);
+            return false;
         }
-        new
+        shard.insert(id, sub);
+        drop(shard);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The position of subscriber `conn`, if it is one.
+    pub fn position(&self, conn: ConnId) -> Option<u64> {
+        self.read(self.shard(conn)).get(&conn).map(|s| s.after)
     }
 
     /// Removes a subscriber; whether it was there.

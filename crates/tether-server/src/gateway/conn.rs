@@ -174,7 +174,7 @@ async fn join_server_side_topics(gw: &Gateway, conn: &Arc<ConnHandle>) {
             };
             if gw.fanout.submit(app, job).is_err() {
                 conn.remove_topic(binding, &topic);
-                gw.metrics.store_error("subscribe");
+                gw.metrics.fanout_busy.increment(1);
             }
         }
     }
