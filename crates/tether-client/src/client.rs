@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tether_proto::{Code, Connected, Push};
+use tether_proto::{Code, Connected, Publication, Push, Recovery};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::task::{self, Task};
+use crate::topics::{Intent, validate_topic};
 use crate::{ClientConfig, ClientError};
 
 /// The longest [`Client::close`] waits for the connection task.
@@ -24,6 +25,52 @@ pub enum Event {
     /// A message from the server. Ack durable ones (`seq > 0`) with [`Client::ack`] once they
     /// are processed.
     Message(Push),
+    /// A publication of a topic this connection is subscribed to. `offset` is its place in the
+    /// topic's history (0 for a live-only, qos 0 publication). Publications are not acked.
+    ///
+    /// Per topic, publications with an offset arrive in increasing offset order, across
+    /// reconnects too: the client drops one it handed over before. A jump in offsets means
+    /// the history dropped publications before they could be sent (expired, or past its cap).
+    Publication(Publication),
+    /// The connection is subscribed to a topic: the answer to [`Client::subscribe`], to the
+    /// client's own resubscribe after a reconnect, or a subscription made by the business
+    /// through the API (`server_side`), including the server re-applying it at a reconnect.
+    ///
+    /// `since` is the offset the client asked to resume after (`None`: live only). What
+    /// `recovery` says:
+    /// - [`Recovery::Live`]: publications after `offset` follow.
+    /// - [`Recovery::Complete`]: every publication after `since` up to `offset` follows this
+    ///   event, in order, then live ones. Nothing was lost.
+    /// - [`Recovery::TooOld`]: **publications after `since` up to `offset` are lost**: the
+    ///   topic's history no longer holds them (or holds more than the server sends at once).
+    ///   Refetch them from the business backend; publications after `offset` follow.
+    Subscribed {
+        app: String,
+        topic: String,
+        offset: u64,
+        recovery: Recovery,
+        since: Option<u64>,
+        /// The business subscribed the user (not this application).
+        server_side: bool,
+    },
+    /// No more publications of the topic follow: the answer to [`Client::unsubscribe`], or the
+    /// business unsubscribed the user (`server_side`). The client forgets the topic.
+    Unsubscribed {
+        app: String,
+        topic: String,
+        server_side: bool,
+    },
+    /// A subscribe was refused. With `retrying` (code 4301, the server is busy) the client sends
+    /// it again after a backoff delay and at the next reconnect, and publications of the topic
+    /// that would be recovered wait for it; otherwise (4300 bad request, 4302 too many topics on
+    /// this connection) the client forgets the topic.
+    SubscribeFailed {
+        app: String,
+        topic: String,
+        code: Code,
+        message: String,
+        retrying: bool,
+    },
     /// A request of this client failed (codes 43xx); the connection stays open.
     Error { code: Code, message: String },
     /// A connection ended, or a reconnect attempt failed. `code` is the server's code when it
@@ -44,11 +91,38 @@ pub(crate) struct Shared {
     /// The highest seq acked per app and not yet written to a connection. Acks are
     /// cumulative, so a newer one replaces an older one and nothing is queued.
     pub acks: Mutex<HashMap<String, u64>>,
-    /// Wakes the task when `acks` changes.
-    pub ack_wake: Notify,
+    /// Topic calls the task has not taken yet, in call order, one per (app, topic): a later
+    /// call replaces an earlier one, so this holds at most one entry per topic named.
+    pub topic_calls: Mutex<Vec<(String, String, Intent)>>,
+    /// Wakes the task when `acks` or `topic_calls` change.
+    pub wake: Notify,
 }
 
 impl Shared {
+    /// Takes the pending topic calls (the task applies them).
+    pub fn take_topic_calls(&self) -> Vec<(String, String, Intent)> {
+        std::mem::take(
+            &mut *self
+                .topic_calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Records a topic call, replacing a pending one for the same topic.
+    fn push_topic_call(&self, app: &str, topic: &str, intent: Intent) {
+        let mut calls = self
+            .topic_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut intent = intent;
+        if let Some(i) = calls.iter().position(|(a, t, _)| a == app && t == topic) {
+            let (_, _, earlier) = calls.remove(i);
+            intent = earlier.then(intent);
+        }
+        calls.push((app.to_owned(), topic.to_owned(), intent));
+    }
+
     /// Takes the pending acks (the task writes them).
     pub fn take_acks(&self) -> HashMap<String, u64> {
         std::mem::take(&mut *self.acks.lock().unwrap_or_else(PoisonError::into_inner))
@@ -67,7 +141,7 @@ impl Shared {
 }
 
 /// A connection to a tether server that keeps itself alive: heartbeats, reconnects with
-/// backoff, resends pending acks after a reconnect.
+/// backoff, resends pending acks and resubscribes its topics after a reconnect.
 ///
 /// One background task owns the socket. Dropping the client stops it (abruptly);
 /// [`Client::close`] stops it politely.
@@ -91,7 +165,8 @@ impl Client {
         let shared = Arc::new(Shared {
             apps: config.bindings.iter().map(|b| b.app.clone()).collect(),
             acks: Mutex::new(HashMap::new()),
-            ack_wake: Notify::new(),
+            topic_calls: Mutex::new(Vec::new()),
+            wake: Notify::new(),
         });
         let (events_tx, events) = mpsc::channel(config.event_buffer);
         let cancel = CancellationToken::new();
@@ -125,15 +200,58 @@ impl Client {
     /// as it can, including after a reconnect if the connection was down. `seq == 0`
     /// (transient messages) is ignored.
     pub fn ack(&self, app: &str, seq: u64) -> Result<(), ClientError> {
+        self.check_open(app)?;
+        if seq > 0 {
+            self.shared.merge_ack(app, seq);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `topic` of `app`, live from now on: answered by [`Event::Subscribed`]
+    /// (or [`Event::SubscribeFailed`]), then [`Event::Publication`]s.
+    ///
+    /// Does not wait: the connection task sends it as soon as it can (at the next connection
+    /// if none is up). The client then keeps the subscription: after every reconnect it
+    /// subscribes again with the last offset it handed over, so that the server recovers what
+    /// was published meanwhile (see [`Event::Subscribed`] for when it cannot). Subscribing to a
+    /// topic the client has already is not an error: the server answers again.
+    pub fn subscribe(&self, app: &str, topic: &str) -> Result<(), ClientError> {
+        self.topic_call(app, topic, Intent::Subscribe { since: None })
+    }
+
+    /// Like [`Client::subscribe`], but first recovers the publications after `since`, the last
+    /// offset the application kept from an earlier run (an [`Event::Subscribed`] with
+    /// [`Recovery::TooOld`] says when the history no longer has them).
+    pub fn subscribe_since(&self, app: &str, topic: &str, since: u64) -> Result<(), ClientError> {
+        self.topic_call(app, topic, Intent::Subscribe { since: Some(since) })
+    }
+
+    /// Leaves `topic` of `app`: publications of it stop at once (the client drops those still
+    /// on the way), the server answers [`Event::Unsubscribed`], and the client forgets the
+    /// topic. Does not wait, like [`Client::subscribe`].
+    ///
+    /// For a topic the business subscribed the user to, this lasts for the current connection:
+    /// the server subscribes every new connection of the user again.
+    pub fn unsubscribe(&self, app: &str, topic: &str) -> Result<(), ClientError> {
+        self.topic_call(app, topic, Intent::Unsubscribe)
+    }
+
+    fn topic_call(&self, app: &str, topic: &str, intent: Intent) -> Result<(), ClientError> {
+        self.check_open(app)?;
+        validate_topic(topic)?;
+        self.shared.push_topic_call(app, topic, intent);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// `app` is bound and the connection task still runs.
+    fn check_open(&self, app: &str) -> Result<(), ClientError> {
         if !self.shared.apps.iter().any(|a| a == app) {
             return Err(ClientError::NotBound(app.to_owned()));
         }
         if self.task.as_ref().is_none_or(JoinHandle::is_finished) {
             return Err(ClientError::Closed);
-        }
-        if seq > 0 {
-            self.shared.merge_ack(app, seq);
-            self.shared.ack_wake.notify_one();
         }
         Ok(())
     }

@@ -40,9 +40,13 @@ pub enum ClientError {
         /// The server's `retry_after_ms` (zero when it gave none).
         retry_after: Duration,
     },
-    /// [`crate::Client::ack`] for an app that is not among the config's bindings.
+    /// [`crate::Client::ack`] or a topic call for an app that is not among the config's
+    /// bindings.
     #[error("app {0:?} is not bound on this client")]
     NotBound(String),
+    /// A topic name the protocol does not allow (1 to 128 bytes, no control characters).
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: &'static str },
     /// The client was closed, or its connection ended for good.
     #[error("the client is closed")]
     Closed,
@@ -64,6 +68,7 @@ impl ClientError {
             ClientError::InvalidUrl { .. }
             | ClientError::Config(_)
             | ClientError::NotBound(_)
+            | ClientError::InvalidTopic { .. }
             | ClientError::Closed => false,
             ClientError::Rejected { code, .. } => code.should_reconnect(),
             _ => true,

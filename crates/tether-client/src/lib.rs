@@ -1,17 +1,29 @@
 //! The Rust client SDK for tether: connect to a gateway over TCP or WebSocket, receive pushes,
-//! ack them, and stay connected (heartbeats, reconnect with backoff).
+//! ack them, follow topics, and stay connected (heartbeats, reconnect with backoff, topics
+//! resubscribed without losing what their history holds).
 //!
 //! ```no_run
-//! use tether_client::{Client, ClientConfig, Event};
+//! use tether_client::{Client, ClientConfig, Event, Recovery};
 //!
 //! # async fn example() -> Result<(), tether_client::ClientError> {
 //! let config = ClientConfig::new("tcp://127.0.0.1:7000", "my-device").bind("demo", "<token>");
 //! let mut client = Client::connect(config).await?; // fails on e.g. a bad token (code 4204)
+//! client.subscribe("demo", "room-1")?; // kept, and resubscribed after every reconnect
 //! while let Some(event) = client.recv().await {
 //!     match event {
 //!         Event::Message(push) => {
 //!             println!("{} bytes for {}", push.payload.len(), push.app);
 //!             client.ack(&push.app, push.seq)?; // cumulative; ignored for seq 0
+//!         }
+//!         Event::Publication(p) => {
+//!             println!("{}/{} #{}: {} bytes", p.app, p.topic, p.offset, p.payload.len());
+//!         }
+//!         Event::Subscribed { topic, recovery: Recovery::TooOld, since, offset, .. } => {
+//!             // Publications after `since` up to `offset` are gone from the history.
+//!             eprintln!("{topic}: refetch {since:?}..={offset} from the backend");
+//!         }
+//!         Event::SubscribeFailed { topic, code, retrying: false, .. } => {
+//!             eprintln!("cannot subscribe to {topic}: {code}");
 //!         }
 //!         Event::Disconnected { reason, reconnecting, .. } => {
 //!             eprintln!("disconnected: {reason} (reconnecting: {reconnecting})");
@@ -29,7 +41,9 @@
 //!   `tcp://` / `ws://` URLs.
 //! - `client`: [`Client`], the user's handle, and the [`Event`]s it yields.
 //! - `task`: the one background task per client that owns the socket: handshake, heartbeats,
-//!   acks, reconnect loop.
+//!   acks, topic requests, reconnect loop.
+//! - `topics`: the subscription table (no I/O): the last offset handed over per topic, what to
+//!   send after a reconnect, which publications are duplicates.
 //! - `transport`: frames over a socket (TCP stream of binary frames; WebSocket with binary or
 //!   JSON messages).
 //! - `backoff`: reconnect delays (exponential, full jitter, server's `retry_after_ms` as a
@@ -51,16 +65,33 @@
 //!   [`Client::recv`], the task stops reading the socket (heartbeats continue); the server's
 //!   per-connection queue then fills and its slow-consumer protection disconnects the client
 //!   (code 4001, "slow"), which reconnects and gets unacked durable messages again. Nothing in the
-//!   client grows without bound: acks are coalesced to one pending seq per bound app.
+//!   client grows without bound: acks are coalesced to one pending seq per bound app, topic
+//!   calls to one pending call per topic.
+//! - **Topics**: [`Client::subscribe`] and [`Client::unsubscribe`] do not wait; the server
+//!   answers with [`Event::Subscribed`] / [`Event::Unsubscribed`] or
+//!   [`Event::SubscribeFailed`], and [`Event::Publication`]s follow. The client remembers each
+//!   topic and the last offset it handed over. On every reconnect it subscribes again with
+//!   `since` = that offset (live-only when it has none), so the server resends what the topic's
+//!   history still holds, in order, and says [`Recovery::TooOld`] when it no longer does; a
+//!   publication at or below that offset (a resend around a reconnect) is dropped, except
+//!   offset 0 (live-only). Subscriptions the business made through the API (`server_side`)
+//!   are re-applied by the server at connect, live-only: the client does not subscribe to
+//!   them again itself, unless the server's re-application starts after the last offset it
+//!   handed over, in which case it sends one subscribe with `since` to recover the gap (the
+//!   application sees only that one's answer). A subscribe refused with 4301 (busy) is retried
+//!   after a backoff delay and at the next reconnect; other refusals forget the topic.
 
 mod backoff;
 mod client;
 mod config;
 mod error;
 mod task;
+mod topics;
 mod transport;
 
 pub use client::{CLOSE_TIMEOUT, Client, Event};
 pub use config::{ClientConfig, ReconnectPolicy, WsEncoding};
 pub use error::ClientError;
-pub use tether_proto::{Binding, Bound, Code, Connected, Group, PayloadKind, Push};
+pub use tether_proto::{
+    Binding, Bound, Code, Connected, Group, PayloadKind, Publication, Push, Recovery,
+};

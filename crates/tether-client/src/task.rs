@@ -1,5 +1,5 @@
-//! The connection task: owns the socket, runs the handshake, heartbeats and acks, hands events
-//! to the [`crate::Client`], and reconnects.
+//! The connection task: owns the socket, runs the handshake, heartbeats, acks and topic
+//! requests, hands events to the [`crate::Client`], and reconnects.
 //!
 //! # States
 //!
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::client::Shared;
 use crate::config::Endpoint;
+use crate::topics::Topics;
 use crate::transport::{Incoming, Transport};
 use crate::{ClientConfig, ClientError, Event};
 
@@ -79,6 +80,8 @@ pub(crate) struct Task {
     /// The highest durable seq handed to the user, per app of the bindings (which bounds the
     /// map). A reconnect resumes after it; a push at or below it is a duplicate and dropped.
     last_seqs: HashMap<String, u64>,
+    /// Topic subscriptions and their offsets, kept across reconnects.
+    topics: Topics,
 }
 
 impl Task {
@@ -90,7 +93,6 @@ impl Task {
         cancel: CancellationToken,
     ) -> Task {
         Task {
-            config,
             endpoint,
             events,
             shared,
@@ -98,12 +100,13 @@ impl Task {
             last_id: 0,
             held: None,
             last_seqs: HashMap::new(),
+            topics: Topics::new(&config.reconnect),
+            config,
         }
     }
 
     fn next_id(&mut self) -> u32 {
-        self.last_id = self.last_id.wrapping_add(1).max(1);
-        self.last_id
+        next_request_id(&mut self.last_id)
     }
 
     /// Connects and runs the handshake, all within `connect_timeout`.
@@ -260,6 +263,26 @@ impl Task {
         }
     }
 
+    /// Applies the application's topic calls and writes the topic requests that are due. On
+    /// failure the connection is lost, and the next one sends every request again anyway.
+    async fn write_topics(
+        &mut self,
+        conn: &mut Transport,
+        limit: Duration,
+    ) -> Result<bool, ClientError> {
+        let now = Instant::now();
+        for (app, topic, intent) in self.shared.take_topic_calls() {
+            self.topics.apply(app, topic, intent, now);
+        }
+        let last_id = &mut self.last_id;
+        let frames = self.topics.due(now, &mut || next_request_id(last_id));
+        if frames.is_empty() {
+            return Ok(false);
+        }
+        Self::send(conn, &frames, limit).await?;
+        Ok(true)
+    }
+
     /// Serves one established connection until it ends.
     async fn session(&mut self, mut conn: Transport, heartbeat: Duration) -> End {
         let silence_limit = heartbeat * 2;
@@ -278,7 +301,17 @@ impl Task {
             Ok(false) => {}
             Err(e) => return End::lost(e.to_string()),
         }
+        // Subscriptions of the application, again (those of the business: when the server
+        // re-applies them), and topic calls made while no connection was up.
+        self.topics.connection_started(Instant::now());
+        match self.write_topics(&mut conn, heartbeat).await {
+            Ok(true) => last_sent = Instant::now(),
+            Ok(false) => {}
+            Err(e) => return End::lost(e.to_string()),
+        }
         loop {
+            // Topic requests waiting to be retried (new ones are written right away).
+            let topics_due = self.topics.next_due();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -294,8 +327,20 @@ impl Task {
                     // Silence while we were not reading says nothing about the server.
                     unanswered_ping = None;
                 }
-                _ = shared.ack_wake.notified() => {
+                _ = shared.wake.notified() => {
                     match self.write_acks(&mut conn, heartbeat).await {
+                        Ok(true) => last_sent = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => return End::lost(e.to_string()),
+                    }
+                    match self.write_topics(&mut conn, heartbeat).await {
+                        Ok(true) => last_sent = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => return End::lost(e.to_string()),
+                    }
+                }
+                _ = sleep_until(topics_due.unwrap_or(last_sent)), if topics_due.is_some() => {
+                    match self.write_topics(&mut conn, heartbeat).await {
                         Ok(true) => last_sent = Instant::now(),
                         Ok(false) => {}
                         Err(e) => return End::lost(e.to_string()),
@@ -339,9 +384,39 @@ impl Task {
                             }
                             last_sent = Instant::now();
                         }
+                        Body::Publication(p) => {
+                            if !self.topics.publication(&p) {
+                                continue;
+                            }
+                            if !self.deliver(Event::Publication(p)) {
+                                return End::Closed;
+                            }
+                        }
+                        Body::Subscribed(s) => {
+                            let event = self.topics.subscribed(frame.id, s, Instant::now());
+                            // A re-applied server-side subscription may need a recovery.
+                            match self.write_topics(&mut conn, heartbeat).await {
+                                Ok(true) => last_sent = Instant::now(),
+                                Ok(false) => {}
+                                Err(e) => return End::lost(e.to_string()),
+                            }
+                            if let Some(event) = event && !self.deliver(event) {
+                                return End::Closed;
+                            }
+                        }
+                        Body::Unsubscribed(u) => {
+                            if let Some(event) = self.topics.unsubscribed(frame.id, u)
+                                && !self.deliver(event)
+                            {
+                                return End::Closed;
+                            }
+                        }
                         Body::Error(e) if e.code.group() == Group::RequestError => {
-                            let event = Event::Error { code: e.code, message: e.message };
-                            if !self.deliver(event) {
+                            let event = match self.topics.failed(frame.id, e, Instant::now()) {
+                                Ok(event) => event,
+                                Err(e) => Some(Event::Error { code: e.code, message: e.message }),
+                            };
+                            if let Some(event) = event && !self.deliver(event) {
                                 return End::Closed;
                             }
                         }
@@ -371,6 +446,12 @@ impl Task {
             }
         }
     }
+}
+
+/// The next request id after `last` (ids start at 1; 0 is for frames that answer nothing).
+fn next_request_id(last: &mut u32) -> u32 {
+    *last = last.wrapping_add(1).max(1);
+    *last
 }
 
 /// The interval at which the client must send something, as the server negotiated it.

@@ -1,15 +1,19 @@
 //! The client against a real node on port 0: pushes over TCP and WebSocket (binary and JSON),
-//! graceful shutdown, a refused token, reconnecting to a restarted node.
+//! graceful shutdown, a refused token, reconnecting to a restarted node, topics recovered
+//! across a lost connection and a restart.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tether_client::{
-    Client, ClientConfig, ClientError, Code, Event, PayloadKind, Push, WsEncoding,
+    Client, ClientConfig, ClientError, Code, Event, PayloadKind, Push, Recovery, WsEncoding,
 };
 use tether_core::{AppId, UserId};
 use tether_server::{Config, Node};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 const SECRET: &[u8] = b"demo-secret-0123456789";
@@ -343,6 +347,292 @@ async fn after_a_restart_the_client_resumes_after_what_it_received_without_dupli
         msg.seq, 4,
         "the inbox survived the restart and nothing came twice"
     );
+    client.close().await;
+    node_b.shutdown();
+    node_b.wait().await;
+}
+
+/// A TCP proxy between a client and a node, so that a test can cut the client's connection,
+/// keep it out while it publishes, and point it at another node.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: JoinHandle<()>,
+}
+
+struct ProxyState {
+    /// Where new connections go; `None`: they are closed at once.
+    upstream: Option<SocketAddr>,
+    links: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(ProxyState {
+            upstream: Some(upstream),
+            links: Vec::new(),
+        }));
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                // Under the lock, so that a `cut` cannot miss a link being made.
+                let mut state = shared.lock().expect("proxy state");
+                let Some(upstream) = state.upstream else {
+                    continue; // `client` dropped: closed
+                };
+                state.links.push(tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// Drops every connection and closes new ones until [`Proxy::open`].
+    fn cut(&self) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.upstream = None;
+        for link in state.links.drain(..) {
+            link.abort();
+        }
+    }
+
+    fn open(&self, upstream: SocketAddr) {
+        self.state.lock().expect("proxy state").upstream = Some(upstream);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Publishes `n` (a JSON number) to `topic` with `qos`; returns its offset (0 for qos 0).
+async fn publish(http: SocketAddr, topic: &str, n: u64, qos: u8) -> u64 {
+    let response = reqwest::Client::new()
+        .post(format!("http://{http}/v1/apps/demo/topics/{topic}/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"payload": n, "qos": qos}))
+        .send()
+        .await
+        .expect("publish request");
+    let status = response.status();
+    let answer: Value = response.json().await.expect("JSON answer");
+    assert!(status.is_success(), "{status}: {answer}");
+    answer["offset"].as_u64().unwrap_or(0)
+}
+
+/// The next event, which must be a publication of `topic`: (offset, payload as a number).
+async fn next_publication(client: &mut Client, topic: &str) -> (u64, u64) {
+    match next(client).await {
+        Event::Publication(p) if p.app == "demo" && p.topic == topic => {
+            assert_eq!(p.kind, PayloadKind::Json);
+            let n = std::str::from_utf8(&p.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("payload {:?}", p.payload));
+            (p.offset, n)
+        }
+        other => panic!("expected a publication of {topic}, got {other:?}"),
+    }
+}
+
+/// Skips failed reconnect attempts until the client is connected again.
+async fn wait_reconnected(client: &mut Client) {
+    loop {
+        match next(client).await {
+            Event::Connected(_) => return,
+            Event::Disconnected {
+                reconnecting: true, ..
+            } => {}
+            other => panic!("expected a reconnect, got {other:?}"),
+        }
+    }
+}
+
+async fn assert_quiet(client: &mut Client) {
+    if let Ok(event) = timeout(Duration::from_millis(200), client.recv()).await {
+        panic!("nothing else should arrive, got {event:?}");
+    }
+}
+
+#[tokio::test]
+async fn topic_publications_missed_while_disconnected_arrive_in_order_once() {
+    let node = start(node_config()).await;
+    let http = node.http_addr();
+    let proxy = Proxy::start(node.tcp_addr().expect("tcp listener")).await;
+    let mut client = connect(client_config(proxy.url(), "ines"), "ines").await;
+    client.subscribe("demo", "room-1").expect("subscribe");
+    match next(&mut client).await {
+        Event::Subscribed {
+            topic,
+            offset: 0,
+            recovery: Recovery::Live,
+            since: None,
+            server_side: false,
+            ..
+        } if topic == "room-1" => {}
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    assert_eq!(publish(http, "room-1", 1, 1).await, 1);
+    assert_eq!(next_publication(&mut client, "room-1").await, (1, 1));
+
+    proxy.cut();
+    assert!(matches!(
+        next(&mut client).await,
+        Event::Disconnected {
+            reconnecting: true,
+            ..
+        }
+    ));
+    for n in 2..=4 {
+        assert_eq!(publish(http, "room-1", n, 1).await, n);
+    }
+    proxy.open(node.tcp_addr().expect("tcp listener"));
+    wait_reconnected(&mut client).await;
+    match next(&mut client).await {
+        Event::Subscribed {
+            offset: 4,
+            recovery: Recovery::Complete,
+            since: Some(1),
+            ..
+        } => {}
+        other => panic!("expected a complete recovery, got {other:?}"),
+    }
+    for n in 2..=4 {
+        assert_eq!(next_publication(&mut client, "room-1").await, (n, n));
+    }
+    assert_eq!(publish(http, "room-1", 5, 1).await, 5);
+    assert_eq!(next_publication(&mut client, "room-1").await, (5, 5));
+    publish(http, "room-1", 6, 0).await;
+    assert_eq!(next_publication(&mut client, "room-1").await, (0, 6));
+    assert_quiet(&mut client).await;
+    client.close().await;
+    node.shutdown();
+    node.wait().await;
+}
+
+#[tokio::test]
+async fn a_history_that_no_longer_reaches_back_is_reported_too_old() {
+    let mut config = node_config();
+    config.store.topic_history = 2;
+    let node = start(config).await;
+    let http = node.http_addr();
+    let proxy = Proxy::start(node.tcp_addr().expect("tcp listener")).await;
+    let mut client = connect(client_config(proxy.url(), "jack"), "jack").await;
+    client.subscribe("demo", "room-2").expect("subscribe");
+    assert!(matches!(next(&mut client).await, Event::Subscribed { .. }));
+    publish(http, "room-2", 1, 1).await;
+    assert_eq!(next_publication(&mut client, "room-2").await, (1, 1));
+
+    proxy.cut();
+    for n in 2..=5 {
+        publish(http, "room-2", n, 1).await;
+    }
+    proxy.open(node.tcp_addr().expect("tcp listener"));
+    wait_reconnected(&mut client).await;
+    // The history keeps 4 and 5 only: 2 and 3 are gone, so nothing is recovered.
+    match next(&mut client).await {
+        Event::Subscribed {
+            offset: 5,
+            recovery: Recovery::TooOld,
+            since: Some(1),
+            ..
+        } => {}
+        other => panic!("expected too_old, got {other:?}"),
+    }
+    publish(http, "room-2", 6, 1).await;
+    assert_eq!(next_publication(&mut client, "room-2").await, (6, 6));
+    assert_quiet(&mut client).await;
+    client.close().await;
+    node.shutdown();
+    node.wait().await;
+}
+
+/// Subscribes `user` to `topic` through the API (a server-side subscription).
+async fn subscribe_user(http: SocketAddr, user: &str, topic: &str) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/v1/apps/demo/users/{user}/topics/{topic}"
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("subscribe request");
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn a_server_side_topic_is_recovered_after_a_node_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded = || {
+        let mut config = node_config();
+        config.node.data_dir = dir.path().to_owned();
+        config.store.backend = tether_server::config::StoreBackend::Embedded;
+        config
+    };
+    let node_a = start(embedded()).await;
+    let proxy = Proxy::start(node_a.tcp_addr().expect("tcp listener")).await;
+    let mut client = connect(client_config(proxy.url(), "kim"), "kim").await;
+    subscribe_user(node_a.http_addr(), "kim", "news").await;
+    match next(&mut client).await {
+        Event::Subscribed {
+            topic,
+            recovery: Recovery::Live,
+            server_side: true,
+            ..
+        } if topic == "news" => {}
+        other => panic!("expected a server-side Subscribed, got {other:?}"),
+    }
+    publish(node_a.http_addr(), "news", 1, 1).await;
+    assert_eq!(next_publication(&mut client, "news").await, (1, 1));
+
+    proxy.cut();
+    node_a.shutdown();
+    node_a.wait().await;
+    let node_b = start(embedded()).await;
+    for n in 2..=3 {
+        publish(node_b.http_addr(), "news", n, 1).await;
+    }
+    proxy.open(node_b.tcp_addr().expect("tcp listener"));
+    wait_reconnected(&mut client).await;
+    // The node re-applies the subscription live from 3; the client recovers 2 and 3 with one
+    // subscribe of its own, and the application sees that subscribe's answer only.
+    match next(&mut client).await {
+        Event::Subscribed {
+            offset: 3,
+            recovery: Recovery::Complete,
+            since: Some(1),
+            server_side: true,
+            ..
+        } => {}
+        other => panic!("expected a complete recovery, got {other:?}"),
+    }
+    for n in 2..=3 {
+        assert_eq!(next_publication(&mut client, "news").await, (n, n));
+    }
+    publish(node_b.http_addr(), "news", 4, 1).await;
+    assert_eq!(next_publication(&mut client, "news").await, (4, 4));
+    assert_quiet(&mut client).await;
     client.close().await;
     node_b.shutdown();
     node_b.wait().await;

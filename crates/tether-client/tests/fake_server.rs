@@ -1,145 +1,21 @@
 //! Client behaviour against a scripted fake server speaking raw binary frames over TCP:
 //! reconnect, heartbeats, do-not-reconnect codes, acks, backpressure, close.
 
+mod support;
+
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tether_client::{Client, ClientConfig, ClientError, Code, Event, ReconnectPolicy};
-use tether_proto::{Ack, Body, Bound, Connected, Disconnect, Frame, Op, PayloadKind, Push, binary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::{Peer, STEP, assert_connected, config, listener, next};
+use tether_client::{Client, ClientError, Code, Event};
+use tether_proto::{Ack, Body, Frame, Op};
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
-
-const MAX_FRAME: u32 = 64 * 1024;
-const STEP: Duration = Duration::from_secs(2);
-
-/// One accepted connection of the fake server.
-struct Peer {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Peer {
-    async fn accept(listener: &TcpListener) -> Peer {
-        let (stream, _) = timeout(STEP, listener.accept())
-            .await
-            .expect("no connection in time")
-            .expect("accept");
-        Peer {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// The next frame, or `None` at end of stream.
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = binary::decode(&mut self.buf, MAX_FRAME).expect("decode") {
-                return Some(frame);
-            }
-            let n = timeout(STEP, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("no frame in time")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        let bytes = binary::encode_to_bytes(&frame);
-        // The client may have gone already; tests check what the client saw.
-        let _ = self.stream.write_all(&bytes).await;
-    }
-
-    /// Reads `connect` and answers `connected` with `heartbeat_ms`.
-    async fn handshake(&mut self, heartbeat_ms: u32) {
-        let frame = self.recv().await.expect("connect");
-        let Body::Connect(connect) = frame.body else {
-            panic!("expected connect, got {:?}", frame.op());
-        };
-        let connected = Connected {
-            conn_id: 7,
-            node: "fake".into(),
-            heartbeat_ms,
-            max_frame: MAX_FRAME,
-            bindings: connect
-                .bindings
-                .iter()
-                .map(|b| Bound {
-                    app: b.app.clone(),
-                    user: "alice".into(),
-                })
-                .collect(),
-        };
-        self.send(Frame::new(frame.id, connected)).await;
-    }
-
-    /// Reads `connect` and refuses it.
-    async fn refuse(&mut self, code: Code) {
-        let frame = self.recv().await.expect("connect");
-        assert_eq!(frame.op(), Op::Connect);
-        self.disconnect(code, 0).await;
-    }
-
-    async fn disconnect(&mut self, code: Code, retry_after_ms: u32) {
-        let d = Disconnect {
-            code,
-            reason: code.label().into(),
-            retry_after_ms,
-        };
-        self.send(Frame::new(0, d)).await;
-        let _ = self.stream.shutdown().await;
-    }
-
-    async fn push(&mut self, seq: u64) {
-        let push = Push {
-            app: "demo".into(),
-            msg_id: 1000 + seq,
-            seq,
-            qos: 1,
-            created_ms: 0,
-            kind: PayloadKind::Binary,
-            payload: Bytes::from(format!("m{seq}")),
-        };
-        self.send(Frame::new(0, push)).await;
-    }
-}
-
-async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("tcp://{}", listener.local_addr().expect("addr"));
-    (listener, url)
-}
-
-fn config(url: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(url, "device-1").bind("demo", "token");
-    config.reconnect = ReconnectPolicy {
-        enabled: true,
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(100),
-    };
-    config.connect_timeout = Duration::from_secs(1);
-    config
-}
-
-async fn next(client: &mut Client) -> Event {
-    timeout(STEP, client.recv())
-        .await
-        .expect("no event in time")
-        .expect("event stream ended")
-}
 
 async fn next_message_seq(client: &mut Client) -> u64 {
     match next(client).await {
         Event::Message(push) => push.seq,
         other => panic!("expected a message, got {other:?}"),
     }
-}
-
-fn assert_connected(event: Event) {
-    assert!(matches!(event, Event::Connected(_)), "{event:?}");
 }
 
 #[tokio::test]
