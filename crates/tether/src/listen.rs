@@ -1,12 +1,13 @@
-//! `tether listen`: connect as a device with the client SDK and print every message received,
-//! one JSON object per line on stdout. Notices go to stderr.
+//! `tether listen`: connect as a device with the client SDK and print every message received
+//! (pushes, and publications of the topics asked for), one JSON object per line on stdout.
+//! Notices go to stderr.
 
 use std::io::Write as _;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tether_client::{Client, ClientConfig, Event, PayloadKind, Push, WsEncoding};
+use tether_client::{Client, ClientConfig, Event, PayloadKind, Publication, Push, WsEncoding};
 
 /// Connect to a gateway and print received messages as JSON lines.
 ///
@@ -37,6 +38,10 @@ pub struct ListenArgs {
     /// Use the JSON encoding on ws:// URLs (default: binary). Ignored for tcp://.
     #[arg(long)]
     pub json: bool,
+    /// Subscribe to this topic of APP (repeatable). Publications print like pushes, with
+    /// `topic` and `offset` instead of `seq` and `qos`.
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
 }
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
@@ -47,6 +52,12 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.url))?;
+    for topic in &args.topics {
+        // The client resubscribes by itself after a reconnect.
+        client
+            .subscribe(&args.app, topic)
+            .with_context(|| format!("cannot subscribe to {topic:?}"))?;
+    }
     let result = listen(&mut client, &args).await;
     client.close().await;
     result
@@ -75,8 +86,12 @@ async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
                     None => bail!("the server did not bind app {:?}", args.app),
                 }
             }
-            Event::Message(push) => {
-                let line = message_line(&push);
+            Event::Message(_) | Event::Publication(_) => {
+                let (line, ack) = match &event {
+                    Event::Message(push) => (message_line(push), (push.seq > 0).then_some(push)),
+                    Event::Publication(p) => (publication_line(p), None),
+                    _ => unreachable!("matched above"),
+                };
                 let mut stdout = std::io::stdout().lock();
                 let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
                 drop(stdout);
@@ -86,7 +101,7 @@ async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
                     Err(e) => return Err(e).context("cannot write to stdout"),
                 }
-                if push.seq > 0 {
+                if let Some(push) = ack {
                     client.ack(&push.app, push.seq).context("cannot ack")?;
                 }
                 received += 1;
@@ -94,6 +109,26 @@ async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
+            Event::Subscribed {
+                topic,
+                offset,
+                recovery,
+                ..
+            } => eprintln!(
+                "subscribed to {topic} at offset {offset} ({})",
+                recovery.name()
+            ),
+            Event::Unsubscribed { topic, .. } => eprintln!("unsubscribed from {topic}"),
+            Event::SubscribeFailed {
+                topic,
+                code,
+                message,
+                retrying,
+                ..
+            } => eprintln!(
+                "subscribe to {topic} refused ({code}): {message}{}",
+                if retrying { "; retrying" } else { "" }
+            ),
             Event::Error { code, message } => eprintln!("server error {code}: {message}"),
             Event::Disconnected {
                 code,
@@ -111,6 +146,19 @@ async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
     bail!("the connection ended")
 }
 
+/// One JSON line for a publication: like [`message_line`], with `topic` and `offset`.
+fn publication_line(p: &Publication) -> String {
+    let head = format!(
+        "{{\"app\":{},\"topic\":{},\"offset\":{},\"msg_id\":\"{}\",\"created_ms\":{}",
+        serde_json::Value::from(p.app.as_str()),
+        serde_json::Value::from(p.topic.as_str()),
+        p.offset,
+        p.msg_id,
+        p.created_ms
+    );
+    with_payload(head, p.kind, &p.payload)
+}
+
 /// One JSON line for a message. A JSON payload is embedded as pushed, byte for byte (line
 /// breaks outside strings become spaces, so the line stays one line); anything else is
 /// base64.
@@ -123,10 +171,13 @@ fn message_line(push: &Push) -> String {
         push.qos,
         push.created_ms
     );
-    let json_payload = match push.kind {
-        PayloadKind::Json => {
-            serde_json::from_slice::<&serde_json::value::RawValue>(&push.payload).ok()
-        }
+    with_payload(head, push.kind, &push.payload)
+}
+
+/// Closes a JSON line with its payload: embedded JSON, or base64.
+fn with_payload(head: String, kind: PayloadKind, payload: &[u8]) -> String {
+    let json_payload = match kind {
+        PayloadKind::Json => serde_json::from_slice::<&serde_json::value::RawValue>(payload).ok(),
         PayloadKind::Binary => None,
     };
     match json_payload {
@@ -135,10 +186,7 @@ fn message_line(push: &Push) -> String {
             "{head},\"payload\":{}}}",
             raw.get().trim().replace(['\n', '\r'], " ")
         ),
-        None => format!(
-            "{head},\"payload_base64\":\"{}\"}}",
-            BASE64.encode(&push.payload)
-        ),
+        None => format!("{head},\"payload_base64\":\"{}\"}}", BASE64.encode(payload)),
     }
 }
 
@@ -184,5 +232,23 @@ mod tests {
         let line = message_line(&push(PayloadKind::Json, b"{nope"));
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["payload_base64"], BASE64.encode(b"{nope"));
+    }
+
+    #[test]
+    fn publication_lines_carry_topic_and_offset() {
+        let p = Publication {
+            app: "demo".into(),
+            topic: "room \"1\"".into(),
+            offset: 7,
+            msg_id: 9,
+            created_ms: 42,
+            kind: PayloadKind::Json,
+            payload: b"{\"t\":1}".to_vec().into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&publication_line(&p)).expect("valid JSON");
+        assert_eq!(v["topic"], "room \"1\"");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["msg_id"], "9");
+        assert_eq!(v["payload"]["t"], 1);
     }
 }
