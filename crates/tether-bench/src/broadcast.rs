@@ -135,6 +135,8 @@ struct Step {
     server_cpu: Option<CpuCost>,
     client_cpu: Option<CpuCost>,
     machine_busy_cores: Option<f64>,
+    /// Busy cores outside the server and the client (other work on a shared machine).
+    outside_cores: Option<f64>,
     steal_cores: Option<f64>,
     errors: BTreeMap<String, u64>,
     /// Why the step counts as saturated (--max).
@@ -452,6 +454,7 @@ async fn run_step(
             (Some(b), Some(a)) => Some((a.busy_s - b.busy_s) / secs),
             _ => None,
         },
+        outside_cores: None,
         steal_cores: match (machine_before, machine_after) {
             (Some(b), Some(a)) => Some((a.steal_s - b.steal_s) / secs),
             _ => None,
@@ -463,6 +466,11 @@ async fn run_step(
             .clone(),
         saturated: None,
     };
+    step.outside_cores = step.machine_busy_cores.map(|busy| {
+        let ours = step.server_cpu.as_ref().map_or(0.0, |c| c.cores)
+            + step.client_cpu.as_ref().map_or(0.0, |c| c.cores);
+        (busy - ours).max(0.0)
+    });
     step.saturated = saturation(&step, args.max_p99);
     Ok((step, publishers))
 }
@@ -601,8 +609,9 @@ impl Report {
                 t.row(
                     format!("{p}machine"),
                     format!(
-                        "{busy:.2} of {} cores busy, {:.2} stolen",
+                        "{busy:.2} of {} cores busy ({:.2} outside server and client), {:.2} stolen",
                         self.cores,
+                        s.outside_cores.unwrap_or(0.0),
                         s.steal_cores.unwrap_or(0.0)
                     ),
                 );

@@ -34,6 +34,37 @@ pub fn write(out: &mut Vec<u8>, f: Fields, size: usize) {
 
 /// The fields of a received message, or `None` if it is not one of ours.
 pub fn read(payload: &[u8]) -> Option<Fields> {
+    read_as_written(payload).or_else(|| read_any_order(payload))
+}
+
+/// The fast path: the fields in the order and spacing [`write`] uses.
+fn read_as_written(payload: &[u8]) -> Option<Fields> {
+    let (t, rest) = number_after(payload, b"{\"t\":")?;
+    let (n, rest) = number_after(rest, b",\"n\":")?;
+    let (s, _) = number_after(rest, b",\"s\":")?;
+    Some(Fields {
+        t,
+        n,
+        s: u8::try_from(s).ok()?,
+    })
+}
+
+/// The digits right after `prefix` at the start of `text`, and what follows them.
+fn number_after<'a>(text: &'a [u8], prefix: &[u8]) -> Option<(u64, &'a [u8])> {
+    let rest = text.strip_prefix(prefix)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let mut n = 0_u64;
+    for &d in &rest[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((n, &rest[digits..]))
+}
+
+/// Any key order, spaces allowed (a server that re-serializes the JSON).
+fn read_any_order(payload: &[u8]) -> Option<Fields> {
     Some(Fields {
         t: json_u64(payload, b"\"t\"")?,
         n: json_u64(payload, b"\"n\"")?,
@@ -91,7 +122,9 @@ mod tests {
     #[test]
     fn tolerates_reserialized_json() {
         let sorted = br#"{"n": 42, "pad": "xx", "s" :3, "t":1763700000123456}"#;
+        assert_eq!(read_as_written(sorted), None);
         assert_eq!(read(sorted), Some(F));
+        assert_eq!(read(br#"{"t":99999999999999999999,"n":1,"s":0}"#), None);
         assert_eq!(read(br#"{"t":1,"n":2}"#), None);
         assert_eq!(read(br#"{"t":"1","n":2,"s":0}"#), None);
         assert_eq!(read(br#"{"t":1,"n":2,"s":300}"#), None);

@@ -2,8 +2,9 @@
 //!
 //! Reads the JSON results the scenarios wrote (`connections`, `broadcast` at a fixed rate,
 //! `broadcast --max`, `churn`), one column per target, and shows each figure with its ratio to
-//! a reference target (tether when present, else the bare writer): a ratio above 1 means more
-//! of that figure than the reference (more memory, more CPU, more deliveries per second).
+//! a reference target (per row: `--reference`, else tether, else the bare writer, else the
+//! first with a value): a ratio above 1 means more of that figure than the reference (more
+//! memory, more CPU, more deliveries per second).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ pub struct Args {
     /// Result files, or directories whose `*.json` files are read.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// The target the ratios are taken against. Default: tether if present, else bare.
+    /// The target the ratios are taken against, in rows where it has a value. Default: tether,
+    /// else bare.
     #[arg(long)]
     reference: Option<String>,
     /// Write the table as JSON to this file (skipped when reading inputs).
@@ -45,6 +47,9 @@ struct Row {
     figure: String,
     /// Target -> value.
     values: BTreeMap<String, f64>,
+    /// The target this row's ratios are taken against: --reference, else tether, else bare,
+    /// else the first with a non-zero value.
+    reference: Option<String>,
     /// Target -> value / the reference's value.
     ratios: BTreeMap<String, f64>,
     #[serde(skip)]
@@ -53,7 +58,6 @@ struct Row {
 
 #[derive(Debug, Serialize)]
 struct Summary {
-    reference: String,
     targets: Vec<String>,
     rows: Vec<Row>,
     /// Context for the figures (rates, subscriber counts), per target and scenario.
@@ -94,6 +98,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             None => {
                 rows.push(Row {
                     figure: figure.to_owned(),
+                    reference: None,
                     values: BTreeMap::new(),
                     ratios: BTreeMap::new(),
                     unit: Some(unit),
@@ -177,6 +182,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         f(&format!("{s}/latency/{key}")),
                     );
                 }
+                add(
+                    "other load on the machine, cores (equal rate)",
+                    Unit::Count,
+                    &target,
+                    f(&format!("{s}/outside_cores")),
+                );
                 add("lost (equal rate)", Unit::Count, &target, f("/lost"));
                 add(
                     "duplicates (equal rate)",
@@ -251,24 +262,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
-    let reference = args.reference.clone().unwrap_or_else(|| {
-        if targets.iter().any(|t| t == "tether") {
-            "tether".into()
-        } else {
-            "bare".into()
-        }
-    });
+    // Each row's ratios are taken against the first of these with a value in that row.
+    let mut preference: Vec<String> = args.reference.iter().cloned().collect();
+    preference.extend(["tether".to_owned(), "bare".to_owned()]);
+    preference.extend(targets.iter().cloned());
     for r in &mut rows {
-        if let Some(&base) = r.values.get(&reference).filter(|b| **b != 0.0) {
-            r.ratios = r
-                .values
-                .iter()
-                .map(|(t, v)| (t.clone(), v / base))
-                .collect();
-        }
+        let Some((reference, base)) = preference.iter().find_map(|t| {
+            r.values
+                .get(t)
+                .filter(|v| **v != 0.0)
+                .map(|v| (t.clone(), *v))
+        }) else {
+            continue;
+        };
+        r.ratios = r
+            .values
+            .iter()
+            .map(|(t, v)| (t.clone(), v / base))
+            .collect();
+        r.reference = Some(reference);
     }
     let summary = Summary {
-        reference,
         targets,
         rows,
         notes,
@@ -309,10 +323,11 @@ impl Summary {
                 line.push(match r.values.get(t) {
                     None => "-".into(),
                     Some(&v) => match r.ratios.get(t) {
-                        Some(ratio) if *t != self.reference => {
-                            format!("{} ({ratio:.2}x)", show(r.unit, v))
+                        _ if r.reference.as_ref() == Some(t) => {
+                            format!("{} (ref)", show(r.unit, v))
                         }
-                        _ => show(r.unit, v),
+                        Some(ratio) => format!("{} ({ratio:.2}x)", show(r.unit, v)),
+                        None => show(r.unit, v),
                     },
                 });
             }
@@ -342,7 +357,7 @@ impl Summary {
                 .collect();
             println!("{}", text.join("  "));
         }
-        println!("(ratios: value / {}'s value)", self.reference);
+        println!("(ratios: value / the value of the row's (ref) column)");
         for n in &self.notes {
             println!("  {n}");
         }
@@ -385,11 +400,19 @@ mod tests {
         })
         .unwrap();
         let s: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-        assert_eq!(s["reference"], "bare");
         assert_eq!(s["targets"], serde_json::json!(["nchan", "bare"]));
         let rss = &s["rows"][0];
         assert_eq!(rss["figure"], "idle RSS per connection");
+        assert_eq!(rss["reference"], "bare");
         assert_eq!(rss["ratios"]["nchan"], 20.0);
+        // A row only one target has is its own reference.
+        let saturation = s["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["figure"] == "saturation deliveries/s")
+            .unwrap();
+        assert_eq!(saturation["reference"], "nchan");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
