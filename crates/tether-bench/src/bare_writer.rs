@@ -73,7 +73,18 @@ pub fn serve(listener: TcpListener, threads: usize) {
 
     let mut next_shard = 0;
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of files (a previous run's subscribers, closed since, still counted):
+                // drop the closed ones, and do not spin on the error.
+                if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) {
+                    reap(&shards);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         // A client that never says what it is must not hold up the accept loop for long.
         if stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -92,6 +103,8 @@ pub fn serve(listener: TcpListener, threads: usize) {
                 next_shard += 1;
             }
             bare::PUBLISHER => {
+                // A new run: start it without the subscribers of the previous one.
+                reap(&shards);
                 let (shard, lanes) = (shards[0].clone(), lanes.clone());
                 std::thread::spawn(move || match publisher(stream, &shard, &lanes) {
                     Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
@@ -102,6 +115,28 @@ pub fn serve(listener: TcpListener, threads: usize) {
             }
             _ => {}
         }
+    }
+}
+
+/// "Too many open files" (per process, system-wide).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Drops the subscribers whose connection is closed. Not on the fan-out path: a closed
+/// subscriber is otherwise only noticed when a write to it fails.
+fn reap(shards: &[Subscribers]) {
+    for shard in shards {
+        lock(shard).retain(|s| {
+            if s.set_nonblocking(true).is_err() {
+                return false;
+            }
+            let open = match s.peek(&mut [0_u8]) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            };
+            open && s.set_nonblocking(false).is_ok()
+        });
     }
 }
 
