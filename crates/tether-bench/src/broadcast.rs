@@ -135,8 +135,13 @@ struct Step {
     server_cpu: Option<CpuCost>,
     client_cpu: Option<CpuCost>,
     machine_busy_cores: Option<f64>,
-    /// Busy cores outside the server and the client (other work on a shared machine).
+    /// Busy cores outside the server and the client (other work on a shared machine, and
+    /// the software interrupts below).
     outside_cores: Option<f64>,
+    /// Cores in software interrupts, machine-wide: on loopback, TCP receive work that counts in
+    /// no process's CPU time. Per million deliveries too.
+    softirq_cores: Option<f64>,
+    softirq_s_per_million: Option<f64>,
     steal_cores: Option<f64>,
     errors: BTreeMap<String, u64>,
     /// Why the step counts as saturated (--max).
@@ -455,6 +460,16 @@ async fn run_step(
             _ => None,
         },
         outside_cores: None,
+        softirq_cores: match (machine_before, machine_after) {
+            (Some(b), Some(a)) => Some((a.softirq_s - b.softirq_s) / secs),
+            _ => None,
+        },
+        softirq_s_per_million: match (machine_before, machine_after) {
+            (Some(b), Some(a)) if delivered_in_window > 0 => {
+                Some((a.softirq_s - b.softirq_s) * 1e6 / delivered_in_window as f64)
+            }
+            _ => None,
+        },
         steal_cores: match (machine_before, machine_after) {
             (Some(b), Some(a)) => Some((a.steal_s - b.steal_s) / secs),
             _ => None,
@@ -609,9 +624,12 @@ impl Report {
                 t.row(
                     format!("{p}machine"),
                     format!(
-                        "{busy:.2} of {} cores busy ({:.2} outside server and client), {:.2} stolen",
+                        "{busy:.2} of {} cores busy ({:.2} outside server and client, of which \
+                         {:.2} in softirq: {:.2} s per million deliveries), {:.2} stolen",
                         self.cores,
                         s.outside_cores.unwrap_or(0.0),
+                        s.softirq_cores.unwrap_or(0.0),
+                        s.softirq_s_per_million.unwrap_or(0.0),
                         s.steal_cores.unwrap_or(0.0)
                     ),
                 );

@@ -183,7 +183,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     );
                 }
                 add(
-                    "other load on the machine, cores (equal rate)",
+                    "softirq s/M deliveries, machine-wide",
+                    Unit::Seconds,
+                    &target,
+                    f(&format!("{s}/softirq_s_per_million")),
+                );
+                add(
+                    "cores busy outside server and client (equal rate)",
                     Unit::Count,
                     &target,
                     f(&format!("{s}/outside_cores")),
