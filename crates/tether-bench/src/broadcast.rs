@@ -135,11 +135,11 @@ struct Step {
     server_cpu: Option<CpuCost>,
     client_cpu: Option<CpuCost>,
     machine_busy_cores: Option<f64>,
-    /// Busy cores outside the server and the client (other work on a shared machine, and
-    /// the software interrupts below).
+    /// Busy cores outside the server and the client (other work on a shared machine).
     outside_cores: Option<f64>,
-    /// Cores in software interrupts, machine-wide: on loopback, TCP receive work that counts in
-    /// no process's CPU time. Per million deliveries too.
+    /// Cores in software interrupts, machine-wide, and per million deliveries: on loopback,
+    /// TCP's receive work, run mostly in the sender's context and charged to it (tick-based
+    /// accounting), so mostly inside the server's system time already: a breakdown.
     softirq_cores: Option<f64>,
     softirq_s_per_million: Option<f64>,
     steal_cores: Option<f64>,
@@ -624,8 +624,8 @@ impl Report {
                 t.row(
                     format!("{p}machine"),
                     format!(
-                        "{busy:.2} of {} cores busy ({:.2} outside server and client, of which \
-                         {:.2} in softirq: {:.2} s per million deliveries), {:.2} stolen",
+                        "{busy:.2} of {} cores busy ({:.2} outside server and client), {:.2} \
+                         in softirq ({:.2} s per million deliveries), {:.2} stolen",
                         self.cores,
                         s.outside_cores.unwrap_or(0.0),
                         s.softirq_cores.unwrap_or(0.0),

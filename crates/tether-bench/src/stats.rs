@@ -218,8 +218,10 @@ impl Cpu {
 pub struct Machine {
     pub busy_s: f64,
     pub steal_s: f64,
-    /// Time in software interrupts, part of `busy_s`. On loopback, much of TCP's receive work
-    /// runs there, and with IRQ time accounting it counts in no process's CPU time.
+    /// Time in software interrupts, part of `busy_s`. On loopback, TCP's receive work runs
+    /// there, mostly in the sending process's context; with tick-based accounting (this
+    /// kernel: no `CONFIG_IRQ_TIME_ACCOUNTING`) it is also charged to whichever process was
+    /// running, so it is a breakdown of the processes' system time, not an addition to it.
     pub softirq_s: f64,
 }
 
