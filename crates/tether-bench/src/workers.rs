@@ -194,7 +194,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
         spec.rate,
         collector.clone(),
         limit,
-        false,
+        true,
     )
     .await;
     let mut line = serde_json::to_vec(&serde_json::json!({ "ready": collector.snapshot() }))?;
