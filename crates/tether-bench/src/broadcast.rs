@@ -23,23 +23,28 @@
 //! accepted publishes called for, the publishers under 90% of the target rate (an HTTP
 //! target that answers after its fan-out slows its publishers down), or p99 over `--max-p99`.
 //! The saturation figure is the highest deliveries/s of any step.
+//!
+//! # Layout
+//! - this file: the command line, the run and its steps, the drain.
+//! - [`publish`]: the publishers (HTTP or stream) and the shared schedule.
+//! - [`report`]: a step's and the run's figures, the saturation rule, the table.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde::Serialize;
 use tokio::task::JoinSet;
 
 use self::publish::{Counts, Publisher, Schedule, publish_loop};
-use crate::stats::{Clock, Cpu, CpuCost, Latency, Machine, Processes, Table, fmt_count, fmt_us};
+use self::report::{Report, Step, saturation};
+use crate::stats::{Clock, Cpu, CpuCost, Latency, Machine, Processes, fmt_count, fmt_us};
 use crate::target::{Kind, TargetArgs};
 use crate::workers::{self, Pool};
 
 pub mod publish;
+mod report;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -108,76 +113,6 @@ struct Run {
     accepted: u64,
     server: Processes,
     client: Processes,
-}
-
-#[derive(Debug, Serialize)]
-struct Step {
-    slot: u8,
-    target_rate: f64,
-    publishers: usize,
-    publishes_per_s: f64,
-    publishes_ok: u64,
-    publishes_failed: u64,
-    /// Deliveries received during the window, per second.
-    deliveries_per_s: f64,
-    /// Deliveries the window's accepted publishes called for, per second.
-    offered_deliveries_per_s: f64,
-    /// Deliveries the window's accepted publishes called for, and how many of them arrived
-    /// by the end of the drain.
-    expected: u64,
-    delivered: u64,
-    /// Average subscriber count in the server's answers (tether, Nchan).
-    subscribers_per_publish: Option<f64>,
-    latency: Latency,
-    /// Time to the server's answer (HTTP targets).
-    publish_latency: Option<Latency>,
-    /// Server CPU over the window, per million deliveries received in it.
-    server_cpu: Option<CpuCost>,
-    client_cpu: Option<CpuCost>,
-    machine_busy_cores: Option<f64>,
-    /// Busy cores outside the server and the client (other work on a shared machine).
-    outside_cores: Option<f64>,
-    /// Cores in software interrupts, machine-wide, and per million deliveries: on loopback,
-    /// TCP's receive work, run mostly in the sender's context and charged to it (tick-based
-    /// accounting), so mostly inside the server's system time already: a breakdown.
-    softirq_cores: Option<f64>,
-    softirq_s_per_million: Option<f64>,
-    steal_cores: Option<f64>,
-    errors: BTreeMap<String, u64>,
-    /// Why the step counts as saturated (--max).
-    saturated: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    scenario: &'static str,
-    target: &'static str,
-    /// tether: "topic" or "broadcast".
-    tether_publish: Option<String>,
-    mode: &'static str,
-    subscribers: u64,
-    connected: u64,
-    connect_failures: BTreeMap<String, u64>,
-    workers: usize,
-    payload_bytes: usize,
-    warmup_s: f64,
-    duration_s: f64,
-    steps: Vec<Step>,
-    /// --max: the highest deliveries/s of any step, and the rate of that step.
-    saturation_deliveries_per_s: Option<f64>,
-    saturation_rate: Option<f64>,
-    /// Accepted publishes (all steps, warm-ups included) x connected subscribers.
-    expected_deliveries: u64,
-    distinct_deliveries: u64,
-    lost: i64,
-    duplicates: u64,
-    unparsed: u64,
-    dropped: BTreeMap<String, u64>,
-    notices: BTreeMap<String, u64>,
-    server_pids: Vec<u32>,
-    server_rss_kib: Option<u64>,
-    cores: usize,
-    client_threads: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -490,31 +425,6 @@ async fn run_step(
     Ok((step, publishers))
 }
 
-/// Why a step counts as saturated, if it does.
-fn saturation(step: &Step, max_p99: Duration) -> Option<String> {
-    if step.publishes_per_s < 0.9 * step.target_rate {
-        return Some(format!(
-            "publishers reached {:.1} of {:.1} publishes/s",
-            step.publishes_per_s, step.target_rate
-        ));
-    }
-    if step.deliveries_per_s < 0.9 * step.offered_deliveries_per_s {
-        return Some(format!(
-            "delivered {} of {} deliveries/s",
-            fmt_count(step.deliveries_per_s),
-            fmt_count(step.offered_deliveries_per_s)
-        ));
-    }
-    if step.latency.p99_us > max_p99.as_micros() as u64 {
-        return Some(format!(
-            "p99 {} over {}",
-            fmt_us(step.latency.p99_us),
-            fmt_us(max_p99.as_micros() as u64)
-        ));
-    }
-    None
-}
-
 /// Waits until every accepted publish reached every subscriber, deliveries stop for a second,
 /// or `limit` passes.
 async fn drain(run: &mut Run, limit: Duration) -> anyhow::Result<()> {
@@ -534,156 +444,5 @@ async fn drain(run: &mut Run, limit: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Report {
-    fn print(&self) {
-        let mut t = Table::default();
-        t.row(
-            "scenario",
-            format!(
-                "broadcast to {}{}, {} mode",
-                self.target,
-                self.tether_publish
-                    .as_ref()
-                    .map_or(String::new(), |m| format!(" ({m})")),
-                self.mode
-            ),
-        )
-        .row(
-            "subscribers",
-            format!(
-                "{} connected of {}{}",
-                self.connected,
-                self.subscribers,
-                if self.workers > 0 {
-                    format!(", in {} worker processes", self.workers)
-                } else {
-                    String::new()
-                }
-            ),
-        )
-        .row(
-            "load",
-            format!(
-                "{} B payload, {:.1} s windows after {:.1} s warm-up",
-                self.payload_bytes, self.duration_s, self.warmup_s
-            ),
-        );
-        for (reason, n) in &self.connect_failures {
-            t.row("connect failed", format!("{n}  {reason}"));
-        }
-        for s in &self.steps {
-            let p = if self.steps.len() > 1 {
-                format!("step {} ", s.slot)
-            } else {
-                String::new()
-            };
-            t.row(
-                format!("{p}publishes/s"),
-                format!(
-                    "{:.1} of {:.1} target  ({} ok, {} failed, {} publishers)",
-                    s.publishes_per_s,
-                    s.target_rate,
-                    s.publishes_ok,
-                    s.publishes_failed,
-                    s.publishers
-                ),
-            )
-            .row(
-                format!("{p}deliveries/s"),
-                format!(
-                    "{}  (offered {}; {} of {} window deliveries arrived)",
-                    fmt_count(s.deliveries_per_s),
-                    fmt_count(s.offered_deliveries_per_s),
-                    s.delivered,
-                    s.expected
-                ),
-            )
-            .row(
-                format!("{p}latency"),
-                s.latency.line(&["50", "99", "999", "max"]),
-            );
-            if let Some(l) = &s.publish_latency {
-                t.row(format!("{p}publish answer"), l.line(&["50", "99", "max"]));
-            }
-            if let Some(n) = s.subscribers_per_publish {
-                t.row(
-                    format!("{p}server says"),
-                    format!("{n:.0} subscribers per publish"),
-                );
-            }
-            if let Some(c) = &s.server_cpu {
-                t.row(format!("{p}server CPU"), server_line(c));
-            }
-            if let Some(c) = &s.client_cpu {
-                t.row(format!("{p}client CPU"), c.line_per("deliveries"));
-            }
-            if let Some(busy) = s.machine_busy_cores {
-                t.row(
-                    format!("{p}machine"),
-                    format!(
-                        "{busy:.2} of {} cores busy ({:.2} outside server and client), {:.2} \
-                         in softirq ({:.2} s per million deliveries), {:.2} stolen",
-                        self.cores,
-                        s.outside_cores.unwrap_or(0.0),
-                        s.softirq_cores.unwrap_or(0.0),
-                        s.softirq_s_per_million.unwrap_or(0.0),
-                        s.steal_cores.unwrap_or(0.0)
-                    ),
-                );
-            }
-            for (key, n) in &s.errors {
-                t.row(format!("{p}publish error"), format!("{n}  {key}"));
-            }
-            if let Some(why) = &s.saturated {
-                t.row(format!("{p}saturated"), why.clone());
-            }
-        }
-        if let (Some(d), Some(r)) = (self.saturation_deliveries_per_s, self.saturation_rate) {
-            t.row(
-                "saturation",
-                format!("{} deliveries/s (step at {r:.1} publishes/s)", fmt_count(d)),
-            );
-        }
-        t.row(
-            "completeness",
-            format!(
-                "{} lost of {} expected, {} duplicates{}",
-                self.lost,
-                self.expected_deliveries,
-                self.duplicates,
-                if self.unparsed > 0 {
-                    format!(", {} unparsed", self.unparsed)
-                } else {
-                    String::new()
-                }
-            ),
-        );
-        for (key, n) in &self.dropped {
-            t.row("dropped", format!("{n}  {key}"));
-        }
-        for (key, n) in &self.notices {
-            t.row("server error", format!("{n}  {key}"));
-        }
-        if let Some(rss) = self.server_rss_kib {
-            t.row(
-                "server RSS",
-                format!("{:.1} MiB at the end", rss as f64 / 1024.0),
-            );
-        }
-        t.print();
-    }
-}
-
-/// `0.81 s user + 6.90 s system per million deliveries (1.20 cores)`.
-fn server_line(c: &CpuCost) -> String {
-    match (c.user_s_per_million, c.system_s_per_million) {
-        (Some(u), Some(s)) => format!(
-            "{u:.2} s user + {s:.2} s system per million deliveries ({:.2} cores)",
-            c.cores
-        ),
-        _ => c.line_per("deliveries"),
     }
 }
