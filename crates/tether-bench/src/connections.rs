@@ -1,9 +1,12 @@
-//! The `connections` scenario: open N authenticated connections at a given rate, hold them with
-//! heartbeats, and report handshakes per second, failures by reason, and the server's RSS
-//! growth per connection.
+//! The `connections` scenario: open N authenticated connections (tether) or subscribers (the
+//! peers) at a given rate, hold them (with heartbeats where the target needs them), and report
+//! handshakes per second, failures by reason, and the server's RSS growth per connection.
 //!
-//! Each connection is one small task holding a bare socket (no SDK, no buffers while idle), so
-//! that the client side stays light. The handshake helpers here serve the other scenarios too.
+//! Over TCP, and for every peer, connections are [`crate::target`] subscribers held by a
+//! [`crate::workers::Pool`] (so past ~18,000 they spread over worker processes); tether over
+//! WebSocket uses tungstenite, in this process. Each connection is one small task holding a
+//! bare socket and a small buffer, so that the client side stays light. The tether handshake
+//! helpers here serve the other scenarios too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,18 +20,19 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tether_core::{AppId, UserId};
 use tether_proto::{Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Transport;
-use crate::stats::rss_kib;
+use crate::stats::{Clock, Processes, Table};
+use crate::target::{Kind, TargetArgs, TetherPublish};
+use crate::workers::{self, Pool};
 
 #[derive(Debug)]
 pub struct Setup {
     pub addr: SocketAddr,
-    pub transport: Transport,
     pub app: AppId,
     pub secret: String,
     pub heartbeat: Duration,
@@ -48,18 +52,192 @@ impl Stats {
     }
 }
 
-pub async fn run(
-    setup: Arc<Setup>,
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// tether only: the gateway's transport (with ws, --addr defaults to 127.0.0.1:7401).
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    /// tether only: also subscribe each connection to --topic (the peers always subscribe).
+    #[arg(long)]
+    subscribe: bool,
+    #[arg(long, default_value_t = 10_000)]
     count: u64,
+    /// Handshakes started per second.
+    #[arg(long, default_value_t = 5_000)]
     rate: u64,
+    /// How long to hold the connections once all are open, in seconds.
+    #[arg(long, default_value_t = 10)]
     hold: u64,
-    server_pid: Option<u32>,
+    /// The server's pid (repeatable), to read its RSS from /proc; its child processes count
+    /// too (nginx's workers).
+    #[arg(long)]
+    server_pid: Vec<u32>,
+    /// Worker processes holding the connections (TCP). Default: none up to 18,000, then one
+    /// per 15,000.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
     json: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    if rate == 0 {
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.rate == 0 {
         bail!("--rate must be at least 1");
     }
-    let rss_before = server_pid.and_then(rss_kib);
+    let server = Processes::with_descendants(&args.server_pid);
+    if args.target.target == Kind::Tether && matches!(args.transport, Transport::Ws) {
+        let target = args.target.target(args.count)?;
+        let setup = Setup {
+            addr: args
+                .target
+                .addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            app: AppId::new(target.app),
+            secret: target.secret,
+            heartbeat: Duration::from_secs(target.heartbeat_s),
+            sources: target.sources,
+        };
+        return run_ws(Arc::new(setup), &args, &server).await;
+    }
+    let mut target = args.target.target(args.count)?;
+    if !args.subscribe {
+        // Bound to the app, not subscribed to anything.
+        target.tether_publish = TetherPublish::Broadcast;
+    }
+    let rss_before = server.rss_kib();
+    let pss_before = server.pss_kib();
+    let started = Instant::now();
+    let mut pool = Pool::open(
+        Arc::new(target.clone()),
+        args.count,
+        args.rate,
+        workers::needed(args.count, args.workers),
+        Clock::new(),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let opened = pool.snapshot().await?;
+    eprintln!("  all started; holding for {} s", args.hold);
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let (rss_after, pss_after) = (server.rss_kib(), server.pss_kib());
+    let held = pool.snapshot().await?;
+    let result = Outcome {
+        target: target.kind.name(),
+        transport: if target.kind == Kind::Nchan {
+            "ws"
+        } else {
+            "tcp"
+        },
+        subscribed: target.kind != Kind::Tether || args.subscribe,
+        requested: args.count,
+        connected: opened.connected,
+        elapsed,
+        dropped: held.dropped.values().sum(),
+        failures: opened.failures,
+        workers: pool.workers(),
+        rss: (rss_before, rss_after),
+        pss: (pss_before, pss_after),
+        server_pids: server.pids.clone(),
+    };
+    result.report(args.json.as_deref())
+}
+
+/// What a `connections` run found.
+#[derive(Debug)]
+struct Outcome {
+    target: &'static str,
+    transport: &'static str,
+    subscribed: bool,
+    requested: u64,
+    connected: u64,
+    elapsed: Duration,
+    dropped: u64,
+    failures: BTreeMap<String, u64>,
+    workers: usize,
+    rss: (Option<u64>, Option<u64>),
+    pss: (Option<u64>, Option<u64>),
+    server_pids: Vec<u32>,
+}
+
+impl Outcome {
+    fn report(&self, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let ok = self.connected;
+        let per_conn = |(before, after): (Option<u64>, Option<u64>)| match (before, after) {
+            (Some(b), Some(a)) if ok > 0 => Some(a.saturating_sub(b) as f64 * 1024.0 / ok as f64),
+            _ => None,
+        };
+        let (rss_per, pss_per) = (per_conn(self.rss), per_conn(self.pss));
+        let handshakes = ok as f64 / self.elapsed.as_secs_f64();
+        let mut t = Table::default();
+        t.row(
+            "scenario",
+            format!(
+                "connections to {} ({}{})",
+                self.target,
+                self.transport,
+                if self.subscribed { ", subscribed" } else { "" }
+            ),
+        )
+        .row("connected", format!("{ok} of {}", self.requested))
+        .row("handshakes/s", format!("{handshakes:.0}"))
+        .row("dropped later", self.dropped.to_string());
+        if self.workers > 0 {
+            t.row("workers", self.workers.to_string());
+        }
+        for (reason, n) in &self.failures {
+            t.row("failed", format!("{n}  {reason}"));
+        }
+        if let (Some(b), Some(a)) = self.rss {
+            t.row("server RSS", format!("{b} KiB -> {a} KiB"));
+        }
+        if let Some(per) = rss_per {
+            t.row(
+                "RSS/connection",
+                format!("{per:.0} bytes ({:.2} KiB)", per / 1024.0),
+            );
+        }
+        if let Some(per) = pss_per {
+            t.row(
+                "PSS/connection",
+                format!("{per:.0} bytes ({:.2} KiB)", per / 1024.0),
+            );
+        }
+        t.print();
+        if let Some(path) = json {
+            let result = serde_json::json!({
+                "scenario": "connections",
+                "target": self.target,
+                "transport": self.transport,
+                "subscribed": self.subscribed,
+                "requested": self.requested,
+                "connected": ok,
+                "handshakes_per_s": handshakes,
+                "dropped": self.dropped,
+                "failures": self.failures,
+                "workers": self.workers,
+                "server_pids": self.server_pids,
+                "server_rss_kib_before": self.rss.0,
+                "server_rss_kib_after": self.rss.1,
+                "server_rss_bytes_per_connection": rss_per,
+                "server_pss_kib_before": self.pss.0,
+                "server_pss_kib_after": self.pss.1,
+                "server_pss_bytes_per_connection": pss_per,
+            });
+            crate::stats::write_json(path, &result)?;
+        }
+        Ok(())
+    }
+}
+
+/// tether over WebSocket: one task per connection holding a tungstenite stream (in this
+/// process only).
+async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::Result<()> {
+    let (count, rate) = (args.count, args.rate);
+    let rss_before = server.rss_kib();
+    let pss_before = server.pss_kib();
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let mut tick = tokio::time::interval(
@@ -102,45 +280,23 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
-    let ok = stats.ok.load(Ordering::Relaxed);
-    eprintln!("  all started; holding for {hold} s");
-    tokio::time::sleep(Duration::from_secs(hold)).await;
-    let rss_after = server_pid.and_then(rss_kib);
-    let failures = stats.failures.lock().await.clone();
-    let dropped = stats.dropped.load(Ordering::Relaxed);
-    let per_conn = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if ok > 0 => Some((a.saturating_sub(b)) as f64 * 1024.0 / ok as f64),
-        _ => None,
+    eprintln!("  all started; holding for {} s", args.hold);
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let result = Outcome {
+        target: "tether",
+        transport: "ws",
+        subscribed: false,
+        requested: count,
+        connected: stats.ok.load(Ordering::Relaxed),
+        elapsed,
+        dropped: stats.dropped.load(Ordering::Relaxed),
+        failures: stats.failures.lock().await.clone(),
+        workers: 0,
+        rss: (rss_before, server.rss_kib()),
+        pss: (pss_before, server.pss_kib()),
+        server_pids: server.pids.clone(),
     };
-    println!("scenario        connections ({:?})", setup.transport);
-    println!("connected       {ok} of {count}");
-    println!("handshakes/s    {:.0}", ok as f64 / elapsed.as_secs_f64());
-    println!("dropped later   {dropped}");
-    for (reason, n) in &failures {
-        println!("failed          {n}  {reason}");
-    }
-    if let (Some(b), Some(a)) = (rss_before, rss_after) {
-        println!("server RSS      {b} KiB -> {a} KiB");
-    }
-    if let Some(per) = per_conn {
-        println!("RSS/connection  {per:.0} bytes ({:.2} KiB)", per / 1024.0);
-    }
-    if let Some(path) = json {
-        let result = serde_json::json!({
-            "scenario": "connections",
-            "transport": format!("{:?}", setup.transport).to_lowercase(),
-            "requested": count,
-            "connected": ok,
-            "handshakes_per_s": ok as f64 / elapsed.as_secs_f64(),
-            "dropped": dropped,
-            "failures": failures,
-            "server_rss_kib_before": rss_before,
-            "server_rss_kib_after": rss_after,
-            "server_rss_bytes_per_connection": per_conn,
-        });
-        crate::stats::write_json(&path, &result)?;
-    }
-    Ok(())
+    result.report(args.json.as_deref())
 }
 
 /// Connects to `addr`, from 127.0.0.(2 + n % sources) when `sources` is not 0.
@@ -183,17 +339,14 @@ pub fn connect_frame(
     )
 }
 
-/// Opens one connection, completes the handshake, then pings every heartbeat until the
-/// server closes it.
+/// Opens one WebSocket connection, completes the handshake, then pings every heartbeat until
+/// the server closes it.
 async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
     let stream = open_socket(setup.addr, setup.sources, n)
         .await
         .context("connect")?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
-    match setup.transport {
-        Transport::Tcp => hold_tcp(stream, stats, connect).await,
-        Transport::Ws => hold_ws(stream, setup, stats, connect).await,
-    }
+    hold_ws(stream, setup, stats, connect).await
 }
 
 /// The heartbeat from the server's answer to `connect`, or why the connection was refused.
@@ -202,25 +355,6 @@ pub fn negotiated_heartbeat(reply: Body) -> anyhow::Result<Duration> {
         Body::Connected(c) => Ok(Duration::from_millis(u64::from(c.heartbeat_ms))),
         Body::Disconnect(d) => bail!("refused: {}", d.code),
         other => bail!("unexpected {:?}", other.op()),
-    }
-}
-
-async fn hold_tcp(mut stream: TcpStream, stats: &Stats, connect: Frame) -> anyhow::Result<()> {
-    stream.write_all(&binary::encode_to_bytes(&connect)).await?;
-    let mut buf = BytesMut::new();
-    let heartbeat = negotiated_heartbeat(read_tcp(&mut stream, &mut buf).await?)?;
-    stats.ok.fetch_add(1, Ordering::Relaxed);
-    let ping = binary::encode_to_bytes(&Frame::new(2, Body::Ping));
-    loop {
-        tokio::select! {
-            r = read_tcp(&mut stream, &mut buf) => {
-                if let Err(e) = r {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    return Err(e.context("dropped after connecting"));
-                }
-            }
-            () = tokio::time::sleep(heartbeat / 2) => stream.write_all(&ping).await?,
-        }
     }
 }
 

@@ -2,28 +2,48 @@
 //!
 //! # Layout
 //! - this file: the command line, one subcommand per scenario.
-//! - [`connections`]: open and hold N authenticated connections; the server's RSS per
-//!   connection. Also the handshake helpers the other scenarios use.
+//! - [`connections`]: open and hold N authenticated connections (or a peer's subscribers);
+//!   the server's RSS per connection. Also the tether handshake helpers the others use.
 //! - [`unicast`]: connected users receive pushes sent through the HTTP API; API and
 //!   push-to-delivery latency, throughput, delivery completeness, server CPU per message.
+//! - [`broadcast`]: N subscribers of one topic, M publishes/s, against tether or a peer;
+//!   deliveries/s, latency, server CPU per million deliveries; `--max` finds saturation.
+//! - [`churn`]: connect and disconnect at a given rate while others stay connected.
+//! - [`summary`]: the side-by-side table (with ratios) of a `bench/compare.sh` run.
+//! - [`target`]: the servers driven (tether, Nchan, Mosquitto, the bare writer) behind one
+//!   interface: subscriber handshakes, reading payloads in place, their wire codecs.
+//! - [`subscribers`]: many subscribers in one process and what they count.
+//! - [`workers`]: the same spread over worker processes (the per-process file limit).
+//! - [`bare_writer`]: the bare writer server (one `write()` per subscriber per message).
+//! - [`payload`]: the benchmark message (send time, number, window slot).
+//! - [`http`]: the keep-alive HTTP client the API scenarios share.
 //! - [`stats`]: histograms, `/proc` CPU and RSS sampling, the table and JSON output.
 //!
-//! Everything runs on one tokio runtime; the client side is kept light (no task per message,
+//! The client side is kept light (one task per connection at most, no task per message,
 //! reused buffers) so that on a small machine most of the CPU goes to the server.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tether_core::AppId;
 
+mod bare_writer;
+mod broadcast;
+mod churn;
 mod connections;
+mod http;
+mod payload;
 mod stats;
+mod subscribers;
+mod summary;
+mod target;
 mod unicast;
+mod workers;
 
 #[derive(Debug, Parser)]
-#[command(name = "tether-bench", about = "Load generator for tether")]
+#[command(
+    name = "tether-bench",
+    about = "Load generator for tether and its peers"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -37,52 +57,40 @@ enum Transport {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Open N authenticated connections and hold them; report the server's RSS per connection.
-    Connections {
-        /// Gateway address (host:port): the TCP listener, or the WebSocket one with --transport ws.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        addr: SocketAddr,
-        #[arg(long, value_enum, default_value = "tcp")]
-        transport: Transport,
-        #[arg(long, default_value_t = 10_000)]
-        count: u64,
-        /// Handshakes started per second.
-        #[arg(long, default_value_t = 5_000)]
-        rate: u64,
-        #[arg(long, default_value = "demo")]
-        app: String,
-        /// The app's token secret.
-        #[arg(long, env = "TETHER_APP_SECRET")]
-        secret: String,
-        /// How long to hold the connections once all are open, in seconds.
-        #[arg(long, default_value_t = 10)]
-        hold: u64,
-        /// Heartbeat proposed to the server, in seconds.
-        #[arg(long, default_value_t = 30)]
-        heartbeat: u64,
-        /// The server's pid, to read its RSS from /proc.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Bind client sockets round-robin to 127.0.0.2 .. 127.0.0.(1+N), to get past the
-        /// ephemeral port range of one source address. 0: let the kernel choose.
-        #[arg(long, default_value_t = 0)]
-        sources: u8,
-        /// Write the result as JSON to this file.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
+    /// Open N authenticated connections (or a peer's subscribers) and hold them; report the
+    /// server's RSS per connection.
+    Connections(connections::Args),
     /// Push to connected users through the HTTP API (one message per user, or U users per
     /// request) and measure API latency, push-to-delivery latency, throughput and losses.
     Unicast(unicast::Args),
+    /// N subscribers of one topic, M publishes/s (or --max): deliveries/s, latency, server CPU
+    /// per million deliveries, losses; against tether, Nchan, Mosquitto or the bare writer.
+    Broadcast(broadcast::Args),
+    /// Connect and disconnect at a given rate while other connections stay up.
+    Churn(churn::Args),
+    /// Run the bare writer: one write() per subscriber per message, nothing else.
+    BareWriter(bare_writer::Args),
+    /// Print the side-by-side table of a compare run's JSON results.
+    Summary(summary::Args),
+    /// Internal: hold a share of the subscribers for a parent process.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
-    let scenario = Cli::parse().scenario;
-    // One runtime for everything; the unicast scenario can ask for its worker count (1: a
+    // The bare writer and the summary need no runtime (the bare writer is plain threads on
+    // purpose).
+    let scenario = match Cli::parse().scenario {
+        Scenario::BareWriter(args) => return bare_writer::run(args),
+        Scenario::Summary(args) => return summary::run(&args),
+        other => other,
+    };
+    // One runtime for everything; some scenarios can ask for their worker count (1: a
     // current-thread runtime, which spends the least CPU per event at low rates).
     let threads = match &scenario {
         Scenario::Unicast(args) => args.threads,
-        Scenario::Connections { .. } => None,
+        Scenario::Broadcast(args) => args.threads,
+        _ => None,
     };
     let runtime = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
@@ -101,30 +109,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
-        Scenario::Connections {
-            addr,
-            transport,
-            count,
-            rate,
-            app,
-            secret,
-            hold,
-            heartbeat,
-            server_pid,
-            sources,
-            json,
-        } => {
-            let setup = connections::Setup {
-                addr,
-                transport,
-                app: AppId::new(app),
-                secret,
-                heartbeat: Duration::from_secs(heartbeat),
-                sources,
-            };
-            connections::run(Arc::new(setup), count, rate, hold, server_pid, json).await
-        }
+        Scenario::Connections(args) => connections::run(args).await,
         Scenario::Unicast(args) => unicast::run(args).await,
+        Scenario::Broadcast(args) => broadcast::run(args).await,
+        Scenario::Churn(args) => churn::run(args).await,
+        Scenario::Worker => workers::worker_main().await,
+        Scenario::BareWriter(_) | Scenario::Summary(_) => unreachable!("run without a runtime"),
     }
 }
 

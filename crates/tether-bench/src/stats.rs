@@ -38,7 +38,8 @@ impl Clock {
 /// Highest latency the histograms hold (larger values are clamped to it), in microseconds.
 const MAX_LATENCY_US: u64 = 120_000_000;
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram (µs).
+pub fn histogram() -> Histogram<u64> {
     // 3 significant digits over 1 µs .. 120 s: about 0.1% error at any magnitude.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
 }
@@ -157,6 +158,19 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// `1,234,567` (rounded to a whole number).
+pub fn fmt_count(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `/proc/PID/stat` counts CPU time in clock ticks; `USER_HZ` is 100 on every Linux
 /// architecture tether runs on (reading it would take `sysconf`, i.e. `unsafe` or a new
 /// dependency).
@@ -204,6 +218,11 @@ impl Cpu {
 pub struct Machine {
     pub busy_s: f64,
     pub steal_s: f64,
+    /// Time in software interrupts, part of `busy_s`. On loopback, TCP's receive work runs
+    /// there, mostly in the sending process's context; with tick-based accounting (this
+    /// kernel: no `CONFIG_IRQ_TIME_ACCOUNTING`) it is also charged to whichever process was
+    /// running, so it is a breakdown of the processes' system time, not an addition to it.
+    pub softirq_s: f64,
 }
 
 impl Machine {
@@ -222,6 +241,7 @@ impl Machine {
         Some(Machine {
             busy_s: (user + nice + system + irq + softirq) / CLOCK_TICKS_PER_S,
             steal_s: steal / CLOCK_TICKS_PER_S,
+            softirq_s: softirq / CLOCK_TICKS_PER_S,
         })
     }
 }
@@ -231,6 +251,80 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A server's processes: the pids given and all their descendants (nginx's workers under its
+/// master), looked up once when the run starts.
+#[derive(Debug, Clone, Default)]
+pub struct Processes {
+    pub pids: Vec<u32>,
+}
+
+impl Processes {
+    pub fn with_descendants(roots: &[u32]) -> Self {
+        let mut pids = roots.to_vec();
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                // After the command name: state, then the parent's pid.
+                let ppid = stat[stat.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut i = 0;
+        while i < pids.len() {
+            let parent = pids[i];
+            for &(pid, ppid) in &parents {
+                if ppid == parent && !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+            i += 1;
+        }
+        Processes { pids }
+    }
+
+    /// The CPU time of every process together (`None` if none could be read).
+    pub fn cpu(&self) -> Option<Cpu> {
+        let all: Vec<Cpu> = self
+            .pids
+            .iter()
+            .filter_map(|p| Cpu::read(&p.to_string()))
+            .collect();
+        (!all.is_empty()).then(|| Cpu {
+            user_s: all.iter().map(|c| c.user_s).sum(),
+            system_s: all.iter().map(|c| c.system_s).sum(),
+        })
+    }
+
+    /// The proportional set of every process together, in KiB: shared pages (nginx's shared
+    /// memory zone) divided among the processes that map them, so they count once.
+    pub fn pss_kib(&self) -> Option<u64> {
+        let all: Vec<u64> = self
+            .pids
+            .iter()
+            .filter_map(|p| {
+                let s = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+                let line = s.lines().find(|l| l.starts_with("Pss:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .collect();
+        (!all.is_empty()).then(|| all.iter().sum())
+    }
+
+    /// The resident set of every process together, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let all: Vec<u64> = self.pids.iter().filter_map(|&p| rss_kib(p)).collect();
+        (!all.is_empty()).then(|| all.iter().sum())
+    }
 }
 
 /// CPU used over a window, scaled per million of some unit.
@@ -243,6 +337,7 @@ pub struct CpuCost {
     /// CPU-seconds (user + system) per million messages.
     pub s_per_million: Option<f64>,
     pub user_s_per_million: Option<f64>,
+    pub system_s_per_million: Option<f64>,
 }
 
 impl CpuCost {
@@ -254,17 +349,23 @@ impl CpuCost {
             cores: cpu.total_s() / window.as_secs_f64().max(1e-9),
             s_per_million: per_million(cpu.total_s()),
             user_s_per_million: per_million(cpu.user_s),
+            system_s_per_million: per_million(cpu.system_s),
         }
     }
 
     pub fn line(&self) -> String {
+        self.line_per("messages")
+    }
+
+    /// The same, naming the unit counted.
+    pub fn line_per(&self, unit: &str) -> String {
         let mut s = format!(
             "{:.2} s user + {:.2} s system ({:.2} cores)",
             self.user_s, self.system_s, self.cores
         );
         if let (Some(all), Some(user)) = (self.s_per_million, self.user_s_per_million) {
             s.push_str(&format!(
-                ", {all:.2} s per million messages ({user:.2} s user)"
+                ", {all:.2} s per million {unit} ({user:.2} s user)"
             ));
         }
         s
@@ -313,6 +414,15 @@ mod tests {
     }
 
     #[test]
+    fn finds_own_process_tree() {
+        let me = std::process::id();
+        let p = Processes::with_descendants(&[me]);
+        assert_eq!(p.pids[0], me);
+        assert!(p.cpu().is_some());
+        assert!(p.rss_kib().is_some_and(|k| k > 0));
+    }
+
+    #[test]
     fn shards_merge() {
         let r = Recorder::new(3);
         r.record(0, &mut vec![10, 20]);
@@ -330,5 +440,9 @@ mod tests {
         assert_eq!(fmt_us(1_234), "1.23 ms");
         assert_eq!(fmt_us(12_345), "12.3 ms");
         assert_eq!(fmt_us(1_200_000), "1.20 s");
+        assert_eq!(fmt_count(0.4), "0");
+        assert_eq!(fmt_count(999.0), "999");
+        assert_eq!(fmt_count(1000.0), "1,000");
+        assert_eq!(fmt_count(1_234_567.0), "1,234,567");
     }
 }

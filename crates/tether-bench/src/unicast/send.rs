@@ -8,12 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::{Method, Request, Uri};
 use tokio::task::JoinSet;
 
 use super::{Args, Shared, json_u64};
@@ -42,32 +39,9 @@ pub(super) struct Plan {
     pub(super) next_user: AtomicU64,
 }
 
-type Sender = SendRequest<Full<Bytes>>;
-
-async fn http_connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection's driver: one task per HTTP connection, for the run.
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// Sends one request and reads the whole answer.
-async fn call(
-    sender: &mut Sender,
-    request: Request<Full<Bytes>>,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
 /// One sender: its own HTTP connection, one request in flight, until the window ends.
 pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
-    let mut sender: Option<Sender> = None;
+    let mut sender: Option<crate::http::Sender> = None;
     let mut body = Vec::with_capacity(256 + plan.payload_bytes);
     loop {
         if let Some(rate) = plan.rate {
@@ -83,7 +57,7 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
         }
         let s = match sender.as_mut() {
             Some(s) => s,
-            None => match http_connect(plan.http).await {
+            None => match crate::http::connect(plan.http).await {
                 Ok(s) => sender.insert(s),
                 Err(e) => {
                     Shared::count(&shared.errors, format!("connect: {e}"));
@@ -108,11 +82,15 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
             )
             .body(Full::new(Bytes::copy_from_slice(&body)))
             .expect("the request's parts are valid");
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, call(s, request)).await;
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, crate::http::call(s, request)).await;
         let took = shared.clock.now_us().saturating_sub(t);
         let in_window = shared.in_window(t);
         let failure = match result {
-            Ok(Ok((status, answer))) if status.is_success() => {
+            Ok(Ok(crate::http::Answer {
+                status,
+                body: answer,
+                ..
+            })) if status.is_success() => {
                 shared.requests_ok.fetch_add(1, Ordering::Relaxed);
                 shared.expected.fetch_add(expected, Ordering::Relaxed);
                 if let Some(phase) = shared.phase(t) {
@@ -129,7 +107,11 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
                 }
                 None
             }
-            Ok(Ok((status, answer))) => Some(error_key(status, &answer)),
+            Ok(Ok(crate::http::Answer {
+                status,
+                body: answer,
+                ..
+            })) => Some(crate::http::error_key(status, &answer)),
             Ok(Err(e)) => {
                 sender = None;
                 Some(format!("http: {e}"))
@@ -146,15 +128,6 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
             Shared::count(&shared.errors, key);
         }
     }
-}
-
-/// `503 overloaded`: the status and the API's error code.
-fn error_key(status: StatusCode, body: &[u8]) -> String {
-    let code = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["code"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!("{} {code}", status.as_u16()).trim_end().to_owned()
 }
 
 /// Writes the push request for users `first ..` (round-robin) sent at `t` into `body`;
@@ -204,7 +177,7 @@ pub(super) async fn inbox_heads(
         let (http, app) = (args.http, args.app.clone());
         let (host, auth) = (host.clone(), auth.clone());
         tasks.spawn(async move {
-            let mut sender = http_connect(http).await?;
+            let mut sender = crate::http::connect(http).await?;
             let mut heads = Vec::new();
             for n in (lane..connected).step_by(PARALLEL as usize) {
                 let request = Request::builder()
@@ -213,7 +186,8 @@ pub(super) async fn inbox_heads(
                     .header(header::HOST, host.clone())
                     .header(header::AUTHORIZATION, auth.clone())
                     .body(Full::new(Bytes::new()))?;
-                let (status, body) = call(&mut sender, request).await?;
+                let crate::http::Answer { status, body, .. } =
+                    crate::http::call(&mut sender, request).await?;
                 if !status.is_success() {
                     bail!(
                         "GET /v1/apps/{app}/users/u{n}/messages: {}",
@@ -251,15 +225,5 @@ mod tests {
             assert_eq!(out.len(), size.max(31));
             assert_eq!(json_u64(&out, b"{\"t\":"), Some(1_763_700_000_000_000));
         }
-    }
-
-    #[test]
-    fn error_keys() {
-        let body = br#"{"error":"store queue full; retry later","code":"overloaded"}"#;
-        assert_eq!(
-            error_key(StatusCode::SERVICE_UNAVAILABLE, body),
-            "503 overloaded"
-        );
-        assert_eq!(error_key(StatusCode::BAD_GATEWAY, b"<html>"), "502");
     }
 }
