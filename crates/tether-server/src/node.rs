@@ -21,6 +21,7 @@ use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
+use crate::webhook::Webhooks;
 
 /// The backends of the seams.
 #[derive(Debug, Clone)]
@@ -101,15 +102,20 @@ impl Node {
             metrics.queue_overflows.clone(),
             shutdown.clone(),
         );
-        let gateway = Arc::new(Gateway::new(
-            &config,
-            table,
-            registry.clone(),
-            store.clone(),
-            fanout.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let webhooks =
+            Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
+        let gateway = Arc::new(
+            Gateway::new(
+                &config,
+                table,
+                registry.clone(),
+                store.clone(),
+                fanout.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .with_webhooks(webhooks),
+        );
         let api = Arc::new(Api::new(&config, registry, router, store, fanout, metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
@@ -154,6 +160,8 @@ impl Node {
                 let drained = tokio::time::timeout(grace, async {
                     gateway.tasks.wait().await;
                     let _ = http_task.await;
+                    // The connections are closed: their offline events are queued.
+                    gateway.webhooks.finish().await;
                 })
                 .await;
                 if drained.is_err() {

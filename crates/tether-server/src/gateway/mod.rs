@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::webhook::Webhooks;
 use table::{Close, ConnTable};
 use wire::{TcpWire, WsWire};
 
@@ -63,6 +64,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
+    /// Upstream frames and presence events go to the apps' webhooks.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl Gateway {
@@ -97,7 +100,14 @@ impl Gateway {
             shutdown,
             tasks: TaskTracker::new(),
             epoch: tokio::time::Instant::now(),
+            webhooks: Arc::new(Webhooks::disabled()),
         }
+    }
+
+    /// Sends upstream frames and presence events to `webhooks` (without it, apps have none).
+    pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Milliseconds since the gateway started, by tokio's clock (so that tests can pause it).
