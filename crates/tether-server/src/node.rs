@@ -102,20 +102,18 @@ impl Node {
             metrics.queue_overflows.clone(),
             shutdown.clone(),
         );
-        let webhooks =
-            Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
-        let gateway = Arc::new(
-            Gateway::new(
-                &config,
-                table,
-                registry.clone(),
-                store.clone(),
-                fanout.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            )
-            .with_webhooks(webhooks),
-        );
+        let gateway = Arc::new(Gateway::new(
+            &config,
+            table,
+            registry.clone(),
+            store.clone(),
+            fanout.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let webhooks = Webhooks::start(&config, gateway.table.clone())
+            .context("cannot build the webhook client")?;
+        gateway.set_webhooks(webhooks);
         let api = Arc::new(Api::new(&config, registry, router, store, fanout, metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
@@ -161,7 +159,7 @@ impl Node {
                     gateway.tasks.wait().await;
                     let _ = http_task.await;
                     // The connections are closed: their offline events are queued.
-                    gateway.webhooks.finish().await;
+                    gateway.webhooks().finish().await;
                 })
                 .await;
                 if drained.is_err() {
