@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tether_proto::{Code, Connected, Publication, Push, Recovery};
-use tokio::sync::{Notify, mpsc};
+use bytes::Bytes;
+use tether_proto::{Code, Connected, PayloadKind, Publication, Push, Recovery, UpstreamReply};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::task::{self, Task};
 use crate::topics::{Intent, validate_topic};
+use crate::upstream::{Call, Calls, validate_kind};
 use crate::{ClientConfig, ClientError};
 
 /// The longest [`Client::close`] waits for the connection task.
@@ -94,8 +96,10 @@ pub(crate) struct Shared {
     /// Topic calls the task has not taken yet, in call order, one per (app, topic): a later
     /// call replaces an earlier one, so this holds at most one entry per topic named.
     pub topic_calls: Mutex<Vec<(String, String, Intent)>>,
-    /// Wakes the task when `acks` or `topic_calls` change.
+    /// Wakes the task when `acks`, `topic_calls` or `upstreams` change.
     pub wake: Notify,
+    /// Upstream calls not yet sent.
+    pub upstreams: Calls,
 }
 
 impl Shared {
@@ -167,6 +171,7 @@ impl Client {
             acks: Mutex::new(HashMap::new()),
             topic_calls: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            upstreams: Calls::new(),
         });
         let (events_tx, events) = mpsc::channel(config.event_buffer);
         let cancel = CancellationToken::new();
@@ -235,6 +240,45 @@ impl Client {
     /// the server subscribes every new connection of the user again.
     pub fn unsubscribe(&self, app: &str, topic: &str) -> Result<(), ClientError> {
         self.topic_call(app, topic, Intent::Unsubscribe)
+    }
+
+    /// Sends `payload` to the business backend of `app` through its webhook, as `kind` (a name
+    /// the business routes on: 1 to 128 bytes, no control characters), and resolves to the
+    /// webhook's answer: its HTTP status and body.
+    ///
+    /// The returned future does not borrow the client, so [`Client::recv`] can go on while it
+    /// waits. It is sent when first polled (on the next connection when none is up); at most
+    /// [`crate::MAX_UPSTREAMS_IN_FLIGHT`] calls wait or are sent at once, and later ones wait
+    /// for a place. Fails with [`ClientError::Upstream`] when the server refuses it (4301 busy:
+    /// retry later; 4303 the app has no webhook; 4304 the webhook could not be reached), and
+    /// with [`ClientError::ConnectionLost`] when the connection ends before the answer (the
+    /// webhook may or may not have the data: the business drops duplicates by the delivery
+    /// `id` only for retries of one upstream, so resend only what is safe to repeat).
+    pub fn upstream(
+        &self,
+        app: &str,
+        kind: &str,
+        payload_kind: PayloadKind,
+        payload: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<UpstreamReply, ClientError>> + Send + 'static {
+        let checked = self.check_open(app).and_then(|()| validate_kind(kind));
+        let shared = self.shared.clone();
+        let (app, kind, payload) = (app.to_owned(), kind.to_owned(), payload.into());
+        async move {
+            checked?;
+            let place = shared.upstreams.place().await?;
+            let (answer, rx) = oneshot::channel();
+            shared.upstreams.push(Call {
+                app,
+                kind,
+                payload_kind,
+                payload,
+                answer,
+                _place: place,
+            })?;
+            shared.wake.notify_one();
+            rx.await.unwrap_or(Err(ClientError::Closed))
+        }
     }
 
     fn topic_call(&self, app: &str, topic: &str, intent: Intent) -> Result<(), ClientError> {

@@ -50,13 +50,24 @@ pub enum ClientError {
     /// The client was closed, or its connection ended for good.
     #[error("the client is closed")]
     Closed,
+    /// An upstream kind the protocol does not allow (1 to 128 bytes, no control characters).
+    #[error("invalid upstream kind {kind:?}: {reason}")]
+    InvalidKind { kind: String, reason: &'static str },
+    /// The server answered an upstream with an error (43xx): 4301 busy and 4302 too many in
+    /// flight are worth retrying later, 4304 says the webhook could not be reached.
+    #[error("upstream refused: {code}: {message}")]
+    Upstream { code: Code, message: String },
+    /// The connection ended before the upstream's answer arrived: the webhook may or may not
+    /// have received it.
+    #[error("the connection ended before the answer: {0}")]
+    ConnectionLost(String),
 }
 
 impl ClientError {
     /// The protocol code, when the server gave one.
     pub fn code(&self) -> Option<Code> {
         match self {
-            ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::Rejected { code, .. } | ClientError::Upstream { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -69,8 +80,15 @@ impl ClientError {
             | ClientError::Config(_)
             | ClientError::NotBound(_)
             | ClientError::InvalidTopic { .. }
+            | ClientError::InvalidKind { .. }
             | ClientError::Closed => false,
             ClientError::Rejected { code, .. } => code.should_reconnect(),
+            ClientError::Upstream { code, .. } => {
+                matches!(
+                    *code,
+                    Code::UNAVAILABLE | Code::LIMIT | Code::UPSTREAM_FAILED
+                )
+            }
             _ => true,
         }
     }

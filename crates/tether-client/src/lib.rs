@@ -46,6 +46,8 @@
 //!   send after a reconnect, which publications are duplicates.
 //! - `transport`: frames over a socket (TCP stream of binary frames; WebSocket with binary or
 //!   JSON messages).
+//! - `upstream`: upstream calls waiting for the connection and sent ones waiting for their
+//!   answer, paired by request id (no I/O).
 //! - `backoff`: reconnect delays (exponential, full jitter, server's `retry_after_ms` as a
 //!   floor).
 //! - `error`: [`ClientError`], the one error type.
@@ -80,6 +82,11 @@
 //!   handed over, in which case it sends one subscribe with `since` to recover the gap (the
 //!   application sees only that one's answer). A subscribe refused with 4301 (busy) is retried
 //!   after a backoff delay and at the next reconnect; other refusals forget the topic.
+//! - **Upstream**: [`Client::upstream`] sends data to the app's webhook and resolves to its
+//!   answer (status and body), paired by request id; at most [`MAX_UPSTREAMS_IN_FLIGHT`] at
+//!   once. Calls made while disconnected are sent after the reconnect; calls sent on a
+//!   connection that is lost fail with [`ClientError::ConnectionLost`] (never resent by the
+//!   client: only the application knows whether repeating one is safe).
 
 mod backoff;
 mod client;
@@ -88,10 +95,12 @@ mod error;
 mod task;
 mod topics;
 mod transport;
+mod upstream;
 
 pub use client::{CLOSE_TIMEOUT, Client, Event};
 pub use config::{ClientConfig, ReconnectPolicy, WsEncoding};
 pub use error::ClientError;
 pub use tether_proto::{
-    Binding, Bound, Code, Connected, Group, PayloadKind, Publication, Push, Recovery,
+    Binding, Bound, Code, Connected, Group, PayloadKind, Publication, Push, Recovery, UpstreamReply,
 };
+pub use upstream::MAX_IN_FLIGHT as MAX_UPSTREAMS_IN_FLIGHT;

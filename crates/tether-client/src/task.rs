@@ -33,6 +33,7 @@ use crate::client::Shared;
 use crate::config::Endpoint;
 use crate::topics::Topics;
 use crate::transport::{Incoming, Transport};
+use crate::upstream::InFlight;
 use crate::{ClientConfig, ClientError, Event};
 
 /// The shortest heartbeat interval the client accepts from a server (a guard against a
@@ -82,6 +83,8 @@ pub(crate) struct Task {
     last_seqs: HashMap<String, u64>,
     /// Topic subscriptions and their offsets, kept across reconnects.
     topics: Topics,
+    /// Upstreams sent on the current connection, waiting for their answer.
+    upstreams: InFlight,
 }
 
 impl Task {
@@ -101,6 +104,7 @@ impl Task {
             held: None,
             last_seqs: HashMap::new(),
             topics: Topics::new(&config.reconnect),
+            upstreams: InFlight::default(),
             config,
         }
     }
@@ -283,6 +287,28 @@ impl Task {
         Ok(true)
     }
 
+    /// Writes the upstream calls made since the last write, each with a new request id. On
+    /// failure the connection is lost, and so are the answers of what was sent.
+    async fn write_upstreams(
+        &mut self,
+        conn: &mut Transport,
+        limit: Duration,
+    ) -> Result<bool, ClientError> {
+        let calls = self.shared.upstreams.take();
+        if calls.is_empty() {
+            return Ok(false);
+        }
+        let last_id = &mut self.last_id;
+        let frames = self
+            .upstreams
+            .frames(calls, &mut || next_request_id(last_id));
+        if frames.is_empty() {
+            return Ok(false);
+        }
+        Self::send(conn, &frames, limit).await?;
+        Ok(true)
+    }
+
     /// Serves one established connection until it ends.
     async fn session(&mut self, mut conn: Transport, heartbeat: Duration) -> End {
         let silence_limit = heartbeat * 2;
@@ -305,6 +331,12 @@ impl Task {
         // re-applies them), and topic calls made while no connection was up.
         self.topics.connection_started(Instant::now());
         match self.write_topics(&mut conn, heartbeat).await {
+            Ok(true) => last_sent = Instant::now(),
+            Ok(false) => {}
+            Err(e) => return End::lost(e.to_string()),
+        }
+        // Upstream calls made while no connection was up.
+        match self.write_upstreams(&mut conn, heartbeat).await {
             Ok(true) => last_sent = Instant::now(),
             Ok(false) => {}
             Err(e) => return End::lost(e.to_string()),
@@ -334,6 +366,11 @@ impl Task {
                         Err(e) => return End::lost(e.to_string()),
                     }
                     match self.write_topics(&mut conn, heartbeat).await {
+                        Ok(true) => last_sent = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => return End::lost(e.to_string()),
+                    }
+                    match self.write_upstreams(&mut conn, heartbeat).await {
                         Ok(true) => last_sent = Instant::now(),
                         Ok(false) => {}
                         Err(e) => return End::lost(e.to_string()),
@@ -411,7 +448,15 @@ impl Task {
                                 return End::Closed;
                             }
                         }
+                        Body::UpstreamReply(reply) => {
+                            // An answer to no upstream of ours (sent before a reconnect, or a
+                            // server bug) has nobody to go to.
+                            self.upstreams.answered(frame.id, reply);
+                        }
                         Body::Error(e) if e.code.group() == Group::RequestError => {
+                            let Err(e) = self.upstreams.failed(frame.id, e) else {
+                                continue;
+                            };
                             let event = match self.topics.failed(frame.id, e, Instant::now()) {
                                 Ok(event) => event,
                                 Err(e) => Some(Event::Error { code: e.code, message: e.message }),
@@ -445,6 +490,13 @@ impl Task {
                 }
             }
         }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // Callers waiting on upstreams learn that no answer will come.
+        self.shared.upstreams.close();
     }
 }
 
@@ -488,6 +540,7 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
         else {
             return;
         };
+        task.upstreams.lost(&reason);
         tracing::debug!(?code, %reason, "connection lost");
         if started.elapsed() >= task.config.reconnect.max {
             backoff.reset();

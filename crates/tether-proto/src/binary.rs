@@ -25,8 +25,11 @@
 //! | ack        | app str, seq u64                                                            |
 //! | error      | code u16, message str                                                       |
 //! | disconnect | code u16, retry_after_ms u32, reason str                                    |
+//! | upstream   | app str, kind str, payload kind u8, payload = the rest                      |
+//! | upstream_reply | app str, status u16, kind u8, payload = the rest                        |
 //!
-//! Bytes left over after a body are an error (except for `push`, whose payload is the rest).
+//! `docs/protocol.md` (section 2.3) has every op's body. Bytes left over after a body are an
+//! error (except for bodies ending in a payload, which is the rest).
 //!
 //! # Decoding: check, then parse
 //!
@@ -52,7 +55,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
     PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Subscribe, Subscribed, Sync,
-    Synced, Unsubscribe, Unsubscribed,
+    Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
 };
 
 /// Size of the length prefix.
@@ -65,6 +68,10 @@ const PUSH_FIXED: usize = 2 + 8 + 8 + 1 + 8 + 1;
 /// A publication's body without its app, topic and payload: two string lengths, offset,
 /// msg_id, created_ms, kind.
 const PUBLICATION_FIXED: usize = 2 + 2 + 8 + 8 + 8 + 1;
+/// An upstream's body without its app, kind and payload: two string lengths, payload kind.
+const UPSTREAM_FIXED: usize = 2 + 2 + 1;
+/// An upstream reply's body without its app and payload: app length, status, kind.
+const UPSTREAM_REPLY_FIXED: usize = 2 + 2 + 1;
 
 /// Check, then parse: `Ok(None)` when `buf` does not yet hold a whole frame ("incomplete" is
 /// normal, not an error).
@@ -213,6 +220,18 @@ fn parse_checked(frame: Bytes) -> Result<Frame, DecodeError> {
             offset: r.u64()?,
             msg_id: r.u64()?,
             created_ms: r.u64()?,
+            kind: r.kind()?,
+            payload: r.rest(),
+        }),
+        Op::Upstream => Body::Upstream(Upstream {
+            app: r.str()?,
+            kind: r.str()?,
+            payload_kind: r.kind()?,
+            payload: r.rest(),
+        }),
+        Op::UpstreamReply => Body::UpstreamReply(UpstreamReply {
+            app: r.str()?,
+            status: r.u16()?,
             kind: r.kind()?,
             payload: r.rest(),
         }),
@@ -369,6 +388,8 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Body::Unsubscribe(q) => s(&q.app) + s(&q.topic),
         Body::Unsubscribed(q) => s(&q.app) + s(&q.topic),
         Body::Publication(p) => PUBLICATION_FIXED + p.app.len() + p.topic.len() + p.payload.len(),
+        Body::Upstream(u) => UPSTREAM_FIXED + u.app.len() + u.kind.len() + u.payload.len(),
+        Body::UpstreamReply(u) => UPSTREAM_REPLY_FIXED + u.app.len() + u.payload.len(),
         Body::Error(e) => 2 + s(&e.message),
         Body::Disconnect(d) => 2 + 4 + s(&d.reason),
     };
@@ -423,6 +444,11 @@ pub fn validate(frame: &Frame) -> Result<(), EncodeError> {
             s("app", app)?;
             s("topic", topic)?;
         }
+        Body::Upstream(u) => {
+            s("app", &u.app)?;
+            s("kind", &u.kind)?;
+        }
+        Body::UpstreamReply(u) => s("app", &u.app)?,
         Body::Error(e) => s("message", &e.message)?,
         Body::Disconnect(d) => s("reason", &d.reason)?,
     }
@@ -555,6 +581,18 @@ fn write(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u64(p.created_ms);
             dst.put_u8(p.kind as u8);
             dst.put_slice(&p.payload);
+        }
+        Body::Upstream(u) => {
+            put_str(dst, &u.app);
+            put_str(dst, &u.kind);
+            dst.put_u8(u.payload_kind as u8);
+            dst.put_slice(&u.payload);
+        }
+        Body::UpstreamReply(u) => {
+            put_str(dst, &u.app);
+            dst.put_u16(u.status);
+            dst.put_u8(u.kind as u8);
+            dst.put_slice(&u.payload);
         }
         Body::Error(e) => {
             dst.put_u16(e.code.0);
@@ -696,7 +734,7 @@ mod tests {
 
     #[test]
     fn unknown_op() {
-        for op in [0u8, 16, 200, 255] {
+        for op in [0u8, 18, 200, 255] {
             let v = header(8, 1, op, 0, 1);
             assert_eq!(
                 parse(Bytes::from(v), MAX),

@@ -96,6 +96,11 @@ codes! {
     UNAVAILABLE = 4301, "unavailable";
     /// A per-connection limit was reached (e.g. topics per connection).
     LIMIT = 4302, "limit";
+    /// The app has no webhook configured: it takes no upstream data.
+    NO_WEBHOOK = 4303, "no_webhook";
+    /// The app's webhook could not be reached (network errors or timeouts, retries
+    /// exhausted), or answered something unusable; the data may or may not have reached it.
+    UPSTREAM_FAILED = 4304, "upstream_failed";
 }
 
 impl Code {

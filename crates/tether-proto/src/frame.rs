@@ -53,10 +53,12 @@ pub enum Op {
     Unsubscribe = 13,
     Unsubscribed = 14,
     Publication = 15,
+    Upstream = 16,
+    UpstreamReply = 17,
 }
 
 impl Op {
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 17] = [
         Op::Connect,
         Op::Connected,
         Op::Ping,
@@ -72,6 +74,8 @@ impl Op {
         Op::Unsubscribe,
         Op::Unsubscribed,
         Op::Publication,
+        Op::Upstream,
+        Op::UpstreamReply,
     ];
 
     pub fn from_u8(n: u8) -> Option<Op> {
@@ -96,6 +100,8 @@ impl Op {
             Op::Unsubscribe => "unsubscribe",
             Op::Unsubscribed => "unsubscribed",
             Op::Publication => "publication",
+            Op::Upstream => "upstream",
+            Op::UpstreamReply => "upstream_reply",
         }
     }
 
@@ -122,6 +128,8 @@ pub enum Body {
     Unsubscribe(Unsubscribe),
     Unsubscribed(Unsubscribed),
     Publication(Publication),
+    Upstream(Upstream),
+    UpstreamReply(UpstreamReply),
 }
 
 impl Body {
@@ -142,6 +150,8 @@ impl Body {
             Body::Unsubscribe(_) => Op::Unsubscribe,
             Body::Unsubscribed(_) => Op::Unsubscribed,
             Body::Publication(_) => Op::Publication,
+            Body::Upstream(_) => Op::Upstream,
+            Body::UpstreamReply(_) => Op::UpstreamReply,
         }
     }
 }
@@ -350,6 +360,31 @@ pub struct Publication {
     pub payload: Bytes,
 }
 
+/// Client -> server: data for the app's business backend, which the server forwards to the
+/// app's webhook. Answered by one [`UpstreamReply`] or one `error` carrying the same request
+/// id (unless the connection closes first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub app: String,
+    /// What the data is, for the business to route on (`"chat"`, `"score"`, ...): 1 to 128
+    /// bytes, no control characters.
+    pub kind: String,
+    pub payload_kind: PayloadKind,
+    pub payload: Bytes,
+}
+
+/// Server -> client: the webhook's answer to an [`Upstream`], with its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamReply {
+    pub app: String,
+    /// The webhook's HTTP status (2xx: accepted; see the protocol, section 7.3).
+    pub status: u16,
+    /// How the webhook's response body reads (JSON when it said `application/json`).
+    pub kind: PayloadKind,
+    /// The webhook's response body (may be empty).
+    pub payload: Bytes,
+}
+
 /// Server -> client: a request failed (request-error codes, 43xx); the connection stays open.
 /// Closes are announced with [`Disconnect`], never with this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,4 +414,4 @@ macro_rules! into_body {
     };
 }
 
-into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced, Subscribe => Subscribe, Subscribed => Subscribed, Unsubscribe => Unsubscribe, Unsubscribed => Unsubscribed, Publication => Publication);
+into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced, Subscribe => Subscribe, Subscribed => Subscribed, Unsubscribe => Unsubscribe, Unsubscribed => Unsubscribed, Publication => Publication, Upstream => Upstream, UpstreamReply => UpstreamReply);

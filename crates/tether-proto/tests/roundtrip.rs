@@ -27,6 +27,8 @@ fn json_normalised(mut frame: Frame) -> Frame {
     let (kind, payload) = match &mut frame.body {
         Body::Push(p) => (&mut p.kind, &mut p.payload),
         Body::Publication(p) => (&mut p.kind, &mut p.payload),
+        Body::Upstream(u) => (&mut u.payload_kind, &mut u.payload),
+        Body::UpstreamReply(u) => (&mut u.kind, &mut u.payload),
         _ => return frame,
     };
     if *kind == PayloadKind::Json {
@@ -112,7 +114,7 @@ proptest! {
 
     /// Random bytes behind a plausible header reach the body parsers.
     #[test]
-    fn arbitrary_bodies_never_panic(op in 0..10u8, id in any::<u32>(), body in vec(any::<u8>(), 0..128)) {
+    fn arbitrary_bodies_never_panic(op in 0..20u8, id in any::<u32>(), body in vec(any::<u8>(), 0..128)) {
         let mut v = Vec::with_capacity(12 + body.len());
         v.extend_from_slice(&((8 + body.len()) as u32).to_be_bytes());
         v.extend_from_slice(&[1, op, 0, 0]);

@@ -25,6 +25,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub rate: RateConfig,
     pub apps: Vec<AppConfig>,
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +196,14 @@ pub struct AppConfig {
     /// Overrides `rate.deliveries_per_sec` for this app.
     #[serde(default)]
     pub deliveries_per_sec: Option<u32>,
+    /// Where upstream data and presence events of this app are POSTed (`http://...`). None:
+    /// upstream frames are answered `error` 4303.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Send `online` / `offline` events to the webhook when a user's first connection on this
+    /// node opens and its last one closes.
+    #[serde(default)]
+    pub presence_events: bool,
 }
 
 impl AppConfig {
@@ -206,6 +215,8 @@ impl AppConfig {
             api_key,
             requests_per_sec: None,
             deliveries_per_sec: None,
+            webhook: None,
+            presence_events: false,
         }
     }
 
@@ -218,6 +229,124 @@ impl AppConfig {
                 .unwrap_or(defaults.deliveries_per_sec),
             ..*defaults
         }
+    }
+}
+
+/// Webhooks: upstream data and presence events, POSTed to each app's `webhook` URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Upstream POSTs in flight per app: each app with a webhook has this many workers.
+    pub workers: usize,
+    /// Upstream requests of one app waiting for a worker; past it, the client gets `error`
+    /// 4301 (busy, retry later).
+    pub queue: usize,
+    /// Upstream requests of one connection waiting for their answer; past it, `error` 4302.
+    pub max_in_flight: usize,
+    /// One POST attempt, from connecting to the end of the answer's body.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Attempts after the first for an upstream that got a 5xx, a network error or a timeout.
+    /// Presence batches are retried until they are delivered (or refused with a 4xx).
+    pub retries: u32,
+    /// The first retry waits about this long; each later one twice as long, up to
+    /// `backoff_max`; every wait is drawn at random between half and all of that.
+    #[serde(deserialize_with = "duration")]
+    pub backoff_min: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// Presence events in one POST.
+    pub events_batch: usize,
+    /// A presence event waits at most this long for others to share its POST.
+    #[serde(deserialize_with = "duration")]
+    pub events_interval: Duration,
+    /// Presence events of one app waiting to be sent; past it, new events are dropped and
+    /// counted (`tether_webhook_dropped_total{kind="presence"}`).
+    pub events_queue: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            workers: 8,
+            queue: 1024,
+            max_in_flight: 16,
+            timeout: Duration::from_secs(5),
+            retries: 3,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            events_batch: 500,
+            events_interval: Duration::from_secs(1),
+            events_queue: 65_536,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The problems of `[webhook]` and of the apps' `webhook` and `presence_events` keys.
+    fn problems(&self, apps: &[AppConfig]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, value, range) in [
+            ("webhook.workers", self.workers, 1..=1024),
+            ("webhook.queue", self.queue, 1..=1_000_000),
+            ("webhook.max_in_flight", self.max_in_flight, 1..=10_000),
+            ("webhook.events_batch", self.events_batch, 1..=10_000),
+            ("webhook.events_queue", self.events_queue, 1..=10_000_000),
+        ] {
+            if !range.contains(&value) {
+                problems.push(format!(
+                    "{name} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
+            problems.push("webhook.timeout must be between 1ms and 5m".into());
+        }
+        if self.retries > 100 {
+            problems.push("webhook.retries must be at most 100".into());
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            problems.push("webhook.backoff_min must be non-zero and at most backoff_max".into());
+        }
+        if self.backoff_max > Duration::from_secs(3600) {
+            problems.push("webhook.backoff_max must be at most 1h".into());
+        }
+        if self.events_interval.is_zero() || self.events_interval > Duration::from_secs(60) {
+            problems.push("webhook.events_interval must be between 1ms and 1m".into());
+        }
+        for (i, app) in apps.iter().enumerate() {
+            match &app.webhook {
+                Some(url) => {
+                    if let Err(e) = check_webhook_url(url) {
+                        problems.push(format!("apps[{i}].webhook: {e}"));
+                    }
+                }
+                None if app.presence_events => {
+                    problems.push(format!("apps[{i}].presence_events needs a webhook"));
+                }
+                None => {}
+            }
+        }
+        problems
+    }
+}
+
+/// A webhook URL this build can POST to: `http://host[:port]/path`.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" if parsed.host().is_some() => Ok(()),
+        "http" => Err(format!("{url:?} has no host")),
+        // No TLS stack is compiled into the webhook client: terminate TLS in a proxy.
+        "https" => Err(format!(
+            "{url:?}: https is not supported; use http:// (to a local TLS-terminating proxy \
+             when the business is remote)"
+        )),
+        other => Err(format!(
+            "{url:?}: unsupported scheme {other:?} (use http://)"
+        )),
     }
 }
 
@@ -509,6 +638,7 @@ impl Config {
         if !(1..=1_000_000).contains(&self.rate.fanout_queue) {
             problems.push("rate.fanout_queue must be between 1 and 1000000".into());
         }
+        problems.extend(self.webhook.problems(&self.apps));
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -727,6 +857,60 @@ mod tests {
         for needle in ["listen.tcp", "heartbeat_min", "secret", "api_key"] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn webhook_keys_are_checked() {
+        let err = Config::from_toml(
+            r#"
+            [webhook]
+            workers = 0
+            backoff_min = "5s"
+            backoff_max = "1s"
+            [[apps]]
+            id = "a"
+            secret = "0123456789abcdef"
+            api_key = "0123456789abcdef"
+            webhook = "https://business.example/hook"
+            [[apps]]
+            id = "b"
+            secret = "0123456789abcdefg"
+            api_key = "0123456789abcdefg"
+            presence_events = true
+            [[apps]]
+            id = "c"
+            secret = "0123456789abcdefh"
+            api_key = "0123456789abcdefh"
+            webhook = "not a url"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "webhook.workers",
+            "webhook.backoff_min",
+            "apps[0].webhook",
+            "https is not supported",
+            "apps[1].presence_events needs a webhook",
+            "apps[2].webhook",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        let ok = Config::from_toml(
+            r#"
+            [[apps]]
+            id = "a"
+            secret = "0123456789abcdef"
+            api_key = "0123456789abcdef"
+            webhook = "http://127.0.0.1:9000/tether"
+            presence_events = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.apps[0].webhook.as_deref(),
+            Some("http://127.0.0.1:9000/tether")
+        );
     }
 
     #[test]

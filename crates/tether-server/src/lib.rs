@@ -13,6 +13,8 @@
 //! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
 //!   commit, expiry sweep.
 //! - [`node`]: builds the backends (in one place), binds the listeners, runs and shuts down.
+//! - [`webhook`]: the upstream role: client upstream data and presence events to each app's
+//!   webhook (signed, bounded queues, fixed worker pools, retries), answers back to clients.
 //!
 //! Every role talks to the others through the seams of `tether-core` (registry, router), never
 //! through each other's internals.
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod node;
 pub mod rate;
 pub mod store;
+pub mod webhook;
 
 pub use config::Config;
 pub use node::{Node, run};

@@ -21,6 +21,7 @@ use crate::gateway::Gateway;
 use crate::gateway::table::ConnTable;
 use crate::metrics::Metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
+use crate::webhook::Webhooks;
 
 /// The backends of the seams.
 #[derive(Debug, Clone)]
@@ -110,6 +111,9 @@ impl Node {
             metrics.clone(),
             shutdown.clone(),
         ));
+        let webhooks = Webhooks::start(&config, gateway.table.clone())
+            .context("cannot build the webhook client")?;
+        gateway.set_webhooks(webhooks);
         let api = Arc::new(Api::new(&config, registry, router, store, fanout, metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
@@ -154,6 +158,8 @@ impl Node {
                 let drained = tokio::time::timeout(grace, async {
                     gateway.tasks.wait().await;
                     let _ = http_task.await;
+                    // The connections are closed: their offline events are queued.
+                    gateway.webhooks().finish().await;
                 })
                 .await;
                 if drained.is_err() {

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tether_proto::{
     Ack, Binding, Body, Bound, Code, Connect, Connected, Disconnect, ErrorBody, Frame, PayloadKind,
     Publication, Push, Recovery, Subscribe, Subscribed, Sync, Synced, Unsubscribe, Unsubscribed,
+    Upstream, UpstreamReply,
 };
 
 /// Any string, control characters and non-ASCII included; short, to keep cases fast.
@@ -107,6 +108,24 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
             })
         }),
     ];
+    let upstream = prop_oneof![
+        (push(payloads), text()).prop_map(|(p, kind)| {
+            Body::Upstream(Upstream {
+                app: p.app,
+                kind,
+                payload_kind: p.kind,
+                payload: p.payload,
+            })
+        }),
+        (push(payloads), any::<u16>()).prop_map(|(p, status)| {
+            Body::UpstreamReply(UpstreamReply {
+                app: p.app,
+                status,
+                kind: p.kind,
+                payload: p.payload,
+            })
+        }),
+    ];
     let connect = (
         any::<u8>(),
         text(),
@@ -176,6 +195,7 @@ pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
             })
         }),
         topics,
+        upstream,
     ]
 }
 

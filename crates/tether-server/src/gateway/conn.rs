@@ -38,6 +38,7 @@ pub(crate) async fn serve<W: Wire>(mut wire: W, gw: Arc<Gateway>) {
         .connections
         .decrement(1.0);
     Box::pin(forget(&gw, &conn)).await;
+    gw.webhooks().disconnected(&conn);
 }
 
 /// Handshake, registration, `connected`. Returns the connection, or `None` when it was refused
@@ -107,6 +108,9 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         }
     }
     join_server_side_topics(gw, &conn).await;
+    // Before `connected`: a client that saw it and then closed another connection of its user
+    // must not make the user look offline.
+    gw.webhooks().connected(&conn);
     gw.metrics
         .transport(conn.transport)
         .connections
@@ -145,6 +149,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         .connections
         .decrement(1.0);
     forget(gw, &conn).await;
+    gw.webhooks().disconnected(&conn);
     None
 }
 
@@ -710,6 +715,12 @@ fn handle(gw: &Gateway, conn: &ConnHandle, frame: Frame) -> Handled {
                     Code::UNAVAILABLE,
                     "busy: retry the unsubscribe later".into(),
                 ));
+            }
+            Handled::Continue
+        }
+        Body::Upstream(up) => {
+            if let Err(e) = gw.webhooks().upstream(conn, frame.id, up) {
+                conn.enqueue(reply(Body::Error(e)));
             }
             Handled::Continue
         }

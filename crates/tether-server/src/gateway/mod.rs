@@ -16,7 +16,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::webhook::Webhooks;
 use table::{Close, ConnTable};
 use wire::{TcpWire, WsWire};
 
@@ -63,6 +64,9 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
+    /// Upstream frames and presence events go to the apps' webhooks; set once, at node start
+    /// (see [`Gateway::webhooks`]).
+    webhooks: OnceLock<Arc<Webhooks>>,
 }
 
 impl Gateway {
@@ -97,7 +101,20 @@ impl Gateway {
             shutdown,
             tasks: TaskTracker::new(),
             epoch: tokio::time::Instant::now(),
+            webhooks: OnceLock::new(),
         }
+    }
+
+    /// Sends upstream frames and presence events to `webhooks` from now on. Only the first
+    /// call counts: presence counts must see every connection's open and close in one place.
+    pub fn set_webhooks(&self, webhooks: Arc<Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    /// The apps' webhooks; none before [`Gateway::set_webhooks`].
+    pub fn webhooks(&self) -> &Webhooks {
+        static NONE: LazyLock<Webhooks> = LazyLock::new(Webhooks::disabled);
+        self.webhooks.get().map_or(&NONE, |w| w)
     }
 
     /// Milliseconds since the gateway started, by tokio's clock (so that tests can pause it).

@@ -6,6 +6,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
