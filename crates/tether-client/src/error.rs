@@ -50,6 +50,15 @@ pub enum ClientError {
     /// The client was closed, or its connection ended for good.
     #[error("the client is closed")]
     Closed,
+    /// The dispatcher could not be asked, or did not answer with endpoints. `status` is the
+    /// HTTP status (`None`: it could not be reached); `code` its error code (`no_endpoints`:
+    /// no node can take the client now, `bad_token`, `token_expired`, ...).
+    #[error("dispatcher: {code} ({}): {message}", .status.map_or("unreachable".to_owned(), |s| s.to_string()))]
+    Dispatch {
+        status: Option<u16>,
+        code: String,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -71,6 +80,11 @@ impl ClientError {
             | ClientError::InvalidTopic { .. }
             | ClientError::Closed => false,
             ClientError::Rejected { code, .. } => code.should_reconnect(),
+            // A 4xx is about this client (its token, its app): asking again cannot help.
+            ClientError::Dispatch {
+                status: Some(status),
+                ..
+            } => !(400..500).contains(status) || matches!(status, 408 | 429),
             _ => true,
         }
     }
