@@ -480,3 +480,50 @@ async fn advertised_endpoints_replace_the_listener_addresses() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_shutdown_spreads_its_closes_too_and_ends_within_the_grace_period() {
+    let mut config = config("stopping");
+    let spread = Duration::from_millis(800);
+    let grace = Duration::from_secs(3);
+    config.gateway.shutdown_spread = spread;
+    config.gateway.shutdown_grace = grace;
+    let node = start(config).await;
+    let addr = node.tcp_addr().unwrap();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(
+            TcpClient::connected(addr, &format!("u{i}"), "phone", 0)
+                .await
+                .0,
+        );
+    }
+
+    node.shutdown();
+    let began = Instant::now();
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let d = client.expect_disconnect(Code::SHUTDOWN).await;
+                (began.elapsed(), d.retry_after_ms)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for wait in waits {
+        let (at, retry_after_ms) = wait.await.expect("every client gets disconnect 4100");
+        assert!(u128::from(retry_after_ms) <= spread.as_millis());
+        times.push(at);
+    }
+    times.sort();
+    // Five closes due at 0, 160, ..., 640 ms.
+    assert!(
+        times[4] - times[0] >= Duration::from_millis(400),
+        "closes not spread: {times:?}"
+    );
+    timeout(grace, node.wait())
+        .await
+        .expect("the node stops within its grace period");
+    assert!(began.elapsed() < grace);
+}

@@ -19,6 +19,7 @@ use tether_core::{AppId, Registry, Transport};
 
 use super::{ApiError, dispatch, request_timeout};
 use crate::config::{Config, DispatchConfig, Secret};
+use crate::gateway::table::ConnTable;
 use crate::lifecycle::Lifecycle;
 use crate::store::EmbeddedStore;
 
@@ -149,37 +150,40 @@ struct ConnStats {
     over_half: u64,
 }
 
+/// Walks the table, one shard lock at a time.
+fn conn_stats(table: &ConnTable) -> ConnStats {
+    let mut s = ConnStats::default();
+    table.for_each_in(0..table.shard_count(), |conn| {
+        let n = match conn.transport {
+            Transport::Tcp => &mut s.tcp,
+            Transport::Ws => &mut s.ws,
+        };
+        *n += 1;
+        for (app, _) in &conn.bindings {
+            let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
+            match conn.transport {
+                Transport::Tcp => *tcp += 1,
+                Transport::Ws => *ws += 1,
+            }
+        }
+        let queued = conn.queued_bytes();
+        s.queued_bytes += queued as u64;
+        if queued > conn.queue_limit() / 2 {
+            s.over_half += 1;
+        }
+    });
+    s
+}
+
 async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     ops.admin(&headers)?;
     let gateway = ops.lifecycle.gateway().clone();
     let limit = gateway.limits.outbound_queue_bytes;
     // One shard lock at a time, but every connection: off the async workers.
     let table = gateway.table.clone();
-    let conns = tokio::task::spawn_blocking(move || {
-        let mut s = ConnStats::default();
-        table.for_each_in(0..table.shard_count(), |conn| {
-            let n = match conn.transport {
-                Transport::Tcp => &mut s.tcp,
-                Transport::Ws => &mut s.ws,
-            };
-            *n += 1;
-            for (app, _) in &conn.bindings {
-                let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
-                match conn.transport {
-                    Transport::Tcp => *tcp += 1,
-                    Transport::Ws => *ws += 1,
-                }
-            }
-            let queued = conn.queued_bytes();
-            s.queued_bytes += queued as u64;
-            if queued > conn.queue_limit() / 2 {
-                s.over_half += 1;
-            }
-        });
-        s
-    })
-    .await
-    .map_err(ApiError::unavailable)?;
+    let conns = tokio::task::spawn_blocking(move || conn_stats(&table))
+        .await
+        .map_err(ApiError::unavailable)?;
     let by_app: BTreeMap<&str, Value> = conns
         .by_app
         .iter()
@@ -241,9 +245,59 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tether_core::{ConnId, DeviceId, UserId};
+
+    use super::*;
+    use crate::gateway::inbox::InboxState;
+    use crate::gateway::table::{ConnHandle, Encoding, NewConn};
+
+    fn conn(id: u64, transport: Transport, apps: &[&str]) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle::new(NewConn {
+            id: ConnId(id),
+            transport,
+            encoding: Encoding::Binary,
+            device: DeviceId::from("d"),
+            bindings: apps
+                .iter()
+                .map(|a| (AppId::from(*a), UserId::from("u")))
+                .collect(),
+            resume: apps.iter().map(|_| InboxState::resuming(0, 0)).collect(),
+            queue_limit: 1000,
+            idle_limit: Duration::from_secs(30),
+            now_ms: 0,
+        }))
+    }
+
+    #[test]
+    fn the_walk_counts_transports_apps_and_queued_bytes() {
+        let table = ConnTable::new(
+            metrics::counter!("test_overflows"),
+            metrics::counter!("test_deliveries"),
+        );
+        let a = conn(1, Transport::Tcp, &["demo"]);
+        let b = conn(2, Transport::Ws, &["demo", "shop"]);
+        let c = conn(3, Transport::Tcp, &["shop"]);
+        for conn in [&a, &b, &c] {
+            table.insert(conn.clone());
+        }
+        a.enqueue(Bytes::from(vec![0; 501]));
+        b.enqueue(Bytes::from(vec![0; 500]));
+        c.enqueue(Bytes::from(vec![0; 10]));
+        let s = conn_stats(&table);
+        assert_eq!((s.tcp, s.ws), (2, 1));
+        assert_eq!(s.by_app[&AppId::from("demo")], (1, 1));
+        assert_eq!(s.by_app[&AppId::from("shop")], (1, 1));
+        assert_eq!(s.queued_bytes, 1011);
+        assert_eq!(s.over_half, 1, "past half of 1000 bytes: only the 501");
+    }
+
     #[test]
     fn constant_time_eq_compares_whole_keys() {
         use super::constant_time_eq as eq;
+
         assert!(eq(b"admin-key-0123456789", b"admin-key-0123456789"));
         assert!(!eq(b"admin-key-0123456789", b"admin-key-0123456788"));
         assert!(!eq(b"admin-key", b"admin-key-0123456789"));
