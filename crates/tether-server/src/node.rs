@@ -198,7 +198,9 @@ impl Node {
                 // come back later: the closes spread over `shutdown_spread` (at most half the
                 // grace period, so that the last ones still have time to finish), and each
                 // gets a random `retry_after_ms` within it.
-                lifecycle.withdraw().await;
+                // Bounded: a registry that hangs must not hold the shutdown up (the
+                // announcement then expires on its own).
+                let _ = tokio::time::timeout(grace / 4, lifecycle.withdraw()).await;
                 info!(connections = gateway.table.len(), "shutting down");
                 let window = spread.min(grace / 2);
                 let spread_ms = spread.as_millis().min(u128::from(u32::MAX)) as u32;
