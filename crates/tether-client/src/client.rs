@@ -165,7 +165,7 @@ impl Client {
     /// the server is [`ClientError::Rejected`] with its code (for example 4204, bad token).
     /// Reconnects happen only after a first success.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let endpoint = config.validate()?;
+        let route = config.validate()?;
         let shared = Arc::new(Shared {
             apps: config.bindings.iter().map(|b| b.app.clone()).collect(),
             acks: Mutex::new(HashMap::new()),
@@ -175,7 +175,7 @@ impl Client {
         });
         let (events_tx, events) = mpsc::channel(config.event_buffer);
         let cancel = CancellationToken::new();
-        let mut task = Task::new(config, endpoint, events_tx, shared.clone(), cancel.clone());
+        let mut task = Task::new(config, route, events_tx, shared.clone(), cancel.clone())?;
         let (conn, connected) = task.establish().await?;
         let handle = tokio::spawn(task::run(task, conn, connected));
         Ok(Client {

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use reqwest::Url;
 use tether_proto::Binding;
 
 use crate::ClientError;
+use crate::dispatch::Dispatcher;
 
 /// Default [`ClientConfig::max_frame`]: well above the server's default payload limit, small
 /// enough that a broken server cannot make the client buffer much.
@@ -58,8 +60,13 @@ impl Default for ReconnectPolicy {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `tcp://host:port` or `ws://host[:port]/path` (the server's WebSocket path is `/ws`).
-    /// `wss://` is not supported by this build.
+    /// `wss://` is not supported by this build. With [`ClientConfig::dispatch`], optional: the
+    /// endpoint tried last when the dispatcher cannot be reached (empty: none).
     pub url: String,
+    /// A dispatcher, `http://host:port/v1/dispatch`: when set, every connect and reconnect
+    /// asks it which endpoints to try (see the crate docs), and its reconnect backoff
+    /// replaces [`ClientConfig::reconnect`]'s delays.
+    pub dispatch: Option<String>,
     /// A client-chosen id, stable across reconnects of the same install.
     pub device: String,
     /// (app, token) pairs sent in `connect`; at least one.
@@ -86,6 +93,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, device: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
+            dispatch: None,
             device: device.into(),
             bindings: Vec::new(),
             heartbeat: Duration::from_secs(25),
@@ -95,6 +103,15 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             event_buffer: 256,
         }
+    }
+
+    /// A config that asks the dispatcher at `dispatch` (`http://host:port/v1/dispatch`) where
+    /// to connect, with the defaults of [`ClientConfig::new`] and no fixed URL. The first
+    /// binding's app and token are what the dispatcher is asked with.
+    pub fn dispatched(dispatch: impl Into<String>, device: impl Into<String>) -> Self {
+        let mut config = Self::new(String::new(), device);
+        config.dispatch = Some(dispatch.into());
+        config
     }
 
     /// Adds a binding: the connection is authenticated for `app` as the user named by `token`.
@@ -125,9 +142,21 @@ impl ClientConfig {
         self
     }
 
-    /// Checks the config and parses its URL, reporting the first problem.
-    pub(crate) fn validate(&self) -> Result<Endpoint, ClientError> {
-        let endpoint = Endpoint::parse(&self.url)?;
+    /// Checks the config and parses its URLs, reporting the first problem.
+    pub(crate) fn validate(&self) -> Result<Route, ClientError> {
+        let route = match &self.dispatch {
+            None => Route {
+                fixed: Some(Endpoint::parse(&self.url)?),
+                dispatch: None,
+            },
+            Some(dispatch) => Route {
+                fixed: match self.url.as_str() {
+                    "" => None,
+                    url => Some(Endpoint::parse(url)?),
+                },
+                dispatch: Some(Dispatcher::parse_url(dispatch)?),
+            },
+        };
         let problem = if self.bindings.is_empty() {
             Some("at least one binding is needed")
         } else if self.heartbeat.is_zero() || self.heartbeat.as_millis() > u128::from(u32::MAX) {
@@ -145,9 +174,17 @@ impl ClientConfig {
         };
         match problem {
             Some(p) => Err(ClientError::Config(p.to_owned())),
-            None => Ok(endpoint),
+            None => Ok(route),
         }
     }
+}
+
+/// Where a validated config connects: a fixed endpoint, a dispatcher, or both (the endpoint
+/// then comes last, for when the dispatcher cannot be reached).
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub fixed: Option<Endpoint>,
+    pub dispatch: Option<Url>,
 }
 
 /// The transport named by a URL's scheme.
@@ -341,6 +378,24 @@ mod tests {
         let bad_url = ClientConfig::new("udp://h:1", "d").bind("demo", "t");
         assert!(matches!(
             bad_url.validate(),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        let no_url = ClientConfig::new("", "d").bind("demo", "t");
+        assert!(matches!(
+            no_url.validate(),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        let dispatched =
+            ClientConfig::dispatched("http://h:7480/v1/dispatch", "d").bind("demo", "t");
+        let route = dispatched.validate().unwrap();
+        assert!(route.fixed.is_none() && route.dispatch.is_some());
+        let mut with_fallback = dispatched.clone();
+        with_fallback.url = "tcp://h:7400".into();
+        assert!(with_fallback.validate().unwrap().fixed.is_some());
+        let mut bad_dispatch = dispatched;
+        bad_dispatch.dispatch = Some("https://h/v1/dispatch".into());
+        assert!(matches!(
+            bad_dispatch.validate(),
             Err(ClientError::InvalidUrl { .. })
         ));
     }

@@ -61,6 +61,15 @@ pub enum ClientError {
     /// have received it.
     #[error("the connection ended before the answer: {0}")]
     ConnectionLost(String),
+    /// The dispatcher could not be asked, or did not answer with endpoints. `status` is the
+    /// HTTP status (`None`: it could not be reached); `code` its error code (`no_endpoints`:
+    /// no node can take the client now, `bad_token`, `token_expired`, ...).
+    #[error("dispatcher: {code} ({}): {message}", .status.map_or("unreachable".to_owned(), |s| s.to_string()))]
+    Dispatch {
+        status: Option<u16>,
+        code: String,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -89,6 +98,11 @@ impl ClientError {
                     Code::UNAVAILABLE | Code::LIMIT | Code::UPSTREAM_FAILED
                 )
             }
+            // A 4xx is about this client (its token, its app): asking again cannot help.
+            ClientError::Dispatch {
+                status: Some(status),
+                ..
+            } => !(400..500).contains(status) || matches!(status, 408 | 429),
             _ => true,
         }
     }

@@ -50,6 +50,7 @@
 //!   answer, paired by request id (no I/O).
 //! - `backoff`: reconnect delays (exponential, full jitter, server's `retry_after_ms` as a
 //!   floor).
+//! - `dispatch`: asking a dispatcher which endpoints to try, and what to report as failed.
 //! - `error`: [`ClientError`], the one error type.
 //!
 //! # Behaviour
@@ -61,8 +62,20 @@
 //!   idle) and drops the connection when nothing arrives within two intervals of a ping.
 //! - **Reconnect**: after I/O errors, heartbeat timeouts and codes 40xx/41xx, with backoff
 //!   (see [`ReconnectPolicy`]); never after 42xx codes, which end the event stream with a
-//!   final [`Event::Disconnected`] `{ reconnecting: false }`. 41xx ("reconnect elsewhere")
-//!   reconnects to the same URL until the client asks a dispatcher.
+//!   final [`Event::Disconnected`] `{ reconnecting: false }`. Without a dispatcher, 41xx
+//!   ("reconnect elsewhere") reconnects to the same URL.
+//! - **Dispatcher** ([`ClientConfig::dispatch`], e.g. [`ClientConfig::dispatched`]): every
+//!   connect and reconnect asks `GET /v1/dispatch` (with the first binding's app and token)
+//!   for the endpoints to try, then tries them in order, each within `connect_timeout`, until
+//!   one completes the handshake. Endpoints that failed since the last connection (refused,
+//!   timed out, or refused with a 41xx code), and the endpoint of a connection closed with a
+//!   41xx code, are reported in `failed=` so the answer leaves them out; a connection that
+//!   comes up clears the list. The answer's reconnect backoff replaces
+//!   [`ClientConfig::reconnect`]'s delays. When the dispatcher cannot be reached, the client
+//!   tries the endpoints it gave last, then [`ClientConfig::url`] if set; when it answers that
+//!   no node can take the client (`no_endpoints`), the client backs off and asks again. A 4xx
+//!   answer (bad or expired token, unknown app) ends [`crate::Client::connect`] with
+//!   [`ClientError::Dispatch`], and a reconnect loop with a final `Disconnected`.
 //! - **Backpressure**: events wait in a bounded queue. When the application does not call
 //!   [`Client::recv`], the task stops reading the socket (heartbeats continue); the server's
 //!   per-connection queue then fills and its slow-consumer protection disconnects the client
@@ -91,6 +104,7 @@
 mod backoff;
 mod client;
 mod config;
+mod dispatch;
 mod error;
 mod task;
 mod topics;

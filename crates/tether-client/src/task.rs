@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::client::Shared;
-use crate::config::Endpoint;
+use crate::config::{Endpoint, Route};
+use crate::dispatch::Dispatcher;
 use crate::topics::Topics;
 use crate::transport::{Incoming, Transport};
 use crate::upstream::InFlight;
@@ -69,7 +70,13 @@ impl End {
 #[derive(Debug)]
 pub(crate) struct Task {
     config: ClientConfig,
-    endpoint: Endpoint,
+    /// The configured endpoint: the only one without a dispatcher, the last resort with one.
+    fixed: Option<Endpoint>,
+    dispatcher: Option<Dispatcher>,
+    /// The URL of the endpoint of the connection up (or last up), when a dispatcher gave it.
+    current: Option<String>,
+    /// Reconnect delays: the config's policy, or the dispatcher's when it gave one.
+    backoff: Backoff,
     events: mpsc::Sender<Event>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -90,13 +97,32 @@ pub(crate) struct Task {
 impl Task {
     pub fn new(
         config: ClientConfig,
-        endpoint: Endpoint,
+        route: Route,
         events: mpsc::Sender<Event>,
         shared: Arc<Shared>,
         cancel: CancellationToken,
-    ) -> Task {
-        Task {
-            endpoint,
+    ) -> Result<Task, ClientError> {
+        let dispatcher = match route.dispatch {
+            Some(url) => {
+                // Validation guarantees a binding.
+                let first = config
+                    .bindings
+                    .first()
+                    .ok_or_else(|| ClientError::Config("at least one binding is needed".into()))?;
+                Some(Dispatcher::new(
+                    url,
+                    first.app.clone(),
+                    first.token.clone(),
+                    config.connect_timeout,
+                )?)
+            }
+            None => None,
+        };
+        Ok(Task {
+            fixed: route.fixed,
+            dispatcher,
+            current: None,
+            backoff: Backoff::new(&config.reconnect),
             events,
             shared,
             cancel,
@@ -106,23 +132,93 @@ impl Task {
             topics: Topics::new(&config.reconnect),
             upstreams: InFlight::default(),
             config,
-        }
+        })
     }
 
     fn next_id(&mut self) -> u32 {
         next_request_id(&mut self.last_id)
     }
 
-    /// Connects and runs the handshake, all within `connect_timeout`.
+    /// Connects and runs the handshake. Without a dispatcher: to the configured endpoint,
+    /// within `connect_timeout`. With one: asks it (reporting what failed), then tries the
+    /// endpoints in order, each within `connect_timeout`, until one accepts; an endpoint that
+    /// fails is reported at the next request. An error that another endpoint cannot fix (a
+    /// bad token, a do-not-reconnect code) ends the round at once.
     pub async fn establish(&mut self) -> Result<(Transport, Connected), ClientError> {
+        let Some(dispatcher) = &mut self.dispatcher else {
+            let endpoint = self.fixed.clone().ok_or(ClientError::Closed)?;
+            return self.attempt(&endpoint).await;
+        };
+        let candidates = match dispatcher.ask().await {
+            Ok(answer) => {
+                if let Some(hint) = answer.backoff {
+                    self.backoff.adopt(hint.initial, hint.max, hint.jitter);
+                }
+                answer.endpoints
+            }
+            Err(e) if !e.is_retryable() || is_no_endpoints(&e) => return Err(e),
+            Err(e) => {
+                // The dispatcher is down, not necessarily the gateways: try what it said last.
+                let mut fallback = dispatcher.fallback();
+                if let Some(fixed) = &self.fixed {
+                    fallback.push((self.config.url.clone(), fixed.clone()));
+                }
+                if fallback.is_empty() {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "dispatcher failed; trying the endpoints it gave last");
+                fallback
+            }
+        };
+        let mut last_error = None;
+        for (url, endpoint) in candidates {
+            match self.attempt(&endpoint).await {
+                Ok(established) => {
+                    if let Some(d) = &mut self.dispatcher {
+                        d.connected();
+                    }
+                    self.current = Some(url);
+                    return Ok(established);
+                }
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "endpoint failed; trying the next");
+                    if let Some(d) = &mut self.dispatcher {
+                        d.failed(&url);
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::ClosedDuringHandshake))
+    }
+
+    /// A connection ended with `code`: with "reconnect elsewhere" (41xx), its endpoint is
+    /// reported to the dispatcher as failed, so that the next answer leaves it out.
+    fn lost(&mut self, code: Option<Code>) {
+        if code.is_some_and(|c| c.group() == Group::ReconnectElsewhere)
+            && let (Some(d), Some(url)) = (&mut self.dispatcher, &self.current)
+        {
+            d.failed(url);
+        }
+    }
+
+    /// Connects to `endpoint` and runs the handshake, all within `connect_timeout`.
+    async fn attempt(
+        &mut self,
+        endpoint: &Endpoint,
+    ) -> Result<(Transport, Connected), ClientError> {
         let limit = self.config.connect_timeout;
-        timeout(limit, self.handshake())
+        timeout(limit, self.handshake(endpoint))
             .await
             .map_err(|_| ClientError::Timeout(limit))?
     }
 
-    async fn handshake(&mut self) -> Result<(Transport, Connected), ClientError> {
-        let mut conn = Transport::connect(&self.endpoint, &self.config).await?;
+    async fn handshake(
+        &mut self,
+        endpoint: &Endpoint,
+    ) -> Result<(Transport, Connected), ClientError> {
+        let mut conn = Transport::connect(endpoint, &self.config).await?;
         let connect = Connect {
             version: PROTOCOL_VERSION,
             device: self.config.device.clone(),
@@ -500,6 +596,12 @@ impl Drop for Task {
     }
 }
 
+/// The dispatcher has nothing to offer now (every node drains, or failed for this client):
+/// waiting is the answer, not the endpoints it gave before.
+fn is_no_endpoints(e: &ClientError) -> bool {
+    matches!(e, ClientError::Dispatch { code, .. } if code == "no_endpoints")
+}
+
 /// The next request id after `last` (ids start at 1; 0 is for frames that answer nothing).
 fn next_request_id(last: &mut u32) -> u32 {
     *last = last.wrapping_add(1).max(1);
@@ -518,7 +620,6 @@ fn negotiated_heartbeat(connected: &Connected, proposed: Duration) -> Duration {
 /// The connection task's body, from the first established connection to the end.
 pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
     let cancel = task.cancel.clone();
-    let mut backoff = Backoff::new(&task.config.reconnect);
     let (mut conn, mut connected) = (conn, connected);
     loop {
         let heartbeat = negotiated_heartbeat(&connected, task.config.heartbeat);
@@ -542,9 +643,10 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
         };
         task.upstreams.lost(&reason);
         tracing::debug!(?code, %reason, "connection lost");
-        if started.elapsed() >= task.config.reconnect.max {
-            backoff.reset();
+        if started.elapsed() >= task.backoff.max() {
+            task.backoff.reset();
         }
+        task.lost(code);
         let reconnecting = task.config.reconnect.enabled && code.is_none_or(Code::should_reconnect);
         let lost = Event::Disconnected {
             code,
@@ -555,7 +657,7 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
             return;
         }
         (conn, connected) = loop {
-            let delay = backoff.next_delay(retry_after, &mut rand::rng());
+            let delay = task.backoff.next_delay(retry_after, &mut rand::rng());
             tracing::debug!(?delay, "reconnecting after delay");
             tokio::select! {
                 biased;

@@ -11,8 +11,8 @@ use tether_proto::{Code, PayloadKind, Push};
 
 use crate::store::{Append, Cursor, Idempotency, NewMessage, Page, Store};
 use crate::{
-    AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, Outgoing, Registry, Router, Seq,
-    Session, SubscriptionError, TopicId, Transport, UserId,
+    AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, NodeInfo, Outgoing, Registry, Router,
+    Seq, Session, SubscriptionError, TopicId, Transport, UserId,
 };
 
 fn session(app: &str, user: &str, node: &str, conn: u64, device: &str) -> Session {
@@ -128,6 +128,110 @@ pub async fn registry_contract(reg: &dyn Registry) {
     }
     assert!(reg.sessions(&app, &[alice, bob]).await.unwrap().is_empty());
     assert_eq!(reg.app_session_count(&app).await.unwrap(), 0);
+
+    node_contract(reg).await;
+}
+
+fn node_info(id: &str, port: u16, draining: bool, expires_ms: u64) -> NodeInfo {
+    NodeInfo {
+        id: NodeId::from(id),
+        endpoints: vec![
+            format!("tcp://10.0.0.1:{port}"),
+            format!("ws://10.0.0.1:{}/ws", port + 1),
+        ],
+        connections: u64::from(port),
+        max_connections: 100_000,
+        draining,
+        expires_ms,
+    }
+}
+
+fn ids(nodes: &[NodeInfo]) -> Vec<&str> {
+    nodes.iter().map(|n| n.id.as_str()).collect()
+}
+
+/// Node announcements: what the dispatcher orders endpoints from. Node ids are
+/// `contract-node-*`; times are in the future of the real clock, as a backend may also expire
+/// entries by its own clock.
+async fn node_contract(reg: &dyn Registry) {
+    let now = crate::now_ms();
+    let minute = 60_000;
+    let ours = |nodes: Vec<NodeInfo>| -> Vec<NodeInfo> {
+        nodes
+            .into_iter()
+            .filter(|n| n.id.as_str().starts_with("contract-node-"))
+            .collect()
+    };
+    assert!(
+        ours(reg.nodes(now).await.unwrap()).is_empty(),
+        "no node before any announcement"
+    );
+
+    let b = node_info("contract-node-b", 7400, false, now + minute);
+    let a = node_info("contract-node-a", 7500, false, now + 2 * minute);
+    reg.announce(b.clone()).await.unwrap();
+    reg.announce(a.clone()).await.unwrap();
+    let nodes = ours(reg.nodes(now).await.unwrap());
+    assert_eq!(
+        ids(&nodes),
+        ["contract-node-a", "contract-node-b"],
+        "every live node, sorted by id"
+    );
+    assert_eq!(nodes[0], a, "an announcement comes back whole");
+    assert_eq!(
+        nodes[1].endpoints,
+        ["tcp://10.0.0.1:7400", "ws://10.0.0.1:7401/ws"],
+        "endpoints keep their order"
+    );
+
+    // A new announcement replaces the old one, state and expiry included.
+    let mut draining = b.clone();
+    draining.draining = true;
+    draining.connections = 3;
+    draining.expires_ms = now + 3 * minute;
+    reg.announce(draining.clone()).await.unwrap();
+    let nodes = ours(reg.nodes(now).await.unwrap());
+    assert_eq!(nodes.len(), 2, "announcing again does not duplicate a node");
+    assert_eq!(
+        nodes[1], draining,
+        "draining nodes are listed, with their flag"
+    );
+
+    // Expiry: a node that stops announcing drops out at its expiry, not before.
+    assert_eq!(
+        ids(&ours(reg.nodes(now + 2 * minute - 1).await.unwrap())),
+        ["contract-node-a", "contract-node-b"]
+    );
+    assert_eq!(
+        ids(&ours(reg.nodes(now + 2 * minute).await.unwrap())),
+        ["contract-node-b"],
+        "a node is gone from its expiry on"
+    );
+    // Announcing again brings it back.
+    reg.announce(node_info("contract-node-a", 7500, false, now + 4 * minute))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&ours(reg.nodes(now + 2 * minute).await.unwrap())),
+        ["contract-node-a", "contract-node-b"],
+        "a node that announces again is back"
+    );
+
+    reg.withdraw(&NodeId::from("contract-node-b"))
+        .await
+        .unwrap();
+    reg.withdraw(&NodeId::from("contract-node-unknown"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&ours(reg.nodes(now).await.unwrap())),
+        ["contract-node-a"],
+        "withdraw removes exactly that node"
+    );
+    reg.withdraw(&NodeId::from("contract-node-a"))
+        .await
+        .unwrap();
+    assert!(ours(reg.nodes(now).await.unwrap()).is_empty());
 }
 
 /// A [`LocalSink`] that records what it was asked to do, for router contract tests.

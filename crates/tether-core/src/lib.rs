@@ -7,7 +7,8 @@
 //! - [`auth`]: client tokens (JWT HS256): minting and verification.
 //! - [`message`]: [`Outgoing`], a message encoded at most once per encoding and shared by every
 //!   recipient.
-//! - [`registry`]: the registry seam (who is connected where) and its in-memory backend.
+//! - [`registry`]: the registry seam (who is connected where; which nodes are up, where
+//!   clients reach them, whether they drain) and its in-memory backend.
 //! - [`router`]: the router seam (carry a delivery to the node holding a connection) and its
 //!   in-memory, single-node backend.
 //! - [`store`]: the store seam (durable inboxes, device cursors, idempotency keys) and its
@@ -24,7 +25,7 @@ pub mod store;
 
 pub use id::*;
 pub use message::Outgoing;
-pub use registry::{MemoryRegistry, Registry, RegistryError, Session, Transport};
+pub use registry::{MemoryRegistry, NodeInfo, Registry, RegistryError, Session, Transport};
 pub use router::{LocalSink, MemoryRouter, Router, RouterError};
 pub use store::{MemoryStore, Retention, Store, StoreError, SubscriptionError};
 

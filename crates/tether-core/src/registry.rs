@@ -1,4 +1,5 @@
-//! The registry seam: who is connected, on which node, connection and device.
+//! The registry seam: who is connected, on which node, connection and device; and which nodes
+//! are up, where clients reach them, and whether they take new connections.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -71,6 +72,39 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many sessions `app` has across all nodes.
     async fn app_session_count(&self, app: &AppId) -> Result<u64, RegistryError>;
+
+    /// Records a node's announcement, replacing the node's previous one (an announcement is
+    /// whole: endpoints, load and state together).
+    ///
+    /// Guarantee: once this returns `Ok`, [`Registry::nodes`] on any node sees this
+    /// announcement (not an older one) for any `now_ms` before its `expires_ms`. Nodes
+    /// re-announce well within their ttl; one that stops (crash, lost network) drops out at
+    /// `expires_ms` without anyone withdrawing it.
+    async fn announce(&self, node: NodeInfo) -> Result<(), RegistryError>;
+
+    /// Forgets a node's announcement at once (a clean shutdown). Unknown nodes are ignored.
+    async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError>;
+
+    /// Every node whose announcement has not expired at `now_ms` (ms since the epoch), draining
+    /// ones included, sorted by node id.
+    async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, RegistryError>;
+}
+
+/// What a node announces about itself: where clients reach it, its load, and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Gateway endpoints as clients write them (`tcp://host:port`, `ws://host:port/ws`), in the
+    /// node's order of preference.
+    pub endpoints: Vec<String>,
+    /// Open client connections.
+    pub connections: u64,
+    /// The most connections the node takes (`limits.max_connections`).
+    pub max_connections: u64,
+    /// The node is draining: it refuses new connections and is moving its clients elsewhere.
+    pub draining: bool,
+    /// Until when this announcement holds, ms since the epoch.
+    pub expires_ms: u64,
 }
 
 type UserKey = (AppId, UserId);
@@ -83,6 +117,9 @@ type UserKey = (AppId, UserId);
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     users: RwLock<HashMap<UserKey, Vec<Session>>>,
+    /// Announcements by node; expired ones are dropped by the next [`Registry::nodes`] that
+    /// sees them.
+    nodes: RwLock<HashMap<NodeId, NodeInfo>>,
 }
 
 impl MemoryRegistry {
@@ -149,6 +186,35 @@ impl Registry for MemoryRegistry {
             .filter(|((a, _), _)| a == app)
             .map(|(_, list)| list.len() as u64)
             .sum())
+    }
+
+    async fn announce(&self, node: NodeInfo) -> Result<(), RegistryError> {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        nodes.insert(node.id.clone(), node);
+        Ok(())
+    }
+
+    async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError> {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        nodes.remove(node);
+        Ok(())
+    }
+
+    async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, RegistryError> {
+        let live = |n: &NodeInfo| now_ms < n.expires_ms;
+        let (mut out, known) = {
+            let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+            let out: Vec<NodeInfo> = nodes.values().filter(|n| live(n)).cloned().collect();
+            (out, nodes.len())
+        };
+        if out.len() < known {
+            // Some expired: drop them, so that memory follows the nodes that are up. A node
+            // that announced again meanwhile is kept (its new expiry is checked here).
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            nodes.retain(|_, n| live(n));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub rate: RateConfig,
     pub apps: Vec<AppConfig>,
     pub webhook: WebhookConfig,
+    pub dispatch: DispatchConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +38,16 @@ pub struct NodeConfig {
     pub id: String,
     /// Where the node keeps its state (the generated demo app; the durable store later).
     pub data_dir: PathBuf,
+    /// The TCP endpoints the dispatcher hands to clients for this node (`tcp://host:port`),
+    /// in order. Empty: the TCP listener's address.
+    pub advertise_tcp: Vec<String>,
+    /// The WebSocket endpoints the dispatcher hands to clients (`ws://host:port/ws`, or
+    /// `wss://` behind a TLS proxy), in order. Empty: the WebSocket listener's address.
+    pub advertise_ws: Vec<String>,
+    /// How often the node announces itself (endpoints, load, draining) to the registry. An
+    /// announcement holds for three intervals.
+    #[serde(deserialize_with = "duration")]
+    pub announce_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +139,10 @@ pub struct GatewayConfig {
     /// On shutdown, the node exits after at most this long.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// On a drain (`POST /v1/admin/drain`), the node closes its connections one after another
+    /// over this window, so that they reconnect elsewhere spread out rather than at once.
+    #[serde(deserialize_with = "duration")]
+    pub drain_spread: Duration,
 }
 
 /// Durable (qos 1) messages: where inboxes live, how they are written, how long they last.
@@ -179,6 +195,29 @@ pub enum Durability {
     /// Survives a crash of the process, and loses up to `sync_interval` of appends on power
     /// loss or a kernel crash.
     Interval,
+}
+
+/// The dispatcher (`GET /v1/dispatch`): what it tells clients besides the endpoints.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// The reconnect backoff clients should use: the ceiling of the first delay...
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_initial: Duration,
+    /// ...doubling up to this ceiling...
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    /// ...and the random part of each delay, from 0 (none: always the ceiling) to 1 (full
+    /// jitter: uniform between 0 and the ceiling).
+    pub reconnect_jitter: f64,
+}
+
+/// The admin API (`/v1/admin/...`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer key of the admin API. None: the admin API is disabled (404).
+    pub key: Option<Secret>,
 }
 
 /// A tenant.
@@ -376,6 +415,9 @@ impl Default for NodeConfig {
         NodeConfig {
             id: "tether-1".into(),
             data_dir: PathBuf::from("tether-data"),
+            advertise_tcp: Vec::new(),
+            advertise_ws: Vec::new(),
+            announce_interval: Duration::from_secs(5),
         }
     }
 }
@@ -433,6 +475,7 @@ impl Default for GatewayConfig {
             token_leeway: Duration::from_secs(30),
             shutdown_spread: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            drain_spread: Duration::from_secs(30),
         }
     }
 }
@@ -450,6 +493,16 @@ impl Default for StoreConfig {
             queue: 65_536,
             max_attempts: 5,
             topic_history: 1000,
+        }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            reconnect_jitter: 1.0,
         }
     }
 }
@@ -658,10 +711,55 @@ impl Config {
                 problems.push(format!("apps[{i}].api_key is used by another app"));
             }
         }
+        self.validate_operations(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(problems))
+        }
+    }
+
+    /// The dispatcher, announcements, drain and admin settings.
+    fn validate_operations(&self, problems: &mut Vec<String>) {
+        let n = &self.node;
+        for (name, urls, schemes) in [
+            ("node.advertise_tcp", &n.advertise_tcp, &["tcp"][..]),
+            ("node.advertise_ws", &n.advertise_ws, &["ws", "wss"][..]),
+        ] {
+            if urls.len() > 8 {
+                problems.push(format!("{name}: at most 8 endpoints"));
+            }
+            for url in urls {
+                if let Err(e) = check_endpoint(url, schemes) {
+                    problems.push(format!("{name}: {url:?} {e}"));
+                }
+            }
+        }
+        if n.announce_interval < Duration::from_millis(100)
+            || n.announce_interval > Duration::from_secs(300)
+        {
+            problems.push("node.announce_interval must be between 100ms and 5m".into());
+        }
+        if self.gateway.drain_spread > Duration::from_secs(3600) {
+            problems.push("gateway.drain_spread must be at most 1h".into());
+        }
+        let d = &self.dispatch;
+        if d.reconnect_initial < Duration::from_millis(10) || d.reconnect_initial > d.reconnect_max
+        {
+            problems.push(
+                "dispatch.reconnect_initial must be at least 10ms and at most reconnect_max".into(),
+            );
+        }
+        if d.reconnect_max > Duration::from_secs(3600) {
+            problems.push("dispatch.reconnect_max must be at most 1h".into());
+        }
+        if !(0.0..=1.0).contains(&d.reconnect_jitter) {
+            problems.push("dispatch.reconnect_jitter must be between 0 and 1".into());
+        }
+        if let Some(key) = &self.admin.key
+            && key.expose().len() < 16
+        {
+            problems.push("admin.key must be at least 16 characters".into());
         }
     }
 
@@ -774,6 +872,44 @@ fn apply_env(
         Ok(())
     } else {
         Err(ConfigError(problems))
+    }
+}
+
+/// Checks an advertised endpoint: `scheme://host:port[/path]`, with a scheme of `schemes`; TCP
+/// endpoints take no path.
+fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("is not a URL like {}://host:port", schemes[0]));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(format!("must use {}://", schemes.join(":// or ")));
+    }
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err("has whitespace, a comma or a control character".into());
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if scheme == "tcp" && !matches!(path, "" | "/") {
+        return Err("takes no path".into());
+    }
+    // The port is what follows the last ':' outside IPv6 brackets.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host.ends_with(':') {
+        return Err("needs a host".into());
+    }
+    match port {
+        // WebSocket URLs may leave the port to the scheme (80, 443).
+        None if scheme != "tcp" => Ok(()),
+        None => Err("needs a port".into()),
+        Some(port) => match port.parse::<u16>() {
+            Ok(1..) => Ok(()),
+            _ => Err("has a bad port".into()),
+        },
     }
 }
 
@@ -949,6 +1085,41 @@ mod tests {
             Config::from_toml("[listen]\ntcp = \"127.0.0.1:9000\"\nws = \"127.0.0.1:9000\"\n")
                 .unwrap_err();
         assert!(err.to_string().contains("used by two listeners"), "{err}");
+    }
+
+    #[test]
+    fn operations_settings_are_checked() {
+        let err = Config::from_toml(
+            r#"
+            [node]
+            advertise_tcp = ["tcp://10.0.0.1:7400", "ws://10.0.0.1:7401/ws", "tcp://h:0"]
+            advertise_ws = ["wss://push.example.com/ws", "ws://:80/ws", "tcp://h:1"]
+            announce_interval = "10ms"
+            [dispatch]
+            reconnect_jitter = 1.5
+            [admin]
+            key = "short"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "\"ws://10.0.0.1:7401/ws\" must use tcp://",
+            "\"tcp://h:0\" has a bad port",
+            "\"ws://:80/ws\" needs a host",
+            "\"tcp://h:1\" must use ws:// or wss://",
+            "announce_interval",
+            "reconnect_jitter",
+            "admin.key",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(!text.contains("wss://push"), "{text}");
+        let good = Config::from_toml(
+            "[node]\nadvertise_tcp = [\"tcp://[::1]:7400\"]\n[admin]\nkey = \"an-admin-key-0123456789\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{good:?}").contains("an-admin-key"));
     }
 
     #[test]

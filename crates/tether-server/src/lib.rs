@@ -6,7 +6,10 @@
 //!   app.
 //! - [`gateway`]: holds client connections (TCP and WebSocket): handshake, heartbeats,
 //!   per-connection byte-bounded queues, connection limits.
-//! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics.
+//! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics; and
+//!   for clients and operators: readiness, the dispatcher, the admin API (`api::ops`).
+//! - [`dispatch`]: the dispatcher's ordering of endpoints (rendezvous hashing over the nodes).
+//! - [`lifecycle`]: the node's announcements to the registry, readiness, drain.
 //! - [`fanout`]: topics and broadcast: subscriptions, the per-app fan-out worker, pacing.
 //! - [`rate`]: per-app rate limits (requests) and pacing (deliveries).
 //! - [`metrics`]: Prometheus metrics and the hot-path counter handles.
@@ -21,8 +24,10 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod fanout;
 pub mod gateway;
+pub mod lifecycle;
 pub mod metrics;
 pub mod node;
 pub mod rate;

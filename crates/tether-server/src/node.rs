@@ -14,11 +14,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::api::Api;
+use crate::api::{Api, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::fanout::Fanout;
 use crate::gateway::Gateway;
-use crate::gateway::table::ConnTable;
+use crate::gateway::drain::close_spread;
+use crate::gateway::table::{Close, ConnTable};
+use crate::lifecycle::{Lifecycle, advertised_endpoints};
 use crate::metrics::Metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
@@ -82,6 +84,23 @@ impl Node {
     /// Binds every configured listener and starts serving. Port 0 picks a free port: ask the
     /// node for the address it got.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`Node::start`] with the registry given rather than chosen from the configuration:
+    /// several nodes in one process sharing one registry see each other (sessions and
+    /// announcements), as nodes of a cluster do. For tests and embedding.
+    pub async fn start_with_registry(
+        config: Config,
+        registry: Arc<dyn Registry>,
+    ) -> anyhow::Result<Node> {
+        Self::start_with(config, Some(registry)).await
+    }
+
+    async fn start_with(
+        config: Config,
+        shared_registry: Option<Arc<dyn Registry>>,
+    ) -> anyhow::Result<Node> {
         config.validate()?;
         let metrics = Metrics::new();
         let table = Arc::new(ConnTable::new(
@@ -94,6 +113,7 @@ impl Node {
             store,
             embedded,
         } = backends(&config, table.clone()).await?;
+        let registry = shared_registry.unwrap_or(registry);
         let shutdown = CancellationToken::new();
         let fanout = Fanout::start(
             &config,
@@ -114,7 +134,14 @@ impl Node {
         let webhooks = Webhooks::start(&config, gateway.table.clone())
             .context("cannot build the webhook client")?;
         gateway.set_webhooks(webhooks);
-        let api = Arc::new(Api::new(&config, registry, router, store, fanout, metrics));
+        let api = Arc::new(Api::new(
+            &config,
+            registry.clone(),
+            router,
+            store,
+            fanout,
+            metrics,
+        ));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
         let ws = bind(&config.listen.ws, &config).await?;
@@ -126,6 +153,24 @@ impl Node {
             ws.as_ref().map(TcpListener::local_addr).transpose()?,
             http.local_addr()?,
         );
+        let endpoints = advertised_endpoints(&config, tcp.as_ref(), ws.as_ref());
+        let lifecycle = Arc::new(Lifecycle::new(
+            &config,
+            endpoints,
+            registry.clone(),
+            gateway.clone(),
+        ));
+        // Known to the dispatcher before the first client can be sent here.
+        if let Err(e) = lifecycle.announce().await {
+            tracing::warn!(error = %e, "cannot announce the node; retrying in the background");
+        }
+        tokio::spawn(lifecycle.clone().run());
+        let ops = Arc::new(Ops::new(
+            &config,
+            lifecycle.clone(),
+            registry,
+            embedded.clone(),
+        ));
         if let Some(listener) = tcp {
             tokio::spawn(gateway.clone().serve_tcp(listener));
         }
@@ -133,7 +178,7 @@ impl Node {
             tokio::spawn(gateway.clone().serve_ws(listener));
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
-        let app = api.router();
+        let app = api.router().merge(ops.router());
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
             let server = axum::serve(http, app)
@@ -150,12 +195,28 @@ impl Node {
             let spread = config.gateway.shutdown_spread;
             tokio::spawn(async move {
                 shutdown.cancelled().await;
+                let began = tokio::time::Instant::now();
                 // Listeners stopped accepting when the token was cancelled; handshakes in
-                // progress are refused. Tell every connected client to come back later.
-                let n = gateway.close_all(Code::SHUTDOWN, "server shutting down", spread);
-                info!(connections = n, "shutting down");
+                // progress are refused; a drain under way stops here and this takes over.
+                // The dispatcher stops offering the node first, then every client is told to
+                // come back later: the closes spread over `shutdown_spread` (at most half the
+                // grace period, so that the last ones still have time to finish), and each
+                // gets a random `retry_after_ms` within it.
+                // Bounded: a registry that hangs must not hold the shutdown up (the
+                // announcement then expires on its own).
+                let _ = tokio::time::timeout(grace / 4, lifecycle.withdraw()).await;
+                info!(connections = gateway.table.len(), "shutting down");
+                let window = spread.min(grace / 2);
+                let spread_ms = spread.as_millis().min(u128::from(u32::MAX)) as u32;
+                let close = || Close {
+                    code: Code::SHUTDOWN,
+                    reason: "server shutting down".into(),
+                    retry_after_ms: rand::random_range(0..=spread_ms),
+                    flush: true,
+                };
+                close_spread(&gateway.table, window, close, &CancellationToken::new()).await;
                 gateway.tasks.close();
-                let drained = tokio::time::timeout(grace, async {
+                let drained = tokio::time::timeout(grace.saturating_sub(began.elapsed()), async {
                     gateway.tasks.wait().await;
                     let _ = http_task.await;
                     // The connections are closed: their offline events are queued.

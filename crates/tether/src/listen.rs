@@ -17,9 +17,14 @@ use tether_client::{Client, ClientConfig, Event, PayloadKind, Publication, Push,
 /// non-zero when the server refuses the connection for good (bad token, kicked, ...).
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
-    /// Gateway URL: tcp://HOST:PORT or ws://HOST:PORT/ws.
+    /// Gateway URL: tcp://HOST:PORT or ws://HOST:PORT/ws. With --dispatch, tried last, when
+    /// the dispatcher cannot be reached.
+    #[arg(long, required_unless_present = "dispatch")]
+    pub url: Option<String>,
+    /// Ask this dispatcher where to connect, on every connect and reconnect:
+    /// http://HOST:PORT/v1/dispatch (any node's HTTP listener).
     #[arg(long)]
-    pub url: String,
+    pub dispatch: Option<String>,
     /// The app to bind to.
     #[arg(long)]
     pub app: String,
@@ -45,13 +50,16 @@ pub struct ListenArgs {
 }
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(&args.url, &args.device).bind(&args.app, &args.token);
+    let url = args.url.clone().unwrap_or_default();
+    let mut config = ClientConfig::new(&url, &args.device).bind(&args.app, &args.token);
+    config.dispatch.clone_from(&args.dispatch);
     if args.json {
         config.ws_encoding = WsEncoding::Json;
     }
+    let target = args.dispatch.as_deref().unwrap_or(&url);
     let mut client = Client::connect(config)
         .await
-        .with_context(|| format!("cannot connect to {}", args.url))?;
+        .with_context(|| format!("cannot connect to {target}"))?;
     for topic in &args.topics {
         // The client resubscribes by itself after a reconnect.
         client
@@ -204,6 +212,25 @@ mod tests {
             kind,
             payload: payload.to_vec().into(),
         }
+    }
+
+    #[test]
+    fn a_dispatcher_can_stand_in_for_the_url() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["tether", "listen", "--app", "demo", "--user", "u"];
+            argv.extend_from_slice(&["--token", "t"]);
+            argv.extend_from_slice(extra);
+            crate::Cli::try_parse_from(argv)
+        };
+        let cli = parse(&["--dispatch", "http://h:7480/v1/dispatch"]).expect("parses");
+        let crate::Command::Listen(args) = cli.command else {
+            panic!("not listen");
+        };
+        assert_eq!(args.url, None);
+        assert_eq!(args.dispatch.as_deref(), Some("http://h:7480/v1/dispatch"));
+        assert!(parse(&[]).is_err(), "one of --url and --dispatch is needed");
+        assert!(parse(&["--url", "tcp://h:1"]).is_ok());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - this module: routing, authorization, errors, transient pushes, presence, kick.
 //! - [`durable`]: durable (qos 1) pushes, inbox reads.
 //! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
+//! - [`ops`]: readiness, the dispatcher (`dispatch`) and the admin API, for clients and
+//!   operators rather than business servers; with their own state and authorization.
 //!
 //! Every `/v1/apps/{app}/...` route needs `Authorization: Bearer <api key>`: no key or an
 //! unknown one answers 401, another app's key answers 403. Errors are JSON:
@@ -34,8 +36,12 @@ use crate::config::{Config, StoreConfig};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 
+mod dispatch;
 mod durable;
+pub mod ops;
 mod topics;
+
+pub use ops::Ops;
 
 /// Shared state of the API role.
 #[derive(Debug)]

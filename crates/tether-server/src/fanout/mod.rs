@@ -250,6 +250,20 @@ impl Fanout {
         })
     }
 
+    /// Each app's fan-out queue: (app, jobs waiting, the queue's capacity), sorted by app.
+    pub fn queue_depths(&self) -> Vec<(AppId, usize, usize)> {
+        let mut out: Vec<_> = self
+            .apps
+            .iter()
+            .map(|(app, f)| {
+                let capacity = f.jobs.max_capacity();
+                (app.clone(), capacity - f.jobs.capacity(), capacity)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Subscribers of (app, topic) on this node.
     pub fn subscribers(&self, app: &AppId, topic: &TopicId) -> usize {
         self.apps

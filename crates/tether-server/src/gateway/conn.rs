@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::Gateway;
+use super::drain::drain_close;
 use super::inbox::{self, Done, InboxState, SYNC_PAGE, SyncRequest, Target, Work};
 use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
@@ -74,7 +75,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
     // Visible to pushes from here on; they queue behind `connected`.
     gw.table.insert(conn.clone());
     // A shutdown that began before the insert did not see this connection: close it here.
-    // One that begins after it will (the table's lock orders the two).
+    // One that begins after it will (the table's lock orders the two). Same for a drain.
     if gw.shutdown.is_cancelled() {
         conn.close(Close {
             code: Code::SHUTDOWN,
@@ -82,6 +83,8 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
             retry_after_ms: 0,
             flush: true,
         });
+    } else if gw.drain.is_cancelled() {
+        conn.close(drain_close());
     }
     for (app, user) in &conn.bindings {
         let session = Session {
@@ -192,6 +195,13 @@ async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted
         biased;
         () = gw.shutdown.cancelled() => {
             reject(wire, gw, Code::SHUTDOWN, "server shutting down").await;
+            return None;
+        }
+        () = gw.drain.cancelled() => {
+            let close = drain_close();
+            debug!(code = %close.code, "handshake refused: draining");
+            gw.metrics.handshake_failed(close.code);
+            goodbye(wire, &mut VecDeque::new(), &close).await;
             return None;
         }
         r = timeout(gw.config.handshake_timeout, wire.recv()) => r,

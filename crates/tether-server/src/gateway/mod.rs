@@ -4,11 +4,13 @@
 //! - [`wire`]: one interface over raw TCP and WebSocket.
 //! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
 //! - [`inbox`]: durable delivery on a connection (resume, backlog, acks, `sync`).
+//! - [`drain`]: closing every connection spread over a window (drain, shutdown).
 //!
 //! Each connection is one task. Nothing is spawned per message: producers queue encoded frames
 //! on the connection's handle and wake its task.
 
 mod conn;
+pub mod drain;
 pub mod inbox;
 pub mod table;
 pub mod wire;
@@ -19,7 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use rand::Rng;
 use tether_core::{AppId, NodeId, Registry, Store};
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::io::AsyncWriteExt;
@@ -35,7 +36,7 @@ use crate::config::{Config, GatewayConfig, Limits};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::webhook::Webhooks;
-use table::{Close, ConnTable};
+use table::ConnTable;
 use wire::{TcpWire, WsWire};
 
 /// How long a refused WebSocket client may take to send its upgrade request.
@@ -60,6 +61,9 @@ pub struct Gateway {
     admission: Admission,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
+    /// Cancelled when the node drains: listeners still accept, but every new connection is
+    /// refused with 4101 (reconnect elsewhere), handshakes in progress included.
+    pub drain: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub tasks: TaskTracker,
     /// The origin of [`Gateway::clock_ms`].
@@ -99,6 +103,7 @@ impl Gateway {
                 config.limits.max_connections_per_ip,
             ),
             shutdown,
+            drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             epoch: tokio::time::Instant::now(),
             webhooks: OnceLock::new(),
@@ -235,30 +240,6 @@ impl Gateway {
             self.metrics.rejected_connections.increment(1);
             self.metrics.handshake_failed(*code);
         })
-    }
-
-    /// Closes every connection with `code`, telling each client to come back at a random
-    /// point within `spread`, so that they do not all reconnect in the same second.
-    pub fn close_all(&self, code: Code, reason: &str, spread: Duration) -> usize {
-        let spread_ms = spread.as_millis().min(u128::from(u32::MAX)) as u32;
-        let mut rng = rand::rng();
-        let mut n = 0;
-        self.table.for_each(|conn| {
-            let retry_after_ms = if spread_ms == 0 {
-                0
-            } else {
-                rng.random_range(0..=spread_ms)
-            };
-            if conn.close(Close {
-                code,
-                reason: reason.to_owned(),
-                retry_after_ms,
-                flush: true,
-            }) {
-                n += 1;
-            }
-        });
-        n
     }
 }
 

@@ -619,6 +619,11 @@ impl ConnHandle {
         self.limit
     }
 
+    /// Bytes queued and not yet written (the batch being written included).
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox().bytes
+    }
+
     /// A copy of binding `binding`'s delivery state (for tests and stats).
     pub fn inbox(&self, binding: usize) -> Option<InboxState> {
         self.outbox().inboxes.get(binding).cloned()

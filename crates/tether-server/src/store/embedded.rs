@@ -166,6 +166,18 @@ impl EmbeddedStore {
         }
     }
 
+    /// Bytes the store takes on disk (journal and tables), or `None` once closed or when fjall
+    /// cannot tell. Reads file metadata: call it off the async workers.
+    pub fn disk_space(&self) -> Option<u64> {
+        let reader = self.reader.read().unwrap_or_else(|e| e.into_inner());
+        reader.as_ref()?.db.disk_space().ok()
+    }
+
+    /// Writes waiting for the writer thread (at most `store.queue`).
+    pub fn queued(&self) -> usize {
+        self.requests.max_capacity() - self.requests.capacity()
+    }
+
     /// Finishes every write queued before this call, fsyncs, stops the writer and closes the
     /// database. Later calls of any method fail with [`StoreError::Unavailable`]; calling
     /// `close` again does nothing.

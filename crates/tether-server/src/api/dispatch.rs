@@ -1,0 +1,143 @@
+//! `GET /v1/dispatch`: the gateway endpoints a client should try, in order.
+//!
+//! Public to clients, so it asks for what a client has anyway: a valid token of the app
+//! (`Authorization: Bearer <client token>` or `?token=`), whose user must be the one asked
+//! about. Without it, anyone could map the cluster's nodes, or learn which node holds a given
+//! user.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tether_core::{Transport, auth};
+
+use super::ApiError;
+use super::ops::Ops;
+use crate::dispatch::order;
+use crate::gateway::wire::truncate_utf8;
+
+/// Most endpoints a client may report failed in one request.
+const MAX_FAILED: usize = 32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DispatchQuery {
+    app: String,
+    /// Optional: the token names the user; when given, it must be the token's.
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    /// Comma-separated endpoint URLs the client could not connect to.
+    #[serde(default)]
+    failed: Option<String>,
+    /// `tcp` or `ws`: only that transport's endpoints.
+    #[serde(default)]
+    transport: Option<String>,
+}
+
+pub(super) async fn dispatch(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    query: Result<Query<DispatchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = bearer.or(q.token.as_deref()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a client token of the app is needed: Authorization: Bearer <token>, or ?token=",
+        ));
+    };
+    let Some((app, secret)) = ops.apps.get_key_value(q.app.as_str()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!(
+                "unknown app {:?}",
+                truncate_utf8(&q.app, tether_core::MAX_ID_LEN)
+            ),
+        ));
+    };
+    let user = auth::verify(
+        secret.expose().as_bytes(),
+        app,
+        token.trim(),
+        ops.token_leeway,
+    )
+    .map_err(|e| {
+        let code = match e {
+            auth::TokenError::Expired => "token_expired",
+            auth::TokenError::Invalid(_) => "bad_token",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    })?;
+    if let Some(asked) = &q.user
+        && asked != user.as_str()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token is for another user",
+        ));
+    }
+    let failed: Vec<String> = q
+        .failed
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if failed.len() > MAX_FAILED {
+        return Err(ApiError::bad_request(format!(
+            "failed lists at most {MAX_FAILED} endpoints"
+        )));
+    }
+    let transport = match q.transport.as_deref() {
+        None | Some("") => None,
+        Some("tcp") => Some(Transport::Tcp),
+        Some("ws") => Some(Transport::Ws),
+        Some(_) => return Err(ApiError::bad_request("transport is tcp or ws")),
+    };
+    let nodes = ops
+        .registry
+        .nodes(tether_core::now_ms())
+        .await
+        .map_err(ApiError::unavailable)?;
+    let endpoints = order(&nodes, app.as_str(), user.as_str(), &failed, transport);
+    if endpoints.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_endpoints",
+            "no node can take this client now (every node drains, or failed for it); retry later",
+        )
+        .retry_after(1));
+    }
+    let d = &ops.dispatch;
+    let body = json!({
+        "app": app,
+        "user": user,
+        "endpoints": endpoints
+            .iter()
+            .map(|e| json!({ "url": e.url, "transport": e.transport, "node": e.node }))
+            .collect::<Vec<_>>(),
+        "reconnect": {
+            "initial_ms": d.reconnect_initial.as_millis() as u64,
+            "max_ms": d.reconnect_max.as_millis() as u64,
+            "jitter": d.reconnect_jitter,
+        },
+    });
+    // An answer is for this client, now: proxies must not share or keep it.
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}

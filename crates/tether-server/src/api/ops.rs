@@ -1,0 +1,307 @@
+//! Routes for operations and clients rather than business servers: readiness, the dispatcher
+//! ([`super::dispatch`]), and the admin API.
+//!
+//! The admin API (`/v1/admin/...`) needs `Authorization: Bearer <admin.key>`: no header
+//! answers 401, another key 403. With no `admin.key` configured it is disabled and answers 404,
+//! so that a node never runs an admin API nobody chose a key for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tether_core::{AppId, Registry, Transport};
+
+use super::{ApiError, dispatch, request_timeout};
+use crate::config::{Config, DispatchConfig, Secret};
+use crate::gateway::table::ConnTable;
+use crate::lifecycle::Lifecycle;
+use crate::store::EmbeddedStore;
+
+/// Shared state of the operations routes.
+#[derive(Debug)]
+pub struct Ops {
+    pub(super) lifecycle: Arc<Lifecycle>,
+    pub(super) registry: Arc<dyn Registry>,
+    /// App id -> token secret, for the dispatcher's token check.
+    pub(super) apps: HashMap<AppId, Secret>,
+    pub(super) token_leeway: Duration,
+    pub(super) dispatch: DispatchConfig,
+    admin_key: Option<Secret>,
+    /// The embedded store, when it is the store (else the memory store is): its figures go
+    /// into the stats.
+    embedded: Option<Arc<EmbeddedStore>>,
+    timeout: Duration,
+}
+
+impl Ops {
+    pub fn new(
+        config: &Config,
+        lifecycle: Arc<Lifecycle>,
+        registry: Arc<dyn Registry>,
+        embedded: Option<Arc<EmbeddedStore>>,
+    ) -> Self {
+        Ops {
+            lifecycle,
+            registry,
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), a.secret.clone()))
+                .collect(),
+            token_leeway: config.gateway.token_leeway,
+            dispatch: config.dispatch,
+            admin_key: config.admin.key.clone(),
+            embedded,
+            timeout: config.limits.api_timeout,
+        }
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        let timeout = self.timeout;
+        Router::new()
+            .route("/readyz", get(readyz))
+            .route("/v1/dispatch", get(dispatch::dispatch))
+            .route("/v1/admin/drain", post(drain))
+            .route("/v1/admin/stats", get(stats))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                request_timeout(timeout, request, next)
+            }))
+            .with_state(self)
+    }
+
+    /// Checks the admin bearer key.
+    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.admin_key else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "admin_disabled",
+                "the admin API is disabled: set [admin] key in the configuration",
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing Authorization: Bearer <admin key>",
+                )
+            })?;
+        if !constant_time_eq(given.trim().as_bytes(), key.expose().as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "wrong admin key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Compares without an early exit, so that the time taken does not tell how much of a guess
+/// was right (the length may show).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// 200 while the node takes new clients; 503 once it drains or shuts down (`/healthz` stays
+/// 200: the process is alive and finishing its work).
+async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    if ops.lifecycle.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+async fn drain(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ops.admin(&headers)?;
+    let started = ops.lifecycle.drain().await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "draining": true,
+            "began": started.began,
+            "connections": started.connections,
+            "spread_ms": started.spread.as_millis() as u64,
+        })),
+    ))
+}
+
+/// What one walk of the connection table finds.
+#[derive(Debug, Default)]
+struct ConnStats {
+    tcp: u64,
+    ws: u64,
+    /// App -> (tcp, ws) connections bound to it.
+    by_app: BTreeMap<AppId, (u64, u64)>,
+    queued_bytes: u64,
+    over_half: u64,
+}
+
+/// Walks the table, one shard lock at a time.
+fn conn_stats(table: &ConnTable) -> ConnStats {
+    let mut s = ConnStats::default();
+    table.for_each_in(0..table.shard_count(), |conn| {
+        let n = match conn.transport {
+            Transport::Tcp => &mut s.tcp,
+            Transport::Ws => &mut s.ws,
+        };
+        *n += 1;
+        for (app, _) in &conn.bindings {
+            let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
+            match conn.transport {
+                Transport::Tcp => *tcp += 1,
+                Transport::Ws => *ws += 1,
+            }
+        }
+        let queued = conn.queued_bytes();
+        s.queued_bytes += queued as u64;
+        if queued > conn.queue_limit() / 2 {
+            s.over_half += 1;
+        }
+    });
+    s
+}
+
+async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    ops.admin(&headers)?;
+    let gateway = ops.lifecycle.gateway().clone();
+    let limit = gateway.limits.outbound_queue_bytes;
+    // One shard lock at a time, but every connection: off the async workers.
+    let table = gateway.table.clone();
+    let conns = tokio::task::spawn_blocking(move || conn_stats(&table))
+        .await
+        .map_err(ApiError::unavailable)?;
+    let by_app: BTreeMap<&str, Value> = conns
+        .by_app
+        .iter()
+        .map(|(app, (tcp, ws))| (app.as_str(), json!({ "tcp": tcp, "ws": ws })))
+        .collect();
+    let fanout: BTreeMap<String, Value> = gateway
+        .fanout
+        .queue_depths()
+        .into_iter()
+        .map(|(app, queued, capacity)| {
+            (
+                app.to_string(),
+                json!({ "queued": queued, "capacity": capacity }),
+            )
+        })
+        .collect();
+    let store = match &ops.embedded {
+        Some(store) => {
+            let disk = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.disk_space())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let s = store.stats();
+            json!({
+                "backend": "embedded",
+                "disk_bytes": disk,
+                "queued_writes": store.queued(),
+                "batches": s.batches,
+                "fsyncs": s.fsyncs,
+                "appends": s.appends,
+                "publishes": s.publishes,
+            })
+        }
+        None => json!({ "backend": "memory" }),
+    };
+    Ok(Json(json!({
+        "node": gateway.node,
+        "ready": ops.lifecycle.is_ready(),
+        "draining": gateway.is_draining(),
+        "endpoints": ops.lifecycle.endpoints(),
+        "connections": {
+            "total": conns.tcp + conns.ws,
+            "tcp": conns.tcp,
+            "ws": conns.ws,
+            "by_app": by_app,
+        },
+        "outbound": {
+            "queued_bytes": conns.queued_bytes,
+            "over_half": conns.over_half,
+            "limit_bytes": limit,
+        },
+        "fanout": fanout,
+        "store": store,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tether_core::{ConnId, DeviceId, UserId};
+
+    use super::*;
+    use crate::gateway::inbox::InboxState;
+    use crate::gateway::table::{ConnHandle, Encoding, NewConn};
+
+    fn conn(id: u64, transport: Transport, apps: &[&str]) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle::new(NewConn {
+            id: ConnId(id),
+            transport,
+            encoding: Encoding::Binary,
+            device: DeviceId::from("d"),
+            bindings: apps
+                .iter()
+                .map(|a| (AppId::from(*a), UserId::from("u")))
+                .collect(),
+            resume: apps.iter().map(|_| InboxState::resuming(0, 0)).collect(),
+            queue_limit: 1000,
+            idle_limit: Duration::from_secs(30),
+            now_ms: 0,
+        }))
+    }
+
+    #[test]
+    fn the_walk_counts_transports_apps_and_queued_bytes() {
+        let table = ConnTable::new(
+            metrics::counter!("test_overflows"),
+            metrics::counter!("test_deliveries"),
+        );
+        let a = conn(1, Transport::Tcp, &["demo"]);
+        let b = conn(2, Transport::Ws, &["demo", "shop"]);
+        let c = conn(3, Transport::Tcp, &["shop"]);
+        for conn in [&a, &b, &c] {
+            table.insert(conn.clone());
+        }
+        a.enqueue(Bytes::from(vec![0; 501]));
+        b.enqueue(Bytes::from(vec![0; 500]));
+        c.enqueue(Bytes::from(vec![0; 10]));
+        let s = conn_stats(&table);
+        assert_eq!((s.tcp, s.ws), (2, 1));
+        assert_eq!(s.by_app[&AppId::from("demo")], (1, 1));
+        assert_eq!(s.by_app[&AppId::from("shop")], (1, 1));
+        assert_eq!(s.queued_bytes, 1011);
+        assert_eq!(s.over_half, 1, "past half of 1000 bytes: only the 501");
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_keys() {
+        use super::constant_time_eq as eq;
+
+        assert!(eq(b"admin-key-0123456789", b"admin-key-0123456789"));
+        assert!(!eq(b"admin-key-0123456789", b"admin-key-0123456788"));
+        assert!(!eq(b"admin-key", b"admin-key-0123456789"));
+        assert!(!eq(b"", b"x"));
+        assert!(eq(b"", b""));
+    }
+}

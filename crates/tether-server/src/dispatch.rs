@@ -1,0 +1,289 @@
+//! The dispatcher's ordering: which gateway endpoints a client should try, and in which order.
+//!
+//! Rendezvous (highest random weight) hashing: every node gets a score from a hash of
+//! (app, user, node id), and the nodes are tried from the highest score down. A user therefore
+//! comes back to the same node while it is up (where a resume is cheapest), users spread evenly
+//! over the nodes, and when a node leaves only its own users move, each to its own next node,
+//! so the load of a lost node spreads over all the others rather than landing on one.
+//!
+//! The ordering needs nothing but the registry's node list: it is the same whether one node or
+//! a cluster answers, and every node of a cluster answers the same for a user.
+
+use tether_core::{NodeId, NodeInfo, Transport};
+
+/// One endpoint of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub node: NodeId,
+    pub url: String,
+    pub transport: Transport,
+}
+
+/// The transport an advertised URL names (`tcp://` or `ws://`/`wss://`).
+pub fn transport_of(url: &str) -> Option<Transport> {
+    match url.split_once("://")?.0 {
+        "tcp" => Some(Transport::Tcp),
+        "ws" | "wss" => Some(Transport::Ws),
+        _ => None,
+    }
+}
+
+/// The rendezvous score of `node` for (app, user): higher is tried first.
+///
+/// Stable across processes, platforms and versions (FNV-1a then a 64-bit finaliser, not the
+/// standard library's hasher), because every node must answer the same for a user. Fields are
+/// separated by `0xff`, a byte UTF-8 never contains, so that ("ab", "c") and ("a", "bc") differ.
+pub fn score(app: &str, user: &str, node: &str) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for part in [app.as_bytes(), user.as_bytes(), node.as_bytes()] {
+        for &b in part.iter().chain(std::iter::once(&0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+    }
+    // FNV alone mixes the last bytes poorly; node ids often differ only there ("tether-1",
+    // "tether-2"). MurmurHash3's finaliser spreads every input bit over the whole word.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The endpoints (app, user) should try, in order.
+///
+/// - Draining nodes are left out.
+/// - Nodes are ordered by [`score`], highest first; nodes at their connection limit come after
+///   every node with room (they would refuse the client with 4102).
+/// - Each node's endpoints follow in the node's own order, so that a client whose TCP is
+///   blocked falls back to the same node's WebSocket before it moves to another node.
+/// - Endpoints in `failed` (what the client could not reach) are left out, and so are those of
+///   another transport than `transport`, when given.
+pub fn order(
+    nodes: &[NodeInfo],
+    app: &str,
+    user: &str,
+    failed: &[String],
+    transport: Option<Transport>,
+) -> Vec<Endpoint> {
+    let mut ranked: Vec<(bool, u64, &NodeInfo)> = nodes
+        .iter()
+        .filter(|n| !n.draining)
+        .map(|n| {
+            let full = n.connections >= n.max_connections;
+            (full, score(app, user, n.id.as_str()), n)
+        })
+        .collect();
+    // Not full first, then the highest score; the id breaks (astronomically unlikely) ties so
+    // that the order never depends on the registry's.
+    ranked.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.cmp(&a.1))
+            .then_with(|| a.2.id.cmp(&b.2.id))
+    });
+    let mut out = Vec::new();
+    for (_, _, node) in ranked {
+        for url in &node.endpoints {
+            let Some(t) = transport_of(url) else { continue };
+            if transport.is_some_and(|wanted| wanted != t) || failed.iter().any(|f| f == url) {
+                continue;
+            }
+            out.push(Endpoint {
+                node: node.id.clone(),
+                url: url.clone(),
+                transport: t,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: NodeId::from(id),
+            endpoints: vec![
+                format!("tcp://{id}:7400"),
+                format!("tcp://{id}:443"),
+                format!("ws://{id}:7401/ws"),
+            ],
+            connections: 0,
+            max_connections: 1000,
+            draining: false,
+            expires_ms: u64::MAX,
+        }
+    }
+
+    fn fleet(n: usize) -> Vec<NodeInfo> {
+        (1..=n).map(|i| node(&format!("tether-{i}"))).collect()
+    }
+
+    /// The node a user is sent to first.
+    fn first(nodes: &[NodeInfo], user: &str) -> String {
+        order(nodes, "demo", user, &[], None)[0].node.to_string()
+    }
+
+    #[test]
+    fn the_score_is_fixed_across_builds() {
+        // Every node of a cluster, whatever its version, must rank nodes the same way.
+        assert_eq!(score("demo", "alice", "tether-1"), 0xce2d_109d_0536_477d);
+    }
+
+    #[test]
+    fn fields_do_not_run_into_each_other() {
+        assert_ne!(score("ab", "c", "n"), score("a", "bc", "n"));
+        assert_ne!(score("a", "bc", "n"), score("a", "b", "cn"));
+    }
+
+    #[test]
+    fn a_user_always_gets_the_same_order_whatever_the_registry_order() {
+        let nodes = fleet(5);
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        for user in ["alice", "bob", "carol", "dave"] {
+            let a = order(&nodes, "demo", user, &[], None);
+            assert_eq!(a, order(&nodes, "demo", user, &[], None));
+            assert_eq!(a, order(&reversed, "demo", user, &[], None));
+            assert_eq!(a.len(), 15, "every endpoint of every node");
+        }
+    }
+
+    #[test]
+    fn a_node_s_endpoints_stay_together_in_its_order() {
+        let nodes = fleet(3);
+        let got = order(&nodes, "demo", "alice", &[], None);
+        for chunk in got.chunks(3) {
+            let id = chunk[0].node.as_str();
+            let urls: Vec<&str> = chunk.iter().map(|e| e.url.as_str()).collect();
+            assert_eq!(
+                urls,
+                [
+                    format!("tcp://{id}:7400"),
+                    format!("tcp://{id}:443"),
+                    format!("ws://{id}:7401/ws")
+                ]
+            );
+            assert_eq!(
+                chunk.iter().map(|e| e.transport).collect::<Vec<_>>(),
+                [Transport::Tcp, Transport::Tcp, Transport::Ws]
+            );
+        }
+    }
+
+    #[test]
+    fn users_spread_evenly_over_the_nodes() {
+        let nodes = fleet(5);
+        let users = 20_000;
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        for u in 0..users {
+            *per_node
+                .entry(first(&nodes, &format!("user-{u}")))
+                .or_default() += 1;
+        }
+        assert_eq!(per_node.len(), 5, "{per_node:?}");
+        for (node, n) in &per_node {
+            // 4,000 expected; a fair draw stays within a few percent.
+            assert!((3_700..=4_300).contains(n), "{node} got {n} of {users}");
+        }
+        // Second choices spread too: a lost node's users do not all land on one other node.
+        let mut second: HashMap<String, usize> = HashMap::new();
+        for u in 0..users {
+            let user = format!("user-{u}");
+            let got = order(&nodes, "demo", &user, &[], None);
+            if got[0].node.as_str() == "tether-1" {
+                *second.entry(got[3].node.to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(second.len(), 4, "{second:?}");
+        for (node, n) in &second {
+            assert!((800..=1_200).contains(n), "{node} second for {n}");
+        }
+    }
+
+    #[test]
+    fn only_the_users_of_a_lost_node_move() {
+        let nodes = fleet(5);
+        let without_3: Vec<NodeInfo> = nodes
+            .iter()
+            .filter(|n| n.id.as_str() != "tether-3")
+            .cloned()
+            .collect();
+        let mut moved = 0;
+        for u in 0..5_000 {
+            let user = format!("user-{u}");
+            let before = first(&nodes, &user);
+            let after = first(&without_3, &user);
+            if before == "tether-3" {
+                moved += 1;
+                assert_ne!(after, "tether-3");
+            } else {
+                assert_eq!(before, after, "{user} moved although its node stayed");
+            }
+        }
+        assert!(moved > 0);
+    }
+
+    #[test]
+    fn apps_are_hashed_apart() {
+        let nodes = fleet(5);
+        let differs = (0..200)
+            .map(|u| format!("user-{u}"))
+            .filter(|u| {
+                order(&nodes, "a", u, &[], None)[0].node != order(&nodes, "b", u, &[], None)[0].node
+            })
+            .count();
+        assert!(differs > 100, "only {differs} of 200 users differ by app");
+    }
+
+    #[test]
+    fn failed_endpoints_and_draining_nodes_are_left_out() {
+        let mut nodes = fleet(3);
+        let all = order(&nodes, "demo", "alice", &[], None);
+        let top = all[0].node.clone();
+        // The client could not reach the top node's first TCP port.
+        let failed = vec![all[0].url.clone()];
+        let got = order(&nodes, "demo", "alice", &failed, None);
+        assert_eq!(got.len(), 8);
+        assert_eq!(got[0], all[1], "the same node's next endpoint comes first");
+        assert!(got.iter().all(|e| e.url != failed[0]));
+
+        // The top node drains: its endpoints disappear, the rest keep their order.
+        nodes
+            .iter_mut()
+            .find(|n| n.id == top)
+            .expect("top node")
+            .draining = true;
+        let got = order(&nodes, "demo", "alice", &[], None);
+        assert_eq!(got.len(), 6);
+        assert!(got.iter().all(|e| e.node != top));
+        assert_eq!(got, all[3..].to_vec());
+
+        // Everything failed or draining: nothing to offer.
+        let every: Vec<String> = got.iter().map(|e| e.url.clone()).collect();
+        assert!(order(&nodes, "demo", "alice", &every, None).is_empty());
+    }
+
+    #[test]
+    fn full_nodes_come_last_and_a_transport_can_be_asked_for() {
+        let mut nodes = fleet(3);
+        let all = order(&nodes, "demo", "alice", &[], None);
+        let top = all[0].node.clone();
+        let n = nodes.iter_mut().find(|n| n.id == top).expect("top node");
+        n.connections = n.max_connections;
+        let got = order(&nodes, "demo", "alice", &[], None);
+        assert_eq!(got[..6], all[3..]);
+        assert_eq!(got[6..], all[..3], "a full node is still a fallback");
+
+        let ws = order(&nodes, "demo", "alice", &[], Some(Transport::Ws));
+        assert_eq!(ws.len(), 3);
+        assert!(ws.iter().all(|e| e.url.starts_with("ws://")));
+        assert_eq!(ws[2].node, top);
+    }
+}

@@ -1,0 +1,203 @@
+//! The node among the others: announcing itself to the registry (where clients reach it, its
+//! load, whether it drains), readiness, and the drain.
+//!
+//! # Drain
+//! `POST /v1/admin/drain` (or [`Lifecycle::drain`]): readiness turns false; the registry learns
+//! the node drains *before* any client is closed, so that the dispatcher no longer offers it to
+//! the clients it closes; listeners keep accepting but refuse every new connection with 4101;
+//! then every connection is closed with 4101 (reconnect elsewhere), one after another over
+//! `gateway.drain_spread`. Closes go through each connection's queue, so what was queued is
+//! written first; the HTTP API keeps serving. A shutdown during a drain takes over what is
+//! left.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tether_core::{NodeId, NodeInfo, Registry, RegistryError};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::gateway::drain::{close_spread, drain_close};
+
+/// How many announcement intervals an announcement holds: a node must miss two in a row
+/// before the dispatcher stops offering it.
+const TTL_INTERVALS: u32 = 3;
+
+/// What a call of [`Lifecycle::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainStarted {
+    /// False when the node was already draining (nothing new began).
+    pub began: bool,
+    /// Connections open when the drain began, all to be closed within `spread`.
+    pub connections: usize,
+    pub spread: Duration,
+}
+
+/// The node's announcements, readiness and drain.
+#[derive(Debug)]
+pub struct Lifecycle {
+    node: NodeId,
+    /// The endpoints clients are given for this node, in order.
+    endpoints: Vec<String>,
+    max_connections: u64,
+    interval: Duration,
+    drain_spread: Duration,
+    registry: Arc<dyn Registry>,
+    gateway: Arc<Gateway>,
+    /// Set by the first drain, so that two concurrent calls start one drain.
+    drain_begun: AtomicBool,
+}
+
+impl Lifecycle {
+    /// `endpoints` as from [`advertised_endpoints`].
+    pub fn new(
+        config: &Config,
+        endpoints: Vec<String>,
+        registry: Arc<dyn Registry>,
+        gateway: Arc<Gateway>,
+    ) -> Self {
+        Lifecycle {
+            node: NodeId::new(config.node.id.clone()),
+            endpoints,
+            max_connections: config.limits.max_connections as u64,
+            interval: config.node.announce_interval,
+            drain_spread: config.gateway.drain_spread,
+            registry,
+            gateway,
+            drain_begun: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the node takes new clients: not draining, not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.gateway.is_draining()
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The endpoints this node announces.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// What the node announces now.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.node.clone(),
+            endpoints: self.endpoints.clone(),
+            connections: self.gateway.table.len() as u64,
+            max_connections: self.max_connections,
+            draining: self.gateway.is_draining(),
+            expires_ms: tether_core::now_ms() + (self.interval * TTL_INTERVALS).as_millis() as u64,
+        }
+    }
+
+    /// Announces the node now.
+    pub async fn announce(&self) -> Result<(), RegistryError> {
+        self.registry.announce(self.info()).await
+    }
+
+    /// Announces the node again every `node.announce_interval` until shutdown (the node makes
+    /// the first announcement itself at start, and withdraws at shutdown). A failed
+    /// announcement is retried at the next tick: the previous one holds for [`TTL_INTERVALS`]
+    /// intervals.
+    pub async fn run(self: Arc<Self>) {
+        let shutdown = self.gateway.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+            if let Err(e) = self.announce().await {
+                warn!(error = %e, "cannot announce the node");
+            }
+        }
+    }
+
+    /// Takes the node out of the registry's node list, so that the dispatcher stops offering
+    /// it (shutdown). Failures are logged: the announcement then expires on its own.
+    pub async fn withdraw(&self) {
+        if let Err(e) = self.registry.withdraw(&self.node).await {
+            warn!(error = %e, "cannot withdraw the node; its announcement will expire");
+        }
+    }
+
+    /// Starts draining (see the module docs) and returns at once, once the registry knows;
+    /// the closes go on in the background. Draining again does nothing new.
+    pub async fn drain(&self) -> DrainStarted {
+        let connections = self.gateway.table.len();
+        if self.drain_begun.swap(true, Ordering::SeqCst) {
+            return DrainStarted {
+                began: false,
+                connections,
+                spread: self.drain_spread,
+            };
+        }
+        self.gateway.drain.cancel();
+        // Before any close: a closed client asks the dispatcher, which must not send it back.
+        if let Err(e) = self.announce().await {
+            warn!(error = %e, "cannot announce the drain; clients may be sent back here until the announcement expires");
+        }
+        info!(connections, spread = ?self.drain_spread, "draining");
+        let gateway = self.gateway.clone();
+        let spread = self.drain_spread;
+        self.gateway.tasks.spawn(async move {
+            let stop = gateway.shutdown.clone();
+            let closed = close_spread(&gateway.table, spread, drain_close, &stop).await;
+            info!(
+                closed,
+                "drain: every connection was told to reconnect elsewhere"
+            );
+        });
+        DrainStarted {
+            began: true,
+            connections,
+            spread,
+        }
+    }
+}
+
+/// The endpoints the node announces: `node.advertise_tcp` and `node.advertise_ws` when set,
+/// otherwise the listeners' own addresses (what clients on this machine or network reach).
+pub fn advertised_endpoints(
+    config: &Config,
+    tcp: Option<&TcpListener>,
+    ws: Option<&TcpListener>,
+) -> Vec<String> {
+    let mut out = own_or_listener(&config.node.advertise_tcp, tcp, "tcp://", "");
+    out.extend(own_or_listener(
+        &config.node.advertise_ws,
+        ws,
+        "ws://",
+        "/ws",
+    ));
+    out
+}
+
+fn own_or_listener(
+    advertised: &[String],
+    listener: Option<&TcpListener>,
+    scheme: &str,
+    path: &str,
+) -> Vec<String> {
+    if !advertised.is_empty() {
+        return advertised.to_vec();
+    }
+    let Some(addr) = listener.and_then(|l| l.local_addr().ok()) else {
+        return Vec::new();
+    };
+    if addr.ip().is_unspecified() {
+        warn!(
+            %addr,
+            "a listener on every interface and no node.advertise_tcp/advertise_ws: the \
+             dispatcher hands out this address, which remote clients cannot use"
+        );
+    }
+    vec![format!("{scheme}{addr}{path}")]
+}
