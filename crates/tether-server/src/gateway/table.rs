@@ -165,6 +165,10 @@ pub struct ConnHandle {
     held: AtomicBool,
     /// Some binding has an ack not yet written to the store.
     ack_pending: AtomicBool,
+    /// [`ConnHandle::next_work`] may find something: set with every change that can make
+    /// store work (an ack, a `sync`, a binding falling back to the store), so that the task's
+    /// many wake-ups for frames alone do not take the queue's lock to learn there is none.
+    work_hint: AtomicBool,
     /// The connection task, woken when `ready` is set. A waker slot rather than a `Notify`:
     /// waiting on it needs no per-wait node in the task's future.
     task: AtomicWaker,
@@ -191,6 +195,8 @@ impl ConnHandle {
             ready: AtomicBool::new(false),
             held: AtomicBool::new(false),
             ack_pending: AtomicBool::new(false),
+            // Every binding starts by reading its backlog.
+            work_hint: AtomicBool::new(true),
             task: AtomicWaker::new(),
         }
     }
@@ -272,7 +278,7 @@ impl ConnHandle {
                 outbox.bytes += len;
                 return Enqueued::Queued;
             }
-            Self::catch_up_locked(&mut outbox, binding, seq);
+            self.catch_up_locked(&mut outbox, binding, seq);
             drop(outbox);
             self.wake();
             return Enqueued::Queued;
@@ -287,7 +293,7 @@ impl ConnHandle {
         if *bytes + frame.len() > self.limit {
             // No room (held pushes may be taking it): the store has it, and a backlog read
             // waits for room rather than closing the client as slow.
-            Self::catch_up_locked(&mut outbox, binding, seq);
+            self.catch_up_locked(&mut outbox, binding, seq);
             drop(outbox);
             self.wake();
             return Enqueued::Queued;
@@ -328,7 +334,8 @@ impl ConnHandle {
 
     /// Switches binding `binding` to reading the store, giving up what it held; `seq` is the
     /// highest seq known to be missing.
-    fn catch_up_locked(outbox: &mut Outbox, binding: usize, seq: u64) {
+    fn catch_up_locked(&self, outbox: &mut Outbox, binding: usize, seq: u64) {
+        self.work_hint.store(true, Ordering::Release);
         let inbox = &mut outbox.inboxes[binding];
         let held: usize = inbox.held.iter().map(|(_, f)| f.len()).sum();
         let highest = inbox.held.iter().map(|(s, _)| *s).max().unwrap_or(0);
@@ -353,7 +360,7 @@ impl ConnHandle {
                 continue;
             }
             if now_ms.saturating_sub(inbox.held_since_ms) > REORDER_WAIT_MS {
-                Self::catch_up_locked(&mut outbox, binding, 0);
+                self.catch_up_locked(&mut outbox, binding, 0);
                 woke = true;
             } else {
                 still_held = true;
@@ -373,6 +380,7 @@ impl ConnHandle {
             inbox.acked = inbox.acked.max(seq.min(inbox.top));
             if inbox.acked > inbox.stored_ack {
                 self.ack_pending.store(true, Ordering::Relaxed);
+                self.work_hint.store(true, Ordering::Release);
             }
         }
     }
@@ -398,6 +406,7 @@ impl ConnHandle {
         }
         outbox.sync_busy = true;
         outbox.sync = Some(request);
+        self.work_hint.store(true, Ordering::Release);
         true
     }
 
@@ -408,7 +417,29 @@ impl ConnHandle {
     /// every few messages would otherwise cost a store write per few messages); the heartbeat
     /// sweep wakes the task for the ones that waited, and the connection's end writes the rest.
     pub fn next_work(&self, now_ms: u64) -> Option<NextWork> {
+        // Cleared before the lock: a change made after this under the lock sets it again.
+        if !self.work_hint.swap(false, Ordering::AcqRel) {
+            return None;
+        }
         let mut outbox = self.outbox();
+        let next = Self::next_work_locked(&mut outbox, now_ms, self.limit);
+        let deferred = || {
+            outbox.close.is_none()
+                && (outbox.sync.is_some()
+                    || outbox
+                        .inboxes
+                        .iter()
+                        .any(|i| i.catching_up || i.acked > i.stored_ack))
+        };
+        // Work handed out may be followed by more; work that waits (for room in the queue, or
+        // for an ack's write interval) is looked at again at a later wake.
+        if next.is_some() || deferred() {
+            self.work_hint.store(true, Ordering::Release);
+        }
+        next
+    }
+
+    fn next_work_locked(outbox: &mut Outbox, now_ms: u64, limit: usize) -> Option<NextWork> {
         if outbox.close.is_some() {
             return None;
         }
@@ -421,7 +452,7 @@ impl ConnHandle {
                 seq: inbox.acked,
             });
         }
-        if outbox.bytes > self.limit / 2 {
+        if outbox.bytes > limit / 2 {
             return None;
         }
         if let Some(request) = outbox.sync.take() {
