@@ -44,6 +44,7 @@ fn conns(table: &ConnTable, n: usize) -> Vec<Arc<ConnHandle>> {
                 bindings: vec![(AppId::from("demo"), UserId::from("u"))],
                 resume: vec![InboxState::resuming(0, 0)],
                 queue_limit: 256 * 1024,
+                direct: None,
                 idle_limit: Duration::from_secs(600),
                 now_ms: 0,
             }))
@@ -72,7 +73,7 @@ fn fanout(c: &mut Criterion) {
         let mut taken = VecDeque::new();
         group.bench_with_input(BenchmarkId::new("topic_shard", n), &n, |b, _| {
             b.iter(|| {
-                black_box(topic.deliver_shard(0, 0, &msg));
+                black_box(topic.deliver_shard(0, 0, &msg, false));
                 // What the connection task does with it, minus the write.
                 for conn in &subs {
                     conn.take(&mut taken);

@@ -616,3 +616,57 @@ async fn history_and_server_side_subscriptions_survive_a_restart_of_the_embedded
     assert_eq!(expect_publication(alice.frame().await).offset, 4);
     assert_eq!(expect_publication(bob.frame().await).offset, 4);
 }
+
+/// Fan-outs write to idle TCP sockets directly; a socket that takes a frame in part leaves the
+/// rest to the connection's task. Whatever happens, the client reads whole frames: the
+/// publications it got, then `disconnect` 4001, then EOF.
+#[tokio::test]
+async fn a_stalled_subscriber_reads_whole_frames_then_its_disconnect() {
+    let mut config = Config::for_tests();
+    config.limits.max_frame = 16 * 1024;
+    config.limits.max_payload = 8 * 1024;
+    config.limits.api_body_bytes = 32 * 1024;
+    config.limits.outbound_queue_bytes = 64 * 1024;
+    let node = start(config).await;
+    let http = Http::new(&node);
+    let mut client = TcpClient::open_with_recv_buffer(node.tcp_addr().unwrap(), 4096).await;
+    client.send(&connect_frame("slow", "d", 0)).await;
+    expect_connected(client.frame().await);
+    client.send(&subscribe(1, "odd", None)).await;
+    expect_subscribed(client.frame().await);
+
+    // 3,001-byte payloads do not divide the socket buffers: writes end inside frames.
+    let payload = "y".repeat(3001);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut published = 0;
+    loop {
+        publish_ok(&http, "odd", json!({ "payload": payload })).await;
+        published += 1;
+        let info = http
+            .get(&format!("/v1/apps/{APP}/topics/odd"), Some(API_KEY))
+            .await;
+        if info.body["subscribers"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never closed as slow");
+    }
+    let mut received = 0;
+    loop {
+        match timeout(WAIT, client.recv()).await {
+            Ok(Ok(Some(frame))) => match frame.body {
+                Body::Publication(p) => {
+                    assert_eq!(p.payload.len(), 3003, "a whole publication");
+                    received += 1;
+                }
+                Body::Disconnect(d) => {
+                    assert_eq!(d.code, Code::SLOW, "{}", d.reason);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("after {received} publications: {other:?}"),
+        }
+    }
+    client.expect_eof().await;
+    assert!(received < published, "{received} of {published}");
+}

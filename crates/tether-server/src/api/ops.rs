@@ -266,6 +266,7 @@ mod tests {
                 .collect(),
             resume: apps.iter().map(|_| InboxState::resuming(0, 0)).collect(),
             queue_limit: 1000,
+            direct: None,
             idle_limit: Duration::from_secs(30),
             now_ms: 0,
         }))

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::gateway::table::{ConnHandle, ConnTable, Enqueued};
+use crate::gateway::table::{ConnHandle, ConnTable, Enqueued, Offered};
 use crate::rate::{Pacer, RequestLimit};
 use topic::{Reached, Sub, Topic, offer};
 
@@ -93,6 +93,10 @@ struct FanoutMetrics {
     broadcast_deliveries: Counter,
     paced: Counter,
     overflows: Counter,
+    /// Frames and bytes the fan-out wrote to TCP sockets itself (the same series the
+    /// connection tasks count theirs in).
+    frames_out: Counter,
+    bytes_out: Counter,
     gap_fills: Counter,
     store_errors: Counter,
 }
@@ -107,6 +111,8 @@ impl FanoutMetrics {
             broadcast_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "broadcast"),
             paced: counter!("tether_paced_recipients_total"),
             overflows,
+            frames_out: counter!("tether_frames_out_total", "transport" => "tcp"),
+            bytes_out: counter!("tether_bytes_out_total", "transport" => "tcp"),
             gap_fills: counter!("tether_topic_gap_fills_total"),
             store_errors: counter!("tether_store_errors_total", "op" => "history"),
         }
@@ -377,9 +383,14 @@ impl Worker {
                 },
             };
             self.metrics.queued.decrement(1.0);
+            // Caught up: write to idle connections at once. Behind: queue, so that what piles
+            // up for a connection leaves in one write.
+            let direct = rx.is_empty();
             match job {
-                Job::Publish { topic, offset, msg } => self.publish(&topic, offset, &msg).await,
-                Job::Broadcast { msg } => self.broadcast(&msg).await,
+                Job::Publish { topic, offset, msg } => {
+                    self.publish(&topic, offset, &msg, direct).await
+                }
+                Job::Broadcast { msg } => self.broadcast(&msg, direct).await,
                 Job::Subscribe {
                     conn,
                     binding,
@@ -397,7 +408,7 @@ impl Worker {
         }
     }
 
-    async fn publish(&self, topic_id: &TopicId, offset: u64, msg: &Arc<Outgoing>) {
+    async fn publish(&self, topic_id: &TopicId, offset: u64, msg: &Arc<Outgoing>, direct: bool) {
         let Some(topic) = self.topics.get(topic_id) else {
             return; // no subscriber on this node
         };
@@ -407,17 +418,25 @@ impl Worker {
                 return; // sent already, by the gap fill of a later publication
             }
             if offset > fanned + 1 {
-                self.fill_gap(&topic, topic_id, fanned, offset).await;
+                self.fill_gap(&topic, topic_id, fanned, offset, direct)
+                    .await;
             }
             topic
                 .fanned
                 .store(offset, std::sync::atomic::Ordering::Relaxed);
         }
-        self.fan_topic(&topic, topic_id, offset, msg).await;
+        self.fan_topic(&topic, topic_id, offset, msg, direct).await;
     }
 
     /// Fans out the publications between `fanned` and `offset` (exclusive) from the history.
-    async fn fill_gap(&self, topic: &Arc<Topic>, topic_id: &TopicId, fanned: u64, offset: u64) {
+    async fn fill_gap(
+        &self,
+        topic: &Arc<Topic>,
+        topic_id: &TopicId,
+        fanned: u64,
+        offset: u64,
+        direct: bool,
+    ) {
         let missing = ((offset - fanned - 1) as usize).min(self.history_cap);
         let page = match self
             .store
@@ -444,7 +463,7 @@ impl Worker {
             topic
                 .fanned
                 .store(m.seq.0, std::sync::atomic::Ordering::Relaxed);
-            self.fan_topic(topic, topic_id, m.seq.0, &msg).await;
+            self.fan_topic(topic, topic_id, m.seq.0, &msg, direct).await;
         }
     }
 
@@ -454,6 +473,7 @@ impl Worker {
         topic_id: &TopicId,
         offset: u64,
         msg: &Arc<Outgoing>,
+        direct: bool,
     ) {
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
@@ -461,7 +481,7 @@ impl Worker {
             for chunk in subs.chunks(pacer.chunk()) {
                 pacer.take(chunk.len()).await;
                 self.metrics.paced.increment(chunk.len() as u64);
-                let (r, closed) = offer_all(chunk, msg);
+                let (r, closed) = offer_all(chunk, msg, direct);
                 reached.add(r);
                 // Counted as closed only when this call removed them (their end may have).
                 reached.closed += closed.into_iter().filter(|id| topic.remove(*id)).count() as u64;
@@ -470,11 +490,11 @@ impl Worker {
             let mut tasks = Vec::with_capacity(topic.shard_count() - 1);
             for i in 1..topic.shard_count() {
                 let (topic, msg) = (topic.clone(), msg.clone());
-                tasks.push(tokio::spawn(
-                    async move { topic.deliver_shard(i, offset, &msg) },
-                ));
+                tasks.push(tokio::spawn(async move {
+                    topic.deliver_shard(i, offset, &msg, direct)
+                }));
             }
-            reached.add(topic.deliver_shard(0, offset, msg));
+            reached.add(topic.deliver_shard(0, offset, msg, direct));
             for task in tasks {
                 match task.await {
                     Ok(r) => reached.add(r),
@@ -483,10 +503,11 @@ impl Worker {
             }
         } else {
             for i in 0..topic.shard_count() {
-                reached.add(topic.deliver_shard(i, offset, msg));
+                reached.add(topic.deliver_shard(i, offset, msg, direct));
             }
         }
         self.metrics.topic_deliveries.increment(reached.delivered);
+        self.count_written(&reached);
         self.metrics.overflows.increment(reached.overflowed);
         if reached.closed > 0 {
             self.metrics.subscriptions.decrement(reached.closed as f64);
@@ -494,7 +515,14 @@ impl Worker {
         }
     }
 
-    async fn broadcast(&self, msg: &Arc<Outgoing>) {
+    fn count_written(&self, reached: &Reached) {
+        if reached.written > 0 {
+            self.metrics.frames_out.increment(reached.written);
+            self.metrics.bytes_out.increment(reached.written_bytes);
+        }
+    }
+
+    async fn broadcast(&self, msg: &Arc<Outgoing>, direct: bool) {
         let app = self.topics.app.clone();
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
@@ -507,7 +535,7 @@ impl Worker {
             for chunk in conns.chunks(pacer.chunk()) {
                 pacer.take(chunk.len()).await;
                 self.metrics.paced.increment(chunk.len() as u64);
-                reached.add(offer_all(chunk, msg).0);
+                reached.add(offer_all(chunk, msg, direct).0);
             }
         } else {
             let n = self.table.shard_count();
@@ -522,10 +550,16 @@ impl Worker {
                 let (table, msg, app) = (self.table.clone(), msg.clone(), app.clone());
                 let range = start..(start + step).min(n);
                 tasks.push(tokio::spawn(async move {
-                    broadcast_range(&table, range, &app, &msg)
+                    broadcast_range(&table, range, &app, &msg, direct)
                 }));
             }
-            reached.add(broadcast_range(&self.table, 0..step.min(n), &app, msg));
+            reached.add(broadcast_range(
+                &self.table,
+                0..step.min(n),
+                &app,
+                msg,
+                direct,
+            ));
             for task in tasks {
                 match task.await {
                     Ok(r) => reached.add(r),
@@ -741,14 +775,15 @@ fn refuse(
 
 /// Queues `msg` on each of `conns`; also returns the connections found closed (not counted in
 /// the result: the caller decides whether they leave).
-fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing) -> (Reached, Vec<ConnId>) {
+fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing, direct: bool) -> (Reached, Vec<ConnId>) {
     let mut reached = Reached::default();
     let mut closed = Vec::new();
     for conn in conns {
-        match offer(conn, msg) {
-            Enqueued::Queued => reached.delivered += 1,
-            Enqueued::Overflow => reached.overflowed += 1,
-            Enqueued::Closed => closed.push(conn.id),
+        match offer(conn, msg, direct) {
+            Offered::Queued => reached.delivered += 1,
+            Offered::Written(n) => reached.wrote(n),
+            Offered::Overflow => reached.overflowed += 1,
+            Offered::Closed => closed.push(conn.id),
         }
     }
     (reached, closed)
@@ -759,16 +794,18 @@ fn broadcast_range(
     range: std::ops::Range<usize>,
     app: &AppId,
     msg: &Outgoing,
+    direct: bool,
 ) -> Reached {
     let mut reached = Reached::default();
     table.for_each_in(range, |conn| {
         if conn.binding(app.as_str()).is_none() {
             return;
         }
-        match offer(conn, msg) {
-            Enqueued::Queued => reached.delivered += 1,
-            Enqueued::Overflow => reached.overflowed += 1,
-            Enqueued::Closed => reached.closed += 1,
+        match offer(conn, msg, direct) {
+            Offered::Queued => reached.delivered += 1,
+            Offered::Written(n) => reached.wrote(n),
+            Offered::Overflow => reached.overflowed += 1,
+            Offered::Closed => reached.closed += 1,
         }
     });
     reached
@@ -823,6 +860,7 @@ mod tests {
             bindings: vec![(app.clone(), UserId::from("u"))],
             resume: vec![InboxState::resuming(0, 0)],
             queue_limit: 1 << 20,
+            direct: None,
             idle_limit: Duration::from_secs(600),
             now_ms: 0,
         }));

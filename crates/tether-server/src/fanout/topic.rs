@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tether_core::{ConnId, Outgoing};
 
-use crate::gateway::table::{ConnHandle, Encoding, Enqueued};
+use crate::gateway::table::{ConnHandle, Encoding, Enqueued, Offered};
 
 /// A subscriber: its connection, and the last offset it has (from recovery, or from when it
 /// joined): publications up to it are not sent to it again.
@@ -20,7 +20,11 @@ pub struct Sub {
 /// What one pass over subscribers did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Reached {
+    /// Queued or written.
     pub delivered: u64,
+    /// Of those, written to the socket by the fan-out itself, and their bytes.
+    pub written: u64,
+    pub written_bytes: u64,
     /// Connections whose byte-bounded queue overflowed: they are closing as slow.
     pub overflowed: u64,
     /// Subscribers whose connection was already closed (removed by the caller).
@@ -28,8 +32,16 @@ pub struct Reached {
 }
 
 impl Reached {
+    pub fn wrote(&mut self, bytes: usize) {
+        self.delivered += 1;
+        self.written += 1;
+        self.written_bytes += bytes as u64;
+    }
+
     pub fn add(&mut self, other: Reached) {
         self.delivered += other.delivered;
+        self.written += other.written;
+        self.written_bytes += other.written_bytes;
         self.overflowed += other.overflowed;
         self.closed += other.closed;
     }
@@ -113,9 +125,10 @@ impl Topic {
         gone
     }
 
-    /// Queues `msg` (at `offset`; 0 for a live-only publication) on every subscriber of shard
-    /// `i` that does not have it yet. Subscribers found closed are removed.
-    pub fn deliver_shard(&self, i: usize, offset: u64, msg: &Outgoing) -> Reached {
+    /// Hands `msg` (at `offset`; 0 for a live-only publication) to every subscriber of shard
+    /// `i` that does not have it yet, writing it directly where allowed (`direct`, see
+    /// [`offer`]). Subscribers found closed are removed.
+    pub fn deliver_shard(&self, i: usize, offset: u64, msg: &Outgoing, direct: bool) -> Reached {
         let mut reached = Reached::default();
         let mut closed = Vec::new();
         {
@@ -124,10 +137,11 @@ impl Topic {
                 if offset != 0 && offset <= sub.after {
                     continue;
                 }
-                match offer(&sub.conn, msg) {
-                    Enqueued::Queued => reached.delivered += 1,
-                    Enqueued::Overflow => reached.overflowed += 1,
-                    Enqueued::Closed => closed.push(sub.conn.id),
+                match offer(&sub.conn, msg, direct) {
+                    Offered::Queued => reached.delivered += 1,
+                    Offered::Written(n) => reached.wrote(n),
+                    Offered::Overflow => reached.overflowed += 1,
+                    Offered::Closed => closed.push(sub.conn.id),
                 }
             }
         }
@@ -155,11 +169,21 @@ impl Topic {
     }
 }
 
-/// Queues a shared frame on one connection, in the encoding it speaks.
-pub fn offer(conn: &ConnHandle, msg: &Outgoing) -> Enqueued {
+/// Hands a shared frame to one connection, in the encoding it speaks. With `direct`, a raw
+/// TCP connection with nothing else to write gets it written at once by this thread (no
+/// wake-up of its task); otherwise it is queued. Fan-outs that are behind queue, so that
+/// frames piling up for a connection leave in one write.
+pub fn offer(conn: &ConnHandle, msg: &Outgoing, direct: bool) -> Offered {
     let frame = match conn.encoding {
         Encoding::Binary => msg.binary().clone(),
         Encoding::Json => msg.json().clone(),
     };
-    conn.enqueue(frame)
+    if direct {
+        return conn.offer(frame);
+    }
+    match conn.enqueue(frame) {
+        Enqueued::Queued => Offered::Queued,
+        Enqueued::Closed => Offered::Closed,
+        Enqueued::Overflow => Offered::Overflow,
+    }
 }

@@ -69,6 +69,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         bindings: accepted.bindings,
         resume,
         queue_limit: gw.limits.outbound_queue_bytes,
+        direct: wire.direct(),
         idle_limit: accepted.heartbeat * gw.config.heartbeat_missed,
         now_ms: gw.clock_ms(),
     }));
@@ -339,6 +340,9 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
         close: None,
         work: None,
     };
+    // `connected` is out: fan-outs may write to the socket directly while the task has nothing
+    // to write.
+    conn.writer_idle();
     let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
     // From here on nothing is written but the goodbye: pushes must see a closed connection
     // (and not count it as reached) until it leaves the table.
@@ -389,7 +393,11 @@ impl Io {
         loop {
             self.drive_work(cx, gw, conn);
             if ready {
-                if let Some(close) = conn.take(&mut self.pending) {
+                let (close, tail) = conn.take_batch(&mut self.pending);
+                if tail {
+                    wire.set_mid_frame();
+                }
+                if let Some(close) = close {
                     self.close = Some(close);
                 }
                 if !self.pending.is_empty() && !self.sending {
@@ -415,6 +423,7 @@ impl Io {
                     Poll::Ready(Ok(())) => {
                         self.sending = false;
                         conn.set_writing(false, 0);
+                        conn.writer_idle();
                         if self.pending.capacity() > 64 {
                             // Give a burst's memory back once it is written.
                             self.pending = VecDeque::new();

@@ -90,6 +90,7 @@ mod tests {
                     bindings: vec![],
                     resume: vec![],
                     queue_limit: 1024,
+                    direct: None,
                     idle_limit: Duration::from_secs(30),
                     now_ms: 0,
                 }));

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+
 use bytes::Bytes;
 use metrics::Counter;
 use std::task::{Context, Poll};
@@ -64,6 +66,17 @@ impl Close {
     }
 }
 
+/// A frame handed to a connection by a fan-out: queued for its task, or written at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// In the queue, or in part on the wire with the rest queued.
+    Queued,
+    /// Written to the socket whole, by the caller's thread: `n` bytes.
+    Written(usize),
+    Closed,
+    Overflow,
+}
+
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -90,6 +103,23 @@ struct Outbox {
     /// The topics this connection is subscribed to, or asked to be: (binding, topic). Kept
     /// for the per-connection limit and for leaving every topic when the connection ends.
     topics: Vec<(u8, TopicId)>,
+    /// The task holds frames it has not finished writing (or has not started yet: true until
+    /// the task says it is idle, so that nothing is written before `connected`). A direct
+    /// write needs this false and an empty queue.
+    in_flight: bool,
+    /// The front of `frames` is the rest of a frame a direct write began: it must be written
+    /// before anything else, and is kept when the queue is dropped.
+    tail: bool,
+}
+
+/// Drops what is queued for a connection that is closing, except the rest of a frame already
+/// begun on the wire: a client must be able to read the `disconnect` behind it.
+fn drop_queue(outbox: &mut Outbox) {
+    if outbox.tail {
+        outbox.frames.truncate(1);
+    } else {
+        outbox.frames = VecDeque::new();
+    }
 }
 
 /// A store operation the connection's task should run next.
@@ -120,6 +150,9 @@ pub struct NewConn {
     pub resume: Vec<InboxState>,
     /// Bytes that may wait in the outbound queue.
     pub queue_limit: usize,
+    /// The socket, for fan-outs to write to directly while the task has nothing to write
+    /// (raw TCP only).
+    pub direct: Option<Arc<TcpStream>>,
     /// Silence after which the heartbeat sweep closes the connection.
     pub idle_limit: Duration,
     /// Now, by [`super::Gateway::clock_ms`].
@@ -172,6 +205,8 @@ pub struct ConnHandle {
     /// The connection task, woken when `ready` is set. A waker slot rather than a `Notify`:
     /// waiting on it needs no per-wait node in the task's future.
     task: AtomicWaker,
+    /// See [`NewConn::direct`].
+    direct: Option<Arc<TcpStream>>,
 }
 
 impl ConnHandle {
@@ -190,6 +225,7 @@ impl ConnHandle {
             progress_ms: AtomicU64::new(conn.now_ms),
             outbox: Mutex::new(Outbox {
                 inboxes: conn.resume.into_boxed_slice(),
+                in_flight: true,
                 ..Outbox::default()
             }),
             ready: AtomicBool::new(false),
@@ -198,6 +234,7 @@ impl ConnHandle {
             // Every binding starts by reading its backlog.
             work_hint: AtomicBool::new(true),
             task: AtomicWaker::new(),
+            direct: conn.direct,
         }
     }
 
@@ -221,11 +258,64 @@ impl ConnHandle {
         enqueued
     }
 
+    /// Writes `frame` to the socket at once when nothing else is waiting to be written on this
+    /// connection (raw TCP), or queues it like [`ConnHandle::enqueue`].
+    ///
+    /// For fan-outs: the caller's thread pays the write, and the connection's task is not
+    /// woken at all, which is most of a delivery's user-space cost. A write the socket takes in
+    /// part leaves the rest at the front of the queue for the task.
+    pub fn offer(&self, frame: Bytes) -> Offered {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return Offered::Closed;
+        }
+        if let Some(stream) = &self.direct
+            && !outbox.in_flight
+            && outbox.frames.is_empty()
+        {
+            match stream.try_write(&frame) {
+                Ok(n) if n == frame.len() => return Offered::Written(n),
+                Ok(n) => {
+                    // Only the rest waits, and nothing may go before it.
+                    let rest = frame.slice(n..);
+                    outbox.tail = n > 0;
+                    let (enqueued, wake) = self.push_locked(&mut outbox, rest);
+                    drop(outbox);
+                    if wake {
+                        self.wake();
+                    }
+                    return match enqueued {
+                        Enqueued::Queued => Offered::Queued,
+                        Enqueued::Closed => Offered::Closed,
+                        Enqueued::Overflow => Offered::Overflow,
+                    };
+                }
+                // Full socket buffer, or an error the task will meet on its next write.
+                Err(_) => {}
+            }
+        }
+        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
+        drop(outbox);
+        if wake {
+            self.wake();
+        }
+        match enqueued {
+            Enqueued::Queued => Offered::Queued,
+            Enqueued::Closed => Offered::Closed,
+            Enqueued::Overflow => Offered::Overflow,
+        }
+    }
+
+    /// The task has written everything it took: fan-outs may write directly again.
+    pub fn writer_idle(&self) {
+        self.outbox().in_flight = false;
+    }
+
     /// Queues `frame` on an open connection's locked queue, or closes it as slow past the byte
     /// limit. Returns whether the task must be woken (the caller does it after unlocking).
     fn push_locked(&self, outbox: &mut Outbox, frame: Bytes) -> (Enqueued, bool) {
         if outbox.bytes + frame.len() > self.limit {
-            outbox.frames = VecDeque::new();
+            drop_queue(outbox);
             outbox.close = Some(Close {
                 code: Code::SLOW,
                 reason: format!("more than {} bytes waiting to be read", self.limit),
@@ -693,16 +783,34 @@ impl ConnHandle {
     /// Moves every queued frame to the back of `into` and returns the close request, if any.
     /// When the close does not flush, the queue is dropped instead.
     pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
+        self.take_batch(into).0
+    }
+
+    /// [`ConnHandle::take`], also saying whether the first frame moved is the rest of a frame
+    /// already begun on the wire (by a direct write).
+    pub fn take_batch(&self, into: &mut VecDeque<Bytes>) -> (Option<Close>, bool) {
         let mut outbox = self.outbox();
+        let tail = std::mem::take(&mut outbox.tail) && !outbox.frames.is_empty();
+        if !outbox.frames.is_empty() {
+            outbox.in_flight = true;
+        }
         match &outbox.close {
-            Some(close) if !close.flush => outbox.frames = VecDeque::new(),
+            Some(close) if !close.flush => {
+                let rest = if tail {
+                    outbox.frames.pop_front()
+                } else {
+                    None
+                };
+                outbox.frames = VecDeque::new();
+                into.extend(rest);
+            }
             // The outbox starts again from an empty deque (no allocation) rather than getting
             // `into`'s: a burst's capacity is freed once it is written, not kept for the
             // connection's life.
             _ if into.is_empty() => *into = std::mem::take(&mut outbox.frames),
             _ => into.append(&mut outbox.frames),
         }
-        outbox.close.clone()
+        (outbox.close.clone(), tail)
     }
 
     /// Reports `n` bytes written at `now_ms`, freeing that much of the queue's budget.
@@ -733,6 +841,7 @@ impl ConnHandle {
     pub fn finish(&self) {
         let mut outbox = self.outbox();
         outbox.frames = VecDeque::new();
+        outbox.tail = false;
         outbox.bytes = 0;
         if outbox.close.is_none() {
             outbox.close = Some(Close {
@@ -761,7 +870,7 @@ impl ConnHandle {
                 })
             }
         }
-        outbox.frames = VecDeque::new();
+        drop_queue(&mut outbox);
         drop(outbox);
         self.wake();
         true
@@ -965,6 +1074,7 @@ mod tests {
             bindings: vec![],
             resume: vec![],
             queue_limit: limit,
+            direct: None,
             idle_limit: Duration::from_secs(30),
             now_ms: 0,
         }

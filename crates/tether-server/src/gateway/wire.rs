@@ -3,14 +3,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tether_core::Transport;
 use tether_proto::{Code, DecodeError, Frame, binary, json};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -86,6 +86,15 @@ pub trait Wire: Send {
     /// Whether a frame was left half-written: then no other frame may follow on this stream.
     fn mid_frame(&self) -> bool;
 
+    /// The next frame to send is the rest of one already begun on the wire (by a direct
+    /// write): it counts as half-written until it is out.
+    fn set_mid_frame(&mut self) {}
+
+    /// The socket, shared, for writes that bypass the connection's task (raw TCP only).
+    fn direct(&self) -> Option<Arc<TcpStream>> {
+        None
+    }
+
     /// Bytes received since the last call (for metrics).
     fn take_bytes_read(&mut self) -> usize;
 
@@ -100,7 +109,9 @@ pub trait Wire: Send {
 /// empty again, so an idle connection holds no buffer at all.
 #[derive(Debug)]
 pub struct TcpWire {
-    stream: TcpStream,
+    /// Shared with the connection's handle, which writes to it directly while this side has
+    /// nothing to write (see [`super::table::ConnHandle::offer`]).
+    stream: Arc<TcpStream>,
     buf: BytesMut,
     max_frame: u32,
     read: usize,
@@ -133,7 +144,7 @@ const READ_CHUNK: usize = 512;
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
         TcpWire {
-            stream,
+            stream: Arc::new(stream),
             buf: BytesMut::new(),
             max_frame,
             read: 0,
@@ -202,7 +213,13 @@ impl Wire for TcpWire {
                 .zip(slices.iter_mut())
                 .map(|(frame, slice)| *slice = io::IoSlice::new(frame))
                 .count();
-            let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n]))?;
+            ready!(self.stream.poll_write_ready(cx))?;
+            let written = match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(written) => written,
+                // Readiness was cleared: the next poll_write_ready registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -230,12 +247,22 @@ impl Wire for TcpWire {
         self.partial
     }
 
+    fn set_mid_frame(&mut self) {
+        self.partial = true;
+    }
+
+    fn direct(&self) -> Option<Arc<TcpStream>> {
+        Some(self.stream.clone())
+    }
+
     fn take_bytes_read(&mut self) -> usize {
         std::mem::take(&mut self.read)
     }
 
     async fn close(&mut self, _code: Code, _reason: &str) {
-        let _ = self.stream.shutdown().await;
+        // The stream is shared with the connection's handle, so no `&mut` shutdown: the same
+        // FIN through the socket itself.
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
     }
 }
 
