@@ -648,7 +648,10 @@ async fn a_stalled_subscriber_reads_whole_frames_then_its_disconnect() {
         if info.body["subscribers"] == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never closed as slow");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never closed as slow"
+        );
     }
     let mut received = 0;
     loop {

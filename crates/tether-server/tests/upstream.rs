@@ -204,7 +204,9 @@ async fn server_errors_are_retried_until_success() {
         _ => Answer::json(200, r#"{"stored":true}"#),
     })
     .await;
-    let node = start(config(app, Some(&hook.url))).await;
+    let mut with_admin = config(app, Some(&hook.url));
+    with_admin.admin.key = Some(Secret::new("admin-key-0123456789"));
+    let node = start(with_admin).await;
     let (mut client, _) = connect(&node, app, "alice", "d1").await;
     client
         .send(&upstream(3, app, "chat", PayloadKind::Binary, b"\x01\x02"))
@@ -237,6 +239,25 @@ async fn server_errors_are_retried_until_success() {
         metric_value(&node, &format!("tether_webhook_failed_total{labels}")).await,
         0.0
     );
+    // The admin stats show the same.
+    let stats = Http::new(&node)
+        .get("/v1/admin/stats", Some("admin-key-0123456789"))
+        .await;
+    assert_eq!(stats.status, 200, "{:?}", stats.body);
+    let hooks = stats.body["webhooks"].as_array().expect("webhooks");
+    let up = hooks
+        .iter()
+        .find(|h| h["app"] == app && h["kind"] == "upstream")
+        .expect("the app's upstream queue");
+    assert_eq!(
+        (
+            up["sent"].as_u64(),
+            up["failed"].as_u64(),
+            up["queued"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0))
+    );
+    assert!(up["capacity"].as_u64().unwrap_or(0) > 0);
 }
 
 #[tokio::test]

@@ -200,6 +200,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
             )
         })
         .collect();
+    let webhooks = gateway.webhooks().stats();
     let store = match &ops.embedded {
         Some(store) => {
             let disk = {
@@ -233,6 +234,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
             "ws": conns.ws,
             "by_app": by_app,
         },
+        "webhooks": webhooks,
         "outbound": {
             "queued_bytes": conns.queued_bytes,
             "over_half": conns.over_half,

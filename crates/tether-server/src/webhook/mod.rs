@@ -58,17 +58,56 @@ pub(crate) struct HookMetrics {
     /// Waiting in the queue.
     pub queued: Gauge,
     /// Delivered: answered 2xx (upstream requests, or events).
-    pub sent: Counter,
+    pub sent: Counted,
     /// Ended without a 2xx: refused (4xx), last 5xx, unreachable, abandoned at exit.
-    pub failed: Counter,
+    pub failed: Counted,
     /// Retry attempts (POSTs).
     pub retries: Counter,
     /// Refused at a full queue.
-    pub dropped: Counter,
+    pub dropped: Counted,
     /// Upstream answers whose connection was gone (or closed by them as slow).
     pub replies_lost: Counter,
     /// Upstream frames refused by the per-connection limit.
     pub limited: Counter,
+}
+
+/// A metric counter whose total the node can also read back (for the admin stats).
+#[derive(Debug, Clone)]
+pub(crate) struct Counted {
+    counter: Counter,
+    total: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counted {
+    fn new(counter: Counter) -> Self {
+        Counted {
+            counter,
+            total: Arc::default(),
+        }
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One queue of one app's webhook, for the admin stats.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookStats {
+    pub app: AppId,
+    /// `upstream` or `presence`.
+    pub kind: &'static str,
+    pub queued: usize,
+    pub capacity: usize,
+    pub sent: u64,
+    pub failed: u64,
+    pub dropped: u64,
 }
 
 impl HookMetrics {
@@ -76,10 +115,10 @@ impl HookMetrics {
         let labels = [("app", app.to_owned()), ("kind", kind.to_owned())];
         HookMetrics {
             queued: gauge!("tether_webhook_queued", &labels),
-            sent: counter!("tether_webhook_sent_total", &labels),
-            failed: counter!("tether_webhook_failed_total", &labels),
+            sent: Counted::new(counter!("tether_webhook_sent_total", &labels)),
+            failed: Counted::new(counter!("tether_webhook_failed_total", &labels)),
             retries: counter!("tether_webhook_retries_total", &labels),
-            dropped: counter!("tether_webhook_dropped_total", &labels),
+            dropped: Counted::new(counter!("tether_webhook_dropped_total", &labels)),
             replies_lost: counter!("tether_webhook_replies_lost_total", &labels),
             limited: counter!("tether_webhook_limited_total", &labels),
         }
@@ -192,6 +231,38 @@ impl Webhooks {
             );
         }
         Ok(Arc::new(webhooks))
+    }
+
+    /// Every webhook queue of the node: depth, capacity, and what was sent, failed and dropped
+    /// since the node started.
+    pub fn stats(&self) -> Vec<HookStats> {
+        let mut out = Vec::new();
+        for (app, hooks) in &self.apps {
+            let up = &hooks.upstream;
+            out.push(HookStats {
+                app: app.clone(),
+                kind: "upstream",
+                queued: up.jobs.max_capacity() - up.jobs.capacity(),
+                capacity: up.jobs.max_capacity(),
+                sent: up.metrics.sent.total(),
+                failed: up.metrics.failed.total(),
+                dropped: up.metrics.dropped.total(),
+            });
+            if let Some(presence) = &hooks.presence {
+                let (queued, capacity, metrics) = presence.queue();
+                out.push(HookStats {
+                    app: app.clone(),
+                    kind: "presence",
+                    queued,
+                    capacity,
+                    sent: metrics.sent.total(),
+                    failed: metrics.failed.total(),
+                    dropped: metrics.dropped.total(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.app, a.kind).cmp(&(&b.app, b.kind)));
+        out
     }
 
     /// Takes an `upstream` frame (request id `request`) of `conn` for its app's webhook, or

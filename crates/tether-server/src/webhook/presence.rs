@@ -93,6 +93,12 @@ impl Presence {
     }
 
     /// A connection of `user` opened: `online` when it is the user's first on this node.
+    /// The event queue's depth and capacity, and the metrics: for the admin stats.
+    pub fn queue(&self) -> (usize, usize, &HookMetrics) {
+        let capacity = self.events.max_capacity();
+        (capacity - self.events.capacity(), capacity, &self.metrics)
+    }
+
     pub fn connected(&self, user: &UserId, device: &DeviceId, conn: ConnId) {
         let mut shard = self.shard(user).lock().unwrap_or_else(|e| e.into_inner());
         let n = shard.entry(user.clone()).or_insert(0);
