@@ -360,6 +360,58 @@ impl Reserved {
     }
 }
 
+/// Whether a fan-out writes to idle connections itself or queues for their tasks.
+///
+/// Writing directly saves each delivery a wake-up and a poll of the connection's task, but
+/// costs one write per frame, on the worker. Queueing lets frames that pile up for a
+/// connection leave in one write, which is what a saturated node needs. So: direct while the
+/// worker keeps up (no job is waiting, none came in during the last direct fan-out, and those
+/// keep it busy less than 80% of the time), and queueing for [`QUEUE_FOR`] once it does not.
+#[derive(Debug)]
+struct WriteMode {
+    idle_since: tokio::time::Instant,
+    /// How long the worker waited for the current job.
+    waited: Duration,
+    started: tokio::time::Instant,
+    queue_until: Option<tokio::time::Instant>,
+}
+
+/// How long a worker that fell behind queues before it tries direct writes again.
+const QUEUE_FOR: Duration = Duration::from_secs(1);
+
+/// A direct fan-out that took this many times longer than the wait before it means the worker
+/// is busy 80% of the time or more: close to falling behind.
+const BUSY_RATIO: u32 = 4;
+
+impl WriteMode {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        WriteMode {
+            idle_since: now,
+            waited: Duration::ZERO,
+            started: now,
+            queue_until: None,
+        }
+    }
+
+    /// A fan-out job starts; `caught_up`: no other job is waiting.
+    fn direct(&mut self, caught_up: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        self.waited = now - self.idle_since;
+        self.started = now;
+        caught_up && self.queue_until.is_none_or(|until| now >= until)
+    }
+
+    /// The job finished; `backlog`: another job came in meanwhile and waits.
+    fn done(&mut self, direct: bool, backlog: bool) {
+        let now = tokio::time::Instant::now();
+        if direct && (backlog || now - self.started > self.waited * BUSY_RATIO) {
+            self.queue_until = Some(now + QUEUE_FOR);
+        }
+        self.idle_since = now;
+    }
+}
+
 /// One app's fan-out worker.
 struct Worker {
     topics: Arc<AppTopics>,
@@ -373,6 +425,7 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+        let mut mode = WriteMode::new();
         loop {
             let job = tokio::select! {
                 biased;
@@ -383,14 +436,16 @@ impl Worker {
                 },
             };
             self.metrics.queued.decrement(1.0);
-            // Caught up: write to idle connections at once. Behind: queue, so that what piles
-            // up for a connection leaves in one write.
-            let direct = rx.is_empty();
+            let direct = mode.direct(rx.is_empty());
             match job {
                 Job::Publish { topic, offset, msg } => {
-                    self.publish(&topic, offset, &msg, direct).await
+                    self.publish(&topic, offset, &msg, direct).await;
+                    mode.done(direct, !rx.is_empty());
                 }
-                Job::Broadcast { msg } => self.broadcast(&msg, direct).await,
+                Job::Broadcast { msg } => {
+                    self.broadcast(&msg, direct).await;
+                    mode.done(direct, !rx.is_empty());
+                }
                 Job::Subscribe {
                     conn,
                     binding,
@@ -487,14 +542,16 @@ impl Worker {
                 reached.closed += closed.into_iter().filter(|id| topic.remove(*id)).count() as u64;
             }
         } else if topic.len() >= PARALLEL_MIN && topic.shard_count() > 1 {
-            let mut tasks = Vec::with_capacity(topic.shard_count() - 1);
-            for i in 1..topic.shard_count() {
+            // Every shard in a task of its own, none inline: a task spawned from this worker
+            // thread waits in its LIFO slot, which other threads cannot steal from, until this
+            // task yields, so a shard done inline would run the others after it, not beside.
+            let mut tasks = Vec::with_capacity(topic.shard_count());
+            for i in 0..topic.shard_count() {
                 let (topic, msg) = (topic.clone(), msg.clone());
                 tasks.push(tokio::spawn(async move {
                     topic.deliver_shard(i, offset, &msg, direct)
                 }));
             }
-            reached.add(topic.deliver_shard(0, offset, msg, direct));
             for task in tasks {
                 match task.await {
                     Ok(r) => reached.add(r),
@@ -545,21 +602,15 @@ impl Worker {
                 1
             };
             let step = n.div_ceil(parts);
+            // As for topics: every part in its own task (see `fan_topic`).
             let mut tasks = Vec::with_capacity(parts);
-            for start in (step..n).step_by(step) {
+            for start in (0..n).step_by(step) {
                 let (table, msg, app) = (self.table.clone(), msg.clone(), app.clone());
                 let range = start..(start + step).min(n);
                 tasks.push(tokio::spawn(async move {
                     broadcast_range(&table, range, &app, &msg, direct)
                 }));
             }
-            reached.add(broadcast_range(
-                &self.table,
-                0..step.min(n),
-                &app,
-                msg,
-                direct,
-            ));
             for task in tasks {
                 match task.await {
                     Ok(r) => reached.add(r),
