@@ -402,6 +402,11 @@ impl WriteMode {
         caught_up && self.queue_until.is_none_or(|until| now >= until)
     }
 
+    /// A job that fans nothing out finished: its time counts neither as busy nor as waiting.
+    fn not_fanout(&mut self) {
+        self.idle_since = tokio::time::Instant::now();
+    }
+
     /// The job finished; `backlog`: another job came in meanwhile and waits.
     fn done(&mut self, direct: bool, backlog: bool) {
         let now = tokio::time::Instant::now();
@@ -452,13 +457,19 @@ impl Worker {
                     topic,
                     request,
                     since,
-                } => self.subscribe(conn, binding, topic, request, since).await,
+                } => {
+                    self.subscribe(conn, binding, topic, request, since).await;
+                    mode.not_fanout();
+                }
                 Job::Unsubscribe {
                     conn,
                     binding,
                     topic,
                     request,
-                } => self.unsubscribe(&conn, binding, &topic, request),
+                } => {
+                    self.unsubscribe(&conn, binding, &topic, request);
+                    mode.not_fanout();
+                }
             }
         }
     }
@@ -621,6 +632,7 @@ impl Worker {
         self.metrics
             .broadcast_deliveries
             .increment(reached.delivered);
+        self.count_written(&reached);
         self.metrics.overflows.increment(reached.overflowed);
     }
 

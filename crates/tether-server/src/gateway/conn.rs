@@ -346,12 +346,20 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
     let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
     // From here on nothing is written but the goodbye: pushes must see a closed connection
     // (and not count it as reached) until it leaves the table.
-    conn.finish();
+    let rest = conn.finish();
     match event {
         Event::Close(close) => {
             // Nothing more is written but the rest of a frame already begun, so that the
-            // client can still read the `disconnect` behind it.
+            // client can still read the `disconnect` behind it: the task's own, or one a
+            // fan-out began with a direct write (never both: direct writes wait for the task
+            // to have nothing in hand).
             io.pending.truncate(usize::from(wire.mid_frame()));
+            if let Some(rest) = rest
+                && io.pending.is_empty()
+            {
+                io.pending.push_back(rest);
+                wire.set_mid_frame();
+            }
             Box::pin(goodbye(wire, &mut io.pending, &close)).await;
             Some(close.code)
         }
@@ -788,7 +796,8 @@ async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Cl
 /// Removes a closed connection from the table and the registry, and writes the acks it had not
 /// written yet.
 async fn forget(gw: &Gateway, conn: &ConnHandle) {
-    conn.finish();
+    let _ = conn.finish();
+    conn.release_socket();
     gw.table.remove(conn.id);
     gw.fanout.leave_all(conn);
     for (binding, seq) in conn.unstored_acks() {

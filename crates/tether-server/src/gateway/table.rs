@@ -269,9 +269,12 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return Offered::Closed;
         }
+        // The whole frame must fit the budget, so that the rest of a partial write can always
+        // be queued (held durable pushes count in `bytes` while the queue is empty).
         if let Some(stream) = &self.direct
             && !outbox.in_flight
             && outbox.frames.is_empty()
+            && outbox.bytes + frame.len() <= self.limit
         {
             match stream.try_write(&frame) {
                 Ok(n) if n == frame.len() => return Offered::Written(n),
@@ -303,6 +306,14 @@ impl ConnHandle {
             Enqueued::Queued => Offered::Queued,
             Enqueued::Closed => Offered::Closed,
             Enqueued::Overflow => Offered::Overflow,
+        }
+    }
+
+    /// The connection is over: closes the socket now rather than when the last handle goes
+    /// (a paced fan-out or a queued job may hold one for a while).
+    pub fn release_socket(&self) {
+        if let Some(stream) = &self.direct {
+            let _ = socket2::SockRef::from(&**stream).shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -838,10 +849,16 @@ impl ConnHandle {
 
     /// Marks the connection finished: nothing more is queued (pushes count it as not reached)
     /// and what was queued is dropped.
-    pub fn finish(&self) {
+    /// Returns the rest of a frame a direct write began, if one is queued: it must go out
+    /// before the `disconnect`.
+    pub fn finish(&self) -> Option<Bytes> {
         let mut outbox = self.outbox();
+        let rest = if std::mem::take(&mut outbox.tail) {
+            outbox.frames.pop_front()
+        } else {
+            None
+        };
         outbox.frames = VecDeque::new();
-        outbox.tail = false;
         outbox.bytes = 0;
         if outbox.close.is_none() {
             outbox.close = Some(Close {
@@ -851,6 +868,7 @@ impl ConnHandle {
                 flush: false,
             });
         }
+        rest
     }
 
     /// Gives up on writing what is queued: the client stopped reading. A close already asked
@@ -1259,5 +1277,103 @@ mod tests {
         let mut taken = VecDeque::new();
         assert_eq!(conn.take(&mut taken).unwrap().code, Code::KICKED);
         assert_eq!(taken.len(), 1);
+    }
+
+    /// A connected loopback pair with small buffers: the server end (shared, as a
+    /// connection's handle holds it) and the client end.
+    async fn small_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let client = TcpStream::from_std(std::net::TcpStream::from(socket)).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (Arc::new(server), client)
+    }
+
+    fn direct_conn(limit: usize, stream: Arc<TcpStream>) -> ConnHandle {
+        let mut conn = new_conn(limit);
+        conn.direct = Some(stream);
+        let mut inbox = InboxState::resuming(0, 0);
+        inbox.catching_up = false;
+        conn.resume = vec![inbox];
+        ConnHandle::new(conn)
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_needs_room_for_the_whole_frame_in_the_budget() {
+        let (server, client) = small_pair().await;
+        let conn = direct_conn(64 * 1024, server);
+        // Held durable pushes take most of the budget while the queue itself is empty.
+        for seq in 2..=61u64 {
+            assert_eq!(
+                conn.offer_durable(0, seq, Bytes::from(vec![0u8; 1000])),
+                Enqueued::Queued
+            );
+        }
+        conn.writer_idle();
+        // Not written in part with no room for the rest: refused whole, closing as slow.
+        assert_eq!(
+            conn.offer(Bytes::from(vec![7u8; 32 * 1024])),
+            Offered::Overflow
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            client.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "nothing of it reached the wire"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_direct_write_survives_finish_and_non_flushing_closes() {
+        let (server, client) = small_pair().await;
+        let conn = direct_conn(256 * 1024, server);
+        // Nothing is written before the task says it is idle (`connected` goes first).
+        assert_eq!(conn.offer(Bytes::from(vec![7u8; 1024])), Offered::Queued);
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            client.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+        let conn = {
+            let (server, _client2) = small_pair().await;
+            let conn = direct_conn(256 * 1024, server);
+            conn.writer_idle();
+            assert_eq!(
+                conn.offer(Bytes::from(vec![7u8; 64 * 1024])),
+                Offered::Queued
+            );
+            conn
+        };
+        // A close that drops the queue keeps the rest, and says it is one.
+        assert!(conn.abandon("stalled"));
+        let mut taken = VecDeque::new();
+        let (close, tail) = conn.take_batch(&mut taken);
+        assert!(close.is_some());
+        assert!(tail, "the task must treat it as half-written");
+        assert_eq!(taken.len(), 1);
+        assert!(!taken[0].is_empty() && taken[0].len() < 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn finish_hands_back_the_rest_of_a_direct_write() {
+        let (server, _client) = small_pair().await;
+        let conn = direct_conn(256 * 1024, server);
+        conn.writer_idle();
+        assert_eq!(
+            conn.offer(Bytes::from(vec![7u8; 64 * 1024])),
+            Offered::Queued
+        );
+        let rest = conn.finish().expect("the rest of the begun frame");
+        assert!(!rest.is_empty() && rest.len() < 64 * 1024);
+        assert!(conn.finish().is_none(), "once");
     }
 }
