@@ -874,23 +874,9 @@ fn broadcast_range(
     reached
 }
 
-fn publication_frame(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Frame {
-    Frame::new(
-        0,
-        Publication {
-            app: app.to_string(),
-            topic: topic.to_string(),
-            offset: m.seq.0,
-            msg_id: m.id.0,
-            created_ms: m.created_ms,
-            kind: m.kind,
-            payload: m.payload.clone(),
-        },
-    )
-}
-
-fn publication(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Outgoing {
-    Outgoing::publication(Publication {
+/// A stored publication as the frame subscribers get.
+fn publication_body(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Publication {
+    Publication {
         app: app.to_string(),
         topic: topic.to_string(),
         offset: m.seq.0,
@@ -898,7 +884,15 @@ fn publication(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Outgoing {
         created_ms: m.created_ms,
         kind: m.kind,
         payload: m.payload.clone(),
-    })
+    }
+}
+
+fn publication_frame(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Frame {
+    Frame::new(0, publication_body(app, topic, m))
+}
+
+fn publication(app: &AppId, topic: &TopicId, m: &StoredMessage) -> Outgoing {
+    Outgoing::publication(publication_body(app, topic, m))
 }
 
 #[cfg(test)]
