@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tether_core::{ConnId, Outgoing};
 
-use crate::gateway::table::{ConnHandle, Encoding, Enqueued, Offered};
+use crate::gateway::table::{ConnHandle, Encoding, Offered};
 
 /// A subscriber: its connection, and the last offset it has (from recovery, or from when it
 /// joined): publications up to it are not sent to it again.
@@ -179,11 +179,8 @@ pub fn offer(conn: &ConnHandle, msg: &Outgoing, direct: bool) -> Offered {
         Encoding::Json => msg.json().clone(),
     };
     if direct {
-        return conn.offer(frame);
-    }
-    match conn.enqueue(frame) {
-        Enqueued::Queued => Offered::Queued,
-        Enqueued::Closed => Offered::Closed,
-        Enqueued::Overflow => Offered::Overflow,
+        conn.offer(frame)
+    } else {
+        conn.enqueue(frame).into()
     }
 }

@@ -77,6 +77,16 @@ pub enum Offered {
     Overflow,
 }
 
+impl From<Enqueued> for Offered {
+    fn from(e: Enqueued) -> Offered {
+        match e {
+            Enqueued::Queued => Offered::Queued,
+            Enqueued::Closed => Offered::Closed,
+            Enqueued::Overflow => Offered::Overflow,
+        }
+    }
+}
+
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -271,6 +281,7 @@ impl ConnHandle {
         }
         // The whole frame must fit the budget, so that the rest of a partial write can always
         // be queued (held durable pushes count in `bytes` while the queue is empty).
+        let mut frame = frame;
         if let Some(stream) = &self.direct
             && !outbox.in_flight
             && outbox.frames.is_empty()
@@ -278,20 +289,10 @@ impl ConnHandle {
         {
             match stream.try_write(&frame) {
                 Ok(n) if n == frame.len() => return Offered::Written(n),
+                // Only the rest waits, and nothing may go before it.
                 Ok(n) => {
-                    // Only the rest waits, and nothing may go before it.
-                    let rest = frame.slice(n..);
                     outbox.tail = n > 0;
-                    let (enqueued, wake) = self.push_locked(&mut outbox, rest);
-                    drop(outbox);
-                    if wake {
-                        self.wake();
-                    }
-                    return match enqueued {
-                        Enqueued::Queued => Offered::Queued,
-                        Enqueued::Closed => Offered::Closed,
-                        Enqueued::Overflow => Offered::Overflow,
-                    };
+                    frame = frame.slice(n..);
                 }
                 // Full socket buffer, or an error the task will meet on its next write.
                 Err(_) => {}
@@ -302,11 +303,7 @@ impl ConnHandle {
         if wake {
             self.wake();
         }
-        match enqueued {
-            Enqueued::Queued => Offered::Queued,
-            Enqueued::Closed => Offered::Closed,
-            Enqueued::Overflow => Offered::Overflow,
-        }
+        enqueued.into()
     }
 
     /// The connection is over: closes the socket now rather than when the last handle goes
