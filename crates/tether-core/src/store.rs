@@ -264,25 +264,57 @@ impl Default for Retention {
 
 type InboxKey = (AppId, UserId);
 
+/// One log of messages with gapless seqs: an inbox's messages, or a topic's history.
 #[derive(Debug, Default)]
-struct Inbox {
+struct Log {
     head: Seq,
     messages: VecDeque<StoredMessage>,
+}
+
+impl Log {
+    /// Appends `message` with the next seq, dropping expired messages from the front and the
+    /// oldest past `cap`.
+    fn push(&mut self, message: &NewMessage, cap: usize) -> Seq {
+        let now = message.created_ms;
+        self.head = self.head.next();
+        while self.messages.front().is_some_and(|m| m.expires_ms <= now) {
+            self.messages.pop_front();
+        }
+        self.messages.push_back(message.stored(self.head));
+        while self.messages.len() > cap {
+            self.messages.pop_front();
+        }
+        self.head
+    }
+
+    /// Up to `limit` live messages after `after`, and the head.
+    fn page(&self, after: Seq, limit: usize, now_ms: u64) -> Page {
+        let start = self.messages.partition_point(|m| m.seq <= after);
+        Page {
+            messages: self
+                .messages
+                .range(start..)
+                .filter(|m| m.expires_ms > now_ms)
+                .take(limit)
+                .cloned()
+                .collect(),
+            head: self.head,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    log: Log,
     cursors: BTreeMap<DeviceId, Cursor>,
 }
 
 type IdemKey = (AppId, String);
 
 #[derive(Debug, Default)]
-struct History {
-    head: Seq,
-    messages: VecDeque<StoredMessage>,
-}
-
-#[derive(Debug, Default)]
 struct State {
     inboxes: HashMap<InboxKey, Inbox>,
-    topics: HashMap<(AppId, TopicId), History>,
+    topics: HashMap<(AppId, TopicId), Log>,
     /// Server-side subscriptions; no key maps to an empty set.
     subscriptions: HashMap<InboxKey, BTreeSet<TopicId>>,
     /// Key -> (expiry, first answer).
@@ -334,15 +366,7 @@ impl Store for MemoryStore {
                 .inboxes
                 .entry((append.app.clone(), user.clone()))
                 .or_default();
-            inbox.head = inbox.head.next();
-            while inbox.messages.front().is_some_and(|m| m.expires_ms <= now) {
-                inbox.messages.pop_front();
-            }
-            inbox.messages.push_back(append.message.stored(inbox.head));
-            while inbox.messages.len() > cap {
-                inbox.messages.pop_front();
-            }
-            seqs.push((user.clone(), inbox.head));
+            seqs.push((user.clone(), inbox.log.push(&append.message, cap)));
         }
         let appended = Appended {
             id: append.message.id,
@@ -385,18 +409,7 @@ impl Store for MemoryStore {
                 head: Seq::ZERO,
             });
         };
-        let start = inbox.messages.partition_point(|m| m.seq <= after);
-        let messages = inbox
-            .messages
-            .range(start..)
-            .filter(|m| m.expires_ms > now_ms)
-            .take(limit)
-            .cloned()
-            .collect();
-        Ok(Page {
-            messages,
-            head: inbox.head,
-        })
+        Ok(inbox.log.page(after, limit, now_ms))
     }
 
     async fn ack(
@@ -470,26 +483,13 @@ impl Store for MemoryStore {
         topic: &TopicId,
         message: NewMessage,
     ) -> Result<Seq, StoreError> {
-        let now = message.created_ms;
         let cap = self.retention.topic_history.max(1);
         let mut state = self.state();
         let history = state
             .topics
             .entry((app.clone(), topic.clone()))
             .or_default();
-        history.head = history.head.next();
-        while history
-            .messages
-            .front()
-            .is_some_and(|m| m.expires_ms <= now)
-        {
-            history.messages.pop_front();
-        }
-        history.messages.push_back(message.stored(history.head));
-        while history.messages.len() > cap {
-            history.messages.pop_front();
-        }
-        Ok(history.head)
+        Ok(history.push(&message, cap))
     }
 
     async fn history(
@@ -507,18 +507,7 @@ impl Store for MemoryStore {
                 head: Seq::ZERO,
             });
         };
-        let start = history.messages.partition_point(|m| m.seq <= after);
-        let messages = history
-            .messages
-            .range(start..)
-            .filter(|m| m.expires_ms > now_ms)
-            .take(limit)
-            .cloned()
-            .collect();
-        Ok(Page {
-            messages,
-            head: history.head,
-        })
+        Ok(history.page(after, limit, now_ms))
     }
 
     async fn set_subscription(
