@@ -169,7 +169,10 @@ async fn node_contract(reg: &dyn Registry) {
 
     let b = node_info("contract-node-b", 7400, false, now + minute);
     let a = node_info("contract-node-a", 7500, false, now + 2 * minute);
-    reg.announce(b.clone()).await.unwrap();
+    assert!(
+        !reg.announce(b.clone()).await.unwrap(),
+        "a first announcement renews nothing"
+    );
     reg.announce(a.clone()).await.unwrap();
     let nodes = ours(reg.nodes(now).await.unwrap());
     assert_eq!(
@@ -189,7 +192,10 @@ async fn node_contract(reg: &dyn Registry) {
     draining.draining = true;
     draining.connections = 3;
     draining.expires_ms = now + 3 * minute;
-    reg.announce(draining.clone()).await.unwrap();
+    assert!(
+        reg.announce(draining.clone()).await.unwrap(),
+        "announcing again renews the held announcement"
+    );
     let nodes = ours(reg.nodes(now).await.unwrap());
     assert_eq!(nodes.len(), 2, "announcing again does not duplicate a node");
     assert_eq!(
@@ -232,6 +238,76 @@ async fn node_contract(reg: &dyn Registry) {
         .await
         .unwrap();
     assert!(ours(reg.nodes(now).await.unwrap()).is_empty());
+    assert!(
+        !reg.announce(node_info("contract-node-a", 7500, false, now + minute))
+            .await
+            .unwrap(),
+        "after a withdraw, an announcement is a first one again"
+    );
+    reg.withdraw(&NodeId::from("contract-node-a"))
+        .await
+        .unwrap();
+
+    reap_contract(reg).await;
+}
+
+/// A node that dies without withdrawing: its sessions go at the first reap after its
+/// announcement expired; a live node's, and those of nodes that never announced, stay.
+async fn reap_contract(reg: &dyn Registry) {
+    let now = crate::now_ms();
+    let minute = 60_000;
+    let app = AppId::from("contract-reap");
+    let users = [UserId::from("u1"), UserId::from("u2")];
+    reg.announce(node_info("contract-node-dead", 7600, false, now + minute))
+        .await
+        .unwrap();
+    reg.announce(node_info("contract-node-live", 7700, false, now + 3 * minute))
+        .await
+        .unwrap();
+    for (user, node, conn) in [
+        ("u1", "contract-node-dead", 1),
+        ("u2", "contract-node-dead", 2),
+        ("u1", "contract-node-live", 3),
+        ("u2", "contract-node-silent", 4),
+    ] {
+        reg.register(session("contract-reap", user, node, conn, "d"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        reg.reap(now + minute - 1).await.unwrap(),
+        0,
+        "nothing is reaped before the expiry"
+    );
+    assert_eq!(reg.sessions(&app, &users).await.unwrap().len(), 4);
+    assert_eq!(reg.reap(now + minute).await.unwrap(), 2);
+    assert_eq!(
+        conns(reg.sessions(&app, &users).await.unwrap()),
+        vec![
+            ("contract-node-live".into(), 3),
+            ("contract-node-silent".into(), 4)
+        ],
+        "the dead node's sessions are gone, the others stay"
+    );
+    assert_eq!(reg.app_session_count(&app).await.unwrap(), 2);
+    assert!(
+        !reg.announce(node_info("contract-node-dead", 7600, false, now + 4 * minute))
+            .await
+            .unwrap(),
+        "a reaped node that comes back is told to register its sessions again"
+    );
+    for (user, node, conn) in [
+        ("u1", "contract-node-live", 3),
+        ("u2", "contract-node-silent", 4),
+    ] {
+        reg.unregister(&app, &UserId::from(user), &NodeId::from(node), ConnId(conn))
+            .await
+            .unwrap();
+    }
+    for node in ["contract-node-dead", "contract-node-live"] {
+        reg.withdraw(&NodeId::from(node)).await.unwrap();
+    }
+    assert_eq!(reg.app_session_count(&app).await.unwrap(), 0);
 }
 
 /// A [`LocalSink`] that records what it was asked to do, for router contract tests.

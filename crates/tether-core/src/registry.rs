@@ -74,13 +74,16 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     async fn app_session_count(&self, app: &AppId) -> Result<u64, RegistryError>;
 
     /// Records a node's announcement, replacing the node's previous one (an announcement is
-    /// whole: endpoints, load and state together).
+    /// whole: endpoints, load and state together). Returns whether the node's previous
+    /// announcement was still held (`false` for a first announcement, and after a withdraw, a
+    /// [`Registry::reap`], or a backend that lost its data): on `false` a node re-registers its
+    /// sessions, which the registry may have forgotten.
     ///
     /// Guarantee: once this returns `Ok`, [`Registry::nodes`] on any node sees this
     /// announcement (not an older one) for any `now_ms` before its `expires_ms`. Nodes
     /// re-announce well within their ttl; one that stops (crash, lost network) drops out at
     /// `expires_ms` without anyone withdrawing it.
-    async fn announce(&self, node: NodeInfo) -> Result<(), RegistryError>;
+    async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError>;
 
     /// Forgets a node's announcement at once (a clean shutdown). Unknown nodes are ignored.
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError>;
@@ -88,6 +91,12 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Every node whose announcement has not expired at `now_ms` (ms since the epoch), draining
     /// ones included, sorted by node id.
     async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, RegistryError>;
+
+    /// Forgets the announcement and every session of each node whose announcement expired
+    /// before `now_ms` (a node that died without withdrawing), and returns how many sessions
+    /// went. Sessions of nodes that never announced are kept. Live nodes call it
+    /// periodically, so that a dead node's sessions are gone within its ttl plus that period.
+    async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError>;
 }
 
 /// What a node announces about itself: where clients reach it, its load, and its state.
@@ -188,10 +197,9 @@ impl Registry for MemoryRegistry {
             .sum())
     }
 
-    async fn announce(&self, node: NodeInfo) -> Result<(), RegistryError> {
+    async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        nodes.insert(node.id.clone(), node);
-        Ok(())
+        Ok(nodes.insert(node.id.clone(), node).is_some())
     }
 
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError> {
@@ -215,6 +223,31 @@ impl Registry for MemoryRegistry {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError> {
+        let dead: Vec<NodeId> = {
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            let dead = nodes
+                .values()
+                .filter(|n| n.expires_ms <= now_ms)
+                .map(|n| n.id.clone())
+                .collect::<Vec<_>>();
+            nodes.retain(|_, n| n.expires_ms > now_ms);
+            dead
+        };
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        let mut gone = 0;
+        users.retain(|_, list| {
+            let before = list.len();
+            list.retain(|s| !dead.contains(&s.node));
+            gone += (before - list.len()) as u64;
+            !list.is_empty()
+        });
+        Ok(gone)
     }
 }
 

@@ -97,8 +97,9 @@ impl Lifecycle {
         }
     }
 
-    /// Announces the node now.
-    pub async fn announce(&self) -> Result<(), RegistryError> {
+    /// Announces the node now. Returns whether the registry still held the previous
+    /// announcement (see [`Registry::announce`]).
+    pub async fn announce(&self) -> Result<bool, RegistryError> {
         self.registry.announce(self.info()).await
     }
 
