@@ -31,7 +31,7 @@ pub mod router;
 pub mod store;
 pub mod testing;
 
-
+pub use registry::RedisRegistry;
 
 
 
