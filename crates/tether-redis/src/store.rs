@@ -43,6 +43,13 @@
 //! the seqs are the first ones, and `duplicate` is set. Two concurrent calls with one key share
 //! one record in the same way: one of them is not a duplicate, and each inbox stores once.
 //!
+//! Two differences from [`tether_core::MemoryStore`] follow. A duplicate may have stored
+//! something (for the users the first call missed), and the API does not route a duplicate
+//! live, so those users get the message from their inbox on their next sync. And the record
+//! does not list the first call's users: a call that reuses a key with other users appends
+//! to those of them that lack the message and answers every user it was given, where the
+//! reference answers the first call's users and stores nothing.
+//!
 //! # Durability
 //! The store is as durable as the Redis server's persistence: an append is answered once Redis
 //! has applied it in memory. Run Redis with `appendonly yes` and `appendfsync always` (every
