@@ -32,8 +32,7 @@ pub mod store;
 pub mod testing;
 
 pub use registry::RedisRegistry;
-
-
+pub use store::RedisStore;
 
 /// Where Redis is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -225,7 +224,13 @@ mod tests {
     #[test]
     fn keys_of_one_user_share_a_tag_whatever_the_ids() {
         let keys = Keys::new("tether");
-        for (app, user) in [("a", "b"), ("}x", "{y"), ("a:b", "c"), ("a", "b:c"), ("%7D", "}")] {
+        for (app, user) in [
+            ("a", "b"),
+            ("}x", "{y"),
+            ("a:b", "c"),
+            ("a", "b:c"),
+            ("%7D", "}"),
+        ] {
             let k1 = keys.user(app, user, "inbox");
             let k2 = keys.user(app, user, "seq");
             assert_eq!(tag(&k1), tag(&k2));
