@@ -11,8 +11,8 @@ use tether_proto::{Code, PayloadKind, Push};
 
 use crate::store::{Append, Cursor, Idempotency, NewMessage, Page, Store};
 use crate::{
-    AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, NodeInfo, Outgoing, Registry, Router,
-    Seq, Session, SubscriptionError, TopicId, Transport, UserId,
+    AppId, ConnId, DeviceId, LocalSink, MessageId, NodeId, NodeInfo, NodeMessage, Outgoing,
+    Registry, Router, Seq, Session, SubscriptionError, TopicId, Transport, UserId,
 };
 
 fn session(app: &str, user: &str, node: &str, conn: u64, device: &str) -> Session {
@@ -261,9 +261,14 @@ async fn reap_contract(reg: &dyn Registry) {
     reg.announce(node_info("contract-node-dead", 7600, false, now + minute))
         .await
         .unwrap();
-    reg.announce(node_info("contract-node-live", 7700, false, now + 3 * minute))
-        .await
-        .unwrap();
+    reg.announce(node_info(
+        "contract-node-live",
+        7700,
+        false,
+        now + 3 * minute,
+    ))
+    .await
+    .unwrap();
     for (user, node, conn) in [
         ("u1", "contract-node-dead", 1),
         ("u2", "contract-node-dead", 2),
@@ -280,7 +285,33 @@ async fn reap_contract(reg: &dyn Registry) {
         "nothing is reaped before the expiry"
     );
     assert_eq!(reg.sessions(&app, &users).await.unwrap().len(), 4);
-    assert_eq!(reg.reap(now + minute).await.unwrap(), 2);
+    assert_eq!(
+        conns(
+            reg.node_sessions(&NodeId::from("contract-node-dead"))
+                .await
+                .unwrap()
+        ),
+        vec![
+            ("contract-node-dead".into(), 1),
+            ("contract-node-dead".into(), 2)
+        ],
+        "a node's sessions, across users"
+    );
+    assert!(
+        !ids(&reg.nodes(now + minute).await.unwrap()).contains(&"contract-node-dead"),
+        "an expired node is not listed"
+    );
+    assert_eq!(
+        reg.reap(now + minute).await.unwrap(),
+        2,
+        "listing the nodes first does not keep a dead node from being reaped"
+    );
+    assert!(
+        reg.node_sessions(&NodeId::from("contract-node-dead"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         conns(reg.sessions(&app, &users).await.unwrap()),
         vec![
@@ -291,9 +322,14 @@ async fn reap_contract(reg: &dyn Registry) {
     );
     assert_eq!(reg.app_session_count(&app).await.unwrap(), 2);
     assert!(
-        !reg.announce(node_info("contract-node-dead", 7600, false, now + 4 * minute))
-            .await
-            .unwrap(),
+        !reg.announce(node_info(
+            "contract-node-dead",
+            7600,
+            false,
+            now + 4 * minute
+        ))
+        .await
+        .unwrap(),
         "a reaped node that comes back is told to register its sessions again"
     );
     for (user, node, conn) in [
@@ -315,6 +351,17 @@ async fn reap_contract(reg: &dyn Registry) {
 pub struct RecordingSink {
     pub delivered: Mutex<HashMap<ConnId, Vec<Bytes>>>,
     pub disconnected: Mutex<Vec<(ConnId, Code)>>,
+    /// Publications, broadcasts and subscription changes, described in one line each.
+    pub others: Mutex<Vec<String>>,
+}
+
+fn payload_of(msg: &Outgoing) -> String {
+    let payload = match &msg.frame().body {
+        tether_proto::Body::Push(p) => &p.payload,
+        tether_proto::Body::Publication(p) => &p.payload,
+        _ => return "?".into(),
+    };
+    String::from_utf8_lossy(payload).into_owned()
 }
 
 impl LocalSink for RecordingSink {
@@ -336,7 +383,100 @@ impl LocalSink for RecordingSink {
         list.extend(conns.iter().map(|c| (*c, code)));
         conns.len()
     }
+
+    fn publish(&self, app: &AppId, topic: &TopicId, offset: u64, msg: &Arc<Outgoing>) -> usize {
+        let line = format!("publish {app} {topic} {offset} {}", payload_of(msg));
+        self.others.lock().unwrap().push(line);
+        1
+    }
+
+    fn broadcast(&self, app: &AppId, msg: &Arc<Outgoing>) -> usize {
+        let line = format!("broadcast {app} {}", payload_of(msg));
+        self.others.lock().unwrap().push(line);
+        1
+    }
+
+    fn subscription(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        conns: &[ConnId],
+        subscribed: bool,
+    ) -> usize {
+        let conns: Vec<String> = conns.iter().map(ToString::to_string).collect();
+        let line = format!(
+            "subscription {app} {topic} {subscribed} {}",
+            conns.join(",")
+        );
+        self.others.lock().unwrap().push(line);
+        conns.len()
+    }
 }
+
+/// Every kind of [`NodeMessage`], in an order whose effects [`RecordingSink`] shows.
+pub fn node_messages() -> Vec<NodeMessage> {
+    let publication = |topic: &str, offset: u64, payload: &str| {
+        Arc::new(Outgoing::publication(tether_proto::Publication {
+            app: "contract".into(),
+            topic: topic.into(),
+            offset,
+            msg_id: 7,
+            created_ms: 1,
+            kind: PayloadKind::Json,
+            payload: Bytes::from(payload.to_owned()),
+        }))
+    };
+    let push = |payload: &str| {
+        Arc::new(Outgoing::new(Push {
+            app: "contract".into(),
+            msg_id: 8,
+            seq: 0,
+            qos: 0,
+            created_ms: 1,
+            kind: PayloadKind::Binary,
+            payload: Bytes::from(payload.to_owned()),
+        }))
+    };
+    vec![
+        NodeMessage::Publish {
+            app: "contract".into(),
+            topic: "room:1".into(),
+            offset: 3,
+            msg: publication("room:1", 3, "\"p3\""),
+        },
+        NodeMessage::Broadcast {
+            app: "contract".into(),
+            msg: push("all"),
+        },
+        NodeMessage::Subscription {
+            app: "contract".into(),
+            topic: "room:{2}".into(),
+            conns: vec![ConnId(5), ConnId(6)],
+            subscribed: true,
+        },
+        NodeMessage::Subscription {
+            app: "contract".into(),
+            topic: "room:{2}".into(),
+            conns: vec![ConnId(6)],
+            subscribed: false,
+        },
+        NodeMessage::Publish {
+            app: "contract".into(),
+            topic: "live".into(),
+            offset: 0,
+            msg: publication("live", 0, "\"p0\""),
+        },
+    ]
+}
+
+/// What [`RecordingSink::others`] holds once [`node_messages`] were applied.
+pub const NODE_MESSAGE_EFFECTS: [&str; 5] = [
+    "publish contract room:1 3 \"p3\"",
+    "broadcast contract all",
+    "subscription contract room:{2} true 5,6",
+    "subscription contract room:{2} false 6",
+    "publish contract live 0 \"p0\"",
+];
 
 /// The router contract, for a router whose own node is `node` and whose local deliveries land
 /// in `sink`.
@@ -378,6 +518,14 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
     assert_eq!(
         sink.disconnected.lock().unwrap().as_slice(),
         &[(ConnId(2), Code::KICKED)]
+    );
+    for msg in node_messages() {
+        router.send(node, msg).await.unwrap();
+    }
+    assert_eq!(
+        sink.others.lock().unwrap().as_slice(),
+        NODE_MESSAGE_EFFECTS,
+        "every kind of message is applied, in call order"
     );
 }
 

@@ -26,7 +26,7 @@ pub mod store;
 pub use id::*;
 pub use message::Outgoing;
 pub use registry::{MemoryRegistry, NodeInfo, Registry, RegistryError, Session, Transport};
-pub use router::{LocalSink, MemoryRouter, Router, RouterError};
+pub use router::{LocalSink, MemoryRouter, NodeMessage, Router, RouterError};
 pub use store::{MemoryStore, Retention, Store, StoreError, SubscriptionError};
 
 /// Milliseconds since the Unix epoch, by the system clock.

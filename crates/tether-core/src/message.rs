@@ -27,6 +27,19 @@ impl Outgoing {
         Self::of(Frame::new(0, publication))
     }
 
+    /// A frame that came from another node, with its binary encoding when the caller has it
+    /// (so that it is not encoded again). `None` unless the frame is a push or a publication.
+    pub fn received(frame: Frame, binary: Option<Bytes>) -> Option<Self> {
+        if !matches!(frame.body, Body::Push(_) | Body::Publication(_)) {
+            return None;
+        }
+        let out = Self::of(frame);
+        if let Some(bytes) = binary {
+            let _ = out.binary.set(bytes);
+        }
+        Some(out)
+    }
+
     fn of(frame: Frame) -> Self {
         Outgoing {
             frame,

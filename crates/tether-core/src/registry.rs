@@ -97,6 +97,10 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// went. Sessions of nodes that never announced are kept. Live nodes call it
     /// periodically, so that a dead node's sessions are gone within its ttl plus that period.
     async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError>;
+
+    /// Every session registered for `node`, in no particular order: what a node compares with
+    /// the connections it really holds after the registry was unreachable for a while.
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError>;
 }
 
 /// What a node announces about itself: where clients reach it, its load, and its state.
@@ -126,8 +130,7 @@ type UserKey = (AppId, UserId);
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     users: RwLock<HashMap<UserKey, Vec<Session>>>,
-    /// Announcements by node; expired ones are dropped by the next [`Registry::nodes`] that
-    /// sees them.
+    /// Announcements by node; expired ones are dropped by the next [`Registry::reap`].
     nodes: RwLock<HashMap<NodeId, NodeInfo>>,
 }
 
@@ -209,20 +212,26 @@ impl Registry for MemoryRegistry {
     }
 
     async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, RegistryError> {
-        let live = |n: &NodeInfo| now_ms < n.expires_ms;
-        let (mut out, known) = {
-            let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-            let out: Vec<NodeInfo> = nodes.values().filter(|n| live(n)).cloned().collect();
-            (out, nodes.len())
-        };
-        if out.len() < known {
-            // Some expired: drop them, so that memory follows the nodes that are up. A node
-            // that announced again meanwhile is kept (its new expiry is checked here).
-            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-            nodes.retain(|_, n| live(n));
-        }
+        // Expired announcements stay until `reap`, which needs them to find the dead nodes'
+        // sessions.
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<NodeInfo> = nodes
+            .values()
+            .filter(|n| now_ms < n.expires_ms)
+            .cloned()
+            .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Ok(users
+            .values()
+            .flatten()
+            .filter(|s| &s.node == node)
+            .cloned()
+            .collect())
     }
 
     async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError> {

@@ -1,11 +1,12 @@
-//! The router seam: carry a delivery or a disconnect to the node that holds a connection.
+//! The router seam: carry a delivery, a disconnect, a topic's publication, a broadcast or a
+//! subscription change to the node that holds the connections.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tether_proto::Code;
 
-use crate::{ConnId, NodeId, Outgoing};
+use crate::{AppId, ConnId, NodeId, Outgoing, TopicId};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouterError {
@@ -17,24 +18,108 @@ pub enum RouterError {
     Unavailable(String),
 }
 
-/// What a node does with deliveries addressed to its own connections (the gateway).
+/// What a node does with what other nodes (and its own API) send it: its gateway and its
+/// topic fan-out.
 pub trait LocalSink: Send + Sync + std::fmt::Debug + 'static {
-    /// Queues `msg` on each of `conns` that is still open. Never blocks: a connection whose
-    /// outbound queue is over its byte limit is disconnected as slow instead. Returns how many
-    /// connections took the message.
+    /// Queues `msg` (a push) on each of `conns` that is still open. Never blocks: a connection
+    /// whose outbound queue is over its byte limit is disconnected as slow instead. Returns how
+    /// many connections took the message.
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize;
 
     /// Closes each of `conns` with `code`. Returns how many were open.
     fn disconnect(&self, conns: &[ConnId], code: Code, reason: &str) -> usize;
+
+    /// Hands a topic's publication (`offset` 0 when live-only) to the node's fan-out for its
+    /// own subscribers. Returns 1 when the fan-out took it, 0 when its queue was full (a
+    /// durable publication is then recovered from the history by the next one).
+    fn publish(&self, app: &AppId, topic: &TopicId, offset: u64, msg: &Arc<Outgoing>) -> usize;
+
+    /// Hands a broadcast (a qos 0 push) to the node's fan-out for every connection of `app`.
+    /// Returns 1 when the fan-out took it.
+    fn broadcast(&self, app: &AppId, msg: &Arc<Outgoing>) -> usize;
+
+    /// Subscribes (or unsubscribes) each of `conns` to `topic` of `app` for the business.
+    /// Returns how many changed.
+    fn subscription(
+        &self,
+        app: &AppId,
+        topic: &TopicId,
+        conns: &[ConnId],
+        subscribed: bool,
+    ) -> usize;
 }
 
-/// Carries deliveries to nodes.
+/// What one node asks of another.
+#[derive(Debug, Clone)]
+pub enum NodeMessage {
+    /// [`LocalSink::deliver`].
+    Deliver {
+        conns: Vec<ConnId>,
+        msg: Arc<Outgoing>,
+    },
+    /// [`LocalSink::disconnect`].
+    Disconnect {
+        conns: Vec<ConnId>,
+        code: Code,
+        reason: String,
+    },
+    /// [`LocalSink::publish`].
+    Publish {
+        app: AppId,
+        topic: TopicId,
+        offset: u64,
+        msg: Arc<Outgoing>,
+    },
+    /// [`LocalSink::broadcast`].
+    Broadcast { app: AppId, msg: Arc<Outgoing> },
+    /// [`LocalSink::subscription`].
+    Subscription {
+        app: AppId,
+        topic: TopicId,
+        conns: Vec<ConnId>,
+        subscribed: bool,
+    },
+}
+
+impl NodeMessage {
+    /// Does what the message asks on this node.
+    pub fn apply(&self, sink: &dyn LocalSink) -> usize {
+        match self {
+            NodeMessage::Deliver { conns, msg } => sink.deliver(conns, msg),
+            NodeMessage::Disconnect {
+                conns,
+                code,
+                reason,
+            } => sink.disconnect(conns, *code, reason),
+            NodeMessage::Publish {
+                app,
+                topic,
+                offset,
+                msg,
+            } => sink.publish(app, topic, *offset, msg),
+            NodeMessage::Broadcast { app, msg } => sink.broadcast(app, msg),
+            NodeMessage::Subscription {
+                app,
+                topic,
+                conns,
+                subscribed,
+            } => sink.subscription(app, topic, conns, *subscribed),
+        }
+    }
+}
+
+/// Carries messages to nodes.
 ///
 /// Guarantees: best effort, at most once per call. Durable delivery does not rely on the
 /// router: a message lost here is recovered from the store. Order is preserved per (sender,
-/// node, connection): two `deliver` calls from one task to one connection arrive in call order.
+/// node): two `send` calls from one task to one node are applied there in call order.
 #[async_trait]
 pub trait Router: Send + Sync + std::fmt::Debug + 'static {
+    /// Sends `msg` to `node` (this node included: it is then applied here, at once). Returns
+    /// what [`NodeMessage::apply`] returned for this node, and for a remote node 1 when the
+    /// message was handed to the transport.
+    async fn send(&self, node: &NodeId, msg: NodeMessage) -> Result<usize, RouterError>;
+
     /// Delivers `msg` to `conns` on `node`. Returns how many connections took it, as far as
     /// the router knows (for a remote node, how many it was sent to).
     async fn deliver(
@@ -42,16 +127,47 @@ pub trait Router: Send + Sync + std::fmt::Debug + 'static {
         node: &NodeId,
         conns: &[ConnId],
         msg: Arc<Outgoing>,
-    ) -> Result<usize, RouterError>;
+    ) -> Result<usize, RouterError> {
+        let sent = self
+            .send(
+                node,
+                NodeMessage::Deliver {
+                    conns: conns.to_vec(),
+                    msg,
+                },
+            )
+            .await?;
+        Ok(if self.is_local(node) {
+            sent
+        } else {
+            conns.len()
+        })
+    }
 
-    /// Disconnects `conns` on `node` with `code`. Returns how many were closed.
+    /// Disconnects `conns` on `node` with `code`. Returns how many were closed (for a remote
+    /// node, how many it was asked to close).
     async fn disconnect(
         &self,
         node: &NodeId,
         conns: &[ConnId],
         code: Code,
         reason: &str,
-    ) -> Result<usize, RouterError>;
+    ) -> Result<usize, RouterError> {
+        let msg = NodeMessage::Disconnect {
+            conns: conns.to_vec(),
+            code,
+            reason: reason.to_owned(),
+        };
+        let sent = self.send(node, msg).await?;
+        Ok(if self.is_local(node) {
+            sent
+        } else {
+            conns.len()
+        })
+    }
+
+    /// Whether `node` is the router's own node.
+    fn is_local(&self, node: &NodeId) -> bool;
 }
 
 /// The single-node router: deliveries to this node go straight to its gateway; any other node
@@ -70,29 +186,15 @@ impl MemoryRouter {
 
 #[async_trait]
 impl Router for MemoryRouter {
-    async fn deliver(
-        &self,
-        node: &NodeId,
-        conns: &[ConnId],
-        msg: Arc<Outgoing>,
-    ) -> Result<usize, RouterError> {
+    async fn send(&self, node: &NodeId, msg: NodeMessage) -> Result<usize, RouterError> {
         if node != &self.node {
             return Err(RouterError::UnknownNode(node.clone()));
         }
-        Ok(self.sink.deliver(conns, &msg))
+        Ok(msg.apply(self.sink.as_ref()))
     }
 
-    async fn disconnect(
-        &self,
-        node: &NodeId,
-        conns: &[ConnId],
-        code: Code,
-        reason: &str,
-    ) -> Result<usize, RouterError> {
-        if node != &self.node {
-            return Err(RouterError::UnknownNode(node.clone()));
-        }
-        Ok(self.sink.disconnect(conns, code, reason))
+    fn is_local(&self, node: &NodeId) -> bool {
+        node == &self.node
     }
 }
 

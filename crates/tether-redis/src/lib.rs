@@ -32,6 +32,7 @@ pub mod store;
 pub mod testing;
 
 pub use registry::RedisRegistry;
+pub use router::RedisRouter;
 pub use store::RedisStore;
 
 /// Where Redis is and how to talk to it.

@@ -543,6 +543,50 @@ impl Registry for RedisRegistry {
         }
         Ok(gone)
     }
+
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node(node.as_str(), "sessions"))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let owned: Vec<(AppId, UserId, u64)> = members
+            .iter()
+            .filter_map(|m| decode_member(m))
+            .map(|(app, user, conn)| (AppId::from(app), UserId::from(user), conn))
+            .collect();
+        stream::iter(owned)
+            .map(|(app, user, conn)| {
+                let mut redis = self.redis.clone();
+                let key = self.keys.user(app.as_str(), user.as_str(), "sessions");
+                let field = field(node.as_str(), ConnId(conn));
+                async move {
+                    let value: Option<Vec<u8>> = redis::cmd("HGET")
+                        .arg(key)
+                        .arg(&field)
+                        .query_async(&mut redis)
+                        .await
+                        .map_err(unavailable)?;
+                    // A session the node's set names but its user's hash lost (a half-done
+                    // register) is listed all the same, so that the node can unregister it.
+                    let session = value
+                        .and_then(|v| decode_session(&app, &user, field.as_bytes(), &v))
+                        .unwrap_or_else(|| Session {
+                            app: app.clone(),
+                            user: user.clone(),
+                            node: node.clone(),
+                            conn: ConnId(conn),
+                            device: "?".into(),
+                            transport: Transport::Tcp,
+                            connected_at_ms: 0,
+                        });
+                    Ok(session)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
 }
 
 fn unavailable(e: redis::RedisError) -> RegistryError {

@@ -4,10 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tether_core::contract::registry_contract;
-use tether_core::{ConnId, DeviceId, Registry, Session, Transport};
+use std::sync::Arc;
+
+use tether_core::contract::{
+    NODE_MESSAGE_EFFECTS, RecordingSink, node_messages, registry_contract,
+};
+use tether_core::{ConnId, DeviceId, NodeId, Registry, Router, Session, Transport};
 use tether_redis::testing::RedisCluster;
-use tether_redis::{Keys, RedisRegistry};
+use tether_redis::{Keys, RedisRegistry, RedisRouter};
 
 #[tokio::test]
 async fn the_backends_work_on_a_redis_cluster() {
@@ -21,12 +25,44 @@ async fn the_backends_work_on_a_redis_cluster() {
     registry_contract(&reg).await;
 
     keys_of_one_user_share_a_slot(&cluster).await;
+    routers_talk_over_sharded_pub_sub(&cluster).await;
 
     // ===================== STORE CONTRACT ON THE CLUSTER (to add) =====================
     // `RedisStore` (src/store.rs) lands from the redis-store branch. Its contract run goes
     // here, on this same cluster and with a prefix of its own:
     //     store_contract(&RedisStore::connect(&cluster.options("store")).await.unwrap()).await
     // ==================================================================================
+}
+
+/// Node channels are sharded channels: two routers on the cluster reach each other, in order.
+async fn routers_talk_over_sharded_pub_sub(cluster: &RedisCluster) {
+    let options = cluster.options("router");
+    let sink_b = Arc::new(RecordingSink::default());
+    let a = RedisRouter::start(
+        &options,
+        NodeId::from("a"),
+        Arc::new(RecordingSink::default()),
+    )
+    .await
+    .unwrap();
+    let _b = RedisRouter::start(&options, NodeId::from("b"), sink_b.clone())
+        .await
+        .unwrap();
+    for msg in node_messages() {
+        a.send(&NodeId::from("b"), msg).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sink_b.others.lock().unwrap().len() < NODE_MESSAGE_EFFECTS.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages did not arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sink_b.others.lock().unwrap().as_slice(),
+        NODE_MESSAGE_EFFECTS
+    );
 }
 
 /// Every key of one user is in one slot (next to the inbox the store will keep there), every

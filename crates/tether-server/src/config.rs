@@ -28,6 +28,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +183,8 @@ pub struct StoreConfig {
 pub enum StoreBackend {
     Embedded,
     Memory,
+    /// In Redis, with the cluster mode (`cluster.redis`).
+    Redis,
 }
 
 /// When a durable append is answered.
@@ -210,6 +213,50 @@ pub struct DispatchConfig {
     /// ...and the random part of each delay, from 0 (none: always the ceiling) to 1 (full
     /// jitter: uniform between 0 and the ceiling).
     pub reconnect_jitter: f64,
+}
+
+/// Cluster mode: several nodes sharing a registry, a router and a store in Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis URLs (`redis://host:port[/db]`). Empty: one node on its own (registry and
+    /// router in memory). Set: registry and router in Redis, and `store.backend` must be
+    /// `"redis"`.
+    pub redis: Vec<String>,
+    /// The URLs are seed nodes of a Redis Cluster (keys use hash tags; sharded pub/sub).
+    pub redis_cluster: bool,
+    /// Every Redis key starts with it, so that several deployments can share one Redis.
+    pub prefix: String,
+    /// How long one Redis command may take before it counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: Vec::new(),
+            redis_cluster: false,
+            prefix: "tether".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    /// The Redis connection options, when the cluster mode is on.
+    pub fn redis_options(&self) -> Option<tether_redis::RedisOptions> {
+        self.enabled().then(|| tether_redis::RedisOptions {
+            urls: self.redis.clone(),
+            cluster: self.redis_cluster,
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+        })
+    }
 }
 
 /// The admin API (`/v1/admin/...`).
@@ -734,6 +781,35 @@ impl Config {
                     problems.push(format!("{name}: {url:?} {e}"));
                 }
             }
+        }
+        let c = &self.cluster;
+        for url in &c.redis {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                problems.push(format!(
+                    "cluster.redis: {url:?} must start with redis:// (TLS to Redis is not built in yet)"
+                ));
+            }
+        }
+        if c.redis.len() > 1 && !c.redis_cluster {
+            problems.push(
+                "cluster.redis: several URLs are seeds of a Redis Cluster: set cluster.redis_cluster = true"
+                    .into(),
+            );
+        }
+        if c.prefix.is_empty() || c.prefix.contains(['{', '}']) {
+            problems.push("cluster.prefix must be non-empty and hold no { or }".into());
+        }
+        if c.timeout < Duration::from_millis(10) || c.timeout > Duration::from_secs(60) {
+            problems.push("cluster.timeout must be between 10ms and 60s".into());
+        }
+        match (c.enabled(), self.store.backend) {
+            (true, StoreBackend::Redis) | (false, StoreBackend::Embedded | StoreBackend::Memory) => {}
+            (true, _) => problems.push(
+                "cluster.redis is set: store.backend must be \"redis\" (nodes of a cluster share one store)"
+                    .into(),
+            ),
+            (false, StoreBackend::Redis) => problems
+                .push("store.backend = \"redis\" needs cluster.redis (the Redis URLs)".into()),
         }
         if n.announce_interval < Duration::from_millis(100)
             || n.announce_interval > Duration::from_secs(300)

@@ -30,7 +30,9 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod rate;
+pub mod sink;
 pub mod store;
 pub mod webhook;
 

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tether_core::{NodeId, NodeInfo, Registry, RegistryError};
+use futures_util::{StreamExt, stream};
+use tether_core::{NodeId, NodeInfo, Registry, RegistryError, Session};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -115,10 +116,87 @@ impl Lifecycle {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.interval) => {}
             }
-            if let Err(e) = self.announce().await {
-                warn!(error = %e, "cannot announce the node");
+            match self.announce().await {
+                Ok(renewed) => {
+                    let stale = self.gateway.registry_stale.swap(false, Ordering::Relaxed);
+                    if !renewed || stale {
+                        // The registry lost this node (Redis restarted, or it was unreachable
+                        // long enough for others to reap the node), or missed some changes.
+                        self.resync().await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot announce the node"),
+            }
+            // Every node reaps: it is idempotent, and cheap when no node died.
+            match self.registry.reap(tether_core::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    sessions = n,
+                    "sessions of nodes that stopped announcing removed"
+                ),
+                Err(e) => debug!(error = %e, "cannot reap dead nodes"),
             }
         }
+    }
+
+    /// Registers every session of this node again, then unregisters those the registry holds
+    /// for connections that have closed meanwhile. A failure leaves the node marked stale, so
+    /// that the next announcement tries again.
+    pub async fn resync(&self) {
+        let mut sessions = Vec::with_capacity(self.gateway.table.len());
+        self.gateway.table.for_each(|conn| {
+            for (app, user) in &conn.bindings {
+                sessions.push(Session {
+                    app: app.clone(),
+                    user: user.clone(),
+                    node: self.node.clone(),
+                    conn: conn.id,
+                    device: conn.device.clone(),
+                    transport: conn.transport,
+                    connected_at_ms: conn.connected_at_ms,
+                });
+            }
+        });
+        let registered = sessions.len();
+        let failed = stream::iter(sessions)
+            .map(|s| self.registry.register(s))
+            .buffer_unordered(64)
+            .filter(|r| std::future::ready(r.is_err()))
+            .count()
+            .await;
+        // After the registrations: a connection that closed while they ran is found here.
+        let removed = match self.registry.node_sessions(&self.node).await {
+            Ok(held) => {
+                let gone: Vec<Session> = held
+                    .into_iter()
+                    .filter(|s| self.gateway.table.get(s.conn).is_none())
+                    .collect();
+                let n = gone.len();
+                for s in gone {
+                    if self
+                        .registry
+                        .unregister(&s.app, &s.user, &s.node, s.conn)
+                        .await
+                        .is_err()
+                    {
+                        self.gateway.registry_stale.store(true, Ordering::Relaxed);
+                    }
+                }
+                n
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list this node's sessions");
+                self.gateway.registry_stale.store(true, Ordering::Relaxed);
+                0
+            }
+        };
+        if failed > 0 {
+            self.gateway.registry_stale.store(true, Ordering::Relaxed);
+        }
+        info!(
+            registered,
+            failed, removed, "sessions registered again with the registry"
+        );
     }
 
     /// Takes the node out of the registry's node list, so that the dispatcher stops offering

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tether_core::{
-    MemoryRegistry, MemoryRouter, MemoryStore, NodeId, Registry, Retention, Router, Store,
+    LocalSink, MemoryRegistry, MemoryRouter, MemoryStore, NodeId, Registry, Retention, Router,
+    Store,
 };
 use tether_proto::Code;
+use tether_redis::{RedisRegistry, RedisRouter, RedisStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,30 +24,29 @@ use crate::gateway::drain::close_spread;
 use crate::gateway::table::{Close, ConnTable};
 use crate::lifecycle::{Lifecycle, advertised_endpoints};
 use crate::metrics::Metrics;
+use crate::sink::NodeSink;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
 
-/// The backends of the seams.
+/// The backends of the store and registry seams (the router comes later: it needs the
+/// node's sink, which needs the fan-out, which needs the store).
 #[derive(Debug, Clone)]
 struct Backends {
     registry: Arc<dyn Registry>,
-    router: Arc<dyn Router>,
     store: Arc<dyn Store>,
     /// The embedded store, when it is the store: closed (drained and fsynced) on shutdown.
     embedded: Option<Arc<EmbeddedStore>>,
 }
 
-/// The backends of the seams, chosen from the configuration in this one place.
-async fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Backends> {
-    let node = NodeId::new(config.node.id.clone());
+/// The backends of the seams, chosen from the configuration in this one place (the router in
+/// [`router`]).
+async fn backends(config: &Config) -> anyhow::Result<Backends> {
+    let retention = Retention {
+        inbox_cap: config.store.inbox_cap,
+        topic_history: config.store.topic_history,
+    };
     let (store, embedded): (Arc<dyn Store>, _) = match config.store.backend {
-        StoreBackend::Memory => {
-            let retention = Retention {
-                inbox_cap: config.store.inbox_cap,
-                topic_history: config.store.topic_history,
-            };
-            (Arc::new(MemoryStore::new(retention)), None)
-        }
+        StoreBackend::Memory => (Arc::new(MemoryStore::new(retention)), None),
         StoreBackend::Embedded => {
             let dir = config.node.data_dir.join("store");
             let options = EmbeddedOptions::from_config(&config.store);
@@ -59,13 +60,46 @@ async fn backends(config: &Config, table: Arc<ConnTable>) -> anyhow::Result<Back
             let store = Arc::new(opened);
             (store.clone() as Arc<dyn Store>, Some(store))
         }
+        StoreBackend::Redis => {
+            let options = redis_options(config)?;
+            let store = RedisStore::connect(&options, retention)
+                .await
+                .with_context(|| format!("cannot reach the Redis store at {:?}", options.urls))?;
+            (Arc::new(store), None)
+        }
     };
-    // One node: registry and router in memory. The Redis backends land with the cluster mode.
+    let registry: Arc<dyn Registry> = match config.cluster.redis_options() {
+        None => Arc::new(MemoryRegistry::new()),
+        Some(options) => {
+            Arc::new(RedisRegistry::connect(&options).await.with_context(|| {
+                format!("cannot reach the Redis registry at {:?}", options.urls)
+            })?)
+        }
+    };
     Ok(Backends {
-        registry: Arc::new(MemoryRegistry::new()),
-        router: Arc::new(MemoryRouter::new(node, table)),
+        registry,
         store,
         embedded,
+    })
+}
+
+fn redis_options(config: &Config) -> anyhow::Result<tether_redis::RedisOptions> {
+    config
+        .cluster
+        .redis_options()
+        .context("store.backend = \"redis\" needs cluster.redis")
+}
+
+/// The router: in memory for one node, over Redis pub/sub in a cluster.
+async fn router(config: &Config, sink: Arc<dyn LocalSink>) -> anyhow::Result<Arc<dyn Router>> {
+    let node = NodeId::new(config.node.id.clone());
+    Ok(match config.cluster.redis_options() {
+        None => Arc::new(MemoryRouter::new(node, sink)),
+        Some(options) => Arc::new(
+            RedisRouter::start(&options, node, sink)
+                .await
+                .with_context(|| format!("cannot reach the Redis router at {:?}", options.urls))?,
+        ),
     })
 }
 
@@ -109,10 +143,9 @@ impl Node {
         ));
         let Backends {
             registry,
-            router,
             store,
             embedded,
-        } = backends(&config, table.clone()).await?;
+        } = backends(&config).await?;
         let registry = shared_registry.unwrap_or(registry);
         let shutdown = CancellationToken::new();
         let fanout = Fanout::start(
@@ -122,6 +155,8 @@ impl Node {
             metrics.queue_overflows.clone(),
             shutdown.clone(),
         );
+        let sink = Arc::new(NodeSink::new(table.clone(), fanout.clone()));
+        let router = router(&config, sink).await?;
         let gateway = Arc::new(Gateway::new(
             &config,
             table,

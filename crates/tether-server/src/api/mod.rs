@@ -35,6 +35,7 @@ use tether_proto::{Code, PayloadKind, Push};
 use crate::config::{Config, StoreConfig};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 
 mod dispatch;
 mod durable;
@@ -53,10 +54,11 @@ pub struct Api {
     store: Arc<dyn Store>,
     store_config: StoreConfig,
     fanout: Arc<Fanout>,
-    node: NodeId,
     max_topics: usize,
     ids: MessageIdGen,
     metrics: Metrics,
+    /// The other nodes, for publications and broadcasts.
+    peers: Peers,
     max_payload: usize,
     max_users: usize,
     body_limit: usize,
@@ -73,7 +75,9 @@ impl Api {
         fanout: Arc<Fanout>,
         metrics: Metrics,
     ) -> Self {
+        let node = NodeId::new(config.node.id.clone());
         Api {
+            peers: Peers::new(node, registry.clone(), router.clone()),
             keys: config
                 .apps
                 .iter()
@@ -84,7 +88,6 @@ impl Api {
             store,
             store_config: config.store.clone(),
             fanout,
-            node: NodeId::new(config.node.id.clone()),
             max_topics: config.limits.max_topics,
             ids: MessageIdGen::new(node_number(&config.node.id)),
             metrics,
@@ -424,7 +427,7 @@ async fn push(
 }
 
 /// The connection ids of `sessions`, grouped by the node that holds them.
-fn by_node(sessions: impl IntoIterator<Item = Session>) -> HashMap<NodeId, Vec<ConnId>> {
+pub(super) fn by_node(sessions: impl IntoIterator<Item = Session>) -> HashMap<NodeId, Vec<ConnId>> {
     let mut nodes: HashMap<NodeId, Vec<ConnId>> = HashMap::new();
     for s in sessions {
         nodes.entry(s.node).or_default().push(s.conn);

@@ -19,7 +19,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tether_core::store::NewMessage;
-use tether_core::{AppId, Outgoing, Seq, SubscriptionError, TopicId, UserId, validate_id};
+use tether_core::{
+    AppId, NodeMessage, Outgoing, Seq, SubscriptionError, TopicId, UserId, validate_id,
+};
 use tether_proto::{Publication, Push};
 
 use super::durable::{store_error, ttl};
@@ -114,11 +116,23 @@ pub(super) async fn publish(
                 payload,
             }));
             let subscribers = api.fanout.subscribers(&app, &topic);
-            room.send(Job::Publish { topic, offset, msg });
-            Ok::<_, tether_core::StoreError>((id, offset, subscribers))
+            room.send(Job::Publish {
+                topic: topic.clone(),
+                offset,
+                msg: msg.clone(),
+            });
+            // Every other node fans it out to its own subscribers (once per node).
+            let remote = NodeMessage::Publish {
+                app,
+                topic,
+                offset,
+                msg,
+            };
+            let nodes = api.peers.send_to_others(remote).await;
+            Ok::<_, tether_core::StoreError>((id, offset, subscribers, nodes))
         }
     });
-    let (id, offset, subscribers) = done
+    let (id, offset, subscribers, nodes) = done
         .await
         .map_err(|e| ApiError::unavailable(format!("publish failed: {e}")))?
         .map_err(|e| {
@@ -129,7 +143,9 @@ pub(super) async fn publish(
     Ok(Json(json!({
         "id": id,
         "offset": (offset != 0).then_some(offset),
+        // On this node; `nodes`: how many other nodes it was sent to.
         "subscribers": subscribers,
+        "nodes": nodes,
     })))
 }
 
@@ -191,8 +207,14 @@ pub(super) async fn broadcast(
         payload,
     }));
     api.fanout
-        .submit(&app, Job::Broadcast { msg })
+        .submit(&app, Job::Broadcast { msg: msg.clone() })
         .map_err(|b| busy(&api, b))?;
+    api.peers
+        .send_to_others(NodeMessage::Broadcast {
+            app: app.clone(),
+            msg,
+        })
+        .await;
     counter_broadcast();
     Ok(Json(json!({ "id": id, "connections": connections })))
 }
@@ -231,9 +253,8 @@ pub(super) async fn unsubscribe_user(
     change_subscription(&api, app, &user, &topic, false).await
 }
 
-/// Records a server-side (un)subscription, then applies it to the user's connections on this
-/// node. Connections on other nodes pick it up when they reconnect (live propagation between
-/// nodes comes with the cluster).
+/// Records a server-side (un)subscription, then applies it to the user's connections on every
+/// node (a node that misses it applies it at the user's next connect, from the store).
 async fn change_subscription(
     api: &Api,
     app: AppId,
@@ -265,15 +286,17 @@ async fn change_subscription(
         .await
         .map_err(ApiError::unavailable)?;
     let mut connections = 0;
-    for s in sessions.iter().filter(|s| s.node == api.node) {
-        let applied = if subscribed {
-            api.fanout.subscribe_conn(&app, s.conn, &topic)
-        } else {
-            api.fanout.unsubscribe_conn(&app, s.conn, &topic)
+    for (node, conns) in super::by_node(sessions) {
+        let msg = NodeMessage::Subscription {
+            app: app.clone(),
+            topic: topic.clone(),
+            conns,
+            subscribed,
         };
-        // Recorded in the store already: a busy fan-out only delays it to the next connect.
-        if let Ok(true) = applied {
-            connections += 1;
+        // Local: how many changed. Remote: 1 when sent (it is applied there).
+        match api.router.send(&node, msg).await {
+            Ok(n) => connections += n,
+            Err(e) => tracing::warn!(%node, error = %e, "subscription not sent to a node"),
         }
     }
     Ok(Json(json!({

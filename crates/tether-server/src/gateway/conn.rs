@@ -98,17 +98,12 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
             connected_at_ms: conn.connected_at_ms,
         };
         if let Err(e) = gw.registry.register(session).await {
-            tracing::warn!(error = %e, "cannot register session");
-            let close = Close {
-                code: Code::INTERNAL,
-                reason: "registry unavailable".into(),
-                retry_after_ms: 1000,
-                flush: false,
-            };
-            goodbye(wire, &mut VecDeque::new(), &close).await;
-            gw.metrics.disconnect(Some(Code::INTERNAL));
-            forget(gw, &conn).await;
-            return None;
+            // The connection is served anyway (what this node holds reaches it); pushes from
+            // other nodes find it once the node registers its sessions again, at its next
+            // announcement that the registry takes.
+            tracing::warn!(error = %e, "cannot register session; registering it later");
+            gw.registry_stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
     join_server_side_topics(gw, &conn).await;
@@ -809,7 +804,9 @@ async fn forget(gw: &Gateway, conn: &ConnHandle) {
     }
     for (app, user) in &conn.bindings {
         if let Err(e) = gw.registry.unregister(app, user, &gw.node, conn.id).await {
-            tracing::warn!(error = %e, "cannot unregister session");
+            tracing::warn!(error = %e, "cannot unregister session; removing it later");
+            gw.registry_stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

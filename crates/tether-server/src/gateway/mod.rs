@@ -66,6 +66,9 @@ pub struct Gateway {
     pub drain: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// A session could not be registered or unregistered (the registry was unreachable):
+    /// the node registers all of its sessions again at its next announcement.
+    pub registry_stale: std::sync::atomic::AtomicBool,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
     /// Upstream frames and presence events go to the apps' webhooks; set once, at node start
@@ -105,6 +108,7 @@ impl Gateway {
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            registry_stale: std::sync::atomic::AtomicBool::new(false),
             epoch: tokio::time::Instant::now(),
             webhooks: OnceLock::new(),
         }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use metrics::Counter;
 use std::task::{Context, Poll};
 use tether_core::store::Page;
-use tether_core::{AppId, ConnId, DeviceId, LocalSink, Outgoing, TopicId, Transport, UserId};
+use tether_core::{AppId, ConnId, DeviceId, Outgoing, TopicId, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame, Synced};
 
 use super::inbox::{
@@ -1033,9 +1033,11 @@ impl ConnTable {
     }
 }
 
-impl LocalSink for ConnTable {
-    fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
-        // The router carries pushes only; topic fan-out does not go through it.
+/// What the router asks of the gateway (see [`tether_core::LocalSink`]; the node's sink adds
+/// the fan-out's part).
+impl ConnTable {
+    /// Queues a push on each of `conns` that is open; returns how many took it.
+    pub fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
         let Some(push) = msg.push() else { return 0 };
         let mut reached = 0;
         for id in conns {
@@ -1060,7 +1062,8 @@ impl LocalSink for ConnTable {
         reached
     }
 
-    fn disconnect(&self, conns: &[ConnId], code: Code, reason: &str) -> usize {
+    /// Closes each of `conns` that is open with `code`; returns how many were.
+    pub fn disconnect(&self, conns: &[ConnId], code: Code, reason: &str) -> usize {
         conns
             .iter()
             .filter_map(|id| self.get(*id))

@@ -444,6 +444,15 @@ impl Http {
         self.send(request).await
     }
 
+    /// `DELETE path` with the demo app's API key.
+    pub async fn send_delete(&self, path: &str) -> Reply {
+        let request = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(API_KEY);
+        self.send(request).await
+    }
+
     pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
         let mut request = self.client.get(format!("{}{path}", self.base));
         if let Some(key) = key {
