@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tether_core::contract::{
-    NODE_MESSAGE_EFFECTS, RecordingSink, node_messages, registry_contract,
+    CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, NODE_MESSAGE_EFFECTS, RecordingSink, node_messages,
+    registry_contract, store_contract,
 };
-use tether_core::{ConnId, DeviceId, NodeId, Registry, Router, Session, Transport};
+use tether_core::{ConnId, DeviceId, NodeId, Registry, Retention, Router, Session, Transport};
 use tether_redis::testing::RedisCluster;
-use tether_redis::{Keys, RedisRegistry, RedisRouter};
+use tether_redis::{Keys, RedisRegistry, RedisRouter, RedisStore};
 
 #[tokio::test]
 async fn the_backends_work_on_a_redis_cluster() {
@@ -27,11 +28,15 @@ async fn the_backends_work_on_a_redis_cluster() {
     keys_of_one_user_share_a_slot(&cluster).await;
     routers_talk_over_sharded_pub_sub(&cluster).await;
 
-    // ===================== STORE CONTRACT ON THE CLUSTER (to add) =====================
-    // `RedisStore` (src/store.rs) lands from the redis-store branch. Its contract run goes
-    // here, on this same cluster and with a prefix of its own:
-    //     store_contract(&RedisStore::connect(&cluster.options("store")).await.unwrap()).await
-    // ==================================================================================
+    // The store: every script runs on keys of one slot, whatever master holds it.
+    let retention = Retention {
+        inbox_cap: CONTRACT_INBOX_CAP,
+        topic_history: CONTRACT_TOPIC_HISTORY,
+    };
+    let store = RedisStore::connect(&cluster.options("store"), retention)
+        .await
+        .unwrap();
+    store_contract(&store).await;
 }
 
 /// Node channels are sharded channels: two routers on the cluster reach each other, in order.
