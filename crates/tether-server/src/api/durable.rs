@@ -85,11 +85,10 @@ pub(super) async fn push(api: &Api, app: AppId, p: DurablePush) -> Result<Json<V
         api.metrics.store_error("append");
         store_error(e)
     })?;
-    let reached = if appended.duplicate {
-        0
-    } else {
-        route(api, &app, &appended, &message).await
-    };
+    // A duplicate is routed too: a connection that has the seq already drops it, and a retry
+    // of an append that failed part-way (the Redis store appends user by user) reaches live the
+    // users the first attempt missed.
+    let reached = route(api, &app, &appended, &message).await;
     api.metrics.push(1);
     let seqs: serde_json::Map<String, Value> = appended
         .seqs
@@ -132,7 +131,7 @@ async fn route(api: &Api, app: &AppId, appended: &Appended, message: &NewMessage
             msg_id: appended.id.0,
             seq: seq.0,
             qos: 1,
-            created_ms: message.created_ms,
+            created_ms: appended.created_ms,
             kind: message.kind,
             payload: message.payload.clone(),
         }));
