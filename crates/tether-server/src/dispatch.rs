@@ -6,6 +6,12 @@
 //! over the nodes, and when a node leaves only its own users move, each to its own next node,
 //! so the load of a lost node spreads over all the others rather than landing on one.
 //!
+//! Load-aware: each node's score is weighted by its free capacity (weighted rendezvous
+//! hashing, `-w / ln(u)` with `u` the hash in (0, 1]), so a node with half the room of the
+//! others gets about half as many users as each of them. The weight moves in steps of a tenth
+//! of the capacity, so that small load changes move nobody; a step moves only the users at the
+//! edge, not everyone.
+//!
 //! The ordering needs nothing but the registry's node list: it is the same whether one node or
 //! a cluster answers, and every node of a cluster answers the same for a user.
 
@@ -52,6 +58,26 @@ pub fn score(app: &str, user: &str, node: &str) -> u64 {
     h ^ (h >> 33)
 }
 
+/// A node's weight: its free capacity, rounded up to a tenth (0.1 ..= 1.0).
+fn weight(node: &NodeInfo) -> f64 {
+    if node.max_connections == 0 {
+        return 0.1;
+    }
+    let used = node.connections.min(node.max_connections) as f64 / node.max_connections as f64;
+    ((1.0 - used) * 10.0).ceil().clamp(1.0, 10.0) / 10.0
+}
+
+/// Weighted rendezvous: `-weight / ln(u)` with `u` the score mapped into (0, 1]. For equal
+/// weights the order is the plain scores' order.
+fn weighted(score: u64, weight: f64) -> f64 {
+    // The top 53 bits, exactly representable; +1 keeps u above 0 (ln(0) is -inf).
+    let u = ((score >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    if u >= 1.0 {
+        return f64::INFINITY;
+    }
+    -weight / u.ln()
+}
+
 /// The endpoints (app, user) should try, in order.
 ///
 /// - Draining nodes are left out.
@@ -68,19 +94,23 @@ pub fn order(
     failed: &[String],
     transport: Option<Transport>,
 ) -> Vec<Endpoint> {
-    let mut ranked: Vec<(bool, u64, &NodeInfo)> = nodes
+    let mut ranked: Vec<(bool, f64, &NodeInfo)> = nodes
         .iter()
         .filter(|n| !n.draining)
         .map(|n| {
             let full = n.connections >= n.max_connections;
-            (full, score(app, user, n.id.as_str()), n)
+            (
+                full,
+                weighted(score(app, user, n.id.as_str()), weight(n)),
+                n,
+            )
         })
         .collect();
-    // Not full first, then the highest score; the id breaks (astronomically unlikely) ties so
-    // that the order never depends on the registry's.
+    // Not full first, then the highest weighted score; the id breaks (astronomically
+    // unlikely) ties so that the order never depends on the registry's.
     ranked.sort_by(|a, b| {
         a.0.cmp(&b.0)
-            .then(b.1.cmp(&a.1))
+            .then(b.1.total_cmp(&a.1))
             .then_with(|| a.2.id.cmp(&b.2.id))
     });
     let mut out = Vec::new();
@@ -175,6 +205,32 @@ mod tests {
                 [Transport::Tcp, Transport::Tcp, Transport::Ws]
             );
         }
+    }
+
+    #[test]
+    fn a_busier_node_gets_fewer_users_and_small_changes_move_nobody() {
+        let mut nodes = fleet(3);
+        nodes[0].connections = 800; // 20% free: weight 0.2 against 1.0 and 1.0
+        let users = 20_000;
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        for u in 0..users {
+            *per_node
+                .entry(first(&nodes, &format!("user-{u}")))
+                .or_default() += 1;
+        }
+        // Weighted rendezvous: shares 0.2 : 1 : 1, about 1,818 : 9,091 : 9,091.
+        let busy = per_node["tether-1"];
+        assert!((1_500..=2_150).contains(&busy), "{per_node:?}");
+        // Within one tenth of capacity, nobody moves.
+        let before: Vec<String> = (0..2_000)
+            .map(|u| first(&nodes, &format!("user-{u}")))
+            .collect();
+        nodes[0].connections = 805;
+        nodes[1].connections = 40;
+        let after: Vec<String> = (0..2_000)
+            .map(|u| first(&nodes, &format!("user-{u}")))
+            .collect();
+        assert_eq!(before, after);
     }
 
     #[test]
