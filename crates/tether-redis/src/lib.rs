@@ -47,6 +47,9 @@ pub struct RedisOptions {
     pub prefix: String,
     /// How long one command may take before it counts as failed.
     pub timeout: Duration,
+    /// With `rediss://` URLs: the CA certificates (PEM) that Redis' certificate must chain to,
+    /// instead of the public roots (a private CA, as Redis deployments usually have).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisOptions {
@@ -57,8 +60,46 @@ impl RedisOptions {
             cluster: false,
             prefix: "tether".into(),
             timeout: Duration::from_secs(2),
+            tls_ca: None,
         }
     }
+
+    /// A client for one server, with the TLS roots of these options.
+    pub fn client(
+        &self,
+        info: impl redis::IntoConnectionInfo,
+    ) -> redis::RedisResult<redis::Client> {
+        install_crypto();
+        match &self.tls_ca {
+            None => redis::Client::open(info),
+            Some(ca) => redis::Client::build_with_tls(info, self.certificates(ca)),
+        }
+    }
+
+    /// A Redis Cluster client builder for these seeds, with the TLS roots of these options.
+    pub fn cluster_builder(&self) -> redis::cluster::ClusterClientBuilder {
+        install_crypto();
+        let builder = redis::cluster::ClusterClient::builder(self.urls.clone())
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout);
+        match &self.tls_ca {
+            None => builder,
+            Some(ca) => builder.certs(self.certificates(ca)),
+        }
+    }
+
+    fn certificates(&self, ca: &[u8]) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.to_vec()),
+        }
+    }
+}
+
+/// rustls needs one process-wide crypto provider; the first caller installs ring's (a
+/// provider installed by someone else first is kept).
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A multiplexed connection to Redis that reconnects on its own. Cheap to clone: clones share
@@ -82,16 +123,13 @@ impl Redis {
     /// Connects (and for a cluster, reads the slot map). Fails when no server answers.
     pub async fn connect(options: &RedisOptions) -> redis::RedisResult<Redis> {
         if options.cluster {
-            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
-                .connection_timeout(options.timeout)
-                .response_timeout(options.timeout)
-                .build()?;
+            let client = options.cluster_builder().build()?;
             Ok(Redis::Cluster(client.get_async_connection().await?))
         } else {
             let url = options.urls.first().ok_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis URL"))
             })?;
-            let client = redis::Client::open(url.as_str())?;
+            let client = options.client(url.as_str())?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))

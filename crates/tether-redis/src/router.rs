@@ -127,10 +127,9 @@ impl RedisRouter {
             }
         };
         let keepalive = if options.cluster {
-            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+            let client = options
+                .cluster_builder()
                 .use_protocol(redis::ProtocolVersion::RESP3)
-                .connection_timeout(options.timeout)
-                .response_timeout(options.timeout)
                 .push_sender(push_sender)
                 .build()
                 .map_err(unavailable)?;
@@ -149,7 +148,7 @@ impl RedisRouter {
                 .clone()
                 .set_protocol(redis::ProtocolVersion::RESP3);
             let info = info.set_redis_settings(settings);
-            let client = redis::Client::open(info).map_err(unavailable)?;
+            let client = options.client(info).map_err(unavailable)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))

@@ -202,6 +202,7 @@ impl RedisCluster {
             cluster: true,
             prefix: fresh_prefix(test),
             timeout: Duration::from_secs(2),
+            tls_ca: None,
         }
     }
 

@@ -230,6 +230,9 @@ pub struct ClusterConfig {
     /// How long one Redis command may take before it counts as failed.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// With `rediss://` URLs: a PEM file of the CA certificates Redis' certificate must chain
+    /// to. None: the public roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -239,6 +242,7 @@ impl Default for ClusterConfig {
             redis_cluster: false,
             prefix: "tether".into(),
             timeout: Duration::from_secs(2),
+            tls_ca: None,
         }
     }
 }
@@ -248,14 +252,24 @@ impl ClusterConfig {
         !self.redis.is_empty()
     }
 
-    /// The Redis connection options, when the cluster mode is on.
-    pub fn redis_options(&self) -> Option<tether_redis::RedisOptions> {
-        self.enabled().then(|| tether_redis::RedisOptions {
+    /// The Redis connection options, when the cluster mode is on. Reads `tls_ca`.
+    pub fn redis_options(&self) -> std::io::Result<Option<tether_redis::RedisOptions>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let tls_ca = match &self.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cluster.tls_ca {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Ok(Some(tether_redis::RedisOptions {
             urls: self.redis.clone(),
             cluster: self.redis_cluster,
             prefix: self.prefix.clone(),
             timeout: self.timeout,
-        })
+            tls_ca,
+        }))
     }
 }
 
@@ -784,10 +798,21 @@ impl Config {
         }
         let c = &self.cluster;
         for url in &c.redis {
-            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
                 problems.push(format!(
-                    "cluster.redis: {url:?} must start with redis:// (TLS to Redis is not built in yet)"
+                    "cluster.redis: {url:?} must start with redis:// or rediss:// (TLS)"
                 ));
+            }
+        }
+        if let Some(path) = &c.tls_ca {
+            if !path.is_file() {
+                problems.push(format!("cluster.tls_ca: {} is not a file", path.display()));
+            }
+            if !c.redis.iter().any(|u| u.starts_with("rediss://")) {
+                problems.push("cluster.tls_ca is set but no cluster.redis URL is rediss://".into());
             }
         }
         if c.redis.len() > 1 && !c.redis_cluster {

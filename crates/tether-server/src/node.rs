@@ -68,7 +68,7 @@ async fn backends(config: &Config) -> anyhow::Result<Backends> {
             (Arc::new(store), None)
         }
     };
-    let registry: Arc<dyn Registry> = match config.cluster.redis_options() {
+    let registry: Arc<dyn Registry> = match config.cluster.redis_options()? {
         None => Arc::new(MemoryRegistry::new()),
         Some(options) => {
             Arc::new(RedisRegistry::connect(&options).await.with_context(|| {
@@ -86,14 +86,14 @@ async fn backends(config: &Config) -> anyhow::Result<Backends> {
 fn redis_options(config: &Config) -> anyhow::Result<tether_redis::RedisOptions> {
     config
         .cluster
-        .redis_options()
+        .redis_options()?
         .context("store.backend = \"redis\" needs cluster.redis")
 }
 
 /// The router: in memory for one node, over Redis pub/sub in a cluster.
 async fn router(config: &Config, sink: Arc<dyn LocalSink>) -> anyhow::Result<Arc<dyn Router>> {
     let node = NodeId::new(config.node.id.clone());
-    Ok(match config.cluster.redis_options() {
+    Ok(match config.cluster.redis_options()? {
         None => Arc::new(MemoryRouter::new(node, sink)),
         Some(options) => Arc::new(
             RedisRouter::start(&options, node, sink)
