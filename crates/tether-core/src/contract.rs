@@ -344,6 +344,24 @@ async fn reap_contract(reg: &dyn Registry) {
         reg.withdraw(&NodeId::from(node)).await.unwrap();
     }
     assert_eq!(reg.app_session_count(&app).await.unwrap(), 0);
+
+    // A node that withdrew but could not unregister everything: the next reap cleans up.
+    reg.announce(node_info("contract-node-gone", 7800, false, now + minute))
+        .await
+        .unwrap();
+    reg.register(session("contract-reap", "u1", "contract-node-gone", 9, "d"))
+        .await
+        .unwrap();
+    reg.withdraw(&NodeId::from("contract-node-gone"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.reap(now).await.unwrap(),
+        1,
+        "a withdrawn node's leftovers go"
+    );
+    assert!(reg.sessions(&app, &users).await.unwrap().is_empty());
+    assert_eq!(reg.app_session_count(&app).await.unwrap(), 0);
 }
 
 /// A [`LocalSink`] that records what it was asked to do, for router contract tests.
@@ -353,6 +371,8 @@ pub struct RecordingSink {
     pub disconnected: Mutex<Vec<(ConnId, Code)>>,
     /// Publications, broadcasts and subscription changes, described in one line each.
     pub others: Mutex<Vec<String>>,
+    /// How many times the router asked for a recovery.
+    pub recovers: std::sync::atomic::AtomicUsize,
 }
 
 fn payload_of(msg: &Outgoing) -> String {
@@ -410,6 +430,11 @@ impl LocalSink for RecordingSink {
         );
         self.others.lock().unwrap().push(line);
         conns.len()
+    }
+
+    fn recover(&self) {
+        self.recovers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -85,7 +85,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// `expires_ms` without anyone withdrawing it.
     async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError>;
 
-    /// Forgets a node's announcement at once (a clean shutdown). Unknown nodes are ignored.
+    /// Takes a node's announcement out of the list at once (a clean shutdown); its sessions that
+    /// remain (closes that could not unregister) go at the next [`Registry::reap`]. Unknown
+    /// nodes are ignored.
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError>;
 
     /// Every node whose announcement has not expired at `now_ms` (ms since the epoch), draining
@@ -121,6 +123,10 @@ pub struct NodeInfo {
 }
 
 type UserKey = (AppId, UserId);
+
+/// The expiry of a withdrawn announcement: listed by no one, and its sessions (those its node
+/// could not unregister) go at the next reap.
+const WITHDRAWN: u64 = 0;
 
 /// The in-memory registry: exact and immediate, for one node.
 ///
@@ -202,12 +208,15 @@ impl Registry for MemoryRegistry {
 
     async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        Ok(nodes.insert(node.id.clone(), node).is_some())
+        let previous = nodes.insert(node.id.clone(), node);
+        Ok(previous.is_some_and(|p| p.expires_ms != WITHDRAWN))
     }
 
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        nodes.remove(node);
+        if let Some(n) = nodes.get_mut(node) {
+            n.expires_ms = WITHDRAWN;
+        }
         Ok(())
     }
 

@@ -47,6 +47,12 @@ pub trait LocalSink: Send + Sync + std::fmt::Debug + 'static {
         conns: &[ConnId],
         subscribed: bool,
     ) -> usize;
+
+    /// Messages for this node may have been lost on the way (the router's connection dropped,
+    /// or its inbound queue was full): recover what is durable. Every connection reads its
+    /// inboxes again after what it was sent, every topic its history after what was fanned
+    /// out. Called once the router receives again.
+    fn recover(&self);
 }
 
 /// What one node asks of another.

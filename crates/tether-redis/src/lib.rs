@@ -31,6 +31,7 @@ pub mod router;
 pub mod store;
 pub mod testing;
 
+pub use redis;
 pub use registry::RedisRegistry;
 pub use router::RedisRouter;
 pub use store::RedisStore;

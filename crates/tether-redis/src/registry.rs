@@ -132,10 +132,14 @@ static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old and string.sub(old, 1, 1) == '~' then
             local t = redis.call('TIME')
-            if tonumber(string.sub(old, 2)) > t[1] * 1000 + math.floor(t[2] / 1000) then
+            local deadline = tonumber(string.sub(old, 2)) or 0
+            if deadline > t[1] * 1000 + math.floor(t[2] / 1000) then
                 return -1
             end
             old = false
+        end
+        if old and string.sub(old, 1, 2) == '0 ' then
+            old = false -- withdrawn
         end
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         if old then return 1 end
@@ -144,14 +148,17 @@ static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Forgets an announcement, but not a reap's tombstone.
+/// Marks an announcement withdrawn: expired since the epoch (`0 ...`), so that no node lists
+/// it and the next reap forgets whatever sessions the node left (a close that could not
+/// unregister). A reap's tombstone is left alone.
 /// KEYS: announcements. ARGV: node.
 static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old and string.sub(old, 1, 1) ~= '~' then
-            redis.call('HDEL', KEYS[1], ARGV[1])
+            local withdrawn = string.gsub(old, '^%d+', '0', 1)
+            redis.call('HSET', KEYS[1], ARGV[1], withdrawn)
         end
         return 0
         ",
@@ -168,7 +175,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         if old ~= ARGV[2] then return false end
         local t = redis.call('TIME')
         local now = t[1] * 1000 + math.floor(t[2] / 1000)
-        if string.sub(old, 1, 1) == '~' and tonumber(string.sub(old, 2)) > now then
+        if string.sub(old, 1, 1) == '~' and (tonumber(string.sub(old, 2)) or 0) > now then
             return false
         end
         local tombstone = string.format('~%d', now + tonumber(ARGV[3]))
@@ -532,7 +539,20 @@ impl Registry for RedisRegistry {
             let Some(tombstone) = self.claim(&id, &value).await? else {
                 continue;
             };
-            let forgotten = self.forget_sessions(&id).await?;
+            // Retried here rather than left to the lease: the node may announce again before
+            // the next reap, and what `reaping` holds would then stay.
+            let mut attempt = 0;
+            let forgotten = loop {
+                match self.forget_sessions(&id).await {
+                    Ok(n) => break n,
+                    Err(e) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(node = id, error = %e, "reap: retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             self.release(&id, &tombstone).await?;
             tracing::info!(
                 node = id,

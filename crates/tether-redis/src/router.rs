@@ -27,7 +27,7 @@
 //! | 5 | subscription | app str, topic str, subscribed u8, conns |
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -59,6 +59,8 @@ pub struct RouterStats {
     pub dropped: AtomicU64,
     /// Messages received that could not be decoded.
     pub malformed: AtomicU64,
+    /// Times the sink was asked to recover after messages may have been lost.
+    pub recoveries: AtomicU64,
 }
 
 /// The router of the cluster mode.
@@ -83,13 +85,62 @@ impl Drop for RedisRouter {
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Pings `listener` every [`KEEPALIVE`]: a failed ping starts a reconnection, after which the
-/// client subscribes again on its own.
-async fn keepalive<C: redis::aio::ConnectionLike + Send>(mut listener: C) {
+/// client subscribes again on its own (before the connection serves anything else). The first
+/// ping that succeeds after messages may have been lost (`lost`: the connection dropped, or
+/// the inbound queue was full) asks the sink to recover what is durable.
+async fn keepalive<C: redis::aio::ConnectionLike + Send>(
+    mut listener: C,
+    lost: Arc<AtomicBool>,
+    sink: Arc<dyn LocalSink>,
+    stats: Arc<RouterStats>,
+) {
     loop {
         tokio::time::sleep(KEEPALIVE).await;
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut listener).await;
-        if let Err(e) = pong {
-            debug!(error = %e, "router: the listening connection is down; reconnecting");
+        match pong {
+            Err(e) => {
+                lost.store(true, Ordering::Relaxed);
+                debug!(error = %e, "router: the listening connection is down; reconnecting");
+            }
+            Ok(_) if lost.swap(false, Ordering::Relaxed) => {
+                stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                sink.recover();
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The listening connection, of either kind.
+enum Listener {
+    Standalone(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Listener {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Listener::Standalone(c) => c.req_packed_command(cmd),
+            Listener::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Listener::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Listener::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Listener::Standalone(c) => c.get_db(),
+            Listener::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -116,15 +167,26 @@ impl RedisRouter {
         let keys = Keys::new(&options.prefix);
         let channel = keys.node(node.as_str(), "ch");
         let stats = Arc::new(RouterStats::default());
+        // First the connection that sends: failing here leaves nothing running.
+        let redis = Redis::connect(options).await.map_err(unavailable)?;
+        let lost = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<PushInfo>(INBOUND_QUEUE);
         let push_sender = {
-            let stats = stats.clone();
+            let (stats, lost) = (stats.clone(), lost.clone());
             move |info: PushInfo| {
+                if info.kind == PushKind::Disconnection {
+                    lost.store(true, Ordering::Relaxed);
+                }
                 if tx.try_send(info).is_err() {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    lost.store(true, Ordering::Relaxed);
                 }
                 Ok::<(), ()>(())
             }
+        };
+        let watch = |conn| {
+            let task = keepalive(conn, lost.clone(), sink.clone(), stats.clone());
+            tokio::spawn(task).abort_handle()
         };
         let keepalive = if options.cluster {
             let client = options
@@ -135,7 +197,7 @@ impl RedisRouter {
                 .map_err(unavailable)?;
             let mut conn = client.get_async_connection().await.map_err(unavailable)?;
             conn.ssubscribe(&channel).await.map_err(unavailable)?;
-            tokio::spawn(keepalive(conn)).abort_handle()
+            watch(Listener::Cluster(conn))
         } else {
             let url = options
                 .urls
@@ -159,9 +221,8 @@ impl RedisRouter {
                 .await
                 .map_err(unavailable)?;
             conn.subscribe(&channel).await.map_err(unavailable)?;
-            tokio::spawn(keepalive(conn)).abort_handle()
+            watch(Listener::Standalone(conn))
         };
-        let redis = Redis::connect(options).await.map_err(unavailable)?;
         tokio::spawn(apply(rx, sink.clone(), stats.clone()));
         Ok(RedisRouter {
             node,

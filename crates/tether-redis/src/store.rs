@@ -11,7 +11,7 @@
 //!   holds the contiguous run of seqs that ends at the head: the message after seq `n` is at an
 //!   index computed from the head and the length, not searched for. Its TTL follows the
 //!   longest-lived message appended (plus [`TTL_MARGIN_MS`]), so an idle inbox frees its memory.
-//! - `idem-seq` (a hash, message id -> seq) and `idem-exp` (a sorted set of message ids scored
+//! - `idem-seq` (a hash, idempotency key -> seq) and `idem-exp` (a sorted set of keys scored
 //!   by the end of their idempotency window): the keyed appends this inbox took, so that a
 //!   retried append adds nothing to an inbox the first call reached, and answers its seq.
 //! - `cursors`: a hash, device -> `acked:attempt_seq:attempts` in decimal.
@@ -100,7 +100,7 @@ const RECORD_LEN: usize = 1 + 8 + 8 + 8;
 /// Appends one message to one log (inbox or topic history); see the module docs.
 ///
 /// KEYS: seq, log[, idem-seq, idem-exp]. ARGV: element without its seq, now (the message's
-/// `created_ms`), cap, log TTL[, message id, window end, window TTL]. Returns the seq.
+/// `created_ms`), cap, log TTL[, idempotency key, window end, window TTL]. Returns the seq.
 ///
 /// Everything that can fail on damaged data (the counter, the key types, the counter against
 /// the last element) is checked before the first write that matters, since a script that
@@ -375,7 +375,7 @@ impl RedisStore {
         now_ms: u64,
         cap: usize,
         ttl_ms: u64,
-        keyed: Option<(String, String, Claim)>,
+        keyed: Option<(String, String, String, Claim)>,
     ) -> Result<Seq, StoreError> {
         let mut call = SCRIPTS.append.prepare_invoke();
         call.key(keys.seq)
@@ -384,10 +384,11 @@ impl RedisStore {
             .arg(now_ms)
             .arg(cap.max(1))
             .arg(ttl_ms);
-        if let Some((ids, windows, claim)) = keyed {
+        if let Some((ids, windows, key, claim)) = keyed {
+            // By the idempotency key, not the message id: ids of two nodes may collide.
             call.key(ids)
                 .key(windows)
-                .arg(claim.id.0)
+                .arg(key)
                 .arg(claim.window_end_ms)
                 .arg(key_ttl(now_ms, claim.window_end_ms));
         }
@@ -463,10 +464,10 @@ impl Store for RedisStore {
         // check of the boxed future's lifetimes.
         let seqs: Vec<Seq> = stream::iter(append.users.iter().cloned())
             .map(|user| {
-                let keyed = claim.map(|c| {
+                let keyed = claim.zip(append.idempotency.as_ref()).map(|(c, idem)| {
                     let ids = self.keys.user(app, user.as_str(), "idem-seq");
                     let windows = self.keys.user(app, user.as_str(), "idem-exp");
-                    (ids, windows, c)
+                    (ids, windows, idem.key.clone(), c)
                 });
                 let keys = self.inbox(&append.app, &user);
                 self.push(keys, &element, created_ms, cap, ttl_ms, keyed)

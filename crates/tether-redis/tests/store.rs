@@ -224,6 +224,20 @@ async fn concurrent_appends_with_one_key_store_once() {
     forget(&options).await;
 }
 
+/// Two nodes may mint the same message id (a node number collision): two different keys must
+/// still store two messages.
+#[tokio::test]
+async fn two_keys_with_one_message_id_store_two_messages() {
+    let Some((store, options)) = store("store-id-collision", Retention::default()).await else {
+        return;
+    };
+    let first = store.append(append(&["fay"], 7, Some("k1"))).await.unwrap();
+    let second = store.append(append(&["fay"], 7, Some("k2"))).await.unwrap();
+    assert!(!first.duplicate && !second.duplicate);
+    assert_eq!(held(&store, "fay").await, [(1, 7), (2, 7)]);
+    forget(&options).await;
+}
+
 #[tokio::test]
 async fn concurrent_appends_to_one_inbox_get_gapless_seqs() {
     let Some((store, options)) = store("store-gapless", Retention::default()).await else {

@@ -49,7 +49,14 @@ fn start() -> Option<TlsRedis> {
     let dir = tls_dir();
     let arg = |name: &str| dir.join(name).display().to_string();
     let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--tls-port",
+            &port.to_string(),
+        ])
         .args(["--tls-cert-file", &arg("cert.pem")])
         .args(["--tls-key-file", &arg("key.pem")])
         .args(["--tls-ca-cert-file", &arg("ca.pem")])

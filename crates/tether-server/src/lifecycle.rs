@@ -50,6 +50,9 @@ pub struct Lifecycle {
     gateway: Arc<Gateway>,
     /// Set by the first drain, so that two concurrent calls start one drain.
     drain_begun: AtomicBool,
+    /// A resync, a reap runs in the background.
+    resyncing: Arc<AtomicBool>,
+    reaping: Arc<AtomicBool>,
 }
 
 impl Lifecycle {
@@ -69,6 +72,8 @@ impl Lifecycle {
             registry,
             gateway,
             drain_begun: AtomicBool::new(false),
+            resyncing: Arc::default(),
+            reaping: Arc::default(),
         }
     }
 
@@ -122,26 +127,78 @@ impl Lifecycle {
                     if !renewed || stale {
                         // The registry lost this node (Redis restarted, or it was unreachable
                         // long enough for others to reap the node), or missed some changes.
-                        self.resync().await;
+                        self.background(&self.resyncing, |me| async move { me.resync().await });
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot announce the node"),
             }
             // Every node reaps: it is idempotent, and cheap when no node died.
-            match self.registry.reap(tether_core::now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => info!(
+            self.background(&self.reaping, |me| async move {
+                match me.registry.reap(tether_core::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        sessions = n,
+                        "sessions of nodes that stopped announcing removed"
+                    ),
+                    Err(e) => debug!(error = %e, "cannot reap dead nodes"),
+                }
+            });
+        }
+    }
+
+    /// Runs `work` in a task of its own unless the previous one (flagged by `busy`) still runs:
+    /// a long resync or reap must not hold up the announcements, or the node's own
+    /// announcement would expire meanwhile.
+    fn background<F, Fut>(self: &Arc<Self>, busy: &Arc<AtomicBool>, work: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let busy = busy.clone();
+        let task = work(self.clone());
+        tokio::spawn(async move {
+            task.await;
+            busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// Forgets the sessions a previous process of this node id left in the registry (it was
+    /// killed, or lost Redis while closing): called at start, before any connection exists.
+    pub async fn forget_previous(&self) {
+        match self.registry.node_sessions(&self.node).await {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => {
+                let n = left.len();
+                for s in left {
+                    if let Err(e) = self
+                        .registry
+                        .unregister(&s.app, &s.user, &s.node, s.conn)
+                        .await
+                    {
+                        warn!(error = %e, "cannot forget a session of a previous run");
+                        self.gateway.registry_stale.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                info!(
                     sessions = n,
-                    "sessions of nodes that stopped announcing removed"
-                ),
-                Err(e) => debug!(error = %e, "cannot reap dead nodes"),
+                    "forgot the sessions a previous run of this node left"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list the sessions of a previous run");
+                self.gateway.registry_stale.store(true, Ordering::Relaxed);
             }
         }
     }
 
     /// Registers every session of this node again, then unregisters those the registry holds
-    /// for connections that have closed meanwhile. A failure leaves the node marked stale, so
-    /// that the next announcement tries again.
+    /// for connections that have closed meanwhile (including the ones this resync registered
+    /// while they closed). A failure leaves the node marked stale, so that the next
+    /// announcement tries again.
     pub async fn resync(&self) {
         let mut sessions = Vec::with_capacity(self.gateway.table.len());
         self.gateway.table.for_each(|conn| {
@@ -158,38 +215,47 @@ impl Lifecycle {
             }
         });
         let registered = sessions.len();
-        let failed = stream::iter(sessions)
+        let failed = stream::iter(sessions.iter().cloned())
             .map(|s| self.registry.register(s))
             .buffer_unordered(64)
             .filter(|r| std::future::ready(r.is_err()))
             .count()
             .await;
-        // After the registrations: a connection that closed while they ran is found here.
-        let removed = match self.registry.node_sessions(&self.node).await {
-            Ok(held) => {
-                let gone: Vec<Session> = held
-                    .into_iter()
-                    .filter(|s| self.gateway.table.get(s.conn).is_none())
-                    .collect();
-                let n = gone.len();
-                for s in gone {
-                    if self
-                        .registry
-                        .unregister(&s.app, &s.user, &s.node, s.conn)
-                        .await
-                        .is_err()
-                    {
-                        self.gateway.registry_stale.store(true, Ordering::Relaxed);
-                    }
-                }
-                n
-            }
+        // After the registrations: a connection that closed while they ran unregistered
+        // itself, maybe before this resync registered it again. Both the sessions registered
+        // here and those the registry lists for the node are checked against the table.
+        let held = match self.registry.node_sessions(&self.node).await {
+            Ok(held) => held,
             Err(e) => {
                 warn!(error = %e, "cannot list this node's sessions");
                 self.gateway.registry_stale.store(true, Ordering::Relaxed);
-                0
+                Vec::new()
             }
         };
+        let open = |s: &Session| {
+            self.gateway
+                .table
+                .get(s.conn)
+                .is_some_and(|c| c.bindings.iter().any(|(a, u)| *a == s.app && *u == s.user))
+        };
+        let mut gone: Vec<Session> = sessions
+            .into_iter()
+            .chain(held)
+            .filter(|s| !open(s))
+            .collect();
+        gone.sort_by(|a, b| (&a.app, &a.user, a.conn).cmp(&(&b.app, &b.user, b.conn)));
+        gone.dedup_by(|a, b| (&a.app, &a.user, a.conn) == (&b.app, &b.user, b.conn));
+        let removed = gone.len();
+        for s in gone {
+            if self
+                .registry
+                .unregister(&s.app, &s.user, &s.node, s.conn)
+                .await
+                .is_err()
+            {
+                self.gateway.registry_stale.store(true, Ordering::Relaxed);
+            }
+        }
         if failed > 0 {
             self.gateway.registry_stale.store(true, Ordering::Relaxed);
         }

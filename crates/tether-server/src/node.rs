@@ -195,6 +195,9 @@ impl Node {
             registry.clone(),
             gateway.clone(),
         ));
+        // What a previous run of this node id left in the registry goes before the node is
+        // announced and takes connections.
+        lifecycle.forget_previous().await;
         // Known to the dispatcher before the first client can be sent here.
         if let Err(e) = lifecycle.announce().await {
             tracing::warn!(error = %e, "cannot announce the node; retrying in the background");

@@ -87,4 +87,14 @@ impl LocalSink for NodeSink {
             })
             .count()
     }
+
+    fn recover(&self) {
+        tracing::info!(
+            connections = self.table.len(),
+            "messages from other nodes may have been lost: reading inboxes and topic histories again"
+        );
+        counter!("tether_router_recoveries_total").increment(1);
+        self.table.for_each(|conn| conn.recheck_inboxes());
+        self.fanout.recheck_topics();
+    }
 }

@@ -286,6 +286,8 @@ impl OwnRedis {
             .args([
                 "--port",
                 &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",
@@ -471,4 +473,122 @@ async fn a_drained_node_hands_its_clients_to_the_others() {
         last = expect_push(erin.frame().await).seq;
     }
     assert_eq!(last, 3);
+}
+
+#[tokio::test]
+async fn after_the_router_loses_its_connection_stored_messages_it_missed_arrive() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let options = redis.options();
+    let a = start(config(&options, "lost-a")).await;
+    let http = Http::new(&a);
+    let (mut gus, _) = TcpClient::connected(a.tcp_addr().unwrap(), "gus", "d", 0).await;
+    let reply = http.push(r#"{"users":["gus"],"qos":1,"payload":1}"#).await;
+    assert_eq!(reply["seqs"]["gus"], 1);
+    assert_eq!(expect_push(gus.frame().await).seq, 1);
+
+    // A message stored but never routed (as when pub/sub lost it): written to the inbox by
+    // another store, behind the node's back.
+    let store = tether_redis::RedisStore::connect(
+        &options,
+        tether_core::Retention {
+            inbox_cap: 1000,
+            topic_history: 1000,
+        },
+    )
+    .await
+    .unwrap();
+    let now = tether_core::now_ms();
+    let appended = tether_core::Store::append(
+        &store,
+        tether_core::store::Append {
+            app: APP.into(),
+            users: vec!["gus".into()],
+            message: tether_core::store::NewMessage {
+                id: tether_core::MessageId(77),
+                created_ms: now,
+                expires_ms: now + 60_000,
+                kind: tether_proto::PayloadKind::Json,
+                payload: bytes::Bytes::from_static(b"2"),
+            },
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(appended.seqs[0].1.0, 2);
+    quiet(&mut gus).await;
+
+    // The node's pub/sub connection drops; once it is back, the node reads what it may have
+    // missed.
+    let mut raw = tether_redis::Redis::connect(&options).await.unwrap();
+    let killed: i64 = tether_redis::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the router's listener was connected");
+    let push = expect_push(gus.frame().await);
+    assert_eq!((push.seq, &push.payload[..]), (2, &b"2"[..]));
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_id_forgets_what_its_previous_run_left() {
+    let Some(options) = tether_redis::testing::options("rerun").await else {
+        return;
+    };
+    // A previous run of "rerun-0" that was killed: its announcement still holds, and it left
+    // alice's session on its connection 1.
+    let registry = tether_redis::RedisRegistry::connect(&options)
+        .await
+        .unwrap();
+    let now = tether_core::now_ms();
+    tether_core::Registry::announce(
+        &registry,
+        tether_core::NodeInfo {
+            id: "rerun-0".into(),
+            endpoints: vec!["tcp://127.0.0.1:1".into()],
+            connections: 1,
+            max_connections: 10,
+            draining: false,
+            expires_ms: now + 60_000,
+        },
+    )
+    .await
+    .unwrap();
+    tether_core::Registry::register(
+        &registry,
+        tether_core::Session {
+            app: APP.into(),
+            user: "alice".into(),
+            node: "rerun-0".into(),
+            conn: tether_core::ConnId(1),
+            device: "old".into(),
+            transport: tether_core::Transport::Tcp,
+            connected_at_ms: 1,
+        },
+    )
+    .await
+    .unwrap();
+
+    let node = start(config(&options, "rerun-0")).await;
+    let other = start(config(&options, "rerun-1")).await;
+    let http = Http::new(&other);
+    let (mut bob, connected) = TcpClient::connected(node.tcp_addr().unwrap(), "bob", "d", 0).await;
+    assert_ne!(connected.conn_id, 1, "connection ids do not start over");
+    http.wait_presence("bob", 1).await;
+    let alice = http.presence("alice").await;
+    assert_eq!(
+        alice["connections"],
+        json!([]),
+        "the previous run's session is gone"
+    );
+    let reply = http
+        .push(r#"{"users":["alice"],"payload":"for alice"}"#)
+        .await;
+    assert_eq!(reply["connections"], 0, "{reply}");
+    quiet(&mut bob).await;
 }

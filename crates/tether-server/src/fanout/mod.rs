@@ -70,6 +70,9 @@ pub enum Job {
         request: u32,
         since: Option<u64>,
     },
+    /// Fan out what the topic's history holds after what was fanned out (a publication may
+    /// have been lost between nodes).
+    Recheck { topic: TopicId },
     /// Remove a connection from a topic and confirm with `unsubscribed`.
     Unsubscribe {
         conn: Arc<ConnHandle>,
@@ -333,6 +336,17 @@ impl Fanout {
         Ok(true)
     }
 
+    /// Queues a [`Job::Recheck`] for every topic with subscribers on this node. A full queue
+    /// skips the topic (the next publication fills the gap).
+    pub fn recheck_topics(&self) {
+        for (app, fanout) in &self.apps {
+            let topics: Vec<TopicId> = fanout.topics.lock().keys().cloned().collect();
+            for topic in topics {
+                let _ = self.submit(app, Job::Recheck { topic });
+            }
+        }
+    }
+
     /// Takes a closing connection out of every topic it was in.
     pub fn leave_all(&self, conn: &ConnHandle) {
         for (binding, topic) in conn.take_topics() {
@@ -449,6 +463,13 @@ impl Worker {
                 }
                 Job::Broadcast { msg } => {
                     self.broadcast(&msg, direct).await;
+                    mode.done(direct, !rx.is_empty());
+                }
+                Job::Recheck { topic } => {
+                    if let Some(t) = self.topics.get(&topic) {
+                        let fanned = t.fanned.load(std::sync::atomic::Ordering::Relaxed);
+                        self.fill_gap(&t, &topic, fanned, u64::MAX, direct).await;
+                    }
                     mode.done(direct, !rx.is_empty());
                 }
                 Job::Subscribe {

@@ -145,6 +145,10 @@ pub struct Target {
     pub device: DeviceId,
 }
 
+/// Retries of a backlog read that found the store unavailable, and the wait before the first.
+const READ_RETRIES: u32 = 2;
+const READ_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reads the next backlog page after `after`. On the connection's first page, counts the
 /// message it begins with for the poison guard, and skips it past `max_attempts`.
 pub fn backlog(
@@ -158,10 +162,22 @@ pub fn backlog(
     Box::pin(async move {
         let result = async {
             let now = tether_core::now_ms();
-            let page = t
-                .store
-                .read(&t.app, &t.user, Seq(after), BACKLOG_PAGE, now)
-                .await?;
+            // A store that just lost its connection (Redis restarted) fails the first command
+            // and reconnects: a read is retried twice before the connection is given up.
+            let mut attempt = 0;
+            let page = loop {
+                match t
+                    .store
+                    .read(&t.app, &t.user, Seq(after), BACKLOG_PAGE, now)
+                    .await
+                {
+                    Err(StoreError::Unavailable(_)) if attempt < READ_RETRIES => {
+                        attempt += 1;
+                        tokio::time::sleep(READ_RETRY_WAIT * attempt).await;
+                    }
+                    other => break other?,
+                }
+            };
             let complete = page.messages.len() < BACKLOG_PAGE;
             let mut messages = page.messages;
             let mut skipped = None;

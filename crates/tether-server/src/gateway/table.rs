@@ -443,6 +443,26 @@ impl ConnHandle {
         outbox.bytes -= held;
     }
 
+    /// Reads every binding's inbox once more after what it was sent: a push routed here may
+    /// have been lost between nodes. A binding that is catching up already reads anyway.
+    pub fn recheck_inboxes(&self) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return;
+        }
+        let mut any = false;
+        for inbox in outbox.inboxes.iter_mut().filter(|i| !i.catching_up) {
+            inbox.catching_up = true;
+            inbox.missed = inbox.missed.max(inbox.sent);
+            any = true;
+        }
+        drop(outbox);
+        if any {
+            self.work_hint.store(true, Ordering::Release);
+            self.wake();
+        }
+    }
+
     /// Bindings that held overtaking pushes for longer than [`REORDER_WAIT_MS`] read the store
     /// instead (the missing push may never come live, e.g. lost between nodes).
     fn expire_held(&self, now_ms: u64) {
@@ -938,12 +958,14 @@ impl ConnTable {
     pub fn new(overflows: Counter, deliveries: Counter) -> Self {
         ConnTable {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_conn_id()),
             overflows,
             deliveries,
         }
     }
 
+    /// A connection id never used before by this node id, also across restarts: sessions of a
+    /// previous incarnation that the registry still holds must not name a new connection.
     pub fn next_id(&self) -> ConnId {
         ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -1031,6 +1053,14 @@ impl ConnTable {
             }
         }
     }
+}
+
+/// The first connection id of this process: the boot time in seconds, shifted past 2^20, so
+/// that a restarted node starts above every id its previous incarnation used unless that one
+/// opened more than a million connections per second of its life. Below 2^53, so that
+/// JavaScript reads it exactly.
+fn first_conn_id() -> u64 {
+    (tether_core::now_ms() / 1000).max(1) << 20
 }
 
 /// What the router asks of the gateway (see [`tether_core::LocalSink`]; the node's sink adds
