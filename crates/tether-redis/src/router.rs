@@ -27,7 +27,7 @@
 //! | 5 | subscription | app str, topic str, subscribed u8, conns |
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -42,8 +42,10 @@ use tracing::{debug, warn};
 
 use crate::{Keys, Redis, RedisOptions, describe};
 
-/// Messages received but not yet applied; past it, new ones are dropped (and counted).
+/// Messages received but not yet applied; past it, or past [`INBOUND_BYTES`] of them, new
+/// ones are dropped (counted, and recovered from the store when durable).
 const INBOUND_QUEUE: usize = 65_536;
+const INBOUND_BYTES: usize = 64 << 20;
 
 /// The largest frame a node accepts from another (the envelope adds ids and names).
 const MAX_FRAME: u32 = 16 << 20;
@@ -171,13 +173,17 @@ impl RedisRouter {
         let redis = Redis::connect(options).await.map_err(unavailable)?;
         let lost = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<PushInfo>(INBOUND_QUEUE);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let push_sender = {
-            let (stats, lost) = (stats.clone(), lost.clone());
+            let (stats, lost, queued_bytes) = (stats.clone(), lost.clone(), queued_bytes.clone());
             move |info: PushInfo| {
                 if info.kind == PushKind::Disconnection {
                     lost.store(true, Ordering::Relaxed);
                 }
-                if tx.try_send(info).is_err() {
+                let size = push_size(&info);
+                let fits = queued_bytes.fetch_add(size, Ordering::Relaxed) + size <= INBOUND_BYTES;
+                if !fits || tx.try_send(info).is_err() {
+                    queued_bytes.fetch_sub(size, Ordering::Relaxed);
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                     lost.store(true, Ordering::Relaxed);
                 }
@@ -223,7 +229,7 @@ impl RedisRouter {
             conn.subscribe(&channel).await.map_err(unavailable)?;
             watch(Listener::Standalone(conn))
         };
-        tokio::spawn(apply(rx, sink.clone(), stats.clone()));
+        tokio::spawn(apply(rx, queued_bytes, sink.clone(), stats.clone()));
         Ok(RedisRouter {
             node,
             keys,
@@ -240,13 +246,23 @@ impl RedisRouter {
     }
 }
 
+/// The bytes a received push holds (its message, for a pub/sub message).
+fn push_size(info: &PushInfo) -> usize {
+    match info.data.as_slice() {
+        [_, Value::BulkString(data)] => data.len(),
+        _ => 0,
+    }
+}
+
 /// Applies what arrives on the node's channel, in order, until the listener is gone.
 async fn apply(
     mut rx: mpsc::Receiver<PushInfo>,
+    queued_bytes: Arc<AtomicUsize>,
     sink: Arc<dyn LocalSink>,
     stats: Arc<RouterStats>,
 ) {
     while let Some(info) = rx.recv().await {
+        queued_bytes.fetch_sub(push_size(&info), Ordering::Relaxed);
         let payload = match (info.kind, info.data.as_slice()) {
             (PushKind::Message | PushKind::SMessage, [_channel, Value::BulkString(data)]) => {
                 Bytes::copy_from_slice(data)

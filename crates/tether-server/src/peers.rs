@@ -12,6 +12,9 @@ use tokio::time::Instant;
 /// live publications for up to this long; durable publications it gets from the history.
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// How long a message to the other nodes may take.
+const SEND_WITHIN: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct Peers {
     node: NodeId,
@@ -62,16 +65,31 @@ impl Peers {
     /// counted (`tether_router_errors_total`): these messages are best effort.
     pub async fn send_to_others(&self, msg: NodeMessage) -> usize {
         let others = self.others().await;
-        let mut sent = 0;
-        for node in others.iter() {
-            match self.router.send(node, msg.clone()).await {
-                Ok(_) => sent += 1,
-                Err(e) => {
-                    counter!("tether_router_errors_total").increment(1);
-                    tracing::debug!(%node, error = %e, "not sent to a node");
+        // Concurrently, and bounded in time: a Redis that does not answer must not hold the
+        // request (and its task) for a reconnect cycle per node.
+        let sends = others.iter().map(|node| {
+            let msg = msg.clone();
+            async move {
+                let sent = tokio::time::timeout(SEND_WITHIN, self.router.send(node, msg)).await;
+                match sent {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        counter!("tether_router_errors_total").increment(1);
+                        tracing::debug!(%node, error = %e, "not sent to a node");
+                        false
+                    }
+                    Err(_) => {
+                        counter!("tether_router_errors_total").increment(1);
+                        tracing::debug!(%node, "not sent to a node in time");
+                        false
+                    }
                 }
             }
-        }
-        sent
+        });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|sent| *sent)
+            .count()
     }
 }
