@@ -142,6 +142,7 @@ fn node_info(id: &str, port: u16, draining: bool, expires_ms: u64) -> NodeInfo {
         connections: u64::from(port),
         max_connections: 100_000,
         draining,
+        zone: format!("zone-{}", port % 3),
         expires_ms,
     }
 }

@@ -118,6 +118,9 @@ pub struct NodeInfo {
     pub max_connections: u64,
     /// The node is draining: it refuses new connections and is moving its clients elsewhere.
     pub draining: bool,
+    /// Where the node runs (a data centre, an availability zone), as configured; empty for
+    /// none. The dispatcher prefers nodes in the client's zone.
+    pub zone: String,
     /// Until when this announcement holds, ms since the epoch.
     pub expires_ms: u64,
 }

@@ -23,7 +23,7 @@
 //! skipped with a warning, never trusted.
 //!
 //! An announcement is text, readable with `redis-cli HGETALL`: `expires_ms connections
-//! max_connections draining(0|1)`, then ` len:endpoint` per endpoint.
+//! max_connections draining(0|1)`, then ` len:zone` and ` len:endpoint` per endpoint.
 //!
 //! # Costs
 //!
@@ -683,6 +683,7 @@ fn encode_announcement(n: &NodeInfo) -> String {
         n.max_connections,
         u8::from(n.draining)
     );
+    out.push_str(&format!(" {}:{}", n.zone.len(), n.zone));
     for endpoint in &n.endpoints {
         out.push_str(&format!(" {}:{endpoint}", endpoint.len()));
     }
@@ -701,18 +702,23 @@ fn decode_announcement(id: NodeId, raw: &[u8]) -> Option<NodeInfo> {
         _ => return None,
     };
     let mut rest = fields.next().unwrap_or("");
-    let mut endpoints = Vec::new();
+    let mut items = Vec::new();
     while !rest.is_empty() {
         let (len, tail) = rest.split_once(':')?;
         let len: usize = len.parse().ok()?;
-        endpoints.push(tail.get(..len)?.to_owned());
+        items.push(tail.get(..len)?.to_owned());
         rest = tail.get(len..)?;
         if !rest.is_empty() {
             rest = rest.strip_prefix(' ').filter(|r| !r.is_empty())?;
         }
     }
+    // The zone first, then the endpoints.
+    let mut items = items.into_iter();
+    let zone = items.next()?;
+    let endpoints = items.collect();
     Some(NodeInfo {
         id,
+        zone,
         endpoints,
         connections,
         max_connections,
@@ -804,6 +810,7 @@ mod tests {
             connections: 0,
             max_connections: 1,
             draining: false,
+            zone: "eu-1".into(),
             expires_ms,
         }
     }
@@ -940,6 +947,7 @@ mod tests {
                 connections: 3,
                 max_connections: 100_000,
                 draining: true,
+                zone: "a zone".into(),
                 expires_ms: 1_763_000_000_000,
             };
             let raw = encode_announcement(&n);

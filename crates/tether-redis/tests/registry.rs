@@ -28,6 +28,7 @@ fn node(id: &str, expires_ms: u64) -> NodeInfo {
         connections: 0,
         max_connections: 1000,
         draining: false,
+        zone: String::new(),
         expires_ms,
     }
 }

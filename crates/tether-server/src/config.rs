@@ -49,6 +49,9 @@ pub struct NodeConfig {
     /// announcement holds for three intervals.
     #[serde(deserialize_with = "duration")]
     pub announce_interval: Duration,
+    /// Where the node runs (a data centre, an availability zone); empty for none. The
+    /// dispatcher sends a client that names its zone to nodes of that zone first.
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -479,6 +482,7 @@ impl Default for NodeConfig {
             advertise_tcp: Vec::new(),
             advertise_ws: Vec::new(),
             announce_interval: Duration::from_secs(5),
+            zone: String::new(),
         }
     }
 }
@@ -835,6 +839,9 @@ impl Config {
             ),
             (false, StoreBackend::Redis) => problems
                 .push("store.backend = \"redis\" needs cluster.redis (the Redis URLs)".into()),
+        }
+        if n.zone.len() > 64 || n.zone.chars().any(|c| c.is_control() || c == ' ') {
+            problems.push("node.zone must be at most 64 bytes, without spaces".into());
         }
         if n.announce_interval < Duration::from_millis(100)
             || n.announce_interval > Duration::from_secs(300)

@@ -81,8 +81,9 @@ fn weighted(score: u64, weight: f64) -> f64 {
 /// The endpoints (app, user) should try, in order.
 ///
 /// - Draining nodes are left out.
-/// - Nodes are ordered by [`score`], highest first; nodes at their connection limit come after
-///   every node with room (they would refuse the client with 4102).
+/// - Nodes with room come before nodes at their connection limit (they would refuse the
+///   client with 4102); then, when the client names its `zone`, nodes of that zone before the
+///   others; then by weighted [`score`], highest first.
 /// - Each node's endpoints follow in the node's own order, so that a client whose TCP is
 ///   blocked falls back to the same node's WebSocket before it moves to another node.
 /// - Endpoints in `failed` (what the client could not reach) are left out, and so are those of
@@ -93,28 +94,28 @@ pub fn order(
     user: &str,
     failed: &[String],
     transport: Option<Transport>,
+    zone: Option<&str>,
 ) -> Vec<Endpoint> {
-    let mut ranked: Vec<(bool, f64, &NodeInfo)> = nodes
+    let mut ranked: Vec<(bool, bool, f64, &NodeInfo)> = nodes
         .iter()
         .filter(|n| !n.draining)
         .map(|n| {
             let full = n.connections >= n.max_connections;
-            (
-                full,
-                weighted(score(app, user, n.id.as_str()), weight(n)),
-                n,
-            )
+            let elsewhere = zone.is_some_and(|z| z != n.zone);
+            let score = weighted(score(app, user, n.id.as_str()), weight(n));
+            (full, elsewhere, score, n)
         })
         .collect();
-    // Not full first, then the highest weighted score; the id breaks (astronomically
-    // unlikely) ties so that the order never depends on the registry's.
+    // Not full first, then the client's zone, then the highest weighted score; the id breaks
+    // (astronomically unlikely) ties so that the order never depends on the registry's.
     ranked.sort_by(|a, b| {
         a.0.cmp(&b.0)
-            .then(b.1.total_cmp(&a.1))
-            .then_with(|| a.2.id.cmp(&b.2.id))
+            .then(a.1.cmp(&b.1))
+            .then(b.2.total_cmp(&a.2))
+            .then_with(|| a.3.id.cmp(&b.3.id))
     });
     let mut out = Vec::new();
-    for (_, _, node) in ranked {
+    for (_, _, _, node) in ranked {
         for url in &node.endpoints {
             let Some(t) = transport_of(url) else { continue };
             if transport.is_some_and(|wanted| wanted != t) || failed.iter().any(|f| f == url) {
@@ -147,6 +148,7 @@ mod tests {
             connections: 0,
             max_connections: 1000,
             draining: false,
+            zone: String::new(),
             expires_ms: u64::MAX,
         }
     }
@@ -157,7 +159,9 @@ mod tests {
 
     /// The node a user is sent to first.
     fn first(nodes: &[NodeInfo], user: &str) -> String {
-        order(nodes, "demo", user, &[], None)[0].node.to_string()
+        order(nodes, "demo", user, &[], None, None)[0]
+            .node
+            .to_string()
     }
 
     #[test]
@@ -178,9 +182,9 @@ mod tests {
         let mut reversed = nodes.clone();
         reversed.reverse();
         for user in ["alice", "bob", "carol", "dave"] {
-            let a = order(&nodes, "demo", user, &[], None);
-            assert_eq!(a, order(&nodes, "demo", user, &[], None));
-            assert_eq!(a, order(&reversed, "demo", user, &[], None));
+            let a = order(&nodes, "demo", user, &[], None, None);
+            assert_eq!(a, order(&nodes, "demo", user, &[], None, None));
+            assert_eq!(a, order(&reversed, "demo", user, &[], None, None));
             assert_eq!(a.len(), 15, "every endpoint of every node");
         }
     }
@@ -188,7 +192,7 @@ mod tests {
     #[test]
     fn a_node_s_endpoints_stay_together_in_its_order() {
         let nodes = fleet(3);
-        let got = order(&nodes, "demo", "alice", &[], None);
+        let got = order(&nodes, "demo", "alice", &[], None, None);
         for chunk in got.chunks(3) {
             let id = chunk[0].node.as_str();
             let urls: Vec<&str> = chunk.iter().map(|e| e.url.as_str()).collect();
@@ -205,6 +209,43 @@ mod tests {
                 [Transport::Tcp, Transport::Tcp, Transport::Ws]
             );
         }
+    }
+
+    #[test]
+    fn a_client_s_zone_comes_first_then_the_others() {
+        let mut nodes = fleet(4);
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.zone = if i < 2 { "eu".into() } else { "us".into() };
+        }
+        for u in 0..200 {
+            let user = format!("user-{u}");
+            let got = order(&nodes, "demo", &user, &[], None, Some("us"));
+            let zones: Vec<&str> = got
+                .chunks(3)
+                .map(|c| {
+                    let id = c[0].node.as_str();
+                    nodes
+                        .iter()
+                        .find(|n| n.id.as_str() == id)
+                        .unwrap()
+                        .zone
+                        .as_str()
+                })
+                .collect();
+            assert_eq!(zones, ["us", "us", "eu", "eu"], "{user}");
+            // Within a zone, the usual order.
+            let plain = order(&nodes, "demo", &user, &[], None, None);
+            let us_first: Vec<_> = plain
+                .iter()
+                .filter(|e| e.node.as_str() > "tether-2")
+                .collect();
+            assert_eq!(us_first[0].node, got[0].node);
+        }
+        // A zone no node is in changes nothing.
+        assert_eq!(
+            order(&nodes, "demo", "alice", &[], None, Some("ap")),
+            order(&nodes, "demo", "alice", &[], None, None)
+        );
     }
 
     #[test]
@@ -252,7 +293,7 @@ mod tests {
         let mut second: HashMap<String, usize> = HashMap::new();
         for u in 0..users {
             let user = format!("user-{u}");
-            let got = order(&nodes, "demo", &user, &[], None);
+            let got = order(&nodes, "demo", &user, &[], None, None);
             if got[0].node.as_str() == "tether-1" {
                 *second.entry(got[3].node.to_string()).or_default() += 1;
             }
@@ -292,7 +333,8 @@ mod tests {
         let differs = (0..200)
             .map(|u| format!("user-{u}"))
             .filter(|u| {
-                order(&nodes, "a", u, &[], None)[0].node != order(&nodes, "b", u, &[], None)[0].node
+                order(&nodes, "a", u, &[], None, None)[0].node
+                    != order(&nodes, "b", u, &[], None, None)[0].node
             })
             .count();
         assert!(differs > 100, "only {differs} of 200 users differ by app");
@@ -301,11 +343,11 @@ mod tests {
     #[test]
     fn failed_endpoints_and_draining_nodes_are_left_out() {
         let mut nodes = fleet(3);
-        let all = order(&nodes, "demo", "alice", &[], None);
+        let all = order(&nodes, "demo", "alice", &[], None, None);
         let top = all[0].node.clone();
         // The client could not reach the top node's first TCP port.
         let failed = vec![all[0].url.clone()];
-        let got = order(&nodes, "demo", "alice", &failed, None);
+        let got = order(&nodes, "demo", "alice", &failed, None, None);
         assert_eq!(got.len(), 8);
         assert_eq!(got[0], all[1], "the same node's next endpoint comes first");
         assert!(got.iter().all(|e| e.url != failed[0]));
@@ -316,28 +358,28 @@ mod tests {
             .find(|n| n.id == top)
             .expect("top node")
             .draining = true;
-        let got = order(&nodes, "demo", "alice", &[], None);
+        let got = order(&nodes, "demo", "alice", &[], None, None);
         assert_eq!(got.len(), 6);
         assert!(got.iter().all(|e| e.node != top));
         assert_eq!(got, all[3..].to_vec());
 
         // Everything failed or draining: nothing to offer.
         let every: Vec<String> = got.iter().map(|e| e.url.clone()).collect();
-        assert!(order(&nodes, "demo", "alice", &every, None).is_empty());
+        assert!(order(&nodes, "demo", "alice", &every, None, None).is_empty());
     }
 
     #[test]
     fn full_nodes_come_last_and_a_transport_can_be_asked_for() {
         let mut nodes = fleet(3);
-        let all = order(&nodes, "demo", "alice", &[], None);
+        let all = order(&nodes, "demo", "alice", &[], None, None);
         let top = all[0].node.clone();
         let n = nodes.iter_mut().find(|n| n.id == top).expect("top node");
         n.connections = n.max_connections;
-        let got = order(&nodes, "demo", "alice", &[], None);
+        let got = order(&nodes, "demo", "alice", &[], None, None);
         assert_eq!(got[..6], all[3..]);
         assert_eq!(got[6..], all[..3], "a full node is still a fallback");
 
-        let ws = order(&nodes, "demo", "alice", &[], Some(Transport::Ws));
+        let ws = order(&nodes, "demo", "alice", &[], Some(Transport::Ws), None);
         assert_eq!(ws.len(), 3);
         assert!(ws.iter().all(|e| e.url.starts_with("ws://")));
         assert_eq!(ws[2].node, top);

@@ -44,6 +44,7 @@ pub struct Lifecycle {
     /// The endpoints clients are given for this node, in order.
     endpoints: Vec<String>,
     max_connections: u64,
+    zone: String,
     interval: Duration,
     drain_spread: Duration,
     registry: Arc<dyn Registry>,
@@ -67,6 +68,7 @@ impl Lifecycle {
             node: NodeId::new(config.node.id.clone()),
             endpoints,
             max_connections: config.limits.max_connections as u64,
+            zone: config.node.zone.clone(),
             interval: config.node.announce_interval,
             drain_spread: config.gateway.drain_spread,
             registry,
@@ -99,6 +101,7 @@ impl Lifecycle {
             connections: self.gateway.table.len() as u64,
             max_connections: self.max_connections,
             draining: self.gateway.is_draining(),
+            zone: self.zone.clone(),
             expires_ms: tether_core::now_ms() + (self.interval * TTL_INTERVALS).as_millis() as u64,
         }
     }

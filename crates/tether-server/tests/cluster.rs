@@ -554,6 +554,7 @@ async fn a_node_restarted_under_the_same_id_forgets_what_its_previous_run_left()
             connections: 1,
             max_connections: 10,
             draining: false,
+            zone: String::new(),
             expires_ms: now + 60_000,
         },
     )

@@ -39,6 +39,9 @@ pub(super) struct DispatchQuery {
     /// `tcp` or `ws`: only that transport's endpoints.
     #[serde(default)]
     transport: Option<String>,
+    /// The client's zone: nodes of that zone come first.
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 pub(super) async fn dispatch(
@@ -115,7 +118,18 @@ pub(super) async fn dispatch(
         .nodes(tether_core::now_ms())
         .await
         .map_err(ApiError::unavailable)?;
-    let endpoints = order(&nodes, app.as_str(), user.as_str(), &failed, transport);
+    let zone = q.zone.as_deref().filter(|z| !z.is_empty());
+    if zone.is_some_and(|z| z.len() > 64) {
+        return Err(ApiError::bad_request("zone is at most 64 bytes"));
+    }
+    let endpoints = order(
+        &nodes,
+        app.as_str(),
+        user.as_str(),
+        &failed,
+        transport,
+        zone,
+    );
     if endpoints.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
