@@ -555,6 +555,61 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
     );
 }
 
+/// The router contract between two nodes: `from` is one node's router, `to` another node
+/// whose router delivers into `sink`. Deliveries, every kind of message and a disconnect
+/// arrive, in call order. Waits up to 5 s for them (a remote router is asynchronous).
+pub async fn remote_router_contract(from: &dyn Router, to: &NodeId, sink: &RecordingSink) {
+    let push = |n: u32| {
+        Arc::new(Outgoing::new(Push {
+            app: "contract".into(),
+            msg_id: u64::from(n),
+            seq: 0,
+            qos: 0,
+            created_ms: 0,
+            kind: PayloadKind::Binary,
+            payload: Bytes::from(n.to_be_bytes().to_vec()),
+        }))
+    };
+    assert!(!from.is_local(to), "the contract needs another node");
+    for n in 0..500 {
+        let sent = from
+            .deliver(to, &[ConnId(1), ConnId(2)], push(n))
+            .await
+            .unwrap();
+        assert_eq!(
+            sent, 2,
+            "a remote delivery counts the connections it was sent to"
+        );
+    }
+    for msg in node_messages() {
+        from.send(to, msg).await.unwrap();
+    }
+    from.disconnect(to, &[ConnId(2)], Code::KICKED, "kicked")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sink.disconnected.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the messages did not arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let delivered = sink.delivered.lock().unwrap();
+    for conn in [ConnId(1), ConnId(2)] {
+        let got: Vec<u32> = delivered[&conn]
+            .iter()
+            .map(|p| u32::from_be_bytes(p[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(got, (0..500).collect::<Vec<_>>(), "in call order");
+    }
+    assert_eq!(sink.others.lock().unwrap().as_slice(), NODE_MESSAGE_EFFECTS);
+    assert_eq!(
+        sink.disconnected.lock().unwrap().as_slice(),
+        &[(ConnId(2), Code::KICKED)]
+    );
+}
+
 /// The inbox cap a store must be built with for [`store_contract`].
 pub const CONTRACT_INBOX_CAP: usize = 5;
 /// The topic history length a store must be built with for [`store_contract`].

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tether_core::contract::{
-    CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, NODE_MESSAGE_EFFECTS, RecordingSink, node_messages,
-    registry_contract, store_contract,
+    CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, RecordingSink, registry_contract,
+    remote_router_contract, store_contract,
 };
-use tether_core::{ConnId, DeviceId, NodeId, Registry, Retention, Router, Session, Transport};
+use tether_core::{ConnId, DeviceId, NodeId, Registry, Retention, Session, Transport};
 use tether_redis::testing::RedisCluster;
 use tether_redis::{Keys, RedisRegistry, RedisRouter, RedisStore};
 
@@ -53,21 +53,7 @@ async fn routers_talk_over_sharded_pub_sub(cluster: &RedisCluster) {
     let _b = RedisRouter::start(&options, NodeId::from("b"), sink_b.clone())
         .await
         .unwrap();
-    for msg in node_messages() {
-        a.send(&NodeId::from("b"), msg).await.unwrap();
-    }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while sink_b.others.lock().unwrap().len() < NODE_MESSAGE_EFFECTS.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "messages did not arrive"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        sink_b.others.lock().unwrap().as_slice(),
-        NODE_MESSAGE_EFFECTS
-    );
+    remote_router_contract(&a, &NodeId::from("b"), &sink_b).await;
 }
 
 /// Every key of one user is in one slot (next to the inbox the store will keep there), every
