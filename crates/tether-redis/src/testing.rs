@@ -276,3 +276,84 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `redis-server` of a test's own, on a free loopback port, keeping nothing on disk; it can
+/// be stopped and started again (empty, as a server without persistence comes back). Killed
+/// on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A plain server: `redis://127.0.0.1:<port>`.
+    pub fn start() -> Option<RedisServer> {
+        Self::start_with(|port| vec!["--port".into(), port.to_string()])
+    }
+
+    /// A server whose listening arguments `listen(port)` gives (e.g. `--port 0 --tls-port
+    /// <port>` for TLS only); `--bind 127.0.0.1` and no persistence are added. `None` (after
+    /// saying why) when `redis-server` cannot run, outside CI; a panic under `CI=true`.
+    pub fn start_with(listen: impl Fn(u16) -> Vec<String>) -> Option<RedisServer> {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let mut args = listen(port);
+        args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from));
+        let mut server = RedisServer {
+            port,
+            args,
+            child: None,
+        };
+        server.up().then_some(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts the server again after [`RedisServer::down`]; false (after saying why) when it
+    /// does not come up.
+    pub fn up(&mut self) -> bool {
+        let hint = "install redis-server (with TLS support for the TLS tests)";
+        let mut child = match Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => return skip::<()>(&format!("cannot run redis-server ({e})"), hint).is_some(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let why = format!("redis-server {:?} did not listen ({exited:?})", self.args);
+                return skip::<()>(&why, hint).is_some();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+        true
+    }
+
+    /// Kills the server (SIGKILL: nothing is saved).
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use tether_proto::{Body, Code, Frame, Publication, Recovery, Subscribe};
 use tether_redis::RedisOptions;
+use tether_redis::testing::RedisServer;
 use tether_server::config::StoreBackend;
 use tether_server::{Config, Node};
 use tokio::time::Instant;
@@ -264,86 +263,19 @@ async fn a_server_side_subscription_reaches_the_users_connections_on_every_node(
     }
 }
 
-/// A Redis server of the test's own, on a free port, that can be stopped and started again.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .ok()?;
-        let mut redis = OwnRedis { port, child: None };
-        redis.up().then_some(redis)
-    }
-
-    /// Starts the server (keeping nothing on disk, as after a crash without persistence).
-    fn up(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => {
-                self.child = Some(child);
-                let deadline = std::time::Instant::now() + WAIT;
-                while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                    if std::time::Instant::now() > deadline {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                true
-            }
-            Err(e) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("CI=true and redis-server cannot start: {e}");
-                }
-                eprintln!("skipped: redis-server cannot start: {e}");
-                false
-            }
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn options(&self) -> RedisOptions {
-        let mut options = RedisOptions::standalone(format!("redis://127.0.0.1:{}", self.port));
-        options.timeout = Duration::from_millis(500);
-        options
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.down();
-    }
+/// Options for a Redis server of the test's own.
+fn own(redis: &RedisServer) -> RedisOptions {
+    let mut options = RedisOptions::standalone(format!("redis://127.0.0.1:{}", redis.port()));
+    options.timeout = Duration::from_millis(500);
+    options
 }
 
 #[tokio::test]
 async fn after_a_redis_restart_connections_stay_and_presence_comes_back() {
-    let Some(mut redis) = OwnRedis::start() else {
+    let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let options = redis.options();
+    let options = own(&redis);
     let a = start(config(&options, "restart-a")).await;
     let b = start(config(&options, "restart-b")).await;
     let http_b = Http::new(&b);
@@ -477,10 +409,10 @@ async fn a_drained_node_hands_its_clients_to_the_others() {
 
 #[tokio::test]
 async fn after_the_router_loses_its_connection_stored_messages_it_missed_arrive() {
-    let Some(redis) = OwnRedis::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
-    let options = redis.options();
+    let options = own(&redis);
     let a = start(config(&options, "lost-a")).await;
     let http = Http::new(&a);
     let (mut gus, _) = TcpClient::connected(a.tcp_addr().unwrap(), "gus", "d", 0).await;
