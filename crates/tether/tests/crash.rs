@@ -3,17 +3,19 @@
 //! directory, every message the API answered 200 for reaches the user's device, in order, with
 //! no gap. Several rounds in one run, alternating the store's durability modes.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use common::{Server, free_addr, read_frame};
 use tether_core::{AppId, UserId, auth};
 use tether_proto::{Ack, Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const SECRET: &str = "crash-secret-0123456789";
@@ -23,27 +25,11 @@ const IN_FLIGHT: usize = 16;
 /// Upper bound of any wait.
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A free loopback port (the kernel's pick; released before the server binds it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Server {
-    child: Child,
-    tcp: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Server {
-    /// Starts `tether serve` on `dir` and waits until its API answers.
-    async fn start(dir: &Path, durability: &str) -> Server {
-        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = format!(
-            r#"
+/// Starts `tether serve` on `dir` with the embedded store in `durability` mode.
+async fn serve(dir: &Path, durability: &str) -> Server {
+    let (tcp, http) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
 [node]
 id = "crash"
 data_dir = "{dir}"
@@ -63,45 +49,9 @@ id = "demo"
 secret = "{SECRET}"
 api_key = "{API_KEY}"
 "#,
-            dir = dir.display()
-        );
-        let path = dir.join("tether.toml");
-        std::fs::write(&path, config).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tether serve");
-        let server = Server { child, tcp, http };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let url = format!("http://{}/healthz", server.http);
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "tether serve did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(mut self) {
-        // std's kill sends SIGKILL on Unix: no shutdown path runs.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        dir = dir.display()
+    );
+    Server::start(&dir.join("tether.toml"), &config, tcp, http, WAIT).await
 }
 
 /// Pushes durable messages to `user` from [`IN_FLIGHT`] workers until `stop`; returns every
@@ -191,7 +141,8 @@ async fn receive_all(server: &Server, user: &str, up_to: u64) -> Vec<(u64, u64)>
                     got.len(),
                     got.last()
                 )
-            });
+            })
+            .expect("the server closed the connection");
         match frame.body {
             Body::Connected(_) => {}
             Body::Push(p) => {
@@ -219,17 +170,6 @@ async fn receive_all(server: &Server, user: &str, up_to: u64) -> Vec<(u64, u64)>
     got
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
-    loop {
-        if let Some(len) = binary::check(buf, 1 << 20).expect("a valid frame") {
-            let frame: Bytes = buf.split_to(len).freeze();
-            return binary::parse(frame, 1 << 20).expect("a frame");
-        }
-        let n = stream.read_buf(buf).await.expect("read");
-        assert!(n > 0, "the server closed the connection");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_durable_push_survives_sigkill() {
     let dir = std::env::temp_dir().join(format!("tether-crash-{}", std::process::id()));
@@ -243,7 +183,7 @@ async fn every_answered_durable_push_survives_sigkill() {
     ];
     for (round, (durability, millis)) in rounds.into_iter().enumerate() {
         let user = format!("crash-{round}");
-        let server = Server::start(&dir, durability).await;
+        let mut server = serve(&dir, durability).await;
         let started = Instant::now();
         let pushing = push_until(server.http, &user, Duration::from_secs(10));
         // Kill mid-stream, at a point that varies per round.
@@ -262,7 +202,7 @@ async fn every_answered_durable_push_survives_sigkill() {
             "round {round}: too few pushes answered"
         );
 
-        let server = Server::start(&dir, durability).await;
+        let mut server = serve(&dir, durability).await;
         let got = receive_all(&server, &user, last).await;
         let delivered: BTreeMap<u64, u64> = got.into_iter().collect();
         for (seq, n) in &answered {
