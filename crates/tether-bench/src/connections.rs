@@ -32,7 +32,8 @@ use crate::workers::{self, Pool};
 
 #[derive(Debug)]
 pub struct Setup {
-    pub addr: SocketAddr,
+    /// Connection n goes to `addrs[n % addrs.len()]` (never empty).
+    pub addrs: Vec<SocketAddr>,
     pub app: AppId,
     pub secret: String,
     pub heartbeat: Duration,
@@ -91,10 +92,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.target.target == Kind::Tether && matches!(args.transport, Transport::Ws) {
         let target = args.target.target(args.count)?;
         let setup = Setup {
-            addr: args
-                .target
-                .addr
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            addrs: if args.target.addr.is_empty() {
+                vec![SocketAddr::from(([127, 0, 0, 1], 7401))]
+            } else {
+                args.target.addr.clone()
+            },
             app: AppId::new(target.app),
             secret: target.secret,
             heartbeat: Duration::from_secs(target.heartbeat_s),
@@ -342,11 +344,12 @@ pub fn connect_frame(
 /// Opens one WebSocket connection, completes the handshake, then pings every heartbeat until
 /// the server closes it.
 async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
-    let stream = open_socket(setup.addr, setup.sources, n)
+    let addr = setup.addrs[(n % setup.addrs.len() as u64) as usize];
+    let stream = open_socket(addr, setup.sources, n)
         .await
         .context("connect")?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
-    hold_ws(stream, setup, stats, connect).await
+    hold_ws(stream, addr, stats, connect).await
 }
 
 /// The heartbeat from the server's answer to `connect`, or why the connection was refused.
@@ -373,11 +376,11 @@ pub async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Res
 
 async fn hold_ws(
     stream: TcpStream,
-    setup: &Setup,
+    addr: SocketAddr,
     stats: &Stats,
     connect: Frame,
 ) -> anyhow::Result<()> {
-    let url = format!("ws://{}/ws", setup.addr);
+    let url = format!("ws://{addr}/ws");
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0);
