@@ -17,6 +17,8 @@
 //! - [`bare_writer`]: the bare writer server (one `write()` per subscriber per message).
 //! - [`payload`]: the benchmark message (send time, number, window slot).
 //! - [`http`]: the keep-alive HTTP client the API scenarios share.
+//! - [`redis_probe`]: a cluster's Redis: memory, CPU, sessions registered.
+//! - [`scale`]: the time series of a `connections` run and its one broadcast to everyone.
 //! - [`stats`]: histograms, `/proc` CPU and RSS sampling, the table and JSON output.
 //!
 //! The client side is kept light (one task per connection at most, no task per message,
@@ -32,6 +34,8 @@ mod churn;
 mod connections;
 mod http;
 mod payload;
+mod redis_probe;
+mod scale;
 mod stats;
 mod subscribers;
 mod summary;
