@@ -9,7 +9,8 @@
 #   bench/cluster.sh addrs N     `--addr 127.0.0.1:<tcp>` for nodes 0 .. N-1 (for tether-bench)
 #   bench/cluster.sh status
 #
-# Node i listens on 127.0.0.1: 7400+10i (TCP), 7401+10i (WebSocket), 7480+10i (API), with
+# Node i listens on 127.0.0.1: 7400+10i (TCP), 7401+10i (WebSocket), 7402+10i (API; not
+# 7480+10i, which node 8's TCP listener would take), so up to 60 nodes stay under 8000, with
 # bench/cluster-node.toml, id `bench-<i>`. Redis is `redis-server` on 127.0.0.1:6390 without
 # persistence (`--save '' --appendonly no`), so the machine's own Redis (6379) is untouched
 # and qos 1 figures are Redis' in-memory cost, not a disk's. It is flushed at start.
@@ -25,7 +26,7 @@ redis_port=${REDIS_PORT:-6390}
 
 tcp_port() { echo $((7400 + 10 * $1)); }
 ws_port() { echo $((7401 + 10 * $1)); }
-api_port() { echo $((7480 + 10 * $1)); }
+api_port() { echo $((7402 + 10 * $1)); }
 
 start_redis() {
     if alive "$dir/redis.pid"; then
@@ -45,6 +46,7 @@ start_node() {
         return
     fi
     port_free "$(tcp_port "$i")"
+    port_free "$(api_port "$i")"
     rm -rf "$dir/node-$i"
     mkdir -p "$dir/node-$i"
     TETHER_NODE__ID=bench-$i \
@@ -70,7 +72,7 @@ start() {
         wait_port "$(tcp_port "$i")" 20
         wait_port "$(api_port "$i")" 20
     done
-    echo "redis on 127.0.0.1:$redis_port; $n nodes on 127.0.0.1:7400+10i (TCP), 7480+10i (API); logs in $dir" >&2
+    echo "redis on 127.0.0.1:$redis_port; $n nodes on 127.0.0.1:7400+10i (TCP), 7402+10i (API); logs in $dir" >&2
 }
 
 # Nodes first, all at once (each drains its connections, up to 10 s), then Redis, which

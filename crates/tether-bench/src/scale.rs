@@ -118,8 +118,12 @@ pub struct BroadcastOutcome {
     pub error: Option<String>,
 }
 
+/// How long deliveries may stop before the wait for a broadcast gives up: on a saturated
+/// machine a node can start its fan-out seconds after another finished.
+const STALL: Duration = Duration::from_secs(15);
+
 /// Sends one broadcast through `target.publish_addr` and waits (at most `limit`, or until
-/// deliveries stop for 5 s) for it to reach the `expected` connections of `pool`.
+/// deliveries stop for [`STALL`]) for it to reach the `expected` connections of `pool`.
 pub async fn one_broadcast(
     target: &Arc<Target>,
     pool: &mut Pool,
@@ -166,7 +170,7 @@ pub async fn one_broadcast(
             all_delivered = Some(sent.elapsed().as_secs_f64() * 1e3);
             break;
         }
-        if last_change.elapsed() > Duration::from_secs(5) {
+        if last_change.elapsed() > STALL {
             break;
         }
     }
