@@ -139,7 +139,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         target.kind.name(),
         args.subscribers,
         target.topic,
-        target.addr
+        target
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let opening = Instant::now();
     let mut pool = Pool::open(

@@ -26,13 +26,16 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Transport;
+use crate::redis_probe::{RedisProbe, RedisSample};
+use crate::scale::{BroadcastOutcome, Sample, Sampler, one_broadcast};
 use crate::stats::{Clock, Processes, Table};
 use crate::target::{Kind, TargetArgs, TetherPublish};
 use crate::workers::{self, Pool};
 
 #[derive(Debug)]
 pub struct Setup {
-    pub addr: SocketAddr,
+    /// Connection n goes to `addrs[n % addrs.len()]` (never empty).
+    pub addrs: Vec<SocketAddr>,
     pub app: AppId,
     pub secret: String,
     pub heartbeat: Duration,
@@ -78,6 +81,24 @@ pub struct Args {
     /// per 15,000.
     #[arg(long)]
     workers: Option<usize>,
+    /// The cluster's Redis (`redis://host:port`): its memory, CPU and the sessions registered,
+    /// before and after connecting, and in the time series.
+    #[arg(long)]
+    redis: Option<String>,
+    /// The cluster's key prefix (`cluster.prefix`), to count sessions.
+    #[arg(long, default_value = "bench")]
+    redis_prefix: String,
+    /// Once the connections are held, send one broadcast (to the app, or to --topic with
+    /// --subscribe) through --http and count the connections it reaches (TCP).
+    #[arg(long)]
+    broadcast: bool,
+    /// With --broadcast: how long to wait for every delivery.
+    #[arg(long, default_value = "120s", value_parser = crate::parse_duration)]
+    broadcast_wait: Duration,
+    /// How often to sample the servers and Redis while connecting and holding (a time series
+    /// in the JSON result, when --server-pid or --redis is given).
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    sample_every: Duration,
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -91,10 +112,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.target.target == Kind::Tether && matches!(args.transport, Transport::Ws) {
         let target = args.target.target(args.count)?;
         let setup = Setup {
-            addr: args
-                .target
-                .addr
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            addrs: if args.target.addr.is_empty() {
+                vec![SocketAddr::from(([127, 0, 0, 1], 7401))]
+            } else {
+                args.target.addr.clone()
+            },
             app: AppId::new(target.app),
             secret: target.secret,
             heartbeat: Duration::from_secs(target.heartbeat_s),
@@ -107,23 +129,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Bound to the app, not subscribed to anything.
         target.tether_publish = TetherPublish::Broadcast;
     }
+    let mut redis = match &args.redis {
+        Some(url) => Some(RedisProbe::connect(url, &args.redis_prefix).await?),
+        None => None,
+    };
+    let sampler = if args.redis.is_some() || !server.pids.is_empty() {
+        let probe = match &args.redis {
+            Some(url) => Some(RedisProbe::connect(url, &args.redis_prefix).await?),
+            None => None,
+        };
+        Some(Sampler::start(server.clone(), probe, args.sample_every))
+    } else {
+        None
+    };
+    let redis_before = sample_redis(redis.as_mut()).await?;
     let rss_before = server.rss_kib();
     let pss_before = server.pss_kib();
+    let cpu_before = server.cpu();
+    let clock = Clock::new();
+    let target = Arc::new(target);
     let started = Instant::now();
     let mut pool = Pool::open(
-        Arc::new(target.clone()),
+        target.clone(),
         args.count,
         args.rate,
         workers::needed(args.count, args.workers),
-        Clock::new(),
+        clock,
     )
     .await?;
     let elapsed = started.elapsed();
+    let cpu_opened = server.cpu();
+    let redis_opened = sample_redis(redis.as_mut()).await?;
     let opened = pool.snapshot().await?;
     eprintln!("  all started; holding for {} s", args.hold);
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let (rss_after, pss_after) = (server.rss_kib(), server.pss_kib());
+    let redis_held = sample_redis(redis.as_mut()).await?;
     let held = pool.snapshot().await?;
+    let broadcast = if args.broadcast {
+        Some(
+            one_broadcast(
+                &target,
+                &mut pool,
+                clock,
+                held.connected,
+                args.broadcast_wait,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let samples = match sampler {
+        Some(s) => s.finish().await,
+        None => Vec::new(),
+    };
     let result = Outcome {
         target: target.kind.name(),
         transport: if target.kind == Kind::Nchan {
@@ -141,8 +201,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rss: (rss_before, rss_after),
         pss: (pss_before, pss_after),
         server_pids: server.pids.clone(),
+        hold: Duration::from_secs(args.hold),
+        server_cpu_connect_s: match (cpu_before, cpu_opened) {
+            (Some(b), Some(a)) => Some(a.since(b).total_s()),
+            _ => None,
+        },
+        redis: redis_before
+            .zip(redis_opened)
+            .zip(redis_held)
+            .map(|((b, o), h)| [b, o, h]),
+        broadcast,
+        samples,
     };
     result.report(args.json.as_deref())
+}
+
+async fn sample_redis(redis: Option<&mut RedisProbe>) -> anyhow::Result<Option<RedisSample>> {
+    match redis {
+        Some(r) => Ok(Some(r.sample().await?)),
+        None => Ok(None),
+    }
 }
 
 /// What a `connections` run found.
@@ -160,6 +238,14 @@ struct Outcome {
     rss: (Option<u64>, Option<u64>),
     pss: (Option<u64>, Option<u64>),
     server_pids: Vec<u32>,
+    /// How long the connections were held before the last readings.
+    hold: Duration,
+    /// The servers' CPU while the connections opened, seconds.
+    server_cpu_connect_s: Option<f64>,
+    /// Redis before connecting, once connected, after the hold.
+    redis: Option<[RedisSample; 3]>,
+    broadcast: Option<BroadcastOutcome>,
+    samples: Vec<Sample>,
 }
 
 impl Outcome {
@@ -205,6 +291,63 @@ impl Outcome {
                 format!("{per:.0} bytes ({:.2} KiB)", per / 1024.0),
             );
         }
+        if let Some(cpu) = self.server_cpu_connect_s {
+            t.row(
+                "server CPU",
+                format!(
+                    "{cpu:.1} s while connecting ({:.0} µs/handshake)",
+                    cpu * 1e6 / ok.max(1) as f64
+                ),
+            );
+        }
+        let redis = self.redis.map(|r| RedisGrowth::of(r, self.hold));
+        if let Some(g) = &redis {
+            t.row(
+                "Redis sessions",
+                format!("{} -> {} ({} keys)", g.sessions.0, g.sessions.1, g.keys),
+            )
+            .row(
+                "Redis memory",
+                format!(
+                    "{:.1} MiB -> {:.1} MiB (RSS {:.1} MiB)",
+                    g.used_memory.0 as f64 / 1048576.0,
+                    g.used_memory.1 as f64 / 1048576.0,
+                    g.used_memory_rss as f64 / 1048576.0
+                ),
+            );
+            if let Some(per) = g.bytes_per_session {
+                t.row("Redis/session", format!("{per:.0} bytes"));
+            }
+            t.row(
+                "Redis CPU",
+                format!(
+                    "{:.2} s while connecting ({:.0} µs/session, {:.2} cores); {:.2} cores while holding",
+                    g.cpu_connect_s,
+                    g.cpu_connect_s * 1e6 / g.sessions_added().max(1) as f64,
+                    g.cpu_connect_s / self.elapsed.as_secs_f64(),
+                    g.cpu_hold_cores
+                ),
+            );
+        }
+        if let Some(b) = &self.broadcast {
+            t.row(
+                "broadcast",
+                format!(
+                    "reached {} of {} (missing {}, {} duplicates); API {:.1} ms, said {}",
+                    b.delivered,
+                    b.expected,
+                    b.missing,
+                    b.duplicates,
+                    b.api_ms,
+                    b.api_connections
+                        .map_or("-".to_owned(), |n| format!("{n} connections"))
+                ),
+            )
+            .row("broadcast latency", b.latency.line(&["50", "99", "max"]));
+            if let Some(e) = &b.error {
+                t.row("broadcast error", e.clone());
+            }
+        }
         t.print();
         if let Some(path) = json {
             let result = serde_json::json!({
@@ -225,10 +368,54 @@ impl Outcome {
                 "server_pss_kib_before": self.pss.0,
                 "server_pss_kib_after": self.pss.1,
                 "server_pss_bytes_per_connection": pss_per,
+                "server_cpu_connect_s": self.server_cpu_connect_s,
+                "redis": self.redis.map(|[before, opened, held]| serde_json::json!({
+                    "before": before,
+                    "connected": opened,
+                    "held": held,
+                })),
+                "redis_growth": redis,
+                "broadcast": self.broadcast,
+                "samples": self.samples,
             });
             crate::stats::write_json(path, &result)?;
         }
         Ok(())
+    }
+}
+
+/// How Redis grew with the sessions of a run.
+#[derive(Debug, serde::Serialize)]
+struct RedisGrowth {
+    sessions: (u64, u64),
+    keys: u64,
+    used_memory: (u64, u64),
+    used_memory_rss: u64,
+    /// `used_memory` growth over sessions added, once connected.
+    bytes_per_session: Option<f64>,
+    cpu_connect_s: f64,
+    /// Redis' CPU while the connections were only held (announcements, pings), in cores.
+    cpu_hold_cores: f64,
+}
+
+impl RedisGrowth {
+    fn of([before, opened, held]: [RedisSample; 3], hold: Duration) -> RedisGrowth {
+        let added = opened.sessions.saturating_sub(before.sessions);
+        let hold_cpu_s = (held.cpu_s - opened.cpu_s).max(0.0);
+        RedisGrowth {
+            sessions: (before.sessions, held.sessions),
+            keys: held.keys,
+            used_memory: (before.used_memory, held.used_memory),
+            used_memory_rss: held.used_memory_rss,
+            bytes_per_session: (added > 0)
+                .then(|| (opened.used_memory as f64 - before.used_memory as f64) / added as f64),
+            cpu_connect_s: opened.cpu_s - before.cpu_s,
+            cpu_hold_cores: hold_cpu_s / hold.as_secs_f64().max(1e-3),
+        }
+    }
+
+    fn sessions_added(&self) -> u64 {
+        self.sessions.1.saturating_sub(self.sessions.0)
     }
 }
 
@@ -295,6 +482,11 @@ async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::R
         rss: (rss_before, server.rss_kib()),
         pss: (pss_before, server.pss_kib()),
         server_pids: server.pids.clone(),
+        hold: Duration::from_secs(args.hold),
+        server_cpu_connect_s: None,
+        redis: None,
+        broadcast: None,
+        samples: Vec::new(),
     };
     result.report(args.json.as_deref())
 }
@@ -342,11 +534,12 @@ pub fn connect_frame(
 /// Opens one WebSocket connection, completes the handshake, then pings every heartbeat until
 /// the server closes it.
 async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
-    let stream = open_socket(setup.addr, setup.sources, n)
+    let addr = setup.addrs[(n % setup.addrs.len() as u64) as usize];
+    let stream = open_socket(addr, setup.sources, n)
         .await
         .context("connect")?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
-    hold_ws(stream, setup, stats, connect).await
+    hold_ws(stream, addr, stats, connect).await
 }
 
 /// The heartbeat from the server's answer to `connect`, or why the connection was refused.
@@ -373,11 +566,11 @@ pub async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Res
 
 async fn hold_ws(
     stream: TcpStream,
-    setup: &Setup,
+    addr: SocketAddr,
     stats: &Stats,
     connect: Frame,
 ) -> anyhow::Result<()> {
-    let url = format!("ws://{}/ws", setup.addr);
+    let url = format!("ws://{addr}/ws");
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0);

@@ -10,6 +10,7 @@
 //!   deliveries/s, latency, server CPU per million deliveries; `--max` finds saturation.
 //! - [`churn`]: connect and disconnect at a given rate while others stay connected.
 //! - [`summary`]: the side-by-side table (with ratios) of a `bench/compare.sh` run.
+//! - [`plot`]: a PNG of memory and CPU against connections from `connections` results.
 //! - [`target`]: the servers driven (tether, Nchan, Mosquitto, the bare writer) behind one
 //!   interface: subscriber handshakes, reading payloads in place, their wire codecs.
 //! - [`subscribers`]: many subscribers in one process and what they count.
@@ -17,6 +18,8 @@
 //! - [`bare_writer`]: the bare writer server (one `write()` per subscriber per message).
 //! - [`payload`]: the benchmark message (send time, number, window slot).
 //! - [`http`]: the keep-alive HTTP client the API scenarios share.
+//! - [`redis_probe`]: a cluster's Redis: memory, CPU, sessions registered.
+//! - [`scale`]: the time series of a `connections` run and its one broadcast to everyone.
 //! - [`stats`]: histograms, `/proc` CPU and RSS sampling, the table and JSON output.
 //!
 //! The client side is kept light (one task per connection at most, no task per message,
@@ -32,6 +35,9 @@ mod churn;
 mod connections;
 mod http;
 mod payload;
+mod plot;
+mod redis_probe;
+mod scale;
 mod stats;
 mod subscribers;
 mod summary;
@@ -72,6 +78,8 @@ enum Scenario {
     BareWriter(bare_writer::Args),
     /// Print the side-by-side table of a compare run's JSON results.
     Summary(summary::Args),
+    /// Draw memory and CPU against connections (PNG) from `connections --redis` results.
+    Plot(plot::Args),
     /// Internal: hold a share of the subscribers for a parent process.
     #[command(hide = true)]
     Worker,
@@ -83,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     let scenario = match Cli::parse().scenario {
         Scenario::BareWriter(args) => return bare_writer::run(args),
         Scenario::Summary(args) => return summary::run(&args),
+        Scenario::Plot(args) => return plot::run(&args),
         other => other,
     };
     // One runtime for everything; some scenarios can ask for their worker count (1: a
@@ -114,7 +123,9 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Broadcast(args) => broadcast::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
         Scenario::Worker => workers::worker_main().await,
-        Scenario::BareWriter(_) | Scenario::Summary(_) => unreachable!("run without a runtime"),
+        Scenario::BareWriter(_) | Scenario::Summary(_) | Scenario::Plot(_) => {
+            unreachable!("run without a runtime")
+        }
     }
 }
 

@@ -89,10 +89,11 @@ pub enum TetherPublish {
 pub struct TargetArgs {
     #[arg(long, value_enum, default_value = "tether")]
     pub target: Kind,
-    /// Where subscribers connect. Default: tether 127.0.0.1:7400 (TCP gateway), nchan
-    /// 127.0.0.1:7700, mosquitto 127.0.0.1:7883, bare 127.0.0.1:7600.
+    /// Where subscribers connect; repeatable: subscriber n goes to the (n mod count)-th
+    /// (several nodes of a tether cluster). Default: tether 127.0.0.1:7400 (TCP gateway),
+    /// nchan 127.0.0.1:7700, mosquitto 127.0.0.1:7883, bare 127.0.0.1:7600.
     #[arg(long)]
-    pub addr: Option<SocketAddr>,
+    pub addr: Vec<SocketAddr>,
     /// tether's HTTP API (default 127.0.0.1:7480). Nchan publishes on --addr.
     #[arg(long)]
     pub http: Option<SocketAddr>,
@@ -126,12 +127,16 @@ impl TargetArgs {
     /// how many connections the run opens (to pick the number of source addresses).
     pub fn target(&self, connections: u64) -> anyhow::Result<Target> {
         let kind = self.target;
-        let addr = self.addr.unwrap_or_else(|| kind.default_addr());
+        let addrs = if self.addr.is_empty() {
+            vec![kind.default_addr()]
+        } else {
+            self.addr.clone()
+        };
         let publish_addr = match kind {
             Kind::Tether => self
                 .http
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7480))),
-            _ => addr,
+            _ => addrs[0],
         };
         if kind == Kind::Tether && self.secret.is_none() {
             anyhow::bail!("--target tether needs --secret (or TETHER_APP_SECRET)");
@@ -142,7 +147,7 @@ impl TargetArgs {
         };
         Ok(Target {
             kind,
-            addr,
+            addrs,
             publish_addr,
             topic: self.topic.clone(),
             app: self.app.clone(),
@@ -159,7 +164,8 @@ impl TargetArgs {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Target {
     pub kind: Kind,
-    pub addr: SocketAddr,
+    /// Where subscribers connect: subscriber n to `addrs[n % addrs.len()]` (never empty).
+    pub addrs: Vec<SocketAddr>,
     pub publish_addr: SocketAddr,
     pub topic: String,
     pub app: String,
@@ -174,7 +180,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
             .field("kind", &self.kind)
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .field("publish_addr", &self.publish_addr)
             .field("topic", &self.topic)
             .field("app", &self.app)
@@ -199,10 +205,16 @@ pub struct Subscriber {
 }
 
 impl Target {
+    /// Where subscriber `n` connects.
+    pub fn addr(&self, n: u64) -> SocketAddr {
+        self.addrs[(n % self.addrs.len() as u64) as usize]
+    }
+
     /// Opens subscriber `n` (its source address, tether user `u<n>`, MQTT client id): connects,
     /// completes the handshake, subscribes to the topic.
     pub async fn subscribe(&self, n: u64) -> anyhow::Result<Subscriber> {
-        let mut stream = open_socket(self.addr, self.sources, n)
+        let addr = self.addr(n);
+        let mut stream = open_socket(addr, self.sources, n)
             .await
             .context("connect")?;
         stream.set_nodelay(true)?;
@@ -214,7 +226,7 @@ impl Target {
             }
             Kind::Nchan => {
                 let path = format!("/sub?id={}", self.topic);
-                ws::handshake(&mut stream, &mut buf, &self.addr.to_string(), &path).await?;
+                ws::handshake(&mut stream, &mut buf, &addr.to_string(), &path).await?;
                 (Decoder::WebSocket, None)
             }
             Kind::Mosquitto => {

@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 
 use self::receive::ReceiverConfig;
 use self::send::{Plan, inbox_heads, send_loop};
-use crate::stats::{Clock, Cpu, CpuCost, Latency, Machine, Recorder, Table, fmt_us, rss_kib};
+use crate::stats::{Clock, Cpu, CpuCost, Latency, Machine, Processes, Recorder, Table, fmt_us};
 
 mod receive;
 mod send;
@@ -52,9 +52,10 @@ pub struct Args {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:7480")]
     http: SocketAddr,
-    /// Gateway TCP address (binary protocol).
+    /// Gateway TCP address (binary protocol); repeatable: user u<n> connects to the
+    /// (n mod count)-th (several nodes of a cluster, with --http another node's API).
     #[arg(long, default_value = "127.0.0.1:7400")]
-    addr: SocketAddr,
+    addr: Vec<SocketAddr>,
     /// The app's token secret.
     #[arg(long, env = "TETHER_APP_SECRET")]
     secret: String,
@@ -99,9 +100,10 @@ pub struct Args {
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The server's pid: its CPU over the window and its RSS at the end, from /proc.
+    /// The server's pid (repeatable: every node of a cluster): their CPU over the window and
+    /// their RSS at the end, from /proc.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// qos 1: ack once this many pushes are unacked...
     #[arg(long, default_value_t = 16)]
     ack_every: u64,
@@ -222,7 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let connecting = Instant::now();
     eprintln!("connecting {connected} users");
     let receiver = ReceiverConfig {
-        addr: args.addr,
+        addrs: args.addr.clone(),
         app: app.clone(),
         secret: args.secret.clone(),
         heartbeat: Duration::from_secs(args.heartbeat),
@@ -266,11 +268,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let progress = tokio::spawn(progress(shared.clone(), start));
 
     tokio::time::sleep_until((start + args.warmup).into()).await;
-    let server_before = args.server_pid.and_then(|p| Cpu::read(&p.to_string()));
+    let server = Processes::with_descendants(&args.server_pid);
+    let server_before = server.cpu();
     let client_before = Cpu::read("self");
     let machine_before = Machine::read();
     tokio::time::sleep_until(plan.end.into()).await;
-    let server_after = args.server_pid.and_then(|p| Cpu::read(&p.to_string()));
+    let server_after = server.cpu();
     let client_after = Cpu::read("self");
     let machine_after = Machine::read();
     while senders.join_next().await.is_some() {}
@@ -569,7 +572,7 @@ fn report(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,
         ),
-        server_rss_kib: args.server_pid.and_then(rss_kib),
+        server_rss_kib: Processes::with_descendants(&args.server_pid).rss_kib(),
     }
 }
 

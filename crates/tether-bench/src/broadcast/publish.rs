@@ -46,6 +46,10 @@ enum Conn {
         auth: Option<HeaderValue>,
         /// tether: the payload goes inside `{"payload": ..., "qos": 0}`.
         wrap: bool,
+        /// tether: the body takes a `qos` (a topic's publish; a broadcast's refuses one).
+        qos: bool,
+        /// The answer's field that counts the recipients.
+        count_field: &'static [u8],
     },
     Mqtt {
         stream: TcpStream,
@@ -90,6 +94,11 @@ impl Publisher {
                     host: HeaderValue::from_str(&target.publish_addr.to_string())?,
                     auth,
                     wrap: target.kind == Kind::Tether,
+                    qos: target.tether_publish == TetherPublish::Topic,
+                    count_field: match (target.kind, target.tether_publish) {
+                        (Kind::Tether, TetherPublish::Broadcast) => b"\"connections\"",
+                        _ => b"\"subscribers\"",
+                    },
                 }
             }
             Kind::Mosquitto => {
@@ -142,12 +151,17 @@ impl Publisher {
                 host,
                 auth,
                 wrap,
+                qos,
+                count_field,
             } => {
                 let body = if *wrap {
                     self.out.clear();
                     self.out.extend_from_slice(b"{\"payload\":");
                     self.out.extend_from_slice(message);
-                    self.out.extend_from_slice(b",\"qos\":0}");
+                    if *qos {
+                        self.out.extend_from_slice(b",\"qos\":0");
+                    }
+                    self.out.extend_from_slice(b"}");
                     Bytes::copy_from_slice(&self.out)
                 } else {
                     Bytes::copy_from_slice(message)
@@ -178,7 +192,7 @@ impl Publisher {
                 };
                 match tokio::time::timeout(PUBLISH_TIMEOUT, http::call(s, request)).await {
                     Ok(Ok(Answer { status, body, .. })) if status.is_success() => {
-                        Ok(payload::json_u64(&body, b"\"subscribers\""))
+                        Ok(payload::json_u64(&body, count_field))
                     }
                     Ok(Ok(Answer {
                         status,

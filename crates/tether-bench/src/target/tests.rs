@@ -19,7 +19,7 @@ use crate::subscribers::{self, Collector, Snapshot};
 fn target(kind: Kind, addr: SocketAddr) -> Target {
     Target {
         kind,
-        addr,
+        addrs: vec![addr],
         publish_addr: addr,
         topic: "bench".into(),
         app: "demo".into(),

@@ -17,7 +17,8 @@ use crate::connections::{connect_frame, negotiated_heartbeat, open_socket, read_
 
 #[derive(Debug)]
 pub(super) struct ReceiverConfig {
-    pub(super) addr: SocketAddr,
+    /// User u<n> connects to `addrs[n % addrs.len()]` (never empty).
+    pub(super) addrs: Vec<SocketAddr>,
     pub(super) app: AppId,
     pub(super) secret: String,
     pub(super) heartbeat: Duration,
@@ -37,7 +38,8 @@ pub(super) struct Receiver {
 
 impl ReceiverConfig {
     pub(super) async fn handshake(&self, n: u64, head: u64) -> anyhow::Result<Receiver> {
-        let mut stream = open_socket(self.addr, 0, n).await.context("connect")?;
+        let addr = self.addrs[(n % self.addrs.len() as u64) as usize];
+        let mut stream = open_socket(addr, 0, n).await.context("connect")?;
         stream.set_nodelay(true)?;
         let connect = connect_frame(&self.app, &self.secret, n, self.heartbeat, Some(head));
         stream.write_all(&binary::encode_to_bytes(&connect)).await?;
