@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
-use tether_core::{NodeId, NodeInfo, Registry, RegistryError, Session};
+use tether_core::{AppId, ConnId, NodeId, NodeInfo, Registry, RegistryError, Session, UserId};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -126,10 +126,12 @@ impl Lifecycle {
             }
             match self.announce().await {
                 Ok(renewed) => {
-                    let stale = self.gateway.registry_stale.swap(false, Ordering::Relaxed);
-                    if !renewed || stale {
-                        // The registry lost this node (Redis restarted, or it was unreachable
-                        // long enough for others to reap the node), or missed some changes.
+                    if !renewed {
+                        // The registry lost this node: Redis restarted, or it was unreachable
+                        // long enough for others to reap the node.
+                        self.gateway.unsynced.everything();
+                    }
+                    if !self.gateway.unsynced.is_empty() {
                         self.background(&self.resyncing, |me| async move { me.resync().await });
                     }
                 }
@@ -182,8 +184,9 @@ impl Lifecycle {
                         .await
                     {
                         warn!(error = %e, "cannot forget a session of a previous run");
-                        self.gateway.registry_stale.store(true, Ordering::Relaxed);
-                        return;
+                        self.gateway
+                            .unsynced
+                            .unregister_failed(s.app, s.user, s.conn);
                     }
                 }
                 info!(
@@ -193,20 +196,29 @@ impl Lifecycle {
             }
             Err(e) => {
                 warn!(error = %e, "cannot list the sessions of a previous run");
-                self.gateway.registry_stale.store(true, Ordering::Relaxed);
+                self.gateway.unsynced.everything();
             }
         }
     }
 
-    /// Registers every session of this node again, then unregisters those the registry holds
-    /// for connections that have closed meanwhile (including the ones this resync registered
-    /// while they closed). A failure leaves the node marked stale, so that the next
-    /// announcement tries again.
+    /// Retries the registry changes that failed: registers the sessions of the connections
+    /// that could not register (all of them when the registry lost the node), then unregisters
+    /// what the registry holds for connections that are closed (the ones whose unregister
+    /// failed, those that closed while this ran, and, after a loss, whatever the registry lists
+    /// for the node). What fails again is kept for the next announcement.
     pub async fn resync(&self) {
-        let mut sessions = Vec::with_capacity(self.gateway.table.len());
-        self.gateway.table.for_each(|conn| {
-            for (app, user) in &conn.bindings {
-                sessions.push(Session {
+        let pending = self.gateway.unsynced.take();
+        let table = &self.gateway.table;
+        let mut conns = Vec::new();
+        if pending.everything {
+            table.for_each(|c| conns.push(c.clone()));
+        } else {
+            conns.extend(pending.register.iter().filter_map(|id| table.get(*id)));
+        }
+        let sessions: Vec<Session> = conns
+            .iter()
+            .flat_map(|conn| {
+                conn.bindings.iter().map(|(app, user)| Session {
                     app: app.clone(),
                     user: user.clone(),
                     node: self.node.clone(),
@@ -214,57 +226,63 @@ impl Lifecycle {
                     device: conn.device.clone(),
                     transport: conn.transport,
                     connected_at_ms: conn.connected_at_ms,
-                });
-            }
-        });
-        let registered = sessions.len();
-        let failed = stream::iter(sessions.iter().cloned())
-            .map(|s| self.registry.register(s))
-            .buffer_unordered(64)
-            .filter(|r| std::future::ready(r.is_err()))
-            .count()
-            .await;
-        // After the registrations: a connection that closed while they ran unregistered
-        // itself, maybe before this resync registered it again. Both the sessions registered
-        // here and those the registry lists for the node are checked against the table.
-        let held = match self.registry.node_sessions(&self.node).await {
-            Ok(held) => held,
-            Err(e) => {
-                warn!(error = %e, "cannot list this node's sessions");
-                self.gateway.registry_stale.store(true, Ordering::Relaxed);
-                Vec::new()
-            }
-        };
-        let open = |s: &Session| {
-            self.gateway
-                .table
-                .get(s.conn)
-                .is_some_and(|c| c.bindings.iter().any(|(a, u)| *a == s.app && *u == s.user))
-        };
-        let mut gone: Vec<Session> = sessions
-            .into_iter()
-            .chain(held)
-            .filter(|s| !open(s))
+                })
+            })
             .collect();
-        gone.sort_by(|a, b| (&a.app, &a.user, a.conn).cmp(&(&b.app, &b.user, b.conn)));
-        gone.dedup_by(|a, b| (&a.app, &a.user, a.conn) == (&b.app, &b.user, b.conn));
+        let registered = sessions.len();
+        let failed: Vec<ConnId> = stream::iter(sessions.iter().cloned())
+            .map(|s| async move {
+                let conn = s.conn;
+                self.registry.register(s).await.err().map(|_| conn)
+            })
+            .buffer_unordered(64)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for conn in &failed {
+            self.gateway.unsynced.register_failed(*conn);
+        }
+        // After the registrations: a connection that closed while they ran unregistered
+        // itself, maybe before this resync registered it again.
+        let mut candidates: Vec<(AppId, UserId, ConnId)> = sessions
+            .into_iter()
+            .map(|s| (s.app, s.user, s.conn))
+            .chain(pending.unregister)
+            .collect();
+        if pending.everything {
+            match self.registry.node_sessions(&self.node).await {
+                Ok(held) => candidates.extend(held.into_iter().map(|s| (s.app, s.user, s.conn))),
+                Err(e) => {
+                    warn!(error = %e, "cannot list this node's sessions");
+                    self.gateway.unsynced.everything();
+                }
+            }
+        }
+        let open = |(app, user, conn): &(AppId, UserId, ConnId)| {
+            table
+                .get(*conn)
+                .is_some_and(|c| c.bindings.iter().any(|(a, u)| a == app && u == user))
+        };
+        let mut gone: Vec<_> = candidates.into_iter().filter(|c| !open(c)).collect();
+        gone.sort();
+        gone.dedup();
         let removed = gone.len();
-        for s in gone {
+        for (app, user, conn) in gone {
             if self
                 .registry
-                .unregister(&s.app, &s.user, &s.node, s.conn)
+                .unregister(&app, &user, &self.node, conn)
                 .await
                 .is_err()
             {
-                self.gateway.registry_stale.store(true, Ordering::Relaxed);
+                self.gateway.unsynced.unregister_failed(app, user, conn);
             }
         }
-        if failed > 0 {
-            self.gateway.registry_stale.store(true, Ordering::Relaxed);
-        }
         info!(
+            everything = pending.everything,
             registered,
-            failed, removed, "sessions registered again with the registry"
+            failed = failed.len(),
+            removed,
+            "sessions synced with the registry again"
         );
     }
 

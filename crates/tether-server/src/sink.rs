@@ -10,6 +10,9 @@ use tether_proto::Code;
 use crate::fanout::{Fanout, Job};
 use crate::gateway::table::ConnTable;
 
+/// How long a recovery takes to ask every connection to read its inboxes again.
+const RECOVER_SPREAD: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct NodeSink {
     table: Arc<ConnTable>,
@@ -94,7 +97,17 @@ impl LocalSink for NodeSink {
             "messages from other nodes may have been lost: reading inboxes and topic histories again"
         );
         counter!("tether_router_recoveries_total").increment(1);
-        self.table.for_each(|conn| conn.recheck_inboxes());
         self.fanout.recheck_topics();
+        // Spread over RECOVER_SPREAD, shard by shard, so that the store does not get one read
+        // per connection at once (the moment it may be recovering itself).
+        let table = self.table.clone();
+        tokio::spawn(async move {
+            let shards = table.shard_count();
+            let pause = RECOVER_SPREAD / shards as u32;
+            for shard in 0..shards {
+                table.for_each_in(shard..shard + 1, |conn| conn.recheck_inboxes());
+                tokio::time::sleep(pause).await;
+            }
+        });
     }
 }

@@ -102,8 +102,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
             // other nodes find it once the node registers its sessions again, at its next
             // announcement that the registry takes.
             tracing::warn!(error = %e, "cannot register session; registering it later");
-            gw.registry_stale
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            gw.unsynced.register_failed(conn.id);
         }
     }
     join_server_side_topics(gw, &conn).await;
@@ -550,10 +549,18 @@ fn finish_work(gw: &Gateway, conn: &ConnHandle, done: Done) {
             let queued = conn.apply_backlog(binding, missed_before, page);
             gw.metrics.backlog_messages.increment(queued as u64);
         }
-        Done::Backlog { result: Err(e), .. } => {
+        Done::Backlog {
+            binding,
+            result: Err(e),
+            ..
+        } => {
+            gw.metrics.store_error("read");
+            if !conn.backlog_failed(binding) {
+                tracing::debug!(conn = %conn.id, error = %e, "a recheck of the inbox failed");
+                return;
+            }
             // The client resumes from its position when it comes back.
             tracing::warn!(conn = %conn.id, error = %e, "cannot read a backlog");
-            gw.metrics.store_error("read");
             conn.close(Close {
                 code: Code::INTERNAL,
                 reason: "store unavailable".into(),
@@ -805,8 +812,8 @@ async fn forget(gw: &Gateway, conn: &ConnHandle) {
     for (app, user) in &conn.bindings {
         if let Err(e) = gw.registry.unregister(app, user, &gw.node, conn.id).await {
             tracing::warn!(error = %e, "cannot unregister session; removing it later");
-            gw.registry_stale
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            gw.unsynced
+                .unregister_failed(app.clone(), user.clone(), conn.id);
         }
     }
 }

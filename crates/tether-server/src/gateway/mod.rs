@@ -13,6 +13,7 @@ mod conn;
 pub mod drain;
 pub mod inbox;
 pub mod table;
+pub mod unsynced;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -66,9 +67,9 @@ pub struct Gateway {
     pub drain: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// A session could not be registered or unregistered (the registry was unreachable):
-    /// the node registers all of its sessions again at its next announcement.
-    pub registry_stale: std::sync::atomic::AtomicBool,
+    /// Sessions that could not be registered or unregistered (the registry was unreachable),
+    /// retried after the next announcement.
+    pub unsynced: unsynced::Unsynced,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
     /// Upstream frames and presence events go to the apps' webhooks; set once, at node start
@@ -108,7 +109,7 @@ impl Gateway {
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            registry_stale: std::sync::atomic::AtomicBool::new(false),
+            unsynced: unsynced::Unsynced::default(),
             epoch: tokio::time::Instant::now(),
             webhooks: OnceLock::new(),
         }

@@ -443,6 +443,23 @@ impl ConnHandle {
         outbox.bytes -= held;
     }
 
+    /// A backlog read of `binding` failed. Returns whether the connection must close: it must
+    /// when messages are known to be missing (the first page of a resume, a gap); a read that
+    /// only checked for losses ([`ConnHandle::recheck_inboxes`]) is given up instead, so that a
+    /// store under load does not also lose the node its connections.
+    pub fn backlog_failed(&self, binding: usize) -> bool {
+        let mut outbox = self.outbox();
+        let Some(inbox) = outbox.inboxes.get_mut(binding) else {
+            return true;
+        };
+        if inbox.catching_up && !inbox.first_page && inbox.missed <= inbox.sent {
+            inbox.catching_up = false;
+            inbox.missed = 0;
+            return false;
+        }
+        true
+    }
+
     /// Reads every binding's inbox once more after what it was sent: a push routed here may
     /// have been lost between nodes. A binding that is catching up already reads anyway.
     pub fn recheck_inboxes(&self) {
@@ -1189,6 +1206,37 @@ mod tests {
             conn.next_work(0),
             Some(NextWork::Backlog { after: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_failed_recheck_is_given_up_but_a_failed_resume_or_gap_closes() {
+        let mut inbox = InboxState::resuming(3, 3);
+        inbox.catching_up = false;
+        inbox.first_page = false;
+        let conn = ConnHandle::new(NewConn {
+            bindings: vec![(AppId::from("a"), UserId::from("u"))],
+            resume: vec![inbox],
+            ..new_conn(100_000)
+        });
+        conn.recheck_inboxes();
+        assert!(matches!(
+            conn.next_work(0),
+            Some(NextWork::Backlog { after: 3, .. })
+        ));
+        assert!(!conn.backlog_failed(0), "a recheck that fails is dropped");
+        let inbox = conn.inbox(0).unwrap();
+        assert!(!inbox.catching_up && inbox.sent == 3);
+
+        // A known gap (seq 6 came live after 3): its read must not be dropped.
+        conn.recheck_inboxes();
+        conn.offer_durable(0, 6, Bytes::from_static(b"x"));
+        assert_eq!(conn.inbox(0).unwrap().missed, 6);
+        assert!(conn.backlog_failed(0));
+
+        // The first page of a resume: neither.
+        let fresh = live(100_000);
+        fresh.recheck_inboxes();
+        assert!(fresh.backlog_failed(0));
     }
 
     #[test]
