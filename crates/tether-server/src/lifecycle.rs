@@ -51,6 +51,8 @@ pub struct Lifecycle {
     gateway: Arc<Gateway>,
     /// Set by the first drain, so that two concurrent calls start one drain.
     drain_begun: AtomicBool,
+    /// Set by the withdrawal at shutdown; held while announcing, so the two never cross.
+    withdrawn: tokio::sync::Mutex<bool>,
     /// A resync, a reap runs in the background.
     resyncing: Arc<AtomicBool>,
     reaping: Arc<AtomicBool>,
@@ -74,6 +76,7 @@ impl Lifecycle {
             registry,
             gateway,
             drain_begun: AtomicBool::new(false),
+            withdrawn: tokio::sync::Mutex::new(false),
             resyncing: Arc::default(),
             reaping: Arc::default(),
         }
@@ -108,7 +111,13 @@ impl Lifecycle {
 
     /// Announces the node now. Returns whether the registry still held the previous
     /// announcement (see [`Registry::announce`]).
+    /// Nothing once the node withdrew: an announcement in flight at shutdown must not land
+    /// after the withdrawal and list the node again.
     pub async fn announce(&self) -> Result<bool, RegistryError> {
+        let withdrawn = self.withdrawn.lock().await;
+        if *withdrawn {
+            return Ok(true);
+        }
         self.registry.announce(self.info()).await
     }
 
@@ -289,6 +298,8 @@ impl Lifecycle {
     /// Takes the node out of the registry's node list, so that the dispatcher stops offering
     /// it (shutdown). Failures are logged: the announcement then expires on its own.
     pub async fn withdraw(&self) {
+        let mut withdrawn = self.withdrawn.lock().await;
+        *withdrawn = true;
         if let Err(e) = self.registry.withdraw(&self.node).await {
             warn!(error = %e, "cannot withdraw the node; its announcement will expire");
         }
