@@ -16,7 +16,9 @@
 # results and logs go; BUILD [1] (0: no cargo build); USERS [3000], UNICAST_RATE [2000]
 # (requests/s), SUBSCRIBERS [10000], RATE [5] (publishes/s), DURATION [10s];
 # SKIP_MAX [0] (1: no --max broadcast runs); CONNECT_RATE [4000] (handshakes/s of the scale run); HOLD [10] (s); HEARTBEAT [60] (s, what
-# the scale run's connections propose; they ping every half of it).
+# the scale run's connections propose; they ping every half of it). The nodes read TETHER_LOG
+# (e.g. `info,tether_redis::router=debug` to see the router's listening connection drop and
+# reconnect); the scale run leaves the nodes' counters and warnings next to its results.
 #
 # Redis' CPU over each unicast and broadcast run is read with `redis-cli INFO cpu` before and
 # after (in <name>.redis-cpu.txt). The cluster is stopped, and the sysctls it changes
@@ -147,6 +149,25 @@ scale() {
         --redis "redis://127.0.0.1:$redis_port" --broadcast \
         --json "$OUT/scale-$count.json"
     free -m | tee "$OUT/scale-$count.free.txt"
+    node_report "$nodes" "$OUT/scale-$count"
+}
+
+# node_report N PREFIX: what the nodes counted (their /metrics, summed over nodes 0 .. N-1:
+# store and router errors, refusals, disconnects) in PREFIX.metrics.txt, and what they logged
+# above info (counted by message and error, connection ids left out) in PREFIX.warnings.txt,
+# before the cluster stops. The node logs themselves stay in the cluster's directory
+# (bench/cluster.sh, CLUSTER_DIR) until the next start.
+node_report() {
+    local nodes=$1 prefix=$2 dir=${CLUSTER_DIR:-/tmp/tether-bench-cluster} i
+    for ((i = 0; i < nodes; i++)); do
+        curl -s --max-time 10 "http://$(api "$i")/metrics" || echo "# node $i: no answer" >&2
+    done | awk '/^tether_(store_errors|router_errors|router_recoveries|rejected_connections|disconnects|handshakes|connections|broadcasts|fanout_dropped|queue_overflows)/ {
+            s[$1] += $2
+        }
+        END { for (k in s) printf "%s %.0f\n", k, s[k] }' | sort | tee "$prefix.metrics.txt"
+    cat "$dir"/node-*.log 2>/dev/null | grep -E '(WARN|ERROR)' \
+        | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//; s/ conn=[^ ]+//' | sort | uniq -c | sort -rn \
+        | tee "$prefix.warnings.txt" | head -20
 }
 
 plot() {
