@@ -83,6 +83,9 @@ impl Drop for RedisRouter {
     }
 }
 
+/// The shortest time between two recoveries (the later losses wait for the next one).
+const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the listening connection is checked.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -96,19 +99,28 @@ async fn keepalive<C: redis::aio::ConnectionLike + Send>(
     sink: Arc<dyn LocalSink>,
     stats: Arc<RouterStats>,
 ) {
+    let mut last_recovery: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(KEEPALIVE).await;
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut listener).await;
         match pong {
-            Err(e) => {
+            // A late answer (a busy machine, a busy Redis) loses nothing: the messages wait in
+            // the connection. Only a connection that must be replaced does.
+            Err(e) if e.is_unrecoverable_error() => {
                 lost.store(true, Ordering::Relaxed);
                 debug!(error = %e, "router: the listening connection is down; reconnecting");
             }
-            Ok(_) if lost.swap(false, Ordering::Relaxed) => {
-                stats.recoveries.fetch_add(1, Ordering::Relaxed);
-                sink.recover();
+            Err(e) => debug!(error = %e, "router: the listening connection answers late"),
+            Ok(_) => {
+                // At most one recovery per RECOVER_EVERY: each one reads every connection's
+                // inboxes, which must not become the load that makes the next one necessary.
+                let due = last_recovery.is_none_or(|at| at.elapsed() >= RECOVER_EVERY);
+                if due && lost.swap(false, Ordering::Relaxed) {
+                    last_recovery = Some(tokio::time::Instant::now());
+                    stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                    sink.recover();
+                }
             }
-            Ok(_) => {}
         }
     }
 }
