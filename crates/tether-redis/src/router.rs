@@ -197,6 +197,7 @@ impl RedisRouter {
                 if !fits || tx.try_send(info).is_err() {
                     queued_bytes.fetch_sub(size, Ordering::Relaxed);
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("tether_router_dropped_total").increment(1);
                     lost.store(true, Ordering::Relaxed);
                 }
                 Ok::<(), ()>(())
@@ -289,9 +290,11 @@ async fn apply(
             Ok(msg) => {
                 msg.apply(sink.as_ref());
                 stats.received.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tether_router_received_total").increment(1);
             }
             Err(e) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tether_router_malformed_total").increment(1);
                 warn!(error = %e, "router: malformed message from another node dropped");
             }
         }
@@ -320,6 +323,7 @@ impl Router for RedisRouter {
             return Err(RouterError::UnknownNode(node.clone()));
         }
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tether_router_sent_total").increment(1);
         Ok(1)
     }
 
