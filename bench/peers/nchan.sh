@@ -21,7 +21,7 @@ install() {
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >&2
         # The package may have started the system nginx: it is not ours to stop, but say so.
-        pgrep -x nginx >/dev/null && echo "note: a system nginx is running too" >&2
+        if pgrep -x nginx >/dev/null; then echo "note: a system nginx is running too" >&2; fi
     fi
 }
 
