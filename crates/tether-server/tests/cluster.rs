@@ -326,6 +326,7 @@ async fn after_a_redis_restart_connections_stay_and_presence_comes_back() {
         took < Duration::from_secs(3),
         "presence back after {took:?}"
     );
+    eprintln!("presence back {took:?} after Redis restarted");
     // Node-to-node messages flow again once the nodes' listening connections are back.
     loop {
         let reply = http_b.push(r#"{"users":["dave"],"payload":"back"}"#).await;
