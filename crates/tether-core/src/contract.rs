@@ -504,23 +504,31 @@ pub const NODE_MESSAGE_EFFECTS: [&str; 5] = [
     "publish contract live 0 \"p0\"",
 ];
 
+/// A qos 0 push of app `contract` whose payload is `n` (4 bytes, big-endian), for the router
+/// contracts and router tests.
+pub fn numbered_push(n: u32) -> Arc<Outgoing> {
+    Arc::new(Outgoing::new(Push {
+        app: "contract".into(),
+        msg_id: u64::from(n),
+        seq: 0,
+        qos: 0,
+        created_ms: 0,
+        kind: PayloadKind::Binary,
+        payload: Bytes::from(n.to_be_bytes().to_vec()),
+    }))
+}
+
+/// The `n` of a [`numbered_push`]'s payload.
+fn push_number(payload: &Bytes) -> u32 {
+    u32::from_be_bytes(payload[..4].try_into().expect("a numbered push"))
+}
+
 /// The router contract, for a router whose own node is `node` and whose local deliveries land
 /// in `sink`.
 pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &RecordingSink) {
-    let msg = |n: u8| {
-        Arc::new(Outgoing::new(Push {
-            app: "contract".into(),
-            msg_id: u64::from(n),
-            seq: 0,
-            qos: 0,
-            created_ms: 0,
-            kind: PayloadKind::Binary,
-            payload: Bytes::from(vec![n]),
-        }))
-    };
     for n in 0..10 {
         let reached = router
-            .deliver(node, &[ConnId(1), ConnId(2)], msg(n))
+            .deliver(node, &[ConnId(1), ConnId(2)], numbered_push(n))
             .await
             .unwrap();
         assert_eq!(reached, 2);
@@ -528,7 +536,7 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
     {
         let delivered = sink.delivered.lock().unwrap();
         for conn in [ConnId(1), ConnId(2)] {
-            let got: Vec<u8> = delivered[&conn].iter().map(|b| b[0]).collect();
+            let got: Vec<u32> = delivered[&conn].iter().map(push_number).collect();
             assert_eq!(
                 got,
                 (0..10).collect::<Vec<_>>(),
@@ -559,21 +567,10 @@ pub async fn router_contract(router: &dyn Router, node: &NodeId, sink: &Recordin
 /// whose router delivers into `sink`. Deliveries, every kind of message and a disconnect
 /// arrive, in call order. Waits up to 5 s for them (a remote router is asynchronous).
 pub async fn remote_router_contract(from: &dyn Router, to: &NodeId, sink: &RecordingSink) {
-    let push = |n: u32| {
-        Arc::new(Outgoing::new(Push {
-            app: "contract".into(),
-            msg_id: u64::from(n),
-            seq: 0,
-            qos: 0,
-            created_ms: 0,
-            kind: PayloadKind::Binary,
-            payload: Bytes::from(n.to_be_bytes().to_vec()),
-        }))
-    };
     assert!(!from.is_local(to), "the contract needs another node");
     for n in 0..500 {
         let sent = from
-            .deliver(to, &[ConnId(1), ConnId(2)], push(n))
+            .deliver(to, &[ConnId(1), ConnId(2)], numbered_push(n))
             .await
             .unwrap();
         assert_eq!(
@@ -597,10 +594,7 @@ pub async fn remote_router_contract(from: &dyn Router, to: &NodeId, sink: &Recor
     }
     let delivered = sink.delivered.lock().unwrap();
     for conn in [ConnId(1), ConnId(2)] {
-        let got: Vec<u32> = delivered[&conn]
-            .iter()
-            .map(|p| u32::from_be_bytes(p[..4].try_into().unwrap()))
-            .collect();
+        let got: Vec<u32> = delivered[&conn].iter().map(push_number).collect();
         assert_eq!(got, (0..500).collect::<Vec<_>>(), "in call order");
     }
     assert_eq!(sink.others.lock().unwrap().as_slice(), NODE_MESSAGE_EFFECTS);

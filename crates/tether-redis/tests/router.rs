@@ -2,23 +2,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tether_core::contract::{RecordingSink, remote_router_contract, router_contract};
-use tether_core::{ConnId, NodeId, Outgoing, Router, RouterError};
-use tether_proto::{PayloadKind, Push};
+use tether_core::contract::{
+    RecordingSink, numbered_push, remote_router_contract, router_contract,
+};
+use tether_core::{ConnId, NodeId, Router, RouterError};
 use tether_redis::{RedisRouter, testing};
-
-fn push(n: u32) -> Arc<Outgoing> {
-    Arc::new(Outgoing::new(Push {
-        app: "contract".into(),
-        msg_id: u64::from(n),
-        seq: 0,
-        qos: 0,
-        created_ms: 0,
-        kind: PayloadKind::Binary,
-        payload: Bytes::from(n.to_be_bytes().to_vec()),
-    }))
-}
 
 #[tokio::test]
 async fn local_sends_pass_the_contract() {
@@ -72,7 +60,7 @@ async fn a_node_nobody_listens_for_is_unknown() {
     .await
     .unwrap();
     let err = a
-        .deliver(&NodeId::from("gone"), &[ConnId(1)], push(1))
+        .deliver(&NodeId::from("gone"), &[ConnId(1)], numbered_push(1))
         .await
         .unwrap_err();
     assert!(matches!(err, RouterError::UnknownNode(_)), "{err}");

@@ -7,18 +7,19 @@
 //! Without a Redis at `TETHER_TEST_REDIS` (default 127.0.0.1:6379) this test is skipped, except
 //! under `CI=true`, where it fails.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use common::{OnFailure, Server, free_addr, push_durable, read_frame};
 use tether_core::{AppId, UserId, auth};
 use tether_proto::{Ack, Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
 use tether_redis::RedisOptions;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const SECRET: &str = "cluster-secret-0123456789";
@@ -29,24 +30,15 @@ const IN_FLIGHT: usize = 8;
 /// Upper bound of any wait.
 const WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Server {
+/// A cluster node: `tether serve` on Redis `redis`, announcing every 200 ms.
+struct Node {
     id: String,
-    child: Child,
-    tcp: SocketAddr,
-    http: SocketAddr,
+    server: Server,
 }
 
-impl Server {
-    async fn start(dir: &Path, id: &str, redis: &RedisOptions) -> Server {
-        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+impl Node {
+    async fn start(dir: &Path, id: &str, redis: &RedisOptions) -> Node {
+        let (tcp, http) = (free_addr(), free_addr());
         let config = format!(
             r#"
 [node]
@@ -77,93 +69,11 @@ api_key = "{API_KEY}"
             prefix = redis.prefix,
         );
         let path = dir.join(format!("{id}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tether serve");
-        let server = Server {
+        Node {
             id: id.to_owned(),
-            child,
-            tcp,
-            http,
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let url = format!("http://{}/healthz", server.http);
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tether serve {id} did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            server: Server::start(&path, &config, tcp, http, WAIT).await,
         }
     }
-
-    fn kill(&mut self) {
-        // std's kill sends SIGKILL on Unix: no shutdown path runs, nothing is withdrawn.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pushes durable messages to [`USER`] through `http` from [`IN_FLIGHT`] workers for `run`;
-/// returns every answered message: seq -> payload index.
-async fn push_for(http: SocketAddr, run: Duration) -> BTreeMap<u64, u64> {
-    let client = reqwest::Client::new();
-    let url = format!("http://{http}/v1/apps/demo/push");
-    let answered = Arc::new(Mutex::new(BTreeMap::new()));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + run;
-    let workers: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| {
-            let (client, url, answered, next) =
-                (client.clone(), url.clone(), answered.clone(), next.clone());
-            tokio::spawn(async move {
-                while tokio::time::Instant::now() < deadline {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let body = serde_json::json!({
-                        "users": [USER],
-                        "qos": 1,
-                        "payload": {"n": n},
-                    });
-                    let reply = client
-                        .post(&url)
-                        .bearer_auth(API_KEY)
-                        .json(&body)
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await
-                        .expect("node B stays up");
-                    assert!(reply.status().is_success(), "push: {}", reply.status());
-                    let reply: serde_json::Value = reply.json().await.expect("JSON");
-                    let seq = reply["seqs"][USER].as_u64().expect("a seq");
-                    let first = answered.lock().unwrap().insert(seq, n);
-                    assert!(first.is_none(), "seq {seq} answered twice");
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.expect("push worker");
-    }
-    Arc::try_unwrap(answered).unwrap().into_inner().unwrap()
 }
 
 /// One connection of the receiving device.
@@ -213,16 +123,7 @@ impl Receiver {
 
     /// The next frame, or `None` once the server is gone.
     async fn frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(len) = binary::check(&self.buf, 1 << 20).expect("a valid frame") {
-                let frame: Bytes = self.buf.split_to(len).freeze();
-                return Some(binary::parse(frame, 1 << 20).expect("a frame"));
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
+        read_frame(&mut self.stream, &mut self.buf).await
     }
 
     async fn ack(&mut self, seq: u64) {
@@ -297,19 +198,26 @@ async fn sigkill_of_a_node_loses_no_answered_durable_push() {
     let dir = std::env::temp_dir().join(format!("tether-cluster-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut a = Server::start(&dir, "node-a", &redis).await;
-    let b = Server::start(&dir, "node-b", &redis).await;
-    let _c = Server::start(&dir, "node-c", &redis).await;
+    let mut a = Node::start(&dir, "node-a", &redis).await;
+    let b = Node::start(&dir, "node-b", &redis).await;
+    let _c = Node::start(&dir, "node-c", &redis).await;
 
-    let mut receiver = Receiver::connect(a.tcp, None).await;
+    let mut receiver = Receiver::connect(a.server.tcp, None).await;
     let deadline = Instant::now() + WAIT;
-    while presence_nodes(b.http).await != ["node-a"] {
+    while presence_nodes(b.server.http).await != ["node-a"] {
         assert!(Instant::now() < deadline, "the session never showed up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Pushes through B for 2 s; A dies after 700 ms.
-    let pushing = tokio::spawn(push_for(b.http, Duration::from_secs(2)));
+    let pushing = tokio::spawn(push_durable(
+        b.server.http,
+        API_KEY,
+        USER,
+        IN_FLIGHT,
+        Duration::from_secs(2),
+        OnFailure::Panic,
+    ));
     let mut got: Vec<(u64, u64)> = Vec::new();
     let killed_at = Instant::now() + Duration::from_millis(700);
     let mut moved_to = None;
@@ -318,7 +226,7 @@ async fn sigkill_of_a_node_loses_no_answered_durable_push() {
             tokio::select! {
                 frame = receiver.frame() => frame,
                 () = tokio::time::sleep_until(killed_at.into()) => {
-                    a.kill();
+                    a.server.kill();
                     continue;
                 }
             }
@@ -341,7 +249,7 @@ async fn sigkill_of_a_node_loses_no_answered_durable_push() {
             None => {
                 assert!(moved_to.is_none(), "the second node went away too");
                 // A is gone: the dispatcher sends the client elsewhere, and it resumes.
-                let (node, addr) = dispatch(b.http, &a.id).await;
+                let (node, addr) = dispatch(b.server.http, &a.id).await;
                 assert_ne!(node, a.id);
                 let last = got.last().map(|(seq, _)| *seq);
                 receiver = Receiver::connect(addr, last.or(Some(0))).await;
@@ -368,7 +276,7 @@ async fn sigkill_of_a_node_loses_no_answered_durable_push() {
     // live node reaps it.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let nodes = presence_nodes(b.http).await;
+        let nodes = presence_nodes(b.server.http).await;
         if nodes == [moved_to.clone()] {
             break;
         }

@@ -6,13 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{Server, free_addr, read_frame};
+use common::{OnFailure, Server, free_addr, push_durable, read_frame};
 use tether_core::{AppId, UserId, auth};
 use tether_proto::{Ack, Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
 use tokio::io::AsyncWriteExt;
@@ -52,54 +50,6 @@ api_key = "{API_KEY}"
         dir = dir.display()
     );
     Server::start(&dir.join("tether.toml"), &config, tcp, http, WAIT).await
-}
-
-/// Pushes durable messages to `user` from [`IN_FLIGHT`] workers until `stop`; returns every
-/// answered message: seq -> payload index.
-async fn push_until(http: SocketAddr, user: &str, stop: Duration) -> BTreeMap<u64, u64> {
-    let client = reqwest::Client::new();
-    let url = format!("http://{http}/v1/apps/demo/push");
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + stop;
-    let workers: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| {
-            let (client, url, acked, next) =
-                (client.clone(), url.clone(), acked.clone(), next.clone());
-            let user = user.to_owned();
-            tokio::spawn(async move {
-                while tokio::time::Instant::now() < deadline {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let body = serde_json::json!({
-                        "users": [user],
-                        "qos": 1,
-                        "payload": {"n": n},
-                    });
-                    let sent = client
-                        .post(&url)
-                        .bearer_auth(API_KEY)
-                        .json(&body)
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await;
-                    let Ok(reply) = sent else { break };
-                    if !reply.status().is_success() {
-                        break;
-                    }
-                    let Ok(reply) = reply.json::<serde_json::Value>().await else {
-                        break;
-                    };
-                    let seq = reply["seqs"][&user].as_u64().expect("a seq per user");
-                    let first = acked.lock().unwrap().insert(seq, n);
-                    assert!(first.is_none(), "seq {seq} answered twice");
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.expect("push worker");
-    }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
 /// Connects as `user` on a new device and reads pushes until it holds seq `up_to`; returns
@@ -185,7 +135,14 @@ async fn every_answered_durable_push_survives_sigkill() {
         let user = format!("crash-{round}");
         let mut server = serve(&dir, durability).await;
         let started = Instant::now();
-        let pushing = push_until(server.http, &user, Duration::from_secs(10));
+        let pushing = push_durable(
+            server.http,
+            API_KEY,
+            &user,
+            IN_FLIGHT,
+            Duration::from_secs(10),
+            OnFailure::Stop,
+        );
         // Kill mid-stream, at a point that varies per round.
         let kill = async move {
             tokio::time::sleep(Duration::from_millis(millis)).await;

@@ -99,3 +99,75 @@ pub async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Fr
         }
     }
 }
+
+/// What a pushing worker does when a request fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop that worker (the server is expected to die).
+    Stop,
+    /// Fail the test (the server must stay up).
+    Panic,
+}
+
+/// Pushes durable messages (`{"n": index}`) to `user` of app `demo` through `http` from
+/// `in_flight` workers for `run`; returns every answered message: seq -> index. Panics if a
+/// seq is answered twice.
+pub async fn push_durable(
+    http: SocketAddr,
+    api_key: &str,
+    user: &str,
+    in_flight: usize,
+    run: Duration,
+    on_failure: OnFailure,
+) -> std::collections::BTreeMap<u64, u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{http}/v1/apps/demo/push");
+    let answered = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + run;
+    let workers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (client, url, answered, next) =
+                (client.clone(), url.clone(), answered.clone(), next.clone());
+            let (user, api_key) = (user.to_owned(), api_key.to_owned());
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < deadline {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let body = serde_json::json!({
+                        "users": [user],
+                        "qos": 1,
+                        "payload": {"n": n},
+                    });
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&api_key)
+                        .json(&body)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                    let reply = match sent {
+                        Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await,
+                        Ok(r) if on_failure == OnFailure::Panic => panic!("push: {}", r.status()),
+                        Err(e) if on_failure == OnFailure::Panic => panic!("push: {e}"),
+                        _ => break,
+                    };
+                    let reply = match reply {
+                        Ok(reply) => reply,
+                        Err(e) if on_failure == OnFailure::Panic => panic!("push answer: {e}"),
+                        Err(_) => break,
+                    };
+                    let seq = reply["seqs"][&user].as_u64().expect("a seq per user");
+                    let first = answered.lock().unwrap().insert(seq, n);
+                    assert!(first.is_none(), "seq {seq} answered twice");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("push worker");
+    }
+    Arc::try_unwrap(answered).unwrap().into_inner().unwrap()
+}
