@@ -16,6 +16,9 @@
 #   PAYLOAD [100]          message size in bytes
 #   DURATION [10s]         measured window of the equal-load run (after WARMUP [2s])
 #   MAX_DURATION [5s]      measured window of each --max step (after 1 s of warm-up)
+#   MAX_STEPS [16]         most --max steps (each 1.5x the last, from 20,000 deliveries/s:
+#                          16 steps reach 876 publishes/s); a target stops at its first
+#                          saturated step
 #   SKIP_MAX [0]           1: no saturation run
 #   TETHER_SUBSCRIBE [1]   1: tether's idle connections subscribe to the topic, like the
 #                          peers' (needs tether's topics); 0: bound to the app only
@@ -39,6 +42,7 @@ PAYLOAD=${PAYLOAD:-100}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 MAX_DURATION=${MAX_DURATION:-5s}
+MAX_STEPS=${MAX_STEPS:-16}
 SKIP_MAX=${SKIP_MAX:-0}
 TETHER_SUBSCRIBE=${TETHER_SUBSCRIBE:-1}
 OUT=${OUT:-$repo/bench/results/$(date +%Y%m%d-%H%M%S)}
@@ -113,7 +117,7 @@ for t in "${targets[@]}"; do
         --json "$OUT/$t-broadcast.json"
     if [[ $SKIP_MAX != 1 ]]; then
         run "$t-max" "$bench" broadcast --target "$t" --subscribers "$SUBSCRIBERS" \
-            --connect-rate "$CONNECT_RATE" --max --payload "$PAYLOAD" \
+            --connect-rate "$CONNECT_RATE" --max --max-steps "$MAX_STEPS" --payload "$PAYLOAD" \
             --duration "$MAX_DURATION" --warmup 1s --server-pid "$pid" \
             --json "$OUT/$t-max.json"
     fi

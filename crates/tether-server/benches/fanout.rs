@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Baseline in the same run: appending the same `Bytes` to plain, unlocked queues, the least a
-//! fan-out can do. Throughput is in recipients.
+//! fan-out can do. Throughput is in deliveries: recipients, times 20 for `topic_batch_of_20`
+//! (twenty publications that waited together, joined once and queued as one entry).
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tether_core::{AppId, DeviceId, Outgoing, Transport, UserId};
 use tether_proto::{PayloadKind, Publication};
-use tether_server::fanout::topic::{Sub, Topic};
+use tether_server::fanout::topic::{Batch, Sub, Topic};
 use tether_server::gateway::inbox::InboxState;
 use tether_server::gateway::table::{ConnHandle, ConnTable, Encoding, NewConn};
 
@@ -58,7 +59,10 @@ fn fanout(c: &mut Criterion) {
         metrics.queue_overflows.clone(),
         metrics.push_deliveries.clone(),
     );
-    let msg = message();
+    let msg = Arc::new(message());
+    let one = Batch::one(0, msg.clone());
+    let twenty = Batch::group((0..20).map(|_| (0, msg.clone())).collect());
+    assert_eq!(twenty.len(), 1);
     let mut group = c.benchmark_group("fanout");
     for n in [1_000usize, 10_000] {
         group.throughput(Throughput::Elements(n as u64));
@@ -71,17 +75,24 @@ fn fanout(c: &mut Criterion) {
             });
         }
         let mut taken = VecDeque::new();
-        group.bench_with_input(BenchmarkId::new("topic_shard", n), &n, |b, _| {
-            b.iter(|| {
-                black_box(topic.deliver_shard(0, 0, &msg, false));
-                // What the connection task does with it, minus the write.
-                for conn in &subs {
-                    conn.take(&mut taken);
-                    conn.written(taken.iter().map(Bytes::len).sum(), 0);
-                    taken.clear();
-                }
-            })
-        });
+        for (name, batch, per) in [
+            ("topic_shard", &one, 1),
+            ("topic_batch_of_20", &twenty[0], 20),
+        ] {
+            group.throughput(Throughput::Elements((n * per) as u64));
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    black_box(topic.deliver_shard(0, batch, false));
+                    // What the connection task does with it, minus the write.
+                    for conn in &subs {
+                        conn.take(&mut taken);
+                        conn.written(taken.iter().map(Bytes::len).sum(), 0);
+                        taken.clear();
+                    }
+                })
+            });
+        }
+        group.throughput(Throughput::Elements(n as u64));
         let frame = msg.binary().clone();
         let mut plain: Vec<VecDeque<Bytes>> = (0..n).map(|_| VecDeque::new()).collect();
         group.bench_with_input(BenchmarkId::new("baseline_plain_queues", n), &n, |b, _| {

@@ -20,6 +20,13 @@
 //! runs one task per shard, so every core queues frames. Connections write whatever they have
 //! queued in one vectored write, so frames that pile up under load leave in one syscall.
 //!
+//! A worker that falls behind finds publications of one topic (or broadcasts) waiting behind
+//! each other: it takes up to [`topic::BATCH_MAX`] of them and fans them out as one
+//! [`Batch`], so that each subscriber costs one write (or one wake-up of its task) per batch
+//! rather than per publication. Raw TCP subscribers get the batch's frames joined in one
+//! buffer, built once. The busier the node, the more each write carries; a node that keeps up
+//! sends each publication alone, at once.
+//!
 //! # Overload
 //! - The job queue is bounded (`rate.fanout_queue`): the API answers 503 with `Retry-After`
 //!   when it is full, before anything is stored.
@@ -42,14 +49,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::gateway::table::{ConnHandle, ConnTable, Enqueued, Offered};
+use crate::gateway::table::{ConnHandle, ConnTable, Enqueued};
 use crate::rate::{Pacer, RequestLimit};
-use topic::{Reached, Sub, Topic, offer};
+use topic::{BATCH_MAX, Batch, Reached, Sub, Topic, offer_batch};
 
 /// Below this many recipients a fan-out runs inline: spawning would cost more than it saves.
 const PARALLEL_MIN: usize = 2048;
 
-/// Work for an app's fan-out worker.
+/// Work for an app's fan-out worker. Publications of one topic (and broadcasts) that wait
+/// behind each other in the queue are taken together and leave as one [`Batch`].
 #[derive(Debug)]
 pub enum Job {
     /// Fan `msg` out to the topic's subscribers. `offset` is its place in the topic's history,
@@ -445,30 +453,58 @@ struct Worker {
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
         let mut mode = WriteMode::new();
+        // A job taken from the queue while gathering a batch, which did not belong to it.
+        let mut next: Option<Job> = None;
         loop {
-            let job = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                job = rx.recv() => match job {
-                    Some(job) => job,
-                    None => return,
-                },
+            let job = match next.take() {
+                Some(job) => job,
+                None => {
+                    let job = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return,
+                        job = rx.recv() => match job {
+                            Some(job) => job,
+                            None => return,
+                        },
+                    };
+                    self.metrics.queued.decrement(1.0);
+                    job
+                }
             };
-            self.metrics.queued.decrement(1.0);
             let direct = mode.direct(rx.is_empty());
             match job {
                 Job::Publish { topic, offset, msg } => {
-                    self.publish(&topic, offset, &msg, direct).await;
-                    mode.done(direct, !rx.is_empty());
+                    let mut items = vec![(offset, msg)];
+                    next = self.gather(&mut rx, &mut items, |job| match job {
+                        Job::Publish {
+                            topic: t,
+                            offset,
+                            msg,
+                        } if t == topic => Ok((offset, msg)),
+                        other => Err(other),
+                    });
+                    self.publish(&topic, items, direct).await;
+                    mode.done(direct, next.is_some() || !rx.is_empty());
                 }
                 Job::Broadcast { msg } => {
-                    self.broadcast(&msg, direct).await;
-                    mode.done(direct, !rx.is_empty());
+                    let mut items = vec![(0, msg)];
+                    next = self.gather(&mut rx, &mut items, |job| match job {
+                        Job::Broadcast { msg } => Ok((0, msg)),
+                        other => Err(other),
+                    });
+                    for batch in Batch::group(items) {
+                        self.broadcast(&Arc::new(batch), direct).await;
+                    }
+                    mode.done(direct, next.is_some() || !rx.is_empty());
                 }
                 Job::Recheck { topic } => {
                     if let Some(t) = self.topics.get(&topic) {
                         let fanned = t.fanned.load(std::sync::atomic::Ordering::Relaxed);
-                        self.fill_gap(&t, &topic, fanned, u64::MAX, direct).await;
+                        let missing = self.missing(&topic, fanned, u64::MAX).await;
+                        if let Some((last, _)) = missing.last() {
+                            t.fanned.store(*last, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        self.fan_out(&t, &topic, missing, direct).await;
                     }
                     mode.done(direct, !rx.is_empty());
                 }
@@ -495,35 +531,62 @@ impl Worker {
         }
     }
 
-    async fn publish(&self, topic_id: &TopicId, offset: u64, msg: &Arc<Outgoing>, direct: bool) {
+    /// Moves the jobs waiting right behind the current one into `items` while `fits` takes
+    /// them (at most [`BATCH_MAX`] in all), and returns the first one it does not take.
+    fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Job>,
+        items: &mut Vec<(u64, Arc<Outgoing>)>,
+        fits: impl Fn(Job) -> Result<(u64, Arc<Outgoing>), Job>,
+    ) -> Option<Job> {
+        while items.len() < BATCH_MAX {
+            let Ok(job) = rx.try_recv() else {
+                return None;
+            };
+            self.metrics.queued.decrement(1.0);
+            match fits(job) {
+                Ok(item) => items.push(item),
+                Err(other) => return Some(other),
+            }
+        }
+        None
+    }
+
+    /// Fans out publications of one topic, in the order given. A durable one that is not
+    /// ahead of the last one fanned out was sent already (by the gap fill of a later one); one
+    /// that is further ahead is preceded by the missing ones, read from the history.
+    async fn publish(&self, topic_id: &TopicId, items: Vec<(u64, Arc<Outgoing>)>, direct: bool) {
         let Some(topic) = self.topics.get(topic_id) else {
             return; // no subscriber on this node
         };
-        if offset != 0 {
-            let fanned = topic.fanned.load(std::sync::atomic::Ordering::Relaxed);
-            if offset <= fanned {
-                return; // sent already, by the gap fill of a later publication
+        let mut out = Vec::with_capacity(items.len());
+        for (offset, msg) in items {
+            if offset != 0 {
+                let fanned = topic.fanned.load(std::sync::atomic::Ordering::Relaxed);
+                if offset <= fanned {
+                    continue;
+                }
+                if offset > fanned + 1 {
+                    out.extend(self.missing(topic_id, fanned, offset).await);
+                }
+                topic
+                    .fanned
+                    .store(offset, std::sync::atomic::Ordering::Relaxed);
             }
-            if offset > fanned + 1 {
-                self.fill_gap(&topic, topic_id, fanned, offset, direct)
-                    .await;
-            }
-            topic
-                .fanned
-                .store(offset, std::sync::atomic::Ordering::Relaxed);
+            out.push((offset, msg));
         }
-        self.fan_topic(&topic, topic_id, offset, msg, direct).await;
+        self.fan_out(&topic, topic_id, out, direct).await;
     }
 
-    /// Fans out the publications between `fanned` and `offset` (exclusive) from the history.
-    async fn fill_gap(
+    /// The publications between `fanned` and `offset` (exclusive) that the history still
+    /// holds, in order. A failed read is logged and gives none: subscribers then see a jump in
+    /// offsets and can resubscribe with `since`.
+    async fn missing(
         &self,
-        topic: &Arc<Topic>,
         topic_id: &TopicId,
         fanned: u64,
         offset: u64,
-        direct: bool,
-    ) {
+    ) -> Vec<(u64, Arc<Outgoing>)> {
         let missing = ((offset - fanned - 1) as usize).min(self.history_cap);
         let page = match self
             .store
@@ -538,19 +601,36 @@ impl Worker {
         {
             Ok(page) => page,
             Err(e) => {
-                // Subscribers see a jump in offsets and can resubscribe with `since`.
                 self.metrics.store_errors.increment(1);
                 warn!(app = %self.topics.app, topic = %topic_id, error = %e, "topic gap not filled");
-                return;
+                return Vec::new();
             }
         };
-        for m in page.messages.iter().filter(|m| m.seq.0 < offset) {
-            self.metrics.gap_fills.increment(1);
-            let msg = Arc::new(publication(&self.topics.app, topic_id, m));
-            topic
-                .fanned
-                .store(m.seq.0, std::sync::atomic::Ordering::Relaxed);
-            self.fan_topic(topic, topic_id, m.seq.0, &msg, direct).await;
+        let found: Vec<_> = page
+            .messages
+            .iter()
+            .filter(|m| m.seq.0 > fanned && m.seq.0 < offset)
+            .map(|m| {
+                let msg = Arc::new(publication(&self.topics.app, topic_id, m));
+                (m.seq.0, msg)
+            })
+            .collect();
+        self.metrics.gap_fills.increment(found.len() as u64);
+        found
+    }
+
+    /// Fans out `items` (publications of one topic, in order) in batches, each reaching every
+    /// subscriber before the next starts.
+    async fn fan_out(
+        &self,
+        topic: &Arc<Topic>,
+        topic_id: &TopicId,
+        items: Vec<(u64, Arc<Outgoing>)>,
+        direct: bool,
+    ) {
+        for batch in Batch::group(items) {
+            self.fan_topic(topic, topic_id, &Arc::new(batch), direct)
+                .await;
         }
     }
 
@@ -558,17 +638,18 @@ impl Worker {
         &self,
         topic: &Arc<Topic>,
         topic_id: &TopicId,
-        offset: u64,
-        msg: &Arc<Outgoing>,
+        batch: &Arc<Batch>,
         direct: bool,
     ) {
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
-            let subs = topic.snapshot(offset);
+            let subs = topic.snapshot(batch.needed_below());
             for chunk in subs.chunks(pacer.chunk()) {
-                pacer.take(chunk.len()).await;
-                self.metrics.paced.increment(chunk.len() as u64);
-                let (r, closed) = offer_all(chunk, msg, direct);
+                pacer.take(chunk.len() * batch.len()).await;
+                self.metrics
+                    .paced
+                    .increment((chunk.len() * batch.len()) as u64);
+                let (r, closed) = offer_all(chunk, batch, direct);
                 reached.add(r);
                 // Counted as closed only when this call removed them (their end may have).
                 reached.closed += closed.into_iter().filter(|id| topic.remove(*id)).count() as u64;
@@ -579,9 +660,9 @@ impl Worker {
             // task yields, so a shard done inline would run the others after it, not beside.
             let mut tasks = Vec::with_capacity(topic.shard_count());
             for i in 0..topic.shard_count() {
-                let (topic, msg) = (topic.clone(), msg.clone());
+                let (topic, batch) = (topic.clone(), batch.clone());
                 tasks.push(tokio::spawn(async move {
-                    topic.deliver_shard(i, offset, &msg, direct)
+                    topic.deliver_shard(i, &batch, direct)
                 }));
             }
             for task in tasks {
@@ -592,7 +673,7 @@ impl Worker {
             }
         } else {
             for i in 0..topic.shard_count() {
-                reached.add(topic.deliver_shard(i, offset, msg, direct));
+                reached.add(topic.deliver_shard(i, batch, direct));
             }
         }
         self.metrics.topic_deliveries.increment(reached.delivered);
@@ -611,7 +692,7 @@ impl Worker {
         }
     }
 
-    async fn broadcast(&self, msg: &Arc<Outgoing>, direct: bool) {
+    async fn broadcast(&self, batch: &Arc<Batch>, direct: bool) {
         let app = self.topics.app.clone();
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
@@ -622,9 +703,11 @@ impl Worker {
                 }
             });
             for chunk in conns.chunks(pacer.chunk()) {
-                pacer.take(chunk.len()).await;
-                self.metrics.paced.increment(chunk.len() as u64);
-                reached.add(offer_all(chunk, msg, direct).0);
+                pacer.take(chunk.len() * batch.len()).await;
+                self.metrics
+                    .paced
+                    .increment((chunk.len() * batch.len()) as u64);
+                reached.add(offer_all(chunk, batch, direct).0);
             }
         } else {
             let n = self.table.shard_count();
@@ -637,10 +720,10 @@ impl Worker {
             // As for topics: every part in its own task (see `fan_topic`).
             let mut tasks = Vec::with_capacity(parts);
             for start in (0..n).step_by(step) {
-                let (table, msg, app) = (self.table.clone(), msg.clone(), app.clone());
+                let (table, batch, app) = (self.table.clone(), batch.clone(), app.clone());
                 let range = start..(start + step).min(n);
                 tasks.push(tokio::spawn(async move {
-                    broadcast_range(&table, range, &app, &msg, direct)
+                    broadcast_range(&table, range, &app, &batch, direct)
                 }));
             }
             for task in tasks {
@@ -857,17 +940,15 @@ fn refuse(
     conn.enqueue(conn.encoding.encode(&error));
 }
 
-/// Queues `msg` on each of `conns`; also returns the connections found closed (not counted in
-/// the result: the caller decides whether they leave).
-fn offer_all(conns: &[Arc<ConnHandle>], msg: &Outgoing, direct: bool) -> (Reached, Vec<ConnId>) {
+/// Hands the whole batch to each of `conns` (chosen by the caller as needing it); also returns
+/// the connections found closed (not counted in the result: the caller decides whether they
+/// leave).
+fn offer_all(conns: &[Arc<ConnHandle>], batch: &Batch, direct: bool) -> (Reached, Vec<ConnId>) {
     let mut reached = Reached::default();
     let mut closed = Vec::new();
     for conn in conns {
-        match offer(conn, msg, direct) {
-            Offered::Queued => reached.delivered += 1,
-            Offered::Written(n) => reached.wrote(n),
-            Offered::Overflow => reached.overflowed += 1,
-            Offered::Closed => closed.push(conn.id),
+        if offer_batch(conn, batch, 0, direct, &mut reached) {
+            closed.push(conn.id);
         }
     }
     (reached, closed)
@@ -877,7 +958,7 @@ fn broadcast_range(
     table: &ConnTable,
     range: std::ops::Range<usize>,
     app: &AppId,
-    msg: &Outgoing,
+    batch: &Batch,
     direct: bool,
 ) -> Reached {
     let mut reached = Reached::default();
@@ -885,11 +966,8 @@ fn broadcast_range(
         if conn.binding(app.as_str()).is_none() {
             return;
         }
-        match offer(conn, msg, direct) {
-            Offered::Queued => reached.delivered += 1,
-            Offered::Written(n) => reached.wrote(n),
-            Offered::Overflow => reached.overflowed += 1,
-            Offered::Closed => reached.closed += 1,
+        if offer_batch(conn, batch, 0, direct, &mut reached) {
+            reached.closed += 1;
         }
     });
     reached
@@ -930,10 +1008,19 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn conn(table: &ConnTable, app: &AppId) -> Arc<ConnHandle> {
+        conn_over(table, app, Transport::Tcp, Encoding::Binary)
+    }
+
+    fn conn_over(
+        table: &ConnTable,
+        app: &AppId,
+        transport: Transport,
+        encoding: Encoding,
+    ) -> Arc<ConnHandle> {
         let conn = Arc::new(ConnHandle::new(NewConn {
             id: table.next_id(),
-            transport: Transport::Tcp,
-            encoding: Encoding::Binary,
+            transport,
+            encoding,
             device: DeviceId::from("d"),
             bindings: vec![(app.clone(), UserId::from("u"))],
             resume: vec![InboxState::resuming(0, 0)],
@@ -959,15 +1046,219 @@ mod tests {
     }
 
     fn message(app: &AppId, topic: &TopicId) -> Arc<Outgoing> {
+        numbered(app, topic, 0, 1)
+    }
+
+    fn numbered(app: &AppId, topic: &TopicId, offset: u64, msg_id: u64) -> Arc<Outgoing> {
         Arc::new(Outgoing::publication(Publication {
             app: app.to_string(),
             topic: topic.to_string(),
-            offset: 0,
-            msg_id: 1,
+            offset,
+            msg_id,
             created_ms: 0,
             kind: PayloadKind::Json,
-            payload: Bytes::from_static(b"1"),
+            payload: Bytes::from(msg_id.to_string()),
         }))
+    }
+
+    /// The queue entries of `conn` since the last call, and the (offset, msg_id) of every
+    /// publication in them, in order.
+    fn publications(conn: &ConnHandle) -> (usize, Vec<(u64, u64)>) {
+        let entries = take_written(conn);
+        let mut frames = Vec::new();
+        for entry in &entries {
+            match conn.encoding {
+                Encoding::Binary => {
+                    let mut buf = bytes::BytesMut::from(&entry[..]);
+                    while let Some(frame) = tether_proto::binary::decode(&mut buf, 1 << 20).unwrap()
+                    {
+                        frames.push(frame);
+                    }
+                    assert!(buf.is_empty(), "a partial frame in an entry");
+                }
+                Encoding::Json => frames.push(tether_proto::json::decode(entry).unwrap()),
+            }
+        }
+        let found = frames
+            .into_iter()
+            .filter_map(|f| match f.body {
+                tether_proto::Body::Publication(p) => Some((p.offset, p.msg_id)),
+                _ => None,
+            })
+            .collect();
+        (entries.len(), found)
+    }
+
+    fn started(config: &Config, store: Arc<dyn Store>) -> (Arc<Fanout>, Arc<ConnTable>) {
+        let metrics = Metrics::new();
+        let table = Arc::new(ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        ));
+        let fanout = Fanout::start(
+            config,
+            store,
+            table.clone(),
+            metrics.queue_overflows.clone(),
+            CancellationToken::new(),
+        );
+        (fanout, table)
+    }
+
+    async fn subscribed(fanout: &Fanout, app: &AppId, topic: &TopicId, conns: &[&Arc<ConnHandle>]) {
+        for c in conns {
+            assert_eq!(fanout.subscribe_conn(app, c.id, topic), Ok(true));
+        }
+        while fanout.subscribers(app, topic) < conns.len() {
+            tokio::task::yield_now().await;
+        }
+        for c in conns {
+            take_written(c); // the `subscribed` reply
+        }
+    }
+
+    /// What `conn` has queued, taken and reported written as its task would.
+    fn take_written(conn: &ConnHandle) -> VecDeque<Bytes> {
+        let mut entries = VecDeque::new();
+        conn.take(&mut entries);
+        conn.written(entries.iter().map(Bytes::len).sum(), 0);
+        entries
+    }
+
+    #[tokio::test]
+    async fn publications_waiting_together_leave_joined_for_tcp_and_one_by_one_for_websocket() {
+        let (fanout, table) = started(&Config::for_tests(), Arc::new(MemoryStore::default()));
+        let (app, topic) = (AppId::from("demo"), TopicId::from("t"));
+        let tcp = conn(&table, &app);
+        let ws = conn_over(&table, &app, Transport::Ws, Encoding::Json);
+        subscribed(&fanout, &app, &topic, &[&tcp, &ws]).await;
+
+        // Queued without yielding: the worker finds all five waiting. (Current-thread runtime.)
+        for id in 1..=5 {
+            let msg = numbered(&app, &topic, 0, id);
+            let job = Job::Publish {
+                topic: topic.clone(),
+                offset: 0,
+                msg,
+            };
+            fanout.submit(&app, job).unwrap();
+        }
+        while tcp.queued_bytes() == 0 || ws.queued_bytes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let expected: Vec<(u64, u64)> = (1..=5).map(|id| (0, id)).collect();
+        assert_eq!(
+            publications(&tcp),
+            (1, expected.clone()),
+            "one entry, five frames"
+        );
+        assert_eq!(
+            publications(&ws),
+            (5, expected),
+            "a WebSocket message per frame"
+        );
+
+        // A broadcast batch reaches every connection of the app the same way.
+        for id in 6..=8 {
+            let msg = Arc::new(Outgoing::new(tether_proto::Push {
+                app: app.to_string(),
+                msg_id: id,
+                seq: 0,
+                qos: 0,
+                created_ms: 0,
+                kind: PayloadKind::Json,
+                payload: Bytes::from_static(b"{}"),
+            }));
+            fanout.submit(&app, Job::Broadcast { msg }).unwrap();
+        }
+        while tcp.queued_bytes() == 0 || ws.queued_bytes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(take_written(&tcp).len(), 1);
+        assert_eq!(take_written(&ws).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_offset_order_fills_gaps_and_skips_what_a_subscriber_has() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (fanout, table) = started(&Config::for_tests(), store.clone());
+        let (app, topic) = (AppId::from("demo"), TopicId::from("t"));
+        let tcp = conn(&table, &app);
+        let ws = conn_over(&table, &app, Transport::Ws, Encoding::Binary);
+        subscribed(&fanout, &app, &topic, &[&tcp, &ws]).await;
+        for id in 1..=4u64 {
+            let message = tether_core::store::NewMessage {
+                id: tether_core::MessageId(id),
+                created_ms: 0,
+                expires_ms: u64::MAX,
+                kind: PayloadKind::Json,
+                payload: Bytes::from(id.to_string()),
+            };
+            assert_eq!(store.publish(&app, &topic, message).await.unwrap(), Seq(id));
+        }
+        // Requests that finished out of order: 2 first (1 comes from the history), 1 again
+        // (sent already), then 4 (3 comes from the history).
+        for offset in [2u64, 1, 4] {
+            let msg = numbered(&app, &topic, offset, offset);
+            let job = Job::Publish {
+                topic: topic.clone(),
+                offset,
+                msg,
+            };
+            fanout.submit(&app, job).unwrap();
+        }
+        while tcp.queued_bytes() == 0 || ws.queued_bytes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let expected: Vec<(u64, u64)> = (1..=4).map(|o| (o, o)).collect();
+        assert_eq!(publications(&tcp), (1, expected.clone()));
+        assert_eq!(publications(&ws), (4, expected));
+
+        // A subscriber that has some of a batch gets only the rest, frame by frame.
+        let t = fanout.apps[&app].topics.get(&topic).unwrap();
+        let late = conn(&table, &app);
+        t.insert(Sub {
+            conn: late.clone(),
+            after: 6,
+        });
+        let items = (5..=8).map(|o| (o, numbered(&app, &topic, o, o))).collect();
+        let batches = Batch::group(items);
+        assert_eq!(batches.len(), 1);
+        for i in 0..t.shard_count() {
+            t.deliver_shard(i, &batches[0], false);
+        }
+        assert_eq!(publications(&late), (2, vec![(7, 7), (8, 8)]));
+        let (entries, got) = publications(&tcp);
+        assert_eq!(entries, 1);
+        assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn batches_are_bounded_in_count_and_bytes() {
+        let (app, topic) = (AppId::from("demo"), TopicId::from("t"));
+        let items = |n: u64, size: usize| -> Vec<(u64, Arc<Outgoing>)> {
+            (1..=n)
+                .map(|o| {
+                    let msg = Arc::new(Outgoing::publication(Publication {
+                        app: app.to_string(),
+                        topic: topic.to_string(),
+                        offset: o,
+                        msg_id: o,
+                        created_ms: 0,
+                        kind: PayloadKind::Binary,
+                        payload: Bytes::from(vec![0u8; size]),
+                    }));
+                    (o, msg)
+                })
+                .collect()
+        };
+        let sizes = |b: &[Batch]| b.iter().map(Batch::len).collect::<Vec<_>>();
+        assert_eq!(sizes(&Batch::group(items(70, 10))), vec![32, 32, 6]);
+        // About 10 KiB each: three fit under 32 KiB.
+        assert_eq!(sizes(&Batch::group(items(7, 10_000))), vec![3, 3, 1]);
+        // One larger than the bound still leaves, alone.
+        assert_eq!(sizes(&Batch::group(items(2, 40_000))), vec![1, 1]);
+        assert!(Batch::group(Vec::new()).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,10 +1,11 @@
 //! One topic's subscribers on this node, sharded so that a publication to a large topic is
-//! fanned out by several tasks at once.
+//! fanned out by several tasks at once; and the [`Batch`] of publications that leave together.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::{Bytes, BytesMut};
 use tether_core::{ConnId, Outgoing};
 
 use crate::gateway::table::{ConnHandle, Encoding, Offered};
@@ -32,10 +33,29 @@ pub struct Reached {
 }
 
 impl Reached {
-    pub fn wrote(&mut self, bytes: usize) {
-        self.delivered += 1;
-        self.written += 1;
+    /// `frames` frames of `bytes` bytes in all written by the caller's thread.
+    pub fn wrote(&mut self, frames: u64, bytes: usize) {
+        self.delivered += frames;
+        self.written += frames;
         self.written_bytes += bytes as u64;
+    }
+
+    /// Counts what [`offer`] did with `frames` frames; `false` when nothing more should be
+    /// offered to that connection (its queue overflowed, or it is closed: see `closed`).
+    fn tally(&mut self, offered: Offered, frames: u64, closed: &mut bool) -> bool {
+        match offered {
+            Offered::Queued => self.delivered += frames,
+            Offered::Written(n) => self.wrote(frames, n),
+            Offered::Overflow => {
+                self.overflowed += 1;
+                return false;
+            }
+            Offered::Closed => {
+                *closed = true;
+                return false;
+            }
+        }
+        true
     }
 
     pub fn add(&mut self, other: Reached) {
@@ -125,23 +145,17 @@ impl Topic {
         gone
     }
 
-    /// Hands `msg` (at `offset`; 0 for a live-only publication) to every subscriber of shard
-    /// `i` that does not have it yet, writing it directly where allowed (`direct`, see
-    /// [`offer`]). Subscribers found closed are removed.
-    pub fn deliver_shard(&self, i: usize, offset: u64, msg: &Outgoing, direct: bool) -> Reached {
+    /// Hands the publications of `batch` to every subscriber of shard `i`, each the ones it
+    /// does not have yet, writing them directly where allowed (`direct`, see [`offer`]).
+    /// Subscribers found closed are removed.
+    pub fn deliver_shard(&self, i: usize, batch: &Batch, direct: bool) -> Reached {
         let mut reached = Reached::default();
         let mut closed = Vec::new();
         {
             let shard = self.read(i);
             for sub in shard.values() {
-                if offset != 0 && offset <= sub.after {
-                    continue;
-                }
-                match offer(&sub.conn, msg, direct) {
-                    Offered::Queued => reached.delivered += 1,
-                    Offered::Written(n) => reached.wrote(n),
-                    Offered::Overflow => reached.overflowed += 1,
-                    Offered::Closed => closed.push(sub.conn.id),
+                if offer_batch(&sub.conn, batch, sub.after, direct, &mut reached) {
+                    closed.push(sub.conn.id);
                 }
             }
         }
@@ -153,15 +167,15 @@ impl Topic {
         reached
     }
 
-    /// The connections that should get `msg` at `offset`, for a paced fan-out that cannot hold
-    /// a shard's lock while it waits.
-    pub fn snapshot(&self, offset: u64) -> Vec<Arc<ConnHandle>> {
+    /// The connections whose position is below `below` (see [`Batch::needed_below`]), for a
+    /// paced fan-out that cannot hold a shard's lock while it waits.
+    pub fn snapshot(&self, below: u64) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::with_capacity(self.len());
         for i in 0..self.shards.len() {
             out.extend(
                 self.read(i)
                     .values()
-                    .filter(|s| offset == 0 || offset > s.after)
+                    .filter(|s| s.after < below)
                     .map(|s| s.conn.clone()),
             );
         }
@@ -169,15 +183,146 @@ impl Topic {
     }
 }
 
-/// Hands a shared frame to one connection, in the encoding it speaks. With `direct`, a raw
-/// TCP connection with nothing else to write gets it written at once by this thread (no
-/// wake-up of its task); otherwise it is queued. Fan-outs that are behind queue, so that
-/// frames piling up for a connection leave in one write.
-pub fn offer(conn: &ConnHandle, msg: &Outgoing, direct: bool) -> Offered {
-    let frame = match conn.encoding {
-        Encoding::Binary => msg.binary().clone(),
-        Encoding::Json => msg.json().clone(),
-    };
+/// At most this many publications leave in one [`Batch`]: goim merges up to 20 messages per
+/// write; a few more cost nothing here, since the batch only takes what is already waiting.
+pub const BATCH_MAX: usize = 32;
+
+/// A batch's frames joined for a raw TCP connection stay under this many bytes (an eighth of
+/// the default outbound queue), so that one batch never makes a connection that keeps up look
+/// slow.
+pub const BATCH_BYTES: usize = 32 * 1024;
+
+/// Publications (or broadcast pushes) that leave together, in order, each with its offset (0
+/// for a live-only one).
+///
+/// A fan-out worker that falls behind finds several of them waiting. Sending them one pass
+/// each costs every subscriber one write (or one wake-up of its task) per publication; a batch
+/// costs it one. For a raw TCP connection that needs every item, the items' binary frames are
+/// joined back to back once, and the same bytes are one queue entry and one write for every
+/// such subscriber. A WebSocket message carries exactly one frame, so WebSocket connections
+/// get the frames one by one (their task still writes what it has queued together), and so
+/// does a subscriber that already has some of the items (it joined after the first).
+#[derive(Debug)]
+pub struct Batch {
+    items: Vec<(u64, Arc<Outgoing>)>,
+    /// Every item's binary frame, back to back, when there are several.
+    joined: Option<Bytes>,
+    /// The lowest durable offset of the items, `u64::MAX` when none is durable: a subscriber
+    /// whose position is below it needs them all.
+    first_durable: u64,
+}
+
+impl Batch {
+    /// A batch of one publication.
+    pub fn one(offset: u64, msg: Arc<Outgoing>) -> Batch {
+        Batch::new(vec![(offset, msg)])
+    }
+
+    fn new(items: Vec<(u64, Arc<Outgoing>)>) -> Batch {
+        let first_durable = items
+            .iter()
+            .map(|(offset, _)| *offset)
+            .filter(|offset| *offset != 0)
+            .min()
+            .unwrap_or(u64::MAX);
+        let joined = (items.len() > 1).then(|| {
+            let len = items.iter().map(|(_, m)| m.binary().len()).sum();
+            let mut joined = BytesMut::with_capacity(len);
+            for (_, msg) in &items {
+                joined.extend_from_slice(msg.binary());
+            }
+            joined.freeze()
+        });
+        Batch {
+            items,
+            joined,
+            first_durable,
+        }
+    }
+
+    /// `items` in order, in batches of at most [`BATCH_MAX`] items and (past the first item)
+    /// [`BATCH_BYTES`] of binary frames.
+    pub fn group(items: Vec<(u64, Arc<Outgoing>)>) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        let mut current: Vec<(u64, Arc<Outgoing>)> = Vec::new();
+        let mut bytes = 0;
+        for (offset, msg) in items {
+            let len = msg.binary().len();
+            if !current.is_empty() && (current.len() == BATCH_MAX || bytes + len > BATCH_BYTES) {
+                batches.push(Batch::new(std::mem::take(&mut current)));
+                bytes = 0;
+            }
+            bytes += len;
+            current.push((offset, msg));
+        }
+        if !current.is_empty() {
+            batches.push(Batch::new(current));
+        }
+        batches
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The offset a subscriber must be below to need at least one item (the highest durable
+    /// one; `u64::MAX` when some item is live-only, which everyone needs).
+    pub fn needed_below(&self) -> u64 {
+        if self.items.iter().any(|(offset, _)| *offset == 0) {
+            return u64::MAX;
+        }
+        self.items
+            .iter()
+            .map(|(offset, _)| *offset)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Hands the items of `batch` that a connection at position `after` lacks (durable offsets up
+/// to `after` it has) to it, in the encoding it speaks, and counts them in `reached`: joined
+/// in one entry where it takes that, else one frame each. Returns whether the connection was
+/// found closed.
+pub fn offer_batch(
+    conn: &ConnHandle,
+    batch: &Batch,
+    after: u64,
+    direct: bool,
+    reached: &mut Reached,
+) -> bool {
+    let mut closed = false;
+    if let Some(joined) = &batch.joined
+        && conn.takes_joined_frames()
+        && after < batch.first_durable
+    {
+        let offered = offer(conn, joined.clone(), direct);
+        reached.tally(offered, batch.len() as u64, &mut closed);
+        return closed;
+    }
+    for (offset, msg) in &batch.items {
+        if *offset != 0 && *offset <= after {
+            continue;
+        }
+        let frame = match conn.encoding {
+            Encoding::Binary => msg.binary().clone(),
+            Encoding::Json => msg.json().clone(),
+        };
+        if !reached.tally(offer(conn, frame, direct), 1, &mut closed) {
+            break;
+        }
+    }
+    closed
+}
+
+/// Hands encoded bytes to one connection. With `direct`, a raw TCP connection with nothing
+/// else to write gets them written at once by this thread (no wake-up of its task); otherwise
+/// they are queued. Fan-outs that are behind queue, so that frames piling up for a connection
+/// leave in one write.
+fn offer(conn: &ConnHandle, frame: Bytes, direct: bool) -> Offered {
     if direct {
         conn.offer(frame)
     } else {

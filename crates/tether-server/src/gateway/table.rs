@@ -254,6 +254,12 @@ impl ConnHandle {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether frames may reach this connection joined back to back in one buffer: a raw TCP
+    /// stream of binary frames (a WebSocket message carries exactly one frame).
+    pub fn takes_joined_frames(&self) -> bool {
+        self.transport == Transport::Tcp && self.encoding == Encoding::Binary
+    }
+
     /// Queues an encoded frame. Never blocks.
     pub fn enqueue(&self, frame: Bytes) -> Enqueued {
         let mut outbox = self.outbox();
