@@ -14,13 +14,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tether_core::store::{Append, Appended, Idempotency, NewMessage, StoredMessage};
-use tether_core::{AppId, Outgoing, Seq, StoreError, UserId, validate_id};
+use tether_core::{AppId, MessageId, Outgoing, Seq, StoreError, UserId, validate_id};
 use tether_proto::{PayloadKind, Push};
 
-use super::{Api, ApiError, Authorized, by_node};
+use super::{Api, ApiError, Authorized};
 use crate::config::StoreConfig;
 
 /// Longest idempotency key, in bytes.
@@ -53,8 +54,37 @@ pub(super) fn ttl(config: &StoreConfig, ttl: Option<u64>) -> Result<Duration, Ap
     }
 }
 
+/// The answer to a durable push: `{"id", "seqs": {user: seq, ...}, "connections",
+/// "duplicate"}`, serialized straight from the store's answer rather than through a JSON tree
+/// (which costs a string and a map node per user).
+#[derive(Debug, Serialize)]
+pub(super) struct PushAnswer {
+    id: MessageId,
+    seqs: Seqs,
+    connections: usize,
+    duplicate: bool,
+}
+
+/// Each user's seq, as a JSON object in the order of the append (users sorted).
+#[derive(Debug)]
+struct Seqs(Vec<(UserId, Seq)>);
+
+impl Serialize for Seqs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (user, seq) in &self.0 {
+            map.serialize_entry(user, seq)?;
+        }
+        map.end()
+    }
+}
+
 /// Stores `p` in each user's inbox, then routes it to their connections.
-pub(super) async fn push(api: &Api, app: AppId, p: DurablePush) -> Result<Json<Value>, ApiError> {
+pub(super) async fn push(
+    api: &Api,
+    app: AppId,
+    p: DurablePush,
+) -> Result<Json<PushAnswer>, ApiError> {
     let config = &api.store_config;
     let ttl = ttl(config, p.ttl)?;
     if let Some(key) = &p.idempotency_key
@@ -90,17 +120,12 @@ pub(super) async fn push(api: &Api, app: AppId, p: DurablePush) -> Result<Json<V
     // users the first attempt missed.
     let reached = route(api, &app, &appended, &message).await;
     api.metrics.push(1);
-    let seqs: serde_json::Map<String, Value> = appended
-        .seqs
-        .iter()
-        .map(|(user, seq)| (user.to_string(), json!(seq)))
-        .collect();
-    Ok(Json(json!({
-        "id": appended.id,
-        "seqs": seqs,
-        "connections": reached,
-        "duplicate": appended.duplicate,
-    })))
+    Ok(Json(PushAnswer {
+        id: appended.id,
+        seqs: Seqs(appended.seqs),
+        connections: reached,
+        duplicate: appended.duplicate,
+    }))
 }
 
 /// Hands a stored message to the connections of its users; returns how many took it.
@@ -108,20 +133,21 @@ pub(super) async fn push(api: &Api, app: AppId, p: DurablePush) -> Result<Json<V
 /// Best effort: whatever is not routed here reaches the client from its inbox.
 async fn route(api: &Api, app: &AppId, appended: &Appended, message: &NewMessage) -> usize {
     let users: Vec<UserId> = appended.seqs.iter().map(|(u, _)| u.clone()).collect();
-    let sessions = match api.registry.sessions(app, &users).await {
+    let mut sessions = match api.registry.sessions(app, &users).await {
         Ok(sessions) => sessions,
         Err(e) => {
             tracing::warn!(error = %e, "durable push stored but not routed");
             return 0;
         }
     };
-    let mut by_user: HashMap<UserId, Vec<tether_core::Session>> = HashMap::new();
-    for s in sessions {
-        by_user.entry(s.user.clone()).or_default().push(s);
-    }
+    // Grouped by user, then node, with no map per user or per node: most users of a push
+    // have one or two sessions.
+    sessions.sort_unstable_by(|a, b| (&a.user, &a.node).cmp(&(&b.user, &b.node)));
+    let seqs: HashMap<&UserId, Seq> = appended.seqs.iter().map(|(u, s)| (u, *s)).collect();
+    let mut conns = Vec::new();
     let mut reached = 0;
-    for (user, seq) in &appended.seqs {
-        let Some(sessions) = by_user.remove(user) else {
+    for user_sessions in sessions.chunk_by(|a, b| a.user == b.user) {
+        let Some(seq) = seqs.get(&user_sessions[0].user) else {
             continue;
         };
         // Each inbox has its own seq, so each user gets its own frame; the devices of one user
@@ -135,8 +161,11 @@ async fn route(api: &Api, app: &AppId, appended: &Appended, message: &NewMessage
             kind: message.kind,
             payload: message.payload.clone(),
         }));
-        for (node, conns) in by_node(sessions) {
-            match api.router.deliver(&node, &conns, msg.clone()).await {
+        for on_node in user_sessions.chunk_by(|a, b| a.node == b.node) {
+            let node = &on_node[0].node;
+            conns.clear();
+            conns.extend(on_node.iter().map(|s| s.conn));
+            match api.router.deliver(node, &conns, msg.clone()).await {
                 Ok(n) => reached += n,
                 Err(e) => tracing::warn!(%node, error = %e, "durable push not routed"),
             }

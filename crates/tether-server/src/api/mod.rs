@@ -361,7 +361,7 @@ async fn push(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let req: PushRequest = json_body(body)?;
     if req.qos > 1 {
         return Err(ApiError::bad_request(format!(
@@ -397,7 +397,7 @@ async fn push(
             ttl: req.ttl,
             idempotency_key: req.idempotency_key,
         };
-        return durable::push(&api, app, durable).await;
+        return Ok(durable::push(&api, app, durable).await?.into_response());
     }
     let id = api.ids.next();
     let msg = Arc::new(Outgoing::new(Push {
@@ -423,7 +423,7 @@ async fn push(
         }
     }
     api.metrics.push(0);
-    Ok(Json(json!({ "id": id, "connections": reached })))
+    Ok(Json(json!({ "id": id, "connections": reached })).into_response())
 }
 
 /// The connection ids of `sessions`, grouped by the node that holds them.
