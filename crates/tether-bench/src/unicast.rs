@@ -8,7 +8,8 @@
 //!    push-to-delivery latency, checks qos 1 seqs (each one the previous + 1), and acks
 //!    cumulatively: after `--ack-every` pushes, or `--ack-delay` after the oldest unacked one.
 //! 3. `--concurrency` sender tasks, each with its own keep-alive HTTP/1.1 connection (hyper's
-//!    connection-level client: no pool, no per-request task), post pushes to
+//!    connection-level client, driven by the sender task itself: no pool, no connection task,
+//!    no per-request task), post pushes to
 //!    `--users-per-request` users taken round-robin, either as fast as they are answered
 //!    (`--max`) or on a shared schedule of one request every `1/--rate` s.
 //! 4. The first `--warmup` of sending is not measured. Samples are assigned to the warm-up or

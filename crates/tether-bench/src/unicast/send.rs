@@ -1,5 +1,5 @@
 //! The sending side: HTTP/1.1 keep-alive connections (hyper's connection-level client), one
-//! per sender task, each with one request in flight.
+//! per sender task and driven by it ([`crate::http::Inline`]), each with one request in flight.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ pub(super) struct Plan {
 
 /// One sender: its own HTTP connection, one request in flight, until the window ends.
 pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
-    let mut sender: Option<crate::http::Sender> = None;
+    let mut sender: Option<crate::http::Inline> = None;
     let mut body = Vec::with_capacity(256 + plan.payload_bytes);
     loop {
         if let Some(rate) = plan.rate {
@@ -57,7 +57,7 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
         }
         let s = match sender.as_mut() {
             Some(s) => s,
-            None => match crate::http::connect(plan.http).await {
+            None => match crate::http::Inline::connect(plan.http).await {
                 Ok(s) => sender.insert(s),
                 Err(e) => {
                     Shared::count(&shared.errors, format!("connect: {e}"));
@@ -82,7 +82,7 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
             )
             .body(Full::new(Bytes::copy_from_slice(&body)))
             .expect("the request's parts are valid");
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, crate::http::call(s, request)).await;
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, s.call(request)).await;
         let took = shared.clock.now_us().saturating_sub(t);
         let in_window = shared.in_window(t);
         let failure = match result {
