@@ -4,9 +4,10 @@
 #   bench/cluster-bench.sh unicast     3 nodes: users on nodes 1-2, pushes through node 0's
 #                                      API (qos 0 and 1, a fixed rate and --max), then the
 #                                      same with every user on node 0 (the baseline)
-#   bench/cluster-bench.sh broadcast   3 nodes: subscribers spread over the three, publishes
+#   bench/cluster-bench.sh broadcast   NODES nodes: subscribers spread over them, publishes
 #                                      through node 0 (a fixed rate and --max), then every
-#                                      subscriber on node 0 (the baseline)
+#                                      subscriber on node 0 (the baseline; WHERE=across skips
+#                                      it, as it must past ~19,000 subscribers)
 #   bench/cluster-bench.sh scale N C   N nodes, C connections spread over them, all in one
 #                                      Redis, then one broadcast through node 0 that must
 #                                      reach every one of them
@@ -14,7 +15,9 @@
 #
 # Environment (defaults in brackets): OUT [bench/results/cluster-<date-time>] where the JSON
 # results and logs go; BUILD [1] (0: no cargo build); USERS [3000], UNICAST_RATE [2000]
-# (requests/s), SUBSCRIBERS [10000], RATE [5] (publishes/s), DURATION [10s];
+# (requests/s), SUBSCRIBERS [10000], RATE [5] (publishes/s), DURATION [10s], NODES [3] and
+# WHERE ["across single"] (broadcast), MAX_STEPS [6] and MAX_RATE [20,000 deliveries/s worth]
+# (broadcast --max: its steps and first rate), SKIP_RATE [0] (1: broadcast --max only);
 # SKIP_MAX [0] (1: no --max broadcast runs); CONNECT_RATE [4000] (handshakes/s of the scale run); HOLD [10] (s); HEARTBEAT [60] (s, what
 # the scale run's connections propose; they ping every half of it). The nodes read TETHER_LOG
 # (e.g. `info,tether_redis::router=debug` to see the router's listening connection drop and
@@ -117,21 +120,23 @@ unicast() {
 broadcast() {
     machine broadcast
     setup
-    "$here/cluster.sh" start 3
+    local nodes=${NODES:-3}
+    "$here/cluster.sh" start "$nodes"
     local pids
     pids=$(server_pids)
-    local across=(--addr "$(node 0)" --addr "$(node 1)" --addr "$(node 2)" --http "$(api 0)")
+    # shellcheck disable=SC2207
+    local across=($("$here/cluster.sh" addrs "$nodes") --http "$(api 0)")
     local single=(--addr "$(node 0)" --http "$(api 0)")
-    for where in across single; do
+    for where in ${WHERE:-across single}; do
         local -n addrs=$where
         # shellcheck disable=SC2086
-        run "broadcast-$where-rate" "$bench" broadcast "${addrs[@]}" \
+        [[ ${SKIP_RATE:-0} == 1 ]] || run "broadcast-$where-rate" "$bench" broadcast "${addrs[@]}" \
             --subscribers "$SUBSCRIBERS" --rate "$RATE" --duration "$DURATION" $pids \
             --json "$OUT/broadcast-$where-rate.json"
         [[ ${SKIP_MAX:-0} == 1 ]] && continue
         # shellcheck disable=SC2086
         run "broadcast-$where-max" "$bench" broadcast "${addrs[@]}" \
-            --subscribers "$SUBSCRIBERS" --max --max-steps 6 --duration 5s --warmup 1s $pids \
+            --subscribers "$SUBSCRIBERS" --max --max-steps "${MAX_STEPS:-6}" ${MAX_RATE:+--rate "$MAX_RATE"} --duration 5s --warmup 1s $pids \
             --json "$OUT/broadcast-$where-max.json"
     done
 }
