@@ -30,6 +30,10 @@ pub fn prometheus() -> PrometheusHandle {
 pub struct TransportMetrics {
     pub connections: Gauge,
     pub frames_in: Counter,
+    /// Frames written. A fan-out batch joined for a raw TCP connection (see
+    /// `fanout::topic::Batch`) counts as its frames when the fan-out writes it itself, and as
+    /// one when the connection's task writes it; `tether_fanout_deliveries_total` counts every
+    /// publication.
     pub frames_out: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,

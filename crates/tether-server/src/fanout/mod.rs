@@ -456,6 +456,9 @@ impl Worker {
         // A job taken from the queue while gathering a batch, which did not belong to it.
         let mut next: Option<Job> = None;
         loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
             let job = match next.take() {
                 Some(job) => job,
                 None => {
@@ -644,7 +647,8 @@ impl Worker {
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
             let subs = topic.snapshot(batch.needed_below());
-            for chunk in subs.chunks(pacer.chunk()) {
+            // Chunks of about a burst's deliveries, not a burst's recipients times the batch.
+            for chunk in subs.chunks((pacer.chunk() / batch.len()).max(1)) {
                 pacer.take(chunk.len() * batch.len()).await;
                 self.metrics
                     .paced
@@ -702,7 +706,7 @@ impl Worker {
                     conns.push(c.clone());
                 }
             });
-            for chunk in conns.chunks(pacer.chunk()) {
+            for chunk in conns.chunks((pacer.chunk() / batch.len()).max(1)) {
                 pacer.take(chunk.len() * batch.len()).await;
                 self.metrics
                     .paced
@@ -1017,6 +1021,16 @@ mod tests {
         transport: Transport,
         encoding: Encoding,
     ) -> Arc<ConnHandle> {
+        conn_with_queue(table, app, transport, encoding, 1 << 20)
+    }
+
+    fn conn_with_queue(
+        table: &ConnTable,
+        app: &AppId,
+        transport: Transport,
+        encoding: Encoding,
+        queue_limit: usize,
+    ) -> Arc<ConnHandle> {
         let conn = Arc::new(ConnHandle::new(NewConn {
             id: table.next_id(),
             transport,
@@ -1024,7 +1038,7 @@ mod tests {
             device: DeviceId::from("d"),
             bindings: vec![(app.clone(), UserId::from("u"))],
             resume: vec![InboxState::resuming(0, 0)],
-            queue_limit: 1 << 20,
+            queue_limit,
             direct: None,
             idle_limit: Duration::from_secs(600),
             now_ms: 0,
@@ -1231,6 +1245,43 @@ mod tests {
         let (entries, got) = publications(&tcp);
         assert_eq!(entries, 1);
         assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_over_a_quarter_of_a_small_queue_goes_frame_by_frame_not_closed_as_slow() {
+        let metrics = Metrics::new();
+        let table = ConnTable::new(
+            metrics.queue_overflows.clone(),
+            metrics.push_deliveries.clone(),
+        );
+        let (app, topic_id) = (AppId::from("demo"), TopicId::from("t"));
+        // The smallest queue the config allows with 4 KiB frames: 8 KiB.
+        let small = conn_with_queue(&table, &app, Transport::Tcp, Encoding::Binary, 8 * 1024);
+        let topic = Topic::new(1, 0);
+        topic.insert(Sub {
+            conn: small.clone(),
+            after: 0,
+        });
+        let items: Vec<(u64, Arc<Outgoing>)> = (1..=3u64)
+            .map(|o| {
+                let msg = Arc::new(Outgoing::publication(Publication {
+                    app: app.to_string(),
+                    topic: topic_id.to_string(),
+                    offset: o,
+                    msg_id: o,
+                    created_ms: 0,
+                    kind: PayloadKind::Binary,
+                    payload: Bytes::from(vec![1u8; 1500]),
+                }));
+                (o, msg)
+            })
+            .collect();
+        let batches = Batch::group(items);
+        assert_eq!(batches.len(), 1, "4.5 KiB is one batch");
+        let reached = topic.deliver_shard(0, &batches[0], false);
+        assert_eq!((reached.delivered, reached.overflowed), (3, 0));
+        assert!(!small.is_closed());
+        assert_eq!(publications(&small), (3, vec![(1, 1), (2, 2), (3, 3)]));
     }
 
     #[test]

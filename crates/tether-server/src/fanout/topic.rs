@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
 use tether_core::{ConnId, Outgoing};
@@ -205,8 +205,11 @@ pub const BATCH_BYTES: usize = 32 * 1024;
 #[derive(Debug)]
 pub struct Batch {
     items: Vec<(u64, Arc<Outgoing>)>,
-    /// Every item's binary frame, back to back, when there are several.
-    joined: Option<Bytes>,
+    /// Every item's binary frame, back to back: made by the first subscriber that takes it,
+    /// when there are several items.
+    joined: OnceLock<Bytes>,
+    /// The length of `joined`.
+    joined_len: usize,
     /// The lowest durable offset of the items, `u64::MAX` when none is durable: a subscriber
     /// whose position is below it needs them all.
     first_durable: u64,
@@ -225,19 +228,23 @@ impl Batch {
             .filter(|offset| *offset != 0)
             .min()
             .unwrap_or(u64::MAX);
-        let joined = (items.len() > 1).then(|| {
-            let len = items.iter().map(|(_, m)| m.binary().len()).sum();
-            let mut joined = BytesMut::with_capacity(len);
-            for (_, msg) in &items {
+        Batch {
+            joined_len: items.iter().map(|(_, m)| m.binary().len()).sum(),
+            items,
+            joined: OnceLock::new(),
+            first_durable,
+        }
+    }
+
+    /// The items' binary frames back to back, joined once for every subscriber.
+    fn joined(&self) -> &Bytes {
+        self.joined.get_or_init(|| {
+            let mut joined = BytesMut::with_capacity(self.joined_len);
+            for (_, msg) in &self.items {
                 joined.extend_from_slice(msg.binary());
             }
             joined.freeze()
-        });
-        Batch {
-            items,
-            joined,
-            first_durable,
-        }
+        })
     }
 
     /// `items` in order, in batches of at most [`BATCH_MAX`] items and (past the first item)
@@ -285,8 +292,9 @@ impl Batch {
 
 /// Hands the items of `batch` that a connection at position `after` lacks (durable offsets up
 /// to `after` it has) to it, in the encoding it speaks, and counts them in `reached`: joined
-/// in one entry where it takes that, else one frame each. Returns whether the connection was
-/// found closed.
+/// in one entry where it takes that and the entry is at most a quarter of its outbound queue
+/// (a small `limits.outbound_queue_bytes` must not make one entry close it as slow), else one
+/// frame each. Returns whether the connection was found closed.
 pub fn offer_batch(
     conn: &ConnHandle,
     batch: &Batch,
@@ -295,11 +303,12 @@ pub fn offer_batch(
     reached: &mut Reached,
 ) -> bool {
     let mut closed = false;
-    if let Some(joined) = &batch.joined
+    if batch.len() > 1
         && conn.takes_joined_frames()
         && after < batch.first_durable
+        && batch.joined_len <= conn.queue_limit() / 4
     {
-        let offered = offer(conn, joined.clone(), direct);
+        let offered = offer(conn, batch.joined().clone(), direct);
         reached.tally(offered, batch.len() as u64, &mut closed);
         return closed;
     }
