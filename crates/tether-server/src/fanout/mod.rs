@@ -1304,11 +1304,11 @@ mod tests {
                 .collect()
         };
         let sizes = |b: &[Batch]| b.iter().map(Batch::len).collect::<Vec<_>>();
-        assert_eq!(sizes(&Batch::group(items(70, 10))), vec![32, 32, 6]);
-        // About 10 KiB each: three fit under 32 KiB.
-        assert_eq!(sizes(&Batch::group(items(7, 10_000))), vec![3, 3, 1]);
+        assert_eq!(sizes(&Batch::group(items(140, 10))), vec![64, 64, 12]);
+        // About 10 KiB each: six fit under 64 KiB.
+        assert_eq!(sizes(&Batch::group(items(13, 10_000))), vec![6, 6, 1]);
         // One larger than the bound still leaves, alone.
-        assert_eq!(sizes(&Batch::group(items(2, 40_000))), vec![1, 1]);
+        assert_eq!(sizes(&Batch::group(items(2, 70_000))), vec![1, 1]);
         assert!(Batch::group(Vec::new()).is_empty());
     }
 
