@@ -184,9 +184,10 @@ impl Topic {
 }
 
 /// At most this many publications leave in one [`Batch`]. goim merges up to 20 messages per
-/// write; more cost no latency here, since a batch only takes what is already waiting, and at
-/// 1 KiB 64 per write measured 1.65 million deliveries/s at 0.59 CPU-s per million where 32
-/// gave 1.26 million at 0.78 (docs/benchmarks.md).
+/// write; more cost no latency here, since a batch only takes what is already waiting. At
+/// 1 KiB one pair of runs gave 1.65 million deliveries/s at 0.59 CPU-s per million with 64
+/// against 1.26 million at 0.78 with 32, and a later full comparison 1.21 million at 0.80 with
+/// 64: the load generator is near its limit there (docs/benchmarks.md, "64 per batch").
 pub const BATCH_MAX: usize = 64;
 
 /// A batch's frames joined for a raw TCP connection stay under this many bytes (a quarter of
