@@ -147,6 +147,12 @@ pub struct GatewayConfig {
     /// over this window, so that they reconnect elsewhere spread out rather than at once.
     #[serde(deserialize_with = "duration")]
     pub drain_spread: Duration,
+    /// A raw TCP connection that has neither heard from its client nor written for its task
+    /// this long gives up its task and waits with its socket alone, until the client sends,
+    /// something is queued for it or it is closed (memory per idle connection; see
+    /// `docs/architecture.md`, "Parked connections"). 0 keeps every connection's task.
+    #[serde(deserialize_with = "duration")]
+    pub park_after: Duration,
 }
 
 /// Durable (qos 1) messages: where inboxes live, how they are written, how long they last.
@@ -541,6 +547,7 @@ impl Default for GatewayConfig {
             shutdown_spread: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             drain_spread: Duration::from_secs(30),
+            park_after: Duration::from_secs(2),
         }
     }
 }
@@ -850,6 +857,9 @@ impl Config {
         }
         if self.gateway.drain_spread > Duration::from_secs(3600) {
             problems.push("gateway.drain_spread must be at most 1h".into());
+        }
+        if self.gateway.park_after > Duration::from_secs(3600) {
+            problems.push("gateway.park_after must be at most 1h (0 turns parking off)".into());
         }
         let d = &self.dispatch;
         if d.reconnect_initial < Duration::from_millis(10) || d.reconnect_initial > d.reconnect_max

@@ -40,7 +40,7 @@ pub struct TransportMetrics {
 }
 
 impl TransportMetrics {
-    fn new(transport: Transport) -> Self {
+    pub(crate) fn new(transport: Transport) -> Self {
         let t = transport.as_str();
         TransportMetrics {
             connections: gauge!("tether_connections", "transport" => t),
@@ -73,6 +73,11 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// API requests refused with 503 because an app's fan-out queue was full.
     pub fanout_busy: Counter,
+    /// Raw TCP connections waiting without a task (see `gateway::park`).
+    pub parked: Gauge,
+    /// Parked connections that got a task again (the client sent, something was queued, a
+    /// close was asked for).
+    pub unparks: Counter,
 }
 
 impl Metrics {
@@ -91,6 +96,8 @@ impl Metrics {
             syncs: counter!("tether_syncs_total"),
             rate_limited: counter!("tether_rate_limited_total"),
             fanout_busy: counter!("tether_fanout_busy_total"),
+            parked: gauge!("tether_connections_parked"),
+            unparks: counter!("tether_connection_unparks_total"),
         }
     }
 

@@ -310,6 +310,16 @@ impl Node {
         self.gateway.table.len()
     }
 
+    /// Connections waiting without a task (see `gateway.park_after`).
+    pub fn parked_connections(&self) -> usize {
+        let mut parked = 0;
+        let table = &self.gateway.table;
+        table.for_each_in(0..table.shard_count(), |conn| {
+            parked += usize::from(conn.is_parked());
+        });
+        parked
+    }
+
     /// Starts a graceful shutdown: stop accepting, tell clients to reconnect, finish.
     pub fn shutdown(&self) {
         self.shutdown.cancel();

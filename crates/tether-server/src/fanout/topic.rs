@@ -333,9 +333,11 @@ pub fn offer_batch(
 /// Hands encoded bytes to one connection. With `direct`, a raw TCP connection with nothing
 /// else to write gets them written at once by this thread (no wake-up of its task); otherwise
 /// they are queued. Fan-outs that are behind queue, so that frames piling up for a connection
-/// leave in one write.
+/// leave in one write. A parked connection (see `gateway::park`) is always offered the direct
+/// write: queueing would start a task for it, and a fan-out that is behind must not start one
+/// per idle subscriber.
 fn offer(conn: &ConnHandle, frame: Bytes, direct: bool) -> Offered {
-    if direct {
+    if direct || conn.is_parked() {
         conn.offer(frame)
     } else {
         conn.enqueue(frame).into()

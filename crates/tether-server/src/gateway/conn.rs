@@ -7,39 +7,85 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use tether_core::{AppId, DeviceId, Seq, Session, TopicId, auth, validate_id};
 use tether_proto::{Body, Bound, Code, Connect, Connected, ErrorBody, Frame, PROTOCOL_VERSION};
 use tokio::time::timeout;
 use tracing::debug;
 
-use super::Gateway;
 use super::drain::drain_close;
 use super::inbox::{self, Done, InboxState, SYNC_PAGE, SyncRequest, Target, Work};
+use super::park::{self, Parked};
 use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
+use super::{Gateway, Permit};
 use crate::fanout::Job;
 
 /// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection until it ends or parks.
 ///
 /// # Memory
-/// This future is the largest per-connection allocation, so what it holds while idle is kept
-/// small: the handshake, the goodbye and the clean-up are boxed, so that their state is
-/// allocated only while they run rather than reserved for the connection's whole life.
-pub(crate) async fn serve<W: Wire>(mut wire: W, gw: Arc<Gateway>) {
-    let Some(conn) = Box::pin(establish(&mut wire, &gw)).await else {
-        return;
-    };
-    let outcome = run(&mut wire, &gw, &conn).await;
-    gw.metrics.disconnect(outcome);
-    gw.metrics
-        .transport(conn.transport)
-        .connections
-        .decrement(1.0);
-    Box::pin(forget(&gw, &conn)).await;
-    gw.webhooks().disconnected(&conn);
+/// This future is the largest per-connection allocation while the connection is active, so
+/// what it holds while idle is kept small: the handshake, the goodbye and the clean-up are
+/// boxed, so that their state is allocated only while they run rather than reserved for the
+/// connection's whole life. An idle raw TCP connection gives it up altogether (see
+/// [`super::park`]).
+pub(super) fn serve<W: Wire>(
+    wire: W,
+    gw: Arc<Gateway>,
+    permit: Permit,
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`: its arguments would be kept beside its state for its whole life. They
+    // move into the boxed handshake instead, and out of it into `live`.
+    let handshake = Box::pin(async move {
+        let mut wire = wire;
+        let conn = establish(&mut wire, &gw).await?;
+        Some((wire, Parked { conn, gw, permit }))
+    });
+    // A chain rather than an `async` block: the block would keep the handshake's result
+    // beside `live`'s state, this holds one or the other.
+    handshake
+        .then(|established| OptionFuture::from(established.map(|(w, h)| live(w, h))))
+        .map(drop)
+}
+
+/// Serves an established connection until it ends or parks; a parked connection comes back
+/// here with a new wire on the same socket. (Not an `async fn`, for the reason given in
+/// [`serve`].)
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would hold its arguments twice
+pub(super) fn live<W: Wire>(mut wire: W, mut held: Parked) -> impl Future<Output = ()> + Send {
+    async move {
+        let outcome = loop {
+            match run(&mut wire, &held.gw, &held.conn).await {
+                Ran::Over(outcome) => break outcome,
+                Ran::Park => match park::park(held) {
+                    Ok(()) => return,
+                    // Something arrived while parking: carry on.
+                    Err(back) => held = back,
+                },
+            }
+        };
+        let (gw, conn) = (&held.gw, &held.conn);
+        gw.metrics.disconnect(outcome);
+        gw.metrics
+            .transport(conn.transport)
+            .connections
+            .decrement(1.0);
+        Box::pin(forget(gw, conn)).await;
+        gw.webhooks().disconnected(conn);
+        // The admission slot goes back last, with `held`.
+    }
+}
+
+/// How [`run`] ended.
+enum Ran {
+    /// The connection is over: closed with this code, or `None` when the client went away.
+    Over(Option<Code>),
+    /// The task may end and leave the connection parked: it holds nothing.
+    Park,
 }
 
 /// Handshake, registration, `connected`. Returns the connection, or `None` when it was refused
@@ -327,7 +373,7 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
 /// Between frames this future holds only the write batch, a close request and references: the
 /// wakers live outside the task (the handle's slot, the socket's registration), frames are
 /// handled synchronously, and the goodbye is boxed.
-async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<Code> {
+async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Ran {
     let mut io = Io {
         pending: VecDeque::new(),
         sending: false,
@@ -338,6 +384,9 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
     // to write.
     conn.writer_idle();
     let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
+    if let Event::Park = event {
+        return Ran::Park;
+    }
     // From here on nothing is written but the goodbye: pushes must see a closed connection
     // (and not count it as reached) until it leaves the table.
     let rest = conn.finish();
@@ -355,9 +404,10 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Option<C
                 wire.set_mid_frame();
             }
             Box::pin(goodbye(wire, &mut io.pending, &close)).await;
-            Some(close.code)
+            Ran::Over(Some(close.code))
         }
-        Event::Gone => None,
+        Event::Gone => Ran::Over(None),
+        Event::Park => Ran::Park,
     }
 }
 
@@ -378,6 +428,8 @@ enum Event {
     Close(Close),
     /// The client went away.
     Gone,
+    /// The sweep asked the task to park, and it holds nothing.
+    Park,
 }
 
 impl Io {
@@ -447,6 +499,13 @@ impl Io {
                     if ready {
                         continue;
                     }
+                    if conn.park_asked() {
+                        if self.holds_nothing() && wire.parkable() && conn.settled() {
+                            return Poll::Ready(Event::Park);
+                        }
+                        // Busy after all: the sweep asks again after another `park_after`.
+                        conn.park_declined(gw.clock_ms());
+                    }
                     return Poll::Pending;
                 }
             };
@@ -483,6 +542,11 @@ impl Io {
 }
 
 impl Io {
+    /// Nothing to write, nothing being written, no close, no store work.
+    fn holds_nothing(&self) -> bool {
+        self.pending.is_empty() && !self.sending && self.close.is_none() && self.work.is_none()
+    }
+
     /// Runs store operations (backlog reads, acks, `sync`) one at a time until one has to
     /// wait, applying each result to the connection.
     fn drive_work(&mut self, cx: &mut Context<'_>, gw: &Gateway, conn: &ConnHandle) {
@@ -826,6 +890,21 @@ mod tests {
     use super::super::table::ConnTable;
     use super::super::wire::TcpWire;
 
+    fn handle() -> Arc<super::ConnHandle> {
+        Arc::new(super::ConnHandle::new(super::super::table::NewConn {
+            id: tether_core::ConnId(1),
+            transport: tether_core::Transport::Tcp,
+            encoding: super::super::table::Encoding::Binary,
+            device: "d".into(),
+            bindings: vec![],
+            resume: vec![],
+            queue_limit: 100,
+            direct: None,
+            idle_limit: std::time::Duration::from_secs(1),
+            now_ms: 0,
+        }))
+    }
+
     fn size_of_future<F: std::future::Future>(_: &F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -861,10 +940,25 @@ mod tests {
             metrics,
             Default::default(),
         ));
-        let future = super::serve(TcpWire::new(stream, 1024), gw);
+        let resumed = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let held = super::Parked {
+            conn: handle(),
+            gw: gw.clone(),
+            permit: gw.admit([127, 0, 0, 2].into()).unwrap(),
+        };
+        // A parked connection's new task: `live` alone.
+        let size = size_of_future(&super::live(TcpWire::new(resumed, 1024), held));
+        assert!(
+            size <= 384,
+            "the resumed connection future grew to {size} bytes"
+        );
+        let permit = gw.admit([127, 0, 0, 1].into()).unwrap();
+        let future = super::serve(TcpWire::new(stream, 1024), gw, permit);
         let size = size_of_future(&future);
         assert!(
-            size <= 448,
+            size <= 384,
             "the TCP connection future grew to {size} bytes"
         );
     }

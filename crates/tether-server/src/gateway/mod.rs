@@ -5,13 +5,16 @@
 //! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
 //! - [`inbox`]: durable delivery on a connection (resume, backlog, acks, `sync`).
 //! - [`drain`]: closing every connection spread over a window (drain, shutdown).
+//! - [`park`]: idle raw TCP connections wait without a task.
 //!
-//! Each connection is one task. Nothing is spawned per message: producers queue encoded frames
-//! on the connection's handle and wake its task.
+//! Each connection is one task while it is active. Nothing is spawned per message: producers
+//! queue encoded frames on the connection's handle and wake its task. A raw TCP connection idle
+//! for `gateway.park_after` gives its task up and gets a new one on its next event.
 
 mod conn;
 pub mod drain;
 pub mod inbox;
+mod park;
 pub mod table;
 pub mod unsynced;
 pub mod wire;
@@ -59,7 +62,7 @@ pub struct Gateway {
     /// The poison guard's limit (see [`crate::config::StoreConfig::max_attempts`]).
     pub max_attempts: u32,
     pub metrics: Metrics,
-    admission: Admission,
+    admission: Arc<Admission>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -67,6 +70,9 @@ pub struct Gateway {
     pub drain: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The runtime that parked connections get their task back on (see [`park`]): they can
+    /// be woken from any thread.
+    runtime: tokio::runtime::Handle,
     /// Sessions that could not be registered or unregistered (the registry was unreachable),
     /// retried after the next announcement.
     pub unsynced: unsynced::Unsynced,
@@ -102,13 +108,14 @@ impl Gateway {
             fanout,
             max_attempts: config.store.max_attempts,
             metrics,
-            admission: Admission::new(
+            admission: Arc::new(Admission::new(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
-            ),
+            )),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             unsynced: unsynced::Unsynced::default(),
             epoch: tokio::time::Instant::now(),
             webhooks: OnceLock::new(),
@@ -148,7 +155,11 @@ impl Gateway {
                 () = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let closed = self.table.sweep(self.clock_ms(), self.config.write_timeout);
+            let closed = self.table.sweep(
+                self.clock_ms(),
+                self.config.write_timeout,
+                self.config.park_after,
+            );
             if closed > 0 {
                 debug!(closed, "heartbeat sweep");
             }
@@ -160,12 +171,12 @@ impl Gateway {
         while let Some((stream, peer)) = self.accept(&listener).await {
             let gw = self.clone();
             self.tasks.spawn(async move {
-                let _permit = match gw.admit(peer.ip()) {
+                let permit = match gw.admit(peer.ip()) {
                     Ok(permit) => permit,
                     Err(code) => return refuse_tcp(stream, &gw, code).await,
                 };
                 let wire = TcpWire::new(stream, gw.limits.max_frame);
-                conn::serve(wire, gw.clone()).await;
+                conn::serve(wire, gw, permit).await;
             });
         }
     }
@@ -210,8 +221,9 @@ impl Gateway {
                         return;
                     }
                 };
-                conn::serve(WsWire::new(ws, gw.limits.max_frame), gw.clone()).await;
-                drop(permit);
+                // A refused client's upgrade failed above (its answer was the refusal).
+                let Ok(permit) = permit else { return };
+                conn::serve(WsWire::new(ws, gw.limits.max_frame), gw, permit).await;
             });
         }
     }
@@ -240,8 +252,8 @@ impl Gateway {
         }
     }
 
-    fn admit(&self, ip: IpAddr) -> Result<Permit<'_>, Code> {
-        self.admission.admit(ip).inspect_err(|code| {
+    fn admit(&self, ip: IpAddr) -> Result<Permit, Code> {
+        Admission::admit(&self.admission, ip).inspect_err(|code| {
             self.metrics.rejected_connections.increment(1);
             self.metrics.handshake_failed(*code);
         })
@@ -299,10 +311,17 @@ struct Admission {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One admitted connection; dropping it gives the slot back.
-struct Permit<'a> {
-    admission: &'a Admission,
+/// One admitted connection; dropping it gives the slot back. Owned, so that a parked
+/// connection keeps it without a task.
+struct Permit {
+    admission: Arc<Admission>,
     ip: IpAddr,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("ip", &self.ip).finish()
+    }
 }
 
 impl Admission {
@@ -315,7 +334,7 @@ impl Admission {
         }
     }
 
-    fn admit(&self, ip: IpAddr) -> Result<Permit<'_>, Code> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Code> {
         if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return Err(Code::CONNECTION_LIMIT);
@@ -329,13 +348,13 @@ impl Admission {
         }
         *count += 1;
         Ok(Permit {
-            admission: self,
+            admission: self.clone(),
             ip,
         })
     }
 }
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
         let mut per_ip = self
             .admission

@@ -6,7 +6,7 @@
 //! which writes everything queued in one go (one vectored write for many frames).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,10 +14,12 @@ use tokio::net::TcpStream;
 
 use bytes::Bytes;
 use metrics::Counter;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tether_core::store::Page;
 use tether_core::{AppId, ConnId, DeviceId, Outgoing, TopicId, Transport, UserId};
 use tether_proto::{Code, Disconnect, Frame, Synced};
+
+use crate::metrics::TransportMetrics;
 
 use super::inbox::{
     ACK_WRITE_EVERY_MS, Backlog, InboxState, REORDER_FRAMES, REORDER_WAIT_MS, SyncRequest,
@@ -217,7 +219,17 @@ pub struct ConnHandle {
     task: AtomicWaker,
     /// See [`NewConn::direct`].
     direct: Option<Arc<TcpStream>>,
+    /// Whether the connection has a task: [`RUNNING`], [`PARK_ASKED`] or [`PARKED`] (see
+    /// `super::park`).
+    park: AtomicU8,
 }
+
+/// The connection has a task serving it.
+const RUNNING: u8 = 0;
+/// The sweep found it idle and asked its task to park.
+const PARK_ASKED: u8 = 1;
+/// No task: the socket and this handle wait for the next event (see `super::park`).
+const PARKED: u8 = 2;
 
 impl ConnHandle {
     pub fn new(conn: NewConn) -> Self {
@@ -245,6 +257,7 @@ impl ConnHandle {
             work_hint: AtomicBool::new(true),
             task: AtomicWaker::new(),
             direct: conn.direct,
+            park: AtomicU8::new(RUNNING),
         }
     }
 
@@ -939,9 +952,80 @@ impl ConnHandle {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// The socket that fan-outs write to directly and that a parked connection waits on (raw
+    /// TCP only).
+    pub fn socket(&self) -> Option<&Arc<TcpStream>> {
+        self.direct.as_ref()
+    }
+
+    /// Whether the sweep asked the task to park.
+    pub fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARK_ASKED
+    }
+
+    /// Whether the task has nothing left to do but wait: no store work, no ack waiting to be
+    /// written, no overtaking push held (each of those needs the task or the sweep's wake).
+    pub fn settled(&self) -> bool {
+        !self.work_hint.load(Ordering::Acquire)
+            && !self.ack_pending.load(Ordering::Acquire)
+            && !self.held.load(Ordering::Acquire)
+    }
+
+    /// The task is parking: from now on `waker` stands for it. Returns whether something is
+    /// already waiting for it (frames, a close), in which case it must not park after all.
+    pub fn parking(&self, waker: &Waker) -> bool {
+        self.park.store(PARKED, Ordering::Relaxed);
+        self.task.register(waker);
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A task serves the connection again (a parked one woke up, or a park was called off).
+    pub fn unparked(&self) {
+        self.park.store(RUNNING, Ordering::Relaxed);
+    }
+
+    /// The task was asked to park at `now_ms` but is busy (a frame half read, store work, ...):
+    /// the sweep asks again only after another `park_after`, not at its next pass, so that a
+    /// connection that cannot park is not woken at every pass for nothing.
+    pub fn park_declined(&self, now_ms: u64) {
+        // `progress_ms` only counts for stalls while `writing`, which a parking task is not.
+        self.progress_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.park.store(RUNNING, Ordering::Relaxed);
+    }
+
+    /// Whether the connection waits without a task.
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARKED
+    }
+
+    /// Asks the task to park if the connection is raw TCP and has neither heard from its
+    /// client nor written for `park_after_ms` (0: never). A connection already parked or asked
+    /// is left alone, so that the sweep never wakes a parked connection for nothing.
+    fn ask_park(&self, now_ms: u64, park_after_ms: u64) {
+        if park_after_ms == 0
+            || self.direct.is_none()
+            || self.park.load(Ordering::Relaxed) != RUNNING
+            || self.writing.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let active = self
+            .last_seen_ms
+            .load(Ordering::Relaxed)
+            .max(self.progress_ms.load(Ordering::Relaxed));
+        if now_ms.saturating_sub(active) >= park_after_ms
+            && self
+                .park
+                .compare_exchange(RUNNING, PARK_ASKED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake();
+        }
+    }
+
     /// Closes the connection if the client has been silent past its limit at `now_ms`, or has
-    /// taken no bytes of a pending write for `write_timeout_ms`.
-    fn sweep(&self, now_ms: u64, write_timeout_ms: u64) -> bool {
+    /// taken no bytes of a pending write for `write_timeout_ms`; asks an idle one to park.
+    fn sweep(&self, now_ms: u64, write_timeout_ms: u64, park_after_ms: u64) -> bool {
         self.expire_held(tether_core::now_ms());
         if self.ack_pending.load(Ordering::Relaxed) {
             // An ack that waited for its write interval: the task decides.
@@ -954,13 +1038,16 @@ impl ConnHandle {
             }
         }
         let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-        silent > self.idle_limit_ms
-            && self.close(Close {
+        if silent > self.idle_limit_ms {
+            return self.close(Close {
                 code: Code::HEARTBEAT_TIMEOUT,
                 reason: format!("no frame for {silent} ms"),
                 retry_after_ms: 0,
                 flush: false,
-            })
+            });
+        }
+        self.ask_park(now_ms, park_after_ms);
+        false
     }
 }
 
@@ -975,6 +1062,9 @@ pub struct ConnTable {
     next_id: AtomicU64,
     overflows: Counter,
     deliveries: Counter,
+    /// Frames and bytes that pushes wrote to raw TCP sockets themselves (see
+    /// [`ConnHandle::offer`]); what the connection tasks write they count themselves.
+    tcp: TransportMetrics,
 }
 
 impl ConnTable {
@@ -984,6 +1074,7 @@ impl ConnTable {
             next_id: AtomicU64::new(first_conn_id()),
             overflows,
             deliveries,
+            tcp: TransportMetrics::new(Transport::Tcp),
         }
     }
 
@@ -1050,27 +1141,34 @@ impl ConnTable {
     }
 
     /// Closes every connection whose client went silent past its heartbeat limit, or stopped
-    /// taking bytes of a pending write for `write_timeout`. Holds one shard lock at a time and
-    /// allocates nothing for connections that are alive.
-    pub fn sweep(&self, now_ms: u64, write_timeout: Duration) -> usize {
+    /// taking bytes of a pending write for `write_timeout`, and asks raw TCP connections idle
+    /// for `park_after` to park (zero: never). Holds one shard lock at a time and allocates
+    /// nothing for connections that are alive.
+    pub fn sweep(&self, now_ms: u64, write_timeout: Duration, park_after: Duration) -> usize {
         let write_timeout_ms = write_timeout.as_millis() as u64;
+        let park_after_ms = park_after.as_millis() as u64;
         let mut closed = 0;
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             closed += shard
                 .values()
-                .filter(|c| c.sweep(now_ms, write_timeout_ms))
+                .filter(|c| c.sweep(now_ms, write_timeout_ms, park_after_ms))
                 .count();
         }
         closed
     }
 
     /// Whether a frame reached its connection, counting overflows.
-    fn counted(&self, enqueued: Enqueued) -> bool {
-        match enqueued {
-            Enqueued::Queued => true,
-            Enqueued::Closed => false,
-            Enqueued::Overflow => {
+    fn counted(&self, offered: Offered) -> bool {
+        match offered {
+            Offered::Queued => true,
+            Offered::Written(n) => {
+                self.tcp.frames_out.increment(1);
+                self.tcp.bytes_out.increment(n as u64);
+                true
+            }
+            Offered::Closed => false,
+            Offered::Overflow => {
                 self.overflows.increment(1);
                 false
             }
@@ -1099,12 +1197,14 @@ impl ConnTable {
                 Encoding::Binary => msg.binary().clone(),
                 Encoding::Json => msg.json().clone(),
             };
+            // A transient push is written at once when nothing waits before it (raw TCP),
+            // without waking the connection's task, or starting one for a parked connection.
             let offered = if push.qos == 0 {
-                conn.enqueue(frame)
+                conn.offer(frame)
             } else {
                 match conn.binding(&push.app) {
-                    Some(binding) => conn.offer_durable(binding, push.seq, frame),
-                    None => Enqueued::Closed,
+                    Some(binding) => conn.offer_durable(binding, push.seq, frame).into(),
+                    None => Offered::Closed,
                 }
             };
             if self.counted(offered) {
@@ -1293,17 +1393,17 @@ mod tests {
         let conn = Arc::new(handle(100));
         table.insert(conn.clone());
         let write_timeout = Duration::from_secs(10);
-        let silent_for_the_limit = table.sweep(30_000, write_timeout);
+        let silent_for_the_limit = table.sweep(30_000, write_timeout, Duration::ZERO);
         assert_eq!(
             silent_for_the_limit, 0,
             "silent for exactly the limit is still alive"
         );
         conn.seen(20_000);
-        assert_eq!(table.sweep(50_000, write_timeout), 0);
-        assert_eq!(table.sweep(50_001, write_timeout), 1);
+        assert_eq!(table.sweep(50_000, write_timeout, Duration::ZERO), 0);
+        assert_eq!(table.sweep(50_001, write_timeout, Duration::ZERO), 1);
         let close = conn.take(&mut VecDeque::new()).unwrap();
         assert_eq!(close.code, Code::HEARTBEAT_TIMEOUT);
-        let again = table.sweep(90_000, write_timeout);
+        let again = table.sweep(90_000, write_timeout, Duration::ZERO);
         assert_eq!(again, 0, "a closing connection is not closed twice");
     }
 
@@ -1318,7 +1418,7 @@ mod tests {
         conn.set_writing(true, 1_000);
         conn.written(10, 5_000);
         assert_eq!(
-            table.sweep(15_000, Duration::from_secs(10)),
+            table.sweep(15_000, Duration::from_secs(10), Duration::ZERO),
             0,
             "progress at 5 s"
         );
@@ -1328,7 +1428,10 @@ mod tests {
             retry_after_ms: 0,
             flush: true,
         });
-        assert_eq!(table.sweep(15_001, Duration::from_secs(10)), 1);
+        assert_eq!(
+            table.sweep(15_001, Duration::from_secs(10), Duration::ZERO),
+            1
+        );
         let close = conn.take(&mut VecDeque::new()).unwrap();
         assert_eq!(close.code, Code::KICKED, "the kick's code is kept");
         assert!(!close.flush, "what is queued is given up");
@@ -1340,7 +1443,7 @@ mod tests {
         conn.seen(1_000_000);
         conn.set_writing(true, 0);
         conn.set_writing(false, 1);
-        assert!(!conn.sweep(1_000_000, 10));
+        assert!(!conn.sweep(1_000_000, 10, 0));
     }
 
     #[test]
@@ -1459,5 +1562,45 @@ mod tests {
         let rest = conn.finish().expect("the rest of the begun frame");
         assert!(!rest.is_empty() && rest.len() < 64 * 1024);
         assert!(conn.finish().is_none(), "once");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_asks_idle_tcp_connections_to_park_once_and_waits_after_a_refusal() {
+        let (server, _client) = small_pair().await;
+        let conn = direct_conn(1024, server);
+        conn.seen(0);
+        conn.progress_ms.store(0, Ordering::Relaxed);
+        let (ask, never) = (100, 0);
+        assert!(!conn.sweep(99, 10_000, ask));
+        assert!(!conn.park_asked(), "not idle for park_after yet");
+        assert!(!conn.sweep(100, 10_000, never));
+        assert!(!conn.park_asked(), "park_after 0 never asks");
+        assert!(!conn.sweep(100, 10_000, ask));
+        assert!(conn.park_asked());
+        assert!(
+            conn.poll_ready(&mut noop_cx()).is_ready(),
+            "the ask wakes the task"
+        );
+        // Busy: the next ask waits another park_after.
+        conn.park_declined(150);
+        conn.sweep(200, 10_000, ask);
+        assert!(!conn.park_asked(), "asked again right after a refusal");
+        conn.sweep(250, 10_000, ask);
+        assert!(conn.park_asked());
+        assert!(conn.poll_ready(&mut noop_cx()).is_ready());
+        // Parked: the sweep leaves it alone (a wake would start a task for nothing).
+        assert!(!conn.parking(std::task::Waker::noop()));
+        assert!(conn.is_parked());
+        conn.sweep(10_000, 10_000, ask);
+        assert!(conn.is_parked());
+        assert!(conn.poll_ready(&mut noop_cx()).is_pending(), "no wake");
+        // A WebSocket connection (no direct socket) is never asked.
+        let ws = handle(1024);
+        ws.sweep(10_000, 10_000, ask);
+        assert!(!ws.park_asked());
+    }
+
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(std::task::Waker::noop())
     }
 }

@@ -95,6 +95,13 @@ pub trait Wire: Send {
         None
     }
 
+    /// Whether the wire holds nothing of its own (no frame half read or half written), so
+    /// that the connection can wait without its task and a new wire can take over the socket
+    /// (raw TCP only; see `super::park`).
+    fn parkable(&self) -> bool {
+        false
+    }
+
     /// Bytes received since the last call (for metrics).
     fn take_bytes_read(&mut self) -> usize;
 
@@ -143,8 +150,14 @@ const READ_CHUNK: usize = 512;
 
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
+        Self::resume(Arc::new(stream), max_frame)
+    }
+
+    /// A wire for a parked connection's socket, which its old wire left with no frame half
+    /// read or half written.
+    pub fn resume(stream: Arc<TcpStream>, max_frame: u32) -> Self {
         TcpWire {
-            stream: Arc::new(stream),
+            stream,
             buf: BytesMut::new(),
             max_frame,
             read: 0,
@@ -253,6 +266,10 @@ impl Wire for TcpWire {
 
     fn direct(&self) -> Option<Arc<TcpStream>> {
         Some(self.stream.clone())
+    }
+
+    fn parkable(&self) -> bool {
+        self.buf.is_empty() && !self.partial
     }
 
     fn take_bytes_read(&mut self) -> usize {

@@ -1,0 +1,178 @@
+//! Parked connections: an idle raw TCP connection gives up its task and gets one back on its
+//! next event (the client sends, a push cannot be written directly, a close), with nothing
+//! lost on the way.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tether_proto::{Ack, Body, Code, Frame};
+use tether_server::{Config, Node};
+use tokio::time::Instant;
+
+/// Parks after 100 ms of silence; the sweep runs every 50 ms.
+fn config() -> Config {
+    let mut config = Config::for_tests();
+    config.gateway.heartbeat_min = Duration::from_millis(200);
+    config.gateway.park_after = Duration::from_millis(100);
+    config
+}
+
+/// Waits until exactly `n` connections are parked; panics after [`WAIT`].
+async fn wait_parked(node: &Node, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let parked = node.parked_connections();
+        if parked == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parked} connections parked after {WAIT:?}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn payload_of(frame: Frame) -> String {
+    String::from_utf8(expect_push(frame).payload.to_vec()).expect("UTF-8 payload")
+}
+
+#[tokio::test]
+async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let addr = node.tcp_addr().unwrap();
+    let (mut tcp, _) = TcpClient::connected(addr, "alice", "phone", 5_000).await;
+    let (mut ws, _) = WsClient::connected(&node, "alice", "browser", 5_000).await;
+    // Only raw TCP parks: the WebSocket's protocol state lives in its task.
+    wait_parked(&node, 1).await;
+
+    // A push to a parked connection is written by the pushing side; it stays parked.
+    http.push(r#"{"users":["alice"],"payload":"one"}"#).await;
+    assert!(payload_of(tcp.frame().await).contains("one"));
+    assert!(payload_of(ws.frame().await).contains("one"));
+
+    // A ping wakes it: the pong comes from a new task, which parks again once idle.
+    wait_parked(&node, 1).await;
+    tcp.send(&Frame::new(7, Body::Ping)).await;
+    assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
+    assert_eq!(node.parked_connections(), 0, "the ping gave it a task");
+    wait_parked(&node, 1).await;
+
+    // A durable push and its ack, which is written to the store by the woken task.
+    let answer = http
+        .push(r#"{"users":["alice"],"payload":"two","qos":1}"#)
+        .await;
+    let seq = answer["seqs"]["alice"].as_u64().expect("a seq for alice");
+    let push = expect_push(tcp.frame().await);
+    assert_eq!(push.seq, seq);
+    assert_eq!(expect_push(ws.frame().await).seq, seq);
+    wait_parked(&node, 1).await;
+    tcp.send(&Frame::new(
+        8,
+        Ack {
+            app: APP.into(),
+            seq,
+        },
+    ))
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let presence = http.presence("alice").await;
+        let acked = presence["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .find(|d| d["device"] == "phone")
+            .and_then(|d| d["acked"].as_u64());
+        if acked == Some(seq) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "phone acked {acked:?}, expected {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Parked through several sweeps, still one connection each, both still served.
+    wait_parked(&node, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.connections(), 2);
+    http.push(r#"{"users":["alice"],"payload":"three"}"#).await;
+    assert!(payload_of(tcp.frame().await).contains("three"));
+    assert!(payload_of(ws.frame().await).contains("three"));
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_by_a_kick_its_heartbeat_or_its_client() {
+    let mut config = config();
+    // Two slots: a parked connection must keep its own and give it back when it ends.
+    config.limits.max_connections = 2;
+    let node = start(config).await;
+    let http = Http::new(&node);
+    let addr = node.tcp_addr().unwrap();
+
+    // A kick reaches a parked connection.
+    let (mut kicked, _) = TcpClient::connected(addr, "alice", "phone", 5_000).await;
+    // Its client never pings: the heartbeat limit (3 x 200 ms) closes it while parked.
+    let (mut silent, _) = TcpClient::connected(addr, "bob", "phone", 200).await;
+    wait_parked(&node, 2).await;
+    let reply = http
+        .post_raw(
+            &format!("/v1/apps/{APP}/users/alice/kick"),
+            Some(API_KEY),
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    kicked.expect_disconnect(Code::KICKED).await;
+    silent.expect_disconnect(Code::HEARTBEAT_TIMEOUT).await;
+    drop((kicked, silent));
+
+    // A client that goes away while parked is forgotten, and its slot comes back.
+    let (gone, _) = TcpClient::connected(addr, "carol", "phone", 5_000).await;
+    let (_stays, _) = TcpClient::connected(addr, "dave", "phone", 5_000).await;
+    wait_parked(&node, 2).await;
+    drop(gone);
+    let deadline = Instant::now() + WAIT;
+    while node.connections() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed parked connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut again, _) = TcpClient::connected(addr, "erin", "phone", 5_000).await;
+    again.send(&Frame::new(9, Body::Ping)).await;
+    assert_eq!(again.frame().await, Frame::new(9, Body::Pong));
+}
+
+#[tokio::test]
+async fn a_push_the_socket_cannot_take_whole_wakes_a_parked_connection() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    // A small receive buffer that the client does not read at first: the direct write takes
+    // only part of the pushes, the rest waits in the queue for a new task.
+    let mut client = TcpClient::open_with_recv_buffer(node.tcp_addr().unwrap(), 4096).await;
+    client.send(&connect_frame("alice", "phone", 5_000)).await;
+    expect_connected(client.frame().await);
+    wait_parked(&node, 1).await;
+    let big = "x".repeat(8_000);
+    for i in 0..20 {
+        http.push(&format!(r#"{{"users":["alice"],"payload":"{i}:{big}"}}"#))
+            .await;
+    }
+    for i in 0..20 {
+        let payload = payload_of(client.frame().await);
+        assert!(
+            payload.starts_with(&format!("\"{i}:")),
+            "push {i} out of order"
+        );
+        assert_eq!(payload.len(), big.len() + format!("\"{i}:\"").len());
+    }
+    // All written: it parks again.
+    wait_parked(&node, 1).await;
+}
