@@ -53,6 +53,11 @@ async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served
     http.push(r#"{"users":["alice"],"payload":"one"}"#).await;
     assert!(payload_of(tcp.frame().await).contains("one"));
     assert!(payload_of(ws.frame().await).contains("one"));
+    assert_eq!(
+        node.parked_connections(),
+        1,
+        "a transient push started a task"
+    );
 
     // A ping wakes it: the pong comes from a new task, which parks again once idle.
     wait_parked(&node, 1).await;
