@@ -383,15 +383,16 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Ran {
     // `connected` is out: fan-outs may write to the socket directly while the task has nothing
     // to write.
     conn.writer_idle();
-    let event = std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await;
-    if let Event::Park = event {
-        return Ran::Park;
-    }
-    // From here on nothing is written but the goodbye: pushes must see a closed connection
-    // (and not count it as reached) until it leaves the table.
-    let rest = conn.finish();
-    match event {
+    // Once over, nothing is written but the goodbye: pushes must see a closed connection (and
+    // not count it as reached) until it leaves the table, hence `finish` first.
+    match std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await {
+        Event::Park => Ran::Park,
+        Event::Gone => {
+            let _ = conn.finish();
+            Ran::Over(None)
+        }
         Event::Close(close) => {
+            let rest = conn.finish();
             // Nothing more is written but the rest of a frame already begun, so that the
             // client can still read the `disconnect` behind it: the task's own, or one a
             // fan-out began with a direct write (never both: direct writes wait for the task
@@ -406,8 +407,6 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Ran {
             Box::pin(goodbye(wire, &mut io.pending, &close)).await;
             Ran::Over(Some(close.code))
         }
-        Event::Gone => Ran::Over(None),
-        Event::Park => Ran::Park,
     }
 }
 
