@@ -678,6 +678,10 @@ impl Config {
             problems
                 .push("limits.outbound_queue_bytes must be at least twice limits.max_frame".into());
         }
+        // Each connection keeps its limit in 32 bits.
+        if l.outbound_queue_bytes > u32::MAX as usize {
+            problems.push("limits.outbound_queue_bytes must be at most 4294967295 (4 GiB)".into());
+        }
         if l.max_push_users == 0 {
             problems.push("limits.max_push_users must be at least 1".into());
         }

@@ -104,12 +104,14 @@ struct Outbox {
     frames: VecDeque<Bytes>,
     /// Bytes accepted and not yet written: queued plus the batch being written.
     bytes: usize,
-    close: Option<Close>,
+    /// Boxed, like `sync`: rare, and an idle connection's handle is kept small (see
+    /// [`ConnHandle`]).
+    close: Option<Box<Close>>,
     /// Durable delivery state, one per binding, in the order of [`ConnHandle::bindings`].
     /// Under the queue's lock, so that ordering a push and queueing it are one step.
     inboxes: Box<[InboxState]>,
     /// A `sync` waiting for the task.
-    sync: Option<SyncRequest>,
+    sync: Option<Box<SyncRequest>>,
     /// A `sync` is waiting or being answered.
     sync_busy: bool,
     /// The topics this connection is subscribed to, or asked to be: (binding, topic). Kept
@@ -192,11 +194,12 @@ pub struct ConnHandle {
     pub transport: Transport,
     pub encoding: Encoding,
     pub device: DeviceId,
-    pub bindings: Vec<(AppId, UserId)>,
+    pub bindings: Box<[(AppId, UserId)]>,
     pub connected_at_ms: u64,
-    limit: usize,
+    /// The queue's byte limit (see [`NewConn::queue_limit`]); read through [`Self::limit`].
+    limit: u32,
     /// A connection silent for longer than this is closed by the heartbeat sweep.
-    idle_limit_ms: u64,
+    idle_limit_ms: u32,
     /// When a frame last arrived, in ms of the gateway's clock ([`super::Gateway::clock_ms`]).
     last_seen_ms: AtomicU64,
     /// The task holds bytes the client has not taken yet.
@@ -238,10 +241,10 @@ impl ConnHandle {
             transport: conn.transport,
             encoding: conn.encoding,
             device: conn.device,
-            bindings: conn.bindings,
+            bindings: conn.bindings.into_boxed_slice(),
             connected_at_ms: tether_core::now_ms(),
-            limit: conn.queue_limit,
-            idle_limit_ms: conn.idle_limit.as_millis() as u64,
+            limit: u32::try_from(conn.queue_limit).unwrap_or(u32::MAX),
+            idle_limit_ms: u32::try_from(conn.idle_limit.as_millis()).unwrap_or(u32::MAX),
             last_seen_ms: AtomicU64::new(conn.now_ms),
             writing: AtomicBool::new(false),
             progress_ms: AtomicU64::new(conn.now_ms),
@@ -304,7 +307,7 @@ impl ConnHandle {
         if let Some(stream) = &self.direct
             && !outbox.in_flight
             && outbox.frames.is_empty()
-            && outbox.bytes + frame.len() <= self.limit
+            && outbox.bytes + frame.len() <= self.limit()
         {
             match stream.try_write(&frame) {
                 Ok(n) if n == frame.len() => return Offered::Written(n),
@@ -341,14 +344,14 @@ impl ConnHandle {
     /// Queues `frame` on an open connection's locked queue, or closes it as slow past the byte
     /// limit. Returns whether the task must be woken (the caller does it after unlocking).
     fn push_locked(&self, outbox: &mut Outbox, frame: Bytes) -> (Enqueued, bool) {
-        if outbox.bytes + frame.len() > self.limit {
+        if outbox.bytes + frame.len() > self.limit() {
             drop_queue(outbox);
-            outbox.close = Some(Close {
+            outbox.close = Some(Box::new(Close {
                 code: Code::SLOW,
-                reason: format!("more than {} bytes waiting to be read", self.limit),
+                reason: format!("more than {} bytes waiting to be read", self.limit()),
                 retry_after_ms: 0,
                 flush: false,
-            });
+            }));
             return (Enqueued::Overflow, true);
         }
         let wake = queue_frame(&mut outbox.frames, &mut outbox.bytes, frame);
@@ -383,7 +386,7 @@ impl ConnHandle {
         if seq > inbox.sent + 1 {
             // Overtaken: hold it for the earlier seq, within the queue's budget, or fall back
             // to the store.
-            let fits = outbox.bytes + frame.len() <= self.limit;
+            let fits = outbox.bytes + frame.len() <= self.limit();
             let inbox = &mut outbox.inboxes[binding];
             if fits && inbox.held.len() < REORDER_FRAMES {
                 if inbox.held.is_empty() {
@@ -407,7 +410,7 @@ impl ConnHandle {
             ..
         } = &mut *outbox;
         let inbox = &mut inboxes[binding];
-        if *bytes + frame.len() > self.limit {
+        if *bytes + frame.len() > self.limit() {
             // No room (held pushes may be taking it): the store has it, and a backlog read
             // waits for room rather than closing the client as slow.
             self.catch_up_locked(&mut outbox, binding, seq);
@@ -559,7 +562,7 @@ impl ConnHandle {
             return false;
         }
         outbox.sync_busy = true;
-        outbox.sync = Some(request);
+        outbox.sync = Some(Box::new(request));
         self.work_hint.store(true, Ordering::Release);
         true
     }
@@ -576,7 +579,7 @@ impl ConnHandle {
             return None;
         }
         let mut outbox = self.outbox();
-        let next = Self::next_work_locked(&mut outbox, now_ms, self.limit);
+        let next = Self::next_work_locked(&mut outbox, now_ms, self.limit());
         let deferred = || {
             outbox.close.is_none()
                 && (outbox.sync.is_some()
@@ -610,7 +613,7 @@ impl ConnHandle {
             return None;
         }
         if let Some(request) = outbox.sync.take() {
-            return Some(NextWork::Sync(request));
+            return Some(NextWork::Sync(*request));
         }
         outbox
             .inboxes
@@ -659,7 +662,7 @@ impl ConnHandle {
                     continue;
                 }
                 let frame = push_frame(self.encoding, 0, app, m);
-                if *bytes + frame.len() > self.limit {
+                if *bytes + frame.len() > self.limit() {
                     all = false;
                     break;
                 }
@@ -716,7 +719,7 @@ impl ConnHandle {
         let mut wake = false;
         for m in &page.messages {
             let frame = push_frame(self.encoding, request.id, app, m);
-            if outbox.bytes + frame.len() + SYNCED_ROOM > self.limit {
+            if outbox.bytes + frame.len() + SYNCED_ROOM > self.limit() {
                 break;
             }
             let (_, w) = self.push_locked(&mut outbox, frame);
@@ -801,7 +804,11 @@ impl ConnHandle {
 
     /// The byte limit of the outbound queue.
     pub fn queue_limit(&self) -> usize {
-        self.limit
+        self.limit()
+    }
+
+    fn limit(&self) -> usize {
+        self.limit as usize
     }
 
     /// Bytes queued and not yet written (the batch being written included).
@@ -820,7 +827,7 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return false;
         }
-        outbox.close = Some(close);
+        outbox.close = Some(Box::new(close));
         drop(outbox);
         self.wake();
         true
@@ -874,7 +881,7 @@ impl ConnHandle {
             _ if into.is_empty() => *into = std::mem::take(&mut outbox.frames),
             _ => into.append(&mut outbox.frames),
         }
-        (outbox.close.clone(), tail)
+        (outbox.close.as_deref().cloned(), tail)
     }
 
     /// Reports `n` bytes written at `now_ms`, freeing that much of the queue's budget.
@@ -914,12 +921,12 @@ impl ConnHandle {
         outbox.frames = VecDeque::new();
         outbox.bytes = 0;
         if outbox.close.is_none() {
-            outbox.close = Some(Close {
+            outbox.close = Some(Box::new(Close {
                 code: Code::INTERNAL,
                 reason: "connection finished".into(),
                 retry_after_ms: 0,
                 flush: false,
-            });
+            }));
         }
         rest
     }
@@ -933,12 +940,12 @@ impl ConnHandle {
             Some(close) if !close.flush => return false,
             Some(close) => close.flush = false,
             None => {
-                outbox.close = Some(Close {
+                outbox.close = Some(Box::new(Close {
                     code: Code::SLOW,
                     reason: reason.to_owned(),
                     retry_after_ms: 0,
                     flush: false,
-                })
+                }))
             }
         }
         drop_queue(&mut outbox);
@@ -1038,7 +1045,7 @@ impl ConnHandle {
             }
         }
         let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-        if silent > self.idle_limit_ms {
+        if silent > u64::from(self.idle_limit_ms) {
             return self.close(Close {
                 code: Code::HEARTBEAT_TIMEOUT,
                 reason: format!("no frame for {silent} ms"),
@@ -1253,6 +1260,15 @@ mod tests {
 
     fn handle(limit: usize) -> ConnHandle {
         ConnHandle::new(new_conn(limit))
+    }
+
+    #[test]
+    fn an_idle_connection_handle_stays_small() {
+        // Every connection holds one for its whole life, parked or not. Its `Arc` (16 bytes
+        // more) must fit glibc's 256-byte chunk (8 bytes of header): so at most 232.
+        let size = size_of::<ConnHandle>();
+        eprintln!("ConnHandle: {size} bytes, Outbox: {}", size_of::<Outbox>());
+        assert!(size <= 232, "ConnHandle grew to {size} bytes");
     }
 
     /// A handle with one live binding at seq 0.
