@@ -150,7 +150,8 @@ pub struct GatewayConfig {
     /// A raw TCP connection that has neither heard from its client nor written for its task
     /// this long gives up its task and waits with its socket alone, until the client sends,
     /// something is queued for it or it is closed (memory per idle connection; see
-    /// `docs/architecture.md`, "Parked connections"). 0 keeps every connection's task.
+    /// `docs/architecture.md`, "Parked connections"). A connection idle right after its
+    /// handshake or a ping parks at once. 0 keeps every connection's task.
     #[serde(deserialize_with = "duration")]
     pub park_after: Duration,
 }

@@ -59,11 +59,11 @@ async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served
         "a transient push started a task"
     );
 
-    // A ping wakes it: the pong comes from a new task, which parks again once idle.
+    // A ping wakes it: only a task answers it (with a pong), and the task parks again once
+    // idle.
     wait_parked(&node, 1).await;
     tcp.send(&Frame::new(7, Body::Ping)).await;
     assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
-    assert_eq!(node.parked_connections(), 0, "the ping gave it a task");
     wait_parked(&node, 1).await;
 
     // A durable push and its ack, which is written to the store by the woken task.
@@ -180,4 +180,46 @@ async fn a_push_the_socket_cannot_take_whole_wakes_a_parked_connection() {
     }
     // All written: it parks again.
     wait_parked(&node, 1).await;
+}
+
+#[tokio::test]
+async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
+    // The sweep would wait a minute: parking sooner is the task's own doing.
+    let mut config = config();
+    config.gateway.park_after = Duration::from_secs(60);
+    let node = start(config).await;
+    let addr = node.tcp_addr().unwrap();
+    let (mut tcp, _) = TcpClient::connected(addr, "alice", "phone", 5_000).await;
+    wait_parked(&node, 1).await;
+
+    // The pong comes from a woken task, which parks again at once.
+    tcp.send(&Frame::new(7, Body::Ping)).await;
+    assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
+    wait_parked(&node, 1).await;
+
+    // Anything else than a heartbeat keeps the task until the sweep finds it idle.
+    tcp.send(&Frame::new(
+        8,
+        Body::Subscribe(tether_proto::Subscribe {
+            app: "demo".into(),
+            topic: "news".into(),
+            since: None,
+        }),
+    ))
+    .await;
+    let reply = tcp.frame().await;
+    assert_eq!(reply.id, 8, "{reply:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.parked_connections(), 0, "parked without being asked");
+
+    // Parking at once is off with parking itself.
+    let mut config = Config::for_tests();
+    config.gateway.park_after = Duration::ZERO;
+    let node = start(config).await;
+    let addr = node.tcp_addr().unwrap();
+    let (mut tcp, _) = TcpClient::connected(addr, "bob", "phone", 5_000).await;
+    tcp.send(&Frame::new(7, Body::Ping)).await;
+    assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.parked_connections(), 0);
 }

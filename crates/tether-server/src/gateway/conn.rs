@@ -48,23 +48,32 @@ pub(super) fn serve<W: Wire>(
     // A chain rather than an `async` block: the block would keep the handshake's result
     // beside `live`'s state, this holds one or the other.
     handshake
-        .then(|established| OptionFuture::from(established.map(|(w, h)| live(w, h))))
+        .then(|established| OptionFuture::from(established.map(|(w, h)| live(w, h, true))))
         .map(drop)
 }
 
 /// Serves an established connection until it ends or parks; a parked connection comes back
-/// here with a new wire on the same socket. (Not an `async fn`, for the reason given in
+/// here with a new wire on the same socket. `fresh`: the handshake just ended, so the client is
+/// likely to fall silent (see [`Io::early`]). (Not an `async fn`, for the reason given in
 /// [`serve`].)
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` would hold its arguments twice
-pub(super) fn live<W: Wire>(mut wire: W, mut held: Parked) -> impl Future<Output = ()> + Send {
+pub(super) fn live<W: Wire>(
+    mut wire: W,
+    mut held: Parked,
+    fresh: bool,
+) -> impl Future<Output = ()> + Send {
     async move {
+        let mut early = fresh;
         let outcome = loop {
-            match run(&mut wire, &held.gw, &held.conn).await {
+            match run(&mut wire, &held.gw, &held.conn, early).await {
                 Ran::Over(outcome) => break outcome,
                 Ran::Park => match park::park(held) {
                     Ok(()) => return,
                     // Something arrived while parking: carry on.
-                    Err(back) => held = back,
+                    Err(back) => {
+                        held = back;
+                        early = false;
+                    }
                 },
             }
         };
@@ -373,10 +382,11 @@ fn accept(gw: &Gateway, connect: Connect) -> Result<Accepted, (Code, String)> {
 /// Between frames this future holds only the write batch, a close request and references: the
 /// wakers live outside the task (the handle's slot, the socket's registration), frames are
 /// handled synchronously, and the goodbye is boxed.
-async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle) -> Ran {
+async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle, early: bool) -> Ran {
     let mut io = Io {
         pending: VecDeque::new(),
         sending: false,
+        early: early && !gw.config.park_after.is_zero(),
         close: None,
         work: None,
     };
@@ -416,6 +426,13 @@ struct Io {
     pending: VecDeque<Bytes>,
     /// A write is under way (the transport may hold bytes not yet sent).
     sending: bool,
+    /// Park as soon as the task holds nothing, without waiting for the sweep to ask: the last
+    /// thing the client did was its handshake or a heartbeat, after which a client usually
+    /// falls silent. Parking at once frees the task while the next connection's handshake can
+    /// reuse its memory, rather than `park_after` later, when the allocator keeps it as a hole
+    /// between the connections that came meanwhile. A client that does send something right
+    /// away costs one more task spawn.
+    early: bool,
     /// A close asked for, acted on once what it flushes is written.
     close: Option<Close>,
     /// The store operation under way (durable delivery), boxed only while it runs.
@@ -498,8 +515,12 @@ impl Io {
                     if ready {
                         continue;
                     }
+                    let idle = self.holds_nothing() && wire.parkable() && conn.settled();
+                    if self.early && idle {
+                        return Poll::Ready(Event::Park);
+                    }
                     if conn.park_asked() {
-                        if self.holds_nothing() && wire.parkable() && conn.settled() {
+                        if idle {
                             return Poll::Ready(Event::Park);
                         }
                         // Busy after all: the sweep asks again after another `park_after`.
@@ -528,6 +549,7 @@ impl Io {
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
+            self.early = matches!(frame.body, Body::Ping) && !gw.config.park_after.is_zero();
             match handle(gw, conn, frame) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),
@@ -948,7 +970,7 @@ mod tests {
             permit: gw.admit([127, 0, 0, 2].into()).unwrap(),
         };
         // A parked connection's new task: `live` alone.
-        let size = size_of_future(&super::live(TcpWire::new(resumed, 1024), held));
+        let size = size_of_future(&super::live(TcpWire::new(resumed, 1024), held, false));
         assert!(
             size <= 384,
             "the resumed connection future grew to {size} bytes"

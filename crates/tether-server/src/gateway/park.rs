@@ -11,16 +11,18 @@
 //!   heartbeat sweep, a kick, a drain, shutdown, a slow consumer): the handle's waker.
 //!
 //! So once the heartbeat sweep finds a connection silent both ways for `gateway.park_after`,
-//! it asks the task to park ([`ConnHandle::park_asked`]). A task that holds nothing (no frame
-//! half read or half written, nothing to write, no store work, no close) ends, leaving one
+//! it asks the task to park ([`ConnHandle::park_asked`]); a task whose client has just
+//! finished its handshake or sent a heartbeat parks without being asked, since the client
+//! usually falls silent then. A task that holds nothing (no frame half read or half written,
+//! nothing to write, no store work, no close) ends, leaving one
 //! [`Unpark`] waker registered in both places in its stead. The first of those events starts a
 //! new task for the connection on the same socket and handle ([`resume`]), which carries on
 //! where the old one stopped.
 //!
 //! A parked connection costs its handle, its socket's registration and this waker (about 80
-//! bytes). Waking one costs a task spawn: a client's heartbeat does that once per interval, so
-//! with the default 25 s interval and 2 s `park_after` a connection spends over nine tenths of
-//! its idle life parked. Transient pushes, publications and broadcasts to a parked connection
+//! bytes). Waking one costs a task spawn: a client's heartbeat does that once per interval,
+//! and the task parks again once the pong is written, so an idle connection spends nearly all
+//! of its life parked. Transient pushes, publications and broadcasts to a parked connection
 //! are written by the sender and do not wake it as long as the socket takes them whole (a
 //! fan-out that is behind and queues for everyone else still writes parked connections
 //! directly). A durable push does wake it: its order against the backlog and its ack are the
@@ -117,5 +119,6 @@ fn resume(parked: Parked) {
         return;
     };
     let wire = TcpWire::resume(stream, gw.limits.max_frame);
-    gw.tasks.spawn_on(conn::live(wire, parked), &gw.runtime);
+    gw.tasks
+        .spawn_on(conn::live(wire, parked, false), &gw.runtime);
 }
