@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::drain::drain_close;
 use super::inbox::{self, Done, InboxState, SYNC_PAGE, SyncRequest, Target, Work};
-use super::park::{self, Parked};
+use super::park::Parked;
 use super::table::{Close, ConnHandle, NewConn, NextWork};
 use super::wire::{Wire, truncate_utf8};
 use super::{Gateway, Permit};
@@ -67,26 +67,36 @@ pub(super) fn live<W: Wire>(
         let outcome = loop {
             match run(&mut wire, &held.gw, &held.conn, early).await {
                 Ran::Over(outcome) => break outcome,
-                Ran::Park => match park::park(held) {
+                Ran::Park => match wire.park(held) {
                     Ok(()) => return,
                     // Something arrived while parking: carry on.
                     Err(back) => {
-                        held = back;
+                        (wire, held) = back;
                         early = false;
                     }
                 },
             }
         };
-        let (gw, conn) = (&held.gw, &held.conn);
-        gw.metrics.disconnect(outcome);
-        gw.metrics
-            .transport(conn.transport)
-            .connections
-            .decrement(1.0);
-        Box::pin(forget(gw, conn)).await;
-        gw.webhooks().disconnected(conn);
+        Box::pin(ended(&held.gw, &held.conn, outcome)).await;
         // The admission slot goes back last, with `held`.
     }
+}
+
+/// Ends a parked connection whose socket could not be given back to tokio: it is gone.
+pub(super) async fn lost(held: Parked) {
+    let _ = held.conn.finish();
+    ended(&held.gw, &held.conn, None).await;
+}
+
+/// Counts a connection's end and forgets it.
+async fn ended(gw: &Gateway, conn: &ConnHandle, outcome: Option<Code>) {
+    gw.metrics.disconnect(outcome);
+    gw.metrics
+        .transport(conn.transport)
+        .connections
+        .decrement(1.0);
+    forget(gw, conn).await;
+    gw.webhooks().disconnected(conn);
 }
 
 /// How [`run`] ended.
@@ -386,7 +396,7 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle, early: bool
     let mut io = Io {
         pending: VecDeque::new(),
         sending: false,
-        early: early && !gw.config.park_after.is_zero(),
+        early: early && !gw.park_after().is_zero(),
         close: None,
         work: None,
     };
@@ -549,7 +559,7 @@ impl Io {
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
-            self.early = matches!(frame.body, Body::Ping) && !gw.config.park_after.is_zero();
+            self.early = matches!(frame.body, Body::Ping) && !gw.park_after().is_zero();
             match handle(gw, conn, frame) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),

@@ -43,6 +43,17 @@ use crate::webhook::Webhooks;
 use table::ConnTable;
 use wire::{TcpWire, WsWire};
 
+/// The parked-socket poller, unless parking is off. A poller that cannot start (no epoll
+/// instance or thread to be had) turns parking off rather than the node.
+fn start_poller(config: &Config, table: &Arc<ConnTable>) -> Option<park::Poller> {
+    if config.gateway.park_after.is_zero() {
+        return None;
+    }
+    park::Poller::start(table.clone())
+        .inspect_err(|e| warn!(error = %e, "cannot start the parked-socket poller; parking is off"))
+        .ok()
+}
+
 /// How long a refused WebSocket client may take to send its upgrade request.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -73,6 +84,9 @@ pub struct Gateway {
     /// The runtime that parked connections get their task back on (see [`park`]): they can
     /// be woken from any thread.
     runtime: tokio::runtime::Handle,
+    /// Where parked connections' sockets wait; `None` when parking is off (or the poller
+    /// could not start).
+    poller: Option<park::Poller>,
     /// Sessions that could not be registered or unregistered (the registry was unreachable),
     /// retried after the next announcement.
     pub unsynced: unsynced::Unsynced,
@@ -102,6 +116,7 @@ impl Gateway {
                 .iter()
                 .map(|a| (a.id.clone(), a.secret.expose().to_owned()))
                 .collect(),
+            poller: start_poller(config, &table),
             table,
             registry,
             store,
@@ -134,6 +149,14 @@ impl Gateway {
         self.webhooks.get().map_or(&NONE, |w| w)
     }
 
+    /// Silence after which a raw TCP connection parks; zero when parking is off.
+    pub fn park_after(&self) -> Duration {
+        match self.poller {
+            Some(_) => self.config.park_after,
+            None => Duration::ZERO,
+        }
+    }
+
     /// Milliseconds since the gateway started, by tokio's clock (so that tests can pause it).
     pub fn clock_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -158,7 +181,7 @@ impl Gateway {
             let closed = self.table.sweep(
                 self.clock_ms(),
                 self.config.write_timeout,
-                self.config.park_after,
+                self.park_after(),
             );
             if closed > 0 {
                 debug!(closed, "heartbeat sweep");

@@ -14,15 +14,16 @@
 //! it asks the task to park ([`ConnHandle::park_asked`]); a task whose client has just
 //! finished its handshake or sent a heartbeat parks without being asked, since the client
 //! usually falls silent then. A task that holds nothing (no frame half read or half written,
-//! nothing to write, no store work, no close) ends, leaving one
-//! [`Unpark`] waker registered in both places in its stead. The first of those events starts a
-//! new task for the connection on the same socket and handle ([`resume`]), which carries on
-//! where the old one stopped.
+//! nothing to write, no store work, no close) ends, leaving one [`Unpark`] waker in the
+//! handle in its stead, and its socket leaves tokio's reactor for the gateway's [`Poller`],
+//! which wakes that waker when the socket becomes readable. The first event starts a new task
+//! for the connection on the same socket (back in tokio's reactor) and handle ([`resume`]),
+//! which carries on where the old one stopped.
 //!
-//! A parked connection costs its handle, its socket's registration and this waker (about 80
-//! bytes). Waking one costs a task spawn: a client's heartbeat does that once per interval,
-//! and the task parks again once the pong is written, so an idle connection spends nearly all
-//! of its life parked. Transient pushes, publications and broadcasts to a parked connection
+//! A parked connection costs its handle, its socket's descriptor and epoll entry, and this
+//! waker (about 80 bytes). Waking one costs a task spawn and two epoll updates (and a `dup`
+//! when it parks again): a client's heartbeat does that once per interval, and the task parks
+//! again once the pong is written, so an idle connection spends nearly all of its life parked. Transient pushes, publications and broadcasts to a parked connection
 //! are written by the sender and do not wake it as long as the socket takes them whole (a
 //! fan-out that is behind and queues for everyone else still writes parked connections
 //! directly). A durable push does wake it: its order against the backlog and its ack are the
@@ -32,11 +33,22 @@
 //! wakes it: a node ends its connections by closing them (shutdown, drain), never by dropping
 //! the gateway.
 
+use std::io;
+use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
+use std::task::{Wake, Waker};
+use std::thread;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use tether_core::ConnId;
+use tokio::net::TcpStream;
+use tracing::{error, warn};
 
 use super::conn;
-use super::table::ConnHandle;
+use super::table::{ConnHandle, ConnTable, Socket};
 use super::wire::TcpWire;
 use super::{Gateway, Permit};
 
@@ -50,14 +62,20 @@ pub(super) struct Parked {
     pub permit: Permit,
 }
 
-/// The waker a parked connection leaves in its socket's registration and in its handle. The
-/// first wake takes the connection and starts its task again; later ones find it gone.
+/// The waker a parked connection leaves in its handle, which the poller wakes too when the
+/// socket becomes readable. The first wake takes the connection and starts its task again;
+/// later ones find it gone.
 #[derive(Debug)]
 struct Unpark(Mutex<Option<Parked>>);
 
 impl Unpark {
     fn take(&self) -> Option<Parked> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether no wake has taken the connection yet.
+    fn holds(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 }
 
@@ -73,52 +91,210 @@ impl Wake for Unpark {
     }
 }
 
-/// Parks an idle connection whose task is about to end. `Err` gives the connection back when
-/// an event arrived while parking: the task must go on serving it. `Ok` means the task must
-/// end without touching the connection again (it is parked, or a wake already gave it a new
-/// task).
-pub(super) fn park(parked: Parked) -> Result<(), Parked> {
+/// Parks an idle raw TCP connection whose task is about to end (its wire already gave the
+/// socket up). `Err` gives the connection and its socket back when an event arrived while
+/// parking: the task must go on serving it. `Ok` means the task must end without touching the
+/// connection again (it is parked, or a wake already gave it a new task).
+pub(super) fn park(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
     let conn = parked.conn.clone();
-    let Some(stream) = conn.socket().cloned() else {
-        return Err(parked);
+    let gw = parked.gw.clone();
+    let Some(poller) = &gw.poller else {
+        return refused(parked);
     };
-    let metrics = parked.gw.metrics.clone();
-    // Counted before the wakers are in place: a wake may resume (and count down) at once.
-    metrics.parked.increment(1.0);
+    // Counted before the waker is in place: a wake may resume (and count down) at once.
+    gw.metrics.parked.increment(1.0);
     let unpark = Arc::new(Unpark(Mutex::new(Some(parked))));
-    let waker = Waker::from(unpark.clone());
-    // The handle first: `parking` says whether something is already queued. Then the socket:
-    // a read readiness that is already set answers `Ready` and registers nothing.
-    let waiting = conn.parking(&waker);
-    if !waiting
-        && stream
-            .poll_read_ready(&mut Context::from_waker(&waker))
-            .is_pending()
-    {
+    // The handle first: `parking` says whether something is already queued. Then the socket
+    // moves to the poller, which reports it at once if it is readable already; only while no
+    // wake has taken the connection (checked under the handle's lock, which a resume takes
+    // after the connection): a task it started may have dropped its wire to park in turn, and
+    // the socket is that task's to move.
+    let waiting = conn.parking(&Waker::from(unpark.clone()))
+        || !conn.with_socket(|socket| unpark.holds() && poller.park(socket, conn.id));
+    if !waiting {
         return Ok(());
     }
     match unpark.take() {
         Some(parked) => {
-            metrics.parked.decrement(1.0);
+            gw.metrics.parked.decrement(1.0);
             parked.conn.unparked();
-            Err(parked)
+            refused(parked)
         }
         // A wake came first and started a task: the connection is that task's now.
         None => Ok(()),
     }
 }
 
-/// Gives a parked connection a task again, on the same socket.
+/// Gives a connection that did not park its socket back, for a new wire.
+fn refused(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
+    let gw = parked.gw.clone();
+    match parked.conn.with_socket(|socket| live(socket, &gw)) {
+        Ok(stream) => Err((stream, parked)),
+        Err(e) => {
+            warn!(conn = %parked.conn.id, error = %e, "a parking connection lost its socket");
+            lost(parked);
+            Ok(())
+        }
+    }
+}
+
+/// The socket, back in tokio's reactor if it was parked.
+fn live(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
+    match std::mem::take(socket) {
+        Socket::Live(stream) => {
+            *socket = Socket::Live(stream.clone());
+            Ok(stream)
+        }
+        Socket::Parked(stream) => {
+            if let Some(poller) = &gw.poller {
+                // Before tokio's registration, which reports the socket at once if it is
+                // readable: nothing is missed in between. A stale entry left behind would only
+                // cause spurious wakes (see `ConnHandle::wake_parked`).
+                if let Err(e) = poller.unwatch(&stream) {
+                    warn!(error = %e, "cannot take a socket out of the parked-socket poller");
+                }
+            }
+            let _runtime = gw.runtime.enter();
+            // On an error the descriptor is closed: the connection is gone.
+            let stream = Arc::new(TcpStream::from_std(stream)?);
+            *socket = Socket::Live(stream.clone());
+            Ok(stream)
+        }
+        Socket::None => Err(io::Error::other("no socket")),
+    }
+}
+
+/// Gives a parked connection a task again, its socket back in tokio's reactor.
 fn resume(parked: Parked) {
     parked.conn.unparked();
     let gw = parked.gw.clone();
     gw.metrics.parked.decrement(1.0);
     gw.metrics.unparks.increment(1);
-    let Some(stream) = parked.conn.socket().cloned() else {
-        // Only raw TCP connections park, and they always have their socket.
-        return;
-    };
-    let wire = TcpWire::resume(stream, gw.limits.max_frame);
-    gw.tasks
-        .spawn_on(conn::live(wire, parked, false), &gw.runtime);
+    match parked.conn.with_socket(|socket| live(socket, &gw)) {
+        Ok(stream) => {
+            let wire = TcpWire::resume(stream, gw.limits.max_frame);
+            gw.tasks
+                .spawn_on(conn::live(wire, parked, false), &gw.runtime);
+        }
+        Err(e) => {
+            warn!(conn = %parked.conn.id, error = %e, "a parked connection lost its socket");
+            lost(parked);
+        }
+    }
+}
+
+/// Ends a connection that has no socket left to serve it with.
+fn lost(parked: Parked) {
+    let gw = parked.gw.clone();
+    gw.tasks.spawn_on(conn::lost(parked), &gw.runtime);
+}
+
+/// The token that stops the poller's thread.
+const STOP: Token = Token(usize::MAX);
+
+/// The epoll instance that parked connections' sockets wait in, and the thread that waits on
+/// it and wakes a connection whose socket becomes readable (its client sent something or went
+/// away). tokio's reactor keeps a registration of about 300 bytes per socket (`ScheduledIo`,
+/// cache-line aligned, and the stream around it); here a socket costs the kernel's epoll entry
+/// alone, plus its 4-byte descriptor in the handle.
+#[derive(Debug)]
+pub(super) struct Poller {
+    registry: mio::Registry,
+    stop: Arc<AtomicBool>,
+    waker: mio::Waker,
+}
+
+impl Poller {
+    /// Starts the poller's thread, which finds woken connections in `table`.
+    pub fn start(table: Arc<ConnTable>) -> io::Result<Poller> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = mio::Waker::new(poll.registry(), STOP)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        thread::Builder::new()
+            .name("tether-parked".into())
+            .spawn(move || watch(poll, &table, &stopped))?;
+        Ok(Poller {
+            registry,
+            stop,
+            waker,
+        })
+    }
+
+    /// Moves a live socket that nothing else holds (its wire is gone) out of tokio's reactor
+    /// into this poller. `false`, with the socket untouched, when it cannot.
+    fn park(&self, socket: &mut Socket, id: ConnId) -> bool {
+        let Socket::Live(stream) = socket else {
+            return false;
+        };
+        // Under the handle's lock, where every clone is made: a wake that gave the connection
+        // a new task (and wire) while this one was parking shows here.
+        if Arc::strong_count(stream) != 1 {
+            return false;
+        }
+        // A second descriptor for the same socket: tokio's goes (deregistered, closed) with
+        // the last reference to its stream, and a failure leaves the connection as it was.
+        let Ok(parked) = socket2::SockRef::from(&**stream).try_clone() else {
+            return false;
+        };
+        let parked = std::net::TcpStream::from(parked);
+        let token = Token(id.0 as usize);
+        let fd = parked.as_raw_fd();
+        if let Err(e) = self
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            warn!(error = %e, "cannot park a socket");
+            return false;
+        }
+        *socket = Socket::Parked(parked);
+        true
+    }
+
+    fn unwatch(&self, stream: &std::net::TcpStream) -> io::Result<()> {
+        self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()))
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The poller's thread: wakes the parked connection behind each readable socket.
+fn watch(mut poll: Poll, table: &ConnTable, stop: &AtomicBool) {
+    let mut events = Events::with_capacity(1024);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Not expected from epoll_wait on a valid instance; parked connections would
+            // still wake on everything but their client's bytes, so keep trying, slowly.
+            warn!(error = %e, "the parked-socket poller failed");
+            thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        for event in &events {
+            if event.token() == STOP {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            // Gone, or serving again (a stale event): nothing to do.
+            if let Some(conn) = table.get(ConnId(event.token().0 as u64)) {
+                // The wake resumes the connection on this thread. A panic there must not end
+                // the thread: every parked client would stop being heard, and be closed at its
+                // heartbeat timeout.
+                let woken = std::panic::catch_unwind(AssertUnwindSafe(|| conn.wake_parked()));
+                if woken.is_err() {
+                    error!(conn = %conn.id, "waking a parked connection panicked");
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! which writes everything queued in one go (one vectored write for many frames).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -99,6 +100,32 @@ pub enum Enqueued {
     Overflow,
 }
 
+/// A raw TCP connection's socket, which fan-outs write to directly.
+#[derive(Debug, Default)]
+pub enum Socket {
+    /// Not raw TCP (WebSocket).
+    #[default]
+    None,
+    /// Registered with tokio's reactor: the connection's task reads it.
+    Live(Arc<TcpStream>),
+    /// The connection is parked: the socket waits in the gateway's parked-socket poller rather
+    /// than tokio's reactor, which would keep a registration of about 300 bytes for it (see
+    /// `super::park`).
+    Parked(std::net::TcpStream),
+}
+
+impl Socket {
+    /// Writes what the socket takes at once, never waiting.
+    fn try_write(&self, frame: &[u8]) -> Option<std::io::Result<usize>> {
+        match self {
+            Socket::None => None,
+            Socket::Live(stream) => Some(stream.try_write(frame)),
+            // Non-blocking: `into_std` and `try_clone` keep the flag.
+            Socket::Parked(stream) => Some(std::io::Write::write(&mut &*stream, frame)),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Outbox {
     frames: VecDeque<Bytes>,
@@ -124,6 +151,9 @@ struct Outbox {
     /// The front of `frames` is the rest of a frame a direct write began: it must be written
     /// before anything else, and is kept when the queue is dropped.
     tail: bool,
+    /// See [`NewConn::direct`]. Under the queue's lock: a direct write and a parking task
+    /// switching the socket out of tokio's reactor must not meet.
+    socket: Socket,
 }
 
 /// Drops what is queued for a connection that is closing, except the rest of a frame already
@@ -220,8 +250,6 @@ pub struct ConnHandle {
     /// The connection task, woken when `ready` is set. A waker slot rather than a `Notify`:
     /// waiting on it needs no per-wait node in the task's future.
     task: AtomicWaker,
-    /// See [`NewConn::direct`].
-    direct: Option<Arc<TcpStream>>,
     /// Whether the connection has a task: [`RUNNING`], [`PARK_ASKED`] or [`PARKED`] (see
     /// `super::park`).
     park: AtomicU8,
@@ -251,6 +279,7 @@ impl ConnHandle {
             outbox: Mutex::new(Outbox {
                 inboxes: conn.resume.into_boxed_slice(),
                 in_flight: true,
+                socket: conn.direct.map_or(Socket::None, Socket::Live),
                 ..Outbox::default()
             }),
             ready: AtomicBool::new(false),
@@ -259,7 +288,6 @@ impl ConnHandle {
             // Every binding starts by reading its backlog.
             work_hint: AtomicBool::new(true),
             task: AtomicWaker::new(),
-            direct: conn.direct,
             park: AtomicU8::new(RUNNING),
         }
     }
@@ -304,20 +332,20 @@ impl ConnHandle {
         // The whole frame must fit the budget, so that the rest of a partial write can always
         // be queued (held durable pushes count in `bytes` while the queue is empty).
         let mut frame = frame;
-        if let Some(stream) = &self.direct
-            && !outbox.in_flight
+        if !outbox.in_flight
             && outbox.frames.is_empty()
             && outbox.bytes + frame.len() <= self.limit()
         {
-            match stream.try_write(&frame) {
-                Ok(n) if n == frame.len() => return Offered::Written(n),
+            match outbox.socket.try_write(&frame) {
+                Some(Ok(n)) if n == frame.len() => return Offered::Written(n),
                 // Only the rest waits, and nothing may go before it.
-                Ok(n) => {
+                Some(Ok(n)) => {
                     outbox.tail = n > 0;
                     frame = frame.slice(n..);
                 }
-                // Full socket buffer, or an error the task will meet on its next write.
-                Err(_) => {}
+                // Not raw TCP; a full socket buffer, or an error the task will meet on its next
+                // write.
+                None | Some(Err(_)) => {}
             }
         }
         let (enqueued, wake) = self.push_locked(&mut outbox, frame);
@@ -331,9 +359,18 @@ impl ConnHandle {
     /// The connection is over: closes the socket now rather than when the last handle goes
     /// (a paced fan-out or a queued job may hold one for a while).
     pub fn release_socket(&self) {
-        if let Some(stream) = &self.direct {
-            let _ = socket2::SockRef::from(&**stream).shutdown(std::net::Shutdown::Both);
-        }
+        let outbox = self.outbox();
+        let _ = match &outbox.socket {
+            Socket::None => Ok(()),
+            Socket::Live(stream) => socket2::SockRef::from(&**stream).shutdown(Shutdown::Both),
+            Socket::Parked(stream) => socket2::SockRef::from(stream).shutdown(Shutdown::Both),
+        };
+    }
+
+    /// Runs `f` on the socket under the queue's lock, so that no direct write is under way
+    /// (parking and resuming switch it between tokio's reactor and the parked-socket poller).
+    pub fn with_socket<R>(&self, f: impl FnOnce(&mut Socket) -> R) -> R {
+        f(&mut self.outbox().socket)
     }
 
     /// The task has written everything it took: fan-outs may write directly again.
@@ -959,12 +996,6 @@ impl ConnHandle {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// The socket that fan-outs write to directly and that a parked connection waits on (raw
-    /// TCP only).
-    pub fn socket(&self) -> Option<&Arc<TcpStream>> {
-        self.direct.as_ref()
-    }
-
     /// Whether the sweep asked the task to park.
     pub fn park_asked(&self) -> bool {
         self.park.load(Ordering::Relaxed) == PARK_ASKED
@@ -1000,6 +1031,14 @@ impl ConnHandle {
         self.park.store(RUNNING, Ordering::Relaxed);
     }
 
+    /// Its parked socket is readable: wakes the waker a parked connection left, if it is
+    /// still parked (a stale report for a connection serving again is ignored).
+    pub fn wake_parked(&self) {
+        if self.is_parked() {
+            self.task.wake();
+        }
+    }
+
     /// Whether the connection waits without a task.
     pub fn is_parked(&self) -> bool {
         self.park.load(Ordering::Relaxed) == PARKED
@@ -1010,7 +1049,7 @@ impl ConnHandle {
     /// is left alone, so that the sweep never wakes a parked connection for nothing.
     fn ask_park(&self, now_ms: u64, park_after_ms: u64) {
         if park_after_ms == 0
-            || self.direct.is_none()
+            || self.transport != Transport::Tcp
             || self.park.load(Ordering::Relaxed) != RUNNING
             || self.writing.load(Ordering::Acquire)
         {
@@ -1610,8 +1649,11 @@ mod tests {
         conn.sweep(10_000, 10_000, ask);
         assert!(conn.is_parked());
         assert!(conn.poll_ready(&mut noop_cx()).is_pending(), "no wake");
-        // A WebSocket connection (no direct socket) is never asked.
-        let ws = handle(1024);
+        // A WebSocket connection is never asked.
+        let ws = ConnHandle::new(NewConn {
+            transport: Transport::Ws,
+            ..new_conn(1024)
+        });
         ws.sweep(10_000, 10_000, ask);
         assert!(!ws.park_asked());
     }

@@ -12,6 +12,8 @@ use tether_core::Transport;
 use tether_proto::{Code, DecodeError, Frame, binary, json};
 
 use tokio::net::TcpStream;
+
+use super::park::{self, Parked};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -44,7 +46,7 @@ impl WireError {
 }
 
 /// What the connection task needs from a transport.
-pub trait Wire: Send {
+pub(super) trait Wire: Send {
     fn transport(&self) -> Transport;
 
     /// The encoding frames to this client use (WebSocket: the one its `connect` used).
@@ -100,6 +102,15 @@ pub trait Wire: Send {
     /// (raw TCP only; see `super::park`).
     fn parkable(&self) -> bool {
         false
+    }
+
+    /// Parks the connection: the task ends and the wire gives its socket up (see
+    /// `super::park`). `Err` gives both back when it cannot park after all.
+    fn park(self, held: Parked) -> Result<(), (Self, Parked)>
+    where
+        Self: Sized,
+    {
+        Err((self, held))
     }
 
     /// Bytes received since the last call (for metrics).
@@ -270,6 +281,14 @@ impl Wire for TcpWire {
 
     fn parkable(&self) -> bool {
         self.buf.is_empty() && !self.partial
+    }
+
+    fn park(self, held: Parked) -> Result<(), (Self, Parked)> {
+        let max_frame = self.max_frame;
+        // Dropped first: the socket can leave tokio's reactor only once the handle's is the
+        // last reference to it.
+        drop(self);
+        park::park(held).map_err(|(stream, held)| (TcpWire::resume(stream, max_frame), held))
     }
 
     fn take_bytes_read(&mut self) -> usize {
