@@ -120,7 +120,7 @@ impl Socket {
         match self {
             Socket::None => None,
             Socket::Live(stream) => Some(stream.try_write(frame)),
-            // Non-blocking: `into_std` and `try_clone` keep the flag.
+            // Non-blocking: the `dup` shares the flag with tokio's descriptor.
             Socket::Parked(stream) => Some(std::io::Write::write(&mut &*stream, frame)),
         }
     }
