@@ -6,7 +6,8 @@
 //! - [`code`]: numbered close/error codes and their groups ([`Code`], [`Group`]).
 //! - [`binary`]: the binary encoding (TCP, WebSocket binary messages): check, then parse.
 //! - [`json`]: the JSON encoding (WebSocket text messages).
-//! - [`error`]: [`DecodeError`] (both decoders) and [`EncodeError`] (frames too large to encode).
+//! - [`ws`]: WebSocket framing, the server's side (RFC 6455 frame headers, masking).
+//! - [`error`]: [`DecodeError`] (every decoder) and [`EncodeError`] (frames too large to encode).
 //!
 //! No sockets here: the codec is benchmarked and fuzzed on its own.
 
@@ -15,6 +16,7 @@ pub mod code;
 pub mod error;
 pub mod frame;
 pub mod json;
+pub mod ws;
 
 pub use code::{Code, Group};
 pub use error::{DecodeError, EncodeError};
