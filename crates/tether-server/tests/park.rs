@@ -1,5 +1,5 @@
-//! Parked connections: an idle raw TCP connection gives up its task and gets one back on its
-//! next event (the client sends, a push cannot be written directly, a close), with nothing
+//! Parked connections: an idle connection (raw TCP or WebSocket) gives up its task and gets one
+//! back on its next event (the client sends, a push cannot be written directly, a close), with nothing
 //! lost on the way.
 
 mod common;
@@ -46,25 +46,26 @@ async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served
     let addr = node.tcp_addr().unwrap();
     let (mut tcp, _) = TcpClient::connected(addr, "alice", "phone", 5_000).await;
     let (mut ws, _) = WsClient::connected(&node, "alice", "browser", 5_000).await;
-    // Only raw TCP parks: the WebSocket's protocol state lives in its task.
-    wait_parked(&node, 1).await;
+    wait_parked(&node, 2).await;
 
-    // A push to a parked connection is written by the pushing side; it stays parked.
+    // A push to a parked connection is written by the pushing side (behind a WebSocket
+    // header for the browser); they stay parked.
     http.push(r#"{"users":["alice"],"payload":"one"}"#).await;
     assert!(payload_of(tcp.frame().await).contains("one"));
     assert!(payload_of(ws.frame().await).contains("one"));
     assert_eq!(
         node.parked_connections(),
-        1,
+        2,
         "a transient push started a task"
     );
 
     // A ping wakes it: only a task answers it (with a pong), and the task parks again once
     // idle.
-    wait_parked(&node, 1).await;
     tcp.send(&Frame::new(7, Body::Ping)).await;
     assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
-    wait_parked(&node, 1).await;
+    ws.send_frame(&Frame::new(7, Body::Ping)).await;
+    assert_eq!(ws.frame().await, Frame::new(7, Body::Pong));
+    wait_parked(&node, 2).await;
 
     // A durable push and its ack, which is written to the store by the woken task.
     let answer = http
@@ -74,7 +75,7 @@ async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served
     let push = expect_push(tcp.frame().await);
     assert_eq!(push.seq, seq);
     assert_eq!(expect_push(ws.frame().await).seq, seq);
-    wait_parked(&node, 1).await;
+    wait_parked(&node, 2).await;
     tcp.send(&Frame::new(
         8,
         Ack {
@@ -103,7 +104,7 @@ async fn a_parked_connection_gets_pushes_answers_pings_and_acks_and_stays_served
     }
 
     // Parked through several sweeps, still one connection each, both still served.
-    wait_parked(&node, 1).await;
+    wait_parked(&node, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.connections(), 2);
     http.push(r#"{"users":["alice"],"payload":"three"}"#).await;
@@ -222,4 +223,133 @@ async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
     assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.parked_connections(), 0);
+}
+
+/// The next WebSocket message of any kind, control frames included.
+async fn next_raw(ws: &mut WsClient) -> tokio_tungstenite::tungstenite::Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, ws.ws.next())
+        .await
+        .expect("no WebSocket message in time")
+        .expect("the stream ended")
+        .expect("a WebSocket error")
+}
+
+#[tokio::test]
+async fn a_parked_websocket_answers_control_frames_and_reads_fragmented_messages() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};
+
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    // JSON over text messages: the encoding the connect chose must survive parking.
+    let mut ws = WsClient::open(&node).await;
+    ws.send_text(&format!(
+        r#"{{"op":"connect","id":1,"version":1,"device":"browser","heartbeat_ms":5000,"bindings":[{{"app":"{APP}","token":"{}"}}]}}"#,
+        token("alice")
+    ))
+    .await;
+    let connected = ws.json().await;
+    assert_eq!(connected["op"], "connected", "{connected}");
+    wait_parked(&node, 1).await;
+
+    // A push written directly goes out as a text message.
+    http.push(r#"{"users":["alice"],"payload":"one"}"#).await;
+    let push = ws.json().await;
+    assert_eq!(push["op"], "push", "{push}");
+    assert_eq!(
+        node.parked_connections(),
+        1,
+        "a transient push started a task"
+    );
+
+    // A WebSocket ping wakes it and gets its pong, with the same payload.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    match next_raw(&mut ws).await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    wait_parked(&node, 1).await;
+
+    // A message in three fragments with a ping between them is one frame.
+    let ping = r#"{"op":"ping","id":42}"#.as_bytes();
+    let parts = [&ping[..5], &ping[5..12], &ping[12..]];
+    let fragment = |opcode: OpCode, fin: bool, part: &[u8]| {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            ..FrameHeader::default()
+        };
+        Message::Frame(WsFrame::from_payload(header, part.to_vec().into()))
+    };
+    let messages = [
+        fragment(OpCode::Data(Data::Text), false, parts[0]),
+        Message::Ping(b"p".to_vec().into()),
+        fragment(OpCode::Data(Data::Continue), false, parts[1]),
+        fragment(OpCode::Data(Data::Continue), true, parts[2]),
+    ];
+    for message in messages {
+        ws.ws.feed(message).await.expect("feed");
+    }
+    ws.ws.flush().await.expect("flush");
+    let mut replies = vec![next_raw(&mut ws).await, next_raw(&mut ws).await];
+    replies.sort_by_key(|m| matches!(m, Message::Text(_)));
+    assert!(
+        matches!(&replies[0], Message::Pong(p) if &p[..] == b"p"),
+        "{replies:?}"
+    );
+    let pong = match &replies[1] {
+        Message::Text(text) => serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap(),
+        other => panic!("expected a text message, got {other:?}"),
+    };
+    assert_eq!(
+        (&pong["op"], &pong["id"]),
+        (&"pong".into(), &42.into()),
+        "{pong}"
+    );
+    wait_parked(&node, 1).await;
+
+    // A kick reaches it parked: a disconnect, then a close frame with the same code.
+    let reply = http
+        .post_raw(
+            &format!("/v1/apps/{APP}/users/alice/kick"),
+            Some(API_KEY),
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let disconnect = ws.json().await;
+    assert_eq!(disconnect["op"], "disconnect", "{disconnect}");
+    ws.expect_close(Code::KICKED).await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_closes_while_parked_gets_its_close_back() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let node = start(config()).await;
+    let (mut ws, _) = WsClient::connected(&node, "alice", "browser", 5_000).await;
+    wait_parked(&node, 1).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    })))
+    .await;
+    match next_raw(&mut ws).await {
+        Message::Close(Some(close)) => assert_eq!(close.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let deadline = Instant::now() + WAIT;
+    while node.connections() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

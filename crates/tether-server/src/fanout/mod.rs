@@ -104,10 +104,10 @@ struct FanoutMetrics {
     broadcast_deliveries: Counter,
     paced: Counter,
     overflows: Counter,
-    /// Frames and bytes the fan-out wrote to TCP sockets itself (the same series the
-    /// connection tasks count theirs in).
-    frames_out: Counter,
-    bytes_out: Counter,
+    /// Frames and bytes the fan-out wrote to sockets itself, by transport (the same series
+    /// the connection tasks count theirs in; see [`topic::by_transport`]).
+    frames_out: [Counter; 2],
+    bytes_out: [Counter; 2],
     gap_fills: Counter,
     store_errors: Counter,
 }
@@ -122,8 +122,14 @@ impl FanoutMetrics {
             broadcast_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "broadcast"),
             paced: counter!("tether_paced_recipients_total"),
             overflows,
-            frames_out: counter!("tether_frames_out_total", "transport" => "tcp"),
-            bytes_out: counter!("tether_bytes_out_total", "transport" => "tcp"),
+            frames_out: [
+                counter!("tether_frames_out_total", "transport" => "tcp"),
+                counter!("tether_frames_out_total", "transport" => "ws"),
+            ],
+            bytes_out: [
+                counter!("tether_bytes_out_total", "transport" => "tcp"),
+                counter!("tether_bytes_out_total", "transport" => "ws"),
+            ],
             gap_fills: counter!("tether_topic_gap_fills_total"),
             store_errors: counter!("tether_store_errors_total", "op" => "history"),
         }
@@ -690,9 +696,11 @@ impl Worker {
     }
 
     fn count_written(&self, reached: &Reached) {
-        if reached.written > 0 {
-            self.metrics.frames_out.increment(reached.written);
-            self.metrics.bytes_out.increment(reached.written_bytes);
+        for t in 0..2 {
+            if reached.written[t] > 0 {
+                self.metrics.frames_out[t].increment(reached.written[t]);
+                self.metrics.bytes_out[t].increment(reached.written_bytes[t]);
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
-use tether_core::{ConnId, Outgoing};
+use tether_core::{ConnId, Outgoing, Transport};
 
 use crate::gateway::table::{ConnHandle, Encoding, Offered};
 
@@ -23,9 +23,10 @@ pub struct Sub {
 pub struct Reached {
     /// Queued or written.
     pub delivered: u64,
-    /// Of those, written to the socket by the fan-out itself, and their bytes.
-    pub written: u64,
-    pub written_bytes: u64,
+    /// Of those, written to the socket by the fan-out itself, and their bytes (WebSocket
+    /// headers not counted), by transport (see [`by_transport`]).
+    pub written: [u64; 2],
+    pub written_bytes: [u64; 2],
     /// Connections whose byte-bounded queue overflowed: they are closing as slow.
     pub overflowed: u64,
     /// Subscribers whose connection was already closed (removed by the caller).
@@ -33,19 +34,26 @@ pub struct Reached {
 }
 
 impl Reached {
-    /// `frames` frames of `bytes` bytes in all written by the caller's thread.
-    pub fn wrote(&mut self, frames: u64, bytes: usize) {
+    /// `frames` frames of `bytes` bytes in all written to a `transport` socket by the
+    /// caller's thread.
+    pub fn wrote(&mut self, transport: Transport, frames: u64, bytes: usize) {
         self.delivered += frames;
-        self.written += frames;
-        self.written_bytes += bytes as u64;
+        self.written[by_transport(transport)] += frames;
+        self.written_bytes[by_transport(transport)] += bytes as u64;
     }
 
     /// Counts what [`offer`] did with `frames` frames; `false` when nothing more should be
     /// offered to that connection (its queue overflowed, or it is closed: see `closed`).
-    fn tally(&mut self, offered: Offered, frames: u64, closed: &mut bool) -> bool {
+    fn tally(
+        &mut self,
+        conn: &ConnHandle,
+        offered: Offered,
+        frames: u64,
+        closed: &mut bool,
+    ) -> bool {
         match offered {
             Offered::Queued => self.delivered += frames,
-            Offered::Written(n) => self.wrote(frames, n),
+            Offered::Written(n) => self.wrote(conn.transport, frames, n),
             Offered::Overflow => {
                 self.overflowed += 1;
                 return false;
@@ -60,10 +68,20 @@ impl Reached {
 
     pub fn add(&mut self, other: Reached) {
         self.delivered += other.delivered;
-        self.written += other.written;
-        self.written_bytes += other.written_bytes;
+        for t in 0..2 {
+            self.written[t] += other.written[t];
+            self.written_bytes[t] += other.written_bytes[t];
+        }
         self.overflowed += other.overflowed;
         self.closed += other.closed;
+    }
+}
+
+/// The index of `transport` in [`Reached::written`]: raw TCP, then WebSocket.
+pub fn by_transport(transport: Transport) -> usize {
+    match transport {
+        Transport::Tcp => 0,
+        Transport::Ws => 1,
     }
 }
 
@@ -312,7 +330,7 @@ pub fn offer_batch(
         && batch.joined_len <= conn.queue_limit() / 4
     {
         let offered = offer(conn, batch.joined().clone(), direct);
-        reached.tally(offered, batch.len() as u64, &mut closed);
+        reached.tally(conn, offered, batch.len() as u64, &mut closed);
         return closed;
     }
     for (offset, msg) in &batch.items {
@@ -323,7 +341,7 @@ pub fn offer_batch(
             Encoding::Binary => msg.binary().clone(),
             Encoding::Json => msg.json().clone(),
         };
-        if !reached.tally(offer(conn, frame, direct), 1, &mut closed) {
+        if !reached.tally(conn, offer(conn, frame, direct), 1, &mut closed) {
             break;
         }
     }

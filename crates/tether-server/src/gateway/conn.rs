@@ -408,25 +408,35 @@ async fn run<W: Wire>(wire: &mut W, gw: &Gateway, conn: &ConnHandle, early: bool
     match std::future::poll_fn(|cx| io.poll(cx, wire, gw, conn)).await {
         Event::Park => Ran::Park,
         Event::Gone => {
-            let _ = conn.finish();
+            let rest = conn.finish();
+            // A WebSocket client's close is answered with a close, once no direct write can
+            // follow it.
+            if wire.wants_write() {
+                keep_begun(wire, &mut io.pending, rest);
+                let _ = Box::pin(timeout(GOODBYE_TIMEOUT, wire.send(&mut io.pending))).await;
+            }
             Ran::Over(None)
         }
         Event::Close(close) => {
             let rest = conn.finish();
-            // Nothing more is written but the rest of a frame already begun, so that the
-            // client can still read the `disconnect` behind it: the task's own, or one a
-            // fan-out began with a direct write (never both: direct writes wait for the task
-            // to have nothing in hand).
-            io.pending.truncate(usize::from(wire.mid_frame()));
-            if let Some(rest) = rest
-                && io.pending.is_empty()
-            {
-                io.pending.push_back(rest);
-                wire.set_mid_frame();
-            }
+            keep_begun(wire, &mut io.pending, rest);
             Box::pin(goodbye(wire, &mut io.pending, &close)).await;
             Ran::Over(Some(close.code))
         }
+    }
+}
+
+/// Keeps, of what is left to write on a finished connection, only the rest of a frame already
+/// begun, so that the client can still read what comes behind it (a `disconnect`, a close): the
+/// task's own, or `rest`, one a fan-out began with a direct write (never both: direct writes
+/// wait for the task to have nothing in hand).
+fn keep_begun<W: Wire>(wire: &mut W, pending: &mut VecDeque<Bytes>, rest: Option<Bytes>) {
+    pending.truncate(usize::from(wire.mid_frame()));
+    if let Some(rest) = rest
+        && pending.is_empty()
+    {
+        pending.push_back(rest);
+        wire.set_mid_frame();
     }
 }
 
@@ -472,22 +482,25 @@ impl Io {
         let mut ready = conn.poll_ready(cx).is_ready();
         loop {
             self.drive_work(cx, gw, conn);
-            if ready {
-                let (close, tail) = conn.take_batch(&mut self.pending);
+            // Bytes of the wire's own (a pong) need the socket to themselves: claimed like a
+            // batch, behind the rest of a direct write if one is queued.
+            let claim = wire.wants_write() && !self.sending && self.pending.is_empty();
+            if ready || claim {
+                let (close, tail) = conn.take_writing(&mut self.pending, claim);
                 if tail {
                     wire.set_mid_frame();
                 }
                 if let Some(close) = close {
                     self.close = Some(close);
                 }
-                if !self.pending.is_empty() && !self.sending {
+                if (claim || !self.pending.is_empty()) && !self.sending {
                     conn.set_writing(true, gw.clock_ms());
                 }
             }
             if let Some(close) = self.close.take_if(|c| !c.flush) {
                 return Poll::Ready(Event::Close(close));
             }
-            if self.sending || !self.pending.is_empty() {
+            if self.sending || !self.pending.is_empty() || wire.wants_write() {
                 let frames = self.pending.len();
                 let sent = wire.poll_send(cx, &mut self.pending);
                 let bytes = wire.take_bytes_written();

@@ -1,15 +1,17 @@
 //! The gateway role: holds client connections.
 //!
 //! - [`table`]: the sharded connection table and each connection's byte-bounded queue.
-//! - [`wire`]: one interface over raw TCP and WebSocket.
+//! - [`wire`]: one interface over raw TCP and WebSocket, and the raw TCP side of it.
+//! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
+//! - [`ws`]: the WebSocket side of [`wire`].
 //! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
 //! - [`inbox`]: durable delivery on a connection (resume, backlog, acks, `sync`).
 //! - [`drain`]: closing every connection spread over a window (drain, shutdown).
-//! - [`park`]: idle raw TCP connections wait without a task.
+//! - [`park`]: idle connections wait without a task.
 //!
 //! Each connection is one task while it is active. Nothing is spawned per message: producers
-//! queue encoded frames on the connection's handle and wake its task. A raw TCP connection idle
-//! for `gateway.park_after` gives its task up and gets a new one on its next event.
+//! queue encoded frames on the connection's handle and wake its task. A connection idle for
+//! `gateway.park_after` gives its task up and gets a new one on its next event.
 
 mod conn;
 pub mod drain;
@@ -17,7 +19,9 @@ pub mod inbox;
 mod park;
 pub mod table;
 pub mod unsynced;
+pub mod upgrade;
 pub mod wire;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,9 +33,6 @@ use tether_core::{AppId, NodeId, Registry, Store};
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -41,7 +42,8 @@ use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::webhook::Webhooks;
 use table::ConnTable;
-use wire::{TcpWire, WsWire};
+use wire::TcpWire;
+use ws::WsWire;
 
 /// The parked-socket poller, unless parking is off. A poller that cannot start (no epoll
 /// instance or thread to be had) turns parking off rather than the node.
@@ -149,7 +151,7 @@ impl Gateway {
         self.webhooks.get().map_or(&NONE, |w| w)
     }
 
-    /// Silence after which a raw TCP connection parks; zero when parking is off.
+    /// Silence after which a connection parks; zero when parking is off.
     pub fn park_after(&self) -> Duration {
         match self.poller {
             Some(_) => self.config.park_after,
@@ -206,35 +208,21 @@ impl Gateway {
 
     /// Accepts WebSocket clients on `/ws` until shutdown.
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
-        // The frame limit plus the binary length prefix; JSON frames get the same budget.
-        let max = self.limits.max_frame as usize + tether_proto::binary::PREFIX_LEN;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(256)
-            .write_buffer_size(0)
-            // One outgoing message plus the control frames tungstenite queues itself (pongs,
-            // close): a client that sends pings and never reads cannot grow it further.
-            .max_write_buffer_size(2 * max + 1024)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        while let Some((stream, peer)) = self.accept(&listener).await {
+        while let Some((mut stream, peer)) = self.accept(&listener).await {
             let gw = self.clone();
-            #[allow(clippy::result_large_err)] // tungstenite's callback signature
             self.tasks.spawn(async move {
                 let permit = gw.admit(peer.ip());
                 let refused = permit.as_ref().err().copied();
-                let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-                    stream,
-                    |req: &Request, resp: Response| upgrade_check(req, resp, refused),
-                    Some(ws_config),
-                );
                 // A refused client only needs its HTTP answer: it gets a second, not the whole
                 // handshake timeout, to hold a socket that no limit counts.
                 let limit = match refused {
                     Some(_) => gw.config.handshake_timeout.min(REFUSAL_TIMEOUT),
                     None => gw.config.handshake_timeout,
                 };
-                let ws = match tokio::time::timeout(limit, upgrade).await {
-                    Ok(Ok(ws)) => ws,
+                let upgraded =
+                    tokio::time::timeout(limit, Box::pin(upgrade::upgrade(&mut stream, refused)));
+                let rest = match upgraded.await {
+                    Ok(Ok(rest)) => rest,
                     Ok(Err(e)) => {
                         debug!(%peer, error = %e, "websocket upgrade failed");
                         return;
@@ -246,7 +234,8 @@ impl Gateway {
                 };
                 // A refused client's upgrade failed above (its answer was the refusal).
                 let Ok(permit) = permit else { return };
-                conn::serve(WsWire::new(ws, gw.limits.max_frame), gw, permit).await;
+                let wire = WsWire::new(stream, rest, gw.limits.max_frame);
+                conn::serve(wire, gw, permit).await;
             });
         }
     }
@@ -280,34 +269,6 @@ impl Gateway {
             self.metrics.rejected_connections.increment(1);
             self.metrics.handshake_failed(*code);
         })
-    }
-}
-
-// The error type is tungstenite's; its size is not ours to choose.
-#[allow(clippy::result_large_err)]
-fn upgrade_check(
-    req: &Request,
-    resp: Response,
-    refused: Option<Code>,
-) -> Result<Response, ErrorResponse> {
-    let error = |status: StatusCode, text: &str| {
-        let mut e = ErrorResponse::new(Some(text.to_owned()));
-        *e.status_mut() = status;
-        Err(e)
-    };
-    if req.uri().path() != "/ws" {
-        return error(StatusCode::NOT_FOUND, "the WebSocket endpoint is /ws");
-    }
-    match refused {
-        Some(Code::IP_LIMIT) => error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from this address",
-        ),
-        Some(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached; retry later",
-        ),
-        None => Ok(resp),
     }
 }
 

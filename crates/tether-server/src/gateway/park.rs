@@ -1,4 +1,4 @@
-//! Parked connections: an idle raw TCP connection gives up its task.
+//! Parked connections: an idle connection gives up its task.
 //!
 //! A connection's task (its future plus tokio's header) is the largest part of what an idle
 //! connection costs, about 1 KiB of the 2. Most of a push system's connections are idle most of
@@ -27,7 +27,9 @@
 //! are written by the sender and do not wake it as long as the socket takes them whole (a
 //! fan-out that is behind and queues for everyone else still writes parked connections
 //! directly). A durable push does wake it: its order against the backlog and its ack are the
-//! task's business. WebSocket connections keep their task: their protocol state lives in it.
+//! task's business. A WebSocket connection parks the same way: its wire frames messages
+//! itself (see `super::ws`) and holds nothing between them, and direct writes put each frame
+//! behind its WebSocket header.
 //!
 //! A parked connection's waker holds the gateway, so the connection lives until something
 //! wakes it: a node ends its connections by closing them (shutdown, drain), never by dropping
@@ -43,13 +45,14 @@ use std::thread;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use tether_core::ConnId;
+use tether_core::{ConnId, Transport};
 use tokio::net::TcpStream;
 use tracing::{error, warn};
 
 use super::conn;
 use super::table::{ConnHandle, ConnTable, Socket};
 use super::wire::TcpWire;
+use super::ws::WsWire;
 use super::{Gateway, Permit};
 
 /// What a connection's task holds besides the wire, and what a parked connection keeps.
@@ -91,7 +94,7 @@ impl Wake for Unpark {
     }
 }
 
-/// Parks an idle raw TCP connection whose task is about to end (its wire already gave the
+/// Parks an idle connection whose task is about to end (its wire already gave the
 /// socket up). `Err` gives the connection and its socket back when an event arrived while
 /// parking: the task must go on serving it. `Ok` means the task must end without touching the
 /// connection again (it is parked, or a wake already gave it a new task).
@@ -172,9 +175,19 @@ fn resume(parked: Parked) {
     gw.metrics.unparks.increment(1);
     match parked.conn.with_socket(|socket| live(socket, &gw)) {
         Ok(stream) => {
-            let wire = TcpWire::resume(stream, gw.limits.max_frame);
-            gw.tasks
-                .spawn_on(conn::live(wire, parked, false), &gw.runtime);
+            let max_frame = gw.limits.max_frame;
+            match parked.conn.transport {
+                Transport::Tcp => {
+                    let wire = TcpWire::resume(stream, max_frame);
+                    gw.tasks
+                        .spawn_on(conn::live(wire, parked, false), &gw.runtime)
+                }
+                Transport::Ws => {
+                    let wire = WsWire::resume(stream, max_frame, parked.conn.encoding);
+                    gw.tasks
+                        .spawn_on(conn::live(wire, parked, false), &gw.runtime)
+                }
+            };
         }
         Err(e) => {
             warn!(conn = %parked.conn.id, error = %e, "a parked connection lost its socket");

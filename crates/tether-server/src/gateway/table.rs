@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 use std::task::{Context, Poll, Waker};
 use tether_core::store::Page;
 use tether_core::{AppId, ConnId, DeviceId, Outgoing, TopicId, Transport, UserId};
+use tether_proto::ws::ServerHeader;
 use tether_proto::{Code, Disconnect, Frame, Synced};
 
 use crate::metrics::TransportMetrics;
@@ -74,7 +75,8 @@ impl Close {
 pub enum Offered {
     /// In the queue, or in part on the wire with the rest queued.
     Queued,
-    /// Written to the socket whole, by the caller's thread: `n` bytes.
+    /// Written to the socket whole, by the caller's thread: `n` bytes of frame (a WebSocket
+    /// message's header besides).
     Written(usize),
     Closed,
     Overflow,
@@ -100,10 +102,10 @@ pub enum Enqueued {
     Overflow,
 }
 
-/// A raw TCP connection's socket, which fan-outs write to directly.
+/// A connection's socket, which fan-outs write to directly.
 #[derive(Debug, Default)]
 pub enum Socket {
-    /// Not raw TCP (WebSocket).
+    /// None (yet, or any more).
     #[default]
     None,
     /// Registered with tokio's reactor: the connection's task reads it.
@@ -115,13 +117,15 @@ pub enum Socket {
 }
 
 impl Socket {
-    /// Writes what the socket takes at once, never waiting.
-    fn try_write(&self, frame: &[u8]) -> Option<std::io::Result<usize>> {
+    /// Writes what the socket takes at once of `header` then `frame`, never waiting.
+    fn try_write(&self, header: &[u8], frame: &[u8]) -> Option<std::io::Result<usize>> {
+        let slices = [std::io::IoSlice::new(header), std::io::IoSlice::new(frame)];
+        let slices = &slices[usize::from(header.is_empty())..];
         match self {
             Socket::None => None,
-            Socket::Live(stream) => Some(stream.try_write(frame)),
+            Socket::Live(stream) => Some(stream.try_write_vectored(slices)),
             // Non-blocking: the `dup` shares the flag with tokio's descriptor.
-            Socket::Parked(stream) => Some(std::io::Write::write(&mut &*stream, frame)),
+            Socket::Parked(stream) => Some(std::io::Write::write_vectored(&mut &*stream, slices)),
         }
     }
 }
@@ -319,7 +323,7 @@ impl ConnHandle {
     }
 
     /// Writes `frame` to the socket at once when nothing else is waiting to be written on this
-    /// connection (raw TCP), or queues it like [`ConnHandle::enqueue`].
+    /// connection, or queues it like [`ConnHandle::enqueue`].
     ///
     /// For fan-outs: the caller's thread pays the write, and the connection's task is not
     /// woken at all, which is most of a delivery's user-space cost. A write the socket takes in
@@ -329,23 +333,31 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return Offered::Closed;
         }
-        // The whole frame must fit the budget, so that the rest of a partial write can always
-        // be queued (held durable pushes count in `bytes` while the queue is empty).
         let mut frame = frame;
+        // A WebSocket message per frame, behind its header.
+        let header = (self.transport == Transport::Ws)
+            .then(|| ServerHeader::new(super::ws::opcode(self.encoding), frame.len()));
+        let header = header.as_ref().map_or(&[][..], ServerHeader::as_bytes);
+        // The whole frame must fit the budget, so that the rest of a partial write can always
+        // be queued (held durable pushes count in `bytes` while the queue is empty); with its
+        // header, which the rest of a write torn inside it carries.
         if !outbox.in_flight
             && outbox.frames.is_empty()
-            && outbox.bytes + frame.len() <= self.limit()
+            && outbox.bytes + header.len() + frame.len() <= self.limit()
         {
-            match outbox.socket.try_write(&frame) {
-                Some(Ok(n)) if n == frame.len() => return Offered::Written(n),
-                // Only the rest waits, and nothing may go before it.
-                Some(Ok(n)) => {
-                    outbox.tail = n > 0;
-                    frame = frame.slice(n..);
+            match outbox.socket.try_write(header, &frame) {
+                // Counted like the task's writes: the frame's bytes, not the header's.
+                Some(Ok(n)) if n == header.len() + frame.len() => {
+                    return Offered::Written(frame.len());
                 }
-                // Not raw TCP; a full socket buffer, or an error the task will meet on its next
+                // Only the rest waits, and nothing may go before it.
+                Some(Ok(n)) if n > 0 => {
+                    outbox.tail = true;
+                    frame = rest(header, frame, n);
+                }
+                // No socket; a full socket buffer, or an error the task will meet on its next
                 // write.
-                None | Some(Err(_)) => {}
+                None | Some(Ok(_) | Err(_)) => {}
             }
         }
         let (enqueued, wake) = self.push_locked(&mut outbox, frame);
@@ -897,9 +909,16 @@ impl ConnHandle {
     /// [`ConnHandle::take`], also saying whether the first frame moved is the rest of a frame
     /// already begun on the wire (by a direct write).
     pub fn take_batch(&self, into: &mut VecDeque<Bytes>) -> (Option<Close>, bool) {
+        self.take_writing(into, false)
+    }
+
+    /// [`ConnHandle::take_batch`] for a task about to write; with `claim`, even when nothing
+    /// is queued (bytes of the wire's own, a WebSocket pong): no direct write may go to the
+    /// socket until [`ConnHandle::writer_idle`].
+    pub fn take_writing(&self, into: &mut VecDeque<Bytes>, claim: bool) -> (Option<Close>, bool) {
         let mut outbox = self.outbox();
         let tail = std::mem::take(&mut outbox.tail) && !outbox.frames.is_empty();
-        if !outbox.frames.is_empty() {
+        if claim || !outbox.frames.is_empty() {
             outbox.in_flight = true;
         }
         match &outbox.close {
@@ -1044,12 +1063,11 @@ impl ConnHandle {
         self.park.load(Ordering::Relaxed) == PARKED
     }
 
-    /// Asks the task to park if the connection is raw TCP and has neither heard from its
-    /// client nor written for `park_after_ms` (0: never). A connection already parked or asked
+    /// Asks the task to park if the connection has neither heard from its client nor written
+    /// for `park_after_ms` (0: never). A connection already parked or asked
     /// is left alone, so that the sweep never wakes a parked connection for nothing.
     fn ask_park(&self, now_ms: u64, park_after_ms: u64) {
         if park_after_ms == 0
-            || self.transport != Transport::Tcp
             || self.park.load(Ordering::Relaxed) != RUNNING
             || self.writing.load(Ordering::Acquire)
         {
@@ -1108,9 +1126,10 @@ pub struct ConnTable {
     next_id: AtomicU64,
     overflows: Counter,
     deliveries: Counter,
-    /// Frames and bytes that pushes wrote to raw TCP sockets themselves (see
-    /// [`ConnHandle::offer`]); what the connection tasks write they count themselves.
+    /// Frames and bytes that pushes wrote to sockets themselves (see [`ConnHandle::offer`]);
+    /// what the connection tasks write they count themselves.
     tcp: TransportMetrics,
+    ws: TransportMetrics,
 }
 
 impl ConnTable {
@@ -1121,6 +1140,7 @@ impl ConnTable {
             overflows,
             deliveries,
             tcp: TransportMetrics::new(Transport::Tcp),
+            ws: TransportMetrics::new(Transport::Ws),
         }
     }
 
@@ -1205,12 +1225,16 @@ impl ConnTable {
     }
 
     /// Whether a frame reached its connection, counting overflows.
-    fn counted(&self, offered: Offered) -> bool {
+    fn counted(&self, transport: Transport, offered: Offered) -> bool {
         match offered {
             Offered::Queued => true,
             Offered::Written(n) => {
-                self.tcp.frames_out.increment(1);
-                self.tcp.bytes_out.increment(n as u64);
+                let metrics = match transport {
+                    Transport::Tcp => &self.tcp,
+                    Transport::Ws => &self.ws,
+                };
+                metrics.frames_out.increment(1);
+                metrics.bytes_out.increment(n as u64);
                 true
             }
             Offered::Closed => false,
@@ -1218,6 +1242,21 @@ impl ConnTable {
                 self.overflows.increment(1);
                 false
             }
+        }
+    }
+}
+
+/// What is left to write of `header` then `frame` once `n` bytes of them are written (fewer
+/// than all): a slice of `frame`, or, when the write ended inside the header (a full socket
+/// buffer at exactly that point, rare), a copy of the header's rest and the frame.
+fn rest(header: &[u8], frame: Bytes, n: usize) -> Bytes {
+    match n.checked_sub(header.len()) {
+        Some(into_frame) => frame.slice(into_frame..),
+        None => {
+            let mut rest = BytesMut::with_capacity(header.len() - n + frame.len());
+            rest.extend_from_slice(&header[n..]);
+            rest.extend_from_slice(&frame);
+            rest.freeze()
         }
     }
 }
@@ -1253,7 +1292,7 @@ impl ConnTable {
                     None => Offered::Closed,
                 }
             };
-            if self.counted(offered) {
+            if self.counted(conn.transport, offered) {
                 reached += 1;
             }
         }
@@ -1550,6 +1589,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_direct_write_to_a_websocket_puts_each_frame_behind_its_header() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = small_pair().await;
+        let mut new = new_conn(256 * 1024);
+        new.transport = Transport::Ws;
+        new.encoding = Encoding::Json;
+        new.direct = Some(server);
+        let conn = ConnHandle::new(new);
+        conn.writer_idle();
+        let frame = Bytes::from(vec![b'x'; 200]);
+        assert_eq!(conn.offer(frame.clone()), Offered::Written(200));
+        let mut got = vec![0u8; 204];
+        client.read_exact(&mut got).await.unwrap();
+        // A text message (JSON), FIN, a 16-bit length.
+        assert_eq!(got[..4], [0x81, 126, 0, 200]);
+        assert_eq!(got[4..], frame[..]);
+
+        // Too much for the socket: the rest waits, marked as begun, without a second header.
+        let big = Bytes::from(vec![b'y'; 64 * 1024]);
+        assert_eq!(conn.offer(big.clone()), Offered::Queued);
+        let mut taken = VecDeque::new();
+        let (_, tail) = conn.take_batch(&mut taken);
+        assert!(tail, "the task must treat it as half-written");
+        let mut wire = vec![0u8; 10 + big.len() - taken[0].len()];
+        client.read_exact(&mut wire).await.unwrap();
+        assert_eq!(wire[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        wire.extend_from_slice(&taken[0]);
+        assert_eq!(wire[10..], big[..]);
+    }
+
+    #[test]
+    fn the_rest_of_a_write_torn_inside_its_header_keeps_the_header_rest() {
+        let frame = Bytes::from_static(b"payload");
+        assert_eq!(
+            rest(&[1, 2, 3, 4], frame.clone(), 1),
+            &b"\x02\x03\x04payload"[..]
+        );
+        assert_eq!(rest(&[1, 2], frame.clone(), 2), frame);
+        assert_eq!(rest(&[1, 2], frame.clone(), 5), &b"load"[..]);
+        assert_eq!(rest(&[], frame, 3), &b"load"[..]);
+    }
+
+    #[tokio::test]
     async fn a_direct_write_needs_room_for_the_whole_frame_in_the_budget() {
         let (server, client) = small_pair().await;
         let conn = direct_conn(64 * 1024, server);
@@ -1620,7 +1702,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_sweep_asks_idle_tcp_connections_to_park_once_and_waits_after_a_refusal() {
+    async fn the_sweep_asks_idle_connections_to_park_once_and_waits_after_a_refusal() {
         let (server, _client) = small_pair().await;
         let conn = direct_conn(1024, server);
         conn.seen(0);
@@ -1649,13 +1731,6 @@ mod tests {
         conn.sweep(10_000, 10_000, ask);
         assert!(conn.is_parked());
         assert!(conn.poll_ready(&mut noop_cx()).is_pending(), "no wake");
-        // A WebSocket connection is never asked.
-        let ws = ConnHandle::new(NewConn {
-            transport: Transport::Ws,
-            ..new_conn(1024)
-        });
-        ws.sweep(10_000, 10_000, ask);
-        assert!(!ws.park_asked());
     }
 
     fn noop_cx() -> Context<'static> {

@@ -7,18 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use tether_core::Transport;
-use tether_proto::{Code, DecodeError, Frame, binary, json};
+use tether_proto::{Code, DecodeError, Frame, binary};
 
 use tokio::net::TcpStream;
 
 use super::park::{self, Parked};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-
 use super::table::Encoding;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,20 +21,14 @@ pub enum WireError {
     Decode(#[from] DecodeError),
     #[error("io: {0}")]
     Io(#[from] io::Error),
-    #[error("websocket: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
 }
 
 impl WireError {
     /// The code to close with, or `None` when the peer is simply gone.
     pub fn code(&self) -> Option<Code> {
-        use tokio_tungstenite::tungstenite::Error as E;
         match self {
             WireError::Decode(e) => Some(e.code()),
             WireError::Io(_) => None,
-            WireError::Ws(E::Capacity(_)) => Some(Code::FRAME_TOO_LARGE),
-            WireError::Ws(E::Protocol(_) | E::Utf8(_)) => Some(Code::PROTOCOL),
-            WireError::Ws(_) => None,
         }
     }
 }
@@ -74,6 +62,13 @@ pub(super) trait Wire: Send {
         frames: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<()>>;
 
+    /// Whether the wire has bytes of its own to write (a WebSocket pong): the task calls
+    /// [`Wire::poll_send`] for them even with no frame queued. A wire that comes to have some
+    /// while reading wakes its task, so that the pass after it writes them.
+    fn wants_write(&self) -> bool {
+        false
+    }
+
     /// [`Wire::poll_send`] until everything is written, as a future.
     fn send(
         &mut self,
@@ -82,7 +77,8 @@ pub(super) trait Wire: Send {
         std::future::poll_fn(move |cx| self.poll_send(cx, frames))
     }
 
-    /// Bytes written since the last call.
+    /// Bytes of queued frames written since the last call: the transport's own framing and
+    /// control frames are not counted, so that this is what leaves the queue's budget.
     fn take_bytes_written(&mut self) -> usize;
 
     /// Whether a frame was left half-written: then no other frame may follow on this stream.
@@ -92,14 +88,14 @@ pub(super) trait Wire: Send {
     /// write): it counts as half-written until it is out.
     fn set_mid_frame(&mut self) {}
 
-    /// The socket, shared, for writes that bypass the connection's task (raw TCP only).
+    /// The socket, shared, for writes that bypass the connection's task.
     fn direct(&self) -> Option<Arc<TcpStream>> {
         None
     }
 
     /// Whether the wire holds nothing of its own (no frame half read or half written), so
     /// that the connection can wait without its task and a new wire can take over the socket
-    /// (raw TCP only; see `super::park`).
+    /// (see `super::park`).
     fn parkable(&self) -> bool {
         false
     }
@@ -116,7 +112,8 @@ pub(super) trait Wire: Send {
     /// Bytes received since the last call (for metrics).
     fn take_bytes_read(&mut self) -> usize;
 
-    /// Closes the connection with `code` (WebSocket: a close frame). Best effort.
+    /// Closes the connection with `code` (WebSocket: a close frame), after what
+    /// [`Wire::send`] wrote. Best effort.
     fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
 }
 
@@ -138,9 +135,6 @@ pub struct TcpWire {
     partial: bool,
 }
 
-/// A WebSocket close frame's reason: 125 bytes of payload less the 2-byte code.
-const MAX_CLOSE_REASON: usize = 123;
-
 /// The longest prefix of `s` within `max` bytes that ends on a character boundary.
 pub fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -153,11 +147,11 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Frames per vectored write.
-const MAX_IOVECS: usize = 64;
+/// Slices per vectored write.
+pub(super) const MAX_IOVECS: usize = 64;
 
 /// Smallest read: most frames (pings, acks) are far smaller.
-const READ_CHUNK: usize = 512;
+pub(super) const READ_CHUNK: usize = 512;
 
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
@@ -299,120 +293,5 @@ impl Wire for TcpWire {
         // The stream is shared with the connection's handle, so no `&mut` shutdown: the same
         // FIN through the socket itself.
         let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
-    }
-}
-
-/// WebSocket: one frame per message, binary or JSON text.
-#[derive(Debug)]
-pub struct WsWire {
-    ws: WebSocketStream<TcpStream>,
-    encoding: Encoding,
-    encoding_fixed: bool,
-    max_frame: u32,
-    read: usize,
-    written: usize,
-}
-
-impl WsWire {
-    pub fn new(ws: WebSocketStream<TcpStream>, max_frame: u32) -> Self {
-        WsWire {
-            ws,
-            encoding: Encoding::Binary,
-            encoding_fixed: false,
-            max_frame,
-            read: 0,
-            written: 0,
-        }
-    }
-
-    fn fix_encoding(&mut self, encoding: Encoding) {
-        if !self.encoding_fixed {
-            self.encoding = encoding;
-            self.encoding_fixed = true;
-        }
-    }
-}
-
-impl Wire for WsWire {
-    fn transport(&self) -> Transport {
-        Transport::Ws
-    }
-
-    fn encoding(&self) -> Encoding {
-        self.encoding
-    }
-
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
-        loop {
-            let Some(message) = ready!(self.ws.poll_next_unpin(cx)) else {
-                return Poll::Ready(Ok(None));
-            };
-            let frame = match message? {
-                Message::Binary(bytes) => {
-                    self.read += bytes.len();
-                    self.fix_encoding(Encoding::Binary);
-                    binary::parse(bytes, self.max_frame)
-                }
-                Message::Text(text) => {
-                    self.read += text.len();
-                    self.fix_encoding(Encoding::Json);
-                    json::decode(text.as_bytes())
-                }
-                Message::Close(_) => return Poll::Ready(Ok(None)),
-                // Control frames: tungstenite answers pings itself; they keep nothing alive
-                // here, since the protocol's own heartbeat is what counts.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
-            return Poll::Ready(frame.map(Some).map_err(Into::into));
-        }
-    }
-
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        frames: &mut VecDeque<Bytes>,
-    ) -> Poll<io::Result<()>> {
-        // tungstenite keeps message boundaries itself: a message it accepted is written whole
-        // (it holds what the socket has not taken yet), so no frame is ever torn here.
-        // Sink::poll_ready is not used: it answers Ready while tungstenite still holds bytes.
-        while !frames.is_empty() {
-            // Hand tungstenite a message only once its buffer is empty, so that the buffer
-            // never holds more than one message and the control replies it adds itself.
-            ready!(self.ws.poll_flush_unpin(cx)).map_err(io::Error::other)?;
-            let Some(frame) = frames.pop_front() else {
-                break;
-            };
-            self.written += frame.len();
-            let message = match self.encoding {
-                Encoding::Binary => Message::Binary(frame),
-                Encoding::Json => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, "a JSON frame is not UTF-8")
-                })?),
-            };
-            self.ws
-                .start_send_unpin(message)
-                .map_err(io::Error::other)?;
-        }
-        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
-    }
-
-    fn take_bytes_written(&mut self) -> usize {
-        std::mem::take(&mut self.written)
-    }
-
-    fn mid_frame(&self) -> bool {
-        false
-    }
-
-    fn take_bytes_read(&mut self) -> usize {
-        std::mem::take(&mut self.read)
-    }
-
-    async fn close(&mut self, code: Code, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code.0),
-            reason: truncate_utf8(reason, MAX_CLOSE_REASON).to_owned().into(),
-        };
-        let _ = self.ws.close(Some(frame)).await;
     }
 }

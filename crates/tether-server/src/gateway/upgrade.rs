@@ -1,0 +1,225 @@
+//! The HTTP request that opens a WebSocket connection (RFC 6455, section 4), the server's side.
+//!
+//! The request's head is read into a buffer of at most [`MAX_REQUEST`] bytes and checked:
+//! `GET /ws` over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a
+//! key. The answer is `101 Switching Protocols`, or an error status with a line of text saying
+//! why. Whatever the client sent after the head (its first frames, if it did not wait) is handed
+//! to the wire. No extension or subprotocol is ever agreed to.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use bytes::BytesMut;
+use tether_proto::Code;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// The longest request head taken, headers included. Browsers send well under 1 KiB, but a
+/// site's cookies and a proxy's headers can add several.
+pub const MAX_REQUEST: usize = 16 * 1024;
+
+/// Most headers a request may have (proxies and tracing add their own).
+const MAX_HEADERS: usize = 100;
+
+/// Why no WebSocket connection came of a request.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The client was answered with this status (a bad request, or a refusal).
+    #[error("answered {status}: {reason}")]
+    Refused { status: u16, reason: &'static str },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the client closed the connection during the upgrade")]
+    Closed,
+}
+
+/// Reads the upgrade request, answers it, and returns the bytes that followed its head. With
+/// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
+/// the node's) once its request has been read; its path is checked first, so that a wrong
+/// URL reads as one.
+pub async fn upgrade(
+    stream: &mut TcpStream,
+    refused: Option<Code>,
+) -> Result<BytesMut, UpgradeError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let (head_len, accept) = loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(UpgradeError::Closed);
+        }
+        match check(&buf, refused) {
+            Ok(Some(done)) => break done,
+            Ok(None) if buf.len() < MAX_REQUEST => {
+                buf.reserve(1024.min(MAX_REQUEST - buf.len()));
+            }
+            Ok(None) => return Err(answer_error(stream, 431, "request head too large").await),
+            Err((status, reason)) => return Err(answer_error(stream, status, reason).await),
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await?;
+    Ok(buf.split_off(head_len))
+}
+
+/// The head's length and the accept key once the head is all there and acceptable; `None`
+/// while it is not complete; the status and reason to answer otherwise.
+fn check(
+    buf: &[u8],
+    refused: Option<Code>,
+) -> Result<Option<(usize, String)>, (u16, &'static str)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err((431, "too many headers")),
+        Err(_) => return Err((400, "malformed HTTP request")),
+    };
+    let path = request.path.unwrap_or("");
+    if path.split('?').next() != Some("/ws") {
+        return Err((404, "the WebSocket endpoint is /ws"));
+    }
+    if request.method != Some("GET") {
+        return Err((405, "a WebSocket upgrade is a GET"));
+    }
+    if request.version != Some(1) {
+        return Err((505, "a WebSocket upgrade needs HTTP/1.1"));
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err((426, "this endpoint takes WebSocket upgrades only"));
+    }
+    if header("sec-websocket-version") != Some(b"13") {
+        return Err((426, "WebSocket version 13 is the one spoken here"));
+    }
+    let key = header("sec-websocket-key").unwrap_or_default();
+    let key_ok = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 16);
+    if !key_ok {
+        return Err((400, "Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    match refused {
+        Some(Code::IP_LIMIT) => Err((429, "too many connections from this address")),
+        Some(_) => Err((503, "connection limit reached; retry later")),
+        None => Ok(Some((head_len, derive_accept_key(key)))),
+    }
+}
+
+/// Answers `status` with `reason` as its body, best effort, and closes.
+async fn answer_error(stream: &mut TcpStream, status: u16, reason: &'static str) -> UpgradeError {
+    let text = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    };
+    let mut response = format!("HTTP/1.1 {status} {text}\r\n");
+    if status == 426 {
+        response.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+    }
+    if status == 429 || status == 503 {
+        response.push_str("Retry-After: 1\r\n");
+    }
+    let _ = write!(
+        response,
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    UpgradeError::Refused { status, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn request(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn the_rfc_example_key_is_accepted() {
+        let req = request("/ws?x=1", "");
+        let (len, accept) = check(req.as_bytes(), None).unwrap().unwrap();
+        assert_eq!(len, req.len());
+        // RFC 6455, 1.3.
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_for_more() {
+        let req = request("/ws", "");
+        assert_eq!(check(&req.as_bytes()[..req.len() - 1], None), Ok(None));
+    }
+
+    #[test]
+    fn bad_requests_get_a_status_that_says_why() {
+        let cases = [
+            (request("/other", ""), 404),
+            (request("/ws", "").replacen("GET", "POST", 1), 405),
+            (request("/ws", "").replace("websocket", "h2c"), 426),
+            (request("/ws", "").replace("Version: 13", "Version: 8"), 426),
+            (request("/ws", "").replace(KEY, "c2hvcnQ="), 400),
+            ("GET /ws HTTP/1.1\r\n\0\r\n\r\n".to_owned(), 400),
+        ];
+        for (req, status) in cases {
+            assert_eq!(
+                check(req.as_bytes(), None).map(|_| ()).unwrap_err().0,
+                status,
+                "{req:?}"
+            );
+        }
+        let many = (0..110).fold(String::new(), |s, i| s + &format!("X-{i}: y\r\n"));
+        assert_eq!(
+            check(request("/ws", &many).as_bytes(), None).unwrap_err().0,
+            431
+        );
+    }
+
+    #[test]
+    fn refusals_come_after_the_request_is_known_good() {
+        let req = request("/ws", "");
+        assert_eq!(
+            check(req.as_bytes(), Some(Code::IP_LIMIT)).unwrap_err().0,
+            429
+        );
+        assert_eq!(
+            check(req.as_bytes(), Some(Code::CONNECTION_LIMIT))
+                .unwrap_err()
+                .0,
+            503
+        );
+        assert_eq!(
+            check(request("/x", "").as_bytes(), Some(Code::IP_LIMIT))
+                .unwrap_err()
+                .0,
+            404
+        );
+    }
+}
