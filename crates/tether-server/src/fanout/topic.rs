@@ -329,7 +329,7 @@ pub fn offer_batch(
         && after < batch.first_durable
         && batch.joined_len <= conn.queue_limit() / 4
     {
-        let offered = offer(conn, batch.joined().clone(), direct);
+        let offered = offer(conn, batch.joined(), direct);
         reached.tally(conn, offered, batch.len() as u64, &mut closed);
         return closed;
     }
@@ -338,8 +338,8 @@ pub fn offer_batch(
             continue;
         }
         let frame = match conn.encoding {
-            Encoding::Binary => msg.binary().clone(),
-            Encoding::Json => msg.json().clone(),
+            Encoding::Binary => msg.binary(),
+            Encoding::Json => msg.json(),
         };
         if !reached.tally(conn, offer(conn, frame, direct), 1, &mut closed) {
             break;
@@ -354,10 +354,10 @@ pub fn offer_batch(
 /// leave in one write. A parked connection (see `gateway::park`) is always offered the direct
 /// write: queueing would start a task for it, and a fan-out that is behind must not start one
 /// per idle subscriber.
-fn offer(conn: &ConnHandle, frame: Bytes, direct: bool) -> Offered {
+fn offer(conn: &ConnHandle, frame: &Bytes, direct: bool) -> Offered {
     if direct || conn.is_parked() {
         conn.offer(frame)
     } else {
-        conn.enqueue(frame).into()
+        conn.enqueue(frame.clone()).into()
     }
 }

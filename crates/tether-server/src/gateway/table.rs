@@ -340,13 +340,15 @@ impl ConnHandle {
     ///
     /// For fan-outs: the caller's thread pays the write, and the connection's task is not
     /// woken at all, which is most of a delivery's user-space cost. A write the socket takes in
-    /// part leaves the rest at the front of the queue for the task.
-    pub fn offer(&self, frame: Bytes) -> Offered {
+    /// part leaves the rest at the front of the queue for the task. `frame` is cloned only
+    /// when some of it is queued: a shared frame's reference count is one more cache line
+    /// that every fan-out thread would otherwise write per delivery.
+    pub fn offer(&self, frame: &Bytes) -> Offered {
         let mut outbox = self.outbox();
         if outbox.close.is_some() {
             return Offered::Closed;
         }
-        let mut frame = frame;
+        let mut queued = None;
         // A WebSocket message per frame, behind its header.
         let header = (self.transport == Transport::Ws)
             .then(|| ServerHeader::new(super::ws::opcode(self.encoding), frame.len()));
@@ -358,7 +360,7 @@ impl ConnHandle {
             && outbox.frames.is_empty()
             && outbox.bytes + header.len() + frame.len() <= self.limit()
         {
-            match outbox.socket.try_write(header, &frame) {
+            match outbox.socket.try_write(header, frame) {
                 // Counted like the task's writes: the frame's bytes, not the header's.
                 Some(Ok(n)) if n == header.len() + frame.len() => {
                     return Offered::Written(frame.len());
@@ -366,13 +368,14 @@ impl ConnHandle {
                 // Only the rest waits, and nothing may go before it.
                 Some(Ok(n)) if n > 0 => {
                     outbox.tail = true;
-                    frame = rest(header, frame, n);
+                    queued = Some(rest(header, frame, n));
                 }
                 // No socket; a full socket buffer, or an error the task will meet on its next
                 // write.
                 None | Some(Ok(_) | Err(_)) => {}
             }
         }
+        let frame = queued.unwrap_or_else(|| frame.clone());
         let (enqueued, wake) = self.push_locked(&mut outbox, frame);
         drop(outbox);
         if wake {
@@ -1262,13 +1265,13 @@ impl ConnTable {
 /// What is left to write of `header` then `frame` once `n` bytes of them are written (fewer
 /// than all): a slice of `frame`, or, when the write ended inside the header (a full socket
 /// buffer at exactly that point, rare), a copy of the header's rest and the frame.
-fn rest(header: &[u8], frame: Bytes, n: usize) -> Bytes {
+fn rest(header: &[u8], frame: &Bytes, n: usize) -> Bytes {
     match n.checked_sub(header.len()) {
         Some(into_frame) => frame.slice(into_frame..),
         None => {
             let mut rest = BytesMut::with_capacity(header.len() - n + frame.len());
             rest.extend_from_slice(&header[n..]);
-            rest.extend_from_slice(&frame);
+            rest.extend_from_slice(frame);
             rest.freeze()
         }
     }
@@ -1292,8 +1295,8 @@ impl ConnTable {
         for id in conns {
             let Some(conn) = self.get(*id) else { continue };
             let frame = match conn.encoding {
-                Encoding::Binary => msg.binary().clone(),
-                Encoding::Json => msg.json().clone(),
+                Encoding::Binary => msg.binary(),
+                Encoding::Json => msg.json(),
             };
             // A transient push is written at once when nothing waits before it (raw TCP),
             // without waking the connection's task, or starting one for a parked connection.
@@ -1301,7 +1304,7 @@ impl ConnTable {
                 conn.offer(frame)
             } else {
                 match conn.binding(&push.app) {
-                    Some(binding) => conn.offer_durable(binding, push.seq, frame).into(),
+                    Some(binding) => conn.offer_durable(binding, push.seq, frame.clone()).into(),
                     None => Offered::Closed,
                 }
             };
@@ -1612,7 +1615,7 @@ mod tests {
         let conn = ConnHandle::new(new);
         conn.writer_idle();
         let frame = Bytes::from(vec![b'x'; 200]);
-        assert_eq!(conn.offer(frame.clone()), Offered::Written(200));
+        assert_eq!(conn.offer(&frame), Offered::Written(200));
         let mut got = vec![0u8; 204];
         client.read_exact(&mut got).await.unwrap();
         // A text message (JSON), FIN, a 16-bit length.
@@ -1621,7 +1624,7 @@ mod tests {
 
         // Too much for the socket: the rest waits, marked as begun, without a second header.
         let big = Bytes::from(vec![b'y'; 64 * 1024]);
-        assert_eq!(conn.offer(big.clone()), Offered::Queued);
+        assert_eq!(conn.offer(&big), Offered::Queued);
         let mut taken = VecDeque::new();
         let (_, tail) = conn.take_batch(&mut taken);
         assert!(tail, "the task must treat it as half-written");
@@ -1635,13 +1638,10 @@ mod tests {
     #[test]
     fn the_rest_of_a_write_torn_inside_its_header_keeps_the_header_rest() {
         let frame = Bytes::from_static(b"payload");
-        assert_eq!(
-            rest(&[1, 2, 3, 4], frame.clone(), 1),
-            &b"\x02\x03\x04payload"[..]
-        );
-        assert_eq!(rest(&[1, 2], frame.clone(), 2), frame);
-        assert_eq!(rest(&[1, 2], frame.clone(), 5), &b"load"[..]);
-        assert_eq!(rest(&[], frame, 3), &b"load"[..]);
+        assert_eq!(rest(&[1, 2, 3, 4], &frame, 1), &b"\x02\x03\x04payload"[..]);
+        assert_eq!(rest(&[1, 2], &frame, 2), frame);
+        assert_eq!(rest(&[1, 2], &frame, 5), &b"load"[..]);
+        assert_eq!(rest(&[], &frame, 3), &b"load"[..]);
     }
 
     #[tokio::test]
@@ -1658,7 +1658,7 @@ mod tests {
         conn.writer_idle();
         // Not written in part with no room for the rest: refused whole, closing as slow.
         assert_eq!(
-            conn.offer(Bytes::from(vec![7u8; 32 * 1024])),
+            conn.offer(&Bytes::from(vec![7u8; 32 * 1024])),
             Offered::Overflow
         );
         let mut buf = [0u8; 16];
@@ -1674,7 +1674,7 @@ mod tests {
         let (server, client) = small_pair().await;
         let conn = direct_conn(256 * 1024, server);
         // Nothing is written before the task says it is idle (`connected` goes first).
-        assert_eq!(conn.offer(Bytes::from(vec![7u8; 1024])), Offered::Queued);
+        assert_eq!(conn.offer(&Bytes::from(vec![7u8; 1024])), Offered::Queued);
         let mut buf = [0u8; 16];
         assert_eq!(
             client.try_read(&mut buf).map_err(|e| e.kind()),
@@ -1685,7 +1685,7 @@ mod tests {
             let conn = direct_conn(256 * 1024, server);
             conn.writer_idle();
             assert_eq!(
-                conn.offer(Bytes::from(vec![7u8; 64 * 1024])),
+                conn.offer(&Bytes::from(vec![7u8; 64 * 1024])),
                 Offered::Queued
             );
             conn
@@ -1706,7 +1706,7 @@ mod tests {
         let conn = direct_conn(256 * 1024, server);
         conn.writer_idle();
         assert_eq!(
-            conn.offer(Bytes::from(vec![7u8; 64 * 1024])),
+            conn.offer(&Bytes::from(vec![7u8; 64 * 1024])),
             Offered::Queued
         );
         let rest = conn.finish().expect("the rest of the begun frame");
