@@ -353,3 +353,71 @@ async fn a_websocket_client_that_closes_while_parked_gets_its_close_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A client that does not wait for the upgrade's answer: its first frame arrives with its
+/// request, is kept, and is answered. Written by hand, with a masked frame, as a browser would.
+#[tokio::test]
+async fn a_websocket_frame_sent_with_the_upgrade_request_is_not_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::timeout;
+
+    let node = start(config()).await;
+    let mut socket = tokio::net::TcpStream::connect(node.ws_addr().unwrap())
+        .await
+        .unwrap();
+    let connect = encode(&connect_frame("alice", "raw", 5_000));
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut request =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    request.push(0x82);
+    assert!(connect.len() >= 126 && connect.len() <= 0xFFFF);
+    request.push(0x80 | 126);
+    request.extend_from_slice(&(connect.len() as u16).to_be_bytes());
+    request.extend_from_slice(&mask);
+    request.extend(connect.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    socket.write_all(&request).await.unwrap();
+
+    // The answer's head, then one binary message: `connected`.
+    let mut got = Vec::new();
+    let head_end = loop {
+        let mut buf = [0u8; 1024];
+        let n = timeout(WAIT, socket.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mut message = got[head_end..].to_vec();
+    let whole = loop {
+        if message.len() >= 2 {
+            let len = match message[1] {
+                126 if message.len() >= 4 => {
+                    Some(4 + usize::from(u16::from_be_bytes([message[2], message[3]])))
+                }
+                126 => None,
+                n => Some(2 + usize::from(n)),
+            };
+            if let Some(len) = len.filter(|len| message.len() >= *len) {
+                break len;
+            }
+        }
+        let mut buf = [0u8; 1024];
+        let n = timeout(WAIT, socket.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before connected");
+        message.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(message[0], 0x82, "a whole binary message");
+    let header = if message[1] == 126 { 4 } else { 2 };
+    let frame = tether_proto::binary::parse(
+        bytes::Bytes::copy_from_slice(&message[header..whole]),
+        1 << 20,
+    )
+    .unwrap();
+    expect_connected(frame);
+}
