@@ -210,14 +210,15 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// The close frame that answers a client's close whose payload is `payload`: the same code,
-/// or 1002 (protocol error) for a payload RFC 6455 does not allow (one byte, a code no endpoint
-/// may send, a reason that is not UTF-8), or no code for an empty one.
+/// or 1002 (protocol error) for a payload RFC 6455 does not allow (one byte, a code that is
+/// not registered or that no endpoint may send, a reason that is not UTF-8), or no code for
+/// an empty one.
 pub fn close_reply(payload: &[u8]) -> Vec<u8> {
     let valid = match payload {
         [] => return control(Opcode::Close, &[]),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            let allowed = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             allowed && std::str::from_utf8(reason).is_ok()
         }
         [_] => false,
@@ -366,6 +367,8 @@ mod tests {
         assert_eq!(close_reply(&[0x03]), protocol_error);
         assert_eq!(close_reply(&1005u16.to_be_bytes()), protocol_error);
         assert_eq!(close_reply(&999u16.to_be_bytes()), protocol_error);
+        assert_eq!(close_reply(&1015u16.to_be_bytes()), protocol_error);
+        assert_eq!(close_reply(&1012u16.to_be_bytes()), [0x88, 2, 0x03, 0xF4]);
         assert_eq!(close_reply(&[0x03, 0xE8, 0xFF]), protocol_error);
     }
 

@@ -327,21 +327,31 @@ async fn a_parked_websocket_answers_control_frames_and_reads_fragmented_messages
 }
 
 #[tokio::test]
-async fn a_websocket_client_that_closes_while_parked_gets_its_close_back() {
+async fn a_websocket_client_that_closes_gets_its_close_back_parked_or_not_yet_connected() {
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let node = start(config()).await;
+    let close = || {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        }))
+    };
+    // Before its `connect`, too.
+    let mut early = WsClient::open(&node).await;
+    early.send(close()).await;
+    match next_raw(&mut early).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
     let (mut ws, _) = WsClient::connected(&node, "alice", "browser", 5_000).await;
     wait_parked(&node, 1).await;
-    ws.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::Away,
-        reason: "bye".into(),
-    })))
-    .await;
+    ws.send(close()).await;
     match next_raw(&mut ws).await {
-        Message::Close(Some(close)) => assert_eq!(close.code, CloseCode::Away),
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
     let deadline = Instant::now() + WAIT;

@@ -272,7 +272,14 @@ async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted
             reject(wire, gw, Code::HANDSHAKE_TIMEOUT, reason).await;
             return None;
         }
-        Ok(Ok(None)) => return None,
+        Ok(Ok(None)) => {
+            // A WebSocket client that closed before `connect` gets its close answered (no
+            // handle exists yet, so nothing else can write in between).
+            if wire.wants_write() {
+                let _ = timeout(GOODBYE_TIMEOUT, wire.send(&mut VecDeque::new())).await;
+            }
+            return None;
+        }
         Ok(Err(e)) => {
             let code = e.code().unwrap_or(Code::PROTOCOL);
             reject(wire, gw, code, &e.to_string()).await;

@@ -1223,8 +1223,8 @@ impl ConnTable {
     }
 
     /// Closes every connection whose client went silent past its heartbeat limit, or stopped
-    /// taking bytes of a pending write for `write_timeout`, and asks raw TCP connections idle
-    /// for `park_after` to park (zero: never). Holds one shard lock at a time and allocates
+    /// taking bytes of a pending write for `write_timeout`, and asks connections idle for
+    /// `park_after` to park (zero: never). Holds one shard lock at a time and allocates
     /// nothing for connections that are alive.
     pub fn sweep(&self, now_ms: u64, write_timeout: Duration, park_after: Duration) -> usize {
         let write_timeout_ms = write_timeout.as_millis() as u64;
@@ -1298,8 +1298,8 @@ impl ConnTable {
                 Encoding::Binary => msg.binary(),
                 Encoding::Json => msg.json(),
             };
-            // A transient push is written at once when nothing waits before it (raw TCP),
-            // without waking the connection's task, or starting one for a parked connection.
+            // A transient push is written at once when nothing waits before it, without
+            // waking the connection's task, or starting one for a parked connection.
             let offered = if push.qos == 0 {
                 conn.offer(frame)
             } else {
