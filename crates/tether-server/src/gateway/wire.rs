@@ -151,7 +151,27 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 pub(super) const MAX_IOVECS: usize = 64;
 
 /// Smallest read: most frames (pings, acks) are far smaller.
-pub(super) const READ_CHUNK: usize = 512;
+const READ_CHUNK: usize = 512;
+
+/// Reads what `stream` has into `buf`, with room for `want` bytes at least (and never less
+/// than [`READ_CHUNK`]): `Ready(Ok(0))` at the end of the stream, `Pending` (waker registered)
+/// while there is nothing to read.
+pub(super) fn poll_read(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        buf.reserve(want.max(READ_CHUNK));
+        match stream.try_read_buf(buf) {
+            // Readiness was cleared: the next poll_read_ready registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            read => return Poll::Ready(read),
+        }
+    }
+}
 
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
@@ -190,7 +210,6 @@ impl Wire for TcpWire {
                 // Drop our reference to the last read's allocation while idle.
                 self.buf = BytesMut::new();
             }
-            ready!(self.stream.poll_read_ready(cx))?;
             // A whole frame's length is known once its prefix is here (and was checked
             // against max_frame by decode above): read up to the end of it.
             let want = match binary::check(&self.buf, self.max_frame)? {
@@ -201,19 +220,15 @@ impl Wire for TcpWire {
                 }
                 _ => READ_CHUNK,
             };
-            self.buf.reserve(want.max(READ_CHUNK));
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => {
+            match ready!(poll_read(&self.stream, cx, &mut self.buf, want))? {
+                0 => {
                     return Poll::Ready(if self.buf.is_empty() {
                         Ok(None)
                     } else {
                         Err(DecodeError::Malformed("connection closed inside a frame").into())
                     });
                 }
-                Ok(n) => self.read += n,
-                // Readiness was cleared: the next poll_read_ready registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
+                n => self.read += n,
             }
         }
     }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::park::{self, Parked};
 use super::table::Encoding;
-use super::wire::{MAX_IOVECS, READ_CHUNK, Wire, WireError};
+use super::wire::{MAX_IOVECS, Wire, WireError, poll_read};
 
 /// A WebSocket connection after its upgrade.
 ///
@@ -284,10 +284,8 @@ impl Wire for WsWire {
                 // Drop our reference to the last read's allocation while idle.
                 self.buf = BytesMut::new();
             }
-            ready!(self.stream.poll_read_ready(cx))?;
-            self.buf.reserve(want.max(READ_CHUNK));
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => {
+            match ready!(poll_read(&self.stream, cx, &mut self.buf, want))? {
+                0 => {
                     // A client that goes without a close frame between messages has simply
                     // gone; inside one, its message is cut.
                     return Poll::Ready(if self.buf.is_empty() && self.fragments.is_none() {
@@ -296,10 +294,7 @@ impl Wire for WsWire {
                         Err(DecodeError::Malformed("connection closed inside a message").into())
                     });
                 }
-                Ok(n) => self.read += n,
-                // Readiness was cleared: the next poll_read_ready registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
+                n => self.read += n,
             }
         }
     }
