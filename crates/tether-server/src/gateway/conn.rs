@@ -31,7 +31,7 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// This future is the largest per-connection allocation while the connection is active, so
 /// what it holds while idle is kept small: the handshake, the goodbye and the clean-up are
 /// boxed, so that their state is allocated only while they run rather than reserved for the
-/// connection's whole life. An idle raw TCP connection gives it up altogether (see
+/// connection's whole life. An idle connection gives it up altogether (see
 /// [`super::park`]).
 pub(super) fn serve<W: Wire>(
     wire: W,

@@ -211,8 +211,7 @@ pub struct NewConn {
     pub resume: Vec<InboxState>,
     /// Bytes that may wait in the outbound queue.
     pub queue_limit: usize,
-    /// The socket, for fan-outs to write to directly while the task has nothing to write
-    /// (raw TCP only).
+    /// The socket, for fan-outs to write to directly while the task has nothing to write.
     pub direct: Option<Arc<TcpStream>>,
     /// Silence after which the heartbeat sweep closes the connection.
     pub idle_limit: Duration,
