@@ -126,14 +126,7 @@ async fn a_parked_connection_is_closed_by_a_kick_its_heartbeat_or_its_client() {
     // Its client never pings: the heartbeat limit (3 x 200 ms) closes it while parked.
     let (mut silent, _) = TcpClient::connected(addr, "bob", "phone", 200).await;
     wait_parked(&node, 2).await;
-    let reply = http
-        .post_raw(
-            &format!("/v1/apps/{APP}/users/alice/kick"),
-            Some(API_KEY),
-            "",
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    http.kick("alice").await;
     kicked.expect_disconnect(Code::KICKED).await;
     silent.expect_disconnect(Code::HEARTBEAT_TIMEOUT).await;
     drop((kicked, silent));
@@ -313,14 +306,7 @@ async fn a_parked_websocket_answers_control_frames_and_reads_fragmented_messages
     wait_parked(&node, 1).await;
 
     // A kick reaches it parked: a disconnect, then a close frame with the same code.
-    let reply = http
-        .post_raw(
-            &format!("/v1/apps/{APP}/users/alice/kick"),
-            Some(API_KEY),
-            "",
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    http.kick("alice").await;
     let disconnect = ws.json().await;
     assert_eq!(disconnect["op"], "disconnect", "{disconnect}");
     ws.expect_close(Code::KICKED).await;
