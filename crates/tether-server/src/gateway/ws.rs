@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::park::{self, Parked};
 use super::table::Encoding;
-use super::wire::{MAX_IOVECS, Wire, WireError, poll_read};
+use super::wire::{MAX_IOVECS, Wire, WireError, poll_read, try_send};
 
 /// A WebSocket connection after its upgrade.
 ///
@@ -330,7 +330,7 @@ impl Wire for WsWire {
                 .map(|(bytes, slice)| *slice = io::IoSlice::new(bytes))
                 .count();
             ready!(self.stream.poll_write_ready(cx))?;
-            let written = match self.stream.try_write_vectored(&slices[..n]) {
+            let written = match try_send(&self.stream, &slices[..n]) {
                 Ok(written) => written,
                 // Readiness was cleared: the next poll_write_ready registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
