@@ -43,6 +43,8 @@ pub const MAX_BATCH: usize = 4096;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Inboxes whose head the writer remembers; past this, it forgets them all and reloads lazily.
 const CACHE_LIMIT: usize = 1 << 18;
+/// Device cursors the writer remembers (about 100 bytes each); past this, it forgets them all.
+const CURSOR_CACHE_LIMIT: usize = 1 << 16;
 /// Most held messages of one inbox the cap deletes in one batch (after the cap was lowered,
 /// there can be many); the rest are left below `first`, unreadable, for the sweep.
 const MAX_TRIM: u64 = 1024;
@@ -248,6 +250,10 @@ pub struct Writer {
     /// works with slots.
     index: HashMap<Box<[u8]>, usize>,
     slots: Vec<Cached>,
+    /// Cursors as the last committed batch left them, so that an ack (a read-modify-write)
+    /// costs no read of the store: acks come about as often as messages when each device gets
+    /// few messages. Only the writer writes cursors, so what it remembers stays true.
+    cursors: HashMap<Vec<u8>, Cursor>,
     /// Scratch space for keys, reused by every batch.
     key_buf: Vec<u8>,
     counters: Arc<Counters>,
@@ -272,6 +278,7 @@ impl Writer {
             options,
             index: HashMap::new(),
             slots: Vec::new(),
+            cursors: HashMap::new(),
             key_buf: Vec::new(),
             counters,
             metrics: Metrics {
@@ -497,6 +504,10 @@ impl Writer {
             for &slot in &staged.inboxes {
                 self.slots[slot].disk_head = None;
             }
+            if self.cursors.len() + staged.cursors.len() > CURSOR_CACHE_LIMIT {
+                self.cursors.clear();
+            }
+            self.cursors.extend(staged.cursors.drain());
             self.counters
                 .appends
                 .fetch_add(staged.appends, Ordering::Relaxed);
@@ -515,10 +526,11 @@ impl Writer {
         }
     }
 
-    /// Empties the inbox cache.
+    /// Empties the inbox and cursor caches.
     fn forget(&mut self) {
         self.index.clear();
         self.slots.clear();
+        self.cursors.clear();
     }
 
     /// Loads an inbox or topic history holding at most `cap` messages into the cache (the only
@@ -700,9 +712,12 @@ impl Writer {
         if let Some(cursor) = st.cursors.get_mut(&key) {
             return Ok(change(cursor));
         }
-        let mut cursor = match self.ks.cursors.get(&key).map_err(unavailable)? {
-            Some(v) => codec::decode_cursor(&v)?,
-            None => Cursor::default(),
+        let mut cursor = match self.cursors.get(&key) {
+            Some(&cursor) => cursor,
+            None => match self.ks.cursors.get(&key).map_err(unavailable)? {
+                Some(v) => codec::decode_cursor(&v)?,
+                None => Cursor::default(),
+            },
         };
         let out = change(&mut cursor);
         st.cursors.insert(key, cursor);
@@ -761,8 +776,8 @@ impl Writer {
             let key = codec::message_key_slice(&mut self.key_buf, &cached.key, m.seq);
             batch.insert(&ks.messages, key, value.clone());
         }
-        for (key, cursor) in st.cursors.drain() {
-            batch.insert(&ks.cursors, key, codec::encode_cursor(cursor));
+        for (key, cursor) in &st.cursors {
+            batch.insert(&ks.cursors, key.as_slice(), codec::encode_cursor(*cursor));
         }
         for (key, record) in st.idempotency.drain() {
             batch.insert(&ks.idempotency, key, codec::encode_idempotency(&record)?);
