@@ -238,6 +238,8 @@ struct Metrics {
     appends: Counter,
     publishes: Counter,
     batch_requests: Histogram,
+    /// An fsync's time; in sync mode, that of the whole commit it is part of (journal write,
+    /// fsync, memtable inserts).
     fsync_seconds: Histogram,
     expired_messages: Counter,
     expired_keys: Counter,
@@ -436,6 +438,12 @@ impl Writer {
             .db
             .persist(PersistMode::SyncData)
             .map_err(unavailable)?;
+        self.synced(started);
+        Ok(())
+    }
+
+    /// Counts an fsync that began at `started` and clears what waited for one.
+    fn synced(&mut self, started: Instant) {
         self.metrics
             .fsync_seconds
             .record(started.elapsed().as_secs_f64());
@@ -443,7 +451,6 @@ impl Writer {
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
         self.last_sync = Instant::now();
-        Ok(())
     }
 
     fn write_batch(&mut self, batch: Vec<Write>) {
@@ -726,10 +733,22 @@ impl Writer {
 
     /// Applies retention to the inboxes of the batch, writes it, and fsyncs it when the
     /// durability mode asks for that before answering.
+    ///
+    /// The fsync is part of the commit: fjall writes a batch to its journal, persists the
+    /// journal in the batch's mode, and only then inserts the batch into the memtables and
+    /// makes it visible (`fjall::WriteBatch::commit`). So no read, a connection's backlog
+    /// included, sees a message before it is on disk: a message sent before its fsync could
+    /// otherwise vanish on power loss and its seq be given to another, which a client that had
+    /// the first would then skip.
     fn commit(&mut self, st: &mut Staged, now_ms: u64) -> Result<(), StoreError> {
         let ks = self.ks.clone();
-        let wants_fsync = st.wants_fsync();
-        let mut batch = ks.db.batch().durability(Some(PersistMode::Buffer));
+        let sync_now = self.options.durability == Durability::Sync && st.wants_fsync();
+        let mode = if sync_now {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        };
+        let mut batch = ks.db.batch().durability(Some(mode));
         let mut expired = 0;
         for &slot in &st.inboxes {
             let cached = &mut self.slots[slot];
@@ -792,15 +811,16 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         batch.commit().map_err(unavailable)?;
         self.metrics.expired_messages.increment(expired);
-        if self.options.durability == Durability::Sync && wants_fsync {
-            self.sync()
+        if sync_now {
+            self.synced(started);
         } else {
             // Acks ride along with the next fsync; in interval mode, so does everything.
             self.dirty = true;
-            Ok(())
         }
+        Ok(())
     }
 }
 
