@@ -113,6 +113,10 @@ run unicast-qos1-single "${embedded[@]}" -- "${unicast[@]}" --qos 1 --max --conc
     --json "$OUT/unicast-qos1-single.json"
 run unicast-qos1-batched "${embedded[@]}" -- "${unicast[@]}" --qos 1 --users-per-request 100 \
     --max --concurrency 16 --json "$OUT/unicast-qos1-batched.json"
+# The same with 64 requests in flight: bigger group commits, and several pushes per write to
+# each connection (docs/benchmarks.md, "Concurrency").
+run unicast-qos1-batched-c64 "${embedded[@]}" -- "${unicast[@]}" --qos 1 --users-per-request 100 \
+    --max --concurrency 64 --json "$OUT/unicast-qos1-batched-c64.json"
 
 # 5. Churn.
 run churn -- "$bench" churn --target tether --stable "$stable" --rate 2000 --duration "$window" \
