@@ -91,7 +91,9 @@ pub struct Swept {
 /// Those of [`Store`], with [`Durability::Sync`] meaning "fsynced before `append` returns"
 /// (and `publish`, and `set_subscription` when it changed something; not acks). An appended
 /// message is readable once `append` returned, and may be readable a moment before (between
-/// the batch's commit and its fsync); so are publications and subscriptions.
+/// the batch's commit and the answer), but with [`Durability::Sync`] never before its fsync;
+/// so are publications and subscriptions. With [`Durability::Interval`], and for acks, a write
+/// is readable once committed.
 ///
 /// # Shutdown
 /// Call [`EmbeddedStore::close`] and wait for it: the writer finishes what is queued, fsyncs,

@@ -1,8 +1,9 @@
 //! The writer thread: the only code that writes to the embedded store.
 //!
 //! It takes everything waiting in its queue (up to [`MAX_BATCH`] requests), turns it into one
-//! fjall write batch, commits it, fsyncs once when the batch holds appends, publications or
-//! subscription changes and the store runs with [`Durability::Sync`], and only then answers
+//! fjall write batch, commits it, fsyncs once (as part of the commit, before the batch is
+//! visible) when the batch holds appends, publications or subscription changes and the store
+//! runs with [`Durability::Sync`], and only then answers
 //! the requests of the batch: one fsync covers every write that was waiting (group commit).
 //! Because it is the only writer, it can keep inbox heads in memory and read-modify-write
 //! cursors, idempotency records and subscriptions without locks (so a subscription's count
@@ -43,7 +44,8 @@ pub const MAX_BATCH: usize = 4096;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Inboxes whose head the writer remembers; past this, it forgets them all and reloads lazily.
 const CACHE_LIMIT: usize = 1 << 18;
-/// Device cursors the writer remembers (about 100 bytes each); past this, it forgets them all.
+/// Device cursors the writer remembers (100 to 450 bytes each, with the key: at most about
+/// 30 MiB); past this, it forgets them all.
 const CURSOR_CACHE_LIMIT: usize = 1 << 16;
 /// Most held messages of one inbox the cap deletes in one batch (after the cap was lowered,
 /// there can be many); the rest are left below `first`, unreadable, for the sweep.
