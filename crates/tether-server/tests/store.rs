@@ -25,6 +25,7 @@ fn options(durability: Durability) -> EmbeddedOptions {
         durability,
         sync_interval: Duration::from_millis(10),
         queue: 4096,
+        cursor_idle: Duration::from_secs(3600),
     }
 }
 

@@ -26,7 +26,8 @@
 //! - idempotency: `app 0x00 key` (the key raw: it is last, and only looked up whole).
 //!
 //! # Values
-//! Each starts with a version byte ([`VERSION`]; [`META_VERSION`] for log records);
+//! Each starts with a version byte ([`VERSION`]; [`META_VERSION`] for log records,
+//! [`CURSOR_VERSION`] for cursors);
 //! integers are big-endian. A value that does not decode is [`StoreError::Corrupt`], never a
 //! panic. A subscription's value is the version byte alone.
 
@@ -44,6 +45,10 @@ pub const VERSION: u8 = 1;
 /// lower bound; code that knows only version 1 refuses version 2 as corrupt instead of taking
 /// a stale head for the real one and handing out seqs again.
 pub const META_VERSION: u8 = 2;
+/// The format of cursors written by this code: version 1 and the time of the cursor's last
+/// change, which the sweep deletes idle cursors by. This code reads version 1 cursors (no
+/// time) too; code that knows only version 1 refuses these as corrupt.
+pub const CURSOR_VERSION: u8 = 2;
 
 /// Longest key the store writes. fjall refuses keys past 64 KiB (by panicking); ids are at
 /// most 128 bytes, so only an absurd idempotency key gets near this.
@@ -372,24 +377,35 @@ pub fn decode_meta(value: &[u8]) -> Result<(Meta, bool), StoreError> {
     Ok((meta, version == META_VERSION))
 }
 
-pub fn encode_cursor(cursor: Cursor) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21);
-    out.push(VERSION);
+/// A cursor as last changed at `changed_ms` (ms since the epoch).
+pub fn encode_cursor(cursor: Cursor, changed_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(29);
+    out.push(CURSOR_VERSION);
     out.extend_from_slice(&cursor.acked.0.to_be_bytes());
     out.extend_from_slice(&cursor.attempt_seq.0.to_be_bytes());
     out.extend_from_slice(&cursor.attempts.to_be_bytes());
+    out.extend_from_slice(&changed_ms.to_be_bytes());
     out
 }
 
 pub fn decode_cursor(value: &[u8]) -> Result<Cursor, StoreError> {
-    let mut r = Reader::new("cursor", value)?;
+    decode_cursor_changed(value).map(|(cursor, _)| cursor)
+}
+
+/// A cursor and when it last changed (`None` for a version 1 cursor, which does not say).
+pub fn decode_cursor_changed(value: &[u8]) -> Result<(Cursor, Option<u64>), StoreError> {
+    let (mut r, version) = Reader::versioned("cursor", value, &[VERSION, CURSOR_VERSION])?;
     let cursor = Cursor {
         acked: Seq(r.u64()?),
         attempt_seq: Seq(r.u64()?),
         attempts: r.u32()?,
     };
+    let changed = match version {
+        CURSOR_VERSION => Some(r.u64()?),
+        _ => None,
+    };
     r.end()?;
-    Ok(cursor)
+    Ok((cursor, changed))
 }
 
 /// An idempotency record: until `expires_ms`, the key answers `appended` (with `duplicate`
@@ -507,7 +523,24 @@ mod tests {
             attempt_seq: Seq(5),
             attempts: 2,
         };
-        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        assert_eq!(
+            decode_cursor_changed(&encode_cursor(cursor, 77)).unwrap(),
+            (cursor, Some(77))
+        );
+        // Version 1: the same fields, no time.
+        let mut old = encode_cursor(cursor, 77);
+        old[0] = VERSION;
+        old.truncate(old.len() - 8);
+        assert_eq!(
+            decode_cursor_changed(&old).unwrap(),
+            (cursor, None),
+            "version 1 cursors still read"
+        );
+        old.extend_from_slice(&[0; 8]);
+        assert!(matches!(decode_cursor(&old), Err(StoreError::Corrupt(_))));
+        let mut newer = encode_cursor(cursor, 77);
+        newer[0] = CURSOR_VERSION + 1;
+        assert!(matches!(decode_cursor(&newer), Err(StoreError::Corrupt(_))));
 
         let bytes = encode_idempotency(&record()).unwrap();
         assert_eq!(decode_idempotency(&bytes).unwrap(), record());
@@ -524,7 +557,7 @@ mod tests {
             assert!(is_corrupt(message_expires(&message[..len]).map(drop)));
         }
         let meta = encode_meta(Meta { head: 1, first: 1 });
-        let cursor = encode_cursor(Cursor::default());
+        let cursor = encode_cursor(Cursor::default(), 1);
         let idem = encode_idempotency(&record()).unwrap();
         for len in 0..meta.len() {
             assert!(
@@ -686,11 +719,16 @@ mod tests {
             if let Some(b) = meta.first_mut() {
                 *b = META_VERSION;
             }
+            let mut cursor = bytes.clone();
+            if let Some(b) = cursor.first_mut() {
+                *b = CURSOR_VERSION;
+            }
             for result in [
                 decode_message(1, &bytes).map(drop),
                 decode_meta(&bytes).map(drop),
                 decode_meta(&meta).map(drop),
                 decode_cursor(&bytes).map(drop),
+                decode_cursor(&cursor).map(drop),
                 decode_idempotency(&bytes).map(drop),
             ] {
                 if let Err(e) = result {

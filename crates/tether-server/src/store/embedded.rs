@@ -34,6 +34,13 @@ pub struct EmbeddedOptions {
     pub sync_interval: Duration,
     /// Writes waiting for the writer; past it, writes fail with [`StoreError::Overloaded`].
     pub queue: usize,
+    /// The sweep deletes a device's cursor once it has not been written (by an ack, or the
+    /// poison guard's count) for this long: `max_ttl`, after which every message the cursor
+    /// covers has expired, so that a device that comes back without one is sent nothing it
+    /// had. Exceptions cost a redelivery, which at-least-once allows: messages stored before
+    /// `max_ttl` was lowered, and a client that acked past what it was sent by resuming from a
+    /// `last_seq` above the inbox's head.
+    pub cursor_idle: Duration,
 }
 
 impl EmbeddedOptions {
@@ -46,6 +53,7 @@ impl EmbeddedOptions {
             durability: config.durability,
             sync_interval: config.sync_interval,
             queue: config.queue,
+            cursor_idle: config.max_ttl,
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct Swept {
     /// Of inboxes and topic histories.
     pub messages: u64,
     pub idempotency_keys: u64,
+    /// Device cursors unchanged for longer than [`EmbeddedOptions::cursor_idle`].
+    pub cursors: u64,
 }
 
 /// Durable inboxes, topic histories and subscriptions in a fjall database in one directory.
@@ -200,9 +210,10 @@ impl EmbeddedStore {
             .take();
     }
 
-    /// Deletes every message and idempotency key expired at `now_ms` now, in one pass (the
-    /// writer also does this on its own, a chunk at a time, when it is idle). Holds up writes
-    /// while it runs: for tests and maintenance.
+    /// Deletes every message and idempotency key expired at `now_ms`, and every cursor not
+    /// written since `now_ms - cursor_idle`, now, in one pass (the writer also does this on its
+    /// own, a chunk at a time, when it is idle); cursors of older code, which carry no time, get
+    /// `now_ms`. Holds up writes while it runs: for tests and maintenance.
     pub async fn sweep_expired(&self, now_ms: u64) -> Result<Swept, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.requests
@@ -447,6 +458,8 @@ mod tests {
     use super::*;
     use crate::store::codec::Meta;
 
+    const CURSOR_IDLE: Duration = Duration::from_secs(3600);
+
     fn store(dir: &Path, inbox_cap: usize) -> EmbeddedStore {
         let options = EmbeddedOptions {
             retention: Retention {
@@ -456,6 +469,7 @@ mod tests {
             durability: Durability::Interval,
             sync_interval: Duration::from_millis(5),
             queue: 1024,
+            cursor_idle: CURSOR_IDLE,
         };
         EmbeddedStore::open(dir, options).unwrap()
     }
@@ -561,6 +575,61 @@ mod tests {
                 .await
                 .unwrap()
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_cursors_idle_for_cursor_idle_and_dates_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let ks = keyspaces(&store);
+        let (app, user) = (AppId::from("app"), UserId::from("u"));
+        let (phone, tablet) = (DeviceId::from("phone"), DeviceId::from("tablet"));
+        let inbox = codec::inbox_key(&app, &user);
+        let changed = |device: &DeviceId| {
+            let value = ks
+                .cursors
+                .get(codec::cursor_key(&inbox, device))
+                .unwrap()
+                .unwrap();
+            codec::decode_cursor_changed(&value).unwrap().1
+        };
+        let idle = CURSOR_IDLE.as_millis() as u64;
+        store.ack(&app, &user, &phone, Seq(5)).await.unwrap();
+        let p = changed(&phone).expect("cursors are dated");
+        // A cursor written by code that did not date cursors (format version 1), strictly
+        // later: the writer's own idle sweep may date it before this test's sweep does.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let tablet_cursor = Cursor {
+            acked: Seq(3),
+            ..Cursor::default()
+        };
+        let mut old = codec::encode_cursor(tablet_cursor, 0);
+        old[0] = codec::VERSION;
+        old.truncate(old.len() - 8);
+        ks.cursors
+            .insert(codec::cursor_key(&inbox, &tablet), old)
+            .unwrap();
+
+        // Not idle long enough: both stay, and the tablet's is dated.
+        assert_eq!(store.sweep_expired(p + idle - 1).await.unwrap().cursors, 0);
+        let t = changed(&tablet).expect("the sweep dates old cursors");
+        assert!(t > p);
+        assert_eq!(store.cursors(&app, &user).await.unwrap().len(), 2);
+
+        // Idle long enough for the phone's, not for the tablet's.
+        assert_eq!(store.sweep_expired(p + idle).await.unwrap().cursors, 1);
+        let left = store.cursors(&app, &user).await.unwrap();
+        assert_eq!(left, vec![(tablet.clone(), tablet_cursor)]);
+        let phone_now = store.cursor(&app, &user, &phone).await.unwrap();
+        assert_eq!(phone_now, Cursor::default());
+        assert_eq!(store.sweep_expired(t + idle).await.unwrap().cursors, 1);
+        assert!(store.cursors(&app, &user).await.unwrap().is_empty());
+
+        // A device that comes back acks as before, forward only.
+        store.ack(&app, &user, &phone, Seq(9)).await.unwrap();
+        let phone_now = store.cursor(&app, &user, &phone).await.unwrap();
+        assert_eq!(phone_now.acked, Seq(9));
         store.close().await;
     }
 

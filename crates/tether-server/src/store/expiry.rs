@@ -1,13 +1,17 @@
 //! Expired data leaving the disk. Reads filter expired messages out on their own; this is
-//! about space: messages and idempotency records must not stay on disk forever.
+//! about space: messages, idempotency records and the cursors of devices long gone must not
+//! stay on disk forever. (Inbox records do stay: they keep the head, and seqs are never
+//! reused.)
 //!
 //! Two ways out, both run by the writer thread:
 //! - [`expire_front`]: when a batch writes to an inbox, expired messages at its front go in
 //!   the same batch (cheap: the writer knows where the front is);
-//! - [`Sweeper`]: a pass over every message and idempotency record, every [`SWEEP_EVERY`],
-//!   in chunks of [`SWEEP_CHUNK`] entries that run while the writer is idle, each resuming
-//!   after the last key the previous one looked at. It catches what `expire_front` cannot:
-//!   messages behind a live front, inboxes nobody writes to any more, idempotency keys.
+//! - [`Sweeper`]: a pass over every message, idempotency record and cursor, every
+//!   [`SWEEP_EVERY`], in chunks of [`SWEEP_CHUNK`] entries that run while the writer is idle,
+//!   each resuming after the last key the previous one looked at. It catches what
+//!   `expire_front` cannot: messages behind a live front, inboxes nobody writes to any more,
+//!   idempotency keys, and cursors unchanged for `cursor_idle` (`max_ttl`: every message
+//!   such a cursor covers has expired, so deleting it changes nothing the device is sent).
 //!
 //! Topic histories share the `messages` and `inboxes` keyspaces with inboxes (under keys of
 //! their own), so both ways out serve them unchanged.
@@ -121,29 +125,33 @@ fn delete_message(
     }
 }
 
-/// Where a sweep pass stands: the keyspace and the last key it looked at.
-#[derive(Debug, Clone)]
-enum SweepAt {
-    Messages(Option<Vec<u8>>),
-    Idempotency(Option<Vec<u8>>),
+/// The keyspaces a pass goes through, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Messages,
+    Idempotency,
+    Cursors,
 }
 
 /// The sweep's progress and pacing.
 #[derive(Debug)]
 pub struct Sweeper {
-    /// `Some` while a pass is under way.
-    at: Option<SweepAt>,
+    /// While a pass is under way: the keyspace it is in and the last key it looked at.
+    at: Option<(Part, Option<Vec<u8>>)>,
     next_pass: Instant,
     last_chunk: Instant,
+    /// A cursor unchanged for this long is deleted (see `EmbeddedOptions::cursor_idle`).
+    cursor_idle_ms: u64,
 }
 
 impl Sweeper {
-    pub fn new() -> Self {
+    pub fn new(cursor_idle: Duration) -> Self {
         let now = Instant::now();
         Sweeper {
             at: None,
             next_pass: now + SWEEP_EVERY,
             last_chunk: now,
+            cursor_idle_ms: u64::try_from(cursor_idle.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -175,12 +183,17 @@ impl Sweeper {
     /// One bounded step: looks at up to [`SWEEP_CHUNK`] entries after where the last step
     /// stopped and deletes the expired ones, in a batch of their own (handed to the OS, not
     /// fsynced: a lost delete is redone by the next pass).
+    ///
+    /// Cursors: one unchanged for `cursor_idle` is deleted. One written by older code, which
+    /// does not say when it changed, is written again with the current time, so that its
+    /// clock starts now.
     pub fn chunk(&mut self, ks: &Keyspaces, now_ms: u64) -> Result<Swept, StoreError> {
         self.last_chunk = Instant::now();
-        let at = self.at.take().unwrap_or(SweepAt::Messages(None));
-        let (keyspace, after, is_messages) = match at {
-            SweepAt::Messages(k) => (&ks.messages, k, true),
-            SweepAt::Idempotency(k) => (&ks.idempotency, k, false),
+        let (part, after) = self.at.take().unwrap_or((Part::Messages, None));
+        let keyspace = match part {
+            Part::Messages => &ks.messages,
+            Part::Idempotency => &ks.idempotency,
+            Part::Cursors => &ks.cursors,
         };
         let mut iter = match after {
             Some(k) => keyspace.range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded)),
@@ -203,20 +216,34 @@ impl Sweeper {
             if let Some(expired) = pending.take() {
                 deleted += delete_message(ks, &mut batch, &expired, Some(&key));
             }
-            let expires = if is_messages {
-                codec::message_expires(&value)
-            } else {
-                codec::idempotency_expires(&value)
-            };
-            match expires {
-                Ok(e) if e <= now_ms && is_messages => pending = Some(key.clone()),
-                Ok(e) if e <= now_ms => {
-                    batch.remove(keyspace, key.clone());
-                    deleted += 1;
-                }
-                Ok(_) => {}
-                // Left in place for a human to look at; reads of it answer `Corrupt`.
-                Err(e) => tracing::warn!("store: the sweep skipped an entry: {e}"),
+            match part {
+                Part::Messages => match codec::message_expires(&value) {
+                    Ok(e) if e <= now_ms => pending = Some(key.clone()),
+                    Ok(_) => {}
+                    // Left in place for a human to look at; reads of it answer `Corrupt`.
+                    Err(e) => tracing::warn!("store: the sweep skipped a message: {e}"),
+                },
+                Part::Idempotency => match codec::idempotency_expires(&value) {
+                    Ok(e) if e <= now_ms => {
+                        batch.remove(keyspace, key.clone());
+                        deleted += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("store: the sweep skipped a record: {e}"),
+                },
+                Part::Cursors => match codec::decode_cursor_changed(&value) {
+                    Ok((_, Some(changed)))
+                        if changed.saturating_add(self.cursor_idle_ms) <= now_ms =>
+                    {
+                        batch.remove(keyspace, key.clone());
+                        deleted += 1;
+                    }
+                    Ok((cursor, None)) => {
+                        batch.insert(keyspace, key.clone(), codec::encode_cursor(cursor, now_ms));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("store: the sweep skipped a cursor: {e}"),
+                },
             }
             last = Some(key.to_vec());
         }
@@ -228,29 +255,28 @@ impl Sweeper {
                 .map_err(unavailable)?;
             deleted += delete_message(ks, &mut batch, &expired, next.as_deref());
         }
-        if deleted > 0 {
+        if !batch.is_empty() {
             batch.commit().map_err(unavailable)?;
         }
-        self.at = match (seen < SWEEP_CHUNK, is_messages) {
-            (false, true) => Some(SweepAt::Messages(last)),
-            (false, false) => Some(SweepAt::Idempotency(last)),
-            (true, true) => Some(SweepAt::Idempotency(None)),
-            (true, false) => {
-                self.next_pass = Instant::now() + SWEEP_EVERY;
-                None
+        self.at = if seen == SWEEP_CHUNK {
+            Some((part, last))
+        } else {
+            match part {
+                Part::Messages => Some((Part::Idempotency, None)),
+                Part::Idempotency => Some((Part::Cursors, None)),
+                Part::Cursors => {
+                    self.next_pass = Instant::now() + SWEEP_EVERY;
+                    None
+                }
             }
         };
-        Ok(if is_messages {
-            Swept {
-                messages: deleted,
-                idempotency_keys: 0,
-            }
-        } else {
-            Swept {
-                messages: 0,
-                idempotency_keys: deleted,
-            }
-        })
+        let mut swept = Swept::default();
+        match part {
+            Part::Messages => swept.messages = deleted,
+            Part::Idempotency => swept.idempotency_keys = deleted,
+            Part::Cursors => swept.cursors = deleted,
+        }
+        Ok(swept)
     }
 
     /// A whole pass from the start, now.
@@ -261,6 +287,7 @@ impl Sweeper {
             let swept = self.chunk(ks, now_ms)?;
             total.messages += swept.messages;
             total.idempotency_keys += swept.idempotency_keys;
+            total.cursors += swept.cursors;
             if self.at.is_none() {
                 return Ok(total);
             }

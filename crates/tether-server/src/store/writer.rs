@@ -245,6 +245,7 @@ struct Metrics {
     fsync_seconds: Histogram,
     expired_messages: Counter,
     expired_keys: Counter,
+    expired_cursors: Counter,
 }
 
 pub struct Writer {
@@ -256,7 +257,9 @@ pub struct Writer {
     slots: Vec<Cached>,
     /// Cursors as the last committed batch left them, so that an ack (a read-modify-write)
     /// costs no read of the store: acks come about as often as messages when each device gets
-    /// few messages. Only the writer writes cursors, so what it remembers stays true.
+    /// few messages. Only the writer writes cursors, so what it remembers stays true; the
+    /// sweep (also the writer) may delete one it still holds, after `cursor_idle` without a
+    /// change, and the device's next ack then writes it back whole, moved forward.
     cursors: HashMap<Vec<u8>, Cursor>,
     /// Scratch space for keys, reused by every batch.
     key_buf: Vec<u8>,
@@ -294,10 +297,11 @@ impl Writer {
                 fsync_seconds: histogram!("tether_store_fsync_seconds"),
                 expired_messages: counter!("tether_store_expired_deleted_total", "kind" => "message"),
                 expired_keys: counter!("tether_store_expired_deleted_total", "kind" => "idempotency"),
+                expired_cursors: counter!("tether_store_expired_deleted_total", "kind" => "cursor"),
             },
             dirty: false,
             last_sync: now,
-            sweeper: Sweeper::new(),
+            sweeper: Sweeper::new(options.cursor_idle),
         }
     }
 
@@ -420,7 +424,8 @@ impl Writer {
     fn count_swept(&mut self, swept: &Swept) {
         self.metrics.expired_messages.increment(swept.messages);
         self.metrics.expired_keys.increment(swept.idempotency_keys);
-        if swept.messages + swept.idempotency_keys > 0 {
+        self.metrics.expired_cursors.increment(swept.cursors);
+        if swept.messages + swept.idempotency_keys + swept.cursors > 0 {
             self.dirty = true;
         }
     }
@@ -798,7 +803,11 @@ impl Writer {
             batch.insert(&ks.messages, key, value.clone());
         }
         for (key, cursor) in &st.cursors {
-            batch.insert(&ks.cursors, key.as_slice(), codec::encode_cursor(*cursor));
+            batch.insert(
+                &ks.cursors,
+                key.as_slice(),
+                codec::encode_cursor(*cursor, now_ms),
+            );
         }
         for (key, record) in st.idempotency.drain() {
             batch.insert(&ks.idempotency, key, codec::encode_idempotency(&record)?);
