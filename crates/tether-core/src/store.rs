@@ -251,6 +251,12 @@ pub struct Retention {
     pub inbox_cap: usize,
     /// Most publications one topic's history holds; publishing past it drops the oldest.
     pub topic_history: usize,
+    /// A device's cursor not written (by an ack or an attempt count) for this long may be
+    /// forgotten: the server's `store.max_ttl`, after which every message it covers has
+    /// expired, so a device that comes back without it is sent nothing it had. The embedded
+    /// store deletes such cursors one by one, the Redis store a user's cursors together once
+    /// none of them was written for this long; the in-memory store keeps them while it lives.
+    pub cursor_idle: std::time::Duration,
 }
 
 impl Default for Retention {
@@ -258,6 +264,7 @@ impl Default for Retention {
         Retention {
             inbox_cap: 1000,
             topic_history: 1000,
+            cursor_idle: std::time::Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -575,6 +582,7 @@ mod tests {
         let store = MemoryStore::new(Retention {
             inbox_cap: crate::contract::CONTRACT_INBOX_CAP,
             topic_history: crate::contract::CONTRACT_TOPIC_HISTORY,
+            ..Retention::default()
         });
         crate::contract::store_contract(&store).await;
     }

@@ -14,7 +14,9 @@
 //! - `idem-seq` (a hash, idempotency key -> seq) and `idem-exp` (a sorted set of keys scored
 //!   by the end of their idempotency window): the keyed appends this inbox took, so that a
 //!   retried append adds nothing to an inbox the first call reached, and answers its seq.
-//! - `cursors`: a hash, device -> `acked:attempt_seq:attempts` in decimal.
+//! - `cursors`: a hash, device -> `acked:attempt_seq:attempts` in decimal. Each write gives it
+//!   `Retention::cursor_idle` (`max_ttl`) more to live, so the cursors of a user whose devices
+//!   all went quiet go once every message they covered has expired.
 //! - `subs`: a set of topics.
 //!
 //! Per (app, topic), `seq` and `history` are a log of the same shape as `seq` and `inbox`. Per
@@ -210,21 +212,25 @@ if v then
 end
 "#;
 
-/// After [`CURSOR`]: device `ARGV[1]` has everything up to `ARGV[2]`.
+/// After [`CURSOR`]: device `ARGV[1]` has everything up to `ARGV[2]`. A write gives the hash
+/// `ARGV[3]` ms more to live (see `Retention::cursor_idle`).
 const ACK: &str = r#"
 local seq = tonumber(ARGV[2])
 if seq > tonumber(acked) then
   if tonumber(aseq) <= seq then attempts = '0' end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. aseq .. ':' .. attempts)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return 0
 "#;
 
-/// After [`CURSOR`]: one more attempt of seq `ARGV[2]`; returns the count.
+/// After [`CURSOR`]: one more attempt of seq `ARGV[2]`; returns the count. Like [`ACK`], gives
+/// the hash `ARGV[3]` ms more to live.
 const ATTEMPT: &str = r#"
 local n = 1
 if tonumber(aseq) == tonumber(ARGV[2]) then n = math.min(tonumber(attempts) + 1, 4294967295) end
 redis.call('HSET', KEYS[1], ARGV[1], acked .. ':' .. ARGV[2] .. ':' .. string.format('%d', n))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return n
 "#;
 
@@ -324,6 +330,14 @@ impl RedisStore {
             seq: self.keys.topic(app.as_str(), topic.as_str(), "seq"),
             log: self.keys.topic(app.as_str(), topic.as_str(), "history"),
         }
+    }
+
+    /// How long a user's cursors live after the last write to any of them, in ms (at least 1:
+    /// `PEXPIRE` takes 0 as "delete now").
+    fn cursor_idle_ms(&self) -> u64 {
+        u64::try_from(self.retention.cursor_idle.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn cursors_key(&self, app: &AppId, user: &UserId) -> String {
@@ -435,6 +449,7 @@ impl RedisStore {
             .key(self.cursors_key(app, user))
             .arg(device.as_str())
             .arg(seq.0)
+            .arg(self.cursor_idle_ms())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(redis_error)

@@ -32,6 +32,7 @@ async fn the_backends_work_on_a_redis_cluster() {
     let retention = Retention {
         inbox_cap: CONTRACT_INBOX_CAP,
         topic_history: CONTRACT_TOPIC_HISTORY,
+        ..Retention::default()
     };
     let store = RedisStore::connect(&cluster.options("store"), retention)
         .await

@@ -113,6 +113,7 @@ async fn redis_store_passes_the_contract() {
     let retention = Retention {
         inbox_cap: CONTRACT_INBOX_CAP,
         topic_history: CONTRACT_TOPIC_HISTORY,
+        ..Retention::default()
     };
     let Some((store, options)) = store("store-contract", retention).await else {
         return;
@@ -226,6 +227,55 @@ async fn concurrent_appends_with_one_key_store_once() {
 
 /// Two nodes may mint the same message id (a node number collision): two different keys must
 /// still store two messages.
+#[tokio::test]
+async fn a_user_s_cursors_live_cursor_idle_past_their_last_write() {
+    let retention = Retention {
+        cursor_idle: std::time::Duration::from_secs(3600),
+        ..Retention::default()
+    };
+    let Some((store, options)) = store("store-cursor-idle", retention).await else {
+        return;
+    };
+    let key = Keys::new(&options.prefix).user("app", "fay", "cursors");
+    let mut redis = raw(&options).await;
+    let pttl = |redis: &mut Redis| {
+        let key = key.clone();
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(&key)
+                .query_async::<i64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    let (app, fay) = (AppId::from("app"), UserId::from("fay"));
+    store
+        .ack(&app, &fay, &DeviceId::from("phone"), Seq(3))
+        .await
+        .unwrap();
+    let ttl = pttl(&mut redis).await;
+    assert!(ttl > 3_590_000 && ttl <= 3_600_000, "PTTL {ttl}");
+    // An attempt count is a write too; an ack that moves nothing is not.
+    let () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    store
+        .ack(&app, &fay, &DeviceId::from("phone"), Seq(2))
+        .await
+        .unwrap();
+    assert!(pttl(&mut redis).await <= 60_000);
+    store
+        .note_attempt(&app, &fay, &DeviceId::from("tablet"), Seq(4))
+        .await
+        .unwrap();
+    assert!(pttl(&mut redis).await > 3_590_000);
+    forget(&options).await;
+}
+
 #[tokio::test]
 async fn two_keys_with_one_message_id_store_two_messages() {
     let Some((store, options)) = store("store-id-collision", Retention::default()).await else {

@@ -172,7 +172,7 @@ pub struct StoreConfig {
     /// A push without `ttl` is kept this long.
     #[serde(deserialize_with = "duration")]
     pub default_ttl: Duration,
-    /// The longest `ttl` a push may ask for. Also how long the embedded store keeps a device's
+    /// The longest `ttl` a push may ask for. Also how long a durable store keeps a device's
     /// acked position that is not written: past it, every message it covered has expired.
     #[serde(deserialize_with = "duration")]
     pub max_ttl: Duration,

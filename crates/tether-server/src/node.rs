@@ -44,6 +44,7 @@ async fn backends(config: &Config) -> anyhow::Result<Backends> {
     let retention = Retention {
         inbox_cap: config.store.inbox_cap,
         topic_history: config.store.topic_history,
+        cursor_idle: config.store.max_ttl,
     };
     let (store, embedded): (Arc<dyn Store>, _) = match config.store.backend {
         StoreBackend::Memory => (Arc::new(MemoryStore::new(retention)), None),

@@ -428,6 +428,7 @@ async fn after_the_router_loses_its_connection_stored_messages_it_missed_arrive(
         tether_core::Retention {
             inbox_cap: 1000,
             topic_history: 1000,
+            ..tether_core::Retention::default()
         },
     )
     .await

@@ -21,11 +21,11 @@ fn options(durability: Durability) -> EmbeddedOptions {
         retention: Retention {
             inbox_cap: CONTRACT_INBOX_CAP,
             topic_history: CONTRACT_TOPIC_HISTORY,
+            ..Retention::default()
         },
         durability,
         sync_interval: Duration::from_millis(10),
         queue: 4096,
-        cursor_idle: Duration::from_secs(3600),
     }
 }
 

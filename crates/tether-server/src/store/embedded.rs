@@ -34,13 +34,6 @@ pub struct EmbeddedOptions {
     pub sync_interval: Duration,
     /// Writes waiting for the writer; past it, writes fail with [`StoreError::Overloaded`].
     pub queue: usize,
-    /// The sweep deletes a device's cursor once it has not been written (by an ack, or the
-    /// poison guard's count) for this long: `max_ttl`, after which every message the cursor
-    /// covers has expired, so that a device that comes back without one is sent nothing it
-    /// had. Exceptions cost a redelivery, which at-least-once allows: messages stored before
-    /// `max_ttl` was lowered, and a client that acked past what it was sent by resuming from a
-    /// `last_seq` above the inbox's head.
-    pub cursor_idle: Duration,
 }
 
 impl EmbeddedOptions {
@@ -49,11 +42,11 @@ impl EmbeddedOptions {
             retention: Retention {
                 inbox_cap: config.inbox_cap,
                 topic_history: config.topic_history,
+                cursor_idle: config.max_ttl,
             },
             durability: config.durability,
             sync_interval: config.sync_interval,
             queue: config.queue,
-            cursor_idle: config.max_ttl,
         }
     }
 }
@@ -83,7 +76,7 @@ pub struct Swept {
     /// Of inboxes and topic histories.
     pub messages: u64,
     pub idempotency_keys: u64,
-    /// Device cursors unchanged for longer than [`EmbeddedOptions::cursor_idle`].
+    /// Device cursors not written for longer than `Retention::cursor_idle`.
     pub cursors: u64,
 }
 
@@ -211,9 +204,10 @@ impl EmbeddedStore {
     }
 
     /// Deletes every message and idempotency key expired at `now_ms`, and every cursor not
-    /// written since `now_ms - cursor_idle`, now, in one pass (the writer also does this on its
-    /// own, a chunk at a time, when it is idle); cursors of older code, which carry no time, get
-    /// `now_ms`. Holds up writes while it runs: for tests and maintenance.
+    /// written since `now_ms - cursor_idle` (see `Retention`), now, in one pass (the writer
+    /// also does this on its own, a chunk at a time, when it is idle); cursors of older code,
+    /// which carry no time, get `now_ms`. Holds up writes while it runs: for tests and
+    /// maintenance.
     pub async fn sweep_expired(&self, now_ms: u64) -> Result<Swept, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.requests
@@ -464,12 +458,12 @@ mod tests {
         let options = EmbeddedOptions {
             retention: Retention {
                 inbox_cap,
+                cursor_idle: CURSOR_IDLE,
                 ..Retention::default()
             },
             durability: Durability::Interval,
             sync_interval: Duration::from_millis(5),
             queue: 1024,
-            cursor_idle: CURSOR_IDLE,
         };
         EmbeddedStore::open(dir, options).unwrap()
     }

@@ -140,7 +140,10 @@ pub struct Sweeper {
     at: Option<(Part, Option<Vec<u8>>)>,
     next_pass: Instant,
     last_chunk: Instant,
-    /// A cursor unchanged for this long is deleted (see `EmbeddedOptions::cursor_idle`).
+    /// A cursor not written for this long is deleted (see `Retention::cursor_idle`). The
+    /// exceptions to "it covers only expired messages" cost a redelivery, which at-least-once
+    /// allows: messages stored before `max_ttl` was lowered, and a client that acked past what
+    /// it was sent by resuming from a `last_seq` above the inbox's head.
     cursor_idle_ms: u64,
 }
 

@@ -301,7 +301,7 @@ impl Writer {
             },
             dirty: false,
             last_sync: now,
-            sweeper: Sweeper::new(options.cursor_idle),
+            sweeper: Sweeper::new(options.retention.cursor_idle),
         }
     }
 
