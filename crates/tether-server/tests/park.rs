@@ -35,6 +35,22 @@ async fn wait_parked(node: &Node, n: usize) {
     }
 }
 
+/// Waits until the node holds `n` connections: a closed one is gone from its table.
+async fn wait_connections(node: &Node, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let held = node.connections();
+        if held == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} connections held after {WAIT:?}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn payload_of(frame: Frame) -> String {
     String::from_utf8(expect_push(frame).payload.to_vec()).expect("UTF-8 payload")
 }
@@ -136,14 +152,7 @@ async fn a_parked_connection_is_closed_by_a_kick_its_heartbeat_or_its_client() {
     let (_stays, _) = TcpClient::connected(addr, "dave", "phone", 5_000).await;
     wait_parked(&node, 2).await;
     drop(gone);
-    let deadline = Instant::now() + WAIT;
-    while node.connections() != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the closed parked connection is still held"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_connections(&node, 1).await;
     let (mut again, _) = TcpClient::connected(addr, "erin", "phone", 5_000).await;
     again.send(&Frame::new(9, Body::Ping)).await;
     assert_eq!(again.frame().await, Frame::new(9, Body::Pong));
@@ -340,14 +349,7 @@ async fn a_websocket_client_that_closes_gets_its_close_back_parked_or_not_yet_co
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    let deadline = Instant::now() + WAIT;
-    while node.connections() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the closed connection is still held"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_connections(&node, 0).await;
 }
 
 /// A client that does not wait for the upgrade's answer: its first frame arrives with its
