@@ -81,6 +81,19 @@ pub fn validate_id(kind: &'static str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// At most [`MAX_ID_LEN`] bytes of `s`, cut on a character boundary: what an error message
+/// may echo of an id a client sent, however long it was.
+pub fn echo_id(s: &str) -> &str {
+    if s.len() <= MAX_ID_LEN {
+        return s;
+    }
+    let mut end = MAX_ID_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A connection, unique within its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,5 +214,13 @@ mod tests {
         assert!(validate_id("user", "").is_err());
         assert!(validate_id("user", &"x".repeat(129)).is_err());
         assert!(validate_id("user", "a\nb").is_err());
+    }
+
+    #[test]
+    fn an_echoed_id_is_cut_on_a_character_boundary() {
+        assert_eq!(echo_id("alice"), "alice");
+        let long = format!("{}é", "x".repeat(MAX_ID_LEN - 1));
+        assert_eq!(echo_id(&long), "x".repeat(MAX_ID_LEN - 1));
+        assert_eq!(echo_id(&"y".repeat(500)).len(), MAX_ID_LEN);
     }
 }

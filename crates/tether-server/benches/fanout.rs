@@ -18,9 +18,13 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tether_core::{AppId, DeviceId, Outgoing, Transport, UserId};
 use tether_proto::{PayloadKind, Publication};
-use tether_server::fanout::topic::{Batch, Sub, Topic};
-use tether_server::gateway::inbox::InboxState;
-use tether_server::gateway::table::{ConnHandle, ConnTable, Encoding, NewConn};
+use tether_server::fanout::batch::Batch;
+use tether_server::fanout::topic::{Sub, Topic};
+use tether_server::gateway::handle::{ConnHandle, NewConn};
+use tether_server::gateway::table::ConnTable;
+use tether_server::link::Encoding;
+use tether_server::session::inbox::InboxState;
+use tether_server::transport::Framing;
 
 fn message() -> Outgoing {
     Outgoing::publication(Publication {
@@ -41,6 +45,7 @@ fn conns(table: &ConnTable, n: usize) -> Vec<Arc<ConnHandle>> {
                 id: table.next_id(),
                 transport: Transport::Tcp,
                 encoding: Encoding::Binary,
+                framing: Framing::Raw,
                 device: DeviceId::from("d"),
                 bindings: vec![(AppId::from("demo"), UserId::from("u"))],
                 resume: vec![InboxState::resuming(0, 0)],

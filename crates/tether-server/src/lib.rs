@@ -2,38 +2,53 @@
 //!
 //! # Layout
 //!
+//! - [`node`]: builds the backends (in one place), wires the roles, binds the listeners, runs
+//!   and shuts down.
 //! - [`config`]: the configuration tree, loading, environment overrides, validation, the demo
 //!   app.
-//! - [`gateway`]: holds client connections (TCP and WebSocket): handshake, heartbeats,
-//!   per-connection byte-bounded queues, connection limits.
-//! - [`api`]: the HTTP API for business servers (push, presence, kick), health, metrics; and
-//!   for clients and operators: readiness, the dispatcher, the admin API (`api::ops`).
-//! - [`dispatch`]: the dispatcher's ordering of endpoints (rendezvous hashing over the nodes).
-//! - [`lifecycle`]: the node's announcements to the registry, readiness, drain.
-//! - [`fanout`]: topics and broadcast: subscriptions, the per-app fan-out worker, pacing.
-//! - [`rate`]: per-app rate limits (requests) and pacing (deliveries).
-//! - [`metrics`]: Prometheus metrics and the hot-path counter handles.
-//! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
-//!   commit, expiry sweep.
-//! - [`node`]: builds the backends (in one place), binds the listeners, runs and shuts down.
+//! - [`api`]: the HTTP API for business servers (push, publish, broadcast, presence, kick,
+//!   inbox and topic reads), health and metrics; for clients and operators, readiness, the
+//!   dispatcher and the admin API (`api::ops`). Handlers parse, validate and map errors.
+//! - [`delivery`]: the delivery service: every way a message or command reaches connections
+//!   (push, publish, broadcast, kick, subscriptions, presence), over the registry, router,
+//!   store, fan-out and other nodes; this node's sessions in the registry.
+//! - [`gateway`]: holds client connections whatever their transport: admission, handshake,
+//!   per-connection byte-bounded queues, heartbeats, parking, drain.
+//! - [`transport`]: the transport seam ([`transport::Wire`]) and its two transports, raw TCP
+//!   and WebSocket.
+//! - [`session`]: the rules every transport's sessions share, as plain code: the handshake's
+//!   checks, what each client frame asks for, durable delivery's order, backlog and acks.
+//! - [`link`]: a client connection as senders see it ([`link::Link`], [`link::Links`]): what
+//!   the fan-out, the webhooks and the delivery service depend on instead of the gateway.
+//! - [`fanout`]: topics and broadcast: subscriptions, the per-app fan-out worker, batches,
+//!   pacing.
 //! - [`webhook`]: the upstream role: client upstream data and presence events to each app's
 //!   webhook (signed, bounded queues, fixed worker pools, retries), answers back to clients.
+//! - [`lifecycle`]: the node's announcements to the registry, readiness, drain.
+//! - [`dispatch`]: the dispatcher's ordering of endpoints (rendezvous hashing over the nodes).
+//! - [`rate`]: rate limits (API requests) and pacing (deliveries).
+//! - [`metrics`]: every metric's name and registration; the hot-path handles.
+//! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
+//!   commit, expiry sweep.
 //!
-//! Every role talks to the others through the seams of `tether-core` (registry, router), never
-//! through each other's internals.
+//! Roles talk to each other through the seams of `tether-core` (registry, router, store) and
+//! of this crate ([`link::Link`], [`gateway::Events`], [`transport::Wire`]), never through each
+//! other's internals.
 
 pub mod api;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod fanout;
 pub mod gateway;
 pub mod lifecycle;
+pub mod link;
 pub mod metrics;
 pub mod node;
-pub mod peers;
 pub mod rate;
-pub mod sink;
+pub mod session;
 pub mod store;
+pub mod transport;
 pub mod webhook;
 
 pub use config::Config;

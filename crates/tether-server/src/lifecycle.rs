@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::{StreamExt, stream};
-use tether_core::{AppId, ConnId, NodeId, NodeInfo, Registry, RegistryError, Session, UserId};
+use tether_core::{NodeId, NodeInfo, Registry, RegistryError};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::gateway::drain::{close_spread, drain_close};
+use crate::link::Links;
 
 /// How many announcement intervals an announcement holds: a node must miss two in a row
 /// before the dispatcher stops offering it.
@@ -87,10 +87,6 @@ impl Lifecycle {
         !self.gateway.is_draining()
     }
 
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
-    }
-
     /// The endpoints this node announces.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
@@ -138,10 +134,12 @@ impl Lifecycle {
                     if !renewed {
                         // The registry lost this node: Redis restarted, or it was unreachable
                         // long enough for others to reap the node.
-                        self.gateway.unsynced.everything();
+                        self.gateway.delivery.sessions().lost();
                     }
-                    if !self.gateway.unsynced.is_empty() {
-                        self.background(&self.resyncing, |me| async move { me.resync().await });
+                    if !self.gateway.delivery.sessions().synced() {
+                        self.background(&self.resyncing, |me| async move {
+                            me.gateway.delivery.sessions().resync().await;
+                        });
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot announce the node"),
@@ -177,122 +175,6 @@ impl Lifecycle {
             task.await;
             busy.store(false, Ordering::Release);
         });
-    }
-
-    /// Forgets the sessions a previous process of this node id left in the registry (it was
-    /// killed, or lost Redis while closing): called at start, before any connection exists.
-    pub async fn forget_previous(&self) {
-        match self.registry.node_sessions(&self.node).await {
-            Ok(left) if left.is_empty() => {}
-            Ok(left) => {
-                let n = left.len();
-                for s in left {
-                    if let Err(e) = self
-                        .registry
-                        .unregister(&s.app, &s.user, &s.node, s.conn)
-                        .await
-                    {
-                        warn!(error = %e, "cannot forget a session of a previous run");
-                        self.gateway
-                            .unsynced
-                            .unregister_failed(s.app, s.user, s.conn);
-                    }
-                }
-                info!(
-                    sessions = n,
-                    "forgot the sessions a previous run of this node left"
-                );
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot list the sessions of a previous run");
-                self.gateway.unsynced.everything();
-            }
-        }
-    }
-
-    /// Retries the registry changes that failed: registers the sessions of the connections
-    /// that could not register (all of them when the registry lost the node), then unregisters
-    /// what the registry holds for connections that are closed (the ones whose unregister
-    /// failed, those that closed while this ran, and, after a loss, whatever the registry lists
-    /// for the node). What fails again is kept for the next announcement.
-    pub async fn resync(&self) {
-        let pending = self.gateway.unsynced.take();
-        let table = &self.gateway.table;
-        let mut conns = Vec::new();
-        if pending.everything {
-            table.for_each(|c| conns.push(c.clone()));
-        } else {
-            conns.extend(pending.register.iter().filter_map(|id| table.get(*id)));
-        }
-        let sessions: Vec<Session> = conns
-            .iter()
-            .flat_map(|conn| {
-                conn.bindings.iter().map(|(app, user)| Session {
-                    app: app.clone(),
-                    user: user.clone(),
-                    node: self.node.clone(),
-                    conn: conn.id,
-                    device: conn.device.clone(),
-                    transport: conn.transport,
-                    connected_at_ms: conn.connected_at_ms,
-                })
-            })
-            .collect();
-        let registered = sessions.len();
-        let failed: Vec<ConnId> = stream::iter(sessions.iter().cloned())
-            .map(|s| async move {
-                let conn = s.conn;
-                self.registry.register(s).await.err().map(|_| conn)
-            })
-            .buffer_unordered(64)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        for conn in &failed {
-            self.gateway.unsynced.register_failed(*conn);
-        }
-        // After the registrations: a connection that closed while they ran unregistered
-        // itself, maybe before this resync registered it again.
-        let mut candidates: Vec<(AppId, UserId, ConnId)> = sessions
-            .into_iter()
-            .map(|s| (s.app, s.user, s.conn))
-            .chain(pending.unregister)
-            .collect();
-        if pending.everything {
-            match self.registry.node_sessions(&self.node).await {
-                Ok(held) => candidates.extend(held.into_iter().map(|s| (s.app, s.user, s.conn))),
-                Err(e) => {
-                    warn!(error = %e, "cannot list this node's sessions");
-                    self.gateway.unsynced.everything();
-                }
-            }
-        }
-        let open = |(app, user, conn): &(AppId, UserId, ConnId)| {
-            table
-                .get(*conn)
-                .is_some_and(|c| c.bindings.iter().any(|(a, u)| a == app && u == user))
-        };
-        let mut gone: Vec<_> = candidates.into_iter().filter(|c| !open(c)).collect();
-        gone.sort();
-        gone.dedup();
-        let removed = gone.len();
-        for (app, user, conn) in gone {
-            if self
-                .registry
-                .unregister(&app, &user, &self.node, conn)
-                .await
-                .is_err()
-            {
-                self.gateway.unsynced.unregister_failed(app, user, conn);
-            }
-        }
-        info!(
-            everything = pending.everything,
-            registered,
-            failed = failed.len(),
-            removed,
-            "sessions synced with the registry again"
-        );
     }
 
     /// Takes the node out of the registry's node list, so that the dispatcher stops offering

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// API requests refused with 503 because an app's fan-out queue was full.
     pub fanout_busy: Counter,
+    /// Broadcasts accepted.
+    pub broadcasts: Counter,
     /// Raw TCP connections waiting without a task (see `gateway::park`).
     pub parked: Gauge,
     /// Parked connections that got a task again (the client sent, something was queued, a
@@ -96,6 +98,7 @@ impl Metrics {
             syncs: counter!("tether_syncs_total"),
             rate_limited: counter!("tether_rate_limited_total"),
             fanout_busy: counter!("tether_fanout_busy_total"),
+            broadcasts: counter!("tether_broadcasts_total"),
             parked: gauge!("tether_connections_parked"),
             unparks: counter!("tether_connection_unparks_total"),
         }
@@ -131,6 +134,85 @@ impl Metrics {
 
     pub fn push(&self, qos: u8) {
         counter!("tether_pushes_total", "qos" => if qos == 0 { "0" } else { "1" }).increment(1);
+    }
+}
+
+/// The fan-out's handles (see `crate::fanout`).
+#[derive(Debug, Clone)]
+pub struct FanoutMetrics {
+    pub topics: Gauge,
+    pub subscriptions: Gauge,
+    pub queued: Gauge,
+    pub topic_deliveries: Counter,
+    pub broadcast_deliveries: Counter,
+    pub paced: Counter,
+    /// Subscribers closed as slow by a fan-out (the same series as the connections').
+    pub overflows: Counter,
+    /// Frames and bytes the fan-out wrote to sockets itself, by transport (the same series
+    /// the connection tasks count theirs in; see `fanout::batch::by_transport`).
+    pub frames_out: [Counter; 2],
+    pub bytes_out: [Counter; 2],
+    pub gap_fills: Counter,
+    pub store_errors: Counter,
+    /// Jobs refused because the app's queue was full.
+    pub busy: Counter,
+}
+
+impl FanoutMetrics {
+    pub fn new() -> Self {
+        FanoutMetrics {
+            topics: gauge!("tether_topics"),
+            subscriptions: gauge!("tether_topic_subscriptions"),
+            queued: gauge!("tether_fanout_queued"),
+            topic_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "topic"),
+            broadcast_deliveries: counter!("tether_fanout_deliveries_total", "kind" => "broadcast"),
+            paced: counter!("tether_paced_recipients_total"),
+            overflows: counter!("tether_queue_overflows_total"),
+            frames_out: [
+                counter!("tether_frames_out_total", "transport" => "tcp"),
+                counter!("tether_frames_out_total", "transport" => "ws"),
+            ],
+            bytes_out: [
+                counter!("tether_bytes_out_total", "transport" => "tcp"),
+                counter!("tether_bytes_out_total", "transport" => "ws"),
+            ],
+            gap_fills: counter!("tether_topic_gap_fills_total"),
+            store_errors: counter!("tether_store_errors_total", "op" => "history"),
+            busy: counter!("tether_fanout_busy_total"),
+        }
+    }
+}
+
+impl Default for FanoutMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles of the cluster's node-to-node traffic, this node's side.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Messages to other nodes that could not be sent (best effort).
+    pub router_errors: Counter,
+    /// Recoveries after messages from other nodes may have been lost.
+    pub recoveries: Counter,
+    /// Publications and broadcasts from other nodes dropped: the app's fan-out queue was full.
+    pub fanout_dropped: Counter,
+}
+
+impl ClusterMetrics {
+    pub fn new() -> Self {
+        ClusterMetrics {
+            router_errors: counter!("tether_router_errors_total"),
+            recoveries: counter!("tether_router_recoveries_total"),
+            fanout_dropped: counter!("tether_fanout_dropped_total"),
+        }
+    }
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -9,7 +9,7 @@ use tether_core::{
     LocalSink, MemoryRegistry, MemoryRouter, MemoryStore, NodeId, Registry, Retention, Router,
     Store,
 };
-use tether_proto::Code;
+use tether_proto::{Code, ErrorBody, Upstream};
 use tether_redis::{RedisRegistry, RedisRouter, RedisStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -18,13 +18,16 @@ use tracing::info;
 
 use crate::api::{Api, Ops};
 use crate::config::{Config, StoreBackend};
+use crate::delivery::Delivery;
+use crate::delivery::sink::NodeSink;
 use crate::fanout::Fanout;
-use crate::gateway::Gateway;
 use crate::gateway::drain::close_spread;
-use crate::gateway::table::{Close, ConnTable};
+use crate::gateway::outbox::Close;
+use crate::gateway::table::ConnTable;
+use crate::gateway::{Events, Gateway};
 use crate::lifecycle::{Lifecycle, advertised_endpoints};
+use crate::link::{Link, Links};
 use crate::metrics::Metrics;
-use crate::sink::NodeSink;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
 
@@ -149,35 +152,29 @@ impl Node {
         } = backends(&config).await?;
         let registry = shared_registry.unwrap_or(registry);
         let shutdown = CancellationToken::new();
-        let fanout = Fanout::start(
-            &config,
-            store.clone(),
-            table.clone(),
-            metrics.queue_overflows.clone(),
-            shutdown.clone(),
-        );
+        let fanout = Fanout::start(&config, store.clone(), table.clone(), shutdown.clone());
         let sink = Arc::new(NodeSink::new(table.clone(), fanout.clone()));
         let router = router(&config, sink).await?;
-        let gateway = Arc::new(Gateway::new(
-            &config,
-            table,
-            registry.clone(),
-            store.clone(),
-            fanout.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        let webhooks = Webhooks::start(&config, gateway.table.clone())
-            .context("cannot build the webhook client")?;
-        gateway.set_webhooks(webhooks);
-        let api = Arc::new(Api::new(
+        let delivery = Arc::new(Delivery::new(
             &config,
             registry.clone(),
             router,
             store,
             fanout,
-            metrics,
+            table.clone(),
+            metrics.clone(),
         ));
+        let webhooks =
+            Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
+        let gateway = Arc::new(Gateway::new(
+            &config,
+            table.clone(),
+            delivery.clone(),
+            Arc::new(WebhookEvents(webhooks.clone())),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let api = Arc::new(Api::new(&config, delivery.clone(), metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
         let ws = bind(&config.listen.ws, &config).await?;
@@ -198,7 +195,7 @@ impl Node {
         ));
         // What a previous run of this node id left in the registry goes before the node is
         // announced and takes connections.
-        lifecycle.forget_previous().await;
+        delivery.sessions().forget_previous().await;
         // Known to the dispatcher before the first client can be sent here.
         if let Err(e) = lifecycle.announce().await {
             tracing::warn!(error = %e, "cannot announce the node; retrying in the background");
@@ -208,6 +205,9 @@ impl Node {
             &config,
             lifecycle.clone(),
             registry,
+            table,
+            delivery,
+            webhooks.clone(),
             embedded.clone(),
         ));
         if let Some(listener) = tcp {
@@ -248,10 +248,8 @@ impl Node {
                 let window = spread.min(grace / 2);
                 let spread_ms = spread.as_millis().min(u128::from(u32::MAX)) as u32;
                 let close = || Close {
-                    code: Code::SHUTDOWN,
-                    reason: "server shutting down".into(),
                     retry_after_ms: rand::random_range(0..=spread_ms),
-                    flush: true,
+                    ..Close::new(Code::SHUTDOWN, "server shutting down")
                 };
                 close_spread(&gateway.table, window, close, &CancellationToken::new()).await;
                 gateway.tasks.close();
@@ -259,7 +257,7 @@ impl Node {
                     gateway.tasks.wait().await;
                     let _ = http_task.await;
                     // The connections are closed: their offline events are queued.
-                    gateway.webhooks().finish().await;
+                    webhooks.finish().await;
                 })
                 .await;
                 if drained.is_err() {
@@ -315,7 +313,7 @@ impl Node {
     pub fn parked_connections(&self) -> usize {
         let mut parked = 0;
         let table = &self.gateway.table;
-        table.for_each_in(0..table.shard_count(), |conn| {
+        table.for_each_handle(0..table.shard_count(), |conn| {
             parked += usize::from(conn.is_parked());
         });
         parked
@@ -330,6 +328,31 @@ impl Node {
     /// period after it began.
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// The gateway's connection events, passed on to the apps' webhooks: presence events and
+/// upstream data.
+#[derive(Debug)]
+struct WebhookEvents(Arc<Webhooks>);
+
+impl Events for WebhookEvents {
+    fn connected(&self, conn: &dyn Link) {
+        self.0.connected(conn);
+    }
+
+    fn closed(&self, conn: &dyn Link) {
+        self.0.disconnected(conn);
+    }
+
+    fn upstream(
+        &self,
+        conn: &dyn Link,
+        binding: usize,
+        request: u32,
+        up: Upstream,
+    ) -> Result<(), ErrorBody> {
+        self.0.upstream(conn, binding, request, up)
     }
 }
 

@@ -5,21 +5,54 @@
 //! about. Without it, anyone could map the cluster's nodes, or learn which node holds a given
 //! user.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tether_core::{Transport, auth};
+use tether_core::{AppId, Registry, Transport, auth};
 
-use super::ApiError;
-use super::ops::Ops;
+use super::{ApiError, bearer};
+use crate::config::{Config, DispatchConfig, Secret};
 use crate::dispatch::order;
-use crate::gateway::wire::truncate_utf8;
+
+/// What the dispatcher answers from.
+#[derive(Debug)]
+pub(super) struct Dispatcher {
+    registry: Arc<dyn Registry>,
+    /// App id -> token secret, for the client's token.
+    apps: HashMap<AppId, Secret>,
+    token_leeway: Duration,
+    config: DispatchConfig,
+}
+
+impl Dispatcher {
+    pub fn new(config: &Config, registry: Arc<dyn Registry>) -> Self {
+        Dispatcher {
+            registry,
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), a.secret.clone()))
+                .collect(),
+            token_leeway: config.gateway.token_leeway,
+            config: config.dispatch,
+        }
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/dispatch", get(dispatch))
+            .with_state(self)
+    }
+}
 
 /// Most endpoints a client may report failed in one request.
 const MAX_FAILED: usize = 32;
@@ -44,17 +77,13 @@ pub(super) struct DispatchQuery {
     zone: Option<String>,
 }
 
-pub(super) async fn dispatch(
-    State(ops): State<Arc<Ops>>,
+async fn dispatch(
+    State(ops): State<Arc<Dispatcher>>,
     headers: HeaderMap,
     query: Result<Query<DispatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = bearer.or(q.token.as_deref()) else {
+    let Some(token) = bearer(&headers).or(q.token.as_deref()) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -65,10 +94,7 @@ pub(super) async fn dispatch(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_app",
-            format!(
-                "unknown app {:?}",
-                truncate_utf8(&q.app, tether_core::MAX_ID_LEN)
-            ),
+            format!("unknown app {:?}", tether_core::echo_id(&q.app)),
         ));
     };
     let user = auth::verify(
@@ -138,7 +164,7 @@ pub(super) async fn dispatch(
         )
         .retry_after(1));
     }
-    let d = &ops.dispatch;
+    let d = &ops.config;
     let body = json!({
         "app": app,
         "user": user,

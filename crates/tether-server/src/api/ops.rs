@@ -1,78 +1,87 @@
 //! Routes for operations and clients rather than business servers: readiness, the dispatcher
-//! ([`super::dispatch`]), and the admin API.
+//! (`super::dispatch`), and the admin API.
 //!
 //! The admin API (`/v1/admin/...`) needs `Authorization: Bearer <admin.key>`: no header
 //! answers 401, another key 403. With no `admin.key` configured it is disabled and answers 404,
 //! so that a node never runs an admin API nobody chose a key for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tether_core::{AppId, Registry, Transport};
 
-use super::{ApiError, dispatch, request_timeout};
-use crate::config::{Config, DispatchConfig, Secret};
-use crate::gateway::table::ConnTable;
+use super::dispatch::Dispatcher;
+use super::{ApiError, bearer, request_timeout};
+use crate::config::{Config, Secret};
+use crate::delivery::Delivery;
 use crate::lifecycle::Lifecycle;
+use crate::link::Links;
 use crate::store::EmbeddedStore;
+use crate::webhook::Webhooks;
 
 /// Shared state of the operations routes.
 #[derive(Debug)]
 pub struct Ops {
-    pub(super) lifecycle: Arc<Lifecycle>,
-    pub(super) registry: Arc<dyn Registry>,
-    /// App id -> token secret, for the dispatcher's token check.
-    pub(super) apps: HashMap<AppId, Secret>,
-    pub(super) token_leeway: Duration,
-    pub(super) dispatch: DispatchConfig,
+    lifecycle: Arc<Lifecycle>,
+    dispatcher: Arc<Dispatcher>,
     admin_key: Option<Secret>,
+    /// What the stats report on: the node's connections, its fan-out and its webhooks.
+    links: Arc<dyn Links>,
+    delivery: Arc<Delivery>,
+    webhooks: Arc<Webhooks>,
     /// The embedded store, when it is the store (else the memory store is): its figures go
     /// into the stats.
     embedded: Option<Arc<EmbeddedStore>>,
+    node: tether_core::NodeId,
+    outbound_limit: usize,
     timeout: Duration,
 }
 
 impl Ops {
+    /// The routes' state; `links`, `delivery`, `webhooks` and `embedded` are what the admin
+    /// stats report on.
     pub fn new(
         config: &Config,
         lifecycle: Arc<Lifecycle>,
         registry: Arc<dyn Registry>,
+        links: Arc<dyn Links>,
+        delivery: Arc<Delivery>,
+        webhooks: Arc<Webhooks>,
         embedded: Option<Arc<EmbeddedStore>>,
     ) -> Self {
         Ops {
             lifecycle,
-            registry,
-            apps: config
-                .apps
-                .iter()
-                .map(|a| (a.id.clone(), a.secret.clone()))
-                .collect(),
-            token_leeway: config.gateway.token_leeway,
-            dispatch: config.dispatch,
+            dispatcher: Arc::new(Dispatcher::new(config, registry)),
             admin_key: config.admin.key.clone(),
+            links,
+            delivery,
+            webhooks,
             embedded,
+            node: tether_core::NodeId::new(config.node.id.clone()),
+            outbound_limit: config.limits.outbound_queue_bytes,
             timeout: config.limits.api_timeout,
         }
     }
 
     pub fn router(self: Arc<Self>) -> Router {
         let timeout = self.timeout;
+        let dispatcher = self.dispatcher.clone().router();
         Router::new()
             .route("/readyz", get(readyz))
-            .route("/v1/dispatch", get(dispatch::dispatch))
             .route("/v1/admin/drain", post(drain))
             .route("/v1/admin/stats", get(stats))
+            .with_state(self)
+            .merge(dispatcher)
             .layer(axum::middleware::from_fn(move |request, next| {
                 request_timeout(timeout, request, next)
             }))
-            .with_state(self)
     }
 
     /// Checks the admin bearer key.
@@ -84,17 +93,13 @@ impl Ops {
                 "the admin API is disabled: set [admin] key in the configuration",
             ));
         };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing Authorization: Bearer <admin key>",
-                )
-            })?;
+        let given = bearer(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing Authorization: Bearer <admin key>",
+            )
+        })?;
         if !constant_time_eq(given.trim().as_bytes(), key.expose().as_bytes()) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -150,18 +155,18 @@ struct ConnStats {
     over_half: u64,
 }
 
-/// Walks the table, one shard lock at a time.
-fn conn_stats(table: &ConnTable) -> ConnStats {
+/// Walks the connections, one shard lock at a time.
+fn conn_stats(links: &dyn Links) -> ConnStats {
     let mut s = ConnStats::default();
-    table.for_each_in(0..table.shard_count(), |conn| {
-        let n = match conn.transport {
+    links.for_each_in(0..links.shard_count(), &mut |conn| {
+        let n = match conn.transport() {
             Transport::Tcp => &mut s.tcp,
             Transport::Ws => &mut s.ws,
         };
         *n += 1;
-        for (app, _) in &conn.bindings {
+        for (app, _) in conn.bindings() {
             let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
-            match conn.transport {
+            match conn.transport() {
                 Transport::Tcp => *tcp += 1,
                 Transport::Ws => *ws += 1,
             }
@@ -177,11 +182,10 @@ fn conn_stats(table: &ConnTable) -> ConnStats {
 
 async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     ops.admin(&headers)?;
-    let gateway = ops.lifecycle.gateway().clone();
-    let limit = gateway.limits.outbound_queue_bytes;
+    let limit = ops.outbound_limit;
     // One shard lock at a time, but every connection: off the async workers.
-    let table = gateway.table.clone();
-    let conns = tokio::task::spawn_blocking(move || conn_stats(&table))
+    let links = ops.links.clone();
+    let conns = tokio::task::spawn_blocking(move || conn_stats(&*links))
         .await
         .map_err(ApiError::unavailable)?;
     let by_app: BTreeMap<&str, Value> = conns
@@ -189,9 +193,9 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
         .iter()
         .map(|(app, (tcp, ws))| (app.as_str(), json!({ "tcp": tcp, "ws": ws })))
         .collect();
-    let fanout: BTreeMap<String, Value> = gateway
-        .fanout
-        .queue_depths()
+    let fanout: BTreeMap<String, Value> = ops
+        .delivery
+        .fanout_queues()
         .into_iter()
         .map(|(app, queued, capacity)| {
             (
@@ -200,7 +204,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
             )
         })
         .collect();
-    let webhooks = gateway.webhooks().stats();
+    let webhooks = ops.webhooks.stats();
     let store = match &ops.embedded {
         Some(store) => {
             let disk = {
@@ -224,9 +228,9 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
         None => json!({ "backend": "memory" }),
     };
     Ok(Json(json!({
-        "node": gateway.node,
+        "node": ops.node,
         "ready": ops.lifecycle.is_ready(),
-        "draining": gateway.is_draining(),
+        "draining": !ops.lifecycle.is_ready(),
         "endpoints": ops.lifecycle.endpoints(),
         "connections": {
             "total": conns.tcp + conns.ws,
@@ -253,14 +257,18 @@ mod tests {
     use tether_core::{ConnId, DeviceId, UserId};
 
     use super::*;
-    use crate::gateway::inbox::InboxState;
-    use crate::gateway::table::{ConnHandle, Encoding, NewConn};
+    use crate::gateway::handle::{ConnHandle, NewConn};
+    use crate::gateway::table::ConnTable;
+    use crate::link::Encoding;
+    use crate::session::inbox::InboxState;
+    use crate::transport::Framing;
 
     fn conn(id: u64, transport: Transport, apps: &[&str]) -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(NewConn {
             id: ConnId(id),
             transport,
             encoding: Encoding::Binary,
+            framing: Framing::Raw,
             device: DeviceId::from("d"),
             bindings: apps
                 .iter()

@@ -9,7 +9,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::table::{Close, ConnTable};
+use super::outbox::Close;
+use super::table::ConnTable;
 
 impl Gateway {
     /// Whether the node is draining or shutting down: new connections are refused and the node
@@ -22,12 +23,7 @@ impl Gateway {
 /// How a draining node closes a connection, or refuses a new one: 4101, reconnect elsewhere.
 /// No `retry_after_ms`: the closes themselves are spread, and the client goes to another node.
 pub fn drain_close() -> Close {
-    Close {
-        code: Code::DRAIN,
-        reason: "this node is draining: reconnect elsewhere".into(),
-        retry_after_ms: 0,
-        flush: true,
-    }
+    Close::new(Code::DRAIN, "this node is draining: reconnect elsewhere")
 }
 
 /// Closes every connection of `table` one after another over `window`, in random order: of `n`
@@ -43,8 +39,7 @@ pub async fn close_spread(
     mut close: impl FnMut() -> Close,
     stop: &CancellationToken,
 ) -> usize {
-    let mut conns = Vec::with_capacity(table.len());
-    table.for_each(|conn| conns.push(conn.clone()));
+    let mut conns = table.handles();
     // Random order: the table's shards group connections by id, i.e. by arrival time.
     conns.shuffle(&mut rand::rng());
     let n = conns.len();
@@ -73,7 +68,9 @@ mod tests {
     use tether_core::{ConnId, DeviceId, Transport};
 
     use super::*;
-    use crate::gateway::table::{ConnHandle, Encoding, NewConn};
+    use crate::gateway::handle::{ConnHandle, NewConn};
+    use crate::link::{Encoding, Link};
+    use crate::transport::Framing;
 
     fn table(n: u64) -> (Arc<ConnTable>, Vec<Arc<ConnHandle>>) {
         let table = Arc::new(ConnTable::new(
@@ -86,6 +83,7 @@ mod tests {
                     id: ConnId(id),
                     transport: Transport::Tcp,
                     encoding: Encoding::Binary,
+                    framing: Framing::Raw,
                     device: DeviceId::from("d"),
                     bindings: vec![],
                     resume: vec![],

@@ -1,36 +1,43 @@
-//! The gateway role: holds client connections.
+//! The gateway role: holds client connections, whatever their transport.
 //!
-//! - [`table`]: the sharded connection table and each connection's byte-bounded queue.
-//! - [`wire`]: one interface over raw TCP and WebSocket, and the raw TCP side of it.
-//! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
-//! - [`ws`]: the WebSocket side of [`wire`].
-//! - [`conn`]: a connection's life (handshake, frames, heartbeat, close).
-//! - [`inbox`]: durable delivery on a connection (resume, backlog, acks, `sync`).
-//! - [`drain`]: closing every connection spread over a window (drain, shutdown).
+//! - this module: [`Gateway`], its listeners' accept loops, and the [`Events`] it reports.
+//! - [`admission`]: the connection limits, before a handshake starts.
+//! - [`conn`]: a connection's life: handshake, registration, goodbye.
+//! - [`io`]: the connected loop: queued frames out, frames in, store work, parking.
+//! - [`work`]: durable delivery's store work on a connection.
+//! - [`handle`]: [`handle::ConnHandle`], one connection as the rest of the node sees it (a
+//!   [`crate::link::Link`]), with its byte-bounded queue ([`outbox`]).
+//! - [`table`]: the sharded connection table (the node's [`crate::link::Links`]).
+//! - [`sweep`]: heartbeats, stalled writes, and asking idle connections to park.
 //! - [`park`]: idle connections wait without a task.
+//! - [`drain`]: closing every connection spread over a window (drain, shutdown).
 //!
 //! Each connection is one task while it is active. Nothing is spawned per message: producers
 //! queue encoded frames on the connection's handle and wake its task. A connection idle for
-//! `gateway.park_after` gives its task up and gets a new one on its next event.
+//! `gateway.park_after` gives its task up and gets a new one on its next event. What a client
+//! says is checked by the transport-independent rules of [`crate::session`]; what it asks of
+//! the node goes to the delivery service ([`crate::delivery`]); its connection events go to
+//! [`Events`], which the node wires to the apps' webhooks.
 
+mod admission;
 mod conn;
 pub mod drain;
-pub mod inbox;
+pub mod handle;
+mod io;
+pub mod outbox;
 mod park;
+mod sweep;
 pub mod table;
-pub mod unsynced;
-pub mod upgrade;
-pub mod wire;
-pub mod ws;
+#[cfg(test)]
+mod testing;
+mod work;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tether_core::{AppId, NodeId, Registry, Store};
-use tether_proto::{Code, Disconnect, Frame};
+use tether_core::NodeId;
+use tether_proto::{Code, Disconnect, ErrorBody, Frame, Upstream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -38,12 +45,33 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::{Config, GatewayConfig, Limits};
-use crate::fanout::Fanout;
+use crate::delivery::Delivery;
+use crate::link::Link;
 use crate::metrics::Metrics;
-use crate::webhook::Webhooks;
+use crate::session::handshake::Handshake;
+use crate::transport::{TcpWire, WsWire, upgrade};
+use admission::{Admission, Permit};
 use table::ConnTable;
-use wire::TcpWire;
-use ws::WsWire;
+
+/// What the gateway reports of its connections, for the node to pass on (to the apps'
+/// webhooks). Called on the connection's task: nothing here may wait.
+pub trait Events: Send + Sync + std::fmt::Debug {
+    /// A connection completed its handshake; its client has not been told yet.
+    fn connected(&self, conn: &dyn Link);
+
+    /// A connection that [`Events::connected`] reported has closed.
+    fn closed(&self, conn: &dyn Link);
+
+    /// Data from binding `binding`'s client for its app (request id `request`): taken, or
+    /// refused with the `error` the client gets.
+    fn upstream(
+        &self,
+        conn: &dyn Link,
+        binding: usize,
+        request: u32,
+        up: Upstream,
+    ) -> Result<(), ErrorBody>;
+}
 
 /// The parked-socket poller, unless parking is off. A poller that cannot start (no epoll
 /// instance or thread to be had) turns parking off rather than the node.
@@ -65,15 +93,13 @@ pub struct Gateway {
     pub node: NodeId,
     pub config: GatewayConfig,
     pub limits: Limits,
-    /// App id -> token secret.
-    apps: HashMap<AppId, String>,
+    /// What a `connect` is checked against.
+    handshake: Handshake,
     pub table: Arc<ConnTable>,
-    pub registry: Arc<dyn Registry>,
-    pub store: Arc<dyn Store>,
-    /// Topics and broadcast.
-    pub fanout: Arc<Fanout>,
-    /// The poison guard's limit (see [`crate::config::StoreConfig::max_attempts`]).
-    pub max_attempts: u32,
+    /// What sessions ask of the node: resume positions, registration, topics, the store.
+    pub delivery: Arc<Delivery>,
+    /// Where connection events go.
+    events: Arc<dyn Events>,
     pub metrics: Metrics,
     admission: Arc<Admission>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
@@ -89,23 +115,16 @@ pub struct Gateway {
     /// Where parked connections' sockets wait; `None` when parking is off (or the poller
     /// could not start).
     poller: Option<park::Poller>,
-    /// Sessions that could not be registered or unregistered (the registry was unreachable),
-    /// retried after the next announcement.
-    pub unsynced: unsynced::Unsynced,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
-    /// Upstream frames and presence events go to the apps' webhooks; set once, at node start
-    /// (see [`Gateway::webhooks`]).
-    webhooks: OnceLock<Arc<Webhooks>>,
 }
 
 impl Gateway {
     pub fn new(
         config: &Config,
         table: Arc<ConnTable>,
-        registry: Arc<dyn Registry>,
-        store: Arc<dyn Store>,
-        fanout: Arc<Fanout>,
+        delivery: Arc<Delivery>,
+        events: Arc<dyn Events>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -113,17 +132,11 @@ impl Gateway {
             node: NodeId::new(config.node.id.clone()),
             config: config.gateway.clone(),
             limits: config.limits.clone(),
-            apps: config
-                .apps
-                .iter()
-                .map(|a| (a.id.clone(), a.secret.expose().to_owned()))
-                .collect(),
+            handshake: Handshake::new(config),
             poller: start_poller(config, &table),
             table,
-            registry,
-            store,
-            fanout,
-            max_attempts: config.store.max_attempts,
+            delivery,
+            events,
             metrics,
             admission: Arc::new(Admission::new(
                 config.limits.max_connections,
@@ -133,22 +146,8 @@ impl Gateway {
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
-            unsynced: unsynced::Unsynced::default(),
             epoch: tokio::time::Instant::now(),
-            webhooks: OnceLock::new(),
         }
-    }
-
-    /// Sends upstream frames and presence events to `webhooks` from now on. Only the first
-    /// call counts: presence counts must see every connection's open and close in one place.
-    pub fn set_webhooks(&self, webhooks: Arc<Webhooks>) {
-        let _ = self.webhooks.set(webhooks);
-    }
-
-    /// The apps' webhooks; none before [`Gateway::set_webhooks`].
-    pub fn webhooks(&self) -> &Webhooks {
-        static NONE: LazyLock<Webhooks> = LazyLock::new(Webhooks::disabled);
-        self.webhooks.get().map_or(&NONE, |w| w)
     }
 
     /// Silence after which a connection parks; zero when parking is off.
@@ -162,33 +161,6 @@ impl Gateway {
     /// Milliseconds since the gateway started, by tokio's clock (so that tests can pause it).
     pub fn clock_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Closes connections whose clients went silent or stopped reading, until shutdown.
-    ///
-    /// One sweep over the table replaces a timer per connection: an idle connection holds no
-    /// timer, and a frame from the client costs one atomic store instead of a timer reset.
-    /// A silent client is closed between its limit and its limit plus one sweep period.
-    pub async fn sweep_heartbeats(self: Arc<Self>) {
-        let period = (self.config.heartbeat_min / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let closed = self.table.sweep(
-                self.clock_ms(),
-                self.config.write_timeout,
-                self.park_after(),
-            );
-            if closed > 0 {
-                debug!(closed, "heartbeat sweep");
-            }
-        }
     }
 
     /// Accepts raw TCP clients until shutdown.
@@ -284,74 +256,4 @@ async fn refuse_tcp(mut stream: TcpStream, gw: &Gateway, code: Code) {
     );
     let bytes = tether_proto::binary::encode_to_bytes(&frame);
     let _ = tokio::time::timeout(gw.config.write_timeout, stream.write_all(&bytes)).await;
-}
-
-/// The global and per-IP connection limits.
-#[derive(Debug)]
-struct Admission {
-    max_total: usize,
-    max_per_ip: usize,
-    total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One admitted connection; dropping it gives the slot back. Owned, so that a parked
-/// connection keeps it without a task.
-struct Permit {
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").field("ip", &self.ip).finish()
-    }
-}
-
-impl Admission {
-    fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Admission {
-            max_total,
-            max_per_ip,
-            total: AtomicUsize::new(0),
-            per_ip: Mutex::default(),
-        }
-    }
-
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Code> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(Code::CONNECTION_LIMIT);
-        }
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
-            drop(per_ip);
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(Code::IP_LIMIT);
-        }
-        *count += 1;
-        Ok(Permit {
-            admission: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut per_ip = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
-        self.admission.total.fetch_sub(1, Ordering::Relaxed);
-    }
 }

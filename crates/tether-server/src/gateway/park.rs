@@ -3,7 +3,7 @@
 //! A connection's task (its future plus tokio's header) is the largest part of what an idle
 //! connection costs, about 1 KiB of the 2. Most of a push system's connections are idle most of
 //! the time, and an idle connection needs no task: fan-outs already write to its socket
-//! directly (see [`ConnHandle::offer`]), and what else can happen to it is one of three events,
+//! directly (see [`ConnHandle::offer_now`]), and what else can happen to it is one of three events,
 //! each of which already wakes the task through a waker it registered:
 //!
 //! - the client sends something (or goes away): the socket's read readiness;
@@ -28,7 +28,7 @@
 //! fan-out that is behind and queues for everyone else still writes parked connections
 //! directly). A durable push does wake it: its order against the backlog and its ack are the
 //! task's business. A WebSocket connection parks the same way: its wire frames messages
-//! itself (see `super::ws`) and holds nothing between them, and direct writes put each frame
+//! itself (see `crate::transport::ws`) and holds nothing between them, and direct writes put each frame
 //! behind its WebSocket header.
 //!
 //! A parked connection's waker holds the gateway, so the connection lives until something
@@ -36,6 +36,7 @@
 //! the gateway.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,15 +46,17 @@ use std::thread;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use tether_core::{ConnId, Transport};
+use tether_core::ConnId;
 use tokio::net::TcpStream;
 use tracing::{error, warn};
 
+use super::Gateway;
+use super::admission::Permit;
 use super::conn;
-use super::table::{ConnHandle, ConnTable, Socket};
-use super::wire::TcpWire;
-use super::ws::WsWire;
-use super::{Gateway, Permit};
+use super::handle::ConnHandle;
+use super::outbox::Socket;
+use super::table::ConnTable;
+use crate::transport::Wire;
 
 /// What a connection's task holds besides the wire, and what a parked connection keeps.
 #[derive(Debug)]
@@ -66,12 +69,12 @@ pub(super) struct Parked {
 }
 
 /// The waker a parked connection leaves in its handle, which the poller wakes too when the
-/// socket becomes readable. The first wake takes the connection and starts its task again;
-/// later ones find it gone.
-#[derive(Debug)]
-struct Unpark(Mutex<Option<Parked>>);
+/// socket becomes readable. The first wake takes the connection and starts its task again,
+/// with a new wire of transport `W`; later ones find it gone. (The transport is in the type,
+/// not in a field: a parked connection pays nothing for it.)
+struct Unpark<W>(Mutex<Option<Parked>>, PhantomData<fn() -> W>);
 
-impl Unpark {
+impl<W> Unpark<W> {
     fn take(&self) -> Option<Parked> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -82,23 +85,23 @@ impl Unpark {
     }
 }
 
-impl Wake for Unpark {
+impl<W: Wire + 'static> Wake for Unpark<W> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(parked) = self.take() {
-            resume(parked);
+            resume::<W>(parked);
         }
     }
 }
 
-/// Parks an idle connection whose task is about to end (its wire already gave the
-/// socket up). `Err` gives the connection and its socket back when an event arrived while
-/// parking: the task must go on serving it. `Ok` means the task must end without touching the
-/// connection again (it is parked, or a wake already gave it a new task).
-pub(super) fn park(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
+/// Parks an idle connection whose task is about to end (its wire of transport `W` already
+/// dropped, holding nothing). `Err` gives the connection and its socket back when an event
+/// arrived while parking: the task must go on serving it. `Ok` means the task must end without
+/// touching the connection again (it is parked, or a wake already gave it a new task).
+pub(super) fn park<W: Wire + 'static>(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
     let conn = parked.conn.clone();
     let gw = parked.gw.clone();
     let Some(poller) = &gw.poller else {
@@ -106,7 +109,7 @@ pub(super) fn park(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
     };
     // Counted before the waker is in place: a wake may resume (and count down) at once.
     gw.metrics.parked.increment(1.0);
-    let unpark = Arc::new(Unpark(Mutex::new(Some(parked))));
+    let unpark = Arc::new(Unpark::<W>(Mutex::new(Some(parked)), PhantomData));
     // The handle first: `parking` says whether something is already queued. Then the socket
     // moves to the poller, which reports it at once if it is readable already; only while no
     // wake has taken the connection (checked under the handle's lock, which a resume takes
@@ -167,27 +170,18 @@ fn live(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
     }
 }
 
-/// Gives a parked connection a task again, its socket back in tokio's reactor.
-fn resume(parked: Parked) {
+/// Gives a parked connection a task again, with a new wire of transport `W` on its socket,
+/// back in tokio's reactor.
+fn resume<W: Wire + 'static>(parked: Parked) {
     parked.conn.unparked();
     let gw = parked.gw.clone();
     gw.metrics.parked.decrement(1.0);
     gw.metrics.unparks.increment(1);
     match parked.conn.with_socket(|socket| live(socket, &gw)) {
         Ok(stream) => {
-            let max_frame = gw.limits.max_frame;
-            match parked.conn.transport {
-                Transport::Tcp => {
-                    let wire = TcpWire::resume(stream, max_frame);
-                    gw.tasks
-                        .spawn_on(conn::live(wire, parked, false), &gw.runtime)
-                }
-                Transport::Ws => {
-                    let wire = WsWire::resume(stream, max_frame, parked.conn.encoding);
-                    gw.tasks
-                        .spawn_on(conn::live(wire, parked, false), &gw.runtime)
-                }
-            };
+            let wire = W::resume(stream, gw.limits.max_frame, parked.conn.encoding);
+            gw.tasks
+                .spawn_on(conn::live(wire, parked, false), &gw.runtime);
         }
         Err(e) => {
             warn!(conn = %parked.conn.id, error = %e, "a parked connection lost its socket");
@@ -299,7 +293,7 @@ fn watch(mut poll: Poll, table: &ConnTable, stop: &AtomicBool) {
                 continue;
             }
             // Gone, or serving again (a stale event): nothing to do.
-            if let Some(conn) = table.get(ConnId(event.token().0 as u64)) {
+            if let Some(conn) = table.handle(ConnId(event.token().0 as u64)) {
                 // The wake resumes the connection on this thread. A panic there must not end
                 // the thread: every parked client would stop being heard, and be closed at its
                 // heartbeat timeout.

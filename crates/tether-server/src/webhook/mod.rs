@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret};
-use crate::gateway::table::{ConnHandle, ConnTable};
-use crate::gateway::wire::truncate_utf8;
+use crate::link::{Link, Links};
 use post::Poster;
 use presence::{Flusher, Presence, SeqGen};
 use upstream::{InFlight, Job, Worker};
@@ -163,8 +162,8 @@ impl Webhooks {
     }
 
     /// Starts the workers and flushers of every app with a webhook. Answers to upstreams are
-    /// queued on the connections of `table`. Everything stops when the `Webhooks` is dropped.
-    pub fn start(config: &Config, table: Arc<ConnTable>) -> Result<Arc<Webhooks>, reqwest::Error> {
+    /// queued on the connections of `links`. Everything stops when the `Webhooks` is dropped.
+    pub fn start(config: &Config, links: Arc<dyn Links>) -> Result<Arc<Webhooks>, reqwest::Error> {
         let mut webhooks = Webhooks::disabled();
         webhooks.max_payload = config.limits.max_payload;
         if config.apps.iter().all(|a| a.webhook.is_none()) {
@@ -193,7 +192,7 @@ impl Webhooks {
                 let worker = Worker {
                     target: target.clone(),
                     poster: poster.clone(),
-                    table: table.clone(),
+                    links: links.clone(),
                     jobs: rx.clone(),
                     metrics: metrics.clone(),
                     retries: w.retries,
@@ -265,21 +264,17 @@ impl Webhooks {
         out
     }
 
-    /// Takes an `upstream` frame (request id `request`) of `conn` for its app's webhook, or
-    /// says why not, as the `error` the client gets. Never waits.
-    pub fn upstream(&self, conn: &ConnHandle, request: u32, up: Upstream) -> Result<(), ErrorBody> {
+    /// Takes an `upstream` frame (request id `request`) of binding `binding` of `conn` for its
+    /// app's webhook, or says why not, as the `error` the client gets. Never waits.
+    pub fn upstream(
+        &self,
+        conn: &dyn Link,
+        binding: usize,
+        request: u32,
+        up: Upstream,
+    ) -> Result<(), ErrorBody> {
         let error = |code: Code, message: String| ErrorBody { code, message };
-        let app_name = || truncate_utf8(&up.app, tether_core::MAX_ID_LEN).to_owned();
-        let Some(binding) = conn.binding(&up.app) else {
-            return Err(error(
-                Code::BAD_REQUEST,
-                format!(
-                    "upstream for app {:?}, which this connection has not bound",
-                    app_name()
-                ),
-            ));
-        };
-        let (app, user) = &conn.bindings[binding];
+        let (app, user) = &conn.bindings()[binding];
         let Some(hooks) = self.apps.get(app) else {
             return Err(error(
                 Code::NO_WEBHOOK,
@@ -300,7 +295,7 @@ impl Webhooks {
             ));
         }
         let hooks = &hooks.upstream;
-        let ticket = hooks.in_flight.take(conn.id).map_err(|max| {
+        let ticket = hooks.in_flight.take(conn.id()).map_err(|max| {
             hooks.metrics.limited.increment(1);
             error(
                 Code::LIMIT,
@@ -308,10 +303,10 @@ impl Webhooks {
             )
         })?;
         let job = Job {
-            conn: conn.id,
+            conn: conn.id(),
             request,
             user: user.clone(),
-            device: conn.device.clone(),
+            device: conn.device().clone(),
             kind: up.kind,
             payload_kind: up.payload_kind,
             payload: up.payload,
@@ -339,20 +334,20 @@ impl Webhooks {
 
     /// A connection completed its handshake: `online` events for the users of its bindings
     /// whose apps ask for them and who had no connection on this node.
-    pub fn connected(&self, conn: &ConnHandle) {
-        for (app, user) in &conn.bindings {
+    pub fn connected(&self, conn: &dyn Link) {
+        for (app, user) in conn.bindings() {
             if let Some(presence) = self.apps.get(app).and_then(|h| h.presence.as_ref()) {
-                presence.connected(user, &conn.device, conn.id);
+                presence.connected(user, conn.device(), conn.id());
             }
         }
     }
 
     /// A connection that [`Webhooks::connected`] saw has closed: `offline` events for the
     /// users it was the last connection of.
-    pub fn disconnected(&self, conn: &ConnHandle) {
-        for (app, user) in &conn.bindings {
+    pub fn disconnected(&self, conn: &dyn Link) {
+        for (app, user) in conn.bindings() {
             if let Some(presence) = self.apps.get(app).and_then(|h| h.presence.as_ref()) {
-                presence.disconnected(user, &conn.device, conn.id);
+                presence.disconnected(user, conn.device(), conn.id());
             }
         }
     }

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::post::{Delivery, Outcome, Poster};
 use super::{HookMetrics, Target};
-use crate::gateway::table::{ConnTable, Enqueued};
+use crate::link::{Enqueued, Links};
 
 /// One upstream frame on its way to the webhook.
 #[derive(Debug)]
@@ -155,7 +155,7 @@ impl Job {
 pub(crate) struct Worker {
     pub target: Arc<Target>,
     pub poster: Arc<Poster>,
-    pub table: Arc<ConnTable>,
+    pub links: Arc<dyn Links>,
     pub jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     pub metrics: HookMetrics,
     pub retries: u32,
@@ -256,8 +256,8 @@ impl Worker {
             ..
         } = job;
         drop(ticket);
-        let reached = self.table.get(conn).is_some_and(|handle| {
-            let frame = handle.encoding.encode(&Frame { id: request, body });
+        let reached = self.links.get(conn).is_some_and(|handle| {
+            let frame = handle.encoding().encode(&Frame { id: request, body });
             handle.enqueue(frame) == Enqueued::Queued
         });
         if !reached {

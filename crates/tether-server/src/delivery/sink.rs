@@ -1,33 +1,31 @@
 //! The node's [`LocalSink`]: what the router hands this node (from its own API or from other
-//! nodes) goes to the gateway's connection table or to the topic fan-out.
+//! nodes) goes to its connections ([`Links`]) or to the topic fan-out.
 
 use std::sync::Arc;
 
-use metrics::{Counter, counter};
 use tether_core::{AppId, ConnId, LocalSink, Outgoing, TopicId};
 use tether_proto::Code;
 
 use crate::fanout::{Fanout, Job};
-use crate::gateway::table::ConnTable;
+use crate::link::Links;
+use crate::metrics::ClusterMetrics;
 
 /// How long a recovery takes to ask every connection to read its inboxes again.
 const RECOVER_SPREAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct NodeSink {
-    table: Arc<ConnTable>,
+    links: Arc<dyn Links>,
     fanout: Arc<Fanout>,
-    /// Publications and broadcasts from other nodes dropped because the app's fan-out queue
-    /// was full.
-    dropped: Counter,
+    metrics: ClusterMetrics,
 }
 
 impl NodeSink {
-    pub fn new(table: Arc<ConnTable>, fanout: Arc<Fanout>) -> Self {
+    pub fn new(links: Arc<dyn Links>, fanout: Arc<Fanout>) -> Self {
         NodeSink {
-            table,
+            links,
             fanout,
-            dropped: counter!("tether_fanout_dropped_total"),
+            metrics: ClusterMetrics::new(),
         }
     }
 
@@ -37,20 +35,50 @@ impl NodeSink {
             Err(_) => {
                 // A durable publication is recovered by the gap fill of the next one, or by
                 // the subscriber resubscribing with `since`.
-                self.dropped.increment(1);
+                self.metrics.fanout_dropped.increment(1);
                 0
             }
         }
+    }
+
+    /// Subscribes connection `conn` to `topic` for the business; whether it was not already.
+    fn subscribe(&self, app: &AppId, conn: ConnId, topic: &TopicId) -> bool {
+        let Some(conn) = self.links.get(conn) else {
+            return false;
+        };
+        let Some(binding) = conn.binding(app.as_str()) else {
+            return false;
+        };
+        !conn.has_topic(binding, topic)
+            && matches!(
+                self.fanout.subscribe(app, conn, binding, topic, 0, None),
+                Ok(true)
+            )
+    }
+
+    /// Unsubscribes connection `conn` from `topic` for the business; whether it was.
+    fn unsubscribe(&self, app: &AppId, conn: ConnId, topic: &TopicId) -> bool {
+        let Some(conn) = self.links.get(conn) else {
+            return false;
+        };
+        let Some(binding) = conn.binding(app.as_str()) else {
+            return false;
+        };
+        conn.has_topic(binding, topic)
+            && matches!(
+                self.fanout.unsubscribe(app, conn, binding, topic, 0),
+                Ok(true)
+            )
     }
 }
 
 impl LocalSink for NodeSink {
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
-        self.table.deliver(conns, msg)
+        self.links.deliver(conns, msg)
     }
 
     fn disconnect(&self, conns: &[ConnId], code: Code, reason: &str) -> usize {
-        self.table.disconnect(conns, code, reason)
+        self.links.disconnect(conns, code, reason)
     }
 
     fn publish(&self, app: &AppId, topic: &TopicId, offset: u64, msg: &Arc<Outgoing>) -> usize {
@@ -76,36 +104,31 @@ impl LocalSink for NodeSink {
         conns: &[ConnId],
         subscribed: bool,
     ) -> usize {
+        // Recorded in the store already: a busy fan-out only delays it to the next connect.
         conns
             .iter()
-            .filter(|conn| {
-                let applied = if subscribed {
-                    self.fanout.subscribe_conn(app, **conn, topic)
-                } else {
-                    self.fanout.unsubscribe_conn(app, **conn, topic)
-                };
-                // Recorded in the store already: a busy fan-out only delays it to the next
-                // connect.
-                matches!(applied, Ok(true))
+            .filter(|conn| match subscribed {
+                true => self.subscribe(app, **conn, topic),
+                false => self.unsubscribe(app, **conn, topic),
             })
             .count()
     }
 
     fn recover(&self) {
         tracing::info!(
-            connections = self.table.len(),
+            connections = self.links.len(),
             "messages from other nodes may have been lost: reading inboxes and topic histories again"
         );
-        counter!("tether_router_recoveries_total").increment(1);
+        self.metrics.recoveries.increment(1);
         self.fanout.recheck_topics();
         // Spread over RECOVER_SPREAD, shard by shard, so that the store does not get one read
         // per connection at once (the moment it may be recovering itself).
-        let table = self.table.clone();
+        let links = self.links.clone();
         tokio::spawn(async move {
-            let shards = table.shard_count();
+            let shards = links.shard_count();
             let pause = RECOVER_SPREAD / shards as u32;
             for shard in 0..shards {
-                table.for_each_in(shard..shard + 1, |conn| conn.recheck_inboxes());
+                links.recheck_inboxes(shard..shard + 1);
                 tokio::time::sleep(pause).await;
             }
         });

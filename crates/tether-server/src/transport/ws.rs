@@ -3,9 +3,8 @@
 //!
 //! Framing the messages here rather than in a WebSocket library keeps everything the
 //! connection holds in sight: between messages the wire holds nothing, so an idle WebSocket
-//! connection parks like a raw TCP one (see `super::park`), and fan-outs write its frames to
-//! the socket directly, each behind its own WebSocket header (see
-//! [`super::table::ConnHandle::offer`]).
+//! connection parks like a raw TCP one (see [`Wire::parkable`]), and fan-outs write its frames
+//! to the socket directly, each behind its own WebSocket header (see [`Framing::WebSocket`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,14 +17,13 @@ use tether_proto::ws::{self, Opcode, ServerHeader};
 use tether_proto::{Code, DecodeError, Frame, binary, json};
 use tokio::net::TcpStream;
 
-use super::park::{self, Parked};
-use super::table::Encoding;
-use super::wire::{MAX_IOVECS, Wire, WireError, poll_read, try_send};
+use super::{Framing, MAX_IOVECS, Wire, WireError, poll_read, poll_write, shutdown_write};
+use crate::link::Encoding;
 
 /// A WebSocket connection after its upgrade.
 ///
 /// # Memory
-/// Like [`super::wire::TcpWire`]: the read buffer exists only while a frame is arriving, and a
+/// Like [`super::TcpWire`]: the read buffer exists only while a frame is arriving, and a
 /// message in fragments (browsers send theirs whole) only while it is.
 #[derive(Debug)]
 pub struct WsWire {
@@ -64,26 +62,6 @@ impl WsWire {
         wire.read = rest.len();
         wire.buf = rest;
         wire
-    }
-
-    /// A wire for a parked connection's socket, which its old wire left with nothing half
-    /// read or half written; `encoding`: the one its `connect` chose.
-    pub fn resume(stream: Arc<TcpStream>, max_frame: u32, encoding: Encoding) -> Self {
-        WsWire {
-            stream,
-            buf: BytesMut::new(),
-            fragments: None,
-            control: Bytes::new(),
-            control_begun: false,
-            encoding,
-            encoding_fixed: true,
-            max_message: max_frame as usize + binary::PREFIX_LEN,
-            max_frame,
-            read: 0,
-            written: 0,
-            partial: false,
-            front_header: 0,
-        }
     }
 
     fn opcode(&self) -> Opcode {
@@ -257,6 +235,10 @@ impl Wire for WsWire {
         self.encoding
     }
 
+    fn framing(&self) -> Framing {
+        Framing::WebSocket
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
         loop {
             let want = match self.next_message(cx)? {
@@ -276,7 +258,7 @@ impl Wire for WsWire {
                     return Poll::Ready(frame.map(Some).map_err(Into::into));
                 }
                 // The answering close is written by the task once no direct write can follow it
-                // (see `super::conn::run`).
+                // (see `crate::gateway::io`).
                 Next::Closed => return Poll::Ready(Ok(None)),
                 Next::Want(want) => want,
             };
@@ -329,16 +311,7 @@ impl Wire for WsWire {
                 .zip(slices.iter_mut())
                 .map(|(bytes, slice)| *slice = io::IoSlice::new(bytes))
                 .count();
-            ready!(self.stream.poll_write_ready(cx))?;
-            let written = match try_send(&self.stream, &slices[..n]) {
-                Ok(written) => written,
-                // Readiness was cleared: the next poll_write_ready registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
+            let written = ready!(poll_write(&self.stream, cx, &slices[..n]))?;
             self.consume(frames, written);
         }
         Poll::Ready(Ok(()))
@@ -368,13 +341,23 @@ impl Wire for WsWire {
         self.buf.is_empty() && self.fragments.is_none() && self.control.is_empty() && !self.partial
     }
 
-    fn park(self, held: Parked) -> Result<(), (Self, Parked)> {
-        let (max_frame, encoding) = (self.max_frame, self.encoding);
-        // Dropped first: the socket can leave tokio's reactor only once the handle's is the
-        // last reference to it.
-        drop(self);
-        park::park(held)
-            .map_err(|(stream, held)| (WsWire::resume(stream, max_frame, encoding), held))
+    fn resume(stream: Arc<TcpStream>, max_frame: u32, encoding: Encoding) -> Self {
+        // Resumed after its handshake: the encoding is the one its `connect` chose.
+        WsWire {
+            stream,
+            buf: BytesMut::new(),
+            fragments: None,
+            control: Bytes::new(),
+            control_begun: false,
+            encoding,
+            encoding_fixed: true,
+            max_message: max_frame as usize + binary::PREFIX_LEN,
+            max_frame,
+            read: 0,
+            written: 0,
+            partial: false,
+            front_header: 0,
+        }
     }
 
     fn take_bytes_read(&mut self) -> usize {
@@ -388,8 +371,6 @@ impl Wire for WsWire {
             &ws::close_payload(code.0, reason),
         ));
         let _ = self.send(&mut VecDeque::new()).await;
-        // The stream is shared with the connection's handle, so no `&mut` shutdown: the same
-        // FIN through the socket itself.
-        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        shutdown_write(&self.stream);
     }
 }

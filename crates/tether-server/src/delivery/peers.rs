@@ -4,9 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::counter;
 use tether_core::{NodeId, NodeMessage, Registry, Router};
 use tokio::time::Instant;
+
+use crate::metrics::ClusterMetrics;
 
 /// How long one listing of the nodes is used. A node that just started misses broadcasts and
 /// live publications for up to this long; durable publications it gets from the history.
@@ -21,6 +22,7 @@ pub struct Peers {
     registry: Arc<dyn Registry>,
     router: Arc<dyn Router>,
     cache: Mutex<Option<(Instant, Arc<[NodeId]>)>>,
+    metrics: ClusterMetrics,
 }
 
 impl Peers {
@@ -30,6 +32,7 @@ impl Peers {
             registry,
             router,
             cache: Mutex::new(None),
+            metrics: ClusterMetrics::new(),
         }
     }
 
@@ -74,12 +77,12 @@ impl Peers {
                 match sent {
                     Ok(Ok(_)) => true,
                     Ok(Err(e)) => {
-                        counter!("tether_router_errors_total").increment(1);
+                        self.metrics.router_errors.increment(1);
                         tracing::debug!(%node, error = %e, "not sent to a node");
                         false
                     }
                     Err(_) => {
-                        counter!("tether_router_errors_total").increment(1);
+                        self.metrics.router_errors.increment(1);
                         tracing::debug!(%node, "not sent to a node in time");
                         false
                     }

@@ -1,0 +1,166 @@
+//! Whether connections are alive, and when they may wait without a task: one sweep over the
+//! table closes clients that went silent or stopped reading, and asks idle connections to
+//! park (see `super::park`).
+//!
+//! One sweep replaces a timer per connection: an idle connection holds no timer, and a frame
+//! from the client costs one atomic store instead of a timer reset. A silent client is closed
+//! between its limit and its limit plus one sweep period.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+use std::time::Duration;
+
+use tether_proto::Code;
+use tracing::debug;
+
+use super::Gateway;
+use super::handle::{ConnHandle, PARK_ASKED, PARKED, RUNNING};
+use super::outbox::Close;
+use super::table::ConnTable;
+use crate::link::Links;
+
+impl Gateway {
+    /// Sweeps the table every quarter of the shortest heartbeat (10 ms to 1 s) until shutdown.
+    pub async fn sweep_heartbeats(self: Arc<Self>) {
+        let period = (self.config.heartbeat_min / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let closed = self.table.sweep(
+                self.clock_ms(),
+                self.config.write_timeout,
+                self.park_after(),
+            );
+            if closed > 0 {
+                debug!(closed, "heartbeat sweep");
+            }
+        }
+    }
+}
+
+impl ConnTable {
+    /// Closes every connection whose client went silent past its heartbeat limit, or stopped
+    /// taking bytes of a pending write for `write_timeout`, and asks connections idle for
+    /// `park_after` to park (zero: never). Holds one shard lock at a time and allocates
+    /// nothing for connections that are alive.
+    pub fn sweep(&self, now_ms: u64, write_timeout: Duration, park_after: Duration) -> usize {
+        let write_timeout_ms = write_timeout.as_millis() as u64;
+        let park_after_ms = park_after.as_millis() as u64;
+        let mut closed = 0;
+        self.for_each_handle(0..self.shard_count(), |c| {
+            closed += usize::from(c.sweep(now_ms, write_timeout_ms, park_after_ms));
+        });
+        closed
+    }
+}
+
+impl ConnHandle {
+    /// Records that the client was heard from at `now_ms`.
+    pub fn seen(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Closes the connection if the client has been silent past its limit at `now_ms`, or has
+    /// taken no bytes of a pending write for `write_timeout_ms`; asks an idle one to park.
+    pub(super) fn sweep(&self, now_ms: u64, write_timeout_ms: u64, park_after_ms: u64) -> bool {
+        self.expire_held(tether_core::now_ms());
+        if self.ack_pending.load(Ordering::Relaxed) {
+            // An ack that waited for its write interval: the task decides.
+            self.wake();
+        }
+        if self.writing.load(Ordering::Acquire) {
+            let stalled = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
+            if stalled > write_timeout_ms {
+                return self.abandon(&format!("the client took no bytes for {stalled} ms"));
+            }
+        }
+        let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
+        if silent > u64::from(self.idle_limit_ms) {
+            return self.close(Close::at_once(
+                Code::HEARTBEAT_TIMEOUT,
+                format!("no frame for {silent} ms"),
+            ));
+        }
+        self.ask_park(now_ms, park_after_ms);
+        false
+    }
+
+    /// Asks the task to park if the connection has neither heard from its client nor written
+    /// for `park_after_ms` (0: never). A connection already parked or asked is left alone, so
+    /// that the sweep never wakes a parked connection for nothing.
+    fn ask_park(&self, now_ms: u64, park_after_ms: u64) {
+        if park_after_ms == 0
+            || self.park.load(Ordering::Relaxed) != RUNNING
+            || self.writing.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let active = self
+            .last_seen_ms
+            .load(Ordering::Relaxed)
+            .max(self.progress_ms.load(Ordering::Relaxed));
+        if now_ms.saturating_sub(active) >= park_after_ms
+            && self
+                .park
+                .compare_exchange(RUNNING, PARK_ASKED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake();
+        }
+    }
+
+    /// Whether the sweep asked the task to park.
+    pub fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARK_ASKED
+    }
+
+    /// Whether the task has nothing left to do but wait: no store work, no ack waiting to be
+    /// written, no overtaking push held (each of those needs the task or the sweep's wake).
+    pub fn settled(&self) -> bool {
+        !self.work_hint.load(Ordering::Acquire)
+            && !self.ack_pending.load(Ordering::Acquire)
+            && !self.held.load(Ordering::Acquire)
+    }
+
+    /// The task was asked to park at `now_ms` but is busy (a frame half read, store work, ...):
+    /// the sweep asks again only after another `park_after`, not at its next pass, so that a
+    /// connection that cannot park is not woken at every pass for nothing.
+    pub fn park_declined(&self, now_ms: u64) {
+        // `progress_ms` only counts for stalls while `writing`, which a parking task is not.
+        self.progress_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.park.store(RUNNING, Ordering::Relaxed);
+    }
+
+    /// The task is parking: from now on `waker` stands for it. Returns whether something is
+    /// already waiting for it (frames, a close), in which case it must not park after all.
+    pub fn parking(&self, waker: &Waker) -> bool {
+        self.park.store(PARKED, Ordering::Relaxed);
+        self.task.register(waker);
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A task serves the connection again (a parked one woke up, or a park was called off).
+    pub fn unparked(&self) {
+        self.park.store(RUNNING, Ordering::Relaxed);
+    }
+
+    /// Its parked socket is readable: wakes the waker a parked connection left, if it is
+    /// still parked (a stale report for a connection serving again is ignored).
+    pub fn wake_parked(&self) {
+        if self.is_parked() {
+            self.task.wake();
+        }
+    }
+
+    /// Whether the connection waits without a task.
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARKED
+    }
+}

@@ -1,0 +1,230 @@
+//! The transport seam: what turns bytes on a socket into a client's frames and back.
+//!
+//! A transport is a [`Wire`]. The gateway (`crate::gateway`) gives every wire the same session:
+//! the handshake, the bindings, a byte-bounded outbound queue that other roles fill, the
+//! delivery service, heartbeats, parking and the goodbye. A wire provides only its framing:
+//! reading frames, writing batches of encoded frames, closing with a code, and, if it can hold
+//! nothing of its own between frames, parking (waiting without a task) and resuming on the
+//! same socket. Adding a transport is adding a module here and an accept loop that builds its
+//! wire.
+//!
+//! - [`tcp`]: raw TCP, a stream of binary frames.
+//! - [`ws`]: WebSocket (RFC 6455), one frame per message, binary or JSON text, on framing of
+//!   tether's own (see [`tether_proto::ws`]).
+//! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
+
+pub mod tcp;
+pub mod upgrade;
+pub mod ws;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use tether_core::Transport;
+use tether_proto::ws::ServerHeader;
+use tether_proto::{Code, DecodeError, Frame};
+use tokio::net::TcpStream;
+
+use crate::link::Encoding;
+
+pub use tcp::TcpWire;
+pub use ws::WsWire;
+
+/// Why a wire gave no frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl WireError {
+    /// The code to close with, or `None` when the peer is simply gone.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            WireError::Decode(e) => Some(e.code()),
+            WireError::Io(_) => None,
+        }
+    }
+}
+
+/// How a frame written straight to the socket, past the connection's task (see
+/// `crate::gateway::handle::ConnHandle`), is framed on this transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// As it is: the frames delimit themselves (raw TCP).
+    #[default]
+    Raw,
+    /// As one WebSocket message, behind its header.
+    WebSocket,
+}
+
+impl Framing {
+    /// The header that goes before a `len`-byte frame in `encoding`, if any.
+    pub fn header(self, encoding: Encoding, len: usize) -> Option<ServerHeader> {
+        match self {
+            Framing::Raw => None,
+            Framing::WebSocket => Some(ServerHeader::new(ws::opcode(encoding), len)),
+        }
+    }
+}
+
+/// What a connection needs from a transport.
+///
+/// # Contract
+/// - Reads and writes are poll-based, so that a connection waiting for a frame or for a slow
+///   client holds no future state of its own: its wakers live in the socket's registration.
+/// - A wire never buffers more than one frame being read and the frames it was handed to
+///   write; everything else waits in the connection's byte-bounded queue.
+/// - Bad input is an error with a close code ([`WireError::code`]), never a panic.
+pub trait Wire: Send + Sized {
+    fn transport(&self) -> Transport;
+
+    /// The encoding frames to this client use (WebSocket: the one its `connect` used).
+    fn encoding(&self) -> Encoding;
+
+    /// How frames written straight to the socket (see [`Wire::direct`]) are framed.
+    fn framing(&self) -> Framing {
+        Framing::Raw
+    }
+
+    /// The next frame from the client; `None` when it closed the connection.
+    ///
+    /// Bytes read before `Pending` are kept.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>>;
+
+    /// [`Wire::poll_recv`] as a future.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, WireError>> + Send {
+        std::future::poll_fn(|cx| self.poll_recv(cx))
+    }
+
+    /// Writes queued frames (already encoded for [`Wire::encoding`]) until all are written
+    /// (`Ready(Ok)`) or the transport would block (`Pending`, waker registered). Written frames
+    /// leave the queue; a frame written in part stays at its front, advanced.
+    ///
+    /// Poll-based so that the connection task keeps reading while a write waits on the client.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<()>>;
+
+    /// Whether the wire has bytes of its own to write (a WebSocket pong): the task calls
+    /// [`Wire::poll_send`] for them even with no frame queued. A wire that comes to have some
+    /// while reading wakes its task, so that the pass after it writes them.
+    fn wants_write(&self) -> bool {
+        false
+    }
+
+    /// [`Wire::poll_send`] until everything is written, as a future.
+    fn send(
+        &mut self,
+        frames: &mut VecDeque<Bytes>,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| self.poll_send(cx, frames))
+    }
+
+    /// Bytes of queued frames written since the last call: the transport's own framing and
+    /// control frames are not counted, so that this is what leaves the queue's budget.
+    fn take_bytes_written(&mut self) -> usize;
+
+    /// Bytes received since the last call (for metrics).
+    fn take_bytes_read(&mut self) -> usize;
+
+    /// Whether a frame was left half-written: then no other frame may follow on this stream.
+    fn mid_frame(&self) -> bool;
+
+    /// The next frame to send is the rest of one already begun on the wire (by a direct
+    /// write): it counts as half-written until it is out.
+    fn set_mid_frame(&mut self) {}
+
+    /// The socket, shared, for writes that bypass the connection's task, framed as
+    /// [`Wire::framing`] says.
+    fn direct(&self) -> Option<Arc<TcpStream>> {
+        None
+    }
+
+    /// Whether the wire holds nothing of its own (no frame half read or half written), so
+    /// that it may be dropped while the connection waits without its task, and a wire made by
+    /// [`Wire::resume`] takes over the socket later.
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    /// A wire for the socket of a connection that parked from a wire of this transport,
+    /// speaking `encoding`.
+    fn resume(stream: Arc<TcpStream>, max_frame: u32, encoding: Encoding) -> Self;
+
+    /// Closes the connection with `code` (WebSocket: a close frame), after what
+    /// [`Wire::send`] wrote. Best effort.
+    fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Slices per vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Smallest read: most frames (pings, acks) are far smaller.
+const READ_CHUNK: usize = 512;
+
+/// Reads what `stream` has into `buf`, with room for `want` bytes at least (and never less
+/// than [`READ_CHUNK`]): `Ready(Ok(0))` at the end of the stream, `Pending` (waker registered)
+/// while there is nothing to read.
+fn poll_read(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        buf.reserve(want.max(READ_CHUNK));
+        match stream.try_read_buf(buf) {
+            // Readiness was cleared: the next poll_read_ready registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            read => return Poll::Ready(read),
+        }
+    }
+}
+
+/// Writes what the socket takes of `slices` once it is writable: `Pending` (waker
+/// registered) while it takes nothing, an error for a socket that takes zero bytes.
+fn poll_write(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    slices: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_write_ready(cx))?;
+        match try_send(stream, slices) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            // Readiness was cleared: the next poll_write_ready registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            written => return Poll::Ready(written),
+        }
+    }
+}
+
+/// Writes what the socket takes at once of `slices`, like tokio's `try_write_vectored` (a full
+/// socket clears its write readiness and gives `WouldBlock`), but with `send(2)` or
+/// `sendmsg(2)` rather than `writev(2)`: a socket needs none of the file layer's work, which
+/// was about a tenth of the kernel's CPU per write here (see `docs/benchmarks.md`).
+pub fn try_send(stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    stream.try_io(tokio::io::Interest::WRITABLE, || {
+        let socket = socket2::SockRef::from(stream);
+        match slices {
+            [one] => socket.send(one),
+            _ => socket.send_vectored(slices),
+        }
+    })
+}
+
+/// Ends the sending side of a socket that a connection's handle shares (so no `&mut` for
+/// tokio's shutdown): the same FIN through the socket itself.
+fn shutdown_write(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
