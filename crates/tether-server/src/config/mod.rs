@@ -1,0 +1,81 @@
+//! Configuration: one typed tree, defaults in code, TOML file, environment overrides, validated
+//! before start with every problem reported at once.
+//!
+//! Environment overrides: `TETHER_<SECTION>__<KEY>=value`, e.g. `TETHER_LISTEN__TCP=0.0.0.0:7400`
+//! or `TETHER_LIMITS__MAX_CONNECTIONS=50000`. The value is read as a TOML value when it parses
+//! as one (numbers, booleans) and as a string otherwise.
+//!
+//! # Layout
+//!
+//! - `sections.rs`: the `[section]` tables, each key with its documentation and its default.
+//! - `apps.rs`: the `[[apps]]` entries (tenants) and [`Secret`], redacted in `Debug`.
+//! - `load.rs`: reading the file, the `TETHER_*` environment overrides, the demo app.
+//! - `validate.rs`: [`Config::validate`], every check of every key.
+//! - `de.rs`: how durations and number-like strings are read.
+
+mod apps;
+mod de;
+mod load;
+mod sections;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use serde::Deserialize;
+use tether_core::AppId;
+
+pub use apps::{AppConfig, Secret};
+pub use de::parse_duration;
+pub use sections::{
+    AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits, ListenConfig,
+    NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
+};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    pub limits: Limits,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+    pub rate: RateConfig,
+    pub apps: Vec<AppConfig>,
+    pub webhook: WebhookConfig,
+    pub dispatch: DispatchConfig,
+    pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Everything wrong with a configuration, one problem per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id.as_str() == id)
+    }
+
+    /// A configuration for tests: every listener on 127.0.0.1 port 0, one app `demo` with a
+    /// fixed secret and key, a data directory under the system's temp dir.
+    pub fn for_tests() -> Config {
+        let mut config = Config::default();
+        config.listen.tcp = "127.0.0.1:0".into();
+        config.listen.ws = "127.0.0.1:0".into();
+        config.listen.http = "127.0.0.1:0".into();
+        config.node.data_dir = std::env::temp_dir().join("tether-tests");
+        // Tests share one data directory: keep their inboxes apart.
+        config.store.backend = StoreBackend::Memory;
+        config.apps.push(AppConfig::new(
+            AppId::from("demo"),
+            Secret::new("demo-secret-0123456789"),
+            Secret::new("demo-api-key-0123456789"),
+        ));
+        config
+    }
+}
+
+/// A commented example configuration, printed by `tether config example`.
+pub const EXAMPLE: &str = include_str!("../../../../docs/tether.example.toml");

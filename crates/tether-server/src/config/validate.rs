@@ -1,0 +1,380 @@
+//! Validation: every check of [`Config::validate`], in the order its problems are reported.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tether_core::validate_id;
+
+use super::{AppConfig, Config, ConfigError, StoreBackend, WebhookConfig};
+
+impl Config {
+    /// Every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = validate_id("node.id", &self.node.id) {
+            problems.push(e);
+        }
+        for (name, value, optional) in [
+            ("listen.tcp", &self.listen.tcp, true),
+            ("listen.ws", &self.listen.ws, true),
+            ("listen.http", &self.listen.http, false),
+        ] {
+            if value.is_empty() && optional {
+                continue;
+            }
+            if value.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{name}: {value:?} is not an address like 127.0.0.1:7400"
+                ));
+            }
+        }
+        let listeners: Vec<_> = [&self.listen.tcp, &self.listen.ws, &self.listen.http]
+            .into_iter()
+            // Port 0 asks the kernel for a free port: those never collide.
+            .filter(|a| !a.is_empty() && !a.ends_with(":0"))
+            .collect();
+        for (i, a) in listeners.iter().enumerate() {
+            if listeners[..i].contains(a) {
+                problems.push(format!("listen: {a} is used by two listeners"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            problems.push("limits.max_connections must be at least 1".into());
+        }
+        if l.max_connections_per_ip == 0 {
+            problems.push("limits.max_connections_per_ip must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_frame) {
+            problems.push("limits.max_frame must be between 1024 and 16777216".into());
+        }
+        // A push frame carries the payload plus its header, app id and fixed fields.
+        let overhead = 12 + 2 + tether_core::MAX_ID_LEN + 8 * 3 + 2;
+        if l.max_payload == 0 || l.max_payload + overhead > l.max_frame as usize {
+            problems.push(format!(
+                "limits.max_payload must be at least 1 and at most limits.max_frame - {overhead}"
+            ));
+        }
+        if l.max_bindings == 0 || l.max_bindings > 64 {
+            problems.push("limits.max_bindings must be between 1 and 64".into());
+        }
+        // A JSON push carries a binary payload as base64 (4/3 of its size): the queue must
+        // hold at least one of the largest, or such a push would close its client as slow.
+        if l.outbound_queue_bytes < 2 * l.max_frame as usize {
+            problems
+                .push("limits.outbound_queue_bytes must be at least twice limits.max_frame".into());
+        }
+        // Each connection keeps its limit in 32 bits.
+        if l.outbound_queue_bytes > u32::MAX as usize {
+            problems.push("limits.outbound_queue_bytes must be at most 4294967295 (4 GiB)".into());
+        }
+        if l.max_push_users == 0 {
+            problems.push("limits.max_push_users must be at least 1".into());
+        }
+        if l.api_body_bytes < l.max_payload * 2 {
+            problems.push("limits.api_body_bytes must be at least twice limits.max_payload".into());
+        }
+        if l.api_timeout.is_zero() || l.api_timeout > Duration::from_secs(600) {
+            problems.push("limits.api_timeout must be between 1ms and 10m".into());
+        }
+        let g = &self.gateway;
+        if g.heartbeat_min.is_zero() || g.heartbeat_min > g.heartbeat_max {
+            problems
+                .push("gateway.heartbeat_min must be non-zero and at most heartbeat_max".into());
+        }
+        if g.heartbeat_default < g.heartbeat_min || g.heartbeat_default > g.heartbeat_max {
+            problems.push(
+                "gateway.heartbeat_default must lie within [heartbeat_min, heartbeat_max]".into(),
+            );
+        }
+        if g.heartbeat_max > Duration::from_secs(3600) {
+            problems.push("gateway.heartbeat_max must be at most 1h".into());
+        }
+        if !(1..=100).contains(&g.heartbeat_missed) {
+            problems.push("gateway.heartbeat_missed must be between 1 and 100".into());
+        }
+        for (name, d) in [
+            ("gateway.handshake_timeout", g.handshake_timeout),
+            ("gateway.write_timeout", g.write_timeout),
+            ("gateway.shutdown_grace", g.shutdown_grace),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                problems.push(format!("{name} must be between 1ms and 10m"));
+            }
+        }
+        if g.token_leeway > Duration::from_secs(3600) {
+            problems.push("gateway.token_leeway must be at most 1h".into());
+        }
+        if g.shutdown_spread > Duration::from_secs(3600) {
+            problems.push("gateway.shutdown_spread must be at most 1h".into());
+        }
+        let st = &self.store;
+        if st.sync_interval.is_zero() || st.sync_interval > Duration::from_secs(10) {
+            problems.push("store.sync_interval must be between 1ms and 10s".into());
+        }
+        if !(1..=1_000_000).contains(&st.inbox_cap) {
+            problems.push("store.inbox_cap must be between 1 and 1000000".into());
+        }
+        if st.default_ttl.is_zero() || st.default_ttl > st.max_ttl {
+            problems.push("store.default_ttl must be non-zero and at most store.max_ttl".into());
+        }
+        if st.max_ttl > Duration::from_secs(365 * 86_400) {
+            problems.push("store.max_ttl must be at most 365d".into());
+        }
+        if st.idempotency_window.is_zero()
+            || st.idempotency_window > Duration::from_secs(7 * 86_400)
+        {
+            problems.push("store.idempotency_window must be between 1ms and 7d".into());
+        }
+        if !(1..=10_000_000).contains(&st.queue) {
+            problems.push("store.queue must be between 1 and 10000000".into());
+        }
+        if st.max_attempts == 0 {
+            problems.push("store.max_attempts must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&st.topic_history) {
+            problems.push("store.topic_history must be between 1 and 1000000".into());
+        }
+        if !(1..=10_000).contains(&l.max_topics) {
+            problems.push("limits.max_topics must be between 1 and 10000".into());
+        }
+        for (who, rate) in std::iter::once(("rate".to_owned(), self.rate)).chain(
+            self.apps
+                .iter()
+                .map(|a| (format!("apps.{}", a.id), a.rate(&self.rate))),
+        ) {
+            if rate.requests_per_sec > 0 && rate.requests_burst == 0 {
+                problems.push(format!("{who}: requests_burst must be at least 1"));
+            }
+            if rate.deliveries_per_sec > 0 && rate.deliveries_burst == 0 {
+                problems.push(format!("{who}: deliveries_burst must be at least 1"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.rate.fanout_queue) {
+            problems.push("rate.fanout_queue must be between 1 and 1000000".into());
+        }
+        problems.extend(self.webhook.problems(&self.apps));
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if let Err(e) = validate_id("app id", app.id.as_str()) {
+                problems.push(format!("apps[{i}].id: {e}"));
+            }
+            if !ids.insert(app.id.as_str()) {
+                problems.push(format!("apps[{i}].id {:?} appears twice", app.id.as_str()));
+            }
+            if app.secret.expose().len() < 16 {
+                problems.push(format!("apps[{i}].secret must be at least 16 characters"));
+            }
+            if app.api_key.expose().len() < 16 {
+                problems.push(format!("apps[{i}].api_key must be at least 16 characters"));
+            }
+            if !keys.insert(app.api_key.expose()) {
+                problems.push(format!("apps[{i}].api_key is used by another app"));
+            }
+        }
+        self.validate_operations(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The dispatcher, announcements, drain and admin settings.
+    fn validate_operations(&self, problems: &mut Vec<String>) {
+        let n = &self.node;
+        for (name, urls, schemes) in [
+            ("node.advertise_tcp", &n.advertise_tcp, &["tcp"][..]),
+            ("node.advertise_ws", &n.advertise_ws, &["ws", "wss"][..]),
+        ] {
+            if urls.len() > 8 {
+                problems.push(format!("{name}: at most 8 endpoints"));
+            }
+            for url in urls {
+                if let Err(e) = check_endpoint(url, schemes) {
+                    problems.push(format!("{name}: {url:?} {e}"));
+                }
+            }
+        }
+        let c = &self.cluster;
+        for url in &c.redis {
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                problems.push(format!(
+                    "cluster.redis: {url:?} must start with redis:// or rediss:// (TLS)"
+                ));
+            }
+        }
+        if let Some(path) = &c.tls_ca {
+            if !path.is_file() {
+                problems.push(format!("cluster.tls_ca: {} is not a file", path.display()));
+            }
+            if !c.redis.iter().any(|u| u.starts_with("rediss://")) {
+                problems.push("cluster.tls_ca is set but no cluster.redis URL is rediss://".into());
+            }
+        }
+        if c.redis.len() > 1 && !c.redis_cluster {
+            problems.push(
+                "cluster.redis: several URLs are seeds of a Redis Cluster: set cluster.redis_cluster = true"
+                    .into(),
+            );
+        }
+        if c.prefix.is_empty() || c.prefix.contains(['{', '}']) {
+            problems.push("cluster.prefix must be non-empty and hold no { or }".into());
+        }
+        if c.timeout < Duration::from_millis(10) || c.timeout > Duration::from_secs(60) {
+            problems.push("cluster.timeout must be between 10ms and 60s".into());
+        }
+        match (c.enabled(), self.store.backend) {
+            (true, StoreBackend::Redis) | (false, StoreBackend::Embedded | StoreBackend::Memory) => {}
+            (true, _) => problems.push(
+                "cluster.redis is set: store.backend must be \"redis\" (nodes of a cluster share one store)"
+                    .into(),
+            ),
+            (false, StoreBackend::Redis) => problems
+                .push("store.backend = \"redis\" needs cluster.redis (the Redis URLs)".into()),
+        }
+        if n.zone.len() > 64 || n.zone.chars().any(|c| c.is_control() || c == ' ') {
+            problems.push("node.zone must be at most 64 bytes, without spaces".into());
+        }
+        if n.announce_interval < Duration::from_millis(100)
+            || n.announce_interval > Duration::from_secs(300)
+        {
+            problems.push("node.announce_interval must be between 100ms and 5m".into());
+        }
+        if self.gateway.drain_spread > Duration::from_secs(3600) {
+            problems.push("gateway.drain_spread must be at most 1h".into());
+        }
+        if self.gateway.park_after > Duration::from_secs(3600) {
+            problems.push("gateway.park_after must be at most 1h (0 turns parking off)".into());
+        }
+        let d = &self.dispatch;
+        if d.reconnect_initial < Duration::from_millis(10) || d.reconnect_initial > d.reconnect_max
+        {
+            problems.push(
+                "dispatch.reconnect_initial must be at least 10ms and at most reconnect_max".into(),
+            );
+        }
+        if d.reconnect_max > Duration::from_secs(3600) {
+            problems.push("dispatch.reconnect_max must be at most 1h".into());
+        }
+        if !(0.0..=1.0).contains(&d.reconnect_jitter) {
+            problems.push("dispatch.reconnect_jitter must be between 0 and 1".into());
+        }
+        if let Some(key) = &self.admin.key
+            && key.expose().len() < 16
+        {
+            problems.push("admin.key must be at least 16 characters".into());
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The problems of `[webhook]` and of the apps' `webhook` and `presence_events` keys.
+    fn problems(&self, apps: &[AppConfig]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, value, range) in [
+            ("webhook.workers", self.workers, 1..=1024),
+            ("webhook.queue", self.queue, 1..=1_000_000),
+            ("webhook.max_in_flight", self.max_in_flight, 1..=10_000),
+            ("webhook.events_batch", self.events_batch, 1..=10_000),
+            ("webhook.events_queue", self.events_queue, 1..=10_000_000),
+        ] {
+            if !range.contains(&value) {
+                problems.push(format!(
+                    "{name} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
+            problems.push("webhook.timeout must be between 1ms and 5m".into());
+        }
+        if self.retries > 100 {
+            problems.push("webhook.retries must be at most 100".into());
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            problems.push("webhook.backoff_min must be non-zero and at most backoff_max".into());
+        }
+        if self.backoff_max > Duration::from_secs(3600) {
+            problems.push("webhook.backoff_max must be at most 1h".into());
+        }
+        if self.events_interval.is_zero() || self.events_interval > Duration::from_secs(60) {
+            problems.push("webhook.events_interval must be between 1ms and 1m".into());
+        }
+        for (i, app) in apps.iter().enumerate() {
+            match &app.webhook {
+                Some(url) => {
+                    if let Err(e) = check_webhook_url(url) {
+                        problems.push(format!("apps[{i}].webhook: {e}"));
+                    }
+                }
+                None if app.presence_events => {
+                    problems.push(format!("apps[{i}].presence_events needs a webhook"));
+                }
+                None => {}
+            }
+        }
+        problems
+    }
+}
+
+/// A webhook URL this build can POST to: `http://host[:port]/path`.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" if parsed.host().is_some() => Ok(()),
+        "http" => Err(format!("{url:?} has no host")),
+        // No TLS stack is compiled into the webhook client: terminate TLS in a proxy.
+        "https" => Err(format!(
+            "{url:?}: https is not supported; use http:// (to a local TLS-terminating proxy \
+             when the business is remote)"
+        )),
+        other => Err(format!(
+            "{url:?}: unsupported scheme {other:?} (use http://)"
+        )),
+    }
+}
+
+/// Checks an advertised endpoint: `scheme://host:port[/path]`, with a scheme of `schemes`; TCP
+/// endpoints take no path.
+fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("is not a URL like {}://host:port", schemes[0]));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(format!("must use {}://", schemes.join(":// or ")));
+    }
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err("has whitespace, a comma or a control character".into());
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if scheme == "tcp" && !matches!(path, "" | "/") {
+        return Err("takes no path".into());
+    }
+    // The port is what follows the last ':' outside IPv6 brackets.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host.ends_with(':') {
+        return Err("needs a host".into());
+    }
+    match port {
+        // WebSocket URLs may leave the port to the scheme (80, 443).
+        None if scheme != "tcp" => Ok(()),
+        None => Err("needs a port".into()),
+        Some(port) => match port.parse::<u16>() {
+            Ok(1..) => Ok(()),
+            _ => Err("has a bad port".into()),
+        },
+    }
+}
