@@ -1,7 +1,9 @@
 //! Validation: every check of [`Config::validate`], in the order its problems are reported.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use tether_core::validate_id;
@@ -46,9 +48,11 @@ impl Config {
         if l.max_connections_per_ip == 0 {
             problems.push("limits.max_connections_per_ip must be at least 1".into());
         }
-        if !(1024..=16 * 1024 * 1024).contains(&l.max_frame) {
-            problems.push("limits.max_frame must be between 1024 and 16777216".into());
-        }
+        problems.extend(out_of_range(
+            "limits.max_frame",
+            l.max_frame,
+            1024..=16 * 1024 * 1024,
+        ));
         // A push frame carries the payload plus its header, app id and fixed fields.
         let overhead = 12 + 2 + tether_core::MAX_ID_LEN + 8 * 3 + 2;
         if l.max_payload == 0 || l.max_payload + overhead > l.max_frame as usize {
@@ -56,9 +60,7 @@ impl Config {
                 "limits.max_payload must be at least 1 and at most limits.max_frame - {overhead}"
             ));
         }
-        if l.max_bindings == 0 || l.max_bindings > 64 {
-            problems.push("limits.max_bindings must be between 1 and 64".into());
-        }
+        problems.extend(out_of_range("limits.max_bindings", l.max_bindings, 1..=64));
         // A JSON push carries a binary payload as base64 (4/3 of its size): the queue must
         // hold at least one of the largest, or such a push would close its client as slow.
         if l.outbound_queue_bytes < 2 * l.max_frame as usize {
@@ -88,12 +90,12 @@ impl Config {
                 "gateway.heartbeat_default must lie within [heartbeat_min, heartbeat_max]".into(),
             );
         }
-        if g.heartbeat_max > Duration::from_secs(3600) {
-            problems.push("gateway.heartbeat_max must be at most 1h".into());
-        }
-        if !(1..=100).contains(&g.heartbeat_missed) {
-            problems.push("gateway.heartbeat_missed must be between 1 and 100".into());
-        }
+        problems.extend(over_an_hour("gateway.heartbeat_max", g.heartbeat_max));
+        problems.extend(out_of_range(
+            "gateway.heartbeat_missed",
+            g.heartbeat_missed,
+            1..=100,
+        ));
         for (name, d) in [
             ("gateway.handshake_timeout", g.handshake_timeout),
             ("gateway.write_timeout", g.write_timeout),
@@ -103,19 +105,13 @@ impl Config {
                 problems.push(format!("{name} must be between 1ms and 10m"));
             }
         }
-        if g.token_leeway > Duration::from_secs(3600) {
-            problems.push("gateway.token_leeway must be at most 1h".into());
-        }
-        if g.shutdown_spread > Duration::from_secs(3600) {
-            problems.push("gateway.shutdown_spread must be at most 1h".into());
-        }
+        problems.extend(over_an_hour("gateway.token_leeway", g.token_leeway));
+        problems.extend(over_an_hour("gateway.shutdown_spread", g.shutdown_spread));
         let st = &self.store;
         if st.sync_interval.is_zero() || st.sync_interval > Duration::from_secs(10) {
             problems.push("store.sync_interval must be between 1ms and 10s".into());
         }
-        if !(1..=1_000_000).contains(&st.inbox_cap) {
-            problems.push("store.inbox_cap must be between 1 and 1000000".into());
-        }
+        problems.extend(out_of_range("store.inbox_cap", st.inbox_cap, 1..=1_000_000));
         if st.default_ttl.is_zero() || st.default_ttl > st.max_ttl {
             problems.push("store.default_ttl must be non-zero and at most store.max_ttl".into());
         }
@@ -127,18 +123,16 @@ impl Config {
         {
             problems.push("store.idempotency_window must be between 1ms and 7d".into());
         }
-        if !(1..=10_000_000).contains(&st.queue) {
-            problems.push("store.queue must be between 1 and 10000000".into());
-        }
+        problems.extend(out_of_range("store.queue", st.queue, 1..=10_000_000));
         if st.max_attempts == 0 {
             problems.push("store.max_attempts must be at least 1".into());
         }
-        if !(1..=1_000_000).contains(&st.topic_history) {
-            problems.push("store.topic_history must be between 1 and 1000000".into());
-        }
-        if !(1..=10_000).contains(&l.max_topics) {
-            problems.push("limits.max_topics must be between 1 and 10000".into());
-        }
+        problems.extend(out_of_range(
+            "store.topic_history",
+            st.topic_history,
+            1..=1_000_000,
+        ));
+        problems.extend(out_of_range("limits.max_topics", l.max_topics, 1..=10_000));
         for (who, rate) in std::iter::once(("rate".to_owned(), self.rate)).chain(
             self.apps
                 .iter()
@@ -151,9 +145,11 @@ impl Config {
                 problems.push(format!("{who}: deliveries_burst must be at least 1"));
             }
         }
-        if !(1..=1_000_000).contains(&self.rate.fanout_queue) {
-            problems.push("rate.fanout_queue must be between 1 and 1000000".into());
-        }
+        problems.extend(out_of_range(
+            "rate.fanout_queue",
+            self.rate.fanout_queue,
+            1..=1_000_000,
+        ));
         problems.extend(self.webhook.problems(&self.apps));
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
@@ -246,10 +242,11 @@ impl Config {
         {
             problems.push("node.announce_interval must be between 100ms and 5m".into());
         }
-        if self.gateway.drain_spread > Duration::from_secs(3600) {
-            problems.push("gateway.drain_spread must be at most 1h".into());
-        }
-        if self.gateway.park_after > Duration::from_secs(3600) {
+        problems.extend(over_an_hour(
+            "gateway.drain_spread",
+            self.gateway.drain_spread,
+        ));
+        if self.gateway.park_after > ONE_HOUR {
             problems.push("gateway.park_after must be at most 1h (0 turns parking off)".into());
         }
         let d = &self.dispatch;
@@ -259,12 +256,12 @@ impl Config {
                 "dispatch.reconnect_initial must be at least 10ms and at most reconnect_max".into(),
             );
         }
-        if d.reconnect_max > Duration::from_secs(3600) {
-            problems.push("dispatch.reconnect_max must be at most 1h".into());
-        }
-        if !(0.0..=1.0).contains(&d.reconnect_jitter) {
-            problems.push("dispatch.reconnect_jitter must be between 0 and 1".into());
-        }
+        problems.extend(over_an_hour("dispatch.reconnect_max", d.reconnect_max));
+        problems.extend(out_of_range(
+            "dispatch.reconnect_jitter",
+            d.reconnect_jitter,
+            0.0..=1.0,
+        ));
         if let Some(key) = &self.admin.key
             && key.expose().len() < 16
         {
@@ -284,13 +281,7 @@ impl WebhookConfig {
             ("webhook.events_batch", self.events_batch, 1..=10_000),
             ("webhook.events_queue", self.events_queue, 1..=10_000_000),
         ] {
-            if !range.contains(&value) {
-                problems.push(format!(
-                    "{name} must be between {} and {}",
-                    range.start(),
-                    range.end()
-                ));
-            }
+            problems.extend(out_of_range(name, value, range));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
             problems.push("webhook.timeout must be between 1ms and 5m".into());
@@ -301,9 +292,7 @@ impl WebhookConfig {
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
             problems.push("webhook.backoff_min must be non-zero and at most backoff_max".into());
         }
-        if self.backoff_max > Duration::from_secs(3600) {
-            problems.push("webhook.backoff_max must be at most 1h".into());
-        }
+        problems.extend(over_an_hour("webhook.backoff_max", self.backoff_max));
         if self.events_interval.is_zero() || self.events_interval > Duration::from_secs(60) {
             problems.push("webhook.events_interval must be between 1ms and 1m".into());
         }
@@ -377,4 +366,29 @@ fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
             _ => Err("has a bad port".into()),
         },
     }
+}
+
+/// The problem `{name} must be between {start} and {end}`, unless `value` lies in `range`:
+/// the message is written from the bounds that are checked, so the two cannot drift apart.
+fn out_of_range<T: PartialOrd + fmt::Display>(
+    name: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Option<String> {
+    if range.contains(&value) {
+        return None;
+    }
+    Some(format!(
+        "{name} must be between {} and {}",
+        range.start(),
+        range.end()
+    ))
+}
+
+/// The ceiling of the heartbeat, the token leeway, the spreads, parking and the backoffs.
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// The problem `{name} must be at most 1h`, when `value` is longer.
+fn over_an_hour(name: &str, value: Duration) -> Option<String> {
+    (value > ONE_HOUR).then(|| format!("{name} must be at most 1h"))
 }
