@@ -24,7 +24,6 @@ use tether_server::gateway::handle::{ConnHandle, NewConn};
 use tether_server::gateway::table::ConnTable;
 use tether_server::link::Encoding;
 use tether_server::session::inbox::InboxState;
-use tether_server::transport::Framing;
 
 fn message() -> Outgoing {
     Outgoing::publication(Publication {
@@ -45,7 +44,6 @@ fn conns(table: &ConnTable, n: usize) -> Vec<Arc<ConnHandle>> {
                 id: table.next_id(),
                 transport: Transport::Tcp,
                 encoding: Encoding::Binary,
-                framing: Framing::Raw,
                 device: DeviceId::from("d"),
                 bindings: vec![(AppId::from("demo"), UserId::from("u"))],
                 resume: vec![InboxState::resuming(0, 0)],

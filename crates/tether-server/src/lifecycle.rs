@@ -84,7 +84,12 @@ impl Lifecycle {
 
     /// Whether the node takes new clients: not draining, not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.gateway.is_draining()
+        !self.is_draining()
+    }
+
+    /// Whether the node drains or shuts down.
+    pub fn is_draining(&self) -> bool {
+        self.gateway.is_draining()
     }
 
     /// The endpoints this node announces.

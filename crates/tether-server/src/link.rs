@@ -115,11 +115,15 @@ pub trait Link: Send + Sync + Debug {
     /// Queues an encoded frame for the connection's task.
     fn enqueue(&self, frame: Bytes) -> Enqueued;
 
-    /// Hands over an encoded frame shared with other recipients. With `direct` (the caller
-    /// keeps up), or when the connection waits without a task, the caller's thread writes it
-    /// to the socket at once if nothing else waits to be written; otherwise it is queued.
+    /// Writes a frame shared with other recipients to the socket at once, by the caller's
+    /// thread, when nothing else waits to be written on this connection; otherwise queues it.
     /// `frame` is cloned only when some of it is queued.
-    fn offer(&self, frame: &Bytes, direct: bool) -> Offered;
+    fn write_or_queue(&self, frame: &Bytes) -> Offered;
+
+    /// Queues a frame shared with other recipients for the connection's task, except on a
+    /// connection that waits without a task, which gets it as [`Link::write_or_queue`] would
+    /// (queueing would start a task for it).
+    fn queue_shared(&self, frame: &Bytes) -> Offered;
 
     /// Whether the connection is closing or closed: nothing more will be queued.
     fn is_closed(&self) -> bool;
@@ -138,6 +142,10 @@ pub trait Link: Send + Sync + Debug {
 /// The open connections of this node.
 ///
 /// Walks hold one shard of the table at a time and must not block.
+///
+/// Besides finding and walking them: delivering a push to some (the router's part), closing
+/// some, and asking all to read their inboxes again (when messages from other nodes may have
+/// been lost).
 pub trait Links: Send + Sync + Debug {
     fn get(&self, id: ConnId) -> Option<Arc<dyn Link>>;
 

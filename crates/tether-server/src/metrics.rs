@@ -1,7 +1,8 @@
 //! Prometheus metrics. Handles for hot-path counters are resolved once, at node start, so that
 //! counting a frame is an atomic add and not a registry lookup.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use metrics::{Counter, Gauge, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -31,7 +32,7 @@ pub struct TransportMetrics {
     pub connections: Gauge,
     pub frames_in: Counter,
     /// Frames written. A fan-out batch joined for a raw TCP connection (see
-    /// `fanout::topic::Batch`) counts as its frames when the fan-out writes it itself, and as
+    /// `fanout::batch::Batch`) counts as its frames when the fan-out writes it itself, and as
     /// one when the connection's task writes it; `tether_fanout_deliveries_total` counts every
     /// publication.
     pub frames_out: Counter,
@@ -71,7 +72,8 @@ pub struct Metrics {
     pub syncs: Counter,
     /// API requests refused with 429 by an app's rate limit.
     pub rate_limited: Counter,
-    /// API requests refused with 503 because an app's fan-out queue was full.
+    /// Publishes, broadcasts and a new connection's server-side subscriptions refused because
+    /// the app's fan-out queue was full.
     pub fanout_busy: Counter,
     /// Broadcasts accepted.
     pub broadcasts: Counter,
@@ -154,8 +156,6 @@ pub struct FanoutMetrics {
     pub bytes_out: [Counter; 2],
     pub gap_fills: Counter,
     pub store_errors: Counter,
-    /// Jobs refused because the app's queue was full.
-    pub busy: Counter,
 }
 
 impl FanoutMetrics {
@@ -178,7 +178,6 @@ impl FanoutMetrics {
             ],
             gap_fills: counter!("tether_topic_gap_fills_total"),
             store_errors: counter!("tether_store_errors_total", "op" => "history"),
-            busy: counter!("tether_fanout_busy_total"),
         }
     }
 }
@@ -213,6 +212,66 @@ impl ClusterMetrics {
 impl Default for ClusterMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Metric handles of one app's upstream or presence deliveries.
+#[derive(Debug, Clone)]
+pub struct HookMetrics {
+    /// Waiting in the queue.
+    pub queued: Gauge,
+    /// Delivered: answered 2xx (upstream requests, or events).
+    pub sent: Counted,
+    /// Ended without a 2xx: refused (4xx), last 5xx, unreachable, abandoned at exit.
+    pub failed: Counted,
+    /// Retry attempts (POSTs).
+    pub retries: Counter,
+    /// Refused at a full queue.
+    pub dropped: Counted,
+    /// Upstream answers whose connection was gone (or closed by them as slow).
+    pub replies_lost: Counter,
+    /// Upstream frames refused by the per-connection limit.
+    pub limited: Counter,
+}
+
+/// A metric counter whose total the node can also read back (for the admin stats).
+#[derive(Debug, Clone)]
+pub struct Counted {
+    counter: Counter,
+    total: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn new(counter: Counter) -> Self {
+        Counted {
+            counter,
+            total: Arc::default(),
+        }
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl HookMetrics {
+    /// The handles of `app`'s `kind` deliveries (`upstream` or `presence`).
+    pub fn new(app: &str, kind: &'static str) -> Self {
+        let labels = [("app", app.to_owned()), ("kind", kind.to_owned())];
+        HookMetrics {
+            queued: gauge!("tether_webhook_queued", &labels),
+            sent: Counted::new(counter!("tether_webhook_sent_total", &labels)),
+            failed: Counted::new(counter!("tether_webhook_failed_total", &labels)),
+            retries: counter!("tether_webhook_retries_total", &labels),
+            dropped: Counted::new(counter!("tether_webhook_dropped_total", &labels)),
+            replies_lost: counter!("tether_webhook_replies_lost_total", &labels),
+            limited: counter!("tether_webhook_limited_total", &labels),
+        }
     }
 }
 

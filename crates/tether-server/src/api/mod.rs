@@ -3,8 +3,8 @@
 //! - this module: routing, authorization, the request rate limit, bodies and payloads.
 //! - [`messages`]: pushes (live and durable), inbox reads, presence, kick.
 //! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
-//! - [`ops`]: readiness, the dispatcher (`dispatch`) and the admin API, for clients and
-//!   operators rather than business servers; with their own state and authorization.
+//! - [`ops`]: readiness and the admin API, for operators rather than business servers, with
+//!   their own state and authorization; and `dispatch`, the dispatcher, for clients.
 //! - [`error`]: [`ApiError`], and how the delivery service's errors map to statuses.
 //!
 //! Handlers authenticate, parse, validate and map errors; what a request does is the delivery

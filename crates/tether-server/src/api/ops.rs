@@ -230,7 +230,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
     Ok(Json(json!({
         "node": ops.node,
         "ready": ops.lifecycle.is_ready(),
-        "draining": !ops.lifecycle.is_ready(),
+        "draining": ops.lifecycle.is_draining(),
         "endpoints": ops.lifecycle.endpoints(),
         "connections": {
             "total": conns.tcp + conns.ws,
@@ -261,14 +261,12 @@ mod tests {
     use crate::gateway::table::ConnTable;
     use crate::link::Encoding;
     use crate::session::inbox::InboxState;
-    use crate::transport::Framing;
 
     fn conn(id: u64, transport: Transport, apps: &[&str]) -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(NewConn {
             id: ConnId(id),
             transport,
             encoding: Encoding::Binary,
-            framing: Framing::Raw,
             device: DeviceId::from("d"),
             bindings: apps
                 .iter()

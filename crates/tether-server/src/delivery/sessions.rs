@@ -12,12 +12,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream};
-use tether_core::{AppId, ConnId, NodeId, Registry, Session, Store, StoreError, TopicId, UserId};
+use tether_core::{
+    AppId, ConnId, DeviceId, NodeId, Registry, Session, StoreError, TopicId, UserId,
+};
 use tracing::{info, warn};
 
 use super::Delivery;
 use crate::fanout::{Busy, SubscribeError};
 use crate::link::{Link, Links};
+use crate::session::work::Target;
 
 /// Past this many pending changes the node registers everything again instead.
 const MAX_PENDING: usize = 65_536;
@@ -205,15 +208,16 @@ impl NodeSessions {
 
 /// What the gateway's sessions ask of the delivery service.
 impl Delivery {
-    /// The store, for the reads and ack writes of durable delivery (see
-    /// `crate::session::work`).
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// The poison guard's limit: backlogs a message may begin before it is skipped.
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
+    /// The inbox of (app, user) as `device` sees it, for durable delivery's reads and ack
+    /// writes (see [`crate::session::work`]).
+    pub fn inbox(&self, app: &AppId, user: &UserId, device: &DeviceId) -> Target {
+        Target {
+            store: self.store.clone(),
+            app: app.clone(),
+            user: user.clone(),
+            device: device.clone(),
+            max_attempts: self.max_attempts,
+        }
     }
 
     /// Where `device` stands in the inbox of (app, user): its acked seq.
@@ -221,7 +225,7 @@ impl Delivery {
         &self,
         app: &AppId,
         user: &UserId,
-        device: &tether_core::DeviceId,
+        device: &DeviceId,
     ) -> Result<u64, StoreError> {
         match self.store.cursor(app, user, device).await {
             Ok(cursor) => Ok(cursor.acked.0),
@@ -248,26 +252,17 @@ impl Delivery {
                 }
             };
             for topic in topics {
-                self.join(app, conn, binding, &topic);
+                self.join(conn, binding, &topic);
             }
         }
     }
 
-    /// Subscribes binding `binding` of `conn` to `topic` for the business (request id 0),
-    /// unless it already is. Whether it was queued.
-    pub(super) fn join(
-        &self,
-        app: &AppId,
-        conn: &Arc<dyn Link>,
-        binding: usize,
-        topic: &TopicId,
-    ) -> bool {
-        !conn.has_topic(binding, topic)
-            && matches!(
-                self.fanout
-                    .subscribe(app, conn.clone(), binding, topic, 0, None),
-                Ok(true)
-            )
+    /// Subscribes binding `binding` of `conn` (of `app`) to `topic` for the business, unless it
+    /// already is; a full fan-out queue skips it (counted).
+    fn join(&self, conn: &Arc<dyn Link>, binding: usize, topic: &TopicId) {
+        if self.fanout.join(conn.clone(), binding, topic).is_err() {
+            self.metrics.fanout_busy.increment(1);
+        }
     }
 
     /// A closed connection: out of its `topics`, its unwritten `acks` (binding, seq) written,
@@ -293,7 +288,7 @@ impl Delivery {
         self.sessions.unregister(conn).await;
     }
 
-    /// A client's `subscribe` (request id `request`) of binding `binding`.
+    /// A client's `subscribe` (see [`crate::fanout::Fanout::subscribe`]).
     pub fn subscribe(
         &self,
         conn: Arc<dyn Link>,
@@ -302,12 +297,10 @@ impl Delivery {
         request: u32,
         since: Option<u64>,
     ) -> Result<bool, SubscribeError> {
-        let app = conn.bindings()[binding].0.clone();
-        self.fanout
-            .subscribe(&app, conn, binding, topic, request, since)
+        self.fanout.subscribe(conn, binding, topic, request, since)
     }
 
-    /// A client's `unsubscribe` (request id `request`) of binding `binding`.
+    /// A client's `unsubscribe` (see [`crate::fanout::Fanout::unsubscribe`]).
     pub fn unsubscribe(
         &self,
         conn: Arc<dyn Link>,
@@ -315,8 +308,7 @@ impl Delivery {
         topic: &TopicId,
         request: u32,
     ) -> Result<bool, Busy> {
-        let app = conn.bindings()[binding].0.clone();
-        self.fanout.unsubscribe(&app, conn, binding, topic, request)
+        self.fanout.unsubscribe(conn, binding, topic, request)
     }
 }
 

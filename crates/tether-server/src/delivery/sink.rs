@@ -41,34 +41,21 @@ impl NodeSink {
         }
     }
 
-    /// Subscribes connection `conn` to `topic` for the business; whether it was not already.
-    fn subscribe(&self, app: &AppId, conn: ConnId, topic: &TopicId) -> bool {
+    /// Subscribes (or unsubscribes) connection `conn` to `topic` for the business; whether
+    /// that changed anything. A busy fan-out skips it: the store has it, and the next connect
+    /// applies it.
+    fn subscription(&self, app: &AppId, conn: ConnId, topic: &TopicId, subscribed: bool) -> bool {
         let Some(conn) = self.links.get(conn) else {
             return false;
         };
         let Some(binding) = conn.binding(app.as_str()) else {
             return false;
         };
-        !conn.has_topic(binding, topic)
-            && matches!(
-                self.fanout.subscribe(app, conn, binding, topic, 0, None),
-                Ok(true)
-            )
-    }
-
-    /// Unsubscribes connection `conn` from `topic` for the business; whether it was.
-    fn unsubscribe(&self, app: &AppId, conn: ConnId, topic: &TopicId) -> bool {
-        let Some(conn) = self.links.get(conn) else {
-            return false;
+        let changed = match subscribed {
+            true => self.fanout.join(conn, binding, topic),
+            false => self.fanout.leave(conn, binding, topic),
         };
-        let Some(binding) = conn.binding(app.as_str()) else {
-            return false;
-        };
-        conn.has_topic(binding, topic)
-            && matches!(
-                self.fanout.unsubscribe(app, conn, binding, topic, 0),
-                Ok(true)
-            )
+        changed == Ok(true)
     }
 }
 
@@ -104,13 +91,9 @@ impl LocalSink for NodeSink {
         conns: &[ConnId],
         subscribed: bool,
     ) -> usize {
-        // Recorded in the store already: a busy fan-out only delays it to the next connect.
         conns
             .iter()
-            .filter(|conn| match subscribed {
-                true => self.subscribe(app, **conn, topic),
-                false => self.unsubscribe(app, **conn, topic),
-            })
+            .filter(|conn| self.subscription(app, **conn, topic, subscribed))
             .count()
     }
 

@@ -136,7 +136,7 @@ pub fn offer_batch(
         && after < batch.first_durable
         && batch.joined_len <= conn.queue_limit() / 4
     {
-        let offered = conn.offer(batch.joined(), direct);
+        let offered = hand(conn, batch.joined(), direct);
         reached.tally(conn, offered, batch.len() as u64, &mut closed);
         return closed;
     }
@@ -145,11 +145,22 @@ pub fn offer_batch(
             continue;
         }
         let frame = conn.encoding().frame_of(msg);
-        if !reached.tally(conn, conn.offer(frame, direct), 1, &mut closed) {
+        if !reached.tally(conn, hand(conn, frame, direct), 1, &mut closed) {
             break;
         }
     }
     closed
+}
+
+/// Hands one connection a frame: written by this thread where the fan-out keeps up
+/// (`direct`), queued where it is behind, so that frames piling up for a connection leave in
+/// one write.
+fn hand(conn: &dyn Link, frame: &Bytes, direct: bool) -> Offered {
+    if direct {
+        conn.write_or_queue(frame)
+    } else {
+        conn.queue_shared(frame)
+    }
 }
 
 /// What one pass over subscribers did.

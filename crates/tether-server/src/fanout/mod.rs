@@ -247,13 +247,12 @@ impl Fanout {
             .map_or(0, |t| t.len())
     }
 
-    /// Subscribes binding `binding` (of `app`) of `conn` to `topic`: counted against the
-    /// connection's topics, then queued for the app's worker, which answers `subscribed` with
-    /// request id `request` (0 for the business's subscriptions) after recovering what came
-    /// after `since`. `Ok(false)`: it already was (the worker answers again).
+    /// A client's subscribe (request id `request`) of binding `binding` of `conn` to `topic`:
+    /// counted against the connection's topics, then queued for the app's worker, which
+    /// answers `subscribed` after recovering what came after `since`. A connection subscribed
+    /// already is answered again. Returns whether it is new.
     pub fn subscribe(
         &self,
-        app: &AppId,
         conn: Arc<dyn Link>,
         binding: usize,
         topic: &TopicId,
@@ -263,6 +262,34 @@ impl Fanout {
         let new = conn
             .add_topic(binding, topic, self.max_topics)
             .map_err(SubscribeError::TooMany)?;
+        self.subscribe_added(conn, binding, topic, request, since, new)
+            .map_err(|Busy| SubscribeError::Busy)?;
+        Ok(new)
+    }
+
+    /// The business subscribes binding `binding` of `conn` to `topic` (the connection gets
+    /// `subscribed` with request id 0). Nothing is queued when it already is, or has no room
+    /// for another topic. Returns whether it was queued.
+    pub fn join(&self, conn: Arc<dyn Link>, binding: usize, topic: &TopicId) -> Result<bool, Busy> {
+        // One step, under the connection's lock: a subscription that lands meanwhile (the
+        // client's, or another from the business) must not make this one answer twice.
+        if conn.add_topic(binding, topic, self.max_topics) != Ok(true) {
+            return Ok(false);
+        }
+        self.subscribe_added(conn, binding, topic, 0, None, true)?;
+        Ok(true)
+    }
+
+    /// Queues the subscribe job of a topic `add_topic` counted (`new`: it was not there).
+    fn subscribe_added(
+        &self,
+        conn: Arc<dyn Link>,
+        binding: usize,
+        topic: &TopicId,
+        request: u32,
+        since: Option<u64>,
+        new: bool,
+    ) -> Result<(), Busy> {
         let job = Job::Subscribe {
             conn: conn.clone(),
             binding,
@@ -270,43 +297,78 @@ impl Fanout {
             request,
             since,
         };
-        if self.submit(app, job).is_err() {
+        self.submit_or(&conn, binding, job, || {
             if new {
                 conn.remove_topic(binding, topic);
             }
-            self.metrics.busy.increment(1);
-            return Err(SubscribeError::Busy);
-        }
-        Ok(new)
+        })
     }
 
-    /// Unsubscribes binding `binding` (of `app`) of `conn` from `topic`: the app's worker
-    /// takes it out and answers `unsubscribed` with request id `request`. Returns whether it
-    /// was subscribed.
+    /// A client's unsubscribe (request id `request`) of binding `binding` of `conn` from
+    /// `topic`: the app's worker takes it out and answers `unsubscribed`, subscribed or not.
+    /// Returns whether it was subscribed.
     pub fn unsubscribe(
         &self,
-        app: &AppId,
         conn: Arc<dyn Link>,
         binding: usize,
         topic: &TopicId,
         request: u32,
     ) -> Result<bool, Busy> {
         let had = conn.remove_topic(binding, topic);
+        self.unsubscribe_removed(conn, binding, topic, request, had)?;
+        Ok(had)
+    }
+
+    /// The business unsubscribes binding `binding` of `conn` from `topic` (the connection
+    /// gets `unsubscribed` with request id 0). Nothing is queued when it was not subscribed.
+    /// Returns whether it was queued.
+    pub fn leave(
+        &self,
+        conn: Arc<dyn Link>,
+        binding: usize,
+        topic: &TopicId,
+    ) -> Result<bool, Busy> {
+        if !conn.remove_topic(binding, topic) {
+            return Ok(false);
+        }
+        self.unsubscribe_removed(conn, binding, topic, 0, true)?;
+        Ok(true)
+    }
+
+    /// Queues the unsubscribe job of a topic `remove_topic` took out (`had`: it was there).
+    fn unsubscribe_removed(
+        &self,
+        conn: Arc<dyn Link>,
+        binding: usize,
+        topic: &TopicId,
+        request: u32,
+        had: bool,
+    ) -> Result<(), Busy> {
         let job = Job::Unsubscribe {
             conn: conn.clone(),
             binding,
             topic: topic.clone(),
             request,
         };
-        if self.submit(app, job).is_err() {
+        self.submit_or(&conn, binding, job, || {
             if had {
                 // Still subscribed: keep counting it.
                 let _ = conn.add_topic(binding, topic, usize::MAX);
             }
-            self.metrics.busy.increment(1);
-            return Err(Busy);
-        }
-        Ok(had)
+        })
+    }
+
+    /// Queues `job` for the app of binding `binding` of `conn`, or undoes what the caller did
+    /// for it when the queue is full.
+    fn submit_or(
+        &self,
+        conn: &Arc<dyn Link>,
+        binding: usize,
+        job: Job,
+        undo: impl FnOnce(),
+    ) -> Result<(), Busy> {
+        let app = &conn.bindings()[binding].0;
+        self.submit(app, job).inspect_err(|_| undo())
     }
 
     /// Queues a [`Job::Recheck`] for every topic with subscribers on this node. A full queue

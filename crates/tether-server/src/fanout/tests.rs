@@ -12,14 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::Batch;
 use super::topic::{Sub, Topic};
-use super::{Busy, Fanout, Job, SubscribeError};
+use super::{Busy, Fanout, Job};
 use crate::config::Config;
 use crate::gateway::handle::{ConnHandle, NewConn};
 use crate::gateway::table::ConnTable;
 use crate::link::{Encoding, Link};
 use crate::metrics::Metrics;
 use crate::session::inbox::InboxState;
-use crate::transport::Framing;
 
 fn conn(table: &ConnTable, app: &AppId) -> Arc<ConnHandle> {
     conn_over(table, app, Transport::Tcp, Encoding::Binary)
@@ -45,10 +44,6 @@ fn conn_with_queue(
         id: table.next_id(),
         transport,
         encoding,
-        framing: match transport {
-            Transport::Ws => Framing::WebSocket,
-            _ => Framing::Raw,
-        },
         device: DeviceId::from("d"),
         bindings: vec![(app.clone(), UserId::from("u"))],
         resume: vec![InboxState::resuming(0, 0)],
@@ -131,18 +126,13 @@ fn table() -> Arc<ConnTable> {
 }
 
 /// Subscribes `conn` to `topic` for the business (request id 0), as the node does.
-fn subscribe_conn(
-    fanout: &Fanout,
-    app: &AppId,
-    conn: &Arc<ConnHandle>,
-    topic: &TopicId,
-) -> Result<bool, SubscribeError> {
-    fanout.subscribe(app, conn.clone(), 0, topic, 0, None)
+fn subscribe_conn(fanout: &Fanout, conn: &Arc<ConnHandle>, topic: &TopicId) -> Result<bool, Busy> {
+    fanout.join(conn.clone(), 0, topic)
 }
 
 async fn subscribed(fanout: &Fanout, app: &AppId, topic: &TopicId, conns: &[&Arc<ConnHandle>]) {
     for c in conns {
-        assert_eq!(subscribe_conn(fanout, app, c, topic), Ok(true));
+        assert_eq!(subscribe_conn(fanout, c, topic), Ok(true));
     }
     while fanout.subscribers(app, topic) < conns.len() {
         tokio::task::yield_now().await;
@@ -340,7 +330,7 @@ async fn a_paced_publication_is_spread_over_time_not_dropped() {
     let topic = TopicId::from("t");
     let conns: Vec<_> = (0..50).map(|_| conn(&table, &app)).collect();
     for c in &conns {
-        assert_eq!(subscribe_conn(&fanout, &app, c, &topic), Ok(true));
+        assert_eq!(subscribe_conn(&fanout, c, &topic), Ok(true));
     }
     while fanout.subscribers(&app, &topic) < 50 {
         tokio::task::yield_now().await;
@@ -404,7 +394,7 @@ async fn a_full_queue_is_refused_not_grown() {
     // holding the worker, and the queue (2) fills behind it.
     let conns: Vec<_> = (0..2).map(|_| conn(&table, &app)).collect();
     for c in &conns {
-        subscribe_conn(&fanout, &app, c, &topic).unwrap();
+        subscribe_conn(&fanout, c, &topic).unwrap();
     }
     while fanout.subscribers(&app, &topic) < 2 {
         tokio::task::yield_now().await;

@@ -97,7 +97,7 @@ impl Topic {
     }
 
     /// Hands the publications of `batch` to every subscriber of shard `i`, each the ones it
-    /// does not have yet, writing them directly where allowed (`direct`, see [`Link::offer`]).
+    /// does not have yet, writing them directly where allowed (`direct`, see [`Link::write_or_queue`]).
     /// Subscribers found closed are removed.
     pub fn deliver_shard(&self, i: usize, batch: &Batch, direct: bool) -> Reached {
         let mut reached = Reached::default();

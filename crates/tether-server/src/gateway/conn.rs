@@ -30,7 +30,7 @@ use crate::transport::Wire;
 /// what it holds while idle is kept small: the handshake, the goodbye and the clean-up are
 /// boxed, so that their state is allocated only while they run rather than reserved for the
 /// connection's whole life. An idle connection gives it up altogether (see `super::park`).
-pub(super) fn serve<W: Wire + 'static>(
+pub(super) fn serve<W: Wire>(
     wire: W,
     gw: Arc<Gateway>,
     permit: Permit,
@@ -54,7 +54,7 @@ pub(super) fn serve<W: Wire + 'static>(
 /// likely to fall silent (see `super::io`). (Not an `async fn`, for the reason given in
 /// [`serve`].)
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` would hold its arguments twice
-pub(super) fn live<W: Wire + 'static>(
+pub(super) fn live<W: Wire>(
     mut wire: W,
     mut held: Parked,
     fresh: bool,
@@ -64,21 +64,24 @@ pub(super) fn live<W: Wire + 'static>(
         let outcome = loop {
             match run(&mut wire, &held.gw, &held.conn, early).await {
                 Ran::Over(outcome) => break outcome,
-                Ran::Park => {
-                    // Dropped first: the socket can leave tokio's reactor only once the
-                    // handle's is the last reference to it.
-                    drop(wire);
-                    match park::park::<W>(held) {
+                // The wire goes first (its share of the socket with it): the socket can leave
+                // tokio's reactor only once the handle's is the last reference to it.
+                Ran::Park => match wire.park() {
+                    Err(busy) => {
+                        wire = busy;
+                        early = false;
+                    }
+                    Ok(rest) => match park::park::<W>(held, rest) {
                         Ok(()) => return,
                         // Something arrived while parking: carry on.
-                        Err((stream, back)) => {
+                        Err((stream, rest, back)) => {
                             held = back;
-                            let gw = &held.gw;
-                            wire = W::resume(stream, gw.limits.max_frame, held.conn.encoding);
+                            let max_frame = held.gw.limits.max_frame;
+                            wire = W::resume(stream, rest, max_frame, held.conn.encoding);
                             early = false;
                         }
-                    }
-                }
+                    },
+                },
             }
         };
         Box::pin(ended(&held.gw, &held.conn, outcome)).await;
@@ -125,7 +128,6 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         id: gw.table.next_id(),
         transport: wire.transport(),
         encoding: wire.encoding(),
-        framing: wire.framing(),
         device: accepted.device,
         bindings: accepted.bindings,
         resume,
@@ -267,14 +269,13 @@ mod tests {
     use super::super::handle::{ConnHandle, NewConn};
     use super::super::testing::gateway;
     use crate::link::Encoding;
-    use crate::transport::{Framing, TcpWire};
+    use crate::transport::TcpWire;
 
     fn handle() -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(NewConn {
             id: tether_core::ConnId(1),
             transport: tether_core::Transport::Tcp,
             encoding: Encoding::Binary,
-            framing: Framing::Raw,
             device: "d".into(),
             bindings: vec![],
             resume: vec![],

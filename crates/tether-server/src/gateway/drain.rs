@@ -70,7 +70,6 @@ mod tests {
     use super::*;
     use crate::gateway::handle::{ConnHandle, NewConn};
     use crate::link::{Encoding, Link};
-    use crate::transport::Framing;
 
     fn table(n: u64) -> (Arc<ConnTable>, Vec<Arc<ConnHandle>>) {
         let table = Arc::new(ConnTable::new(
@@ -83,7 +82,6 @@ mod tests {
                     id: ConnId(id),
                     transport: Transport::Tcp,
                     encoding: Encoding::Binary,
-                    framing: Framing::Raw,
                     device: DeviceId::from("d"),
                     bindings: vec![],
                     resume: vec![],

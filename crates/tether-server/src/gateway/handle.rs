@@ -3,7 +3,7 @@
 //!
 //! Producers (pushes, publications, replies, closes) append encoded frames to its byte-bounded
 //! queue and wake its task, which writes everything queued in one go; while the task has
-//! nothing in hand, a fan-out writes to the socket directly ([`ConnHandle::offer_now`]). Its
+//! nothing in hand, a fan-out writes to the socket directly ([`Link::write_or_queue`]). Its
 //! durable delivery state changes under the same lock, by the rules of
 //! [`crate::session::inbox`]. When it waits for heartbeats and parks: `super::sweep`.
 
@@ -31,16 +31,15 @@ pub struct NewConn {
     pub id: ConnId,
     pub transport: Transport,
     pub encoding: Encoding,
-    /// How frames written directly to `direct` are framed.
-    pub framing: Framing,
     pub device: DeviceId,
     pub bindings: Vec<(AppId, UserId)>,
     /// Where each binding starts in its inbox (same order as `bindings`).
     pub resume: Vec<InboxState>,
     /// Bytes that may wait in the outbound queue.
     pub queue_limit: usize,
-    /// The socket, for fan-outs to write to directly while the task has nothing to write.
-    pub direct: Option<Arc<TcpStream>>,
+    /// The socket, for fan-outs to write to directly while the task has nothing to write, and
+    /// how such a write frames a frame.
+    pub direct: Option<(Arc<TcpStream>, Framing)>,
     /// Silence after which the heartbeat sweep closes the connection.
     pub idle_limit: Duration,
     /// Now, by [`super::Gateway::clock_ms`].
@@ -117,8 +116,11 @@ impl ConnHandle {
             outbox: Mutex::new(Outbox {
                 inboxes: conn.resume.into_boxed_slice(),
                 in_flight: true,
-                socket: conn.direct.map_or(Socket::None, Socket::Live),
-                framing: conn.framing,
+                socket: conn
+                    .direct
+                    .as_ref()
+                    .map_or(Socket::None, |(stream, _)| Socket::Live(stream.clone())),
+                framing: conn.direct.map_or(Framing::Raw, |(_, framing)| framing),
                 ..Outbox::default()
             }),
             ready: AtomicBool::new(false),
@@ -153,53 +155,6 @@ impl ConnHandle {
             self.wake();
         }
         enqueued
-    }
-
-    /// Writes `frame` to the socket at once when nothing else is waiting to be written on this
-    /// connection, or queues it like [`ConnHandle::enqueue`].
-    ///
-    /// For fan-outs: the caller's thread pays the write, and the connection's task is not
-    /// woken at all, which is most of a delivery's user-space cost. A write the socket takes in
-    /// part leaves the rest at the front of the queue for the task. `frame` is cloned only
-    /// when some of it is queued: a shared frame's reference count is one more cache line
-    /// that every fan-out thread would otherwise write per delivery.
-    pub fn offer_now(&self, frame: &Bytes) -> Offered {
-        let mut outbox = self.outbox();
-        if outbox.close.is_some() {
-            return Offered::Closed;
-        }
-        let mut queued = None;
-        let header = outbox.framing.header(self.encoding, frame.len());
-        let header = header.as_ref().map_or(&[][..], |h| h.as_bytes());
-        // The whole frame must fit the budget, so that the rest of a partial write can always
-        // be queued (held durable pushes count in `bytes` while the queue is empty); with its
-        // header, which the rest of a write torn inside it carries.
-        if !outbox.in_flight
-            && outbox.queue.frames.is_empty()
-            && outbox.queue.fits(header.len() + frame.len(), self.limit())
-        {
-            match outbox.socket.try_write(header, frame) {
-                // Counted like the task's writes: the frame's bytes, not the header's.
-                Some(Ok(n)) if n == header.len() + frame.len() => {
-                    return Offered::Written(frame.len());
-                }
-                // Only the rest waits, and nothing may go before it.
-                Some(Ok(n)) if n > 0 => {
-                    outbox.tail = true;
-                    queued = Some(rest(header, frame, n));
-                }
-                // No socket; a full socket buffer, or an error the task will meet on its next
-                // write.
-                None | Some(Ok(_) | Err(_)) => {}
-            }
-        }
-        let frame = queued.unwrap_or_else(|| frame.clone());
-        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
-        drop(outbox);
-        if wake {
-            self.wake();
-        }
-        enqueued.into()
     }
 
     /// Queues `frame` on an open connection's locked queue, or closes it as slow past the byte
@@ -395,15 +350,16 @@ impl ConnHandle {
             return Enqueued::Closed;
         };
         let offer = inbox.offer(seq, frame, queue, limit);
-        drop(outbox);
+        // The flags change under the lock, with the state they stand for: the sweep reads and
+        // clears `held` under it.
         match offer {
-            Offer::Done => {}
-            Offer::Wake => self.wake(),
+            Offer::Done | Offer::Wake => {}
             Offer::Held => self.held.store(true, Ordering::Relaxed),
-            Offer::CatchUp => {
-                self.work_hint.store(true, Ordering::Release);
-                self.wake();
-            }
+            Offer::CatchUp => self.work_hint.store(true, Ordering::Release),
+        }
+        drop(outbox);
+        if matches!(offer, Offer::Wake | Offer::CatchUp) {
+            self.wake();
         }
         Enqueued::Queued
     }
@@ -453,9 +409,11 @@ impl ConnHandle {
             }
         }
         self.held.store(still_held, Ordering::Relaxed);
-        drop(outbox);
         if expired {
             self.work_hint.store(true, Ordering::Release);
+        }
+        drop(outbox);
+        if expired {
             self.wake();
         }
     }
@@ -623,11 +581,53 @@ impl Link for ConnHandle {
         ConnHandle::enqueue(self, frame)
     }
 
-    /// A parked connection is always offered the direct write: queueing would start a task
-    /// for it, and a fan-out that is behind must not start one per idle subscriber.
-    fn offer(&self, frame: &Bytes, direct: bool) -> Offered {
-        if direct || self.is_parked() {
-            self.offer_now(frame)
+    /// For fan-outs and live pushes: the caller's thread pays the write, and the connection's task is not
+    /// woken at all, which is most of a delivery's user-space cost. A write the socket takes in
+    /// part leaves the rest at the front of the queue for the task. `frame` is cloned only
+    /// when some of it is queued: a shared frame's reference count is one more cache line
+    /// that every fan-out thread would otherwise write per delivery.
+    fn write_or_queue(&self, frame: &Bytes) -> Offered {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return Offered::Closed;
+        }
+        let mut queued = None;
+        let header = outbox.framing.header(self.encoding, frame.len());
+        let header = header.as_ref().map_or(&[][..], |h| h.as_bytes());
+        // The whole frame must fit the budget, so that the rest of a partial write can always
+        // be queued (held durable pushes count in `bytes` while the queue is empty); with its
+        // header, which the rest of a write torn inside it carries.
+        if !outbox.in_flight
+            && outbox.queue.frames.is_empty()
+            && outbox.queue.fits(header.len() + frame.len(), self.limit())
+        {
+            match outbox.socket.try_write(header, frame) {
+                // Counted like the task's writes: the frame's bytes, not the header's.
+                Some(Ok(n)) if n == header.len() + frame.len() => {
+                    return Offered::Written(frame.len());
+                }
+                // Only the rest waits, and nothing may go before it.
+                Some(Ok(n)) if n > 0 => {
+                    outbox.tail = true;
+                    queued = Some(rest(header, frame, n));
+                }
+                // No socket; a full socket buffer, or an error the task will meet on its next
+                // write.
+                None | Some(Ok(_) | Err(_)) => {}
+            }
+        }
+        let frame = queued.unwrap_or_else(|| frame.clone());
+        let (enqueued, wake) = self.push_locked(&mut outbox, frame);
+        drop(outbox);
+        if wake {
+            self.wake();
+        }
+        enqueued.into()
+    }
+
+    fn queue_shared(&self, frame: &Bytes) -> Offered {
+        if self.is_parked() {
+            self.write_or_queue(frame)
         } else {
             ConnHandle::enqueue(self, frame.clone()).into()
         }

@@ -54,7 +54,9 @@ use admission::{Admission, Permit};
 use table::ConnTable;
 
 /// What the gateway reports of its connections, for the node to pass on (to the apps'
-/// webhooks). Called on the connection's task: nothing here may wait.
+/// webhooks): two notifications, and upstream data, which is a request the client gets an
+/// answer to (now, if it is refused; later, from the webhook, if it is taken). Called on the
+/// connection's task: nothing here may wait.
 pub trait Events: Send + Sync + std::fmt::Debug {
     /// A connection completed its handshake; its client has not been told yet.
     fn connected(&self, conn: &dyn Link);

@@ -3,7 +3,7 @@
 //! A connection's task (its future plus tokio's header) is the largest part of what an idle
 //! connection costs, about 1 KiB of the 2. Most of a push system's connections are idle most of
 //! the time, and an idle connection needs no task: fan-outs already write to its socket
-//! directly (see [`ConnHandle::offer_now`]), and what else can happen to it is one of three events,
+//! directly (see [`crate::link::Link::write_or_queue`]), and what else can happen to it is one of three events,
 //! each of which already wakes the task through a waker it registered:
 //!
 //! - the client sends something (or goes away): the socket's read readiness;
@@ -72,10 +72,10 @@ pub(super) struct Parked {
 /// socket becomes readable. The first wake takes the connection and starts its task again,
 /// with a new wire of transport `W`; later ones find it gone. (The transport is in the type,
 /// not in a field: a parked connection pays nothing for it.)
-struct Unpark<W>(Mutex<Option<Parked>>, PhantomData<fn() -> W>);
+struct Unpark<W: Wire>(Mutex<Option<(Parked, W::Rest)>>, PhantomData<fn() -> W>);
 
-impl<W> Unpark<W> {
-    fn take(&self) -> Option<Parked> {
+impl<W: Wire> Unpark<W> {
+    fn take(&self) -> Option<(Parked, W::Rest)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -85,31 +85,35 @@ impl<W> Unpark<W> {
     }
 }
 
-impl<W: Wire + 'static> Wake for Unpark<W> {
+impl<W: Wire> Wake for Unpark<W> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(parked) = self.take() {
-            resume::<W>(parked);
+        if let Some((parked, rest)) = self.take() {
+            resume::<W>(parked, rest);
         }
     }
 }
 
-/// Parks an idle connection whose task is about to end (its wire of transport `W` already
-/// dropped, holding nothing). `Err` gives the connection and its socket back when an event
-/// arrived while parking: the task must go on serving it. `Ok` means the task must end without
-/// touching the connection again (it is parked, or a wake already gave it a new task).
-pub(super) fn park<W: Wire + 'static>(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
+/// What a connection that did not park after all gets back: its socket, what its wire left
+/// ([`Wire::Rest`]), and itself.
+pub(super) type Unparked<W> = (Arc<TcpStream>, <W as Wire>::Rest, Parked);
+
+/// Parks an idle connection whose task is about to end, its wire of transport `W` given up
+/// with `rest` (see [`Wire::park`]). `Err` gives everything back when an event arrived while
+/// parking: the task must go on serving it. `Ok` means the task must end without touching the
+/// connection again (it is parked, or a wake already gave it a new task).
+pub(super) fn park<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
     let conn = parked.conn.clone();
     let gw = parked.gw.clone();
     let Some(poller) = &gw.poller else {
-        return refused(parked);
+        return refused::<W>(parked, rest);
     };
     // Counted before the waker is in place: a wake may resume (and count down) at once.
     gw.metrics.parked.increment(1.0);
-    let unpark = Arc::new(Unpark::<W>(Mutex::new(Some(parked)), PhantomData));
+    let unpark = Arc::new(Unpark::<W>(Mutex::new(Some((parked, rest))), PhantomData));
     // The handle first: `parking` says whether something is already queued. Then the socket
     // moves to the poller, which reports it at once if it is readable already; only while no
     // wake has taken the connection (checked under the handle's lock, which a resume takes
@@ -121,21 +125,21 @@ pub(super) fn park<W: Wire + 'static>(parked: Parked) -> Result<(), (Arc<TcpStre
         return Ok(());
     }
     match unpark.take() {
-        Some(parked) => {
+        Some((parked, rest)) => {
             gw.metrics.parked.decrement(1.0);
             parked.conn.unparked();
-            refused(parked)
+            refused::<W>(parked, rest)
         }
         // A wake came first and started a task: the connection is that task's now.
         None => Ok(()),
     }
 }
 
-/// Gives a connection that did not park its socket back, for a new wire.
-fn refused(parked: Parked) -> Result<(), (Arc<TcpStream>, Parked)> {
+/// Gives a connection that did not park its socket back, for its wire again.
+fn refused<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
     let gw = parked.gw.clone();
     match parked.conn.with_socket(|socket| live(socket, &gw)) {
-        Ok(stream) => Err((stream, parked)),
+        Ok(stream) => Err((stream, rest, parked)),
         Err(e) => {
             warn!(conn = %parked.conn.id, error = %e, "a parking connection lost its socket");
             lost(parked);
@@ -172,14 +176,14 @@ fn live(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
 
 /// Gives a parked connection a task again, with a new wire of transport `W` on its socket,
 /// back in tokio's reactor.
-fn resume<W: Wire + 'static>(parked: Parked) {
+fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
     parked.conn.unparked();
     let gw = parked.gw.clone();
     gw.metrics.parked.decrement(1.0);
     gw.metrics.unparks.increment(1);
     match parked.conn.with_socket(|socket| live(socket, &gw)) {
         Ok(stream) => {
-            let wire = W::resume(stream, gw.limits.max_frame, parked.conn.encoding);
+            let wire = W::resume(stream, rest, gw.limits.max_frame, parked.conn.encoding);
             gw.tasks
                 .spawn_on(conn::live(wire, parked, false), &gw.runtime);
         }

@@ -28,7 +28,7 @@ pub struct ConnTable {
     overflows: Counter,
     deliveries: Counter,
     /// Frames and bytes that pushes wrote to sockets themselves (see
-    /// [`ConnHandle::offer_now`]); what the connection tasks write they count themselves.
+    /// [`Link::write_or_queue`]); what the connection tasks write they count themselves.
     tcp: TransportMetrics,
     ws: TransportMetrics,
 }
@@ -155,7 +155,7 @@ impl Links for ConnTable {
             // A transient push is written at once when nothing waits before it, without
             // waking the connection's task, or starting one for a parked connection.
             let offered = if push.qos == 0 {
-                conn.offer_now(frame)
+                conn.write_or_queue(frame)
             } else {
                 match conn.binding(&push.app) {
                     Some(binding) => conn.offer_durable(binding, push.seq, frame.clone()).into(),

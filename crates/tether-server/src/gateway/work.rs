@@ -7,18 +7,13 @@ use super::Gateway;
 use super::handle::ConnHandle;
 use super::outbox::Close;
 use crate::session::inbox::NextWork;
-use crate::session::work::{self, Done, Target, Work};
+use crate::session::work::{self, Done, Work};
 
 /// Starts the store operation `next` for `conn`.
 pub(super) fn start_work(gw: &Gateway, conn: &ConnHandle, next: NextWork) -> Work {
     let target = |binding: usize| {
         let (app, user) = &conn.bindings[binding];
-        Target {
-            store: gw.delivery.store().clone(),
-            app: app.clone(),
-            user: user.clone(),
-            device: conn.device.clone(),
-        }
+        gw.delivery.inbox(app, user, &conn.device)
     };
     match next {
         NextWork::Ack { binding, seq } => work::ack(target(binding), binding, seq),
@@ -28,14 +23,7 @@ pub(super) fn start_work(gw: &Gateway, conn: &ConnHandle, next: NextWork) -> Wor
             after,
             first_page,
             missed_before,
-        } => work::backlog(
-            target(binding),
-            binding,
-            after,
-            first_page,
-            missed_before,
-            gw.delivery.max_attempts(),
-        ),
+        } => work::backlog(target(binding), binding, after, first_page, missed_before),
     }
 }
 

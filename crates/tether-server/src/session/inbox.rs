@@ -213,7 +213,7 @@ impl InboxState {
 
     /// Switches to reading the store, giving up what is held; `seq` is the highest seq known
     /// to be missing.
-    pub fn catch_up(&mut self, queue: &mut Queue, seq: u64) {
+    fn catch_up(&mut self, queue: &mut Queue, seq: u64) {
         let held: usize = self.held.iter().map(|(_, f)| f.len()).sum();
         let highest = self.held.iter().map(|(s, _)| *s).max().unwrap_or(0);
         self.held = Vec::new();

@@ -35,13 +35,16 @@ pub enum Done {
     },
 }
 
-/// Who a binding is, for store calls.
+/// One device's inbox, for store calls.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub store: Arc<dyn Store>,
     pub app: AppId,
     pub user: UserId,
     pub device: DeviceId,
+    /// The poison guard's limit: backlogs a message may begin before it is skipped for the
+    /// device.
+    pub max_attempts: u32,
 }
 
 /// Retries of a backlog read that found the store unavailable, and the wait before the first.
@@ -56,7 +59,6 @@ pub fn backlog(
     after: u64,
     first_page: bool,
     missed_before: u64,
-    max_attempts: u32,
 ) -> Work {
     Box::pin(async move {
         let result = async {
@@ -85,7 +87,7 @@ pub fn backlog(
                     .store
                     .note_attempt(&t.app, &t.user, &t.device, head)
                     .await?;
-                if attempts > max_attempts {
+                if attempts > t.max_attempts {
                     t.store.ack(&t.app, &t.user, &t.device, head).await?;
                     tracing::warn!(
                         app = %t.app, user = %t.user, device = %t.device, seq = %head, attempts,

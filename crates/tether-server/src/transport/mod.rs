@@ -82,16 +82,16 @@ impl Framing {
 /// - A wire never buffers more than one frame being read and the frames it was handed to
 ///   write; everything else waits in the connection's byte-bounded queue.
 /// - Bad input is an error with a close code ([`WireError::code`]), never a panic.
-pub trait Wire: Send + Sized {
+pub trait Wire: Send + Sized + 'static {
+    /// What the wire leaves behind while its connection waits without a task, to resume
+    /// from: `()` for raw TCP and WebSocket, whose socket holds all there is; a TLS wire's
+    /// session. [`std::convert::Infallible`] for a wire that never parks.
+    type Rest: Send + 'static;
+
     fn transport(&self) -> Transport;
 
     /// The encoding frames to this client use (WebSocket: the one its `connect` used).
     fn encoding(&self) -> Encoding;
-
-    /// How frames written straight to the socket (see [`Wire::direct`]) are framed.
-    fn framing(&self) -> Framing {
-        Framing::Raw
-    }
 
     /// The next frame from the client; `None` when it closed the connection.
     ///
@@ -129,40 +129,67 @@ pub trait Wire: Send + Sized {
         std::future::poll_fn(move |cx| self.poll_send(cx, frames))
     }
 
+    /// What the wire counts of its traffic.
+    fn counts(&mut self) -> &mut Counts;
+
     /// Bytes of queued frames written since the last call: the transport's own framing and
     /// control frames are not counted, so that this is what leaves the queue's budget.
-    fn take_bytes_written(&mut self) -> usize;
+    fn take_bytes_written(&mut self) -> usize {
+        std::mem::take(&mut self.counts().written)
+    }
 
     /// Bytes received since the last call (for metrics).
-    fn take_bytes_read(&mut self) -> usize;
+    fn take_bytes_read(&mut self) -> usize {
+        std::mem::take(&mut self.counts().read)
+    }
 
     /// Whether a frame was left half-written: then no other frame may follow on this stream.
-    fn mid_frame(&self) -> bool;
+    fn mid_frame(&mut self) -> bool {
+        self.counts().partial
+    }
 
     /// The next frame to send is the rest of one already begun on the wire (by a direct
     /// write): it counts as half-written until it is out.
-    fn set_mid_frame(&mut self) {}
+    fn set_mid_frame(&mut self) {
+        self.counts().partial = true;
+    }
 
-    /// The socket, shared, for writes that bypass the connection's task, framed as
-    /// [`Wire::framing`] says.
-    fn direct(&self) -> Option<Arc<TcpStream>> {
+    /// The socket, shared, for writes that bypass the connection's task, and how such a
+    /// write must frame a frame.
+    fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
         None
     }
 
     /// Whether the wire holds nothing of its own (no frame half read or half written), so
-    /// that it may be dropped while the connection waits without its task, and a wire made by
-    /// [`Wire::resume`] takes over the socket later.
+    /// that its connection may wait without a task (see [`Wire::park`]).
     fn parkable(&self) -> bool {
         false
     }
 
-    /// A wire for the socket of a connection that parked from a wire of this transport,
+    /// Gives the wire up while its connection waits without a task, keeping only its
+    /// [`Wire::Rest`]; the socket stays with the connection. `Err` when it cannot
+    /// ([`Wire::parkable`] is false).
+    fn park(self) -> Result<Self::Rest, Self>;
+
+    /// The wire again, on the socket of a connection that parked from it with `rest`,
     /// speaking `encoding`.
-    fn resume(stream: Arc<TcpStream>, max_frame: u32, encoding: Encoding) -> Self;
+    fn resume(stream: Arc<TcpStream>, rest: Self::Rest, max_frame: u32, encoding: Encoding)
+    -> Self;
 
     /// Closes the connection with `code` (WebSocket: a close frame), after what
     /// [`Wire::send`] wrote. Best effort.
     fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// What a wire counts of its traffic.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Bytes received since they were last taken.
+    read: usize,
+    /// Bytes of queued frames written since they were last taken.
+    written: usize,
+    /// The front frame of the last write is partly on the wire.
+    partial: bool,
 }
 
 /// Slices per vectored write.
@@ -213,7 +240,7 @@ fn poll_write(
 /// socket clears its write readiness and gives `WouldBlock`), but with `send(2)` or
 /// `sendmsg(2)` rather than `writev(2)`: a socket needs none of the file layer's work, which
 /// was about a tenth of the kernel's CPU per write here (see `docs/benchmarks.md`).
-pub fn try_send(stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+fn try_send(stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
     stream.try_io(tokio::io::Interest::WRITABLE, || {
         let socket = socket2::SockRef::from(stream);
         match slices {

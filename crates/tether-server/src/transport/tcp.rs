@@ -10,7 +10,9 @@ use tether_core::Transport;
 use tether_proto::{Code, DecodeError, Frame, binary};
 use tokio::net::TcpStream;
 
-use super::{MAX_IOVECS, READ_CHUNK, Wire, WireError, poll_read, poll_write, shutdown_write};
+use super::{
+    Counts, Framing, MAX_IOVECS, READ_CHUNK, Wire, WireError, poll_read, poll_write, shutdown_write,
+};
 use crate::link::Encoding;
 
 /// Raw TCP: a stream of binary frames.
@@ -25,19 +27,18 @@ pub struct TcpWire {
     stream: Arc<TcpStream>,
     buf: BytesMut,
     max_frame: u32,
-    read: usize,
-    written: usize,
-    /// The front frame of the last write is partly on the wire.
-    partial: bool,
+    counts: Counts,
 }
 
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
-        Self::resume(Arc::new(stream), max_frame, Encoding::Binary)
+        Self::resume(Arc::new(stream), (), max_frame, Encoding::Binary)
     }
 }
 
 impl Wire for TcpWire {
+    type Rest = ();
+
     fn transport(&self) -> Transport {
         Transport::Tcp
     }
@@ -73,7 +74,7 @@ impl Wire for TcpWire {
                         Err(DecodeError::Malformed("connection closed inside a frame").into())
                     });
                 }
-                n => self.read += n,
+                n => self.counts.read += n,
             }
         }
     }
@@ -92,55 +93,45 @@ impl Wire for TcpWire {
                 .map(|(frame, slice)| *slice = io::IoSlice::new(frame))
                 .count();
             let written = ready!(poll_write(&self.stream, cx, &slices[..n]))?;
-            self.written += written;
+            self.counts.written += written;
             let mut left = written;
             while let Some(front) = frames.front_mut() {
                 if left < front.len() {
                     front.advance(left);
-                    self.partial = left > 0;
+                    self.counts.partial = left > 0;
                     break;
                 }
                 left -= front.len();
                 frames.pop_front();
-                self.partial = false;
+                self.counts.partial = false;
             }
         }
         Poll::Ready(Ok(()))
     }
 
-    fn take_bytes_written(&mut self) -> usize {
-        std::mem::take(&mut self.written)
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
     }
 
-    fn mid_frame(&self) -> bool {
-        self.partial
-    }
-
-    fn set_mid_frame(&mut self) {
-        self.partial = true;
-    }
-
-    fn direct(&self) -> Option<Arc<TcpStream>> {
-        Some(self.stream.clone())
+    fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
+        Some((self.stream.clone(), Framing::Raw))
     }
 
     fn parkable(&self) -> bool {
-        self.buf.is_empty() && !self.partial
+        self.buf.is_empty() && !self.counts.partial
     }
 
-    fn resume(stream: Arc<TcpStream>, max_frame: u32, _: Encoding) -> Self {
+    fn park(self) -> Result<(), Self> {
+        if self.parkable() { Ok(()) } else { Err(self) }
+    }
+
+    fn resume(stream: Arc<TcpStream>, (): (), max_frame: u32, _: Encoding) -> Self {
         TcpWire {
             stream,
             buf: BytesMut::new(),
             max_frame,
-            read: 0,
-            written: 0,
-            partial: false,
+            counts: Counts::default(),
         }
-    }
-
-    fn take_bytes_read(&mut self) -> usize {
-        std::mem::take(&mut self.read)
     }
 
     async fn close(&mut self, _code: Code, _reason: &str) {

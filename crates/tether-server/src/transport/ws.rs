@@ -17,7 +17,7 @@ use tether_proto::ws::{self, Opcode, ServerHeader};
 use tether_proto::{Code, DecodeError, Frame, binary, json};
 use tokio::net::TcpStream;
 
-use super::{Framing, MAX_IOVECS, Wire, WireError, poll_read, poll_write, shutdown_write};
+use super::{Counts, Framing, MAX_IOVECS, Wire, WireError, poll_read, poll_write, shutdown_write};
 use crate::link::Encoding;
 
 /// A WebSocket connection after its upgrade.
@@ -44,10 +44,9 @@ pub struct WsWire {
     /// the same budget).
     max_message: usize,
     max_frame: u32,
-    read: usize,
-    written: usize,
-    /// The front frame is the rest of one whose header is on the wire: written as it is.
-    partial: bool,
+    /// `partial`: the front frame is the rest of one whose header is on the wire, written as
+    /// it is.
+    counts: Counts,
     /// Bytes at the start of such a front that are the rest of its header, which the queue's
     /// budget never counted (a write that ended inside a header).
     front_header: u8,
@@ -57,9 +56,9 @@ impl WsWire {
     /// A wire for a socket whose upgrade has been answered; `rest`: what the client sent after
     /// its request.
     pub fn new(stream: TcpStream, rest: BytesMut, max_frame: u32) -> Self {
-        let mut wire = Self::resume(Arc::new(stream), max_frame, Encoding::Binary);
+        let mut wire = Self::resume(Arc::new(stream), (), max_frame, Encoding::Binary);
         wire.encoding_fixed = false;
-        wire.read = rest.len();
+        wire.counts.read = rest.len();
         wire.buf = rest;
         wire
     }
@@ -149,21 +148,21 @@ impl WsWire {
     /// frame (if begun), then the pong, then frames each behind a header.
     /// Counts the queued bytes among them in `written` (headers and pongs are not queued).
     fn consume(&mut self, frames: &mut VecDeque<Bytes>, mut left: usize) {
-        if self.partial
+        if self.counts.partial
             && let Some(front) = frames.front_mut()
         {
             let taken = left.min(front.len());
             let header = taken.min(usize::from(self.front_header));
             // At most `front_header`, a u8.
             self.front_header -= header as u8;
-            self.written += taken - header;
+            self.counts.written += taken - header;
             if left < front.len() {
                 front.advance(left);
                 return;
             }
             left -= front.len();
             frames.pop_front();
-            self.partial = false;
+            self.counts.partial = false;
         }
         if !self.control.is_empty() {
             if left < self.control.len() {
@@ -184,7 +183,7 @@ impl WsWire {
             let header = header.as_bytes();
             if left >= header.len() + front.len() {
                 left -= header.len() + front.len();
-                self.written += front.len();
+                self.counts.written += front.len();
                 frames.pop_front();
                 continue;
             }
@@ -200,9 +199,9 @@ impl WsWire {
                 self.front_header = (header.len() - left) as u8;
             } else {
                 front.advance(left - header.len());
-                self.written += left - header.len();
+                self.counts.written += left - header.len();
             }
-            self.partial = true;
+            self.counts.partial = true;
             return;
         }
     }
@@ -227,16 +226,14 @@ enum Next {
 }
 
 impl Wire for WsWire {
+    type Rest = ();
+
     fn transport(&self) -> Transport {
         Transport::Ws
     }
 
     fn encoding(&self) -> Encoding {
         self.encoding
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::WebSocket
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
@@ -276,7 +273,7 @@ impl Wire for WsWire {
                         Err(DecodeError::Malformed("connection closed inside a message").into())
                     });
                 }
-                n => self.read += n,
+                n => self.counts.read += n,
             }
         }
     }
@@ -290,7 +287,7 @@ impl Wire for WsWire {
         while !frames.is_empty() || !self.control.is_empty() {
             // Many messages, one syscall: the rest of a frame begun, the pong, then each frame
             // behind its header.
-            let raw = usize::from(self.partial && !frames.is_empty());
+            let raw = usize::from(self.counts.partial && !frames.is_empty());
             let control = usize::from(!self.control.is_empty());
             let headed = (frames.len() - raw).min((MAX_IOVECS - raw - control) / 2);
             let mut headers = [ServerHeader::new(opcode, 0); MAX_IOVECS / 2];
@@ -321,27 +318,26 @@ impl Wire for WsWire {
         !self.control.is_empty()
     }
 
-    fn take_bytes_written(&mut self) -> usize {
-        std::mem::take(&mut self.written)
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
     }
 
-    fn mid_frame(&self) -> bool {
-        self.partial
-    }
-
-    fn set_mid_frame(&mut self) {
-        self.partial = true;
-    }
-
-    fn direct(&self) -> Option<Arc<TcpStream>> {
-        Some(self.stream.clone())
+    fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
+        Some((self.stream.clone(), Framing::WebSocket))
     }
 
     fn parkable(&self) -> bool {
-        self.buf.is_empty() && self.fragments.is_none() && self.control.is_empty() && !self.partial
+        self.buf.is_empty()
+            && self.fragments.is_none()
+            && self.control.is_empty()
+            && !self.counts.partial
     }
 
-    fn resume(stream: Arc<TcpStream>, max_frame: u32, encoding: Encoding) -> Self {
+    fn park(self) -> Result<(), Self> {
+        if self.parkable() { Ok(()) } else { Err(self) }
+    }
+
+    fn resume(stream: Arc<TcpStream>, (): (), max_frame: u32, encoding: Encoding) -> Self {
         // Resumed after its handshake: the encoding is the one its `connect` chose.
         WsWire {
             stream,
@@ -353,15 +349,9 @@ impl Wire for WsWire {
             encoding_fixed: true,
             max_message: max_frame as usize + binary::PREFIX_LEN,
             max_frame,
-            read: 0,
-            written: 0,
-            partial: false,
+            counts: Counts::default(),
             front_header: 0,
         }
-    }
-
-    fn take_bytes_read(&mut self) -> usize {
-        std::mem::take(&mut self.read)
     }
 
     async fn close(&mut self, code: Code, reason: &str) {

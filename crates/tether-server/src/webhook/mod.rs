@@ -26,7 +26,6 @@ mod upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, counter, gauge};
 use tether_core::{AppId, MessageIdGen, NodeId, validate_id};
 use tether_proto::{Code, ErrorBody, Upstream};
 use tokio::sync::mpsc;
@@ -36,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret};
 use crate::link::{Link, Links};
+use crate::metrics::HookMetrics;
 use post::Poster;
 use presence::{Flusher, Presence, SeqGen};
 use upstream::{InFlight, Job, Worker};
@@ -51,51 +51,6 @@ pub(crate) struct Target {
     pub ids: Arc<MessageIdGen>,
 }
 
-/// Metric handles of one app's upstream or presence deliveries.
-#[derive(Debug, Clone)]
-pub(crate) struct HookMetrics {
-    /// Waiting in the queue.
-    pub queued: Gauge,
-    /// Delivered: answered 2xx (upstream requests, or events).
-    pub sent: Counted,
-    /// Ended without a 2xx: refused (4xx), last 5xx, unreachable, abandoned at exit.
-    pub failed: Counted,
-    /// Retry attempts (POSTs).
-    pub retries: Counter,
-    /// Refused at a full queue.
-    pub dropped: Counted,
-    /// Upstream answers whose connection was gone (or closed by them as slow).
-    pub replies_lost: Counter,
-    /// Upstream frames refused by the per-connection limit.
-    pub limited: Counter,
-}
-
-/// A metric counter whose total the node can also read back (for the admin stats).
-#[derive(Debug, Clone)]
-pub(crate) struct Counted {
-    counter: Counter,
-    total: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Counted {
-    fn new(counter: Counter) -> Self {
-        Counted {
-            counter,
-            total: Arc::default(),
-        }
-    }
-
-    pub fn increment(&self, n: u64) {
-        self.counter.increment(n);
-        self.total
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// One queue of one app's webhook, for the admin stats.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HookStats {
@@ -107,21 +62,6 @@ pub struct HookStats {
     pub sent: u64,
     pub failed: u64,
     pub dropped: u64,
-}
-
-impl HookMetrics {
-    fn new(app: &str, kind: &'static str) -> Self {
-        let labels = [("app", app.to_owned()), ("kind", kind.to_owned())];
-        HookMetrics {
-            queued: gauge!("tether_webhook_queued", &labels),
-            sent: Counted::new(counter!("tether_webhook_sent_total", &labels)),
-            failed: Counted::new(counter!("tether_webhook_failed_total", &labels)),
-            retries: counter!("tether_webhook_retries_total", &labels),
-            dropped: Counted::new(counter!("tether_webhook_dropped_total", &labels)),
-            replies_lost: counter!("tether_webhook_replies_lost_total", &labels),
-            limited: counter!("tether_webhook_limited_total", &labels),
-        }
-    }
 }
 
 /// One app's upstream queue.

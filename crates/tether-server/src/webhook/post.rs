@@ -24,9 +24,9 @@ pub(crate) struct Poster {
     pub max_body: usize,
 }
 
-/// What one delivery is.
+/// What one delivery to a webhook is: the POST, its signing key and its id.
 #[derive(Debug)]
-pub(crate) struct Delivery<'a> {
+pub(crate) struct Post<'a> {
     pub url: &'a str,
     pub secret: &'a [u8],
     /// The same on every attempt: the business drops duplicates with it.
@@ -92,7 +92,7 @@ impl Poster {
     /// `stop` is cancelled). Each retry increments `retried`.
     pub async fn deliver(
         &self,
-        d: &Delivery<'_>,
+        d: &Post<'_>,
         retries: Option<u32>,
         stop: &CancellationToken,
         retried: &Counter,
@@ -138,7 +138,7 @@ impl Poster {
         base.mul_f64(rng.random_range(0.5..=1.0))
     }
 
-    async fn attempt(&self, d: &Delivery<'_>) -> Attempt {
+    async fn attempt(&self, d: &Post<'_>) -> Attempt {
         let timestamp = tether_core::now_ms() / 1000;
         let request = self
             .client

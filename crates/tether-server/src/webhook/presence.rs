@@ -28,8 +28,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::post::{Delivery, Outcome, Poster};
-use super::{HookMetrics, Target};
+use super::Target;
+use super::post::{Outcome, Post, Poster};
+use crate::metrics::HookMetrics;
 
 /// Shards of the per-user connection counts: a reconnect storm takes many locks, not one.
 const SHARDS: usize = 16;
@@ -245,7 +246,7 @@ impl Flusher {
     async fn send(&self, batch: &[Event]) {
         let t = &self.target;
         let id = format!("{}-{}", t.node, t.ids.next());
-        let delivery = Delivery {
+        let delivery = Post {
             url: &t.url,
             secret: t.secret.expose().as_bytes(),
             id: &id,

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::post::{Delivery, Outcome, Poster};
-use super::{HookMetrics, Target};
+use super::Target;
+use super::post::{Outcome, Post, Poster};
 use crate::link::{Enqueued, Links};
+use crate::metrics::HookMetrics;
 
 /// One upstream frame on its way to the webhook.
 #[derive(Debug)]
@@ -190,7 +191,7 @@ impl Worker {
     async fn deliver(&self, job: Job) {
         let t = &self.target;
         let id = format!("{}-{}", t.node, t.ids.next());
-        let delivery = Delivery {
+        let delivery = Post {
             url: &t.url,
             secret: t.secret.expose().as_bytes(),
             id: &id,

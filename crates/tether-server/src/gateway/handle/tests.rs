@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::super::outbox::{Close, Outbox, rest};
 use super::super::table::ConnTable;
 use super::{ConnHandle, NewConn};
-use crate::link::{Encoding, Enqueued, Offered};
+use crate::link::{Encoding, Enqueued, Link, Offered};
 use crate::session::inbox::{InboxState, NextWork, REORDER_FRAMES, REORDER_WAIT_MS};
 use crate::transport::Framing;
 
@@ -24,7 +24,6 @@ fn new_conn(limit: usize) -> NewConn {
         id: ConnId(1),
         transport: Transport::Tcp,
         encoding: Encoding::Binary,
-        framing: Framing::Raw,
         device: DeviceId::from("d"),
         bindings: vec![],
         resume: vec![],
@@ -279,7 +278,7 @@ async fn small_pair() -> (Arc<TcpStream>, TcpStream) {
 
 fn direct_conn(limit: usize, stream: Arc<TcpStream>) -> ConnHandle {
     let mut conn = new_conn(limit);
-    conn.direct = Some(stream);
+    conn.direct = Some((stream, Framing::Raw));
     let mut inbox = InboxState::resuming(0, 0);
     inbox.catching_up = false;
     conn.resume = vec![inbox];
@@ -293,12 +292,11 @@ async fn a_direct_write_to_a_websocket_puts_each_frame_behind_its_header() {
     let mut new = new_conn(256 * 1024);
     new.transport = Transport::Ws;
     new.encoding = Encoding::Json;
-    new.framing = Framing::WebSocket;
-    new.direct = Some(server);
+    new.direct = Some((server, Framing::WebSocket));
     let conn = ConnHandle::new(new);
     conn.writer_idle();
     let frame = Bytes::from(vec![b'x'; 200]);
-    assert_eq!(conn.offer_now(&frame), Offered::Written(200));
+    assert_eq!(conn.write_or_queue(&frame), Offered::Written(200));
     let mut got = vec![0u8; 204];
     client.read_exact(&mut got).await.unwrap();
     // A text message (JSON), FIN, a 16-bit length.
@@ -307,7 +305,7 @@ async fn a_direct_write_to_a_websocket_puts_each_frame_behind_its_header() {
 
     // Too much for the socket: the rest waits, marked as begun, without a second header.
     let big = Bytes::from(vec![b'y'; 64 * 1024]);
-    assert_eq!(conn.offer_now(&big), Offered::Queued);
+    assert_eq!(conn.write_or_queue(&big), Offered::Queued);
     let mut taken = VecDeque::new();
     let (_, tail) = conn.take_batch(&mut taken);
     assert!(tail, "the task must treat it as half-written");
@@ -341,7 +339,7 @@ async fn a_direct_write_needs_room_for_the_whole_frame_in_the_budget() {
     conn.writer_idle();
     // Not written in part with no room for the rest: refused whole, closing as slow.
     assert_eq!(
-        conn.offer_now(&Bytes::from(vec![7u8; 32 * 1024])),
+        conn.write_or_queue(&Bytes::from(vec![7u8; 32 * 1024])),
         Offered::Overflow
     );
     let mut buf = [0u8; 16];
@@ -358,7 +356,7 @@ async fn the_rest_of_a_direct_write_survives_finish_and_non_flushing_closes() {
     let conn = direct_conn(256 * 1024, server);
     // Nothing is written before the task says it is idle (`connected` goes first).
     assert_eq!(
-        conn.offer_now(&Bytes::from(vec![7u8; 1024])),
+        conn.write_or_queue(&Bytes::from(vec![7u8; 1024])),
         Offered::Queued
     );
     let mut buf = [0u8; 16];
@@ -371,7 +369,7 @@ async fn the_rest_of_a_direct_write_survives_finish_and_non_flushing_closes() {
         let conn = direct_conn(256 * 1024, server);
         conn.writer_idle();
         assert_eq!(
-            conn.offer_now(&Bytes::from(vec![7u8; 64 * 1024])),
+            conn.write_or_queue(&Bytes::from(vec![7u8; 64 * 1024])),
             Offered::Queued
         );
         conn
@@ -392,7 +390,7 @@ async fn finish_hands_back_the_rest_of_a_direct_write() {
     let conn = direct_conn(256 * 1024, server);
     conn.writer_idle();
     assert_eq!(
-        conn.offer_now(&Bytes::from(vec![7u8; 64 * 1024])),
+        conn.write_or_queue(&Bytes::from(vec![7u8; 64 * 1024])),
         Offered::Queued
     );
     let rest = conn.finish().expect("the rest of the begun frame");
