@@ -11,8 +11,10 @@
 //!   clients reach them, whether they drain) and its in-memory backend.
 //! - [`router`]: the router seam (carry a delivery to the node holding a connection) and its
 //!   in-memory, single-node backend.
-//! - [`store`]: the store seam (durable inboxes, device cursors, idempotency keys) and its
-//!   in-memory backend.
+//! - [`store`]: the store seam, [`Store`], made of [`Inboxes`] (durable inboxes, idempotency
+//!   keys), [`Cursors`] (device cursors, the poison guard's count), [`TopicHistory`] and
+//!   [`Subscriptions`] (server-side subscriptions).
+//!   - [`store::memory`]: [`MemoryStore`], its in-memory backend.
 //! - [`contract`]: the contract test suites every backend of a seam must pass.
 
 pub mod auth;
@@ -27,7 +29,10 @@ pub use id::*;
 pub use message::Outgoing;
 pub use registry::{MemoryRegistry, NodeInfo, Registry, RegistryError, Session, Transport};
 pub use router::{LocalSink, MemoryRouter, NodeMessage, Router, RouterError};
-pub use store::{MemoryStore, Retention, Store, StoreError, SubscriptionError};
+pub use store::{
+    Cursors, Inboxes, MemoryStore, Retention, Store, StoreError, SubscriptionError, Subscriptions,
+    TopicHistory,
+};
 
 /// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> u64 {

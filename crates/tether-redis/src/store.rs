@@ -1,4 +1,4 @@
-//! [`RedisStore`]: the [`Store`] on Redis, standalone or Redis Cluster.
+//! [`RedisStore`]: the [`Store`](tether_core::Store) on Redis, standalone or Redis Cluster.
 //!
 //! # Keys and data structures
 //! Keys come from [`Keys`]. Those of one (app, user) share a hash tag, so they live in one slot
@@ -74,8 +74,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::{Script, Value};
 use tether_core::store::{Append, Appended, Cursor, Idempotency, NewMessage, Page, StoredMessage};
 use tether_core::{
-    AppId, DeviceId, MessageId, Retention, Seq, Store, StoreError, SubscriptionError, TopicId,
-    UserId,
+    AppId, Cursors, DeviceId, Inboxes, MessageId, Retention, Seq, StoreError, SubscriptionError,
+    Subscriptions, TopicHistory, TopicId, UserId,
 };
 use tether_proto::PayloadKind;
 
@@ -457,7 +457,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl Inboxes for RedisStore {
     async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         let m = &append.message;
         let (claim, duplicate) = match &append.idempotency {
@@ -509,7 +509,10 @@ impl Store for RedisStore {
         self.read_log(self.inbox(app, user), after, limit, now_ms)
             .await
     }
+}
 
+#[async_trait]
+impl Cursors for RedisStore {
     async fn ack(
         &self,
         app: &AppId,
@@ -570,7 +573,10 @@ impl Store for RedisStore {
             other => Err(unexpected("note_attempt", &other)),
         }
     }
+}
 
+#[async_trait]
+impl TopicHistory for RedisStore {
     async fn publish(
         &self,
         app: &AppId,
@@ -603,7 +609,10 @@ impl Store for RedisStore {
         self.read_log(self.topic(app, topic), after, limit, now_ms)
             .await
     }
+}
 
+#[async_trait]
+impl Subscriptions for RedisStore {
     async fn set_subscription(
         &self,
         app: &AppId,

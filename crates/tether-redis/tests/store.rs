@@ -11,7 +11,10 @@ use bytes::Bytes;
 use redis::cluster_routing::Slot;
 use tether_core::contract::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, store_contract};
 use tether_core::store::{Append, Idempotency, NewMessage, Page};
-use tether_core::{AppId, DeviceId, MessageId, Retention, Seq, Store, StoreError, TopicId, UserId};
+use tether_core::{
+    AppId, Cursors, DeviceId, Inboxes, MessageId, Retention, Seq, StoreError, Subscriptions,
+    TopicHistory, TopicId, UserId,
+};
 use tether_proto::PayloadKind;
 use tether_redis::{Keys, Redis, RedisOptions, RedisStore};
 

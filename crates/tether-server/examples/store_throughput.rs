@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use tether_core::store::{Append, NewMessage, Store};
-use tether_core::{AppId, MessageId, StoreError, UserId};
+use tether_core::store::{Append, NewMessage};
+use tether_core::{AppId, Inboxes, MessageId, StoreError, UserId};
 use tether_proto::PayloadKind;
 use tether_server::config::Durability;
 use tether_server::store::{EmbeddedOptions, EmbeddedStore};

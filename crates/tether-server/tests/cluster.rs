@@ -434,7 +434,7 @@ async fn after_the_router_loses_its_connection_stored_messages_it_missed_arrive(
     .await
     .unwrap();
     let now = tether_core::now_ms();
-    let appended = tether_core::Store::append(
+    let appended = tether_core::Inboxes::append(
         &store,
         tether_core::store::Append {
             app: APP.into(),

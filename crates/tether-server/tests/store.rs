@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use tether_core::contract::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, store_contract};
-use tether_core::store::{Append, Idempotency, NewMessage, Store};
+use tether_core::store::{Append, Idempotency, NewMessage};
 use tether_core::{
-    AppId, DeviceId, MessageId, Retention, Seq, StoreError, SubscriptionError, TopicId, UserId,
-    now_ms,
+    AppId, Cursors, DeviceId, Inboxes, MessageId, Retention, Seq, StoreError, SubscriptionError,
+    Subscriptions, TopicHistory, TopicId, UserId, now_ms,
 };
 use tether_proto::PayloadKind;
 use tether_server::config::Durability;

@@ -1,4 +1,4 @@
-//! [`EmbeddedStore`]: the [`Store`] on local disk.
+//! [`EmbeddedStore`]: the [`Store`](tether_core::Store) on local disk.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fjall::{Database, KeyspaceCreateOptions, Readable};
 use metrics::{Counter, counter};
-use tether_core::store::{Append, Appended, Cursor, NewMessage, Page, Store};
+use tether_core::store::{Append, Appended, Cursor, NewMessage, Page};
 use tether_core::{
-    AppId, DeviceId, Retention, Seq, StoreError, SubscriptionError, TopicId, UserId,
+    AppId, Cursors, DeviceId, Inboxes, Retention, Seq, StoreError, SubscriptionError,
+    Subscriptions, TopicHistory, TopicId, UserId,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -102,6 +103,8 @@ pub struct Swept {
 /// Call [`EmbeddedStore::close`] and wait for it: the writer finishes what is queued, fsyncs,
 /// and releases the directory. Dropping the handle without `close` does the same, but in the
 /// background: the directory may still be locked for a moment afterwards.
+///
+/// [`Store`]: tether_core::Store
 pub struct EmbeddedStore {
     requests: mpsc::Sender<Request>,
     /// `None` once closed: reads then fail, and the database closes when the last in-flight
@@ -294,7 +297,7 @@ impl EmbeddedStore {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl Inboxes for EmbeddedStore {
     async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         self.write(|reply| Write::Append(append, reply)).await
     }
@@ -310,7 +313,10 @@ impl Store for EmbeddedStore {
         self.read_log(codec::inbox_key(app, user), after, limit, now_ms)
             .await
     }
+}
 
+#[async_trait]
+impl Cursors for EmbeddedStore {
     async fn ack(
         &self,
         app: &AppId,
@@ -371,7 +377,10 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::NoteAttempt { cursor, seq, reply })
             .await
     }
+}
 
+#[async_trait]
+impl TopicHistory for EmbeddedStore {
     async fn publish(
         &self,
         app: &AppId,
@@ -398,7 +407,10 @@ impl Store for EmbeddedStore {
         self.read_log(codec::topic_key(app, topic), after, limit, now_ms)
             .await
     }
+}
 
+#[async_trait]
+impl Subscriptions for EmbeddedStore {
     async fn set_subscription(
         &self,
         app: &AppId,
