@@ -7,8 +7,9 @@
 //! - [`auth`]: client tokens (JWT HS256): minting and verification.
 //! - [`message`]: [`Outgoing`], a message encoded at most once per encoding and shared by every
 //!   recipient.
-//! - [`registry`]: the registry seam (who is connected where; which nodes are up, where
-//!   clients reach them, whether they drain) and its in-memory backend.
+//! - [`registry`]: the registry seam, [`Registry`], made of [`Sessions`] (who is connected
+//!   where) and [`Membership`] (which nodes are up, where clients reach them, whether they
+//!   drain); and its in-memory backend.
 //! - [`router`]: the router seam (carry a delivery to the node holding a connection) and its
 //!   in-memory, single-node backend.
 //! - [`store`]: the store seam, [`Store`], made of [`Inboxes`] (durable inboxes, idempotency
@@ -27,7 +28,9 @@ pub mod store;
 
 pub use id::*;
 pub use message::Outgoing;
-pub use registry::{MemoryRegistry, NodeInfo, Registry, RegistryError, Session, Transport};
+pub use registry::{
+    Membership, MemoryRegistry, NodeInfo, Registry, RegistryError, Session, Sessions, Transport,
+};
 pub use router::{LocalSink, MemoryRouter, NodeMessage, Router, RouterError};
 pub use store::{
     Cursors, Inboxes, MemoryStore, Retention, Store, StoreError, SubscriptionError, Subscriptions,

@@ -1,7 +1,9 @@
-//! The registry seam: who is connected, on which node, connection and device; and which nodes
-//! are up, where clients reach them, and whether they take new connections.
+//! The registry seam: who is connected, on which node, connection and device ([`Sessions`]);
+//! and which nodes are up, where clients reach them, and whether they take new connections
+//! ([`Membership`]). [`Registry`] is both, what a node is given.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -46,15 +48,23 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// Every seam of the registry: sessions and node membership. Implemented for every type that
+/// implements both parts, so a backend implements those and `Arc<dyn Registry>` serves as
+/// either.
+pub trait Registry: Sessions + Membership + Send + Sync + Debug + 'static {}
+
+impl<T> Registry for T where T: Sessions + Membership + Send + Sync + Debug + 'static {}
+
 /// Who is connected where.
 ///
 /// A session is keyed by (app, user, node, conn): one connection with bindings for two apps has
-/// two sessions. Backends: [`MemoryRegistry`] (one node); Redis lands with the cluster mode.
+/// two sessions. Backends: [`MemoryRegistry`] (one node), `RedisRegistry` (the cluster mode).
+///
+/// # Guarantees every backend gives
+/// - Once `register` returns `Ok`, [`Sessions::sessions`] on any node sees the session.
 #[async_trait]
-pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
+pub trait Sessions: Send + Sync + Debug + 'static {
     /// Records a session. Registering the same (app, user, node, conn) again replaces it.
-    ///
-    /// Guarantee: once this returns `Ok`, [`Registry::sessions`] on any node sees the session.
     async fn register(&self, session: Session) -> Result<(), RegistryError>;
 
     /// Forgets the session (app, user, node, conn). Unknown sessions are ignored.
@@ -73,20 +83,32 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// How many sessions `app` has across all nodes.
     async fn app_session_count(&self, app: &AppId) -> Result<u64, RegistryError>;
 
+    /// Every session registered for `node`, in no particular order: what a node compares with
+    /// the connections it really holds after the registry was unreachable for a while.
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError>;
+}
+
+/// Which nodes are up, where clients reach them, and whether they take new connections.
+///
+/// # Guarantees every backend gives
+/// - Once `announce` returns `Ok`, [`Membership::nodes`] on any node sees this announcement
+///   (not an older one) for any `now_ms` before its `expires_ms`. Nodes re-announce well
+///   within their ttl; one that stops (crash, lost network) drops out at `expires_ms` without
+///   anyone withdrawing it.
+/// - A node that died without withdrawing loses its sessions at the first
+///   [`Membership::reap`] after its announcement expired; live nodes call it periodically, so
+///   that a dead node's sessions are gone within its ttl plus that period.
+#[async_trait]
+pub trait Membership: Send + Sync + Debug + 'static {
     /// Records a node's announcement, replacing the node's previous one (an announcement is
     /// whole: endpoints, load and state together). Returns whether the node's previous
     /// announcement was still held (`false` for a first announcement, and after a withdraw, a
-    /// [`Registry::reap`], or a backend that lost its data): on `false` a node re-registers its
-    /// sessions, which the registry may have forgotten.
-    ///
-    /// Guarantee: once this returns `Ok`, [`Registry::nodes`] on any node sees this
-    /// announcement (not an older one) for any `now_ms` before its `expires_ms`. Nodes
-    /// re-announce well within their ttl; one that stops (crash, lost network) drops out at
-    /// `expires_ms` without anyone withdrawing it.
+    /// [`Membership::reap`], or a backend that lost its data): on `false` a node re-registers
+    /// its sessions, which the registry may have forgotten.
     async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError>;
 
     /// Takes a node's announcement out of the list at once (a clean shutdown); its sessions that
-    /// remain (closes that could not unregister) go at the next [`Registry::reap`]. Unknown
+    /// remain (closes that could not unregister) go at the next [`Membership::reap`]. Unknown
     /// nodes are ignored.
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError>;
 
@@ -96,13 +118,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forgets the announcement and every session of each node whose announcement expired
     /// before `now_ms` (a node that died without withdrawing), and returns how many sessions
-    /// went. Sessions of nodes that never announced are kept. Live nodes call it
-    /// periodically, so that a dead node's sessions are gone within its ttl plus that period.
+    /// went. Sessions of nodes that never announced are kept.
     async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError>;
-
-    /// Every session registered for `node`, in no particular order: what a node compares with
-    /// the connections it really holds after the registry was unreachable for a while.
-    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError>;
 }
 
 /// What a node announces about itself: where clients reach it, its load, and its state.
@@ -145,7 +162,7 @@ const WITHDRAWN: u64 = 0;
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     users: RwLock<HashMap<UserKey, Box<[Entry]>>>,
-    /// Announcements by node; expired ones are dropped by the next [`Registry::reap`].
+    /// Announcements by node; expired ones are dropped by the next [`Membership::reap`].
     nodes: RwLock<HashMap<NodeId, NodeInfo>>,
 }
 
@@ -194,7 +211,7 @@ impl Entry {
 }
 
 #[async_trait]
-impl Registry for MemoryRegistry {
+impl Sessions for MemoryRegistry {
     async fn register(&self, session: Session) -> Result<(), RegistryError> {
         let key = (session.app.clone(), session.user.clone());
         let entry = Entry::new(session);
@@ -250,6 +267,19 @@ impl Registry for MemoryRegistry {
             .sum())
     }
 
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Ok(users
+            .iter()
+            .flat_map(|(key, list)| list.iter().map(move |e| (key, e)))
+            .filter(|(_, e)| &e.node == node)
+            .map(|(key, e)| e.session(key))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Membership for MemoryRegistry {
     async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         let previous = nodes.insert(node.id.clone(), node);
@@ -275,16 +305,6 @@ impl Registry for MemoryRegistry {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
-    }
-
-    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        Ok(users
-            .iter()
-            .flat_map(|(key, list)| list.iter().map(move |e| (key, e)))
-            .filter(|(_, e)| &e.node == node)
-            .map(|(key, e)| e.session(key))
-            .collect())
     }
 
     async fn reap(&self, now_ms: u64) -> Result<u64, RegistryError> {

@@ -48,7 +48,7 @@
 //! # When a node dies
 //!
 //! Its announcement expires at `expires_ms` (the node's announce interval times its ttl
-//! factor); the first [`Registry::reap`] after that forgets its sessions. A dead node's
+//! factor); the first [`Membership::reap`] after that forgets its sessions. A dead node's
 //! sessions are gone within its announcement ttl plus the reap period of the live nodes.
 //! Until then pushes to its users are routed to a node that does not answer; the store still
 //! holds them for the next connection.
@@ -70,7 +70,7 @@
 //! 4. *Release*: delete the tombstone if it is still ours. The node's next `announce` answers
 //!    `false`, and it registers its sessions again ([`RedisRegistry::register_all`]).
 //!
-//! [`Registry::nodes`] only reads: an expired announcement stays (hidden) until a reap takes
+//! [`Membership::nodes`] only reads: an expired announcement stays (hidden) until a reap takes
 //! it, because the reap needs it to find the node's sessions. A node that withdraws is not
 //! reaped: it unregisters its sessions as it closes them.
 
@@ -81,7 +81,8 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::Script;
 use tether_core::{
-    AppId, ConnId, DeviceId, NodeId, NodeInfo, Registry, RegistryError, Session, Transport, UserId,
+    AppId, ConnId, DeviceId, Membership, NodeId, NodeInfo, RegistryError, Session, Sessions,
+    Transport, UserId,
 };
 
 use crate::{Keys, Redis, RedisOptions, describe};
@@ -373,7 +374,7 @@ impl RedisRegistry {
 }
 
 #[async_trait]
-impl Registry for RedisRegistry {
+impl Sessions for RedisRegistry {
     async fn register(&self, session: Session) -> Result<(), RegistryError> {
         let mut redis = self.redis.clone();
         let node = session.node.as_str();
@@ -488,6 +489,53 @@ impl Registry for RedisRegistry {
             .await
     }
 
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node(node.as_str(), "sessions"))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let owned: Vec<(AppId, UserId, u64)> = members
+            .iter()
+            .filter_map(|m| decode_member(m))
+            .map(|(app, user, conn)| (AppId::from(app), UserId::from(user), conn))
+            .collect();
+        stream::iter(owned)
+            .map(|(app, user, conn)| {
+                let mut redis = self.redis.clone();
+                let key = self.keys.user(app.as_str(), user.as_str(), "sessions");
+                let field = field(node.as_str(), ConnId(conn));
+                async move {
+                    let value: Option<Vec<u8>> = redis::cmd("HGET")
+                        .arg(key)
+                        .arg(&field)
+                        .query_async(&mut redis)
+                        .await
+                        .map_err(unavailable)?;
+                    // A session the node's set names but its user's hash lost (a half-done
+                    // register) is listed all the same, so that the node can unregister it.
+                    let session = value
+                        .and_then(|v| decode_session(&app, &user, field.as_bytes(), &v))
+                        .unwrap_or_else(|| Session {
+                            app: app.clone(),
+                            user: user.clone(),
+                            node: node.clone(),
+                            conn: ConnId(conn),
+                            device: "?".into(),
+                            transport: Transport::Tcp,
+                            connected_at_ms: 0,
+                        });
+                    Ok(session)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+}
+
+#[async_trait]
+impl Membership for RedisRegistry {
     async fn announce(&self, node: NodeInfo) -> Result<bool, RegistryError> {
         let held: i64 = ANNOUNCE
             .key(self.keys.global("nodes"))
@@ -562,50 +610,6 @@ impl Registry for RedisRegistry {
             gone += forgotten;
         }
         Ok(gone)
-    }
-
-    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<Session>, RegistryError> {
-        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-            .arg(self.keys.node(node.as_str(), "sessions"))
-            .query_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        let owned: Vec<(AppId, UserId, u64)> = members
-            .iter()
-            .filter_map(|m| decode_member(m))
-            .map(|(app, user, conn)| (AppId::from(app), UserId::from(user), conn))
-            .collect();
-        stream::iter(owned)
-            .map(|(app, user, conn)| {
-                let mut redis = self.redis.clone();
-                let key = self.keys.user(app.as_str(), user.as_str(), "sessions");
-                let field = field(node.as_str(), ConnId(conn));
-                async move {
-                    let value: Option<Vec<u8>> = redis::cmd("HGET")
-                        .arg(key)
-                        .arg(&field)
-                        .query_async(&mut redis)
-                        .await
-                        .map_err(unavailable)?;
-                    // A session the node's set names but its user's hash lost (a half-done
-                    // register) is listed all the same, so that the node can unregister it.
-                    let session = value
-                        .and_then(|v| decode_session(&app, &user, field.as_bytes(), &v))
-                        .unwrap_or_else(|| Session {
-                            app: app.clone(),
-                            user: user.clone(),
-                            node: node.clone(),
-                            conn: ConnId(conn),
-                            device: "?".into(),
-                            transport: Transport::Tcp,
-                            connected_at_ms: 0,
-                        });
-                    Ok(session)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await
     }
 }
 

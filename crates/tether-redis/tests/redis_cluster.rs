@@ -10,7 +10,7 @@ use tether_core::contract::{
     CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, RecordingSink, registry_contract,
     remote_router_contract, store_contract,
 };
-use tether_core::{ConnId, DeviceId, NodeId, Registry, Retention, Session, Transport};
+use tether_core::{ConnId, DeviceId, NodeId, Retention, Session, Sessions, Transport};
 use tether_redis::testing::RedisCluster;
 use tether_redis::{Keys, RedisRegistry, RedisRouter, RedisStore};
 

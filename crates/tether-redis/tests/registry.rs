@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use tether_core::contract::registry_contract;
 use tether_core::{
-    AppId, ConnId, DeviceId, NodeId, NodeInfo, Registry, Session, Transport, UserId, now_ms,
+    AppId, ConnId, DeviceId, Membership, NodeId, NodeInfo, Session, Sessions, Transport, UserId,
+    now_ms,
 };
 use tether_redis::{Keys, Redis, RedisOptions, RedisRegistry, testing};
 

@@ -480,7 +480,7 @@ async fn a_node_restarted_under_the_same_id_forgets_what_its_previous_run_left()
         .await
         .unwrap();
     let now = tether_core::now_ms();
-    tether_core::Registry::announce(
+    tether_core::Membership::announce(
         &registry,
         tether_core::NodeInfo {
             id: "rerun-0".into(),
@@ -494,7 +494,7 @@ async fn a_node_restarted_under_the_same_id_forgets_what_its_previous_run_left()
     )
     .await
     .unwrap();
-    tether_core::Registry::register(
+    tether_core::Sessions::register(
         &registry,
         tether_core::Session {
             app: APP.into(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tether_core::{MemoryRegistry, Registry};
+use tether_core::{Membership, MemoryRegistry, Registry};
 use tether_proto::{Binding, Code};
 use tether_server::config::{AppConfig, Secret, StoreBackend};
 use tether_server::{Config, Node};
