@@ -16,9 +16,11 @@
 //!   keys), [`Cursors`] (device cursors, the poison guard's count), [`TopicHistory`] and
 //!   [`Subscriptions`] (server-side subscriptions).
 //!   - [`store::memory`]: [`MemoryStore`], its in-memory backend.
-//! - [`contract`]: the contract test suites every backend of a seam must pass.
+//! - `contract` (the `testing` feature, for tests): the contract test suites every backend of
+//!   a seam must pass.
 
 pub mod auth;
+#[cfg(any(test, feature = "testing"))]
 pub mod contract;
 pub mod id;
 pub mod message;

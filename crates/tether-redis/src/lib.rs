@@ -9,7 +9,8 @@
 //! - [`registry`]: [`RedisRegistry`], sessions and node announcements.
 //! - [`router`]: [`RedisRouter`], node-to-node deliveries over pub/sub (sharded pub/sub on
 //!   Redis Cluster), one channel per node.
-//! - [`testing`]: how tests find a Redis server and keep out of each other's keys.
+//! - `testing` (the `testing` feature, for tests): how tests find a Redis server, keep out of
+//!   each other's keys, and start a Redis Cluster or a TLS server of their own.
 //!
 //! # Keys and slots
 //!
@@ -29,6 +30,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 pub mod registry;
 pub mod router;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use redis;
