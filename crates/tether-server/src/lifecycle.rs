@@ -111,7 +111,7 @@ impl Lifecycle {
     }
 
     /// Announces the node now. Returns whether the registry still held the previous
-    /// announcement (see [`Registry::announce`]).
+    /// announcement (see [`Membership::announce`](tether_core::Membership::announce)).
     /// Nothing once the node withdrew: an announcement in flight at shutdown must not land
     /// after the withdrawal and list the node again.
     pub async fn announce(&self) -> Result<bool, RegistryError> {
