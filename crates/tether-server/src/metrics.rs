@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tether_core::Transport;
 use tether_proto::Code;
@@ -183,6 +183,50 @@ impl FanoutMetrics {
 }
 
 impl Default for FanoutMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The embedded store's handles (see `crate::store`): its writer's batches and fsyncs, what
+/// its sweep deleted, writes refused at a full queue.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub batches: Counter,
+    pub fsyncs: Counter,
+    pub appends: Counter,
+    pub publishes: Counter,
+    pub batch_requests: Histogram,
+    /// An fsync's time; in sync mode, that of the whole commit it is part of (journal write,
+    /// fsync, memtable inserts).
+    pub fsync_seconds: Histogram,
+    pub expired_messages: Counter,
+    pub expired_keys: Counter,
+    pub expired_cursors: Counter,
+    /// Writes refused because the writer's queue was full.
+    pub overloaded: Counter,
+}
+
+impl StoreMetrics {
+    pub fn new() -> Self {
+        let expired =
+            |kind: &'static str| counter!("tether_store_expired_deleted_total", "kind" => kind);
+        StoreMetrics {
+            batches: counter!("tether_store_batches_total"),
+            fsyncs: counter!("tether_store_fsyncs_total"),
+            appends: counter!("tether_store_appends_total"),
+            publishes: counter!("tether_store_publishes_total"),
+            batch_requests: histogram!("tether_store_batch_requests"),
+            fsync_seconds: histogram!("tether_store_fsync_seconds"),
+            expired_messages: expired("message"),
+            expired_keys: expired("idempotency"),
+            expired_cursors: expired("cursor"),
+            overloaded: counter!("tether_store_overloaded_total"),
+        }
+    }
+}
+
+impl Default for StoreMetrics {
     fn default() -> Self {
         Self::new()
     }

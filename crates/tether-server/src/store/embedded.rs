@@ -3,60 +3,25 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use fjall::{Database, KeyspaceCreateOptions, Readable};
-use metrics::{Counter, counter};
 use tether_core::store::{Append, Appended, Cursor, NewMessage, Page};
 use tether_core::{
-    AppId, Cursors, DeviceId, Inboxes, Retention, Seq, StoreError, SubscriptionError,
-    Subscriptions, TopicHistory, TopicId, UserId,
+    AppId, Cursors, DeviceId, Inboxes, Seq, StoreError, SubscriptionError, Subscriptions,
+    TopicHistory, TopicId, UserId,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
+use super::expiry::Swept;
 use super::inbox;
-use super::writer::{
-    Counters, Keyspaces, Reply, Request, Subscription, Write, Writer, unavailable,
-};
-use crate::config::{Durability, StoreConfig};
-
-/// How an [`EmbeddedStore`] keeps and writes its data.
-#[derive(Debug, Clone, Copy)]
-pub struct EmbeddedOptions {
-    pub retention: Retention,
-    /// When an append is answered: after the fsync that covers it, or once the operating
-    /// system has it (with an fsync every `sync_interval`).
-    pub durability: Durability,
-    /// With [`Durability::Interval`], the longest an answered write stays unsynced. Also
-    /// bounds how long acks wait for an fsync in [`Durability::Sync`] mode.
-    pub sync_interval: Duration,
-    /// Writes waiting for the writer; past it, writes fail with [`StoreError::Overloaded`].
-    pub queue: usize,
-}
-
-impl EmbeddedOptions {
-    pub fn from_config(config: &StoreConfig) -> Self {
-        EmbeddedOptions {
-            retention: Retention {
-                inbox_cap: config.inbox_cap,
-                topic_history: config.topic_history,
-                cursor_idle: config.max_ttl,
-            },
-            durability: config.durability,
-            sync_interval: config.sync_interval,
-            queue: config.queue,
-        }
-    }
-}
-
-impl Default for EmbeddedOptions {
-    fn default() -> Self {
-        Self::from_config(&StoreConfig::default())
-    }
-}
+use super::keyspaces::{Counters, Keyspaces, unavailable};
+use super::options::EmbeddedOptions;
+use super::request::{Reply, Request, Subscription, Write};
+use super::writer::Writer;
+use crate::metrics::StoreMetrics;
 
 /// Work counters since the store opened, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,16 +36,6 @@ pub struct StoreStats {
     pub publishes: u64,
 }
 
-/// What one sweep pass deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Swept {
-    /// Of inboxes and topic histories.
-    pub messages: u64,
-    pub idempotency_keys: u64,
-    /// Device cursors not written for longer than `Retention::cursor_idle`.
-    pub cursors: u64,
-}
-
 /// Durable inboxes, topic histories and subscriptions in a fjall database in one directory.
 ///
 /// Writes (`append`, `publish`, `set_subscription`, `ack`, `note_attempt`) go to one writer
@@ -92,11 +47,11 @@ pub struct Swept {
 /// A write whose caller is cancelled after it was queued still happens.
 ///
 /// # Guarantees
-/// Those of [`Store`], with [`Durability::Sync`] meaning "fsynced before `append` returns"
+/// Those of [`Store`], with [`Durability::Sync`](crate::config::Durability::Sync) meaning "fsynced before `append` returns"
 /// (and `publish`, and `set_subscription` when it changed something; not acks). An appended
 /// message is readable once `append` returned, and may be readable a moment before (between
-/// the batch's commit and the answer), but with [`Durability::Sync`] never before its fsync;
-/// so are publications and subscriptions. With [`Durability::Interval`], and for acks, a write
+/// the batch's commit and the answer), but with [`Durability::Sync`](crate::config::Durability::Sync) never before its fsync;
+/// so are publications and subscriptions. With [`Durability::Interval`](crate::config::Durability::Interval), and for acks, a write
 /// is readable once committed.
 ///
 /// # Shutdown
@@ -112,7 +67,7 @@ pub struct EmbeddedStore {
     reader: RwLock<Option<Keyspaces>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<Counters>,
-    overloaded: Counter,
+    metrics: StoreMetrics,
     options: EmbeddedOptions,
 }
 
@@ -160,7 +115,7 @@ impl EmbeddedStore {
             reader: RwLock::new(Some(ks)),
             writer: Mutex::new(Some(thread)),
             counters,
-            overloaded: counter!("tether_store_overloaded_total"),
+            metrics: StoreMetrics::new(),
             options,
         })
     }
@@ -226,7 +181,7 @@ impl EmbeddedStore {
         match self.requests.try_send(Request::Write(make(tx))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.overloaded.increment(1);
+                self.metrics.overloaded.increment(1);
                 return Err(StoreError::Overloaded(
                     "the embedded store's write queue is full".into(),
                 ));
@@ -456,12 +411,15 @@ impl Subscriptions for EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
-    use tether_core::MessageId;
     use tether_core::store::NewMessage;
+    use tether_core::{MessageId, Retention};
     use tether_proto::PayloadKind;
 
     use super::*;
+    use crate::config::Durability;
     use crate::store::codec::Meta;
 
     const CURSOR_IDLE: Duration = Duration::from_secs(3600);

@@ -26,9 +26,19 @@ use std::time::{Duration, Instant};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use tether_core::StoreError;
 
-use super::embedded::Swept;
-use super::writer::{Inbox, Keyspaces, unavailable};
+use super::inbox::Inbox;
+use super::keyspaces::{Keyspaces, unavailable};
 use super::{codec, inbox};
+
+/// What one sweep pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Of inboxes and topic histories.
+    pub messages: u64,
+    pub idempotency_keys: u64,
+    /// Device cursors not written for longer than `Retention::cursor_idle`.
+    pub cursors: u64,
+}
 
 /// How often a sweep pass over the whole store starts. (Unit tests watch the idle sweep, over
 /// several chunks, without waiting a minute.)

@@ -24,7 +24,18 @@ use fjall::{OwnedWriteBatch, Readable, Snapshot};
 use tether_core::StoreError;
 
 use super::codec::{self, Meta};
-use super::writer::{Keyspaces, unavailable};
+use super::keyspaces::{Keyspaces, unavailable};
+
+/// What the writer remembers of an inbox between batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbox {
+    /// The head is exact, unlike the inbox record's; `first` may lag behind messages the
+    /// sweep deleted (front expiry and the cap step over them).
+    pub meta: Meta,
+    /// The expiry of the message at `meta.first`, when known, so that checking whether the
+    /// front expired costs no read.
+    pub front_expires: Option<u64>,
+}
 
 /// An inbox as recovered from the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

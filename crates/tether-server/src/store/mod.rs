@@ -6,13 +6,16 @@
 //!
 //! - [`embedded`]: [`EmbeddedStore`], the [`tether_core::Store`] handle: queues writes, runs
 //!   reads on the blocking pool, opens and closes.
+//! - `options`: [`EmbeddedOptions`], how the store keeps and writes its data.
+//! - `request`: what callers ask of the writer, and how it answers.
 //! - `writer`: the one thread that writes: batches, seq assignment, the inbox cap, expiry at
 //!   the front of inboxes, idempotency, subscriptions and their count, group commit, interval
 //!   fsyncs.
+//! - `keyspaces`: the database's handles, shared by the writer and the readers.
 //! - `expiry`: expired data leaving the disk: from the front of inboxes a batch writes to, and
 //!   the sweep the writer runs when idle.
 //! - `inbox`: where an inbox stands (head, first), recovered from its record and its message
-//!   keys; when the record must be written.
+//!   keys, and what the writer remembers of it; when the record must be written.
 //! - `codec`: keys and values as bytes (versioned; a damaged value is `Corrupt`, not a panic).
 //!
 //! # On disk
@@ -47,6 +50,11 @@ mod codec;
 pub mod embedded;
 mod expiry;
 mod inbox;
+mod keyspaces;
+mod options;
+mod request;
 mod writer;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore, StoreStats, Swept};
+pub use embedded::{EmbeddedStore, StoreStats};
+pub use expiry::Swept;
+pub use options::EmbeddedOptions;

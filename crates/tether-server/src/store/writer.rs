@@ -22,20 +22,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use fjall::{Database, Keyspace, PersistMode, Slice};
-use metrics::{Counter, Histogram, counter, histogram};
+use fjall::{PersistMode, Slice};
 use tether_core::store::{Append, Appended, Cursor, NewMessage, count_attempt};
 use tether_core::{Seq, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::codec::{self, IdemRecord, Meta};
-use super::embedded::{EmbeddedOptions, Swept};
+use super::codec::{self, IdemRecord};
+use super::expiry::Swept;
 use super::expiry::{Sweeper, expire_front};
-use super::inbox;
+use super::inbox::{self, Inbox};
+use super::keyspaces::{Counters, Keyspaces, unavailable};
+use super::options::EmbeddedOptions;
+use super::request::{Reply, Request, Subscription, Write};
 use crate::config::Durability;
+use crate::metrics::StoreMetrics;
 
 /// Most requests in one batch. Bounds the memory of a batch and the time its first request
 /// waits for the last one to be prepared; a burst larger than this becomes several batches.
@@ -50,107 +53,6 @@ const CURSOR_CACHE_LIMIT: usize = 1 << 16;
 /// Most held messages of one inbox the cap deletes in one batch (after the cap was lowered,
 /// there can be many); the rest are left below `first`, unreadable, for the sweep.
 const MAX_TRIM: u64 = 1024;
-
-pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// What callers send the writer.
-#[derive(Debug)]
-pub enum Request {
-    Write(Write),
-    /// Run a whole sweep pass now, with the given clock (tests and tools).
-    Sweep {
-        now_ms: u64,
-        reply: Reply<Swept>,
-    },
-    /// Finish what is queued before this, fsync, release the files, and answer.
-    Close(oneshot::Sender<()>),
-}
-
-/// A request that joins a batch.
-#[derive(Debug)]
-pub enum Write {
-    Append(Append, Reply<Appended>),
-    /// Append `message` to the topic history whose log key is `topic`.
-    Publish {
-        topic: Vec<u8>,
-        message: NewMessage,
-        reply: Reply<Seq>,
-    },
-    Ack {
-        cursor: Vec<u8>,
-        seq: Seq,
-        reply: Reply<()>,
-    },
-    NoteAttempt {
-        cursor: Vec<u8>,
-        seq: Seq,
-        reply: Reply<u32>,
-    },
-    /// Subscribe or unsubscribe the user of inbox key `user` (subscription `key`), refusing a
-    /// subscription past `max` of the user's.
-    Subscribe {
-        user: Vec<u8>,
-        key: Vec<u8>,
-        subscribed: bool,
-        max: usize,
-        reply: Reply<Subscription>,
-    },
-}
-
-/// What a [`Write::Subscribe`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subscription {
-    /// Recorded; `changed` is false when it was so already.
-    Set { changed: bool },
-    /// Refused: the user already has this many topics.
-    TooMany(usize),
-}
-
-impl Write {
-    /// Bytes this request adds to a batch, roughly.
-    fn weight(&self) -> usize {
-        match self {
-            Write::Append(a, _) => (a.message.payload.len() + 64) * a.users.len().max(1),
-            Write::Publish { message, .. } => message.payload.len() + 64,
-            _ => 64,
-        }
-    }
-}
-
-/// Counters shared with the store handle, for [`super::EmbeddedStore::stats`].
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub batches: AtomicU64,
-    pub fsyncs: AtomicU64,
-    pub appends: AtomicU64,
-    pub publishes: AtomicU64,
-}
-
-/// The fjall handles.
-#[derive(Clone)]
-pub struct Keyspaces {
-    pub db: Database,
-    pub messages: Keyspace,
-    pub inboxes: Keyspace,
-    pub cursors: Keyspace,
-    pub idempotency: Keyspace,
-    pub subscriptions: Keyspace,
-}
-
-pub fn unavailable(e: fjall::Error) -> StoreError {
-    StoreError::Unavailable(format!("embedded store: {e}"))
-}
-
-/// What the writer remembers of an inbox between batches.
-#[derive(Debug, Clone, Copy)]
-pub struct Inbox {
-    /// The head is exact, unlike the inbox record's; `first` may lag behind messages the
-    /// sweep deleted (front expiry and the cap step over them).
-    pub meta: Meta,
-    /// The expiry of the message at `meta.first`, when known, so that checking whether the
-    /// front expired costs no read.
-    pub front_expires: Option<u64>,
-}
 
 /// An inbox (or topic history) in the writer's cache.
 #[derive(Debug)]
@@ -233,21 +135,6 @@ impl Answer {
     }
 }
 
-#[derive(Debug)]
-struct Metrics {
-    batches: Counter,
-    fsyncs: Counter,
-    appends: Counter,
-    publishes: Counter,
-    batch_requests: Histogram,
-    /// An fsync's time; in sync mode, that of the whole commit it is part of (journal write,
-    /// fsync, memtable inserts).
-    fsync_seconds: Histogram,
-    expired_messages: Counter,
-    expired_keys: Counter,
-    expired_cursors: Counter,
-}
-
 pub struct Writer {
     ks: Keyspaces,
     options: EmbeddedOptions,
@@ -264,7 +151,7 @@ pub struct Writer {
     /// Scratch space for keys, reused by every batch.
     key_buf: Vec<u8>,
     counters: Arc<Counters>,
-    metrics: Metrics,
+    metrics: StoreMetrics,
     /// Committed writes not yet fsynced.
     dirty: bool,
     last_sync: Instant,
@@ -288,17 +175,7 @@ impl Writer {
             cursors: HashMap::new(),
             key_buf: Vec::new(),
             counters,
-            metrics: Metrics {
-                batches: counter!("tether_store_batches_total"),
-                fsyncs: counter!("tether_store_fsyncs_total"),
-                appends: counter!("tether_store_appends_total"),
-                publishes: counter!("tether_store_publishes_total"),
-                batch_requests: histogram!("tether_store_batch_requests"),
-                fsync_seconds: histogram!("tether_store_fsync_seconds"),
-                expired_messages: counter!("tether_store_expired_deleted_total", "kind" => "message"),
-                expired_keys: counter!("tether_store_expired_deleted_total", "kind" => "idempotency"),
-                expired_cursors: counter!("tether_store_expired_deleted_total", "kind" => "cursor"),
-            },
+            metrics: StoreMetrics::new(),
             dirty: false,
             last_sync: now,
             sweeper: Sweeper::new(options.retention.cursor_idle),

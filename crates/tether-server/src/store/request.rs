@@ -1,0 +1,73 @@
+//! What callers ask of the writer thread, and how it answers them.
+
+use tether_core::store::{Append, Appended, NewMessage};
+use tether_core::{Seq, StoreError};
+use tokio::sync::oneshot;
+
+use super::expiry::Swept;
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What callers send the writer.
+#[derive(Debug)]
+pub enum Request {
+    Write(Write),
+    /// Run a whole sweep pass now, with the given clock (tests and tools).
+    Sweep {
+        now_ms: u64,
+        reply: Reply<Swept>,
+    },
+    /// Finish what is queued before this, fsync, release the files, and answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// A request that joins a batch.
+#[derive(Debug)]
+pub enum Write {
+    Append(Append, Reply<Appended>),
+    /// Append `message` to the topic history whose log key is `topic`.
+    Publish {
+        topic: Vec<u8>,
+        message: NewMessage,
+        reply: Reply<Seq>,
+    },
+    Ack {
+        cursor: Vec<u8>,
+        seq: Seq,
+        reply: Reply<()>,
+    },
+    NoteAttempt {
+        cursor: Vec<u8>,
+        seq: Seq,
+        reply: Reply<u32>,
+    },
+    /// Subscribe or unsubscribe the user of inbox key `user` (subscription `key`), refusing a
+    /// subscription past `max` of the user's.
+    Subscribe {
+        user: Vec<u8>,
+        key: Vec<u8>,
+        subscribed: bool,
+        max: usize,
+        reply: Reply<Subscription>,
+    },
+}
+
+/// What a [`Write::Subscribe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Recorded; `changed` is false when it was so already.
+    Set { changed: bool },
+    /// Refused: the user already has this many topics.
+    TooMany(usize),
+}
+
+impl Write {
+    /// Bytes this request adds to a batch, roughly.
+    pub fn weight(&self) -> usize {
+        match self {
+            Write::Append(a, _) => (a.message.payload.len() + 64) * a.users.len().max(1),
+            Write::Publish { message, .. } => message.payload.len() + 64,
+            _ => 64,
+        }
+    }
+}
