@@ -1,5 +1,12 @@
 //! The `tether` binary: parses the command line, loads the configuration, sets up logging,
 //! and hands over to the library crates.
+//!
+//! # Layout
+//!
+//! - this file: the command line, `serve` (a node, until SIGTERM or SIGINT), `token` and
+//!   `config` (`example`, `check`).
+//! - `listen`: `tether listen`, a client that prints what it receives and acks it.
+//! - `push`: `tether push`, a push through the HTTP API.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -218,6 +218,27 @@ fn poll_read(
     }
 }
 
+/// Reads more of the client's bytes into `buf` (see [`poll_read`]), counting them: `Ok(true)`
+/// when some came. At the end of the stream, `Ok(false)` when it ended `between` frames,
+/// otherwise the error that it ended inside one (`cut` says inside what).
+fn poll_more(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+    counts: &mut Counts,
+    (between, cut): (bool, &'static str),
+) -> Poll<Result<bool, WireError>> {
+    match ready!(poll_read(stream, cx, buf, want))? {
+        0 if between => Poll::Ready(Ok(false)),
+        0 => Poll::Ready(Err(DecodeError::Malformed(cut).into())),
+        n => {
+            counts.read += n;
+            Poll::Ready(Ok(true))
+        }
+    }
+}
+
 /// Writes what the socket takes of `slices` once it is writable: `Pending` (waker
 /// registered) while it takes nothing, an error for a socket that takes zero bytes.
 fn poll_write(

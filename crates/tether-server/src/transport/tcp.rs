@@ -7,11 +7,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tether_core::Transport;
-use tether_proto::{Code, DecodeError, Frame, binary};
+use tether_proto::{Code, Frame, binary};
 use tokio::net::TcpStream;
 
 use super::{
-    Counts, Framing, MAX_IOVECS, READ_CHUNK, Wire, WireError, poll_read, poll_write, shutdown_write,
+    Counts, Framing, MAX_IOVECS, READ_CHUNK, Wire, WireError, poll_more, poll_write, shutdown_write,
 };
 use crate::link::Encoding;
 
@@ -66,15 +66,10 @@ impl Wire for TcpWire {
                 }
                 _ => READ_CHUNK,
             };
-            match ready!(poll_read(&self.stream, cx, &mut self.buf, want))? {
-                0 => {
-                    return Poll::Ready(if self.buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(DecodeError::Malformed("connection closed inside a frame").into())
-                    });
-                }
-                n => self.counts.read += n,
+            let end = (self.buf.is_empty(), "connection closed inside a frame");
+            let (stream, buf, counts) = (&self.stream, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(stream, cx, buf, want, counts, end))? {
+                return Poll::Ready(Ok(None));
             }
         }
     }

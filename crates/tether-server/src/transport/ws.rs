@@ -17,7 +17,7 @@ use tether_proto::ws::{self, Opcode, ServerHeader};
 use tether_proto::{Code, DecodeError, Frame, binary, json};
 use tokio::net::TcpStream;
 
-use super::{Counts, Framing, MAX_IOVECS, Wire, WireError, poll_read, poll_write, shutdown_write};
+use super::{Counts, Framing, MAX_IOVECS, Wire, WireError, poll_more, poll_write, shutdown_write};
 use crate::link::Encoding;
 
 /// A WebSocket connection after its upgrade.
@@ -263,17 +263,13 @@ impl Wire for WsWire {
                 // Drop our reference to the last read's allocation while idle.
                 self.buf = BytesMut::new();
             }
-            match ready!(poll_read(&self.stream, cx, &mut self.buf, want))? {
-                0 => {
-                    // A client that goes without a close frame between messages has simply
-                    // gone; inside one, its message is cut.
-                    return Poll::Ready(if self.buf.is_empty() && self.fragments.is_none() {
-                        Ok(None)
-                    } else {
-                        Err(DecodeError::Malformed("connection closed inside a message").into())
-                    });
-                }
-                n => self.counts.read += n,
+            // A client that goes without a close frame between messages has simply gone;
+            // inside one, its message is cut.
+            let between = self.buf.is_empty() && self.fragments.is_none();
+            let end = (between, "connection closed inside a message");
+            let (stream, buf, counts) = (&self.stream, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(stream, cx, buf, want, counts, end))? {
+                return Poll::Ready(Ok(None));
             }
         }
     }

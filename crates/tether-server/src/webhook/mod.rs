@@ -26,6 +26,8 @@ mod upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tether_core::{AppId, MessageIdGen, NodeId, validate_id};
 use tether_proto::{Code, ErrorBody, Upstream};
 use tokio::sync::mpsc;
@@ -36,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Secret};
 use crate::link::{Link, Links};
 use crate::metrics::HookMetrics;
-use post::Poster;
+use post::{Post, Poster};
 use presence::{Flusher, Presence, SeqGen};
 use upstream::{InFlight, Job, Worker};
 
@@ -49,6 +51,21 @@ pub(crate) struct Target {
     pub node: NodeId,
     /// Delivery ids: `<node>-<id>`, unique across nodes with distinct ids.
     pub ids: Arc<MessageIdGen>,
+}
+
+impl Target {
+    /// A new delivery of an `event` (`upstream`, `presence`) to this webhook, with a new id
+    /// that `body` gets to write into the body.
+    pub fn post(&self, event: &'static str, body: impl FnOnce(&str) -> Bytes) -> Post<'_> {
+        let id = format!("{}-{}", self.node, self.ids.next());
+        Post {
+            url: &self.url,
+            secret: self.secret.expose().as_bytes(),
+            body: body(&id),
+            id,
+            event,
+        }
+    }
 }
 
 /// One queue of one app's webhook, for the admin stats.

@@ -30,7 +30,7 @@ pub(crate) struct Post<'a> {
     pub url: &'a str,
     pub secret: &'a [u8],
     /// The same on every attempt: the business drops duplicates with it.
-    pub id: &'a str,
+    pub id: String,
     /// `upstream` or `presence`.
     pub event: &'static str,
     pub body: Bytes,
@@ -116,7 +116,7 @@ impl Poster {
             }
             attempt = attempt.saturating_add(1);
             let delay = self.backoff(attempt, &mut rand::rng());
-            debug!(delivery = d.id, %reason, attempt, ?delay, "webhook delivery will be retried");
+            debug!(delivery = %d.id, %reason, attempt, ?delay, "webhook delivery will be retried");
             retried.increment(1);
             tokio::select! {
                 biased;
@@ -151,7 +151,7 @@ impl Poster {
                 sign::SIGNATURE_HEADER,
                 sign::sign(d.secret, timestamp, &d.body),
             )
-            .header(sign::DELIVERY_HEADER, d.id)
+            .header(sign::DELIVERY_HEADER, &d.id)
             .header(sign::EVENT_HEADER, d.event)
             .body(d.body.clone());
         let mut response = match request.send().await {

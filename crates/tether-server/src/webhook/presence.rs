@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Target;
-use super::post::{Outcome, Post, Poster};
+use super::post::{Outcome, Poster};
 use crate::metrics::HookMetrics;
 
 /// Shards of the per-user connection counts: a reconnect storm takes many locks, not one.
@@ -245,14 +245,7 @@ impl Flusher {
 
     async fn send(&self, batch: &[Event]) {
         let t = &self.target;
-        let id = format!("{}-{}", t.node, t.ids.next());
-        let delivery = Post {
-            url: &t.url,
-            secret: t.secret.expose().as_bytes(),
-            id: &id,
-            event: "presence",
-            body: body(t, &id, batch),
-        };
+        let delivery = t.post("presence", |id| body(t, id, batch));
         let n = batch.len() as u64;
         match self
             .poster
@@ -261,7 +254,7 @@ impl Flusher {
         {
             Outcome::Answered(answer) if answer.is_success() => self.metrics.sent.increment(n),
             Outcome::Answered(answer) => {
-                warn!(app = %t.app, delivery = %id, status = answer.status, events = n,
+                warn!(app = %t.app, delivery = %delivery.id, status = answer.status, events = n,
                     "the webhook refused presence events; they are not sent again");
                 self.metrics.failed.increment(n);
             }

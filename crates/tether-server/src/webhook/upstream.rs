@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Target;
-use super::post::{Outcome, Post, Poster};
+use super::post::{Outcome, Poster};
 use crate::link::{Enqueued, Links};
 use crate::metrics::HookMetrics;
 
@@ -190,14 +190,7 @@ impl Worker {
 
     async fn deliver(&self, job: Job) {
         let t = &self.target;
-        let id = format!("{}-{}", t.node, t.ids.next());
-        let delivery = Post {
-            url: &t.url,
-            secret: t.secret.expose().as_bytes(),
-            id: &id,
-            event: "upstream",
-            body: job.body(&t.app, &t.node, &id),
-        };
+        let delivery = t.post("upstream", |id| job.body(&t.app, &t.node, id));
         let outcome = self
             .poster
             .deliver(
@@ -214,7 +207,7 @@ impl Worker {
                     self.metrics.sent.increment(1);
                 } else {
                     self.metrics.failed.increment(1);
-                    debug!(app = %t.app, delivery = %id, status = answer.status, "upstream refused");
+                    debug!(app = %t.app, delivery = %delivery.id, status = answer.status, "upstream refused");
                 }
                 match answer.body {
                     Some(payload) => Body::UpstreamReply(UpstreamReply {
@@ -238,7 +231,7 @@ impl Worker {
             }
             Outcome::Unreachable(reason) => {
                 self.metrics.failed.increment(1);
-                debug!(app = %t.app, delivery = %id, %reason, "upstream undelivered");
+                debug!(app = %t.app, delivery = %delivery.id, %reason, "upstream undelivered");
                 Body::Error(ErrorBody {
                     code: Code::UPSTREAM_FAILED,
                     message: format!(
