@@ -37,7 +37,8 @@ use tether_core::{
 use tether_proto::{Code, PayloadKind, Publication, Push};
 
 use crate::config::Config;
-use crate::fanout::{Busy, Fanout, Job};
+pub use crate::fanout::{Busy, SubscribeError};
+use crate::fanout::{Fanout, Job};
 use crate::link::Links;
 use crate::metrics::Metrics;
 use peers::Peers;

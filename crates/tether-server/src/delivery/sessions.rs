@@ -18,7 +18,7 @@ use tether_core::{
 use tracing::{info, warn};
 
 use super::Delivery;
-use crate::fanout::{Busy, SubscribeError};
+use super::{Busy, SubscribeError};
 use crate::link::{Link, Links};
 use crate::session::work::Target;
 

@@ -16,7 +16,7 @@ use super::Gateway;
 use super::handle::ConnHandle;
 use super::outbox::Close;
 use super::work::{finish_work, start_work};
-use crate::fanout::SubscribeError;
+use crate::delivery::SubscribeError;
 use crate::link::Link;
 use crate::session::ops::{self, Step};
 use crate::session::work::Work;
