@@ -7,10 +7,11 @@
 //!
 //! # Layout
 //!
-//! - `store`: [`store_contract`], which runs the parts below in order on one backend, and
-//!   what they share ([`CONTRACT_INBOX_CAP`], [`CONTRACT_TOPIC_HISTORY`], message builders).
+//! - this module: [`store_contract`], which runs the store parts below in order on one
+//!   backend.
 //!   - `inboxes`, `cursors`, `topic_history`, `subscriptions`: one part of the store seam
-//!     each.
+//!     each; `store`: what they share ([`CONTRACT_INBOX_CAP`], [`CONTRACT_TOPIC_HISTORY`],
+//!     message builders).
 //! - `registry`: [`registry_contract`], sessions and node membership.
 //! - `router`: [`router_contract`] and [`remote_router_contract`], and [`numbered_push`].
 //! - `sink`: [`RecordingSink`], and every kind of message ([`node_messages`]) with the
@@ -28,4 +29,16 @@ mod topic_history;
 pub use registry::registry_contract;
 pub use router::{numbered_push, remote_router_contract, router_contract};
 pub use sink::{NODE_MESSAGE_EFFECTS, RecordingSink, node_messages};
-pub use store::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY, store_contract};
+pub use store::{CONTRACT_INBOX_CAP, CONTRACT_TOPIC_HISTORY};
+
+use crate::Store;
+
+/// The store contract. Build the backend with an inbox cap of [`CONTRACT_INBOX_CAP`] and a
+/// topic history of [`CONTRACT_TOPIC_HISTORY`]; it uses apps named `contract-*`, so run it on
+/// an empty backend.
+pub async fn store_contract(store: &dyn Store) {
+    inboxes::contract(store).await;
+    cursors::contract(store).await;
+    topic_history::contract(store).await;
+    subscriptions::contract(store).await;
+}

@@ -1,26 +1,16 @@
-//! The store contract: every part of the store seam, on one backend, and what its parts share.
+//! What the parts of the store contract share: the retention a store is built with for it, and
+//! message builders.
 
 use bytes::Bytes;
 use tether_proto::PayloadKind;
 
-use super::{cursors, inboxes, subscriptions, topic_history};
 use crate::store::{Append, NewMessage, Page};
-use crate::{AppId, MessageId, Seq, Store, UserId};
+use crate::{AppId, MessageId, Seq, UserId};
 
-/// The inbox cap a store must be built with for [`store_contract`].
+/// The inbox cap a store must be built with for [`super::store_contract`].
 pub const CONTRACT_INBOX_CAP: usize = 5;
-/// The topic history length a store must be built with for [`store_contract`].
+/// The topic history length a store must be built with for [`super::store_contract`].
 pub const CONTRACT_TOPIC_HISTORY: usize = 4;
-
-/// The store contract. Build the backend with an inbox cap of [`CONTRACT_INBOX_CAP`] and a
-/// topic history of [`CONTRACT_TOPIC_HISTORY`]; it uses apps named `contract-*`, so run it on
-/// an empty backend.
-pub async fn store_contract(store: &dyn Store) {
-    inboxes::contract(store).await;
-    cursors::contract(store).await;
-    topic_history::contract(store).await;
-    subscriptions::contract(store).await;
-}
 
 /// A message created at `created_ms` that lives `ttl_ms`.
 pub(super) fn new_message(id: u64, created_ms: u64, ttl_ms: u64, payload: &str) -> NewMessage {
