@@ -77,7 +77,7 @@ pub struct Metrics {
     pub fanout_busy: Counter,
     /// Broadcasts accepted.
     pub broadcasts: Counter,
-    /// Raw TCP connections waiting without a task (see `gateway::park`).
+    /// Raw TCP connections waiting without a task (see `gateway::task`).
     pub parked: Gauge,
     /// Parked connections that got a task again (the client sent, something was queued, a
     /// close was asked for).

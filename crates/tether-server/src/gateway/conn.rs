@@ -15,9 +15,9 @@ use super::Gateway;
 use super::admission::Permit;
 use super::drain::drain_close;
 use super::handle::{ConnHandle, NewConn};
-use super::io::{GOODBYE_TIMEOUT, Ran, goodbye, run};
+use super::io::{GOODBYE_TIMEOUT, goodbye};
 use super::outbox::Close;
-use super::park::{self, Parked};
+use super::task::{Parked, ended, live};
 use crate::link::Link;
 use crate::session::handshake::Accepted;
 use crate::session::inbox::InboxState;
@@ -29,7 +29,7 @@ use crate::transport::Wire;
 /// This future is the largest per-connection allocation while the connection is active, so
 /// what it holds while idle is kept small: the handshake, the goodbye and the clean-up are
 /// boxed, so that their state is allocated only while they run rather than reserved for the
-/// connection's whole life. An idle connection gives it up altogether (see `super::park`).
+/// connection's whole life. An idle connection gives it up altogether (see `super::task`).
 pub(super) fn serve<W: Wire>(
     wire: W,
     gw: Arc<Gateway>,
@@ -47,63 +47,6 @@ pub(super) fn serve<W: Wire>(
     handshake
         .then(|established| OptionFuture::from(established.map(|(w, h)| live(w, h, true))))
         .map(drop)
-}
-
-/// Serves an established connection until it ends or parks; a parked connection comes back
-/// here with a new wire on the same socket. `fresh`: the handshake just ended, so the client is
-/// likely to fall silent (see `super::io`). (Not an `async fn`, for the reason given in
-/// [`serve`].)
-#[allow(clippy::manual_async_fn)] // see above: an `async fn` would hold its arguments twice
-pub(super) fn live<W: Wire>(
-    mut wire: W,
-    mut held: Parked,
-    fresh: bool,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let mut early = fresh;
-        let outcome = loop {
-            match run(&mut wire, &held.gw, &held.conn, early).await {
-                Ran::Over(outcome) => break outcome,
-                // The wire goes first (its share of the socket with it): the socket can leave
-                // tokio's reactor only once the handle's is the last reference to it.
-                Ran::Park => match wire.park() {
-                    Err(busy) => {
-                        wire = busy;
-                        early = false;
-                    }
-                    Ok(rest) => match park::park::<W>(held, rest) {
-                        Ok(()) => return,
-                        // Something arrived while parking: carry on.
-                        Err((stream, rest, back)) => {
-                            held = back;
-                            let max_frame = held.gw.limits.max_frame;
-                            wire = W::resume(stream, rest, max_frame, held.conn.encoding);
-                            early = false;
-                        }
-                    },
-                },
-            }
-        };
-        Box::pin(ended(&held.gw, &held.conn, outcome)).await;
-        // The admission slot goes back last, with `held`.
-    }
-}
-
-/// Ends a parked connection whose socket could not be given back to tokio: it is gone.
-pub(super) async fn lost(held: Parked) {
-    let _ = held.conn.finish();
-    ended(&held.gw, &held.conn, None).await;
-}
-
-/// Counts a connection's end and forgets it.
-async fn ended(gw: &Gateway, conn: &ConnHandle, outcome: Option<Code>) {
-    gw.metrics.disconnect(outcome);
-    gw.metrics
-        .transport(conn.transport)
-        .connections
-        .decrement(1.0);
-    forget(gw, conn).await;
-    gw.events.closed(conn);
 }
 
 /// Handshake, registration, `connected`. Returns the connection, or `None` when it was refused
@@ -249,17 +192,6 @@ async fn reject<W: Wire>(wire: &mut W, gw: &Gateway, code: Code, reason: &str) {
     debug!(%code, reason, "handshake refused");
     gw.metrics.handshake_failed(code);
     goodbye(wire, &mut VecDeque::new(), &Close::at_once(code, reason)).await;
-}
-
-/// Removes a closed connection from the table and the registry, takes it out of its topics,
-/// and writes the acks it had not written yet.
-async fn forget(gw: &Gateway, conn: &ConnHandle) {
-    let _ = conn.finish();
-    conn.release_socket();
-    gw.table.remove(conn.id);
-    gw.delivery
-        .detach(conn, conn.take_topics(), conn.unstored_acks())
-        .await;
 }
 
 #[cfg(test)]

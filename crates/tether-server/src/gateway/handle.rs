@@ -88,7 +88,7 @@ pub struct ConnHandle {
     /// waiting on it needs no per-wait node in the task's future.
     pub(super) task: AtomicWaker,
     /// Whether the connection has a task: [`RUNNING`], [`PARK_ASKED`] or [`PARKED`] (see
-    /// `super::sweep` and `super::park`).
+    /// `super::sweep` and `super::task`).
     pub(super) park: AtomicU8,
 }
 
@@ -96,7 +96,7 @@ pub struct ConnHandle {
 pub(super) const RUNNING: u8 = 0;
 /// The sweep found it idle and asked its task to park.
 pub(super) const PARK_ASKED: u8 = 1;
-/// No task: the socket and the handle wait for the next event (see `super::park`).
+/// No task: the socket and the handle wait for the next event (see `super::task`).
 pub(super) const PARKED: u8 = 2;
 
 impl ConnHandle {

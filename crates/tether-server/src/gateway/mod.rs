@@ -2,14 +2,16 @@
 //!
 //! - this module: [`Gateway`], its listeners' accept loops, and the [`Events`] it reports.
 //! - [`admission`]: the connection limits, before a handshake starts.
-//! - [`conn`]: a connection's life: handshake, registration, goodbye.
+//! - [`conn`]: from accept to established: the handshake, registration, `connected`.
+//! - [`task`]: a connection's task once established: serving it, parking it (waiting without
+//!   a task), resuming it, ending it.
 //! - [`io`]: the connected loop: queued frames out, frames in, store work, parking.
 //! - [`work`]: durable delivery's store work on a connection.
 //! - [`handle`]: [`handle::ConnHandle`], one connection as the rest of the node sees it (a
 //!   [`crate::link::Link`]), with its byte-bounded queue ([`outbox`]).
 //! - [`table`]: the sharded connection table (the node's [`crate::link::Links`]).
 //! - [`sweep`]: heartbeats, stalled writes, and asking idle connections to park.
-//! - [`park`]: idle connections wait without a task.
+//! - [`poller`]: where parked connections' sockets wait (an epoll instance of the gateway's).
 //! - [`drain`]: closing every connection spread over a window (drain, shutdown).
 //!
 //! Each connection is one task while it is active. Nothing is spawned per message: producers
@@ -25,9 +27,10 @@ pub mod drain;
 pub mod handle;
 mod io;
 pub mod outbox;
-mod park;
+mod poller;
 mod sweep;
 pub mod table;
+mod task;
 #[cfg(test)]
 mod testing;
 mod work;
@@ -77,11 +80,11 @@ pub trait Events: Send + Sync + std::fmt::Debug {
 
 /// The parked-socket poller, unless parking is off. A poller that cannot start (no epoll
 /// instance or thread to be had) turns parking off rather than the node.
-fn start_poller(config: &Config, table: &Arc<ConnTable>) -> Option<park::Poller> {
+fn start_poller(config: &Config, table: &Arc<ConnTable>) -> Option<poller::Poller> {
     if config.gateway.park_after.is_zero() {
         return None;
     }
-    park::Poller::start(table.clone())
+    poller::Poller::start(table.clone())
         .inspect_err(|e| warn!(error = %e, "cannot start the parked-socket poller; parking is off"))
         .ok()
 }
@@ -111,12 +114,12 @@ pub struct Gateway {
     pub drain: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// The runtime that parked connections get their task back on (see [`park`]): they can
+    /// The runtime that parked connections get their task back on (see [`task`]): they can
     /// be woken from any thread.
     runtime: tokio::runtime::Handle,
     /// Where parked connections' sockets wait; `None` when parking is off (or the poller
     /// could not start).
-    poller: Option<park::Poller>,
+    poller: Option<poller::Poller>,
     /// The origin of [`Gateway::clock_ms`].
     epoch: tokio::time::Instant,
 }

@@ -65,7 +65,7 @@ pub enum Socket {
     Live(Arc<TcpStream>),
     /// The connection is parked: the socket waits in the gateway's parked-socket poller rather
     /// than tokio's reactor, which would keep a registration of about 300 bytes for it (see
-    /// `super::park`).
+    /// `super::task`).
     Parked(std::net::TcpStream),
 }
 

@@ -1,6 +1,6 @@
 //! Whether connections are alive, and when they may wait without a task: one sweep over the
 //! table closes clients that went silent or stopped reading, and asks idle connections to
-//! park (see `super::park`).
+//! park (see `super::task`).
 //!
 //! One sweep replaces a timer per connection: an idle connection holds no timer, and a frame
 //! from the client costs one atomic store instead of a timer reset. A silent client is closed

@@ -1,4 +1,8 @@
-//! Parked connections: an idle connection gives up its task.
+//! A connection's task once its handshake is done: serving it (`super::io`), parking it
+//! without a task, resuming it, and ending it.
+//!
+//! # Parked connections
+//! An idle connection gives up its task.
 //!
 //! A connection's task (its future plus tokio's header) is the largest part of what an idle
 //! connection costs, about 1 KiB of the 2. Most of a push system's connections are idle most of
@@ -15,7 +19,8 @@
 //! finished its handshake or sent a heartbeat parks without being asked, since the client
 //! usually falls silent then. A task that holds nothing (no frame half read or half written,
 //! nothing to write, no store work, no close) ends, leaving one [`Unpark`] waker in the
-//! handle in its stead, and its socket leaves tokio's reactor for the gateway's [`Poller`],
+//! handle in its stead, and its socket leaves tokio's reactor for the gateway's poller
+//! (`super::poller`),
 //! which wakes that waker when the socket becomes readable. The first event starts a new task
 //! for the connection on the same socket (back in tokio's reactor) and handle ([`resume`]),
 //! which carries on where the old one stopped.
@@ -37,26 +42,76 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::AsRawFd;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
-use std::thread;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use tether_core::ConnId;
+use tether_proto::Code;
 use tokio::net::TcpStream;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::Gateway;
 use super::admission::Permit;
-use super::conn;
 use super::handle::ConnHandle;
+use super::io::{Ran, run};
 use super::outbox::Socket;
-use super::table::ConnTable;
 use crate::transport::Wire;
+
+/// Serves an established connection until it ends or parks; a parked connection comes back
+/// here with a new wire on the same socket. `fresh`: the handshake just ended, so the client is
+/// likely to fall silent (see `super::io`). (Not an `async fn`, for the reason given in
+/// [`serve`].)
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would hold its arguments twice
+pub(super) fn live<W: Wire>(
+    mut wire: W,
+    mut held: Parked,
+    fresh: bool,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut early = fresh;
+        let outcome = loop {
+            match run(&mut wire, &held.gw, &held.conn, early).await {
+                Ran::Over(outcome) => break outcome,
+                // The wire goes first (its share of the socket with it): the socket can leave
+                // tokio's reactor only once the handle's is the last reference to it.
+                Ran::Park => match wire.park() {
+                    Err(busy) => {
+                        wire = busy;
+                        early = false;
+                    }
+                    Ok(rest) => match park::<W>(held, rest) {
+                        Ok(()) => return,
+                        // Something arrived while parking: carry on.
+                        Err((stream, rest, back)) => {
+                            held = back;
+                            let max_frame = held.gw.limits.max_frame;
+                            wire = W::resume(stream, rest, max_frame, held.conn.encoding);
+                            early = false;
+                        }
+                    },
+                },
+            }
+        };
+        Box::pin(ended(&held.gw, &held.conn, outcome)).await;
+        // The admission slot goes back last, with `held`.
+    }
+}
+
+/// Ends a parked connection whose socket could not be given back to tokio: it is gone.
+async fn lost_task(held: Parked) {
+    let _ = held.conn.finish();
+    ended(&held.gw, &held.conn, None).await;
+}
+
+/// Counts a connection's end and forgets it.
+pub(super) async fn ended(gw: &Gateway, conn: &ConnHandle, outcome: Option<Code>) {
+    gw.metrics.disconnect(outcome);
+    gw.metrics
+        .transport(conn.transport)
+        .connections
+        .decrement(1.0);
+    forget(gw, conn).await;
+    gw.events.closed(conn);
+}
 
 /// What a connection's task holds besides the wire, and what a parked connection keeps.
 #[derive(Debug)]
@@ -138,7 +193,7 @@ pub(super) fn park<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparke
 /// Gives a connection that did not park its socket back, for its wire again.
 fn refused<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
     let gw = parked.gw.clone();
-    match parked.conn.with_socket(|socket| live(socket, &gw)) {
+    match parked.conn.with_socket(|socket| in_reactor(socket, &gw)) {
         Ok(stream) => Err((stream, rest, parked)),
         Err(e) => {
             warn!(conn = %parked.conn.id, error = %e, "a parking connection lost its socket");
@@ -149,7 +204,7 @@ fn refused<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
 }
 
 /// The socket, back in tokio's reactor if it was parked.
-fn live(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
+fn in_reactor(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
     match std::mem::take(socket) {
         Socket::Live(stream) => {
             *socket = Socket::Live(stream.clone());
@@ -181,11 +236,10 @@ fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
     let gw = parked.gw.clone();
     gw.metrics.parked.decrement(1.0);
     gw.metrics.unparks.increment(1);
-    match parked.conn.with_socket(|socket| live(socket, &gw)) {
+    match parked.conn.with_socket(|socket| in_reactor(socket, &gw)) {
         Ok(stream) => {
             let wire = W::resume(stream, rest, gw.limits.max_frame, parked.conn.encoding);
-            gw.tasks
-                .spawn_on(conn::live(wire, parked, false), &gw.runtime);
+            gw.tasks.spawn_on(live(wire, parked, false), &gw.runtime);
         }
         Err(e) => {
             warn!(conn = %parked.conn.id, error = %e, "a parked connection lost its socket");
@@ -197,115 +251,16 @@ fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
 /// Ends a connection that has no socket left to serve it with.
 fn lost(parked: Parked) {
     let gw = parked.gw.clone();
-    gw.tasks.spawn_on(conn::lost(parked), &gw.runtime);
+    gw.tasks.spawn_on(lost_task(parked), &gw.runtime);
 }
 
-/// The token that stops the poller's thread.
-const STOP: Token = Token(usize::MAX);
-
-/// The epoll instance that parked connections' sockets wait in, and the thread that waits on
-/// it and wakes a connection whose socket becomes readable (its client sent something or went
-/// away). tokio's reactor keeps a registration of about 300 bytes per socket (`ScheduledIo`,
-/// cache-line aligned, and the stream around it); here a socket costs the kernel's epoll entry
-/// alone, plus its 4-byte descriptor in the handle.
-#[derive(Debug)]
-pub(super) struct Poller {
-    registry: mio::Registry,
-    stop: Arc<AtomicBool>,
-    waker: mio::Waker,
-}
-
-impl Poller {
-    /// Starts the poller's thread, which finds woken connections in `table`.
-    pub fn start(table: Arc<ConnTable>) -> io::Result<Poller> {
-        let poll = Poll::new()?;
-        let registry = poll.registry().try_clone()?;
-        let waker = mio::Waker::new(poll.registry(), STOP)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        thread::Builder::new()
-            .name("tether-parked".into())
-            .spawn(move || watch(poll, &table, &stopped))?;
-        Ok(Poller {
-            registry,
-            stop,
-            waker,
-        })
-    }
-
-    /// Moves a live socket that nothing else holds (its wire is gone) out of tokio's reactor
-    /// into this poller. `false`, with the socket untouched, when it cannot.
-    fn park(&self, socket: &mut Socket, id: ConnId) -> bool {
-        let Socket::Live(stream) = socket else {
-            return false;
-        };
-        // Under the handle's lock, where every clone is made: a wake that gave the connection
-        // a new task (and wire) while this one was parking shows here.
-        if Arc::strong_count(stream) != 1 {
-            return false;
-        }
-        // A second descriptor for the same socket: tokio's goes (deregistered, closed) with
-        // the last reference to its stream, and a failure leaves the connection as it was.
-        let Ok(parked) = socket2::SockRef::from(&**stream).try_clone() else {
-            return false;
-        };
-        let parked = std::net::TcpStream::from(parked);
-        let token = Token(id.0 as usize);
-        let fd = parked.as_raw_fd();
-        if let Err(e) = self
-            .registry
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
-        {
-            warn!(error = %e, "cannot park a socket");
-            return false;
-        }
-        *socket = Socket::Parked(parked);
-        true
-    }
-
-    fn unwatch(&self, stream: &std::net::TcpStream) -> io::Result<()> {
-        self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()))
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.waker.wake();
-    }
-}
-
-/// The poller's thread: wakes the parked connection behind each readable socket.
-fn watch(mut poll: Poll, table: &ConnTable, stop: &AtomicBool) {
-    let mut events = Events::with_capacity(1024);
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // Not expected from epoll_wait on a valid instance; parked connections would
-            // still wake on everything but their client's bytes, so keep trying, slowly.
-            warn!(error = %e, "the parked-socket poller failed");
-            thread::sleep(std::time::Duration::from_millis(100));
-            continue;
-        }
-        for event in &events {
-            if event.token() == STOP {
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                continue;
-            }
-            // Gone, or serving again (a stale event): nothing to do.
-            if let Some(conn) = table.handle(ConnId(event.token().0 as u64)) {
-                // The wake resumes the connection on this thread. A panic there must not end
-                // the thread: every parked client would stop being heard, and be closed at its
-                // heartbeat timeout.
-                let woken = std::panic::catch_unwind(AssertUnwindSafe(|| conn.wake_parked()));
-                if woken.is_err() {
-                    error!(conn = %conn.id, "waking a parked connection panicked");
-                }
-            }
-        }
-    }
+/// Removes a closed connection from the table and the registry, takes it out of its topics,
+/// and writes the acks it had not written yet.
+async fn forget(gw: &Gateway, conn: &ConnHandle) {
+    let _ = conn.finish();
+    conn.release_socket();
+    gw.table.remove(conn.id);
+    gw.delivery
+        .detach(conn, conn.take_topics(), conn.unstored_acks())
+        .await;
 }
