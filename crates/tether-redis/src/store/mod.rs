@@ -1,5 +1,13 @@
 //! [`RedisStore`]: the [`Store`](tether_core::Store) on Redis, standalone or Redis Cluster.
 //!
+//! # Layout
+//!
+//! - this module: [`RedisStore`] and its impls of the store traits, and the keys' TTLs.
+//! - `scripts.rs`: the Lua scripts, each of which reads and changes one slot's keys atomically.
+//! - `codec.rs`: list elements, idempotency records and cursors as bytes, and Redis's answers
+//!   and errors as [`StoreError`]s.
+//! - `tests.rs`: the unit tests of the encoding and of the TTLs.
+//!
 //! # Keys and data structures
 //! Keys come from [`Keys`]. Those of one (app, user) share a hash tag, so they live in one slot
 //! and one Lua script reads and changes them atomically, on Redis Cluster too. Per (app, user):
@@ -66,20 +74,26 @@
 //! (a message's lifetime plus a margin), so a skew between Redis and the nodes below the
 //! margin loses nothing.
 
-use std::sync::LazyLock;
+mod codec;
+mod scripts;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::{Script, Value};
-use tether_core::store::{Append, Appended, Cursor, Idempotency, NewMessage, Page, StoredMessage};
+use tether_core::store::{Append, Appended, Cursor, Idempotency, NewMessage, Page};
 use tether_core::{
-    AppId, Cursors, DeviceId, Inboxes, MessageId, Retention, Seq, StoreError, SubscriptionError,
+    AppId, Cursors, DeviceId, Inboxes, Retention, Seq, StoreError, SubscriptionError,
     Subscriptions, TopicHistory, TopicId, UserId,
 };
-use tether_proto::PayloadKind;
 
-use crate::{Keys, Redis, RedisOptions, describe, escape};
+use crate::{Keys, Redis, RedisOptions, escape};
+use codec::{
+    Claim, corrupt, decode_claim, decode_cursor, decode_page, encode_claim, encode_element, ints,
+    redis_error, unavailable, unexpected,
+};
+use scripts::SCRIPTS;
 
 /// Per-user script calls of one append in flight at once.
 pub const APPEND_FANOUT: usize = 32;
@@ -90,188 +104,6 @@ pub const TTL_MARGIN_MS: u64 = 60_000;
 /// The longest TTL a key gets (ten years): a message meant to live longer keeps its inbox that
 /// long, not forever.
 const MAX_TTL_MS: u64 = 10 * 365 * 86_400_000;
-
-/// The format of list elements and idempotency records written by this code.
-const VERSION: u8 = 1;
-
-/// `seq | version | expires_ms | kind | id | created_ms`: what precedes a payload.
-const MESSAGE_HEADER: usize = 8 + 1 + 8 + 1 + 8 + 8;
-/// `version | id | created_ms | window_end_ms`.
-const RECORD_LEN: usize = 1 + 8 + 8 + 8;
-
-/// Appends one message to one log (inbox or topic history); see the module docs.
-///
-/// KEYS: seq, log[, idem-seq, idem-exp]. ARGV: element without its seq, now (the message's
-/// `created_ms`), cap, log TTL[, idempotency key, window end, window TTL]. Returns the seq.
-///
-/// Everything that can fail on damaged data (the counter, the key types, the counter against
-/// the last element) is checked before the first write that matters, since a script that
-/// fails half-way is not rolled back; pruning expired entries first is harmless.
-const APPEND: &str = r#"
-local head = redis.call('GET', KEYS[1])
-if head then
-  head = tonumber(head)
-  if not head then return redis.error_reply('CORRUPT the seq counter is not a number') end
-else
-  head = 0
-end
-local now = tonumber(ARGV[2])
-local keyed = #KEYS == 4
-if keyed then
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 64)
-  if #gone > 0 then
-    redis.call('ZREM', KEYS[4], unpack(gone))
-    redis.call('HDEL', KEYS[3], unpack(gone))
-  end
-  local seen = redis.call('HGET', KEYS[3], ARGV[5])
-  local window = redis.call('ZSCORE', KEYS[4], ARGV[5])
-  if seen and window and tonumber(window) > now then
-    seen = tonumber(seen)
-    if not seen then return redis.error_reply('CORRUPT an idempotency seq is not a number') end
-    return seen
-  end
-end
-local len = redis.call('LLEN', KEYS[2])
-if len > 0 then
-  local last = redis.call('LINDEX', KEYS[2], -1)
-  if #last < 8 or struct.unpack('>I8', last) ~= head then
-    return redis.error_reply('CORRUPT the seq counter is out of step with the messages')
-  end
-end
-while len > 0 do
-  local front = redis.call('LINDEX', KEYS[2], 0)
-  if #front < 17 or struct.unpack('>I8', front, 10) > now then break end
-  redis.call('LPOP', KEYS[2])
-  len = len - 1
-end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('RPUSH', KEYS[2], struct.pack('>I8', seq) .. ARGV[1])
-local cap = tonumber(ARGV[3])
-if len + 1 > cap then redis.call('LTRIM', KEYS[2], -cap, -1) end
-local function extend(key, ttl)
-  local left = redis.call('PTTL', key)
-  if left < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
-end
-extend(KEYS[2], ARGV[4])
-if keyed then
-  redis.call('HSET', KEYS[3], ARGV[5], seq)
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
-  extend(KEYS[3], ARGV[7])
-  extend(KEYS[4], ARGV[7])
-end
-return seq
-"#;
-
-/// Reads a page of one log.
-///
-/// KEYS: seq, log. ARGV: after, limit, now. Returns `{head, element...}`: up to `limit`
-/// elements after seq `after` that have not expired at `now`. An element too short to hold an
-/// expiry is returned, for the caller to refuse as damaged.
-const READ: &str = r#"
-local head = redis.call('GET', KEYS[1])
-if head then
-  head = tonumber(head)
-  if not head then return redis.error_reply('CORRUPT the seq counter is not a number') end
-else
-  head = 0
-end
-local out = {head}
-local after, limit, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if after >= head or limit < 1 then return out end
-local len = redis.call('LLEN', KEYS[2])
-local first = head - len + 1
-if first < 1 then
-  return redis.error_reply('CORRUPT the log holds more messages than its counter assigned')
-end
-local i = after - first + 1
-if i < 0 then i = 0 end
-local found = 0
-while found < limit and i < len do
-  local chunk = redis.call('LRANGE', KEYS[2], i, i + limit - found - 1)
-  if #chunk == 0 then break end
-  i = i + #chunk
-  for _, m in ipairs(chunk) do
-    if #m < 17 or struct.unpack('>I8', m, 10) > now then
-      found = found + 1
-      out[found + 1] = m
-      if found == limit then break end
-    end
-  end
-end
-return out
-"#;
-
-/// Parses the cursor of device `ARGV[1]` in hash `KEYS[1]` into `acked`, `aseq`, `attempts`
-/// (decimal strings; `0` for a device never seen).
-const CURSOR: &str = r#"
-local acked, aseq, attempts = '0', '0', '0'
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v then
-  acked, aseq, attempts = string.match(v, '^(%d+):(%d+):(%d+)$')
-  if not acked then return redis.error_reply('CORRUPT a cursor does not parse') end
-end
-"#;
-
-/// After [`CURSOR`]: device `ARGV[1]` has everything up to `ARGV[2]`. A write gives the hash
-/// `ARGV[3]` ms more to live (see `Retention::cursor_idle`).
-const ACK: &str = r#"
-local seq = tonumber(ARGV[2])
-if seq > tonumber(acked) then
-  if tonumber(aseq) <= seq then attempts = '0' end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. aseq .. ':' .. attempts)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return 0
-"#;
-
-/// After [`CURSOR`]: one more attempt of seq `ARGV[2]`; returns the count. Like [`ACK`], gives
-/// the hash `ARGV[3]` ms more to live.
-const ATTEMPT: &str = r#"
-local n = 1
-if tonumber(aseq) == tonumber(ARGV[2]) then n = math.min(tonumber(attempts) + 1, 4294967295) end
-redis.call('HSET', KEYS[1], ARGV[1], acked .. ':' .. ARGV[2] .. ':' .. string.format('%d', n))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return n
-"#;
-
-/// Subscribes (`ARGV[2] == '1'`) or unsubscribes set `KEYS[1]` to topic `ARGV[1]`, at most
-/// `ARGV[3]` topics. Returns `{0, 0}` unchanged, `{1, 0}` changed, `{2, count}` refused.
-const SUBSCRIBE: &str = r#"
-if ARGV[2] == '0' then return {redis.call('SREM', KEYS[1], ARGV[1]), 0} end
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
-local n = redis.call('SCARD', KEYS[1])
-if n >= tonumber(ARGV[3]) then return {2, n} end
-redis.call('SADD', KEYS[1], ARGV[1])
-return {1, 0}
-"#;
-
-/// Claims idempotency record `KEYS[1]` with `ARGV[1]` for `ARGV[3]` ms, unless a record whose
-/// window ends after `ARGV[2]` holds it; then returns that record (or a damaged one, for the
-/// caller to refuse). Returns nil when claimed.
-const CLAIM: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v and (#v ~= 25 or struct.unpack('>I8', v, 18) > tonumber(ARGV[2])) then return v end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return false
-"#;
-
-struct Scripts {
-    append: Script,
-    read: Script,
-    ack: Script,
-    attempt: Script,
-    subscribe: Script,
-    claim: Script,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    append: Script::new(APPEND),
-    read: Script::new(READ),
-    ack: Script::new(&format!("{CURSOR}{ACK}")),
-    attempt: Script::new(&format!("{CURSOR}{ATTEMPT}")),
-    subscribe: Script::new(SUBSCRIBE),
-    claim: Script::new(CLAIM),
-});
 
 /// Durable inboxes, topic histories and subscriptions in Redis; see the module docs.
 #[derive(Debug, Clone)]
@@ -285,15 +117,6 @@ pub struct RedisStore {
 struct LogKeys {
     seq: String,
     log: String,
-}
-
-/// What the first call of an idempotency key appends: its message id, creation time and
-/// window end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Claim {
-    id: MessageId,
-    created_ms: u64,
-    window_end_ms: u64,
 }
 
 impl RedisStore {
@@ -382,6 +205,8 @@ impl RedisStore {
 
     /// Appends one element to one log; see [`APPEND`]. `keyed` is the inbox's idempotency
     /// keys and the claim the element belongs to.
+    ///
+    /// [`APPEND`]: scripts::APPEND
     async fn push(
         &self,
         keys: LogKeys,
@@ -437,6 +262,9 @@ impl RedisStore {
     }
 
     /// Runs [`ACK`] or [`ATTEMPT`] on the cursor of `device`.
+    ///
+    /// [`ACK`]: scripts::ACK
+    /// [`ATTEMPT`]: scripts::ATTEMPT
     async fn cursor_script(
         &self,
         script: &Script,
@@ -652,297 +480,4 @@ impl Subscriptions for RedisStore {
 /// The TTL of a key that must outlive `until_ms`, set at about `from_ms`.
 fn key_ttl(from_ms: u64, until_ms: u64) -> u64 {
     until_ms.saturating_sub(from_ms).min(MAX_TTL_MS) + TTL_MARGIN_MS
-}
-
-fn unavailable(e: &redis::RedisError) -> StoreError {
-    StoreError::Unavailable(describe(e))
-}
-
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(what.into())
-}
-
-/// A Redis error as the store reports it: damaged data (a script's `CORRUPT`, a key of the
-/// wrong type, an answer that does not convert) is corrupt; anything else is unavailable.
-fn redis_error(e: redis::RedisError) -> StoreError {
-    match (e.code(), e.kind()) {
-        (Some("CORRUPT" | "WRONGTYPE"), _) | (_, redis::ErrorKind::UnexpectedReturnType) => {
-            StoreError::Corrupt(describe(&e))
-        }
-        _ => unavailable(&e),
-    }
-}
-
-fn unexpected(what: &str, answer: &Value) -> StoreError {
-    let mut shown = format!("{answer:?}");
-    if shown.len() > 120 {
-        shown.truncate(shown.floor_char_boundary(120));
-        shown.push_str("...");
-    }
-    corrupt(format!("redis: unexpected answer to {what}: {shown}"))
-}
-
-/// `{a, b}` of two integers.
-fn ints(answer: &Value) -> Option<[i64; 2]> {
-    match answer {
-        Value::Array(items) => match items.as_slice() {
-            [Value::Int(a), Value::Int(b)] => Some([*a, *b]),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A list element without its seq (the script puts it in front).
-fn encode_element(
-    id: MessageId,
-    created_ms: u64,
-    expires_ms: u64,
-    kind: PayloadKind,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MESSAGE_HEADER - 8 + payload.len());
-    out.push(VERSION);
-    out.extend_from_slice(&expires_ms.to_be_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(&id.0.to_be_bytes());
-    out.extend_from_slice(&created_ms.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A list element as the script stored it. The payload is a slice of `value`, not a copy.
-fn decode_element(value: Vec<u8>) -> Result<StoredMessage, StoreError> {
-    let mut r = Reader::new("message", &value);
-    let seq = r.u64()?;
-    r.version()?;
-    let expires_ms = r.u64()?;
-    let kind = match r.u8()? {
-        0 => PayloadKind::Binary,
-        1 => PayloadKind::Json,
-        k => return Err(corrupt(format!("message: unknown payload kind {k}"))),
-    };
-    let id = MessageId(r.u64()?);
-    let created_ms = r.u64()?;
-    Ok(StoredMessage {
-        seq: Seq(seq),
-        id,
-        created_ms,
-        expires_ms,
-        kind,
-        payload: Bytes::from(value).slice(MESSAGE_HEADER..),
-    })
-}
-
-/// A read script's answer: the head, then messages in strictly increasing seq order above
-/// `after` and up to the head.
-fn decode_page(answer: Value, after: Seq) -> Result<Page, StoreError> {
-    let Value::Array(items) = answer else {
-        return Err(unexpected("read", &answer));
-    };
-    let mut items = items.into_iter();
-    let head = match items.next() {
-        Some(Value::Int(head)) if head >= 0 => head as u64,
-        other => return Err(unexpected("read", &other.unwrap_or(Value::Nil))),
-    };
-    let mut messages = Vec::with_capacity(items.len());
-    let mut last = after.0;
-    for item in items {
-        let Value::BulkString(value) = item else {
-            return Err(unexpected("read", &item));
-        };
-        let m = decode_element(value)?;
-        if m.seq.0 <= last || m.seq.0 > head {
-            return Err(corrupt(format!(
-                "message: seq {} out of order (after {last}, head {head})",
-                m.seq
-            )));
-        }
-        last = m.seq.0;
-        messages.push(m);
-    }
-    Ok(Page {
-        messages,
-        head: Seq(head),
-    })
-}
-
-fn encode_claim(claim: Claim) -> [u8; RECORD_LEN] {
-    let mut out = [0; RECORD_LEN];
-    out[0] = VERSION;
-    out[1..9].copy_from_slice(&claim.id.0.to_be_bytes());
-    out[9..17].copy_from_slice(&claim.created_ms.to_be_bytes());
-    out[17..25].copy_from_slice(&claim.window_end_ms.to_be_bytes());
-    out
-}
-
-fn decode_claim(value: &[u8]) -> Result<Claim, StoreError> {
-    let mut r = Reader::new("idempotency record", value);
-    r.version()?;
-    let claim = Claim {
-        id: MessageId(r.u64()?),
-        created_ms: r.u64()?,
-        window_end_ms: r.u64()?,
-    };
-    r.end()?;
-    Ok(claim)
-}
-
-/// `acked:attempt_seq:attempts`, each in decimal digits.
-fn decode_cursor(value: &[u8]) -> Result<Cursor, StoreError> {
-    fn number<T: std::str::FromStr>(part: Option<&str>) -> Result<T, StoreError> {
-        part.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| corrupt("cursor: not acked:attempt_seq:attempts"))
-    }
-    let text = std::str::from_utf8(value).map_err(|_| corrupt("cursor: not UTF-8"))?;
-    let mut parts = text.split(':');
-    let cursor = Cursor {
-        acked: Seq(number(parts.next())?),
-        attempt_seq: Seq(number(parts.next())?),
-        attempts: number(parts.next())?,
-    };
-    match parts.next() {
-        None => Ok(cursor),
-        Some(_) => Err(corrupt("cursor: trailing fields")),
-    }
-}
-
-/// Reads a value front to back; running out of bytes is [`StoreError::Corrupt`].
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Reader { what, bytes }
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
-        let Some((head, rest)) = self.bytes.split_first_chunk::<N>() else {
-            return Err(corrupt(format!("{}: truncated", self.what)));
-        };
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u8(&mut self) -> Result<u8, StoreError> {
-        Ok(self.take::<1>()?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(self.take()?))
-    }
-
-    fn version(&mut self) -> Result<(), StoreError> {
-        match self.u8()? {
-            VERSION => Ok(()),
-            v => Err(corrupt(format!(
-                "{}: unknown format version {v}",
-                self.what
-            ))),
-        }
-    }
-
-    fn end(self) -> Result<(), StoreError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(corrupt(format!("{}: trailing bytes", self.what)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn element(seq: u64, payload: &[u8]) -> Vec<u8> {
-        let mut out = seq.to_be_bytes().to_vec();
-        out.extend(encode_element(
-            MessageId(7),
-            100,
-            200,
-            PayloadKind::Json,
-            payload,
-        ));
-        out
-    }
-
-    #[test]
-    fn an_element_comes_back_whole() {
-        let m = decode_element(element(3, b"{}")).unwrap();
-        assert_eq!(
-            m,
-            StoredMessage {
-                seq: Seq(3),
-                id: MessageId(7),
-                created_ms: 100,
-                expires_ms: 200,
-                kind: PayloadKind::Json,
-                payload: Bytes::from_static(b"{}"),
-            }
-        );
-        assert!(decode_element(element(3, b"")).unwrap().payload.is_empty());
-    }
-
-    #[test]
-    fn damaged_values_are_corrupt_never_a_panic() {
-        let whole = element(3, b"x");
-        for len in 0..MESSAGE_HEADER {
-            assert!(
-                matches!(
-                    decode_element(whole[..len].to_vec()),
-                    Err(StoreError::Corrupt(_))
-                ),
-                "{len} bytes"
-            );
-        }
-        let mut kind = whole.clone();
-        kind[17] = 9;
-        assert!(matches!(decode_element(kind), Err(StoreError::Corrupt(_))));
-        let mut version = whole;
-        version[8] = 0;
-        assert!(matches!(
-            decode_element(version),
-            Err(StoreError::Corrupt(_))
-        ));
-
-        let claim = encode_claim(Claim {
-            id: MessageId(1),
-            created_ms: 2,
-            window_end_ms: 3,
-        });
-        assert_eq!(decode_claim(&claim).unwrap().window_end_ms, 3);
-        assert!(decode_claim(&claim[..24]).is_err());
-        assert!(decode_claim(&[&claim[..], &[0]].concat()).is_err());
-
-        assert_eq!(
-            decode_cursor(b"5:6:7").unwrap(),
-            Cursor {
-                acked: Seq(5),
-                attempt_seq: Seq(6),
-                attempts: 7
-            }
-        );
-        for bad in [
-            &b""[..],
-            b"5:6",
-            b"5:6:7:8",
-            b"+5:6:7",
-            b"5::7",
-            b"5:6:99999999999",
-            b"\xff",
-        ] {
-            assert!(decode_cursor(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn key_ttls_cover_the_message_and_stay_in_range() {
-        assert_eq!(key_ttl(1_000, 61_000), 60_000 + TTL_MARGIN_MS);
-        assert_eq!(key_ttl(5_000, 1_000), TTL_MARGIN_MS);
-        assert_eq!(key_ttl(0, u64::MAX), MAX_TTL_MS + TTL_MARGIN_MS);
-    }
 }
