@@ -1,10 +1,11 @@
 //! One topic's subscribers on this node, sharded so that a publication to a large topic is
 //! fanned out by several tasks at once.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use hashbrown::HashTable;
 use tether_core::ConnId;
 
 use super::batch::{Batch, Reached, offer_batch};
@@ -18,7 +19,10 @@ pub struct Sub {
     pub after: u64,
 }
 
-type Shard = RwLock<HashMap<ConnId, Sub>>;
+/// Subscribers by connection id. A table rather than a map: the id is read from the
+/// subscriber's link, not stored beside it, so that an entry is no larger than its `Sub`
+/// (every subscription of every connection pays for one).
+type Shard = RwLock<HashTable<Sub>>;
 
 /// The subscribers of one (app, topic) on this node.
 ///
@@ -31,6 +35,7 @@ pub struct Topic {
     pub fanned: AtomicU64,
     count: AtomicUsize,
     shards: Box<[Shard]>,
+    hasher: RandomState,
 }
 
 impl Topic {
@@ -38,7 +43,10 @@ impl Topic {
         Topic {
             fanned: AtomicU64::new(fanned),
             count: AtomicUsize::new(0),
-            shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| RwLock::new(HashTable::new()))
+                .collect(),
+            hasher: RandomState::new(),
         }
     }
 
@@ -58,12 +66,16 @@ impl Topic {
         (conn.0 as usize) % self.shards.len()
     }
 
-    fn read(&self, i: usize) -> RwLockReadGuard<'_, HashMap<ConnId, Sub>> {
+    fn hash(&self, conn: ConnId) -> u64 {
+        self.hasher.hash_one(conn)
+    }
+
+    fn read(&self, i: usize) -> RwLockReadGuard<'_, HashTable<Sub>> {
         // Every update is one insert or remove: a panic cannot leave a shard half-changed.
         self.shards[i].read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, i: usize) -> RwLockWriteGuard<'_, HashMap<ConnId, Sub>> {
+    fn write(&self, i: usize) -> RwLockWriteGuard<'_, HashTable<Sub>> {
         self.shards[i].write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -71,12 +83,13 @@ impl Topic {
     /// recovered is not sent again); whether it is new.
     pub fn insert(&self, sub: Sub) -> bool {
         let id = sub.conn.id();
+        let hash = self.hash(id);
         let mut shard = self.write(self.shard(id));
-        if let Some(existing) = shard.get_mut(&id) {
+        if let Some(existing) = shard.find_mut(hash, |s| s.conn.id() == id) {
             existing.after = existing.after.max(sub.after);
             return false;
         }
-        shard.insert(id, sub);
+        shard.insert_unique(hash, sub, |s| self.hash(s.conn.id()));
         drop(shard);
         self.count.fetch_add(1, Ordering::Relaxed);
         true
@@ -84,12 +97,23 @@ impl Topic {
 
     /// The position of subscriber `conn`, if it is one.
     pub fn position(&self, conn: ConnId) -> Option<u64> {
-        self.read(self.shard(conn)).get(&conn).map(|s| s.after)
+        let hash = self.hash(conn);
+        let shard = self.read(self.shard(conn));
+        shard.find(hash, |s| s.conn.id() == conn).map(|s| s.after)
     }
 
     /// Removes a subscriber; whether it was there.
     pub fn remove(&self, conn: ConnId) -> bool {
-        let gone = self.write(self.shard(conn)).remove(&conn).is_some();
+        let hash = self.hash(conn);
+        let mut shard = self.write(self.shard(conn));
+        let gone = match shard.find_entry(hash, |s| s.conn.id() == conn) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        };
+        drop(shard);
         if gone {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -104,7 +128,7 @@ impl Topic {
         let mut closed = Vec::new();
         {
             let shard = self.read(i);
-            for sub in shard.values() {
+            for sub in shard.iter() {
                 if offer_batch(&*sub.conn, batch, sub.after, direct, &mut reached) {
                     closed.push(sub.conn.id());
                 }
@@ -125,7 +149,7 @@ impl Topic {
         for i in 0..self.shards.len() {
             out.extend(
                 self.read(i)
-                    .values()
+                    .iter()
                     .filter(|s| s.after < below)
                     .map(|s| s.conn.clone()),
             );
