@@ -1,8 +1,17 @@
-//! Client tokens: a JWT HS256 signed with the app's secret, so any language can mint one.
+//! Client tokens: JWTs that bind a connection to (app, user), and subscription tokens that let
+//! a user into one topic.
 //!
-//! Claims: `sub` (the user id, required), `exp` (seconds since the epoch, required), `iat`
-//! (optional), `app` (optional; when present it must name the app the token binds to, so that
-//! two apps sharing a secret cannot use each other's tokens).
+//! A connection token's claims: `sub` (the user id, required), `exp` (seconds since the epoch,
+//! required), `nbf` (not before, checked when present), `iat` (optional), `app` (optional; when
+//! present it must name the app the token binds to, so that two apps sharing a key cannot use
+//! each other's tokens), `aud` and `iss` (checked when the app's [`TokenPolicy`] names them),
+//! and `topics` (optional: the topics or patterns the user may subscribe to, for the `token`
+//! topic rule). A subscription token has `sub`, `exp` and `topic` (one exact topic).
+//!
+//! Each app's [`TokenPolicy`] says which algorithms and keys it accepts: HS256 with the app's
+//! secret (any language can mint one), and RS256 or ES256 with public keys in PEM, for tokens
+//! an identity provider signs. What a refusal says is meant for the client: what is wrong, in
+//! fixed words, never the decoder's text.
 
 use std::time::Duration;
 
@@ -12,129 +21,254 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AppId, UserId, validate_id};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The claims tether reads (and `mint` writes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Topics or patterns (`room.*`) the user may subscribe to under the `token` rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
+    /// A subscription token's one topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
-/// Why a token was refused. Each maps to its own close code.
+/// Why a token was refused. `Expired` has a close code of its own; the others are all "bad
+/// token", with a reason fit to show the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token expired")]
     Expired,
     #[error("invalid token: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
 }
 
-/// Mints a token for `user` of `app`, valid for `ttl`.
+/// Which tokens an app accepts.
+#[derive(Clone)]
+pub struct TokenPolicy {
+    /// Keys to try, each with the algorithm it verifies: the app's secret for HS256, and
+    /// public keys for RS256 / ES256.
+    keys: Vec<(Algorithm, DecodingKey)>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    leeway: Duration,
+}
+
+impl std::fmt::Debug for TokenPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are secrets or at least not worth printing.
+        f.debug_struct("TokenPolicy")
+            .field(
+                "algorithms",
+                &self.keys.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// A public key the policy could not use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+/// What a verified connection token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub user: UserId,
+    /// Seconds since the epoch.
+    pub exp: u64,
+    /// The `topics` claim, if any.
+    pub topics: Option<Vec<String>>,
+}
+
+impl TokenPolicy {
+    /// HS256 with `secret` only, no audience or issuer: what every app accepts by default.
+    pub fn hs256(secret: &[u8], leeway: Duration) -> Self {
+        TokenPolicy {
+            keys: vec![(Algorithm::HS256, DecodingKey::from_secret(secret))],
+            audience: None,
+            issuer: None,
+            leeway,
+        }
+    }
+
+    /// Also accepts tokens signed with the private half of the PEM public key `pem`, with
+    /// `algorithm` (`RS256` or `ES256`).
+    pub fn with_public_key(mut self, algorithm: &str, pem: &[u8]) -> Result<Self, KeyError> {
+        let (algorithm, key) = match algorithm {
+            "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(pem)),
+            "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(pem)),
+            other => {
+                return Err(KeyError(format!(
+                    "algorithm {other:?} is not supported (RS256 or ES256)"
+                )));
+            }
+        };
+        let key = key.map_err(|_| KeyError(format!("not a {algorithm:?} public key in PEM")))?;
+        self.keys.push((algorithm, key));
+        Ok(self)
+    }
+
+    /// Only accepts HS256 if `hs256` (otherwise the app's secret signs webhooks only).
+    pub fn without_hs256(mut self) -> Self {
+        self.keys.retain(|(a, _)| *a != Algorithm::HS256);
+        self
+    }
+
+    /// Requires this `aud`.
+    pub fn with_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    /// Requires this `iss`.
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self
+    }
+
+    /// Verifies a connection token for `app` and returns what it grants.
+    pub fn verify(&self, app: &AppId, token: &str) -> Result<Grant, TokenError> {
+        let claims = self.decode(token)?;
+        if let Some(token_app) = &claims.app
+            && token_app != app.as_str()
+        {
+            return Err(TokenError::Invalid("the token is for another app"));
+        }
+        if claims.topic.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token cannot bind a connection",
+            ));
+        }
+        validate_id("sub", &claims.sub).map_err(|_| TokenError::Invalid("bad sub claim"))?;
+        Ok(Grant {
+            user: UserId::new(claims.sub),
+            exp: claims.exp,
+            topics: claims.topics,
+        })
+    }
+
+    /// Verifies a subscription token: it must name `user` and `topic`.
+    pub fn verify_subscription(
+        &self,
+        user: &UserId,
+        topic: &str,
+        token: &str,
+    ) -> Result<(), TokenError> {
+        let claims = self.decode(token)?;
+        if claims.sub != user.as_str() {
+            return Err(TokenError::Invalid("the token is for another user"));
+        }
+        if claims.topic.as_deref() != Some(topic) {
+            return Err(TokenError::Invalid("the token is for another topic"));
+        }
+        Ok(())
+    }
+
+    /// The claims of `token` if one of the policy's keys verifies it and its time, audience
+    /// and issuer claims hold.
+    fn decode(&self, token: &str) -> Result<Claims, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        let Some((algorithm, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(TokenError::Invalid("algorithm not accepted"));
+        };
+        let mut validation = Validation::new(*algorithm);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| TokenError::from_kind(e.kind()))
+    }
+}
+
+impl TokenError {
+    fn from_kind(kind: &ErrorKind) -> TokenError {
+        TokenError::Invalid(match kind {
+            ErrorKind::ExpiredSignature => return TokenError::Expired,
+            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::ImmatureSignature => "not valid yet (nbf)",
+            ErrorKind::InvalidAudience => "audience not accepted",
+            ErrorKind::InvalidIssuer => "issuer not accepted",
+            ErrorKind::MissingRequiredClaim(_) => "a required claim is missing (sub, exp)",
+            ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+            ErrorKind::Json(_) => "claims of the wrong type",
+            _ => "malformed",
+        })
+    }
+}
+
+/// Mints a connection token for `user` of `app`, valid for `ttl` (HS256).
 pub fn mint(secret: &[u8], app: &AppId, user: &UserId, ttl: Duration) -> String {
     let now = crate::now_ms() / 1000;
-    let claims = Claims {
-        sub: user.as_str().to_owned(),
-        exp: now + ttl.as_secs().max(1),
-        iat: Some(now),
-        app: Some(app.as_str().to_owned()),
-    };
+    sign(
+        secret,
+        &Claims {
+            sub: user.as_str().to_owned(),
+            exp: now + ttl.as_secs().max(1),
+            iat: Some(now),
+            app: Some(app.as_str().to_owned()),
+            ..Claims::default()
+        },
+    )
+}
+
+/// Mints a subscription token: `user` may subscribe to `topic` until `ttl` has passed (HS256).
+pub fn mint_subscription(secret: &[u8], user: &UserId, topic: &str, ttl: Duration) -> String {
+    let now = crate::now_ms() / 1000;
+    sign(
+        secret,
+        &Claims {
+            sub: user.as_str().to_owned(),
+            exp: now + ttl.as_secs().max(1),
+            iat: Some(now),
+            topic: Some(topic.to_owned()),
+            ..Claims::default()
+        },
+    )
+}
+
+/// Signs `claims` with HS256.
+pub fn sign(secret: &[u8], claims: &Claims) -> String {
     // HS256 with an in-memory key cannot fail: serialising `Claims` is infallible and the
     // rust_crypto backend is compiled in.
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret),
     )
     .unwrap_or_default()
 }
 
-/// Verifies `token` for `app` and returns the user it names.
-///
-/// `leeway` absorbs clock skew between the business server that minted the token and this node.
+/// Verifies an HS256 connection token for `app` and returns the user it names.
 pub fn verify(
     secret: &[u8],
     app: &AppId,
     token: &str,
     leeway: Duration,
 ) -> Result<UserId, TokenError> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = leeway.as_secs();
-    validation.set_required_spec_claims(&["exp", "sub"]);
-    let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature => TokenError::Invalid("bad signature".into()),
-                _ => TokenError::Invalid(e.to_string()),
-            })?;
-    let claims = data.claims;
-    if let Some(token_app) = &claims.app
-        && token_app != app.as_str()
-    {
-        return Err(TokenError::Invalid(format!(
-            "token is for app {token_app:?}, not {app:?}"
-        )));
-    }
-    validate_id("sub", &claims.sub).map_err(TokenError::Invalid)?;
-    Ok(UserId::new(claims.sub))
+    TokenPolicy::hs256(secret, leeway)
+        .verify(app, token)
+        .map(|grant| grant.user)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LEEWAY: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn minted_tokens_verify() {
-        let app = AppId::from("demo");
-        let token = mint(
-            b"s3cret",
-            &app,
-            &UserId::from("alice"),
-            Duration::from_secs(60),
-        );
-        assert_eq!(
-            verify(b"s3cret", &app, &token, LEEWAY),
-            Ok(UserId::from("alice"))
-        );
-    }
-
-    #[test]
-    fn wrong_secret_wrong_app_and_expiry_are_refused() {
-        let app = AppId::from("demo");
-        let token = mint(
-            b"s3cret",
-            &app,
-            &UserId::from("alice"),
-            Duration::from_secs(60),
-        );
-        assert!(matches!(
-            verify(b"other", &app, &token, LEEWAY),
-            Err(TokenError::Invalid(_))
-        ));
-        assert!(matches!(
-            verify(b"s3cret", &AppId::from("other"), &token, LEEWAY),
-            Err(TokenError::Invalid(_))
-        ));
-        let old = Claims {
-            sub: "alice".into(),
-            exp: crate::now_ms() / 1000 - 3600,
-            iat: None,
-            app: None,
-        };
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &old,
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap();
-        assert_eq!(
-            verify(b"s3cret", &app, &expired, LEEWAY),
-            Err(TokenError::Expired)
-        );
-        assert!(verify(b"s3cret", &app, "not.a.jwt", LEEWAY).is_err());
-    }
-}
+mod tests;

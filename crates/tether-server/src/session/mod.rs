@@ -14,4 +14,5 @@
 pub mod handshake;
 pub mod inbox;
 pub mod ops;
+pub mod permissions;
 pub mod work;

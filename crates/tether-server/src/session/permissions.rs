@@ -1,0 +1,195 @@
+//! Who may subscribe to what: an app's topic rules, checked for every client `subscribe` on
+//! every transport. The business's own subscriptions (through the API) are always allowed.
+//!
+//! Rules are tried in order and the first whose pattern matches the topic decides; a topic
+//! that no rule matches is refused. A pattern is the topic's text with `*` standing for any
+//! run of characters (also none) and `{user}` for the subscribing user's id, exactly:
+//! `room.*`, `user.{user}`, `user.{user}.*`, `*`.
+//!
+//! | rule | who may subscribe |
+//! |---|---|
+//! | `open` | any user bound to the app |
+//! | `user` | the user the pattern names: its pattern must use `{user}` |
+//! | `token` | a user whose connection token lists the topic (its `topics` claim, which may use `*`), or who sends a subscription token for it |
+
+use serde::Deserialize;
+use tether_core::UserId;
+
+/// One piece of a [`Pattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// Any run of characters.
+    Any,
+    /// The subscribing user's id.
+    User,
+}
+
+/// A topic pattern: text, `*` and `{user}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(Vec<Piece>);
+
+impl Pattern {
+    /// Reads a pattern; `{user}` is a placeholder only where `placeholders` (in rules, not in
+    /// a token's `topics` claim, where it is text).
+    pub fn parse(pattern: &str, placeholders: bool) -> Pattern {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut rest = pattern;
+        while let Some(c) = rest.chars().next() {
+            if c == '*' {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                // `**` is `*`.
+                if pieces.last() != Some(&Piece::Any) {
+                    pieces.push(Piece::Any);
+                }
+                rest = &rest[1..];
+            } else if placeholders && rest.starts_with("{user}") {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::User);
+                rest = &rest["{user}".len()..];
+            } else {
+                text.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Pattern(pieces)
+    }
+
+    /// Whether the pattern names the subscribing user.
+    pub fn names_user(&self) -> bool {
+        self.0.contains(&Piece::User)
+    }
+
+    /// Whether `topic` matches, with `{user}` standing for `user`.
+    pub fn matches(&self, topic: &str, user: &str) -> bool {
+        matches(&self.0, topic, user)
+    }
+}
+
+/// Matches `pieces` against all of `topic`: the text between two `*` (with `{user}` filled
+/// in) must appear in order, the first at the start unless the pattern starts with `*`, the
+/// last at the end unless it ends with one. Finding each as early as possible is enough for
+/// `*` patterns, so this is linear in the topic per piece, whatever the pattern.
+fn matches(pieces: &[Piece], topic: &str, user: &str) -> bool {
+    let mut segments: Vec<String> = vec![String::new()];
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => segments.last_mut().expect("never empty").push_str(t),
+            Piece::User => segments.last_mut().expect("never empty").push_str(user),
+            Piece::Any => segments.push(String::new()),
+        }
+    }
+    // One segment: no `*` at all, the whole topic.
+    let Some((first, rest)) = segments.split_first() else {
+        return topic.is_empty();
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return topic == first;
+    };
+    let Some(mut left) = topic.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    for segment in middle {
+        match left.find(segment.as_str()) {
+            Some(at) => left = &left[at + segment.len()..],
+            None => return false,
+        }
+    }
+    left.ends_with(last.as_str())
+}
+
+/// Who a rule lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allow {
+    Open,
+    User,
+    Token,
+}
+
+/// A rule as the configuration writes it (`[[apps.topics]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub pattern: String,
+    pub allow: Allow,
+}
+
+/// One app's topic rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct TopicRules(Vec<(Pattern, Allow)>);
+
+/// What the rules say of one subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused: the client is told this.
+    Deny(&'static str),
+}
+
+/// What a subscriber brings besides its user id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The `topics` claim of its connection token.
+    pub token_topics: Option<&'a [String]>,
+    /// It sent a subscription token for this topic, and the token verified.
+    pub subscription_token: bool,
+}
+
+impl TopicRules {
+    /// Compiles rules; says what is wrong with one that cannot be used.
+    pub fn new(rules: &[RuleConfig]) -> Result<TopicRules, String> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if r.pattern.is_empty() {
+                    return Err(format!("topics[{i}]: the pattern is empty"));
+                }
+                let pattern = Pattern::parse(&r.pattern, true);
+                if r.allow == Allow::User && !pattern.names_user() {
+                    return Err(format!(
+                        "topics[{i}]: a `user` rule's pattern must contain {{user}} ({:?} does not)",
+                        r.pattern
+                    ));
+                }
+                Ok((pattern, r.allow))
+            })
+            .collect::<Result<_, _>>()
+            .map(TopicRules)
+    }
+
+    /// Whether `user`, with `credentials`, may subscribe to `topic`.
+    pub fn decide(&self, user: &UserId, topic: &str, credentials: Credentials<'_>) -> Decision {
+        let user = user.as_str();
+        let Some((_, allow)) = self.0.iter().find(|(p, _)| p.matches(topic, user)) else {
+            return Decision::Deny("no topic rule of the app allows it");
+        };
+        match allow {
+            Allow::Open | Allow::User => Decision::Allow,
+            Allow::Token if credentials.subscription_token => Decision::Allow,
+            Allow::Token => {
+                let listed = credentials.token_topics.is_some_and(|topics| {
+                    topics
+                        .iter()
+                        .any(|t| Pattern::parse(t, false).matches(topic, user))
+                });
+                match listed {
+                    true => Decision::Allow,
+                    false => Decision::Deny("the token does not grant this topic"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
