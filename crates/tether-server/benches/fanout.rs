@@ -22,7 +22,7 @@ use tether_server::fanout::batch::Batch;
 use tether_server::fanout::topic::{Sub, Topic};
 use tether_server::gateway::handle::{ConnHandle, NewConn};
 use tether_server::gateway::table::ConnTable;
-use tether_server::link::Encoding;
+use tether_server::link::{Binding, Encoding};
 use tether_server::session::inbox::InboxState;
 
 fn message() -> Outgoing {
@@ -45,7 +45,7 @@ fn conns(table: &ConnTable, n: usize) -> Vec<Arc<ConnHandle>> {
                 transport: Transport::Tcp,
                 encoding: Encoding::Binary,
                 device: DeviceId::from("d"),
-                bindings: vec![(AppId::from("demo"), UserId::from("u"))],
+                bindings: vec![Binding::new(AppId::from("demo"), UserId::from("u"), 0)],
                 resume: vec![InboxState::resuming(0, 0)],
                 queue_limit: 256 * 1024,
                 direct: None,

@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tether_core::{AppId, ConnId, DeviceId, Outgoing, TopicId, Transport, UserId};
@@ -35,6 +36,58 @@ impl Encoding {
             Encoding::Binary => msg.binary(),
             Encoding::Json => msg.json(),
         }
+    }
+}
+
+/// One (app, user) binding of a connection, authenticated by a token, and until when that
+/// token holds.
+#[derive(Debug)]
+pub struct Binding {
+    pub app: AppId,
+    pub user: UserId,
+    /// When the token expires, in seconds since the epoch (0: never), and in the top bit
+    /// whether the client was warned of it. A refresh moves it; past it the connection closes.
+    expiry: AtomicU64,
+}
+
+/// The top bit of [`Binding::expiry`]: the client was warned.
+const WARNED: u64 = 1 << 63;
+
+impl Binding {
+    pub fn new(app: AppId, user: UserId, expires_s: u64) -> Self {
+        Binding {
+            app,
+            user,
+            expiry: AtomicU64::new(expires_s & !WARNED),
+        }
+    }
+
+    /// When the token expires, seconds since the epoch; 0: never.
+    pub fn expires_s(&self) -> u64 {
+        self.expiry.load(Ordering::Relaxed) & !WARNED
+    }
+
+    /// A new token holds until `expires_s`: the client may be warned again before then.
+    pub fn extend(&self, expires_s: u64) {
+        self.expiry.store(expires_s & !WARNED, Ordering::Relaxed);
+    }
+
+    /// Whether the client must be warned now: the token expires within `ahead_s` of `now_s`
+    /// and nobody warned it since the last refresh. True once per token.
+    pub fn warn(&self, now_s: u64, ahead_s: u64) -> bool {
+        let expiry = self.expiry.load(Ordering::Relaxed);
+        expiry & WARNED == 0
+            && expiry != 0
+            && now_s.saturating_add(ahead_s) >= expiry
+            && self
+                .expiry
+                .compare_exchange(
+                    expiry,
+                    expiry | WARNED,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 }
 
@@ -85,11 +138,11 @@ pub trait Link: Send + Sync + Debug {
 
     /// The (app, user) bindings its handshake authenticated, in the client's order; a binding
     /// is named by its index here.
-    fn bindings(&self) -> &[(AppId, UserId)];
+    fn bindings(&self) -> &[Binding];
 
     /// The index of the binding for `app`, if the connection has one.
     fn binding(&self, app: &str) -> Option<usize> {
-        self.bindings().iter().position(|(a, _)| a.as_str() == app)
+        self.bindings().iter().position(|b| b.app.as_str() == app)
     }
 
     fn transport(&self) -> Transport;

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::api::{Api, Ops};
+use crate::api::{Api, Dispatcher, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
 use crate::delivery::sink::NodeSink;
@@ -28,6 +28,7 @@ use crate::gateway::{Events, Gateway};
 use crate::lifecycle::{Lifecycle, advertised_endpoints};
 use crate::link::{Link, Links};
 use crate::metrics::Metrics;
+use crate::session::access::Access;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
 
@@ -166,8 +167,10 @@ impl Node {
         ));
         let webhooks =
             Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
+        let access = Arc::new(Access::new(&config).map_err(anyhow::Error::msg)?);
         let gateway = Arc::new(Gateway::new(
             &config,
+            access.clone(),
             table.clone(),
             delivery.clone(),
             Arc::new(WebhookEvents(webhooks.clone())),
@@ -204,7 +207,7 @@ impl Node {
         let ops = Arc::new(Ops::new(
             &config,
             lifecycle.clone(),
-            registry,
+            Dispatcher::new(&config, access, registry),
             table,
             delivery,
             webhooks.clone(),

@@ -5,9 +5,7 @@
 //! about. Without it, anyone could map the cluster's nodes, or learn which node holds a given
 //! user.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -17,32 +15,27 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tether_core::{AppId, Registry, Transport, auth};
+use tether_core::{Registry, Transport, auth};
 
 use super::{ApiError, bearer};
-use crate::config::{Config, DispatchConfig, Secret};
+use crate::config::{Config, DispatchConfig};
 use crate::dispatch::order;
+use crate::session::access::Access;
 
 /// What the dispatcher answers from.
 #[derive(Debug)]
-pub(super) struct Dispatcher {
+pub struct Dispatcher {
     registry: Arc<dyn Registry>,
     /// App id -> token secret, for the client's token.
-    apps: HashMap<AppId, Secret>,
-    token_leeway: Duration,
+    access: Arc<Access>,
     config: DispatchConfig,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(config: &Config, access: Arc<Access>, registry: Arc<dyn Registry>) -> Self {
         Dispatcher {
             registry,
-            apps: config
-                .apps
-                .iter()
-                .map(|a| (a.id.clone(), a.secret.clone()))
-                .collect(),
-            token_leeway: config.gateway.token_leeway,
+            access,
             config: config.dispatch,
         }
     }
@@ -90,26 +83,21 @@ async fn dispatch(
             "a client token of the app is needed: Authorization: Bearer <token>, or ?token=",
         ));
     };
-    let Some((app, secret)) = ops.apps.get_key_value(q.app.as_str()) else {
+    let Some((app, rules)) = ops.access.app(&q.app) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_app",
             format!("unknown app {:?}", tether_core::echo_id(&q.app)),
         ));
     };
-    let user = auth::verify(
-        secret.expose().as_bytes(),
-        app,
-        token.trim(),
-        ops.token_leeway,
-    )
-    .map_err(|e| {
+    let grant = rules.tokens.verify(app, token.trim()).map_err(|e| {
         let code = match e {
             auth::TokenError::Expired => "token_expired",
             auth::TokenError::Invalid(_) => "bad_token",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     })?;
+    let user = grant.user;
     if let Some(asked) = &q.user
         && asked != user.as_str()
     {

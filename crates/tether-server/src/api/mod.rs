@@ -41,6 +41,7 @@ mod messages;
 pub mod ops;
 mod topics;
 
+pub use dispatch::Dispatcher;
 pub use error::ApiError;
 pub use ops::Ops;
 

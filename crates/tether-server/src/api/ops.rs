@@ -15,14 +15,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tether_core::{AppId, Registry, Transport};
+use tether_core::{AppId, Transport};
 
-use super::dispatch::Dispatcher;
+use super::Dispatcher;
 use super::{ApiError, bearer, request_timeout};
 use crate::config::{Config, Secret};
 use crate::delivery::Delivery;
 use crate::lifecycle::Lifecycle;
-use crate::link::Links;
+use crate::link::{Binding, Links};
 use crate::store::EmbeddedStore;
 use crate::webhook::Webhooks;
 
@@ -50,7 +50,7 @@ impl Ops {
     pub fn new(
         config: &Config,
         lifecycle: Arc<Lifecycle>,
-        registry: Arc<dyn Registry>,
+        dispatcher: Dispatcher,
         links: Arc<dyn Links>,
         delivery: Arc<Delivery>,
         webhooks: Arc<Webhooks>,
@@ -58,7 +58,7 @@ impl Ops {
     ) -> Self {
         Ops {
             lifecycle,
-            dispatcher: Arc::new(Dispatcher::new(config, registry)),
+            dispatcher: Arc::new(dispatcher),
             admin_key: config.admin.key.clone(),
             links,
             delivery,
@@ -164,7 +164,7 @@ fn conn_stats(links: &dyn Links) -> ConnStats {
             Transport::Ws => &mut s.ws,
         };
         *n += 1;
-        for (app, _) in conn.bindings() {
+        for Binding { app, .. } in conn.bindings() {
             let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
             match conn.transport() {
                 Transport::Tcp => *tcp += 1,
@@ -270,7 +270,7 @@ mod tests {
             device: DeviceId::from("d"),
             bindings: apps
                 .iter()
-                .map(|a| (AppId::from(*a), UserId::from("u")))
+                .map(|a| Binding::new(AppId::from(*a), UserId::from("u"), 0))
                 .collect(),
             resume: apps.iter().map(|_| InboxState::resuming(0, 0)).collect(),
             queue_limit: 1000,

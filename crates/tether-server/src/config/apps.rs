@@ -1,9 +1,12 @@
 //! The `[[apps]]` entries: the tenants, their credentials and their own rate settings.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tether_core::AppId;
+use tether_core::auth::TokenPolicy;
 
 use super::RateConfig;
 
@@ -30,6 +33,73 @@ pub struct AppConfig {
     /// node opens and its last one closes.
     #[serde(default)]
     pub presence_events: bool,
+    /// Which client tokens the app accepts (default: HS256 signed with `secret`).
+    #[serde(default)]
+    pub tokens: TokenConfig,
+    /// Who may subscribe to which topic: the first rule whose pattern matches decides, and a
+    /// topic no rule matches is refused (with no rules, clients subscribe to nothing; the
+    /// business's subscriptions through the API are always allowed). See `docs/security.md`.
+    #[serde(default)]
+    pub topics: Vec<TopicRule>,
+}
+
+/// `[apps.tokens]`: the tokens an app accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Tokens signed with the app's `secret` (HS256). Off: only `public_keys` sign tokens,
+    /// and the secret signs webhooks and subscription tokens only.
+    pub hs256: bool,
+    /// Public keys of an identity provider that signs tokens with RS256 or ES256.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Tokens must carry this `iss`.
+    pub issuer: Option<String>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            hs256: true,
+            public_keys: Vec::new(),
+            audience: None,
+            issuer: None,
+        }
+    }
+}
+
+/// A public key that verifies tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// A PEM file with the public key.
+    pub file: PathBuf,
+}
+
+/// `[[apps.topics]]`: one topic rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRule {
+    /// The topics it covers: text, `*` (any run of characters) and `{user}` (the subscribing
+    /// user's id): `room.*`, `user.{user}`, `*`.
+    pub pattern: String,
+    /// Who may subscribe to them.
+    pub allow: TopicAccess,
+}
+
+/// Who a topic rule lets subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicAccess {
+    /// Any user bound to the app.
+    Open,
+    /// The user the pattern's `{user}` names.
+    User,
+    /// A user who sends a subscription token for the topic (signed with the app's secret).
+    Token,
 }
 
 impl AppConfig {
@@ -43,7 +113,66 @@ impl AppConfig {
             deliveries_per_sec: None,
             webhook: None,
             presence_events: false,
+            tokens: TokenConfig::default(),
+            topics: Vec::new(),
         }
+    }
+
+    /// The tokens this app accepts, its public keys read from their files; `leeway` absorbs
+    /// clock skew.
+    pub fn token_policy(&self, leeway: Duration) -> Result<TokenPolicy, String> {
+        let t = &self.tokens;
+        let mut policy = TokenPolicy::hs256(self.secret.expose().as_bytes(), leeway)
+            .with_audience(t.audience.clone())
+            .with_issuer(t.issuer.clone());
+        for (i, key) in t.public_keys.iter().enumerate() {
+            let pem = std::fs::read(&key.file).map_err(|e| {
+                format!(
+                    "tokens.public_keys[{i}]: cannot read {}: {e}",
+                    key.file.display()
+                )
+            })?;
+            policy = policy
+                .with_public_key(&key.algorithm, &pem)
+                .map_err(|e| format!("tokens.public_keys[{i}] ({}): {e}", key.file.display()))?;
+        }
+        if !t.hs256 {
+            policy = policy.without_hs256();
+        }
+        Ok(policy)
+    }
+
+    /// What is wrong with the app's tokens and topic rules (its keys are read).
+    pub fn access_problems(&self, leeway: Duration) -> Vec<String> {
+        let mut problems = Vec::new();
+        let t = &self.tokens;
+        if !t.hs256 && t.public_keys.is_empty() {
+            problems.push(
+                "tokens: hs256 is off and no public key is given: no token would verify".into(),
+            );
+        }
+        for (name, value) in [("audience", &t.audience), ("issuer", &t.issuer)] {
+            if value.as_deref() == Some("") {
+                problems.push(format!(
+                    "tokens.{name} must not be empty (leave it out instead)"
+                ));
+            }
+        }
+        if let Err(e) = self.token_policy(leeway) {
+            problems.push(e);
+        }
+        for (i, rule) in self.topics.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                problems.push(format!("topics[{i}].pattern must not be empty"));
+            }
+            if rule.allow == TopicAccess::User && !rule.pattern.contains("{user}") {
+                problems.push(format!(
+                    "topics[{i}]: a `user` rule's pattern must contain {{user}} ({:?} does not)",
+                    rule.pattern
+                ));
+            }
+        }
+        problems
     }
 
     /// This app's rate settings: the defaults of `[rate]` with the app's overrides.

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use tether_core::AppId;
-
-use super::{AppConfig, Config, ConfigError, Secret};
+use super::{AppConfig, Config, ConfigError};
 
 impl Config {
     /// Reads `path` (or the defaults when `None`), applies `TETHER_*` environment overrides,
@@ -57,20 +55,15 @@ impl Config {
             Ok(text) => toml::from_str::<AppConfig>(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let app = AppConfig::new(
-                    AppId::from("demo"),
-                    Secret::new(random_hex(32)),
-                    Secret::new(format!("tk_{}", random_hex(24))),
-                );
                 std::fs::create_dir_all(&self.node.data_dir)?;
                 let text = format!(
                     "# Generated on first start because no app is configured. Delete to regenerate.\n\
-                     id = \"demo\"\nsecret = \"{}\"\napi_key = \"{}\"\n",
-                    app.secret.expose(),
-                    app.api_key.expose()
+                     id = \"demo\"\nsecret = \"{}\"\napi_key = \"tk_{}\"\n{DEMO_TOPICS}",
+                    random_hex(32),
+                    random_hex(24),
                 );
                 write_private(&path, &text)?;
-                app
+                toml::from_str::<AppConfig>(&text)?
             }
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
@@ -79,6 +72,13 @@ impl Config {
         Ok(Some(app))
     }
 }
+
+/// The demo app's topic rules: each user may join its own topic, and any topic with a
+/// subscription token.
+const DEMO_TOPICS: &str = "\n# Who may subscribe to what (docs/security.md): each user its own topic,\n\
+# and any topic with a subscription token signed with the secret.\n\
+[[topics]]\npattern = \"user.{user}\"\nallow = \"user\"\n\n\
+[[topics]]\npattern = \"*\"\nallow = \"token\"\n";
 
 fn apply_env(
     table: &mut toml::Table,

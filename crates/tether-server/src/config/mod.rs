@@ -24,7 +24,7 @@ mod validate;
 use serde::Deserialize;
 use tether_core::AppId;
 
-pub use apps::{AppConfig, Secret};
+pub use apps::{AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule};
 pub use de::parse_duration;
 pub use sections::{
     AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits, ListenConfig,
@@ -68,11 +68,17 @@ impl Config {
         config.node.data_dir = std::env::temp_dir().join("tether-tests");
         // Tests share one data directory: keep their inboxes apart.
         config.store.backend = StoreBackend::Memory;
-        config.apps.push(AppConfig::new(
+        let mut demo = AppConfig::new(
             AppId::from("demo"),
             Secret::new("demo-secret-0123456789"),
             Secret::new("demo-api-key-0123456789"),
-        ));
+        );
+        // Tests subscribe to any topic unless they set rules of their own.
+        demo.topics.push(TopicRule {
+            pattern: "*".into(),
+            allow: TopicAccess::Open,
+        });
+        config.apps.push(demo);
         config
     }
 }

@@ -139,6 +139,10 @@ pub struct GatewayConfig {
     /// Clock skew tolerated on token expiry.
     #[serde(deserialize_with = "duration")]
     pub token_leeway: Duration,
+    /// How long before a binding's token expires the client is sent `expiring`, so that it
+    /// sends `refresh` with a new one in time.
+    #[serde(deserialize_with = "duration")]
+    pub token_warning: Duration,
     /// On shutdown, clients are told to come back at a random point within this window.
     #[serde(deserialize_with = "duration")]
     pub shutdown_spread: Duration,
@@ -168,6 +172,7 @@ impl Default for GatewayConfig {
             heartbeat_missed: 3,
             write_timeout: Duration::from_secs(10),
             token_leeway: Duration::from_secs(30),
+            token_warning: Duration::from_secs(60),
             shutdown_spread: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             drain_spread: Duration::from_secs(30),

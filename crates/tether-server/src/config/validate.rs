@@ -169,6 +169,12 @@ impl Config {
             if !keys.insert(app.api_key.expose()) {
                 problems.push(format!("apps[{i}].api_key is used by another app"));
             }
+            let leeway = self.gateway.token_leeway;
+            problems.extend(
+                app.access_problems(leeway)
+                    .into_iter()
+                    .map(|p| format!("apps[{i}].{p}")),
+            );
         }
         self.validate_operations(&mut problems);
         if problems.is_empty() {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::Delivery;
 use super::{Busy, SubscribeError};
-use crate::link::{Link, Links};
+use crate::link::{Binding, Link, Links};
 use crate::session::work::Target;
 
 /// Past this many pending changes the node registers everything again instead.
@@ -59,7 +59,7 @@ impl NodeSessions {
 
     /// Records a new connection's sessions, one per binding.
     pub async fn register(&self, conn: &dyn Link) {
-        for (app, user) in conn.bindings() {
+        for Binding { app, user, .. } in conn.bindings() {
             if let Err(e) = self.registry.register(self.session(conn, app, user)).await {
                 // The connection is served anyway (what this node holds reaches it); pushes
                 // from other nodes find it once the node registers its sessions again, at its
@@ -72,7 +72,7 @@ impl NodeSessions {
 
     /// Forgets a closed connection's sessions.
     pub async fn unregister(&self, conn: &dyn Link) {
-        for (app, user) in conn.bindings() {
+        for Binding { app, user, .. } in conn.bindings() {
             if let Err(e) = self
                 .registry
                 .unregister(app, user, &self.node, conn.id())
@@ -145,7 +145,7 @@ impl NodeSessions {
             .flat_map(|conn| {
                 conn.bindings()
                     .iter()
-                    .map(|(app, user)| self.session(&**conn, app, user))
+                    .map(|b| self.session(&**conn, &b.app, &b.user))
             })
             .collect();
         let registered = sessions.len();
@@ -178,9 +178,11 @@ impl NodeSessions {
             }
         }
         let open = |(app, user, conn): &(AppId, UserId, ConnId)| {
-            self.links
-                .get(*conn)
-                .is_some_and(|c| c.bindings().iter().any(|(a, u)| a == app && u == user))
+            self.links.get(*conn).is_some_and(|c| {
+                c.bindings()
+                    .iter()
+                    .any(|b| &b.app == app && &b.user == user)
+            })
         };
         let mut gone: Vec<_> = candidates.into_iter().filter(|c| !open(c)).collect();
         gone.sort();
@@ -242,7 +244,7 @@ impl Delivery {
     /// topics.
     pub async fn attach(&self, conn: &Arc<dyn Link>) {
         self.sessions.register(&**conn).await;
-        for (binding, (app, user)) in conn.bindings().iter().enumerate() {
+        for (binding, Binding { app, user, .. }) in conn.bindings().iter().enumerate() {
             let topics = match self.store.subscriptions(app, user).await {
                 Ok(topics) => topics,
                 Err(e) => {
@@ -275,7 +277,7 @@ impl Delivery {
     ) {
         self.fanout.leave_all(conn, topics);
         for (binding, seq) in acks {
-            let (app, user) = &conn.bindings()[binding];
+            let Binding { app, user, .. } = &conn.bindings()[binding];
             let acked = self
                 .store
                 .ack(app, user, conn.device(), tether_core::Seq(seq))

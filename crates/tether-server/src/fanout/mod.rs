@@ -54,7 +54,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::link::{Link, Links};
+use crate::link::{Binding, Link, Links};
 use crate::metrics::FanoutMetrics;
 use crate::rate::Pacer;
 use topic::Topic;
@@ -367,7 +367,7 @@ impl Fanout {
         job: Job,
         undo: impl FnOnce(),
     ) -> Result<(), Busy> {
-        let app = &conn.bindings()[binding].0;
+        let app = &conn.bindings()[binding].app;
         self.submit(app, job).inspect_err(|_| undo())
     }
 
@@ -385,7 +385,7 @@ impl Fanout {
     /// Takes a closing connection out of `topics`, every (binding, topic) it was in.
     pub fn leave_all(&self, conn: &dyn Link, topics: Vec<(usize, TopicId)>) {
         for (binding, topic) in topics {
-            let Some((app, _)) = conn.bindings().get(binding) else {
+            let Some(Binding { app, .. }) = conn.bindings().get(binding) else {
                 continue;
             };
             if let Some(fanout) = self.apps.get(app) {

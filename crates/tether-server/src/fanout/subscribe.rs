@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::topic::{Sub, Topic};
 use super::worker::{Worker, publication_frame};
-use crate::link::{Enqueued, Link};
+use crate::link::{Binding, Enqueued, Link};
 
 impl Worker {
     pub(super) async fn subscribe(
@@ -187,7 +187,7 @@ impl Worker {
         // to the connection's list: that subscribe adds it back in its turn, after this
         // `unsubscribed`, so no publication arrives between the two.
         self.topics.remove(topic, conn.id(), &self.metrics);
-        let Some((app, _)) = conn.bindings().get(binding) else {
+        let Some(Binding { app, .. }) = conn.bindings().get(binding) else {
             return;
         };
         let reply = Frame::new(

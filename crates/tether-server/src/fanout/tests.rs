@@ -16,6 +16,7 @@ use super::{Busy, Fanout, Job};
 use crate::config::Config;
 use crate::gateway::handle::{ConnHandle, NewConn};
 use crate::gateway::table::ConnTable;
+use crate::link::Binding;
 use crate::link::{Encoding, Link};
 use crate::metrics::Metrics;
 use crate::session::inbox::InboxState;
@@ -45,7 +46,7 @@ fn conn_with_queue(
         transport,
         encoding,
         device: DeviceId::from("d"),
-        bindings: vec![(app.clone(), UserId::from("u"))],
+        bindings: vec![Binding::new(app.clone(), UserId::from("u"), 0)],
         resume: vec![InboxState::resuming(0, 0)],
         queue_limit,
         direct: None,

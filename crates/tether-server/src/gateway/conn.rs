@@ -18,7 +18,7 @@ use super::handle::{ConnHandle, NewConn};
 use super::io::{GOODBYE_TIMEOUT, goodbye};
 use super::outbox::Close;
 use super::task::{Parked, ended, live};
-use crate::link::Link;
+use crate::link::{Binding, Link};
 use crate::session::handshake::Accepted;
 use crate::session::inbox::InboxState;
 use crate::transport::Wire;
@@ -54,7 +54,7 @@ pub(super) fn serve<W: Wire>(
 async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle>> {
     let (id, accepted) = handshake(wire, gw).await?;
     let mut resume = Vec::with_capacity(accepted.bindings.len());
-    for ((app, user), last_seq) in accepted.bindings.iter().zip(&accepted.last_seqs) {
+    for (Binding { app, user, .. }, last_seq) in accepted.bindings.iter().zip(&accepted.last_seqs) {
         // Read even when the client says where it is: acks are written only past the stored
         // position, which may be behind the client's `last_seq`.
         let stored = match gw.delivery.acked(app, user, &accepted.device).await {
@@ -107,7 +107,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
             bindings: conn
                 .bindings
                 .iter()
-                .map(|(app, user)| Bound {
+                .map(|Binding { app, user, .. }| Bound {
                     app: app.to_string(),
                     user: user.to_string(),
                 })

@@ -16,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tether_core::store::Page;
-use tether_core::{AppId, ConnId, DeviceId, TopicId, Transport, UserId};
+use tether_core::{ConnId, DeviceId, TopicId, Transport};
 use tether_proto::Code;
 use tokio::net::TcpStream;
 
 use super::outbox::{Close, Outbox, Socket, rest};
-use crate::link::{Encoding, Enqueued, Link, Offered};
+use crate::link::{Binding, Encoding, Enqueued, Link, Offered};
 use crate::session::inbox::{self, Backlog, Hold, InboxState, NextWork, Offer, SyncRequest};
 use crate::transport::Framing;
 
@@ -32,7 +32,7 @@ pub struct NewConn {
     pub transport: Transport,
     pub encoding: Encoding,
     pub device: DeviceId,
-    pub bindings: Vec<(AppId, UserId)>,
+    pub bindings: Vec<Binding>,
     /// Where each binding starts in its inbox (same order as `bindings`).
     pub resume: Vec<InboxState>,
     /// Bytes that may wait in the outbound queue.
@@ -61,7 +61,7 @@ pub struct ConnHandle {
     pub transport: Transport,
     pub encoding: Encoding,
     pub device: DeviceId,
-    pub bindings: Box<[(AppId, UserId)]>,
+    pub bindings: Box<[Binding]>,
     pub connected_at_ms: u64,
     /// The queue's byte limit (see [`NewConn::queue_limit`]); read through [`Self::limit`].
     limit: u32,
@@ -506,7 +506,7 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return 0;
         }
-        let Some((app, _)) = self.bindings.get(binding) else {
+        let Some(Binding { app, .. }) = self.bindings.get(binding) else {
             return 0;
         };
         let Outbox { queue, inboxes, .. } = &mut *outbox;
@@ -528,7 +528,7 @@ impl ConnHandle {
         if outbox.close.is_some() {
             return 0;
         }
-        let Some((app, _)) = self.bindings.get(request.binding) else {
+        let Some(Binding { app, .. }) = self.bindings.get(request.binding) else {
             return 0;
         };
         let Outbox { queue, inboxes, .. } = &mut *outbox;
@@ -553,7 +553,7 @@ impl Link for ConnHandle {
         &self.device
     }
 
-    fn bindings(&self) -> &[(AppId, UserId)] {
+    fn bindings(&self) -> &[Binding] {
         &self.bindings
     }
 

@@ -51,6 +51,7 @@ use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
 use crate::link::Link;
 use crate::metrics::Metrics;
+use crate::session::access::Access;
 use crate::session::handshake::Handshake;
 use crate::transport::{TcpWire, WsWire, upgrade};
 use admission::{Admission, Permit};
@@ -100,6 +101,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// What a `connect` is checked against.
     handshake: Handshake,
+    /// Each app's tokens and topic rules (for subscribes and refreshes).
+    pub access: Arc<Access>,
     pub table: Arc<ConnTable>,
     /// What sessions ask of the node: resume positions, registration, topics, the store.
     pub delivery: Arc<Delivery>,
@@ -127,6 +130,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         config: &Config,
+        access: Arc<Access>,
         table: Arc<ConnTable>,
         delivery: Arc<Delivery>,
         events: Arc<dyn Events>,
@@ -137,7 +141,8 @@ impl Gateway {
             node: NodeId::new(config.node.id.clone()),
             config: config.gateway.clone(),
             limits: config.limits.clone(),
-            handshake: Handshake::new(config),
+            handshake: Handshake::new(config, access.clone()),
+            access,
             poller: start_poller(config, &table),
             table,
             delivery,

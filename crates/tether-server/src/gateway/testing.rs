@@ -13,6 +13,7 @@ use crate::delivery::sink::NodeSink;
 use crate::fanout::Fanout;
 use crate::link::Link;
 use crate::metrics::Metrics;
+use crate::session::access::Access;
 
 /// Events nobody listens to.
 #[derive(Debug)]
@@ -49,8 +50,10 @@ pub fn gateway() -> Arc<Gateway> {
         table.clone(),
         metrics.clone(),
     ));
+    let access = Arc::new(Access::new(&config).expect("the test config's rules"));
     Arc::new(Gateway::new(
         &config,
+        access,
         table,
         delivery,
         Arc::new(Unheard),

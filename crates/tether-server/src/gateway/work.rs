@@ -6,13 +6,14 @@ use tether_proto::{Code, ErrorBody, Frame};
 use super::Gateway;
 use super::handle::ConnHandle;
 use super::outbox::Close;
+use crate::link::Binding;
 use crate::session::inbox::NextWork;
 use crate::session::work::{self, Done, Work};
 
 /// Starts the store operation `next` for `conn`.
 pub(super) fn start_work(gw: &Gateway, conn: &ConnHandle, next: NextWork) -> Work {
     let target = |binding: usize| {
-        let (app, user) = &conn.bindings[binding];
+        let Binding { app, user, .. } = &conn.bindings[binding];
         gw.delivery.inbox(app, user, &conn.device)
     };
     match next {

@@ -1,22 +1,23 @@
 //! The checks of a `connect` frame: protocol version, device, every binding's app and token,
 //! the heartbeat. The first thing any transport's client sends, checked the same way for all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tether_core::{AppId, DeviceId, UserId, auth, echo_id, validate_id};
+use tether_core::auth::TokenError;
+use tether_core::{DeviceId, echo_id, validate_id};
 use tether_proto::{Code, Connect, PROTOCOL_VERSION};
 
+use super::access::Access;
 use crate::config::Config;
+use crate::link::Binding;
 
-/// What a `connect` is checked against: the apps' token secrets and the node's limits.
+/// What a `connect` is checked against: the apps' rules and the node's limits.
 #[derive(Debug)]
 pub struct Handshake {
-    /// App id -> token secret. The configured id is shared by every connection of the app
-    /// (an `Arc<str>`).
-    apps: HashMap<AppId, String>,
+    access: Arc<Access>,
     max_bindings: usize,
-    token_leeway: Duration,
     heartbeat_default: Duration,
     heartbeat_min: Duration,
     heartbeat_max: Duration,
@@ -26,7 +27,8 @@ pub struct Handshake {
 #[derive(Debug)]
 pub struct Accepted {
     pub device: DeviceId,
-    pub bindings: Vec<(AppId, UserId)>,
+    /// Each binding's app, user and token expiry.
+    pub bindings: Vec<Binding>,
     /// Each binding's `last_seq`, in the same order.
     pub last_seqs: Vec<Option<u64>>,
     /// The heartbeat interval agreed on: the client's proposal within the node's bounds.
@@ -34,15 +36,10 @@ pub struct Accepted {
 }
 
 impl Handshake {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, access: Arc<Access>) -> Self {
         Handshake {
-            apps: config
-                .apps
-                .iter()
-                .map(|a| (a.id.clone(), a.secret.expose().to_owned()))
-                .collect(),
+            access,
             max_bindings: config.limits.max_bindings,
-            token_leeway: config.gateway.token_leeway,
             heartbeat_default: config.gateway.heartbeat_default,
             heartbeat_min: config.gateway.heartbeat_min,
             heartbeat_max: config.gateway.heartbeat_max,
@@ -81,23 +78,24 @@ impl Handshake {
                     format!("app {:?} is bound twice", echo_id(&binding.app)),
                 ));
             }
-            let Some((app, secret)) = self.apps.get_key_value(binding.app.as_str()) else {
+            let Some((app, rules)) = self.access.app(&binding.app) else {
                 return Err((
                     Code::UNKNOWN_APP,
                     format!("unknown app {:?}", echo_id(&binding.app)),
                 ));
             };
-            let app = app.clone();
-            let user = auth::verify(secret.as_bytes(), &app, &binding.token, self.token_leeway)
+            let grant = rules
+                .tokens
+                .verify(app, &binding.token)
                 .map_err(|e| match e {
-                    auth::TokenError::Expired => {
+                    TokenError::Expired => {
                         (Code::TOKEN_EXPIRED, format!("token for app {app} expired"))
                     }
-                    auth::TokenError::Invalid(why) => {
+                    TokenError::Invalid(why) => {
                         (Code::BAD_TOKEN, format!("token for app {app}: {why}"))
                     }
                 })?;
-            bindings.push((app, user));
+            bindings.push(Binding::new(app.clone(), grant.user, grant.exp));
             last_seqs.push(binding.last_seq);
         }
         let proposed = Duration::from_millis(u64::from(connect.heartbeat_ms));
@@ -117,9 +115,14 @@ impl Handshake {
 
 #[cfg(test)]
 mod tests {
+    use tether_core::{UserId, auth};
     use tether_proto::Binding;
 
     use super::*;
+
+    fn handshake(config: &Config) -> Handshake {
+        Handshake::new(config, Arc::new(Access::new(config).unwrap()))
+    }
 
     fn connect(bindings: Vec<Binding>) -> Connect {
         Connect {
@@ -149,10 +152,11 @@ mod tests {
             &alice,
             Duration::from_secs(60),
         );
-        let hs = Handshake::new(&config);
+        let hs = handshake(&config);
         let accepted = hs.accept(connect(vec![binding(app.id.as_str(), token)]));
         let accepted = accepted.unwrap();
-        assert_eq!(accepted.bindings[0].1.as_str(), "alice");
+        assert_eq!(accepted.bindings[0].user.as_str(), "alice");
+        assert!(accepted.bindings[0].expires_s() > tether_core::now_ms() / 1000);
         assert_eq!(accepted.last_seqs, [Some(3)]);
         assert_eq!(accepted.heartbeat, config.gateway.heartbeat_default);
     }
@@ -160,7 +164,7 @@ mod tests {
     #[test]
     fn refusals_name_the_problem_and_echo_at_most_an_id() {
         let config = Config::for_tests();
-        let hs = Handshake::new(&config);
+        let hs = handshake(&config);
         let code = |c: Connect| hs.accept(c).unwrap_err();
         assert_eq!(code(connect(vec![])).0, Code::BAD_BINDINGS);
         let long = "x".repeat(10_000);

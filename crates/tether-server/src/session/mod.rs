@@ -11,6 +11,7 @@
 //! The gateway carries these out for its connections (`crate::gateway`); a transport only
 //! turns bytes into frames and back (`crate::transport`).
 
+pub mod access;
 pub mod handshake;
 pub mod inbox;
 pub mod ops;

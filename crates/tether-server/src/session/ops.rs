@@ -2,10 +2,11 @@
 //! its limits. Plain code from the frame and the connection's bindings to a [`Step`] that the
 //! gateway carries out, the same for every transport.
 
-use tether_core::{AppId, TopicId, UserId, echo_id, validate_id};
+use tether_core::{TopicId, echo_id, validate_id};
 use tether_proto::{Body, Code, ErrorBody, Upstream};
 
 use super::inbox::{SYNC_PAGE, SyncRequest};
+use crate::link::Binding;
 
 /// What a frame from a connected client comes to.
 #[derive(Debug)]
@@ -43,11 +44,11 @@ pub enum Step {
 }
 
 /// The step frame `id` with body `body` asks for on a connection with `bindings`.
-pub fn step(id: u32, body: Body, bindings: &[(AppId, UserId)]) -> Step {
+pub fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
     let binding = |op: &str, app: &str| {
         bindings
             .iter()
-            .position(|(a, _)| a.as_str() == app)
+            .position(|b| b.app.as_str() == app)
             .ok_or_else(|| {
                 error(
                     Code::BAD_REQUEST,
@@ -118,14 +119,15 @@ pub fn error(code: Code, message: String) -> Body {
 
 #[cfg(test)]
 mod tests {
+    use tether_core::{AppId, UserId};
     use tether_proto::{Ack, Subscribe, Sync};
 
     use super::*;
 
-    fn bindings() -> Vec<(AppId, UserId)> {
+    fn bindings() -> Vec<Binding> {
         vec![
-            (AppId::from("chat"), UserId::from("u")),
-            (AppId::from("shop"), UserId::from("u")),
+            Binding::new(AppId::from("chat"), UserId::from("u"), 0),
+            Binding::new(AppId::from("shop"), UserId::from("u"), 0),
         ]
     }
 

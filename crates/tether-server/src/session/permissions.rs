@@ -12,8 +12,9 @@
 //! | `user` | the user the pattern names: its pattern must use `{user}` |
 //! | `token` | a user whose connection token lists the topic (its `topics` claim, which may use `*`), or who sends a subscription token for it |
 
-use serde::Deserialize;
 use tether_core::UserId;
+
+use crate::config::{TopicAccess, TopicRule};
 
 /// One piece of a [`Pattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,26 +107,9 @@ fn matches(pieces: &[Piece], topic: &str, user: &str) -> bool {
     left.ends_with(last.as_str())
 }
 
-/// Who a rule lets in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Allow {
-    Open,
-    User,
-    Token,
-}
-
-/// A rule as the configuration writes it (`[[apps.topics]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub pattern: String,
-    pub allow: Allow,
-}
-
 /// One app's topic rules, compiled.
 #[derive(Debug, Clone, Default)]
-pub struct TopicRules(Vec<(Pattern, Allow)>);
+pub struct TopicRules(Vec<(Pattern, TopicAccess)>);
 
 /// What the rules say of one subscribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,26 +129,14 @@ pub struct Credentials<'a> {
 }
 
 impl TopicRules {
-    /// Compiles rules; says what is wrong with one that cannot be used.
-    pub fn new(rules: &[RuleConfig]) -> Result<TopicRules, String> {
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                if r.pattern.is_empty() {
-                    return Err(format!("topics[{i}]: the pattern is empty"));
-                }
-                let pattern = Pattern::parse(&r.pattern, true);
-                if r.allow == Allow::User && !pattern.names_user() {
-                    return Err(format!(
-                        "topics[{i}]: a `user` rule's pattern must contain {{user}} ({:?} does not)",
-                        r.pattern
-                    ));
-                }
-                Ok((pattern, r.allow))
-            })
-            .collect::<Result<_, _>>()
-            .map(TopicRules)
+    /// Compiles rules (checked by `Config::validate`: a `user` rule's pattern names the user).
+    pub fn new(rules: &[TopicRule]) -> TopicRules {
+        TopicRules(
+            rules
+                .iter()
+                .map(|r| (Pattern::parse(&r.pattern, true), r.allow))
+                .collect(),
+        )
     }
 
     /// Whether `user`, with `credentials`, may subscribe to `topic`.
@@ -174,9 +146,9 @@ impl TopicRules {
             return Decision::Deny("no topic rule of the app allows it");
         };
         match allow {
-            Allow::Open | Allow::User => Decision::Allow,
-            Allow::Token if credentials.subscription_token => Decision::Allow,
-            Allow::Token => {
+            TopicAccess::Open | TopicAccess::User => Decision::Allow,
+            TopicAccess::Token if credentials.subscription_token => Decision::Allow,
+            TopicAccess::Token => {
                 let listed = credentials.token_topics.is_some_and(|topics| {
                     topics
                         .iter()

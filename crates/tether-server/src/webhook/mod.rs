@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret};
-use crate::link::{Link, Links};
+use crate::link::{Binding, Link, Links};
 use crate::metrics::HookMetrics;
 use post::{Post, Poster};
 use presence::{Flusher, Presence, SeqGen};
@@ -231,7 +231,7 @@ impl Webhooks {
         up: Upstream,
     ) -> Result<(), ErrorBody> {
         let error = |code: Code, message: String| ErrorBody { code, message };
-        let (app, user) = &conn.bindings()[binding];
+        let Binding { app, user, .. } = &conn.bindings()[binding];
         let Some(hooks) = self.apps.get(app) else {
             return Err(error(
                 Code::NO_WEBHOOK,
@@ -292,7 +292,7 @@ impl Webhooks {
     /// A connection completed its handshake: `online` events for the users of its bindings
     /// whose apps ask for them and who had no connection on this node.
     pub fn connected(&self, conn: &dyn Link) {
-        for (app, user) in conn.bindings() {
+        for Binding { app, user, .. } in conn.bindings() {
             if let Some(presence) = self.apps.get(app).and_then(|h| h.presence.as_ref()) {
                 presence.connected(user, conn.device(), conn.id());
             }
@@ -302,7 +302,7 @@ impl Webhooks {
     /// A connection that [`Webhooks::connected`] saw has closed: `offline` events for the
     /// users it was the last connection of.
     pub fn disconnected(&self, conn: &dyn Link) {
-        for (app, user) in conn.bindings() {
+        for Binding { app, user, .. } in conn.bindings() {
             if let Some(presence) = self.apps.get(app).and_then(|h| h.presence.as_ref()) {
                 presence.disconnected(user, conn.device(), conn.id());
             }

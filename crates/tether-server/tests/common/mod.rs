@@ -75,6 +75,7 @@ pub fn expired_token(user: &str) -> String {
         exp: now - 3600,
         iat: Some(now - 7200),
         app: Some(APP.to_owned()),
+        ..auth::Claims::default()
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::super::outbox::{Close, Outbox, rest};
 use super::super::table::ConnTable;
 use super::{ConnHandle, NewConn};
-use crate::link::{Encoding, Enqueued, Link, Offered};
+use crate::link::{Binding, Encoding, Enqueued, Link, Offered};
 use crate::session::inbox::{InboxState, NextWork, REORDER_FRAMES, REORDER_WAIT_MS};
 use crate::transport::Framing;
 
@@ -52,7 +52,7 @@ fn live(limit: usize) -> ConnHandle {
     let mut inbox = InboxState::resuming(0, 0);
     inbox.catching_up = false;
     ConnHandle::new(NewConn {
-        bindings: vec![(AppId::from("a"), UserId::from("u"))],
+        bindings: vec![Binding::new(AppId::from("a"), UserId::from("u"), 0)],
         resume: vec![inbox],
         ..new_conn(limit)
     })
@@ -112,7 +112,7 @@ fn a_failed_recheck_is_given_up_but_a_failed_resume_or_gap_closes() {
     inbox.catching_up = false;
     inbox.first_page = false;
     let conn = ConnHandle::new(NewConn {
-        bindings: vec![(AppId::from("a"), UserId::from("u"))],
+        bindings: vec![Binding::new(AppId::from("a"), UserId::from("u"), 0)],
         resume: vec![inbox],
         ..new_conn(100_000)
     });

@@ -2,15 +2,17 @@ use proptest::prelude::*;
 
 use super::*;
 
+use crate::config::{AppConfig, Config, Secret, TopicAccess as Allow, TopicRule};
+
 fn rules(rules: &[(&str, Allow)]) -> TopicRules {
-    let rules: Vec<RuleConfig> = rules
+    let rules: Vec<TopicRule> = rules
         .iter()
-        .map(|(pattern, allow)| RuleConfig {
+        .map(|(pattern, allow)| TopicRule {
             pattern: (*pattern).into(),
             allow: *allow,
         })
         .collect();
-    TopicRules::new(&rules).unwrap()
+    TopicRules::new(&rules)
 }
 
 fn alice() -> UserId {
@@ -80,16 +82,22 @@ fn the_token_rule_takes_the_token_s_topics_or_a_subscription_token() {
 }
 
 #[test]
-fn a_user_rule_without_the_placeholder_and_an_empty_pattern_are_refused() {
-    let bad = |pattern: &str, allow| {
-        TopicRules::new(&[RuleConfig {
+fn a_user_rule_without_the_placeholder_and_an_empty_pattern_fail_validation() {
+    let problems = |pattern: &str, allow| {
+        let mut app = AppConfig::new(
+            "a",
+            Secret::new("secret-0123456789abcdef"),
+            Secret::new("api-key-0123456789abcdef"),
+        );
+        app.topics.push(TopicRule {
             pattern: pattern.into(),
             allow,
-        }])
-        .unwrap_err()
+        });
+        app.access_problems(Config::default().gateway.token_leeway)
     };
-    assert!(bad("room.*", Allow::User).contains("{user}"));
-    assert!(bad("", Allow::Open).contains("empty"));
+    assert!(problems("room.*", Allow::User)[0].contains("{user}"));
+    assert!(problems("", Allow::Open)[0].contains("empty"));
+    assert!(problems("user.{user}", Allow::User).is_empty());
 }
 
 /// A plain reference: does `pattern` (only text and `*`) match `topic`, by trying every split.
