@@ -264,6 +264,7 @@ impl Topics {
                         app: app.clone(),
                         topic: topic.clone(),
                         since: e.last,
+                        token: None,
                     };
                     (subscribe.into(), e.last)
                 } else {

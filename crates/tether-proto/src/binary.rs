@@ -27,6 +27,9 @@
 //! | disconnect | code u16, retry_after_ms u32, reason str                                    |
 //! | upstream   | app str, kind str, payload kind u8, payload = the rest                      |
 //! | upstream_reply | app str, status u16, kind u8, payload = the rest                        |
+//! | subscribe  | app str, topic str, since flag u8 (+ u64 when 1), then token str only when given |
+//! | refresh    | app str, token str                                                          |
+//! | refreshed, expiring | app str, expires_s u64                                             |
 //!
 //! `docs/protocol.md` (section 2.3) has every op's body. Bytes left over after a body are an
 //! error (except for bodies ending in a payload, which is the rest).
@@ -53,9 +56,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::Code;
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Subscribe, Subscribed, Sync,
-    Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
+    Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Expiring, Frame, Op,
+    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Refresh, Refreshed, Subscribe,
+    Subscribed, Sync, Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
 };
 
 /// Size of the length prefix.
@@ -198,6 +201,22 @@ fn parse_checked(frame: Bytes) -> Result<Frame, DecodeError> {
                 1 => Some(r.u64()?),
                 _ => return Err(DecodeError::Malformed("subscribe has a bad since flag")),
             },
+            token: match r.remaining() {
+                0 => None,
+                _ => Some(r.str()?),
+            },
+        }),
+        Op::Refresh => Body::Refresh(Refresh {
+            app: r.str()?,
+            token: r.str()?,
+        }),
+        Op::Refreshed => Body::Refreshed(Refreshed {
+            app: r.str()?,
+            expires_s: r.u64()?,
+        }),
+        Op::Expiring => Body::Expiring(Expiring {
+            app: r.str()?,
+            expires_s: r.u64()?,
         }),
         Op::Subscribed => Body::Subscribed(Subscribed {
             app: r.str()?,
@@ -383,7 +402,15 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Body::Ack(a) => s(&a.app) + 8,
         Body::Sync(q) => s(&q.app) + 8 + 4,
         Body::Synced(q) => s(&q.app) + 8 + 8,
-        Body::Subscribe(q) => s(&q.app) + s(&q.topic) + 1 + if q.since.is_some() { 8 } else { 0 },
+        Body::Subscribe(q) => {
+            s(&q.app)
+                + s(&q.topic)
+                + 1
+                + if q.since.is_some() { 8 } else { 0 }
+                + q.token.as_deref().map_or(0, s)
+        }
+        Body::Refresh(q) => s(&q.app) + s(&q.token),
+        Body::Refreshed(Refreshed { app, .. }) | Body::Expiring(Expiring { app, .. }) => s(app) + 8,
         Body::Subscribed(q) => s(&q.app) + s(&q.topic) + 8 + 1,
         Body::Unsubscribe(q) => s(&q.app) + s(&q.topic),
         Body::Unsubscribed(q) => s(&q.app) + s(&q.topic),
@@ -436,8 +463,23 @@ pub fn validate(frame: &Frame) -> Result<(), EncodeError> {
         Body::Ack(a) => s("app", &a.app)?,
         Body::Sync(q) => s("app", &q.app)?,
         Body::Synced(q) => s("app", &q.app)?,
-        Body::Subscribe(Subscribe { app, topic, .. })
-        | Body::Subscribed(Subscribed { app, topic, .. })
+        Body::Subscribe(Subscribe {
+            app, topic, token, ..
+        }) => {
+            s("app", app)?;
+            s("topic", topic)?;
+            if let Some(token) = token {
+                s("token", token)?;
+            }
+        }
+        Body::Refresh(q) => {
+            s("app", &q.app)?;
+            s("token", &q.token)?;
+        }
+        Body::Refreshed(Refreshed { app, .. }) | Body::Expiring(Expiring { app, .. }) => {
+            s("app", app)?
+        }
+        Body::Subscribed(Subscribed { app, topic, .. })
         | Body::Unsubscribe(Unsubscribe { app, topic })
         | Body::Unsubscribed(Unsubscribed { app, topic })
         | Body::Publication(Publication { app, topic, .. }) => {
@@ -561,6 +603,18 @@ fn write(frame: &Frame, dst: &mut BytesMut) {
                     dst.put_u64(offset);
                 }
             }
+            if let Some(token) = &q.token {
+                put_str(dst, token);
+            }
+        }
+        Body::Refresh(q) => {
+            put_str(dst, &q.app);
+            put_str(dst, &q.token);
+        }
+        Body::Refreshed(Refreshed { app, expires_s })
+        | Body::Expiring(Expiring { app, expires_s }) => {
+            put_str(dst, app);
+            dst.put_u64(*expires_s);
         }
         Body::Subscribed(q) => {
             put_str(dst, &q.app);
@@ -734,7 +788,7 @@ mod tests {
 
     #[test]
     fn unknown_op() {
-        for op in [0u8, 18, 200, 255] {
+        for op in [0u8, 21, 200, 255] {
             let v = header(8, 1, op, 0, 1);
             assert_eq!(
                 parse(Bytes::from(v), MAX),

@@ -101,6 +101,11 @@ codes! {
     /// The app's webhook could not be reached (network errors or timeouts, retries
     /// exhausted), or answered something unusable; the data may or may not have reached it.
     UPSTREAM_FAILED = 4304, "upstream_failed";
+    /// The app's topic rules do not let this user subscribe to the topic.
+    FORBIDDEN = 4305, "forbidden";
+    /// A `refresh` whose token does not verify, has expired, or names another user; the
+    /// binding keeps its current token until that expires.
+    TOKEN_REFUSED = 4306, "token_refused";
 }
 
 impl Code {

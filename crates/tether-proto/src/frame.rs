@@ -55,10 +55,13 @@ pub enum Op {
     Publication = 15,
     Upstream = 16,
     UpstreamReply = 17,
+    Refresh = 18,
+    Refreshed = 19,
+    Expiring = 20,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 20] = [
         Op::Connect,
         Op::Connected,
         Op::Ping,
@@ -76,6 +79,9 @@ impl Op {
         Op::Publication,
         Op::Upstream,
         Op::UpstreamReply,
+        Op::Refresh,
+        Op::Refreshed,
+        Op::Expiring,
     ];
 
     pub fn from_u8(n: u8) -> Option<Op> {
@@ -102,6 +108,9 @@ impl Op {
             Op::Publication => "publication",
             Op::Upstream => "upstream",
             Op::UpstreamReply => "upstream_reply",
+            Op::Refresh => "refresh",
+            Op::Refreshed => "refreshed",
+            Op::Expiring => "expiring",
         }
     }
 
@@ -130,6 +139,9 @@ pub enum Body {
     Publication(Publication),
     Upstream(Upstream),
     UpstreamReply(UpstreamReply),
+    Refresh(Refresh),
+    Refreshed(Refreshed),
+    Expiring(Expiring),
 }
 
 impl Body {
@@ -152,6 +164,9 @@ impl Body {
             Body::Publication(_) => Op::Publication,
             Body::Upstream(_) => Op::Upstream,
             Body::UpstreamReply(_) => Op::UpstreamReply,
+            Body::Refresh(_) => Op::Refresh,
+            Body::Refreshed(_) => Op::Refreshed,
+            Body::Expiring(_) => Op::Expiring,
         }
     }
 }
@@ -271,12 +286,19 @@ pub struct Synced {
 /// With `since`, the server first sends the topic's publications after that offset from its
 /// history (or says they are gone: [`Recovery::TooOld`]), then live ones, with no gap and no
 /// reordering between the two. Without it, only publications after the reply's offset arrive.
+///
+/// A topic whose rule is `token` needs the connection token to list it, or a subscription
+/// token for it here (a JWT with the user as `sub` and the topic as `topic`, signed like
+/// connection tokens). A refusal is an `error` with [`Code::FORBIDDEN`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub app: String,
     pub topic: String,
     /// The last offset the client holds (binary: a flag byte, then the u64 when the flag is 1).
     pub since: Option<u64>,
+    /// A subscription token for this topic (binary: a `str` after `since`, present only when
+    /// given).
+    pub token: Option<String>,
 }
 
 /// What a `subscribe` with `since` recovered.
@@ -328,6 +350,32 @@ pub struct Subscribed {
     /// the recovered publications (up to this offset) come first.
     pub offset: u64,
     pub recovery: Recovery,
+}
+
+/// Client -> server: a new token for a bound app, sent before the current one expires (the
+/// server warns with [`Expiring`]). It must name the same user. Answered with [`Refreshed`],
+/// or an `error` with [`Code::TOKEN_REFUSED`] (the old token still holds until it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refresh {
+    pub app: String,
+    pub token: String,
+}
+
+/// Server -> client: the reply to a `refresh`. The binding now holds until `expires_s`, the
+/// new token's `exp` (seconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    pub app: String,
+    pub expires_s: u64,
+}
+
+/// Server -> client, id 0: the token of binding `app` expires at `expires_s` (seconds since
+/// the epoch). Without a `refresh` before then, the connection is closed with
+/// [`Code::TOKEN_EXPIRED`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiring {
+    pub app: String,
+    pub expires_s: u64,
 }
 
 /// Client -> server: leave a topic.
@@ -414,4 +462,4 @@ macro_rules! into_body {
     };
 }
 
-into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced, Subscribe => Subscribe, Subscribed => Subscribed, Unsubscribe => Unsubscribe, Unsubscribed => Unsubscribed, Publication => Publication, Upstream => Upstream, UpstreamReply => UpstreamReply);
+into_body!(Connect => Connect, Connected => Connected, Push => Push, Ack => Ack, ErrorBody => Error, Disconnect => Disconnect, Sync => Sync, Synced => Synced, Subscribe => Subscribe, Subscribed => Subscribed, Unsubscribe => Unsubscribe, Unsubscribed => Unsubscribed, Publication => Publication, Upstream => Upstream, UpstreamReply => UpstreamReply, Refresh => Refresh, Refreshed => Refreshed, Expiring => Expiring);

@@ -48,6 +48,7 @@ fn subscribe(id: u32, topic: &str) -> Frame {
             app: APP.into(),
             topic: topic.into(),
             since: None,
+            token: None,
         },
     )
 }

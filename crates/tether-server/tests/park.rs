@@ -207,6 +207,7 @@ async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
             app: "demo".into(),
             topic: "news".into(),
             since: None,
+            token: None,
         }),
     ))
     .await;

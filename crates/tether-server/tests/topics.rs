@@ -26,6 +26,7 @@ fn subscribe(id: u32, topic: &str, since: Option<u64>) -> Frame {
             app: APP.into(),
             topic: topic.into(),
             since,
+            token: None,
         },
     )
 }

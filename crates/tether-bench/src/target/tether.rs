@@ -31,6 +31,7 @@ pub async fn handshake(
             app: target.app.clone(),
             topic: target.topic.clone(),
             since: None,
+            token: None,
         };
         // Pipelined: the server reads `subscribe` once `connect` is through.
         out.extend_from_slice(&binary::encode_to_bytes(&Frame::new(2, subscribe)));

@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 use crate::Code;
 use crate::error::DecodeError;
 use crate::frame::{
-    Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Frame, Op,
-    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Subscribe, Subscribed, Sync,
-    Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
+    Ack, Binding, Body, Bound, Connect, Connected, Disconnect, ErrorBody, Expiring, Frame, Op,
+    PROTOCOL_VERSION, PayloadKind, Publication, Push, Recovery, Refresh, Refreshed, Subscribe,
+    Subscribed, Sync, Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
 };
 
 /// Standard alphabet; padding optional when decoding (some clients strip it).
@@ -82,6 +82,19 @@ pub fn decode(text: &[u8]) -> Result<Frame, DecodeError> {
             app: f.req(F::App)?,
             topic: f.req(F::Topic)?,
             since: f.opt(F::Since)?,
+            token: f.opt(F::Token)?,
+        }),
+        Op::Refresh => Body::Refresh(Refresh {
+            app: f.req(F::App)?,
+            token: f.req(F::Token)?,
+        }),
+        Op::Refreshed => Body::Refreshed(Refreshed {
+            app: f.req(F::App)?,
+            expires_s: f.req(F::ExpiresS)?,
+        }),
+        Op::Expiring => Body::Expiring(Expiring {
+            app: f.req(F::App)?,
+            expires_s: f.req(F::ExpiresS)?,
         }),
         Op::Subscribed => Body::Subscribed(Subscribed {
             app: f.req(F::App)?,
@@ -209,10 +222,12 @@ enum F {
     Recovery,
     Kind,
     Status,
+    Token,
+    ExpiresS,
 }
 
 /// Names of [`F`], in order.
-const NAMES: [&str; 30] = [
+const NAMES: [&str; 32] = [
     "op",
     "id",
     "version",
@@ -243,6 +258,8 @@ const NAMES: [&str; 30] = [
     "recovery",
     "kind",
     "status",
+    "token",
+    "expires_s",
 ];
 
 impl F {

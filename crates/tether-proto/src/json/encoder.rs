@@ -8,7 +8,8 @@ use serde_json::value::RawValue;
 
 use crate::Group;
 use crate::frame::{
-    Body, Frame, PayloadKind, Publication, Push, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
+    Body, Expiring, Frame, PayloadKind, Publication, Push, Refreshed, Unsubscribe, Unsubscribed,
+    Upstream, UpstreamReply,
 };
 
 /// Write one frame as a JSON object.
@@ -91,6 +92,24 @@ pub fn encode(frame: &Frame) -> String {
                 app: &q.app,
                 topic: &q.topic,
                 since: q.since,
+                token: q.token.as_deref(),
+            },
+        }),
+        Body::Refresh(q) => to_string(Out {
+            op,
+            id,
+            body: RefreshOut {
+                app: &q.app,
+                token: &q.token,
+            },
+        }),
+        Body::Refreshed(Refreshed { app, expires_s })
+        | Body::Expiring(Expiring { app, expires_s }) => to_string(Out {
+            op,
+            id,
+            body: ExpiresOut {
+                app,
+                expires_s: *expires_s,
             },
         }),
         Body::Subscribed(q) => to_string(Out {
@@ -213,6 +232,20 @@ struct SubscribeOut<'a> {
     topic: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RefreshOut<'a> {
+    app: &'a str,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct ExpiresOut<'a> {
+    app: &'a str,
+    expires_s: u64,
 }
 
 #[derive(Serialize)]

@@ -7,9 +7,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::Value;
 use tether_proto::{
-    Ack, Binding, Body, Bound, Code, Connect, Connected, Disconnect, ErrorBody, Frame, PayloadKind,
-    Publication, Push, Recovery, Subscribe, Subscribed, Sync, Synced, Unsubscribe, Unsubscribed,
-    Upstream, UpstreamReply,
+    Ack, Binding, Body, Bound, Code, Connect, Connected, Disconnect, ErrorBody, Expiring, Frame,
+    PayloadKind, Publication, Push, Recovery, Refresh, Refreshed, Subscribe, Subscribed, Sync,
+    Synced, Unsubscribe, Unsubscribed, Upstream, UpstreamReply,
 };
 
 /// Any string, control characters and non-ASCII included; short, to keep cases fast.
@@ -84,8 +84,23 @@ pub fn push(payloads: Payloads) -> impl Strategy<Value = Push> {
 
 pub fn body(payloads: Payloads) -> impl Strategy<Value = Body> {
     let topics = prop_oneof![
-        (text(), text(), proptest::option::of(any::<u64>()))
-            .prop_map(|(app, topic, since)| Body::Subscribe(Subscribe { app, topic, since })),
+        (
+            text(),
+            text(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(text())
+        )
+            .prop_map(|(app, topic, since, token)| Body::Subscribe(Subscribe {
+                app,
+                topic,
+                since,
+                token
+            })),
+        (text(), text()).prop_map(|(app, token)| Body::Refresh(Refresh { app, token })),
+        (text(), any::<u64>())
+            .prop_map(|(app, expires_s)| Body::Refreshed(Refreshed { app, expires_s })),
+        (text(), any::<u64>())
+            .prop_map(|(app, expires_s)| Body::Expiring(Expiring { app, expires_s })),
         (text(), text(), any::<u64>(), 0..3u8).prop_map(|(app, topic, offset, r)| {
             Body::Subscribed(Subscribed {
                 app,

@@ -136,7 +136,8 @@ pub struct GatewayConfig {
     /// A write that makes no progress for this long marks the client slow.
     #[serde(deserialize_with = "duration")]
     pub write_timeout: Duration,
-    /// Clock skew tolerated on token expiry.
+    /// Clock skew tolerated on token times (`exp`, `nbf`): at connect, on refresh, and when a
+    /// live connection's token ends.
     #[serde(deserialize_with = "duration")]
     pub token_leeway: Duration,
     /// How long before a binding's token expires the client is sent `expiring`, so that it
@@ -171,7 +172,7 @@ impl Default for GatewayConfig {
             heartbeat_max: Duration::from_secs(120),
             heartbeat_missed: 3,
             write_timeout: Duration::from_secs(10),
-            token_leeway: Duration::from_secs(30),
+            token_leeway: Duration::from_secs(5),
             token_warning: Duration::from_secs(60),
             shutdown_spread: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),

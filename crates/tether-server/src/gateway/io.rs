@@ -279,7 +279,7 @@ fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
     let reply = |body: Body| {
         conn.enqueue(conn.encoding.encode(&Frame { id, body }));
     };
-    match ops::step(id, frame.body, &conn.bindings) {
+    match ops::step(id, frame.body, &conn.bindings, &gw.access) {
         Step::Nothing => {}
         Step::Reply(body) => reply(body),
         Step::Ack { binding, seq } => {

@@ -1,6 +1,6 @@
 //! Whether connections are alive, and when they may wait without a task: one sweep over the
-//! table closes clients that went silent or stopped reading, and asks idle connections to
-//! park (see `super::task`).
+//! table closes clients that went silent or stopped reading, or whose token expired, warns
+//! those whose token soon will, and asks idle connections to park (see `super::task`).
 //!
 //! One sweep replaces a timer per connection: an idle connection holds no timer, and a frame
 //! from the client costs one atomic store instead of a timer reset. A silent client is closed
@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Duration;
 
-use tether_proto::Code;
+use tether_proto::{Code, Expiring, Frame};
 use tracing::debug;
 
 use super::Gateway;
@@ -37,6 +37,10 @@ impl Gateway {
                 self.clock_ms(),
                 self.config.write_timeout,
                 self.park_after(),
+                TokenTimes {
+                    leeway_s: self.config.token_leeway.as_secs(),
+                    warning_s: self.config.token_warning.as_secs(),
+                },
             );
             if closed > 0 {
                 debug!(closed, "heartbeat sweep");
@@ -45,17 +49,37 @@ impl Gateway {
     }
 }
 
+/// When tokens end for the sweep: a binding whose token is `leeway_s` past its `exp` closes
+/// its connection (the leeway a token got at connect, for clock skew); one within
+/// `warning_s` of it is sent `expiring`, once per token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenTimes {
+    pub leeway_s: u64,
+    pub warning_s: u64,
+}
+
 impl ConnTable {
     /// Closes every connection whose client went silent past its heartbeat limit, or stopped
-    /// taking bytes of a pending write for `write_timeout`, and asks connections idle for
-    /// `park_after` to park (zero: never). Holds one shard lock at a time and allocates
-    /// nothing for connections that are alive.
-    pub fn sweep(&self, now_ms: u64, write_timeout: Duration, park_after: Duration) -> usize {
+    /// taking bytes of a pending write for `write_timeout`, or whose token ended by `tokens`;
+    /// warns those whose token soon will, and asks connections idle for `park_after` to park
+    /// (zero: never). Holds one shard lock at a time and allocates nothing for connections
+    /// that are alive and not due a warning.
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+        write_timeout: Duration,
+        park_after: Duration,
+        tokens: TokenTimes,
+    ) -> usize {
         let write_timeout_ms = write_timeout.as_millis() as u64;
         let park_after_ms = park_after.as_millis() as u64;
+        // Token times are wall-clock seconds; the sweep's clock may be a test's.
+        let now_s = tether_core::now_ms() / 1000;
         let mut closed = 0;
         self.for_each_handle(0..self.shard_count(), |c| {
-            closed += usize::from(c.sweep(now_ms, write_timeout_ms, park_after_ms));
+            let ended =
+                c.check_tokens(now_s, tokens) || c.sweep(now_ms, write_timeout_ms, park_after_ms);
+            closed += usize::from(ended);
         });
         closed
     }
@@ -89,6 +113,32 @@ impl ConnHandle {
             ));
         }
         self.ask_park(now_ms, park_after_ms);
+        false
+    }
+
+    /// Closes the connection if a binding's token ended at `now_s` (seconds since the epoch),
+    /// or sends `expiring` for each binding whose token ends within the warning, once per
+    /// token (a refresh moves the end and allows another warning).
+    pub fn check_tokens(&self, now_s: u64, tokens: TokenTimes) -> bool {
+        for binding in self.bindings.iter() {
+            let expires_s = binding.expires_s();
+            if expires_s == 0 {
+                continue;
+            }
+            if now_s > expires_s.saturating_add(tokens.leeway_s) {
+                return self.close(Close::new(
+                    Code::TOKEN_EXPIRED,
+                    format!("the token for app {} expired", binding.app),
+                ));
+            }
+            if binding.warn(now_s, tokens.warning_s) {
+                let expiring = Expiring {
+                    app: binding.app.to_string(),
+                    expires_s,
+                };
+                self.enqueue(self.encoding.encode(&Frame::new(0, expiring)));
+            }
+        }
         false
     }
 

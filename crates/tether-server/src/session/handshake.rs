@@ -95,7 +95,8 @@ impl Handshake {
                         (Code::BAD_TOKEN, format!("token for app {app}: {why}"))
                     }
                 })?;
-            bindings.push(Binding::new(app.clone(), grant.user, grant.exp));
+            bindings
+                .push(Binding::new(app.clone(), grant.user, grant.exp).with_topics(grant.topics));
             last_seqs.push(binding.last_seq);
         }
         let proposed = Duration::from_millis(u64::from(connect.heartbeat_ms));

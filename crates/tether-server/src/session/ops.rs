@@ -1,11 +1,15 @@
 //! What a frame from a connected client asks for, checked: the binding it names, its topic,
-//! its limits. Plain code from the frame and the connection's bindings to a [`Step`] that the
-//! gateway carries out, the same for every transport.
+//! its limits, whether the app's rules let it subscribe, a refreshed token. Plain code from
+//! the frame, the connection's bindings and the apps' rules to a [`Step`] that the gateway
+//! carries out, the same for every transport.
 
+use tether_core::auth::TokenError;
 use tether_core::{TopicId, echo_id, validate_id};
-use tether_proto::{Body, Code, ErrorBody, Upstream};
+use tether_proto::{Body, Code, ErrorBody, Refresh, Refreshed, Subscribe, Upstream};
 
+use super::access::Access;
 use super::inbox::{SYNC_PAGE, SyncRequest};
+use super::permissions::{Credentials, Decision};
 use crate::link::Binding;
 
 /// What a frame from a connected client comes to.
@@ -43,8 +47,9 @@ pub enum Step {
     Close(Code, String),
 }
 
-/// The step frame `id` with body `body` asks for on a connection with `bindings`.
-pub fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
+/// The step frame `id` with body `body` asks for on a connection with `bindings`, under the
+/// apps' rules `access`.
+pub fn step(id: u32, body: Body, bindings: &[Binding], access: &Access) -> Step {
     let binding = |op: &str, app: &str| {
         bindings
             .iter()
@@ -84,12 +89,16 @@ pub fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
             })
         }),
         Body::Subscribe(sub) => binding("subscribe", &sub.app).and_then(|binding| {
+            let topic = topic(&sub.topic)?;
+            permit(&bindings[binding], &topic, &sub, access)?;
             Ok(Step::Subscribe {
                 binding,
-                topic: topic(&sub.topic)?,
+                topic,
                 since: sub.since,
             })
         }),
+        Body::Refresh(refresh) => binding("refresh", &refresh.app)
+            .and_then(|binding| self::refresh(&bindings[binding], refresh, access)),
         Body::Unsubscribe(unsub) => binding("unsubscribe", &unsub.app).and_then(|binding| {
             Ok(Step::Unsubscribe {
                 binding,
@@ -112,6 +121,76 @@ pub fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
     checked.unwrap_or_else(Step::Reply)
 }
 
+/// Whether the app's topic rules let `binding`'s user subscribe to `topic`, with what the
+/// subscribe brings; a refusal is the `error` the client gets.
+fn permit(
+    binding: &Binding,
+    topic: &TopicId,
+    sub: &Subscribe,
+    access: &Access,
+) -> Result<(), Body> {
+    let refused = |why: &str| {
+        error(
+            Code::FORBIDDEN,
+            format!("subscribe to {} refused: {why}", echo_id(topic.as_str())),
+        )
+    };
+    // An app removed by a reload allows nothing; its connections are being closed.
+    let Some((_, rules)) = access.app(binding.app.as_str()) else {
+        return Err(refused("the app is no longer configured"));
+    };
+    let subscription_token = match &sub.token {
+        None => false,
+        Some(token) => match rules
+            .tokens
+            .verify_subscription(&binding.user, topic.as_str(), token)
+        {
+            Ok(()) => true,
+            Err(TokenError::Expired) => return Err(refused("the subscription token expired")),
+            Err(TokenError::Invalid(why)) => {
+                return Err(refused(&format!("bad subscription token: {why}")));
+            }
+        },
+    };
+    let credentials = Credentials {
+        token_topics: binding.topics(),
+        subscription_token,
+    };
+    match rules
+        .topics
+        .decide(&binding.user, topic.as_str(), credentials)
+    {
+        Decision::Allow => Ok(()),
+        Decision::Deny(why) => Err(refused(why)),
+    }
+}
+
+/// A new token for `binding`: it must verify under the app's rules and name the same user;
+/// then the binding holds until its `exp`.
+fn refresh(binding: &Binding, refresh: Refresh, access: &Access) -> Result<Step, Body> {
+    let refused = |why: &str| {
+        error(
+            Code::TOKEN_REFUSED,
+            format!("refresh for app {} refused: {why}", binding.app),
+        )
+    };
+    let Some((app, rules)) = access.app(binding.app.as_str()) else {
+        return Err(refused("the app is no longer configured"));
+    };
+    match rules.tokens.verify(app, &refresh.token) {
+        Ok(grant) if grant.user == binding.user => {
+            binding.extend(grant.exp);
+            Ok(Step::Reply(Body::Refreshed(Refreshed {
+                app: refresh.app,
+                expires_s: grant.exp,
+            })))
+        }
+        Ok(_) => Err(refused("the token is for another user")),
+        Err(TokenError::Expired) => Err(refused("the token expired")),
+        Err(TokenError::Invalid(why)) => Err(refused(why)),
+    }
+}
+
 /// An `error` body.
 pub fn error(code: Code, message: String) -> Body {
     Body::Error(ErrorBody { code, message })
@@ -119,16 +198,62 @@ pub fn error(code: Code, message: String) -> Body {
 
 #[cfg(test)]
 mod tests {
-    use tether_core::{AppId, UserId};
-    use tether_proto::{Ack, Subscribe, Sync};
+    use std::time::Duration;
+
+    use tether_core::{AppId, UserId, auth};
+    use tether_proto::{Ack, Sync};
 
     use super::*;
+    use crate::config::{AppConfig, Config, Secret, TopicAccess, TopicRule};
+
+    const SECRET: &str = "chat-secret-0123456789";
+
+    /// Apps `chat` (rules: `open.*` open, `user.{user}` user, `vip.*` token) and `shop` (none).
+    fn access() -> Access {
+        let mut config = Config::for_tests();
+        let mut chat = AppConfig::new(
+            AppId::from("chat"),
+            Secret::new(SECRET),
+            Secret::new("chat-api-key-0123456789"),
+        );
+        for (pattern, allow) in [
+            ("open.*", TopicAccess::Open),
+            ("user.{user}", TopicAccess::User),
+            ("vip.*", TopicAccess::Token),
+        ] {
+            chat.topics.push(TopicRule {
+                pattern: pattern.into(),
+                allow,
+            });
+        }
+        let shop = AppConfig::new(
+            AppId::from("shop"),
+            Secret::new("shop-secret-0123456789"),
+            Secret::new("shop-api-key-0123456789"),
+        );
+        config.apps = vec![chat, shop];
+        Access::new(&config).expect("valid rules")
+    }
 
     fn bindings() -> Vec<Binding> {
         vec![
-            Binding::new(AppId::from("chat"), UserId::from("u"), 0),
+            Binding::new(AppId::from("chat"), UserId::from("u"), 0)
+                .with_topics(Some(vec!["vip.gold".into()])),
             Binding::new(AppId::from("shop"), UserId::from("u"), 0),
         ]
+    }
+
+    fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
+        super::step(id, body, bindings, &access())
+    }
+
+    fn subscribe(app: &str, topic: &str, token: Option<String>) -> Body {
+        Body::Subscribe(Subscribe {
+            app: app.into(),
+            topic: topic.into(),
+            since: None,
+            token,
+        })
     }
 
     fn refused(step: Step) -> (Code, String) {
@@ -169,11 +294,7 @@ mod tests {
             (request.id, request.limit, request.after),
             (7, SYNC_PAGE, 4)
         );
-        let sub = Body::Subscribe(Subscribe {
-            app: "chat".into(),
-            topic: String::new(),
-            since: None,
-        });
+        let sub = subscribe("chat", "", None);
         assert_eq!(refused(step(2, sub, &bindings())).0, Code::BAD_REQUEST);
     }
 
@@ -193,5 +314,109 @@ mod tests {
             step(1, push, &bindings()),
             Step::Close(Code::PROTOCOL, _)
         ));
+    }
+
+    #[test]
+    fn subscribes_follow_the_app_s_topic_rules() {
+        let allowed = |app: &str, topic: &str, token: Option<String>| {
+            matches!(
+                step(3, subscribe(app, topic, token), &bindings()),
+                Step::Subscribe { .. }
+            )
+        };
+        assert!(allowed("chat", "open.lobby", None));
+        assert!(allowed("chat", "user.u", None));
+        assert!(
+            allowed("chat", "vip.gold", None),
+            "listed in the token's topics"
+        );
+        let (code, message) = refused(step(3, subscribe("chat", "user.bob", None), &bindings()));
+        assert_eq!(code, Code::FORBIDDEN);
+        assert_eq!(
+            message,
+            "subscribe to user.bob refused: no topic rule of the app allows it"
+        );
+        let (code, message) = refused(step(3, subscribe("chat", "vip.silver", None), &bindings()));
+        assert_eq!(code, Code::FORBIDDEN);
+        assert!(
+            message.ends_with("the token does not grant this topic"),
+            "{message}"
+        );
+        // An app without rules lets clients subscribe to nothing.
+        assert_eq!(
+            refused(step(3, subscribe("shop", "open.lobby", None), &bindings())).0,
+            Code::FORBIDDEN
+        );
+    }
+
+    #[test]
+    fn a_subscription_token_opens_its_one_topic_for_its_one_user() {
+        let user = UserId::from("u");
+        let ttl = Duration::from_secs(60);
+        let token = |user: &UserId, topic: &str| {
+            auth::mint_subscription(SECRET.as_bytes(), user, topic, ttl)
+        };
+        let sub = |topic: &str, token: String| {
+            step(4, subscribe("chat", topic, Some(token)), &bindings())
+        };
+        assert!(matches!(
+            sub("vip.silver", token(&user, "vip.silver")),
+            Step::Subscribe { .. }
+        ));
+        for (topic, token, why) in [
+            ("vip.bronze", token(&user, "vip.silver"), "another topic"),
+            (
+                "vip.silver",
+                token(&UserId::from("bob"), "vip.silver"),
+                "another user",
+            ),
+            ("vip.silver", "not.a.jwt".to_owned(), "malformed"),
+        ] {
+            let (code, message) = refused(sub(topic, token));
+            assert_eq!(code, Code::FORBIDDEN);
+            assert!(
+                message.contains("bad subscription token"),
+                "{why}: {message}"
+            );
+        }
+        // A connection token is not a subscription token.
+        let connection = auth::mint(SECRET.as_bytes(), &AppId::from("chat"), &user, ttl);
+        assert_eq!(refused(sub("vip.silver", connection)).0, Code::FORBIDDEN);
+    }
+
+    #[test]
+    fn a_refresh_moves_the_expiry_and_only_for_the_same_user() {
+        let bindings = bindings();
+        let ttl = Duration::from_secs(3600);
+        let chat = AppId::from("chat");
+        let refresh = |token: String| {
+            step(
+                5,
+                Body::Refresh(Refresh {
+                    app: "chat".into(),
+                    token,
+                }),
+                &bindings,
+            )
+        };
+        let same = auth::mint(SECRET.as_bytes(), &chat, &UserId::from("u"), ttl);
+        let Step::Reply(Body::Refreshed(done)) = refresh(same) else {
+            panic!("not refreshed");
+        };
+        assert_eq!(done.app, "chat");
+        assert!(done.expires_s > tether_core::now_ms() / 1000 + 3000);
+        assert_eq!(bindings[0].expires_s(), done.expires_s);
+
+        let other = auth::mint(SECRET.as_bytes(), &chat, &UserId::from("bob"), ttl);
+        let (code, message) = refused(refresh(other));
+        assert_eq!(code, Code::TOKEN_REFUSED);
+        assert!(
+            message.ends_with("the token is for another user"),
+            "{message}"
+        );
+        let foreign = auth::mint(b"some-other-secret-0123", &chat, &UserId::from("u"), ttl);
+        assert_eq!(refused(refresh(foreign)).0, Code::TOKEN_REFUSED);
+        // Refusals leave the expiry as it was.
+        assert_eq!(bindings[0].expires_s(), done.expires_s);
     }
 }

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use super::super::outbox::{Close, Outbox, rest};
 use super::super::table::ConnTable;
 use super::{ConnHandle, NewConn};
+use crate::gateway::sweep::TokenTimes;
 use crate::link::{Binding, Encoding, Enqueued, Link, Offered};
 use crate::session::inbox::{InboxState, NextWork, REORDER_FRAMES, REORDER_WAIT_MS};
 use crate::transport::Framing;
@@ -185,17 +186,24 @@ fn the_sweep_closes_only_silent_connections() {
     let conn = Arc::new(handle(100));
     table.insert(conn.clone());
     let write_timeout = Duration::from_secs(10);
-    let silent_for_the_limit = table.sweep(30_000, write_timeout, Duration::ZERO);
+    let silent_for_the_limit =
+        table.sweep(30_000, write_timeout, Duration::ZERO, TokenTimes::default());
     assert_eq!(
         silent_for_the_limit, 0,
         "silent for exactly the limit is still alive"
     );
     conn.seen(20_000);
-    assert_eq!(table.sweep(50_000, write_timeout, Duration::ZERO), 0);
-    assert_eq!(table.sweep(50_001, write_timeout, Duration::ZERO), 1);
+    assert_eq!(
+        table.sweep(50_000, write_timeout, Duration::ZERO, TokenTimes::default()),
+        0
+    );
+    assert_eq!(
+        table.sweep(50_001, write_timeout, Duration::ZERO, TokenTimes::default()),
+        1
+    );
     let close = conn.take(&mut VecDeque::new()).unwrap();
     assert_eq!(close.code, Code::HEARTBEAT_TIMEOUT);
-    let again = table.sweep(90_000, write_timeout, Duration::ZERO);
+    let again = table.sweep(90_000, write_timeout, Duration::ZERO, TokenTimes::default());
     assert_eq!(again, 0, "a closing connection is not closed twice");
 }
 
@@ -210,7 +218,12 @@ fn a_write_that_makes_no_progress_is_abandoned_and_keeps_a_pending_close_code() 
     conn.set_writing(true, 1_000);
     conn.written(10, 5_000);
     assert_eq!(
-        table.sweep(15_000, Duration::from_secs(10), Duration::ZERO),
+        table.sweep(
+            15_000,
+            Duration::from_secs(10),
+            Duration::ZERO,
+            TokenTimes::default()
+        ),
         0,
         "progress at 5 s"
     );
@@ -221,7 +234,12 @@ fn a_write_that_makes_no_progress_is_abandoned_and_keeps_a_pending_close_code() 
         flush: true,
     });
     assert_eq!(
-        table.sweep(15_001, Duration::from_secs(10), Duration::ZERO),
+        table.sweep(
+            15_001,
+            Duration::from_secs(10),
+            Duration::ZERO,
+            TokenTimes::default()
+        ),
         1
     );
     let close = conn.take(&mut VecDeque::new()).unwrap();
