@@ -125,6 +125,12 @@ impl Metrics {
         counter!("tether_disconnects_total", "code" => label).increment(1);
     }
 
+    /// A client's request answered with an `error`, by op and code (a subscribe refused by
+    /// the topic rules is `subscribe`, `forbidden`).
+    pub fn request_refused(&self, op: &'static str, code: Code) {
+        counter!("tether_requests_refused_total", "op" => op, "code" => code.label()).increment(1);
+    }
+
     /// A store operation failed, by operation (`read`, `ack`, `cursor`, `append`, ...).
     pub fn store_error(&self, op: &'static str) {
         counter!("tether_store_errors_total", "op" => op).increment(1);

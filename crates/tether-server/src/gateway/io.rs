@@ -276,7 +276,11 @@ enum Handled {
 /// Acts on one frame from a connected client: what [`ops::step`] says it asks for.
 fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
     let id = frame.id;
+    let op = frame.op().name();
     let reply = |body: Body| {
+        if let Body::Error(e) = &body {
+            gw.metrics.request_refused(op, e.code);
+        }
         conn.enqueue(conn.encoding.encode(&Frame { id, body }));
     };
     match ops::step(id, frame.body, &conn.bindings, &gw.access) {

@@ -125,7 +125,8 @@ impl ConnHandle {
             if expires_s == 0 {
                 continue;
             }
-            if now_s > expires_s.saturating_add(tokens.leeway_s) {
+            // RFC 7519: a token is good only before its `exp`.
+            if now_s >= expires_s.saturating_add(tokens.leeway_s) {
                 return self.close(Close::new(
                     Code::TOKEN_EXPIRED,
                     format!("the token for app {} expired", binding.app),
