@@ -187,9 +187,9 @@ impl AppConfig {
     }
 }
 
-/// A string that never appears in logs or `Debug` output.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A string that never appears in logs or `Debug` output, nor in a configuration problem
+/// (its reader is in `de.rs`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {

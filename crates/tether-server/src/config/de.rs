@@ -1,9 +1,13 @@
-//! How values are read: durations written `"10s"` (or as a number of seconds) and strings
-//! that may be written as numbers.
+//! How values are read: durations written `"10s"` (or as a number of seconds), strings that
+//! may be written as numbers, and secrets, whose value no error repeats.
 
+use std::fmt;
 use std::time::Duration;
 
+use serde::de::{self, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer};
+
+use super::Secret;
 
 /// Reads "250ms", "10s", "5m", "1h" (or a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -27,27 +31,87 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A string field that also takes a bare number (`TETHER_NODE__ID=7`).
 pub(super) fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Int(i64),
+    struct Text;
+    impl Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+            Ok(s.to_owned())
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
+            Ok(n.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
+            Ok(n.to_string())
+        }
     }
-    Ok(match Raw::deserialize(d)? {
-        Raw::Text(s) => s,
-        Raw::Int(n) => n.to_string(),
-    })
+    d.deserialize_any(Text)
 }
 
+/// A duration: `"10s"`, `"250ms"`... or a whole number of seconds.
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
+    struct Length;
+    impl Visitor<'_> for Length {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration like \"10s\" or a whole number of seconds")
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(n))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+            u64::try_from(n)
+                .map(Duration::from_secs)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
-        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    d.deserialize_any(Length)
+}
+
+/// A secret is read as a string; what it was when it is not one is said without its value.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        struct Hidden;
+        impl Hidden {
+            fn refuse<E: de::Error>(self, what: &str) -> Result<Secret, E> {
+                Err(E::invalid_type(Unexpected::Other(what), &self))
+            }
+        }
+        impl<'v> Visitor<'v> for Hidden {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Secret, E> {
+                Ok(Secret::new(s))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
+                self.refuse("a boolean")
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
+                self.refuse("an integer")
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
+                self.refuse("an integer")
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
+                self.refuse("a float")
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                self.refuse("bytes")
+            }
+            fn visit_seq<A: de::SeqAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
+                self.refuse("an array")
+            }
+            fn visit_map<A: de::MapAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
+                self.refuse("a table")
+            }
+        }
+        d.deserialize_string(Hidden)
     }
 }

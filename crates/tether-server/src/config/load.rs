@@ -1,9 +1,9 @@
-//! Loading: the TOML file, the `TETHER_<SECTION>__<KEY>` environment overrides, and the demo
-//! app generated into the data directory when no app is configured.
+//! Loading: the TOML file and the `TETHER_<SECTION>__<KEY>` environment overrides (read by
+//! `collect.rs`), and the demo app generated into the data directory when no app is configured.
 
 use std::path::Path;
 
-use super::{AppConfig, Config, ConfigError};
+use super::{AppConfig, Config, ConfigError, collect};
 
 impl Config {
     /// Reads `path` (or the defaults when `None`), applies `TETHER_*` environment overrides,
@@ -17,30 +17,22 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match path {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
+                    ConfigError::from(vec![format!("cannot read {}: {e}", path.display())])
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?
+                let name = path.display().to_string();
+                collect::read(Some((&name, &text)), &env)
             }
-            None => toml::Table::new(),
-        };
-        apply_env(&mut table, env)?;
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(vec![e.message().to_owned()]))?;
-        config.validate()?;
-        Ok(config)
+            None => collect::read(None, &env),
+        }
     }
 
     /// Parses a TOML document with no environment overrides (for tests and examples).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError(vec![e.message().to_owned()]))?;
-        config.validate()?;
-        Ok(config)
+        collect::read(Some(("config", text)), &[])
     }
 
     /// When no app is configured, adds the `demo` app, whose secret and API key are generated
@@ -79,45 +71,6 @@ const DEMO_TOPICS: &str = "\n# Who may subscribe to what (docs/security.md): eac
 # and any topic with a subscription token signed with the secret.\n\
 [[topics]]\npattern = \"user.{user}\"\nallow = \"user\"\n\n\
 [[topics]]\npattern = \"*\"\nallow = \"token\"\n";
-
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let mut problems = Vec::new();
-    for (key, value) in env {
-        let Some(path) = key.strip_prefix("TETHER_") else {
-            continue;
-        };
-        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        if parts.len() != 2 || parts.iter().any(String::is_empty) {
-            // TETHER_CONFIG and similar are CLI variables, not overrides.
-            if path.contains("__") {
-                problems.push(format!("{key}: expected TETHER_<SECTION>__<KEY>"));
-            }
-            continue;
-        }
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
-        let section = table
-            .entry(parts[0].clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match section.as_table_mut() {
-            Some(section) => {
-                section.insert(parts[1].clone(), parsed);
-            }
-            None => problems.push(format!("{key}: [{}] is not a section", parts[0])),
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError(problems))
-    }
-}
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;

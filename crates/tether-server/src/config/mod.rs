@@ -3,19 +3,25 @@
 //!
 //! Environment overrides: `TETHER_<SECTION>__<KEY>=value`, e.g. `TETHER_LISTEN__TCP=0.0.0.0:7400`
 //! or `TETHER_LIMITS__MAX_CONNECTIONS=50000`. The value is read as a TOML value when it parses
-//! as one (numbers, booleans) and as a string otherwise.
+//! as one (numbers, booleans) and as a string otherwise, or when its key refuses the TOML value
+//! (`TETHER_ADMIN__KEY=1234...` is a string).
 //!
 //! # Layout
 //!
 //! - `sections.rs`: the `[section]` tables, each key with its documentation and its default.
 //! - `apps.rs`: the `[[apps]]` entries (tenants) and [`Secret`], redacted in `Debug`.
-//! - `load.rs`: reading the file, the `TETHER_*` environment overrides, the demo app.
+//! - `load.rs`: reading the file, the demo app.
+//! - `collect.rs`: the file and the `TETHER_*` overrides into a [`Config`], every problem at
+//!   once, each placed at its line or variable.
+//! - `problem.rs`: [`ConfigError`] and its [`Problem`]s, in an operator's words.
 //! - `validate.rs`: [`Config::validate`], every check of every key.
 //! - `de.rs`: how durations and number-like strings are read.
 
 mod apps;
+mod collect;
 mod de;
 mod load;
+mod problem;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -26,6 +32,7 @@ use tether_core::AppId;
 
 pub use apps::{AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule};
 pub use de::parse_duration;
+pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
     AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits, ListenConfig,
     NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
@@ -47,11 +54,6 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
 }
-
-/// Everything wrong with a configuration, one problem per line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
-pub struct ConfigError(pub Vec<String>);
 
 impl Config {
     pub fn app(&self, id: &str) -> Option<&AppConfig> {

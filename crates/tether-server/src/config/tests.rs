@@ -187,3 +187,225 @@ fn the_demo_app_is_generated_once_and_kept() {
     assert_eq!(app.api_key, again.api_key);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The problems of `text`, each as `(key, line, text)`.
+fn problems_of(text: &str) -> Vec<(String, Place, String)> {
+    let err = Config::from_toml(text).expect_err("the config should be refused");
+    err.problems()
+        .iter()
+        .map(|p| (p.key.clone(), p.place.clone(), p.text.clone()))
+        .collect()
+}
+
+fn line(line: usize) -> Place {
+    Place::File {
+        file: "config".into(),
+        line,
+    }
+}
+
+#[test]
+fn a_wrong_type_names_its_key_its_line_and_what_was_found() {
+    let problems = problems_of("[node]\nid = \"n1\"\n\n[limits]\nmax_connections = \"lots\"\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let (key, place, text) = &problems[0];
+    assert_eq!(key, "limits.max_connections");
+    assert_eq!(*place, line(5));
+    assert_eq!(
+        text,
+        "limits.max_connections: expected a whole number, 0 or more, found string \"lots\""
+    );
+}
+
+#[test]
+fn a_bad_duration_names_its_key_and_line() {
+    let problems =
+        problems_of("[gateway]\nhandshake_timeout = \"10 parsecs\"\nwrite_timeout = -3\n");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, "gateway.handshake_timeout");
+    assert_eq!(problems[0].1, line(2));
+    assert!(problems[0].2.contains("unknown unit"), "{problems:?}");
+    assert_eq!(problems[1].0, "gateway.write_timeout");
+    assert_eq!(problems[1].1, line(3));
+    assert!(
+        problems[1].2.contains("expected a duration like \"10s\""),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named_with_the_key_that_was_meant() {
+    let problems = problems_of("[limits]\nmax_conections = 5\n\n[limts]\nx = 1\n");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, "limits.max_conections");
+    assert_eq!(problems[0].1, line(2));
+    assert!(
+        problems[0].2.contains("did you mean `max_connections`"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[1].0, "limts");
+    assert_eq!(problems[1].1, line(4));
+    assert!(
+        problems[1].2.contains("did you mean `limits`"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn an_override_is_placed_at_its_variable() {
+    let env = [
+        (
+            "TETHER_LIMITS__MAX_CONNECTIONS".to_string(),
+            "lots".to_string(),
+        ),
+        (
+            "TETHER_GATEWAY__WRITE_TIMEOUT".to_string(),
+            "-5".to_string(),
+        ),
+        ("TETHER_LIMTS__MAX_TOPICS".to_string(), "5".to_string()),
+    ];
+    let err = Config::load_with_env(None, env).unwrap_err();
+    let got: Vec<_> = err
+        .problems()
+        .iter()
+        .map(|p| (p.key.as_str(), p.place.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "gateway.write_timeout",
+                Place::Env("TETHER_GATEWAY__WRITE_TIMEOUT".into())
+            ),
+            (
+                "limits.max_connections",
+                Place::Env("TETHER_LIMITS__MAX_CONNECTIONS".into())
+            ),
+            ("limts", Place::Env("TETHER_LIMTS__MAX_TOPICS".into())),
+        ],
+        "{err}"
+    );
+    // The number the variable held is what is reported, not the string it was retried as.
+    assert!(err.to_string().contains("found integer -5"), "{err}");
+}
+
+#[test]
+fn an_override_its_key_refuses_as_a_number_is_read_as_a_string() {
+    let env = [(
+        "TETHER_ADMIN__KEY".to_string(),
+        "12345678901234567".to_string(),
+    )];
+    let config = Config::load_with_env(None, env).unwrap();
+    assert_eq!(config.admin.key.unwrap().expose(), "12345678901234567");
+}
+
+#[test]
+fn every_problem_of_every_section_is_reported_in_one_run() {
+    let problems = problems_of(
+        r#"
+[listen]
+tcp = "nowhere"
+
+[limits]
+max_connections = "lots"
+max_topicz = 5
+
+[gateway]
+handshake_timeout = "10 parsecs"
+
+[store]
+backend = "disk"
+
+[[apps]]
+id = "a"
+secret = "0123456789abcdef"
+
+[[apps]]
+id = "b"
+secret = "short"
+api_key = "0123456789abcdefb"
+tokens = { audience = 7 }
+"#,
+    );
+    let keys: Vec<(&str, &Place)> = problems.iter().map(|(k, p, _)| (k.as_str(), p)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("listen.tcp", &line(3)),
+            ("limits.max_connections", &line(6)),
+            ("limits.max_topicz", &line(7)),
+            ("gateway.handshake_timeout", &line(10)),
+            ("store.backend", &line(13)),
+            ("apps[0].api_key", &line(15)),
+            ("apps[1].secret", &line(21)),
+            ("apps[1].tokens.audience", &line(23)),
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[4].2.contains("unknown value `disk`"),
+        "{problems:?}"
+    );
+    assert!(problems[5].2.contains("missing"), "{problems:?}");
+    assert!(
+        problems[6].2.contains("at least 16 characters"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_repeated() {
+    let problems = problems_of(
+        "[admin]\nkey = 98765432109876543\n[[apps]]\nid = \"a\"\nsecret = [\"hunter2hunter2hunter2\"]\napi_key = \"0123456789abcdef\"\n",
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    for (_, _, text) in &problems {
+        assert!(!text.contains("98765"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    assert_eq!(
+        problems[0].2,
+        "admin.key: expected a string, found an integer"
+    );
+    assert_eq!(
+        problems[1].2,
+        "apps[0].secret: expected a string, found an array"
+    );
+}
+
+#[test]
+fn a_check_about_a_key_that_could_not_be_read_is_left_out() {
+    // api_body_bytes is checked against max_payload, which keeps its default: that check would
+    // be about the default, not about what the operator wrote.
+    let problems = problems_of("[limits]\nmax_payload = \"big\"\napi_body_bytes = 10\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "limits.max_payload");
+}
+
+#[test]
+fn a_syntax_error_names_its_line() {
+    let problems = problems_of("[limits]\nmax_connections = 5\nthis is not toml\n");
+    assert!(!problems.is_empty());
+    assert_eq!(problems[0].1, line(3), "{problems:?}");
+    assert!(problems[0].2.starts_with("not valid TOML"), "{problems:?}");
+}
+
+#[test]
+fn the_problems_read_as_a_list_under_a_header() {
+    let err = Config::from_toml("[limits]\nmax_connections = \"lots\"\n[gateway]\nnope = 1\n")
+        .unwrap_err();
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "invalid configuration (2 problems):");
+    assert_eq!(
+        lines[1],
+        "  - config:2: limits.max_connections: expected a whole number, 0 or more, found string \"lots\""
+    );
+    assert!(
+        lines[2].starts_with(
+            "  - config:4: gateway.nope: unknown key (known here: handshake_timeout, "
+        ),
+        "{text}"
+    );
+}

@@ -180,7 +180,7 @@ impl Config {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError(problems))
+            Err(problems.into())
         }
     }
 
