@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tether_core::{AppId, UserId};
 use tether_server::Config;
+use tether_server::config::ConfigError;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -75,9 +76,23 @@ enum ConfigCommand {
 mod listen;
 mod push;
 
+/// The exit code of a configuration that cannot be used (`EX_CONFIG` of sysexits.h): a
+/// supervisor can tell it from a crash and not restart the node in a loop
+/// (`RestartPreventExitStatus=78` with systemd). Other failures exit with 1.
+const EXIT_CONFIG: u8 = 78;
+
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("error: {e:#}");
+            if serving {
+                eprintln!("the node was not started (exit code {EXIT_CONFIG})");
+            }
+            std::process::ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
