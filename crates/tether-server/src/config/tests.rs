@@ -409,3 +409,17 @@ fn the_problems_read_as_a_list_under_a_header() {
         "{text}"
     );
 }
+
+#[test]
+fn a_bad_redis_url_is_named_without_its_password() {
+    let problems = problems_of("[cluster]\nredis = [\"http://user:pa55word@10.0.0.1:6379\"]\n");
+    let text = &problems[0].2;
+    assert!(
+        text.starts_with("cluster.redis: \"http://***@10.0.0.1:6379\""),
+        "{problems:?}"
+    );
+    assert!(
+        !format!("{problems:?}").contains("pa55word"),
+        "{problems:?}"
+    );
+}

@@ -207,7 +207,8 @@ impl Config {
                 .any(|scheme| url.starts_with(scheme))
             {
                 problems.push(format!(
-                    "cluster.redis: {url:?} must start with redis:// or rediss:// (TLS)"
+                    "cluster.redis: {:?} must start with redis:// or rediss:// (TLS)",
+                    without_credentials(url)
                 ));
             }
         }
@@ -334,6 +335,15 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
             "{url:?}: unsupported scheme {other:?} (use http://)"
         )),
     }
+}
+
+/// `url` with what comes before an `@` hidden: a Redis URL may carry a password.
+fn without_credentials(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let start = url.find("://").map_or(0, |s| s + 3).min(at);
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 /// Checks an advertised endpoint: `scheme://host:port[/path]`, with a scheme of `schemes`; TCP
