@@ -307,7 +307,7 @@ impl<'a> Reader<'a> {
                 (Seg::Key(k), DeValue::Table(t)) => {
                     t.get_key_value(k.as_str()).map(|(k, _)| k.span())
                 }
-                (Seg::Index(i), DeValue::Array(a)) => a.get(*i).map(Spanned::span),
+                (_, DeValue::Array(_)) => child(node, seg).map(Spanned::span),
                 _ => None,
             }
             .or(span);
@@ -415,10 +415,16 @@ fn path_tokens(text: &str) -> impl Iterator<Item = &str> {
         .filter(|t| t.starts_with(|c: char| c.is_ascii_lowercase()))
 }
 
+/// The node under `node` at `seg`. A key of an array is the entry of that `id`, as checks
+/// name an app (`apps.shop: ...`).
 fn child<'n, 'a>(node: &'n Node<'a>, seg: &Seg) -> Option<&'n Node<'a>> {
     match (seg, node.get_ref()) {
         (Seg::Key(k), DeValue::Table(t)) => t.get(k.as_str()),
         (Seg::Index(i), DeValue::Array(a)) => a.get(*i),
+        (Seg::Key(k), DeValue::Array(a)) => a.iter().find(|entry| {
+            let id = child(entry, &Seg::Key("id".into()));
+            id.and_then(|id| id.get_ref().as_str()) == Some(k.as_str())
+        }),
         _ => None,
     }
 }

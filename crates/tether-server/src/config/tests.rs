@@ -423,3 +423,27 @@ fn a_bad_redis_url_is_named_without_its_password() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_check_that_names_an_app_by_its_id_is_placed_at_its_entry() {
+    let problems = problems_of(
+        r#"
+[rate]
+requests_burst = 0
+
+[[apps]]
+id = "a"
+secret = "0123456789abcdefa"
+api_key = "0123456789abcdefa"
+
+[[apps]]
+id = "b"
+secret = "0123456789abcdefb"
+api_key = "0123456789abcdefb"
+requests_per_sec = 10
+"#,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].1, line(10), "{problems:?}");
+    assert_eq!(problems[0].2, "apps.b: requests_burst must be at least 1");
+}
