@@ -89,6 +89,8 @@ codes! {
     EXPECTED_CONNECT = 4208, "expected_connect";
     /// More bindings in one `connect` than the server allows, or none.
     BAD_BINDINGS = 4209, "bad_bindings";
+    /// A binding's app was removed from the server's configuration by a reload.
+    APP_REMOVED = 4210, "app_removed";
     /// A request that is well-formed but not valid here (e.g. an ack for an app not bound).
     BAD_REQUEST = 4300, "bad_request";
     /// The request could not be served right now (the store is unavailable, or the server is

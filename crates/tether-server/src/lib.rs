@@ -46,6 +46,7 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod rate;
+pub mod reload;
 pub mod session;
 pub mod store;
 pub mod transport;

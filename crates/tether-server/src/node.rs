@@ -28,6 +28,7 @@ use crate::gateway::{Events, Gateway};
 use crate::lifecycle::{Lifecycle, advertised_endpoints};
 use crate::link::{Link, Links};
 use crate::metrics::Metrics;
+use crate::reload::{Reloaded, Reloader};
 use crate::session::access::Access;
 use crate::store::{EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
@@ -115,6 +116,7 @@ pub struct Node {
     ws: Option<SocketAddr>,
     http: SocketAddr,
     gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -161,13 +163,13 @@ impl Node {
             registry.clone(),
             router,
             store,
-            fanout,
+            fanout.clone(),
             table.clone(),
             metrics.clone(),
         ));
         let webhooks =
             Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
-        let access = Arc::new(Access::new(&config).map_err(anyhow::Error::msg)?);
+        let access = Access::shared(&config).map_err(anyhow::Error::msg)?;
         let gateway = Arc::new(Gateway::new(
             &config,
             access.clone(),
@@ -177,7 +179,7 @@ impl Node {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let api = Arc::new(Api::new(&config, delivery.clone(), metrics));
+        let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
         let ws = bind(&config.listen.ws, &config).await?;
@@ -204,15 +206,25 @@ impl Node {
             tracing::warn!(error = %e, "cannot announce the node; retrying in the background");
         }
         tokio::spawn(lifecycle.clone().run());
-        let ops = Arc::new(Ops::new(
-            &config,
-            lifecycle.clone(),
-            Dispatcher::new(&config, access, registry),
-            table,
-            delivery,
-            webhooks.clone(),
-            embedded.clone(),
+        let reloader = Arc::new(Reloader::new(
+            config.clone(),
+            access.clone(),
+            api.clone(),
+            fanout.clone(),
+            table.clone(),
         ));
+        let ops = Arc::new(
+            Ops::new(
+                &config,
+                lifecycle.clone(),
+                Dispatcher::new(&config, access, registry),
+                table,
+                delivery,
+                webhooks.clone(),
+                embedded.clone(),
+            )
+            .with_reload(reloader.clone()),
+        );
         if let Some(listener) = tcp {
             tokio::spawn(gateway.clone().serve_tcp(listener));
         }
@@ -289,6 +301,7 @@ impl Node {
             ws: addrs.1,
             http: addrs.2,
             gateway,
+            reloader,
             shutdown,
             task,
         })
@@ -320,6 +333,17 @@ impl Node {
             parked += usize::from(conn.is_parked());
         });
         parked
+    }
+
+    /// Reads the configuration again (from the file it was loaded from) and applies what a
+    /// running node can: see [`crate::reload`]. On a problem, the old configuration stays.
+    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        self.reloader.reload()
+    }
+
+    /// Applies `config` as a reload would (for tests and embedding).
+    pub fn apply(&self, config: Config) -> Result<Reloaded, Vec<String>> {
+        self.reloader.apply(config)
     }
 
     /// Starts a graceful shutdown: stop accepting, tell clients to reconnect, finish.
@@ -359,10 +383,29 @@ impl Events for WebhookEvents {
     }
 }
 
-/// Runs a node until `shutdown` is cancelled, then shuts it down gracefully.
+/// Runs a node until `shutdown` is cancelled, then shuts it down gracefully. SIGHUP reloads
+/// the configuration (and never stops the node).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let node = Node::start(config).await?;
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let reloader = node.reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(reloaded)) => tracing::info!(?reloaded, "configuration reloaded"),
+                    Ok(Err(problems)) => tracing::error!(
+                        ?problems,
+                        "the configuration was not reloaded: the old one stays"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "the reload failed"),
+                }
+            }
+        }
+    }
     node.shutdown();
     node.wait().await;
     Ok(())

@@ -20,19 +20,19 @@ use tether_core::{Registry, Transport, auth};
 use super::{ApiError, bearer};
 use crate::config::{Config, DispatchConfig};
 use crate::dispatch::order;
-use crate::session::access::Access;
+use crate::session::access::Shared;
 
 /// What the dispatcher answers from.
 #[derive(Debug)]
 pub struct Dispatcher {
     registry: Arc<dyn Registry>,
     /// App id -> token secret, for the client's token.
-    access: Arc<Access>,
+    access: Shared,
     config: DispatchConfig,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, access: Arc<Access>, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(config: &Config, access: Shared, registry: Arc<dyn Registry>) -> Self {
         Dispatcher {
             registry,
             access,
@@ -83,7 +83,8 @@ async fn dispatch(
             "a client token of the app is needed: Authorization: Bearer <token>, or ?token=",
         ));
     };
-    let Some((app, rules)) = ops.access.app(&q.app) else {
+    let access = ops.access.load();
+    let Some((app, rules)) = access.app(&q.app) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_app",

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -34,6 +35,7 @@ use crate::config::{Config, StoreConfig};
 use crate::delivery::{Delivery, Payload};
 use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
+use crate::session::access::Shared;
 
 mod dispatch;
 mod error;
@@ -48,11 +50,12 @@ pub use ops::Ops;
 /// Shared state of the API role.
 #[derive(Debug)]
 pub struct Api {
-    /// API key -> app.
-    keys: HashMap<String, AppId>,
+    /// Each app's API keys (and the rest of its rules), swapped by reloads.
+    access: Shared,
     delivery: Arc<Delivery>,
-    /// Each app's limit on requests that send messages (none: unlimited).
-    requests: HashMap<AppId, RequestLimit>,
+    /// Each app's limit on requests that send messages (none: unlimited); rebuilt by a
+    /// reload, buckets full again.
+    requests: ArcSwap<HashMap<AppId, RequestLimit>>,
     /// The store's limits (ttl), that requests are validated against.
     store_config: StoreConfig,
     metrics: Metrics,
@@ -64,23 +67,11 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(config: &Config, delivery: Arc<Delivery>, metrics: Metrics) -> Self {
+    pub fn new(config: &Config, access: Shared, delivery: Arc<Delivery>, metrics: Metrics) -> Self {
         Api {
-            keys: config
-                .apps
-                .iter()
-                .map(|a| (a.api_key.expose().to_owned(), a.id.clone()))
-                .collect(),
+            access,
             delivery,
-            requests: config
-                .apps
-                .iter()
-                .filter_map(|app| {
-                    let rate = app.rate(&config.rate);
-                    let limit = RequestLimit::new(rate.requests_per_sec, rate.requests_burst)?;
-                    Some((app.id.clone(), limit))
-                })
-                .collect(),
+            requests: ArcSwap::from_pointee(request_limits(config)),
             store_config: config.store.clone(),
             metrics,
             max_payload: config.limits.max_payload,
@@ -131,7 +122,8 @@ impl Api {
     /// Takes one message-sending request of `app` from its rate limit: 429 with `Retry-After`
     /// over it.
     fn limit(&self, app: &AppId) -> Result<(), ApiError> {
-        let Some(limit) = self.requests.get(app) else {
+        let requests = self.requests.load();
+        let Some(limit) = requests.get(app) else {
             return Ok(());
         };
         limit.check().map_err(|wait| {
@@ -203,20 +195,41 @@ impl Api {
         })?;
         // A HashMap lookup is not constant-time, but it only reveals whether some key exists
         // with a given hash bucket, not its bytes; keys are long and random.
-        match self.keys.get(key.trim()) {
+        match self.access.load().key(key.trim()) {
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "unknown API key",
             )),
-            Some(owner) if owner.as_str() != app => Err(ApiError::new(
+            Some((owner, _)) if owner.as_str() != app => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this API key belongs to another app",
             )),
-            Some(owner) => Ok(owner.clone()),
+            Some((owner, _)) => Ok(owner.clone()),
         }
     }
+}
+
+impl Api {
+    /// A reloaded configuration's request limits (the rest of what the API checks is in the
+    /// shared [`Access`](crate::session::access::Access)).
+    pub fn reload(&self, config: &Config) {
+        self.requests.store(Arc::new(request_limits(config)));
+    }
+}
+
+/// Each app's limit on requests that send messages, where it has one.
+fn request_limits(config: &Config) -> HashMap<AppId, RequestLimit> {
+    config
+        .apps
+        .iter()
+        .filter_map(|app| {
+            let rate = app.rate(&config.rate);
+            let limit = RequestLimit::new(rate.requests_per_sec, rate.requests_burst)?;
+            Some((app.id.clone(), limit))
+        })
+        .collect()
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -42,6 +42,14 @@ pub struct Ops {
     node: tether_core::NodeId,
     outbound_limit: usize,
     timeout: Duration,
+    /// What `POST /v1/admin/reload` runs; none: the route answers 404.
+    reload: Option<Arc<dyn Reload>>,
+}
+
+/// Reads the configuration again and applies it (the node's reloader): what changed, or every
+/// problem of a configuration that was not applied.
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    fn reload(&self) -> Result<Value, Vec<String>>;
 }
 
 impl Ops {
@@ -67,7 +75,14 @@ impl Ops {
             node: tether_core::NodeId::new(config.node.id.clone()),
             outbound_limit: config.limits.outbound_queue_bytes,
             timeout: config.limits.api_timeout,
+            reload: None,
         }
+    }
+
+    /// Serves `POST /v1/admin/reload` with `reload`.
+    pub fn with_reload(mut self, reload: Arc<dyn Reload>) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -76,6 +91,7 @@ impl Ops {
         Router::new()
             .route("/readyz", get(readyz))
             .route("/v1/admin/drain", post(drain))
+            .route("/v1/admin/reload", post(reload))
             .route("/v1/admin/stats", get(stats))
             .with_state(self)
             .merge(dispatcher)
@@ -142,6 +158,46 @@ async fn drain(
             "spread_ms": started.spread.as_millis() as u64,
         })),
     ))
+}
+
+/// Reloads the configuration: 200 with what changed, or 422 with every problem (the old
+/// configuration stays).
+async fn reload(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ops.admin(&headers)?;
+    let Some(reload) = ops.reload.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node cannot reload",
+        ));
+    };
+    // Reads files (the configuration, public keys): off the async threads.
+    let outcome = tokio::task::spawn_blocking(move || reload.reload())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the reload failed",
+            )
+        })?;
+    match outcome {
+        Ok(changed) => Ok((StatusCode::OK, Json(changed))),
+        Err(problems) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "invalid_config",
+                "message": format!(
+                    "the configuration was not reloaded ({} problems); the old one stays",
+                    problems.len()
+                ),
+                "problems": problems,
+            })),
+        )),
+    }
 }
 
 /// What one walk of the connection table finds.

@@ -19,6 +19,11 @@ pub struct AppConfig {
     pub secret: Secret,
     /// Authenticates the business server on the HTTP API.
     pub api_key: Secret,
+    /// More API keys of the app, each with an optional label: during a rotation, the new key
+    /// is added here and the business moves to it before the old one is removed (a reload
+    /// applies both steps without a restart).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
     /// Overrides `rate.requests_per_sec` for this app.
     #[serde(default)]
     pub requests_per_sec: Option<u32>,
@@ -41,6 +46,16 @@ pub struct AppConfig {
     /// business's subscriptions through the API are always allowed). See `docs/security.md`.
     #[serde(default)]
     pub topics: Vec<TopicRule>,
+}
+
+/// One more API key of an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub key: Secret,
+    /// A name for logs (never the key itself), e.g. when it was issued or to whom.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// `[apps.tokens]`: the tokens an app accepts.
@@ -109,6 +124,7 @@ impl AppConfig {
             id: id.into(),
             secret,
             api_key,
+            api_keys: Vec::new(),
             requests_per_sec: None,
             deliveries_per_sec: None,
             webhook: None,
@@ -116,6 +132,17 @@ impl AppConfig {
             tokens: TokenConfig::default(),
             topics: Vec::new(),
         }
+    }
+
+    /// Every API key of the app with its label: `api_key` first (labelled `api_key`), then
+    /// `api_keys` (labelled by their label, or `api_keys[i]`).
+    pub fn keys(&self) -> impl Iterator<Item = (String, &Secret)> {
+        let first = std::iter::once(("api_key".to_owned(), &self.api_key));
+        let more = self.api_keys.iter().enumerate().map(|(i, k)| {
+            let label = k.label.clone().unwrap_or_else(|| format!("api_keys[{i}]"));
+            (label, &k.key)
+        });
+        first.chain(more)
     }
 
     /// The tokens this app accepts, its public keys read from their files; `leeway` absorbs

@@ -24,7 +24,9 @@ impl Config {
                     ConfigError::from(vec![format!("cannot read {}: {e}", path.display())])
                 })?;
                 let name = path.display().to_string();
-                collect::read(Some((&name, &text)), &env)
+                let mut config = collect::read(Some((&name, &text)), &env)?;
+                config.source = Some(path.to_owned());
+                Ok(config)
             }
             None => collect::read(None, &env),
         }

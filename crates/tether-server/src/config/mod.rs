@@ -30,7 +30,9 @@ mod validate;
 use serde::Deserialize;
 use tether_core::AppId;
 
-pub use apps::{AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule};
+pub use apps::{
+    ApiKeyConfig, AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule,
+};
 pub use de::parse_duration;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
@@ -53,6 +55,10 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    /// The file this configuration was read from, read again by a reload (none: the defaults
+    /// and the environment).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl Config {

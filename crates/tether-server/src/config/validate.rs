@@ -163,11 +163,19 @@ impl Config {
             if app.secret.expose().len() < 16 {
                 problems.push(format!("apps[{i}].secret must be at least 16 characters"));
             }
-            if app.api_key.expose().len() < 16 {
-                problems.push(format!("apps[{i}].api_key must be at least 16 characters"));
-            }
-            if !keys.insert(app.api_key.expose()) {
-                problems.push(format!("apps[{i}].api_key is used by another app"));
+            let named = std::iter::once((format!("apps[{i}].api_key"), &app.api_key)).chain(
+                app.api_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, k)| (format!("apps[{i}].api_keys[{j}].key"), &k.key)),
+            );
+            for (key, secret) in named {
+                if secret.expose().len() < 16 {
+                    problems.push(format!("{key} must be at least 16 characters"));
+                }
+                if !keys.insert(secret.expose()) {
+                    problems.push(format!("{key} is already used (by this app or another)"));
+                }
             }
             let leeway = self.gateway.token_leeway;
             problems.extend(

@@ -49,6 +49,8 @@ mod worker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
+
 use tether_core::{AppId, ConnId, Outgoing, Store, TopicId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -160,9 +162,22 @@ struct AppFanout {
 /// Topics and broadcast for every app of the node.
 #[derive(Debug)]
 pub struct Fanout {
-    apps: HashMap<AppId, AppFanout>,
+    /// One worker per app; a reload adds the workers of new apps.
+    apps: ArcSwap<HashMap<AppId, Arc<AppFanout>>>,
+    /// What a new app's worker is started with.
+    spawn: Spawn,
     max_topics: usize,
     metrics: FanoutMetrics,
+}
+
+/// What every app's worker shares.
+#[derive(Debug)]
+struct Spawn {
+    store: Arc<dyn Store>,
+    links: Arc<dyn Links>,
+    shutdown: CancellationToken,
+    history_cap: usize,
+    shards: usize,
 }
 
 impl Fanout {
@@ -174,41 +189,60 @@ impl Fanout {
         links: Arc<dyn Links>,
         shutdown: CancellationToken,
     ) -> Arc<Fanout> {
-        let metrics = FanoutMetrics::new();
-        let shards = tokio::runtime::Handle::current()
-            .metrics()
-            .num_workers()
-            .clamp(1, 16);
-        let mut apps = HashMap::new();
+        let fanout = Fanout {
+            apps: ArcSwap::default(),
+            spawn: Spawn {
+                store,
+                links,
+                shutdown,
+                history_cap: config.store.topic_history,
+                shards: tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_workers()
+                    .clamp(1, 16),
+            },
+            max_topics: config.limits.max_topics,
+            metrics: FanoutMetrics::new(),
+        };
+        fanout.add_apps(config);
+        Arc::new(fanout)
+    }
+
+    /// Starts a worker for each app of `config` that has none (a reload that adds apps). A
+    /// removed app's worker stays until shutdown: its connections are closed, and nothing
+    /// can reach it through the API any more.
+    pub fn add_apps(&self, config: &Config) {
+        let mut apps = HashMap::clone(&self.apps.load());
         for app in &config.apps {
+            if apps.contains_key(&app.id) {
+                continue;
+            }
             let rate = app.rate(&config.rate);
             let (tx, rx) = mpsc::channel(rate.fanout_queue);
             let topics = Arc::new(AppTopics {
                 app: app.id.clone(),
                 topics: Mutex::default(),
             });
+            let s = &self.spawn;
             let worker = Worker {
                 topics: topics.clone(),
-                store: store.clone(),
-                links: links.clone(),
+                store: s.store.clone(),
+                links: s.links.clone(),
                 pacer: Pacer::new(rate.deliveries_per_sec, rate.deliveries_burst),
-                metrics: metrics.clone(),
-                history_cap: config.store.topic_history,
-                shards,
+                metrics: self.metrics.clone(),
+                history_cap: s.history_cap,
+                shards: s.shards,
             };
-            tokio::spawn(worker.run(rx, shutdown.clone()));
-            apps.insert(app.id.clone(), AppFanout { jobs: tx, topics });
+            tokio::spawn(worker.run(rx, s.shutdown.clone()));
+            apps.insert(app.id.clone(), Arc::new(AppFanout { jobs: tx, topics }));
         }
-        Arc::new(Fanout {
-            apps,
-            max_topics: config.limits.max_topics,
-            metrics,
-        })
+        self.apps.store(Arc::new(apps));
     }
 
     /// Queues a job for `app`'s worker without waiting.
     pub fn submit(&self, app: &AppId, job: Job) -> Result<(), Busy> {
-        let fanout = self.apps.get(app).ok_or(Busy)?;
+        let apps = self.apps.load();
+        let fanout = apps.get(app).ok_or(Busy)?;
         fanout.jobs.try_send(job).map_err(|_| Busy)?;
         self.metrics.queued.increment(1.0);
         Ok(())
@@ -217,7 +251,8 @@ impl Fanout {
     /// Reserves room for one job of `app`, so that a publication can be stored knowing its
     /// fan-out will be queued.
     pub fn reserve(&self, app: &AppId) -> Result<Reserved, Busy> {
-        let fanout = self.apps.get(app).ok_or(Busy)?;
+        let apps = self.apps.load();
+        let fanout = apps.get(app).ok_or(Busy)?;
         let permit = fanout.jobs.clone().try_reserve_owned().map_err(|_| Busy)?;
         Ok(Reserved {
             permit,
@@ -229,6 +264,7 @@ impl Fanout {
     pub fn queue_depths(&self) -> Vec<(AppId, usize, usize)> {
         let mut out: Vec<_> = self
             .apps
+            .load()
             .iter()
             .map(|(app, f)| {
                 let capacity = f.jobs.max_capacity();
@@ -242,6 +278,7 @@ impl Fanout {
     /// Subscribers of (app, topic) on this node.
     pub fn subscribers(&self, app: &AppId, topic: &TopicId) -> usize {
         self.apps
+            .load()
             .get(app)
             .and_then(|a| a.topics.get(topic))
             .map_or(0, |t| t.len())
@@ -374,7 +411,7 @@ impl Fanout {
     /// Queues a [`Job::Recheck`] for every topic with subscribers on this node. A full queue
     /// skips the topic (the next publication fills the gap).
     pub fn recheck_topics(&self) {
-        for (app, fanout) in &self.apps {
+        for (app, fanout) in self.apps.load().iter() {
             let topics: Vec<TopicId> = fanout.topics.lock().keys().cloned().collect();
             for topic in topics {
                 let _ = self.submit(app, Job::Recheck { topic });
@@ -388,7 +425,7 @@ impl Fanout {
             let Some(Binding { app, .. }) = conn.bindings().get(binding) else {
                 continue;
             };
-            if let Some(fanout) = self.apps.get(app) {
+            if let Some(fanout) = self.apps.load().get(app) {
                 fanout.topics.remove(&topic, conn.id(), &self.metrics);
             }
         }

@@ -241,7 +241,7 @@ async fn a_batch_keeps_offset_order_fills_gaps_and_skips_what_a_subscriber_has()
     assert_eq!(publications(&ws), (4, expected));
 
     // A subscriber that has some of a batch gets only the rest, frame by frame.
-    let t = fanout.apps[&app].topics.get(&topic).unwrap();
+    let t = fanout.apps.load()[&app].topics.get(&topic).unwrap();
     let late = conn(&table, &app);
     t.insert(Sub {
         conn: late.clone(),

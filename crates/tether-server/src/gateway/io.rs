@@ -283,7 +283,7 @@ fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
         }
         conn.enqueue(conn.encoding.encode(&Frame { id, body }));
     };
-    match ops::step(id, frame.body, &conn.bindings, &gw.access) {
+    match ops::step(id, frame.body, &conn.bindings, &gw.access.load()) {
         Step::Nothing => {}
         Step::Reply(body) => reply(body),
         Step::Ack { binding, seq } => {

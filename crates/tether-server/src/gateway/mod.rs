@@ -51,7 +51,7 @@ use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
 use crate::link::Link;
 use crate::metrics::Metrics;
-use crate::session::access::Access;
+use crate::session::access::Shared;
 use crate::session::handshake::Handshake;
 use crate::transport::{TcpWire, WsWire, upgrade};
 use admission::{Admission, Permit};
@@ -102,7 +102,7 @@ pub struct Gateway {
     /// What a `connect` is checked against.
     handshake: Handshake,
     /// Each app's tokens and topic rules (for subscribes and refreshes).
-    pub access: Arc<Access>,
+    pub access: Shared,
     pub table: Arc<ConnTable>,
     /// What sessions ask of the node: resume positions, registration, topics, the store.
     pub delivery: Arc<Delivery>,
@@ -130,7 +130,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         config: &Config,
-        access: Arc<Access>,
+        access: Shared,
         table: Arc<ConnTable>,
         delivery: Arc<Delivery>,
         events: Arc<dyn Events>,

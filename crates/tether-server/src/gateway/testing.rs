@@ -50,7 +50,7 @@ pub fn gateway() -> Arc<Gateway> {
         table.clone(),
         metrics.clone(),
     ));
-    let access = Arc::new(Access::new(&config).expect("the test config's rules"));
+    let access = Access::shared(&config).expect("the test config's rules");
     Arc::new(Gateway::new(
         &config,
         access,

@@ -2,21 +2,20 @@
 //! the heartbeat. The first thing any transport's client sends, checked the same way for all.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tether_core::auth::TokenError;
 use tether_core::{DeviceId, echo_id, validate_id};
 use tether_proto::{Code, Connect, PROTOCOL_VERSION};
 
-use super::access::Access;
+use super::access::Shared;
 use crate::config::Config;
 use crate::link::Binding;
 
 /// What a `connect` is checked against: the apps' rules and the node's limits.
 #[derive(Debug)]
 pub struct Handshake {
-    access: Arc<Access>,
+    access: Shared,
     max_bindings: usize,
     heartbeat_default: Duration,
     heartbeat_min: Duration,
@@ -36,7 +35,7 @@ pub struct Accepted {
 }
 
 impl Handshake {
-    pub fn new(config: &Config, access: Arc<Access>) -> Self {
+    pub fn new(config: &Config, access: Shared) -> Self {
         Handshake {
             access,
             max_bindings: config.limits.max_bindings,
@@ -68,6 +67,7 @@ impl Handshake {
                 ),
             ));
         }
+        let access = self.access.load();
         let mut seen = HashSet::new();
         let mut bindings = Vec::with_capacity(n);
         let mut last_seqs = Vec::with_capacity(n);
@@ -78,7 +78,7 @@ impl Handshake {
                     format!("app {:?} is bound twice", echo_id(&binding.app)),
                 ));
             }
-            let Some((app, rules)) = self.access.app(&binding.app) else {
+            let Some((app, rules)) = access.app(&binding.app) else {
                 return Err((
                     Code::UNKNOWN_APP,
                     format!("unknown app {:?}", echo_id(&binding.app)),
@@ -120,9 +120,10 @@ mod tests {
     use tether_proto::Binding;
 
     use super::*;
+    use crate::session::access::Access;
 
     fn handshake(config: &Config) -> Handshake {
-        Handshake::new(config, Arc::new(Access::new(config).unwrap()))
+        Handshake::new(config, Access::shared(config).unwrap())
     }
 
     fn connect(bindings: Vec<Binding>) -> Connect {

@@ -72,6 +72,21 @@ impl Server {
         }
     }
 
+    /// Sends `signal` (a name such as `HUP`) with the shell's `kill`, present wherever `sh` is.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{signal} {}", self.child.id()))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
     /// SIGKILL (std's kill on Unix): no shutdown path runs.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");

@@ -1,0 +1,189 @@
+//! Reading the configuration again without a restart (SIGHUP, `POST /v1/admin/reload`).
+//!
+//! A reload reads the file the node started from (and the environment) again, checks all of
+//! it, and either keeps the old configuration and reports every problem, or applies at once:
+//!
+//! - each app's secret, API keys, token policy and topic rules (a new [`Access`] swapped
+//!   whole: the next connect, subscribe, refresh or API request sees the new rules; removed
+//!   keys stop working at once);
+//! - apps added (their fan-out starts; their connections may bind) and apps removed (their
+//!   connections are closed with 4210 `app_removed`, their keys stop working);
+//! - each app's API request rate.
+//!
+//! Everything else (listeners, limits, the store, the cluster, webhooks, fan-out pacing, the
+//! admin key) is read at start only: a reload that changes it says which sections need a
+//! restart, and applies the rest.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tether_core::ConnId;
+use tether_proto::Code;
+
+use crate::api::Api;
+use crate::api::ops::Reload;
+use crate::config::{AppConfig, Config};
+use crate::fanout::Fanout;
+use crate::link::Links;
+use crate::session::access::{Access, Shared};
+
+/// What a reload changed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The apps now configured.
+    pub apps: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Connections closed because their app was removed.
+    pub closed: usize,
+    /// Changed settings that only a restart applies (`listen`, `apps[chat].webhook`, ...).
+    pub restart_needed: Vec<String>,
+}
+
+/// Applies reloaded configurations to a running node.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The configuration in force (what the next reload is compared with).
+    current: Mutex<Config>,
+    access: Shared,
+    api: Arc<Api>,
+    fanout: Arc<Fanout>,
+    links: Arc<dyn Links>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: Config,
+        access: Shared,
+        api: Arc<Api>,
+        fanout: Arc<Fanout>,
+        links: Arc<dyn Links>,
+    ) -> Self {
+        Reloader {
+            current: Mutex::new(config),
+            access,
+            api,
+            fanout,
+            links,
+        }
+    }
+
+    /// Reads the configuration again from where the node's came from, and applies it; or
+    /// keeps the old one and returns every problem.
+    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        let source = self.lock().source.clone();
+        let mut config = Config::load(source.as_deref()).map_err(|e| {
+            e.problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        })?;
+        config.with_demo_app().map_err(|e| vec![format!("{e:#}")])?;
+        self.apply(config)
+    }
+
+    /// Applies `config` (checked again here), or keeps the old one and returns every problem.
+    pub fn apply(&self, config: Config) -> Result<Reloaded, Vec<String>> {
+        if let Err(e) = config.validate() {
+            return Err(e.problems().iter().map(ToString::to_string).collect());
+        }
+        let access = Access::new(&config).map_err(|e| vec![e])?;
+        let mut current = self.lock();
+        let before: BTreeSet<&str> = current.apps.iter().map(|a| a.id.as_str()).collect();
+        let after: BTreeSet<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+        let added: Vec<String> = after.difference(&before).map(|s| s.to_string()).collect();
+        let removed: Vec<String> = before.difference(&after).map(|s| s.to_string()).collect();
+        let restart_needed = restart_needed(&current, &config);
+
+        // New apps can be served before anyone may bind to them; then the rules swap.
+        self.fanout.add_apps(&config);
+        self.api.reload(&config);
+        self.access.store(Arc::new(access));
+        let mut closed = 0;
+        for app in current
+            .apps
+            .iter()
+            .filter(|a| removed.contains(&a.id.to_string()))
+        {
+            let conns: Vec<ConnId> = self
+                .links
+                .snapshot(Some(&app.id))
+                .iter()
+                .map(|link| link.id())
+                .collect();
+            let reason = format!("app {} was removed from the configuration", app.id);
+            closed += self.links.disconnect(&conns, Code::APP_REMOVED, &reason);
+        }
+        let reloaded = Reloaded {
+            apps: after.iter().map(|s| s.to_string()).collect(),
+            added,
+            removed,
+            closed,
+            restart_needed,
+        };
+        *current = config;
+        Ok(reloaded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> Result<serde_json::Value, Vec<String>> {
+        let reloaded = Reloader::reload(self)?;
+        tracing::info!(?reloaded, "configuration reloaded");
+        Ok(serde_json::to_value(reloaded).unwrap_or_default())
+    }
+}
+
+/// The settings that differ between `old` and `new` and that only a restart applies.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    // Compared by their `Debug` text: every section derives it, and secrets print redacted
+    // (a changed admin key is caught by comparing it directly).
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut out = Vec::new();
+    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+        ("node", &old.node, &new.node),
+        ("listen", &old.listen, &new.listen),
+        ("limits", &old.limits, &new.limits),
+        ("gateway", &old.gateway, &new.gateway),
+        ("store", &old.store, &new.store),
+        ("webhook", &old.webhook, &new.webhook),
+        ("dispatch", &old.dispatch, &new.dispatch),
+        ("cluster", &old.cluster, &new.cluster),
+        (
+            "rate (fan-out pacing)",
+            &(old.rate.deliveries_per_sec, old.rate.deliveries_burst),
+            &(new.rate.deliveries_per_sec, new.rate.deliveries_burst),
+        ),
+    ];
+    for (name, a, b) in sections {
+        if differs(a, b) {
+            out.push(name.to_owned());
+        }
+    }
+    let admin_key = |c: &Config| c.admin.key.as_ref().map(|k| k.expose().to_owned());
+    if admin_key(old) != admin_key(new) {
+        out.push("admin.key".to_owned());
+    }
+    for app in &new.apps {
+        let fixed = |a: &AppConfig| (a.webhook.clone(), a.presence_events, a.deliveries_per_sec);
+        match old.app(app.id.as_str()) {
+            Some(was) if fixed(was) != fixed(app) => {
+                out.push(format!(
+                    "apps[{}] (webhook, presence_events or deliveries_per_sec)",
+                    app.id
+                ));
+            }
+            None if app.webhook.is_some() => {
+                out.push(format!("apps[{}].webhook (a new app's webhook)", app.id));
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,106 @@
+//! SIGHUP reloads a running `tether serve`: it used to kill the process (the default action),
+//! which logrotate and closed terminals send.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use tether_core::{AppId, UserId, auth};
+use tether_proto::{Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const SECRET: &str = "reload-secret-0123456789";
+const API_KEY: &str = "reload-api-key-0123456789";
+const NEW_KEY: &str = "reload-new-key-0123456789";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(tcp: std::net::SocketAddr, http: std::net::SocketAddr, more: &str) -> String {
+    format!(
+        r#"
+[listen]
+tcp = "{tcp}"
+ws = ""
+http = "{http}"
+
+[store]
+backend = "memory"
+
+[[apps]]
+id = "demo"
+secret = "{SECRET}"
+api_key = "{API_KEY}"
+{more}
+"#
+    )
+}
+
+async fn push(http: std::net::SocketAddr, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{http}/v1/apps/demo/push"))
+        .bearer_auth(key)
+        .body(r#"{"users":["alice"],"payload":{"n":1}}"#)
+        .send()
+        .await
+        .expect("push")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_and_the_node_keeps_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let (tcp, http) = (free_addr(), free_addr());
+    let mut server = Server::start(&path, &config(tcp, http, ""), tcp, http, WAIT).await;
+
+    let mut client = TcpStream::connect(tcp).await.unwrap();
+    let token = auth::mint(
+        SECRET.as_bytes(),
+        &AppId::from("demo"),
+        &UserId::from("alice"),
+        Duration::from_secs(600),
+    );
+    let connect = Connect {
+        version: PROTOCOL_VERSION,
+        device: "phone".into(),
+        heartbeat_ms: 0,
+        bindings: vec![Binding {
+            app: "demo".into(),
+            token,
+            last_seq: None,
+        }],
+    };
+    client
+        .write_all(&binary::encode_to_bytes(&Frame::new(1, connect)))
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let connected = read_frame(&mut client, &mut buf).await.expect("connected");
+    assert!(
+        matches!(connected.body, Body::Connected(_)),
+        "{connected:?}"
+    );
+    assert_eq!(push(http, NEW_KEY).await, 401);
+
+    let key = format!(r#"api_keys = [{{ key = "{NEW_KEY}", label = "2026-12" }}]"#);
+    std::fs::write(&path, config(tcp, http, &key)).unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    while push(http, NEW_KEY).await != 200 {
+        assert!(Instant::now() < deadline, "the new key never worked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.running(), "SIGHUP stopped the node");
+    let pushed = read_frame(&mut client, &mut buf).await.expect("a push");
+    assert!(matches!(pushed.body, Body::Push(_)), "{pushed:?}");
+
+    // A broken file on SIGHUP: the node keeps running with the old configuration.
+    std::fs::write(&path, "[limits]\nmax_connections = \"lots\"\n").unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.running(), "a broken reload stopped the node");
+    assert_eq!(push(http, NEW_KEY).await, 200);
+}
