@@ -4,6 +4,10 @@
 //!
 //! - [`node`]: builds the backends (in one place), wires the roles, binds the listeners, runs
 //!   and shuts down.
+//! - [`descriptors`]: the open-file limit, raised at start, and how many connections it holds
+//!   after the descriptors kept for the rest of the node.
+//! - [`accept`]: what a listener does when `accept` fails (out of descriptors): back off,
+//!   count, recover.
 //! - [`config`]: the configuration tree, loading, environment overrides, validation, the demo
 //!   app.
 //! - [`api`]: the HTTP API for business servers (push, publish, broadcast, presence, kick,
@@ -35,9 +39,11 @@
 //! of this crate ([`link::Link`], [`gateway::Events`], [`transport::Wire`]), never through each
 //! other's internals.
 
+pub mod accept;
 pub mod api;
 pub mod config;
 pub mod delivery;
+pub mod descriptors;
 pub mod dispatch;
 pub mod fanout;
 pub mod gateway;

@@ -26,6 +26,21 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The open-file budget (see `crate::descriptors`): the process's limit, the reserve kept for
+/// everything but gateway connections, and the connection limit that leaves.
+pub fn open_files(limit: u64, reserve: u64, max_connections: usize) {
+    // Set before the node's other metrics: the recorder must be there to keep them.
+    prometheus();
+    gauge!("tether_open_files_limit").set(limit as f64);
+    gauge!("tether_open_files_reserve").set(reserve as f64);
+    gauge!("tether_max_connections").set(max_connections as f64);
+}
+
+/// An `accept` that failed on a listener (`tcp`, `ws`, `http`): out of descriptors, mostly.
+pub fn accept_error(listener: &'static str) {
+    counter!("tether_accept_errors_total", "listener" => listener).increment(1);
+}
+
 /// Per-transport counters.
 #[derive(Debug, Clone)]
 pub struct TransportMetrics {

@@ -16,10 +16,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::accept::ApiListener;
 use crate::api::{Api, Dispatcher, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
 use crate::delivery::sink::NodeSink;
+use crate::descriptors::{self, Budget};
 use crate::fanout::Fanout;
 use crate::gateway::drain::close_spread;
 use crate::gateway::outbox::Close;
@@ -30,7 +32,7 @@ use crate::link::{Link, Links};
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::session::access::Access;
-use crate::store::{EmbeddedOptions, EmbeddedStore};
+use crate::store::{DEFAULT_OPEN_FILES, EmbeddedOptions, EmbeddedStore};
 use crate::webhook::Webhooks;
 
 /// The backends of the store and registry seams (the router comes later: it needs the
@@ -45,7 +47,7 @@ struct Backends {
 
 /// The backends of the seams, chosen from the configuration in this one place (the router in
 /// [`router`]).
-async fn backends(config: &Config) -> anyhow::Result<Backends> {
+async fn backends(config: &Config, budget: &Budget) -> anyhow::Result<Backends> {
     let retention = Retention {
         inbox_cap: config.store.inbox_cap,
         topic_history: config.store.topic_history,
@@ -56,10 +58,11 @@ async fn backends(config: &Config) -> anyhow::Result<Backends> {
         StoreBackend::Embedded => {
             let dir = config.node.data_dir.join("store");
             let options = EmbeddedOptions::from_config(&config.store);
+            let open_files = store_open_files(budget);
             // Opening replays fjall's journal: blocking work.
             let opened = tokio::task::spawn_blocking({
                 let dir = dir.clone();
-                move || EmbeddedStore::open(&dir, options)
+                move || EmbeddedStore::open_with_files(&dir, options, open_files)
             })
             .await?
             .with_context(|| format!("cannot open the store in {}", dir.display()))?;
@@ -87,6 +90,13 @@ async fn backends(config: &Config) -> anyhow::Result<Backends> {
         store,
         embedded,
     })
+}
+
+/// The store's share of the open files kept out of the gateway's reach: a quarter of them,
+/// within fjall's bounds. The rest is for the API's connections, webhooks, Redis, listeners.
+fn store_open_files(budget: &Budget) -> usize {
+    let quarter = usize::try_from(budget.reserve / 4).unwrap_or(usize::MAX);
+    quarter.clamp(10, DEFAULT_OPEN_FILES)
 }
 
 fn redis_options(config: &Config) -> anyhow::Result<tether_redis::RedisOptions> {
@@ -139,10 +149,12 @@ impl Node {
     }
 
     async fn start_with(
-        config: Config,
+        mut config: Config,
         shared_registry: Option<Arc<dyn Registry>>,
     ) -> anyhow::Result<Node> {
         config.validate()?;
+        // Before anything opens a file or announces the node's capacity.
+        let budget = descriptors::size(&mut config.limits).map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
         let table = Arc::new(ConnTable::new(
             metrics.queue_overflows.clone(),
@@ -152,7 +164,7 @@ impl Node {
             registry,
             store,
             embedded,
-        } = backends(&config).await?;
+        } = backends(&config, &budget).await?;
         let registry = shared_registry.unwrap_or(registry);
         let shutdown = CancellationToken::new();
         let fanout = Fanout::start(&config, store.clone(), table.clone(), shutdown.clone());
@@ -235,7 +247,7 @@ impl Node {
         let app = api.router().merge(ops.router());
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
-            let server = axum::serve(http, app)
+            let server = axum::serve(ApiListener::new(http), app)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "HTTP server failed");

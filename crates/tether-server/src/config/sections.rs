@@ -76,8 +76,13 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open gateway connections on this node (handshaking ones included).
+    /// Open gateway connections on this node (handshaking ones included). Lowered at start to
+    /// what the open-file limit holds after [`Limits::fd_reserve`] (see `crate::descriptors`).
     pub max_connections: usize,
+    /// Open files kept for everything but gateway connections: the API's connections, the
+    /// store's files, webhooks, Redis, listeners. `None`: the larger of 64 and 5% of the
+    /// open-file limit.
+    pub fd_reserve: Option<u64>,
     /// Open gateway connections from one IP address.
     pub max_connections_per_ip: usize,
     /// Largest frame a client may send, length prefix excluded.
@@ -104,6 +109,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 100_000,
+            fd_reserve: None,
             max_connections_per_ip: 100_000,
             max_frame: tether_proto::DEFAULT_MAX_FRAME,
             max_payload: 32 * 1024,

@@ -45,6 +45,14 @@ impl Config {
         if l.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());
         }
+        if l.fd_reserve
+            .is_some_and(|r| r < crate::descriptors::MIN_RESERVE_SET)
+        {
+            problems.push(format!(
+                "limits.fd_reserve must be at least {}",
+                crate::descriptors::MIN_RESERVE_SET
+            ));
+        }
         if l.max_connections_per_ip == 0 {
             problems.push("limits.max_connections_per_ip must be at least 1".into());
         }

@@ -41,12 +41,13 @@ use std::time::Duration;
 
 use tether_core::NodeId;
 use tether_proto::{Code, Disconnect, ErrorBody, Frame, Upstream};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::accept::AcceptErrors;
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
 use crate::link::Link;
@@ -93,6 +94,10 @@ fn start_poller(config: &Config, table: &Arc<ConnTable>) -> Option<poller::Polle
 /// How long a refused WebSocket client may take to send its upgrade request.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Refused WebSocket clients waiting for their answer at once: what refusals may hold of the
+/// descriptors kept for the rest of the node (see `crate::descriptors`).
+pub const MAX_WS_REFUSALS: usize = 16;
+
 /// Shared state of the gateway role.
 #[derive(Debug)]
 pub struct Gateway {
@@ -110,6 +115,8 @@ pub struct Gateway {
     events: Arc<dyn Events>,
     pub metrics: Metrics,
     admission: Arc<Admission>,
+    /// Room for refused WebSocket clients waiting for their answer.
+    ws_refusals: Arc<Semaphore>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -152,6 +159,7 @@ impl Gateway {
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             )),
+            ws_refusals: Arc::new(Semaphore::new(MAX_WS_REFUSALS)),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -174,14 +182,22 @@ impl Gateway {
     }
 
     /// Accepts raw TCP clients until shutdown.
+    ///
+    /// A refused client is told so from this loop, without a task: a refusal holds its
+    /// descriptor only for one non-blocking write, so a crowd of clients over the limit
+    /// cannot take the descriptors kept for the rest of the node.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
-        while let Some((stream, peer)) = self.accept(&listener).await {
+        let mut errors = AcceptErrors::new("tcp");
+        while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
+            let permit = match self.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(code) => {
+                    refuse_tcp(&stream, code);
+                    continue;
+                }
+            };
             let gw = self.clone();
             self.tasks.spawn(async move {
-                let permit = match gw.admit(peer.ip()) {
-                    Ok(permit) => permit,
-                    Err(code) => return refuse_tcp(stream, &gw, code).await,
-                };
                 let wire = TcpWire::new(stream, gw.limits.max_frame);
                 conn::serve(wire, gw, permit).await;
             });
@@ -189,14 +205,26 @@ impl Gateway {
     }
 
     /// Accepts WebSocket clients on `/ws` until shutdown.
+    ///
+    /// A refused client gets its HTTP answer from a task, as it must send its request first;
+    /// at most [`MAX_WS_REFUSALS`] wait at once, and one past them is closed without an answer.
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
-        while let Some((mut stream, peer)) = self.accept(&listener).await {
+        let mut errors = AcceptErrors::new("ws");
+        while let Some((mut stream, peer)) = self.accept(&listener, &mut errors).await {
+            let permit = self.admit(peer.ip());
+            let refused = permit.as_ref().err().copied();
+            let refusal = match refused {
+                None => None,
+                Some(_) => match self.ws_refusals.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => continue,
+                },
+            };
             let gw = self.clone();
             self.tasks.spawn(async move {
-                let permit = gw.admit(peer.ip());
-                let refused = permit.as_ref().err().copied();
+                let _refusal = refusal;
                 // A refused client only needs its HTTP answer: it gets a second, not the whole
-                // handshake timeout, to hold a socket that no limit counts.
+                // handshake timeout, to hold one of the refusals' sockets.
                 let limit = match refused {
                     Some(_) => gw.config.handshake_timeout.min(REFUSAL_TIMEOUT),
                     None => gw.config.handshake_timeout,
@@ -223,7 +251,11 @@ impl Gateway {
     }
 
     /// The next accepted socket, or `None` at shutdown.
-    async fn accept(&self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        errors: &mut AcceptErrors,
+    ) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -237,11 +269,7 @@ impl Gateway {
                     let _ = stream.set_nodelay(true);
                     return Some((stream, peer));
                 }
-                Err(e) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => errors.failed(&e).await,
             }
         }
     }
@@ -254,8 +282,10 @@ impl Gateway {
     }
 }
 
-/// Tells a raw TCP client that it was refused, in a binary `disconnect` frame.
-async fn refuse_tcp(mut stream: TcpStream, gw: &Gateway, code: Code) {
+/// Tells a raw TCP client that it was refused, in a binary `disconnect` frame, with one
+/// non-blocking write: a new socket's send buffer takes the frame whole, and should it not, the
+/// client sees the connection close.
+fn refuse_tcp(stream: &TcpStream, code: Code) {
     let frame = Frame::new(
         0,
         Disconnect {
@@ -265,5 +295,5 @@ async fn refuse_tcp(mut stream: TcpStream, gw: &Gateway, code: Code) {
         },
     );
     let bytes = tether_proto::binary::encode_to_bytes(&frame);
-    let _ = tokio::time::timeout(gw.config.write_timeout, stream.write_all(&bytes)).await;
+    let _ = stream.try_write(&bytes);
 }

@@ -80,6 +80,9 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// fjall's own default for the table files it keeps open.
+pub const DEFAULT_OPEN_FILES: usize = 900;
+
 fn closed() -> StoreError {
     StoreError::Unavailable("the embedded store is closed".into())
 }
@@ -90,7 +93,21 @@ impl EmbeddedStore {
     /// Blocks while fjall recovers its journal: from async code, call it on the blocking pool
     /// when the store may be large. Fails if another store has `dir` open.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::builder(dir).open().map_err(unavailable)?;
+        Self::open_with_files(dir, options, DEFAULT_OPEN_FILES)
+    }
+
+    /// [`EmbeddedStore::open`], keeping at most `open_files` table files open at once
+    /// (fjall's descriptor cache, at least 10): the node gives the store a share of the
+    /// descriptors it keeps out of the gateway's reach (see `crate::descriptors`).
+    pub fn open_with_files(
+        dir: &Path,
+        options: EmbeddedOptions,
+        open_files: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::builder(dir)
+            .max_cached_files(Some(open_files.max(10)))
+            .open()
+            .map_err(unavailable)?;
         let keyspace = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(unavailable)

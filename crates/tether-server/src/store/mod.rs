@@ -55,6 +55,6 @@ mod options;
 mod request;
 mod writer;
 
-pub use embedded::{EmbeddedStore, StoreStats};
+pub use embedded::{DEFAULT_OPEN_FILES, EmbeddedStore, StoreStats};
 pub use expiry::Swept;
 pub use options::EmbeddedOptions;
