@@ -27,6 +27,13 @@ pub fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
+/// `tether serve --config path`, not started.
+pub fn serve_command(path: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command.arg("serve").arg("--config").arg(path);
+    command
+}
+
 /// A running `tether serve`.
 pub struct Server {
     child: Child,
@@ -45,15 +52,21 @@ impl Server {
         wait: Duration,
     ) -> Server {
         std::fs::write(path, config).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
-            .arg("--config")
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tether serve");
-        let server = Server { child, tcp, http };
+        let mut command = serve_command(path);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        Server::launch(command, tcp, http, wait).await
+    }
+
+    /// Starts `command` (a `tether serve`, maybe wrapped, see [`serve_command`]) and waits (up
+    /// to `wait`) until its API at `http` answers.
+    pub async fn launch(
+        mut command: Command,
+        tcp: SocketAddr,
+        http: SocketAddr,
+        wait: Duration,
+    ) -> Server {
+        let child = command.spawn().expect("spawn tether serve");
+        let mut server = Server { child, tcp, http };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + wait;
         loop {
@@ -63,11 +76,10 @@ impl Server {
             {
                 return server;
             }
-            assert!(
-                Instant::now() < deadline,
-                "tether serve ({}) did not come up",
-                path.display()
-            );
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("tether serve exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "tether serve did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -87,6 +99,11 @@ impl Server {
         self.child.try_wait().expect("wait").is_none()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (std's kill on Unix): no shutdown path runs.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
@@ -99,6 +116,52 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Connects to `addr` as `user` of app `demo` (tokens signed with `secret`), sends `connect`
+/// and returns the stream with the server's first frame (`connected`, or the `disconnect` that
+/// refused it), within `wait`.
+pub async fn connect_device(
+    addr: SocketAddr,
+    secret: &str,
+    user: &str,
+    wait: Duration,
+) -> (TcpStream, BytesMut, Frame) {
+    use tether_core::{AppId, UserId, auth};
+    use tether_proto::{Binding, Connect, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+
+    let mut stream = tokio::time::timeout(wait, TcpStream::connect(addr))
+        .await
+        .expect("TCP connect in time")
+        .expect("TCP connect");
+    let token = auth::mint(
+        secret.as_bytes(),
+        &AppId::from("demo"),
+        &UserId::from(user),
+        Duration::from_secs(600),
+    );
+    let connect = Frame::new(
+        1,
+        Connect {
+            version: PROTOCOL_VERSION,
+            device: format!("{user}-device"),
+            heartbeat_ms: 120_000,
+            bindings: vec![Binding {
+                app: "demo".into(),
+                token,
+                last_seq: None,
+            }],
+        },
+    );
+    // A refused client may be closed before its write lands: what it reads says why.
+    let _ = stream.write_all(&binary::encode_to_bytes(&connect)).await;
+    let mut buf = BytesMut::new();
+    let frame = tokio::time::timeout(wait, read_frame(&mut stream, &mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{user}: no answer within {wait:?}"))
+        .unwrap_or_else(|| panic!("{user}: closed without a frame"));
+    (stream, buf, frame)
 }
 
 /// The next binary frame from `stream`, `None` once the server is gone.
