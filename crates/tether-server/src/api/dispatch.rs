@@ -132,7 +132,17 @@ async fn dispatch(
         .registry
         .nodes(tether_core::now_ms())
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| {
+            // The registry's own text (a Redis address, its error) is for the log, not for
+            // clients.
+            tracing::warn!(error = %e, "dispatch: cannot read the nodes");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the node list cannot be read now; retry later, or try the endpoints you had",
+            )
+            .retry_after(1)
+        })?;
     let zone = q.zone.as_deref().filter(|z| !z.is_empty());
     if zone.is_some_and(|z| z.len() > 64) {
         return Err(ApiError::bad_request("zone is at most 64 bytes"));
