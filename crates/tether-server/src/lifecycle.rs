@@ -82,7 +82,8 @@ impl Lifecycle {
         }
     }
 
-    /// Whether the node takes new clients: not draining, not shutting down.
+    /// Whether the node takes new clients: not draining, not shutting down. `/readyz` also
+    /// asks the embedded store whether it takes new messages (see `api::ops`).
     pub fn is_ready(&self) -> bool {
         !self.is_draining()
     }

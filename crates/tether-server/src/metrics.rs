@@ -226,6 +226,14 @@ pub struct StoreMetrics {
     pub expired_cursors: Counter,
     /// Writes refused because the writer's queue was full.
     pub overloaded: Counter,
+    /// Messages refused because the store's filesystem is at `store.min_free_bytes`.
+    pub full: Counter,
+    /// Times the store failed a write and stopped writing until reopened.
+    pub failures: Counter,
+    /// Times the store was reopened after a failure.
+    pub reopens: Counter,
+    /// 1 while the store writes, 0 while it has failed and waits to be reopened.
+    pub writable: Gauge,
 }
 
 impl StoreMetrics {
@@ -243,7 +251,16 @@ impl StoreMetrics {
             expired_keys: expired("idempotency"),
             expired_cursors: expired("cursor"),
             overloaded: counter!("tether_store_overloaded_total"),
+            full: counter!("tether_store_full_refusals_total"),
+            failures: counter!("tether_store_failures_total"),
+            reopens: counter!("tether_store_reopens_total"),
+            writable: gauge!("tether_store_writable"),
         }
+    }
+
+    /// Bytes free on the filesystem of the store's directory, sampled every second.
+    pub fn free_bytes() -> Gauge {
+        gauge!("tether_store_free_bytes")
     }
 }
 

@@ -129,6 +129,9 @@ pub struct Node {
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    /// The embedded store, when it is the store: [`run`] watches it for a failure it cannot
+    /// recover from.
+    embedded: Option<Arc<EmbeddedStore>>,
 }
 
 impl Node {
@@ -166,6 +169,7 @@ impl Node {
             embedded,
         } = backends(&config, &budget).await?;
         let registry = shared_registry.unwrap_or(registry);
+        let store_handle = embedded.clone();
         let shutdown = CancellationToken::new();
         let fanout = Fanout::start(&config, store.clone(), table.clone(), shutdown.clone());
         let sink = Arc::new(NodeSink::new(table.clone(), fanout.clone()));
@@ -316,6 +320,7 @@ impl Node {
             reloader,
             shutdown,
             task,
+            embedded: store_handle,
         })
     }
 
@@ -396,14 +401,25 @@ impl Events for WebhookEvents {
 }
 
 /// Runs a node until `shutdown` is cancelled, then shuts it down gracefully. SIGHUP reloads
-/// the configuration (and never stops the node).
+/// the configuration (and never stops the node). Also shuts it down, and returns an error,
+/// when its embedded store failed and cannot be reopened (see [`EmbeddedStore::fatal`]):
+/// `tether serve` then exits with status 1, for a supervisor to start it again.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let node = Node::start(config).await?;
-    loop {
+    let store = node.embedded.clone();
+    let store_failed = async move {
+        match store {
+            Some(store) => store.fatal().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(store_failed);
+    let failed = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break false,
+            () = &mut store_failed => break true,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let reloader = node.reloader.clone();
@@ -417,9 +433,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         }
-    }
+    };
     node.shutdown();
     node.wait().await;
+    if failed {
+        anyhow::bail!(
+            "the store failed and could not be reopened (see the log above); exiting so that \
+             the node is started again: what was stored is on disk"
+        );
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ fn options(durability: Durability) -> EmbeddedOptions {
         durability,
         sync_interval: Duration::from_millis(10),
         queue: 4096,
+        min_free_bytes: 0,
     }
 }
 

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// The store is taking no more work right now (its queue is full); nothing was stored.
     #[error("store overloaded: {0}")]
     Overloaded(String),
+    /// The store keeps its last free space for what is already stored (acks, expiry) and
+    /// takes no new messages until space is freed; nothing was stored.
+    #[error("store full: {0}")]
+    Full(String),
     /// Stored data could not be read back: a bug or a damaged store.
     #[error("store corrupt: {0}")]
     Corrupt(String),

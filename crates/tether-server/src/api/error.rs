@@ -1,6 +1,10 @@
 //! The API's errors: a status, a stable code and a message, as `{"error": "...", "code":
 //! "..."}`, with `Retry-After` where a retry may succeed.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
@@ -73,6 +77,11 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// Store errors the API answered, logged at most once a second.
+static STORE_ERRORS: LogLimit = LogLimit::new(Duration::from_secs(1));
+
+/// The store's own words (the engine's error, a Redis reply) go to the log, not to clients:
+/// they tell an operator what broke, and a client only what it can do about it.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -82,11 +91,67 @@ impl From<StoreError> for ApiError {
                 format!("{e}; retry later"),
             )
             .retry_after(1),
-            StoreError::Unavailable(_) => ApiError::unavailable(e).retry_after(1),
+            StoreError::Full(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the node's disk is nearly full: it stores no new messages until space is freed; \
+                 nothing was stored, retry later or on another node",
+            )
+            .retry_after(10),
+            StoreError::Unavailable(_) => {
+                log_store_error(&e);
+                ApiError::unavailable(
+                    "the store cannot take this request now; retry later (with the same \
+                     idempotency_key)",
+                )
+                .retry_after(1)
+            }
             StoreError::Corrupt(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                log_store_error(&e);
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "stored data could not be read; see the node's log",
+                )
             }
         }
+    }
+}
+
+fn log_store_error(e: &StoreError) {
+    if let Some(suppressed) = STORE_ERRORS.allow() {
+        tracing::warn!(suppressed, "api: answered a store error: {e}");
+    }
+}
+
+/// Lets a log line through at most once per `every`, counting the ones it held back: for
+/// errors that come with every request while they last.
+#[derive(Debug)]
+struct LogLimit {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimit {
+    const fn new(every: Duration) -> Self {
+        LogLimit {
+            every,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < self.every) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
 

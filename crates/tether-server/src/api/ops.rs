@@ -23,7 +23,7 @@ use crate::config::{Config, Secret};
 use crate::delivery::Delivery;
 use crate::lifecycle::Lifecycle;
 use crate::link::{Binding, Links};
-use crate::store::EmbeddedStore;
+use crate::store::{EmbeddedStore, StoreProblem};
 use crate::webhook::Webhooks;
 
 /// Shared state of the operations routes.
@@ -133,13 +133,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// 200 while the node takes new clients; 503 once it drains or shuts down (`/healthz` stays
-/// 200: the process is alive and finishing its work).
+impl Ops {
+    /// Why the node should get no traffic now, if it should not: it drains or shuts down, or
+    /// its store takes no new messages (its disk is at the reserve, or the store failed and
+    /// waits for room to reopen).
+    fn not_ready(&self) -> Option<&'static str> {
+        if !self.lifecycle.is_ready() {
+            return Some("draining");
+        }
+        let store = self.embedded.as_ref()?;
+        store.health().problem.map(StoreProblem::reason)
+    }
+}
+
+/// 200 while the node takes new clients and messages; 503 with the reason on one line while
+/// it drains or shuts down, or while its store cannot take new messages. `/healthz` stays 200
+/// meanwhile: the process is alive and finishing its work, or waiting for disk space, after
+/// which it serves again by itself; restarting it would only drop its connections.
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
-    if ops.lifecycle.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    match ops.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
@@ -271,9 +285,15 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
                     .flatten()
             };
             let s = store.stats();
+            let health = store.health();
             json!({
                 "backend": "embedded",
                 "disk_bytes": disk,
+                "free_bytes": health.free_bytes,
+                "min_free_bytes": health.reserve_bytes,
+                "accepts_messages": health.problem.is_none(),
+                "problem": health.problem.map(StoreProblem::reason),
+                "reopens": s.reopens,
                 "queued_writes": store.queued(),
                 "batches": s.batches,
                 "fsyncs": s.fsyncs,
@@ -285,7 +305,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
     };
     Ok(Json(json!({
         "node": ops.node,
-        "ready": ops.lifecycle.is_ready(),
+        "ready": ops.not_ready().is_none(),
         "draining": ops.lifecycle.is_draining(),
         "endpoints": ops.lifecycle.endpoints(),
         "connections": {

@@ -219,6 +219,11 @@ pub struct StoreConfig {
     /// Most publications one topic's history keeps (qos 1 publishes); older ones are dropped
     /// first. Publications also expire after their ttl (`default_ttl` unless given).
     pub topic_history: usize,
+    /// The embedded store's reserve: while the filesystem of `<data_dir>/store` has less than
+    /// this many bytes free, qos 1 pushes and topic publishes are refused (507
+    /// `storage_full`) and the node is not ready, so that the store never meets a full disk.
+    /// 0: no reserve (a full disk then fails the store; see docs/operations.md).
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -234,6 +239,7 @@ impl Default for StoreConfig {
             queue: 65_536,
             max_attempts: 5,
             topic_history: 1000,
+            min_free_bytes: 64 << 20,
         }
     }
 }

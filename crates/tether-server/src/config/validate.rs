@@ -140,6 +140,11 @@ impl Config {
             st.topic_history,
             1..=1_000_000,
         ));
+        problems.extend(out_of_range(
+            "store.min_free_bytes",
+            st.min_free_bytes,
+            0..=1 << 50,
+        ));
         problems.extend(out_of_range("limits.max_topics", l.max_topics, 1..=10_000));
         for (who, rate) in std::iter::once(("rate".to_owned(), self.rate)).chain(
             self.apps

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use fjall::{Database, KeyspaceCreateOptions, Readable};
+use fjall::Readable;
 use tether_core::store::{Append, Appended, Cursor, NewMessage, Page};
 use tether_core::{
     AppId, Cursors, DeviceId, Inboxes, Seq, StoreError, SubscriptionError, Subscriptions,
@@ -13,13 +13,16 @@ use tether_core::{
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use super::expiry::Swept;
 use super::inbox;
 use super::keyspaces::{Counters, Keyspaces, unavailable};
 use super::options::EmbeddedOptions;
+use super::recovery::Reopen;
 use super::request::{Reply, Request, Subscription, Write};
+use super::space::Space;
 use super::writer::Writer;
 use crate::metrics::StoreMetrics;
 
@@ -34,6 +37,43 @@ pub struct StoreStats {
     pub appends: u64,
     /// Publications stored in topic histories.
     pub publishes: u64,
+    /// Times the database was reopened after it failed.
+    pub reopens: u64,
+}
+
+/// Whether the store takes new messages, and the free space of its filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Bytes free on the store's filesystem at the last sample (every second); `None` when it
+    /// cannot be read.
+    pub free_bytes: Option<u64>,
+    /// `store.min_free_bytes`.
+    pub reserve_bytes: u64,
+    /// What keeps the store from taking new messages, if anything.
+    pub problem: Option<StoreProblem>,
+}
+
+/// Why the store takes no new messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreProblem {
+    /// Free space is within 1 MiB of the reserve: new messages are refused (or about to be)
+    /// until space is freed.
+    LowSpace,
+    /// The database failed a write (a full disk, an I/O error) and is waiting for room to be
+    /// reopened.
+    Failed,
+}
+
+impl StoreProblem {
+    /// A line for `/readyz` and the stats.
+    pub fn reason(self) -> &'static str {
+        match self {
+            StoreProblem::LowSpace => {
+                "store: the disk is nearly full (free space at store.min_free_bytes)"
+            }
+            StoreProblem::Failed => "store: a write failed; waiting for disk space to reopen",
+        }
+    }
 }
 
 /// Durable inboxes, topic histories and subscriptions in a fjall database in one directory.
@@ -45,6 +85,15 @@ pub struct StoreStats {
 /// one batch and one fsync. Reads go to the database directly, on tokio's blocking pool.
 ///
 /// A write whose caller is cancelled after it was queued still happens.
+///
+/// # A full disk
+/// A new message (`append`, `publish`) is refused with [`StoreError::Full`] while the free
+/// space of the directory's filesystem is below `min_free_bytes` (see `super::space`); acks,
+/// attempts and subscriptions still go through, on the reserve. When the database fails a
+/// write all the same (fjall then refuses every write: it "poisons" itself), the writer
+/// refuses every write with [`StoreError::Unavailable`] until the filesystem has room again,
+/// then reopens the database in place; [`EmbeddedStore::health`] tells which. A failed batch
+/// was answered with an error, but may still be found on disk after the reopen.
 ///
 /// # Guarantees
 /// Those of [`Store`], with [`Durability::Sync`](crate::config::Durability::Sync) meaning "fsynced before `append` returns"
@@ -62,13 +111,17 @@ pub struct StoreStats {
 /// [`Store`]: tether_core::Store
 pub struct EmbeddedStore {
     requests: mpsc::Sender<Request>,
-    /// `None` once closed: reads then fail, and the database closes when the last in-flight
-    /// read ends.
-    reader: RwLock<Option<Keyspaces>>,
+    /// `None` once closed (and while a failed database is reopened): reads then fail, and the
+    /// database closes when the last in-flight read ends. Shared with the writer, which swaps
+    /// it when it reopens the database.
+    reader: Arc<RwLock<Option<Keyspaces>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<Counters>,
     metrics: StoreMetrics,
     options: EmbeddedOptions,
+    /// `None` when the filesystem's free space cannot be read (no reserve then).
+    space: Option<Arc<Space>>,
+    fatal: CancellationToken,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -84,7 +137,7 @@ impl std::fmt::Debug for EmbeddedStore {
 pub const DEFAULT_OPEN_FILES: usize = 900;
 
 fn closed() -> StoreError {
-    StoreError::Unavailable("the embedded store is closed".into())
+    StoreError::Unavailable("the embedded store is closed or being reopened".into())
 }
 
 impl EmbeddedStore {
@@ -104,37 +157,74 @@ impl EmbeddedStore {
         options: EmbeddedOptions,
         open_files: usize,
     ) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::builder(dir)
-            .max_cached_files(Some(open_files.max(10)))
-            .open()
-            .map_err(unavailable)?;
-        let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(unavailable)
-        };
-        let ks = Keyspaces {
-            messages: keyspace("messages")?,
-            inboxes: keyspace("inboxes")?,
-            cursors: keyspace("cursors")?,
-            idempotency: keyspace("idempotency")?,
-            subscriptions: keyspace("subscriptions")?,
-            db: db.clone(),
+        let open_files = open_files.max(10);
+        let ks = Keyspaces::open(dir, open_files).map_err(unavailable)?;
+        let space = match Space::watch(dir, options.min_free_bytes) {
+            Ok(space) => {
+                if space.free() < options.min_free_bytes {
+                    tracing::warn!(
+                        free = space.free(),
+                        min_free_bytes = options.min_free_bytes,
+                        dir = %dir.display(),
+                        "store: less free space than store.min_free_bytes: new messages are \
+                         refused until space is freed"
+                    );
+                }
+                Some(space)
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "store: cannot read the free space ({e}); no reserve is kept");
+                None
+            }
         };
         let counters = Arc::new(Counters::default());
+        let reader = Arc::new(RwLock::new(Some(ks.clone())));
+        let fatal = CancellationToken::new();
+        let reopen = Reopen {
+            dir: dir.to_owned(),
+            open_files,
+            reader: reader.clone(),
+            space: space.clone(),
+            fatal: fatal.clone(),
+        };
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let writer = Writer::new(ks.clone(), options, counters.clone());
+        let writer = Writer::new(ks, options, counters.clone());
         let thread = std::thread::Builder::new()
             .name("tether-store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, reopen))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(EmbeddedStore {
             requests: tx,
-            reader: RwLock::new(Some(ks)),
+            reader,
             writer: Mutex::new(Some(thread)),
             counters,
             metrics: StoreMetrics::new(),
             options,
+            space,
+            fatal,
         })
+    }
+
+    /// Whether the store takes new messages, and its free space.
+    pub fn health(&self) -> StoreHealth {
+        let problem = if self.counters.failed.load(Ordering::Relaxed) {
+            Some(StoreProblem::Failed)
+        } else if self.space.as_ref().is_some_and(|s| !s.has_room()) {
+            Some(StoreProblem::LowSpace)
+        } else {
+            None
+        };
+        StoreHealth {
+            free_bytes: self.space.as_ref().map(|s| s.free()),
+            reserve_bytes: self.options.min_free_bytes,
+            problem,
+        }
+    }
+
+    /// Completes when the store gave up reopening its failed database: the node should stop
+    /// and be started again (by its supervisor). What was stored stays on disk.
+    pub async fn fatal(&self) {
+        self.fatal.cancelled().await;
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -143,6 +233,7 @@ impl EmbeddedStore {
             fsyncs: self.counters.fsyncs.load(Ordering::Relaxed),
             appends: self.counters.appends.load(Ordering::Relaxed),
             publishes: self.counters.publishes.load(Ordering::Relaxed),
+            reopens: self.counters.reopens.load(Ordering::Relaxed),
         }
     }
 
@@ -195,7 +286,17 @@ impl EmbeddedStore {
     /// Queues a write and waits for its answer.
     async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Write) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        match self.requests.try_send(Request::Write(make(tx))) {
+        let write = make(tx);
+        if write.is_message()
+            && let Some(space) = &self.space
+            && !space.take(write.weight())
+        {
+            self.metrics.full.increment(1);
+            return Err(StoreError::Full(
+                "the store's disk is at its reserve (store.min_free_bytes)".into(),
+            ));
+        }
+        match self.requests.try_send(Request::Write(write)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.metrics.overloaded.increment(1);
@@ -451,6 +552,7 @@ mod tests {
             durability: Durability::Interval,
             sync_interval: Duration::from_millis(5),
             queue: 1024,
+            min_free_bytes: 0,
         };
         EmbeddedStore::open(dir, options).unwrap()
     }

@@ -10,8 +10,13 @@
 //! - `request`: what callers ask of the writer, and how it answers.
 //! - `writer`: the one thread that writes: batches, seq assignment, the inbox cap, expiry at
 //!   the front of inboxes, idempotency, subscriptions and their count, group commit, interval
-//!   fsyncs.
-//! - `keyspaces`: the database's handles, shared by the writer and the readers.
+//!   fsyncs; and when fjall fails, refusing writes until there is room, then reopening.
+//! - `keyspaces`: the database's handles, shared by the writer and the readers; whether fjall
+//!   poisoned the database.
+//! - `recovery`: after fjall failed a write, refusing writes until the disk has room, then
+//!   reopening the database in place.
+//! - `space`: the free space of the store's filesystem, and the reserve
+//!   (`store.min_free_bytes`) below which new messages are refused.
 //! - `expiry`: expired data leaving the disk: from the front of inboxes a batch writes to, and
 //!   the sweep the writer runs when idle.
 //! - `inbox`: where an inbox stands (head, first), recovered from its record and its message
@@ -52,9 +57,11 @@ mod expiry;
 mod inbox;
 mod keyspaces;
 mod options;
+mod recovery;
 mod request;
+mod space;
 mod writer;
 
-pub use embedded::{DEFAULT_OPEN_FILES, EmbeddedStore, StoreStats};
+pub use embedded::{DEFAULT_OPEN_FILES, EmbeddedStore, StoreHealth, StoreProblem, StoreStats};
 pub use expiry::Swept;
 pub use options::EmbeddedOptions;

@@ -18,6 +18,9 @@ pub struct EmbeddedOptions {
     pub sync_interval: Duration,
     /// Writes waiting for the writer; past it, writes fail with [`StoreError::Overloaded`](tether_core::StoreError::Overloaded).
     pub queue: usize,
+    /// Bytes kept free on the store's filesystem: below it, new messages are refused with
+    /// [`StoreError::Full`](tether_core::StoreError::Full) (see `super::space`).
+    pub min_free_bytes: u64,
 }
 
 impl EmbeddedOptions {
@@ -31,6 +34,7 @@ impl EmbeddedOptions {
             durability: config.durability,
             sync_interval: config.sync_interval,
             queue: config.queue,
+            min_free_bytes: config.min_free_bytes,
         }
     }
 }

@@ -62,6 +62,24 @@ pub enum Subscription {
 }
 
 impl Write {
+    /// Answers the request with `e`, without writing anything.
+    pub fn fail(self, e: StoreError) {
+        // A caller that gave up has dropped its receiver: nothing to tell it.
+        match self {
+            Write::Append(_, reply) => drop(reply.send(Err(e))),
+            Write::Publish { reply, .. } => drop(reply.send(Err(e))),
+            Write::Ack { reply, .. } => drop(reply.send(Err(e))),
+            Write::NoteAttempt { reply, .. } => drop(reply.send(Err(e))),
+            Write::Subscribe { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+
+    /// Whether the request stores a new message (an append or a publication): what the
+    /// store refuses when its disk is at the reserve.
+    pub fn is_message(&self) -> bool {
+        matches!(self, Write::Append(..) | Write::Publish { .. })
+    }
+
     /// Bytes this request adds to a batch, roughly.
     pub fn weight(&self) -> usize {
         match self {

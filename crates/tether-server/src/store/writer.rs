@@ -23,12 +23,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fjall::{PersistMode, Slice};
 use tether_core::store::{Append, Appended, Cursor, NewMessage, count_attempt};
 use tether_core::{Seq, StoreError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, IdemRecord};
 use super::expiry::Swept;
@@ -36,6 +36,7 @@ use super::expiry::{Sweeper, expire_front};
 use super::inbox::{self, Inbox};
 use super::keyspaces::{Counters, Keyspaces, unavailable};
 use super::options::EmbeddedOptions;
+use super::recovery::{Reopen, recover};
 use super::request::{Reply, Request, Subscription, Write};
 use crate::config::Durability;
 use crate::metrics::StoreMetrics;
@@ -50,6 +51,8 @@ const CACHE_LIMIT: usize = 1 << 18;
 /// Device cursors the writer remembers (100 to 450 bytes each, with the key: at most about
 /// 30 MiB); past this, it forgets them all.
 const CURSOR_CACHE_LIMIT: usize = 1 << 16;
+/// How often an idle writer looks whether fjall poisoned the database in the background.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Most held messages of one inbox the cap deletes in one batch (after the cap was lowered,
 /// there can be many); the rest are left below `first`, unreadable, for the sweep.
 const MAX_TRIM: u64 = 1024;
@@ -156,17 +159,30 @@ pub struct Writer {
     dirty: bool,
     last_sync: Instant,
     sweeper: Sweeper,
+    /// Why the database failed, once fjall refuses every write: the writer then stops serving
+    /// and recovers.
+    failure: Option<String>,
 }
 
-enum Next {
+pub(super) enum Next {
     Request(Request),
     Idle,
     Closed,
 }
 
+/// Why [`Writer::serve`] returned.
+enum Stop {
+    /// `Close` (with its answer), or the last handle is gone.
+    Close(Option<oneshot::Sender<()>>),
+    /// The database failed and refuses every write; the cause, for the log.
+    Failed(String),
+}
+
 impl Writer {
     pub fn new(ks: Keyspaces, options: EmbeddedOptions, counters: Arc<Counters>) -> Self {
         let now = Instant::now();
+        let metrics = StoreMetrics::new();
+        metrics.writable.set(1.0);
         Writer {
             ks,
             options,
@@ -175,16 +191,19 @@ impl Writer {
             cursors: HashMap::new(),
             key_buf: Vec::new(),
             counters,
-            metrics: StoreMetrics::new(),
+            metrics,
             dirty: false,
             last_sync: now,
             sweeper: Sweeper::new(options.retention.cursor_idle),
+            failure: None,
         }
     }
 
     /// The thread's body: serves requests until the last handle is gone or `Close` arrives,
-    /// then fsyncs and releases the database before answering `Close`.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    /// then fsyncs and releases the database before answering `Close`. When the database
+    /// fails (see [`Keyspaces::poisoned`]), it refuses writes until the filesystem has room
+    /// again, then reopens the database (see [`recover`]) and serves on.
+    pub fn run(self, mut rx: mpsc::Receiver<Request>, reopen: Reopen) {
         // A runtime of its own, only for "receive, or time out": the writer must wake up for
         // interval fsyncs and the sweep even when no request comes.
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -198,24 +217,73 @@ impl Writer {
             }
         };
         let mut held: Option<Request> = None;
+        let mut writer = self;
         let close = loop {
+            match writer.serve(&rt, &mut rx, &mut held) {
+                Stop::Close(close) => {
+                    // Requests sent after `Close` fail (their answer channel drops) rather
+                    // than wait.
+                    drop(rx);
+                    if let Err(e) = writer.sync() {
+                        tracing::error!("store: final fsync failed: {e}");
+                    }
+                    drop(writer);
+                    break close;
+                }
+                Stop::Failed(cause) => {
+                    let Writer {
+                        options,
+                        counters,
+                        ks,
+                        ..
+                    } = writer;
+                    // The failed database's handles go, or it could not be opened again.
+                    drop(ks);
+                    match recover(&rt, &mut rx, &mut held, &reopen, &counters, &cause) {
+                        Ok(ks) => writer = Writer::new(ks, options, counters),
+                        Err(close) => {
+                            drop(rx);
+                            break close;
+                        }
+                    }
+                }
+            }
+        };
+        drop(rt);
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Serves requests until `Close`, the last handle, or a failure of the database.
+    fn serve(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        rx: &mut mpsc::Receiver<Request>,
+        held: &mut Option<Request>,
+    ) -> Stop {
+        loop {
+            if let Some(cause) = self.failure.take() {
+                return Stop::Failed(cause);
+            }
             let request = match held.take() {
                 Some(r) => r,
-                None => match self.next(&rt, &mut rx) {
+                None => match self.next(rt, rx) {
                     Next::Request(r) => r,
                     Next::Idle => {
                         self.idle();
                         continue;
                     }
-                    Next::Closed => break None,
+                    Next::Closed => return Stop::Close(None),
                 },
             };
             match request {
-                Request::Close(reply) => break Some(reply),
+                Request::Close(reply) => return Stop::Close(Some(reply)),
                 Request::Sweep { now_ms, reply } => {
                     let swept = self.sweeper.pass(&self.ks, now_ms);
-                    if let Ok(swept) = &swept {
-                        self.count_swept(swept);
+                    match &swept {
+                        Ok(swept) => self.count_swept(swept),
+                        Err(e) => self.check_failed(e),
                     }
                     let _ = reply.send(swept);
                 }
@@ -230,7 +298,7 @@ impl Writer {
                             }
                             // Control requests wait for the batch of what came before them.
                             Ok(other) => {
-                                held = Some(other);
+                                *held = Some(other);
                                 break;
                             }
                             Err(_) => break,
@@ -240,16 +308,15 @@ impl Writer {
                     self.after_batch();
                 }
             }
-        };
-        // Requests sent after `Close` fail (their answer channel drops) rather than wait.
-        drop(rx);
-        if let Err(e) = self.sync() {
-            tracing::error!("store: final fsync failed: {e}");
         }
-        drop(self);
-        drop(rt);
-        if let Some(reply) = close {
-            let _ = reply.send(());
+    }
+
+    /// After an error of the database: notes a failure when fjall now refuses every write.
+    fn check_failed(&mut self, e: &StoreError) {
+        if self.failure.is_none() && self.ks.poisoned() {
+            self.failure = Some(e.to_string());
+            // Readiness tells at once, before the batch's callers hear of it.
+            self.counters.failed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -264,9 +331,9 @@ impl Writer {
         })
     }
 
-    /// When the writer must wake up if no request comes.
+    /// When the writer must wake up if no request comes: at least every [`PROBE_EVERY`].
     fn next_wake(&self) -> Instant {
-        let sweep = self.sweeper.wake_at();
+        let sweep = self.sweeper.wake_at().min(Instant::now() + PROBE_EVERY);
         if self.dirty {
             sweep.min(self.last_sync + self.options.sync_interval)
         } else {
@@ -278,6 +345,12 @@ impl Writer {
         self.sync_if_due();
         if self.sweeper.due(Instant::now()) {
             self.sweep_chunk();
+        }
+        // fjall's background flushes and compactions poison the database when they fail,
+        // with no write of ours failing: look, so that readiness tells before a write fails.
+        if self.failure.is_none() && self.ks.poisoned() {
+            self.failure = Some("a background flush or compaction failed".into());
+            self.counters.failed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -294,6 +367,7 @@ impl Writer {
             Err(e) => {
                 tracing::warn!("store: expiry sweep failed: {e}");
                 self.sweeper.reset();
+                self.check_failed(&e);
             }
         }
     }
@@ -313,6 +387,7 @@ impl Writer {
             && let Err(e) = self.sync()
         {
             tracing::error!("store: interval fsync failed: {e}");
+            self.check_failed(&e);
         }
     }
 
@@ -391,6 +466,7 @@ impl Writer {
             tracing::warn!(requests, "store: a batch failed: {e}");
             // What the cache says of these inboxes may not be on disk: read it again.
             self.forget();
+            self.check_failed(e);
         } else {
             for &slot in &staged.inboxes {
                 self.slots[slot].disk_head = None;
