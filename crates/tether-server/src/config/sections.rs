@@ -222,7 +222,9 @@ pub struct StoreConfig {
     /// The embedded store's reserve: while the filesystem of `<data_dir>/store` has less than
     /// this many bytes free, qos 1 pushes and topic publishes are refused (507
     /// `storage_full`) and the node is not ready, so that the store never meets a full disk.
-    /// 0: no reserve (a full disk then fails the store; see docs/operations.md).
+    /// The reserve must hold what fjall writes after the refusal: a memtable flush (up to
+    /// 64 MiB) and compactions. 0: no reserve (a full disk then fails the store, which
+    /// reopens once there is room; see docs/operations.md).
     pub min_free_bytes: u64,
 }
 
@@ -239,7 +241,7 @@ impl Default for StoreConfig {
             queue: 65_536,
             max_attempts: 5,
             topic_history: 1000,
-            min_free_bytes: 64 << 20,
+            min_free_bytes: 256 << 20,
         }
     }
 }

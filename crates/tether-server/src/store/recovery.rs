@@ -33,6 +33,19 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Failed reopens, with room on the disk, before the store gives up (a minute or so, with
 /// the backoff): then something else than space is wrong, and a restart is the honest answer.
 const MAX_REOPENS: u32 = 6;
+/// A failure this soon after a reopen counts as the same trouble: a flush or a compaction
+/// that needs more room than the reserve leaves. The next reopen then waits for twice the
+/// room, and so on up to 8 times, rather than failing and reopening in a loop.
+pub const FAILED_AGAIN_WITHIN: Duration = Duration::from_secs(60);
+
+/// Why the writer stopped, for [`recover`].
+#[derive(Debug, Clone, Copy)]
+pub struct Failed<'a> {
+    /// The error, for the log.
+    pub cause: &'a str,
+    /// Failures in a row, each within [`FAILED_AGAIN_WITHIN`] of the reopen before it.
+    pub streak: u32,
+}
 
 /// What the writer needs to reopen the database after it failed.
 pub struct Reopen {
@@ -71,7 +84,7 @@ pub(super) fn recover(
     held: &mut Option<Request>,
     reopen: &Reopen,
     counters: &Counters,
-    cause: &str,
+    Failed { cause, streak }: Failed<'_>,
 ) -> Result<Keyspaces, Option<oneshot::Sender<()>>> {
     let metrics = StoreMetrics::new();
     let began = Instant::now();
@@ -81,13 +94,21 @@ pub(super) fn recover(
     let need = reopen
         .space
         .as_ref()
-        .map_or(MIN_REOPEN_FREE, |s| s.reserve().max(MIN_REOPEN_FREE));
+        .map_or(MIN_REOPEN_FREE, |s| s.reserve().max(MIN_REOPEN_FREE))
+        .saturating_mul(1 << streak.min(3));
     tracing::error!(
         dir = %reopen.dir.display(),
         "store: the database failed ({cause}) and refuses every write from now on; new \
          messages are refused and /readyz answers 503 until it is reopened, which it will be \
          once {need} bytes are free on its filesystem"
     );
+    if streak > 0 {
+        tracing::error!(
+            "store: failed again within {FAILED_AGAIN_WITHIN:?} of its reopen ({streak} in a \
+             row): store.min_free_bytes is too small for what fjall needs to flush or compact; \
+             the store waits for {need} bytes free this time"
+        );
+    }
     let mut failures = 0u32;
     let mut next_try = Instant::now();
     loop {

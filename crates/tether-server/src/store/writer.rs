@@ -36,7 +36,7 @@ use super::expiry::{Sweeper, expire_front};
 use super::inbox::{self, Inbox};
 use super::keyspaces::{Counters, Keyspaces, unavailable};
 use super::options::EmbeddedOptions;
-use super::recovery::{Reopen, recover};
+use super::recovery::{FAILED_AGAIN_WITHIN, Failed, Reopen, recover};
 use super::request::{Reply, Request, Subscription, Write};
 use crate::config::Durability;
 use crate::metrics::StoreMetrics;
@@ -218,6 +218,9 @@ impl Writer {
         };
         let mut held: Option<Request> = None;
         let mut writer = self;
+        // Failures soon after a reopen in a row: each makes the next reopen wait for more room.
+        let mut reopened_at: Option<Instant> = None;
+        let mut streak = 0;
         let close = loop {
             match writer.serve(&rt, &mut rx, &mut held) {
                 Stop::Close(close) => {
@@ -239,8 +242,17 @@ impl Writer {
                     } = writer;
                     // The failed database's handles go, or it could not be opened again.
                     drop(ks);
-                    match recover(&rt, &mut rx, &mut held, &reopen, &counters, &cause) {
-                        Ok(ks) => writer = Writer::new(ks, options, counters),
+                    let soon = reopened_at.is_some_and(|t| t.elapsed() < FAILED_AGAIN_WITHIN);
+                    streak = if soon { streak + 1 } else { 0 };
+                    let failed = Failed {
+                        cause: &cause,
+                        streak,
+                    };
+                    match recover(&rt, &mut rx, &mut held, &reopen, &counters, failed) {
+                        Ok(ks) => {
+                            reopened_at = Some(Instant::now());
+                            writer = Writer::new(ks, options, counters);
+                        }
                         Err(close) => {
                             drop(rx);
                             break close;
