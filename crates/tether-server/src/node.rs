@@ -156,6 +156,9 @@ impl Node {
         shared_registry: Option<Arc<dyn Registry>>,
     ) -> anyhow::Result<Node> {
         config.validate()?;
+        // What a reload compares its reading with: the configuration as written, before the
+        // node sized it to its descriptors.
+        let as_read = config.clone();
         // Before anything opens a file or announces the node's capacity.
         let budget = descriptors::size(&mut config.limits).map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
@@ -223,7 +226,7 @@ impl Node {
         }
         tokio::spawn(lifecycle.clone().run());
         let reloader = Arc::new(Reloader::new(
-            config.clone(),
+            as_read,
             access.clone(),
             api.clone(),
             fanout.clone(),
