@@ -65,7 +65,8 @@ pub enum Event {
     /// A subscribe was refused. With `retrying` (code 4301, the server is busy) the client sends
     /// it again after a backoff delay and at the next reconnect, and publications of the topic
     /// that would be recovered wait for it; otherwise (4300 bad request, 4302 too many topics on
-    /// this connection) the client forgets the topic.
+    /// this connection, 4305 the app's topic rules do not allow it, for instance without a
+    /// valid subscription token) the client forgets the topic.
     SubscribeFailed {
         app: String,
         topic: String,
@@ -222,14 +223,39 @@ impl Client {
     /// was published meanwhile (see [`Event::Subscribed`] for when it cannot). Subscribing to a
     /// topic the client has already is not an error: the server answers again.
     pub fn subscribe(&self, app: &str, topic: &str) -> Result<(), ClientError> {
-        self.topic_call(app, topic, Intent::Subscribe { since: None })
+        self.topic_call(
+            app,
+            topic,
+            Intent::Subscribe {
+                since: None,
+                token: None,
+            },
+        )
+    }
+
+    /// Like [`Client::subscribe`], with a subscription token: a JWT from the business that
+    /// lets this user join `topic` when the app's rule for it asks for one. The client keeps
+    /// the token with the topic and sends it again with every resubscribe after a reconnect
+    /// (a later [`Client::subscribe`] of the topic keeps it too). A refusal is
+    /// [`Event::SubscribeFailed`] with code 4305 (`forbidden`), also when the token has
+    /// expired by a reconnect: the client then forgets the topic, and the application may
+    /// subscribe again with a new token.
+    pub fn subscribe_with_token(
+        &self,
+        app: &str,
+        topic: &str,
+        token: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let token = Some(token.into());
+        self.topic_call(app, topic, Intent::Subscribe { since: None, token })
     }
 
     /// Like [`Client::subscribe`], but first recovers the publications after `since`, the last
     /// offset the application kept from an earlier run (an [`Event::Subscribed`] with
     /// [`Recovery::TooOld`] says when the history no longer has them).
     pub fn subscribe_since(&self, app: &str, topic: &str, since: u64) -> Result<(), ClientError> {
-        self.topic_call(app, topic, Intent::Subscribe { since: Some(since) })
+        let since = Some(since);
+        self.topic_call(app, topic, Intent::Subscribe { since, token: None })
     }
 
     /// Leaves `topic` of `app`: publications of it stop at once (the client drops those still

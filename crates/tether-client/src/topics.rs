@@ -77,23 +77,36 @@ pub(crate) fn validate_topic(topic: &str) -> Result<(), ClientError> {
 }
 
 /// A call of the application, waiting for the connection task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Intent {
-    /// Subscribe; `since` is the last offset the application holds, when it says so.
+    /// Subscribe; `since` is the last offset the application holds, when it says so; `token`
+    /// a subscription token, kept for every resubscribe.
     Subscribe {
         since: Option<u64>,
+        token: Option<String>,
     },
     Unsubscribe,
 }
 
 impl Intent {
     /// What stands when `later` follows `self` for the same topic before the task saw either:
-    /// the later call, except that a subscribe keeps an earlier explicit `since`.
+    /// the later call, except that a subscribe keeps an earlier explicit `since` and token.
     pub fn then(self, later: Intent) -> Intent {
         match (self, later) {
-            (Intent::Subscribe { since: Some(s) }, Intent::Subscribe { since: None }) => {
-                Intent::Subscribe { since: Some(s) }
-            }
+            (
+                Intent::Subscribe {
+                    since: earlier_since,
+                    token: earlier_token,
+                },
+                Intent::Subscribe { since, token },
+            ) => Intent::Subscribe {
+                since: if since.is_none() && earlier_since.is_some() {
+                    earlier_since
+                } else {
+                    since
+                },
+                token: token.or(earlier_token),
+            },
             (_, later) => later,
         }
     }
@@ -133,6 +146,8 @@ struct Entry {
     state: State,
     /// Delays between retries after 4301; reset by a success.
     backoff: Backoff,
+    /// The subscription token sent with every subscribe of the topic.
+    token: Option<String>,
 }
 
 impl Entry {
@@ -196,18 +211,25 @@ impl Topics {
                 last: None,
                 state: State::Due(now),
                 backoff,
+                token: None,
             });
         let wanted = matches!(intent, Intent::Subscribe { .. });
         // The same request is pending already (due, retrying or unanswered), and the call
-        // brings no new `since`: its answer serves this call too.
+        // brings no new `since` or token: its answer serves this call too.
         let repeat = entry.wanted == wanted
             && matches!(entry.state, State::Sent { .. } | State::Due(_))
-            && !matches!(intent, Intent::Subscribe { since: Some(_) });
+            && !matches!(
+                intent,
+                Intent::Subscribe { since: Some(_), .. } | Intent::Subscribe { token: Some(_), .. }
+            );
         entry.wanted = wanted;
-        if let Intent::Subscribe { since } = intent {
+        if let Intent::Subscribe { since, token } = intent {
             entry.origin = Origin::App;
             if since.is_some() {
                 entry.last = since;
+            }
+            if token.is_some() {
+                entry.token = token;
             }
         }
         if !repeat {
@@ -264,7 +286,7 @@ impl Topics {
                         app: app.clone(),
                         topic: topic.clone(),
                         since: e.last,
-                        token: None,
+                        token: e.token.clone(),
                     };
                     (subscribe.into(), e.last)
                 } else {
@@ -331,6 +353,7 @@ impl Topics {
                 last: Some(s.offset),
                 state: State::Settled,
                 backoff: self.backoff.clone(),
+                token: None,
             };
             self.entries
                 .entry(s.app.clone())
@@ -481,7 +504,24 @@ mod tests {
         t.apply("demo".into(), topic.into(), intent, Instant::now());
     }
 
-    const SUBSCRIBE: Intent = Intent::Subscribe { since: None };
+    const SUBSCRIBE: Intent = Intent::Subscribe {
+        since: None,
+        token: None,
+    };
+
+    fn since(offset: u64) -> Intent {
+        Intent::Subscribe {
+            since: Some(offset),
+            token: None,
+        }
+    }
+
+    fn with_token(token: &str) -> Intent {
+        Intent::Subscribe {
+            since: None,
+            token: Some(token.into()),
+        }
+    }
 
     /// No publication handed over.
     const NONE: [u64; 0] = [];
@@ -606,7 +646,7 @@ mod tests {
     #[test]
     fn too_old_restarts_from_the_reply_s_offset() {
         let (mut t, mut ids) = (topics(), Ids(0));
-        call(&mut t, "room", Intent::Subscribe { since: Some(13) });
+        call(&mut t, "room", since(13));
         let id = ids.subscribe(&mut t, "room", Some(13));
         // The history started over (a node without a persistent store restarted).
         let reply = t.subscribed(id, subscribed("room", 3, Recovery::TooOld), Instant::now());
@@ -808,14 +848,70 @@ mod tests {
             [],
             "answered by the pending reply"
         );
-        call(&mut t, "room", Intent::Subscribe { since: Some(4) });
+        call(&mut t, "room", since(4));
         ids.subscribe(&mut t, "room", Some(4));
 
-        let explicit = Intent::Subscribe { since: Some(4) };
-        assert_eq!(explicit.then(SUBSCRIBE), explicit);
-        assert_eq!(SUBSCRIBE.then(explicit), explicit);
+        let explicit = since(4);
+        assert_eq!(explicit.clone().then(SUBSCRIBE), explicit);
+        assert_eq!(SUBSCRIBE.then(explicit.clone()), explicit);
         assert_eq!(explicit.then(Intent::Unsubscribe), Intent::Unsubscribe);
+        assert_eq!(
+            with_token("t").then(since(4)),
+            Intent::Subscribe {
+                since: Some(4),
+                token: Some("t".into())
+            }
+        );
+        assert_eq!(with_token("t").then(with_token("u")), with_token("u"));
         assert_eq!(Intent::Unsubscribe.then(SUBSCRIBE), SUBSCRIBE);
+    }
+
+    /// The subscription token of the one subscribe due now.
+    fn token_sent(ids: &mut Ids, t: &mut Topics) -> (u32, Option<String>) {
+        match ids.due(t, Instant::now()).pop() {
+            Some((id, Body::Subscribe(s))) => (id, s.token),
+            other => panic!("expected a subscribe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_subscription_token_is_sent_again_after_every_reconnect() {
+        let (mut t, mut ids) = (topics(), Ids(0));
+        call(&mut t, "vip", with_token("sub-token"));
+        let (id, token) = token_sent(&mut ids, &mut t);
+        assert_eq!(token.as_deref(), Some("sub-token"));
+        t.subscribed(id, subscribed("vip", 2, Recovery::Live), Instant::now());
+        t.connection_started(Instant::now());
+        let (id, token) = token_sent(&mut ids, &mut t);
+        assert_eq!(token.as_deref(), Some("sub-token"), "resubscribe");
+        t.subscribed(id, subscribed("vip", 2, Recovery::Complete), Instant::now());
+        // A plain subscribe of the topic keeps the token.
+        call(&mut t, "vip", SUBSCRIBE);
+        assert_eq!(token_sent(&mut ids, &mut t).1.as_deref(), Some("sub-token"));
+    }
+
+    #[test]
+    fn a_forbidden_topic_is_reported_and_never_asked_for_again() {
+        let (mut t, mut ids) = (topics(), Ids(0));
+        call(&mut t, "vip", SUBSCRIBE);
+        let id = ids.subscribe(&mut t, "vip", None);
+        let now = Instant::now();
+        let failed = t
+            .failed(id, error(Code::FORBIDDEN), now)
+            .expect("a topic request");
+        assert_eq!(
+            failed,
+            Some(Event::SubscribeFailed {
+                app: "demo".into(),
+                topic: "vip".into(),
+                code: Code::FORBIDDEN,
+                message: "forbidden".into(),
+                retrying: false,
+            })
+        );
+        assert_eq!(t.next_due(), None);
+        t.connection_started(now);
+        assert_eq!(ids.due(&mut t, now + Duration::from_secs(60)), []);
     }
 
     #[test]
