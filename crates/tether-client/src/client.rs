@@ -11,6 +11,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::refresh::Arrival;
 use crate::task::{self, Task};
 use crate::topics::{Intent, validate_topic};
 use crate::upstream::{Call, Calls, validate_kind};
@@ -74,6 +75,24 @@ pub enum Event {
         message: String,
         retrying: bool,
     },
+    /// The token of binding `app` ends at `expires_s` (seconds since the Unix epoch), and the
+    /// client has no [`crate::TokenSource`]: get a new token for the same user and hand it
+    /// over with [`Client::refresh`] before then, or the server closes the connection with
+    /// 4205 (`token_expired`), which ends the event stream.
+    TokenExpiring { app: String, expires_s: u64 },
+    /// The server took a new token for binding `app` (from the [`crate::TokenSource`] or
+    /// [`Client::refresh`]): the binding now holds until `expires_s`, and reconnects use it.
+    TokenRefreshed { app: String, expires_s: u64 },
+    /// A new token for binding `app` did not take: the server refused it (`code` 4306,
+    /// `token_refused`: it did not verify, had expired, or named another user), or the
+    /// [`crate::TokenSource`] failed (`code` `None`). The old token holds until it expires.
+    /// With `retrying`, the client asks the token source once more, halfway to the expiry.
+    RefreshFailed {
+        app: String,
+        code: Option<Code>,
+        message: String,
+        retrying: bool,
+    },
     /// A request of this client failed (codes 43xx); the connection stays open.
     Error { code: Code, message: String },
     /// A connection ended, or a reconnect attempt failed. `code` is the server's code when it
@@ -97,7 +116,11 @@ pub(crate) struct Shared {
     /// Topic calls the task has not taken yet, in call order, one per (app, topic): a later
     /// call replaces an earlier one, so this holds at most one entry per topic named.
     pub topic_calls: Mutex<Vec<(String, String, Intent)>>,
-    /// Wakes the task when `acks`, `topic_calls` or `upstreams` change.
+    /// Tokens for bindings not yet taken by the task, in arrival order: at most one offer
+    /// ([`Client::refresh`]; a later one replaces it) and one fetch result (one fetch runs
+    /// per app at a time) per app.
+    pub tokens: Mutex<Vec<(String, Arrival)>>,
+    /// Wakes the task when `acks`, `topic_calls`, `tokens` or `upstreams` change.
     pub wake: Notify,
     /// Upstream calls not yet sent.
     pub upstreams: Calls,
@@ -126,6 +149,20 @@ impl Shared {
             intent = earlier.then(intent);
         }
         calls.push((app.to_owned(), topic.to_owned(), intent));
+    }
+
+    /// Takes the tokens that arrived (the task sends or adopts them).
+    pub fn take_tokens(&self) -> Vec<(String, Arrival)> {
+        std::mem::take(&mut *self.tokens.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records a token for `app`, replacing an earlier offer not yet taken.
+    pub fn push_token(&self, app: &str, arrival: Arrival) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(arrival, Arrival::Offered(_)) {
+            tokens.retain(|(a, t)| !(a == app && matches!(t, Arrival::Offered(_))));
+        }
+        tokens.push((app.to_owned(), arrival));
     }
 
     /// Takes the pending acks (the task writes them).
@@ -164,20 +201,22 @@ impl Client {
     /// Fails with the first attempt's error: there is no retry before the first success
     /// ([`ClientError::is_retryable`] tells a caller whether retrying could help). A refusal by
     /// the server is [`ClientError::Rejected`] with its code (for example 4204, bad token).
-    /// Reconnects happen only after a first success.
+    /// Reconnects happen only after a first success. With a [`crate::TokenSource`], a connect
+    /// refused because a token expired (4205) is tried once more with new tokens from it.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let route = config.validate()?;
         let shared = Arc::new(Shared {
             apps: config.bindings.iter().map(|b| b.app.clone()).collect(),
             acks: Mutex::new(HashMap::new()),
             topic_calls: Mutex::new(Vec::new()),
+            tokens: Mutex::new(Vec::new()),
             wake: Notify::new(),
             upstreams: Calls::new(),
         });
         let (events_tx, events) = mpsc::channel(config.event_buffer);
         let cancel = CancellationToken::new();
         let mut task = Task::new(config, route, events_tx, shared.clone(), cancel.clone())?;
-        let (conn, connected) = task.establish().await?;
+        let (conn, connected) = task.establish_first().await?;
         let handle = tokio::spawn(task::run(task, conn, connected));
         Ok(Client {
             events,
@@ -256,6 +295,18 @@ impl Client {
     pub fn subscribe_since(&self, app: &str, topic: &str, since: u64) -> Result<(), ClientError> {
         let since = Some(since);
         self.topic_call(app, topic, Intent::Subscribe { since, token: None })
+    }
+
+    /// Hands over a new token for binding `app` (for the same user), for instance after
+    /// [`Event::TokenExpiring`]. Does not wait: on a live connection it is sent in a `refresh`,
+    /// answered by [`Event::TokenRefreshed`] (from then on reconnects use it) or
+    /// [`Event::RefreshFailed`] (the old token stays); while no connection is up, the next
+    /// connect uses it.
+    pub fn refresh(&self, app: &str, token: impl Into<String>) -> Result<(), ClientError> {
+        self.check_open(app)?;
+        self.shared.push_token(app, Arrival::Offered(token.into()));
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Leaves `topic` of `app`: publications of it stop at once (the client drops those still

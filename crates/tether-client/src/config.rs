@@ -1,6 +1,9 @@
 //! What a client needs to know before connecting: [`ClientConfig`], and the endpoint URL it
 //! names.
 
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -53,6 +56,44 @@ impl Default for ReconnectPolicy {
     }
 }
 
+/// What a [`TokenSource`] returns: a new token for the app, or why there is none.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where the client gets a new token for a binding, from the application (which usually asks
+/// its business backend): called with the binding's app, it resolves to a token for the same
+/// user, or to `Err` with a reason when none can be had.
+///
+/// The client calls it when the server warns that a token is expiring (then sends the token
+/// in a `refresh`), and after the server closed a connection or refused a connect because a
+/// token expired (4205; then reconnects with it). It runs beside the connection, never
+/// blocking it, one call per app at a time, and is given 30 s. Retry transient failures
+/// inside it: an `Err` after a 4205 ends the client's event stream.
+#[derive(Clone)]
+pub struct TokenSource(Arc<dyn Fn(&str) -> TokenFuture + Send + Sync>);
+
+impl TokenSource {
+    /// A token source from an async function of the app. The future must own what it uses:
+    /// `TokenSource::new(|app| { let app = app.to_owned(); async move { fetch(&app).await } })`.
+    pub fn new<F, Fut>(fetch: F) -> Self
+    where
+        F: Fn(&str) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        TokenSource(Arc::new(move |app| Box::pin(fetch(app))))
+    }
+
+    /// Asks for a new token for `app`.
+    pub(crate) fn fetch(&self, app: &str) -> TokenFuture {
+        (self.0)(app)
+    }
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSource(..)")
+    }
+}
+
 /// Everything [`crate::Client::connect`] needs. Build with [`ClientConfig::new`] and
 /// [`ClientConfig::bind`], then adjust the public fields.
 ///
@@ -85,6 +126,11 @@ pub struct ClientConfig {
     /// Capacity of the event queue between the connection task and [`crate::Client::recv`].
     /// When it is full the task stops reading the socket (see the crate docs).
     pub event_buffer: usize,
+    /// Where new tokens come from when the old ones expire (see [`TokenSource`]). Without
+    /// one, the application hears [`crate::Event::TokenExpiring`] and may call
+    /// [`crate::Client::refresh`]; a connection closed for an expired token (4205) then ends
+    /// the event stream.
+    pub token_source: Option<TokenSource>,
 }
 
 impl ClientConfig {
@@ -102,6 +148,7 @@ impl ClientConfig {
             max_frame: DEFAULT_MAX_FRAME_FROM_SERVER,
             connect_timeout: Duration::from_secs(10),
             event_buffer: 256,
+            token_source: None,
         }
     }
 
@@ -139,6 +186,17 @@ impl ClientConfig {
             token: token.into(),
             last_seq: Some(last_seq),
         });
+        self
+    }
+
+    /// Sets the [`TokenSource`]: `fetch` is called with an app and resolves to a new token
+    /// for it.
+    pub fn with_token_source<F, Fut>(mut self, fetch: F) -> Self
+    where
+        F: Fn(&str) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_source = Some(TokenSource::new(fetch));
         self
     }
 
@@ -402,7 +460,11 @@ mod tests {
 
     #[test]
     fn debug_redacts_tokens() {
-        let c = ClientConfig::new("tcp://h:1", "d").bind("demo", "secret-token");
-        assert!(!format!("{c:?}").contains("secret-token"));
+        let c = ClientConfig::new("tcp://h:1", "d")
+            .bind("demo", "secret-token")
+            .with_token_source(|_| async { Ok("fresh-secret".to_owned()) });
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("secret-token"));
+        assert!(debug.contains("TokenSource(..)"), "{debug}");
     }
 }

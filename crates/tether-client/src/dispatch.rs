@@ -100,6 +100,13 @@ impl Dispatcher {
         })
     }
 
+    /// The token to ask with from now on (the first binding's, refreshed).
+    pub fn set_token(&mut self, token: &str) {
+        if self.token != token {
+            token.clone_into(&mut self.token);
+        }
+    }
+
     /// Parses and checks a dispatch URL: `http://host[:port]/path`.
     pub fn parse_url(url: &str) -> Result<Url, ClientError> {
         let bad = |reason: &str| ClientError::InvalidUrl {

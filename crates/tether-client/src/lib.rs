@@ -6,7 +6,13 @@
 //! use tether_client::{Client, ClientConfig, Event, Recovery};
 //!
 //! # async fn example() -> Result<(), tether_client::ClientError> {
-//! let config = ClientConfig::new("tcp://127.0.0.1:7000", "my-device").bind("demo", "<token>");
+//! let config = ClientConfig::new("tcp://127.0.0.1:7000", "my-device")
+//!     .bind("demo", "<token>")
+//!     // Called when a token is about to expire (or has): a new one, from the backend.
+//!     .with_token_source(|app| {
+//!         let app = app.to_owned();
+//!         async move { Ok(format!("<a new token for {app}>")) }
+//!     });
 //! let mut client = Client::connect(config).await?; // fails on e.g. a bad token (code 4204)
 //! client.subscribe("demo", "room-1")?; // kept, and resubscribed after every reconnect
 //! while let Some(event) = client.recv().await {
@@ -23,7 +29,10 @@
 //!             eprintln!("{topic}: refetch {since:?}..={offset} from the backend");
 //!         }
 //!         Event::SubscribeFailed { topic, code, retrying: false, .. } => {
-//!             eprintln!("cannot subscribe to {topic}: {code}");
+//!             eprintln!("cannot subscribe to {topic}: {code}"); // e.g. 4305 forbidden
+//!         }
+//!         Event::RefreshFailed { app, message, .. } => {
+//!             eprintln!("{app}: no new token: {message}");
 //!         }
 //!         Event::Disconnected { reason, reconnecting, .. } => {
 //!             eprintln!("disconnected: {reason} (reconnecting: {reconnecting})");
@@ -37,13 +46,15 @@
 //!
 //! # Layout
 //!
-//! - `config`: [`ClientConfig`], [`ReconnectPolicy`], [`WsEncoding`], and parsing of
+//! - `config`: [`ClientConfig`], [`ReconnectPolicy`], [`WsEncoding`], [`TokenSource`], and parsing of
 //!   `tcp://` / `ws://` URLs.
 //! - `client`: [`Client`], the user's handle, and the [`Event`]s it yields.
 //! - `task`: the one background task per client that owns the socket: handshake, heartbeats,
 //!   acks, topic requests, reconnect loop.
 //! - `topics`: the subscription table (no I/O): the last offset handed over per topic, what to
-//!   send after a reconnect, which publications are duplicates.
+//!   send after a reconnect (with its subscription token), which publications are duplicates.
+//! - `refresh`: the bindings' tokens (no I/O): which token a connect sends, when to ask the
+//!   [`TokenSource`], which `refresh` answers what, when to retry.
 //! - `transport`: frames over a socket (TCP stream of binary frames; WebSocket with binary or
 //!   JSON messages).
 //! - `upstream`: upstream calls waiting for the connection and sent ones waiting for their
@@ -62,7 +73,8 @@
 //!   idle) and drops the connection when nothing arrives within two intervals of a ping.
 //! - **Reconnect**: after I/O errors, heartbeat timeouts and codes 40xx/41xx, with backoff
 //!   (see [`ReconnectPolicy`]); never after 42xx codes, which end the event stream with a
-//!   final [`Event::Disconnected`] `{ reconnecting: false }`. Without a dispatcher, 41xx
+//!   final [`Event::Disconnected`] `{ reconnecting: false }`, except 4205 (`token_expired`)
+//!   with a token source (see Tokens). Without a dispatcher, 41xx
 //!   ("reconnect elsewhere") reconnects to the same URL.
 //! - **Dispatcher** ([`ClientConfig::dispatch`], e.g. [`ClientConfig::dispatched`]): every
 //!   connect and reconnect asks `GET /v1/dispatch` (with the first binding's app and token)
@@ -94,7 +106,23 @@
 //!   them again itself, unless the server's re-application starts after the last offset it
 //!   handed over, in which case it sends one subscribe with `since` to recover the gap (the
 //!   application sees only that one's answer). A subscribe refused with 4301 (busy) is retried
-//!   after a backoff delay and at the next reconnect; other refusals forget the topic.
+//!   after a backoff delay and at the next reconnect; other refusals (4305 included) forget
+//!   the topic.
+//! - **Tokens** (`docs/protocol.md`, section 7.4): the server sends `expiring` ahead of a
+//!   binding token's `exp`. With a [`TokenSource`] ([`ClientConfig::with_token_source`]) the
+//!   client asks it for a new token beside the connection (it keeps reading and
+//!   heartbeating meanwhile) and sends it in a `refresh`; the server's `refreshed` makes it
+//!   the binding's token for every later connect ([`Event::TokenRefreshed`]). A refusal (4306)
+//!   or a failed fetch is [`Event::RefreshFailed`]; the client asks the source once more,
+//!   halfway to the expiry, when at least 2 s remain. When a connection is closed, or a
+//!   (re)connect refused, with 4205, the client fetches a new token for every binding and
+//!   reconnects, unless the server refused the source's last token on that connection (then,
+//!   or when the source fails, the stream ends). Without a token source the application gets
+//!   [`Event::TokenExpiring`] and calls [`Client::refresh`]; a 4205 ends the stream.
+//! - **Permissions**: the app's topic rules decide who may subscribe; a refusal is
+//!   [`Event::SubscribeFailed`] with 4305 (`forbidden`), and the client forgets the topic.
+//!   [`Client::subscribe_with_token`] carries a subscription token for topics whose rule asks
+//!   for one; the client keeps it with the topic and sends it with every resubscribe.
 //! - **Upstream**: [`Client::upstream`] sends data to the app's webhook and resolves to its
 //!   answer (status and body), paired by request id; at most [`MAX_UPSTREAMS_IN_FLIGHT`] at
 //!   once. Calls made while disconnected are sent after the reconnect; calls sent on a
@@ -106,13 +134,14 @@ mod client;
 mod config;
 mod dispatch;
 mod error;
+mod refresh;
 mod task;
 mod topics;
 mod transport;
 mod upstream;
 
 pub use client::{CLOSE_TIMEOUT, Client, Event};
-pub use config::{ClientConfig, ReconnectPolicy, WsEncoding};
+pub use config::{ClientConfig, ReconnectPolicy, TokenFuture, TokenSource, WsEncoding};
 pub use error::ClientError;
 pub use tether_proto::{
     Binding, Bound, Code, Connected, Group, PayloadKind, Publication, Push, Recovery, UpstreamReply,

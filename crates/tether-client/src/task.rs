@@ -12,16 +12,20 @@
 //!                                                                     given up (stream ends)
 //! ```
 //!
+//! A close with 4205 (`token_expired`) ends the stream too, unless the application gave a
+//! [`crate::TokenSource`]: then the task fetches new tokens and reconnects (see
+//! `crate::refresh` for when it does not).
+//!
 //! A connection is considered dead when nothing arrived within two heartbeat intervals of a
 //! ping (`docs/protocol.md`, section 6) while the task was reading: the server answers every
 //! ping, so a live server is never silent that long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::{
-    Ack, Binding, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION, Push,
+    Ack, Binding, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION, Push, Refresh,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -32,6 +36,7 @@ use crate::backoff::Backoff;
 use crate::client::Shared;
 use crate::config::{Endpoint, Route};
 use crate::dispatch::Dispatcher;
+use crate::refresh::{Arrival, Next, Tokens};
 use crate::topics::Topics;
 use crate::transport::{Incoming, Transport};
 use crate::upstream::InFlight;
@@ -40,6 +45,9 @@ use crate::{ClientConfig, ClientError, Event};
 /// The shortest heartbeat interval the client accepts from a server (a guard against a
 /// misconfigured server turning pings into a flood).
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// How long the token source is given for one token.
+const FETCH_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long a closing client tries to write its pending acks.
 const CLOSE_ACK_LIMIT: Duration = Duration::from_millis(500);
@@ -82,9 +90,10 @@ pub(crate) struct Task {
     cancel: CancellationToken,
     /// The last request id used (ids start at 1; 0 is for frames that answer nothing).
     last_id: u32,
-    /// An event read from the socket while the queue was full; while it is here the task does
-    /// not read the socket.
-    held: Option<Event>,
+    /// Events that found the queue full, oldest first; while there are any the task does not
+    /// read the socket. Holds at most one event read from the socket, plus the few a token
+    /// fetch or retry produces (one fetch per app at a time, one retry per token).
+    held: VecDeque<Event>,
     /// The highest durable seq handed to the user, per app of the bindings (which bounds the
     /// map). A reconnect resumes after it; a push at or below it is a duplicate and dropped.
     last_seqs: HashMap<String, u64>,
@@ -92,6 +101,8 @@ pub(crate) struct Task {
     topics: Topics,
     /// Upstreams sent on the current connection, waiting for their answer.
     upstreams: InFlight,
+    /// The bindings' tokens and their refreshes.
+    tokens: Tokens,
 }
 
 impl Task {
@@ -127,10 +138,11 @@ impl Task {
             shared,
             cancel,
             last_id: 0,
-            held: None,
+            held: VecDeque::new(),
             last_seqs: HashMap::new(),
             topics: Topics::new(&config.reconnect),
             upstreams: InFlight::default(),
+            tokens: Tokens::new(&config.bindings, config.token_source.is_some()),
             config,
         })
     }
@@ -145,10 +157,15 @@ impl Task {
     /// fails is reported at the next request. An error that another endpoint cannot fix (a
     /// bad token, a do-not-reconnect code) ends the round at once.
     pub async fn establish(&mut self) -> Result<(Transport, Connected), ClientError> {
+        self.adopt_tokens();
         let Some(dispatcher) = &mut self.dispatcher else {
             let endpoint = self.fixed.clone().ok_or(ClientError::Closed)?;
             return self.attempt(&endpoint).await;
         };
+        if let Some(token) = (self.config.bindings.first()).and_then(|b| self.tokens.token(&b.app))
+        {
+            dispatcher.set_token(token);
+        }
         let candidates = match dispatcher.ask().await {
             Ok(answer) => {
                 if let Some(hint) = answer.backoff {
@@ -193,6 +210,75 @@ impl Task {
         Err(last_error.unwrap_or(ClientError::ClosedDuringHandshake))
     }
 
+    /// [`Task::establish`] for [`crate::Client::connect`]: with a token source, a connect
+    /// refused for an expired token is tried once more with new tokens.
+    pub async fn establish_first(&mut self) -> Result<(Transport, Connected), ClientError> {
+        match self.establish().await {
+            Err(e) if is_token_expired(&e) && self.tokens.renew_after_expiry() => {
+                if let Err(why) = self.renew_tokens().await {
+                    tracing::debug!(?why, "no new token after a refused connect");
+                    return Err(e);
+                }
+                self.establish().await
+            }
+            other => other,
+        }
+    }
+
+    /// Tokens that arrived while no connection was up: the next connect uses them.
+    fn adopt_tokens(&mut self) {
+        for (app, arrival) in self.shared.take_tokens() {
+            if let Some(why) = self.tokens.adopt(&app, arrival) {
+                tracing::debug!(%app, %why, "the token source failed between connections");
+            }
+        }
+    }
+
+    /// Asks the token source for a new token for every binding, one after the other. `Err`:
+    /// why one could not be had (`None`: the client is closing).
+    async fn renew_tokens(&mut self) -> Result<(), Option<String>> {
+        let Some(source) = self.config.token_source.clone() else {
+            return Err(Some("no token source".into()));
+        };
+        let apps: Vec<String> = self.tokens.apps().map(str::to_owned).collect();
+        for app in apps {
+            let result = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Err(None),
+                result = fetch_token(&source, &app) => result,
+            };
+            match result {
+                Ok(token) => {
+                    self.tokens.adopt(&app, Arrival::Offered(token));
+                }
+                Err(why) => {
+                    return Err(Some(format!(
+                        "the token source failed for app {app}: {why}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches a token for `app` from the token source beside the connection; the result
+    /// comes back through the shared state and wakes the task.
+    fn spawn_fetch(&self, app: String) {
+        let Some(source) = self.config.token_source.clone() else {
+            return;
+        };
+        let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                result = fetch_token(&source, &app) => result,
+            };
+            shared.push_token(&app, Arrival::Fetched(result));
+            shared.wake.notify_one();
+        });
+    }
+
     /// A connection ended with `code`: with "reconnect elsewhere" (41xx), its endpoint is
     /// reported to the dispatcher as failed, so that the next answer leaves it out.
     fn lost(&mut self, code: Option<Code>) {
@@ -228,8 +314,9 @@ impl Task {
                 .bindings
                 .iter()
                 .map(|b| Binding {
+                    app: b.app.clone(),
+                    token: self.tokens.token(&b.app).unwrap_or(&b.token).to_owned(),
                     last_seq: self.last_seqs.get(&b.app).copied().or(b.last_seq),
-                    ..b.clone()
                 })
                 .collect(),
         };
@@ -275,11 +362,11 @@ impl Task {
 
     /// Hands `event` to the user, waiting for room; false when the client is gone or closing.
     async fn emit(&mut self, event: Event) -> bool {
-        // A held event was read first: keep the order.
-        if let Some(held) = self.held.take()
-            && !self.emit_one(held).await
-        {
-            return false;
+        // Held events came first: keep the order.
+        while let Some(held) = self.held.pop_front() {
+            if !self.emit_one(held).await {
+                return false;
+            }
         }
         self.emit_one(event).await
     }
@@ -295,10 +382,14 @@ impl Task {
     /// Queues `event` without waiting; when the queue is full, holds it (and stops reading).
     /// False when the client is gone.
     fn deliver(&mut self, event: Event) -> bool {
+        if !self.held.is_empty() {
+            self.held.push_back(event);
+            return true;
+        }
         match self.events.try_send(event) {
             Ok(()) => true,
             Err(TrySendError::Full(event)) => {
-                self.held = Some(event);
+                self.held.push_back(event);
                 true
             }
             Err(TrySendError::Closed(_)) => false,
@@ -405,6 +496,40 @@ impl Task {
         Ok(true)
     }
 
+    /// Sends the tokens that arrived in `refresh` requests (reporting failed fetches), and
+    /// starts the token fetches whose retry is due. False when the client is gone.
+    async fn write_tokens(
+        &mut self,
+        conn: &mut Transport,
+        limit: Duration,
+    ) -> Result<bool, ClientError> {
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for (app, arrival) in self.shared.take_tokens() {
+            match self.tokens.arrived(&app, arrival, now) {
+                Next::Send(token) => {
+                    let id = self.next_id();
+                    self.tokens.sent(id, app.clone(), token.clone());
+                    frames.push(Frame::new(id, Refresh { app, token }));
+                }
+                Next::Event(event) => {
+                    if !self.deliver(event) {
+                        return Err(ClientError::Closed);
+                    }
+                }
+                Next::Nothing => {}
+            }
+        }
+        for app in self.tokens.due(now) {
+            self.spawn_fetch(app);
+        }
+        if frames.is_empty() {
+            return Ok(false);
+        }
+        Self::send(conn, &frames, limit).await?;
+        Ok(true)
+    }
+
     /// Serves one established connection until it ends.
     async fn session(&mut self, mut conn: Transport, heartbeat: Duration) -> End {
         let silence_limit = heartbeat * 2;
@@ -417,6 +542,7 @@ impl Task {
         // The reason an `error` frame gave for the close that follows it.
         let mut close_reason: Option<(Code, String)> = None;
 
+        self.tokens.connection_started();
         // Acks recorded while no connection was up.
         match self.write_acks(&mut conn, heartbeat).await {
             Ok(true) => last_sent = Instant::now(),
@@ -440,6 +566,8 @@ impl Task {
         loop {
             // Topic requests waiting to be retried (new ones are written right away).
             let topics_due = self.topics.next_due();
+            // Token fetches waiting to be retried.
+            let tokens_due = self.tokens.next_due();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -447,9 +575,9 @@ impl Task {
                     conn.close().await;
                     return End::Closed;
                 }
-                permit = events.reserve(), if self.held.is_some() => {
+                permit = events.reserve(), if !self.held.is_empty() => {
                     let Ok(permit) = permit else { return End::Closed };
-                    if let Some(event) = self.held.take() {
+                    if let Some(event) = self.held.pop_front() {
                         permit.send(event);
                     }
                     // Silence while we were not reading says nothing about the server.
@@ -471,6 +599,17 @@ impl Task {
                         Ok(false) => {}
                         Err(e) => return End::lost(e.to_string()),
                     }
+                    match self.write_tokens(&mut conn, heartbeat).await {
+                        Ok(true) => last_sent = Instant::now(),
+                        Ok(false) => {}
+                        Err(ClientError::Closed) => return End::Closed,
+                        Err(e) => return End::lost(e.to_string()),
+                    }
+                }
+                _ = sleep_until(tokens_due.unwrap_or(last_sent)), if tokens_due.is_some() => {
+                    for app in self.tokens.due(Instant::now()) {
+                        self.spawn_fetch(app);
+                    }
                 }
                 _ = sleep_until(topics_due.unwrap_or(last_sent)), if topics_due.is_some() => {
                     match self.write_topics(&mut conn, heartbeat).await {
@@ -487,7 +626,7 @@ impl Task {
                     last_sent = Instant::now();
                     unanswered_ping.get_or_insert(last_sent);
                 }
-                incoming = conn.recv(), if self.held.is_none() => {
+                incoming = conn.recv(), if self.held.is_empty() => {
                     unanswered_ping = None;
                     let frame = match incoming {
                         Ok(Incoming::Frame(frame)) => frame,
@@ -550,6 +689,15 @@ impl Task {
                             self.upstreams.answered(frame.id, reply);
                         }
                         Body::Error(e) if e.code.group() == Group::RequestError => {
+                            let e = match self.tokens.failed(frame.id, e, Instant::now()) {
+                                Ok(event) => {
+                                    if !self.deliver(event) {
+                                        return End::Closed;
+                                    }
+                                    continue;
+                                }
+                                Err(e) => e,
+                            };
                             let Err(e) = self.upstreams.failed(frame.id, e) else {
                                 continue;
                             };
@@ -562,9 +710,22 @@ impl Task {
                             }
                         }
                         Body::Error(e) => close_reason = Some((e.code, e.message)),
-                        // Token refresh is not offered by this client yet: the server closes
-                        // the connection with 4205 when the token ends.
-                        Body::Expiring(_) | Body::Refreshed(_) => {}
+                        Body::Expiring(e) => {
+                            let (fetch, event) = self.tokens.expiring(&e.app, e.expires_s);
+                            if fetch {
+                                self.spawn_fetch(e.app);
+                            }
+                            if let Some(event) = event && !self.deliver(event) {
+                                return End::Closed;
+                            }
+                        }
+                        Body::Refreshed(r) => {
+                            if let Some(event) = self.tokens.refreshed(frame.id, r)
+                                && !self.deliver(event)
+                            {
+                                return End::Closed;
+                            }
+                        }
                         Body::Disconnect(d) => {
                             return End::Lost {
                                 code: Some(d.code),
@@ -581,7 +742,7 @@ impl Task {
                     }
                 }
                 _ = sleep_until(unanswered_ping.unwrap_or(last_sent) + silence_limit),
-                    if self.held.is_none() && unanswered_ping.is_some() =>
+                    if self.held.is_empty() && unanswered_ping.is_some() =>
                 {
                     return End::lost(format!(
                         "no frame from the server within {silence_limit:?} of a ping"
@@ -603,6 +764,20 @@ impl Drop for Task {
 /// waiting is the answer, not the endpoints it gave before.
 fn is_no_endpoints(e: &ClientError) -> bool {
     matches!(e, ClientError::Dispatch { code, .. } if code == "no_endpoints")
+}
+
+/// A refusal because a token expired: 4205 from a gateway, or `token_expired` from the
+/// dispatcher.
+fn is_token_expired(e: &ClientError) -> bool {
+    e.code() == Some(Code::TOKEN_EXPIRED)
+        || matches!(e, ClientError::Dispatch { code, .. } if code == "token_expired")
+}
+
+/// One token from `source` for `app`, within [`FETCH_LIMIT`].
+async fn fetch_token(source: &crate::TokenSource, app: &str) -> Result<String, String> {
+    timeout(FETCH_LIMIT, source.fetch(app))
+        .await
+        .unwrap_or_else(|_| Err(format!("no token within {FETCH_LIMIT:?}")))
 }
 
 /// The next request id after `last` (ids start at 1; 0 is for frames that answer nothing).
@@ -650,7 +825,10 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
             task.backoff.reset();
         }
         task.lost(code);
-        let reconnecting = task.config.reconnect.enabled && code.is_none_or(Code::should_reconnect);
+        // An expired token is not the end when the token source can give a new one.
+        let mut renew = code == Some(Code::TOKEN_EXPIRED) && task.tokens.renew_after_expiry();
+        let reconnecting =
+            task.config.reconnect.enabled && (renew || code.is_none_or(Code::should_reconnect));
         let lost = Event::Disconnected {
             code,
             reason,
@@ -667,6 +845,23 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
                 _ = cancel.cancelled() => return,
                 _ = sleep(delay) => {}
             }
+            // New tokens, fetched right before this attempt.
+            let renewed = renew;
+            if renew {
+                match task.renew_tokens().await {
+                    Ok(()) => renew = false,
+                    Err(None) => return,
+                    Err(Some(why)) => {
+                        let failed = Event::Disconnected {
+                            code: Some(Code::TOKEN_EXPIRED),
+                            reason: format!("no new token: {why}"),
+                            reconnecting: false,
+                        };
+                        task.emit(failed).await;
+                        return;
+                    }
+                }
+            }
             let attempt = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
@@ -675,7 +870,10 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
             match attempt {
                 Ok(established) => break established,
                 Err(e) => {
-                    let reconnecting = e.is_retryable();
+                    // A token that expired meanwhile: fetch new ones, unless those were new
+                    // already (a token source that gives expired tokens would loop).
+                    renew = !renewed && is_token_expired(&e) && task.tokens.renew_after_expiry();
+                    let reconnecting = renew || e.is_retryable();
                     retry_after = e.retry_after();
                     let failed = Event::Disconnected {
                         code: e.code(),

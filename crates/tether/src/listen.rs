@@ -137,6 +137,15 @@ async fn listen(client: &mut Client, args: &ListenArgs) -> anyhow::Result<()> {
                 "subscribe to {topic} refused ({code}): {message}{}",
                 if retrying { "; retrying" } else { "" }
             ),
+            Event::TokenExpiring { app, expires_s } => eprintln!(
+                "the token for app {app} expires at {expires_s} (Unix time); \
+                 the server then closes the connection: restart with a new token"
+            ),
+            // This command has no token source: it never refreshes.
+            Event::TokenRefreshed { .. } => {}
+            Event::RefreshFailed { app, message, .. } => {
+                eprintln!("token refresh for app {app} failed: {message}");
+            }
             Event::Error { code, message } => eprintln!("server error {code}: {message}"),
             Event::Disconnected {
                 code,
