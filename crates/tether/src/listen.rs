@@ -47,6 +47,20 @@ pub struct ListenArgs {
     /// `topic` and `offset` instead of `seq` and `qos`.
     #[arg(long = "topic")]
     pub topics: Vec<String>,
+    /// Subscribe to TOPIC of APP with a subscription token (`tether token --subscription
+    /// TOPIC`), for topics whose rule asks for one (repeatable). Resent after reconnects.
+    #[arg(long = "topic-token", value_name = "TOPIC=TOKEN", value_parser = parse_topic_token)]
+    pub topic_tokens: Vec<(String, String)>,
+}
+
+/// `TOPIC=TOKEN`, split at the first `=` (a JWT has none; a topic may not either).
+fn parse_topic_token(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((topic, token)) if !topic.is_empty() && !token.is_empty() => {
+            Ok((topic.to_owned(), token.to_owned()))
+        }
+        _ => Err("expected TOPIC=TOKEN".to_owned()),
+    }
 }
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
@@ -64,6 +78,11 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
         // The client resubscribes by itself after a reconnect.
         client
             .subscribe(&args.app, topic)
+            .with_context(|| format!("cannot subscribe to {topic:?}"))?;
+    }
+    for (topic, token) in &args.topic_tokens {
+        client
+            .subscribe_with_token(&args.app, topic, token)
             .with_context(|| format!("cannot subscribe to {topic:?}"))?;
     }
     let result = listen(&mut client, &args).await;
@@ -240,6 +259,23 @@ mod tests {
         assert_eq!(args.dispatch.as_deref(), Some("http://h:7480/v1/dispatch"));
         assert!(parse(&[]).is_err(), "one of --url and --dispatch is needed");
         assert!(parse(&["--url", "tcp://h:1"]).is_ok());
+    }
+
+    #[test]
+    fn topic_tokens_pair_a_topic_with_its_token() {
+        use clap::Parser;
+        let mut argv = vec!["tether", "listen", "--url", "tcp://h:1", "--app", "demo"];
+        argv.extend_from_slice(&["--user", "u", "--token", "t"]);
+        argv.extend_from_slice(&["--topic-token", "vip.gold=eyJ.a.b", "--topic", "news"]);
+        let cli = crate::Cli::try_parse_from(&argv).expect("parses");
+        let crate::Command::Listen(args) = cli.command else {
+            panic!("not listen");
+        };
+        assert_eq!(args.topic_tokens, [("vip.gold".into(), "eyJ.a.b".into())]);
+        assert_eq!(args.topics, ["news"]);
+        for bad in ["vip.gold", "=t", "vip.gold="] {
+            assert!(parse_topic_token(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

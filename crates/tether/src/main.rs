@@ -39,7 +39,8 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
-    /// Print a client token for a user of an app, signed with the app's secret.
+    /// Print a client token for a user of an app, signed with the app's secret (HS256); with
+    /// --subscription, a subscription token for one topic instead.
     Token {
         #[arg(long)]
         app: String,
@@ -50,6 +51,14 @@ enum Command {
         /// How long the token is valid: 30s, 10m, 24h...
         #[arg(long, default_value = "24h", value_parser = tether_server::config::parse_duration)]
         ttl: Duration,
+        /// Topics or patterns (`room.*`) the user may join under the app's `token` topic
+        /// rules: the token's `topics` claim. Comma-separated or repeated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "subscription")]
+        topics: Vec<String>,
+        /// Mint a subscription token for this one topic (sent with a subscribe, e.g.
+        /// `tether listen --topic-token TOPIC=TOKEN`), not a connection token.
+        #[arg(long, value_name = "TOPIC")]
+        subscription: Option<String>,
     },
     /// Connect as a client and print every message received as a JSON line.
     Listen(listen::ListenArgs),
@@ -113,7 +122,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 user,
                 config,
                 ttl,
-            } => token(&app, &user, config, ttl),
+                topics,
+                subscription,
+            } => {
+                let kind = match subscription {
+                    Some(topic) => TokenKind::Subscription(topic),
+                    None => TokenKind::Connection(topics),
+                };
+                token(&app, &user, config, ttl, kind)
+            }
             Command::Listen(args) => listen::run(args).await,
             Command::Push(args) => push::run(args).await,
             Command::Config {
@@ -164,20 +181,69 @@ async fn serve(config: Option<PathBuf>, log_format: &str) -> anyhow::Result<()> 
     tether_server::run(config, shutdown).await
 }
 
-fn token(app: &str, user: &str, config: Option<PathBuf>, ttl: Duration) -> anyhow::Result<()> {
+/// What `tether token` mints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenKind {
+    /// A connection token, with these topics in its `topics` claim (none: no claim).
+    Connection(Vec<String>),
+    /// A subscription token for one topic.
+    Subscription(String),
+}
+
+fn token(
+    app: &str,
+    user: &str,
+    config: Option<PathBuf>,
+    ttl: Duration,
+    kind: TokenKind,
+) -> anyhow::Result<()> {
     let (config, _) = load(config)?;
     let app_config = config
         .app(app)
         .with_context(|| format!("app {app:?} is not configured"))?;
     tether_core::validate_id("user", user).map_err(anyhow::Error::msg)?;
-    let token = tether_core::auth::mint(
-        app_config.secret.expose().as_bytes(),
-        &AppId::from(app),
-        &UserId::from(user),
-        ttl,
-    );
-    println!("{token}");
+    let secret = app_config.secret.expose().as_bytes();
+    println!("{}", mint(secret, app, user, ttl, kind)?);
     Ok(())
+}
+
+/// Signs a token of `kind` for `user` of `app` (HS256 with `secret`).
+fn mint(
+    secret: &[u8],
+    app: &str,
+    user: &str,
+    ttl: Duration,
+    kind: TokenKind,
+) -> anyhow::Result<String> {
+    let (app, user) = (AppId::from(app), UserId::from(user));
+    let topics = match kind {
+        TokenKind::Subscription(topic) => {
+            anyhow::ensure!(
+                !topic.is_empty() && topic.len() <= 128 && !topic.chars().any(char::is_control),
+                "invalid topic {topic:?}: 1 to 128 bytes, no control characters"
+            );
+            return Ok(tether_core::auth::mint_subscription(
+                secret, &user, &topic, ttl,
+            ));
+        }
+        TokenKind::Connection(topics) if topics.is_empty() => {
+            return Ok(tether_core::auth::mint(secret, &app, &user, ttl));
+        }
+        TokenKind::Connection(topics) => topics,
+    };
+    if let Some(bad) = topics.iter().find(|t| t.trim().is_empty()) {
+        anyhow::bail!("--topics: empty topic or pattern {bad:?}");
+    }
+    let now = tether_core::now_ms() / 1000;
+    let claims = tether_core::auth::Claims {
+        sub: user.as_str().to_owned(),
+        exp: now + ttl.as_secs().max(1),
+        iat: Some(now),
+        app: Some(app.as_str().to_owned()),
+        topics: Some(topics),
+        ..tether_core::auth::Claims::default()
+    };
+    Ok(tether_core::auth::sign(secret, &claims))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
@@ -209,5 +275,75 @@ fn init_tracing(format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"demo-secret-0123456789";
+
+    fn claims(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).expect("a JWT");
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON claims")
+    }
+
+    fn parse(extra: &[&str]) -> Result<Command, clap::Error> {
+        let mut argv = vec!["tether", "token", "--app", "demo", "--user", "u"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn token_topics_become_the_topics_claim() {
+        let Command::Token { topics, .. } =
+            parse(&["--topics", "a,b.*", "--topics", "c"]).expect("parses")
+        else {
+            panic!("not token");
+        };
+        assert_eq!(topics, ["a", "b.*", "c"]);
+        let ttl = Duration::from_secs(60);
+        let token = mint(SECRET, "demo", "u", ttl, TokenKind::Connection(topics)).expect("mints");
+        let c = claims(&token);
+        assert_eq!(c["sub"], "u");
+        assert_eq!(c["app"], "demo");
+        assert_eq!(c["topics"], serde_json::json!(["a", "b.*", "c"]));
+        let plain = mint(SECRET, "demo", "u", ttl, TokenKind::Connection(vec![])).expect("mints");
+        assert!(claims(&plain).get("topics").is_none());
+        let empty = TokenKind::Connection(vec!["a".into(), String::new()]);
+        assert!(mint(SECRET, "demo", "u", ttl, empty).is_err());
+    }
+
+    #[test]
+    fn a_subscription_token_names_one_topic() {
+        let Command::Token { subscription, .. } =
+            parse(&["--subscription", "vip.gold"]).expect("parses")
+        else {
+            panic!("not token");
+        };
+        let topic = subscription.expect("a topic");
+        let token = mint(
+            SECRET,
+            "demo",
+            "u",
+            Duration::from_secs(60),
+            TokenKind::Subscription(topic),
+        )
+        .expect("mints");
+        let c = claims(&token);
+        assert_eq!(
+            (c["sub"].as_str(), c["topic"].as_str()),
+            (Some("u"), Some("vip.gold"))
+        );
+        assert!(
+            parse(&["--subscription", "a", "--topics", "b"]).is_err(),
+            "one or the other"
+        );
     }
 }
