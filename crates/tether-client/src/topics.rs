@@ -32,7 +32,19 @@
 //!
 //! A request refused with 4301 (`unavailable`: the server is busy) is sent again after a
 //! delay from the reconnect policy's backoff, and at once on a new connection. Other codes
-//! (4300 `bad_request`, 4302 `limit`) end the subscription: the client forgets it.
+//! (4300 `bad_request`, 4302 `limit`, 4305 `forbidden`: the app's topic rules refuse it) end
+//! the subscription: the client forgets it, so a refused topic is never asked for again.
+//! Except for the subscribe that recovers what a re-applied server-side subscription missed:
+//! the server's subscription stands (the business's subscriptions are not checked against the
+//! topic rules; this subscribe is), so a refusal there keeps the topic, live from the
+//! re-applied offset, and is reported as a [`Recovery::TooOld`] subscription.
+//!
+//! # Subscription tokens
+//!
+//! A subscribe may carry a subscription token (for topics whose rule asks for one). The entry
+//! keeps it and every subscribe of the topic sends it, resubscribes after a reconnect
+//! included; a later call without a token keeps it. A token that expired by then is refused
+//! with 4305 like any other refusal.
 //!
 //! # Invariants
 //!
@@ -148,6 +160,9 @@ struct Entry {
     backoff: Backoff,
     /// The subscription token sent with every subscribe of the topic.
     token: Option<String>,
+    /// The offset at which the server re-applied the business's subscription on this
+    /// connection, while the subscribe that recovers the gap before it is due or unanswered.
+    reapplied: Option<u64>,
 }
 
 impl Entry {
@@ -212,6 +227,7 @@ impl Topics {
                 state: State::Due(now),
                 backoff,
                 token: None,
+                reapplied: None,
             });
         let wanted = matches!(intent, Intent::Subscribe { .. });
         // The same request is pending already (due, retrying or unanswered), and the call
@@ -242,6 +258,7 @@ impl Topics {
         self.in_flight.clear();
         for topics in self.entries.values_mut() {
             topics.retain(|_, e| {
+                e.reapplied = None;
                 if !e.wanted {
                     // The new connection does not have it (or the server re-applies it: the
                     // business's subscriptions outlive an unsubscribe of one connection).
@@ -335,6 +352,7 @@ impl Topics {
                 return None;
             }
             e.state = State::Settled;
+            e.reapplied = None;
             e.backoff.reset();
             // After a complete recovery the recovered publications follow and move `last`.
             // Otherwise the subscription starts at `offset`, even below `last` (a history that
@@ -354,6 +372,7 @@ impl Topics {
                 state: State::Settled,
                 backoff: self.backoff.clone(),
                 token: None,
+                reapplied: None,
             };
             self.entries
                 .entry(s.app.clone())
@@ -369,6 +388,7 @@ impl Topics {
         if e.last.is_some_and(|last| last < s.offset) {
             // Publications were missed; recover them (the reply to that is the event).
             e.state = State::Due(now);
+            e.reapplied = Some(s.offset);
             return None;
         }
         e.state = State::Settled;
@@ -424,6 +444,20 @@ impl Topics {
             return Ok(None); // superseded
         }
         let retrying = error.code == Code::UNAVAILABLE;
+        if let (false, true, Some(offset)) = (retrying, e.wanted, e.reapplied.take()) {
+            // Only the recovery was refused: the server's subscription stands, live from
+            // `offset`, and what came before it is lost to this client.
+            let since = e.last.replace(offset);
+            e.state = State::Settled;
+            return Ok(Some(Event::Subscribed {
+                app,
+                topic,
+                offset,
+                recovery: Recovery::TooOld,
+                since,
+                server_side: e.origin == Origin::Server,
+            }));
+        }
         let wanted = e.wanted;
         if retrying {
             let delay = e.backoff.next_delay(Duration::ZERO, &mut rand::rng());
@@ -912,6 +946,32 @@ mod tests {
         assert_eq!(t.next_due(), None);
         t.connection_started(now);
         assert_eq!(ids.due(&mut t, now + Duration::from_secs(60)), []);
+    }
+
+    #[test]
+    fn a_refused_recovery_keeps_a_reapplied_server_side_subscription() {
+        let (mut t, mut ids) = (topics(), Ids(0));
+        t.subscribed(0, subscribed("vip.news", 3, Recovery::Live), Instant::now());
+        assert_eq!(pass(&mut t, "vip.news", &[4]), [4]);
+        t.connection_started(Instant::now());
+        // Re-applied at 9: the client asks for 5..=9, and a `token` rule refuses it.
+        let reapplied = t.subscribed(0, subscribed("vip.news", 9, Recovery::Live), Instant::now());
+        assert_eq!(reapplied, None);
+        let id = ids.subscribe(&mut t, "vip.news", Some(4));
+        let now = Instant::now();
+        let failed = t
+            .failed(id, error(Code::FORBIDDEN), now)
+            .expect("a topic request");
+        assert_eq!(
+            failed,
+            event("vip.news", 9, Recovery::TooOld, Some(4), true)
+        );
+        assert_eq!(
+            pass(&mut t, "vip.news", &[9, 10]),
+            [10],
+            "live after the re-application"
+        );
+        assert_eq!(ids.due(&mut t, now), [], "not asked again");
     }
 
     #[test]

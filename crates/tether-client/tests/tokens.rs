@@ -3,18 +3,21 @@
 //! one is closed with 4205, a token the server refuses is reported, an application refreshes
 //! by hand, an expired token is fetched again and the client reconnects; and subscription
 //! tokens: a `token` topic rule refuses a subscribe without one (4305) and takes one with one,
-//! again after a reconnect.
+//! again after a reconnect; and a business subscription to a `token` topic outlives the
+//! refusal of the client's recovery subscribe.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tether_client::{Client, ClientConfig, Code, Event, Push};
+use tether_client::{Client, ClientConfig, Code, Event, Push, Recovery};
 use tether_core::{AppId, UserId};
 use tether_server::config::{TopicAccess, TopicRule};
 use tether_server::{Config, Node};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
 const SECRET: &[u8] = b"demo-secret-0123456789";
@@ -312,10 +315,14 @@ async fn after_a_4205_close_the_client_fetches_a_token_and_reconnects() {
 }
 
 async fn publish(http: SocketAddr, topic: &str, n: u64) {
+    publish_qos(http, topic, n, 0).await;
+}
+
+async fn publish_qos(http: SocketAddr, topic: &str, n: u64, qos: u8) {
     let response = reqwest::Client::new()
         .post(format!("http://{http}/v1/apps/demo/topics/{topic}/publish"))
         .bearer_auth(API_KEY)
-        .json(&json!({"payload": n, "qos": 0}))
+        .json(&json!({"payload": n, "qos": qos}))
         .send()
         .await
         .expect("publish request");
@@ -409,4 +416,137 @@ async fn a_subscription_token_opens_a_token_topic_again_after_a_reconnect() {
     client.close().await;
     node_b.shutdown();
     node_b.wait().await;
+}
+
+/// A TCP proxy between a client and a node, so that a test can cut the client's connection
+/// and keep it out while it publishes (as in e2e.rs).
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: JoinHandle<()>,
+}
+
+struct ProxyState {
+    /// Where new connections go; `None`: they are closed at once.
+    upstream: Option<SocketAddr>,
+    links: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(ProxyState {
+            upstream: Some(upstream),
+            links: Vec::new(),
+        }));
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = shared.lock().expect("proxy state");
+                let Some(upstream) = state.upstream else {
+                    continue;
+                };
+                state.links.push(tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.upstream = None;
+        for link in state.links.drain(..) {
+            link.abort();
+        }
+    }
+
+    fn open(&self, upstream: SocketAddr) {
+        self.state.lock().expect("proxy state").upstream = Some(upstream);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test]
+async fn a_business_subscription_to_a_token_topic_outlives_a_refused_recovery() {
+    let node = start(node_config()).await;
+    let (http, tcp) = (node.http_addr(), node.tcp_addr().expect("tcp listener"));
+    let proxy = Proxy::start(tcp).await;
+    let mut config = client_config(&node, "ida", Duration::from_secs(3600));
+    config.url = format!("tcp://{}", proxy.addr);
+    let (mut client, _) = connect(config).await;
+    // The business subscribes the user (not checked against the topic rules).
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/v1/apps/demo/users/ida/topics/vip.news"
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("subscribe request");
+    assert!(response.status().is_success(), "{}", response.status());
+    match next(&mut client).await {
+        Event::Subscribed {
+            topic,
+            server_side: true,
+            ..
+        } if topic == "vip.news" => {}
+        other => panic!("expected a server-side Subscribed, got {other:?}"),
+    }
+    publish_qos(http, "vip.news", 1, 1).await;
+    assert_eq!(next_publication(&mut client, "vip.news").await, 1);
+
+    proxy.cut();
+    assert!(matches!(
+        next(&mut client).await,
+        Event::Disconnected {
+            reconnecting: true,
+            ..
+        }
+    ));
+    for n in 2..=3 {
+        publish_qos(http, "vip.news", n, 1).await;
+    }
+    proxy.open(tcp);
+    loop {
+        match next(&mut client).await {
+            Event::Connected(_) => break,
+            Event::Disconnected {
+                reconnecting: true, ..
+            } => {}
+            other => panic!("expected a reconnect, got {other:?}"),
+        }
+    }
+    // The node re-applies the subscription live from 3; the client's subscribe to recover 2
+    // and 3 is refused (the connection has no token for vip.*), and the topic stays.
+    match next(&mut client).await {
+        Event::Subscribed {
+            topic,
+            offset: 3,
+            recovery: Recovery::TooOld,
+            since: Some(1),
+            server_side: true,
+            ..
+        } if topic == "vip.news" => {}
+        other => panic!("expected a live subscription that lost 2..=3, got {other:?}"),
+    }
+    publish_qos(http, "vip.news", 4, 1).await;
+    assert_eq!(next_publication(&mut client, "vip.news").await, 4);
+    client.close().await;
+    node.shutdown();
+    node.wait().await;
 }
