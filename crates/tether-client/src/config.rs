@@ -66,8 +66,9 @@ pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Sen
 /// The client calls it when the server warns that a token is expiring (then sends the token
 /// in a `refresh`), and after the server closed a connection or refused a connect because a
 /// token expired (4205; then reconnects with it). It runs beside the connection, never
-/// blocking it, one call per app at a time, and is given 30 s. Retry transient failures
-/// inside it: an `Err` after a 4205 ends the client's event stream.
+/// blocking it, one call per app at a time, and is given 30 s (running out of time, or
+/// panicking, counts as an `Err`). Retry transient failures inside it: an `Err` after a 4205
+/// ends the client's event stream.
 #[derive(Clone)]
 pub struct TokenSource(Arc<dyn Fn(&str) -> TokenFuture + Send + Sync>);
 

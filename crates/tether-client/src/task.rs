@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tether_proto::{
     Ack, Binding, Body, Code, Connect, Connected, Frame, Group, PROTOCOL_VERSION, Push, Refresh,
 };
@@ -773,11 +774,16 @@ fn is_token_expired(e: &ClientError) -> bool {
         || matches!(e, ClientError::Dispatch { code, .. } if code == "token_expired")
 }
 
-/// One token from `source` for `app`, within [`FETCH_LIMIT`].
+/// One token from `source` for `app`, within [`FETCH_LIMIT`]. A source that panics fails
+/// like one that answers `Err` (else its app would wait for the fetch forever).
 async fn fetch_token(source: &crate::TokenSource, app: &str) -> Result<String, String> {
-    timeout(FETCH_LIMIT, source.fetch(app))
-        .await
-        .unwrap_or_else(|_| Err(format!("no token within {FETCH_LIMIT:?}")))
+    // Nothing of the client's is inside the future: unwinding out of it breaks no state.
+    let fetch = std::panic::AssertUnwindSafe(timeout(FETCH_LIMIT, source.fetch(app)));
+    match fetch.catch_unwind().await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(format!("no token within {FETCH_LIMIT:?}")),
+        Err(_) => Err("the token source panicked".to_owned()),
+    }
 }
 
 /// The next request id after `last` (ids start at 1; 0 is for frames that answer nothing).
@@ -886,5 +892,29 @@ pub(crate) async fn run(mut task: Task, conn: Transport, connected: Connected) {
                 }
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_source_that_panics_fails_like_one_that_errs() {
+        let source = crate::TokenSource::new(|app| {
+            let app = app.to_owned();
+            async move {
+                assert_ne!(app, "demo", "the source breaks");
+                Ok(format!("token for {app}"))
+            }
+        });
+        assert_eq!(
+            fetch_token(&source, "demo").await,
+            Err("the token source panicked".to_owned())
+        );
+        assert_eq!(
+            fetch_token(&source, "shop").await,
+            Ok("token for shop".to_owned())
+        );
     }
 }
