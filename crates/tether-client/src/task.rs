@@ -498,7 +498,7 @@ impl Task {
     }
 
     /// Sends the tokens that arrived in `refresh` requests (reporting failed fetches), and
-    /// starts the token fetches whose retry is due. False when the client is gone.
+    /// starts the token fetches whose retry is due. `Err(Closed)` when the client is gone.
     async fn write_tokens(
         &mut self,
         conn: &mut Transport,
