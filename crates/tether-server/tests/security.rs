@@ -169,6 +169,10 @@ async fn subscribes_are_allowed_and_refused_by_each_rule_over_tcp() {
         matches!(&frame.body, Body::Subscribed(s) if s.topic == "admins-only"),
         "{frame:?}"
     );
+    // Holding it, the client may ask for it again (to recover what it missed).
+    alice.send(&subscribe(30, "admins-only", None)).await;
+    assert_eq!(answer(alice.frame().await, 30), Ok(()));
+
     let forbidden = metric(
         &http.metrics().await,
         "tether_requests_refused_total{op=\"subscribe\",code=\"forbidden\"}",

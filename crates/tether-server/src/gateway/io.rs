@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tether_core::TopicId;
 use tether_proto::{Body, Code, Frame};
 use tokio::time::timeout;
 use tracing::debug;
@@ -283,7 +284,8 @@ fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
         }
         conn.enqueue(conn.encoding.encode(&Frame { id, body }));
     };
-    match ops::step(id, frame.body, &conn.bindings, &gw.access.load()) {
+    let holds = |binding: usize, topic: &TopicId| conn.has_topic(binding, topic);
+    match ops::step(id, frame.body, &conn.bindings, &gw.access.load(), holds) {
         Step::Nothing => {}
         Step::Reply(body) => reply(body),
         Step::Ack { binding, seq } => {

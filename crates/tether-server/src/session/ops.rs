@@ -48,8 +48,16 @@ pub enum Step {
 }
 
 /// The step frame `id` with body `body` asks for on a connection with `bindings`, under the
-/// apps' rules `access`.
-pub fn step(id: u32, body: Body, bindings: &[Binding], access: &Access) -> Step {
+/// apps' rules `access`; `holds(binding, topic)` says whether the connection already has the
+/// topic (a subscription the business made, or one allowed before), which a resubscribe with
+/// `since` may ask for again whatever the rules say now.
+pub fn step(
+    id: u32,
+    body: Body,
+    bindings: &[Binding],
+    access: &Access,
+    holds: impl Fn(usize, &TopicId) -> bool,
+) -> Step {
     let binding = |op: &str, app: &str| {
         bindings
             .iter()
@@ -90,7 +98,9 @@ pub fn step(id: u32, body: Body, bindings: &[Binding], access: &Access) -> Step 
         }),
         Body::Subscribe(sub) => binding("subscribe", &sub.app).and_then(|binding| {
             let topic = topic(&sub.topic)?;
-            permit(&bindings[binding], &topic, &sub, access)?;
+            if !holds(binding, &topic) {
+                permit(&bindings[binding], &topic, &sub, access)?;
+            }
             Ok(Step::Subscribe {
                 binding,
                 topic,
@@ -244,7 +254,7 @@ mod tests {
     }
 
     fn step(id: u32, body: Body, bindings: &[Binding]) -> Step {
-        super::step(id, body, bindings, &access())
+        super::step(id, body, bindings, &access(), |_, _| false)
     }
 
     fn subscribe(app: &str, topic: &str, token: Option<String>) -> Body {
@@ -347,6 +357,17 @@ mod tests {
             refused(step(3, subscribe("shop", "open.lobby", None), &bindings())).0,
             Code::FORBIDDEN
         );
+        // A topic the connection holds (the business subscribed it) may be asked for again,
+        // to recover what it missed.
+        let holds = |binding: usize, topic: &TopicId| binding == 0 && topic.as_str() == "user.bob";
+        let again = super::step(
+            3,
+            subscribe("chat", "user.bob", None),
+            &bindings(),
+            &access(),
+            holds,
+        );
+        assert!(matches!(again, Step::Subscribe { .. }));
     }
 
     #[test]
