@@ -1,16 +1,22 @@
-//! Per-app rate control: a request limit that refuses (the API answers 429), and a pacer that
-//! waits (publish and broadcast deliveries are spread over time rather than dropped).
+//! Rate control: per app, a request limit that refuses (the API answers 429) and a pacer that
+//! waits (publish and broadcast deliveries are spread over time rather than dropped); per
+//! client address, a [`KeyedLimit`] on new connections, whose memory is bounded.
 //!
-//! Both are governor's GCRA limiters on tokio's clock, so that tests can pause time.
+//! All are governor's GCRA limiters on tokio's clock, so that tests can pause time.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::ops::Add;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
 /// Nanoseconds since a [`TokioClock`] was made.
@@ -132,9 +138,170 @@ impl Pacer {
     }
 }
 
+/// A rate per key (a client address) that refuses over it, holding at most `cap` keys.
+///
+/// # Memory
+/// Each key tracked costs one map entry (its GCRA state, a `u64`). Keys whose state is back to
+/// a fresh one are forgotten by a sweep that runs at most once per [`KeyedLimit::SWEEP_EVERY`],
+/// from [`KeyedLimit::check`] itself (no task). While `cap` keys are tracked, a key not among
+/// them is let through untracked rather than refused, so that a flood of new addresses can
+/// neither grow the map nor lock out clients it has never seen; known keys stay limited.
+#[derive(Debug)]
+pub struct KeyedLimit<K: Hash + Eq + Clone> {
+    limiter: RateLimiter<K, CappedStore<K>, TokioClock, NoOpMiddleware<Since>>,
+    clock: TokioClock,
+    /// When the next sweep may run, in the clock's nanoseconds.
+    next_sweep: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimit<K> {
+    /// The longest time between two sweeps of forgotten keys.
+    pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+    /// `None` when `per_sec` is 0 (no limit). A burst of 0 counts as 1.
+    pub fn new(per_sec: u32, burst: u32, cap: usize) -> Option<KeyedLimit<K>> {
+        let per_sec = NonZeroU32::new(per_sec)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let clock = TokioClock {
+            origin: tokio::time::Instant::now(),
+        };
+        let quota = Quota::per_second(per_sec).allow_burst(burst);
+        let store = CappedStore {
+            map: Mutex::default(),
+            cap,
+        };
+        Some(KeyedLimit {
+            limiter: RateLimiter::new(quota, store, clock),
+            clock,
+            next_sweep: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes one for `key`, or says how long until one would be allowed.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        if now.0 >= due
+            && self
+                .next_sweep
+                .compare_exchange(
+                    due,
+                    now.0.saturating_add(Self::SWEEP_EVERY.as_nanos() as u64),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let before = self.limiter.len();
+            self.limiter.retain_recent();
+            // Give memory back after a flood, not after every sweep.
+            if self.limiter.len() < before / 4 {
+                self.limiter.shrink_to_fit();
+            }
+        }
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(now))
+    }
+
+    /// Keys tracked now.
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+/// governor's state per key, in a map that never holds more than `cap` keys.
+#[derive(Debug)]
+struct CappedStore<K> {
+    /// Key -> its theoretical arrival time (GCRA), in the limiter's nanoseconds.
+    map: Mutex<HashMap<K, u64>>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone> StateStore for CappedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(key) {
+            Some(tat) => {
+                let (t, next) = f(Some(Nanos::from(*tat)))?;
+                *tat = next.as_u64();
+                Ok(t)
+            }
+            None => {
+                // A fresh key always conforms (the burst is at least 1).
+                let (t, next) = f(None)?;
+                if map.len() < self.cap {
+                    map.insert(key.clone(), next.as_u64());
+                }
+                Ok(t)
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, tat| *tat > drop_below.as_u64());
+    }
+
+    fn shrink_to_fit(&self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keyed_limit_refuses_each_key_past_its_burst_and_forgets_idle_keys() {
+        let limit = KeyedLimit::<u32>::new(2, 3, 100).expect("a limit");
+        for _ in 0..3 {
+            assert_eq!(limit.check(&1), Ok(()));
+        }
+        let wait = limit.check(&1).expect_err("the fourth is over the burst");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500));
+        // Another key has its own burst.
+        assert_eq!(limit.check(&2), Ok(()));
+        assert_eq!(limit.len(), 2);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Both are back to fresh: the next check sweeps them, then tracks the one it takes.
+        assert_eq!(limit.check(&3), Ok(()));
+        assert_eq!(limit.len(), 1);
+        assert!(KeyedLimit::<u32>::new(0, 3, 100).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_keyed_limit_lets_new_keys_through_untracked_and_keeps_limiting_known_ones() {
+        let limit = KeyedLimit::<u32>::new(1, 1, 10).expect("a limit");
+        for key in 0..10 {
+            assert_eq!(limit.check(&key), Ok(()));
+        }
+        for key in 10..1000 {
+            assert_eq!(limit.check(&key), Ok(()), "a new key past the cap");
+        }
+        assert_eq!(limit.len(), 10, "the map stays at its cap");
+        assert!(limit.check(&0).is_err(), "a tracked key is still limited");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_request_limit_refuses_past_the_burst_and_recovers() {
