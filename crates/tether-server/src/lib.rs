@@ -18,6 +18,8 @@
 //!   store, fan-out and other nodes; this node's sessions in the registry.
 //! - [`gateway`]: holds client connections whatever their transport: admission, handshake,
 //!   per-connection byte-bounded queues, heartbeats, parking, drain.
+//! - [`edge`]: who may connect, per listener, before a byte is read: IP allow and deny lists,
+//!   the per-IP connection rate, WebSocket origins; refusals counted and logged.
 //! - [`transport`]: the transport seam ([`transport::Wire`]) and its two transports, raw TCP
 //!   and WebSocket.
 //! - [`session`]: the rules every transport's sessions share, as plain code: the handshake's
@@ -45,6 +47,7 @@ pub mod config;
 pub mod delivery;
 pub mod descriptors;
 pub mod dispatch;
+pub mod edge;
 pub mod fanout;
 pub mod gateway;
 pub mod lifecycle;

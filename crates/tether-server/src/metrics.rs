@@ -41,6 +41,12 @@ pub fn accept_error(listener: &'static str) {
     counter!("tether_accept_errors_total", "listener" => listener).increment(1);
 }
 
+/// The counter of connections refused on `listener` (`tcp`, `ws`, `http`) for `reason` (see
+/// `crate::edge::Refusal`), resolved once per guard.
+pub fn connection_refused(listener: &'static str, reason: &'static str) -> Counter {
+    counter!("tether_connections_refused_total", "listener" => listener, "reason" => reason)
+}
+
 /// Per-transport counters.
 #[derive(Debug, Clone)]
 pub struct TransportMetrics {

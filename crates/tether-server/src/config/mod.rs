@@ -36,8 +36,8 @@ pub use apps::{
 pub use de::parse_duration;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
-    AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits, ListenConfig,
-    NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
+    AccessConfig, AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits,
+    ListenConfig, NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
 };
 
 /// The whole configuration.

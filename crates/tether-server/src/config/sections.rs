@@ -59,6 +59,12 @@ pub struct ListenConfig {
     pub reuse_port: bool,
     /// Listen backlog.
     pub backlog: u32,
+    /// Who may connect to the raw TCP listener.
+    pub tcp_access: AccessConfig,
+    /// Who may connect to the WebSocket listener (and from which web origins).
+    pub ws_access: AccessConfig,
+    /// Who may use the HTTP API listener (the API, `/v1/dispatch`, health and metrics).
+    pub http_access: AccessConfig,
 }
 
 impl Default for ListenConfig {
@@ -69,6 +75,44 @@ impl Default for ListenConfig {
             http: "127.0.0.1:7480".into(),
             reuse_port: false,
             backlog: 4096,
+            tcp_access: AccessConfig::default(),
+            ws_access: AccessConfig::default(),
+            http_access: AccessConfig::default(),
+        }
+    }
+}
+
+/// Who may connect to one listener, checked as soon as a connection is accepted (see
+/// `crate::edge`). Every list empty and the rate 0 (the default): everyone, at no cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or addresses that may connect. Empty: any.
+    pub allow: Vec<String>,
+    /// Networks or addresses that may not connect, even when `allow` has them.
+    pub deny: Vec<String>,
+    /// New connections per second from one address (an IPv6 /64 counts as one), over
+    /// `connections_per_ip_burst`. 0: no limit. Gateways only.
+    pub connections_per_ip_per_sec: u32,
+    /// New connections one address may open at once above the rate.
+    pub connections_per_ip_burst: u32,
+    /// WebSocket only: the web origins whose pages may connect, exact
+    /// (`https://app.example.com`) or by subdomain (`https://*.example.com`). Empty: any.
+    pub origins: Vec<String>,
+    /// WebSocket only: whether an upgrade without an Origin header (native apps, servers;
+    /// browsers always send one) may connect.
+    pub allow_missing_origin: bool,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            connections_per_ip_per_sec: 0,
+            connections_per_ip_burst: 10,
+            origins: Vec::new(),
+            allow_missing_origin: true,
         }
     }
 }

@@ -447,3 +447,54 @@ requests_per_sec = 10
     assert_eq!(problems[0].1, line(10), "{problems:?}");
     assert_eq!(problems[0].2, "apps.b: requests_burst must be at least 1");
 }
+
+#[test]
+fn every_bad_access_entry_is_named_by_its_key_and_placed_at_its_line() {
+    let problems = problems_of(
+        r#"
+[listen.tcp_access]
+allow = ["10.0.0.0/8"]
+deny = ["192.0.2.0/24", "::1", "10.0.0.1/8"]
+origins = ["https://a.example.com"]
+
+[listen.ws_access]
+allow = ["2001:db8::/129"]
+connections_per_ip_per_sec = 5
+connections_per_ip_burst = 0
+origins = ["https://app.example.com/", "https://*.example.com"]
+
+[listen.http_access]
+connections_per_ip_per_sec = 5
+allow_missing_origin = false
+"#,
+    );
+    let found: Vec<(&str, Place)> = problems
+        .iter()
+        .map(|(_, place, text)| (text.split(':').next().unwrap_or(""), place.clone()))
+        .collect();
+    let expected = [
+        ("listen.tcp_access.deny[2]", line(4)),
+        ("listen.tcp_access.origins", line(5)),
+        ("listen.ws_access.allow[0]", line(8)),
+        (
+            "listen.ws_access.connections_per_ip_burst must be at least 1 when connections_per_ip_per_sec is set",
+            line(10),
+        ),
+        ("listen.ws_access.origins[0]", line(11)),
+        ("listen.http_access.connections_per_ip_per_sec", line(14)),
+        ("listen.http_access.allow_missing_origin", line(15)),
+    ];
+    assert_eq!(found.len(), expected.len(), "{problems:#?}");
+    for (key, place) in expected {
+        assert!(
+            found.contains(&(key, place.clone())),
+            "{key} at {place:?} missing from {problems:#?}"
+        );
+    }
+    assert!(
+        problems
+            .iter()
+            .any(|(_, _, t)| t.contains("the network is 10.0.0.0/8")),
+        "{problems:#?}"
+    );
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tether_core::validate_id;
 
-use super::{AppConfig, Config, ConfigError, StoreBackend, WebhookConfig};
+use super::{AccessConfig, AppConfig, Config, ConfigError, StoreBackend, WebhookConfig};
+use crate::edge::cidr::Net;
+use crate::edge::origin::OriginPattern;
 
 impl Config {
     /// Every problem at once.
@@ -40,6 +42,13 @@ impl Config {
             if listeners[..i].contains(a) {
                 problems.push(format!("listen: {a} is used by two listeners"));
             }
+        }
+        for (name, access, gateway, ws) in [
+            ("listen.tcp_access", &self.listen.tcp_access, true, false),
+            ("listen.ws_access", &self.listen.ws_access, true, true),
+            ("listen.http_access", &self.listen.http_access, false, false),
+        ] {
+            problems.extend(access.problems(name, gateway, ws));
         }
         let l = &self.limits;
         if l.max_connections == 0 {
@@ -295,6 +304,48 @@ impl Config {
         {
             problems.push("admin.key must be at least 16 characters".into());
         }
+    }
+}
+
+impl AccessConfig {
+    /// The problems of one listener's `*_access` table (`name`); `gateway` and `ws` say which
+    /// keys it takes.
+    fn problems(&self, name: &str, gateway: bool, ws: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (list, entries) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for (i, entry) in entries.iter().enumerate() {
+                if let Err(e) = Net::parse(entry) {
+                    problems.push(format!("{name}.{list}[{i}]: {e}"));
+                }
+            }
+        }
+        for (i, entry) in self.origins.iter().enumerate() {
+            if let Err(e) = OriginPattern::parse(entry) {
+                problems.push(format!("{name}.origins[{i}]: {e}"));
+            }
+        }
+        if self.connections_per_ip_per_sec > 0 && self.connections_per_ip_burst == 0 {
+            problems.push(format!(
+                "{name}.connections_per_ip_burst must be at least 1 when connections_per_ip_per_sec is set"
+            ));
+        }
+        if !gateway && self.connections_per_ip_per_sec > 0 {
+            problems.push(format!(
+                "{name}.connections_per_ip_per_sec: only the gateways' listeners (listen.tcp_access, \
+                 listen.ws_access) take a per-IP rate; the API's limits are per app, in [rate]"
+            ));
+        }
+        if !ws && (!self.origins.is_empty() || !self.allow_missing_origin) {
+            let key = if self.origins.is_empty() {
+                "allow_missing_origin"
+            } else {
+                "origins"
+            };
+            problems.push(format!(
+                "{name}.{key}: only listen.ws_access checks Origin headers"
+            ));
+        }
+        problems
     }
 }
 
