@@ -64,6 +64,16 @@ impl AcceptErrors {
     }
 }
 
+/// The peer of an HTTP API connection (`ConnectInfo<Peer>`), for the listener's guard.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ApiListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ApiListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
 /// The HTTP API's listener, for `axum::serve`.
 #[derive(Debug)]
 pub struct ApiListener {

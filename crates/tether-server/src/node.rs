@@ -16,12 +16,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::accept::ApiListener;
+use crate::accept::{ApiListener, Peer};
 use crate::api::{Api, Dispatcher, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
 use crate::delivery::sink::NodeSink;
 use crate::descriptors::{self, Budget};
+use crate::edge::Guards;
 use crate::fanout::Fanout;
 use crate::gateway::drain::close_spread;
 use crate::gateway::outbox::Close;
@@ -189,15 +190,19 @@ impl Node {
         let webhooks =
             Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
         let access = Access::shared(&config).map_err(anyhow::Error::msg)?;
-        let gateway = Arc::new(Gateway::new(
-            &config,
-            access.clone(),
-            table.clone(),
-            delivery.clone(),
-            Arc::new(WebhookEvents(webhooks.clone())),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let guards = Guards::new(&config.listen).map_err(anyhow::Error::msg)?;
+        let gateway = Arc::new(
+            Gateway::new(
+                &config,
+                access.clone(),
+                table.clone(),
+                delivery.clone(),
+                Arc::new(WebhookEvents(webhooks.clone())),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .with_guards(guards.tcp, guards.ws),
+        );
         let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
 
         let tcp = bind(&config.listen.tcp, &config).await?;
@@ -251,9 +256,11 @@ impl Node {
             tokio::spawn(gateway.clone().serve_ws(listener));
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
-        let app = api.router().merge(ops.router());
+        let app = crate::api::guarded(api.router().merge(ops.router()), guards.http);
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
+            // The peer's address, for the listener's guard.
+            let app = app.into_make_service_with_connect_info::<Peer>();
             let server = axum::serve(ApiListener::new(http), app)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
             if let Err(e) = server.await {

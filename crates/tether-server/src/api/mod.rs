@@ -10,7 +10,9 @@
 //! Handlers authenticate, parse, validate and map errors; what a request does is the delivery
 //! service's ([`crate::delivery`]). Every `/v1/apps/{app}/...` route needs `Authorization:
 //! Bearer <api key>`: no key or an unknown one answers 401, another app's key answers 403.
-//! Errors are JSON: `{"error": "...", "code": "..."}`.
+//! Errors are JSON: `{"error": "...", "code": "..."}`. A client whose address the listener's
+//! guard (`listen.http_access`) refuses gets `403` with the code `forbidden` on every route
+//! ([`guarded`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -31,8 +33,10 @@ use serde_json::value::RawValue;
 use tether_core::{AppId, UserId, validate_id};
 use tether_proto::PayloadKind;
 
+use crate::accept::Peer;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::{Delivery, Payload};
+use crate::edge::Guard;
 use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
 use crate::session::access::Shared;
@@ -272,6 +276,37 @@ impl FromRequestParts<Arc<Api>> for Authorized {
 fn user_id(user: String) -> Result<UserId, ApiError> {
     validate_id("user", &user).map_err(ApiError::bad_request)?;
     Ok(UserId::new(user))
+}
+
+/// `router` behind the HTTP listener's `guard`: a client whose address it refuses gets `403`.
+/// Nothing is added when the guard checks no address. The server must be run with
+/// `into_make_service_with_connect_info::<Peer>()`; a request without the peer's address is
+/// refused, not waved through.
+pub fn guarded(router: Router, guard: Arc<Guard>) -> Router {
+    if !guard.checks_ips() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<Peer>>()
+                .map(|ConnectInfo(Peer(addr))| addr.ip());
+            let allowed = peer.is_some_and(|ip| guard.check_ip(ip).is_ok());
+            async move {
+                if allowed {
+                    next.run(request).await
+                } else {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "this address may not use this listener",
+                    )
+                    .into_response()
+                }
+            }
+        },
+    ))
 }
 
 /// Answers 408 when a request (its body included) takes longer than `limit`.

@@ -1,7 +1,8 @@
 //! The gateway role: holds client connections, whatever their transport.
 //!
 //! - this module: [`Gateway`], its listeners' accept loops, and the [`Events`] it reports.
-//! - [`admission`]: the connection limits, before a handshake starts.
+//! - [`admission`]: the connection limits, before a handshake starts (who may connect at all,
+//!   by address and origin, is each listener's [`Guard`], asked first).
 //! - [`conn`]: from accept to established: the handshake, registration, `connected`.
 //! - [`task`]: a connection's task once established: serving it, parking it (waiting without
 //!   a task), resuming it, ending it.
@@ -50,6 +51,7 @@ use tracing::{debug, warn};
 use crate::accept::AcceptErrors;
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
+use crate::edge::{Guard, Refusal};
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::session::access::Shared;
@@ -117,6 +119,9 @@ pub struct Gateway {
     admission: Arc<Admission>,
     /// Room for refused WebSocket clients waiting for their answer.
     ws_refusals: Arc<Semaphore>,
+    /// Who may connect to the TCP listener and to the WebSocket listener.
+    tcp_guard: Arc<Guard>,
+    ws_guard: Arc<Guard>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -160,12 +165,22 @@ impl Gateway {
                 config.limits.max_connections_per_ip,
             )),
             ws_refusals: Arc::new(Semaphore::new(MAX_WS_REFUSALS)),
+            tcp_guard: Arc::new(Guard::open("tcp")),
+            ws_guard: Arc::new(Guard::open("ws")),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
             epoch: tokio::time::Instant::now(),
         }
+    }
+
+    /// The gateway with these guards on its TCP and WebSocket listeners (the ones of
+    /// [`Gateway::new`] let everyone in).
+    pub fn with_guards(mut self, tcp: Arc<Guard>, ws: Arc<Guard>) -> Self {
+        self.tcp_guard = tcp;
+        self.ws_guard = ws;
+        self
     }
 
     /// Silence after which a connection parks; zero when parking is off.
@@ -183,13 +198,21 @@ impl Gateway {
 
     /// Accepts raw TCP clients until shutdown.
     ///
-    /// A refused client is told so from this loop, without a task: a refusal holds its
-    /// descriptor only for one non-blocking write, so a crowd of clients over the limit
-    /// cannot take the descriptors kept for the rest of the node.
+    /// A client whose address the listener's guard refuses is closed at once, before a byte
+    /// is read. One over the per-IP rate or a limit is told its code (4004, 4102, ...) from
+    /// this loop, without a task: a refusal holds its descriptor only for one non-blocking
+    /// write, so a crowd of clients over the limit cannot take the descriptors kept for the
+    /// rest of the node.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("tcp");
         while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
-            let permit = match self.admit(peer.ip()) {
+            if let Err(refusal) = self.tcp_guard.check_ip(peer.ip()) {
+                if let Some(code) = refusal.code() {
+                    refuse_tcp(&stream, code);
+                }
+                continue;
+            }
+            let permit = match self.admit(&self.tcp_guard, peer.ip()) {
                 Ok(permit) => permit,
                 Err(code) => {
                     refuse_tcp(&stream, code);
@@ -206,12 +229,23 @@ impl Gateway {
 
     /// Accepts WebSocket clients on `/ws` until shutdown.
     ///
-    /// A refused client gets its HTTP answer from a task, as it must send its request first;
-    /// at most [`MAX_WS_REFUSALS`] wait at once, and one past them is closed without an answer.
+    /// A client whose address the listener's guard refuses is closed at once, before a byte
+    /// is read. Other refused clients get their HTTP answer (429 over the per-IP rate, 503 over
+    /// a limit, 403 for an Origin not allowed) from a task, as they must send their request
+    /// first; at most [`MAX_WS_REFUSALS`] wait at once, and one past them is closed without an
+    /// answer.
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("ws");
         while let Some((mut stream, peer)) = self.accept(&listener, &mut errors).await {
-            let permit = self.admit(peer.ip());
+            let rate_limited = match self.ws_guard.check_ip(peer.ip()) {
+                Ok(()) => false,
+                Err(Refusal::IpRate) => true,
+                Err(_) => continue,
+            };
+            let permit = match rate_limited {
+                true => Err(Code::IP_LIMIT),
+                false => self.admit(&self.ws_guard, peer.ip()),
+            };
             let refused = permit.as_ref().err().copied();
             let refusal = match refused {
                 None => None,
@@ -229,8 +263,12 @@ impl Gateway {
                     Some(_) => gw.config.handshake_timeout.min(REFUSAL_TIMEOUT),
                     None => gw.config.handshake_timeout,
                 };
-                let upgraded =
-                    tokio::time::timeout(limit, Box::pin(upgrade::upgrade(&mut stream, refused)));
+                let origin_ok =
+                    |origin: Option<&[u8]>| gw.ws_guard.check_origin(origin, peer.ip()).is_ok();
+                let upgraded = tokio::time::timeout(
+                    limit,
+                    Box::pin(upgrade::upgrade(&mut stream, refused, &origin_ok)),
+                );
                 let rest = match upgraded.await {
                     Ok(Ok(rest)) => rest,
                     Ok(Err(e)) => {
@@ -274,10 +312,12 @@ impl Gateway {
         }
     }
 
-    fn admit(&self, ip: IpAddr) -> Result<Permit, Code> {
+    /// A place for a connection from `ip` on the listener of `guard`, which counts a refusal.
+    fn admit(&self, guard: &Guard, ip: IpAddr) -> Result<Permit, Code> {
         Admission::admit(&self.admission, ip).inspect_err(|code| {
             self.metrics.rejected_connections.increment(1);
             self.metrics.handshake_failed(*code);
+            guard.refused(Refusal::of_limit(*code), ip.to_canonical());
         })
     }
 }

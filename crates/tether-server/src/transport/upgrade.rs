@@ -34,20 +34,24 @@ pub enum UpgradeError {
     Closed,
 }
 
+/// Whether a request with this `Origin` header (`None`: without one) may connect.
+pub type OriginCheck<'a> = &'a (dyn Fn(Option<&[u8]>) -> bool + Sync);
+
 /// Reads the upgrade request, answers it, and returns the bytes that followed its head. With
 /// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
 /// the node's) once its request has been read; its path is checked first, so that a wrong
-/// URL reads as one.
+/// URL reads as one. Otherwise a request whose Origin `origin` refuses is answered 403.
 pub async fn upgrade(
     stream: &mut TcpStream,
     refused: Option<Code>,
+    origin: OriginCheck<'_>,
 ) -> Result<BytesMut, UpgradeError> {
     let mut buf = BytesMut::with_capacity(1024);
     let (head_len, accept) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(UpgradeError::Closed);
         }
-        match check(&buf, refused) {
+        match check(&buf, refused, origin) {
             Ok(Some(done)) => break done,
             Ok(None) if buf.len() < MAX_REQUEST => {
                 buf.reserve(1024.min(MAX_REQUEST - buf.len()));
@@ -69,6 +73,7 @@ pub async fn upgrade(
 fn check(
     buf: &[u8],
     refused: Option<Code>,
+    origin: OriginCheck<'_>,
 ) -> Result<Option<(usize, String)>, (u16, &'static str)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -116,6 +121,8 @@ fn check(
     match refused {
         Some(Code::IP_LIMIT) => Err((429, "too many connections from this address")),
         Some(_) => Err((503, "connection limit reached; retry later")),
+        // Asked once, of a complete and good request: it counts the refusal.
+        None if !origin(header("origin")) => Err((403, "this origin may not connect")),
         None => Ok(Some((head_len, derive_accept_key(key)))),
     }
 }
@@ -124,6 +131,7 @@ fn check(
 async fn answer_error(stream: &mut TcpStream, status: u16, reason: &'static str) -> UpgradeError {
     let text = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -156,6 +164,10 @@ mod tests {
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+    fn any(_: Option<&[u8]>) -> bool {
+        true
+    }
+
     fn request(path: &str, extra: &str) -> String {
         format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -166,7 +178,7 @@ mod tests {
     #[test]
     fn the_rfc_example_key_is_accepted() {
         let req = request("/ws?x=1", "");
-        let (len, accept) = check(req.as_bytes(), None).unwrap().unwrap();
+        let (len, accept) = check(req.as_bytes(), None, &any).unwrap().unwrap();
         assert_eq!(len, req.len());
         // RFC 6455, 1.3.
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -175,7 +187,10 @@ mod tests {
     #[test]
     fn an_incomplete_head_waits_for_more() {
         let req = request("/ws", "");
-        assert_eq!(check(&req.as_bytes()[..req.len() - 1], None), Ok(None));
+        assert_eq!(
+            check(&req.as_bytes()[..req.len() - 1], None, &any),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -190,15 +205,38 @@ mod tests {
         ];
         for (req, status) in cases {
             assert_eq!(
-                check(req.as_bytes(), None).map(|_| ()).unwrap_err().0,
+                check(req.as_bytes(), None, &any).map(|_| ()).unwrap_err().0,
                 status,
                 "{req:?}"
             );
         }
         let many = (0..110).fold(String::new(), |s, i| s + &format!("X-{i}: y\r\n"));
         assert_eq!(
-            check(request("/ws", &many).as_bytes(), None).unwrap_err().0,
+            check(request("/ws", &many).as_bytes(), None, &any)
+                .unwrap_err()
+                .0,
             431
+        );
+    }
+
+    #[test]
+    fn an_origin_refused_is_answered_403_once_the_request_is_known_good() {
+        let only = |o: Option<&[u8]>| o == Some(&b"https://ok.example"[..]);
+        let good = request("/ws", "Origin: https://ok.example\r\n");
+        assert!(check(good.as_bytes(), None, &only).unwrap().is_some());
+        let bad = request("/ws", "Origin: https://evil.example\r\n");
+        assert_eq!(check(bad.as_bytes(), None, &only).unwrap_err().0, 403);
+        assert_eq!(
+            check(request("/ws", "").as_bytes(), None, &only)
+                .unwrap_err()
+                .0,
+            403
+        );
+        assert_eq!(
+            check(request("/x", "").as_bytes(), None, &only)
+                .unwrap_err()
+                .0,
+            404
         );
     }
 
@@ -206,17 +244,19 @@ mod tests {
     fn refusals_come_after_the_request_is_known_good() {
         let req = request("/ws", "");
         assert_eq!(
-            check(req.as_bytes(), Some(Code::IP_LIMIT)).unwrap_err().0,
+            check(req.as_bytes(), Some(Code::IP_LIMIT), &any)
+                .unwrap_err()
+                .0,
             429
         );
         assert_eq!(
-            check(req.as_bytes(), Some(Code::CONNECTION_LIMIT))
+            check(req.as_bytes(), Some(Code::CONNECTION_LIMIT), &any)
                 .unwrap_err()
                 .0,
             503
         );
         assert_eq!(
-            check(request("/x", "").as_bytes(), Some(Code::IP_LIMIT))
+            check(request("/x", "").as_bytes(), Some(Code::IP_LIMIT), &any)
                 .unwrap_err()
                 .0,
             404
