@@ -256,14 +256,24 @@ impl Node {
             tokio::spawn(gateway.clone().serve_ws(listener));
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
+        // The peer's address goes into each request only for a guard that reads it (it costs
+        // an allocation per request).
+        let peer_addresses = guards.http.checks_ips();
         let app = crate::api::guarded(api.router().merge(ops.router()), guards.http);
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
-            // The peer's address, for the listener's guard.
-            let app = app.into_make_service_with_connect_info::<Peer>();
-            let server = axum::serve(ApiListener::new(http), app)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-            if let Err(e) = server.await {
+            let stopped = async move { http_shutdown.cancelled().await };
+            let served = if peer_addresses {
+                let app = app.into_make_service_with_connect_info::<Peer>();
+                axum::serve(ApiListener::new(http), app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            } else {
+                axum::serve(ApiListener::new(http), app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });

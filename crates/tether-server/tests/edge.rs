@@ -245,12 +245,16 @@ async fn the_api_answers_403_to_a_denied_address_and_serves_an_allowed_one() {
     let node = start(config).await;
     let before = refused("http", "ip_denied");
     let http = Http::new(&node);
-    for path in ["/healthz", "/v1/apps/demo/users/alice/presence"] {
+    for path in [
+        "/healthz",
+        "/v1/apps/demo/users/alice/presence",
+        "/no-such-route",
+    ] {
         let reply = http.get(path, Some(API_KEY)).await;
         assert_eq!(reply.status, 403, "{path}: {:?}", reply.body);
         assert_eq!(reply.body["code"], "forbidden", "{path}: {:?}", reply.body);
     }
-    counted("http", "ip_denied", before, 2).await;
+    counted("http", "ip_denied", before, 3).await;
     // The gateways are not the API's business.
     let (_tcp, _) = TcpClient::connected(node.tcp_addr().unwrap(), "alice", "phone", 0).await;
 

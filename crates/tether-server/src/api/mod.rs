@@ -279,9 +279,9 @@ fn user_id(user: String) -> Result<UserId, ApiError> {
 }
 
 /// `router` behind the HTTP listener's `guard`: a client whose address it refuses gets `403`.
-/// Nothing is added when the guard checks no address. The server must be run with
-/// `into_make_service_with_connect_info::<Peer>()`; a request without the peer's address is
-/// refused, not waved through.
+/// Nothing is added when the guard checks no address. Otherwise the server must be run with
+/// `into_make_service_with_connect_info::<Peer>()`: a request without the peer's
+/// address is refused, not waved through.
 pub fn guarded(router: Router, guard: Arc<Guard>) -> Router {
     if !guard.checks_ips() {
         return router;
