@@ -83,10 +83,13 @@ fn parts(text: &str) -> Option<Parts<'_>> {
             if n == 0 {
                 return None;
             }
-            let default = match scheme.to_ascii_lowercase().as_str() {
-                "http" | "ws" => Some(80),
-                "https" | "wss" => Some(443),
-                _ => None,
+            let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+            let default = if is("http") || is("ws") {
+                Some(80)
+            } else if is("https") || is("wss") {
+                Some(443)
+            } else {
+                None
             };
             (default != Some(n)).then_some(n)
         }
