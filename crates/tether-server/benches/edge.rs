@@ -6,8 +6,8 @@
 //! ```
 //!
 //! - `ip/open`: nothing configured, the default: one boolean.
-//! - `ip/lists_N`: an address checked against `deny` and `allow` lists of N networks each
-//!   (half IPv4, half IPv6), the address allowed (both lists searched).
+//! - `ip/lists_N`: an allowed address checked against a `deny` list of N networks (half IPv4,
+//!   half IPv6) and an `allow` list that covers it: both lists searched.
 //! - `ip/rate_*`: the per-IP rate alone, for one address or spread over 50,000 addresses
 //!   (the lookup in a map that large; every check allowed, the rate set high).
 //! - `origin/*`: an Origin header against five entries, allowed at the last or refused (the
