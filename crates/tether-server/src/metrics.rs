@@ -82,6 +82,8 @@ pub struct Metrics {
     pub handshakes_ok: Counter,
     pub queue_overflows: Counter,
     pub push_deliveries: Counter,
+    /// Gateway connections refused, by a listener's guard or by the connection limits (by
+    /// listener and reason: `tether_connections_refused_total`).
     pub rejected_connections: Counter,
     /// Acks received from clients.
     pub acks: Counter,

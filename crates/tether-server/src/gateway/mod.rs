@@ -206,13 +206,14 @@ impl Gateway {
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("tcp");
         while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
-            if let Err(refusal) = self.tcp_guard.check_ip(peer.ip()) {
-                if let Some(code) = refusal.code() {
-                    refuse_tcp(&stream, code);
-                }
+            let Ok(refused) = self.guard_ip(&self.tcp_guard, peer.ip()) else {
                 continue;
-            }
-            let permit = match self.admit(&self.tcp_guard, peer.ip()) {
+            };
+            let admitted = match refused {
+                Some(code) => Err(code),
+                None => self.admit(&self.tcp_guard, peer.ip()),
+            };
+            let permit = match admitted {
                 Ok(permit) => permit,
                 Err(code) => {
                     refuse_tcp(&stream, code);
@@ -237,14 +238,12 @@ impl Gateway {
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("ws");
         while let Some((mut stream, peer)) = self.accept(&listener, &mut errors).await {
-            let rate_limited = match self.ws_guard.check_ip(peer.ip()) {
-                Ok(()) => false,
-                Err(Refusal::IpRate) => true,
-                Err(_) => continue,
+            let Ok(refused) = self.guard_ip(&self.ws_guard, peer.ip()) else {
+                continue;
             };
-            let permit = match rate_limited {
-                true => Err(Code::IP_LIMIT),
-                false => self.admit(&self.ws_guard, peer.ip()),
+            let permit = match refused {
+                Some(code) => Err(code),
+                None => self.admit(&self.ws_guard, peer.ip()),
             };
             let refused = permit.as_ref().err().copied();
             let refusal = match refused {
@@ -308,6 +307,18 @@ impl Gateway {
                     return Some((stream, peer));
                 }
                 Err(e) => errors.failed(&e).await,
+            }
+        }
+    }
+
+    /// What `guard` says of a connection from `ip`: `Ok(None)` to go on, `Ok(Some(code))` to
+    /// be told `code`, `Err` to be closed at once.
+    fn guard_ip(&self, guard: &Guard, ip: IpAddr) -> Result<Option<Code>, ()> {
+        match guard.check_ip(ip) {
+            Ok(()) => Ok(None),
+            Err(refusal) => {
+                self.metrics.rejected_connections.increment(1);
+                refusal.code().map(Some).ok_or(())
             }
         }
     }
