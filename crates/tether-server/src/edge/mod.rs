@@ -132,8 +132,9 @@ pub struct Guard {
     rate: Option<KeyedLimit<IpAddr>>,
     origins: Origins,
     allow_missing_origin: bool,
-    /// One per [`Refusal`], in [`Refusal::ALL`]'s order.
-    refused: [Counter; 6],
+    /// One per [`Refusal`], in [`Refusal::ALL`]'s order; `None` for those the listener never
+    /// sees (so that `/metrics` shows no series that must stay at zero).
+    refused: [Option<Counter>; 6],
     logs: [LogLimit; 6],
 }
 
@@ -160,7 +161,7 @@ impl Guard {
             rate,
             origins,
             allow_missing_origin: config.allow_missing_origin,
-            refused: Refusal::ALL.map(|r| crate::metrics::connection_refused(listener, r.label())),
+            refused: counters(listener),
             logs: Default::default(),
         })
     }
@@ -175,7 +176,7 @@ impl Guard {
             rate: None,
             origins: Origins::default(),
             allow_missing_origin: true,
-            refused: Refusal::ALL.map(|r| crate::metrics::connection_refused(listener, r.label())),
+            refused: counters(listener),
             logs: Default::default(),
         }
     }
@@ -227,17 +228,32 @@ impl Guard {
     /// Counts and logs a refusal decided elsewhere (the gateway's connection limits).
     pub fn refused(&self, refusal: Refusal, ip: IpAddr) {
         let i = refusal as usize;
-        self.refused[i].increment(1);
+        if let Some(counter) = &self.refused[i] {
+            counter.increment(1);
+        }
         if let Some(suppressed) = self.logs[i].take() {
             info!(
                 listener = self.listener,
                 reason = refusal.label(),
                 %ip,
                 suppressed,
-                "connection refused (one line a second per reason; `suppressed` were not logged)"
+                "connection refused (suppressed: refusals for this reason not logged since the previous line)"
             );
         }
     }
+}
+
+/// The refusal counters of `listener`: the API's listener refuses by its lists only, and only
+/// the WebSocket listener reads origins.
+fn counters(listener: &'static str) -> [Option<Counter>; 6] {
+    Refusal::ALL.map(|r| {
+        let applies = match listener {
+            "http" => matches!(r, Refusal::IpDenied | Refusal::IpNotAllowed),
+            "tcp" => r != Refusal::Origin,
+            _ => true,
+        };
+        applies.then(|| crate::metrics::connection_refused(listener, r.label()))
+    })
 }
 
 /// The key of an address in the per-IP rate: the address, or for IPv6 its /64, which one host
