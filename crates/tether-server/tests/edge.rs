@@ -264,3 +264,18 @@ async fn the_api_answers_403_to_a_denied_address_and_serves_an_allowed_one() {
     let reply = Http::new(&node).get("/healthz", None).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
 }
+
+#[tokio::test]
+async fn the_connection_limits_are_counted_with_the_guards_refusals() {
+    let mut config = Config::for_tests();
+    config.limits.max_connections_per_ip = 1;
+    let node = start(config).await;
+    let before = (refused("tcp", "ip_limit"), refused("ws", "ip_limit"));
+    let (_first, _) = TcpClient::connected(node.tcp_addr().unwrap(), "alice", "one", 0).await;
+    let mut second = TcpClient::open(node.tcp_addr().unwrap()).await;
+    second.expect_disconnect(Code::IP_LIMIT).await;
+    let (status, _) = refused_upgrade(ws_request(&node, None)).await;
+    assert_eq!(status, 429);
+    counted("tcp", "ip_limit", before.0, 1).await;
+    counted("ws", "ip_limit", before.1, 1).await;
+}
