@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tether_client::{Client, ClientConfig, Code, Event, Push, Recovery};
+use tether_client::{Client, ClientConfig, Code, Event, Push};
 use tether_core::{AppId, UserId};
 use tether_server::config::{TopicAccess, TopicRule};
 use tether_server::{Config, Node};
