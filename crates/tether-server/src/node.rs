@@ -235,7 +235,7 @@ impl Node {
             access.clone(),
             api.clone(),
             fanout.clone(),
-            table.clone(),
+            gateway.clone(),
         ));
         let ops = Arc::new(
             Ops::new(

@@ -8,11 +8,13 @@
 //!   keys stop working at once);
 //! - apps added (their fan-out starts; their connections may bind) and apps removed (their
 //!   connections are closed with 4210 `app_removed`, their keys stop working);
-//! - each app's API request rate.
+//! - each app's API request rate;
+//! - the TCP and WebSocket listeners' access lists, per-IP rates and origins (the next
+//!   accepted connection meets them).
 //!
-//! Everything else (listeners, limits, the store, the cluster, webhooks, fan-out pacing, the
-//! admin key) is read at start only: a reload that changes it says which sections need a
-//! restart, and applies the rest.
+//! Everything else (listen addresses, the HTTP API's access list, limits, the store, the
+//! cluster, webhooks, fan-out pacing, the admin key) is read at start only: a reload that
+//! changes it says which settings need a restart, and applies the rest.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,9 @@ use tether_proto::Code;
 use crate::api::Api;
 use crate::api::ops::Reload;
 use crate::config::{AppConfig, Config};
+use crate::edge::Guards;
 use crate::fanout::Fanout;
+use crate::gateway::Gateway;
 use crate::link::Links;
 use crate::session::access::{Access, Shared};
 
@@ -49,7 +53,7 @@ pub struct Reloader {
     access: Shared,
     api: Arc<Api>,
     fanout: Arc<Fanout>,
-    links: Arc<dyn Links>,
+    gateway: Arc<Gateway>,
 }
 
 impl Reloader {
@@ -58,14 +62,14 @@ impl Reloader {
         access: Shared,
         api: Arc<Api>,
         fanout: Arc<Fanout>,
-        links: Arc<dyn Links>,
+        gateway: Arc<Gateway>,
     ) -> Self {
         Reloader {
             current: Mutex::new(config),
             access,
             api,
             fanout,
-            links,
+            gateway,
         }
     }
 
@@ -89,6 +93,7 @@ impl Reloader {
             return Err(e.problems().iter().map(ToString::to_string).collect());
         }
         let access = Access::new(&config).map_err(|e| vec![e])?;
+        let guards = Guards::new(&config.listen).map_err(|e| vec![e])?;
         let mut current = self.lock();
         let before: BTreeSet<&str> = current.apps.iter().map(|a| a.id.as_str()).collect();
         let after: BTreeSet<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
@@ -100,20 +105,21 @@ impl Reloader {
         self.fanout.add_apps(&config);
         self.api.reload(&config);
         self.access.store(Arc::new(access));
+        self.gateway.set_guards(guards.tcp, guards.ws);
         let mut closed = 0;
         for app in current
             .apps
             .iter()
             .filter(|a| removed.contains(&a.id.to_string()))
         {
-            let conns: Vec<ConnId> = self
-                .links
+            let links: &dyn Links = &*self.gateway.table;
+            let conns: Vec<ConnId> = links
                 .snapshot(Some(&app.id))
                 .iter()
                 .map(|link| link.id())
                 .collect();
             let reason = format!("app {} was removed from the configuration", app.id);
-            closed += self.links.disconnect(&conns, Code::APP_REMOVED, &reason);
+            closed += links.disconnect(&conns, Code::APP_REMOVED, &reason);
         }
         let reloaded = Reloaded {
             apps: after.iter().map(|s| s.to_string()).collect(),
@@ -146,9 +152,22 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+    // The gateways' access lists are reloaded; the rest of `listen` is not.
+    let listen = |c: &Config| {
+        let mut l = c.listen.clone();
+        l.tcp_access = Default::default();
+        l.ws_access = Default::default();
+        l.http_access = Default::default();
+        l
+    };
+    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
         ("node", &old.node, &new.node),
-        ("listen", &old.listen, &new.listen),
+        ("listen", &listen(old), &listen(new)),
+        (
+            "listen.http_access",
+            &old.listen.http_access,
+            &new.listen.http_access,
+        ),
         ("limits", &old.limits, &new.limits),
         ("gateway", &old.gateway, &new.gateway),
         ("store", &old.store, &new.store),

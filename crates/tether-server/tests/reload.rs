@@ -191,3 +191,48 @@ async fn a_reload_reports_what_needs_a_restart_and_applies_the_rest() {
     assert_eq!(reply.body["restart_needed"], json!(["limits"]));
     assert_eq!(push_status(&http, APP, OLD_KEY).await, 200, "applied");
 }
+
+#[tokio::test]
+async fn a_reload_applies_the_gateway_s_access_lists_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    write(&path, &file(""));
+    let node = start(Config::load(Some(&path)).expect("valid file")).await;
+    let http = Http::new(&node);
+    let addr = node.tcp_addr().unwrap();
+    let (mut alice, _) = TcpClient::connected(addr, "alice", "phone", 0).await;
+
+    let denied = file("").replace(
+        "[store]",
+        "[listen.tcp_access]\ndeny = [\"127.0.0.0/8\"]\n\n[store]",
+    );
+    write(&path, &denied);
+    let reply = reload(&http).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["restart_needed"], json!([]));
+
+    // A new connection meets the list; the one already there stays.
+    let mut refused = TcpClient::open(addr).await;
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut refused.stream,
+        &encode(&connect_frame("bob", "laptop", 0)),
+    )
+    .await;
+    match tokio::time::timeout(WAIT, refused.recv()).await {
+        Err(_) => panic!("a denied connection is still open"),
+        Ok(Ok(Some(frame))) => panic!("a denied client was answered {frame:?}"),
+        Ok(Ok(None) | Err(_)) => {}
+    }
+    alice.send(&Frame::new(4, Body::Ping)).await;
+    assert_eq!(alice.frame().await, Frame::new(4, Body::Pong));
+
+    // The HTTP API's list is read at start only: said so.
+    let api_listed = file("").replace(
+        "[store]",
+        "[listen.http_access]\nallow = [\"10.0.0.0/8\"]\n\n[store]",
+    );
+    write(&path, &api_listed);
+    let reply = reload(&http).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["restart_needed"], json!(["listen.http_access"]));
+}

@@ -236,7 +236,9 @@ mod tests {
         let held = super::Parked {
             conn: handle(),
             gw: gw.clone(),
-            permit: gw.admit(&gw.tcp_guard, [127, 0, 0, 2].into()).unwrap(),
+            permit: gw
+                .admit(&gw.tcp_guard.load(), [127, 0, 0, 2].into())
+                .unwrap(),
         };
         // A parked connection's new task: `live` alone.
         let size = size_of_future(&super::live(TcpWire::new(resumed, 1024), held, false));
@@ -244,7 +246,9 @@ mod tests {
             size <= 384,
             "the resumed connection future grew to {size} bytes"
         );
-        let permit = gw.admit(&gw.tcp_guard, [127, 0, 0, 1].into()).unwrap();
+        let permit = gw
+            .admit(&gw.tcp_guard.load(), [127, 0, 0, 1].into())
+            .unwrap();
         let future = super::serve(TcpWire::new(stream, 1024), gw, permit);
         let size = size_of_future(&future);
         assert!(

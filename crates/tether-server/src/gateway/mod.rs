@@ -48,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use arc_swap::ArcSwap;
+
 use crate::accept::AcceptErrors;
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
@@ -120,8 +122,8 @@ pub struct Gateway {
     /// Room for refused WebSocket clients waiting for their answer.
     ws_refusals: Arc<Semaphore>,
     /// Who may connect to the TCP listener and to the WebSocket listener.
-    tcp_guard: Arc<Guard>,
-    ws_guard: Arc<Guard>,
+    tcp_guard: ArcSwap<Guard>,
+    ws_guard: ArcSwap<Guard>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -165,8 +167,8 @@ impl Gateway {
                 config.limits.max_connections_per_ip,
             )),
             ws_refusals: Arc::new(Semaphore::new(MAX_WS_REFUSALS)),
-            tcp_guard: Arc::new(Guard::open("tcp")),
-            ws_guard: Arc::new(Guard::open("ws")),
+            tcp_guard: ArcSwap::from_pointee(Guard::open("tcp")),
+            ws_guard: ArcSwap::from_pointee(Guard::open("ws")),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -177,10 +179,16 @@ impl Gateway {
 
     /// The gateway with these guards on its TCP and WebSocket listeners (the ones of
     /// [`Gateway::new`] let everyone in).
-    pub fn with_guards(mut self, tcp: Arc<Guard>, ws: Arc<Guard>) -> Self {
-        self.tcp_guard = tcp;
-        self.ws_guard = ws;
+    pub fn with_guards(self, tcp: Arc<Guard>, ws: Arc<Guard>) -> Self {
+        self.set_guards(tcp, ws);
         self
+    }
+
+    /// New guards for the TCP and WebSocket listeners (a reload): the next accepted
+    /// connection meets them; per-IP rates start over.
+    pub fn set_guards(&self, tcp: Arc<Guard>, ws: Arc<Guard>) {
+        self.tcp_guard.store(tcp);
+        self.ws_guard.store(ws);
     }
 
     /// Silence after which a connection parks; zero when parking is off.
@@ -206,12 +214,13 @@ impl Gateway {
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("tcp");
         while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
-            let Ok(refused) = self.guard_ip(&self.tcp_guard, peer.ip()) else {
+            let guard = self.tcp_guard.load();
+            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
                 continue;
             };
             let admitted = match refused {
                 Some(code) => Err(code),
-                None => self.admit(&self.tcp_guard, peer.ip()),
+                None => self.admit(&guard, peer.ip()),
             };
             let permit = match admitted {
                 Ok(permit) => permit,
@@ -238,12 +247,13 @@ impl Gateway {
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new("ws");
         while let Some((mut stream, peer)) = self.accept(&listener, &mut errors).await {
-            let Ok(refused) = self.guard_ip(&self.ws_guard, peer.ip()) else {
+            let guard = self.ws_guard.load_full();
+            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
                 continue;
             };
             let permit = match refused {
                 Some(code) => Err(code),
-                None => self.admit(&self.ws_guard, peer.ip()),
+                None => self.admit(&guard, peer.ip()),
             };
             let refused = permit.as_ref().err().copied();
             let refusal = match refused {
@@ -263,7 +273,7 @@ impl Gateway {
                     None => gw.config.handshake_timeout,
                 };
                 let origin_ok =
-                    |origin: Option<&[u8]>| gw.ws_guard.check_origin(origin, peer.ip()).is_ok();
+                    |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
                 let upgraded = tokio::time::timeout(
                     limit,
                     Box::pin(upgrade::upgrade(&mut stream, refused, &origin_ok)),
