@@ -373,6 +373,7 @@ async fn a_subscription_token_opens_a_token_topic_again_after_a_reconnect() {
     ));
     let sub = tether_core::auth::mint_subscription(
         SECRET,
+        &tether_core::AppId::from("demo"),
         &UserId::from("gus"),
         "vip.gold",
         Duration::from_secs(60),

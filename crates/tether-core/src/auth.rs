@@ -158,14 +158,20 @@ impl TokenPolicy {
         })
     }
 
-    /// Verifies a subscription token: it must name `user` and `topic`.
+    /// Verifies a subscription token of `app`: it must name `user` and `topic`, and no other
+    /// app (apps that share a key, such as an identity provider's, must not open each
+    /// other's topics).
     pub fn verify_subscription(
         &self,
+        app: &AppId,
         user: &UserId,
         topic: &str,
         token: &str,
     ) -> Result<(), TokenError> {
         let claims = self.decode(token)?;
+        if claims.app.as_deref().is_some_and(|a| a != app.as_str()) {
+            return Err(TokenError::Invalid("the token is for another app"));
+        }
         if claims.sub != user.as_str() {
             return Err(TokenError::Invalid("the token is for another user"));
         }
@@ -186,7 +192,12 @@ impl TokenPolicy {
         let mut validation = Validation::new(*algorithm);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // What the policy checks must be there: a token without `aud` or `iss` would
+        // otherwise pass an app that names them.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -208,7 +219,9 @@ impl TokenError {
             ErrorKind::ImmatureSignature => "not valid yet (nbf)",
             ErrorKind::InvalidAudience => "audience not accepted",
             ErrorKind::InvalidIssuer => "issuer not accepted",
-            ErrorKind::MissingRequiredClaim(_) => "a required claim is missing (sub, exp)",
+            ErrorKind::MissingRequiredClaim(_) => {
+                "a required claim is missing (sub, exp, aud, iss)"
+            }
             ErrorKind::InvalidAlgorithm => "algorithm not accepted",
             ErrorKind::Json(_) => "claims of the wrong type",
             _ => "malformed",
@@ -231,8 +244,15 @@ pub fn mint(secret: &[u8], app: &AppId, user: &UserId, ttl: Duration) -> String 
     )
 }
 
-/// Mints a subscription token: `user` may subscribe to `topic` until `ttl` has passed (HS256).
-pub fn mint_subscription(secret: &[u8], user: &UserId, topic: &str, ttl: Duration) -> String {
+/// Mints a subscription token: `user` of `app` may subscribe to `topic` until `ttl` has passed
+/// (HS256).
+pub fn mint_subscription(
+    secret: &[u8],
+    app: &AppId,
+    user: &UserId,
+    topic: &str,
+    ttl: Duration,
+) -> String {
     let now = crate::now_ms() / 1000;
     sign(
         secret,
@@ -240,6 +260,7 @@ pub fn mint_subscription(secret: &[u8], user: &UserId, topic: &str, ttl: Duratio
             sub: user.as_str().to_owned(),
             exp: now + ttl.as_secs().max(1),
             iat: Some(now),
+            app: Some(app.as_str().to_owned()),
             topic: Some(topic.to_owned()),
             ..Claims::default()
         },

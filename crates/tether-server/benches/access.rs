@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     let policy = TokenPolicy::hs256(SECRET, Duration::from_secs(5));
     let app = AppId::from("demo");
     let token = auth::mint(SECRET, &app, &alice, Duration::from_secs(600));
-    let sub = auth::mint_subscription(SECRET, &alice, "vip.gold", Duration::from_secs(600));
+    let sub = auth::mint_subscription(SECRET, &app, &alice, "vip.gold", Duration::from_secs(600));
     let mut g = c.benchmark_group("tokens");
     g.bench_function("connection token, HS256 (connect, refresh)", |b| {
         b.iter(|| policy.verify(&app, black_box(&token)).unwrap())
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("subscription token, HS256", |b| {
         b.iter(|| {
             policy
-                .verify_subscription(&alice, "vip.gold", black_box(&sub))
+                .verify_subscription(&app, &alice, "vip.gold", black_box(&sub))
                 .unwrap()
         })
     });

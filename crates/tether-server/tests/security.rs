@@ -122,9 +122,15 @@ async fn subscribes_are_allowed_and_refused_by_each_rule_over_tcp() {
 
     let ttl = Duration::from_secs(60);
     let alice_id = UserId::from("alice");
-    let for_alice = auth::mint_subscription(SECRET.as_bytes(), &alice_id, "vip.silver", ttl);
-    let for_bob =
-        auth::mint_subscription(SECRET.as_bytes(), &UserId::from("bob"), "vip.bronze", ttl);
+    let demo = AppId::from(APP);
+    let for_alice = auth::mint_subscription(SECRET.as_bytes(), &demo, &alice_id, "vip.silver", ttl);
+    let for_bob = auth::mint_subscription(
+        SECRET.as_bytes(),
+        &demo,
+        &UserId::from("bob"),
+        "vip.bronze",
+        ttl,
+    );
     let cases: [(&str, Option<String>, Option<&str>); 9] = [
         ("open.lobby", None, None),
         ("user.alice", None, None),
@@ -202,6 +208,7 @@ async fn a_json_client_is_refused_with_4305_and_may_carry_a_subscription_token()
 
     let token = auth::mint_subscription(
         SECRET.as_bytes(),
+        &AppId::from(APP),
         &UserId::from("alice"),
         "vip.gold",
         Duration::from_secs(60),

@@ -223,7 +223,7 @@ fn mint(
                 "invalid topic {topic:?}: 1 to 128 bytes, no control characters"
             );
             return Ok(tether_core::auth::mint_subscription(
-                secret, &user, &topic, ttl,
+                secret, &app, &user, &topic, ttl,
             ));
         }
         TokenKind::Connection(topics) if topics.is_empty() => {

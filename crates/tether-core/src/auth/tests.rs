@@ -79,7 +79,13 @@ fn refusals_say_what_is_wrong_in_fixed_words() {
     };
     assert_eq!(refused(&sign(b"s3cret", &early)), "not valid yet (nbf)");
     assert_eq!(refused(&sign(b"other", &claims("alice"))), "bad signature");
-    let subscription = mint_subscription(b"s3cret", &UserId::from("a"), "room", LEEWAY);
+    let subscription = mint_subscription(
+        b"s3cret",
+        &AppId::from("demo"),
+        &UserId::from("a"),
+        "room",
+        LEEWAY,
+    );
     assert_eq!(
         refused(&subscription),
         "a subscription token cannot bind a connection"
@@ -122,6 +128,16 @@ fn audience_and_issuer_are_checked_when_the_policy_names_them() {
         policy.verify(&app, &token("chat", "https://evil.example")),
         Err(TokenError::Invalid("issuer not accepted"))
     );
+    // A token without them does not get past a policy that names them.
+    let missing = sign(b"s3cret", &claims("alice"));
+    assert_eq!(
+        policy.verify(&app, &missing),
+        Err(TokenError::Invalid(
+            "a required claim is missing (sub, exp, aud, iss)"
+        ))
+    );
+    let only_issuer = TokenPolicy::hs256(b"s3cret", LEEWAY).with_issuer(Some("x".into()));
+    assert!(only_issuer.verify(&app, &missing).is_err());
     // Without an audience in the policy, a token that has one is accepted (it was refused
     // whatever it said before policies existed).
     let open = TokenPolicy::hs256(b"s3cret", LEEWAY);
@@ -173,14 +189,22 @@ fn grants_carry_expiry_and_topics_and_subscription_tokens_name_user_and_topic() 
     assert_eq!(grant.topics.as_deref().map(<[String]>::len), Some(2));
 
     let alice = UserId::from("alice");
-    let token = mint_subscription(b"s3cret", &alice, "room.1", Duration::from_secs(60));
-    assert_eq!(policy.verify_subscription(&alice, "room.1", &token), Ok(()));
+    let token = mint_subscription(b"s3cret", &app, &alice, "room.1", Duration::from_secs(60));
     assert_eq!(
-        policy.verify_subscription(&UserId::from("bob"), "room.1", &token),
+        policy.verify_subscription(&app, &alice, "room.1", &token),
+        Ok(())
+    );
+    assert_eq!(
+        policy.verify_subscription(&app, &UserId::from("bob"), "room.1", &token),
         Err(TokenError::Invalid("the token is for another user"))
     );
     assert_eq!(
-        policy.verify_subscription(&alice, "room.2", &token),
+        policy.verify_subscription(&app, &alice, "room.2", &token),
         Err(TokenError::Invalid("the token is for another topic"))
+    );
+    // Apps that share a key do not open each other's topics.
+    assert_eq!(
+        policy.verify_subscription(&AppId::from("other"), &alice, "room.1", &token),
+        Err(TokenError::Invalid("the token is for another app"))
     );
 }

@@ -62,8 +62,8 @@ pub struct ApiKeyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
-    /// Tokens signed with the app's `secret` (HS256). Off: only `public_keys` sign tokens,
-    /// and the secret signs webhooks and subscription tokens only.
+    /// Tokens signed with the app's `secret` (HS256). Off: only `public_keys` sign tokens
+    /// (subscription tokens too), and the secret signs webhook bodies only.
     pub hs256: bool,
     /// Public keys of an identity provider that signs tokens with RS256 or ES256.
     pub public_keys: Vec<PublicKeyConfig>,

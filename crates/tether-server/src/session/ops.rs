@@ -151,10 +151,12 @@ fn permit(
     };
     let subscription_token = match &sub.token {
         None => false,
-        Some(token) => match rules
-            .tokens
-            .verify_subscription(&binding.user, topic.as_str(), token)
-        {
+        Some(token) => match rules.tokens.verify_subscription(
+            &binding.app,
+            &binding.user,
+            topic.as_str(),
+            token,
+        ) {
             Ok(()) => true,
             Err(TokenError::Expired) => return Err(refused("the subscription token expired")),
             Err(TokenError::Invalid(why)) => {
@@ -375,7 +377,7 @@ mod tests {
         let user = UserId::from("u");
         let ttl = Duration::from_secs(60);
         let token = |user: &UserId, topic: &str| {
-            auth::mint_subscription(SECRET.as_bytes(), user, topic, ttl)
+            auth::mint_subscription(SECRET.as_bytes(), &AppId::from("chat"), user, topic, ttl)
         };
         let sub = |topic: &str, token: String| {
             step(4, subscribe("chat", topic, Some(token)), &bindings())
