@@ -4,7 +4,9 @@
 //! Rules are tried in order and the first whose pattern matches the topic decides; a topic
 //! that no rule matches is refused. A pattern is the topic's text with `*` standing for any
 //! run of characters (also none) and `{user}` for the subscribing user's id, exactly:
-//! `room.*`, `user.{user}`, `user.{user}.*`, `*`.
+//! `room.*`, `user.{user}`, `user.{user}.*`, `*`. A user id that holds the character after
+//! `{user}` matches nothing (its topics would overlap another user's), and `{user}` directly
+//! followed by `*` matches nobody.
 //!
 //! | rule | who may subscribe |
 //! |---|---|
@@ -70,8 +72,19 @@ impl Pattern {
     }
 
     /// Whether `topic` matches, with `{user}` standing for `user`.
+    ///
+    /// A user whose id holds the character that follows `{user}` in the pattern matches
+    /// nothing: with `user.{user}.*`, user `alice.smith`'s topics would also be user `alice`'s
+    /// (`user.alice.smith.inbox` is both), so neither may have them through this pattern.
     pub fn matches(&self, topic: &str, user: &str) -> bool {
-        matches(&self.0, topic, user)
+        let ambiguous = self.0.windows(2).any(|w| match w {
+            [Piece::User, Piece::Text(next)] => {
+                next.chars().next().is_some_and(|c| user.contains(c))
+            }
+            [Piece::User, Piece::Any] => true,
+            _ => false,
+        });
+        !ambiguous && matches(&self.0, topic, user)
     }
 }
 

@@ -26,6 +26,11 @@ fn patterns_match_text_stars_and_the_user() {
     assert!(m("*", "") && m("*", "anything"));
     assert!(m("user.{user}", "user.alice") && !m("user.{user}", "user.bob"));
     assert!(!m("user.{user}", "user.alice.x") && m("user.{user}.*", "user.alice.x"));
+    // `alice.smith`'s personal topics would be `alice`'s too: neither gets them.
+    let personal = Pattern::parse("user.{user}.*", true);
+    assert!(!personal.matches("user.alice.smith.inbox", "alice.smith"));
+    assert!(personal.matches("user.alice.smith.inbox", "alice"));
+    assert!(!Pattern::parse("user.{user}*", true).matches("user.alice", "alice"));
     assert!(m("a*b*c", "abc") && m("a*b*c", "a-b-b-c") && !m("a*b*c", "a-c-b"));
     assert!(m("*.news", "sport.news") && !m("*.news", "sport.newsx"));
     // In a token's claim `{user}` is plain text.
