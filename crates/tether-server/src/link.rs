@@ -91,13 +91,13 @@ impl Binding {
         self.expiry.store(expires_s & !WARNED, Ordering::Relaxed);
     }
 
-    /// Whether the client must be warned now: the token expires within `ahead_s` of `now_s`
-    /// and nobody warned it since the last refresh. True once per token.
-    pub fn warn(&self, now_s: u64, ahead_s: u64) -> bool {
+    /// The expiry the client must be warned of now: the token expires within `ahead_s` of
+    /// `now_s` and nobody warned it since the last refresh. Once per token; the expiry is the
+    /// one marked warned, whatever a refresh does meanwhile.
+    pub fn warn(&self, now_s: u64, ahead_s: u64) -> Option<u64> {
         let expiry = self.expiry.load(Ordering::Relaxed);
-        expiry & WARNED == 0
-            && expiry != 0
-            && now_s.saturating_add(ahead_s) >= expiry
+        let due = expiry & WARNED == 0 && expiry != 0 && now_s.saturating_add(ahead_s) >= expiry;
+        let marked = due
             && self
                 .expiry
                 .compare_exchange(
@@ -106,7 +106,8 @@ impl Binding {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
-                .is_ok()
+                .is_ok();
+        marked.then_some(expiry)
     }
 }
 

@@ -440,17 +440,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::select! {
             () = shutdown.cancelled() => break false,
             () = &mut store_failed => break true,
-            _ = hangup.recv() => {
+            Some(()) = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
+                // Off this loop, so that a slow read (a key file on a hung disk) does not
+                // hold back shutdown; reloads queue on the reloader's lock.
                 let reloader = node.reloader.clone();
-                match tokio::task::spawn_blocking(move || reloader.reload()).await {
-                    Ok(Ok(reloaded)) => tracing::info!(?reloaded, "configuration reloaded"),
-                    Ok(Err(problems)) => tracing::error!(
+                tokio::task::spawn_blocking(move || match reloader.reload() {
+                    Ok(reloaded) => tracing::info!(?reloaded, "configuration reloaded"),
+                    Err(problems) => tracing::error!(
                         ?problems,
                         "the configuration was not reloaded: the old one stays"
                     ),
-                    Err(e) => tracing::error!(error = %e, "the reload failed"),
-                }
+                });
             }
         }
     };

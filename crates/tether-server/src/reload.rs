@@ -48,7 +48,9 @@ pub struct Reloaded {
 /// Applies reloaded configurations to a running node.
 #[derive(Debug)]
 pub struct Reloader {
-    /// The configuration in force (what the next reload is compared with).
+    /// The configuration in force (what the next reload is compared with). Held from a
+    /// reload's first read to its last swap, so that two reloads (a SIGHUP and the admin
+    /// route) apply one after the other and the newer reading last.
     current: Mutex<Config>,
     access: Shared,
     api: Arc<Api>,
@@ -76,7 +78,8 @@ impl Reloader {
     /// Reads the configuration again from where the node's came from, and applies it; or
     /// keeps the old one and returns every problem.
     pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
-        let source = self.lock().source.clone();
+        let mut current = self.lock();
+        let source = current.source.clone();
         let mut config = Config::load(source.as_deref()).map_err(|e| {
             e.problems()
                 .iter()
@@ -84,22 +87,30 @@ impl Reloader {
                 .collect::<Vec<_>>()
         })?;
         config.with_demo_app().map_err(|e| vec![format!("{e:#}")])?;
-        self.apply(config)
+        self.apply_to(&mut current, config)
     }
 
     /// Applies `config` (checked again here), or keeps the old one and returns every problem.
     pub fn apply(&self, config: Config) -> Result<Reloaded, Vec<String>> {
+        let mut current = self.lock();
+        self.apply_to(&mut current, config)
+    }
+
+    fn apply_to(&self, current: &mut Config, config: Config) -> Result<Reloaded, Vec<String>> {
         if let Err(e) = config.validate() {
             return Err(e.problems().iter().map(ToString::to_string).collect());
         }
-        let access = Access::new(&config).map_err(|e| vec![e])?;
+        // The gateway's sweep keeps the leeway it started with (`gateway` needs a restart):
+        // tokens are checked with that one everywhere until then.
+        let mut rules = config.clone();
+        rules.gateway.token_leeway = current.gateway.token_leeway;
+        let access = Access::new(&rules).map_err(|e| vec![e])?;
         let guards = Guards::new(&config.listen).map_err(|e| vec![e])?;
-        let mut current = self.lock();
         let before: BTreeSet<&str> = current.apps.iter().map(|a| a.id.as_str()).collect();
         let after: BTreeSet<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
         let added: Vec<String> = after.difference(&before).map(|s| s.to_string()).collect();
         let removed: Vec<String> = before.difference(&after).map(|s| s.to_string()).collect();
-        let restart_needed = restart_needed(&current, &config);
+        let restart_needed = restart_needed(current, &config);
 
         // New apps can be served before anyone may bind to them; then the rules swap.
         self.fanout.add_apps(&config);

@@ -126,13 +126,16 @@ impl ConnHandle {
                 continue;
             }
             // RFC 7519: a token is good only before its `exp`.
-            if now_s >= expires_s.saturating_add(tokens.leeway_s) {
+            // A refresh may have moved it since it was read: only a second look closes.
+            if now_s >= expires_s.saturating_add(tokens.leeway_s)
+                && now_s >= binding.expires_s().saturating_add(tokens.leeway_s)
+            {
                 return self.close(Close::new(
                     Code::TOKEN_EXPIRED,
                     format!("the token for app {} expired", binding.app),
                 ));
             }
-            if binding.warn(now_s, tokens.warning_s) {
+            if let Some(expires_s) = binding.warn(now_s, tokens.warning_s) {
                 let expiring = Expiring {
                     app: binding.app.to_string(),
                     expires_s,
