@@ -83,10 +83,23 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
     gw.table.insert(conn.clone());
     // A shutdown that began before the insert did not see this connection: close it here.
     // One that begins after it will (the table's lock orders the two). Same for a drain.
+    // Likewise a reload that removed one of its apps after the handshake read the rules: it
+    // swaps them before it walks the table, so either it finds this connection or this
+    // check sees its rules.
+    let removed = {
+        let access = gw.access.load();
+        conn.bindings
+            .iter()
+            .find(|b| access.app(b.app.as_str()).is_none())
+            .map(|b| b.app.clone())
+    };
     if gw.shutdown.is_cancelled() {
         conn.close(Close::new(Code::SHUTDOWN, "server shutting down"));
     } else if gw.drain.is_cancelled() {
         conn.close(drain_close());
+    } else if let Some(app) = removed {
+        let reason = format!("app {app} was removed from the configuration");
+        conn.close(Close::new(Code::APP_REMOVED, reason));
     }
     gw.delivery.attach(&(conn.clone() as Arc<dyn Link>)).await;
     // Before `connected`: a client that saw it and then closed another connection of its user
