@@ -26,7 +26,7 @@ fn token(user: &str) -> String {
         SECRET,
         &AppId::from("demo"),
         &UserId::from(user),
-        Duration::from_secs(60),
+        Duration::from_secs(3600),
     )
 }
 
