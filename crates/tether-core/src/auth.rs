@@ -231,17 +231,7 @@ impl TokenError {
 
 /// Mints a connection token for `user` of `app`, valid for `ttl` (HS256).
 pub fn mint(secret: &[u8], app: &AppId, user: &UserId, ttl: Duration) -> String {
-    let now = crate::now_ms() / 1000;
-    sign(
-        secret,
-        &Claims {
-            sub: user.as_str().to_owned(),
-            exp: now + ttl.as_secs().max(1),
-            iat: Some(now),
-            app: Some(app.as_str().to_owned()),
-            ..Claims::default()
-        },
-    )
+    sign(secret, &minted(app, user, ttl))
 }
 
 /// Mints a subscription token: `user` of `app` may subscribe to `topic` until `ttl` has passed
@@ -253,18 +243,23 @@ pub fn mint_subscription(
     topic: &str,
     ttl: Duration,
 ) -> String {
+    let claims = Claims {
+        topic: Some(topic.to_owned()),
+        ..minted(app, user, ttl)
+    };
+    sign(secret, &claims)
+}
+
+/// The claims of a token minted now for `user` of `app`, valid for `ttl`.
+fn minted(app: &AppId, user: &UserId, ttl: Duration) -> Claims {
     let now = crate::now_ms() / 1000;
-    sign(
-        secret,
-        &Claims {
-            sub: user.as_str().to_owned(),
-            exp: now + ttl.as_secs().max(1),
-            iat: Some(now),
-            app: Some(app.as_str().to_owned()),
-            topic: Some(topic.to_owned()),
-            ..Claims::default()
-        },
-    )
+    Claims {
+        sub: user.as_str().to_owned(),
+        exp: now + ttl.as_secs().max(1),
+        iat: Some(now),
+        app: Some(app.as_str().to_owned()),
+        ..Claims::default()
+    }
 }
 
 /// Signs `claims` with HS256.
