@@ -5,12 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use common::*;
-use tether_core::{AppId, UserId, auth};
-use tether_proto::{Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tether_proto::Body;
 
 const SECRET: &str = "reload-secret-0123456789";
 const API_KEY: &str = "reload-api-key-0123456789";
@@ -56,29 +52,7 @@ async fn sighup_reloads_the_configuration_and_the_node_keeps_its_clients() {
     let (tcp, http) = (free_addr(), free_addr());
     let mut server = Server::start(&path, &config(tcp, http, ""), tcp, http, WAIT).await;
 
-    let mut client = TcpStream::connect(tcp).await.unwrap();
-    let token = auth::mint(
-        SECRET.as_bytes(),
-        &AppId::from("demo"),
-        &UserId::from("alice"),
-        Duration::from_secs(600),
-    );
-    let connect = Connect {
-        version: PROTOCOL_VERSION,
-        device: "phone".into(),
-        heartbeat_ms: 0,
-        bindings: vec![Binding {
-            app: "demo".into(),
-            token,
-            last_seq: None,
-        }],
-    };
-    client
-        .write_all(&binary::encode_to_bytes(&Frame::new(1, connect)))
-        .await
-        .unwrap();
-    let mut buf = BytesMut::new();
-    let connected = read_frame(&mut client, &mut buf).await.expect("connected");
+    let (mut client, mut buf, connected) = connect_device(tcp, SECRET, "alice", WAIT).await;
     assert!(
         matches!(connected.body, Body::Connected(_)),
         "{connected:?}"
