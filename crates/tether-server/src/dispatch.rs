@@ -25,10 +25,10 @@ pub struct Endpoint {
     pub transport: Transport,
 }
 
-/// The transport an advertised URL names (`tcp://` or `ws://`/`wss://`).
+/// The transport an advertised URL names (`tcp://`/`tls://` or `ws://`/`wss://`).
 pub fn transport_of(url: &str) -> Option<Transport> {
     match url.split_once("://")?.0 {
-        "tcp" => Some(Transport::Tcp),
+        "tcp" | "tls" => Some(Transport::Tcp),
         "ws" | "wss" => Some(Transport::Ws),
         _ => None,
     }

@@ -21,7 +21,8 @@
 //! - [`edge`]: who may connect, per listener, before a byte is read: IP allow and deny lists,
 //!   the per-IP connection rate, WebSocket origins; refusals counted and logged.
 //! - [`transport`]: the transport seam ([`transport::Wire`]) and its two transports, raw TCP
-//!   and WebSocket.
+//!   and WebSocket, each over the socket or over TLS ([`transport::Carrier`]).
+//! - [`tls`]: the TLS listeners' certificates: read, checked, loaded again when they change.
 //! - [`session`]: the rules every transport's sessions share, as plain code: the handshake's
 //!   checks, what each client frame asks for, durable delivery's order, backlog and acks.
 //! - [`link`]: a client connection as senders see it ([`link::Link`], [`link::Links`]): what
@@ -58,6 +59,7 @@ pub mod rate;
 pub mod reload;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod transport;
 pub mod webhook;
 

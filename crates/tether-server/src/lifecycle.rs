@@ -229,40 +229,55 @@ impl Lifecycle {
 }
 
 /// The endpoints the node announces: `node.advertise_tcp` and `node.advertise_ws` when set,
-/// otherwise the listeners' own addresses (what clients on this machine or network reach).
-pub fn advertised_endpoints(
-    config: &Config,
-    tcp: Option<&TcpListener>,
-    ws: Option<&TcpListener>,
-) -> Vec<String> {
-    let mut out = own_or_listener(&config.node.advertise_tcp, tcp, "tcp://", "");
+/// otherwise the listeners' own addresses (what clients on this machine or network reach):
+/// raw TCP (plain, then TLS), then WebSocket (plain, then TLS).
+pub fn advertised_endpoints(config: &Config, listeners: &Listeners) -> Vec<String> {
+    let mut out = own_or_listener(
+        &config.node.advertise_tcp,
+        &[
+            (listeners.tcp.as_ref(), "tcp://", ""),
+            (listeners.tls.as_ref(), "tls://", ""),
+        ],
+    );
     out.extend(own_or_listener(
         &config.node.advertise_ws,
-        ws,
-        "ws://",
-        "/ws",
+        &[
+            (listeners.ws.as_ref(), "ws://", "/ws"),
+            (listeners.wss.as_ref(), "wss://", "/ws"),
+        ],
     ));
     out
 }
 
+/// The gateway's listeners, bound.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+}
+
 fn own_or_listener(
     advertised: &[String],
-    listener: Option<&TcpListener>,
-    scheme: &str,
-    path: &str,
+    listeners: &[(Option<&TcpListener>, &str, &str)],
 ) -> Vec<String> {
     if !advertised.is_empty() {
         return advertised.to_vec();
     }
-    let Some(addr) = listener.and_then(|l| l.local_addr().ok()) else {
-        return Vec::new();
-    };
-    if addr.ip().is_unspecified() {
-        warn!(
-            %addr,
-            "a listener on every interface and no node.advertise_tcp/advertise_ws: the \
-             dispatcher hands out this address, which remote clients cannot use"
-        );
+    let mut out = Vec::new();
+    for (listener, scheme, path) in listeners {
+        let Some(addr) = listener.and_then(|l| l.local_addr().ok()) else {
+            continue;
+        };
+        if addr.ip().is_unspecified() {
+            warn!(
+                %addr,
+                "a listener on every interface and no node.advertise_tcp/advertise_ws: the \
+                 dispatcher hands out this address, which remote clients cannot use"
+            );
+        }
+        out.push(format!("{scheme}{addr}{path}"));
     }
-    vec![format!("{scheme}{addr}{path}")]
+    out
 }

@@ -47,6 +47,21 @@ pub fn connection_refused(listener: &'static str, reason: &'static str) -> Count
     counter!("tether_connections_refused_total", "listener" => listener, "reason" => reason)
 }
 
+/// A TLS listener's certificate files loaded again after they changed (`ok`), or found
+/// broken (`error`; the old certificate stays).
+pub fn tls_reload(listener: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("tether_tls_reloads_total", "listener" => listener, "result" => result).increment(1);
+}
+
+/// A TLS handshake on `listener` (`tls`, `wss`, `https`) that succeeded (`ok`), failed
+/// (`error`: a client that does not trust the certificate, speaks no TLS, or offers nothing in
+/// common) or ran out of time (`timeout`).
+pub fn tls_handshake(listener: &'static str, result: &'static str) {
+    counter!("tether_tls_handshakes_total", "listener" => listener, "result" => result)
+        .increment(1);
+}
+
 /// Per-transport counters.
 #[derive(Debug, Clone)]
 pub struct TransportMetrics {

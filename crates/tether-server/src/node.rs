@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::accept::{ApiListener, Peer};
+use crate::accept::{ApiListener, Peer, TlsApiListener};
 use crate::api::{Api, Dispatcher, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
@@ -28,12 +28,13 @@ use crate::gateway::drain::close_spread;
 use crate::gateway::outbox::Close;
 use crate::gateway::table::ConnTable;
 use crate::gateway::{Events, Gateway};
-use crate::lifecycle::{Lifecycle, advertised_endpoints};
+use crate::lifecycle::{Lifecycle, Listeners, advertised_endpoints};
 use crate::link::{Link, Links};
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::session::access::Access;
 use crate::store::{DEFAULT_OPEN_FILES, EmbeddedOptions, EmbeddedStore};
+use crate::tls::TlsListeners;
 use crate::webhook::Webhooks;
 
 /// The backends of the store and registry seams (the router comes later: it needs the
@@ -123,9 +124,7 @@ async fn router(config: &Config, sink: Arc<dyn LocalSink>) -> anyhow::Result<Arc
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    tcp: Option<SocketAddr>,
-    ws: Option<SocketAddr>,
-    http: SocketAddr,
+    addrs: Addrs,
     gateway: Arc<Gateway>,
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
@@ -204,18 +203,29 @@ impl Node {
             .with_guards(guards.tcp, guards.ws),
         );
         let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
+        let certs = Arc::new(TlsListeners::load(&config).map_err(anyhow::Error::msg)?);
 
-        let tcp = bind(&config.listen.tcp, &config).await?;
-        let ws = bind(&config.listen.ws, &config).await?;
-        let http = bind(&config.listen.http, &config)
+        let listen = &config.listen;
+        let listeners = Listeners {
+            tcp: bind(&listen.tcp, &config).await?,
+            ws: bind(&listen.ws, &config).await?,
+            tls: bind(&listen.tls, &config).await?,
+            wss: bind(&listen.wss, &config).await?,
+        };
+        let http = bind(&listen.http, &config)
             .await?
             .context("listen.http must be set")?;
-        let addrs = (
-            tcp.as_ref().map(TcpListener::local_addr).transpose()?,
-            ws.as_ref().map(TcpListener::local_addr).transpose()?,
-            http.local_addr()?,
-        );
-        let endpoints = advertised_endpoints(&config, tcp.as_ref(), ws.as_ref());
+        let https = bind(&listen.https, &config).await?;
+        let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let addrs = Addrs {
+            tcp: local(&listeners.tcp),
+            ws: local(&listeners.ws),
+            tls: local(&listeners.tls),
+            wss: local(&listeners.wss),
+            http: http.local_addr()?,
+            https: local(&https),
+        };
+        let endpoints = advertised_endpoints(&config, &listeners);
         let lifecycle = Arc::new(Lifecycle::new(
             &config,
             endpoints,
@@ -236,6 +246,7 @@ impl Node {
             api.clone(),
             fanout.clone(),
             gateway.clone(),
+            certs.clone(),
         ));
         let ops = Arc::new(
             Ops::new(
@@ -249,32 +260,47 @@ impl Node {
             )
             .with_reload(reloader.clone()),
         );
-        if let Some(listener) = tcp {
-            tokio::spawn(gateway.clone().serve_tcp(listener));
+        let Listeners { tcp, ws, tls, wss } = listeners;
+        for (listener, certs) in [(tcp, None), (tls, certs.tls.clone())] {
+            if let Some(listener) = listener {
+                tokio::spawn(gateway.clone().serve_tcp(listener, certs));
+            }
         }
-        if let Some(listener) = ws {
-            tokio::spawn(gateway.clone().serve_ws(listener));
+        for (listener, certs) in [(ws, None), (wss, certs.wss.clone())] {
+            if let Some(listener) = listener {
+                tokio::spawn(gateway.clone().serve_ws(listener, certs));
+            }
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
+        tokio::spawn(
+            certs
+                .clone()
+                .watch(config.tls.watch_interval, shutdown.clone()),
+        );
         // The peer's address goes into each request only for a guard that reads it (it costs
         // an allocation per request).
         let peer_addresses = guards.http.checks_ips();
         let app = crate::api::guarded(api.router().merge(ops.router()), guards.http);
-        let http_shutdown = shutdown.clone();
+        let https_task = match (https, &certs.https) {
+            (Some(listener), Some(certs)) => {
+                let timeout = config.gateway.handshake_timeout;
+                let listener =
+                    TlsApiListener::start(listener, certs.clone(), timeout, shutdown.clone())?;
+                let stopped = shutdown.clone().cancelled_owned();
+                Some(tokio::spawn(serve_api(
+                    listener,
+                    app.clone(),
+                    peer_addresses,
+                    stopped,
+                )))
+            }
+            _ => None,
+        };
+        let stopped = shutdown.clone().cancelled_owned();
         let http_task = tokio::spawn(async move {
-            let stopped = async move { http_shutdown.cancelled().await };
-            let served = if peer_addresses {
-                let app = app.into_make_service_with_connect_info::<Peer>();
-                axum::serve(ApiListener::new(http), app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            } else {
-                axum::serve(ApiListener::new(http), app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            };
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
+            serve_api(ApiListener::new(http), app, peer_addresses, stopped).await;
+            if let Some(https) = https_task {
+                let _ = https.await;
             }
         });
 
@@ -327,15 +353,16 @@ impl Node {
 
         info!(
             node = %config.node.id,
-            tcp = ?addrs.0,
-            ws = ?addrs.1,
-            http = %addrs.2,
+            tcp = ?addrs.tcp,
+            ws = ?addrs.ws,
+            http = %addrs.http,
+            tls = ?addrs.tls,
+            wss = ?addrs.wss,
+            https = ?addrs.https,
             "tether node started"
         );
         Ok(Node {
-            tcp: addrs.0,
-            ws: addrs.1,
-            http: addrs.2,
+            addrs,
             gateway,
             reloader,
             shutdown,
@@ -345,16 +372,31 @@ impl Node {
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp
+        self.addrs.tcp
     }
 
     /// The WebSocket listener; clients connect to `ws://<addr>/ws`.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.ws
+        self.addrs.ws
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
+        self.addrs.http
+    }
+
+    /// The raw TCP listener inside TLS (`tls://<addr>`).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.tls
+    }
+
+    /// The WebSocket listener inside TLS (`wss://<addr>/ws`).
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.addrs.wss
+    }
+
+    /// The HTTP API inside TLS (`https://<addr>`).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.addrs.https
     }
 
     /// Connections that completed their handshake and are still open.
@@ -392,6 +434,44 @@ impl Node {
     /// period after it began.
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Where a node's listeners listen.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    tcp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+    http: SocketAddr,
+    https: Option<SocketAddr>,
+}
+
+/// Serves the HTTP API on `listener` (plain or TLS) until `stopped`; with `peer_addresses`,
+/// each request carries its peer's address for the listener's guard.
+async fn serve_api<L>(
+    listener: L,
+    app: axum::Router,
+    peer_addresses: bool,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+    for<'a> Peer: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = if peer_addresses {
+        let app = app.into_make_service_with_connect_info::<Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed");
     }
 }
 

@@ -10,7 +10,10 @@
 //!   connections are closed with 4210 `app_removed`, their keys stop working);
 //! - each app's API request rate;
 //! - the TCP and WebSocket listeners' access lists, per-IP rates and origins (the next
-//!   accepted connection meets them).
+//!   accepted connection meets them);
+//! - the TLS listeners' certificates and keys, and the HTTPS API's client CA (the next
+//!   handshake uses them; connections keep their sessions). The files are also read again
+//!   whenever they change (`tls.watch_interval`).
 //!
 //! Everything else (listen addresses, the HTTP API's access list, limits, the store, the
 //! cluster, webhooks, fan-out pacing, the admin key) is read at start only: a reload that
@@ -31,6 +34,7 @@ use crate::fanout::Fanout;
 use crate::gateway::Gateway;
 use crate::link::Links;
 use crate::session::access::{Access, Shared};
+use crate::tls::TlsListeners;
 
 /// What a reload changed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub struct Reloader {
     api: Arc<Api>,
     fanout: Arc<Fanout>,
     gateway: Arc<Gateway>,
+    certs: Arc<TlsListeners>,
 }
 
 impl Reloader {
@@ -65,6 +70,7 @@ impl Reloader {
         api: Arc<Api>,
         fanout: Arc<Fanout>,
         gateway: Arc<Gateway>,
+        certs: Arc<TlsListeners>,
     ) -> Self {
         Reloader {
             current: Mutex::new(config),
@@ -72,6 +78,7 @@ impl Reloader {
             api,
             fanout,
             gateway,
+            certs,
         }
     }
 
@@ -106,6 +113,7 @@ impl Reloader {
         rules.gateway.token_leeway = current.gateway.token_leeway;
         let access = Access::new(&rules).map_err(|e| vec![e])?;
         let guards = Guards::new(&config.listen).map_err(|e| vec![e])?;
+        let certs = self.certs.prepare(&config)?;
         let before: BTreeSet<&str> = current.apps.iter().map(|a| a.id.as_str()).collect();
         let after: BTreeSet<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
         let added: Vec<String> = after.difference(&before).map(|s| s.to_string()).collect();
@@ -117,6 +125,7 @@ impl Reloader {
         self.api.reload(&config);
         self.access.store(Arc::new(access));
         self.gateway.set_guards(guards.tcp, guards.ws);
+        self.certs.commit(certs);
         let mut closed = 0;
         for app in current
             .apps

@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - `sections.rs`: the `[section]` tables, each key with its documentation and its default.
+//! - `tls.rs`: `[tls]`, the TLS listeners' certificates.
 //! - `apps.rs`: the `[[apps]]` entries (tenants) and [`Secret`], redacted in `Debug`.
 //! - `load.rs`: reading the file, the demo app.
 //! - `collect.rs`: the file and the `TETHER_*` overrides into a [`Config`], every problem at
@@ -25,6 +26,7 @@ mod problem;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use serde::Deserialize;
@@ -39,6 +41,7 @@ pub use sections::{
     AccessConfig, AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits,
     ListenConfig, NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
 };
+pub use tls::{CertFiles, ClientAuth, TlsConfig, TlsListener, TlsListeners};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +58,7 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    pub tls: TlsConfig,
     /// The file this configuration was read from, read again by a reload (none: the defaults
     /// and the environment).
     #[serde(skip)]

@@ -18,11 +18,13 @@ pub struct NodeConfig {
     pub id: String,
     /// Where the node keeps its state (the generated demo app; the durable store later).
     pub data_dir: PathBuf,
-    /// The TCP endpoints the dispatcher hands to clients for this node (`tcp://host:port`),
-    /// in order. Empty: the TCP listener's address.
+    /// The raw TCP endpoints the dispatcher hands to clients for this node
+    /// (`tcp://host:port`, `tls://host:port`), in order. Empty: the TCP listeners' addresses
+    /// (plain, then TLS).
     pub advertise_tcp: Vec<String>,
-    /// The WebSocket endpoints the dispatcher hands to clients (`ws://host:port/ws`, or
-    /// `wss://` behind a TLS proxy), in order. Empty: the WebSocket listener's address.
+    /// The WebSocket endpoints the dispatcher hands to clients (`ws://host:port/ws`,
+    /// `wss://host/ws`), in order. Empty: the WebSocket listeners' addresses (plain, then
+    /// TLS).
     pub advertise_ws: Vec<String>,
     /// How often the node announces itself (endpoints, load, draining) to the registry. An
     /// announcement holds for three intervals.
@@ -55,15 +57,24 @@ pub struct ListenConfig {
     pub ws: String,
     /// HTTP API, health and metrics.
     pub http: String,
+    /// Raw TCP inside TLS (`tls://`), with the certificate of `[tls]`. Empty string: disabled.
+    pub tls: String,
+    /// WebSocket inside TLS (`wss://`). Empty string: disabled.
+    pub wss: String,
+    /// The HTTP API inside TLS, optionally with client certificates (`[tls] client_ca`).
+    /// Empty string: disabled.
+    pub https: String,
     /// Set SO_REUSEPORT so that several processes can share the gateway ports.
     pub reuse_port: bool,
     /// Listen backlog.
     pub backlog: u32,
-    /// Who may connect to the raw TCP listener.
+    /// Who may connect to the raw TCP listeners (`tcp` and `tls`).
     pub tcp_access: AccessConfig,
-    /// Who may connect to the WebSocket listener (and from which web origins).
+    /// Who may connect to the WebSocket listeners (`ws` and `wss`; and from which web
+    /// origins).
     pub ws_access: AccessConfig,
-    /// Who may use the HTTP API listener (the API, `/v1/dispatch`, health and metrics).
+    /// Who may use the HTTP API listeners (`http` and `https`: the API, `/v1/dispatch`,
+    /// health and metrics).
     pub http_access: AccessConfig,
 }
 
@@ -73,6 +84,9 @@ impl Default for ListenConfig {
             tcp: "127.0.0.1:7400".into(),
             ws: "127.0.0.1:7401".into(),
             http: "127.0.0.1:7480".into(),
+            tls: String::new(),
+            wss: String::new(),
+            https: String::new(),
             reuse_port: false,
             backlog: 4096,
             tcp_access: AccessConfig::default(),

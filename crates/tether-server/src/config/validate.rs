@@ -23,6 +23,9 @@ impl Config {
             ("listen.tcp", &self.listen.tcp, true),
             ("listen.ws", &self.listen.ws, true),
             ("listen.http", &self.listen.http, false),
+            ("listen.tls", &self.listen.tls, true),
+            ("listen.wss", &self.listen.wss, true),
+            ("listen.https", &self.listen.https, true),
         ] {
             if value.is_empty() && optional {
                 continue;
@@ -33,7 +36,8 @@ impl Config {
                 ));
             }
         }
-        let listeners: Vec<_> = [&self.listen.tcp, &self.listen.ws, &self.listen.http]
+        let l = &self.listen;
+        let listeners: Vec<_> = [&l.tcp, &l.ws, &l.http, &l.tls, &l.wss, &l.https]
             .into_iter()
             // Port 0 asks the kernel for a free port: those never collide.
             .filter(|a| !a.is_empty() && !a.ends_with(":0"))
@@ -50,6 +54,7 @@ impl Config {
         ] {
             problems.extend(access.problems(name, gateway, ws));
         }
+        problems.extend(crate::tls::problems(self));
         let l = &self.limits;
         if l.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());
@@ -218,7 +223,7 @@ impl Config {
     fn validate_operations(&self, problems: &mut Vec<String>) {
         let n = &self.node;
         for (name, urls, schemes) in [
-            ("node.advertise_tcp", &n.advertise_tcp, &["tcp"][..]),
+            ("node.advertise_tcp", &n.advertise_tcp, &["tcp", "tls"][..]),
             ("node.advertise_ws", &n.advertise_ws, &["ws", "wss"][..]),
         ] {
             if urls.len() > 8 {
@@ -434,7 +439,8 @@ fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
         return Err("has whitespace, a comma or a control character".into());
     }
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if scheme == "tcp" && !matches!(path, "" | "/") {
+    let raw_tcp = matches!(scheme, "tcp" | "tls");
+    if raw_tcp && !matches!(path, "" | "/") {
         return Err("takes no path".into());
     }
     // The port is what follows the last ':' outside IPv6 brackets.
@@ -447,7 +453,7 @@ fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
     }
     match port {
         // WebSocket URLs may leave the port to the scheme (80, 443).
-        None if scheme != "tcp" => Ok(()),
+        None if !raw_tcp => Ok(()),
         None => Err("needs a port".into()),
         Some(port) => match port.parse::<u16>() {
             Ok(1..) => Ok(()),

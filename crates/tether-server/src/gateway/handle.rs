@@ -597,7 +597,8 @@ impl Link for ConnHandle {
         // The whole frame must fit the budget, so that the rest of a partial write can always
         // be queued (held durable pushes count in `bytes` while the queue is empty); with its
         // header, which the rest of a write torn inside it carries.
-        if !outbox.in_flight
+        if outbox.framing.direct()
+            && !outbox.in_flight
             && outbox.queue.frames.is_empty()
             && outbox.queue.fits(header.len() + frame.len(), self.limit())
         {

@@ -1,6 +1,7 @@
 //! The gateway role: holds client connections, whatever their transport.
 //!
-//! - this module: [`Gateway`], its listeners' accept loops, and the [`Events`] it reports.
+//! - this module: [`Gateway`] and the [`Events`] it reports.
+//! - [`listen`]: the accept loops, raw TCP and WebSocket, plain or inside TLS.
 //! - [`admission`]: the connection limits, before a handshake starts (who may connect at all,
 //!   by address and origin, is each listener's [`Guard`], asked first).
 //! - [`conn`]: from accept to established: the handshake, registration, `connected`.
@@ -27,6 +28,7 @@ mod conn;
 pub mod drain;
 pub mod handle;
 mod io;
+mod listen;
 pub mod outbox;
 mod poller;
 mod sweep;
@@ -36,30 +38,26 @@ mod task;
 mod testing;
 mod work;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tether_core::NodeId;
-use tether_proto::{Code, Disconnect, ErrorBody, Frame, Upstream};
-use tokio::net::{TcpListener, TcpStream};
+use tether_proto::{ErrorBody, Upstream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use arc_swap::ArcSwap;
 
-use crate::accept::AcceptErrors;
 use crate::config::{Config, GatewayConfig, Limits};
 use crate::delivery::Delivery;
-use crate::edge::{Guard, Refusal};
+use crate::edge::Guard;
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::session::access::Shared;
 use crate::session::handshake::Handshake;
-use crate::transport::{TcpWire, WsWire, upgrade};
-use admission::{Admission, Permit};
+use admission::Admission;
 use table::ConnTable;
 
 /// What the gateway reports of its connections, for the node to pass on (to the apps'
@@ -203,158 +201,4 @@ impl Gateway {
     pub fn clock_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
-
-    /// Accepts raw TCP clients until shutdown.
-    ///
-    /// A client whose address the listener's guard refuses is closed at once, before a byte
-    /// is read. One over the per-IP rate or a limit is told its code (4004, 4102, ...) from
-    /// this loop, without a task: a refusal holds its descriptor only for one non-blocking
-    /// write, so a crowd of clients over the limit cannot take the descriptors kept for the
-    /// rest of the node.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
-        let mut errors = AcceptErrors::new("tcp");
-        while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
-            let guard = self.tcp_guard.load();
-            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
-                continue;
-            };
-            let admitted = match refused {
-                Some(code) => Err(code),
-                None => self.admit(&guard, peer.ip()),
-            };
-            let permit = match admitted {
-                Ok(permit) => permit,
-                Err(code) => {
-                    refuse_tcp(&stream, code);
-                    continue;
-                }
-            };
-            let gw = self.clone();
-            self.tasks.spawn(async move {
-                let wire = TcpWire::new(stream, gw.limits.max_frame);
-                conn::serve(wire, gw, permit).await;
-            });
-        }
-    }
-
-    /// Accepts WebSocket clients on `/ws` until shutdown.
-    ///
-    /// A client whose address the listener's guard refuses is closed at once, before a byte
-    /// is read. Other refused clients get their HTTP answer (429 over the per-IP rate, 503 over
-    /// a limit, 403 for an Origin not allowed) from a task, as they must send their request
-    /// first; at most [`MAX_WS_REFUSALS`] wait at once, and one past them is closed without an
-    /// answer.
-    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener) {
-        let mut errors = AcceptErrors::new("ws");
-        while let Some((mut stream, peer)) = self.accept(&listener, &mut errors).await {
-            let guard = self.ws_guard.load_full();
-            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
-                continue;
-            };
-            let permit = match refused {
-                Some(code) => Err(code),
-                None => self.admit(&guard, peer.ip()),
-            };
-            let refused = permit.as_ref().err().copied();
-            let refusal = match refused {
-                None => None,
-                Some(_) => match self.ws_refusals.clone().try_acquire_owned() {
-                    Ok(slot) => Some(slot),
-                    Err(_) => continue,
-                },
-            };
-            let gw = self.clone();
-            self.tasks.spawn(async move {
-                let _refusal = refusal;
-                // A refused client only needs its HTTP answer: it gets a second, not the whole
-                // handshake timeout, to hold one of the refusals' sockets.
-                let limit = match refused {
-                    Some(_) => gw.config.handshake_timeout.min(REFUSAL_TIMEOUT),
-                    None => gw.config.handshake_timeout,
-                };
-                let origin_ok =
-                    |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
-                let upgraded = tokio::time::timeout(
-                    limit,
-                    Box::pin(upgrade::upgrade(&mut stream, refused, &origin_ok)),
-                );
-                let rest = match upgraded.await {
-                    Ok(Ok(rest)) => rest,
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "websocket upgrade failed");
-                        return;
-                    }
-                    Err(_) => {
-                        gw.metrics.handshake_failed(Code::HANDSHAKE_TIMEOUT);
-                        return;
-                    }
-                };
-                // A refused client's upgrade failed above (its answer was the refusal).
-                let Ok(permit) = permit else { return };
-                let wire = WsWire::new(stream, rest, gw.limits.max_frame);
-                conn::serve(wire, gw, permit).await;
-            });
-        }
-    }
-
-    /// The next accepted socket, or `None` at shutdown.
-    async fn accept(
-        &self,
-        listener: &TcpListener,
-        errors: &mut AcceptErrors,
-    ) -> Option<(TcpStream, SocketAddr)> {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return None,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    // Pushes are small and latency matters more than packet count; batching
-                    // happens in the connection's queue instead.
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, peer));
-                }
-                Err(e) => errors.failed(&e).await,
-            }
-        }
-    }
-
-    /// What `guard` says of a connection from `ip`: `Ok(None)` to go on, `Ok(Some(code))` to
-    /// be told `code`, `Err` to be closed at once.
-    fn guard_ip(&self, guard: &Guard, ip: IpAddr) -> Result<Option<Code>, ()> {
-        match guard.check_ip(ip) {
-            Ok(()) => Ok(None),
-            Err(refusal) => {
-                self.metrics.rejected_connections.increment(1);
-                refusal.code().map(Some).ok_or(())
-            }
-        }
-    }
-
-    /// A place for a connection from `ip` on the listener of `guard`, which counts a refusal.
-    fn admit(&self, guard: &Guard, ip: IpAddr) -> Result<Permit, Code> {
-        Admission::admit(&self.admission, ip).inspect_err(|code| {
-            self.metrics.rejected_connections.increment(1);
-            self.metrics.handshake_failed(*code);
-            guard.refused(Refusal::of_limit(*code), ip.to_canonical());
-        })
-    }
-}
-
-/// Tells a raw TCP client that it was refused, in a binary `disconnect` frame, with one
-/// non-blocking write: a new socket's send buffer takes the frame whole, and should it not, the
-/// client sees the connection close.
-fn refuse_tcp(stream: &TcpStream, code: Code) {
-    let frame = Frame::new(
-        0,
-        Disconnect {
-            code,
-            reason: format!("refused: {}", code.label()),
-            retry_after_ms: 1000,
-        },
-    );
-    let bytes = tether_proto::binary::encode_to_bytes(&frame);
-    let _ = stream.try_write(&bytes);
 }

@@ -12,8 +12,13 @@
 //! - [`ws`]: WebSocket (RFC 6455), one frame per message, binary or JSON text, on framing of
 //!   tether's own (see [`tether_proto::ws`]).
 //! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
+//!
+//! Under each framing, a [`Carrier`] moves the bytes: [`Plain`], the socket itself, or
+//! [`Tls`] over it.
 
+pub mod carrier;
 pub mod tcp;
+pub mod tls;
 pub mod upgrade;
 pub mod ws;
 
@@ -31,7 +36,9 @@ use tokio::net::TcpStream;
 
 use crate::link::Encoding;
 
+pub use carrier::{Carrier, Plain};
 pub use tcp::TcpWire;
+pub use tls::Tls;
 pub use ws::WsWire;
 
 /// Why a wire gave no frame.
@@ -62,14 +69,31 @@ pub enum Framing {
     Raw,
     /// As one WebSocket message, behind its header.
     WebSocket,
+    /// Not at all: the carrier changes the bytes (TLS encrypts them with a session only the
+    /// connection's task holds), so every frame goes through the queue and the task.
+    Sealed,
 }
 
 impl Framing {
     /// The header that goes before a `len`-byte frame in `encoding`, if any.
     pub fn header(self, encoding: Encoding, len: usize) -> Option<ServerHeader> {
         match self {
-            Framing::Raw => None,
+            Framing::Raw | Framing::Sealed => None,
             Framing::WebSocket => Some(ServerHeader::new(ws::opcode(encoding), len)),
+        }
+    }
+
+    /// Whether a frame may be written to the socket past the connection's task.
+    pub fn direct(self) -> bool {
+        self != Framing::Sealed
+    }
+
+    /// `framing`, or [`Framing::Sealed`] over a carrier that changes the bytes.
+    fn over<C: Carrier>(self, carrier: &C) -> Framing {
+        if carrier.sealed() {
+            Framing::Sealed
+        } else {
+            self
         }
     }
 }
@@ -84,8 +108,8 @@ impl Framing {
 /// - Bad input is an error with a close code ([`WireError::code`]), never a panic.
 pub trait Wire: Send + Sized + 'static {
     /// What the wire leaves behind while its connection waits without a task, to resume
-    /// from: `()` for raw TCP and WebSocket, whose socket holds all there is; a TLS wire's
-    /// session. [`std::convert::Infallible`] for a wire that never parks.
+    /// from: its carrier's (`()` for a plain socket, which holds all there is; a TLS
+    /// session). [`std::convert::Infallible`] for a wire that never parks.
     type Rest: Send + 'static;
 
     fn transport(&self) -> Transport;
@@ -154,8 +178,8 @@ pub trait Wire: Send + Sized + 'static {
         self.counts().partial = true;
     }
 
-    /// The socket, shared, for writes that bypass the connection's task, and how such a
-    /// write must frame a frame.
+    /// The socket, shared (for parking, and for writes that bypass the connection's task),
+    /// and how such a write must frame a frame ([`Framing::Sealed`]: it may not).
     fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
         None
     }
@@ -195,41 +219,18 @@ pub struct Counts {
 /// Slices per vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Smallest read: most frames (pings, acks) are far smaller.
-const READ_CHUNK: usize = 512;
-
-/// Reads what `stream` has into `buf`, with room for `want` bytes at least (and never less
-/// than [`READ_CHUNK`]): `Ready(Ok(0))` at the end of the stream, `Pending` (waker registered)
-/// while there is nothing to read.
-fn poll_read(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-    want: usize,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        buf.reserve(want.max(READ_CHUNK));
-        match stream.try_read_buf(buf) {
-            // Readiness was cleared: the next poll_read_ready registers the waker.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            read => return Poll::Ready(read),
-        }
-    }
-}
-
-/// Reads more of the client's bytes into `buf` (see [`poll_read`]), counting them: `Ok(true)`
+/// Reads more of the client's bytes into `buf` (see [`Carrier::poll_read`]), counting them: `Ok(true)`
 /// when some came. At the end of the stream, `Ok(false)` when it ended `between` frames,
 /// otherwise the error that it ended inside one (`cut` says inside what).
-fn poll_more(
-    stream: &TcpStream,
+fn poll_more<C: Carrier>(
+    carrier: &mut C,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     want: usize,
     counts: &mut Counts,
     (between, cut): (bool, &'static str),
 ) -> Poll<Result<bool, WireError>> {
-    match ready!(poll_read(stream, cx, buf, want))? {
+    match ready!(carrier.poll_read(cx, buf, want))? {
         0 if between => Poll::Ready(Ok(false)),
         0 => Poll::Ready(Err(DecodeError::Malformed(cut).into())),
         n => {
@@ -237,42 +238,4 @@ fn poll_more(
             Poll::Ready(Ok(true))
         }
     }
-}
-
-/// Writes what the socket takes of `slices` once it is writable: `Pending` (waker
-/// registered) while it takes nothing, an error for a socket that takes zero bytes.
-fn poll_write(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    slices: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_write_ready(cx))?;
-        match try_send(stream, slices) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            // Readiness was cleared: the next poll_write_ready registers the waker.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            written => return Poll::Ready(written),
-        }
-    }
-}
-
-/// Writes what the socket takes at once of `slices`, like tokio's `try_write_vectored` (a full
-/// socket clears its write readiness and gives `WouldBlock`), but with `send(2)` or
-/// `sendmsg(2)` rather than `writev(2)`: a socket needs none of the file layer's work, which
-/// was about a tenth of the kernel's CPU per write here (see `docs/benchmarks.md`).
-fn try_send(stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    stream.try_io(tokio::io::Interest::WRITABLE, || {
-        let socket = socket2::SockRef::from(stream);
-        match slices {
-            [one] => socket.send(one),
-            _ => socket.send_vectored(slices),
-        }
-    })
-}
-
-/// Ends the sending side of a socket that a connection's handle shares (so no `&mut` for
-/// tokio's shutdown): the same FIN through the socket itself.
-fn shutdown_write(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }

@@ -10,21 +10,18 @@ use tether_core::Transport;
 use tether_proto::{Code, Frame, binary};
 use tokio::net::TcpStream;
 
-use super::{
-    Counts, Framing, MAX_IOVECS, READ_CHUNK, Wire, WireError, poll_more, poll_write, shutdown_write,
-};
+use super::carrier::READ_CHUNK;
+use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
 
-/// Raw TCP: a stream of binary frames.
+/// Raw TCP: a stream of binary frames, over the socket itself or over TLS (`tls://`).
 ///
 /// # Memory
 /// The read buffer is allocated only while a frame is arriving and released as soon as it is
 /// empty again, so an idle connection holds no buffer at all.
 #[derive(Debug)]
-pub struct TcpWire {
-    /// Shared with the connection's handle, which writes to it directly while this side has
-    /// nothing to write (see [`Wire::direct`]).
-    stream: Arc<TcpStream>,
+pub struct TcpWire<C = Plain> {
+    carrier: C,
     buf: BytesMut,
     max_frame: u32,
     counts: Counts,
@@ -32,12 +29,24 @@ pub struct TcpWire {
 
 impl TcpWire {
     pub fn new(stream: TcpStream, max_frame: u32) -> Self {
-        Self::resume(Arc::new(stream), (), max_frame, Encoding::Binary)
+        Self::over(Plain::new(stream), max_frame)
     }
 }
 
-impl Wire for TcpWire {
-    type Rest = ();
+impl<C: Carrier> TcpWire<C> {
+    /// A wire over `carrier`, whose handshake (if it has one) is done.
+    pub fn over(carrier: C, max_frame: u32) -> Self {
+        TcpWire {
+            carrier,
+            buf: BytesMut::new(),
+            max_frame,
+            counts: Counts::default(),
+        }
+    }
+}
+
+impl<C: Carrier> Wire for TcpWire<C> {
+    type Rest = C::Rest;
 
     fn transport(&self) -> Transport {
         Transport::Tcp
@@ -67,8 +76,8 @@ impl Wire for TcpWire {
                 _ => READ_CHUNK,
             };
             let end = (self.buf.is_empty(), "connection closed inside a frame");
-            let (stream, buf, counts) = (&self.stream, &mut self.buf, &mut self.counts);
-            if !ready!(poll_more(stream, cx, buf, want, counts, end))? {
+            let (carrier, buf, counts) = (&mut self.carrier, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(carrier, cx, buf, want, counts, end))? {
                 return Poll::Ready(Ok(None));
             }
         }
@@ -87,7 +96,7 @@ impl Wire for TcpWire {
                 .zip(slices.iter_mut())
                 .map(|(frame, slice)| *slice = io::IoSlice::new(frame))
                 .count();
-            let written = ready!(poll_write(&self.stream, cx, &slices[..n]))?;
+            let written = ready!(self.carrier.poll_write(cx, &slices[..n]))?;
             self.counts.written += written;
             let mut left = written;
             while let Some(front) = frames.front_mut() {
@@ -101,7 +110,11 @@ impl Wire for TcpWire {
                 self.counts.partial = false;
             }
         }
-        Poll::Ready(Ok(()))
+        self.carrier.poll_flush(cx)
+    }
+
+    fn wants_write(&self) -> bool {
+        self.carrier.unflushed()
     }
 
     fn counts(&mut self) -> &mut Counts {
@@ -109,27 +122,26 @@ impl Wire for TcpWire {
     }
 
     fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
-        Some((self.stream.clone(), Framing::Raw))
+        Some((self.carrier.socket(), Framing::Raw.over(&self.carrier)))
     }
 
     fn parkable(&self) -> bool {
-        self.buf.is_empty() && !self.counts.partial
+        self.buf.is_empty() && !self.counts.partial && !self.carrier.unflushed()
     }
 
-    fn park(self) -> Result<(), Self> {
-        if self.parkable() { Ok(()) } else { Err(self) }
-    }
-
-    fn resume(stream: Arc<TcpStream>, (): (), max_frame: u32, _: Encoding) -> Self {
-        TcpWire {
-            stream,
-            buf: BytesMut::new(),
-            max_frame,
-            counts: Counts::default(),
+    fn park(self) -> Result<C::Rest, Self> {
+        if self.parkable() {
+            Ok(self.carrier.park())
+        } else {
+            Err(self)
         }
     }
 
+    fn resume(stream: Arc<TcpStream>, rest: C::Rest, max_frame: u32, _: Encoding) -> Self {
+        Self::over(C::resume(stream, rest), max_frame)
+    }
+
     async fn close(&mut self, _code: Code, _reason: &str) {
-        shutdown_write(&self.stream);
+        self.carrier.shutdown().await;
     }
 }

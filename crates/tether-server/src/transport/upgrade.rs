@@ -11,8 +11,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use bytes::BytesMut;
 use tether_proto::Code;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// The longest request head taken, headers included. Browsers send well under 1 KiB, but a
@@ -41,8 +40,10 @@ pub type OriginCheck<'a> = &'a (dyn Fn(Option<&[u8]>) -> bool + Sync);
 /// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
 /// the node's) once its request has been read; its path is checked first, so that a wrong
 /// URL reads as one. Otherwise a request whose Origin `origin` refuses is answered 403.
-pub async fn upgrade(
-    stream: &mut TcpStream,
+///
+/// `stream` is the socket, or the TLS stream over it (`wss://`).
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     refused: Option<Code>,
     origin: OriginCheck<'_>,
 ) -> Result<BytesMut, UpgradeError> {
@@ -128,7 +129,11 @@ fn check(
 }
 
 /// Answers `status` with `reason` as its body, best effort, and closes.
-async fn answer_error(stream: &mut TcpStream, status: u16, reason: &'static str) -> UpgradeError {
+async fn answer_error<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &'static str,
+) -> UpgradeError {
     let text = match status {
         400 => "Bad Request",
         403 => "Forbidden",

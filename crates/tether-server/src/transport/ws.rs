@@ -17,7 +17,7 @@ use tether_proto::ws::{self, Opcode, ServerHeader};
 use tether_proto::{Code, DecodeError, Frame, binary, json};
 use tokio::net::TcpStream;
 
-use super::{Counts, Framing, MAX_IOVECS, Wire, WireError, poll_more, poll_write, shutdown_write};
+use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
 
 /// A WebSocket connection after its upgrade.
@@ -26,10 +26,9 @@ use crate::link::Encoding;
 /// Like [`super::TcpWire`]: the read buffer exists only while a frame is arriving, and a
 /// message in fragments (browsers send theirs whole) only while it is.
 #[derive(Debug)]
-pub struct WsWire {
-    /// Shared with the connection's handle, which writes to it directly while this side has
-    /// nothing to write.
-    stream: Arc<TcpStream>,
+pub struct WsWire<C = Plain> {
+    /// The socket, or TLS over it (`wss://`).
+    carrier: C,
     /// Read and not yet taken: the front is the next frame's header.
     buf: BytesMut,
     /// A message arriving in fragments: its opcode and its payload so far.
@@ -56,11 +55,35 @@ impl WsWire {
     /// A wire for a socket whose upgrade has been answered; `rest`: what the client sent after
     /// its request.
     pub fn new(stream: TcpStream, rest: BytesMut, max_frame: u32) -> Self {
-        let mut wire = Self::resume(Arc::new(stream), (), max_frame, Encoding::Binary);
+        Self::over(Plain::new(stream), rest, max_frame)
+    }
+}
+
+impl<C: Carrier> WsWire<C> {
+    /// A wire over `carrier`, on which the upgrade has been answered; `rest`: what the client
+    /// sent after its request.
+    pub fn over(carrier: C, rest: BytesMut, max_frame: u32) -> Self {
+        let mut wire = Self::with(carrier, max_frame, Encoding::Binary);
         wire.encoding_fixed = false;
         wire.counts.read = rest.len();
         wire.buf = rest;
         wire
+    }
+
+    fn with(carrier: C, max_frame: u32, encoding: Encoding) -> Self {
+        WsWire {
+            carrier,
+            buf: BytesMut::new(),
+            fragments: None,
+            control: Bytes::new(),
+            control_begun: false,
+            encoding,
+            encoding_fixed: true,
+            max_message: max_frame as usize + binary::PREFIX_LEN,
+            max_frame,
+            counts: Counts::default(),
+            front_header: 0,
+        }
     }
 
     fn opcode(&self) -> Opcode {
@@ -225,8 +248,8 @@ enum Next {
     Closed,
 }
 
-impl Wire for WsWire {
-    type Rest = ();
+impl<C: Carrier> Wire for WsWire<C> {
+    type Rest = C::Rest;
 
     fn transport(&self) -> Transport {
         Transport::Ws
@@ -267,8 +290,8 @@ impl Wire for WsWire {
             // inside one, its message is cut.
             let between = self.buf.is_empty() && self.fragments.is_none();
             let end = (between, "connection closed inside a message");
-            let (stream, buf, counts) = (&self.stream, &mut self.buf, &mut self.counts);
-            if !ready!(poll_more(stream, cx, buf, want, counts, end))? {
+            let (carrier, buf, counts) = (&mut self.carrier, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(carrier, cx, buf, want, counts, end))? {
                 return Poll::Ready(Ok(None));
             }
         }
@@ -304,14 +327,14 @@ impl Wire for WsWire {
                 .zip(slices.iter_mut())
                 .map(|(bytes, slice)| *slice = io::IoSlice::new(bytes))
                 .count();
-            let written = ready!(poll_write(&self.stream, cx, &slices[..n]))?;
+            let written = ready!(self.carrier.poll_write(cx, &slices[..n]))?;
             self.consume(frames, written);
         }
-        Poll::Ready(Ok(()))
+        self.carrier.poll_flush(cx)
     }
 
     fn wants_write(&self) -> bool {
-        !self.control.is_empty()
+        !self.control.is_empty() || self.carrier.unflushed()
     }
 
     fn counts(&mut self) -> &mut Counts {
@@ -319,7 +342,10 @@ impl Wire for WsWire {
     }
 
     fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
-        Some((self.stream.clone(), Framing::WebSocket))
+        Some((
+            self.carrier.socket(),
+            Framing::WebSocket.over(&self.carrier),
+        ))
     }
 
     fn parkable(&self) -> bool {
@@ -327,27 +353,20 @@ impl Wire for WsWire {
             && self.fragments.is_none()
             && self.control.is_empty()
             && !self.counts.partial
+            && !self.carrier.unflushed()
     }
 
-    fn park(self) -> Result<(), Self> {
-        if self.parkable() { Ok(()) } else { Err(self) }
-    }
-
-    fn resume(stream: Arc<TcpStream>, (): (), max_frame: u32, encoding: Encoding) -> Self {
-        // Resumed after its handshake: the encoding is the one its `connect` chose.
-        WsWire {
-            stream,
-            buf: BytesMut::new(),
-            fragments: None,
-            control: Bytes::new(),
-            control_begun: false,
-            encoding,
-            encoding_fixed: true,
-            max_message: max_frame as usize + binary::PREFIX_LEN,
-            max_frame,
-            counts: Counts::default(),
-            front_header: 0,
+    fn park(self) -> Result<C::Rest, Self> {
+        if self.parkable() {
+            Ok(self.carrier.park())
+        } else {
+            Err(self)
         }
+    }
+
+    fn resume(stream: Arc<TcpStream>, rest: C::Rest, max_frame: u32, encoding: Encoding) -> Self {
+        // Resumed after its handshake: the encoding is the one its `connect` chose.
+        Self::with(C::resume(stream, rest), max_frame, encoding)
     }
 
     async fn close(&mut self, code: Code, reason: &str) {
@@ -357,6 +376,6 @@ impl Wire for WsWire {
             &ws::close_payload(code.0, reason),
         ));
         let _ = self.send(&mut VecDeque::new()).await;
-        shutdown_write(&self.stream);
+        self.carrier.shutdown().await;
     }
 }

@@ -1,0 +1,271 @@
+//! The gateway's accept loops: raw TCP and WebSocket, each plain or inside TLS (`tls://`,
+//! `wss://`). Each accepted socket meets its listener's guard and the admission limits before a
+//! byte is read; a TLS connection's handshake comes next, bounded by the handshake timeout,
+//! then the transport's own handshake and the session's, as on a plain socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tether_proto::{Code, Disconnect, Frame};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use super::admission::{Admission, Permit};
+use super::{Gateway, REFUSAL_TIMEOUT, conn};
+use crate::accept::AcceptErrors;
+use crate::edge::{Guard, Refusal};
+use crate::tls::Certs;
+use crate::transport::{Carrier, TcpWire, Tls, WsWire, upgrade};
+
+impl Gateway {
+    /// Accepts raw TCP clients until shutdown, inside TLS with `tls`.
+    ///
+    /// A client whose address the listener's guard refuses is closed at once, before a byte
+    /// is read. One over the per-IP rate or a limit is told its code (4004, 4102, ...) from
+    /// this loop, without a task: a refusal holds its descriptor only for one non-blocking
+    /// write, so a crowd of clients over the limit cannot take the descriptors kept for the
+    /// rest of the node. Inside TLS, where telling would take a handshake, it is closed.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, tls: Option<Arc<Certs>>) {
+        let name = if tls.is_some() { "tls" } else { "tcp" };
+        let mut errors = AcceptErrors::new(name);
+        while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
+            let guard = self.tcp_guard.load();
+            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
+                continue;
+            };
+            let admitted = match refused {
+                Some(code) => Err(code),
+                None => self.admit(&guard, peer.ip()),
+            };
+            let permit = match admitted {
+                Ok(permit) => permit,
+                Err(code) => {
+                    if tls.is_none() {
+                        refuse_tcp(&stream, code);
+                    }
+                    continue;
+                }
+            };
+            let gw = self.clone();
+            let max_frame = gw.limits.max_frame;
+            match &tls {
+                None => self.tasks.spawn(async move {
+                    let wire = TcpWire::new(stream, max_frame);
+                    conn::serve(wire, gw, permit).await;
+                }),
+                Some(certs) => {
+                    let certs = certs.clone();
+                    self.tasks.spawn(async move {
+                        let Some(tls) = gw.tls_handshake(&certs, stream, peer, name).await else {
+                            return;
+                        };
+                        let (stream, session) = tls.into_inner();
+                        let wire = TcpWire::over(Tls::new(stream, session), max_frame);
+                        conn::serve(wire, gw, permit).await;
+                    })
+                }
+            };
+        }
+    }
+
+    /// Accepts WebSocket clients on `/ws` until shutdown, inside TLS with `tls`.
+    ///
+    /// A client whose address the listener's guard refuses is closed at once, before a byte
+    /// is read. Other refused clients get their HTTP answer (429 over the per-IP rate, 503 over
+    /// a limit, 403 for an Origin not allowed) from a task, as they must send their request
+    /// first; at most [`super::MAX_WS_REFUSALS`] wait at once, and one past them is closed without an
+    /// answer.
+    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, tls: Option<Arc<Certs>>) {
+        let name = if tls.is_some() { "wss" } else { "ws" };
+        let mut errors = AcceptErrors::new(name);
+        while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
+            let guard = self.ws_guard.load_full();
+            let Ok(refused) = self.guard_ip(&guard, peer.ip()) else {
+                continue;
+            };
+            let permit = match refused {
+                Some(code) => Err(code),
+                None => self.admit(&guard, peer.ip()),
+            };
+            let refused = permit.as_ref().err().copied();
+            let refusal = match refused {
+                None => None,
+                Some(_) => match self.ws_refusals.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => continue,
+                },
+            };
+            let gw = self.clone();
+            let tls = tls.clone();
+            self.tasks.spawn(async move {
+                let _refusal = refusal;
+                let origin_ok =
+                    |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
+                let check = Upgrade {
+                    peer,
+                    refused,
+                    origin: &origin_ok,
+                };
+                match tls {
+                    None => {
+                        let mut stream = stream;
+                        let Some(rest) = gw.upgrade(&mut stream, check).await else {
+                            return;
+                        };
+                        // A refused client's upgrade failed above (its answer was the refusal).
+                        let Ok(permit) = permit else { return };
+                        let wire = WsWire::new(stream, rest, gw.limits.max_frame);
+                        conn::serve(wire, gw, permit).await;
+                    }
+                    Some(certs) => {
+                        let Some(mut tls) = gw.tls_handshake(&certs, stream, peer, name).await
+                        else {
+                            return;
+                        };
+                        let Some(rest) = gw.upgrade(&mut tls, check).await else {
+                            return;
+                        };
+                        let Ok(permit) = permit else { return };
+                        let (stream, session) = tls.into_inner();
+                        let carrier = Tls::new(stream, session);
+                        serve_ws_over(carrier, rest, gw, permit).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The TLS handshake of a client of `listener`, within the handshake timeout; `None` (and
+    /// counted) when it failed.
+    async fn tls_handshake(
+        &self,
+        certs: &Certs,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: &'static str,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let accepting = certs.acceptor().accept(stream);
+        match tokio::time::timeout(self.config.handshake_timeout, accepting).await {
+            Ok(Ok(tls)) => {
+                crate::metrics::tls_handshake(listener, "ok");
+                Some(tls)
+            }
+            Ok(Err(e)) => {
+                crate::metrics::tls_handshake(listener, "error");
+                debug!(%peer, listener, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                crate::metrics::tls_handshake(listener, "timeout");
+                self.metrics.handshake_failed(Code::HANDSHAKE_TIMEOUT);
+                None
+            }
+        }
+    }
+
+    /// Reads and answers a WebSocket upgrade request on `stream` (the socket, or TLS over
+    /// it): what the client sent after it, or `None` when no connection came of it.
+    async fn upgrade<S>(&self, stream: &mut S, check: Upgrade<'_>) -> Option<bytes::BytesMut>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        // A refused client only needs its HTTP answer: it gets a second, not the whole
+        // handshake timeout, to hold one of the refusals' sockets.
+        let limit = match check.refused {
+            Some(_) => self.config.handshake_timeout.min(REFUSAL_TIMEOUT),
+            None => self.config.handshake_timeout,
+        };
+        let upgrading = upgrade::upgrade(stream, check.refused, check.origin);
+        match tokio::time::timeout(limit, Box::pin(upgrading)).await {
+            Ok(Ok(rest)) => Some(rest),
+            Ok(Err(e)) => {
+                debug!(peer = %check.peer, error = %e, "websocket upgrade failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.handshake_failed(Code::HANDSHAKE_TIMEOUT);
+                None
+            }
+        }
+    }
+
+    /// The next accepted socket, or `None` at shutdown.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        errors: &mut AcceptErrors,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    // Pushes are small and latency matters more than packet count; batching
+                    // happens in the connection's queue instead.
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => errors.failed(&e).await,
+            }
+        }
+    }
+
+    /// What `guard` says of a connection from `ip`: `Ok(None)` to go on, `Ok(Some(code))` to
+    /// be told `code`, `Err` to be closed at once.
+    fn guard_ip(&self, guard: &Guard, ip: IpAddr) -> Result<Option<Code>, ()> {
+        match guard.check_ip(ip) {
+            Ok(()) => Ok(None),
+            Err(refusal) => {
+                self.metrics.rejected_connections.increment(1);
+                refusal.code().map(Some).ok_or(())
+            }
+        }
+    }
+
+    /// A place for a connection from `ip` on the listener of `guard`, which counts a refusal.
+    pub(super) fn admit(&self, guard: &Guard, ip: IpAddr) -> Result<Permit, Code> {
+        Admission::admit(&self.admission, ip).inspect_err(|code| {
+            self.metrics.rejected_connections.increment(1);
+            self.metrics.handshake_failed(*code);
+            guard.refused(Refusal::of_limit(*code), ip.to_canonical());
+        })
+    }
+}
+
+/// What an upgrade request is checked against.
+struct Upgrade<'a> {
+    peer: SocketAddr,
+    /// The client is to be told this code instead of connecting.
+    refused: Option<Code>,
+    origin: upgrade::OriginCheck<'a>,
+}
+
+/// Serves a WebSocket connection over `carrier` once its upgrade is answered.
+async fn serve_ws_over<C: Carrier>(
+    carrier: C,
+    rest: bytes::BytesMut,
+    gw: Arc<Gateway>,
+    permit: Permit,
+) {
+    let wire = WsWire::over(carrier, rest, gw.limits.max_frame);
+    conn::serve(wire, gw, permit).await;
+}
+
+/// Tells a raw TCP client that it was refused, in a binary `disconnect` frame, with one
+/// non-blocking write: a new socket's send buffer takes the frame whole, and should it not, the
+/// client sees the connection close.
+fn refuse_tcp(stream: &TcpStream, code: Code) {
+    let frame = Frame::new(
+        0,
+        Disconnect {
+            code,
+            reason: format!("refused: {}", code.label()),
+            retry_after_ms: 1000,
+        },
+    );
+    let bytes = tether_proto::binary::encode_to_bytes(&frame);
+    let _ = stream.try_write(&bytes);
+}
