@@ -158,8 +158,13 @@ impl Certs {
     }
 
     /// What a new handshake uses.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// What a new handshake with tokio-rustls uses (the HTTPS API).
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config.load_full())
+        TlsAcceptor::from(self.config())
     }
 
     /// Puts a configuration read by [`server_config`] in place.

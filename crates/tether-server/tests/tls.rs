@@ -200,7 +200,10 @@ async fn push_to(node: &Node, user: &str, text: &str) {
 async fn raw_tcp_in_tls_connects_parks_and_receives_pushes() {
     let (ca, files) = (Ca::new("test CA"), Files::new());
     files.server(&ca);
-    let node = start(tls_config(&files)).await;
+    let mut config = tls_config(&files);
+    // Woken by a push, a connection parks again when the sweep asks, after this.
+    config.gateway.park_after = Duration::from_millis(100);
+    let node = start(config).await;
     let addr = node.tls_addr().expect("tls listener");
     let connector = connector(&ca.pem(), None);
 
@@ -218,6 +221,26 @@ async fn raw_tcp_in_tls_connects_parks_and_receives_pushes() {
     eventually(|| node.parked_connections() == 1, "parked again").await;
     client.send(&Frame::new(7, Body::Ping)).await;
     assert!(matches!(client.frame().await.body, Body::Pong));
+    // A payload larger than a TLS record (16 KiB) crosses several.
+    let big = "x".repeat(30_000);
+    push_to(&node, "alice", &big).await;
+    let push = expect_push(client.frame().await);
+    assert_eq!(push.payload.len(), big.len() + 2);
+    // The client changes its keys (TLS 1.3 KeyUpdate, asking the server to change its own):
+    // the server answers inside the session, and both directions go on.
+    client
+        .stream
+        .get_mut()
+        .1
+        .refresh_traffic_keys()
+        .expect("key update");
+    client.send(&Frame::new(8, Body::Ping)).await;
+    assert!(matches!(client.frame().await.body, Body::Pong));
+    push_to(&node, "alice", "after the key update").await;
+    assert_eq!(
+        &expect_push(client.frame().await).payload[..],
+        b"\"after the key update\""
+    );
     // Many pushes in a row arrive whole and in order through the session.
     for i in 0..200 {
         push_to(&node, "alice", &format!("n{i}")).await;

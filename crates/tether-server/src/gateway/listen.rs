@@ -15,7 +15,9 @@ use super::{Gateway, REFUSAL_TIMEOUT, conn};
 use crate::accept::AcceptErrors;
 use crate::edge::{Guard, Refusal};
 use crate::tls::Certs;
-use crate::transport::{Carrier, TcpWire, Tls, WsWire, upgrade};
+use crate::transport::carrier::AsIo;
+use crate::transport::tls::{self, Tls};
+use crate::transport::{Carrier, TcpWire, WsWire, upgrade};
 
 impl Gateway {
     /// Accepts raw TCP clients until shutdown, inside TLS with `tls`.
@@ -59,8 +61,7 @@ impl Gateway {
                         let Some(tls) = gw.tls_handshake(&certs, stream, peer, name).await else {
                             return;
                         };
-                        let (stream, session) = tls.into_inner();
-                        let wire = TcpWire::over(Tls::new(stream, session), max_frame);
+                        let wire = TcpWire::over(tls, max_frame);
                         conn::serve(wire, gw, permit).await;
                     })
                 }
@@ -122,13 +123,16 @@ impl Gateway {
                         else {
                             return;
                         };
-                        let Some(rest) = gw.upgrade(&mut tls, check).await else {
+                        let mut io = AsIo::new(&mut tls);
+                        let Some(mut rest) = gw.upgrade(&mut io, check).await else {
                             return;
                         };
+                        // What the upgrade read past its own buffer comes first.
+                        let mut unread = io.unread();
+                        unread.unsplit(rest);
+                        rest = unread;
                         let Ok(permit) = permit else { return };
-                        let (stream, session) = tls.into_inner();
-                        let carrier = Tls::new(stream, session);
-                        serve_ws_over(carrier, rest, gw, permit).await;
+                        serve_ws_over(tls, rest, gw, permit).await;
                     }
                 }
             });
@@ -143,8 +147,8 @@ impl Gateway {
         stream: TcpStream,
         peer: SocketAddr,
         listener: &'static str,
-    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let accepting = certs.acceptor().accept(stream);
+    ) -> Option<Tls> {
+        let accepting = tls::accept(stream, certs.config());
         match tokio::time::timeout(self.config.handshake_timeout, accepting).await {
             Ok(Ok(tls)) => {
                 crate::metrics::tls_handshake(listener, "ok");

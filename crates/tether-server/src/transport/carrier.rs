@@ -50,6 +50,12 @@ pub trait Carrier: Send + Sized + 'static {
         false
     }
 
+    /// Whether the carrier holds bytes of its own, read or to write, so that its connection
+    /// cannot park (see [`Carrier::park`]).
+    fn busy(&self) -> bool {
+        self.unflushed()
+    }
+
     /// The socket, shared with the connection's handle: for parking, and, unless the carrier
     /// is [`Carrier::sealed`], for writes that bypass the connection's task.
     fn socket(&self) -> Arc<TcpStream>;
@@ -64,7 +70,7 @@ pub trait Carrier: Send + Sized + 'static {
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
 
     /// Gives the carrier up while its connection is parked, keeping only its
-    /// [`Carrier::Rest`]. Called only when it holds nothing to write.
+    /// [`Carrier::Rest`]. Called only when it is not [`Carrier::busy`].
     fn park(self) -> Self::Rest;
 
     /// The carrier again, on the socket of a connection that parked with `rest`.
@@ -154,4 +160,67 @@ pub(super) fn try_send(stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Re
 /// tokio's shutdown): the same FIN through the socket itself.
 pub(super) fn shutdown_write(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+/// A carrier as tokio's `AsyncRead` and `AsyncWrite`, for what reads and writes it before its
+/// wire exists (a WebSocket upgrade inside TLS). Bytes it read that its reader did not take
+/// come back from [`AsIo::unread`].
+#[derive(Debug)]
+pub struct AsIo<'a, C> {
+    carrier: &'a mut C,
+    read: BytesMut,
+}
+
+impl<'a, C: Carrier> AsIo<'a, C> {
+    pub fn new(carrier: &'a mut C) -> Self {
+        AsIo {
+            carrier,
+            read: BytesMut::new(),
+        }
+    }
+
+    /// What was read and not taken.
+    pub fn unread(self) -> BytesMut {
+        self.read
+    }
+}
+
+impl<C: Carrier> tokio::io::AsyncRead for AsIo<'_, C> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty()
+            && ready!(this.carrier.poll_read(cx, &mut this.read, READ_CHUNK))? == 0
+        {
+            return Poll::Ready(Ok(()));
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<C: Carrier> tokio::io::AsyncWrite for AsIo<'_, C> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(this.carrier.poll_write(cx, &[io::IoSlice::new(buf)]))?;
+        // The upgrade's answer is small: it goes out before the next read waits.
+        ready!(this.carrier.poll_flush(cx))?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().carrier.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().carrier.poll_flush(cx)
+    }
 }

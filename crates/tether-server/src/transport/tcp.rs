@@ -126,7 +126,7 @@ impl<C: Carrier> Wire for TcpWire<C> {
     }
 
     fn parkable(&self) -> bool {
-        self.buf.is_empty() && !self.counts.partial && !self.carrier.unflushed()
+        self.buf.is_empty() && !self.counts.partial && !self.carrier.busy()
     }
 
     fn park(self) -> Result<C::Rest, Self> {

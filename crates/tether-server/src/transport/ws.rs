@@ -353,7 +353,7 @@ impl<C: Carrier> Wire for WsWire<C> {
             && self.fragments.is_none()
             && self.control.is_empty()
             && !self.counts.partial
-            && !self.carrier.unflushed()
+            && !self.carrier.busy()
     }
 
     fn park(self) -> Result<C::Rest, Self> {
