@@ -9,10 +9,25 @@
 //! topic rule). A subscription token has `sub`, `exp` and `topic` (one exact topic).
 //!
 //! Each app's [`TokenPolicy`] says which algorithms and keys it accepts: HS256 with the app's
-//! secret (any language can mint one), and RS256 or ES256 with public keys in PEM, for tokens
-//! an identity provider signs. What a refusal says is meant for the client: what is wrong, in
-//! fixed words, never the decoder's text.
+//! secret (any language can mint one), and RS256 or ES256 with public keys in PEM or in JWKS
+//! sets ([`jwks`]), for tokens an identity provider signs. What a refusal says is meant for the
+//! client: what is wrong, in fixed words, never the decoder's text.
+//!
+//! # Which key verifies a token
+//!
+//! - A token whose header names a `kid` that a JWKS set of the policy holds is verified by
+//!   that key only (and refused if the key is for another algorithm).
+//! - Otherwise the policy's PEM keys of the token's algorithm are tried, then the JWKS keys of
+//!   that algorithm: those without a `kid` when the token names one (a key without a `kid` may
+//!   be any), all of them when the token names none (so that a provider that does not name its
+//!   keys in tokens still works). A set holds at most [`jwks::MAX_KEYS`] keys.
+//! - A token naming a `kid` that nothing verified tells each set ([`KeySource::unknown_kid`]):
+//!   the provider may have rotated its keys. It is refused with `bad signature`, as a token
+//!   signed by a wrong key is: the client learns nothing of which kids exist.
 
+pub mod jwks;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -20,6 +35,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::{AppId, UserId, validate_id};
+pub use jwks::{FixedKeys, JwkKeys, KeySource};
 
 /// The claims tether reads (and `mint` writes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,8 +70,10 @@ pub enum TokenError {
 #[derive(Clone)]
 pub struct TokenPolicy {
     /// Keys to try, each with the algorithm it verifies: the app's secret for HS256, and
-    /// public keys for RS256 / ES256.
+    /// public keys in PEM for RS256 / ES256.
     keys: Vec<(Algorithm, DecodingKey)>,
+    /// JWKS sets, read where they are kept at each verification (a fetcher may swap them).
+    jwks: Vec<Arc<dyn KeySource>>,
     audience: Option<String>,
     issuer: Option<String>,
     leeway: Duration,
@@ -69,6 +87,7 @@ impl std::fmt::Debug for TokenPolicy {
                 "algorithms",
                 &self.keys.iter().map(|(a, _)| a).collect::<Vec<_>>(),
             )
+            .field("jwks", &self.jwks)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
@@ -96,6 +115,7 @@ impl TokenPolicy {
     pub fn hs256(secret: &[u8], leeway: Duration) -> Self {
         TokenPolicy {
             keys: vec![(Algorithm::HS256, DecodingKey::from_secret(secret))],
+            jwks: Vec::new(),
             audience: None,
             issuer: None,
             leeway,
@@ -117,6 +137,13 @@ impl TokenPolicy {
         let key = key.map_err(|_| KeyError(format!("not a {algorithm:?} public key in PEM")))?;
         self.keys.push((algorithm, key));
         Ok(self)
+    }
+
+    /// Also accepts tokens signed with the keys of a JWKS set (RS256 and ES256), read from
+    /// `source` at each verification.
+    pub fn with_jwks(mut self, source: Arc<dyn KeySource>) -> Self {
+        self.jwks.push(source);
+        self
     }
 
     /// Only accepts HS256 if `hs256` (otherwise the app's secret signs webhooks only).
@@ -181,15 +208,48 @@ impl TokenPolicy {
         Ok(())
     }
 
-    /// The claims of `token` if one of the policy's keys verifies it and its time, audience
-    /// and issuer claims hold.
+    /// The claims of `token` if one of the policy's keys verifies it (see the module's
+    /// "Which key verifies a token") and its time, audience and issuer claims hold.
     fn decode(&self, token: &str) -> Result<Claims, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
-        let Some((algorithm, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+        let alg = header.alg;
+        let by_jwks = !self.jwks.is_empty() && matches!(alg, Algorithm::RS256 | Algorithm::ES256);
+        if !by_jwks && !self.keys.iter().any(|(a, _)| *a == alg) {
             return Err(TokenError::Invalid("algorithm not accepted"));
-        };
-        let mut validation = Validation::new(*algorithm);
+        }
+        let validation = self.validation(alg);
+        // `Some(result)` once a key verified the signature (the claims may still be refused);
+        // `None` for a key that does not fit the token.
+        let attempt =
+            |key: &DecodingKey| match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => Some(Ok(data.claims)),
+                Err(e) if doesnt_fit(e.kind()) => None,
+                Err(e) => Some(Err(TokenError::from_kind(e.kind()))),
+            };
+        let bad = || TokenError::Invalid("bad signature");
+        let sets: Vec<Arc<JwkKeys>> = self.jwks.iter().filter_map(|s| s.keys()).collect();
+        let kid = header.kid.as_deref();
+        if let Some(named) = kid.and_then(|kid| sets.iter().find_map(|set| set.named(kid))) {
+            if named.algorithm != alg {
+                return Err(TokenError::Invalid("algorithm not accepted"));
+            }
+            return attempt(&named.key).unwrap_or_else(|| Err(bad()));
+        }
+        let pem = self.keys.iter().filter(|(a, _)| *a == alg).map(|(_, k)| k);
+        let from_sets = sets.iter().flat_map(|set| set.of(alg, kid.is_some()));
+        if let Some(result) = pem.chain(from_sets).find_map(attempt) {
+            return result;
+        }
+        if kid.is_some() {
+            self.jwks.iter().for_each(|source| source.unknown_kid());
+        }
+        Err(bad())
+    }
+
+    /// What a token of `algorithm` must hold besides a good signature.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
         // What the policy checks must be there: a token without `aud` or `iss` would
@@ -205,10 +265,22 @@ impl TokenPolicy {
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| TokenError::from_kind(e.kind()))
+        validation
     }
+}
+
+/// Whether a decoding error says the key does not verify the token (another key may), rather
+/// than that the token is bad whichever key verifies it (its claims are checked only after its
+/// signature).
+fn doesnt_fit(kind: &ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidSignature
+            | ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::Provider(_)
+    )
 }
 
 impl TokenError {
