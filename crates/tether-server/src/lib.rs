@@ -23,6 +23,8 @@
 //! - [`transport`]: the transport seam ([`transport::Wire`]) and its two transports, raw TCP
 //!   and WebSocket, each over the socket or over TLS ([`transport::Carrier`]).
 //! - [`tls`]: the TLS listeners' certificates: read, checked, loaded again when they change.
+//! - [`jwks`]: identity providers' key sets fetched from URLs, kept fresh in the background
+//!   for the apps' token policies.
 //! - [`session`]: the rules every transport's sessions share, as plain code: the handshake's
 //!   checks, what each client frame asks for, durable delivery's order, backlog and acks.
 //! - [`link`]: a client connection as senders see it ([`link::Link`], [`link::Links`]): what
@@ -51,6 +53,7 @@ pub mod dispatch;
 pub mod edge;
 pub mod fanout;
 pub mod gateway;
+pub mod jwks;
 pub mod lifecycle;
 pub mod link;
 pub mod metrics;

@@ -62,6 +62,14 @@ pub fn tls_handshake(listener: &'static str, result: &'static str) {
         .increment(1);
 }
 
+/// A fetch of an app's JWKS URL (see `crate::jwks`), by outcome: `ok` (the keys in force are
+/// the document's) or `error` (the keys fetched before stay in force; none before the first
+/// success).
+pub fn jwks_fetch(app: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("tether_jwks_fetch_total", "app" => app.to_owned(), "result" => result).increment(1);
+}
+
 /// Per-transport counters.
 #[derive(Debug, Clone)]
 pub struct TransportMetrics {
