@@ -188,7 +188,9 @@ impl Node {
         ));
         let webhooks =
             Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
-        let access = Access::shared(&config).map_err(anyhow::Error::msg)?;
+        let access = Access::start(&config, shutdown.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
         let guards = Guards::new(&config.listen).map_err(anyhow::Error::msg)?;
         let gateway = Arc::new(
             Gateway::new(

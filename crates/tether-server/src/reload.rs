@@ -111,7 +111,7 @@ impl Reloader {
         // tokens are checked with that one everywhere until then.
         let mut rules = config.clone();
         rules.gateway.token_leeway = current.gateway.token_leeway;
-        let access = Access::new(&rules).map_err(|e| vec![e])?;
+        let access = Access::reloaded(&self.access.load(), &rules).map_err(|e| vec![e])?;
         let guards = Guards::new(&config.listen).map_err(|e| vec![e])?;
         let certs = self.certs.prepare(&config)?;
         let before: BTreeSet<&str> = current.apps.iter().map(|a| a.id.as_str()).collect();

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tether_core::AppId;
-use tether_core::auth::TokenPolicy;
+use tether_core::auth::{FixedKeys, JwkKeys, TokenPolicy};
 
 use super::RateConfig;
+use super::de::duration;
 
 /// A tenant.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,11 +64,20 @@ pub struct ApiKeyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
-    /// Tokens signed with the app's `secret` (HS256). Off: only `public_keys` sign tokens
-    /// (subscription tokens too), and the secret signs webhook bodies only.
+    /// Tokens signed with the app's `secret` (HS256). Off: only `public_keys` and the JWKS
+    /// keys sign tokens (subscription tokens too), and the secret signs webhook bodies only.
     pub hs256: bool,
     /// Public keys of an identity provider that signs tokens with RS256 or ES256.
     pub public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS file (an identity provider's key set): read at start and at each reload.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`https://` or `http://`), fetched at start, every `jwks_refresh`, and
+    /// when a token names a kid the set does not hold (at most once a minute). See
+    /// `crate::jwks`.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
     /// Tokens must carry this `aud`.
     pub audience: Option<String>,
     /// Tokens must carry this `iss`.
@@ -78,6 +89,9 @@ impl Default for TokenConfig {
         TokenConfig {
             hs256: true,
             public_keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(600),
             audience: None,
             issuer: None,
         }
@@ -145,9 +159,19 @@ impl AppConfig {
         first.chain(more)
     }
 
-    /// The tokens this app accepts, its public keys read from their files; `leeway` absorbs
-    /// clock skew.
+    /// The tokens this app accepts, its public keys and JWKS file read from their files;
+    /// `leeway` absorbs clock skew. The keys of `jwks_url` are added by the node
+    /// (`session::access`), which fetches them.
     pub fn token_policy(&self, leeway: Duration) -> Result<TokenPolicy, String> {
+        self.token_policy_and_skipped(leeway)
+            .map(|(policy, _)| policy)
+    }
+
+    /// [`AppConfig::token_policy`] and the keys skipped from the JWKS file (for the log).
+    pub(crate) fn token_policy_and_skipped(
+        &self,
+        leeway: Duration,
+    ) -> Result<(TokenPolicy, Vec<String>), String> {
         let t = &self.tokens;
         let mut policy = TokenPolicy::hs256(self.secret.expose().as_bytes(), leeway)
             .with_audience(t.audience.clone())
@@ -163,19 +187,30 @@ impl AppConfig {
                 .with_public_key(&key.algorithm, &pem)
                 .map_err(|e| format!("tokens.public_keys[{i}] ({}): {e}", key.file.display()))?;
         }
+        let mut skipped = Vec::new();
+        if let Some(path) = &t.jwks_file {
+            let json = std::fs::read(path)
+                .map_err(|e| format!("tokens.jwks_file: cannot read {}: {e}", path.display()))?;
+            let parsed = JwkKeys::parse(&json)
+                .map_err(|e| format!("tokens.jwks_file ({}): {e}", path.display()))?;
+            policy = policy.with_jwks(Arc::new(FixedKeys(Arc::new(parsed.keys))));
+            skipped = parsed.skipped;
+        }
         if !t.hs256 {
             policy = policy.without_hs256();
         }
-        Ok(policy)
+        Ok((policy, skipped))
     }
 
     /// What is wrong with the app's tokens and topic rules (its keys are read).
     pub fn access_problems(&self, leeway: Duration) -> Vec<String> {
         let mut problems = Vec::new();
         let t = &self.tokens;
-        if !t.hs256 && t.public_keys.is_empty() {
+        if !t.hs256 && t.public_keys.is_empty() && t.jwks_file.is_none() && t.jwks_url.is_none() {
             problems.push(
-                "tokens: hs256 is off and no public key is given: no token would verify".into(),
+                "tokens: hs256 is off and no public key, jwks_file or jwks_url is given: no \
+                 token would verify"
+                    .into(),
             );
         }
         for (name, value) in [("audience", &t.audience), ("issuer", &t.issuer)] {
@@ -184,6 +219,14 @@ impl AppConfig {
                     "tokens.{name} must not be empty (leave it out instead)"
                 ));
             }
+        }
+        if let Some(url) = &t.jwks_url
+            && let Err(e) = crate::jwks::check_url(url)
+        {
+            problems.push(format!("tokens.jwks_url: {e}"));
+        }
+        if t.jwks_refresh < Duration::from_secs(1) || t.jwks_refresh > Duration::from_secs(86_400) {
+            problems.push("tokens.jwks_refresh must be between 1s and 1d".into());
         }
         if let Err(e) = self.token_policy(leeway) {
             problems.push(e);

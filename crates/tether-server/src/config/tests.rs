@@ -498,3 +498,58 @@ allow_missing_origin = false
         "{problems:#?}"
     );
 }
+
+#[test]
+fn a_jwks_file_that_cannot_be_read_or_parsed_and_a_bad_jwks_url_are_named_by_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let invalid = dir.path().join("jwks.json");
+    std::fs::write(&invalid, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap();
+    let app = |id: &str, tokens: &str| {
+        format!(
+            "[[apps]]\nid = \"{id}\"\nsecret = \"0123456789abcdef{id}\"\n\
+             api_key = \"0123456789abcdef{id}\"\ntokens = {{ {tokens} }}\n"
+        )
+    };
+    let text = [
+        app("a", "jwks_file = \"/nonexistent/jwks.json\""),
+        app(
+            "b",
+            &format!("jwks_file = {:?}", invalid.display().to_string()),
+        ),
+        app(
+            "c",
+            "jwks_url = \"ftp://idp.example/jwks\", jwks_refresh = \"0s\"",
+        ),
+        // Only a URL: tokens can verify, and nothing is fetched to validate it.
+        app(
+            "d",
+            "hs256 = false, jwks_url = \"https://idp.example/jwks\", jwks_refresh = \"1h\"",
+        ),
+    ]
+    .join("\n");
+    let problems = problems_of(&text);
+    let found: Vec<(&str, &Place, &str)> = problems
+        .iter()
+        .map(|(key, place, text)| (key.as_str(), place, text.as_str()))
+        .collect();
+    assert_eq!(found.len(), 4, "{found:#?}");
+    let (key, place, text) = found[0];
+    assert_eq!((key, place), ("apps[0].tokens.jwks_file", &line(5)));
+    assert!(
+        text.contains("cannot read /nonexistent/jwks.json"),
+        "{text}"
+    );
+    let (key, place, text) = found[1];
+    assert_eq!((key, place), ("apps[1].tokens.jwks_file", &line(11)));
+    assert!(
+        text.contains("no RS256 or ES256 signing key (keys[0] skipped: key type not supported"),
+        "{text}"
+    );
+    let (key, _, text) = found[2];
+    assert_eq!(key, "apps[2].tokens.jwks_url");
+    assert!(text.contains("must start with https://"), "{text}");
+    assert_eq!(
+        found[3].2,
+        "apps[2].tokens.jwks_refresh must be between 1s and 1d"
+    );
+}

@@ -3,17 +3,22 @@
 //! the handshake, the dispatcher, a connection's subscribes and refreshes, the API.
 //!
 //! A reload swaps the whole [`Access`] at once ([`Shared`]): a check sees the old rules or the
-//! new ones, never half of each.
+//! new ones, never half of each. The keys of the apps' JWKS URLs are the exception: each
+//! changes on its own, in place, when its refresher fetches a new set (`crate::jwks`); the
+//! rules hold the refreshers, so that releasing old rules stops theirs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tether_core::AppId;
 use tether_core::auth::TokenPolicy;
+use tokio_util::sync::CancellationToken;
 
 use super::permissions::TopicRules;
 use crate::config::Config;
+use crate::jwks::{Refreshers, RemoteKeys, fetch};
 
 /// One app's rules.
 #[derive(Debug)]
@@ -23,12 +28,16 @@ pub struct AppAccess {
 }
 
 /// Every app's rules.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Access {
     /// The configured app id is shared by every connection of the app (an `Arc<str>`).
     apps: HashMap<AppId, AppAccess>,
     /// API key -> its app and label.
     keys: HashMap<String, (AppId, String)>,
+    /// What keeps the apps' JWKS URLs fresh (shared with the rules a reload makes of these).
+    refreshers: Refreshers,
+    /// Each app's JWKS URL keys, also held by its token policy.
+    remote: HashMap<AppId, Arc<RemoteKeys>>,
 }
 
 /// The rules in force, swapped whole by a reload.
@@ -36,23 +45,68 @@ pub type Shared = Arc<ArcSwap<Access>>;
 
 impl Access {
     /// The apps' rules, their public keys read from their files (a configuration that passed
-    /// [`Config::validate`] reads cleanly; otherwise the first problem).
+    /// [`Config::validate`] reads cleanly; otherwise the first problem). JWKS URLs are fetched
+    /// in the background until the rules are dropped.
     pub fn new(config: &Config) -> Result<Access, String> {
+        Access::build(config, Refreshers::new(CancellationToken::new()), None)
+    }
+
+    /// The rules of `config`, to be shared (and swapped by reloads).
+    pub fn shared(config: &Config) -> Result<Shared, String> {
+        Ok(Arc::new(ArcSwap::from_pointee(Access::new(config)?)))
+    }
+
+    /// The rules of a starting node, to be shared: each JWKS URL is fetched once before this
+    /// returns (all at once, each within [`fetch::TIMEOUT`]; a URL that fails leaves its
+    /// app's JWKS tokens refused until a later fetch succeeds), then kept fresh until `stop`.
+    pub async fn start(config: &Config, stop: CancellationToken) -> Result<Shared, String> {
+        let access = Access::build(config, Refreshers::new(stop), None)?;
+        let first = access.remote.values().map(|keys| keys.settled());
+        let bound = fetch::TIMEOUT + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, futures_util::future::join_all(first)).await;
+        Ok(Arc::new(ArcSwap::from_pointee(access)))
+    }
+
+    /// The rules of `config` for a reload that replaces these: each JWKS URL gets a new
+    /// refresher that fetches at once, starting from the keys these rules have for the same
+    /// app and URL.
+    pub fn reloaded(&self, config: &Config) -> Result<Access, String> {
+        Access::build(config, self.refreshers.clone(), Some(&self.remote))
+    }
+
+    fn build(
+        config: &Config,
+        refreshers: Refreshers,
+        previous: Option<&HashMap<AppId, Arc<RemoteKeys>>>,
+    ) -> Result<Access, String> {
         let leeway = config.gateway.token_leeway;
-        let apps = config
-            .apps
-            .iter()
-            .map(|app| {
-                let tokens = app
-                    .token_policy(leeway)
-                    .map_err(|e| format!("apps.{}.{e}", app.id))?;
-                let access = AppAccess {
-                    tokens,
-                    topics: TopicRules::new(&app.topics),
-                };
-                Ok((app.id.clone(), access))
-            })
-            .collect::<Result<_, String>>()?;
+        let mut apps = HashMap::new();
+        let mut remote = HashMap::new();
+        for app in &config.apps {
+            let (mut tokens, skipped) = app
+                .token_policy_and_skipped(leeway)
+                .map_err(|e| format!("apps.{}.{e}", app.id))?;
+            for skipped in skipped {
+                tracing::warn!(app = %app.id, "JWKS file key {skipped}");
+            }
+            let t = &app.tokens;
+            if let Some(url) = &t.jwks_url {
+                let seed = previous
+                    .and_then(|p| p.get(&app.id))
+                    .filter(|keys| keys.is_for(url))
+                    .and_then(|keys| keys.current());
+                let keys = refreshers
+                    .start(&app.id, url, t.jwks_refresh, seed)
+                    .map_err(|e| format!("apps.{}.tokens.jwks_url: {e}", app.id))?;
+                tokens = tokens.with_jwks(keys.clone());
+                remote.insert(app.id.clone(), keys);
+            }
+            let access = AppAccess {
+                tokens,
+                topics: TopicRules::new(&app.topics),
+            };
+            apps.insert(app.id.clone(), access);
+        }
         let keys = config
             .apps
             .iter()
@@ -61,12 +115,12 @@ impl Access {
                     .map(|(label, key)| (key.expose().to_owned(), (app.id.clone(), label)))
             })
             .collect();
-        Ok(Access { apps, keys })
-    }
-
-    /// The rules of `config`, to be shared (and swapped by reloads).
-    pub fn shared(config: &Config) -> Result<Shared, String> {
-        Ok(Arc::new(ArcSwap::from_pointee(Access::new(config)?)))
+        Ok(Access {
+            apps,
+            keys,
+            refreshers,
+            remote,
+        })
     }
 
     /// The app an API key belongs to, with the key's label.
