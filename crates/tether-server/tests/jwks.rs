@@ -182,9 +182,12 @@ async fn a_token_is_verified_by_the_jwks_key_its_kid_names_and_an_unknown_kid_is
     // Signed by the provider's RSA key, but naming a kid the set does not hold.
     let unknown = bind(&node, APP, signed(APP, Algorithm::RS256, "rsa-9")).await;
     // The right kid, the wrong key's signature.
-    let mut forged = signed(APP, Algorithm::ES256, "ec-1");
-    let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    // (The signature's first character carries six bits of it: any other character is still
+    // base64url, unlike the last one's, which has unused bits.)
+    let token = signed(APP, Algorithm::ES256, "ec-1");
+    let (signed_part, signature) = token.rsplit_once('.').unwrap();
+    let other = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{signed_part}.{other}{}", &signature[1..]);
     let badly_signed = bind(&node, APP, forged).await;
     assert_eq!(unknown, refused(APP, "bad signature"));
     assert_eq!(
@@ -278,4 +281,54 @@ async fn a_jwks_file_is_read_at_start_and_again_at_a_reload_and_a_broken_one_kee
         "{problems:?}"
     );
     assert_eq!(bind(&node, APP, rsa_1).await, Ok(()));
+}
+
+#[tokio::test]
+async fn a_reload_fetches_at_once_and_keeps_the_keys_while_the_provider_is_down() {
+    const APP: &str = "idp-reload";
+    let idp = Idp::start(vec![jwk(Algorithm::RS256, "k1")]).await;
+    let config = config(APP, |t| t.jwks_url = Some(idp.url.clone()));
+    let node = Arc::new(start(config.clone()).await);
+    let k1 = signed(APP, Algorithm::RS256, "k1");
+    assert_eq!(bind(&node, APP, k1.clone()).await, Ok(()));
+
+    // Off the async threads, as SIGHUP and the admin route reload.
+    let reload = |node: &Arc<Node>| {
+        let (node, config) = (node.clone(), config.clone());
+        tokio::task::spawn_blocking(move || node.apply(config))
+    };
+    idp.fail();
+    reload(&node).await.unwrap().expect("the reload");
+    until_fetched(&idp, 2).await;
+    assert_eq!(bind(&node, APP, k1).await, Ok(()), "the keys stay in force");
+
+    idp.publish(vec![jwk(Algorithm::ES256, "k2")]);
+    reload(&node).await.unwrap().expect("the reload");
+    // Counted once the keys are in force: no client has to ask for them.
+    let began = Instant::now();
+    while fetch_metric(&node, APP, "ok").await < 2.0 {
+        assert!(began.elapsed() < WAIT, "the reload's fetch did not succeed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        bind(&node, APP, signed(APP, Algorithm::ES256, "k2")).await,
+        Ok(())
+    );
+    // The first reload's refresher would have retried its failure after 1 s had it not
+    // ended with the rules it belonged to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        idp.fetches(),
+        3,
+        "one fetch per reload, none from replaced refreshers"
+    );
+}
+
+/// Waits (bounded) until the provider has answered `n` fetches.
+async fn until_fetched(idp: &Idp, n: usize) {
+    let began = Instant::now();
+    while idp.fetches() < n {
+        assert!(began.elapsed() < WAIT, "{} fetches, not {n}", idp.fetches());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
