@@ -2,15 +2,16 @@
 //! names.
 
 use std::fmt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Url;
 use tether_proto::Binding;
+use url::Url;
 
-use crate::ClientError;
 use crate::dispatch::Dispatcher;
+use crate::{ClientError, TlsRoots, tls};
 
 /// Default [`ClientConfig::max_frame`]: well above the server's default payload limit, small
 /// enough that a broken server cannot make the client buffer much.
@@ -101,13 +102,14 @@ impl fmt::Debug for TokenSource {
 /// `Debug` redacts tokens.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `tcp://host:port` or `ws://host[:port]/path` (the server's WebSocket path is `/ws`).
-    /// `wss://` is not supported by this build. With [`ClientConfig::dispatch`], optional: the
-    /// endpoint tried last when the dispatcher cannot be reached (empty: none).
+    /// `tcp://host:port` or `ws://host[:port]/path` (the server's WebSocket path is `/ws`),
+    /// or over TLS `tls://host:port` and `wss://host[:port]/path` (see
+    /// [`ClientConfig::tls_roots`]). With [`ClientConfig::dispatch`], optional: the endpoint
+    /// tried last when the dispatcher cannot be reached (empty: none).
     pub url: String,
-    /// A dispatcher, `http://host:port/v1/dispatch`: when set, every connect and reconnect
-    /// asks it which endpoints to try (see the crate docs), and its reconnect backoff
-    /// replaces [`ClientConfig::reconnect`]'s delays.
+    /// A dispatcher, `http://host:port/v1/dispatch` or `https://...`: when set, every connect
+    /// and reconnect asks it which endpoints to try (see the crate docs), and its reconnect
+    /// backoff replaces [`ClientConfig::reconnect`]'s delays.
     pub dispatch: Option<String>,
     /// A client-chosen id, stable across reconnects of the same install.
     pub device: String,
@@ -132,6 +134,12 @@ pub struct ClientConfig {
     /// [`crate::Client::refresh`]; a connection closed for an expired token (4205) then ends
     /// the event stream.
     pub token_source: Option<TokenSource>,
+    /// The authorities trusted on TLS connections (`tls://`, `wss://`, an `https://`
+    /// dispatcher): the system's roots by default, or a CA file's certificates
+    /// ([`ClientConfig::with_ca_file`]). The server's certificate must be for the URL's host
+    /// (a DNS name or an IP address). A certificate not trusted fails the connection with
+    /// [`ClientError::UntrustedCertificate`].
+    pub tls_roots: TlsRoots,
 }
 
 impl ClientConfig {
@@ -150,6 +158,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             event_buffer: 256,
             token_source: None,
+            tls_roots: TlsRoots::system(),
         }
     }
 
@@ -199,6 +208,15 @@ impl ClientConfig {
     {
         self.token_source = Some(TokenSource::new(fetch));
         self
+    }
+
+    /// Trusts only the CA certificates of the PEM file at `path` on TLS connections, instead of
+    /// the system's roots: for servers whose certificate a private CA issued, or a self-signed
+    /// one. Reads the file now: one that cannot be read or holds no certificate is an error
+    /// here, not at connect.
+    pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        self.tls_roots = TlsRoots::from_pem_file(path)?;
+        Ok(self)
     }
 
     /// Checks the config and parses its URLs, reporting the first problem.
@@ -257,6 +275,8 @@ pub(crate) enum Scheme {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     pub scheme: Scheme,
+    /// Inside TLS: `tls://` (TCP frames) or `wss://`.
+    pub tls: bool,
     /// Without IPv6 brackets (what `TcpStream::connect` wants).
     pub host: String,
     pub port: u16,
@@ -265,7 +285,8 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port` or `ws://host[:port][/path][?query]`.
+    /// Parses `tcp://host:port` or `ws://host[:port][/path][?query]`, and their TLS forms
+    /// `tls://host:port` and `wss://host[:port][/path][?query]`.
     ///
     /// Only what the client needs: no user info, no fragments, no percent-decoding; IPv6 hosts
     /// go in brackets.
@@ -277,11 +298,12 @@ impl Endpoint {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected tcp://host:port or ws://host:port/path"))?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "tcp" => Scheme::Tcp,
-            "ws" => Scheme::Ws,
-            "wss" | "tls" => return Err(bad("TLS is not supported by this client build")),
-            _ => return Err(bad("unknown scheme (expected tcp or ws)")),
+        let (scheme, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "tcp" => (Scheme::Tcp, false),
+            "tls" => (Scheme::Tcp, true),
+            "ws" => (Scheme::Ws, false),
+            "wss" => (Scheme::Ws, true),
+            _ => return Err(bad("unknown scheme (expected tcp, tls, ws or wss)")),
         };
         let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
@@ -320,30 +342,36 @@ impl Endpoint {
                 Ok(0) | Err(_) => return Err(bad("port must be a number from 1 to 65535")),
                 Ok(n) => n,
             },
+            None if scheme == Scheme::Ws && tls => 443,
             None if scheme == Scheme::Ws => 80,
-            None => return Err(bad("tcp:// needs a port")),
+            None => return Err(bad("tcp:// and tls:// need a port")),
         };
+        if tls && tls::server_name(host).is_err() {
+            return Err(bad("the host is not a valid TLS server name"));
+        }
         let path = match (scheme, path) {
             (Scheme::Tcp, "" | "/") => "/".to_owned(),
-            (Scheme::Tcp, _) => return Err(bad("tcp:// takes no path")),
+            (Scheme::Tcp, _) => return Err(bad("tcp:// and tls:// take no path")),
             (Scheme::Ws, "") => "/".to_owned(),
             (Scheme::Ws, p) if p.starts_with('?') => format!("/{p}"),
             (Scheme::Ws, p) => p.to_owned(),
         };
         Ok(Endpoint {
             scheme,
+            tls,
             host: host.to_owned(),
             port,
             path,
         })
     }
 
-    /// The URL for the WebSocket upgrade request.
+    /// The URL for the WebSocket upgrade request (its `Host` header and path).
     pub fn ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
         if self.host.contains(':') {
-            format!("ws://[{}]:{}{}", self.host, self.port, self.path)
+            format!("{scheme}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            format!("ws://{}:{}{}", self.host, self.port, self.path)
+            format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
@@ -398,10 +426,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_urls() {
+        let e = ok("tls://push.example.com:7443");
+        assert_eq!((e.scheme, e.tls), (Scheme::Tcp, true));
+        assert_eq!((e.host.as_str(), e.port), ("push.example.com", 7443));
+        assert!(!ok("tcp://h:1").tls && !ok("ws://h:1/ws").tls);
+        let e = ok("WSS://push.example.com/ws");
+        assert_eq!((e.scheme, e.tls), (Scheme::Ws, true));
+        assert_eq!((e.port, e.path.as_str()), (443, "/ws"));
+        assert_eq!(e.ws_url(), "wss://push.example.com:443/ws");
+        // IP addresses are names a certificate can be for.
+        assert_eq!(ok("tls://127.0.0.1:7443").host, "127.0.0.1");
+        assert_eq!(ok("wss://[::1]:9/ws").ws_url(), "wss://[::1]:9/ws");
+    }
+
+    #[test]
+    fn a_ca_file_is_read_when_the_config_is_built() {
+        let missing = ClientConfig::new("tls://h:1", "d").with_ca_file("/nonexistent/ca.pem");
+        match missing {
+            Err(ClientError::Config(why)) => assert!(why.contains("/nonexistent/ca.pem"), "{why}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn rejected_urls() {
         assert!(reason("localhost:7000").contains("expected"));
         assert!(reason("http://h:1").contains("scheme"));
-        assert!(reason("wss://h:1/ws").contains("TLS"));
+        assert!(reason("tls://h").contains("port"));
+        assert!(reason("tls://h:1/path").contains("path"));
+        assert!(reason("tls://bad_host!:1").contains("TLS server name"));
+        assert!(reason("quic://h:1").contains("scheme"));
         assert!(reason("tcp://h").contains("port"));
         assert!(reason("tcp://h:0").contains("port"));
         assert!(reason("tcp://h:70000").contains("port"));
@@ -451,8 +506,11 @@ mod tests {
         let mut with_fallback = dispatched.clone();
         with_fallback.url = "tcp://h:7400".into();
         assert!(with_fallback.validate().unwrap().fixed.is_some());
+        let mut https = dispatched.clone();
+        https.dispatch = Some("https://h/v1/dispatch".into());
+        assert!(https.validate().is_ok());
         let mut bad_dispatch = dispatched;
-        bad_dispatch.dispatch = Some("https://h/v1/dispatch".into());
+        bad_dispatch.dispatch = Some("tcp://h:1".into());
         assert!(matches!(
             bad_dispatch.validate(),
             Err(ClientError::InvalidUrl { .. })

@@ -4,14 +4,26 @@
 //! The request carries the first binding's app and token (the dispatcher answers only a client
 //! of the app, and takes the user from the token) and the endpoints this client could not use
 //! since its last connection, so that the answer leaves them out.
+//!
+//! One HTTP/1.1 `GET` per question, on a connection of its own opened by [`crate::net`] (plain
+//! for `http://`, TLS with the client's roots for `https://`), and closed after the answer: a
+//! client asks once per connect, so there is nothing worth keeping alive. No proxy from the
+//! environment: the dispatcher is reached directly, like the gateways.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Url;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::Request;
+use hyper::header::{AUTHORIZATION, HOST};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use url::{Host, Position, Url};
 
 use crate::ClientError;
 use crate::config::Endpoint;
+use crate::net;
 
 /// Most failed endpoints reported at once (the oldest are forgotten first).
 const MAX_FAILED: usize = 16;
@@ -31,7 +43,8 @@ pub(crate) struct BackoffHint {
 /// What a dispatcher answered.
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
-    /// The endpoints to try, in order: those this client can use (`wss://` is skipped).
+    /// The endpoints to try, in order: those this client can use (unknown schemes are
+    /// skipped).
     pub endpoints: Vec<(String, Endpoint)>,
     pub backoff: Option<BackoffHint>,
 }
@@ -66,8 +79,11 @@ struct RawError {
 /// A dispatcher and what this client reports to it.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
-    http: reqwest::Client,
     url: Url,
+    /// The client's TLS config, for an `https://` URL.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Bounds each request, from connect to the answer's last byte.
+    timeout: Duration,
     app: String,
     token: String,
     /// Endpoints that failed since the last connection, oldest first.
@@ -77,22 +93,24 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// `url` as from [`Dispatcher::parse_url`]; `timeout` bounds each request.
+    /// `url` as from [`Dispatcher::parse_url`]; `tls` is needed for an `https://` one;
+    /// `timeout` bounds each request.
     pub fn new(
         url: Url,
+        tls: Option<Arc<rustls::ClientConfig>>,
         app: String,
         token: String,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        // No proxy from the environment: the dispatcher is reached directly, like the gateways.
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
+        if url.scheme() == "https" && tls.is_none() {
+            return Err(ClientError::Config(
+                "an https:// dispatcher needs the TLS config".to_owned(),
+            ));
+        }
         Ok(Dispatcher {
-            http,
             url,
+            tls,
+            timeout,
             app,
             token,
             failed: Vec::new(),
@@ -107,20 +125,23 @@ impl Dispatcher {
         }
     }
 
-    /// Parses and checks a dispatch URL: `http://host[:port]/path`.
+    /// Parses and checks a dispatch URL: `http://host[:port]/path` or `https://...`.
     pub fn parse_url(url: &str) -> Result<Url, ClientError> {
         let bad = |reason: &str| ClientError::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        match parsed.scheme() {
-            "http" => {}
-            "https" => return Err(bad("TLS is not supported by this client build")),
-            _ => return Err(bad("a dispatch URL is http://host:port/v1/dispatch")),
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad(
+                "a dispatch URL is http://host:port/v1/dispatch (or https://)",
+            ));
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(bad("missing host"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad("user info is not allowed"));
         }
         Ok(parsed)
     }
@@ -164,29 +185,12 @@ impl Dispatcher {
                 query.append_pair("failed", &self.failed.join(","));
             }
         }
-        let mut response = self
-            .http
-            .get(url)
-            .bearer_auth(&self.token)
-            .send()
+        let (status, body) = tokio::time::timeout(self.timeout, self.get(&url))
             .await
-            .map_err(|e| dispatch_error(None, "unreachable", e.to_string()))?;
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| dispatch_error(Some(status), "unreachable", e.to_string()))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(dispatch_error(
-                    Some(status),
-                    "too_large",
-                    format!("an answer over {MAX_ANSWER_BYTES} bytes"),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|_| {
+                let why = format!("no answer within {:?}", self.timeout);
+                dispatch_error(None, "unreachable", why)
+            })??;
         if status != 200 {
             let e: RawError = serde_json::from_slice(&body).unwrap_or(RawError {
                 code: String::new(),
@@ -209,7 +213,7 @@ impl Dispatcher {
             return Err(dispatch_error(
                 Some(status),
                 "no_endpoints",
-                "no endpoint this client can use (tcp:// or ws://)".into(),
+                "no endpoint this client can use (tcp://, tls://, ws:// or wss://)".into(),
             ));
         }
         self.last.clone_from(&endpoints);
@@ -221,6 +225,68 @@ impl Dispatcher {
                 jitter: r.jitter,
             }),
         })
+    }
+
+    /// `GET url` with the token: the answer's status and body (at most [`MAX_ANSWER_BYTES`]).
+    /// A connection that fails, TLS included (an untrusted certificate says so in the
+    /// message), is `unreachable`.
+    async fn get(&self, url: &Url) -> Result<(u16, Vec<u8>), ClientError> {
+        let unreachable = |why: String| dispatch_error(None, "unreachable", why);
+        let host = match url.host() {
+            Some(Host::Domain(name)) => name.to_owned(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(unreachable("the URL has no host".to_owned())),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let tls = match url.scheme() {
+            "https" => self.tls.clone(),
+            _ => None,
+        };
+        let stream = net::open(&host, port, tls)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let authority = &url[Position::BeforeHost..Position::BeforePath];
+        let request = Request::get(&url[Position::BeforePath..Position::AfterQuery])
+            .header(HOST, authority)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| {
+                ClientError::Config("the token cannot be sent in an HTTP header".to_owned())
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        // `sender` moves into the exchange and is dropped when it ends, which lets
+        // `connection` finish.
+        let exchange = async move {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|e| dispatch_error(Some(status), "unreachable", e.to_string()))?;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                if bytes.len() + data.len() > MAX_ANSWER_BYTES {
+                    return Err(dispatch_error(
+                        Some(status),
+                        "too_large",
+                        format!("an answer over {MAX_ANSWER_BYTES} bytes"),
+                    ));
+                }
+                bytes.extend_from_slice(&data);
+            }
+            Ok((status, bytes))
+        };
+        // The connection runs beside the exchange (no task spawned: a timeout drops both).
+        let (answer, _) = tokio::join!(exchange, connection);
+        answer
     }
 }
 
@@ -239,6 +305,7 @@ mod tests {
     fn dispatcher() -> Dispatcher {
         Dispatcher::new(
             Dispatcher::parse_url("http://127.0.0.1:1/v1/dispatch").unwrap(),
+            None,
             "demo".into(),
             "t".into(),
             Duration::from_secs(1),
@@ -249,9 +316,11 @@ mod tests {
     #[test]
     fn dispatch_urls() {
         assert!(Dispatcher::parse_url("http://h:7480/v1/dispatch").is_ok());
+        assert!(Dispatcher::parse_url("https://h/v1/dispatch").is_ok());
+        assert!(Dispatcher::parse_url("https://[::1]:7480/v1/dispatch").is_ok());
         for (url, why) in [
-            ("https://h/v1/dispatch", "TLS"),
             ("tcp://h:1", "http://"),
+            ("https://u:p@h/v1/dispatch", "user info"),
             ("h:7480/v1/dispatch", ""),
         ] {
             match Dispatcher::parse_url(url) {

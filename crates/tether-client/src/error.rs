@@ -19,6 +19,17 @@ pub enum ClientError {
     /// The WebSocket upgrade or a WebSocket read/write failed.
     #[error("WebSocket error: {0}")]
     WebSocket(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The server's TLS certificate was refused, with rustls' reason: not issued by a trusted
+    /// authority (see [`crate::TlsRoots`]), for another name than the URL's host, expired, ...
+    /// Retryable like other connect failures (a server's certificate can be fixed without the
+    /// client changing), so the reconnect loop backs off and tries again, and a dispatcher's
+    /// next endpoint is tried.
+    #[error("certificate not trusted: {0}")]
+    UntrustedCertificate(String),
+    /// The TLS handshake failed for another reason: nothing speaks TLS on that port, no
+    /// protocol version or cipher suite in common, an alert from the server, ...
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// Connecting and the handshake together took longer than `connect_timeout`.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),

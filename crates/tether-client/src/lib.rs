@@ -1,6 +1,7 @@
-//! The Rust client SDK for tether: connect to a gateway over TCP or WebSocket, receive pushes,
-//! ack them, follow topics, and stay connected (heartbeats, reconnect with backoff, topics
-//! resubscribed without losing what their history holds).
+//! The Rust client SDK for tether: connect to a gateway over TCP or WebSocket, plain or inside
+//! TLS (`tls://`, `wss://`), receive pushes, ack them, follow topics, and stay connected
+//! (heartbeats, reconnect with backoff, topics resubscribed without losing what their history
+//! holds).
 //!
 //! ```no_run
 //! use tether_client::{Client, ClientConfig, Event, Recovery};
@@ -47,7 +48,7 @@
 //! # Layout
 //!
 //! - `config`: [`ClientConfig`], [`ReconnectPolicy`], [`WsEncoding`], [`TokenSource`], and parsing of
-//!   `tcp://` / `ws://` URLs.
+//!   `tcp://` / `tls://` / `ws://` / `wss://` URLs.
 //! - `client`: [`Client`], the user's handle, and the [`Event`]s it yields.
 //! - `task`: the one background task per client that owns the socket: handshake, heartbeats,
 //!   acks, topic requests, reconnect loop.
@@ -57,11 +58,15 @@
 //!   [`TokenSource`], which `refresh` answers what, when to retry.
 //! - `transport`: frames over a socket (TCP stream of binary frames; WebSocket with binary or
 //!   JSON messages).
+//! - `net`: opening a socket, plain or TLS, for the gateways and the dispatcher alike.
+//! - `tls`: [`TlsRoots`] (the system's, or a CA file's), the client's one rustls config, and
+//!   the TLS handshake with its refusals ([`ClientError::UntrustedCertificate`]).
 //! - `upstream`: upstream calls waiting for the connection and sent ones waiting for their
 //!   answer, paired by request id (no I/O).
 //! - `backoff`: reconnect delays (exponential, full jitter, server's `retry_after_ms` as a
 //!   floor).
-//! - `dispatch`: asking a dispatcher which endpoints to try, and what to report as failed.
+//! - `dispatch`: asking a dispatcher which endpoints to try (one HTTP/1.1 request on a socket
+//!   from `net`), and what to report as failed.
 //! - `error`: [`ClientError`], the one error type.
 //!
 //! # Behaviour
@@ -71,11 +76,18 @@
 //!   after the first handshake, or with its error (no retry before a first success).
 //! - **Heartbeats**: the client sends a frame at least every negotiated interval (a `ping` when
 //!   idle) and drops the connection when nothing arrives within two intervals of a ping.
-//! - **Reconnect**: after I/O errors, heartbeat timeouts and codes 40xx/41xx, with backoff
+//! - **Reconnect**: after I/O and TLS errors, heartbeat timeouts and codes 40xx/41xx, with backoff
 //!   (see [`ReconnectPolicy`]); never after 42xx codes, which end the event stream with a
 //!   final [`Event::Disconnected`] `{ reconnecting: false }`, except 4205 (`token_expired`)
 //!   with a token source (see Tokens). Without a dispatcher, 41xx
 //!   ("reconnect elsewhere") reconnects to the same URL.
+//! - **TLS**: `tls://` (binary frames) and `wss://` run inside TLS (rustls with ring, TLS 1.2
+//!   and 1.3), and so does the request to an `https://` dispatcher. The server's certificate
+//!   must be for the URL's host (a DNS name or an IP address) and issued by a trusted
+//!   authority: the system's roots, or only a CA file's ([`ClientConfig::with_ca_file`]). A
+//!   refused certificate is [`ClientError::UntrustedCertificate`] with rustls' reason; like
+//!   other connect failures, a reconnect that meets one backs off and tries again, and a
+//!   dispatcher's next endpoint is tried.
 //! - **Dispatcher** ([`ClientConfig::dispatch`], e.g. [`ClientConfig::dispatched`]): every
 //!   connect and reconnect asks `GET /v1/dispatch` (with the first binding's app and token)
 //!   for the endpoints to try, then tries them in order, each within `connect_timeout`, until
@@ -134,8 +146,10 @@ mod client;
 mod config;
 mod dispatch;
 mod error;
+mod net;
 mod refresh;
 mod task;
+mod tls;
 mod topics;
 mod transport;
 mod upstream;
@@ -146,4 +160,5 @@ pub use error::ClientError;
 pub use tether_proto::{
     Binding, Bound, Code, Connected, Group, PayloadKind, Publication, Push, Recovery, UpstreamReply,
 };
+pub use tls::TlsRoots;
 pub use upstream::MAX_IN_FLIGHT as MAX_UPSTREAMS_IN_FLIGHT;

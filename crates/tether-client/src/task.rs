@@ -37,6 +37,7 @@ use crate::client::Shared;
 use crate::config::{Endpoint, Route};
 use crate::dispatch::Dispatcher;
 use crate::refresh::Tokens;
+use crate::tls::Tls;
 use crate::topics::Topics;
 use crate::transport::{Incoming, Transport};
 use crate::upstream::InFlight;
@@ -88,6 +89,8 @@ pub(crate) struct Task {
     current: Option<String>,
     /// Reconnect delays: the config's policy, or the dispatcher's when it gave one.
     backoff: Backoff,
+    /// The TLS config, built at the first TLS connection and kept for every later one.
+    tls: Tls,
     events: mpsc::Sender<Event>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -116,8 +119,13 @@ impl Task {
         shared: Arc<Shared>,
         cancel: CancellationToken,
     ) -> Result<Task, ClientError> {
+        let mut tls = Tls::new(config.tls_roots.clone());
         let dispatcher = match route.dispatch {
             Some(url) => {
+                let dispatch_tls = match url.scheme() {
+                    "https" => Some(tls.config()?),
+                    _ => None,
+                };
                 // Validation guarantees a binding.
                 let first = config
                     .bindings
@@ -125,6 +133,7 @@ impl Task {
                     .ok_or_else(|| ClientError::Config("at least one binding is needed".into()))?;
                 Some(Dispatcher::new(
                     url,
+                    dispatch_tls,
                     first.app.clone(),
                     first.token.clone(),
                     config.connect_timeout,
@@ -137,6 +146,7 @@ impl Task {
             dispatcher,
             current: None,
             backoff: Backoff::new(&config.reconnect),
+            tls,
             events,
             shared,
             cancel,
@@ -253,7 +263,7 @@ impl Task {
         &mut self,
         endpoint: &Endpoint,
     ) -> Result<(Transport, Connected), ClientError> {
-        let mut conn = Transport::connect(endpoint, &self.config).await?;
+        let mut conn = Transport::connect(endpoint, &self.config, &mut self.tls).await?;
         let connect = Connect {
             version: PROTOCOL_VERSION,
             device: self.config.device.clone(),

@@ -1,5 +1,6 @@
 //! Frames over a socket: a TCP stream of length-prefixed binary frames, or a WebSocket carrying
-//! one frame per message (binary message: binary frame; text message: JSON frame).
+//! one frame per message (binary message: binary frame; text message: JSON frame). Either runs
+//! over plain TCP or inside TLS (`tls://`, `wss://`), as [`crate::net`] opened it.
 
 use std::time::Duration;
 
@@ -7,7 +8,6 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tether_proto::{Code, Frame, binary, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::{Endpoint, Scheme};
+use crate::net::{self, Stream};
+use crate::tls::Tls;
 use crate::{ClientConfig, ClientError, WsEncoding};
 
 /// How long a graceful close waits for the server's side of the close.
@@ -42,27 +44,36 @@ pub(crate) struct Transport {
 #[derive(Debug)]
 enum Inner {
     Tcp {
-        stream: TcpStream,
+        stream: Stream,
         /// Bytes read but not yet decoded. Never holds more than one frame plus one read:
         /// `binary::check` rejects an oversized length prefix before it is buffered.
         rbuf: BytesMut,
         wbuf: BytesMut,
     },
     Ws {
-        stream: Box<WebSocketStream<TcpStream>>,
+        stream: Box<WebSocketStream<Stream>>,
         encoding: WsEncoding,
     },
 }
 
 impl Transport {
-    /// Opens the TCP connection and, for `ws://`, performs the WebSocket upgrade. No tether
-    /// frame is exchanged yet. The caller bounds the time.
-    pub async fn connect(endpoint: &Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
-        tcp.set_nodelay(true)?;
+    /// Opens the TCP connection, runs the TLS handshake for `tls://` and `wss://` (with the
+    /// client's config from `tls`), and for `ws://` and `wss://` performs the WebSocket
+    /// upgrade. No tether frame is exchanged yet. The caller bounds the time.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        config: &ClientConfig,
+        tls: &mut Tls,
+    ) -> Result<Self, ClientError> {
+        let tls = if endpoint.tls {
+            Some(tls.config()?)
+        } else {
+            None
+        };
+        let stream = net::open(&endpoint.host, endpoint.port, tls).await?;
         let inner = match endpoint.scheme {
             Scheme::Tcp => Inner::Tcp {
-                stream: tcp,
+                stream,
                 rbuf: BytesMut::with_capacity(8 * 1024),
                 wbuf: BytesMut::with_capacity(1024),
             },
@@ -74,7 +85,7 @@ impl Transport {
                     .max_frame_size(Some(limit));
                 let (stream, _response) = tokio_tungstenite::client_async_with_config(
                     endpoint.ws_url(),
-                    tcp,
+                    stream,
                     Some(ws_config),
                 )
                 .await?;
@@ -100,6 +111,8 @@ impl Transport {
                         .map_err(|e| ClientError::Config(format!("cannot encode a frame: {e}")))?;
                 }
                 stream.write_all(wbuf).await?;
+                // TLS may keep the end of the record in its buffer until flushed.
+                stream.flush().await?;
                 Ok(())
             }
             Inner::Ws { stream, encoding } => {

@@ -228,9 +228,16 @@ async fn dead_port() -> u16 {
 async fn endpoints_are_tried_in_order_and_failures_reported_at_the_next_request() {
     let node = Node::start(node_config("real")).await.expect("node starts");
     let dead = format!("tcp://127.0.0.1:{}", dead_port().await);
+    // A TLS endpoint is tried like any other (it fails at the TCP connect here).
+    let dead_tls = format!("tls://127.0.0.1:{}", dead_port().await);
     let real = format!("tcp://{}", node.tcp_addr().unwrap());
     let fake = FakeDispatcher::start(json!({
-        "endpoints": [{"url": dead}, {"url": "wss://unsupported.example/ws"}, {"url": real}],
+        "endpoints": [
+            {"url": dead},
+            {"url": "udp://127.0.0.1:9/"},
+            {"url": dead_tls},
+            {"url": real},
+        ],
         "reconnect": {"initial_ms": 20, "max_ms": 40, "jitter": 0.5},
     }))
     .await;
@@ -240,7 +247,7 @@ async fn endpoints_are_tried_in_order_and_failures_reported_at_the_next_request(
     config.reconnect.max = Duration::from_secs(60);
     let mut client = Client::connect(config)
         .await
-        .expect("the third endpoint works");
+        .expect("the last endpoint works");
     assert_eq!(connected_node(&mut client).await, "real");
     assert_eq!(
         fake.queries(),
@@ -250,8 +257,9 @@ async fn endpoints_are_tried_in_order_and_failures_reported_at_the_next_request(
 
     // The node drains: the client asks again, reporting the node it was told to leave (what
     // failed before the connection is forgotten). Every endpoint fails this round (the dead
-    // one, and the real one refuses with 4101), so it asks once more after a delay of the
-    // dispatcher's backoff, not the config's 30 s, reporting both.
+    // ones, and the real one refuses with 4101), so it asks once more after a delay of the
+    // dispatcher's backoff, not the config's 30 s, reporting them all (the unknown scheme
+    // was never tried).
     admin_drain(&node).await;
     match next(&mut client).await {
         Event::Disconnected { code, .. } => assert_eq!(code, Some(Code::DRAIN)),
@@ -279,6 +287,9 @@ async fn endpoints_are_tried_in_order_and_failures_reported_at_the_next_request(
     }
     let queries = fake.queries();
     assert_eq!(queries[1], format!("app=demo&failed={real}"));
-    assert_eq!(queries[2], format!("app=demo&failed={real},{dead}"));
+    assert_eq!(
+        queries[2],
+        format!("app=demo&failed={real},{dead},{dead_tls}")
+    );
     client.close().await;
 }
