@@ -3,6 +3,7 @@
 //! Notices go to stderr.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -17,14 +18,20 @@ use tether_client::{Client, ClientConfig, Event, PayloadKind, Publication, Push,
 /// non-zero when the server refuses the connection for good (bad token, kicked, ...).
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
-    /// Gateway URL: tcp://HOST:PORT or ws://HOST:PORT/ws. With --dispatch, tried last, when
-    /// the dispatcher cannot be reached.
+    /// Gateway URL: tcp://HOST:PORT or ws://HOST:PORT/ws, or inside TLS tls://HOST:PORT or
+    /// wss://HOST[:PORT]/ws. With --dispatch, tried last, when the dispatcher cannot be
+    /// reached.
     #[arg(long, required_unless_present = "dispatch")]
     pub url: Option<String>,
     /// Ask this dispatcher where to connect, on every connect and reconnect:
-    /// http://HOST:PORT/v1/dispatch (any node's HTTP listener).
+    /// http://HOST:PORT/v1/dispatch (any node's HTTP listener), or https://.
     #[arg(long)]
     pub dispatch: Option<String>,
+    /// Trust only the CA certificates of this PEM file on TLS connections (tls://, wss://,
+    /// an https:// dispatcher), instead of the system's roots: for a server whose certificate
+    /// a private CA issued, or a self-signed one.
+    #[arg(long, env = "TETHER_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// The app to bind to.
     #[arg(long)]
     pub app: String,
@@ -40,7 +47,8 @@ pub struct ListenArgs {
     /// Device id, stable across runs of the same install.
     #[arg(long, default_value = "tether-cli")]
     pub device: String,
-    /// Use the JSON encoding on ws:// URLs (default: binary). Ignored for tcp://.
+    /// Use the JSON encoding on ws:// and wss:// URLs (default: binary). Ignored for tcp://
+    /// and tls://.
     #[arg(long)]
     pub json: bool,
     /// Subscribe to this topic of APP (repeatable). Publications print like pushes, with
@@ -63,14 +71,24 @@ fn parse_topic_token(arg: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
+/// The client's config from the arguments. A CA file is read here, so a wrong one fails
+/// before any connection.
+fn client_config(args: &ListenArgs) -> anyhow::Result<ClientConfig> {
     let url = args.url.clone().unwrap_or_default();
-    let mut config = ClientConfig::new(&url, &args.device).bind(&args.app, &args.token);
+    let mut config = ClientConfig::new(url, &args.device).bind(&args.app, &args.token);
     config.dispatch.clone_from(&args.dispatch);
     if args.json {
         config.ws_encoding = WsEncoding::Json;
     }
-    let target = args.dispatch.as_deref().unwrap_or(&url);
+    if let Some(path) = &args.ca_file {
+        config = config.with_ca_file(path)?;
+    }
+    Ok(config)
+}
+
+pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
+    let config = client_config(&args)?;
+    let target = args.dispatch.as_deref().unwrap_or(&config.url).to_owned();
     let mut client = Client::connect(config)
         .await
         .with_context(|| format!("cannot connect to {target}"))?;
@@ -259,6 +277,67 @@ mod tests {
         assert_eq!(args.dispatch.as_deref(), Some("http://h:7480/v1/dispatch"));
         assert!(parse(&[]).is_err(), "one of --url and --dispatch is needed");
         assert!(parse(&["--url", "tcp://h:1"]).is_ok());
+    }
+
+    /// A CA certificate (not a secret: its key was thrown away), to show the file is read.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBlzCCAT2gAwIBAgIUErZnIeiiCFIafxX9V9vlHxIR5t0wCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVdGV0aGVyIGxpc3RlbiB0ZXN0IENBMCAXDTI2MTIwNzA0Mzg0
+NloYDzIxMjYxMTEzMDQzODQ2WjAgMR4wHAYDVQQDDBV0ZXRoZXIgbGlzdGVuIHRl
+c3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQnoL4/MzINdjhHvVfmbuNA
+ynmJVfSBY92RIpSZr2PMBzMqQZTkM/FgTtZuOIV1Q/V6HnVOONBTrrS9/xwIxItA
+o1MwUTAdBgNVHQ4EFgQUtp0aUJtj2CwTnTJYlMPqc0jHKMIwHwYDVR0jBBgwFoAU
+tp0aUJtj2CwTnTJYlMPqc0jHKMIwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD
+AgNIADBFAiAKAvt3/J8beZj4jzUwV4oDbKdMnFeLIgVWmM0gF4q8KwIhAM7JyLA7
+5yP6uBnS+xec+6k/pZzV8RUQcH+2843mqNSy
+-----END CERTIFICATE-----
+";
+
+    fn listen_args(extra: &[&str]) -> ListenArgs {
+        use clap::Parser;
+        let mut argv = vec!["tether", "listen", "--app", "demo", "--user", "u"];
+        argv.extend_from_slice(&["--token", "t"]);
+        argv.extend_from_slice(extra);
+        let cli = crate::Cli::try_parse_from(argv).expect("parses");
+        let crate::Command::Listen(args) = cli.command else {
+            panic!("not listen");
+        };
+        args
+    }
+
+    #[test]
+    fn tls_urls_take_a_ca_file_that_is_read_before_connecting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, CA_PEM).expect("write the CA");
+        let ca_arg = ca.to_str().expect("UTF-8 path");
+
+        let args = listen_args(&["--url", "tls://push.example.com:7443", "--ca-file", ca_arg]);
+        assert_eq!(args.url.as_deref(), Some("tls://push.example.com:7443"));
+        assert_eq!(args.ca_file.as_deref(), Some(ca.as_path()));
+        let config = client_config(&args).expect("config");
+        let roots = format!("{:?}", config.tls_roots);
+        assert!(roots.contains("ca.pem: 1 certificates"), "{roots}");
+
+        // Without --ca-file: the system's roots.
+        let args = listen_args(&["--url", "wss://push.example.com/ws", "--json"]);
+        let config = client_config(&args).expect("config");
+        assert_eq!(format!("{:?}", config.tls_roots), "TlsRoots(system)");
+
+        // A CA file that is missing, or holds no certificate, is an error before connecting.
+        let missing = dir.path().join("missing.pem");
+        let missing_arg = missing.to_str().expect("UTF-8 path");
+        let args = listen_args(&["--url", "tls://h:1", "--ca-file", missing_arg]);
+        let e = format!("{:#}", client_config(&args).expect_err("missing file"));
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let args = listen_args(&["--url", "tls://h:1", "--ca-file", empty.to_str().unwrap()]);
+        let e = format!("{:#}", client_config(&args).expect_err("empty file"));
+        assert!(e.contains("no certificate"), "{e}");
     }
 
     #[test]
