@@ -1,5 +1,5 @@
 //! The client over TLS against a real node on port 0: `tls://` and `wss://` (binary and JSON)
-//! with a CA file, an `https://` dispatcher that answers a `wss://` endpoint, and the refusals:
+//! with a CA file (a private CA's, or a self-signed certificate), an `https://` dispatcher that answers a `wss://` endpoint, and the refusals:
 //! a client that trusts only the system's roots, a certificate for another name, and a
 //! reconnect that meets a certificate it does not trust (backs off and tries again).
 //!
@@ -254,6 +254,36 @@ async fn wss_clients_trusting_the_ca_file_receive_pushes_in_both_encodings() {
         push_arrives(&node, &mut client, user, 1).await;
         client.close().await;
     }
+    node.shutdown();
+    node.wait().await;
+}
+
+#[tokio::test]
+async fn a_self_signed_certificate_given_as_the_ca_file_is_trusted() {
+    let node = start_node(Config::for_tests()).await;
+    let self_signed =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![self_signed.cert.der().clone()],
+            PrivateKeyDer::from(self_signed.signing_key),
+        )
+        .expect("server TLS config");
+    let proxy = proxy_to(node.tcp_addr().expect("tcp"), Arc::new(tls)).await;
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, self_signed.cert.pem().as_bytes()).expect("write");
+
+    let config = client_config(format!("tls://localhost:{}", proxy.addr.port()), "alice")
+        .with_ca_file(file.path())
+        .expect("the certificate reads");
+    let mut client = Client::connect(config).await.expect("connect over TLS");
+    expect_connected(&mut client).await;
+    push_arrives(&node, &mut client, "alice", 1).await;
+    client.close().await;
     node.shutdown();
     node.wait().await;
 }
