@@ -24,6 +24,7 @@ use url::{Host, Position, Url};
 use crate::ClientError;
 use crate::config::Endpoint;
 use crate::net;
+use crate::tls::Tls;
 
 /// Most failed endpoints reported at once (the oldest are forgotten first).
 const MAX_FAILED: usize = 16;
@@ -93,20 +94,19 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// `url` as from [`Dispatcher::parse_url`]; `tls` is needed for an `https://` one;
-    /// `timeout` bounds each request.
+    /// `url` as from [`Dispatcher::parse_url`]; for an `https://` one, the client's TLS config
+    /// is built now (with the system's roots, this is where none found fails); `timeout`
+    /// bounds each request.
     pub fn new(
         url: Url,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        tls: &mut Tls,
         app: String,
         token: String,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        if url.scheme() == "https" && tls.is_none() {
-            return Err(ClientError::Config(
-                "an https:// dispatcher needs the TLS config".to_owned(),
-            ));
-        }
+        let tls = (url.scheme() == "https")
+            .then(|| tls.config())
+            .transpose()?;
         Ok(Dispatcher {
             url,
             tls,
@@ -305,7 +305,7 @@ mod tests {
     fn dispatcher() -> Dispatcher {
         Dispatcher::new(
             Dispatcher::parse_url("http://127.0.0.1:1/v1/dispatch").unwrap(),
-            None,
+            &mut Tls::new(crate::TlsRoots::system()),
             "demo".into(),
             "t".into(),
             Duration::from_secs(1),

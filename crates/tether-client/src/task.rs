@@ -122,10 +122,6 @@ impl Task {
         let mut tls = Tls::new(config.tls_roots.clone());
         let dispatcher = match route.dispatch {
             Some(url) => {
-                let dispatch_tls = match url.scheme() {
-                    "https" => Some(tls.config()?),
-                    _ => None,
-                };
                 // Validation guarantees a binding.
                 let first = config
                     .bindings
@@ -133,7 +129,7 @@ impl Task {
                     .ok_or_else(|| ClientError::Config("at least one binding is needed".into()))?;
                 Some(Dispatcher::new(
                     url,
-                    dispatch_tls,
+                    &mut tls,
                     first.app.clone(),
                     first.token.clone(),
                     config.connect_timeout,
