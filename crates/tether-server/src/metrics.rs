@@ -388,6 +388,38 @@ impl HookMetrics {
     }
 }
 
+/// Metric handles of one app's `webhook` topic rule (see `crate::webhook::permission`).
+#[derive(Debug, Clone)]
+pub struct PermissionMetrics {
+    /// Questions POSTed to the webhook, by what came of them: `allowed`, `refused`,
+    /// `timeout` (no answer by `webhook.permission.timeout`, a wait for a free place
+    /// included), `error` (unreachable, a 5xx, or an answer that was not one).
+    pub allowed: Counter,
+    pub refused: Counter,
+    pub timeout: Counter,
+    pub error: Counter,
+    /// Subscribes answered from the cache of answers, without a POST, by answer.
+    pub cached_allowed: Counter,
+    pub cached_refused: Counter,
+}
+
+impl PermissionMetrics {
+    /// The handles of `app`'s checks: `tether_permission_checks_total{app, result}` and
+    /// `tether_permission_cache_hits_total{app, result}`.
+    pub fn new(app: &str) -> Self {
+        let check = |result: &'static str| counter!("tether_permission_checks_total", "app" => app.to_owned(), "result" => result);
+        let hit = |result: &'static str| counter!("tether_permission_cache_hits_total", "app" => app.to_owned(), "result" => result);
+        PermissionMetrics {
+            allowed: check("allowed"),
+            refused: check("refused"),
+            timeout: check("timeout"),
+            error: check("error"),
+            cached_allowed: hit("allowed"),
+            cached_refused: hit("refused"),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

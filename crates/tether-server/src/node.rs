@@ -35,7 +35,7 @@ use crate::reload::{Reloaded, Reloader};
 use crate::session::access::Access;
 use crate::store::{DEFAULT_OPEN_FILES, EmbeddedOptions, EmbeddedStore};
 use crate::tls::TlsListeners;
-use crate::webhook::Webhooks;
+use crate::webhook::{self, Webhooks};
 
 /// The backends of the store and registry seams (the router comes later: it needs the
 /// node's sink, which needs the fan-out, which needs the store).
@@ -188,7 +188,7 @@ impl Node {
         ));
         let webhooks =
             Webhooks::start(&config, table.clone()).context("cannot build the webhook client")?;
-        let access = Access::start(&config, shutdown.clone())
+        let access = Access::start(&config, shutdown.clone(), webhook::permission::askers)
             .await
             .map_err(anyhow::Error::msg)?;
         let guards = Guards::new(&config.listen).map_err(anyhow::Error::msg)?;

@@ -5,7 +5,8 @@
 //!
 //! - each app's secret, API keys, token policy and topic rules (a new [`Access`] swapped
 //!   whole: the next connect, subscribe, refresh or API request sees the new rules; removed
-//!   keys stop working at once);
+//!   keys stop working at once), and with the rules the `webhook` rule's checks: the app's
+//!   webhook URL and secret as they are now, `[webhook.permission]`, an empty cache;
 //! - apps added (their fan-out starts; their connections may bind) and apps removed (their
 //!   connections are closed with 4210 `app_removed`, their keys stop working);
 //! - each app's API request rate;
@@ -180,6 +181,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         l.http_access = Default::default();
         l
     };
+    // Permission checks are built with the rules, and reloaded with them.
+    let webhook = |c: &Config| {
+        let mut w = c.webhook.clone();
+        w.permission = Default::default();
+        w
+    };
     let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
         ("node", &old.node, &new.node),
         ("listen", &listen(old), &listen(new)),
@@ -191,7 +198,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("limits", &old.limits, &new.limits),
         ("gateway", &old.gateway, &new.gateway),
         ("store", &old.store, &new.store),
-        ("webhook", &old.webhook, &new.webhook),
+        ("webhook", &webhook(old), &webhook(new)),
         ("dispatch", &old.dispatch, &new.dispatch),
         ("cluster", &old.cluster, &new.cluster),
         (

@@ -129,6 +129,9 @@ pub enum TopicAccess {
     User,
     /// A user who sends a subscription token for the topic (signed with the app's secret).
     Token,
+    /// A user the app's webhook allows when asked (a signed POST; see `docs/security.md`).
+    /// The app needs a `webhook` URL.
+    Webhook,
 }
 
 impl AppConfig {
@@ -239,6 +242,11 @@ impl AppConfig {
                 problems.push(format!(
                     "topics[{i}]: a `user` rule's pattern must contain {{user}} ({:?} does not)",
                     rule.pattern
+                ));
+            }
+            if rule.allow == TopicAccess::Webhook && self.webhook.is_none() {
+                problems.push(format!(
+                    "topics[{i}]: a `webhook` rule needs the app's `webhook` URL to ask"
                 ));
             }
         }

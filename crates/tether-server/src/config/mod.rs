@@ -10,6 +10,7 @@
 //!
 //! - `sections.rs`: the `[section]` tables, each key with its documentation and its default.
 //! - `tls.rs`: `[tls]`, the TLS listeners' certificates.
+//! - `permission.rs`: `[webhook.permission]`, the `webhook` topic rule's settings.
 //! - `apps.rs`: the `[[apps]]` entries (tenants) and [`Secret`], redacted in `Debug`.
 //! - `load.rs`: reading the file, the demo app.
 //! - `collect.rs`: the file and the `TETHER_*` overrides into a [`Config`], every problem at
@@ -22,6 +23,7 @@ mod apps;
 mod collect;
 mod de;
 mod load;
+mod permission;
 mod problem;
 mod sections;
 #[cfg(test)]
@@ -36,6 +38,7 @@ pub use apps::{
     ApiKeyConfig, AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule,
 };
 pub use de::parse_duration;
+pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
     AccessConfig, AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::PermissionConfig;
 use super::Secret;
 use super::de::{duration, string_or_number};
 
@@ -388,6 +389,8 @@ pub struct WebhookConfig {
     /// Presence events of one app waiting to be sent; past it, new events are dropped and
     /// counted (`tether_webhook_dropped_total{kind="presence"}`).
     pub events_queue: usize,
+    /// `[webhook.permission]`: the `webhook` topic rule's checks.
+    pub permission: PermissionConfig,
 }
 
 impl Default for WebhookConfig {
@@ -403,6 +406,7 @@ impl Default for WebhookConfig {
             events_batch: 500,
             events_interval: Duration::from_secs(1),
             events_queue: 65_536,
+            permission: PermissionConfig::default(),
         }
     }
 }

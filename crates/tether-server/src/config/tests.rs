@@ -85,6 +85,54 @@ fn webhook_keys_are_checked() {
 }
 
 #[test]
+fn permission_check_keys_are_read_and_checked() {
+    let config = Config::from_toml(
+        r#"
+        [webhook.permission]
+        timeout = "500ms"
+        concurrency = 4
+        cache_size = 0
+        allow_ttl = "30s"
+        refuse_ttl = "1s"
+        max_ttl = "1m"
+        "#,
+    )
+    .unwrap();
+    let p = &config.webhook.permission;
+    assert_eq!(
+        (p.timeout, p.concurrency, p.cache_size),
+        (Duration::from_millis(500), 4, 0)
+    );
+    assert_eq!(
+        (p.allow_ttl, p.refuse_ttl, p.max_ttl),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(60)
+        )
+    );
+    let err = Config::from_toml(
+        r#"
+        [webhook.permission]
+        timeout = "0s"
+        concurrency = 0
+        allow_ttl = "2h"
+        max_ttl = "1h"
+        "#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "webhook.permission.timeout",
+        "webhook.permission.concurrency",
+        "webhook.permission.allow_ttl must be at most",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    assert!(!text.contains("refuse_ttl"), "{text}");
+}
+
+#[test]
 fn unknown_fields_are_refused() {
     assert!(Config::from_toml("[limits]\nmax_conections = 5\n").is_err());
 }

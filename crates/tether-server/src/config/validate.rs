@@ -380,6 +380,30 @@ impl WebhookConfig {
         if self.events_interval.is_zero() || self.events_interval > Duration::from_secs(60) {
             problems.push("webhook.events_interval must be between 1ms and 1m".into());
         }
+        let p = &self.permission;
+        if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
+            problems.push("webhook.permission.timeout must be between 1ms and 1m".into());
+        }
+        problems.extend(out_of_range(
+            "webhook.permission.concurrency",
+            p.concurrency,
+            1..=1024,
+        ));
+        problems.extend(out_of_range(
+            "webhook.permission.cache_size",
+            p.cache_size,
+            0..=10_000_000,
+        ));
+        if p.max_ttl > Duration::from_secs(86_400) {
+            problems.push("webhook.permission.max_ttl must be at most 1d".into());
+        }
+        for (name, ttl) in [("allow_ttl", p.allow_ttl), ("refuse_ttl", p.refuse_ttl)] {
+            if ttl > p.max_ttl {
+                problems.push(format!(
+                    "webhook.permission.{name} must be at most webhook.permission.max_ttl"
+                ));
+            }
+        }
         for (i, app) in apps.iter().enumerate() {
             match &app.webhook {
                 Some(url) => {

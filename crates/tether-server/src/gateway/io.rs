@@ -1,6 +1,7 @@
 //! The connected loop of one connection: one `poll_fn` that takes what producers queued,
-//! writes what the client takes, reads and handles frames, runs durable delivery's store work,
-//! and notices when the connection may park.
+//! writes what the client takes, reads and handles frames, runs durable delivery's store work
+//! and the permission checks of subscribes waiting for their app's webhook, and notices when
+//! the connection may park.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,9 +20,13 @@ use super::outbox::Close;
 use super::work::{finish_work, start_work};
 use crate::delivery::SubscribeError;
 use crate::link::Link;
+use crate::session::ask::{Asked, Verdict};
 use crate::session::ops::{self, Step};
 use crate::session::work::Work;
 use crate::transport::Wire;
+use check::{Checks, MAX_CHECKS, Waiting};
+
+mod check;
 
 /// How long a goodbye (`disconnect` frame, close) may take before the socket is just dropped.
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -57,6 +62,7 @@ pub(super) async fn run<W: Wire>(
         early: early && !gw.park_after().is_zero(),
         close: None,
         work: None,
+        checks: Checks::default(),
     };
     // `connected` is out: fan-outs may write to the socket directly while the task has nothing
     // to write.
@@ -115,6 +121,8 @@ struct Io {
     close: Option<Close>,
     /// The store operation under way (durable delivery), boxed only while it runs.
     work: Option<Work>,
+    /// Subscribes waiting for their app's webhook.
+    checks: Checks,
 }
 
 enum Event {
@@ -140,6 +148,9 @@ impl Io {
         let mut ready = conn.poll_ready(cx).is_ready();
         loop {
             self.drive_work(cx, gw, conn);
+            while let Some((waiting, verdict)) = self.checks.poll_answered(cx) {
+                settle(gw, conn, waiting, verdict);
+            }
             // Bytes of the wire's own (a pong) need the socket to themselves: claimed like a
             // batch, behind the rest of a direct write if one is queued.
             let claim = wire.wants_write() && !self.sending && self.pending.is_empty();
@@ -226,7 +237,7 @@ impl Io {
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
             self.early = matches!(frame.body, Body::Ping) && !gw.park_after().is_zero();
-            match handle(gw, conn, frame) {
+            match handle(gw, conn, frame, &mut self.checks) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),
                 // Closing on the client's account: what is queued is still written.
@@ -239,9 +250,14 @@ impl Io {
 }
 
 impl Io {
-    /// Nothing to write, nothing being written, no close, no store work.
+    /// Nothing to write, nothing being written, no close, no store work, no subscribe
+    /// waiting for its permission check.
     fn holds_nothing(&self) -> bool {
-        self.pending.is_empty() && !self.sending && self.close.is_none() && self.work.is_none()
+        self.pending.is_empty()
+            && !self.sending
+            && self.close.is_none()
+            && self.work.is_none()
+            && self.checks.is_empty()
     }
 
     /// Runs store operations (backlog reads, acks, `sync`) one at a time until one has to
@@ -275,17 +291,13 @@ enum Handled {
 }
 
 /// Acts on one frame from a connected client: what [`ops::step`] says it asks for.
-fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
+fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame, checks: &mut Checks) -> Handled {
     let id = frame.id;
     let op = frame.op().name();
-    let reply = |body: Body| {
-        if let Body::Error(e) = &body {
-            gw.metrics.request_refused(op, e.code);
-        }
-        conn.enqueue(conn.encoding.encode(&Frame { id, body }));
-    };
+    let reply = |body: Body| answer(gw, conn, op, id, body);
     let holds = |binding: usize, topic: &TopicId| conn.has_topic(binding, topic);
-    match ops::step(id, frame.body, &conn.bindings, &gw.access.load(), holds) {
+    let access = gw.access.load();
+    match ops::step(id, frame.body, &conn.bindings, &access, holds) {
         Step::Nothing => {}
         Step::Reply(body) => reply(body),
         Step::Ack { binding, seq } => {
@@ -303,21 +315,43 @@ fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
             binding,
             topic,
             since,
+        } => subscribe(gw, conn, id, binding, &topic, since),
+        Step::Check {
+            binding,
+            topic,
+            since,
         } => {
-            let link = conn.clone() as Arc<dyn Link>;
-            match gw.delivery.subscribe(link, binding, &topic, id, since) {
-                Ok(_) => {}
-                Err(SubscribeError::TooMany(n)) => reply(ops::error(
-                    Code::LIMIT,
-                    format!("this connection already has {n} topics"),
-                )),
-                Err(SubscribeError::Busy) => reply(ops::error(
+            let asked = ops::ask(
+                &access,
+                &conn.bindings[binding],
+                &conn.device,
+                conn.id,
+                &topic,
+            );
+            let waiting = Waiting {
+                id,
+                binding,
+                topic,
+                since,
+            };
+            match asked {
+                Asked::Known(verdict) => settle(gw, conn, waiting, verdict),
+                // Dropped unpolled: nothing was sent.
+                Asked::Later(_) if checks.is_full() => reply(ops::error(
                     Code::UNAVAILABLE,
-                    "busy: retry the subscribe later".into(),
+                    format!(
+                        "busy: {MAX_CHECKS} subscribes of this connection are waiting for \
+                         their permission check; retry later"
+                    ),
                 )),
+                Asked::Later(question) => checks.push(waiting, question),
             }
         }
         Step::Unsubscribe { binding, topic } => {
+            for waiting in checks.cancel(binding, &topic) {
+                let cancelled = ops::cancelled(&waiting.topic);
+                answer(gw, conn, "subscribe", waiting.id, cancelled);
+            }
             let link = conn.clone() as Arc<dyn Link>;
             if gw.delivery.unsubscribe(link, binding, &topic, id).is_err() {
                 reply(ops::error(
@@ -339,6 +373,52 @@ fn handle(gw: &Gateway, conn: &Arc<ConnHandle>, frame: Frame) -> Handled {
         Step::Close(code, reason) => return Handled::Close(Close::new(code, reason)),
     }
     Handled::Continue
+}
+
+/// Answers request `id` (of op `op`) with `body`, counting a refusal.
+fn answer(gw: &Gateway, conn: &ConnHandle, op: &'static str, id: u32, body: Body) {
+    if let Body::Error(e) = &body {
+        gw.metrics.request_refused(op, e.code);
+    }
+    conn.enqueue(conn.encoding.encode(&Frame { id, body }));
+}
+
+/// Subscribes binding `binding` of `conn` to `topic` (request `id`): the fan-out answers
+/// `subscribed`, unless it refuses here.
+fn subscribe(
+    gw: &Gateway,
+    conn: &Arc<ConnHandle>,
+    id: u32,
+    binding: usize,
+    topic: &TopicId,
+    since: Option<u64>,
+) {
+    let link = conn.clone() as Arc<dyn Link>;
+    let refused = match gw.delivery.subscribe(link, binding, topic, id, since) {
+        Ok(_) => return,
+        Err(SubscribeError::TooMany(n)) => ops::error(
+            Code::LIMIT,
+            format!("this connection already has {n} topics"),
+        ),
+        Err(SubscribeError::Busy) => {
+            ops::error(Code::UNAVAILABLE, "busy: retry the subscribe later".into())
+        }
+    };
+    answer(gw, conn, "subscribe", id, refused);
+}
+
+/// Carries out a subscribe that waited for its app's answer.
+fn settle(gw: &Gateway, conn: &Arc<ConnHandle>, waiting: Waiting, verdict: Verdict) {
+    let Waiting {
+        id,
+        binding,
+        topic,
+        since,
+    } = waiting;
+    match ops::checked(&topic, verdict) {
+        Ok(()) => subscribe(gw, conn, id, binding, &topic, since),
+        Err(refused) => answer(gw, conn, "subscribe", id, refused),
+    }
 }
 
 /// Tells the client why it is being closed, then closes; bounded in time. `unsent` holds at

@@ -6,6 +6,9 @@
 //! new ones, never half of each. The keys of the apps' JWKS URLs are the exception: each
 //! changes on its own, in place, when its refresher fetches a new set (`crate::jwks`); the
 //! rules hold the refreshers, so that releasing old rules stops theirs.
+//! The `webhook` rule's askers are part of the rules: a reload makes new ones (with the app's
+//! webhook URL, secret and `[webhook.permission]` in force) and forgets every cached answer,
+//! which the old rules may have given.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tether_core::AppId;
 use tether_core::auth::TokenPolicy;
 use tokio_util::sync::CancellationToken;
 
+use super::ask::Asker;
 use super::permissions::TopicRules;
 use crate::config::Config;
 use crate::jwks::{Refreshers, RemoteKeys, fetch};
@@ -25,6 +29,8 @@ use crate::jwks::{Refreshers, RemoteKeys, fetch};
 pub struct AppAccess {
     pub tokens: TokenPolicy,
     pub topics: TopicRules,
+    /// Asks the app's webhook, for its `webhook` rules (`None`: it has none).
+    pub webhook: Option<Arc<dyn Asker>>,
 }
 
 /// Every app's rules.
@@ -38,17 +44,36 @@ pub struct Access {
     refreshers: Refreshers,
     /// Each app's JWKS URL keys, also held by its token policy.
     remote: HashMap<AppId, Arc<RemoteKeys>>,
+    /// What made the `webhook` rules' askers, for the rules a reload makes of these.
+    make_askers: MakeAskers,
 }
 
 /// The rules in force, swapped whole by a reload.
 pub type Shared = Arc<ArcSwap<Access>>;
 
+/// Makes the askers of the apps' `webhook` rules for a configuration. The node hands in the
+/// webhook role's (`crate::webhook::permission::askers`): the session's rules do not reach
+/// into the roles.
+pub type MakeAskers = fn(&Config) -> Result<HashMap<AppId, Arc<dyn Asker>>, String>;
+
+/// No askers: a `webhook` rule refuses (rules built without the webhook role, in tests).
+fn no_askers(_: &Config) -> Result<HashMap<AppId, Arc<dyn Asker>>, String> {
+    Ok(HashMap::new())
+}
+
 impl Access {
     /// The apps' rules, their public keys read from their files (a configuration that passed
     /// [`Config::validate`] reads cleanly; otherwise the first problem). JWKS URLs are fetched
     /// in the background until the rules are dropped.
+    /// The `webhook` rules have no askers (they refuse): see [`Access::with_askers`].
     pub fn new(config: &Config) -> Result<Access, String> {
-        Access::build(config, Refreshers::new(CancellationToken::new()), None)
+        Access::with_askers(config, no_askers)
+    }
+
+    /// [`Access::new`], with the askers `make_askers` makes for the `webhook` rules.
+    pub fn with_askers(config: &Config, make_askers: MakeAskers) -> Result<Access, String> {
+        let refreshers = Refreshers::new(CancellationToken::new());
+        Access::build(config, refreshers, None, make_askers)
     }
 
     /// The rules of `config`, to be shared (and swapped by reloads).
@@ -59,8 +84,13 @@ impl Access {
     /// The rules of a starting node, to be shared: each JWKS URL is fetched once before this
     /// returns (all at once, each within [`fetch::TIMEOUT`]; a URL that fails leaves its
     /// app's JWKS tokens refused until a later fetch succeeds), then kept fresh until `stop`.
-    pub async fn start(config: &Config, stop: CancellationToken) -> Result<Shared, String> {
-        let access = Access::build(config, Refreshers::new(stop), None)?;
+    /// `make_askers` makes the `webhook` rules' askers, now and at every reload.
+    pub async fn start(
+        config: &Config,
+        stop: CancellationToken,
+        make_askers: MakeAskers,
+    ) -> Result<Shared, String> {
+        let access = Access::build(config, Refreshers::new(stop), None, make_askers)?;
         let first = access.remote.values().map(|keys| keys.settled());
         let bound = fetch::TIMEOUT + Duration::from_secs(1);
         let _ = tokio::time::timeout(bound, futures_util::future::join_all(first)).await;
@@ -71,15 +101,18 @@ impl Access {
     /// refresher that fetches at once, starting from the keys these rules have for the same
     /// app and URL.
     pub fn reloaded(&self, config: &Config) -> Result<Access, String> {
-        Access::build(config, self.refreshers.clone(), Some(&self.remote))
+        let previous = Some(&self.remote);
+        Access::build(config, self.refreshers.clone(), previous, self.make_askers)
     }
 
     fn build(
         config: &Config,
         refreshers: Refreshers,
         previous: Option<&HashMap<AppId, Arc<RemoteKeys>>>,
+        make_askers: MakeAskers,
     ) -> Result<Access, String> {
         let leeway = config.gateway.token_leeway;
+        let mut askers = make_askers(config)?;
         let mut apps = HashMap::new();
         let mut remote = HashMap::new();
         for app in &config.apps {
@@ -104,6 +137,7 @@ impl Access {
             let access = AppAccess {
                 tokens,
                 topics: TopicRules::new(&app.topics),
+                webhook: askers.remove(&app.id),
             };
             apps.insert(app.id.clone(), access);
         }
@@ -120,6 +154,7 @@ impl Access {
             keys,
             refreshers,
             remote,
+            make_askers,
         })
     }
 

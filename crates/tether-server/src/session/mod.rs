@@ -3,6 +3,8 @@
 //!
 //! - [`handshake`]: the checks of a `connect` (version, device, bindings, tokens, heartbeat).
 //! - [`ops`]: what each frame of a connected client asks for ([`ops::Step`]).
+//! - [`permissions`]: an app's topic rules; [`ask`]: the question a `webhook` rule puts to
+//!   the app's business, as a seam ([`ask::Asker`]).
 //! - [`inbox`]: durable delivery on a connection: each binding's order, backlog, acks and
 //!   `sync`, as state and rules over the connection's outbound [`inbox::Queue`].
 //! - [`work`]: the store operations durable delivery runs (backlog pages with the poison
@@ -12,6 +14,7 @@
 //! turns bytes into frames and back (`crate::transport`).
 
 pub mod access;
+pub mod ask;
 pub mod handshake;
 pub mod inbox;
 pub mod ops;

@@ -1,13 +1,16 @@
 //! What a frame from a connected client asks for, checked: the binding it names, its topic,
 //! its limits, whether the app's rules let it subscribe, a refreshed token. Plain code from
 //! the frame, the connection's bindings and the apps' rules to a [`Step`] that the gateway
-//! carries out, the same for every transport.
+//! carries out, the same for every transport. A subscribe that a `webhook` rule leaves to the
+//! app's business is a [`Step::Check`]: the gateway asks ([`ask`]) and settles it with the
+//! answer ([`checked`]).
 
 use tether_core::auth::TokenError;
-use tether_core::{TopicId, echo_id, validate_id};
+use tether_core::{ConnId, DeviceId, TopicId, echo_id, validate_id};
 use tether_proto::{Body, Code, ErrorBody, Refresh, Refreshed, Subscribe, Upstream};
 
 use super::access::Access;
+use super::ask::{Asked, Question, Verdict};
 use super::inbox::{SYNC_PAGE, SyncRequest};
 use super::permissions::{Credentials, Decision};
 use crate::link::Binding;
@@ -28,6 +31,13 @@ pub enum Step {
     Sync(SyncRequest),
     /// Subscribe binding `binding` to `topic`, recovering what came after `since`.
     Subscribe {
+        binding: usize,
+        topic: TopicId,
+        since: Option<u64>,
+    },
+    /// Subscribe binding `binding` to `topic` as [`Step::Subscribe`] does, if the app's
+    /// webhook allows it: a `webhook` rule matched.
+    Check {
         binding: usize,
         topic: TopicId,
         since: Option<u64>,
@@ -98,13 +108,22 @@ pub fn step(
         }),
         Body::Subscribe(sub) => binding("subscribe", &sub.app).and_then(|binding| {
             let topic = topic(&sub.topic)?;
-            if !holds(binding, &topic) {
-                permit(&bindings[binding], &topic, &sub, access)?;
-            }
-            Ok(Step::Subscribe {
-                binding,
-                topic,
-                since: sub.since,
+            let since = sub.since;
+            let permitted = match holds(binding, &topic) {
+                true => Permit::Now,
+                false => permit(&bindings[binding], &topic, &sub, access)?,
+            };
+            Ok(match permitted {
+                Permit::Now => Step::Subscribe {
+                    binding,
+                    topic,
+                    since,
+                },
+                Permit::Ask => Step::Check {
+                    binding,
+                    topic,
+                    since,
+                },
             })
         }),
         Body::Refresh(refresh) => binding("refresh", &refresh.app)
@@ -131,6 +150,13 @@ pub fn step(
     checked.unwrap_or_else(Step::Reply)
 }
 
+/// What the rules say of a subscribe they do not refuse.
+enum Permit {
+    Now,
+    /// When the app's webhook says so.
+    Ask,
+}
+
 /// Whether the app's topic rules let `binding`'s user subscribe to `topic`, with what the
 /// subscribe brings; a refusal is the `error` the client gets.
 fn permit(
@@ -138,13 +164,8 @@ fn permit(
     topic: &TopicId,
     sub: &Subscribe,
     access: &Access,
-) -> Result<(), Body> {
-    let refused = |why: &str| {
-        error(
-            Code::FORBIDDEN,
-            format!("subscribe to {} refused: {why}", echo_id(topic.as_str())),
-        )
-    };
+) -> Result<Permit, Body> {
+    let refused = |why: &str| refusal(Code::FORBIDDEN, topic, why);
     // An app removed by a reload allows nothing; its connections are being closed.
     let Some((_, rules)) = access.app(binding.app.as_str()) else {
         return Err(refused("the app is no longer configured"));
@@ -172,9 +193,63 @@ fn permit(
         .topics
         .decide(&binding.user, topic.as_str(), credentials)
     {
-        Decision::Allow => Ok(()),
+        Decision::Allow => Ok(Permit::Now),
+        Decision::Ask => Ok(Permit::Ask),
         Decision::Deny(why) => Err(refused(why)),
     }
+}
+
+/// Asks `binding`'s app whether its user may subscribe to `topic` (a [`Step::Check`]), for
+/// connection `conn` of `device`.
+pub fn ask(
+    access: &Access,
+    binding: &Binding,
+    device: &DeviceId,
+    conn: ConnId,
+    topic: &TopicId,
+) -> Asked {
+    let asker = access
+        .app(binding.app.as_str())
+        .and_then(|(_, rules)| rules.webhook.as_ref());
+    let Some(asker) = asker else {
+        return Asked::Known(Verdict::NoWebhook);
+    };
+    asker.ask(Question {
+        app: binding.app.clone(),
+        user: binding.user.clone(),
+        device: device.clone(),
+        conn,
+        topic: topic.clone(),
+    })
+}
+
+/// Whether a [`Step::Check`] of `topic` may go ahead, given what its app answered; a refusal
+/// is the `error` the client gets.
+pub fn checked(topic: &TopicId, verdict: Verdict) -> Result<(), Body> {
+    match verdict.refusal() {
+        None => Ok(()),
+        Some((code, why)) => Err(refusal(code, topic, why)),
+    }
+}
+
+/// The `error` a [`Step::Check`] of `topic` gets when an unsubscribe of the topic came before
+/// its answer: the unsubscribe wins.
+pub fn cancelled(topic: &TopicId) -> Body {
+    error(
+        Code::BAD_REQUEST,
+        format!(
+            "subscribe to {} cancelled: an unsubscribe came before its permission check's answer",
+            echo_id(topic.as_str())
+        ),
+    )
+}
+
+/// The `error` refusing a subscribe to `topic`.
+fn refusal(code: Code, topic: &TopicId, why: &str) -> Body {
+    error(
+        code,
+        format!("subscribe to {} refused: {why}", echo_id(topic.as_str())),
+    )
 }
 
 /// A new token for `binding`: it must verify under the app's rules and name the same user;
@@ -210,6 +285,8 @@ pub fn error(code: Code, message: String) -> Body {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use tether_core::{AppId, UserId, auth};
@@ -217,10 +294,12 @@ mod tests {
 
     use super::*;
     use crate::config::{AppConfig, Config, Secret, TopicAccess, TopicRule};
+    use crate::session::ask::{Asker, Question};
 
     const SECRET: &str = "chat-secret-0123456789";
 
-    /// Apps `chat` (rules: `open.*` open, `user.{user}` user, `vip.*` token) and `shop` (none).
+    /// Apps `chat` (rules: `open.*` open, `user.{user}` user, `vip.*` token, `ask.*` webhook)
+    /// and `shop` (none).
     fn access() -> Access {
         let mut config = Config::for_tests();
         let mut chat = AppConfig::new(
@@ -232,11 +311,29 @@ mod tests {
             ("open.*", TopicAccess::Open),
             ("user.{user}", TopicAccess::User),
             ("vip.*", TopicAccess::Token),
+            ("ask.*", TopicAccess::Webhook),
         ] {
             chat.topics.push(TopicRule {
                 pattern: pattern.into(),
                 allow,
             });
+        }
+        // Never reached: these tests do not poll a question.
+        chat.webhook = Some("http://127.0.0.1:9/hook".into());
+        // An asker for the app with a webhook, as the webhook role makes them; nothing is
+        // sent until its answer is polled.
+        #[derive(Debug)]
+        struct Unasked;
+        impl Asker for Unasked {
+            fn ask(&self, _: Question) -> Asked {
+                Asked::Later(Box::pin(std::future::pending()))
+            }
+        }
+        fn askers(config: &Config) -> Result<HashMap<AppId, Arc<dyn Asker>>, String> {
+            let asking = config.apps.iter().filter(|app| app.webhook.is_some());
+            Ok(asking
+                .map(|app| (app.id.clone(), Arc::new(Unasked) as Arc<dyn Asker>))
+                .collect())
         }
         let shop = AppConfig::new(
             AppId::from("shop"),
@@ -244,7 +341,7 @@ mod tests {
             Secret::new("shop-api-key-0123456789"),
         );
         config.apps = vec![chat, shop];
-        Access::new(&config).expect("valid rules")
+        Access::with_askers(&config, askers).expect("valid rules")
     }
 
     fn bindings() -> Vec<Binding> {
@@ -370,6 +467,60 @@ mod tests {
             holds,
         );
         assert!(matches!(again, Step::Subscribe { .. }));
+    }
+
+    #[test]
+    fn a_webhook_rule_leaves_the_subscribe_to_the_app_s_answer() {
+        let bindings = bindings();
+        let sub = subscribe("chat", "ask.room", None);
+        let Step::Check {
+            binding: 0,
+            topic,
+            since: None,
+        } = step(3, sub.clone(), &bindings)
+        else {
+            panic!("not a check");
+        };
+        assert_eq!(topic.as_str(), "ask.room");
+        // A topic the connection holds is not asked about again.
+        let held = super::step(3, sub, &bindings, &access(), |_, _| true);
+        assert!(matches!(held, Step::Subscribe { .. }));
+
+        let access = access();
+        let device = DeviceId::from("phone");
+        let asked = ask(&access, &bindings[0], &device, ConnId(1), &topic);
+        assert!(matches!(asked, Asked::Later(_)), "{asked:?}");
+        // An app without an asker answers at once, and refuses.
+        let asked = ask(&access, &bindings[1], &device, ConnId(1), &topic);
+        assert!(
+            matches!(asked, Asked::Known(Verdict::NoWebhook)),
+            "{asked:?}"
+        );
+
+        assert_eq!(checked(&topic, Verdict::Allowed), Ok(()));
+        let refusal = |verdict| match checked(&topic, verdict) {
+            Err(Body::Error(e)) => (e.code, e.message),
+            other => panic!("{verdict:?}: {other:?}"),
+        };
+        assert_eq!(
+            refusal(Verdict::Refused),
+            (
+                Code::FORBIDDEN,
+                "subscribe to ask.room refused: the app's webhook refused it".into()
+            )
+        );
+        for verdict in [Verdict::Unusable, Verdict::NoWebhook] {
+            assert_eq!(refusal(verdict).0, Code::FORBIDDEN, "{verdict:?}");
+        }
+        // The business could not be asked: the client may try again later.
+        let (code, message) = refusal(Verdict::TimedOut);
+        assert_eq!(code, Code::UNAVAILABLE);
+        assert!(message.contains("permission check timed out"), "{message}");
+        assert_eq!(refusal(Verdict::Unreachable).0, Code::UNAVAILABLE);
+        let Body::Error(e) = cancelled(&topic) else {
+            panic!("not an error");
+        };
+        assert_eq!(e.code, Code::BAD_REQUEST);
     }
 
     #[test]

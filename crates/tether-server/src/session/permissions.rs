@@ -13,6 +13,7 @@
 //! | `open` | any user bound to the app |
 //! | `user` | the user the pattern names: its pattern must use `{user}` |
 //! | `token` | a user whose connection token lists the topic (its `topics` claim, which may use `*`), or who sends a subscription token for it |
+//! | `webhook` | a user the app's webhook allows: the rules cannot tell alone, so they answer [`Decision::Ask`] and the session asks (see [`super::ask`]) |
 
 use tether_core::UserId;
 
@@ -130,6 +131,8 @@ pub enum Decision {
     Allow,
     /// Refused: the client is told this.
     Deny(&'static str),
+    /// A `webhook` rule matched: the app's business decides, when asked.
+    Ask,
 }
 
 /// What a subscriber brings besides its user id.
@@ -160,6 +163,7 @@ impl TopicRules {
         };
         match allow {
             TopicAccess::Open | TopicAccess::User => Decision::Allow,
+            TopicAccess::Webhook => Decision::Ask,
             TopicAccess::Token if credentials.subscription_token => Decision::Allow,
             TopicAccess::Token => {
                 let listed = credentials.token_topics.is_some_and(|topics| {

@@ -1,12 +1,16 @@
 //! The upstream role (the coordinator of the reference design): forwards what clients send
 //! upstream, and the online / offline events of their users, to each app's webhook, and
-//! routes the webhook's answers back to the sending connection.
+//! routes the webhook's answers back to the sending connection. It also asks the webhook who
+//! may subscribe, for the apps' `webhook` topic rules.
 //!
 //! - this module: [`Webhooks`], the per-app queues and the gateway's entry points.
 //! - [`sign`]: the signature scheme (public, so that a Rust business can verify with it).
 //! - `post`: one delivery, a signed POST retried with exponential backoff and jitter.
 //! - `upstream`: an app's bounded queue and fixed pool of workers; answers to connections.
 //! - `presence`: per-user connection counts and the batching flusher.
+//! - `permission`: the `webhook` topic rule's questions and its cache of answers (built
+//!   with the apps' rules, `crate::session::access`, and swapped with them by a reload; the
+//!   rest of this module is set up once, at start).
 //!
 //! # Overload
 //! Nothing here grows without bound and nothing is spawned per request:
@@ -18,6 +22,7 @@
 //!   is dropped and counted. One flusher per app sends one batch at a time, so a reconnect
 //!   storm reaches the business as a few large POSTs, never as a flood.
 
+pub(crate) mod permission;
 mod post;
 mod presence;
 pub mod sign;
@@ -54,7 +59,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// A new delivery of an `event` (`upstream`, `presence`) to this webhook, with a new id
+    /// A new delivery of an `event` (`upstream`, `presence`, `subscribe_check`) to this webhook, with a new id
     /// that `body` gets to write into the body.
     pub fn post(&self, event: &'static str, body: impl FnOnce(&str) -> Bytes) -> Post<'_> {
         let id = format!("{}-{}", self.node, self.ids.next());

@@ -31,7 +31,7 @@ pub(crate) struct Post<'a> {
     pub secret: &'a [u8],
     /// The same on every attempt: the business drops duplicates with it.
     pub id: String,
-    /// `upstream` or `presence`.
+    /// `upstream`, `presence` or `subscribe_check`.
     pub event: &'static str,
     pub body: Bytes,
 }
@@ -123,6 +123,15 @@ impl Poster {
                 () = stop.cancelled() => return Outcome::Stopped,
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// One attempt, never retried, for a caller with a deadline of its own (a permission
+    /// check): the webhook's answer, a 5xx included, or why there was none.
+    pub async fn post_once(&self, d: &Post<'_>) -> Result<Answer, String> {
+        match self.attempt(d).await {
+            Attempt::Done(answer) | Attempt::Retry(_, Some(answer)) => Ok(answer),
+            Attempt::Retry(reason, None) => Err(reason),
         }
     }
 

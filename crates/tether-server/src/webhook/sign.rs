@@ -9,7 +9,7 @@
 //!   header, then one dot, then the raw request body, before any JSON parsing);
 //! - `X-Tether-Delivery`: the delivery's id, the same on every retry of one delivery (it is
 //!   also the body's `id`);
-//! - `X-Tether-Event`: `upstream` or `presence`.
+//! - `X-Tether-Event`: `upstream`, `presence` or `subscribe_check`.
 //!
 //! The business recomputes the HMAC and compares in constant time, rejects a timestamp more
 //! than a few minutes from its own clock (a replay), and drops a delivery id it has already

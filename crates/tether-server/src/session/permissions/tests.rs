@@ -103,6 +103,20 @@ fn a_user_rule_without_the_placeholder_and_an_empty_pattern_fail_validation() {
     assert!(problems("room.*", Allow::User)[0].contains("{user}"));
     assert!(problems("", Allow::Open)[0].contains("empty"));
     assert!(problems("user.{user}", Allow::User).is_empty());
+    // The app has no webhook URL to ask.
+    assert!(problems("room.*", Allow::Webhook)[0].contains("`webhook` URL"));
+}
+
+#[test]
+fn a_webhook_rule_asks_for_the_topics_it_matches_only() {
+    let r = rules(&[("user.{user}", Allow::User), ("room.*", Allow::Webhook)]);
+    let none = Credentials::default();
+    assert_eq!(r.decide(&alice(), "room.1", none), Decision::Ask);
+    assert_eq!(r.decide(&alice(), "user.alice", none), Decision::Allow);
+    assert!(matches!(
+        r.decide(&alice(), "lobby", none),
+        Decision::Deny(_)
+    ));
 }
 
 /// A plain reference: does `pattern` (only text and `*`) match `topic`, by trying every split.
