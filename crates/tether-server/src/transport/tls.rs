@@ -35,9 +35,10 @@ pub const RECORD: usize = 16 * 1024;
 /// Room for a record's header, content type and AEAD tag beside its plaintext.
 const RECORD_OVERHEAD: usize = 5 + 1 + 16 + 256;
 
-/// The most ciphertext held undecrypted: rustls decrypts a record as soon as it is whole, so
-/// more than one record's worth (and the next one's start) is a broken peer.
-const READ_MAX: usize = 2 * (RECORD + RECORD_OVERHEAD);
+/// The most ciphertext held undecrypted: rustls decrypts a record as soon as it is whole, but
+/// keeps the records of a handshake message split over several until the message is whole,
+/// which it allows up to 64 KiB.
+const READ_MAX: usize = 0xffff + 2 * (RECORD + RECORD_OVERHEAD);
 
 /// TLS over a socket.
 pub struct Tls {
