@@ -56,6 +56,30 @@ impl Ca {
     /// A server's TLS config with a certificate this CA issued for `names` (DNS names or IP
     /// addresses).
     fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let (cert, key) = self.issue(names);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::from(key))
+            .expect("server TLS config");
+        Arc::new(config)
+    }
+
+    /// A server certificate and its key in PEM files, as a node reads them (`[tls]`).
+    fn server_files(&self, names: &[&str]) -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
+        let (cert, key) = self.issue(names);
+        let write = |text: String| {
+            let mut file = tempfile::NamedTempFile::new().expect("temp file");
+            std::io::Write::write_all(&mut file, text.as_bytes()).expect("write PEM");
+            file
+        };
+        (write(cert.pem()), write(key.serialize_pem()))
+    }
+
+    /// A certificate this CA issued for `names`, and its key.
+    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("server params");
         params
@@ -65,14 +89,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, &self.issuer).expect("server cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::from(key))
-            .expect("server TLS config");
-        Arc::new(config)
+        (cert, key)
     }
 }
 
@@ -234,6 +251,34 @@ async fn a_tls_client_trusting_the_ca_file_receives_pushes() {
     expect_connected(&mut client).await;
     push_arrives(&node, &mut client, "alice", 3).await;
     client.close().await;
+    node.shutdown();
+    node.wait().await;
+}
+
+#[tokio::test]
+async fn the_client_connects_to_the_node_s_own_tls_and_wss_listeners() {
+    let ca = Ca::new("tether test CA");
+    let (cert, key) = ca.server_files(&["localhost", "127.0.0.1"]);
+    let mut config = Config::for_tests();
+    config.listen.tls = "127.0.0.1:0".into();
+    config.listen.wss = "127.0.0.1:0".into();
+    config.tls.cert = Some(cert.path().to_owned());
+    config.tls.key = Some(key.path().to_owned());
+    let node = start_node(config).await;
+    let ca_file = ca.file();
+    let urls = [
+        format!("tls://localhost:{}", node.tls_addr().expect("tls").port()),
+        format!("wss://{}/ws", node.wss_addr().expect("wss")),
+    ];
+    for (n, url) in (1..).zip(urls) {
+        let config = client_config(url, "dana")
+            .with_ca_file(ca_file.path())
+            .expect("the CA file reads");
+        let mut client = Client::connect(config).await.expect("connect over TLS");
+        expect_connected(&mut client).await;
+        push_arrives(&node, &mut client, "dana", n).await;
+        client.close().await;
+    }
     node.shutdown();
     node.wait().await;
 }
