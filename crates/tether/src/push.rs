@@ -249,8 +249,15 @@ fn idempotency_key(args: &PushArgs) -> anyhow::Result<Option<String>> {
 /// `{base}/v1/apps/{app}/push`, with `app` percent-encoded as one path segment.
 fn push_url(base: &str, app: &str) -> anyhow::Result<reqwest::Url> {
     let mut url = reqwest::Url::parse(base).with_context(|| format!("invalid --url {base:?}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        bail!("--url must be an http:// URL, got {base:?}");
+    match url.scheme() {
+        "http" => {}
+        // This build's HTTP client has no TLS (the SDK's and the server's TLS are rustls with
+        // ring; reqwest's TLS would bring a second crypto provider).
+        "https" => bail!(
+            "--url {base:?}: `tether push` speaks plain HTTP only; use the node's http listener \
+             (listen.http) from a network you trust"
+        ),
+        _ => bail!("--url must be an http:// URL, got {base:?}"),
     }
     url.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("--url {base:?} cannot take a path"))?
@@ -310,6 +317,8 @@ mod tests {
         let u = push_url("http://h:1/prefix/", "a b/c").expect("url");
         assert_eq!(u.as_str(), "http://h:1/prefix/v1/apps/a%20b%2Fc/push");
         assert!(push_url("ws://h:1", "demo").is_err());
+        let https = push_url("https://h:1", "demo").expect_err("no TLS in this client");
+        assert!(https.to_string().contains("plain HTTP only"), "{https}");
         assert!(push_url("not a url", "demo").is_err());
     }
 
