@@ -5,8 +5,10 @@
 //! Over TCP, and for every peer, connections are [`crate::target`] subscribers held by a
 //! [`crate::workers::Pool`] (so past ~18,000 they spread over worker processes); tether over
 //! WebSocket uses tungstenite, in this process. Each connection is one small task holding a
-//! bare socket and a small buffer, so that the client side stays light. The tether handshake
-//! helpers here serve the other scenarios too.
+//! bare socket and a small buffer, so that the client side stays light. With `--tls` the same
+//! connections go inside TLS (`tls://`, `wss://`); the load generator's own RSS per connection
+//! is reported beside the server's. The tether handshake helpers here serve the other
+//! scenarios too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,7 +22,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tether_core::{AppId, UserId};
 use tether_proto::{Binding, Body, Connect, Frame, PROTOCOL_VERSION, binary};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
@@ -29,7 +31,8 @@ use crate::Transport;
 use crate::redis_probe::{RedisProbe, RedisSample};
 use crate::scale::{BroadcastOutcome, Sample, Sampler, one_broadcast};
 use crate::stats::{Clock, Processes, Table};
-use crate::target::{Kind, TargetArgs, TetherPublish};
+use crate::target::{Kind, TLS_PORT, TargetArgs, TetherPublish};
+use crate::tls::{Stream, TlsClient};
 use crate::workers::{self, Pool};
 
 #[derive(Debug)]
@@ -40,6 +43,7 @@ pub struct Setup {
     pub secret: String,
     pub heartbeat: Duration,
     pub sources: u8,
+    pub tls: Option<TlsClient>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +63,8 @@ impl Stats {
 pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
-    /// tether only: the gateway's transport (with ws, --addr defaults to 127.0.0.1:7401).
+    /// tether only: the gateway's transport (with ws, --addr defaults to 127.0.0.1:7401, and
+    /// with --tls to 127.0.0.1:7403).
     #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
     /// tether only: also subscribe each connection to --topic (the peers always subscribe).
@@ -112,15 +117,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.target.target == Kind::Tether && matches!(args.transport, Transport::Ws) {
         let target = args.target.target(args.count)?;
         let setup = Setup {
-            addrs: if args.target.addr.is_empty() {
-                vec![SocketAddr::from(([127, 0, 0, 1], 7401))]
-            } else {
-                args.target.addr.clone()
+            addrs: match (args.target.addr.is_empty(), &target.tls) {
+                (false, _) => args.target.addr.clone(),
+                (true, None) => vec![SocketAddr::from(([127, 0, 0, 1], 7401))],
+                (true, Some(_)) => vec![SocketAddr::from(([127, 0, 0, 1], TLS_PORT + 1))],
             },
             app: AppId::new(target.app),
             secret: target.secret,
             heartbeat: Duration::from_secs(target.heartbeat_s),
             sources: target.sources,
+            tls: target.tls,
         };
         return run_ws(Arc::new(setup), &args, &server).await;
     }
@@ -143,6 +149,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     let redis_before = sample_redis(redis.as_mut()).await?;
+    let client_before = crate::stats::rss_kib(std::process::id());
     let rss_before = server.rss_kib();
     let pss_before = server.pss_kib();
     let cpu_before = server.cpu();
@@ -164,6 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("  all started; holding for {} s", args.hold);
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let (rss_after, pss_after) = (server.rss_kib(), server.pss_kib());
+    let client_after = client_rss();
     let redis_held = sample_redis(redis.as_mut()).await?;
     let held = pool.snapshot().await?;
     let broadcast = if args.broadcast {
@@ -186,10 +194,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let result = Outcome {
         target: target.kind.name(),
-        transport: if target.kind == Kind::Nchan {
-            "ws"
-        } else {
-            "tcp"
+        transport: match (target.kind, &target.tls) {
+            (Kind::Nchan, _) => "ws",
+            (_, Some(_)) => "tls",
+            (_, None) => "tcp",
         },
         subscribed: target.kind != Kind::Tether || args.subscribe,
         requested: args.count,
@@ -200,6 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         workers: pool.workers(),
         rss: (rss_before, rss_after),
         pss: (pss_before, pss_after),
+        client_rss: (client_before, client_after),
         server_pids: server.pids.clone(),
         hold: Duration::from_secs(args.hold),
         server_cpu_connect_s: match (cpu_before, cpu_opened) {
@@ -237,6 +246,8 @@ struct Outcome {
     workers: usize,
     rss: (Option<u64>, Option<u64>),
     pss: (Option<u64>, Option<u64>),
+    /// The load generator's RSS (this process, and its workers at the end), KiB.
+    client_rss: (Option<u64>, Option<u64>),
     server_pids: Vec<u32>,
     /// How long the connections were held before the last readings.
     hold: Duration,
@@ -256,6 +267,7 @@ impl Outcome {
             _ => None,
         };
         let (rss_per, pss_per) = (per_conn(self.rss), per_conn(self.pss));
+        let client_per = per_conn(self.client_rss);
         let handshakes = ok as f64 / self.elapsed.as_secs_f64();
         let mut t = Table::default();
         t.row(
@@ -289,6 +301,15 @@ impl Outcome {
             t.row(
                 "PSS/connection",
                 format!("{per:.0} bytes ({:.2} KiB)", per / 1024.0),
+            );
+        }
+        if let Some(per) = client_per {
+            t.row(
+                "client RSS/conn",
+                format!(
+                    "{per:.0} bytes ({:.2} KiB; workers' own start-up included)",
+                    per / 1024.0
+                ),
             );
         }
         if let Some(cpu) = self.server_cpu_connect_s {
@@ -368,6 +389,9 @@ impl Outcome {
                 "server_pss_kib_before": self.pss.0,
                 "server_pss_kib_after": self.pss.1,
                 "server_pss_bytes_per_connection": pss_per,
+                "client_rss_kib_before": self.client_rss.0,
+                "client_rss_kib_after": self.client_rss.1,
+                "client_rss_bytes_per_connection": client_per,
                 "server_cpu_connect_s": self.server_cpu_connect_s,
                 "redis": self.redis.map(|[before, opened, held]| serde_json::json!({
                     "before": before,
@@ -423,8 +447,10 @@ impl RedisGrowth {
 /// process only).
 async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::Result<()> {
     let (count, rate) = (args.count, args.rate);
+    let client_before = crate::stats::rss_kib(std::process::id());
     let rss_before = server.rss_kib();
     let pss_before = server.pss_kib();
+    let cpu_before = server.cpu();
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let mut tick = tokio::time::interval(
@@ -467,11 +493,12 @@ async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
+    let cpu_opened = server.cpu();
     eprintln!("  all started; holding for {} s", args.hold);
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let result = Outcome {
         target: "tether",
-        transport: "ws",
+        transport: if setup.tls.is_some() { "wss" } else { "ws" },
         subscribed: false,
         requested: count,
         connected: stats.ok.load(Ordering::Relaxed),
@@ -481,14 +508,22 @@ async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::R
         workers: 0,
         rss: (rss_before, server.rss_kib()),
         pss: (pss_before, server.pss_kib()),
+        client_rss: (client_before, client_rss()),
         server_pids: server.pids.clone(),
         hold: Duration::from_secs(args.hold),
-        server_cpu_connect_s: None,
+        server_cpu_connect_s: cpu_before
+            .zip(cpu_opened)
+            .map(|(b, a)| a.since(b).total_s()),
         redis: None,
         broadcast: None,
         samples: Vec::new(),
     };
     result.report(args.json.as_deref())
+}
+
+/// The load generator's RSS, KiB: this process and its workers.
+fn client_rss() -> Option<u64> {
+    Processes::with_descendants(&[std::process::id()]).rss_kib()
 }
 
 /// Connects to `addr`, from 127.0.0.(2 + n % sources) when `sources` is not 0.
@@ -535,9 +570,10 @@ pub fn connect_frame(
 /// the server closes it.
 async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
     let addr = setup.addrs[(n % setup.addrs.len() as u64) as usize];
-    let stream = open_socket(addr, setup.sources, n)
+    let tcp = open_socket(addr, setup.sources, n)
         .await
         .context("connect")?;
+    let stream = Stream::open(tcp, setup.tls.as_ref()).await?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
     hold_ws(stream, addr, stats, connect).await
 }
@@ -552,7 +588,10 @@ pub fn negotiated_heartbeat(reply: Body) -> anyhow::Result<Duration> {
 }
 
 /// Reads the next frame's body, buffering in `buf`.
-pub async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Body> {
+pub async fn read_tcp(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> anyhow::Result<Body> {
     loop {
         if let Some(frame) = binary::decode(buf, tether_proto::DEFAULT_MAX_FRAME)? {
             return Ok(frame.body);
@@ -565,7 +604,7 @@ pub async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Res
 }
 
 async fn hold_ws(
-    stream: TcpStream,
+    stream: Stream,
     addr: SocketAddr,
     stats: &Stats,
     connect: Frame,
@@ -594,7 +633,7 @@ async fn hold_ws(
     }
 }
 
-async fn read_ws(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> anyhow::Result<Body> {
+async fn read_ws(ws: &mut tokio_tungstenite::WebSocketStream<Stream>) -> anyhow::Result<Body> {
     loop {
         match ws.next().await {
             None => bail!("closed by server"),

@@ -15,6 +15,8 @@
 //!   interface: subscriber handshakes, reading payloads in place, their wire codecs.
 //! - [`subscribers`]: many subscribers in one process and what they count.
 //! - [`workers`]: the same spread over worker processes (the per-process file limit).
+//! - [`tls`]: `--tls`: the rustls client, and the socket a subscriber holds, plain or in TLS.
+//! - [`cert`]: a CA and a server certificate for tether's TLS listeners.
 //! - [`bare_writer`]: the bare writer server (one `write()` per subscriber per message).
 //! - [`payload`]: the benchmark message (send time, number, window slot).
 //! - [`http`]: the keep-alive HTTP client the API scenarios share.
@@ -31,6 +33,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bare_writer;
 mod broadcast;
+mod cert;
 mod churn;
 mod connections;
 mod http;
@@ -42,6 +45,7 @@ mod stats;
 mod subscribers;
 mod summary;
 mod target;
+mod tls;
 mod unicast;
 mod workers;
 
@@ -80,6 +84,8 @@ enum Scenario {
     Summary(summary::Args),
     /// Draw memory and CPU against connections (PNG) from `connections --redis` results.
     Plot(plot::Args),
+    /// Write a CA and a server certificate it signed (for tether's TLS listeners and --tls).
+    Cert(cert::Args),
     /// Internal: hold a share of the subscribers for a parent process.
     #[command(hide = true)]
     Worker,
@@ -92,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::BareWriter(args) => return bare_writer::run(args),
         Scenario::Summary(args) => return summary::run(&args),
         Scenario::Plot(args) => return plot::run(&args),
+        Scenario::Cert(args) => return cert::run(&args),
         other => other,
     };
     // One runtime for everything; some scenarios can ask for their worker count (1: a
@@ -123,7 +130,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Broadcast(args) => broadcast::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
         Scenario::Worker => workers::worker_main().await,
-        Scenario::BareWriter(_) | Scenario::Summary(_) | Scenario::Plot(_) => {
+        Scenario::BareWriter(_) | Scenario::Summary(_) | Scenario::Plot(_) | Scenario::Cert(_) => {
             unreachable!("run without a runtime")
         }
     }

@@ -357,7 +357,11 @@ pub async fn read(mut sub: Subscriber, collector: &Collector, shard: usize) -> a
                         None => local.unparsed += 1,
                     }
                 }
-                Item::Reply(bytes) => sub.stream.write_all(&bytes).await?,
+                Item::Reply(bytes) => {
+                    sub.stream.write_all(&bytes).await?;
+                    // TLS may keep a record back when the socket is full.
+                    sub.stream.flush().await?;
+                }
                 Item::Notice(what) => Collector::count(&collector.notices, what),
                 Item::Closed(why) => bail!("{why}"),
                 Item::Skip => {}
@@ -379,6 +383,7 @@ pub async fn read(mut sub: Subscriber, collector: &Collector, shard: usize) -> a
                 () = &mut sleep, if every.is_some() => {
                     if let (Some(every), Some((_, ping))) = (every, &sub.ping) {
                         sub.stream.write_all(ping).await?;
+                        sub.stream.flush().await?;
                         sleep.as_mut().reset((Instant::now() + every).into());
                     }
                 }

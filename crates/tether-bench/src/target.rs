@@ -4,7 +4,7 @@
 //!
 //! | target | subscribers | publishes |
 //! |---|---|---|
-//! | `tether` | binary TCP: `connect`, then `subscribe` (or only `connect` with `--tether-publish broadcast`) | `POST /v1/apps/{app}/topics/{topic}/publish` (or `/broadcast`) |
+//! | `tether` | binary TCP (inside TLS with `--tls`): `connect`, then `subscribe` (or only `connect` with `--tether-publish broadcast`) | `POST /v1/apps/{app}/topics/{topic}/publish` (or `/broadcast`) |
 //! | `nchan` | WebSocket `GET /sub?id=<topic>` | `POST /pub?id=<topic>` |
 //! | `mosquitto` | MQTT 3.1.1 `CONNECT`, `SUBSCRIBE` qos 0 | MQTT `PUBLISH` qos 0 on one connection |
 //! | `bare` | TCP, one `S` byte | TCP, one `P` byte, then length-prefixed messages |
@@ -27,14 +27,17 @@ use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::connections::open_socket;
+use crate::tls::{Stream, TlsArgs, TlsClient};
 
 pub mod bare;
 pub mod mqtt;
 pub mod tether;
 pub mod ws;
+
+/// tether's `tls://` listener in `bench/tether.toml` (`wss://` is the next port).
+pub const TLS_PORT: u16 = 7402;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -120,6 +123,8 @@ pub struct TargetArgs {
     /// raised past 25,000 connections).
     #[arg(long, default_value_t = 0)]
     pub sources: u8,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl TargetArgs {
@@ -127,8 +132,15 @@ impl TargetArgs {
     /// how many connections the run opens (to pick the number of source addresses).
     pub fn target(&self, connections: u64) -> anyhow::Result<Target> {
         let kind = self.target;
+        let tls = self.tls.client()?;
+        if tls.is_some() && kind != Kind::Tether {
+            anyhow::bail!("--tls is for --target tether only");
+        }
         let addrs = if self.addr.is_empty() {
-            vec![kind.default_addr()]
+            vec![match tls {
+                Some(_) => SocketAddr::from(([127, 0, 0, 1], TLS_PORT)),
+                None => kind.default_addr(),
+            }]
         } else {
             self.addr.clone()
         };
@@ -156,6 +168,7 @@ impl TargetArgs {
             tether_publish: self.tether_publish,
             heartbeat_s: self.heartbeat,
             sources,
+            tls,
         })
     }
 }
@@ -174,6 +187,8 @@ pub struct Target {
     pub tether_publish: TetherPublish,
     pub heartbeat_s: u64,
     pub sources: u8,
+    /// Subscribers connect inside TLS.
+    pub tls: Option<TlsClient>,
 }
 
 impl fmt::Debug for Target {
@@ -186,6 +201,7 @@ impl fmt::Debug for Target {
             .field("app", &self.app)
             .field("tether_publish", &self.tether_publish)
             .field("sources", &self.sources)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +213,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// how to read and keep the connection alive.
 #[derive(Debug)]
 pub struct Subscriber {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     pub decoder: Decoder,
     /// How often to send `ping` (tether only: the others need no keep-alive traffic).
@@ -214,10 +230,11 @@ impl Target {
     /// completes the handshake, subscribes to the topic.
     pub async fn subscribe(&self, n: u64) -> anyhow::Result<Subscriber> {
         let addr = self.addr(n);
-        let mut stream = open_socket(addr, self.sources, n)
+        let tcp = open_socket(addr, self.sources, n)
             .await
             .context("connect")?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = Stream::open(tcp, self.tls.as_ref()).await?;
         let mut buf = BytesMut::with_capacity(4096);
         let (decoder, ping) = match self.kind {
             Kind::Tether => {

@@ -6,10 +6,10 @@
 //! byte 0, flags in the low one; then the remaining length as a base-128 varint of 1-4 bytes),
 //! a variable header, a payload. Strings are a u16 BE length and UTF-8 bytes.
 
+use crate::tls::Stream;
 use anyhow::bail;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::Item;
 
@@ -156,7 +156,7 @@ pub fn publish(out: &mut BytesMut, topic: &str, payload: &[u8]) {
 }
 
 /// Reads packets until one of `kind`; returns its variable part.
-async fn expect(stream: &mut TcpStream, buf: &mut BytesMut, kind: u8) -> anyhow::Result<Vec<u8>> {
+async fn expect(stream: &mut Stream, buf: &mut BytesMut, kind: u8) -> anyhow::Result<Vec<u8>> {
     loop {
         if let Some(fixed) = check(buf, super::MAX_MESSAGE)? {
             let packet = buf.split_to(fixed.total());
@@ -174,7 +174,7 @@ async fn expect(stream: &mut TcpStream, buf: &mut BytesMut, kind: u8) -> anyhow:
 
 /// Connects as `client_id` (keep-alive off) and subscribes to `topic` at qos 0.
 pub async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     client_id: &str,
     topic: &str,

@@ -28,6 +28,7 @@ fn target(kind: Kind, addr: SocketAddr) -> Target {
         tether_publish: TetherPublish::Topic,
         heartbeat_s: 60,
         sources: 0,
+        tls: None,
     }
 }
 

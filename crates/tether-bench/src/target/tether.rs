@@ -9,16 +9,16 @@ use tether_core::AppId;
 use tether_proto::binary::{self, HEADER_LEN, PREFIX_LEN};
 use tether_proto::{Body, Frame, Op, Subscribe};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::{Item, Target, TetherPublish};
 use crate::connections::{connect_frame, negotiated_heartbeat, read_tcp};
+use crate::tls::Stream;
 
 /// Connects user `u<n>`, subscribes to the topic (unless the run broadcasts to the app), and
 /// returns the ping to send and how often.
 pub async fn handshake(
     target: &Target,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     n: u64,
 ) -> anyhow::Result<(Duration, Bytes)> {
@@ -37,6 +37,7 @@ pub async fn handshake(
         out.extend_from_slice(&binary::encode_to_bytes(&Frame::new(2, subscribe)));
     }
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let heartbeat = negotiated_heartbeat(read_tcp(stream, buf).await?)?;
     if target.tether_publish == TetherPublish::Topic {
         loop {

@@ -6,10 +6,10 @@
 
 use std::ops::Range;
 
+use crate::tls::Stream;
 use anyhow::bail;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -32,7 +32,7 @@ pub enum WsError {
 
 /// Sends the upgrade request for `path` and reads the answer; bytes after it stay in `buf`.
 pub async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     host: &str,
     path: &str,
@@ -43,6 +43,7 @@ pub async fn handshake(
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
