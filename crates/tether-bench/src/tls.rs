@@ -40,6 +40,29 @@ pub struct TlsArgs {
     /// With --tls: the name the server's certificate must carry.
     #[arg(long, default_value = "localhost", requires = "tls")]
     pub server_name: String,
+    /// With --tls: offer only this cipher suite (the server follows the client's order, so
+    /// this is what it uses); default: rustls' order, AES-256-GCM first.
+    #[arg(long, value_enum, requires = "tls")]
+    pub tls_suite: Option<Suite>,
+}
+
+/// A TLS 1.3 cipher suite the client may insist on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Suite {
+    Aes256,
+    Aes128,
+    Chacha20,
+}
+
+impl Suite {
+    fn rustls(self) -> rustls::SupportedCipherSuite {
+        use rustls::crypto::ring::cipher_suite as cs;
+        match self {
+            Suite::Aes256 => cs::TLS13_AES_256_GCM_SHA384,
+            Suite::Aes128 => cs::TLS13_AES_128_GCM_SHA256,
+            Suite::Chacha20 => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        }
+    }
 }
 
 impl TlsArgs {
@@ -52,7 +75,7 @@ impl TlsArgs {
         let Some(path) = &self.ca_file else {
             anyhow::bail!("--tls needs --ca-file (the CA that signed the server's certificate)");
         };
-        TlsClient::new(path, &self.server_name).map(Some)
+        TlsClient::new(path, &self.server_name, self.tls_suite).map(Some)
     }
 }
 
@@ -62,6 +85,7 @@ impl TlsArgs {
 pub struct TlsClient {
     ca_pem: String,
     server_name: String,
+    suite: Option<Suite>,
     #[serde(skip)]
     connector: OnceLock<TlsConnector>,
 }
@@ -70,18 +94,21 @@ impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient")
             .field("server_name", &self.server_name)
+            .field("suite", &self.suite)
             .finish_non_exhaustive()
     }
 }
 
 impl TlsClient {
-    /// A client trusting the certificates of the PEM file at `ca`, expecting `server_name`.
-    pub fn new(ca: &Path, server_name: &str) -> anyhow::Result<TlsClient> {
+    /// A client trusting the certificates of the PEM file at `ca`, expecting `server_name`,
+    /// offering only `suite` if there is one.
+    pub fn new(ca: &Path, server_name: &str, suite: Option<Suite>) -> anyhow::Result<TlsClient> {
         let ca_pem = std::fs::read_to_string(ca)
             .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
         let client = TlsClient {
             ca_pem,
             server_name: server_name.to_owned(),
+            suite,
             connector: OnceLock::new(),
         };
         // Checked now: certificates that parse, a name that is one.
@@ -93,7 +120,7 @@ impl TlsClient {
         if let Some(connector) = self.connector.get() {
             return Ok(connector);
         }
-        let config = client_config(&self.ca_pem)?;
+        let config = client_config(&self.ca_pem, self.suite)?;
         Ok(self
             .connector
             .get_or_init(|| TlsConnector::from(Arc::new(config))))
@@ -111,7 +138,7 @@ impl TlsClient {
 }
 
 /// TLS 1.3 only, the CA's certificates as the only roots, no resumption.
-fn client_config(ca_pem: &str) -> anyhow::Result<ClientConfig> {
+fn client_config(ca_pem: &str, suite: Option<Suite>) -> anyhow::Result<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
@@ -119,8 +146,11 @@ fn client_config(ca_pem: &str) -> anyhow::Result<ClientConfig> {
             .context("a certificate of the CA file")?;
     }
     anyhow::ensure!(!roots.is_empty(), "the CA file holds no certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suite) = suite {
+        provider.cipher_suites = vec![suite.rustls()];
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -239,6 +269,11 @@ mod tests {
         let plain = parse(&[]).unwrap().target(10).unwrap();
         assert_eq!(plain.addrs, [Kind::Tether.default_addr()]);
         assert!(plain.tls.is_none());
+        let target = parse(&["--tls", "--ca-file", ca, "--tls-suite", "aes128"])
+            .unwrap()
+            .target(10)
+            .unwrap();
+        assert_eq!(target.tls.unwrap().suite, Some(Suite::Aes128));
     }
 
     #[test]
@@ -248,8 +283,9 @@ mod tests {
         // No CA to trust.
         let err = parse(&["--tls"]).unwrap().target(10).unwrap_err();
         assert!(err.to_string().contains("--ca-file"), "{err}");
-        // A CA file without --tls, or a missing one.
+        // A CA file or a suite without --tls, or a missing CA file.
         assert!(parse(&["--ca-file", ca]).is_err());
+        assert!(parse(&["--tls-suite", "chacha20"]).is_err());
         let err = parse(&["--tls", "--ca-file", "/nonexistent/ca.pem"])
             .unwrap()
             .target(10)
@@ -308,10 +344,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tls_stream_carries_bytes_both_ways_with_tls_1_3() {
+    async fn a_tls_stream_carries_bytes_both_ways_with_tls_1_3_and_the_suite_asked_for() {
         let (_dir, files) = cert_dir();
         let addr = echo_server(&files).await;
-        let client = TlsClient::new(&files.ca, "localhost").unwrap();
+        let suite = Some(Suite::Chacha20);
+        let client = TlsClient::new(&files.ca, "localhost", suite).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut stream = timeout(WAIT, Stream::open(tcp, Some(&client)))
             .await
@@ -320,8 +357,13 @@ mod tests {
         let Stream::Tls(tls) = &stream else {
             panic!("a plain stream with a TLS client");
         };
-        let version = tls.get_ref().1.protocol_version();
-        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+        let session = tls.get_ref().1;
+        assert_eq!(
+            session.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let negotiated = session.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(negotiated, Some(Suite::Chacha20.rustls().suite()));
         stream.write_all(b"ping").await.unwrap();
         stream.flush().await.unwrap();
         let mut back = [0; 4];
@@ -337,7 +379,7 @@ mod tests {
         let (_dir, files) = cert_dir();
         let (_other_dir, other) = cert_dir();
         let addr = echo_server(&files).await;
-        let client = TlsClient::new(&other.ca, "localhost").unwrap();
+        let client = TlsClient::new(&other.ca, "localhost", None).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         let err = timeout(WAIT, Stream::open(tcp, Some(&client)))
             .await
@@ -345,7 +387,7 @@ mod tests {
             .unwrap_err();
         assert!(format!("{err:#}").contains("certificate"), "{err:#}");
         // The right CA but a name the certificate does not carry.
-        let client = TlsClient::new(&files.ca, "example.com").unwrap();
+        let client = TlsClient::new(&files.ca, "example.com", None).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         let err = timeout(WAIT, Stream::open(tcp, Some(&client)))
             .await
