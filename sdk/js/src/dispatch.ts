@@ -1,0 +1,136 @@
+/**
+ * Asking a dispatcher (`GET /v1/dispatch`, docs/protocol.md section 11) which WebSocket
+ * endpoints to try, and remembering which failed since the last connection so that the
+ * answer leaves them out. Uses the global `fetch` (browsers, Node 18+) or one passed in.
+ */
+
+import { TetherError } from "./errors.js";
+
+/** Most failed endpoints reported at once (the oldest are forgotten first). */
+const MAX_FAILED = 16;
+/** Most endpoints taken from one answer. */
+const MAX_ENDPOINTS = 64;
+
+/** The reconnect delays a dispatcher asks for. */
+export interface BackoffHint {
+  initialMs: number;
+  maxMs: number;
+  jitter: number;
+}
+
+export interface DispatchAnswer {
+  /** WebSocket URLs to try, in order. */
+  endpoints: string[];
+  backoff: BackoffHint | undefined;
+}
+
+export type FetchLike = (url: string, init: { headers: Record<string, string>; signal?: AbortSignal }) => Promise<{
+  status: number;
+  text(): Promise<string>;
+}>;
+
+export class Dispatcher {
+  private failedUrls: string[] = [];
+  private lastEndpoints: string[] = [];
+
+  constructor(
+    private readonly url: string,
+    private readonly app: string,
+    private token: string,
+    private readonly zone: string | undefined,
+    private readonly fetchImpl: FetchLike,
+    private readonly timeoutMs: number,
+  ) {}
+
+  setToken(token: string): void {
+    this.token = token;
+  }
+
+  /** An endpoint could not be used (refused, timed out, closed with a 41xx code). */
+  failed(url: string): void {
+    this.failedUrls = this.failedUrls.filter((u) => u !== url);
+    if (this.failedUrls.length === MAX_FAILED) this.failedUrls.shift();
+    this.failedUrls.push(url);
+  }
+
+  /** A connection came up: nothing failed since. */
+  connected(): void {
+    this.failedUrls = [];
+  }
+
+  /** What to try when the dispatcher cannot be asked: the endpoints it gave last. */
+  fallback(): string[] {
+    return [...this.lastEndpoints];
+  }
+
+  /**
+   * Asks for endpoints. Rejects with a `dispatch` {@link TetherError}: `status` undefined when
+   * the dispatcher could not be reached, else its HTTP status and error code (`no_endpoints`:
+   * no node can take the client now; `bad_token`, `token_expired`, `unknown_app`: retrying
+   * cannot help).
+   */
+  async ask(): Promise<DispatchAnswer> {
+    const query = new URLSearchParams({ app: this.app, transport: "ws" });
+    if (this.failedUrls.length > 0) query.set("failed", this.failedUrls.join(","));
+    if (this.zone) query.set("zone", this.zone);
+    const sep = this.url.includes("?") ? "&" : "?";
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.timeoutMs);
+    let status: number;
+    let text: string;
+    try {
+      const res = await this.fetchImpl(`${this.url}${sep}${query}`, {
+        headers: { authorization: `Bearer ${this.token}` },
+        signal: controller.signal,
+      });
+      status = res.status;
+      text = await res.text();
+    } catch (e) {
+      throw new TetherError("dispatch", `dispatcher unreachable: ${errorText(e)}`, undefined, true);
+    } finally {
+      clearTimeout(timer);
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = undefined;
+    }
+    if (status !== 200) {
+      const err = body as { code?: unknown; error?: unknown } | undefined;
+      const code = typeof err?.code === "string" ? err.code : "";
+      const message = typeof err?.error === "string" ? err.error : `HTTP ${status}`;
+      // A 4xx is about this client (its token, its app): asking again cannot help.
+      const retryable = !(status >= 400 && status < 500) || status === 408 || status === 429;
+      throw new TetherError("dispatch", `dispatcher answered ${status} ${code}: ${message}`, undefined, retryable, 0, status, code);
+    }
+    const answer = parseAnswer(body);
+    if (answer.endpoints.length > 0) this.lastEndpoints = answer.endpoints;
+    return answer;
+  }
+}
+
+function parseAnswer(body: unknown): DispatchAnswer {
+  const raw = body as { endpoints?: unknown; reconnect?: unknown } | undefined;
+  if (!raw || !Array.isArray(raw.endpoints)) {
+    throw new TetherError("dispatch", "the dispatcher's answer has no endpoint list", undefined, true, 0, 200, "");
+  }
+  const endpoints = raw.endpoints
+    .map((e) => (e as { url?: unknown } | null)?.url)
+    .filter((u): u is string => typeof u === "string" && /^wss?:\/\//.test(u))
+    .slice(0, MAX_ENDPOINTS);
+  const r = raw.reconnect as { initial_ms?: unknown; max_ms?: unknown; jitter?: unknown } | undefined;
+  const backoff =
+    r && typeof r.initial_ms === "number" && typeof r.max_ms === "number" && typeof r.jitter === "number"
+      ? { initialMs: r.initial_ms, maxMs: r.max_ms, jitter: r.jitter }
+      : undefined;
+  return { endpoints, backoff };
+}
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) {
+    const cause = (e as { cause?: unknown }).cause;
+    return cause instanceof Error ? `${e.message}: ${cause.message}` : e.message;
+  }
+  return String(e);
+}

@@ -1,0 +1,294 @@
+/**
+ * A real `tether serve` for the tests: a config written to a temporary directory, listeners
+ * on port 0 (the addresses are read from the node's "tether node started" log line), and
+ * helpers for the HTTP API and tokens. Every wait is bounded.
+ *
+ * The binary is `$TETHER_BIN`, else `../../target/debug/tether`. Missing, the tests fail under
+ * `CI=true` and are skipped (with a message) otherwise.
+ */
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { TestContext } from "node:test";
+import WebSocket from "ws";
+
+import { TetherClient, type ClientEvents, type ClientOptions, type WebSocketConstructor } from "../src/index.js";
+
+export const APP = "demo";
+export const SECRET = "demo-secret-0123456789";
+export const API_KEY = "demo-api-key-0123456789";
+export const OTHER_APP = "other";
+export const OTHER_SECRET = "other-secret-0123456789";
+export const OTHER_API_KEY = "other-api-key-0123456789";
+
+/** Upper bound of a single wait in the tests. */
+export const WAIT_MS = 5000;
+
+const BIN = process.env.TETHER_BIN ?? resolve(process.cwd(), "../../target/debug/tether");
+
+/**
+ * Whether the tether binary is there. Under CI=true a missing binary fails the test; locally
+ * the test is skipped with a message saying how to build it.
+ */
+export function haveServer(t: TestContext): boolean {
+  if (existsSync(BIN)) return true;
+  const message = `tether binary not found at ${BIN}: build it with \`cargo build -p tether\` or set TETHER_BIN`;
+  if (process.env.CI === "true") throw new Error(message);
+  t.skip(message);
+  return false;
+}
+
+export interface ServerOptions {
+  /** Extra TOML appended to the [gateway] section. */
+  gateway?: string;
+  /** Extra TOML appended to the [node] section. */
+  node?: string;
+  /** Extra keys of the demo app (e.g. `webhook = "..."`). */
+  demoApp?: string;
+  /** Extra top-level sections. */
+  extra?: string;
+  /** Fixed listener addresses (default: port 0). */
+  ws?: string;
+  http?: string;
+}
+
+export class Server {
+  wsUrl = "";
+  httpUrl = "";
+  private child: ChildProcess | undefined;
+  private readonly dir: string;
+  private log: string[] = [];
+
+  private constructor(private options: ServerOptions) {
+    this.dir = mkdtempSync(join(tmpdir(), "tether-js-test-"));
+  }
+
+  /** Starts a node; `stop()` it in a `finally` or `t.after`. */
+  static async start(options: ServerOptions = {}): Promise<Server> {
+    const server = new Server(options);
+    await server.launch();
+    return server;
+  }
+
+  /** Stops the node (SIGTERM: a graceful shutdown, clients get 4100) and starts it again on the same ports and data. */
+  async restart(): Promise<void> {
+    await this.stopProcess();
+    this.options = { ...this.options, ws: hostPort(this.wsUrl), http: hostPort(this.httpUrl) };
+    await this.launch();
+  }
+
+  /** Pauses (SIGSTOP) or resumes (SIGCONT) the node: a silent server for heartbeat tests. */
+  pause(paused: boolean): void {
+    this.child?.kill(paused ? "SIGSTOP" : "SIGCONT");
+  }
+
+  async stop(): Promise<void> {
+    this.child?.kill("SIGCONT");
+    await this.stopProcess();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private async stopProcess(): Promise<void> {
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise<void>((res) => child.once("exit", () => res()));
+    child.kill("SIGTERM");
+    const timer = setTimeout(() => child.kill("SIGKILL"), WAIT_MS);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  private config(): string {
+    const o = this.options;
+    return `
+[node]
+id = "js-test"
+data_dir = ${JSON.stringify(join(this.dir, "data"))}
+${o.node ?? ""}
+
+[listen]
+tcp = "127.0.0.1:0"
+ws = ${JSON.stringify(o.ws ?? "127.0.0.1:0")}
+http = ${JSON.stringify(o.http ?? "127.0.0.1:0")}
+
+[gateway]
+heartbeat_min = "100ms"
+shutdown_spread = "100ms"
+shutdown_grace = "2s"
+${o.gateway ?? ""}
+
+[store]
+durability = "sync"
+
+${o.extra ?? ""}
+
+[[apps]]
+id = "${APP}"
+secret = "${SECRET}"
+api_key = "${API_KEY}"
+${o.demoApp ?? ""}
+
+[[apps.topics]]
+pattern = "*"
+allow = "open"
+
+[[apps]]
+id = "${OTHER_APP}"
+secret = "${OTHER_SECRET}"
+api_key = "${OTHER_API_KEY}"
+`;
+  }
+
+  private launch(): Promise<void> {
+    const path = join(this.dir, "tether.toml");
+    writeFileSync(path, this.config());
+    this.log = [];
+    const child = spawn(BIN, ["serve", "--config", path, "--log-format", "json"], {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, TETHER_LOG: "info" },
+    });
+    this.child = child;
+    return new Promise((resolvePromise, reject) => {
+      let buffered = "";
+      const timer = setTimeout(() => {
+        reject(new Error(`tether did not start within ${WAIT_MS} ms; its log:\n${this.log.join("\n")}`));
+        child.kill("SIGKILL");
+      }, WAIT_MS);
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`tether exited with ${code} before starting; its log:\n${this.log.join("\n")}`));
+      });
+      child.stderr!.setEncoding("utf8");
+      child.stderr!.on("data", (chunk: string) => {
+        buffered += chunk;
+        let nl: number;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          if (this.log.length < 200) this.log.push(line);
+          if (!line.includes('"tether node started"')) continue;
+          const ws = /"ws":"Some\(([^)]+)\)"/.exec(line)?.[1];
+          const http = /"http":"([^"]+)"/.exec(line)?.[1];
+          if (!ws || !http) {
+            reject(new Error(`no addresses in the start line: ${line}`));
+            return;
+          }
+          this.wsUrl = `ws://${ws}/ws`;
+          this.httpUrl = `http://${http}`;
+          clearTimeout(timer);
+          resolvePromise();
+        }
+      });
+    });
+  }
+
+  /** A request to the HTTP API with the app's key; the JSON answer. */
+  async api(method: string, path: string, body?: unknown, key = API_KEY): Promise<{ status: number; json: any }> {
+    const res = await fetch(`${this.httpUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(WAIT_MS),
+    });
+    const text = await res.text();
+    return { status: res.status, json: text ? JSON.parse(text) : undefined };
+  }
+
+  /** Pushes to users of an app; fails the test on anything but 200. */
+  async push(users: string[], payload: unknown, qos: 0 | 1, app = APP, key = API_KEY): Promise<any> {
+    const body = payload instanceof Uint8Array ? { users, qos, payload_base64: Buffer.from(payload).toString("base64") } : { users, qos, payload };
+    const res = await this.api("POST", `/v1/apps/${app}/push`, body, key);
+    if (res.status !== 200) throw new Error(`push answered ${res.status}: ${JSON.stringify(res.json)}`);
+    return res.json;
+  }
+
+  async publish(topic: string, payload: unknown, qos: 0 | 1): Promise<any> {
+    const res = await this.api("POST", `/v1/apps/${APP}/topics/${topic}/publish`, { payload, qos });
+    if (res.status !== 200) throw new Error(`publish answered ${res.status}: ${JSON.stringify(res.json)}`);
+    return res.json;
+  }
+}
+
+function hostPort(url: string): string {
+  return new URL(url).host;
+}
+
+/** An HS256 token for `user`, valid for `ttlS` seconds (negative: expired). */
+export function token(user: string, options: { ttlS?: number; app?: string; secret?: string; claims?: object } = {}): string {
+  const now = Math.floor(Date.now() / 1000);
+  const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const claims = { sub: user, iat: now, exp: now + (options.ttlS ?? 600), app: options.app ?? APP, ...options.claims };
+  const payload = b64url(JSON.stringify(claims));
+  const sig = createHmac("sha256", options.secret ?? SECRET).update(`${header}.${payload}`).digest("base64url");
+  return `${header}.${payload}.${sig}`;
+}
+
+function b64url(text: string): string {
+  return Buffer.from(text).toString("base64url");
+}
+
+/** Client options for `user` of the demo app on `server`, with the `ws` package. */
+export function options(server: Server, user: string, extra: Partial<ClientOptions> = {}): ClientOptions {
+  return {
+    url: server.wsUrl,
+    bindings: [{ app: APP, token: token(user) }],
+    WebSocket: WebSocket as unknown as WebSocketConstructor,
+    connectTimeoutMs: 3000,
+    reconnect: { initialMs: 50, maxMs: 500 },
+    ...extra,
+  };
+}
+
+/** Collects a client's events of one type, and waits (bounded) for some to arrive. */
+export class Collector<K extends keyof ClientEvents> {
+  readonly seen: ClientEvents[K][] = [];
+  private waiters: (() => void)[] = [];
+
+  constructor(client: TetherClient, type: K) {
+    client.on(type, (e) => {
+      this.seen.push(e);
+      for (const w of this.waiters) w();
+    });
+  }
+
+  /** Waits until `predicate` holds for the events seen so far; fails after `timeoutMs`. */
+  until(predicate: (seen: ClientEvents[K][]) => boolean, what: string, timeoutMs = WAIT_MS): Promise<void> {
+    if (predicate(this.seen)) return Promise.resolve();
+    return new Promise((res, rej) => {
+      const check = () => {
+        if (!predicate(this.seen)) return;
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== check);
+        res();
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== check);
+        rej(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; seen: ${JSON.stringify(this.seen).slice(0, 2000)}`));
+      }, timeoutMs);
+      this.waiters.push(check);
+    });
+  }
+
+  /** Waits for at least `n` events. */
+  count(n: number, what: string, timeoutMs = WAIT_MS): Promise<void> {
+    return this.until((s) => s.length >= n, `${n} ${what}`, timeoutMs);
+  }
+}
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Fails when `promise` takes longer than `ms`. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  const limit = new Promise<never>((_, rej) => {
+    timer = setTimeout(() => rej(new Error(`${what}: no result within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
