@@ -292,3 +292,15 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
   });
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
+
+/** A `ws` WebSocket class that records every frame the client sends, parsed. */
+export function recordingWebSocket(): { WebSocket: WebSocketConstructor; sent: Record<string, any>[] } {
+  const sent: Record<string, any>[] = [];
+  class Recording extends WebSocket {
+    override send(data: any, ...rest: any[]): void {
+      sent.push(JSON.parse(String(data)));
+      (super.send as (...args: any[]) => void)(data, ...rest);
+    }
+  }
+  return { WebSocket: Recording as unknown as WebSocketConstructor, sent };
+}
