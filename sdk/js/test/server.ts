@@ -44,6 +44,8 @@ export function haveServer(t: TestContext): boolean {
 export interface ServerOptions {
   /** Extra TOML appended to the [gateway] section. */
   gateway?: string;
+  /** Extra TOML appended to the [store] section. */
+  store?: string;
   /** Extra TOML appended to the [node] section. */
   node?: string;
   /** Extra keys of the demo app (e.g. `webhook = "..."`). */
@@ -123,6 +125,7 @@ ${o.gateway ?? ""}
 
 [store]
 durability = "sync"
+${o.store ?? ""}
 
 ${o.extra ?? ""}
 
@@ -293,10 +296,18 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
-/** A `ws` WebSocket class that records every frame the client sends, parsed. */
-export function recordingWebSocket(): { WebSocket: WebSocketConstructor; sent: Record<string, any>[] } {
+/**
+ * A `ws` WebSocket class that records every frame the client sends, parsed. While
+ * `gate.open` is false its connections go to a closed port: that keeps a client away from
+ * the node while a test changes what the node holds.
+ */
+export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocketConstructor; sent: Record<string, any>[] } {
   const sent: Record<string, any>[] = [];
   class Recording extends WebSocket {
+    constructor(url: string) {
+      super(gate.open ? url : "ws://127.0.0.1:1/ws");
+    }
+
     override send(data: any, ...rest: any[]): void {
       sent.push(JSON.parse(String(data)));
       (super.send as (...args: any[]) => void)(data, ...rest);
