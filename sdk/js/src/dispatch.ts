@@ -100,6 +100,8 @@ export class Dispatcher {
       const err = body as { code?: unknown; error?: unknown } | undefined;
       const code = typeof err?.code === "string" ? err.code : "";
       const message = typeof err?.error === "string" ? err.error : `HTTP ${status}`;
+      // No node can take the client now: the failed ones may be back by the next question.
+      if (code === "no_endpoints") this.failedUrls = [];
       // A 4xx is about this client (its token, its app): asking again cannot help.
       const retryable = !(status >= 400 && status < 500) || status === 408 || status === 429;
       throw new TetherError("dispatch", `dispatcher answered ${status} ${code}: ${message}`, undefined, retryable, 0, status, code);

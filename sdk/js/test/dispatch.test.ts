@@ -1,0 +1,99 @@
+/** The dispatcher: endpoints from `GET /v1/dispatch`, failover to the next one, its fallback. */
+
+import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import { test } from "node:test";
+
+import { TetherClient, TetherError, type FetchLike } from "../src/index.js";
+import { Collector, haveServer, options, recordingWebSocket, Server, token, WAIT_MS, within } from "./server.js";
+
+/** A port nothing listens on once this returns (bound, read, closed). */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  return port;
+}
+
+/** The global fetch, recording URLs, failing while `down.value` is true. */
+function recordingFetch(down = { value: false }): { fetch: FetchLike; urls: string[] } {
+  const urls: string[] = [];
+  const f: FetchLike = async (url, init) => {
+    urls.push(url);
+    if (down.value) throw new TypeError("fetch failed");
+    return fetch(url, init);
+  };
+  return { fetch: f, urls };
+}
+
+test("a client with only a dispatcher connects where it says, skipping an endpoint that fails", async (t) => {
+  if (!haveServer(t)) return;
+  const wsPort = await freePort();
+  const deadPort = await freePort();
+  const dead = `ws://127.0.0.1:${deadPort}/ws`;
+  const live = `ws://127.0.0.1:${wsPort}/ws`;
+  const server = await Server.start({ ws: `127.0.0.1:${wsPort}`, node: `advertise_ws = ["${dead}", "${live}"]\nzone = "eu"` });
+  t.after(() => server.stop());
+  const fetcher = recordingFetch();
+  const gate = { open: true };
+  const wire = recordingWebSocket(gate);
+  const client = await within(
+    TetherClient.connect(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, zone: "eu", fetch: fetcher.fetch, WebSocket: wire.WebSocket })),
+    WAIT_MS,
+    "connect",
+  );
+  t.after(() => client.close());
+  assert.equal(client.url, live, "the dead endpoint was tried, then the next");
+  const first = new URL(fetcher.urls[0]!);
+  assert.equal(first.searchParams.get("app"), "demo");
+  assert.equal(first.searchParams.get("transport"), "ws");
+  assert.equal(first.searchParams.get("zone"), "eu");
+  assert.equal(first.searchParams.get("failed"), null);
+
+  // A round where every endpoint fails reports them; the dispatcher then has none to offer
+  // (no_endpoints), the client forgets them and asks again until the node is back.
+  const disconnects = new Collector(client, "disconnected");
+  const connects = new Collector(client, "connected");
+  gate.open = false;
+  await server.restart();
+  await disconnects.until((s) => s.some((d) => d.error.dispatchCode === "no_endpoints"), "a no_endpoints answer", 3 * WAIT_MS);
+  const reported = fetcher.urls.map((u) => new URL(u).searchParams.get("failed")).filter((f) => f !== null);
+  assert.ok(reported.some((f) => f!.split(",").includes(live) && f!.split(",").includes(dead)), `failed= reported: ${JSON.stringify(reported)}`);
+  assert.ok(disconnects.seen.every((d) => d.reconnecting), "no_endpoints is retried");
+  gate.open = true;
+  await connects.count(1, "a reconnect", 3 * WAIT_MS);
+  assert.equal(client.url, live);
+});
+
+test("when the dispatcher is down, the client reconnects to the endpoints it gave last", async (t) => {
+  if (!haveServer(t)) return;
+  const wsPort = await freePort();
+  const server = await Server.start({ ws: `127.0.0.1:${wsPort}` });
+  t.after(() => server.stop());
+  const down = { value: false };
+  const fetcher = recordingFetch(down);
+  const client = await within(
+    TetherClient.connect(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, fetch: fetcher.fetch })),
+    WAIT_MS,
+    "connect",
+  );
+  t.after(() => client.close());
+  const connects = new Collector(client, "connected");
+  down.value = true;
+  await server.restart();
+  await connects.count(1, "a reconnect without the dispatcher", 3 * WAIT_MS);
+  assert.equal(client.url, `ws://127.0.0.1:${wsPort}/ws`);
+  assert.ok(fetcher.urls.length >= 2, "the dispatcher was asked again first");
+});
+
+test("a dispatcher's 401 fails connect without a retry", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const opts = options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch` });
+  opts.bindings[0]!.token = token("alice", { secret: "not-the-secret-0123456789" });
+  await assert.rejects(within(TetherClient.connect(opts), WAIT_MS, "connect"), (e: TetherError) => {
+    return e.kind === "dispatch" && e.status === 401 && e.willReconnect === false && /401/.test(e.message);
+  });
+});
