@@ -138,6 +138,8 @@ export class TetherClient extends Emitter<ClientEvents> {
   /** The URL of the connection up (or last up). */
   private currentUrl: string | undefined;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Subscribes refused as busy (4301), waiting to be sent again. */
+  private readonly subscribeRetries = new Set<ReturnType<typeof setTimeout>>();
   private ackScheduled = false;
   private startedAt = 0;
 
@@ -284,6 +286,8 @@ export class TetherClient extends Emitter<ClientEvents> {
     if (this.closed) return;
     this.flushAcks();
     clearTimeout(this.reconnectTimer);
+    for (const timer of this.subscribeRetries) clearTimeout(timer);
+    this.subscribeRetries.clear();
     this.conn?.close();
     this.conn = undefined;
     this.tokens.stop();
@@ -627,10 +631,12 @@ export class TetherClient extends Emitter<ClientEvents> {
 
   private retrySubscribe(req: SubscribeRequest): void {
     const delay = this.backoff.ceiling() * (0.5 + Math.random() / 2);
-    setTimeout(() => {
+    const timer = setTimeout(() => {
+      this.subscribeRetries.delete(timer);
       const again = this.topics.retry(req);
       if (again) this.sendSubscribe(again);
     }, delay);
+    this.subscribeRetries.add(timer);
   }
 
   private flushAcks(): void {
