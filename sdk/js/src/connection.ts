@@ -33,6 +33,9 @@ export interface End {
 /** The shortest heartbeat interval accepted from a server (a guard against a ping flood). */
 const MIN_HEARTBEAT_MS = 10;
 
+/** The interval used when neither side named one (the server's default, section 6). */
+const DEFAULT_HEARTBEAT_MS = 25_000;
+
 const OPEN = 1;
 
 export interface ConnectRequest {
@@ -130,7 +133,7 @@ export class Connection {
           case "connected":
             settled = true;
             clearTimeout(timer);
-            conn.start(frame.body.heartbeatMs || connect.heartbeatMs);
+            conn.start(frame.body.heartbeatMs || connect.heartbeatMs || DEFAULT_HEARTBEAT_MS);
             resolve({ conn, connected: frame.body });
             return;
           case "disconnect":

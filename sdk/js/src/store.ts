@@ -38,11 +38,15 @@ export interface StorageLike {
  * the server then resumes from the device's last ack it holds.
  */
 export class LocalStorageStore implements SeqStore {
+  private readonly storage: StorageLike;
+
   constructor(
-    private readonly storage: StorageLike = (globalThis as { localStorage?: StorageLike }).localStorage as StorageLike,
+    storage?: StorageLike,
     private readonly prefix = "tether:",
   ) {
-    if (!storage) throw new TypeError("LocalStorageStore: no localStorage in this environment");
+    const found = storage ?? defaultStorage();
+    if (!found) throw new TypeError("LocalStorageStore: no localStorage in this environment");
+    this.storage = found;
   }
 
   get(key: string): string | null {
@@ -59,6 +63,15 @@ export class LocalStorageStore implements SeqStore {
     } catch {
       // Quota or disabled storage: the server's own record of the device's ack remains.
     }
+  }
+}
+
+/** `globalThis.localStorage`, whose mere access throws where storage is blocked (some browsers). */
+function defaultStorage(): StorageLike | undefined {
+  try {
+    return (globalThis as { localStorage?: StorageLike }).localStorage;
+  } catch {
+    return undefined;
   }
 }
 

@@ -109,12 +109,12 @@ test("heartbeats keep a quiet connection up, and a silent server is detected wit
   if (!haveServer(t)) return;
   const server = await Server.start();
   t.after(() => server.stop());
-  const client = await within(TetherClient.connect(options(server, "alice", { heartbeatMs: 200, connectTimeoutMs: 1000 })), WAIT_MS, "connect");
+  const client = await within(TetherClient.connect(options(server, "alice", { heartbeatMs: 300, connectTimeoutMs: 1000 })), WAIT_MS, "connect");
   t.after(() => client.close());
   const disconnects = new Collector(client, "disconnected");
   const connects = new Collector(client, "connected");
 
-  // The server drops a client silent for 3 intervals (600 ms): pings must keep this one.
+  // The server drops a client silent for 3 intervals (900 ms): pings must keep this one.
   await new Promise((r) => setTimeout(r, 1500));
   assert.equal(disconnects.seen.length, 0, `a pinging client stays connected: ${JSON.stringify(disconnects.seen)}`);
 
@@ -123,9 +123,9 @@ test("heartbeats keep a quiet connection up, and a silent server is detected wit
   await disconnects.count(1, "a heartbeat timeout");
   const detectedAfter = Date.now() - paused;
   server.pause(false);
-  assert.match(disconnects.seen[0]!.reason, /no frame from the server within 400 ms of a ping/);
+  assert.match(disconnects.seen[0]!.reason, /no frame from the server within 600 ms of a ping/);
   assert.equal(disconnects.seen[0]!.code, undefined);
-  assert.ok(detectedAfter < 1500, `detected after ${detectedAfter} ms`);
+  assert.ok(detectedAfter < 2000, `detected after ${detectedAfter} ms`);
   await connects.count(1, "a reconnect", 2 * WAIT_MS);
   assert.equal(client.state, "connected");
 });
