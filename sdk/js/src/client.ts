@@ -6,12 +6,12 @@
  * # States
  *
  * ```text
- *   connect() ── handshake ──> connected ──(lost: close, silence, disconnect 40xx/41xx)──> reconnecting
- *       │ error                   ▲                                                       │
- *       v                         └──────────── handshake ok <──── backoff elapsed ───────┘
- *   rejected promise, "closed"                                   │ 42xx, or reconnect off
- *                                                                v
- *                      close() from any state ──────────────> closed
+ *   idle ── connect() ──> connecting ── handshake ──> connected ──(lost: close, silence,
+ *                             │ error                  ▲    │      disconnect 40xx/41xx)
+ *                             v                        │    v
+ *                   rejected promise, closed     handshake ok    reconnecting ──(backoff)──┐
+ *                                                      └───────────────────────────────────┘
+ *   42xx (4205 without getToken), reconnect off, or close() from any state ──> closed
  * ```
  */
 
@@ -65,7 +65,7 @@ export interface ClientOptions {
 }
 
 /** Where the client stands. */
-export type ConnectionState = "connecting" | "connected" | "reconnecting" | "closed";
+export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "closed";
 
 /** What an upstream's webhook answered: its HTTP status and body. */
 export interface UpstreamReply {
@@ -112,7 +112,7 @@ const DEFAULT_UPSTREAM_TIMEOUT_MS = 15_000;
 const DEFAULT_SYNC_TIMEOUT_MS = 15_000;
 
 export class TetherClient extends Emitter<ClientEvents> {
-  private stateValue: ConnectionState = "connecting";
+  private stateValue: ConnectionState = "idle";
   private conn: Connection | undefined;
   private readonly WS: WebSocketConstructor;
   private readonly store: SeqStore;
@@ -143,7 +143,11 @@ export class TetherClient extends Emitter<ClientEvents> {
   private ackScheduled = false;
   private startedAt = 0;
 
-  private constructor(private readonly options: ClientOptions) {
+  /**
+   * A client, not connected yet: add listeners, then {@link TetherClient.connect}. Throws a
+   * `config` {@link TetherError} for options it cannot work with.
+   */
+  constructor(private readonly options: ClientOptions) {
     super();
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) {
@@ -166,11 +170,14 @@ export class TetherClient extends Emitter<ClientEvents> {
   /**
    * Connects: resolves after the first handshake, or rejects with its {@link TetherError}
    * (there is no retry before a first success). Afterwards the client reconnects by itself.
+   *
+   * Add listeners before: pushes of a backlog arrive right behind `connected`, and are
+   * emitted before this promise's callbacks run.
    */
-  static async connect(options: ClientOptions): Promise<TetherClient> {
-    const client = new TetherClient(options);
-    await client.start();
-    return client;
+  async connect(): Promise<void> {
+    if (this.stateValue !== "idle") throw new TetherError("config", "connect() was called already");
+    this.setState("connecting");
+    await this.start();
   }
 
   /** Where the client stands. */
@@ -407,8 +414,6 @@ export class TetherClient extends Emitter<ClientEvents> {
     this.startedAt = Date.now();
     this.sentRequests = new Set();
     for (const b of connected.bindings) this.users.set(b.app, b.user);
-    conn.onFrame = (frame) => this.handle(frame);
-    conn.onEnd = (end) => this.lost(end);
     this.setState("connected");
     this.emit("connected", { ...connected, url: conn.url });
     if (this.conn !== conn) return; // A listener closed the client.
@@ -420,6 +425,12 @@ export class TetherClient extends Emitter<ClientEvents> {
     for (const item of outbox) {
       if (this.requests.has(item.id)) this.sendRequest(item.id, item.op, item.fields);
     }
+    // Frames that came with `connected` are handled after it, and after what was waiting
+    // to be sent (their answers cannot have come yet).
+    conn.attach(
+      (frame) => this.handle(frame),
+      (end) => this.lost(end),
+    );
   }
 
   private lost(end: End): void {

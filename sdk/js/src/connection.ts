@@ -46,10 +46,13 @@ export interface ConnectRequest {
 }
 
 export class Connection {
-  /** Called for each frame after the handshake. */
-  onFrame: (frame: ServerFrame) => void = () => {};
-  /** Called once, when the connection ends. */
-  onEnd: (end: End) => void = () => {};
+  /**
+   * Where frames and the end go once {@link Connection.attach} named them. Until then they
+   * wait: frames that arrive in the same read as `connected` (a backlog) are emitted by the
+   * socket before the promise of {@link Connection.open} is seen to resolve.
+   */
+  private handlers: { frame(frame: ServerFrame): void; end(end: End): void } | undefined;
+  private early: ({ frame: ServerFrame } | { end: End })[] = [];
 
   private ended = false;
   private lastSent = Date.now();
@@ -153,6 +156,17 @@ export class Connection {
     });
   }
 
+  /** Names where frames and the end go, and hands over those that came before. */
+  attach(frame: (frame: ServerFrame) => void, end: (end: End) => void): void {
+    this.handlers = { frame, end };
+    const early = this.early;
+    this.early = [];
+    for (const item of early) {
+      if ("frame" in item) frame(item.frame);
+      else end(item.end);
+    }
+  }
+
   /** Sends one frame; a socket no longer open drops it (the end is on its way). */
   send(op: string, id: number, fields: Record<string, unknown>): void {
     if (this.ended || this.ws.readyState !== OPEN) return;
@@ -222,7 +236,8 @@ export class Connection {
         this.fail(`protocol violation by the server: a second "connected"`);
         return;
     }
-    this.onFrame(frame);
+    if (this.handlers) this.handlers.frame(frame);
+    else this.early.push({ frame });
   }
 
   /** Sends a ping when nothing was sent for an interval; ends the connection after a silence. */
@@ -258,7 +273,8 @@ export class Connection {
     if (this.ended) return;
     this.ended = true;
     this.detach();
-    this.onEnd(end);
+    if (this.handlers) this.handlers.end(end);
+    else this.early.push({ end });
   }
 
   private detach(): void {

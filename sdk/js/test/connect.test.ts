@@ -9,8 +9,9 @@ test("a client connects, receives qos 0 and qos 1 pushes as typed events, and it
   if (!haveServer(t)) return;
   const server = await Server.start();
   t.after(() => server.stop());
-  const client = await within(TetherClient.connect(options(server, "alice", { device: "dev-1" })), WAIT_MS, "connect");
+  const client = new TetherClient(options(server, "alice", { device: "dev-1" }));
   t.after(() => client.close());
+  await within(client.connect(), WAIT_MS, "connect");
   assert.equal(client.state, "connected");
   assert.equal(client.deviceId, "dev-1");
   const messages = new Collector(client, "message");
@@ -51,10 +52,11 @@ test("one connection carries bindings of two apps, each with its own user", asyn
   const connectedSeen: { app: string; user: string }[][] = [];
   const opts = options(server, "alice");
   opts.bindings.push({ app: OTHER_APP, token: token("bob", { app: OTHER_APP, secret: OTHER_SECRET }) });
-  const client = await within(TetherClient.connect(opts), WAIT_MS, "connect");
+  const client = new TetherClient(opts);
   t.after(() => client.close());
   client.on("connected", (c) => connectedSeen.push(c.bindings));
   const messages = new Collector(client, "message");
+  await within(client.connect(), WAIT_MS, "connect");
 
   await server.push(["alice"], { to: "alice" }, 1);
   await server.push(["bob"], { to: "bob" }, 1, OTHER_APP, OTHER_API_KEY);
@@ -73,7 +75,7 @@ test("a bad token fails connect with code 4204, and the error says the client do
   t.after(() => server.stop());
   const opts = options(server, "alice", { bindings: [{ app: APP, token: token("alice", { secret: "not-the-secret-0123456789" }) }] });
   const err = await within(
-    TetherClient.connect(opts).then(
+    new TetherClient(opts).connect().then(
       () => assert.fail("connect succeeded"),
       (e: unknown) => e,
     ),
@@ -93,10 +95,10 @@ test("an unknown app fails connect with 4206, and nothing listening fails it as 
   const server = await Server.start();
   t.after(() => server.stop());
   const unknown = options(server, "alice", { bindings: [{ app: "ghost", token: token("alice", { app: "ghost" }) }] });
-  await assert.rejects(within(TetherClient.connect(unknown), WAIT_MS, "connect"), (e: TetherError) => e.code === 4206 && !e.willReconnect);
+  await assert.rejects(within(new TetherClient(unknown).connect(), WAIT_MS, "connect"), (e: TetherError) => e.code === 4206 && !e.willReconnect);
 
   const nobody = options(server, "alice", { url: "ws://127.0.0.1:1/ws" });
-  await assert.rejects(within(TetherClient.connect(nobody), WAIT_MS, "connect"), (e: TetherError) => e.kind === "transport" && e.code === undefined);
+  await assert.rejects(within(new TetherClient(nobody).connect(), WAIT_MS, "connect"), (e: TetherError) => e.kind === "transport" && e.code === undefined);
 });
 
 test("without a WebSocket implementation the client says how to pass one", async (t) => {
@@ -104,8 +106,8 @@ test("without a WebSocket implementation the client says how to pass one", async
     t.skip("this Node has a global WebSocket");
     return;
   }
-  await assert.rejects(
-    TetherClient.connect({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }] }),
+  assert.throws(
+    () => new TetherClient({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }] }),
     (e: TetherError) => e.kind === "config" && /options\.WebSocket/.test(e.message),
   );
 });

@@ -38,12 +38,9 @@ test("a client with only a dispatcher connects where it says, skipping an endpoi
   const fetcher = recordingFetch();
   const gate = { open: true };
   const wire = recordingWebSocket(gate);
-  const client = await within(
-    TetherClient.connect(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, zone: "eu", fetch: fetcher.fetch, WebSocket: wire.WebSocket })),
-    WAIT_MS,
-    "connect",
-  );
+  const client = new TetherClient(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, zone: "eu", fetch: fetcher.fetch, WebSocket: wire.WebSocket }));
   t.after(() => client.close());
+  await within(client.connect(), WAIT_MS, "connect");
   assert.equal(client.url, live, "the dead endpoint was tried, then the next");
   const first = new URL(fetcher.urls[0]!);
   assert.equal(first.searchParams.get("app"), "demo");
@@ -73,16 +70,13 @@ test("when the dispatcher is down, the client reconnects to the endpoints it gav
   t.after(() => server.stop());
   const down = { value: false };
   const fetcher = recordingFetch(down);
-  const client = await within(
-    TetherClient.connect(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, fetch: fetcher.fetch })),
-    WAIT_MS,
-    "connect",
-  );
+  const client = new TetherClient(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, fetch: fetcher.fetch }));
   t.after(() => client.close());
   const connects = new Collector(client, "connected");
+  await within(client.connect(), WAIT_MS, "connect");
   down.value = true;
   await server.restart();
-  await connects.count(1, "a reconnect without the dispatcher", 3 * WAIT_MS);
+  await connects.count(2, "a reconnect without the dispatcher", 3 * WAIT_MS);
   assert.equal(client.url, `ws://127.0.0.1:${wsPort}/ws`);
   assert.ok(fetcher.urls.length >= 2, "the dispatcher was asked again first");
 });
@@ -93,7 +87,7 @@ test("a dispatcher's 401 fails connect without a retry", async (t) => {
   t.after(() => server.stop());
   const opts = options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch` });
   opts.bindings[0]!.token = token("alice", { secret: "not-the-secret-0123456789" });
-  await assert.rejects(within(TetherClient.connect(opts), WAIT_MS, "connect"), (e: TetherError) => {
+  await assert.rejects(within(new TetherClient(opts).connect(), WAIT_MS, "connect"), (e: TetherError) => {
     return e.kind === "dispatch" && e.status === 401 && e.willReconnect === false && /401/.test(e.message);
   });
 });

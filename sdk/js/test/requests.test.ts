@@ -53,8 +53,9 @@ test("an upstream resolves to the webhook's status and body; a refusal and a mis
   t.after(() => server.stop());
   const opts = options(server, "alice");
   opts.bindings.push({ app: OTHER_APP, token: token("alice", { app: OTHER_APP, secret: OTHER_SECRET }) });
-  const client = await within(TetherClient.connect(opts), WAIT_MS, "connect");
+  const client = new TetherClient(opts);
   t.after(() => client.close());
+  await within(client.connect(), WAIT_MS, "connect");
 
   const reply = await within(client.upstream(APP, "chat", { to: "bob", text: "hi" }), WAIT_MS, "upstream");
   assert.deepEqual(reply, { app: APP, status: 200, payload: { kind: "json", value: { delivered: true, echo: { to: "bob", text: "hi" } } } });
@@ -80,8 +81,9 @@ test("an upstream without an answer in time rejects with upstream_timeout, and o
   const hook = await webhook(t);
   const server = await Server.start({ demoApp: `webhook = "${hook.url}"` });
   t.after(() => server.stop());
-  const client = await within(TetherClient.connect(options(server, "alice")), WAIT_MS, "connect");
+  const client = new TetherClient(options(server, "alice"));
   t.after(() => client.close());
+  await within(client.connect(), WAIT_MS, "connect");
 
   const started = Date.now();
   await assert.rejects(within(client.upstream(APP, "slow", {}, { timeoutMs: 300 }), WAIT_MS, "upstream"), (e: TetherError) => e.kind === "upstream_timeout");
@@ -102,9 +104,10 @@ test("an upstream made while disconnected is sent after the reconnect", async (t
   t.after(() => server.stop());
   const gate = { open: true };
   const wire = recordingWebSocket(gate);
-  const client = await within(TetherClient.connect(options(server, "alice", { WebSocket: wire.WebSocket })), WAIT_MS, "connect");
+  const client = new TetherClient(options(server, "alice", { WebSocket: wire.WebSocket }));
   t.after(() => client.close());
   const disconnects = new Collector(client, "disconnected");
+  await within(client.connect(), WAIT_MS, "connect");
 
   gate.open = false;
   await server.restart();
@@ -121,9 +124,10 @@ test("sync answers last and head, and does not hand over pushes the client alrea
   if (!haveServer(t)) return;
   const server = await Server.start();
   t.after(() => server.stop());
-  const client = await within(TetherClient.connect(options(server, "alice")), WAIT_MS, "connect");
+  const client = new TetherClient(options(server, "alice"));
   t.after(() => client.close());
   const messages = new Collector(client, "message");
+  await within(client.connect(), WAIT_MS, "connect");
   for (let n = 1; n <= 3; n++) await server.push(["alice"], { n }, 1);
   await messages.count(3, "pushes");
 

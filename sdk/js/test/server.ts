@@ -119,8 +119,8 @@ http = ${JSON.stringify(o.http ?? "127.0.0.1:0")}
 
 [gateway]
 heartbeat_min = "100ms"
-shutdown_spread = "100ms"
 shutdown_grace = "2s"
+${o.gateway?.includes("shutdown_spread") ? "" : 'shutdown_spread = "100ms"'}
 ${o.gateway ?? ""}
 
 [store]
@@ -301,11 +301,14 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
  * `gate.open` is false its connections go to a closed port: that keeps a client away from
  * the node while a test changes what the node holds.
  */
-export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocketConstructor; sent: Record<string, any>[] } {
+export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocketConstructor; sent: Record<string, any>[]; opened: number[] } {
   const sent: Record<string, any>[] = [];
+  /** When each socket was opened (`Date.now()`). */
+  const opened: number[] = [];
   class Recording extends WebSocket {
     constructor(url: string) {
       super(gate.open ? url : "ws://127.0.0.1:1/ws");
+      opened.push(Date.now());
     }
 
     override send(data: any, ...rest: any[]): void {
@@ -313,5 +316,5 @@ export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocke
       (super.send as (...args: any[]) => void)(data, ...rest);
     }
   }
-  return { WebSocket: Recording as unknown as WebSocketConstructor, sent };
+  return { WebSocket: Recording as unknown as WebSocketConstructor, sent, opened };
 }

@@ -5,7 +5,7 @@ import { test } from "node:test";
 
 import { Backoff } from "../src/backoff.js";
 import { decode, DecodeError, fromBase64, toBase64 } from "../src/frames.js";
-import { codeGroup, LocalStorageStore, shouldReconnect, TetherError } from "../src/index.js";
+import { codeGroup, LocalStorageStore, shouldReconnect, TetherClient, TetherError } from "../src/index.js";
 import { tokenSubject } from "../src/store.js";
 import { Topics } from "../src/topics.js";
 
@@ -183,4 +183,40 @@ test("code groups decide reconnects, and errors name the code and what the clien
   assert.equal(e.message, "connection lost: kicked (code 4207, the client does not reconnect)");
   assert.equal(e.detail, "connection lost: kicked");
   assert.equal(new TetherError("request", "busy", 4301).message, "busy (code 4301)");
+});
+
+test("frames that arrive in the same read as connected are handed over after it, none lost", async () => {
+  // A socket that, like `ws` reading one TCP segment, emits `connected` and a backlog in one go.
+  class OneRead {
+    readyState = 0;
+    onopen: ((ev: unknown) => void) | null = null;
+    onmessage: ((ev: { data: unknown }) => void) | null = null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+    onerror: ((ev: unknown) => void) | null = null;
+    constructor(_url: string) {
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen?.({});
+      }, 0);
+    }
+    send(data: string): void {
+      const frame = JSON.parse(data);
+      if (frame.op !== "connect") return;
+      const frames = [
+        { op: "connected", id: frame.id, conn_id: 1, node: "n", heartbeat_ms: 30000, max_frame: 65536, bindings: [{ app: "demo", user: "u" }] },
+        { op: "push", app: "demo", msg_id: "1", seq: 1, qos: 1, payload: 1 },
+        { op: "push", app: "demo", msg_id: "2", seq: 2, qos: 1, payload: 2 },
+      ];
+      for (const f of frames) this.onmessage?.({ data: JSON.stringify(f) });
+    }
+    close(): void {
+      this.readyState = 3;
+    }
+  }
+  const client = new TetherClient({ url: "ws://fake/ws", bindings: [{ app: "demo", token: "t" }], WebSocket: OneRead });
+  const seqs: number[] = [];
+  client.on("message", (m) => seqs.push(m.seq));
+  await client.connect();
+  client.close();
+  assert.deepEqual(seqs, [1, 2]);
 });
