@@ -341,6 +341,10 @@ export class TetherClient extends Emitter<ClientEvents> {
         throw noReconnect(err);
       }
     }
+    if (this.closed) {
+      established.conn.close();
+      throw new TetherError("closed", "the client was closed while connecting");
+    }
     this.up(established.conn, established.connected);
   }
 
@@ -444,14 +448,19 @@ export class TetherClient extends Emitter<ClientEvents> {
     const renew = end.code === Codes.TOKEN_EXPIRED && this.tokens.canRenew(this.options.getToken !== undefined);
     const reconnecting = (this.options.reconnect?.enabled ?? true) && (renew || end.code === undefined || shouldReconnect(end.code));
     const error = new TetherError(end.code === undefined ? "transport" : "rejected", `connection lost: ${end.reason || "no reason given"}`, end.code, reconnecting, end.retryAfterMs);
-    this.emit("disconnected", { code: end.code, reason: end.reason, reconnecting, error });
-    if (this.closed) return;
-    if (!reconnecting) {
-      this.close();
-      return;
-    }
-    this.setState("reconnecting");
-    this.scheduleReconnect(end.retryAfterMs, renew);
+    this.disconnected({ code: end.code, reason: end.reason, reconnecting, error });
+    if (reconnecting && !this.closed) this.scheduleReconnect(end.retryAfterMs, renew);
+  }
+
+  /**
+   * Tells the application that a connection ended or an attempt failed. The state says what
+   * follows before listeners hear of it: `reconnecting`, or `closed` (with waiting requests
+   * rejected) when this is the end.
+   */
+  private disconnected(event: ClientEvents["disconnected"]): void {
+    if (event.reconnecting) this.setState("reconnecting");
+    else this.close();
+    this.emit("disconnected", event);
   }
 
   private scheduleReconnect(retryAfterMs: number, renew: boolean): void {
@@ -468,8 +477,7 @@ export class TetherClient extends Emitter<ClientEvents> {
         const reason = `no new token: ${e instanceof Error ? e.message : String(e)}`;
         const error = new TetherError("rejected", reason, Codes.TOKEN_EXPIRED, false);
         if (this.closed) return;
-        this.emit("disconnected", { code: Codes.TOKEN_EXPIRED, reason, reconnecting: false, error });
-        this.close();
+        this.disconnected({ code: Codes.TOKEN_EXPIRED, reason, reconnecting: false, error });
         return;
       }
     }
@@ -483,13 +491,8 @@ export class TetherClient extends Emitter<ClientEvents> {
       const again = !renew && err.code === Codes.TOKEN_EXPIRED && this.tokens.canRenew(this.options.getToken !== undefined);
       const reconnecting = again || err.willReconnect;
       const error = new TetherError(err.kind, `reconnect failed: ${err.detail}`, err.code, reconnecting, err.retryAfterMs, err.status, err.dispatchCode);
-      this.emit("disconnected", { code: err.code, reason: error.message, reconnecting, error });
-      if (this.closed) return;
-      if (!reconnecting) {
-        this.close();
-        return;
-      }
-      this.scheduleReconnect(err.retryAfterMs, again);
+      this.disconnected({ code: err.code, reason: error.detail, reconnecting, error });
+      if (reconnecting && !this.closed) this.scheduleReconnect(err.retryAfterMs, again);
     }
   }
 

@@ -66,6 +66,12 @@ test("one connection carries bindings of two apps, each with its own user", asyn
     [APP]: { kind: "json", value: { to: "alice" } },
     [OTHER_APP]: { kind: "json", value: { to: "bob" } },
   });
+  assert.deepEqual(connectedSeen, [
+    [
+      { app: APP, user: "alice" },
+      { app: OTHER_APP, user: "bob" },
+    ],
+  ]);
   assert.throws(() => client.ack("nope", 1), (e: TetherError) => e.kind === "config" && /not bound/.test(e.message));
 });
 
@@ -90,12 +96,17 @@ test("a bad token fails connect with code 4204, and the error says the client do
   assert.match(err.message, /does not reconnect/);
 });
 
-test("an unknown app fails connect with 4206, and nothing listening fails it as a transport error", async (t) => {
+test("an unknown app fails connect with 4206, a close while connecting rejects it, and nothing listening fails it as a transport error", async (t) => {
   if (!haveServer(t)) return;
   const server = await Server.start();
   t.after(() => server.stop());
   const unknown = options(server, "alice", { bindings: [{ app: "ghost", token: token("alice", { app: "ghost" }) }] });
   await assert.rejects(within(new TetherClient(unknown).connect(), WAIT_MS, "connect"), (e: TetherError) => e.code === 4206 && !e.willReconnect);
+
+  const closing = new TetherClient(options(server, "alice"));
+  const connecting = closing.connect();
+  closing.close();
+  await assert.rejects(within(connecting, WAIT_MS, "connect"), (e: TetherError) => e.kind === "closed");
 
   const nobody = options(server, "alice", { url: "ws://127.0.0.1:1/ws" });
   await assert.rejects(within(new TetherClient(nobody).connect(), WAIT_MS, "connect"), (e: TetherError) => e.kind === "transport" && e.code === undefined);

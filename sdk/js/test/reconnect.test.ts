@@ -17,6 +17,8 @@ test("after a server restart the client reconnects and resumes durable pushes wi
   const disconnects = new Collector(client, "disconnected");
   const connects = new Collector(client, "connected");
   const states = new Collector(client, "state");
+  const stateHeard: string[] = [];
+  client.on("disconnected", () => stateHeard.push(client.state));
   await within(client.connect(), WAIT_MS, "connect");
 
   await server.push(["alice"], { n: 1 }, 1);
@@ -34,6 +36,7 @@ test("after a server restart the client reconnects and resumes durable pushes wi
     states.seen.map((s) => s.state),
     ["connecting", "connected", "reconnecting", "connected"],
   );
+  assert.deepEqual(stateHeard, ["reconnecting"]);
 
   await server.push(["alice"], { n: 3 }, 1);
   await messages.count(3, "pushes");
@@ -159,6 +162,8 @@ test("a kicked client (4207) does not reconnect: the last event says so and the 
   const client = new TetherClient(options(server, "alice"));
   t.after(() => client.close());
   const disconnects = new Collector(client, "disconnected");
+  let stateHeard = "";
+  client.on("disconnected", () => (stateHeard = client.state));
   await within(client.connect(), WAIT_MS, "connect");
   const res = await server.api("POST", `/v1/apps/${APP}/users/alice/kick`);
   assert.equal(res.status, 200);
@@ -168,6 +173,7 @@ test("a kicked client (4207) does not reconnect: the last event says so and the 
   assert.equal(last.reconnecting, false);
   assert.match(last.error.message, /code 4207, the client does not reconnect/);
   assert.equal(client.state, "closed");
+  assert.equal(stateHeard, "closed", "listeners hear of the end in the state it leaves");
   await assert.rejects(client.upstream(APP, "chat", {}), (e: Error & { kind?: string }) => e.kind === "closed");
 });
 
