@@ -48,6 +48,8 @@ export interface ServerOptions {
   store?: string;
   /** Extra TOML appended to the [node] section. */
   node?: string;
+  /** `[[apps.topics]]` rules of the demo app placed before its catch-all open rule. */
+  topics?: string;
   /** Extra keys of the demo app (e.g. `webhook = "..."`). */
   demoApp?: string;
   /** Extra top-level sections. */
@@ -134,6 +136,7 @@ id = "${APP}"
 secret = "${SECRET}"
 api_key = "${API_KEY}"
 ${o.demoApp ?? ""}
+${o.topics ?? ""}
 
 [[apps.topics]]
 pattern = "*"

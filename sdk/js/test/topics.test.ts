@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { TetherClient, TetherError } from "../src/index.js";
-import { APP, Collector, haveServer, options, recordingWebSocket, Server, sleep, WAIT_MS, within } from "./server.js";
+import { APP, Collector, haveServer, options, recordingWebSocket, Server, sleep, token, WAIT_MS, within } from "./server.js";
 
 test("a subscribed client gets publications as events, and none after unsubscribing", async (t) => {
   if (!haveServer(t)) return;
@@ -123,4 +123,31 @@ test("a subscription the business makes through the API arrives as a server-side
   assert.equal(del.status, 200, JSON.stringify(del.json));
   await unsubscribed.count(1, "unsubscribed");
   assert.equal(unsubscribed.seen[0]!.serverSide, true);
+});
+
+test("a topic under a token rule is refused without a subscription token (4305) and joined with one", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start({ topics: '[[apps.topics]]\npattern = "vip.*"\nallow = "token"' });
+  t.after(() => server.stop());
+  const wire = recordingWebSocket();
+  const client = new TetherClient(options(server, "alice", { WebSocket: wire.WebSocket }));
+  t.after(() => client.close());
+  const failed = new Collector(client, "subscribeFailed");
+  const subscribed = new Collector(client, "subscribed");
+  await within(client.connect(), WAIT_MS, "connect");
+
+  client.subscribe(APP, "vip.gold");
+  await failed.count(1, "subscribeFailed");
+  assert.equal(failed.seen[0]!.code, 4305);
+  assert.equal(failed.seen[0]!.retrying, false, "a refusal forgets the topic");
+
+  const grant = token("alice", { claims: { topic: "vip.gold" } });
+  client.subscribe(APP, "vip.gold", { token: grant });
+  await subscribed.count(1, "subscribed");
+  assert.equal(subscribed.seen[0]!.topic, "vip.gold");
+  const sent = wire.sent.filter((f) => f.op === "subscribe");
+  assert.deepEqual(
+    sent.map((f) => f.token),
+    [undefined, grant],
+  );
 });
