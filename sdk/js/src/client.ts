@@ -24,7 +24,7 @@ import { payloadFields, toPayload, type Connected, type Payload, type Publicatio
 import { DEVICE_KEY, MemoryStore, seqKey, tokenSubject, type SeqStore } from "./store.js";
 import { Tokens } from "./tokens.js";
 import { topicProblem, Topics, type SubscribeRequest, type TopicEvent } from "./topics.js";
-import { Requests } from "./upstream.js";
+import { Requests } from "./requests.js";
 
 /** One app this connection binds, with the user's token for it. */
 export interface BindingOptions {

@@ -10,7 +10,7 @@
  * - `frames`: the JSON encoding of frames, and the typed values of what the server sends.
  * - `topics`: the subscription table (offsets, resubscribes, duplicates); no I/O.
  * - `tokens`: the bindings' tokens and refreshes; no I/O.
- * - `upstream`: requests waiting for their answer (upstream, sync, refresh), with timeouts.
+ * - `requests`: requests waiting for their answer (upstream, sync, refresh), with timeouts.
  * - `backoff`: reconnect delays (exponential, jitter, the server's `retry_after_ms` as a floor).
  * - `dispatch`: asking a dispatcher (`GET /v1/dispatch`) for endpoints, and what failed.
  * - `store`: where the device id and acked seqs are kept (memory, `localStorage`).

