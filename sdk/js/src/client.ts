@@ -245,7 +245,7 @@ export class TetherClient extends Emitter<ClientEvents> {
   /**
    * Sends data to the app's webhook and resolves to its answer. `data` is any JSON value, or
    * bytes (a `Uint8Array`). Rejects with a `request` error (43xx: 4301 busy, 4302 too many in
-   * flight, 4303 no webhook, 4304 unreachable), `upstream_timeout`, `connection_lost` (the
+   * flight, 4303 no webhook, 4304 unreachable), `request_timeout`, `connection_lost` (the
    * webhook may have received it: the client never resends) or `closed`. A call made while
    * disconnected is sent after the reconnect.
    */
@@ -259,7 +259,7 @@ export class TetherClient extends Emitter<ClientEvents> {
     if (this.closed) return Promise.reject(new TetherError("closed", "the client is closed"));
     const timeoutMs = options.timeoutMs ?? this.options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS;
     return this.request<UpstreamReply>("upstream", { app, kind, ...payloadFields(toPayload(data)) }, timeoutMs, () =>
-      new TetherError("upstream_timeout", `no answer to upstream "${kind}" within ${timeoutMs} ms (the webhook may have received it)`),
+      new TetherError("request_timeout", `no answer to upstream "${kind}" within ${timeoutMs} ms (the webhook may have received it)`),
     );
   }
 
@@ -273,7 +273,7 @@ export class TetherClient extends Emitter<ClientEvents> {
     this.checkBound(app);
     if (this.closed) return Promise.reject(new TetherError("closed", "the client is closed"));
     return this.request("sync", { app, after, limit }, DEFAULT_SYNC_TIMEOUT_MS, () =>
-      new TetherError("upstream_timeout", `no answer to sync within ${DEFAULT_SYNC_TIMEOUT_MS} ms`),
+      new TetherError("request_timeout", `no answer to sync within ${DEFAULT_SYNC_TIMEOUT_MS} ms`),
     );
   }
 

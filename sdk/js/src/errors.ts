@@ -64,10 +64,10 @@ export type ErrorKind =
   | "timeout"
   /** The server sent something that is not a frame of the protocol. */
   | "protocol"
-  /** A request was refused with a 43xx code (upstream, refresh); the connection stays open. */
+  /** A request was refused with a 43xx code (upstream, sync, refresh); the connection stays open. */
   | "request"
-  /** An upstream got no answer within its timeout (it may still have reached the webhook). */
-  | "upstream_timeout"
+  /** An upstream or a sync got no answer within its timeout (an upstream may still have reached the webhook). */
+  | "request_timeout"
   /** The connection ended before a request's answer (an upstream may have been delivered). */
   | "connection_lost"
   /** The dispatcher could not be asked or did not answer with endpoints. */

@@ -76,7 +76,7 @@ test("an upstream resolves to the webhook's status and body; a refusal and a mis
   assert.throws(() => client.upstream(APP, "", {}), (e: TetherError) => e.kind === "config");
 });
 
-test("an upstream without an answer in time rejects with upstream_timeout, and one cut by a lost connection with connection_lost", async (t) => {
+test("an upstream without an answer in time rejects with request_timeout, and one cut by a lost connection with connection_lost", async (t) => {
   if (!haveServer(t)) return;
   const hook = await webhook(t);
   const server = await Server.start({ demoApp: `webhook = "${hook.url}"` });
@@ -86,7 +86,7 @@ test("an upstream without an answer in time rejects with upstream_timeout, and o
   await within(client.connect(), WAIT_MS, "connect");
 
   const started = Date.now();
-  await assert.rejects(within(client.upstream(APP, "slow", {}, { timeoutMs: 300 }), WAIT_MS, "upstream"), (e: TetherError) => e.kind === "upstream_timeout");
+  await assert.rejects(within(client.upstream(APP, "slow", {}, { timeoutMs: 300 }), WAIT_MS, "upstream"), (e: TetherError) => e.kind === "request_timeout");
   const took = Date.now() - started;
   assert.ok(took >= 290 && took < 1400, `timed out after ${took} ms`);
 
