@@ -177,7 +177,8 @@ api_key = "${OTHER_API_KEY}"
           buffered = buffered.slice(nl + 1);
           if (this.log.length < 200) this.log.push(line);
           if (!line.includes('"tether node started"')) continue;
-          const ws = /"ws":"Some\(([^)]+)\)"/.exec(line)?.[1];
+          // The listener fields print as `Some(addr)` today; a plain `addr` is read too.
+          const ws = /"ws":"(?:Some\()?([^)"]+)\)?"/.exec(line)?.[1];
           const http = /"http":"([^"]+)"/.exec(line)?.[1];
           if (!ws || !http) {
             reject(new Error(`no addresses in the start line: ${line}`));
