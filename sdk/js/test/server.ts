@@ -73,7 +73,12 @@ export class Server {
   /** Starts a node; `stop()` it in a `finally` or `t.after`. */
   static async start(options: ServerOptions = {}): Promise<Server> {
     const server = new Server(options);
-    await server.launch();
+    try {
+      await server.launch();
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
     return server;
   }
 
