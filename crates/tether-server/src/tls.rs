@@ -96,6 +96,13 @@ pub fn server_config(tls: &TlsConfig, listener: TlsListener) -> Result<ServerCon
     if listener != TlsListener::Tls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
+    // A client that comes back (a reconnect, a network change) resumes with a ticket sealed
+    // by a key of this configuration's, rotated every 6 hours: no certificate and no signature
+    // on either side, and no session kept per client here. One ticket per handshake: a client
+    // reconnects one connection at a time.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls: {e}"))?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 1;
     Ok(config)
 }
 

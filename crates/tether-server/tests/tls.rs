@@ -268,6 +268,33 @@ async fn raw_tcp_in_tls_connects_parks_and_receives_pushes() {
 }
 
 #[tokio::test]
+async fn a_client_that_comes_back_resumes_its_tls_session() {
+    let (ca, files) = (Ca::new("test CA"), Files::new());
+    files.server(&ca);
+    let node = start(tls_config(&files)).await;
+    let addr = node.tls_addr().expect("tls listener");
+    // One client configuration, as an app keeps: it holds the tickets it was given.
+    let connector = connector(&ca.pem(), None);
+    let mut first = TlsClient::connected(&connector, addr, "ann").await;
+    let kind = |client: &TlsClient| client.stream.get_ref().1.handshake_kind();
+    assert_eq!(kind(&first), Some(rustls::HandshakeKind::Full));
+    // The ticket came after the handshake; a round trip makes sure the client has read it.
+    first.send(&Frame::new(2, Body::Ping)).await;
+    assert!(matches!(first.frame().await.body, Body::Pong));
+    let mut again = TlsClient::connected(&connector, addr, "ann-2").await;
+    assert_eq!(
+        kind(&again),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second connection resumes with the ticket of the first"
+    );
+    push_to(&node, "ann-2", "resumed").await;
+    assert_eq!(
+        &expect_push(again.frame().await).payload[..],
+        b"\"resumed\""
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_does_not_trust_the_certificate_cannot_connect() {
     let (ca, files) = (Ca::new("test CA"), Files::new());
     files.server(&ca);
