@@ -1,5 +1,6 @@
 //! Who may connect, per listener, before a byte is read: IP allow and deny lists, a per-IP
-//! rate of new connections, and for WebSocket upgrades the Origin header.
+//! rate of new connections, and the Origin header of WebSocket upgrades and of the HTTP API's
+//! client-facing routes (CORS, `crate::api::cors`).
 //!
 //! - this module: [`Guard`], one listener's checks, and [`Refusal`], why one said no; the
 //!   count (`tether_connections_refused_total{listener, reason}`) and the rate-limited log
@@ -47,7 +48,8 @@ pub enum Refusal {
     /// The address opened connections faster than `connections_per_ip_per_sec`.
     IpRate,
     /// A WebSocket upgrade with an Origin that is not allowed, or with none when one is
-    /// required.
+    /// required; a request to one of the API's client-facing routes from an origin that is
+    /// not listed.
     Origin,
     /// The address holds `limits.max_connections_per_ip` connections already.
     IpLimit,
@@ -161,7 +163,7 @@ impl Guard {
             rate,
             origins,
             allow_missing_origin: config.allow_missing_origin,
-            refused: counters(listener),
+            refused: counters(listener, !config.origins.is_empty()),
             logs: Default::default(),
         })
     }
@@ -176,7 +178,7 @@ impl Guard {
             rate: None,
             origins: Origins::default(),
             allow_missing_origin: true,
-            refused: counters(listener),
+            refused: counters(listener, false),
             logs: Default::default(),
         }
     }
@@ -210,9 +212,19 @@ impl Guard {
         Err(refusal)
     }
 
-    /// Whether a WebSocket upgrade with this `Origin` header (`None`: without one) from `ip`
-    /// may go on. A refusal is counted and logged.
-    pub fn check_origin(&self, origin: Option<&[u8]>, ip: IpAddr) -> Result<(), Refusal> {
+    /// Whether the listener has an `origins` list (else any origin may go on).
+    pub fn lists_origins(&self) -> bool {
+        !self.origins.is_empty()
+    }
+
+    /// Whether a request with this `Origin` header (`None`: without one) from `ip` (`None`:
+    /// not known) may go on: a WebSocket upgrade, or a call to one of the API's client-facing
+    /// routes. A refusal is counted and logged.
+    pub fn check_origin(
+        &self,
+        origin: Option<&[u8]>,
+        ip: impl Into<Option<IpAddr>>,
+    ) -> Result<(), Refusal> {
         let ok = match origin {
             None => self.allow_missing_origin,
             Some(_) if self.origins.is_empty() => true,
@@ -221,12 +233,15 @@ impl Guard {
         if ok {
             return Ok(());
         }
-        self.refused(Refusal::Origin, ip.to_canonical());
+        self.refused(Refusal::Origin, ip.into().map(|ip| ip.to_canonical()));
         Err(Refusal::Origin)
     }
 
-    /// Counts and logs a refusal decided elsewhere (the gateway's connection limits).
-    pub fn refused(&self, refusal: Refusal, ip: IpAddr) {
+    /// Counts and logs a refusal decided elsewhere (the gateway's connection limits). `ip` is
+    /// `None` where the address is not known (the API keeps it only for a guard that checks
+    /// addresses).
+    pub fn refused(&self, refusal: Refusal, ip: impl Into<Option<IpAddr>>) {
+        let ip = ip.into();
         let i = refusal as usize;
         if let Some(counter) = &self.refused[i] {
             counter.increment(1);
@@ -235,7 +250,7 @@ impl Guard {
             info!(
                 listener = self.listener,
                 reason = refusal.label(),
-                %ip,
+                ip = ip.map(tracing::field::display),
                 suppressed,
                 "connection refused (suppressed: refusals for this reason not logged since the previous line)"
             );
@@ -243,12 +258,16 @@ impl Guard {
     }
 }
 
-/// The refusal counters of `listener`: the API's listener refuses by its lists only, and only
-/// the WebSocket listener reads origins.
-fn counters(listener: &'static str) -> [Option<Counter>; 6] {
+/// The refusal counters of `listener`: the API's listener refuses by its lists, and by origin
+/// only when it `lists_origins` (any origin may call it otherwise); the TCP listener reads no
+/// origins.
+fn counters(listener: &'static str, lists_origins: bool) -> [Option<Counter>; 6] {
     Refusal::ALL.map(|r| {
         let applies = match listener {
-            "http" => matches!(r, Refusal::IpDenied | Refusal::IpNotAllowed),
+            "http" => {
+                matches!(r, Refusal::IpDenied | Refusal::IpNotAllowed)
+                    || (r == Refusal::Origin && lists_origins)
+            }
             "tcp" => r != Refusal::Origin,
             _ => true,
         };
