@@ -12,14 +12,16 @@
 //!   app.
 //! - [`api`]: the HTTP API for business servers (push, publish, broadcast, presence, kick,
 //!   inbox and topic reads), health and metrics; for clients and operators, readiness, the
-//!   dispatcher and the admin API (`api::ops`). Handlers parse, validate and map errors.
+//!   dispatcher and the admin API (`api::ops`); CORS for the client-facing routes
+//!   (`api::cors`). Handlers parse, validate and map errors.
 //! - [`delivery`]: the delivery service: every way a message or command reaches connections
 //!   (push, publish, broadcast, kick, subscriptions, presence), over the registry, router,
 //!   store, fan-out and other nodes; this node's sessions in the registry.
 //! - [`gateway`]: holds client connections whatever their transport: admission, handshake,
 //!   per-connection byte-bounded queues, heartbeats, parking, drain.
 //! - [`edge`]: who may connect, per listener, before a byte is read: IP allow and deny lists,
-//!   the per-IP connection rate, WebSocket origins; refusals counted and logged.
+//!   the per-IP connection rate, origins (WebSocket upgrades, the API's client-facing routes);
+//!   refusals counted and logged.
 //! - [`transport`]: the transport seam ([`transport::Wire`]) and its two transports, raw TCP
 //!   and WebSocket, each over the socket or over TLS ([`transport::Carrier`]).
 //! - [`tls`]: the TLS listeners' certificates: read, checked, loaded again when they change.

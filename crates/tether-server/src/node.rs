@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::accept::{ApiListener, Peer, TlsApiListener};
-use crate::api::{Api, Dispatcher, Ops};
+use crate::api::{Api, Cors, Dispatcher, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
 use crate::delivery::sink::NodeSink;
@@ -205,6 +205,8 @@ impl Node {
             .with_guards(guards.tcp, guards.ws),
         );
         let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
+        // For every client-facing route (`cors.client_facing(router)`), swapped by reloads.
+        let cors = Arc::new(Cors::new(guards.http.clone()));
         let certs = Arc::new(TlsListeners::load(&config).map_err(anyhow::Error::msg)?);
 
         let listen = &config.listen;
@@ -249,12 +251,13 @@ impl Node {
             fanout.clone(),
             gateway.clone(),
             certs.clone(),
+            cors.clone(),
         ));
         let ops = Arc::new(
             Ops::new(
                 &config,
                 lifecycle.clone(),
-                Dispatcher::new(&config, access, registry),
+                Dispatcher::new(&config, access, registry, cors),
                 table,
                 delivery,
                 webhooks.clone(),

@@ -4,6 +4,8 @@
 //! (`Authorization: Bearer <client token>` or `?token=`), whose user must be the one asked
 //! about. Without it, anyone could map the cluster's nodes, or learn which node holds a given
 //! user.
+//!
+//! Client-facing: web pages call it, with CORS ([`super::Cors`]).
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tether_core::{Registry, Transport, auth};
 
-use super::{ApiError, bearer};
+use super::{ApiError, Cors, bearer};
 use crate::config::{Config, DispatchConfig};
 use crate::dispatch::order;
 use crate::session::access::Shared;
@@ -29,21 +31,31 @@ pub struct Dispatcher {
     /// App id -> token secret, for the client's token.
     access: Shared,
     config: DispatchConfig,
+    cors: Arc<Cors>,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, access: Shared, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(
+        config: &Config,
+        access: Shared,
+        registry: Arc<dyn Registry>,
+        cors: Arc<Cors>,
+    ) -> Self {
         Dispatcher {
             registry,
             access,
             config: config.dispatch,
+            cors,
         }
     }
 
     pub fn router(self: Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/dispatch", get(dispatch))
-            .with_state(self)
+        let cors = self.cors.clone();
+        cors.client_facing(
+            Router::new()
+                .route("/v1/dispatch", get(dispatch))
+                .with_state(self),
+        )
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
 //! - [`ops`]: readiness and the admin API, for operators rather than business servers, with
 //!   their own state and authorization; and `dispatch`, the dispatcher, for clients.
+//! - [`cors`]: CORS for the client-facing routes (the dispatcher; web pages call it), none
+//!   for the rest.
 //! - [`error`]: [`ApiError`], and how the delivery service's errors map to statuses.
 //!
 //! Handlers authenticate, parse, validate and map errors; what a request does is the delivery
@@ -41,12 +43,14 @@ use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
 use crate::session::access::Shared;
 
+pub mod cors;
 mod dispatch;
 mod error;
 mod messages;
 pub mod ops;
 mod topics;
 
+pub use cors::Cors;
 pub use dispatch::Dispatcher;
 pub use error::ApiError;
 pub use ops::Ops;

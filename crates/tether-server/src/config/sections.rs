@@ -111,7 +111,8 @@ pub struct AccessConfig {
     pub connections_per_ip_per_sec: u32,
     /// New connections one address may open at once above the rate.
     pub connections_per_ip_burst: u32,
-    /// WebSocket only: the web origins whose pages may connect, exact
+    /// WebSocket and HTTP API: the web origins whose pages may connect (WebSocket) or call
+    /// the client-facing routes (the API's CORS: `crate::api::cors`), exact
     /// (`https://app.example.com`) or by subdomain (`https://*.example.com`). Empty: any.
     pub origins: Vec<String>,
     /// WebSocket only: whether an upgrade without an Origin header (native apps, servers;

@@ -514,6 +514,7 @@ origins = ["https://app.example.com/", "https://*.example.com"]
 [listen.http_access]
 connections_per_ip_per_sec = 5
 allow_missing_origin = false
+origins = ["https://app.example.com", "app.example.com"]
 "#,
     );
     let found: Vec<(&str, Place)> = problems
@@ -531,6 +532,7 @@ allow_missing_origin = false
         ("listen.ws_access.origins[0]", line(11)),
         ("listen.http_access.connections_per_ip_per_sec", line(14)),
         ("listen.http_access.allow_missing_origin", line(15)),
+        ("listen.http_access.origins[1]", line(16)),
     ];
     assert_eq!(found.len(), expected.len(), "{problems:#?}");
     for (key, place) in expected {

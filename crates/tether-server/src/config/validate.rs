@@ -340,14 +340,19 @@ impl AccessConfig {
                  listen.ws_access) take a per-IP rate; the API's limits are per app, in [rate]"
             ));
         }
-        if !ws && (!self.origins.is_empty() || !self.allow_missing_origin) {
-            let key = if self.origins.is_empty() {
-                "allow_missing_origin"
-            } else {
-                "origins"
-            };
+        // The WebSocket listener checks upgrades' Origin; the API's, its client-facing routes'
+        // (CORS). Only an upgrade can be refused for having none: an HTTP request without
+        // Origin is no page's cross-origin call.
+        let reads_origins = ws || !gateway;
+        if !reads_origins && !self.origins.is_empty() {
             problems.push(format!(
-                "{name}.{key}: only listen.ws_access checks Origin headers"
+                "{name}.origins: only listen.ws_access and listen.http_access check Origin headers"
+            ));
+        }
+        if !ws && !self.allow_missing_origin {
+            problems.push(format!(
+                "{name}.allow_missing_origin: only listen.ws_access takes it (an HTTP request \
+                 without Origin is not a web page's cross-origin call, and is served)"
             ));
         }
         problems
