@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tether_core::{
     LocalSink, MemoryRegistry, MemoryRouter, MemoryStore, NodeId, Registry, Retention, Router,
     Store,
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::accept::{ApiListener, Peer, TlsApiListener};
-use crate::api::{Api, Cors, Dispatcher, Ops};
+use crate::api::{Api, Cors, Dispatcher, HttpGuard, Ops};
 use crate::config::{Config, StoreBackend};
 use crate::delivery::Delivery;
 use crate::delivery::sink::NodeSink;
@@ -205,8 +206,10 @@ impl Node {
             .with_guards(guards.tcp, guards.ws),
         );
         let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
-        // For every client-facing route (`cors.client_facing(router)`), swapped by reloads.
-        let cors = Arc::new(Cors::new(guards.http.clone()));
+        // The HTTP listener's guard, swapped by reloads: every route's address check
+        // (`api::guarded`), and CORS on each client-facing one (`cors.client_facing(router)`).
+        let http_guard: HttpGuard = Arc::new(ArcSwap::new(guards.http));
+        let cors = Arc::new(Cors::new(http_guard.clone()));
         let certs = Arc::new(TlsListeners::load(&config).map_err(anyhow::Error::msg)?);
 
         let listen = &config.listen;
@@ -282,28 +285,20 @@ impl Node {
                 .clone()
                 .watch(config.tls.watch_interval, shutdown.clone()),
         );
-        // The peer's address goes into each request only for a guard that reads it (it costs
-        // an allocation per request).
-        let peer_addresses = guards.http.checks_ips();
-        let app = crate::api::guarded(api.router().merge(ops.router()), guards.http);
+        let app = crate::api::guarded(api.router().merge(ops.router()), http_guard);
         let https_task = match (https, &certs.https) {
             (Some(listener), Some(certs)) => {
                 let timeout = config.gateway.handshake_timeout;
                 let listener =
                     TlsApiListener::start(listener, certs.clone(), timeout, shutdown.clone())?;
                 let stopped = shutdown.clone().cancelled_owned();
-                Some(tokio::spawn(serve_api(
-                    listener,
-                    app.clone(),
-                    peer_addresses,
-                    stopped,
-                )))
+                Some(tokio::spawn(serve_api(listener, app.clone(), stopped)))
             }
             _ => None,
         };
         let stopped = shutdown.clone().cancelled_owned();
         let http_task = tokio::spawn(async move {
-            serve_api(ApiListener::new(http), app, peer_addresses, stopped).await;
+            serve_api(ApiListener::new(http), app, stopped).await;
             if let Some(https) = https_task {
                 let _ = https.await;
             }
@@ -453,28 +448,22 @@ struct Addrs {
     https: Option<SocketAddr>,
 }
 
-/// Serves the HTTP API on `listener` (plain or TLS) until `stopped`; with `peer_addresses`,
-/// each request carries its peer's address for the listener's guard.
+/// Serves the HTTP API on `listener` (plain or TLS) until `stopped`. Each request carries its
+/// peer's address (`ConnectInfo<Peer>`), for the listener's guard: a reload may give it
+/// address lists at any time.
 async fn serve_api<L>(
     listener: L,
     app: axum::Router,
-    peer_addresses: bool,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
     L::Io: Unpin,
     for<'a> Peer: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let served = if peer_addresses {
-        let app = app.into_make_service_with_connect_info::<Peer>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-    } else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-    };
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP server failed");
     }

@@ -11,13 +11,13 @@
 //!   connections are closed with 4210 `app_removed`, their keys stop working);
 //! - each app's API request rate;
 //! - the TCP and WebSocket listeners' access lists, per-IP rates and origins (the next
-//!   accepted connection meets them), and the HTTP API's origins (the next request to a
-//!   client-facing route meets them: [`Cors`]);
+//!   accepted connection meets them), and the HTTP API's address lists and origins (the next
+//!   request meets them: [`crate::api::guarded`], [`Cors`]);
 //! - the TLS listeners' certificates and keys, and the HTTPS API's client CA (the next
 //!   handshake uses them; connections keep their sessions). The files are also read again
 //!   whenever they change (`tls.watch_interval`).
 //!
-//! Everything else (listen addresses, the HTTP API's address lists, limits, the store, the
+//! Everything else (listen addresses, limits, the store, the
 //! cluster, webhooks, fan-out pacing, the admin key) is read at start only: a reload that
 //! changes it says which settings need a restart, and applies the rest.
 
@@ -130,8 +130,8 @@ impl Reloader {
         self.api.reload(&config);
         self.access.store(Arc::new(access));
         self.gateway.set_guards(guards.tcp, guards.ws);
-        // The HTTP guard's address lists are the start's (`restart_needed` says when they
-        // changed); its origins are the client-facing routes' CORS, which reloads.
+        // The HTTP guard: its address lists for every route, its origins for the
+        // client-facing routes' CORS.
         self.cors.reload(guards.http);
         self.certs.commit(certs);
         let mut closed = 0;
@@ -180,8 +180,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    // The gateways' access lists and the API's origins are reloaded; the rest of `listen` is
-    // not.
+    // The access lists of every listener are reloaded; the rest of `listen` is not.
     let listen = |c: &Config| {
         let mut l = c.listen.clone();
         l.tcp_access = Default::default();
@@ -189,21 +188,15 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         l.http_access = Default::default();
         l
     };
-    let http_access = |c: &Config| {
-        let mut a = c.listen.http_access.clone();
-        a.origins = Vec::new();
-        a
-    };
     // Permission checks are built with the rules, and reloaded with them.
     let webhook = |c: &Config| {
         let mut w = c.webhook.clone();
         w.permission = Default::default();
         w
     };
-    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
+    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
         ("node", &old.node, &new.node),
         ("listen", &listen(old), &listen(new)),
-        ("listen.http_access", &http_access(old), &http_access(new)),
         ("limits", &old.limits, &new.limits),
         ("gateway", &old.gateway, &new.gateway),
         ("store", &old.store, &new.store),

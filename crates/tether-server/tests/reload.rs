@@ -193,7 +193,7 @@ async fn a_reload_reports_what_needs_a_restart_and_applies_the_rest() {
 }
 
 #[tokio::test]
-async fn a_reload_applies_the_gateway_s_access_lists_to_new_connections() {
+async fn a_reload_applies_the_access_lists_to_new_connections_and_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tether.toml");
     write(&path, &file(""));
@@ -226,13 +226,26 @@ async fn a_reload_applies_the_gateway_s_access_lists_to_new_connections() {
     alice.send(&Frame::new(4, Body::Ping)).await;
     assert_eq!(alice.frame().await, Frame::new(4, Body::Pong));
 
-    // The HTTP API's list is read at start only: said so.
-    let api_listed = file("").replace(
-        "[store]",
-        "[listen.http_access]\nallow = [\"10.0.0.0/8\"]\n\n[store]",
-    );
-    write(&path, &api_listed);
+    // The HTTP API's address lists reload too: a list that still lets this client in, then
+    // one that shuts it out from the next request on (the reload's own answer comes first).
+    let api_listed = |entries: &str| {
+        file("").replace(
+            "[store]",
+            &format!("[listen.http_access]\n{entries}\n\n[store]"),
+        )
+    };
+    write(&path, &api_listed(r#"allow = ["127.0.0.1", "::1"]"#));
     let reply = reload(&http).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(reply.body["restart_needed"], json!(["listen.http_access"]));
+    assert_eq!(reply.body["restart_needed"], json!([]));
+    assert_eq!(push_status(&http, APP, API_KEY).await, 200);
+    write(&path, &api_listed(r#"deny = ["127.0.0.0/8", "::1"]"#));
+    let reply = reload(&http).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["restart_needed"], json!([]));
+    let refused = http
+        .post_raw(&format!("/v1/apps/{APP}/push"), Some(API_KEY), "{}")
+        .await;
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    assert_eq!(refused.body["code"], "forbidden");
 }

@@ -67,8 +67,12 @@ const EXPOSE: &str = "retry-after";
 /// reloaded: its origins, and its count and log of refusals.
 #[derive(Debug)]
 pub struct Cors {
-    guard: ArcSwap<Guard>,
+    guard: HttpGuard,
 }
+
+/// The HTTP listener's guard as last reloaded, shared by the address check of every route
+/// ([`super::guarded`]) and the CORS of the client-facing ones.
+pub type HttpGuard = Arc<ArcSwap<Guard>>;
 
 /// What a request's `Origin` allows.
 enum Verdict {
@@ -84,13 +88,12 @@ enum Verdict {
 
 impl Cors {
     /// The CORS of `guard`, the HTTP listener's (see [`crate::edge::Guards`]).
-    pub fn new(guard: Arc<Guard>) -> Cors {
-        Cors {
-            guard: ArcSwap::new(guard),
-        }
+    pub fn new(guard: HttpGuard) -> Cors {
+        Cors { guard }
     }
 
-    /// Takes the origins of a reloaded configuration's HTTP guard: the next request meets them.
+    /// Takes a reloaded configuration's HTTP guard: the next request meets its origins here,
+    /// and its address lists in [`super::guarded`].
     pub fn reload(&self, guard: Arc<Guard>) {
         self.guard.store(guard);
     }
@@ -209,7 +212,7 @@ mod tests {
             ..AccessConfig::default()
         };
         let guard = Guard::new("http", "listen.http_access", &config).expect("valid origins");
-        Arc::new(Cors::new(Arc::new(guard)))
+        Arc::new(Cors::new(Arc::new(ArcSwap::from_pointee(guard))))
     }
 
     async fn call(cors: &Arc<Cors>, request: axum::http::Request<Body>) -> Response {

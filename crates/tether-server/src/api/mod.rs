@@ -38,7 +38,6 @@ use tether_proto::PayloadKind;
 use crate::accept::Peer;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::{Delivery, Payload};
-use crate::edge::Guard;
 use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
 use crate::session::access::Shared;
@@ -50,7 +49,7 @@ mod messages;
 pub mod ops;
 mod topics;
 
-pub use cors::Cors;
+pub use cors::{Cors, HttpGuard};
 pub use dispatch::Dispatcher;
 pub use error::ApiError;
 pub use ops::Ops;
@@ -282,21 +281,19 @@ fn user_id(user: String) -> Result<UserId, ApiError> {
     Ok(UserId::new(user))
 }
 
-/// `router` behind the HTTP listener's `guard`: a client whose address it refuses gets `403`.
-/// Nothing is added when the guard checks no address. Otherwise the server must be run with
-/// `into_make_service_with_connect_info::<Peer>()`: a request without the peer's
-/// address is refused, not waved through.
-pub fn guarded(router: Router, guard: Arc<Guard>) -> Router {
-    if !guard.checks_ips() {
-        return router;
-    }
+/// `router` behind the HTTP listener's `guard` as last reloaded: a client whose address it
+/// refuses gets `403`. The server must be run with
+/// `into_make_service_with_connect_info::<Peer>()`: while the guard checks addresses, a
+/// request without its peer's address is refused, not waved through.
+pub fn guarded(router: Router, guard: HttpGuard) -> Router {
     router.layer(axum::middleware::from_fn(
         move |request: Request, next: Next| {
-            let peer = request
-                .extensions()
-                .get::<ConnectInfo<Peer>>()
-                .map(|ConnectInfo(Peer(addr))| addr.ip());
-            let allowed = peer.is_some_and(|ip| guard.check_ip(ip).is_ok());
+            let guard = guard.load();
+            let allowed = !guard.checks_ips()
+                || request
+                    .extensions()
+                    .get::<ConnectInfo<Peer>>()
+                    .is_some_and(|ConnectInfo(Peer(addr))| guard.check_ip(addr.ip()).is_ok());
             async move {
                 if allowed {
                     next.run(request).await
