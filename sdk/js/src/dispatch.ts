@@ -78,8 +78,11 @@ export class Dispatcher {
     const timer = setTimeout(() => controller.abort(), this.timeoutMs);
     let status: number;
     let text: string;
+    // Called with no receiver: a browser's `fetch` throws "Illegal invocation" when called as
+    // a method of another object (`this.fetchImpl(...)`).
+    const fetchImpl = this.fetchImpl;
     try {
-      const res = await this.fetchImpl(`${this.url}${sep}${query}`, {
+      const res = await fetchImpl(`${this.url}${sep}${query}`, {
         headers: { authorization: `Bearer ${this.token}` },
         signal: controller.signal,
       });

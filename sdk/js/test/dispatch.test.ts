@@ -91,3 +91,22 @@ test("a dispatcher's 401 fails connect without a retry", async (t) => {
     return e.kind === "dispatch" && e.status === 401 && e.willReconnect === false && /401/.test(e.message);
   });
 });
+
+test("the dispatcher calls fetch as a plain function, as a browser's fetch requires", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  // A browser's `window.fetch` throws "Illegal invocation" when `this` is another object
+  // (seen in Chromium: `this.fetchImpl(...)` failed every dispatch). This one does the same.
+  let calls = 0;
+  const strictFetch = function (this: unknown, url: string, init: Parameters<FetchLike>[1]) {
+    calls++;
+    if (this !== undefined && this !== globalThis) throw new TypeError("Failed to execute 'fetch' on 'Window': Illegal invocation");
+    return fetch(url, init);
+  } as FetchLike;
+  const client = new TetherClient(options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, fetch: strictFetch }));
+  t.after(() => client.close());
+  await within(client.connect(), WAIT_MS, "connect");
+  assert.equal(client.url, server.wsUrl);
+  assert.equal(calls, 1);
+});
