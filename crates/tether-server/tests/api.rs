@@ -167,9 +167,49 @@ async fn payloads_and_bodies_over_their_limits_get_413() {
     let body = format!(r#"{{"users":["alice"],"payload":{payload}}}"#);
     let reply = http.post_raw(PUSH, Some(API_KEY), &body).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    // A body over the body limit.
+    // A body over the body limit: the same code, in our words rather than the HTTP stack's.
     let body = format!(r#"{{"users":["alice"],"payload":"{}"}}"#, "x".repeat(9000));
-    assert_error(&http.post_raw(PUSH, Some(API_KEY), &body).await, 413);
+    let reply = http.post_raw(PUSH, Some(API_KEY), &body).await;
+    let error = assert_error(&reply, 413);
+    assert_eq!(reply.body["code"], "payload_too_large");
+    assert!(error.contains("limits.api_body_bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn error_texts_say_what_is_wrong_in_tether_s_words() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let body = r#"{"users":["alice"],"payload_base64":"not base64!"}"#;
+    let error = assert_error(&http.post_raw(PUSH, Some(API_KEY), body).await, 400);
+    assert!(
+        error.starts_with("payload_base64 is not standard base64"),
+        "{error}"
+    );
+    assert!(!error.contains("symbol"), "the decoder's words: {error}");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let node = start(config()).await;
+    let client = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let url = format!("http://{}{PUSH}", node.http_addr());
+    let body = r#"{"users":["alice"],"payload":1}"#;
+    for (authorization, status) in [
+        (format!("bearer {API_KEY}"), 200),
+        (format!("BEARER {API_KEY}"), 200),
+        (format!("Basic {API_KEY}"), 401),
+        (API_KEY.to_owned(), 401),
+    ] {
+        let response = client
+            .post(&url)
+            .header("authorization", &authorization)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("HTTP request");
+        assert_eq!(response.status().as_u16(), status, "{authorization}");
+    }
 }
 
 #[tokio::test]

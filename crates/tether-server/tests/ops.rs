@@ -167,6 +167,17 @@ async fn one_node_dispatches_to_itself_for_a_client_with_a_token() {
     );
 }
 
+/// Pages add parameters of their own (a cache-buster): the dispatcher ignores what it does not
+/// know.
+#[tokio::test]
+async fn the_dispatcher_ignores_parameters_it_does_not_know() {
+    let node = start(config("solo")).await;
+    let http = Http::new(&node);
+    let path = format!("/v1/dispatch?app={APP}&user=alice&_=1765100000000");
+    let reply = http.get(&path, Some(&token("alice"))).await;
+    assert_eq!(urls(&reply), own_endpoints(&node));
+}
+
 #[tokio::test]
 async fn nodes_sharing_a_registry_agree_on_each_user_s_order_and_skip_failed_and_draining() {
     let registry = Arc::new(MemoryRegistry::new());

@@ -62,8 +62,8 @@ impl Dispatcher {
 /// Most endpoints a client may report failed in one request.
 const MAX_FAILED: usize = 32;
 
+/// Other parameters are ignored: pages add their own (a cache-buster such as `_=`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct DispatchQuery {
     app: String,
     /// Optional: the token names the user; when given, it must be the token's.

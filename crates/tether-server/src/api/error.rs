@@ -67,13 +67,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A body that could not be read: too large for `limits.api_body_bytes` (the same code as a
+/// payload over its own limit), or cut short. In our words, not the HTTP stack's.
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
-        let status = match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, "bad_request", e.body_text())
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than this node takes (limits.api_body_bytes)",
+            ),
+            _ => ApiError::bad_request("the request body could not be read in full"),
+        }
     }
 }
 
@@ -118,6 +123,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Cluster and task errors the API answered, logged at most once a second.
+static DELIVERY_ERRORS: LogLimit = LogLimit::new(Duration::from_secs(1));
+
+fn log_delivery_error(e: &DeliveryError) {
+    if let Some(suppressed) = DELIVERY_ERRORS.allow() {
+        tracing::warn!(suppressed, "api: answered a delivery error: {e}");
+    }
+}
+
 fn log_store_error(e: &StoreError) {
     if let Some(suppressed) = STORE_ERRORS.allow() {
         tracing::warn!(suppressed, "api: answered a store error: {e}");
@@ -159,8 +173,14 @@ impl From<DeliveryError> for ApiError {
     fn from(e: DeliveryError) -> Self {
         match e {
             DeliveryError::Store(e) => e.into(),
+            // Their own words (a Redis reply, a task's panic) go to the log, not to clients.
             DeliveryError::Registry(_) | DeliveryError::Router(_) | DeliveryError::Failed(_) => {
-                ApiError::unavailable(e)
+                log_delivery_error(&e);
+                ApiError::unavailable(
+                    "the cluster cannot take this request now; retry later (with the same \
+                     idempotency_key)",
+                )
+                .retry_after(1)
             }
             DeliveryError::Busy => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()).retry_after(1)

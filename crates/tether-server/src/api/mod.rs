@@ -155,7 +155,12 @@ impl Api {
             (None, Some(b64)) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?;
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            "payload_base64 is not standard base64 with padding \
+                             (A-Z a-z 0-9 + /, =)",
+                        )
+                    })?;
                 (PayloadKind::Binary, Bytes::from(bytes))
             }
             _ => {
@@ -239,12 +244,14 @@ fn request_limits(config: &Config) -> HashMap<AppId, RequestLimit> {
         .collect()
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header; the scheme's name in any case
+/// (RFC 9110, 11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 /// The two ways a request can carry a message's payload (see [`Api::payload`]).

@@ -203,8 +203,8 @@ async fn reload(
         Err(problems) => Ok((
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({
-                "error": "invalid_config",
-                "message": format!(
+                "code": "invalid_config",
+                "error": format!(
                     "the configuration was not reloaded ({} problems); the old one stays",
                     problems.len()
                 ),
@@ -257,7 +257,10 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
     let links = ops.links.clone();
     let conns = tokio::task::spawn_blocking(move || conn_stats(&*links))
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| {
+            tracing::warn!("admin stats: counting connections failed: {e}");
+            ApiError::unavailable("connections could not be counted now; retry later")
+        })?;
     let by_app: BTreeMap<&str, Value> = conns
         .by_app
         .iter()

@@ -215,7 +215,7 @@ fn refuse(
         request,
         ErrorBody {
             code: Code::UNAVAILABLE,
-            message: format!("topic {topic} is unavailable: {e}"),
+            message: format!("topic {topic} is unavailable now; subscribe again later"),
         },
     );
     conn.enqueue(conn.encoding().encode(&error));
