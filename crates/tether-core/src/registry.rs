@@ -17,6 +17,8 @@ use crate::{AppId, ConnId, DeviceId, NodeId, UserId};
 pub enum Transport {
     Tcp,
     Ws,
+    /// Server-Sent Events, with a POST route for what the client sends.
+    Sse,
 }
 
 impl Transport {
@@ -24,6 +26,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
+            Transport::Sse => "sse",
         }
     }
 }

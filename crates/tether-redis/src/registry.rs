@@ -17,7 +17,7 @@
 //! is one command on one shard. What a node registered is kept a second time under the node,
 //! so that the sessions of a dead node can be found without scanning every user.
 //!
-//! A session value is 9 bytes and the device id: the transport (`t` or `w`), `connected_at_ms`
+//! A session value is 9 bytes and the device id: the transport (`t`, `w` or `s`), `connected_at_ms`
 //! (big-endian u64), then the device id. A field is `node:conn` (the conn is decimal, so the
 //! last `:` splits it). Decoding checks lengths and tags: an entry that does not decode is
 //! skipped with a warning, never trusted.
@@ -650,6 +650,7 @@ fn encode_session(s: &Session) -> Vec<u8> {
     out.push(match s.transport {
         Transport::Tcp => b't',
         Transport::Ws => b'w',
+        Transport::Sse => b's',
     });
     out.extend_from_slice(&s.connected_at_ms.to_be_bytes());
     out.extend_from_slice(s.device.as_str().as_bytes());
@@ -665,6 +666,7 @@ fn decode_session(app: &AppId, user: &UserId, field: &[u8], value: &[u8]) -> Opt
     let transport = match head[0] {
         b't' => Transport::Tcp,
         b'w' => Transport::Ws,
+        b's' => Transport::Sse,
         _ => return None,
     };
     let connected_at_ms = u64::from_be_bytes(head[1..].try_into().ok()?);
@@ -752,6 +754,7 @@ mod tests {
         for s in [
             session("n1", 7, "phone", Transport::Tcp),
             session("a:b:c", u64::MAX, "", Transport::Ws),
+            session("n2", 9, "browser", Transport::Sse),
             session("", 0, "d:é", Transport::Tcp),
         ] {
             let back = decode_session(

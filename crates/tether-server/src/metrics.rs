@@ -62,6 +62,13 @@ pub fn tls_handshake(listener: &'static str, result: &'static str) {
         .increment(1);
 }
 
+/// A POST to an SSE session (see `gateway::sse`), by outcome: `taken` (waiting for the
+/// session's connection), `forwarded` (sent to the node holding it), or the error code it was
+/// answered with (`unknown_session`, `busy`, `bad_request`, ...).
+pub fn sse_post(result: &'static str) {
+    counter!("tether_sse_posts_total", "result" => result).increment(1);
+}
+
 /// A fetch of an app's JWKS URL (see `crate::jwks`), by outcome: `ok` (the keys in force are
 /// the document's) or `error` (the keys fetched before stay in force; none before the first
 /// success).
@@ -102,6 +109,7 @@ impl TransportMetrics {
 pub struct Metrics {
     pub tcp: TransportMetrics,
     pub ws: TransportMetrics,
+    pub sse: TransportMetrics,
     pub handshakes_ok: Counter,
     pub queue_overflows: Counter,
     pub push_deliveries: Counter,
@@ -136,6 +144,7 @@ impl Metrics {
         Metrics {
             tcp: TransportMetrics::new(Transport::Tcp),
             ws: TransportMetrics::new(Transport::Ws),
+            sse: TransportMetrics::new(Transport::Sse),
             handshakes_ok: counter!("tether_handshakes_total", "result" => "ok"),
             queue_overflows: counter!("tether_queue_overflows_total"),
             push_deliveries: counter!("tether_push_deliveries_total"),
@@ -156,6 +165,7 @@ impl Metrics {
         match t {
             Transport::Tcp => &self.tcp,
             Transport::Ws => &self.ws,
+            Transport::Sse => &self.sse,
         }
     }
 
@@ -204,8 +214,8 @@ pub struct FanoutMetrics {
     pub overflows: Counter,
     /// Frames and bytes the fan-out wrote to sockets itself, by transport (the same series
     /// the connection tasks count theirs in; see `fanout::batch::by_transport`).
-    pub frames_out: [Counter; 2],
-    pub bytes_out: [Counter; 2],
+    pub frames_out: [Counter; 3],
+    pub bytes_out: [Counter; 3],
     pub gap_fills: Counter,
     pub store_errors: Counter,
 }
@@ -223,10 +233,12 @@ impl FanoutMetrics {
             frames_out: [
                 counter!("tether_frames_out_total", "transport" => "tcp"),
                 counter!("tether_frames_out_total", "transport" => "ws"),
+                counter!("tether_frames_out_total", "transport" => "sse"),
             ],
             bytes_out: [
                 counter!("tether_bytes_out_total", "transport" => "tcp"),
                 counter!("tether_bytes_out_total", "transport" => "ws"),
+                counter!("tether_bytes_out_total", "transport" => "sse"),
             ],
             gap_fills: counter!("tether_topic_gap_fills_total"),
             store_errors: counter!("tether_store_errors_total", "op" => "history"),

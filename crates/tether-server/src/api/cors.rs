@@ -8,31 +8,11 @@
 //! # Policy
 //!
 //! From `listen.http_access.origins`, with the WebSocket listener's pattern syntax
-//! ([`crate::edge::origin`]); swapped by a reload ([`Cors::reload`]).
-//!
-//! - A request without `Origin` is not a page's cross-origin call (a native client, a server,
-//!   a same-origin `GET`): served, nothing added.
-//! - No list: any origin. Answers carry `Access-Control-Allow-Origin: *`, and never
-//!   credentials: a browser refuses `*` in credentials mode, so "any origin" can never also
-//!   mean "with the user's cookies". The answer is the same for every origin, so caches need
-//!   no `Vary`.
-//! - A list: a listed origin is echoed, with `Access-Control-Allow-Credentials: true` (the
-//!   operator named the pages it trusts; tether itself reads no cookie, but a balancer's
-//!   affinity cookie reaches a cross-origin `EventSource` only in credentials mode) and
-//!   `Vary: Origin` on every answer.
-//! - An origin not listed is refused with `403` and no CORS header before the route runs,
-//!   preflight or not, counted as `tether_connections_refused_total{listener="http",
-//!   reason="origin"}` (the WebSocket listener's Origin check counts the same way). Leaving
-//!   the headers out would be enough for the browser to hide the answer, but not to keep the
-//!   route from running: a `GET` with `?token=` or an `EventSource` needs no preflight, and a
-//!   route with effects (an SSE session that marks the user online) must not run for a page
-//!   the operator did not list.
-//! - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an allowed
-//!   origin is answered here, `204`, with [`METHODS`], [`HEADERS`] and a [`MAX_AGE`]; the
-//!   route never sees it. Other `OPTIONS` requests go to the route (`405`).
-//! - Every other answer of a client-facing route (errors too, so that a page can read their
-//!   `{code, error}`) carries the origin headers, and `Access-Control-Expose-Headers:
-//!   retry-after` (a `503` or `429` says when to retry).
+//! ([`crate::edge::origin`]); swapped by a reload ([`Cors::reload`]). The answers are
+//! [`crate::edge::cors`]'s, the same as the SSE routes give from the WebSocket listener's
+//! origins: a request without `Origin` is served as it is, an origin not listed is refused with
+//! `403` before the route runs, a preflight from an allowed one is answered `204` here, and
+//! every other answer (errors too) carries the origin headers.
 
 use std::sync::Arc;
 
@@ -46,22 +26,9 @@ use axum::response::{IntoResponse, Response};
 use super::ApiError;
 use crate::accept::Peer;
 use crate::edge::Guard;
+use crate::edge::cors::{Cors as EdgeCors, Verdict};
 
-/// What a client-facing route may be called with: `GET` (the dispatcher, an SSE stream) and
-/// `POST` (what an SSE client sends).
-pub const METHODS: &str = "GET, POST";
-
-/// The request headers a page may send beyond the safelisted ones: the SDK's token, a JSON
-/// body, and the resume position `EventSource` sends when it reconnects.
-pub const HEADERS: &str = "authorization, content-type, last-event-id";
-
-/// How long (seconds) a browser may keep a preflight's answer: Chromium's own cap (Firefox
-/// keeps up to a day). A removed origin is refused by the next request anyway: a kept
-/// preflight only spares the round trip.
-pub const MAX_AGE: &str = "7200";
-
-/// The answer headers a page may read beyond the safelisted ones.
-const EXPOSE: &str = "retry-after";
+pub use crate::edge::cors::{HEADERS, MAX_AGE, METHODS};
 
 /// The CORS of the client-facing routes, answered from the HTTP listener's guard as last
 /// reloaded: its origins, and its count and log of refusals.
@@ -73,18 +40,6 @@ pub struct Cors {
 /// The HTTP listener's guard as last reloaded, shared by the address check of every route
 /// ([`super::guarded`]) and the CORS of the client-facing ones.
 pub type HttpGuard = Arc<ArcSwap<Guard>>;
-
-/// What a request's `Origin` allows.
-enum Verdict {
-    /// No `Origin`: not a page's cross-origin call.
-    NoOrigin,
-    /// Any origin may call (no list).
-    Any,
-    /// A listed origin, echoed.
-    Listed(HeaderValue),
-    /// Refused, counted and logged.
-    Refused,
-}
 
 impl Cors {
     /// The CORS of `guard`, the HTTP listener's (see [`crate::edge::Guards`]).
@@ -114,12 +69,12 @@ impl Cors {
     }
 
     async fn serve(&self, request: Request, next: Next) -> Response {
-        let (verdict, listed) = self.verdict(&request);
+        let cors = self.verdict(&request);
         let preflight = request.method() == Method::OPTIONS
             && request
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let mut response = match &verdict {
+        let mut response = match &cors.verdict {
             Verdict::Refused => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -127,73 +82,31 @@ impl Cors {
             )
             .into_response(),
             Verdict::Any | Verdict::Listed(_) if preflight => {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                let headers = response.headers_mut();
-                for (name, value) in [
-                    (header::ACCESS_CONTROL_ALLOW_METHODS, METHODS),
-                    (header::ACCESS_CONTROL_ALLOW_HEADERS, HEADERS),
-                    (header::ACCESS_CONTROL_MAX_AGE, MAX_AGE),
-                ] {
-                    headers.insert(name, HeaderValue::from_static(value));
-                }
-                response
+                StatusCode::NO_CONTENT.into_response()
             }
-            _ => {
-                let mut response = next.run(request).await;
-                if !matches!(verdict, Verdict::NoOrigin) {
-                    response.headers_mut().insert(
-                        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                        HeaderValue::from_static(EXPOSE),
-                    );
-                }
-                response
-            }
+            _ => next.run(request).await,
         };
+        let preflight = preflight && matches!(cors.verdict, Verdict::Any | Verdict::Listed(_));
         let headers = response.headers_mut();
-        match verdict {
-            Verdict::Any => {
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
+        for (name, value) in cors.headers(preflight) {
+            if name == header::VARY {
+                headers.append(name, value);
+            } else {
+                headers.insert(name, value);
             }
-            Verdict::Listed(origin) => {
-                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
-            Verdict::NoOrigin | Verdict::Refused => {}
-        }
-        // With a list the answer depends on the Origin, whatever it was (or that there was
-        // none): a cache must not give one origin's answer to another.
-        if listed {
-            headers.append(header::VARY, HeaderValue::from_static("origin"));
         }
         response
     }
 
-    /// The request's verdict, and whether it came from a list (read once: a reload between
-    /// the two must not mix them).
-    fn verdict(&self, request: &Request) -> (Verdict, bool) {
+    /// The request's CORS, from the guard as last reloaded.
+    fn verdict(&self, request: &Request) -> EdgeCors {
         let guard = self.guard.load();
-        let listed = guard.lists_origins();
-        let Some(origin) = request.headers().get(header::ORIGIN) else {
-            return (Verdict::NoOrigin, listed);
-        };
-        if !listed {
-            return (Verdict::Any, false);
-        }
         let ip = request
             .extensions()
             .get::<ConnectInfo<Peer>>()
             .map(|ConnectInfo(Peer(addr))| addr.ip());
-        let verdict = match guard.check_origin(Some(origin.as_bytes()), ip) {
-            Ok(()) => Verdict::Listed(origin.clone()),
-            Err(_) => Verdict::Refused,
-        };
-        (verdict, true)
+        let origin = request.headers().get(header::ORIGIN);
+        EdgeCors::of(&guard, origin.map(HeaderValue::as_bytes), ip)
     }
 }
 

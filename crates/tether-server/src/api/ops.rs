@@ -219,8 +219,9 @@ async fn reload(
 struct ConnStats {
     tcp: u64,
     ws: u64,
-    /// App -> (tcp, ws) connections bound to it.
-    by_app: BTreeMap<AppId, (u64, u64)>,
+    sse: u64,
+    /// App -> (tcp, ws, sse) connections bound to it.
+    by_app: BTreeMap<AppId, (u64, u64, u64)>,
     queued_bytes: u64,
     over_half: u64,
 }
@@ -232,13 +233,15 @@ fn conn_stats(links: &dyn Links) -> ConnStats {
         let n = match conn.transport() {
             Transport::Tcp => &mut s.tcp,
             Transport::Ws => &mut s.ws,
+            Transport::Sse => &mut s.sse,
         };
         *n += 1;
         for Binding { app, .. } in conn.bindings() {
-            let (tcp, ws) = s.by_app.entry(app.clone()).or_default();
+            let (tcp, ws, sse) = s.by_app.entry(app.clone()).or_default();
             match conn.transport() {
                 Transport::Tcp => *tcp += 1,
                 Transport::Ws => *ws += 1,
+                Transport::Sse => *sse += 1,
             }
         }
         let queued = conn.queued_bytes();
@@ -264,7 +267,7 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
     let by_app: BTreeMap<&str, Value> = conns
         .by_app
         .iter()
-        .map(|(app, (tcp, ws))| (app.as_str(), json!({ "tcp": tcp, "ws": ws })))
+        .map(|(app, (tcp, ws, sse))| (app.as_str(), json!({ "tcp": tcp, "ws": ws, "sse": sse })))
         .collect();
     let fanout: BTreeMap<String, Value> = ops
         .delivery
@@ -312,9 +315,10 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
         "draining": ops.lifecycle.is_draining(),
         "endpoints": ops.lifecycle.endpoints(),
         "connections": {
-            "total": conns.tcp + conns.ws,
+            "total": conns.tcp + conns.ws + conns.sse,
             "tcp": conns.tcp,
             "ws": conns.ws,
+            "sse": conns.sse,
             "by_app": by_app,
         },
         "webhooks": webhooks,
@@ -368,16 +372,17 @@ mod tests {
         let a = conn(1, Transport::Tcp, &["demo"]);
         let b = conn(2, Transport::Ws, &["demo", "shop"]);
         let c = conn(3, Transport::Tcp, &["shop"]);
-        for conn in [&a, &b, &c] {
+        let d = conn(4, Transport::Sse, &["shop"]);
+        for conn in [&a, &b, &c, &d] {
             table.insert(conn.clone());
         }
         a.enqueue(Bytes::from(vec![0; 501]));
         b.enqueue(Bytes::from(vec![0; 500]));
         c.enqueue(Bytes::from(vec![0; 10]));
         let s = conn_stats(&table);
-        assert_eq!((s.tcp, s.ws), (2, 1));
-        assert_eq!(s.by_app[&AppId::from("demo")], (1, 1));
-        assert_eq!(s.by_app[&AppId::from("shop")], (1, 1));
+        assert_eq!((s.tcp, s.ws, s.sse), (2, 1, 1));
+        assert_eq!(s.by_app[&AppId::from("demo")], (1, 1, 0));
+        assert_eq!(s.by_app[&AppId::from("shop")], (1, 1, 1));
         assert_eq!(s.queued_bytes, 1011);
         assert_eq!(s.over_half, 1, "past half of 1000 bytes: only the 501");
     }

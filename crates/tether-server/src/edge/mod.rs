@@ -7,6 +7,7 @@
 //!   line of every refusal.
 //! - [`cidr`]: networks and lists of them ([`cidr::IpList`]).
 //! - [`origin`]: allowed origins and subdomain patterns ([`origin::Origins`]).
+//! - [`cors`]: the CORS answers of client-facing routes, from a guard's origins.
 //!
 //! The gateway asks its TCP and WebSocket listeners' guards as soon as a socket is accepted;
 //! the API asks its listener's guard in a middleware. What each refusal looks like to the
@@ -19,6 +20,7 @@
 //! `benches/edge.rs` for the figures).
 
 pub mod cidr;
+pub mod cors;
 pub mod origin;
 
 use std::net::{IpAddr, Ipv6Addr};

@@ -170,8 +170,8 @@ pub struct Reached {
     pub delivered: u64,
     /// Of those, written to the socket by the fan-out itself, and their bytes (WebSocket
     /// headers not counted), by transport (see [`by_transport`]).
-    pub written: [u64; 2],
-    pub written_bytes: [u64; 2],
+    pub written: [u64; 3],
+    pub written_bytes: [u64; 3],
     /// Connections whose byte-bounded queue overflowed: they are closing as slow.
     pub overflowed: u64,
     /// Subscribers whose connection was already closed (removed by the caller).
@@ -213,7 +213,7 @@ impl Reached {
 
     pub fn add(&mut self, other: Reached) {
         self.delivered += other.delivered;
-        for t in 0..2 {
+        for t in 0..3 {
             self.written[t] += other.written[t];
             self.written_bytes[t] += other.written_bytes[t];
         }
@@ -222,10 +222,11 @@ impl Reached {
     }
 }
 
-/// The index of `transport` in [`Reached::written`]: raw TCP, then WebSocket.
+/// The index of `transport` in [`Reached::written`]: raw TCP, WebSocket, SSE.
 pub fn by_transport(transport: Transport) -> usize {
     match transport {
         Transport::Tcp => 0,
         Transport::Ws => 1,
+        Transport::Sse => 2,
     }
 }

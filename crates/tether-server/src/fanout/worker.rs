@@ -331,7 +331,7 @@ impl Worker {
     }
 
     fn count_written(&self, reached: &Reached) {
-        for t in 0..2 {
+        for t in 0..3 {
             if reached.written[t] > 0 {
                 self.metrics.frames_out[t].increment(reached.written[t]);
                 self.metrics.bytes_out[t].increment(reached.written_bytes[t]);

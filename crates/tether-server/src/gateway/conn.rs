@@ -67,7 +67,13 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         };
         resume.push(InboxState::resuming(last_seq.unwrap_or(stored), stored));
     }
-    let conn = Arc::new(ConnHandle::new(NewConn {
+    // A client that heartbeats may miss a few; the keep-alives of a server that keeps the
+    // connection alive itself go out every interval.
+    let idle_limit = match wire.keepalive() {
+        true => accepted.heartbeat,
+        false => accepted.heartbeat * gw.config.heartbeat_missed,
+    };
+    let handle = ConnHandle::new(NewConn {
         id: gw.table.next_id(),
         transport: wire.transport(),
         encoding: wire.encoding(),
@@ -76,9 +82,13 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         resume,
         queue_limit: gw.limits.outbound_queue_bytes,
         direct: wire.direct(),
-        idle_limit: accepted.heartbeat * gw.config.heartbeat_missed,
+        idle_limit,
         now_ms: gw.clock_ms(),
-    }));
+    });
+    let conn = Arc::new(match wire.keepalive() {
+        true => handle.kept_alive(),
+        false => handle,
+    });
     // Visible to pushes from here on; they queue behind `connected`.
     gw.table.insert(conn.clone());
     // A shutdown that began before the insert did not see this connection: close it here.

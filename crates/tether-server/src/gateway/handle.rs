@@ -65,8 +65,9 @@ pub struct ConnHandle {
     pub connected_at_ms: u64,
     /// The queue's byte limit (see [`NewConn::queue_limit`]); read through [`Self::limit`].
     limit: u32,
-    /// A connection silent for longer than this is closed by the heartbeat sweep.
-    pub(super) idle_limit_ms: u32,
+    /// A connection silent for longer than this is closed by the heartbeat sweep (or, kept
+    /// alive by the server, gets a keep-alive).
+    pub(super) idle_limit: IdleLimit,
     /// When a frame last arrived, in ms of the gateway's clock ([`super::Gateway::clock_ms`]).
     pub(super) last_seen_ms: AtomicU64,
     /// The task holds bytes the client has not taken yet.
@@ -92,6 +93,30 @@ pub struct ConnHandle {
     pub(super) park: AtomicU8,
 }
 
+/// How long a connection may stay silent, in milliseconds, and in the top bit whether the
+/// server keeps it alive rather than its client (see [`crate::transport::Wire::keepalive`]):
+/// the limit is then the interval of its keep-alives. One `u32`, so that the handle stays
+/// within its allocation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct IdleLimit(u32);
+
+impl IdleLimit {
+    const KEPT_ALIVE: u32 = 1 << 31;
+
+    fn new(limit: Duration) -> IdleLimit {
+        let ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+        IdleLimit(ms.min(Self::KEPT_ALIVE - 1))
+    }
+
+    pub(super) fn ms(self) -> u64 {
+        u64::from(self.0 & !Self::KEPT_ALIVE)
+    }
+
+    pub(super) fn kept_alive(self) -> bool {
+        self.0 & Self::KEPT_ALIVE != 0
+    }
+}
+
 /// The connection has a task serving it.
 pub(super) const RUNNING: u8 = 0;
 /// The sweep found it idle and asked its task to park.
@@ -109,7 +134,7 @@ impl ConnHandle {
             bindings: conn.bindings.into_boxed_slice(),
             connected_at_ms: tether_core::now_ms(),
             limit: u32::try_from(conn.queue_limit).unwrap_or(u32::MAX),
-            idle_limit_ms: u32::try_from(conn.idle_limit.as_millis()).unwrap_or(u32::MAX),
+            idle_limit: IdleLimit::new(conn.idle_limit),
             last_seen_ms: AtomicU64::new(conn.now_ms),
             writing: AtomicBool::new(false),
             progress_ms: AtomicU64::new(conn.now_ms),
@@ -131,6 +156,13 @@ impl ConnHandle {
             task: AtomicWaker::new(),
             park: AtomicU8::new(RUNNING),
         }
+    }
+
+    /// The handle of a connection the server keeps alive (see
+    /// [`crate::transport::Wire::keepalive`]), every `idle_limit` in which nothing was written.
+    pub fn kept_alive(mut self) -> Self {
+        self.idle_limit.0 |= IdleLimit::KEPT_ALIVE;
+        self
     }
 
     pub(super) fn outbox(&self) -> MutexGuard<'_, Outbox> {

@@ -115,7 +115,7 @@ struct Io {
     /// falls silent. Parking at once frees the task while the next connection's handshake can
     /// reuse its memory, rather than `park_after` later, when the allocator keeps it as a hole
     /// between the connections that came meanwhile. A client that does send something right
-    /// away costs one more task spawn.
+    /// away costs one more task spawn. Likewise after a keep-alive of the server's.
     early: bool,
     /// A close asked for, acted on once what it flushes is written.
     close: Option<Close>,
@@ -155,7 +155,13 @@ impl Io {
             // batch, behind the rest of a direct write if one is queued.
             let claim = wire.wants_write() && !self.sending && self.pending.is_empty();
             if ready || claim {
+                let before = self.pending.len();
                 let (close, tail) = conn.take_writing(&mut self.pending, claim);
+                // Only keep-alives (empty frames, see `Wire::keepalive`): like a heartbeat's
+                // pong, nothing else is likely to follow, so the task parks once it is out.
+                if self.pending.len() > before && self.pending.iter().all(Bytes::is_empty) {
+                    self.early = !gw.park_after().is_zero();
+                }
                 if tail {
                     wire.set_mid_frame();
                 }

@@ -1,5 +1,5 @@
-//! The gateway's accept loops: raw TCP and WebSocket, each plain or inside TLS (`tls://`,
-//! `wss://`). Each accepted socket meets its listener's guard and the admission limits before a
+//! The gateway's accept loops: raw TCP and WebSocket (with SSE), each plain or inside TLS
+//! (`tls://`, `wss://`). Each accepted socket meets its listener's guard and the admission limits before a
 //! byte is read; a TLS connection's handshake comes next, bounded by the handshake timeout,
 //! then the transport's own handshake and the session's, as on a plain socket.
 
@@ -11,13 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use super::admission::{Admission, Permit};
+use super::sse::Served;
 use super::{Gateway, REFUSAL_TIMEOUT, conn};
 use crate::accept::AcceptErrors;
 use crate::edge::{Guard, Refusal};
 use crate::tls::Certs;
 use crate::transport::carrier::AsIo;
 use crate::transport::tls::{self, Tls};
-use crate::transport::{Carrier, TcpWire, WsWire, upgrade};
+use crate::transport::{Carrier, SseWire, TcpWire, WsWire, upgrade};
 
 impl Gateway {
     /// Accepts raw TCP clients until shutdown, inside TLS with `tls`.
@@ -69,7 +70,8 @@ impl Gateway {
         }
     }
 
-    /// Accepts WebSocket clients on `/ws` until shutdown, inside TLS with `tls`.
+    /// Accepts WebSocket clients on `/ws`, and SSE streams and their POSTs on `/v1/sse`
+    /// (see `super::sse`), until shutdown, inside TLS with `tls`.
     ///
     /// A client whose address the listener's guard refuses is closed at once, before a byte
     /// is read. Other refused clients get their HTTP answer (429 over the per-IP rate, 503 over
@@ -106,17 +108,25 @@ impl Gateway {
                     peer,
                     refused,
                     origin: &origin_ok,
+                    guard: &guard,
                 };
                 match tls {
                     None => {
                         let mut stream = stream;
-                        let Some(rest) = gw.upgrade(&mut stream, check).await else {
-                            return;
-                        };
-                        // A refused client's upgrade failed above (its answer was the refusal).
+                        // A WebSocket upgrade, or SSE's routes (`super::sse`).
+                        let served = gw.serve_http(&mut stream, check).await;
+                        // A refused client was answered above (its answer was the refusal).
                         let Ok(permit) = permit else { return };
-                        let wire = WsWire::new(stream, rest, gw.limits.max_frame);
-                        conn::serve(wire, gw, permit).await;
+                        match served {
+                            Served::WebSocket(rest) => {
+                                let wire = WsWire::new(stream, rest, gw.limits.max_frame);
+                                conn::serve(wire, gw, permit).await;
+                            }
+                            Served::Stream(opened) => {
+                                conn::serve(SseWire::new(stream, *opened), gw, permit).await;
+                            }
+                            Served::Done => {}
+                        }
                     }
                     Some(certs) => {
                         let Some(mut tls) = gw.tls_handshake(&certs, stream, peer, name).await
@@ -124,15 +134,20 @@ impl Gateway {
                             return;
                         };
                         let mut io = AsIo::new(&mut tls);
-                        let Some(mut rest) = gw.upgrade(&mut io, check).await else {
-                            return;
-                        };
-                        // What the upgrade read past its own buffer comes first.
-                        let mut unread = io.unread();
-                        unread.unsplit(rest);
-                        rest = unread;
+                        let served = gw.serve_http(&mut io, check).await;
+                        // What TLS decrypted past what the requests took comes after them.
+                        let unread = io.unread();
                         let Ok(permit) = permit else { return };
-                        serve_ws_over(tls, rest, gw, permit).await;
+                        match served {
+                            Served::WebSocket(mut rest) => {
+                                rest.extend_from_slice(&unread);
+                                serve_ws_over(tls, rest, gw, permit).await;
+                            }
+                            Served::Stream(opened) if unread.is_empty() => {
+                                conn::serve(SseWire::over(tls, *opened), gw, permit).await;
+                            }
+                            Served::Stream(_) | Served::Done => {}
+                        }
                     }
                 }
             });
@@ -169,7 +184,11 @@ impl Gateway {
 
     /// Reads and answers a WebSocket upgrade request on `stream` (the socket, or TLS over
     /// it): what the client sent after it, or `None` when no connection came of it.
-    async fn upgrade<S>(&self, stream: &mut S, check: Upgrade<'_>) -> Option<bytes::BytesMut>
+    pub(super) async fn upgrade<S>(
+        &self,
+        stream: &mut S,
+        check: Upgrade<'_>,
+    ) -> Option<bytes::BytesMut>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -239,12 +258,14 @@ impl Gateway {
     }
 }
 
-/// What an upgrade request is checked against.
-struct Upgrade<'a> {
-    peer: SocketAddr,
+/// What an upgrade request (or an SSE request) is checked against.
+pub(super) struct Upgrade<'a> {
+    pub peer: SocketAddr,
     /// The client is to be told this code instead of connecting.
-    refused: Option<Code>,
-    origin: upgrade::OriginCheck<'a>,
+    pub refused: Option<Code>,
+    pub origin: upgrade::OriginCheck<'a>,
+    /// The listener's guard, for the CORS of SSE's routes.
+    pub guard: &'a Guard,
 }
 
 /// Serves a WebSocket connection over `carrier` once its upgrade is answered.

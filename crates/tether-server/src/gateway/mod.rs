@@ -2,6 +2,8 @@
 //!
 //! - this module: [`Gateway`] and the [`Events`] it reports.
 //! - [`listen`]: the accept loops, raw TCP and WebSocket, plain or inside TLS.
+//! - [`sse`]: the HTTP requests of the WebSocket listener: the upgrade, SSE streams and the
+//!   frames posted to their sessions.
 //! - [`admission`]: the connection limits, before a handshake starts (who may connect at all,
 //!   by address and origin, is each listener's [`Guard`], asked first).
 //! - [`conn`]: from accept to established: the handshake, registration, `connected`.
@@ -31,6 +33,7 @@ mod io;
 mod listen;
 pub mod outbox;
 mod poller;
+mod sse;
 mod sweep;
 pub mod table;
 mod task;

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tether_proto::{Code, Expiring, Frame};
 use tracing::debug;
 
@@ -105,8 +106,13 @@ impl ConnHandle {
                 return self.abandon(&format!("the client took no bytes for {stalled} ms"));
             }
         }
+        if self.idle_limit.kept_alive() {
+            self.keep_alive(now_ms);
+            self.ask_park(now_ms, park_after_ms);
+            return false;
+        }
         let silent = now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-        if silent > u64::from(self.idle_limit_ms) {
+        if silent > self.idle_limit.ms() {
             return self.close(Close::at_once(
                 Code::HEARTBEAT_TIMEOUT,
                 format!("no frame for {silent} ms"),
@@ -114,6 +120,19 @@ impl ConnHandle {
         }
         self.ask_park(now_ms, park_after_ms);
         false
+    }
+
+    /// Queues a keep-alive (an empty frame, which the wire writes as its own) if nothing was
+    /// written to the client for its interval at `now_ms`.
+    fn keep_alive(&self, now_ms: u64) {
+        if self.writing.load(Ordering::Acquire) {
+            return;
+        }
+        let quiet = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
+        if quiet > self.idle_limit.ms() {
+            self.progress_ms.store(now_ms, Ordering::Relaxed);
+            self.enqueue(Bytes::new());
+        }
     }
 
     /// Closes the connection if a binding's token ended at `now_s` (seconds since the epoch),

@@ -1,6 +1,7 @@
 //! The connection table: every connection of this node that completed its handshake, sharded
 //! by connection id so that fan-out from several API workers does not serialise on one lock.
-//! It is what the rest of the node knows of the gateway's connections ([`Links`]).
+//! It is what the rest of the node knows of the gateway's connections ([`Links`]), and where
+//! frames posted to an SSE stream's session find their connection ([`ConnTable::post`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -9,12 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use metrics::Counter;
 use tether_core::{AppId, ConnId, Outgoing, Transport};
-use tether_proto::Code;
+use tether_proto::{Code, Frame};
 
 use super::handle::ConnHandle;
 use super::outbox::Close;
 use crate::link::{Link, Links, Offered};
 use crate::metrics::TransportMetrics;
+use crate::transport::sse::session::{Posted, Sessions};
 
 const SHARDS: usize = 64;
 
@@ -31,6 +33,9 @@ pub struct ConnTable {
     /// [`Link::write_or_queue`]); what the connection tasks write they count themselves.
     tcp: TransportMetrics,
     ws: TransportMetrics,
+    sse: TransportMetrics,
+    /// The SSE streams' sessions, by key.
+    sessions: Arc<Sessions>,
 }
 
 impl ConnTable {
@@ -42,7 +47,27 @@ impl ConnTable {
             deliveries,
             tcp: TransportMetrics::new(Transport::Tcp),
             ws: TransportMetrics::new(Transport::Ws),
+            sse: TransportMetrics::new(Transport::Sse),
+            sessions: Arc::default(),
         }
+    }
+
+    /// Where SSE streams open their sessions.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Hands frames posted to SSE session `key` (each with its size) to its connection and
+    /// wakes its task (a parked one gets a task again), all or none; at most `max_bytes` of
+    /// frames may wait.
+    pub fn post(&self, key: u128, frames: Vec<(Frame, usize)>, max_bytes: usize) -> Posted {
+        let posted = self.sessions.post(key, frames, max_bytes);
+        if let Posted::Taken(conn) = posted
+            && let Some(conn) = self.handle(conn)
+        {
+            conn.wake();
+        }
+        posted
     }
 
     /// A connection id never used before by this node id, also across restarts: sessions of a
@@ -90,6 +115,7 @@ impl ConnTable {
                 let metrics = match transport {
                     Transport::Tcp => &self.tcp,
                     Transport::Ws => &self.ws,
+                    Transport::Sse => &self.sse,
                 };
                 metrics.frames_out.increment(1);
                 metrics.bytes_out.increment(n as u64);

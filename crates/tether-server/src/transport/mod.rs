@@ -12,11 +12,14 @@
 //! - [`ws`]: WebSocket (RFC 6455), one frame per message, binary or JSON text, on framing of
 //!   tether's own (see [`tether_proto::ws`]).
 //! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
+//! - [`sse`]: Server-Sent Events, a stream of events and a POST route for what the client
+//!   sends, for browsers behind proxies that strip the WebSocket upgrade.
 //!
 //! Under each framing, a [`Carrier`] moves the bytes: [`Plain`], the socket itself, or
 //! [`Tls`] over it.
 
 pub mod carrier;
+pub mod sse;
 pub mod tcp;
 pub mod tls;
 pub mod upgrade;
@@ -37,6 +40,7 @@ use tokio::net::TcpStream;
 use crate::link::Encoding;
 
 pub use carrier::{Carrier, Plain};
+pub use sse::SseWire;
 pub use tcp::TcpWire;
 pub use tls::Tls;
 pub use ws::WsWire;
@@ -142,6 +146,15 @@ pub trait Wire: Send + Sized + 'static {
     /// [`Wire::poll_send`] for them even with no frame queued. A wire that comes to have some
     /// while reading wakes its task, so that the pass after it writes them.
     fn wants_write(&self) -> bool {
+        false
+    }
+
+    /// Whether the server keeps the connection alive rather than its client (SSE: a client
+    /// that has no way to send on the connection). The heartbeat sweep then queues an empty
+    /// frame, which the wire writes as its keep-alive, when nothing was written for a heartbeat
+    /// interval, and never closes the connection for the client's silence: a client that went
+    /// away is found by the writes.
+    fn keepalive(&self) -> bool {
         false
     }
 
