@@ -1,9 +1,10 @@
-//! The router seam: carry a delivery, a disconnect, a topic's publication, a broadcast or a
-//! subscription change to the node that holds the connections.
+//! The router seam: carry a delivery, a disconnect, a topic's publication, a broadcast, a
+//! subscription change or what a client posted to the node that holds the connections.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tether_proto::Code;
 
 use crate::{AppId, ConnId, NodeId, Outgoing, TopicId};
@@ -48,6 +49,12 @@ pub trait LocalSink: Send + Sync + std::fmt::Debug + 'static {
         subscribed: bool,
     ) -> usize;
 
+    /// Hands what a client POSTed to another node to its session on this node (an SSE
+    /// stream's: the server's `transport::sse`): `session` is the session's key, `body` the
+    /// request's body as the client sent it (JSON frames, already checked). Returns how many
+    /// frames the session took: 0 when it is not here (any more) or has too many waiting.
+    fn post(&self, session: u128, body: &Bytes) -> usize;
+
     /// Messages for this node may have been lost on the way (the router's connection dropped,
     /// or its inbound queue was full): recover what is durable. Every connection reads its
     /// inboxes again after what it was sent, every topic its history after what was fanned
@@ -85,6 +92,8 @@ pub enum NodeMessage {
         conns: Vec<ConnId>,
         subscribed: bool,
     },
+    /// [`LocalSink::post`].
+    Post { session: u128, body: Bytes },
 }
 
 impl NodeMessage {
@@ -110,6 +119,7 @@ impl NodeMessage {
                 conns,
                 subscribed,
             } => sink.subscription(app, topic, conns, *subscribed),
+            NodeMessage::Post { session, body } => sink.post(*session, body),
         }
     }
 }

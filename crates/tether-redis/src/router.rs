@@ -25,6 +25,7 @@
 //! | 3 | publish | app str, topic str, offset u64, frame (a publication) |
 //! | 4 | broadcast | app str, frame (a push) |
 //! | 5 | subscription | app str, topic str, subscribed u8, conns |
+//! | 6 | post | session u128, body length u32, the body a client posted (JSON frames) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -380,6 +381,12 @@ pub fn encode(msg: &NodeMessage) -> Bytes {
             out.put_u8(u8::from(*subscribed));
             put_conns(&mut out, conns);
         }
+        NodeMessage::Post { session, body } => {
+            out.put_u8(6);
+            out.put_u128(*session);
+            out.put_u32(body.len() as u32);
+            out.put_slice(body);
+        }
     }
     out.freeze()
 }
@@ -449,6 +456,14 @@ pub fn decode(mut buf: Bytes) -> Result<NodeMessage, DecodeError> {
                 conns,
                 subscribed,
             }
+        }
+        6 => {
+            let session = buf.try_get_u128().map_err(|_| DecodeError::Truncated)?;
+            let len = buf.try_get_u32().map_err(|_| DecodeError::Truncated)? as usize;
+            if buf.len() != len {
+                return Err(DecodeError::Truncated);
+            }
+            NodeMessage::Post { session, body: buf }
         }
         other => return Err(DecodeError::Tag(other)),
     })

@@ -250,4 +250,10 @@ pub trait Links: Send + Sync + Debug {
     /// Every connection of shards `shards` reads its inboxes again after what it was sent: a
     /// push routed here may have been lost between nodes.
     fn recheck_inboxes(&self, shards: Range<usize>);
+
+    /// Hands what a client posted (JSON frames, `body` as the client sent it) to the
+    /// connection of its session `session` (an SSE stream's), waking it. Returns how many
+    /// frames it took: 0 when the session is not here, has too many frames waiting, or the
+    /// body holds none.
+    fn post(&self, session: u128, body: &[u8]) -> usize;
 }

@@ -63,8 +63,9 @@ pub fn tls_handshake(listener: &'static str, result: &'static str) {
 }
 
 /// A POST to an SSE session (see `gateway::sse`), by outcome: `taken` (waiting for the
-/// session's connection), `forwarded` (sent to the node holding it), or the error code it was
-/// answered with (`unknown_session`, `busy`, `bad_request`, ...).
+/// session's connection), `forwarded` (sent to the node holding it), `lost` (forwarded here,
+/// and the session was gone or full), or the error code it was answered with
+/// (`unknown_session`, `busy`, `bad_request`, ...).
 pub fn sse_post(result: &'static str) {
     counter!("tether_sse_posts_total", "result" => result).increment(1);
 }

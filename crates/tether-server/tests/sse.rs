@@ -790,3 +790,67 @@ async fn a_keep_alive_gives_a_parked_stream_a_task_only_while_it_is_written() {
     .await;
     assert_eq!(node.connections(), 1, "the client's silence closes nothing");
 }
+
+/// A node of a cluster in Redis `options` (see `tests/cluster.rs`).
+fn cluster_config(options: &tether_redis::RedisOptions, id: &str) -> Config {
+    let mut config = config();
+    config.node.id = id.into();
+    config.node.announce_interval = Duration::from_millis(200);
+    config.cluster.redis = options.urls.clone();
+    config.cluster.prefix = options.prefix.clone();
+    config.store.backend = tether_server::config::StoreBackend::Redis;
+    config
+}
+
+/// Without a Redis at `TETHER_TEST_REDIS` (default 127.0.0.1:6379) this test is skipped,
+/// except under `CI=true`, where it fails.
+#[tokio::test]
+async fn in_a_cluster_a_post_that_lands_on_another_node_reaches_its_stream() {
+    let Some(options) = tether_redis::testing::options("sse-post").await else {
+        return;
+    };
+    let a = start(cluster_config(&options, "sse-a")).await;
+    let b = start(cluster_config(&options, "sse-b")).await;
+    let http_b = Http::new(&b);
+    let (mut stream, connected) = Stream::connected(&a, &query("alice", "browser"), "").await;
+    assert_eq!(connected["node"], "sse-a");
+    // No sticky sessions: every POST goes through the other node's listener.
+    let elsewhere = Poster::new(&b);
+    elsewhere.ok(&stream, json!({"op": "ping", "id": 4})).await;
+    assert_eq!(stream.frame().await.0, json!({"op": "pong", "id": 4}));
+
+    http_b.wait_presence("alice", 1).await;
+    push(&http_b, "alice", 1, 1).await;
+    let (frame, id) = stream.frame().await;
+    assert_eq!(
+        (frame["seq"].as_u64(), id.as_deref()),
+        (Some(1), Some("demo:1"))
+    );
+    elsewhere
+        .ok(&stream, json!({"op": "ack", "id": 5, "app": APP, "seq": 1}))
+        .await;
+    wait_acked(&http_b, "alice", "browser", 1).await;
+    let frames = json!([{"op": "subscribe", "id": 6, "app": APP, "topic": "room"}]);
+    elsewhere.ok(&stream, frames).await;
+    let (frame, _) = stream.frame().await;
+    assert_eq!(
+        (&frame["op"], &frame["id"]),
+        (&json!("subscribed"), &json!(6))
+    );
+    let offset = publish(&http_b, "room", 1).await;
+    let (frame, id) = stream.frame().await;
+    assert_eq!(frame["offset"].as_u64(), Some(offset));
+    assert_eq!(id, Some(format!("demo:1,demo:room:{offset}")));
+
+    // A session whose node nobody answers for is gone: 404, as on its own node. A body the
+    // node in between cannot read is refused there.
+    let session = stream.session.clone().unwrap();
+    let key = session.split_once('.').unwrap().1;
+    let gone = format!("{}.{key}", base64_url(&json!("sse-gone")));
+    let (status, body) = elsewhere.post(&gone, r#"{"op":"ping"}"#).await;
+    assert_eq!((status, &body["code"]), (404, &json!("unknown_session")));
+    let (status, body) = elsewhere.post(&session, r#"{"op":"ping""#).await;
+    assert_eq!((status, &body["code"]), (400, &json!("bad_request")));
+    a.shutdown();
+    b.shutdown();
+}

@@ -77,6 +77,12 @@ impl LocalSink for RecordingSink {
         conns.len()
     }
 
+    fn post(&self, session: u128, body: &Bytes) -> usize {
+        let line = format!("post {session:x} {}", String::from_utf8_lossy(body));
+        self.others.lock().unwrap().push(line);
+        1
+    }
+
     fn recover(&self) {
         self.recovers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -136,14 +142,19 @@ pub fn node_messages() -> Vec<NodeMessage> {
             offset: 0,
             msg: publication("live", 0, "\"p0\""),
         },
+        NodeMessage::Post {
+            session: u128::MAX - 1,
+            body: Bytes::from_static(br#"[{"op":"ack","app":"contract","seq":3}]"#),
+        },
     ]
 }
 
 /// What [`RecordingSink::others`] holds once [`node_messages`] were applied.
-pub const NODE_MESSAGE_EFFECTS: [&str; 5] = [
+pub const NODE_MESSAGE_EFFECTS: [&str; 6] = [
     "publish contract room:1 3 \"p3\"",
     "broadcast contract all",
     "subscription contract room:{2} true 5,6",
     "subscription contract room:{2} false 6",
     "publish contract live 0 \"p0\"",
+    r#"post fffffffffffffffffffffffffffffffe [{"op":"ack","app":"contract","seq":3}]"#,
 ];

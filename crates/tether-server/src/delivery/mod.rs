@@ -418,6 +418,22 @@ impl Delivery {
         Ok(kicked)
     }
 
+    /// Carries what a client posted to a session of another node (an SSE stream's) to that
+    /// node, where its connection takes it: `body` as the client sent it, already checked.
+    /// Best effort, like every message between nodes: `Ok` once sent, and the client learns
+    /// the rest from its stream (answers to its requests, or the stream's end).
+    pub async fn post(
+        &self,
+        node: &NodeId,
+        session: u128,
+        body: Bytes,
+    ) -> Result<(), DeliveryError> {
+        self.router
+            .send(node, NodeMessage::Post { session, body })
+            .await?;
+        Ok(())
+    }
+
     /// Records that the business subscribed (or unsubscribed) `user` to `topic`, then applies
     /// it to the user's connections on every node (a node that misses it applies it at the
     /// user's next connect, from the store).

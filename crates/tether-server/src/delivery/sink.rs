@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tether_core::{AppId, ConnId, LocalSink, Outgoing, TopicId};
 use tether_proto::Code;
 
@@ -95,6 +96,12 @@ impl LocalSink for NodeSink {
             .iter()
             .filter(|conn| self.subscription(app, **conn, topic, subscribed))
             .count()
+    }
+
+    fn post(&self, session: u128, body: &Bytes) -> usize {
+        let taken = self.links.post(session, body);
+        crate::metrics::sse_post(if taken > 0 { "taken" } else { "lost" });
+        taken
     }
 
     fn recover(&self) {

@@ -11,8 +11,13 @@
 //! stream, a `200` stream with its `disconnect` (4004 or 4102, retry in a second), which
 //! `EventSource` reconnects after; for a POST, its answer (the limits are for connections,
 //! and a node full of streams must still take their POSTs), then the socket closes.
+//!
+//! A POST whose session id names another node (a cluster without sticky sessions) is checked
+//! here and carried to that node by the router (`crate::delivery::Delivery::post`), best
+//! effort: `202` once sent.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use tether_core::{NodeId, RouterError};
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -20,6 +25,7 @@ use tracing::debug;
 
 use super::listen::Upgrade;
 use super::{Gateway, REFUSAL_TIMEOUT};
+use crate::delivery::DeliveryError;
 use crate::edge::cors::Cors;
 use crate::link::Encoding;
 use crate::transport::sse::request::{self, Head, HeadError, Replay, Route};
@@ -218,7 +224,7 @@ impl Gateway {
         } else {
             match self.read_body(stream, head, buf).await {
                 Err(failure) => failure,
-                Ok(body) => match self.posted(session, &body) {
+                Ok(body) => match self.posted(session, body.freeze()).await {
                     Ok(()) => {
                         answer(stream, "202 Accepted", &lines, None, !keep).await;
                         return done(keep);
@@ -306,21 +312,32 @@ impl Gateway {
         }
     }
 
-    /// Hands a POST's body to its session.
-    fn posted(&self, session: &str, body: &[u8]) -> Result<(), Failure> {
+    /// Hands a POST's body to its session, on this node or through the router on the node
+    /// its id names.
+    async fn posted(&self, session: &str, body: Bytes) -> Result<(), Failure> {
         let unknown = || {
             let e = "no such session: open a stream again".into();
             Failure("404 Not Found", "unknown_session", e)
         };
-        let frames =
-            request::body_frames(body).map_err(|e| Failure("400 Bad Request", "bad_request", e))?;
+        let frames = request::body_frames(&body)
+            .map_err(|e| Failure("400 Bad Request", "bad_request", e))?;
         let (node, key) = session::parse_id(session).ok_or_else(unknown)?;
         if node != self.node.as_str() {
-            return Err(unknown());
+            return match self.delivery.post(&NodeId::new(node), key, body).await {
+                Ok(()) => {
+                    crate::metrics::sse_post("forwarded");
+                    Ok(())
+                }
+                // No node listens under that name: the stream is gone with it.
+                Err(DeliveryError::Router(RouterError::UnknownNode(_))) => Err(unknown()),
+                Err(e) => {
+                    debug!(error = %e, "cannot forward a POST to its node");
+                    let e = "the session's node cannot be reached now; retry later".into();
+                    Err(Failure("503 Service Unavailable", "unavailable", e))
+                }
+            };
         }
-        // Frames wait in their session within the same bound as one connection's reads.
-        let max = 4 * self.limits.max_frame as usize;
-        match self.table.post(key, frames, max) {
+        match self.table.post_frames(key, frames) {
             Posted::Taken(_) => {
                 crate::metrics::sse_post("taken");
                 Ok(())

@@ -16,6 +16,7 @@ use super::handle::ConnHandle;
 use super::outbox::Close;
 use crate::link::{Link, Links, Offered};
 use crate::metrics::TransportMetrics;
+use crate::transport::sse::request;
 use crate::transport::sse::session::{Posted, Sessions};
 
 const SHARDS: usize = 64;
@@ -58,10 +59,10 @@ impl ConnTable {
     }
 
     /// Hands frames posted to SSE session `key` (each with its size) to its connection and
-    /// wakes its task (a parked one gets a task again), all or none; at most `max_bytes` of
-    /// frames may wait.
-    pub fn post(&self, key: u128, frames: Vec<(Frame, usize)>, max_bytes: usize) -> Posted {
-        let posted = self.sessions.post(key, frames, max_bytes);
+    /// wakes its task (a parked one gets a task again), all or none (see
+    /// [`Sessions::post`]).
+    pub fn post_frames(&self, key: u128, frames: Vec<(Frame, usize)>) -> Posted {
+        let posted = self.sessions.post(key, frames);
         if let Posted::Taken(conn) = posted
             && let Some(conn) = self.handle(conn)
         {
@@ -206,5 +207,16 @@ impl Links for ConnTable {
 
     fn recheck_inboxes(&self, shards: Range<usize>) {
         self.for_each_handle(shards, |conn| conn.recheck_inboxes());
+    }
+
+    fn post(&self, session: u128, body: &[u8]) -> usize {
+        let Ok(frames) = request::body_frames(body) else {
+            return 0;
+        };
+        let n = frames.len();
+        match self.post_frames(session, frames) {
+            Posted::Taken(_) => n,
+            Posted::Full | Posted::Unknown => 0,
+        }
     }
 }

@@ -20,6 +20,10 @@ use tether_proto::Frame;
 /// it handles frames: only a burst of POSTs meets this).
 pub const MAX_WAITING: usize = 64;
 
+/// Most bytes of posted frames waiting (as their bodies counted them), unless nothing else
+/// waits: one body of any size the POST route took (at most `limits.max_frame`) always fits.
+pub const MAX_WAITING_BYTES: usize = 256 * 1024;
+
 /// One stream's session.
 #[derive(Debug)]
 pub struct Session {
@@ -115,8 +119,8 @@ impl Sessions {
     }
 
     /// Hands `frames` (each with its size) to session `key`, all or none: at most
-    /// [`MAX_WAITING`] frames and `max_bytes` may wait.
-    pub fn post(&self, key: u128, frames: Vec<(Frame, usize)>, max_bytes: usize) -> Posted {
+    /// [`MAX_WAITING`] frames and [`MAX_WAITING_BYTES`] may wait.
+    pub fn post(&self, key: u128, frames: Vec<(Frame, usize)>) -> Posted {
         let Some(session) = self.map().get(&key).and_then(Weak::upgrade) else {
             return Posted::Unknown;
         };
@@ -126,7 +130,8 @@ impl Sessions {
         }
         let mut waiting = session.waiting();
         let bytes: usize = frames.iter().map(|(_, size)| size).sum();
-        if waiting.0.len() + frames.len() > MAX_WAITING || waiting.1 + bytes > max_bytes {
+        let too_many = waiting.0.len() + frames.len() > MAX_WAITING;
+        if too_many || (waiting.1 > 0 && waiting.1 + bytes > MAX_WAITING_BYTES) {
             return Posted::Full;
         }
         waiting.0.extend(frames);
@@ -197,20 +202,24 @@ mod tests {
         let sessions = Arc::new(Sessions::default());
         let session = sessions.open();
         let key = session.key();
-        assert_eq!(sessions.post(key, vec![ping()], 1000), Posted::Unknown);
+        assert_eq!(sessions.post(key, vec![ping()]), Posted::Unknown);
         session.connected(ConnId(9));
-        assert_eq!(
-            sessions.post(key, vec![ping()], 1000),
-            Posted::Taken(ConnId(9))
-        );
-        assert_eq!(sessions.post(key, vec![ping(); 64], 10_000), Posted::Full);
-        assert_eq!(sessions.post(key, vec![ping()], 39), Posted::Full);
-        assert_eq!(sessions.post(key + 1, vec![ping()], 1000), Posted::Unknown);
+        assert_eq!(sessions.post(key, vec![ping()]), Posted::Taken(ConnId(9)));
+        assert_eq!(sessions.post(key, vec![ping(); 64]), Posted::Full);
+        let big = (Frame::new(2, Body::Ping), MAX_WAITING_BYTES);
+        assert_eq!(sessions.post(key, vec![big.clone()]), Posted::Full);
+        assert_eq!(sessions.post(key + 1, vec![ping()]), Posted::Unknown);
         assert!(session.take().is_some());
         assert!(session.take().is_none() && session.is_empty());
+        assert_eq!(
+            sessions.post(key, vec![big]),
+            Posted::Taken(ConnId(9)),
+            "alone, it fits"
+        );
+        assert!(session.take().is_some());
         assert_eq!(sessions.len(), 1);
         drop(session);
         assert_eq!(sessions.len(), 0);
-        assert_eq!(sessions.post(key, vec![ping()], 1000), Posted::Unknown);
+        assert_eq!(sessions.post(key, vec![ping()]), Posted::Unknown);
     }
 }
