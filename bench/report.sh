@@ -7,7 +7,7 @@
 # 1. broadcast side by side (tether, Nchan, Mosquitto, bare writer), 100 B and 1 KiB
 #    (bench/compare.sh: idle memory per subscribed connection, equal-rate CPU and latency,
 #    saturation);
-# 2. idle memory per connection, tether alone, raw TCP and WebSocket (19,000 connections);
+# 2. idle memory per connection, tether alone, raw TCP, WebSocket and SSE (19,000 connections);
 # 3. handshakes per second (18,000 connections offered at 40,000/s);
 # 4. unicast through the HTTP API with the embedded store (fsync before the answer): qos 0 and
 #    qos 1, single-user and 100-user requests;
@@ -94,7 +94,7 @@ run() {
 }
 
 # 2. Idle memory per connection.
-for transport in tcp ws; do
+for transport in tcp ws sse; do
     run "idle-$transport" -- "$bench" connections --target tether --transport "$transport" \
         --count "$idle" --rate 5000 --hold 10 --server-pid '$pid' --json "$OUT/idle-$transport.json"
 done

@@ -63,8 +63,8 @@ impl Stats {
 pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
-    /// tether only: the gateway's transport (with ws, --addr defaults to 127.0.0.1:7401, and
-    /// with --tls to 127.0.0.1:7403).
+    /// tether only: the gateway's transport (with ws and sse, --addr defaults to
+    /// 127.0.0.1:7401, and with --tls to 127.0.0.1:7403).
     #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
     /// tether only: also subscribe each connection to --topic (the peers always subscribe).
@@ -114,7 +114,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--rate must be at least 1");
     }
     let server = Processes::with_descendants(&args.server_pid);
-    if args.target.target == Kind::Tether && matches!(args.transport, Transport::Ws) {
+    if args.target.target == Kind::Tether
+        && matches!(args.transport, Transport::Ws | Transport::Sse)
+    {
         let target = args.target.target(args.count)?;
         let setup = Setup {
             addrs: match (args.target.addr.is_empty(), &target.tls) {
@@ -128,7 +130,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             sources: target.sources,
             tls: target.tls,
         };
-        return run_ws(Arc::new(setup), &args, &server).await;
+        let sse = matches!(args.transport, Transport::Sse);
+        return run_ws(Arc::new(setup), &args, &server, sse).await;
     }
     let mut target = args.target.target(args.count)?;
     if !args.subscribe {
@@ -443,9 +446,14 @@ impl RedisGrowth {
     }
 }
 
-/// tether over WebSocket: one task per connection holding a tungstenite stream (in this
-/// process only).
-async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::Result<()> {
+/// tether over WebSocket (one task per connection holding a tungstenite stream), or over SSE
+/// (`sse`: one task per connection reading its stream), in this process only.
+async fn run_ws(
+    setup: Arc<Setup>,
+    args: &Args,
+    server: &Processes,
+    sse: bool,
+) -> anyhow::Result<()> {
     let (count, rate) = (args.count, args.rate);
     let client_before = crate::stats::rss_kib(std::process::id());
     let rss_before = server.rss_kib();
@@ -469,7 +477,11 @@ async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::R
             opened += 1;
             let (setup, stats) = (setup.clone(), stats.clone());
             tokio::spawn(async move {
-                if let Err(e) = hold_one(&setup, &stats, n).await {
+                let held = match sse {
+                    true => hold_one_sse(&setup, &stats, n).await,
+                    false => hold_one(&setup, &stats, n).await,
+                };
+                if let Err(e) = held {
                     stats.fail(format!("{e:#}")).await;
                 }
             });
@@ -498,7 +510,12 @@ async fn run_ws(setup: Arc<Setup>, args: &Args, server: &Processes) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let result = Outcome {
         target: "tether",
-        transport: if setup.tls.is_some() { "wss" } else { "ws" },
+        transport: match (sse, setup.tls.is_some()) {
+            (true, false) => "sse",
+            (true, true) => "sse (https)",
+            (false, false) => "ws",
+            (false, true) => "wss",
+        },
         subscribed: false,
         requested: count,
         connected: stats.ok.load(Ordering::Relaxed),
@@ -576,6 +593,59 @@ async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
     let stream = Stream::open(tcp, setup.tls.as_ref()).await?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
     hold_ws(stream, addr, stats, connect).await
+}
+
+/// Opens one SSE stream (`GET /v1/sse`, the connect in its query), reads until its
+/// `connected`, then reads (keep-alives) until the server closes it. The client sends nothing:
+/// the server keeps the stream alive.
+async fn hold_one_sse(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let addr = setup.addrs[(n % setup.addrs.len() as u64) as usize];
+    let tcp = open_socket(addr, setup.sources, n)
+        .await
+        .context("connect")?;
+    let mut stream = Stream::open(tcp, setup.tls.as_ref()).await?;
+    let Body::Connect(connect) =
+        connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None).body
+    else {
+        bail!("not a connect");
+    };
+    let binding = &connect.bindings[0];
+    let request = format!(
+        "GET /v1/sse?device={}&app={}&token={}&heartbeat_ms={} HTTP/1.1\r\nHost: {addr}\r\n\
+         Accept: text/event-stream\r\n\r\n",
+        connect.device, binding.app, binding.token, connect.heartbeat_ms
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            bail!("closed by server before connected");
+        }
+        if buf.windows(18).any(|w| w == br#"{"op":"connected","#) {
+            break;
+        }
+        if buf.starts_with(b"HTTP/1.1 ") && !buf.starts_with(b"HTTP/1.1 200") {
+            let line = buf[..].split(|&b| b == b'\r').next().unwrap_or_default();
+            bail!("refused: {}", String::from_utf8_lossy(line));
+        }
+        if buf.len() > 16 * 1024 {
+            bail!("no connected in the first 16 KiB");
+        }
+    }
+    stats.ok.fetch_add(1, Ordering::Relaxed);
+    // Read what comes (keep-alives) into a small buffer, dropped between reads.
+    let mut scratch = [0u8; 256];
+    drop(buf);
+    loop {
+        match stream.read(&mut scratch).await {
+            Ok(0) | Err(_) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                bail!("dropped after connecting");
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The heartbeat from the server's answer to `connect`, or why the connection was refused.

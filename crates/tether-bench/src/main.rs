@@ -63,6 +63,8 @@ struct Cli {
 enum Transport {
     Tcp,
     Ws,
+    /// Server-Sent Events on the WebSocket listener (`connections` only).
+    Sse,
 }
 
 #[derive(Debug, Subcommand)]
