@@ -1,4 +1,4 @@
-//! TLS on every listener: `tls://` raw TCP, `wss://` WebSocket, the HTTPS API with client
+//! TLS on every listener: `tls://` raw TCP, `wss://` WebSocket (and SSE), the HTTPS API with client
 //! certificates; certificates loaded again at a reload and when their files change. The
 //! certificates are made here (rcgen); the clients are rustls, `openssl s_client` and Python's
 //! `ssl` module.
@@ -348,6 +348,63 @@ async fn websocket_in_tls_carries_json_and_binary_frames() {
         let push = expect_push(next().await);
         assert_eq!(&push.payload[..], b"\"over wss\"");
     }
+}
+
+/// Reads from `stream` into `buf` until it holds `what`; panics after [`WAIT`].
+async fn read_until(stream: &mut TlsStream<TcpStream>, buf: &mut BytesMut, what: &str) {
+    while !String::from_utf8_lossy(buf).contains(what) {
+        let n = timeout(WAIT, stream.read_buf(buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {what:?} in time; got {buf:?}"))
+            .expect("read");
+        assert!(n > 0, "closed before {what:?}; got {buf:?}");
+    }
+}
+
+#[tokio::test]
+async fn sse_in_tls_streams_parks_and_takes_posts_on_the_wss_listener() {
+    let (ca, files) = (Ca::new("test CA"), Files::new());
+    files.server(&ca);
+    let node = start(tls_config(&files)).await;
+    let addr = node.wss_addr().expect("wss listener");
+    let connector = connector(&ca.pem(), None);
+    let mut stream = handshake(&connector, addr).await.expect("TLS handshake");
+    let token = common::token("kim");
+    let request = format!(
+        "GET /v1/sse?device=d1&app={APP}&token={token} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = BytesMut::new();
+    read_until(&mut stream, &mut buf, "\"op\":\"connected\"").await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let session = text
+        .split("event: session\ndata: ")
+        .nth(1)
+        .and_then(|rest| rest.split('\n').next())
+        .expect("a session event")
+        .to_owned();
+    eventually(|| node.parked_connections() == 1, "the stream parked").await;
+
+    push_to(&node, "kim", "over https").await;
+    read_until(&mut stream, &mut buf, "over https").await;
+
+    // A POST inside TLS too, on a connection of its own.
+    let mut post = handshake(&connector, addr).await.expect("TLS handshake");
+    let ping = r#"{"op":"ping","id":9}"#;
+    let request = format!(
+        "POST /v1/sse/{session} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{ping}",
+        ping.len()
+    );
+    post.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = BytesMut::new();
+    read_until(&mut post, &mut answer, "\r\n\r\n").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202 Accepted\r\n"),
+        "{answer:?}"
+    );
+    read_until(&mut stream, &mut buf, r#"{"op":"pong","id":9}"#).await;
 }
 
 #[tokio::test]
