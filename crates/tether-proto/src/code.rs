@@ -12,6 +12,10 @@
 //!
 //! The numbers are valid WebSocket close codes (4000-4999 is reserved for applications), so a
 //! WebSocket close frame carries the same code as the `disconnect` frame before it.
+//!
+//! Three codes of RFC 6455 (1002, 1007, 1009) close a WebSocket connection whose frames break
+//! WebSocket itself, below tether: they come in a close frame alone, never in a `disconnect`
+//! (see [`Code::is_websocket`]).
 
 use std::fmt;
 
@@ -53,6 +57,13 @@ macro_rules! codes {
 }
 
 codes! {
+    /// WebSocket (RFC 6455, 7.4.1): a frame WebSocket forbids (unmasked, a bad opcode, a
+    /// fragmented control frame, a continuation with no message, ...).
+    WS_PROTOCOL = 1002, "ws_protocol";
+    /// WebSocket (RFC 6455, 7.4.1): a text message that is not UTF-8.
+    WS_INVALID_UTF8 = 1007, "ws_invalid_utf8";
+    /// WebSocket (RFC 6455, 7.4.1): a message longer than the limit.
+    WS_TOO_BIG = 1009, "ws_too_big";
     /// Internal server error while serving this connection.
     INTERNAL = 4000, "internal";
     /// The connection's outbound queue passed its byte limit: the client read too slowly.
@@ -120,6 +131,12 @@ impl Code {
             // Anything else, including unknown ranges, is treated as transient.
             _ => Group::Reconnect,
         }
+    }
+
+    /// Whether this is a WebSocket close code (below 4000) rather than one of tether's: it
+    /// closes a WebSocket connection with a close frame and no `disconnect` before it.
+    pub fn is_websocket(self) -> bool {
+        self.0 < 4000
     }
 
     /// Whether a client should reconnect (possibly elsewhere) after this code.

@@ -6,8 +6,44 @@
 //! Check, then parse, like the binary codec: [`parse_header`] answers `Ok(None)` until a whole
 //! header is there, and checks the payload's length against the limit before anyone buffers
 //! it. No extension is ever negotiated, so the reserved bits must be zero.
+//!
+//! What breaks WebSocket itself is a [`WsError`], closed with an RFC 6455 code, apart from the
+//! [`crate::DecodeError`] of a message that is no tether frame.
 
-use crate::DecodeError;
+use crate::Code;
+
+mod utf8;
+
+pub use utf8::Utf8Check;
+
+/// Why a client's frames break WebSocket (RFC 6455) itself, below tether. Fatal: the server
+/// closes with [`WsError::code`] in a close frame, and sends no `disconnect` (the client's
+/// WebSocket layer failed, not its tether layer).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum WsError {
+    /// Framing RFC 6455 forbids: close code 1002.
+    #[error("websocket protocol error: {0}")]
+    Protocol(&'static str),
+    /// A text message that is not UTF-8: close code 1007.
+    #[error("a text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// A message longer than the limit: close code 1009. `len` and `max` count the tether
+    /// frame (a binary message's length prefix excluded), as [`crate::DecodeError::TooLarge`]
+    /// does, with the same text.
+    #[error("frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    TooBig { len: u64, max: u32 },
+}
+
+impl WsError {
+    /// The close code (RFC 6455, 7.4.1).
+    pub fn code(&self) -> Code {
+        match self {
+            WsError::Protocol(_) => Code::WS_PROTOCOL,
+            WsError::InvalidUtf8 => Code::WS_INVALID_UTF8,
+            WsError::TooBig { .. } => Code::WS_TOO_BIG,
+        }
+    }
+}
 
 /// A frame's opcode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,23 +112,21 @@ pub struct Header {
 /// there yet. A frame whose payload is longer than `max_payload` is refused from its header
 /// alone, and so is anything RFC 6455 forbids a client: unmasked frames, reserved bits or
 /// opcodes, long or fragmented control frames.
-pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, DecodeError> {
+pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        return Err(DecodeError::Malformed(
-            "websocket: reserved bits set, and no extension was negotiated",
+        return Err(WsError::Protocol(
+            "reserved bits set, and no extension was negotiated",
         ));
     }
     let Some(opcode) = Opcode::from_bits(b0 & 0x0F) else {
-        return Err(DecodeError::Malformed("websocket: unknown opcode"));
+        return Err(WsError::Protocol("unknown opcode"));
     };
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
-        return Err(DecodeError::Malformed(
-            "websocket: a client's frames must be masked",
-        ));
+        return Err(WsError::Protocol("a client's frames must be masked"));
     }
     let (len, at) = match b1 & 0x7F {
         126 => match buf.get(2..4) {
@@ -103,8 +137,8 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, De
             Some(b) => {
                 let len = u64::from_be_bytes(b.try_into().expect("8 bytes"));
                 if len >> 63 != 0 {
-                    return Err(DecodeError::Malformed(
-                        "websocket: the length's most significant bit is set",
+                    return Err(WsError::Protocol(
+                        "the length's most significant bit is set",
                     ));
                 }
                 (len, 10)
@@ -114,12 +148,12 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, De
         short => (u64::from(short), 2),
     };
     if opcode.is_control() && (!fin || len > MAX_CONTROL as u64) {
-        return Err(DecodeError::Malformed(
-            "websocket: a control frame must be whole and at most 125 bytes",
+        return Err(WsError::Protocol(
+            "a control frame must be whole and at most 125 bytes",
         ));
     }
     if len > max_payload as u64 {
-        return Err(DecodeError::TooLarge {
+        return Err(WsError::TooBig {
             len,
             max: u32::try_from(max_payload).unwrap_or(u32::MAX),
         });
@@ -306,13 +340,13 @@ mod tests {
         let long_ping = client_frame(true, Opcode::Ping, [0; 4], &[0; 126]);
         for bad in [reserved, opcode, unmasked, fragmented_ping, long_ping] {
             let e = parse_header(&bad, 1024).unwrap_err();
-            assert!(matches!(e, DecodeError::Malformed(_)), "{bad:?}: {e}");
+            assert_eq!(e.code(), Code::WS_PROTOCOL, "{bad:?}: {e}");
         }
         let mut huge = vec![0x82, 0x80 | 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert!(matches!(
             parse_header(&huge, 1024),
-            Err(DecodeError::Malformed(_))
+            Err(WsError::Protocol(_))
         ));
     }
 
@@ -321,7 +355,7 @@ mod tests {
         let header_only = &client_frame(true, Opcode::Binary, [0; 4], &[0; 2000])[..4];
         assert_eq!(
             parse_header(header_only, 1999),
-            Err(DecodeError::TooLarge {
+            Err(WsError::TooBig {
                 len: 2000,
                 max: 1999
             })
