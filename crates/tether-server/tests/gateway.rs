@@ -243,9 +243,9 @@ async fn an_oversized_websocket_message_closes_the_connection() {
     let node = start(Config::for_tests()).await;
     let max = Config::for_tests().limits.max_frame as usize;
     let (mut ws, _) = WsClient::connected(&node, "alice", "browser", 0).await;
-    // The sender may see a reset before it has written the whole message: that is fine.
     let _ = timeout(WAIT, ws.ws.send(Message::binary(vec![0u8; max + 4 + 1]))).await;
-    ws.expect_disconnect(Code::FRAME_TOO_LARGE).await;
+    // A WebSocket-level refusal (RFC 6455's 1009): a close frame, no `disconnect` before it.
+    ws.expect_close(Code::WS_TOO_BIG).await;
     match ws.message().await {
         None | Some(Err(_)) => {}
         Some(Ok(other)) => panic!("expected the end of the stream, got {other:?}"),

@@ -430,9 +430,15 @@ fn settle(gw: &Gateway, conn: &Arc<ConnHandle>, waiting: Waiting, verdict: Verdi
 /// Tells the client why it is being closed, then closes; bounded in time. `unsent` holds at
 /// most the rest of a frame already begun: it goes first, and if it cannot, the client gets no
 /// `disconnect` (it could not parse one after a torn frame), just the close.
+///
+/// A WebSocket close code ([`Code::is_websocket`]: the client broke WebSocket itself) gets no
+/// `disconnect` either: the close frame alone carries the code and the reason, for the
+/// client's WebSocket layer, which is what failed.
 pub(super) async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Close) {
     let _ = timeout(GOODBYE_TIMEOUT, async {
-        unsent.push_back(wire.encoding().encode(&close.frame()));
+        if !close.code.is_websocket() {
+            unsent.push_back(wire.encoding().encode(&close.frame()));
+        }
         if wire.send(unsent).await.is_err() {
             return;
         }

@@ -33,7 +33,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use tether_core::Transport;
-use tether_proto::ws::ServerHeader;
+use tether_proto::ws::{ServerHeader, WsError};
 use tether_proto::{Code, DecodeError, Frame};
 use tokio::net::TcpStream;
 
@@ -48,8 +48,12 @@ pub use ws::WsWire;
 /// Why a wire gave no frame.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// A message that is no tether frame: closed with one of tether's codes.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// Frames that break WebSocket itself: closed with an RFC 6455 code, no `disconnect`.
+    #[error(transparent)]
+    WebSocket(#[from] WsError),
     #[error("io: {0}")]
     Io(#[from] io::Error),
 }
@@ -59,6 +63,7 @@ impl WireError {
     pub fn code(&self) -> Option<Code> {
         match self {
             WireError::Decode(e) => Some(e.code()),
+            WireError::WebSocket(e) => Some(e.code()),
             WireError::Io(_) => None,
         }
     }

@@ -10,11 +10,12 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tether_core::Transport;
-use tether_proto::ws::{self, Opcode, ServerHeader};
-use tether_proto::{Code, DecodeError, Frame, binary, json};
+use tether_proto::ws::{self, Opcode, ServerHeader, Utf8Check, WsError};
+use tether_proto::{Code, Frame, binary, json};
 use tokio::net::TcpStream;
 
 use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
@@ -33,14 +34,16 @@ pub struct WsWire<C = Plain> {
     buf: BytesMut,
     /// A message arriving in fragments: its opcode and its payload so far.
     fragments: Option<(Opcode, BytesMut)>,
+    /// The UTF-8 check of a text message arriving in fragments.
+    utf8: Utf8Check,
     /// A pong to write before the next frame that is not the rest of one already begun.
     control: Bytes,
     /// Part of `control` is on the wire: it cannot be replaced by a newer one.
     control_begun: bool,
     encoding: Encoding,
     encoding_fixed: bool,
-    /// The longest message: the frame limit plus the binary length prefix (JSON frames get
-    /// the same budget).
+    /// The longest binary message: the frame limit plus the binary length prefix (a text
+    /// message, a JSON frame, has no prefix: at most `max_frame`).
     max_message: usize,
     max_frame: u32,
     /// `partial`: the front frame is the rest of one whose header is on the wire, written as
@@ -75,6 +78,7 @@ impl<C: Carrier> WsWire<C> {
             carrier,
             buf: BytesMut::new(),
             fragments: None,
+            utf8: Utf8Check::default(),
             control: Bytes::new(),
             control_begun: false,
             encoding,
@@ -92,13 +96,55 @@ impl<C: Carrier> WsWire<C> {
 
     /// The next whole message in `buf`, answering pings on the way, or how many more bytes
     /// it needs at least, or [`Next::Closed`] when the client sent a close frame.
-    fn next_message(&mut self, cx: &Context<'_>) -> Result<Next, DecodeError> {
+    ///
+    /// Everything a header alone can refuse (sizes, fragments out of order) is refused before
+    /// its payload is buffered; a text message's UTF-8 is checked fragment by fragment.
+    fn next_message(&mut self, cx: &Context<'_>) -> Result<Next, WsError> {
         loop {
-            let Some(header) = ws::parse_header(&self.buf, self.max_message)? else {
-                return Ok(Next::Want(
-                    ws::MAX_CLIENT_HEADER.saturating_sub(self.buf.len()),
-                ));
+            let header = match ws::parse_header(&self.buf, self.max_message) {
+                Ok(Some(header)) => header,
+                Ok(None) => {
+                    return Ok(Next::Want(
+                        ws::MAX_CLIENT_HEADER.saturating_sub(self.buf.len()),
+                    ));
+                }
+                Err(WsError::TooBig { len, .. }) => {
+                    // The opcode's bits: text, or a continuation of text?
+                    let text = match self.buf[0] & 0x0F {
+                        0x1 => true,
+                        0x0 => self.in_text(),
+                        _ => false,
+                    };
+                    return Err(self.too_big(text, len));
+                }
+                Err(e) => return Err(e),
             };
+            let text = match header.opcode {
+                Opcode::Text | Opcode::Binary if self.fragments.is_some() => {
+                    return Err(WsError::Protocol("a message began inside a fragmented one"));
+                }
+                Opcode::Continuation if self.fragments.is_none() => {
+                    return Err(WsError::Protocol(
+                        "a continuation frame with no message to continue",
+                    ));
+                }
+                Opcode::Text => true,
+                Opcode::Continuation => self.in_text(),
+                _ => false,
+            };
+            if !header.opcode.is_control() {
+                let so_far = self.fragments.as_ref().map_or(0, |(_, m)| m.len());
+                // Both at most `max_message`.
+                let len = so_far + header.len;
+                let max = if text {
+                    self.max_frame as usize
+                } else {
+                    self.max_message
+                };
+                if len > max {
+                    return Err(self.too_big(text, len as u64));
+                }
+            }
             let whole = header.header_len + header.len;
             if self.buf.len() < whole {
                 return Ok(Next::Want(whole - self.buf.len()));
@@ -113,36 +159,100 @@ impl<C: Carrier> WsWire<C> {
                     self.queue_control(&ws::close_reply(&payload));
                     return Ok(Next::Closed);
                 }
-                Opcode::Text | Opcode::Binary if self.fragments.is_some() => {
-                    return Err(DecodeError::Malformed(
-                        "websocket: a message began inside a fragmented one",
-                    ));
-                }
                 Opcode::Text | Opcode::Binary if header.fin => {
+                    if text && std::str::from_utf8(&payload).is_err() {
+                        return Err(WsError::InvalidUtf8);
+                    }
                     return Ok(Next::Message(header.opcode, payload.freeze()));
                 }
-                Opcode::Text | Opcode::Binary => self.fragments = Some((header.opcode, payload)),
+                Opcode::Text | Opcode::Binary => {
+                    if text {
+                        self.utf8.feed(&payload)?;
+                    }
+                    self.fragments = Some((header.opcode, payload));
+                }
                 Opcode::Continuation => {
-                    let Some((opcode, message)) = &mut self.fragments else {
-                        return Err(DecodeError::Malformed(
-                            "websocket: a continuation frame with no message to continue",
-                        ));
-                    };
-                    let len = message.len() + payload.len();
-                    if len > self.max_message {
-                        return Err(DecodeError::TooLarge {
-                            len: len as u64,
-                            max: self.max_frame,
-                        });
+                    let (opcode, message) = self.fragments.as_mut().expect("checked above");
+                    if text {
+                        self.utf8.feed(&payload)?;
                     }
                     message.extend_from_slice(&payload);
                     if header.fin {
+                        if text {
+                            self.utf8.finish()?;
+                        }
                         let opcode = *opcode;
                         let (_, message) = self.fragments.take().expect("checked above");
                         return Ok(Next::Message(opcode, message.freeze()));
                     }
                 }
             }
+        }
+    }
+
+    /// After this side's close frame, reads and discards what the client still sends until its
+    /// close frame or the end of its stream, so that the socket is not dropped with unread
+    /// bytes (the kernel would then answer a reset, which can destroy the close frame in the
+    /// client's receive buffer before it is read: RFC 6455, 7.1.1). Bounded by the caller in
+    /// time, and here in bytes: the rest of the longest message plus [`LINGER_BYTES`].
+    async fn linger(&mut self) {
+        let mut left = self.max_message + LINGER_BYTES;
+        // Of a frame's payload, bytes still to discard.
+        let mut skip = 0;
+        // Bytes that cannot be framed (the frame refused as a protocol error): only the end of
+        // the stream is awaited.
+        let mut lost = false;
+        let mut buf = std::mem::take(&mut self.buf);
+        std::future::poll_fn(|cx| {
+            loop {
+                loop {
+                    let n = skip.min(buf.len());
+                    buf.advance(n);
+                    skip -= n;
+                    if skip > 0 || lost || buf.is_empty() {
+                        break;
+                    }
+                    match ws::parse_header(&buf, usize::MAX >> 1) {
+                        Ok(Some(header)) if header.opcode == Opcode::Close => {
+                            return Poll::Ready(());
+                        }
+                        Ok(Some(header)) => {
+                            buf.advance(header.header_len);
+                            skip = header.len;
+                        }
+                        Ok(None) => break,
+                        Err(_) => lost = true,
+                    }
+                }
+                if lost {
+                    buf.clear();
+                }
+                if left == 0 {
+                    return Poll::Ready(());
+                }
+                let want = left.min(READ_WANT);
+                match ready!(self.carrier.poll_read(cx, &mut buf, want)) {
+                    Ok(0) | Err(_) => return Poll::Ready(()),
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Whether a message arriving in fragments is text.
+    fn in_text(&self) -> bool {
+        matches!(self.fragments, Some((Opcode::Text, _)))
+    }
+
+    /// The error for a message of `len` bytes over its limit, counted as a tether frame (a
+    /// binary message's length prefix excluded), so that its text says what section 7 of the
+    /// spec says.
+    fn too_big(&self, text: bool, len: u64) -> WsError {
+        let prefix = if text { 0 } else { binary::PREFIX_LEN as u64 };
+        WsError::TooBig {
+            len: len.saturating_sub(prefix),
+            max: self.max_frame,
         }
     }
 
@@ -229,6 +339,16 @@ impl<C: Carrier> WsWire<C> {
         }
     }
 }
+
+/// How long a closing connection keeps reading what the client still sends (see
+/// [`WsWire::linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// How much a closing connection reads beyond the longest message (see [`WsWire::linger`]).
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Bytes asked of each read while lingering.
+const READ_WANT: usize = 16 * 1024;
 
 /// The opcode of the messages that carry frames in `encoding`.
 pub fn opcode(encoding: Encoding) -> Opcode {
@@ -375,7 +495,10 @@ impl<C: Carrier> Wire for WsWire<C> {
             Opcode::Close,
             &ws::close_payload(code.0, reason),
         ));
-        let _ = self.send(&mut VecDeque::new()).await;
+        let sent = self.send(&mut VecDeque::new()).await;
         self.carrier.shutdown().await;
+        if sent.is_ok() {
+            let _ = tokio::time::timeout(LINGER_TIME, self.linger()).await;
+        }
     }
 }

@@ -1,0 +1,383 @@
+//! End-to-end WebSocket conformance of the gateway (RFC 6455), in raw bytes over a TCP socket
+//! so that frames no library would send can be sent: close codes for what breaks WebSocket
+//! itself, UTF-8 checked across fragments, the message size limit, the close handshake.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tether_proto::Code;
+use tether_server::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CONTINUATION: u8 = 0x0;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+
+/// A WebSocket client written by hand: masked frames out, the server's frames in.
+struct RawWs {
+    socket: TcpStream,
+    /// Read and not yet taken.
+    buf: Vec<u8>,
+}
+
+/// What the server sent, frame by frame.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Frame {
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+    /// The end of the stream, cleanly (a FIN).
+    End,
+    /// A reset, or another read error.
+    Error(String),
+}
+
+impl RawWs {
+    /// Upgrades at `/ws` with these extra header lines; the answer's head and the client.
+    async fn open_with(node: &tether_server::Node, extra: &str) -> (RawWs, String) {
+        let mut socket = TcpStream::connect(node.ws_addr().unwrap()).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             {extra}\r\n"
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut ws = RawWs {
+            socket,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(at) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(ws.fill().await > 0, "closed during the upgrade");
+        };
+        let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
+        ws.buf.drain(..end);
+        (ws, head)
+    }
+
+    async fn open(node: &tether_server::Node) -> RawWs {
+        let (ws, head) = RawWs::open_with(node, "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws
+    }
+
+    /// Reads more; 0 at the end of the stream. Panics on an error or after [`WAIT`].
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = timeout(WAIT, self.socket.read(&mut chunk))
+            .await
+            .expect("nothing read within WAIT")
+            .expect("read failed");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        timeout(WAIT, self.socket.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write failed");
+    }
+
+    async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.send_raw(&client_frame(fin, opcode, payload)).await;
+    }
+
+    /// The next frame from the server, or how its stream ended.
+    async fn next(&mut self) -> Got {
+        loop {
+            if let Some((opcode, payload, len)) = server_frame(&self.buf) {
+                self.buf.drain(..len);
+                return Got::Frame { opcode, payload };
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match timeout(WAIT, self.socket.read(&mut chunk))
+                .await
+                .expect("nothing from the server within WAIT")
+            {
+                Ok(0) if self.buf.is_empty() => return Got::End,
+                Ok(0) => panic!("the stream ended inside a frame: {:?}", self.buf),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Got::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// The next frame must be a close with `code`: its reason.
+    async fn expect_close(&mut self, code: Code) -> String {
+        match self.next().await {
+            Got::Frame {
+                opcode: CLOSE,
+                payload,
+            } => {
+                assert!(payload.len() >= 2, "a close with no code");
+                let reason = String::from_utf8(payload[2..].to_vec()).expect("UTF-8 reason");
+                assert_eq!(
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    code.0,
+                    "close reason: {reason}"
+                );
+                reason
+            }
+            other => panic!("expected a close with {code}, got {other:?}"),
+        }
+    }
+
+    /// Answers the server's close, then the stream must end cleanly (no reset).
+    async fn finish_close(&mut self) {
+        self.send(true, CLOSE, &1000u16.to_be_bytes()).await;
+        assert_eq!(self.next().await, Got::End);
+    }
+}
+
+/// A client frame: masked, as RFC 6455 requires of clients.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![u8::from(fin) << 7 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The server frame at the front of `buf` (opcode, payload, its length), if whole.
+fn server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let [b0, b1, ..] = *buf else { return None };
+    assert_eq!(b1 & 0x80, 0, "a server frame must not be masked");
+    assert_ne!(b0 & 0x80, 0, "the server sends whole messages");
+    let (len, at) = match b1 {
+        126 => (
+            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap())),
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (usize::from(n), 2),
+    };
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some((b0 & 0x0F, payload, at + len))
+}
+
+async fn no_connections_left(node: &tether_server::Node) {
+    let deadline = Instant::now() + WAIT;
+    while node.connections() != 0 {
+        assert!(Instant::now() < deadline, "a connection is still open");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn frames_websocket_forbids_close_with_1002_and_no_disconnect() {
+    let node = start(Config::for_tests()).await;
+    let mut unmasked = client_frame(true, BINARY, b"x");
+    unmasked[1] &= 0x7F;
+    unmasked.truncate(2);
+    unmasked.push(b'x');
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("unmasked", unmasked),
+        ("unknown opcode", client_frame(true, 0x3, b"x")),
+        ("reserved bit", {
+            let mut frame = client_frame(true, BINARY, b"x");
+            frame[0] |= 0x40;
+            frame
+        }),
+        ("fragmented ping", client_frame(false, PING, b"")),
+        (
+            "continuation with no message",
+            client_frame(true, CONTINUATION, b"x"),
+        ),
+        ("message inside a message", {
+            let mut frames = client_frame(false, TEXT, b"{");
+            frames.extend(client_frame(true, TEXT, b"}"));
+            frames
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut ws = RawWs::open(&node).await;
+        ws.send_raw(&bytes).await;
+        let reason = ws.expect_close(Code::WS_PROTOCOL).await;
+        assert!(reason.contains("protocol error"), "{what}: {reason}");
+        // The server, which cannot frame what follows, waits for the end of the stream.
+        ws.socket.shutdown().await.unwrap();
+        assert_eq!(ws.next().await, Got::End, "{what}");
+    }
+    no_connections_left(&node).await;
+}
+
+#[tokio::test]
+async fn a_frame_breaking_websocket_after_connect_closes_with_1002_alone() {
+    let node = start(Config::for_tests()).await;
+    let mut ws = RawWs::open(&node).await;
+    let connect = common::encode(&connect_frame("alice", "browser", 0));
+    ws.send(true, BINARY, &connect).await;
+    assert!(matches!(ws.next().await, Got::Frame { opcode: BINARY, .. }));
+    ws.send(true, CONTINUATION, b"x").await;
+    // No `disconnect` first: the close frame is the next message.
+    ws.expect_close(Code::WS_PROTOCOL).await;
+    ws.socket.shutdown().await.unwrap();
+    assert_eq!(ws.next().await, Got::End);
+    no_connections_left(&node).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_in_the_fragment_that_brings_it() {
+    let node = start(Config::for_tests()).await;
+    // Whole: one frame.
+    let mut ws = RawWs::open(&node).await;
+    ws.send(true, TEXT, b"{\"op\":\"ping\xff\"}").await;
+    ws.expect_close(Code::WS_INVALID_UTF8).await;
+    ws.finish_close().await;
+
+    // In fragments: the bad byte comes in the second of many, and the message never ends:
+    // the close must come without waiting for its end.
+    let mut ws = RawWs::open(&node).await;
+    ws.send(false, TEXT, b"{\"op\":\"pi").await;
+    ws.send(false, CONTINUATION, &[b'n', 0xE0, 0x80]).await;
+    ws.expect_close(Code::WS_INVALID_UTF8).await;
+    ws.finish_close().await;
+
+    // A message ending inside a character.
+    let mut ws = RawWs::open(&node).await;
+    ws.send(false, TEXT, b"{\"op\":\"ping\"}").await;
+    ws.send(true, CONTINUATION, &[0xE2, 0x82]).await;
+    ws.expect_close(Code::WS_INVALID_UTF8).await;
+    ws.finish_close().await;
+    no_connections_left(&node).await;
+}
+
+#[tokio::test]
+async fn characters_cut_between_fragments_are_accepted() {
+    let node = start(Config::for_tests()).await;
+    let mut ws = RawWs::open(&node).await;
+    // Unknown fields are ignored: one carries characters of two, three and four bytes.
+    let connect = tether_proto::json::encode(&connect_frame("alice", "browser", 0)).replacen(
+        '{',
+        "{\"note\":\"é€𝄞\",",
+        1,
+    );
+    let bytes = connect.as_bytes();
+    // Cut inside every multi-byte character: one fragment per byte.
+    ws.send(false, TEXT, &bytes[..1]).await;
+    for (i, byte) in bytes[1..].iter().enumerate() {
+        let last = i + 2 == bytes.len();
+        ws.send(last, CONTINUATION, &[*byte]).await;
+    }
+    match ws.next().await {
+        Got::Frame {
+            opcode: TEXT,
+            payload,
+        } => {
+            let text = String::from_utf8(payload).unwrap();
+            assert!(text.contains("\"op\":\"connected\""), "{text}");
+        }
+        other => panic!("expected `connected`, got {other:?}"),
+    }
+}
+
+/// A text message may hold `max_frame` bytes, as section 7 of the spec says, not a byte more
+/// (a binary one holds `max_frame` plus its 4-byte length prefix).
+#[tokio::test]
+async fn text_messages_are_limited_to_max_frame() {
+    let node = start(Config::for_tests()).await;
+    let max = Config::for_tests().limits.max_frame as usize;
+    // Exactly `max_frame`: a `connect` padded with spaces, which JSON allows.
+    let mut ws = RawWs::open(&node).await;
+    let mut text = tether_proto::json::encode(&connect_frame("alice", "browser", 0));
+    text.push_str(&" ".repeat(max - text.len()));
+    assert_eq!(text.len(), max);
+    ws.send(false, TEXT, &text.as_bytes()[..max / 2]).await;
+    ws.send(true, CONTINUATION, &text.as_bytes()[max / 2..])
+        .await;
+    match ws.next().await {
+        Got::Frame {
+            opcode: TEXT,
+            payload,
+        } => assert!(String::from_utf8(payload).unwrap().contains("connected")),
+        other => panic!("expected `connected`, got {other:?}"),
+    }
+    // One more byte, in one frame: refused with 1009, from the header alone.
+    let mut ws = RawWs::open(&node).await;
+    let header = &client_frame(true, TEXT, &vec![b' '; max + 1])[..14];
+    ws.send_raw(header).await;
+    let reason = ws.expect_close(Code::WS_TOO_BIG).await;
+    assert_eq!(
+        reason,
+        format!(
+            "frame of {} bytes exceeds the maximum frame size of {max} bytes",
+            max + 1
+        )
+    );
+    ws.finish_close().await;
+}
+
+#[tokio::test]
+async fn a_message_too_big_in_fragments_closes_with_1009() {
+    let node = start(Config::for_tests()).await;
+    let max = Config::for_tests().limits.max_frame as usize;
+    let mut ws = RawWs::open(&node).await;
+    ws.send(false, BINARY, &vec![0; max]).await;
+    ws.send(true, CONTINUATION, &[0; 5]).await;
+    let reason = ws.expect_close(Code::WS_TOO_BIG).await;
+    assert!(
+        reason.contains(&format!("frame of {} bytes", max + 1)),
+        "{reason}"
+    );
+    ws.finish_close().await;
+}
+
+/// The client is still sending the message refused for its size when the close comes: the
+/// server reads on until the client's close, so the client reads the close frame and then a
+/// clean end of the stream, never a reset.
+#[tokio::test]
+async fn a_close_for_size_reaches_a_client_still_sending() {
+    let node = start(Config::for_tests()).await;
+    let max = Config::for_tests().limits.max_frame as usize;
+    let mut ws = RawWs::open(&node).await;
+    let frame = client_frame(true, BINARY, &vec![7; max + 5]);
+    // The header first, so that the server refuses it before the payload comes.
+    ws.send_raw(&frame[..10]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws.send_raw(&frame[10..]).await;
+    ws.expect_close(Code::WS_TOO_BIG).await;
+    ws.finish_close().await;
+    no_connections_left(&node).await;
+}
+
+/// A close of tether's own (here a kick) is a `disconnect`, then the close frame; the client's
+/// answering close is read, and the stream ends cleanly.
+#[tokio::test]
+async fn the_close_handshake_completes_without_a_reset() {
+    let node = start(Config::for_tests()).await;
+    let mut ws = RawWs::open(&node).await;
+    let connect = common::encode(&connect_frame("alice", "browser", 0));
+    ws.send(true, BINARY, &connect).await;
+    assert!(matches!(ws.next().await, Got::Frame { opcode: BINARY, .. }));
+    Http::new(&node).kick("alice").await;
+    assert!(matches!(ws.next().await, Got::Frame { opcode: BINARY, .. }));
+    ws.expect_close(Code::KICKED).await;
+    // Late pings from the client are read and dropped, not answered with a reset.
+    ws.send(true, PING, b"late").await;
+    ws.finish_close().await;
+    no_connections_left(&node).await;
+}
