@@ -433,10 +433,12 @@ fn settle(gw: &Gateway, conn: &Arc<ConnHandle>, waiting: Waiting, verdict: Verdi
 ///
 /// A WebSocket close code ([`Code::is_websocket`]: the client broke WebSocket itself) gets no
 /// `disconnect` either: the close frame alone carries the code and the reason, for the
-/// client's WebSocket layer, which is what failed.
+/// client's WebSocket layer, which is what failed. Nor does a client whose encoding is not
+/// known yet ([`Wire::encoding_known`]): it reads the same close frame. Such closes carry no
+/// `retry_after_ms` (none before `connect` does).
 pub(super) async fn goodbye<W: Wire>(wire: &mut W, unsent: &mut VecDeque<Bytes>, close: &Close) {
     let _ = timeout(GOODBYE_TIMEOUT, async {
-        if !close.code.is_websocket() {
+        if !close.code.is_websocket() && wire.encoding_known() {
             unsent.push_back(wire.encoding().encode(&close.frame()));
         }
         if wire.send(unsent).await.is_err() {

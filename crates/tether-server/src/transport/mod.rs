@@ -126,6 +126,13 @@ pub trait Wire: Send + Sized + 'static {
     /// The encoding frames to this client use (WebSocket: the one its `connect` used).
     fn encoding(&self) -> Encoding;
 
+    /// Whether the client's encoding is known (WebSocket: once its first message came). Until
+    /// then a `disconnect` could come in an encoding the client cannot read, so a wire that
+    /// can say why in its close ([`Wire::close`]) is closed without one.
+    fn encoding_known(&self) -> bool {
+        true
+    }
+
     /// The next frame from the client; `None` when it closed the connection.
     ///
     /// Bytes read before `Pending` are kept.

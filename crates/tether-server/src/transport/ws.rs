@@ -379,6 +379,12 @@ impl<C: Carrier> Wire for WsWire<C> {
         self.encoding
     }
 
+    /// A refusal before the first message (drain, shutdown, handshake timeout) is a close
+    /// frame alone, whose code and reason any client can read, JSON or binary.
+    fn encoding_known(&self) -> bool {
+        self.encoding_fixed
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
         loop {
             let want = match self.next_message(cx)? {
