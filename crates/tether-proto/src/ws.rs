@@ -171,6 +171,13 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Ws
     }))
 }
 
+/// Unmasks part of a client frame's payload in place, `part` beginning `offset` bytes into
+/// the payload: a frame can be unmasked as it arrives, piece by piece.
+pub fn unmask_at(part: &mut [u8], mut mask: [u8; 4], offset: usize) {
+    mask.rotate_left(offset % 4);
+    unmask(part, mask);
+}
+
 /// Unmasks a client frame's payload in place (masking is its own inverse).
 pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     // Eight bytes at a time: the key repeats every four, so twice over.
@@ -421,6 +428,24 @@ mod tests {
             let mut got = frame[header.header_len..].to_vec();
             prop_assert_eq!(got.len(), header.len);
             unmask(&mut got, header.mask);
+            prop_assert_eq!(got, payload);
+        }
+
+        #[test]
+        fn a_payload_unmasked_in_pieces_is_the_payload(
+            mask: [u8; 4],
+            payload in proptest::collection::vec(any::<u8>(), 0..100),
+            cuts in proptest::collection::vec(any::<usize>(), 0..5),
+        ) {
+            let frame = client_frame(true, Opcode::Binary, mask, &payload);
+            let mut got = frame[frame.len() - payload.len()..].to_vec();
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for end in cuts.into_iter().chain([payload.len()]) {
+                unmask_at(&mut got[at..end], mask, at);
+                at = end;
+            }
             prop_assert_eq!(got, payload);
         }
 

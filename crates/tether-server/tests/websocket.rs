@@ -1,15 +1,15 @@
 //! End-to-end WebSocket conformance of the gateway (RFC 6455), in raw bytes over a TCP socket
 //! so that frames no library would send can be sent: close codes for what breaks WebSocket
-//! itself, UTF-8 checked across fragments, the message size limit, the close handshake.
+//! itself, UTF-8 checked as it arrives, the message size limit, pongs, the close handshake.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use tether_proto::Code;
-use tether_server::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tether_proto::{Code, Connected, binary};
+use tether_server::{Config, Node};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -18,6 +18,7 @@ const BINARY: u8 = 0x2;
 const CONTINUATION: u8 = 0x0;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
 
 /// A WebSocket client written by hand: masked frames out, the server's frames in.
 struct RawWs {
@@ -70,6 +71,26 @@ impl RawWs {
         ws
     }
 
+    /// Opens and connects as `user` in the binary encoding: the client and its `connected`.
+    async fn connected(node: &Node, user: &str) -> (RawWs, Connected) {
+        let mut ws = RawWs::open(node).await;
+        let connect = common::encode(&connect_frame(user, "raw", 0));
+        ws.send(true, BINARY, &connect).await;
+        let connected = expect_connected(ws.binary_frame().await);
+        (ws, connected)
+    }
+
+    /// The next frame must be a binary message holding a tether frame.
+    async fn binary_frame(&mut self) -> tether_proto::Frame {
+        match self.next().await {
+            Got::Frame {
+                opcode: BINARY,
+                payload,
+            } => binary::parse(payload.into(), 1 << 20).expect("a binary frame"),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+
     /// Reads more; 0 at the end of the stream. Panics on an error or after [`WAIT`].
     async fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 16 * 1024];
@@ -94,48 +115,59 @@ impl RawWs {
 
     /// The next frame from the server, or how its stream ended.
     async fn next(&mut self) -> Got {
-        loop {
-            if let Some((opcode, payload, len)) = server_frame(&self.buf) {
-                self.buf.drain(..len);
-                return Got::Frame { opcode, payload };
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match timeout(WAIT, self.socket.read(&mut chunk))
-                .await
-                .expect("nothing from the server within WAIT")
-            {
-                Ok(0) if self.buf.is_empty() => return Got::End,
-                Ok(0) => panic!("the stream ended inside a frame: {:?}", self.buf),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Got::Error(e.to_string()),
-            }
-        }
+        next_frame(&mut self.socket, &mut self.buf).await
     }
 
     /// The next frame must be a close with `code`: its reason.
     async fn expect_close(&mut self, code: Code) -> String {
-        match self.next().await {
-            Got::Frame {
-                opcode: CLOSE,
-                payload,
-            } => {
-                assert!(payload.len() >= 2, "a close with no code");
-                let reason = String::from_utf8(payload[2..].to_vec()).expect("UTF-8 reason");
-                assert_eq!(
-                    u16::from_be_bytes([payload[0], payload[1]]),
-                    code.0,
-                    "close reason: {reason}"
-                );
-                reason
-            }
-            other => panic!("expected a close with {code}, got {other:?}"),
-        }
+        close_reason(self.next().await, code)
     }
 
     /// Answers the server's close, then the stream must end cleanly (no reset).
     async fn finish_close(&mut self) {
         self.send(true, CLOSE, &1000u16.to_be_bytes()).await;
         assert_eq!(self.next().await, Got::End);
+    }
+}
+
+/// The next frame the server sent on `socket` (`buf`: read and not yet taken), or how its
+/// stream ended.
+async fn next_frame(socket: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Got {
+    loop {
+        if let Some((opcode, payload, len)) = server_frame(buf) {
+            buf.drain(..len);
+            return Got::Frame { opcode, payload };
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match timeout(WAIT, socket.read(&mut chunk))
+            .await
+            .expect("nothing from the server within WAIT")
+        {
+            Ok(0) if buf.is_empty() => return Got::End,
+            Ok(0) => panic!("the stream ended inside a frame: {buf:?}"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Got::Error(e.to_string()),
+        }
+    }
+}
+
+/// `got` must be a close frame with `code`: its reason.
+fn close_reason(got: Got, code: Code) -> String {
+    match got {
+        Got::Frame {
+            opcode: CLOSE,
+            payload,
+        } => {
+            assert!(payload.len() >= 2, "a close with no code");
+            let reason = String::from_utf8(payload[2..].to_vec()).expect("UTF-8 reason");
+            assert_eq!(
+                u16::from_be_bytes([payload[0], payload[1]]),
+                code.0,
+                "close reason: {reason}"
+            );
+            reason
+        }
+        other => panic!("expected a close with {code}, got {other:?}"),
     }
 }
 
@@ -380,4 +412,55 @@ async fn the_close_handshake_completes_without_a_reset() {
     ws.send(true, PING, b"late").await;
     ws.finish_close().await;
     no_connections_left(&node).await;
+}
+
+/// Invalid UTF-8 is refused when it arrives, even inside one frame whose end has not come
+/// (the Autobahn testsuite's "fail fast" cases 6.4.3 and 6.4.4).
+#[tokio::test]
+async fn invalid_utf8_is_refused_before_its_frame_ends() {
+    let node = start(Config::for_tests()).await;
+    let mut ws = RawWs::open(&node).await;
+    let mut text = b"{\"op\":\"ping\",\"note\":\"".to_vec();
+    let valid = text.len() + 3;
+    text.extend_from_slice("€".as_bytes());
+    // A 4-byte character's start, then a byte that cannot continue it, then more.
+    text.extend_from_slice(&[0xF0, 0x90, 0x28]);
+    text.resize(200, b' ');
+    let frame = client_frame(true, TEXT, &text);
+    let payload_at = frame.len() - text.len();
+    // The valid part, cut inside the euro sign: no close yet.
+    ws.send_raw(&frame[..payload_at + valid - 1]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut probe = [0u8; 1];
+    assert!(
+        ws.socket.try_read(&mut probe).is_err(),
+        "the server answered valid text"
+    );
+    // Then up to the bad byte: the close comes, with the frame's end still to come.
+    ws.send_raw(&frame[payload_at + valid - 1..payload_at + valid + 3])
+        .await;
+    ws.expect_close(Code::WS_INVALID_UTF8).await;
+    ws.socket.shutdown().await.unwrap();
+    assert_eq!(ws.next().await, Got::End);
+}
+
+/// Every ping gets its pong, in order, even when they come together (RFC 6455 would allow
+/// answering only the last; the Autobahn testsuite's case 2.10 expects them all).
+#[tokio::test]
+async fn every_ping_gets_its_pong() {
+    let node = start(Config::for_tests()).await;
+    let (mut ws, _) = RawWs::connected(&node, "alice").await;
+    let pings: Vec<u8> = (0..10)
+        .flat_map(|i| client_frame(true, PING, format!("payload-{i}").as_bytes()))
+        .collect();
+    ws.send_raw(&pings).await;
+    for i in 0..10 {
+        assert_eq!(
+            ws.next().await,
+            Got::Frame {
+                opcode: PONG,
+                payload: format!("payload-{i}").into_bytes()
+            }
+        );
+    }
 }

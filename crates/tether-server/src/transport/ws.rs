@@ -21,6 +21,10 @@ use tokio::net::TcpStream;
 use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
 
+mod control;
+
+use control::Controls;
+
 /// A WebSocket connection after its upgrade.
 ///
 /// # Memory
@@ -34,12 +38,14 @@ pub struct WsWire<C = Plain> {
     buf: BytesMut,
     /// A message arriving in fragments: its opcode and its payload so far.
     fragments: Option<(Opcode, BytesMut)>,
-    /// The UTF-8 check of a text message arriving in fragments.
+    /// The UTF-8 check of the text message arriving, fed as its bytes arrive.
     utf8: Utf8Check,
-    /// A pong to write before the next frame that is not the rest of one already begun.
-    control: Bytes,
-    /// Part of `control` is on the wire: it cannot be replaced by a newer one.
-    control_begun: bool,
+    /// Of the front frame, when it is text and not all there: payload bytes already unmasked
+    /// and fed to `utf8`.
+    checked: usize,
+    /// Control frames (pongs, a close) to write before the next frame that is not the rest
+    /// of one already begun.
+    control: Controls,
     encoding: Encoding,
     encoding_fixed: bool,
     /// The longest binary message: the frame limit plus the binary length prefix (a text
@@ -79,8 +85,8 @@ impl<C: Carrier> WsWire<C> {
             buf: BytesMut::new(),
             fragments: None,
             utf8: Utf8Check::default(),
-            control: Bytes::new(),
-            control_begun: false,
+            checked: 0,
+            control: Controls::default(),
             encoding,
             encoding_fixed: true,
             max_message: max_frame as usize + binary::PREFIX_LEN,
@@ -98,7 +104,8 @@ impl<C: Carrier> WsWire<C> {
     /// it needs at least, or [`Next::Closed`] when the client sent a close frame.
     ///
     /// Everything a header alone can refuse (sizes, fragments out of order) is refused before
-    /// its payload is buffered; a text message's UTF-8 is checked fragment by fragment.
+    /// its payload is buffered; a text message's UTF-8 is checked as its bytes arrive, so that
+    /// invalid text is refused when it comes (RFC 6455, 8.1), not when its frame ends.
     fn next_message(&mut self, cx: &Context<'_>) -> Result<Next, WsError> {
         loop {
             let header = match ws::parse_header(&self.buf, self.max_message) {
@@ -147,40 +154,36 @@ impl<C: Carrier> WsWire<C> {
             }
             let whole = header.header_len + header.len;
             if self.buf.len() < whole {
+                if text {
+                    self.check_arrived(&header)?;
+                }
                 return Ok(Next::Want(whole - self.buf.len()));
             }
             let mut payload = self.buf.split_to(whole);
             payload.advance(header.header_len);
-            ws::unmask(&mut payload, header.mask);
+            let checked = std::mem::take(&mut self.checked);
+            ws::unmask_at(&mut payload[checked..], header.mask, checked);
+            if text {
+                self.utf8.feed(&payload[checked..])?;
+                if header.fin {
+                    self.utf8.finish()?;
+                }
+            }
             match header.opcode {
                 Opcode::Ping => self.pong(&payload, cx),
                 Opcode::Pong => {}
                 Opcode::Close => {
-                    self.queue_control(&ws::close_reply(&payload));
+                    self.control.push(&ws::close_reply(&payload));
                     return Ok(Next::Closed);
                 }
                 Opcode::Text | Opcode::Binary if header.fin => {
-                    if text && std::str::from_utf8(&payload).is_err() {
-                        return Err(WsError::InvalidUtf8);
-                    }
                     return Ok(Next::Message(header.opcode, payload.freeze()));
                 }
-                Opcode::Text | Opcode::Binary => {
-                    if text {
-                        self.utf8.feed(&payload)?;
-                    }
-                    self.fragments = Some((header.opcode, payload));
-                }
+                Opcode::Text | Opcode::Binary => self.fragments = Some((header.opcode, payload)),
                 Opcode::Continuation => {
                     let (opcode, message) = self.fragments.as_mut().expect("checked above");
-                    if text {
-                        self.utf8.feed(&payload)?;
-                    }
                     message.extend_from_slice(&payload);
                     if header.fin {
-                        if text {
-                            self.utf8.finish()?;
-                        }
                         let opcode = *opcode;
                         let (_, message) = self.fragments.take().expect("checked above");
                         return Ok(Next::Message(opcode, message.freeze()));
@@ -240,6 +243,16 @@ impl<C: Carrier> WsWire<C> {
         .await;
     }
 
+    /// Unmasks the part of the front frame, text, that arrived since the last call, and checks
+    /// its UTF-8.
+    fn check_arrived(&mut self, header: &ws::Header) -> Result<(), WsError> {
+        let arrived = &mut self.buf[header.header_len..];
+        let checked = std::mem::replace(&mut self.checked, arrived.len());
+        let new = &mut arrived[checked..];
+        ws::unmask_at(new, header.mask, checked);
+        self.utf8.feed(new)
+    }
+
     /// Whether a message arriving in fragments is text.
     fn in_text(&self) -> bool {
         matches!(self.fragments, Some((Opcode::Text, _)))
@@ -256,25 +269,12 @@ impl<C: Carrier> WsWire<C> {
         }
     }
 
-    /// Queues the answer to a ping. Only the latest ping is answered (RFC 6455, 5.5.3) unless
-    /// an earlier pong is already part written. The task is woken so that its next pass writes
-    /// the pong (see [`Wire::wants_write`]); while it is still in its handshake, the pong goes
-    /// out with `connected`.
+    /// Queues the answer to a ping (see [`Controls::pong`]). The task is woken so that its
+    /// next pass writes it (see [`Wire::wants_write`]); while it is still in its handshake,
+    /// pongs go out with `connected`.
     fn pong(&mut self, payload: &[u8], cx: &Context<'_>) {
-        if !self.control_begun {
-            self.control = ws::control(Opcode::Pong, payload).into();
-            cx.waker().wake_by_ref();
-        }
-    }
-
-    /// Queues a control frame after what is queued already if that is part written, else in
-    /// its place (an unanswered ping's pong needs no sending once the client closes).
-    fn queue_control(&mut self, frame: &[u8]) {
-        self.control = if self.control_begun {
-            [&self.control[..], frame].concat().into()
-        } else {
-            Bytes::copy_from_slice(frame)
-        };
+        self.control.pong(payload);
+        cx.waker().wake_by_ref();
     }
 
     /// Takes `written` bytes of a write off the front of what it held: the rest of the front
@@ -298,14 +298,12 @@ impl<C: Carrier> WsWire<C> {
             self.counts.partial = false;
         }
         if !self.control.is_empty() {
-            if left < self.control.len() {
-                self.control.advance(left);
-                self.control_begun |= left > 0;
+            let taken = left.min(self.control.as_slice().len());
+            self.control.written(taken);
+            left -= taken;
+            if !self.control.is_empty() {
                 return;
             }
-            left -= self.control.len();
-            self.control = Bytes::new();
-            self.control_begun = false;
         }
         let opcode = self.opcode();
         while left > 0 {
@@ -441,7 +439,7 @@ impl<C: Carrier> Wire for WsWire<C> {
             }
             let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
             let first = frames.iter().take(raw).map(|rest| &rest[..]);
-            let pong = Some(&self.control[..]).filter(|_| control == 1);
+            let pong = Some(self.control.as_slice()).filter(|_| control == 1);
             let headed = headers
                 .iter()
                 .zip(frames.iter().skip(raw))
@@ -496,8 +494,8 @@ impl<C: Carrier> Wire for WsWire<C> {
     }
 
     async fn close(&mut self, code: Code, reason: &str) {
-        // A pong part written goes out first.
-        self.queue_control(&ws::control(
+        // After the pongs queued.
+        self.control.push(&ws::control(
             Opcode::Close,
             &ws::close_payload(code.0, reason),
         ));
