@@ -1,6 +1,7 @@
 //! End-to-end WebSocket conformance of the gateway (RFC 6455), in raw bytes over a TCP socket
 //! so that frames no library would send can be sent: close codes for what breaks WebSocket
-//! itself, UTF-8 checked as it arrives, the message size limit, pongs, the close handshake.
+//! itself, UTF-8 checked as it arrives, the message size limit, pongs, the close handshake and
+//! the lingering close.
 
 mod common;
 
@@ -378,22 +379,92 @@ async fn a_message_too_big_in_fragments_closes_with_1009() {
     ws.finish_close().await;
 }
 
-/// The client is still sending the message refused for its size when the close comes: the
-/// server reads on until the client's close, so the client reads the close frame and then a
-/// clean end of the stream, never a reset.
+/// The client is still sending the message refused for its size when it reads the close (a
+/// browser reads while it sends): the server reads on, so the client finishes its message,
+/// answers the close, and sees a clean end of the stream, never a reset. Without the
+/// lingering close, its writes after the close fail with a broken pipe or a reset.
 #[tokio::test]
 async fn a_close_for_size_reaches_a_client_still_sending() {
     let node = start(Config::for_tests()).await;
     let max = Config::for_tests().limits.max_frame as usize;
-    let mut ws = RawWs::open(&node).await;
+    let (mut ws, _) = RawWs::connected(&node, "alice").await;
     let frame = client_frame(true, BINARY, &vec![7; max + 5]);
-    // The header first, so that the server refuses it before the payload comes.
-    ws.send_raw(&frame[..10]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    ws.send_raw(&frame[10..]).await;
-    ws.expect_close(Code::WS_TOO_BIG).await;
-    ws.finish_close().await;
+    let (seen, close_seen) = tokio::sync::oneshot::channel();
+    let RawWs { socket, buf } = &mut ws;
+    let (mut reader, mut writer) = socket.split();
+    let sending = async {
+        // The header and some of the payload, then the rest once the close has been read.
+        writer.write_all(&frame[..4096]).await?;
+        close_seen.await.expect("the reader went away");
+        writer.write_all(&frame[4096..]).await?;
+        writer
+            .write_all(&client_frame(true, CLOSE, &1000u16.to_be_bytes()))
+            .await
+    };
+    let reading = async {
+        close_reason(next_frame(&mut reader, buf).await, Code::WS_TOO_BIG);
+        seen.send(()).unwrap();
+        next_frame(&mut reader, buf).await
+    };
+    let (sent, end) = timeout(WAIT, async { tokio::join!(sending, reading) })
+        .await
+        .expect("the exchange took longer than WAIT");
+    sent.expect("the client could not finish sending");
+    assert_eq!(end, Got::End);
     no_connections_left(&node).await;
+}
+
+/// The lingering close is bounded in time: a client that neither answers the close nor
+/// closes its side is let go after about a second (the goodbye's bound), not before.
+#[tokio::test]
+async fn lingering_ends_after_a_second_at_most() {
+    let node = start(Config::for_tests()).await;
+    let (mut ws, _) = RawWs::connected(&node, "alice").await;
+    ws.send(true, CONTINUATION, b"x").await;
+    let closed = Instant::now();
+    ws.expect_close(Code::WS_PROTOCOL).await;
+    // The server's side is shut: the client reads the end of the stream at once.
+    assert_eq!(ws.next().await, Got::End);
+    // And the server still reads, waiting for the client's close.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(node.connections(), 1, "the server let go before it had to");
+    no_connections_left(&node).await;
+    let held = closed.elapsed();
+    assert!(held < Duration::from_millis(2500), "held for {held:?}");
+}
+
+/// The lingering close is bounded in bytes: a client that sends on after the close (here the
+/// rest of a huge message) is let go once the server has read the longest message and 64 KiB
+/// more, well before the second it would otherwise wait.
+#[tokio::test]
+async fn lingering_ends_after_the_longest_message_and_64_kib() {
+    let node = start(Config::for_tests()).await;
+    let max = Config::for_tests().limits.max_frame as usize;
+    let (mut ws, _) = RawWs::connected(&node, "alice").await;
+    // The header of a 64 MiB message.
+    let header = &client_frame(true, BINARY, &vec![0; 64 << 20])[..14];
+    ws.send_raw(header).await;
+    ws.expect_close(Code::WS_TOO_BIG).await;
+    let started = Instant::now();
+    // Three times the server's budget: the write may fail once the server lets go.
+    let more = vec![0u8; 3 * (max + 4 + 64 * 1024)];
+    let writing = async {
+        let _ = ws.socket.write_all(&more).await;
+    };
+    let deadline = started + Duration::from_millis(700);
+    let watching = async {
+        while node.connections() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "still reading {:?} after the budget was sent",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    timeout(WAIT, async { tokio::join!(writing, watching) })
+        .await
+        .expect("the write neither finished nor failed within WAIT");
 }
 
 /// A close of tether's own (here a kick) is a `disconnect`, then the close frame; the client's
