@@ -13,9 +13,9 @@
 //! The numbers are valid WebSocket close codes (4000-4999 is reserved for applications), so a
 //! WebSocket close frame carries the same code as the `disconnect` frame before it.
 //!
-//! Three codes of RFC 6455 (1002, 1007, 1009) close a WebSocket connection whose frames break
-//! WebSocket itself, below tether: they come in a close frame alone, never in a `disconnect`
-//! (see [`Code::is_websocket`]).
+//! Four codes of RFC 6455 (1002, 1003, 1007, 1009) close a WebSocket connection whose messages
+//! WebSocket itself refuses, below tether: they come in a close frame alone, never in a
+//! `disconnect` (see [`Code::is_websocket`]).
 
 use std::fmt;
 
@@ -60,6 +60,9 @@ codes! {
     /// WebSocket (RFC 6455, 7.4.1): a frame WebSocket forbids (unmasked, a bad opcode, a
     /// fragmented control frame, a continuation with no message, ...).
     WS_PROTOCOL = 1002, "ws_protocol";
+    /// WebSocket (RFC 6455, 7.4.1): a message of a type the connection does not take (a
+    /// binary message on a connection that speaks JSON, or text on one that speaks binary).
+    WS_UNSUPPORTED_DATA = 1003, "ws_unsupported_data";
     /// WebSocket (RFC 6455, 7.4.1): a text message that is not UTF-8.
     WS_INVALID_UTF8 = 1007, "ws_invalid_utf8";
     /// WebSocket (RFC 6455, 7.4.1): a message longer than the limit.

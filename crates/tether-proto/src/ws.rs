@@ -24,6 +24,10 @@ pub enum WsError {
     /// Framing RFC 6455 forbids: close code 1002.
     #[error("websocket protocol error: {0}")]
     Protocol(&'static str),
+    /// A message of the type the connection does not take (binary on a connection that
+    /// speaks JSON, text on one that speaks binary): close code 1003.
+    #[error("unsupported data: {0}")]
+    UnsupportedData(&'static str),
     /// A text message that is not UTF-8: close code 1007.
     #[error("a text message is not valid UTF-8")]
     InvalidUtf8,
@@ -39,6 +43,7 @@ impl WsError {
     pub fn code(&self) -> Code {
         match self {
             WsError::Protocol(_) => Code::WS_PROTOCOL,
+            WsError::UnsupportedData(_) => Code::WS_UNSUPPORTED_DATA,
             WsError::InvalidUtf8 => Code::WS_INVALID_UTF8,
             WsError::TooBig { .. } => Code::WS_TOO_BIG,
         }

@@ -1,7 +1,7 @@
 //! End-to-end WebSocket conformance of the gateway (RFC 6455), in raw bytes over a TCP socket
 //! so that frames no library would send can be sent: close codes for what breaks WebSocket
 //! itself, UTF-8 checked as it arrives, the message size limit, pongs, the close handshake and
-//! the lingering close.
+//! the lingering close, subprotocols and the encoding they fix.
 
 mod common;
 
@@ -13,6 +13,8 @@ use tether_server::{Config, Node};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
@@ -79,6 +81,17 @@ impl RawWs {
         ws.send(true, BINARY, &connect).await;
         let connected = expect_connected(ws.binary_frame().await);
         (ws, connected)
+    }
+
+    /// The next frame must be a text message holding a JSON frame.
+    async fn json_frame(&mut self) -> serde_json::Value {
+        match self.next().await {
+            Got::Frame {
+                opcode: TEXT,
+                payload,
+            } => serde_json::from_slice(&payload).expect("a JSON frame"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
     }
 
     /// The next frame must be a binary message holding a tether frame.
@@ -482,6 +495,112 @@ async fn the_close_handshake_completes_without_a_reset() {
     // Late pings from the client are read and dropped, not answered with a reset.
     ws.send(true, PING, b"late").await;
     ws.finish_close().await;
+    no_connections_left(&node).await;
+}
+
+/// A browser naming tether's subprotocol (`new WebSocket(url, ["tether.json"])`) needs it
+/// answered, or it fails the connection; offered only others, the server names none.
+#[tokio::test]
+async fn tethers_subprotocol_is_answered_and_others_are_not() {
+    let node = start(Config::for_tests()).await;
+    let (_ws, head) =
+        RawWs::open_with(&node, "Sec-WebSocket-Protocol: chat, tether.json\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("\r\nSec-WebSocket-Protocol: tether.json\r\n"),
+        "{head}"
+    );
+    let (_ws, head) = RawWs::open_with(&node, "Sec-WebSocket-Protocol: tether.binary\r\n").await;
+    assert!(
+        head.contains("\r\nSec-WebSocket-Protocol: tether.binary\r\n"),
+        "{head}"
+    );
+    let (mut ws, head) = RawWs::open_with(&node, "Sec-WebSocket-Protocol: chat\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "{head}"
+    );
+    // And the connection works as without one.
+    let connect = common::encode(&connect_frame("alice", "raw", 0));
+    ws.send(true, BINARY, &connect).await;
+    expect_connected(ws.binary_frame().await);
+}
+
+/// The subprotocol agreed sets the encoding from the upgrade on: a refusal before `connect`
+/// (here the handshake timeout) is a `disconnect` in it, then the close. The JSON client is
+/// tokio-tungstenite, which checks the subprotocol answered as browsers do.
+#[tokio::test]
+async fn a_refusal_before_connect_comes_in_the_agreed_encoding() {
+    let mut config = Config::for_tests();
+    config.gateway.handshake_timeout = Duration::from_millis(200);
+    let node = start(config).await;
+
+    let mut request = ws_url(&node).into_client_request().unwrap();
+    let offered = HeaderValue::from_static("chat, tether.json");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", offered);
+    let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("WebSocket connect timed out")
+        .expect("WebSocket upgrade failed");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "tether.json");
+    let mut json = WsClient { ws };
+    let disconnect = json.json().await;
+    assert_eq!(disconnect["op"], "disconnect", "{disconnect}");
+    assert_eq!(
+        disconnect["code"],
+        Code::HANDSHAKE_TIMEOUT.0,
+        "{disconnect}"
+    );
+    json.expect_close(Code::HANDSHAKE_TIMEOUT).await;
+
+    let (mut ws, head) = RawWs::open_with(&node, "Sec-WebSocket-Protocol: tether.binary\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let disconnect = expect_disconnect(ws.binary_frame().await);
+    assert_eq!(disconnect.code, Code::HANDSHAKE_TIMEOUT);
+    ws.expect_close(Code::HANDSHAKE_TIMEOUT).await;
+    ws.finish_close().await;
+}
+
+/// A connection's encoding, once the subprotocol or the first message set it, is kept: a
+/// message in the other closes with 1003 (RFC 6455: data of a type the endpoint does not
+/// take), from its header, in a close frame alone.
+#[tokio::test]
+async fn a_message_in_the_other_encoding_closes_with_1003() {
+    let node = start(Config::for_tests()).await;
+    // Only the header of a 1000-byte message: refused before its payload.
+    let header = |opcode| client_frame(true, opcode, &[b' '; 1000])[..8].to_vec();
+
+    // Agreed JSON, then binary, before `connect`.
+    let (mut ws, _) = RawWs::open_with(&node, "Sec-WebSocket-Protocol: tether.json\r\n").await;
+    ws.send_raw(&header(BINARY)).await;
+    let reason = ws.expect_close(Code::WS_UNSUPPORTED_DATA).await;
+    assert!(
+        reason.contains("a binary message on a connection that speaks JSON"),
+        "{reason}"
+    );
+
+    // Agreed binary, then text.
+    let (mut ws, _) = RawWs::open_with(&node, "Sec-WebSocket-Protocol: tether.binary\r\n").await;
+    ws.send_raw(&header(TEXT)).await;
+    let reason = ws.expect_close(Code::WS_UNSUPPORTED_DATA).await;
+    assert!(
+        reason.contains("a text message on a connection"),
+        "{reason}"
+    );
+
+    // No subprotocol: `connect` in JSON sets JSON; a binary message after it is refused, and
+    // the close comes alone (no `disconnect` in either encoding).
+    let mut ws = RawWs::open(&node).await;
+    let connect = tether_proto::json::encode(&connect_frame("alice", "browser", 0));
+    ws.send(true, TEXT, connect.as_bytes()).await;
+    assert_eq!(ws.json_frame().await["op"], "connected");
+    ws.send_raw(&header(BINARY)).await;
+    ws.expect_close(Code::WS_UNSUPPORTED_DATA).await;
+    ws.socket.shutdown().await.unwrap();
+    assert_eq!(ws.next().await, Got::End);
     no_connections_left(&node).await;
 }
 

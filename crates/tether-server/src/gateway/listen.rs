@@ -18,7 +18,8 @@ use crate::edge::{Guard, Refusal};
 use crate::tls::Certs;
 use crate::transport::carrier::AsIo;
 use crate::transport::tls::{self, Tls};
-use crate::transport::{Carrier, SseWire, TcpWire, WsWire, upgrade};
+use crate::transport::upgrade::{self, Upgraded};
+use crate::transport::{Carrier, Plain, SseWire, TcpWire, WsWire};
 
 impl Gateway {
     /// Accepts raw TCP clients until shutdown, inside TLS with `tls`.
@@ -118,9 +119,8 @@ impl Gateway {
                         // A refused client was answered above (its answer was the refusal).
                         let Ok(permit) = permit else { return };
                         match served {
-                            Served::WebSocket(rest) => {
-                                let wire = WsWire::new(stream, rest, gw.limits.max_frame);
-                                conn::serve(wire, gw, permit).await;
+                            Served::WebSocket(upgraded) => {
+                                serve_ws_over(Plain::new(stream), upgraded, gw, permit).await;
                             }
                             Served::Stream(opened) => {
                                 conn::serve(SseWire::new(stream, *opened), gw, permit).await;
@@ -139,9 +139,9 @@ impl Gateway {
                         let unread = io.unread();
                         let Ok(permit) = permit else { return };
                         match served {
-                            Served::WebSocket(mut rest) => {
-                                rest.extend_from_slice(&unread);
-                                serve_ws_over(tls, rest, gw, permit).await;
+                            Served::WebSocket(mut upgraded) => {
+                                upgraded.rest.extend_from_slice(&unread);
+                                serve_ws_over(tls, upgraded, gw, permit).await;
                             }
                             Served::Stream(opened) if unread.is_empty() => {
                                 conn::serve(SseWire::over(tls, *opened), gw, permit).await;
@@ -183,12 +183,8 @@ impl Gateway {
     }
 
     /// Reads and answers a WebSocket upgrade request on `stream` (the socket, or TLS over
-    /// it): what the client sent after it, or `None` when no connection came of it.
-    pub(super) async fn upgrade<S>(
-        &self,
-        stream: &mut S,
-        check: Upgrade<'_>,
-    ) -> Option<bytes::BytesMut>
+    /// it): what the wire starts with, or `None` when no connection came of it.
+    pub(super) async fn upgrade<S>(&self, stream: &mut S, check: Upgrade<'_>) -> Option<Upgraded>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -200,7 +196,7 @@ impl Gateway {
         };
         let upgrading = upgrade::upgrade(stream, check.refused, check.origin);
         match tokio::time::timeout(limit, Box::pin(upgrading)).await {
-            Ok(Ok(rest)) => Some(rest),
+            Ok(Ok(upgraded)) => Some(upgraded),
             Ok(Err(e)) => {
                 debug!(peer = %check.peer, error = %e, "websocket upgrade failed");
                 None
@@ -271,11 +267,16 @@ pub(super) struct Upgrade<'a> {
 /// Serves a WebSocket connection over `carrier` once its upgrade is answered.
 async fn serve_ws_over<C: Carrier>(
     carrier: C,
-    rest: bytes::BytesMut,
+    upgraded: Upgraded,
     gw: Arc<Gateway>,
     permit: Permit,
 ) {
-    let wire = WsWire::over(carrier, rest, gw.limits.max_frame);
+    let wire = WsWire::over(
+        carrier,
+        upgraded.rest,
+        gw.limits.max_frame,
+        upgraded.encoding,
+    );
     conn::serve(wire, gw, permit).await;
 }
 

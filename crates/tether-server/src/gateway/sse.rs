@@ -31,12 +31,14 @@ use crate::link::Encoding;
 use crate::transport::sse::request::{self, Head, HeadError, Replay, Route};
 use crate::transport::sse::session::{self, Posted};
 use crate::transport::sse::{Opened, event};
+use crate::transport::upgrade::Upgraded;
 
 /// What came of the requests on a socket of the WebSocket listener.
 #[derive(Debug)]
 pub(super) enum Served {
-    /// A WebSocket upgrade was answered: what the client sent after its request.
-    WebSocket(BytesMut),
+    /// A WebSocket upgrade was answered: what the client sent after its request, and the
+    /// encoding its subprotocol fixed.
+    WebSocket(Upgraded),
     /// A stream to serve on the socket.
     Stream(Box<Opened>),
     /// Nothing more: the client left, or was answered and the socket is to close.
@@ -103,11 +105,11 @@ impl Gateway {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut replay = Replay::new(read, stream);
-        let Some(mut rest) = self.upgrade(&mut replay, check).await else {
+        let Some(mut upgraded) = self.upgrade(&mut replay, check).await else {
             return Served::Done;
         };
-        rest.extend_from_slice(&replay.unread());
-        Served::WebSocket(rest)
+        upgraded.rest.extend_from_slice(&replay.unread());
+        Served::WebSocket(upgraded)
     }
 
     /// The CORS of a request of this listener: its origins, and, like an upgrade's, its

@@ -4,7 +4,12 @@
 //! `GET /ws` over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a
 //! key. The answer is `101 Switching Protocols`, or an error status with a line of text saying
 //! why. Whatever the client sent after the head (its first frames, if it did not wait) is handed
-//! to the wire. No extension or subprotocol is ever agreed to.
+//! to the wire. No extension is ever agreed to; of the subprotocols a client offers, the first
+//! of tether's ([`SUBPROTOCOLS`]) is answered, so that a browser that names one (`new
+//! WebSocket(url, ["tether.json"])`) gets the answer it requires, and the connection speaks
+//! that subprotocol's encoding from the start. A client that offers only others is answered
+//! without one (RFC 6455, 4.2.2: browsers then fail the connection themselves, other clients
+//! may go on), rather than refused: the choice is the client's.
 
 use std::fmt::Write as _;
 
@@ -14,12 +19,30 @@ use tether_proto::Code;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::link::Encoding;
+
 /// The longest request head taken, headers included. Browsers send well under 1 KiB, but a
 /// site's cookies and a proxy's headers can add several.
 pub const MAX_REQUEST: usize = 16 * 1024;
 
 /// Most headers a request may have (proxies and tracing add their own).
 const MAX_HEADERS: usize = 100;
+
+/// The subprotocols tether answers, each naming the encoding a connection that agrees it
+/// speaks from its first message on.
+pub const SUBPROTOCOLS: [(&str, Encoding); 2] = [
+    ("tether.json", Encoding::Json),
+    ("tether.binary", Encoding::Binary),
+];
+
+/// What an answered upgrade hands to the wire.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// What the client sent after its request (its first frames, if it did not wait).
+    pub rest: BytesMut,
+    /// The encoding of the subprotocol agreed, if any.
+    pub encoding: Option<Encoding>,
+}
 
 /// Why no WebSocket connection came of a request.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +59,8 @@ pub enum UpgradeError {
 /// Whether a request with this `Origin` header (`None`: without one) may connect.
 pub type OriginCheck<'a> = &'a (dyn Fn(Option<&[u8]>) -> bool + Sync);
 
-/// Reads the upgrade request, answers it, and returns the bytes that followed its head. With
+/// Reads the upgrade request, answers it, and returns the bytes that followed its head and the
+/// subprotocol agreed. With
 /// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
 /// the node's) once its request has been read; its path is checked first, so that a wrong
 /// URL reads as one. Otherwise a request whose Origin `origin` refuses is answered 403.
@@ -46,9 +70,9 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     refused: Option<Code>,
     origin: OriginCheck<'_>,
-) -> Result<BytesMut, UpgradeError> {
+) -> Result<Upgraded, UpgradeError> {
     let mut buf = BytesMut::with_capacity(1024);
-    let (head_len, accept) = loop {
+    let (head_len, accept, protocol) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(UpgradeError::Closed);
         }
@@ -61,21 +85,31 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             Err((status, reason)) => return Err(answer_error(stream, status, reason).await),
         }
     };
-    let response = format!(
+    let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n"
     );
+    if let Some((name, _)) = protocol {
+        let _ = write!(response, "Sec-WebSocket-Protocol: {name}\r\n");
+    }
+    response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
-    Ok(buf.split_off(head_len))
+    Ok(Upgraded {
+        rest: buf.split_off(head_len),
+        encoding: protocol.map(|(_, encoding)| encoding),
+    })
 }
 
-/// The head's length and the accept key once the head is all there and acceptable; `None`
-/// while it is not complete; the status and reason to answer otherwise.
+/// What an acceptable request head gives: its length, the accept key, the subprotocol agreed.
+type Accepted = (usize, String, Option<(&'static str, Encoding)>);
+
+/// The head's length, the accept key and the subprotocol agreed once the head is all there and
+/// acceptable; `None` while it is not complete; the status and reason to answer otherwise.
 fn check(
     buf: &[u8],
     refused: Option<Code>,
     origin: OriginCheck<'_>,
-) -> Result<Option<(usize, String)>, (u16, &'static str)> {
+) -> Result<Option<Accepted>, (u16, &'static str)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -124,8 +158,27 @@ fn check(
         Some(_) => Err((503, "connection limit reached; retry later")),
         // Asked once, of a complete and good request: it counts the refusal.
         None if !origin(header("origin")) => Err((403, "this origin may not connect")),
-        None => Ok(Some((head_len, derive_accept_key(key)))),
+        None => {
+            let protocol = subprotocol(request.headers.iter().filter_map(|h| {
+                let named = h.name.eq_ignore_ascii_case("sec-websocket-protocol");
+                named.then_some(h.value)
+            }));
+            Ok(Some((head_len, derive_accept_key(key), protocol)))
+        }
     }
+}
+
+/// The first of tether's subprotocols that the `Sec-WebSocket-Protocol` header lines offer (a
+/// comma-separated list each, in the client's order of preference), if any.
+fn subprotocol<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<(&'static str, Encoding)> {
+    lines
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|offered| {
+            SUBPROTOCOLS
+                .into_iter()
+                .find(|(name, _)| *name == offered.trim())
+        })
 }
 
 /// Answers `status` with `reason` as its body, best effort, and closes.
@@ -183,10 +236,33 @@ mod tests {
     #[test]
     fn the_rfc_example_key_is_accepted() {
         let req = request("/ws?x=1", "");
-        let (len, accept) = check(req.as_bytes(), None, &any).unwrap().unwrap();
+        let (len, accept, protocol) = check(req.as_bytes(), None, &any).unwrap().unwrap();
         assert_eq!(len, req.len());
         // RFC 6455, 1.3.
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(protocol.is_none());
+    }
+
+    #[test]
+    fn the_first_of_our_subprotocols_offered_is_agreed() {
+        let agreed = |extra: &str| {
+            let req = request("/ws", extra);
+            check(req.as_bytes(), None, &any).unwrap().unwrap().2
+        };
+        assert_eq!(SUBPROTOCOLS[0], ("tether.json", Encoding::Json));
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: mqtt, tether.json, tether.binary\r\n"),
+            Some(SUBPROTOCOLS[0])
+        );
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: tether.binary\r\n"),
+            Some(("tether.binary", Encoding::Binary))
+        );
+        // Names are case-sensitive tokens.
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: Tether.JSON, chat\r\n"),
+            None
+        );
     }
 
     #[test]

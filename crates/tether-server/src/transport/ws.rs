@@ -47,6 +47,8 @@ pub struct WsWire<C = Plain> {
     /// of one already begun.
     control: Controls,
     encoding: Encoding,
+    /// The encoding is the connection's (agreed in the upgrade, or set by the first
+    /// message): a message in the other is refused.
     encoding_fixed: bool,
     /// The longest binary message: the frame limit plus the binary length prefix (a text
     /// message, a JSON frame, has no prefix: at most `max_frame`).
@@ -63,17 +65,24 @@ pub struct WsWire<C = Plain> {
 impl WsWire {
     /// A wire for a socket whose upgrade has been answered; `rest`: what the client sent after
     /// its request.
-    pub fn new(stream: TcpStream, rest: BytesMut, max_frame: u32) -> Self {
-        Self::over(Plain::new(stream), rest, max_frame)
+    /// `agreed`: the encoding of the subprotocol agreed in the upgrade, if any.
+    pub fn new(
+        stream: TcpStream,
+        rest: BytesMut,
+        max_frame: u32,
+        agreed: Option<Encoding>,
+    ) -> Self {
+        Self::over(Plain::new(stream), rest, max_frame, agreed)
     }
 }
 
 impl<C: Carrier> WsWire<C> {
     /// A wire over `carrier`, on which the upgrade has been answered; `rest`: what the client
-    /// sent after its request.
-    pub fn over(carrier: C, rest: BytesMut, max_frame: u32) -> Self {
-        let mut wire = Self::with(carrier, max_frame, Encoding::Binary);
-        wire.encoding_fixed = false;
+    /// sent after its request. With a subprotocol `agreed`, the connection speaks its encoding
+    /// from the start; without, the client's first message sets it.
+    pub fn over(carrier: C, rest: BytesMut, max_frame: u32, agreed: Option<Encoding>) -> Self {
+        let mut wire = Self::with(carrier, max_frame, agreed.unwrap_or(Encoding::Binary));
+        wire.encoding_fixed = agreed.is_some();
         wire.counts.read = rest.len();
         wire.buf = rest;
         wire
@@ -103,9 +112,10 @@ impl<C: Carrier> WsWire<C> {
     /// The next whole message in `buf`, answering pings on the way, or how many more bytes
     /// it needs at least, or [`Next::Closed`] when the client sent a close frame.
     ///
-    /// Everything a header alone can refuse (sizes, fragments out of order) is refused before
-    /// its payload is buffered; a text message's UTF-8 is checked as its bytes arrive, so that
-    /// invalid text is refused when it comes (RFC 6455, 8.1), not when its frame ends.
+    /// Everything a header alone can refuse (sizes, fragments out of order, a message in the
+    /// other encoding) is refused before its payload is buffered; a text message's UTF-8 is
+    /// checked as its bytes arrive, so that invalid text is refused when it comes (RFC 6455,
+    /// 8.1), not when its frame ends.
     fn next_message(&mut self, cx: &Context<'_>) -> Result<Next, WsError> {
         loop {
             let header = match ws::parse_header(&self.buf, self.max_message) {
@@ -134,6 +144,16 @@ impl<C: Carrier> WsWire<C> {
                     return Err(WsError::Protocol(
                         "a continuation frame with no message to continue",
                     ));
+                }
+                Opcode::Text | Opcode::Binary
+                    if self.encoding_fixed && header.opcode != self.opcode() =>
+                {
+                    return Err(WsError::UnsupportedData(match self.encoding {
+                        Encoding::Json => "a binary message on a connection that speaks JSON",
+                        Encoding::Binary => {
+                            "a text message on a connection that speaks the binary encoding"
+                        }
+                    }));
                 }
                 Opcode::Text => true,
                 Opcode::Continuation => self.in_text(),
@@ -243,6 +263,34 @@ impl<C: Carrier> WsWire<C> {
         .await;
     }
 
+    /// The next whole message (text or binary) from the client, reading as needed; `None`
+    /// when it closed the connection (its close frame answered, see [`Next::Closed`]) or went
+    /// away between messages.
+    fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(Opcode, Bytes)>, WireError>> {
+        loop {
+            let want = match self.next_message(cx)? {
+                Next::Message(opcode, payload) => return Poll::Ready(Ok(Some((opcode, payload)))),
+                Next::Closed => return Poll::Ready(Ok(None)),
+                Next::Want(want) => want,
+            };
+            if self.buf.is_empty() {
+                // Drop our reference to the last read's allocation while idle.
+                self.buf = BytesMut::new();
+            }
+            // A client that goes without a close frame between messages has simply gone;
+            // inside one, its message is cut.
+            let between = self.buf.is_empty() && self.fragments.is_none();
+            let end = (between, "connection closed inside a message");
+            let (carrier, buf, counts) = (&mut self.carrier, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(carrier, cx, buf, want, counts, end))? {
+                return Poll::Ready(Ok(None));
+            }
+        }
+    }
+
     /// Unmasks the part of the front frame, text, that arrived since the last call, and checks
     /// its UTF-8.
     fn check_arrived(&mut self, header: &ws::Header) -> Result<(), WsError> {
@@ -348,6 +396,14 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Bytes asked of each read while lingering.
 const READ_WANT: usize = 16 * 1024;
 
+/// The encoding of the frames that messages with `opcode` carry (text or binary).
+fn encoding_of(opcode: Opcode) -> Encoding {
+    match opcode {
+        Opcode::Text => Encoding::Json,
+        _ => Encoding::Binary,
+    }
+}
+
 /// The opcode of the messages that carry frames in `encoding`.
 pub fn opcode(encoding: Encoding) -> Opcode {
     match encoding {
@@ -384,41 +440,20 @@ impl<C: Carrier> Wire for WsWire<C> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
-        loop {
-            let want = match self.next_message(cx)? {
-                Next::Message(opcode, payload) => {
-                    let encoding = match opcode {
-                        Opcode::Text => Encoding::Json,
-                        _ => Encoding::Binary,
-                    };
-                    if !self.encoding_fixed {
-                        self.encoding = encoding;
-                        self.encoding_fixed = true;
-                    }
-                    let frame = match encoding {
-                        Encoding::Binary => binary::parse(payload, self.max_frame),
-                        Encoding::Json => json::decode(&payload),
-                    };
-                    return Poll::Ready(frame.map(Some).map_err(Into::into));
-                }
-                // The answering close is written by the task once no direct write can follow it
-                // (see `crate::gateway::io`).
-                Next::Closed => return Poll::Ready(Ok(None)),
-                Next::Want(want) => want,
-            };
-            if self.buf.is_empty() {
-                // Drop our reference to the last read's allocation while idle.
-                self.buf = BytesMut::new();
-            }
-            // A client that goes without a close frame between messages has simply gone;
-            // inside one, its message is cut.
-            let between = self.buf.is_empty() && self.fragments.is_none();
-            let end = (between, "connection closed inside a message");
-            let (carrier, buf, counts) = (&mut self.carrier, &mut self.buf, &mut self.counts);
-            if !ready!(poll_more(carrier, cx, buf, want, counts, end))? {
-                return Poll::Ready(Ok(None));
-            }
-        }
+        // The answering close of a client's close is written by the task once no direct
+        // write can follow it (see `crate::gateway::io`).
+        let Some((opcode, payload)) = ready!(self.poll_message(cx))? else {
+            return Poll::Ready(Ok(None));
+        };
+        // The first message sets the encoding, unless the upgrade did; later ones are in it
+        // (`next_message` refused the others).
+        self.encoding = encoding_of(opcode);
+        self.encoding_fixed = true;
+        let frame = match self.encoding {
+            Encoding::Binary => binary::parse(payload, self.max_frame),
+            Encoding::Json => json::decode(&payload),
+        };
+        Poll::Ready(frame.map(Some).map_err(Into::into))
     }
 
     fn poll_send(
