@@ -92,7 +92,12 @@ impl Reloader {
     pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
         let mut current = self.lock();
         let source = current.source.clone();
-        let mut config = Config::load(source.as_deref()).map_err(|e| {
+        // Test modes stay allowed in a node started with them.
+        let load = match current.test_modes {
+            true => Config::load_allowing_test_modes,
+            false => Config::load,
+        };
+        let mut config = load(source.as_deref()).map_err(|e| {
             e.problems()
                 .iter()
                 .map(ToString::to_string)
@@ -108,7 +113,9 @@ impl Reloader {
         self.apply_to(&mut current, config)
     }
 
-    fn apply_to(&self, current: &mut Config, config: Config) -> Result<Reloaded, Vec<String>> {
+    fn apply_to(&self, current: &mut Config, mut config: Config) -> Result<Reloaded, Vec<String>> {
+        // Whether test modes are allowed is the node's to say, not the new configuration's.
+        config.test_modes = current.test_modes;
         if let Err(e) = config.validate() {
             return Err(e.problems().iter().map(ToString::to_string).collect());
         }

@@ -1,7 +1,7 @@
 //! End-to-end WebSocket conformance of the gateway (RFC 6455), in raw bytes over a TCP socket
 //! so that frames no library would send can be sent: close codes for what breaks WebSocket
 //! itself, UTF-8 checked as it arrives, the message size limit, pongs, the close handshake and
-//! the lingering close, subprotocols and the encoding they fix.
+//! the lingering close, subprotocols and the encoding they fix, and the echo test mode.
 
 mod common;
 
@@ -653,4 +653,81 @@ async fn every_ping_gets_its_pong() {
             }
         );
     }
+}
+
+/// A node in the echo test mode.
+fn echo_config() -> Config {
+    let mut config = Config::for_tests();
+    config.gateway.ws_echo = true;
+    config.test_modes = true;
+    config
+}
+
+/// `gateway.ws_echo` is refused unless the node allows test modes (`tether serve
+/// --test-modes`), so that no configuration turns it on by itself.
+#[tokio::test]
+async fn the_echo_mode_is_refused_without_test_modes() {
+    let mut config = echo_config();
+    config.test_modes = false;
+    let started = timeout(WAIT, Node::start(config)).await;
+    let Err(e) = started.expect("node start timed out") else {
+        panic!("the node started");
+    };
+    assert!(
+        format!("{e:#}").contains("gateway.ws_echo is a test mode"),
+        "{e:#}"
+    );
+}
+
+/// In the echo test mode, every message comes back as it came (text as text, binary as
+/// binary, whole however it arrived), pings get pongs, and a close is answered with its code.
+#[tokio::test]
+async fn the_echo_mode_echoes_messages() {
+    let node = start(echo_config()).await;
+    let mut ws = RawWs::open(&node).await;
+    ws.send(true, TEXT, "hello".as_bytes()).await;
+    assert_eq!(
+        ws.next().await,
+        Got::Frame {
+            opcode: TEXT,
+            payload: b"hello".to_vec()
+        }
+    );
+    ws.send(true, BINARY, &[0, 1, 255]).await;
+    assert_eq!(
+        ws.next().await,
+        Got::Frame {
+            opcode: BINARY,
+            payload: vec![0, 1, 255]
+        }
+    );
+    // In fragments cut inside a character, with a ping between them: the pong comes first.
+    let text = "é€𝄞".as_bytes();
+    ws.send(false, TEXT, &text[..1]).await;
+    ws.send(true, PING, b"p").await;
+    ws.send(true, CONTINUATION, &text[1..]).await;
+    assert_eq!(
+        ws.next().await,
+        Got::Frame {
+            opcode: PONG,
+            payload: b"p".to_vec()
+        }
+    );
+    assert_eq!(
+        ws.next().await,
+        Got::Frame {
+            opcode: TEXT,
+            payload: text.to_vec()
+        }
+    );
+    // A message over the limit is refused as on a client connection.
+    let max = Config::for_tests().limits.max_frame as usize;
+    let mut ws2 = RawWs::open(&node).await;
+    ws2.send_raw(&client_frame(true, TEXT, &vec![b' '; max + 1])[..14])
+        .await;
+    ws2.expect_close(Code::WS_TOO_BIG).await;
+    // The close, answered with its code; the server then ends the stream.
+    ws.send(true, CLOSE, &3000u16.to_be_bytes()).await;
+    assert_eq!(ws.expect_close(Code(3000)).await, "");
+    assert_eq!(ws.next().await, Got::End);
 }

@@ -38,6 +38,10 @@ enum Command {
         /// Log format.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Allow the configuration's test modes (`gateway.ws_echo`), which serve no client:
+        /// for conformance suites, never in production. Without it they are refused.
+        #[arg(long)]
+        test_modes: bool,
     },
     /// Print a client token for a user of an app, signed with the app's secret (HS256); with
     /// --subscription, a subscription token for one topic instead.
@@ -116,7 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, log_format } => serve(config, &log_format).await,
+            Command::Serve {
+                config,
+                log_format,
+                test_modes,
+            } => serve(config, &log_format, test_modes).await,
             Command::Token {
                 app,
                 user,
@@ -152,15 +160,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn load(
     config: Option<PathBuf>,
+    test_modes: bool,
 ) -> anyhow::Result<(Config, Option<tether_server::config::AppConfig>)> {
-    let mut config = Config::load(config.as_deref())?;
+    let mut config = match test_modes {
+        true => Config::load_allowing_test_modes(config.as_deref())?,
+        false => Config::load(config.as_deref())?,
+    };
     let demo = config.with_demo_app()?;
     Ok((config, demo))
 }
 
-async fn serve(config: Option<PathBuf>, log_format: &str) -> anyhow::Result<()> {
+async fn serve(config: Option<PathBuf>, log_format: &str, test_modes: bool) -> anyhow::Result<()> {
     init_tracing(log_format);
-    let (config, demo) = load(config)?;
+    let (config, demo) = load(config, test_modes)?;
     if let Some(app) = demo {
         let http = &config.listen.http;
         println!(
@@ -197,7 +209,7 @@ fn token(
     ttl: Duration,
     kind: TokenKind,
 ) -> anyhow::Result<()> {
-    let (config, _) = load(config)?;
+    let (config, _) = load(config, false)?;
     let app_config = config
         .app(app)
         .with_context(|| format!("app {app:?} is not configured"))?;

@@ -157,6 +157,30 @@ fn serve_names_the_key_and_line_of_a_bad_duration() {
     );
 }
 
+/// The echo test mode serves no client: a file (or a variable) that turns it on is refused
+/// unless the node is started with `--test-modes`.
+#[test]
+fn serve_refuses_the_ws_echo_test_mode_without_test_modes() {
+    let dir = dir("ws-echo");
+    let config = format!("{VALID}\n[gateway]\nws_echo = true\n");
+    let out = tether(&dir, &["serve"], &config, &[]);
+    assert_refused(
+        &out,
+        &[format!(
+            "{}:{}: gateway.ws_echo is a test mode (WebSocket clients are echoed, not served): \
+             a node takes it only when started with --test-modes",
+            dir.join("tether.toml").display(),
+            line_of(&config, "ws_echo")
+        )],
+    );
+    let env = [("TETHER_GATEWAY__WS_ECHO", "true")];
+    let out = tether(&dir, &["serve"], VALID, &env);
+    assert_refused(
+        &out,
+        &["$TETHER_GATEWAY__WS_ECHO: gateway.ws_echo is a test mode".to_string()],
+    );
+}
+
 #[test]
 fn serve_names_the_variable_of_a_bad_override() {
     let dir = dir("env");

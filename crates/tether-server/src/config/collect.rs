@@ -45,10 +45,12 @@ struct Override<'a> {
 /// A TOML document (its display name and text), or none for the defaults.
 pub(super) type Document<'a> = Option<(&'a str, &'a str)>;
 
-/// Reads `document` with the environment `env` over it, then validates.
+/// Reads `document` with the environment `env` over it, then validates, allowing test modes
+/// with `test_modes`.
 pub(super) fn read<'a>(
     document: Document<'a>,
     env: &'a [(String, String)],
+    test_modes: bool,
 ) -> Result<Config, ConfigError> {
     let (file, text) = document.unwrap_or(("", ""));
     let (root, syntax) = DeTable::parse_recoverable(text);
@@ -77,9 +79,10 @@ pub(super) fn read<'a>(
         unread: Vec::new(),
     };
     reader.apply_env(env);
-    let Some((config, tree)) = reader.deserialize() else {
+    let Some((mut config, tree)) = reader.deserialize() else {
         return Err(ConfigError::new(reader.problems));
     };
+    config.test_modes = test_modes;
     if let Err(e) = config.validate() {
         for problem in e.problems() {
             reader.place_check(&tree, &problem.text);

@@ -12,10 +12,26 @@ impl Config {
         Self::load_with_env(path, std::env::vars())
     }
 
+    /// [`Config::load`] for a node that allows test modes (`tether serve --test-modes`; see
+    /// [`Config::test_modes`]).
+    pub fn load_allowing_test_modes(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::read(path, std::env::vars(), true)
+    }
+
     /// [`Config::load`] with the environment given explicitly (for tests).
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::read(path, env, false)
+    }
+
+    /// Reads `path` with the environment `env` over it, and validates, allowing test modes
+    /// with `test_modes`.
+    pub(super) fn read(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        test_modes: bool,
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         match path {
@@ -24,17 +40,17 @@ impl Config {
                     ConfigError::from(vec![format!("cannot read {}: {e}", path.display())])
                 })?;
                 let name = path.display().to_string();
-                let mut config = collect::read(Some((&name, &text)), &env)?;
+                let mut config = collect::read(Some((&name, &text)), &env, test_modes)?;
                 config.source = Some(path.to_owned());
                 Ok(config)
             }
-            None => collect::read(None, &env),
+            None => collect::read(None, &env, test_modes),
         }
     }
 
     /// Parses a TOML document with no environment overrides (for tests and examples).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        collect::read(Some(("config", text)), &[])
+        collect::read(Some(("config", text)), &[], false)
     }
 
     /// When no app is configured, adds the `demo` app, whose secret and API key are generated

@@ -66,6 +66,11 @@ pub struct Config {
     /// and the environment).
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
+    /// Whether test modes ([`GatewayConfig::ws_echo`]) may be on: set by `tether serve
+    /// --test-modes` and by tests, never by a file or the environment, so that a
+    /// configuration cannot turn one on by itself.
+    #[serde(skip)]
+    pub test_modes: bool,
 }
 
 impl Config {

@@ -227,6 +227,10 @@ pub struct GatewayConfig {
     /// handshake or a ping parks at once. 0 keeps every connection's task.
     #[serde(deserialize_with = "duration")]
     pub park_after: Duration,
+    /// A test mode: every WebSocket connection echoes its messages (text as text, binary as
+    /// binary) and is served nothing else, for conformance suites (`bench/autobahn.sh`).
+    /// Refused unless the node allows test modes ([`super::Config::test_modes`]).
+    pub ws_echo: bool,
 }
 
 impl Default for GatewayConfig {
@@ -244,6 +248,7 @@ impl Default for GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_spread: Duration::from_secs(30),
             park_after: Duration::from_secs(2),
+            ws_echo: false,
         }
     }
 }

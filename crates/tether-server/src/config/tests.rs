@@ -337,6 +337,27 @@ fn an_override_is_placed_at_its_variable() {
     assert!(err.to_string().contains("found integer -5"), "{err}");
 }
 
+/// The echo test mode cannot be turned on by a file or the environment alone: only a node
+/// that allows test modes (`tether serve --test-modes`) takes it.
+#[test]
+fn the_ws_echo_test_mode_needs_test_modes_allowed() {
+    let problems = problems_of("[gateway]\nws_echo = true\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let (key, place, text) = &problems[0];
+    assert_eq!((key.as_str(), place), ("gateway.ws_echo", &line(2)));
+    assert!(text.contains("--test-modes"), "{text}");
+
+    let env = [("TETHER_GATEWAY__WS_ECHO".to_string(), "true".to_string())];
+    let err = Config::load_with_env(None, env.clone()).unwrap_err();
+    assert_eq!(err.problems()[0].key, "gateway.ws_echo", "{err}");
+
+    let config = Config::read(None, env, true).expect("allowed with test modes");
+    assert!(config.gateway.ws_echo && config.test_modes);
+    // Allowed or not, it is off unless asked for.
+    let config = Config::read(None, [], true).unwrap();
+    assert!(!config.gateway.ws_echo);
+}
+
 #[test]
 fn an_override_its_key_refuses_as_a_number_is_read_as_a_string() {
     let env = [(

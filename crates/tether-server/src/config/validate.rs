@@ -129,6 +129,13 @@ impl Config {
         }
         problems.extend(over_an_hour("gateway.token_leeway", g.token_leeway));
         problems.extend(over_an_hour("gateway.shutdown_spread", g.shutdown_spread));
+        if g.ws_echo && !self.test_modes {
+            problems.push(
+                "gateway.ws_echo is a test mode (WebSocket clients are echoed, not served): \
+                 a node takes it only when started with --test-modes"
+                    .into(),
+            );
+        }
         let st = &self.store;
         if st.sync_interval.is_zero() || st.sync_interval > Duration::from_secs(10) {
             problems.push("store.sync_interval must be between 1ms and 10s".into());

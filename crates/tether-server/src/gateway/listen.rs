@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::admission::{Admission, Permit};
 use super::sse::Served;
@@ -81,6 +81,12 @@ impl Gateway {
     /// answer.
     pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, tls: Option<Arc<Certs>>) {
         let name = if tls.is_some() { "wss" } else { "ws" };
+        if self.config.ws_echo {
+            warn!(
+                listener = name,
+                "gateway.ws_echo is on (a test mode): WebSocket clients are echoed, not served"
+            );
+        }
         let mut errors = AcceptErrors::new(name);
         while let Some((stream, peer)) = self.accept(&listener, &mut errors).await {
             let guard = self.ws_guard.load_full();
@@ -264,7 +270,8 @@ pub(super) struct Upgrade<'a> {
     pub guard: &'a Guard,
 }
 
-/// Serves a WebSocket connection over `carrier` once its upgrade is answered.
+/// Serves a WebSocket connection over `carrier` once its upgrade is answered; in the test
+/// mode `gateway.ws_echo`, echoes its messages instead.
 async fn serve_ws_over<C: Carrier>(
     carrier: C,
     upgraded: Upgraded,
@@ -277,6 +284,11 @@ async fn serve_ws_over<C: Carrier>(
         gw.limits.max_frame,
         upgraded.encoding,
     );
+    if gw.config.ws_echo {
+        wire.echo().await;
+        drop(permit);
+        return;
+    }
     conn::serve(wire, gw, permit).await;
 }
 

@@ -5,6 +5,8 @@
 //! connection holds in sight: between messages the wire holds nothing, so an idle WebSocket
 //! connection parks like a raw TCP one (see [`Wire::parkable`]), and fan-outs write its frames
 //! to the socket directly, each behind its own WebSocket header (see [`Framing::WebSocket`]).
+//!
+//! `echo`: the test mode in which a connection echoes its messages instead (Autobahn).
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,6 +24,7 @@ use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_m
 use crate::link::Encoding;
 
 mod control;
+mod echo;
 
 use control::Controls;
 
@@ -301,6 +304,15 @@ impl<C: Carrier> WsWire<C> {
         self.utf8.feed(new)
     }
 
+    /// Ends the connection once this side's close frame is out (`sent`): shuts the sending
+    /// side, then lingers (see [`WsWire::linger`]), for at most [`LINGER_TIME`].
+    async fn end(&mut self, sent: bool) {
+        self.carrier.shutdown().await;
+        if sent {
+            let _ = tokio::time::timeout(LINGER_TIME, self.linger()).await;
+        }
+    }
+
     /// Whether a message arriving in fragments is text.
     fn in_text(&self) -> bool {
         matches!(self.fragments, Some((Opcode::Text, _)))
@@ -535,9 +547,6 @@ impl<C: Carrier> Wire for WsWire<C> {
             &ws::close_payload(code.0, reason),
         ));
         let sent = self.send(&mut VecDeque::new()).await;
-        self.carrier.shutdown().await;
-        if sent.is_ok() {
-            let _ = tokio::time::timeout(LINGER_TIME, self.linger()).await;
-        }
+        self.end(sent.is_ok()).await;
     }
 }
