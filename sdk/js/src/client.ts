@@ -370,8 +370,10 @@ export class TetherClient extends Emitter<ClientEvents> {
         const err = asError(e);
         if (!err.willReconnect || err.dispatchCode === "no_endpoints") throw err;
         // The dispatcher is down, not necessarily the gateways: try what it said last.
+        // `url` is often one of them: trying it twice would double the round (two connect
+        // timeouts against a node that hangs).
         candidates = this.dispatcher.fallback();
-        if (this.options.url) candidates.push(this.options.url);
+        if (this.options.url && !candidates.includes(this.options.url)) candidates.push(this.options.url);
         if (candidates.length === 0) throw err;
       }
     } else {

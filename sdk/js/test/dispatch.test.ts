@@ -81,6 +81,28 @@ test("when the dispatcher is down, the client reconnects to the endpoints it gav
   assert.ok(fetcher.urls.length >= 2, "the dispatcher was asked again first");
 });
 
+test("while the dispatcher and the node are down, each round tries an endpoint once, even when url is the same", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const down = { value: false };
+  const fetcher = recordingFetch(down);
+  const wire = recordingWebSocket();
+  // `url` is the node's WebSocket address, which the dispatcher gives as its endpoint too.
+  const client = new TetherClient(options(server, "alice", { dispatch: `${server.httpUrl}/v1/dispatch`, fetch: fetcher.fetch, WebSocket: wire.WebSocket }));
+  t.after(() => client.close());
+  /** Sockets opened so far, at each `disconnected` (the close, then one per failed round). */
+  const openedAt: number[] = [];
+  client.on("disconnected", () => openedAt.push(wire.opened.length));
+  await within(client.connect(), WAIT_MS, "connect");
+  down.value = true;
+  await server.stop();
+  const disconnects = new Collector(client, "disconnected");
+  await disconnects.count(4, "the close and three failed rounds", 3 * WAIT_MS);
+  const perRound = openedAt.slice(1, 4).map((n, i) => n - openedAt[i]!);
+  assert.deepEqual(perRound, [1, 1, 1], `sockets opened per round: ${JSON.stringify(perRound)}`);
+});
+
 test("a dispatcher's 401 fails connect without a retry", async (t) => {
   if (!haveServer(t)) return;
   const server = await Server.start();
