@@ -7,10 +7,11 @@
 //
 //   node memory.mjs        (bench/sdk-js/run.sh memory sets the environment)
 //
-// Environment: COUNT [10000] connections, PROCS [4] Node processes sharing them, RATE [1000]
-// handshakes started per second (all kinds), HOLD [10] seconds held before the reading,
-// PAIRS [3] rounds (the order turns each round), KINDS ["raw json sdk"], HEARTBEAT_S [60]
-// (proposed by all), TETHER_BIN, TETHER_BENCH, OUT (a directory for each run's JSON).
+// Environment: COUNT [10000] connections, PROCS [4] Node processes sharing them, RATES
+// ["1000 250"] handshakes started per second (all kinds; each rate its own rounds), HOLD [10]
+// seconds held before the reading, PAIRS [3] rounds per rate (the order turns each round),
+// KINDS ["raw json sdk"], HEARTBEAT_S [60] (proposed by all), TETHER_BIN, TETHER_BENCH, OUT (a
+// directory for each run's JSON).
 
 import { fork, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -21,7 +22,7 @@ import { coresBusy, cpuSeconds, here, loadavg, machineTicks, pssBytes, rssBytes,
 
 const COUNT = Number(process.env.COUNT ?? 10000);
 const PROCS = Number(process.env.PROCS ?? 4);
-const RATE = Number(process.env.RATE ?? 1000);
+const RATES = (process.env.RATES ?? "1000 250").split(/\s+/).filter(Boolean).map(Number);
 const HOLD = Number(process.env.HOLD ?? 10);
 const PAIRS = Number(process.env.PAIRS ?? 3);
 const HEARTBEAT_S = Number(process.env.HEARTBEAT_S ?? 60);
@@ -48,7 +49,7 @@ function next(child, type, timeoutMs) {
   });
 }
 
-async function nodeRun(mode, run) {
+async function nodeRun(mode, rate, run) {
   const server = await Server.start(serverOptions);
   const load = loadavg();
   const holders = [];
@@ -56,7 +57,7 @@ async function nodeRun(mode, run) {
     const per = Math.ceil(COUNT / PROCS);
     for (let p = 0, first = 0; first < COUNT; p++, first += per) {
       const count = Math.min(per, COUNT - first);
-      const arg = JSON.stringify({ mode, url: server.wsUrl, first, count, rate: RATE / PROCS, heartbeatMs: HEARTBEAT_S * 1000 });
+      const arg = JSON.stringify({ mode, url: server.wsUrl, first, count, rate: rate / PROCS, heartbeatMs: HEARTBEAT_S * 1000 });
       holders.push(fork(join(here, "holder.mjs"), [arg], { execArgv: ["--expose-gc"], stdio: ["ignore", "inherit", "inherit", "ipc"] }));
     }
     const ready = await Promise.all(holders.map((h) => next(h, "ready", 30000)));
@@ -80,6 +81,7 @@ async function nodeRun(mode, run) {
     const sum = (f) => after.reduce((a, m, i) => a + f(m.memory) - f(ready[i].memory), 0);
     const result = {
       kind: mode,
+      rate,
       run,
       load,
       connected,
@@ -106,13 +108,13 @@ async function nodeRun(mode, run) {
   }
 }
 
-async function rawRun(run) {
+async function rawRun(rate, run) {
   const server = await Server.start(serverOptions);
   const load = loadavg();
-  const json = join(OUT, `raw-${run}.json`);
+  const json = join(OUT, `raw-${rate}-${run}.json`);
   try {
     await sleep(1000);
-    const args = ["connections", "--transport", "ws", "--addr", server.wsAddr, "--http", server.httpAddr, "--count", String(COUNT), "--rate", String(RATE), "--hold", String(HOLD), "--heartbeat", String(HEARTBEAT_S), "--secret", SECRET, "--server-pid", String(server.pid), "--json", json];
+    const args = ["connections", "--transport", "ws", "--addr", server.wsAddr, "--http", server.httpAddr, "--count", String(COUNT), "--rate", String(rate), "--hold", String(HOLD), "--heartbeat", String(HEARTBEAT_S), "--secret", SECRET, "--server-pid", String(server.pid), "--json", json];
     const child = spawn(BENCH, args, { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (c) => (stderr = (stderr + c).slice(-4000)));
@@ -121,6 +123,7 @@ async function rawRun(run) {
     const r = JSON.parse(readFileSync(json, "utf8"));
     return {
       kind: "raw",
+      rate,
       run,
       load,
       connected: r.connected,
@@ -139,19 +142,19 @@ async function rawRun(run) {
 }
 
 const KINDS = (process.env.KINDS ?? "raw json sdk").split(/\s+/).filter(Boolean);
-const runs = { raw: rawRun, json: (run) => nodeRun("json", run), sdk: (run) => nodeRun("sdk", run) };
+const runs = { raw: rawRun, json: (rate, run) => nodeRun("json", rate, run), sdk: (rate, run) => nodeRun("sdk", rate, run) };
 const results = [];
-console.log(`memory: ${COUNT} connections at ${RATE}/s, held ${HOLD} s, Node clients in ${PROCS} processes, ${KINDS.join(", ")} in turn, ${PAIRS} rounds, nproc ${CORES}`);
-for (let pair = 0; pair < PAIRS; pair++) {
+console.log(`memory: ${COUNT} connections at ${RATES.join(" and ")}/s, held ${HOLD} s, Node clients in ${PROCS} processes, ${KINDS.join(", ")} in turn, ${PAIRS} rounds per rate, nproc ${CORES}`);
+for (const rate of RATES) for (let pair = 0; pair < PAIRS; pair++) {
   // The order turns every round, so that no kind always runs first (or right after another).
   const order = KINDS.map((_, i) => KINDS[(i + pair) % KINDS.length]);
   for (const kind of order) {
-    const r = await runs[kind](pair);
+    const r = await runs[kind](rate, pair);
     results.push(r);
-    writeFileSync(join(OUT, `${r.kind}-${pair}.summary.json`), JSON.stringify(r, null, 2));
+    writeFileSync(join(OUT, `${r.kind}-${rate}-${pair}.summary.json`), JSON.stringify(r, null, 2));
     const node = r.kind !== "raw" ? `, Node ${Math.round(r.nodeRssPerClient)} B RSS / ${Math.round(r.nodeHeapPerClient)} B heap per client` : `, load generator ${Math.round(r.clientRssPerConn)} B RSS per connection`;
     console.log(
-      `round ${pair} ${r.kind.padEnd(4)}: load ${r.load.toFixed(2)}, ${r.connected} connected (${r.failed} failed, ${r.dropped} dropped), server RSS ${r.serverRssKib.map((k) => Math.round(k)).join(" -> ")} KiB, ${Math.round(r.serverRssPerConn)} B per connection (PSS ${Math.round(r.serverPssPerConn)}), ${r.serverCpuPerHandshakeUs.toFixed(0)} µs server CPU per handshake${node}`,
+      `${rate}/s round ${pair} ${r.kind.padEnd(4)}: load ${r.load.toFixed(2)}, ${r.connected} connected (${r.failed} failed, ${r.dropped} dropped), server RSS ${r.serverRssKib.map((k) => Math.round(k)).join(" -> ")} KiB, ${Math.round(r.serverRssPerConn)} B per connection (PSS ${Math.round(r.serverPssPerConn)}), ${r.serverCpuPerHandshakeUs.toFixed(0)} µs server CPU per handshake${node}`,
     );
   }
 }

@@ -22,7 +22,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 
-import { here, loadavg, nowMs, quantile, Server, sleep } from "./lib.mjs";
+import { cpuSeconds, here, loadavg, nowMs, quantile, Server, sleep } from "./lib.mjs";
 
 const CLIENTS = Number(process.env.CLIENTS ?? 1000);
 const PROCS = Number(process.env.PROCS ?? 2);
@@ -105,14 +105,19 @@ async function round({ mode, dispatch }, r) {
     await sleep(SETTLE_S * 1000);
     const load = loadavg();
     const term = nowMs();
+    const cpuAt = () => children.map((c) => cpuSeconds(c.pid)).reduce((a, c) => a + c.user + c.system, 0);
     await server.restart(mode === "crash" ? "SIGKILL" : "SIGTERM");
     const back = server.startedAt;
+    const nodeCpuBack = cpuAt();
     const deadline = Date.now() + 120000;
     let counts;
     do {
       await sleep(500);
       counts = await askAll(children, "count", "count");
     } while (counts.reduce((a, c) => a + c.reconnected, 0) < CLIENTS && Date.now() < deadline);
+    // CPU from the node's start to the last client's `connected` (the count polls are in it).
+    const nodeCpu = cpuAt() - nodeCpuBack;
+    const serverCpu = cpuSeconds(server.pid);
     const reports = await askAll(children, "report", "report");
     const lines = reports.flatMap((rep) => rep.timelines);
     const analysed = lines.map((l) => analyse(l, term, back)).filter(Boolean);
@@ -121,6 +126,7 @@ async function round({ mode, dispatch }, r) {
     for (const a of done) byRounds[a.failedRounds] = (byRounds[a.failedRounds] ?? 0) + 1;
     const refused = {};
     for (const a of done) refused[a.refusedAfterBack] = (refused[a.refusedAfterBack] ?? 0) + 1;
+    const lastMs = quantile(done.map((a) => a.reconnectMs), 1);
     const result = {
       mode,
       round: r,
@@ -140,6 +146,12 @@ async function round({ mode, dispatch }, r) {
       failedRounds: byRounds,
       refusedAfterBack: refused,
       socketsPerRound: summary(done.map((a) => a.socketsPerRound)),
+      // Cores busy from the node's start to the last reconnect (the Node processes' over the
+      // time until the polling saw it, up to 500 ms more).
+      nodeCores: nodeCpu / (Math.max(lastMs, 1) / 1000),
+      serverCores: (serverCpu.user + serverCpu.system) / (Math.max(lastMs, 1) / 1000),
+      nodeCpuS: nodeCpu,
+      serverCpuS: serverCpu.user + serverCpu.system,
     };
     writeFileSync(join(OUT, `${mode}-${dispatch ? "dispatch" : "url"}-${r}.json`), JSON.stringify({ result, lines, term, back }, null, 1));
     return result;
@@ -160,7 +172,7 @@ for (let r = 0; r < ROUNDS; r++) {
     const x = await round(variant, r);
     results.push(x);
     console.log(
-      `${x.mode}/${x.dispatch ? "dispatch" : "url"} round ${r}: load ${x.load.toFixed(2)}; node down ${Math.round(x.downMs)} ms (exited after ${Math.round(x.exitMs)}); ${x.reconnected} of ${x.closed} reconnected (codes ${x.codes.join(",")}); ms after the node was back: reconnect ${fmt(x.reconnect)}; of it waiting ${fmt(x.wait)}, the round's work ${fmt(x.work)}; retry_after floor ${fmt(x.floor)}; failed rounds before ${JSON.stringify(x.failedRounds)}; 503 answers after the node was back ${JSON.stringify(x.refusedAfterBack)}`,
+      `${x.mode}/${x.dispatch ? "dispatch" : "url"} round ${r}: load ${x.load.toFixed(2)}; node down ${Math.round(x.downMs)} ms (exited after ${Math.round(x.exitMs)}); ${x.reconnected} of ${x.closed} reconnected (codes ${x.codes.join(",")}); ms after the node was back: reconnect ${fmt(x.reconnect)}; of it waiting ${fmt(x.wait)}, the round's work ${fmt(x.work)}; retry_after floor ${fmt(x.floor)}; failed rounds before ${JSON.stringify(x.failedRounds)}; 503 answers after the node was back ${JSON.stringify(x.refusedAfterBack)}; CPU until the last reconnect: Node ${x.nodeCpuS.toFixed(2)} s, server ${x.serverCpuS.toFixed(2)} s`,
     );
   }
 }

@@ -23,7 +23,8 @@ async function step({ step, rate, users, warmMs, windowMs, concurrency, payloadB
 
   const send = () => {
     const t = nowMs();
-    const inWindow = t - start >= warmMs;
+    // By send time; a request sent after the window (a sender that fell behind) counts in none.
+    const inWindow = t - start >= warmMs && t - start < warmMs + windowMs;
     const s = 2 * step + (inWindow ? 1 : 0);
     const fixed = `${head}${t.toFixed(3)},"n":${n},"s":${s},"pad":"`;
     // Padded so that the payload object (from its `{"t":`) is `payloadBytes` long.
