@@ -1,7 +1,8 @@
 // The Node process under test in throughput.mjs (forked): one TetherClient per user, all in
 // this process, each acking every durable push as it arrives (the SDK sends one cumulative ack
 // per burst). Its argument: {url, users, heartbeatMs}. Over IPC: "ready" once every client is
-// connected; on {type: "snapshot"} the count received so far; on {type: "step", step} the
+// connected; on {type: "snapshot"} the count received so far and the event loop's use; on
+// {type: "step", step} the
 // latencies of that step's window messages, and the counts of duplicates and disconnects.
 //
 // A push's payload is {t, n, s, pad} from sender.mjs: `t` the send time (ms, wall clock), `n`
@@ -68,7 +69,8 @@ await Promise.all(clients.map((c) => c.connect()));
 
 process.on("message", (msg) => {
   if (msg.type === "snapshot") {
-    process.send({ type: "snapshot", received, disconnects, duplicates });
+    // Event-loop utilization: the share of time the one JavaScript thread was busy.
+    process.send({ type: "snapshot", received, disconnects, duplicates, elu: performance.eventLoopUtilization() });
   } else if (msg.type === "step") {
     const st = steps.get(msg.step) ?? { latencies: [], window: 0 };
     const l = st.latencies;

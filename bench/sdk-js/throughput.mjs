@@ -19,13 +19,15 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 
+import { performance } from "node:perf_hooks";
+
 import { API_KEY, APP, coresBusy, cpuSeconds, here, loadavg, machineTicks, nowMs, Server, sleep } from "./lib.mjs";
 
 const SERIES = (process.env.SERIES ?? "one many").split(/\s+/).filter(Boolean);
 const MANY_USERS = Number(process.env.MANY_USERS ?? 100);
 const RATES = {
-  one: (process.env.RATES_ONE ?? "1000 2000 4000 6000 8000 10000 12000 15000").split(/\s+/).map(Number),
-  many: (process.env.RATES_MANY ?? "5000 10000 20000 30000 40000 50000 60000 80000 100000").split(/\s+/).map(Number),
+  one: (process.env.RATES_ONE ?? "1000 2000 4000 8000 12000 16000 20000").split(/\s+/).map(Number),
+  many: (process.env.RATES_MANY ?? "5000 10000 20000 40000 60000 80000 100000 150000 200000 250000 300000").split(/\s+/).map(Number),
 };
 const WARM_S = Number(process.env.WARM_S ?? 2);
 const WINDOW_S = Number(process.env.WINDOW_S ?? 8);
@@ -113,6 +115,7 @@ async function series(kind, round) {
       const perS = received / seconds;
       const cores = b.cpu.map((c, i) => (c - a.cpu[i]) / seconds);
       const busy = coresBusy(a.ticks, b.ticks, CORES);
+      const elu = performance.eventLoopUtilization(b.r.elu, a.r.elu).utilization;
       const row = {
         kind,
         round,
@@ -138,6 +141,7 @@ async function series(kind, round) {
         framesInPerS: (b.m.framesIn - a.m.framesIn) / seconds,
         backlogResent: b.m.backlog - a.m.backlog,
         nodeCores: cores[0],
+        nodeLoopBusy: elu,
         serverCores: cores[1],
         senderCores: cores[2],
         machineCores: busy,
@@ -148,7 +152,7 @@ async function series(kind, round) {
       row.behind = row.receivedPerS < 0.95 * rate || !(row.p99Ms <= 1000) || row.missing > 0 || row.disconnects > 0 || stats.disconnects > 0;
       rows.push(row);
       console.log(
-        `${kind} (${users.length} user${users.length > 1 ? "s" : ""}) round ${round} step ${step}: ${rate} msg/s asked, ${Math.round(row.acceptedPerS)} accepted, ${Math.round(perS)} received/s; p50 ${row.p50Ms.toFixed(1)} p99 ${row.p99Ms.toFixed(1)} ms; CPU node ${row.nodeCores.toFixed(2)} (${row.nodeUsPerMsg.toFixed(1)} µs/msg), server ${row.serverCores.toFixed(2)} (${row.serverUsPerMsg.toFixed(1)} µs/msg), sender ${row.senderCores.toFixed(2)}, outside ${row.outsideCores.toFixed(2)} cores; load ${load.toFixed(2)}; acks ${Math.round(row.acksPerS)}/s; missing ${row.missing}, dup ${row.duplicates}, disconnects ${stats.disconnects}, API p99 ${row.apiP99Ms.toFixed(1)} ms, sender late ${row.senderLateMs.toFixed(0)} ms${row.behind ? "  <- behind" : ""}`,
+        `${kind} (${users.length} user${users.length > 1 ? "s" : ""}) round ${round} step ${step}: ${rate} msg/s asked, ${Math.round(row.acceptedPerS)} accepted, ${Math.round(perS)} received/s; p50 ${row.p50Ms.toFixed(1)} p99 ${row.p99Ms.toFixed(1)} ms; CPU node ${row.nodeCores.toFixed(2)} (${row.nodeUsPerMsg.toFixed(1)} µs/msg, event loop ${(100 * elu).toFixed(0)}% busy), server ${row.serverCores.toFixed(2)} (${row.serverUsPerMsg.toFixed(1)} µs/msg), sender ${row.senderCores.toFixed(2)}, outside ${row.outsideCores.toFixed(2)} cores; load ${load.toFixed(2)}; acks ${Math.round(row.acksPerS)}/s; missing ${row.missing}, dup ${row.duplicates}, disconnects ${stats.disconnects}, API p99 ${row.apiP99Ms.toFixed(1)} ms, sender late ${row.senderLateMs.toFixed(0)} ms${row.behind ? "  <- behind" : ""}`,
       );
       if (row.behind) break;
     }
