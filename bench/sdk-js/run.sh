@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The figures of the TypeScript SDK (sdk/js, @tether/client) on this machine, in one go:
 #
-#   bench/sdk-js/run.sh [size] [memory] [throughput] [reconnect]     (default: all four)
+#   bench/sdk-js/run.sh [size] [memory] [throughput] [reconnect] [heap]   (default: the first four)
 #
 # - size: the SDK bundled by esbuild, minified, gzipped (size.mjs).
 # - memory: idle memory per WebSocket connection at 10,000 connections: the load generator's
@@ -11,6 +11,7 @@
 #   the HTTP API at rising fixed rates until it falls behind (throughput.mjs).
 # - reconnect: 1,000 SDK clients, the server restarted; time from the server being back to each
 #   client's `connected` (reconnect.mjs).
+# - heap: what an idle SDK client holds on Node's heap, by constructor (heap.mjs).
 # Each script's header lists its environment (COUNT, PROCS, RATE, PAIRS, RATES_ONE, ...); they
 # are passed through.
 #
@@ -72,8 +73,8 @@ ulimit -n "$(ulimit -Hn)"
 
 for part in "${parts[@]}"; do
     case $part in
-        size | memory | throughput | reconnect) ;;
-        *) echo "unknown part $part (size, memory, throughput, reconnect)" >&2; exit 2 ;;
+        size | memory | throughput | reconnect | heap) ;;
+        *) echo "unknown part $part (size, memory, throughput, reconnect, heap)" >&2; exit 2 ;;
     esac
     echo "== $part: load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/$part.txt"
     (cd "$here" && node "$part.mjs") 2>&1 | tee -a "$OUT/$part.txt"

@@ -12,7 +12,7 @@
 //
 // Environment: SERIES ["one many"], MANY_USERS [100], RATES_ONE, RATES_MANY (messages/s, i.e.
 // deliveries), WARM_S [2], WINDOW_S [8], CONCURRENCY [32] requests in flight at most, PAYLOAD
-// [100] bytes, STORE ['backend = "memory"'] (the [store] section), ROUNDS [1], TETHER_BIN, OUT.
+// [100] bytes, STORE ['backend = "memory"'] (the [store] section), ROUNDS [2], TETHER_BIN, OUT.
 
 import { fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -34,7 +34,7 @@ const WINDOW_S = Number(process.env.WINDOW_S ?? 8);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 32);
 const PAYLOAD = Number(process.env.PAYLOAD ?? 100);
 const STORE = process.env.STORE ?? 'backend = "memory"';
-const ROUNDS = Number(process.env.ROUNDS ?? 1);
+const ROUNDS = Number(process.env.ROUNDS ?? 2);
 const OUT = process.env.OUT ?? join(here, "../results", `sdk-js-throughput-${Date.now()}`);
 const CORES = availableParallelism();
 mkdirSync(OUT, { recursive: true });
