@@ -7,7 +7,7 @@
  * silence: nothing received within two heartbeat intervals of a ping.
  */
 
-import { TetherError } from "./errors.js";
+import { serverCode, shouldReconnect, TetherError } from "./errors.js";
 import { decode, DecodeError, encode, type Connected, type ServerFrame } from "./frames.js";
 
 /** The parts of the WHATWG WebSocket the client uses (browsers, Node 22, the `ws` package). */
@@ -116,7 +116,8 @@ export class Connection {
         // The close event follows, with the code; nothing to decide here.
       };
       ws.onclose = (ev) => {
-        const r = refusal ?? (ev.code >= 4000 && ev.code < 5000 ? { code: ev.code, reason: ev.reason, retryAfterMs: 0 } : undefined);
+        const code = serverCode(ev.code);
+        const r = refusal ?? (code !== undefined ? { code, reason: ev.reason, retryAfterMs: 0 } : undefined);
         if (r) {
           fail(refused(r.code, r.reason, r.retryAfterMs));
         } else {
@@ -199,7 +200,7 @@ export class Connection {
       this.end(
         reason
           ? { code: reason.code, reason: reason.message, retryAfterMs: 0 }
-          : { code: ev.code >= 4000 && ev.code < 5000 ? ev.code : undefined, reason: ev.reason || `WebSocket closed with code ${ev.code}`, retryAfterMs: 0 },
+          : { code: serverCode(ev.code), reason: ev.reason || `WebSocket closed with code ${ev.code}`, retryAfterMs: 0 },
       );
     };
     this.schedule();
@@ -288,8 +289,7 @@ export class Connection {
 }
 
 function refused(code: number, reason: string, retryAfterMs: number): TetherError {
-  const willReconnect = code < 4200 || code >= 4400;
-  return new TetherError("rejected", `the server refused the connection: ${reason || "no reason given"}`, code, willReconnect, retryAfterMs);
+  return new TetherError("rejected", `the server refused the connection: ${reason || "no reason given"}`, code, shouldReconnect(code), retryAfterMs);
 }
 
 function textOf(data: unknown): string {

@@ -8,8 +8,24 @@
 /** What a code tells the client to do. */
 export type CodeGroup = "reconnect" | "redispatch" | "stop" | "request";
 
-/** The group of a tether code; codes outside 4000-4399 (WebSocket's own, 1006...) reconnect. */
+/**
+ * The RFC 6455 codes the server closes with when the client broke WebSocket itself (1002 a
+ * forbidden frame, 1003 the other encoding, 1007 text that is not UTF-8, 1009 a message over
+ * the limit): what the client sent would be refused again, so they stop like 42xx.
+ */
+const WEBSOCKET_REFUSALS: ReadonlySet<number> = new Set([1002, 1003, 1007, 1009]);
+
+/** A WebSocket close code as the server's code, or undefined for a close the server did not name (1006...). */
+export function serverCode(wsCode: number): number | undefined {
+  return (wsCode >= 4000 && wsCode < 5000) || WEBSOCKET_REFUSALS.has(wsCode) ? wsCode : undefined;
+}
+
+/**
+ * The group of a code; the WebSocket refusals above stop, and other codes outside 4000-4399
+ * (WebSocket's own, 1006...) reconnect.
+ */
 export function codeGroup(code: number): CodeGroup {
+  if (WEBSOCKET_REFUSALS.has(code)) return "stop";
   if (code >= 4100 && code < 4200) return "redispatch";
   if (code >= 4200 && code < 4300) return "stop";
   if (code >= 4300 && code < 4400) return "request";

@@ -180,6 +180,8 @@ test("a token's subject is read without verifying it, and anything else gives no
 test("code groups decide reconnects, and errors name the code and what the client does", () => {
   assert.deepEqual([4001, 4101, 4204, 4305, 1006, 4999].map(codeGroup), ["reconnect", "redispatch", "stop", "request", "reconnect", "reconnect"]);
   assert.deepEqual([4001, 4101, 4204, 1006].map(shouldReconnect), [true, true, false, true]);
+  // WebSocket-level refusals: what was sent would be refused again.
+  assert.deepEqual([1002, 1003, 1007, 1009, 1000, 1001, 1011].map(shouldReconnect), [false, false, false, false, true, true, true]);
   const e = new TetherError("rejected", "connection lost: kicked", 4207, false);
   assert.equal(e.message, "connection lost: kicked (code 4207, the client does not reconnect)");
   assert.equal(e.detail, "connection lost: kicked");
