@@ -590,7 +590,7 @@ async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
     let tcp = open_socket(addr, setup.sources, n)
         .await
         .context("connect")?;
-    let stream = Stream::open(tcp, setup.tls.as_ref()).await?;
+    let stream = crate::tls::open(tcp, setup.tls.as_ref()).await?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
     hold_ws(stream, addr, stats, connect).await
 }
@@ -604,7 +604,7 @@ async fn hold_one_sse(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()
     let tcp = open_socket(addr, setup.sources, n)
         .await
         .context("connect")?;
-    let mut stream = Stream::open(tcp, setup.tls.as_ref()).await?;
+    let mut stream = crate::tls::open(tcp, setup.tls.as_ref()).await?;
     let Body::Connect(connect) =
         connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None).body
     else {

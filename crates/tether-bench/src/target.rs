@@ -234,7 +234,7 @@ impl Target {
             .await
             .context("connect")?;
         tcp.set_nodelay(true)?;
-        let mut stream = Stream::open(tcp, self.tls.as_ref()).await?;
+        let mut stream = crate::tls::open(tcp, self.tls.as_ref()).await?;
         let mut buf = BytesMut::with_capacity(4096);
         let (decoder, ping) = match self.kind {
             Kind::Tether => {

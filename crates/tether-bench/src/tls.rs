@@ -10,11 +10,8 @@
 //! been read, and the record keys. `connections` reports the load generator's own RSS per
 //! connection beside the server's.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use rustls::ClientConfig;
@@ -22,10 +19,10 @@ use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 /// The command-line options of TLS, shared by the scenarios that open subscribers.
 #[derive(Debug, Clone, clap::Args)]
@@ -158,61 +155,15 @@ fn client_config(ca_pem: &str, suite: Option<Suite>) -> anyhow::Result<ClientCon
     Ok(config)
 }
 
-/// A subscriber's socket: plain, or inside TLS (boxed: a client session is a few hundred
-/// bytes inline, which plain connections should not carry).
-#[derive(Debug)]
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A subscriber's socket: plain (`Left`), or inside TLS (`Right`, boxed: a client session is a
+/// few hundred bytes inline, which plain connections should not carry).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-impl Stream {
-    /// `tcp` as it is, or inside TLS once the handshake is done.
-    pub async fn open(tcp: TcpStream, tls: Option<&TlsClient>) -> anyhow::Result<Stream> {
-        match tls {
-            None => Ok(Stream::Plain(tcp)),
-            Some(client) => Ok(Stream::Tls(Box::new(client.connect(tcp).await?))),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+/// `tcp` as it is, or inside TLS once the handshake is done.
+pub async fn open(tcp: TcpStream, tls: Option<&TlsClient>) -> anyhow::Result<Stream> {
+    match tls {
+        None => Ok(Either::Left(tcp)),
+        Some(client) => Ok(Either::Right(Box::new(client.connect(tcp).await?))),
     }
 }
 
@@ -350,11 +301,11 @@ mod tests {
         let suite = Some(Suite::Chacha20);
         let client = TlsClient::new(&files.ca, "localhost", suite).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut stream = timeout(WAIT, Stream::open(tcp, Some(&client)))
+        let mut stream = timeout(WAIT, open(tcp, Some(&client)))
             .await
             .unwrap()
             .unwrap();
-        let Stream::Tls(tls) = &stream else {
+        let Either::Right(tls) = &stream else {
             panic!("a plain stream with a TLS client");
         };
         let session = tls.get_ref().1;
@@ -381,7 +332,7 @@ mod tests {
         let addr = echo_server(&files).await;
         let client = TlsClient::new(&other.ca, "localhost", None).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let err = timeout(WAIT, Stream::open(tcp, Some(&client)))
+        let err = timeout(WAIT, open(tcp, Some(&client)))
             .await
             .unwrap()
             .unwrap_err();
@@ -389,7 +340,7 @@ mod tests {
         // The right CA but a name the certificate does not carry.
         let client = TlsClient::new(&files.ca, "example.com", None).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let err = timeout(WAIT, Stream::open(tcp, Some(&client)))
+        let err = timeout(WAIT, open(tcp, Some(&client)))
             .await
             .unwrap()
             .unwrap_err();
