@@ -386,9 +386,13 @@ fn unsubscribe(r: &mut Reader<'_>, v: Version) -> Result<Unsubscribe, DecodeErro
 fn unsuback(r: &mut Reader<'_>, v: Version) -> Result<UnsubAck, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = props(r, v, Context::UnsubAck)?;
-    let mut codes = Vec::with_capacity(r.remaining());
-    while !r.is_empty() {
-        codes.push(ReasonCode(r.u8()?));
+    // 3.1.1's UNSUBACK is the packet id alone: anything after it is left over.
+    let mut codes = Vec::new();
+    if v == Version::V5 {
+        codes.reserve(r.remaining());
+        while !r.is_empty() {
+            codes.push(ReasonCode(r.u8()?));
+        }
     }
     if v == Version::V5 && codes.is_empty() {
         return Err(DecodeError::Protocol("UNSUBACK without a code"));
