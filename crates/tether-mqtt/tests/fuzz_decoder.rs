@@ -1,8 +1,8 @@
 //! A fuzz target that runs on stable, as a proptest: hostile input into the decoder.
 //!
-//! By default, arbitrary bytes run 20,000 cases and each mutation property 5,000 (about 15 s in debug: generating valid
-//! packets costs more than decoding them).
-//! `PROPTEST_CASES` sets every property's case count. To fuzz longer:
+//! By default, arbitrary bytes run 20,000 cases and each mutation property 5,000 (about 20 s in
+//! debug: generating valid packets costs more than decoding them). `PROPTEST_CASES` sets every
+//! property's case count. To fuzz longer:
 //!
 //! ```text
 //! PROPTEST_CASES=1000000 cargo test -p tether-mqtt --release --test fuzz_decoder
