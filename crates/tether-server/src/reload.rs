@@ -13,6 +13,8 @@
 //! - the TCP and WebSocket listeners' access lists, per-IP rates and origins (the next
 //!   accepted connection meets them), and the HTTP API's address lists and origins (the next
 //!   request meets them: [`crate::api::guarded`], [`Cors`]);
+//! - the WebSocket listeners' affinity cookie (`listen.affinity_cookie*`: the next upgrade or
+//!   stream answered sets the new one);
 //! - the TLS listeners' certificates and keys, and the HTTPS API's client CA (the next
 //!   handshake uses them; connections keep their sessions). The files are also read again
 //!   whenever they change (`tls.watch_interval`).
@@ -34,6 +36,7 @@ use crate::config::{AppConfig, Config};
 use crate::edge::Guards;
 use crate::fanout::Fanout;
 use crate::gateway::Gateway;
+use crate::gateway::affinity::Affinity;
 use crate::link::Links;
 use crate::session::access::{Access, Shared};
 use crate::tls::TlsListeners;
@@ -137,6 +140,9 @@ impl Reloader {
         self.api.reload(&config);
         self.access.store(Arc::new(access));
         self.gateway.set_guards(guards.tcp, guards.ws);
+        // The running node's id (a new one needs a restart).
+        let affinity = Affinity::new(&config.listen, self.gateway.node.as_str());
+        self.gateway.set_affinity(affinity);
         // The HTTP guard: its address lists for every route, its origins for the
         // client-facing routes' CORS.
         self.cors.reload(guards.http);
@@ -187,12 +193,16 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    // The access lists of every listener are reloaded; the rest of `listen` is not.
+    // The access lists of every listener and the affinity cookie are reloaded; the rest of
+    // `listen` is not.
     let listen = |c: &Config| {
         let mut l = c.listen.clone();
         l.tcp_access = Default::default();
         l.ws_access = Default::default();
         l.http_access = Default::default();
+        l.affinity_cookie = Default::default();
+        l.affinity_cookie_same_site = crate::config::SameSite::Lax;
+        l.affinity_cookie_secure = false;
         l
     };
     // Permission checks are built with the rules, and reloaded with them.

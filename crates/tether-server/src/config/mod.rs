@@ -42,7 +42,7 @@ pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
     AccessConfig, AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits,
-    ListenConfig, NodeConfig, RateConfig, StoreBackend, StoreConfig, WebhookConfig,
+    ListenConfig, NodeConfig, RateConfig, SameSite, StoreBackend, StoreConfig, WebhookConfig,
 };
 pub use tls::{CertFiles, ClientAuth, TlsConfig, TlsListener, TlsListeners};
 

@@ -77,6 +77,38 @@ pub struct ListenConfig {
     /// Who may use the HTTP API listeners (`http` and `https`: the API, `/v1/dispatch`,
     /// health and metrics).
     pub http_access: AccessConfig,
+    /// The name of a cookie naming this node (`node.id` is its value) that the WebSocket
+    /// listeners set on the WebSocket upgrades (`101`) and SSE streams they answer, for layer-7
+    /// load balancers with cookie affinity. Empty: none.
+    pub affinity_cookie: String,
+    /// The affinity cookie's `SameSite` attribute.
+    pub affinity_cookie_same_site: SameSite,
+    /// Whether the affinity cookie is `Secure` on the plain `ws` listener too (behind a
+    /// balancer that terminates TLS). On `wss` it always is.
+    pub affinity_cookie_secure: bool,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on requests from the cookie's own site (pages of `*.example.com` to
+    /// `push.example.com`), not from other sites' pages.
+    Lax,
+    Strict,
+    /// Sent from any site's pages too (a credentialed cross-site `EventSource`); browsers take
+    /// it only with `Secure`.
+    None,
+}
+
+impl SameSite {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -93,6 +125,9 @@ impl Default for ListenConfig {
             tcp_access: AccessConfig::default(),
             ws_access: AccessConfig::default(),
             http_access: AccessConfig::default(),
+            affinity_cookie: String::new(),
+            affinity_cookie_same_site: SameSite::Lax,
+            affinity_cookie_secure: false,
         }
     }
 }

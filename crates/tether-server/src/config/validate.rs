@@ -54,6 +54,10 @@ impl Config {
         ] {
             problems.extend(access.problems(name, gateway, ws));
         }
+        problems.extend(crate::gateway::affinity::problems(
+            &self.listen,
+            &self.node.id,
+        ));
         problems.extend(crate::tls::problems(self));
         let l = &self.limits;
         if l.max_connections == 0 {

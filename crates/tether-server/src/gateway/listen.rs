@@ -111,11 +111,18 @@ impl Gateway {
                 let _refusal = refusal;
                 let origin_ok =
                     |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
+                // A draining node sends no client back to itself.
+                let affinity = gw.affinity.load_full();
+                let cookie = match gw.drain.is_cancelled() {
+                    true => "",
+                    false => affinity.line(tls.is_some()),
+                };
                 let check = Upgrade {
                     peer,
                     refused,
                     origin: &origin_ok,
                     guard: &guard,
+                    cookie,
                 };
                 match tls {
                     None => {
@@ -200,7 +207,7 @@ impl Gateway {
             Some(_) => self.config.handshake_timeout.min(REFUSAL_TIMEOUT),
             None => self.config.handshake_timeout,
         };
-        let upgrading = upgrade::upgrade(stream, check.refused, check.origin);
+        let upgrading = upgrade::upgrade(stream, check.refused, check.origin, check.cookie);
         match tokio::time::timeout(limit, Box::pin(upgrading)).await {
             Ok(Ok(upgraded)) => Some(upgraded),
             Ok(Err(e)) => {
@@ -268,6 +275,8 @@ pub(super) struct Upgrade<'a> {
     pub origin: upgrade::OriginCheck<'a>,
     /// The listener's guard, for the CORS of SSE's routes.
     pub guard: &'a Guard,
+    /// The affinity cookie's header line for a `101` or a stream (`super::affinity`), or "".
+    pub cookie: &'a str,
 }
 
 /// Serves a WebSocket connection over `carrier` once its upgrade is answered; in the test

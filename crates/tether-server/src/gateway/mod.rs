@@ -4,6 +4,7 @@
 //! - [`listen`]: the accept loops, raw TCP and WebSocket, plain or inside TLS.
 //! - [`sse`]: the HTTP requests of the WebSocket listener: the upgrade, SSE streams and the
 //!   frames posted to their sessions.
+//! - [`affinity`]: the cookie naming the node on upgrades and streams, for load balancers.
 //! - [`admission`]: the connection limits, before a handshake starts (who may connect at all,
 //!   by address and origin, is each listener's [`Guard`], asked first).
 //! - [`conn`]: from accept to established: the handshake, registration, `connected`.
@@ -26,6 +27,7 @@
 //! [`Events`], which the node wires to the apps' webhooks.
 
 mod admission;
+pub mod affinity;
 mod conn;
 pub mod drain;
 pub mod handle;
@@ -61,6 +63,7 @@ use crate::metrics::Metrics;
 use crate::session::access::Shared;
 use crate::session::handshake::Handshake;
 use admission::Admission;
+use affinity::Affinity;
 use table::ConnTable;
 
 /// What the gateway reports of its connections, for the node to pass on (to the apps'
@@ -125,6 +128,8 @@ pub struct Gateway {
     /// Who may connect to the TCP listener and to the WebSocket listener.
     tcp_guard: ArcSwap<Guard>,
     ws_guard: ArcSwap<Guard>,
+    /// The WebSocket listeners' affinity cookie (`listen.affinity_cookie`).
+    affinity: ArcSwap<Affinity>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -170,6 +175,7 @@ impl Gateway {
             ws_refusals: Arc::new(Semaphore::new(MAX_WS_REFUSALS)),
             tcp_guard: ArcSwap::from_pointee(Guard::open("tcp")),
             ws_guard: ArcSwap::from_pointee(Guard::open("ws")),
+            affinity: ArcSwap::from_pointee(Affinity::new(&config.listen, &config.node.id)),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -190,6 +196,12 @@ impl Gateway {
     pub fn set_guards(&self, tcp: Arc<Guard>, ws: Arc<Guard>) {
         self.tcp_guard.store(tcp);
         self.ws_guard.store(ws);
+    }
+
+    /// A new affinity cookie for the WebSocket listeners (a reload): the next upgrade or
+    /// stream answered sets it.
+    pub fn set_affinity(&self, affinity: Affinity) {
+        self.affinity.store(Arc::new(affinity));
     }
 
     /// Silence after which a connection parks; zero when parking is off.

@@ -170,7 +170,7 @@ impl Gateway {
                         session: self.table.sessions().open(),
                         frames,
                         positions,
-                        headers: cors.header_lines(false),
+                        headers: cors.header_lines(false) + check.cookie,
                         heartbeat_missed: self.config.heartbeat_missed,
                     })));
                 }

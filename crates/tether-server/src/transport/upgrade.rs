@@ -60,7 +60,8 @@ pub enum UpgradeError {
 pub type OriginCheck<'a> = &'a (dyn Fn(Option<&[u8]>) -> bool + Sync);
 
 /// Reads the upgrade request, answers it, and returns the bytes that followed its head and the
-/// subprotocol agreed. With
+/// subprotocol agreed. The `101` carries `headers` (lines ending in CRLF: the affinity
+/// cookie), an error answer does not. With
 /// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
 /// the node's) once its request has been read; its path is checked first, so that a wrong
 /// URL reads as one. Otherwise a request whose Origin `origin` refuses is answered 403.
@@ -70,6 +71,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     refused: Option<Code>,
     origin: OriginCheck<'_>,
+    headers: &str,
 ) -> Result<Upgraded, UpgradeError> {
     let mut buf = BytesMut::with_capacity(1024);
     let (head_len, accept, protocol) = loop {
@@ -92,6 +94,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some((name, _)) = protocol {
         let _ = write!(response, "Sec-WebSocket-Protocol: {name}\r\n");
     }
+    response.push_str(headers);
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
     Ok(Upgraded {
