@@ -17,12 +17,35 @@
 
 use tether_core::{NodeId, NodeInfo, Transport};
 
-/// One endpoint of the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One endpoint of the answer, as the dispatcher writes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Endpoint {
-    pub node: NodeId,
     pub url: String,
     pub transport: Transport,
+    pub node: NodeId,
+    /// A WebSocket endpoint's SSE stream ([`sse_url`]), so that clients need not derive it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+}
+
+/// The SSE stream (`GET /v1/sse`) served beside the WebSocket endpoint `url`: `ws://` becomes
+/// `http://` and `wss://` `https://`, and the path's last segment `ws` becomes `v1/sse`, so
+/// that a balancer's prefix stays (`wss://lb.example/push/ws` streams at
+/// `https://lb.example/push/v1/sse`). `None` for any other URL.
+pub fn sse_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = match scheme {
+        "ws" => "http",
+        "wss" => "https",
+        _ => return None,
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let prefix = rest.strip_suffix("/ws")?;
+    // The authority must stay: `ws://host/ws` has one, `ws:///ws` does not.
+    if prefix.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{prefix}/v1/sse"))
 }
 
 /// The transport an advertised URL names (`tcp://`/`tls://` or `ws://`/`wss://`).
@@ -125,6 +148,7 @@ pub fn order(
                 node: node.id.clone(),
                 url: url.clone(),
                 transport: t,
+                sse: sse_url(url),
             });
         }
     }
@@ -136,6 +160,27 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn a_websocket_endpoint_has_its_stream_beside_it() {
+        for (ws, sse) in [
+            ("ws://10.0.0.1:7401/ws", Some("http://10.0.0.1:7401/v1/sse")),
+            (
+                "wss://push.example.com/ws",
+                Some("https://push.example.com/v1/sse"),
+            ),
+            (
+                "wss://lb.example/push/ws",
+                Some("https://lb.example/push/v1/sse"),
+            ),
+            ("ws://[::1]:7401/ws?x=1", Some("http://[::1]:7401/v1/sse")),
+            ("ws://h:7401/other", None),
+            ("ws:///ws", None),
+            ("tcp://h:7400", None),
+        ] {
+            assert_eq!(sse_url(ws).as_deref(), sse, "{ws}");
+        }
+    }
 
     fn node(id: &str) -> NodeInfo {
         NodeInfo {

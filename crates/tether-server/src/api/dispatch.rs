@@ -179,10 +179,7 @@ async fn dispatch(
     let body = json!({
         "app": app,
         "user": user,
-        "endpoints": endpoints
-            .iter()
-            .map(|e| json!({ "url": e.url, "transport": e.transport, "node": e.node }))
-            .collect::<Vec<_>>(),
+        "endpoints": endpoints,
         "reconnect": {
             "initial_ms": d.reconnect_initial.as_millis() as u64,
             "max_ms": d.reconnect_max.as_millis() as u64,
