@@ -6,7 +6,8 @@
 //! tether itself never reads the cookie: a client that comes back to another node resumes
 //! there all the same (its positions are in the store). The cookie only saves the balancer a
 //! guess, so that a client comes back to the node that has its state warm. A node that drains
-//! sets none: a client should not be sent back to it.
+//! expires the cookie instead (`Max-Age=0`): a client should not be sent back to it, and a
+//! balancer without health checks (open-source nginx) would keep sending it there.
 
 use crate::config::{ListenConfig, SameSite};
 
@@ -16,6 +17,9 @@ use crate::config::{ListenConfig, SameSite};
 pub struct Affinity {
     plain: Box<str>,
     tls: Box<str>,
+    /// The lines that expire the cookie (a draining node's), plain and TLS.
+    clear_plain: Box<str>,
+    clear_tls: Box<str>,
 }
 
 impl Affinity {
@@ -27,21 +31,32 @@ impl Affinity {
             return Affinity::default();
         }
         let same_site = listen.affinity_cookie_same_site.attribute();
-        let line = |secure: bool| {
+        let line = |value: &str, secure: bool| {
+            let expire = if value.is_empty() { "; Max-Age=0" } else { "" };
             let secure = if secure { "; Secure" } else { "" };
-            format!("Set-Cookie: {name}={node}; Path=/; HttpOnly; SameSite={same_site}{secure}\r\n")
-                .into_boxed_str()
+            format!(
+                "Set-Cookie: {name}={value}; Path=/{expire}; HttpOnly; SameSite={same_site}{secure}\r\n"
+            )
+            .into_boxed_str()
         };
+        let secure = listen.affinity_cookie_secure;
         Affinity {
-            plain: line(listen.affinity_cookie_secure),
-            tls: line(true),
+            plain: line(node, secure),
+            tls: line(node, true),
+            clear_plain: line("", secure),
+            clear_tls: line("", true),
         }
     }
 
     /// The header line (ending in CRLF) for an answer of the plain (`tls` false) or TLS
-    /// listener; empty without a cookie.
-    pub fn line(&self, tls: bool) -> &str {
-        if tls { &self.tls } else { &self.plain }
+    /// listener, one that expires the cookie when `draining`; empty without a cookie.
+    pub fn line(&self, tls: bool, draining: bool) -> &str {
+        match (tls, draining) {
+            (false, false) => &self.plain,
+            (true, false) => &self.tls,
+            (false, true) => &self.clear_plain,
+            (true, true) => &self.clear_tls,
+        }
     }
 }
 
@@ -109,18 +124,22 @@ mod tests {
     fn the_cookie_names_the_node_and_is_secure_on_tls() {
         let a = Affinity::new(&listen("tether_node"), "tether-1");
         assert_eq!(
-            a.line(false),
+            a.line(false, false),
             "Set-Cookie: tether_node=tether-1; Path=/; HttpOnly; SameSite=Lax\r\n"
         );
         assert_eq!(
-            a.line(true),
+            a.line(true, false),
             "Set-Cookie: tether_node=tether-1; Path=/; HttpOnly; SameSite=Lax; Secure\r\n"
+        );
+        assert_eq!(
+            a.line(false, true),
+            "Set-Cookie: tether_node=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax\r\n"
         );
         let mut l = listen("n");
         l.affinity_cookie_same_site = SameSite::None;
         l.affinity_cookie_secure = true;
         assert_eq!(
-            Affinity::new(&l, "a").line(false),
+            Affinity::new(&l, "a").line(false, false),
             "Set-Cookie: n=a; Path=/; HttpOnly; SameSite=None; Secure\r\n"
         );
     }
@@ -128,7 +147,7 @@ mod tests {
     #[test]
     fn no_name_no_cookie() {
         let a = Affinity::new(&listen(""), "tether-1");
-        assert_eq!((a.line(false), a.line(true)), ("", ""));
+        assert_eq!((a.line(false, false), a.line(true, true)), ("", ""));
         assert!(problems(&listen(""), "not a cookie; value").is_empty());
     }
 
@@ -147,7 +166,7 @@ mod tests {
         ] {
             assert_eq!(problems(&listen(name), node).len(), 1, "{name} {node}");
             let a = Affinity::new(&listen(name), node);
-            assert_eq!(a.line(true), "", "{name} {node}");
+            assert_eq!(a.line(true, false), "", "{name} {node}");
         }
         let mut l = listen("n");
         l.affinity_cookie_same_site = SameSite::None;

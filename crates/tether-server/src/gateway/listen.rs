@@ -113,10 +113,7 @@ impl Gateway {
                     |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
                 // A draining node sends no client back to itself.
                 let affinity = gw.affinity.load_full();
-                let cookie = match gw.drain.is_cancelled() {
-                    true => "",
-                    false => affinity.line(tls.is_some()),
-                };
+                let cookie = affinity.line(tls.is_some(), gw.drain.is_cancelled());
                 let check = Upgrade {
                     peer,
                     refused,
