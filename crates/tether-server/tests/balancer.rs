@@ -1,7 +1,8 @@
 //! Behind a layer-7 load balancer: two nodes of a cluster sharing a real Redis, each setting
 //! its affinity cookie (`listen.affinity_cookie`). A client that comes back through the other
 //! node (WebSocket with its last seq, SSE with `Last-Event-ID`) resumes there without loss;
-//! every answer's cookie names the node that gave it; a draining node expires it. Then the
+//! every answer's cookie names the node that gave it; a draining node expires it; a reload
+//! changes it. Then the
 //! committed HAProxy configuration (deploy/haproxy/tether.cfg) in front of the two nodes: the
 //! cookie brings a client back to its node, and when that node stops, the client comes back
 //! through HAProxy to the other one and resumes without loss; SSE too, with its POSTs sent
@@ -416,6 +417,16 @@ async fn a_client_that_comes_back_through_the_other_node_resumes_without_loss() 
         "{head}"
     );
     let _ = socket.shutdown().await;
+
+    // A reload changes the cookie, without a restart, for the next upgrade.
+    let mut reloaded = config(&options, "lb-direct-b");
+    reloaded.listen.affinity_cookie = "lb".into();
+    reloaded.listen.affinity_cookie_secure = true;
+    let applied = b.apply(reloaded).expect("the reload applies");
+    assert!(applied.restart_needed.is_empty(), "{applied:?}");
+    let (_socket, head) = raw_upgrade(b.ws_addr().unwrap()).await;
+    let line = "Set-Cookie: lb=lb-direct-b; Path=/; HttpOnly; SameSite=Lax; Secure\r\n";
+    assert!(head.contains(line), "{head}");
     a.shutdown();
     b.shutdown();
 }
