@@ -13,13 +13,20 @@
  *                                                      └───────────────────────────────────┘
  *   42xx (4205 without getToken), reconnect off, or close() from any state ──> closed
  * ```
+ *
+ * A connection is a {@link Link} of one transport (`transport.ts`): WebSocket, or Server-Sent
+ * Events when WebSocket fails or is blocked (`fallback.ts` decides which). Everything here is
+ * the same over both.
  */
 
 import { Backoff, type ReconnectPolicy } from "./backoff.js";
-import { Connection, type ConnectRequest, type End, type WebSocketConstructor } from "./connection.js";
-import { Dispatcher, type FetchLike } from "./dispatch.js";
+import { Dispatcher, type Endpoint, type FetchLike } from "./dispatch.js";
 import { Emitter } from "./emitter.js";
 import { Codes, codeGroup, shouldReconnect, TetherError } from "./errors.js";
+import { Fallback } from "./fallback.js";
+import { SseLink, sseUrlOf } from "./sse.js";
+import type { ConnectRequest, End, Link, Opened, TransportName } from "./transport.js";
+import { isBlocked, WebSocketLink, type WebSocketConstructor } from "./websocket.js";
 import { payloadFields, toPayload, type Connected, type Payload, type Publication, type Push, type ServerFrame } from "./frames.js";
 import { DEVICE_KEY, MemoryStore, seqKey, tokenSubject, type SeqStore } from "./store.js";
 import { Tokens } from "./tokens.js";
@@ -35,6 +42,20 @@ export interface BindingOptions {
 export interface ClientOptions {
   /** The gateway's WebSocket URL, `ws://host:port/ws` or `wss://...`. Required without `dispatch`. */
   url?: string;
+  /**
+   * The SSE stream of `url`; default: derived from it (`ws://host:port/ws` streams at
+   * `http://host:port/v1/sse`, `wss` at `https`).
+   */
+  sseUrl?: string;
+  /**
+   * The transports to use, in order of preference (default `["websocket", "sse"]`): the
+   * second is the fallback when the first fails `fallbackAfter` times in a row or is blocked.
+   */
+  transports?: TransportName[];
+  /** Failures in a row of the first transport, without the server's word, before the fallback (default 2). */
+  fallbackAfter?: number;
+  /** Once on the fallback, how long before a reconnect tries the first transport again (default 5 minutes). */
+  retryFirstTransportMs?: number;
   /** A dispatcher, `https://host/v1/dispatch`: asked before every round of connect attempts. */
   dispatch?: string;
   /** The client's zone, sent to the dispatcher (its nodes come first). */
@@ -58,9 +79,12 @@ export interface ClientOptions {
   getToken?: (app: string) => Promise<string>;
   /** Timeout of an upstream's answer when the call gives none (default 15 s). */
   upstreamTimeoutMs?: number;
-  /** A WebSocket implementation (Node 20: the `ws` package); default: the global one. */
+  /**
+   * A WebSocket implementation (Node 20: the `ws` package); default: the global one. Without
+   * one, the client uses SSE alone (when `transports` allows it).
+   */
   WebSocket?: WebSocketConstructor;
-  /** A fetch implementation for the dispatcher; default: the global one. */
+  /** A fetch implementation for the dispatcher and SSE; default: the global one. */
   fetch?: FetchLike;
 }
 
@@ -78,8 +102,13 @@ export interface UpstreamReply {
 export interface ClientEvents {
   /** The state changed. */
   state: { state: ConnectionState };
-  /** A handshake succeeded (the first one and every reconnect); `url` is the endpoint. */
-  connected: Connected & { url: string };
+  /**
+   * A handshake succeeded (the first one and every reconnect); `url` is the endpoint (for SSE,
+   * the stream's URL), `transport` what carries it.
+   */
+  connected: Connected & { url: string; transport: TransportName };
+  /** The transport changed (and before the first `connected`): `websocket` or `sse`. */
+  transport: { transport: TransportName; previous: TransportName | undefined };
   /**
    * A connection ended, or a reconnect attempt failed. `code` is the server's code when it gave
    * one. When `reconnecting` is false, this is the last event and the state is `closed`.
@@ -110,11 +139,16 @@ export interface ClientEvents {
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const DEFAULT_UPSTREAM_TIMEOUT_MS = 15_000;
 const DEFAULT_SYNC_TIMEOUT_MS = 15_000;
+const DEFAULT_FALLBACK_AFTER = 2;
+const DEFAULT_RETRY_FIRST_TRANSPORT_MS = 5 * 60_000;
 
 export class TetherClient extends Emitter<ClientEvents> {
   private stateValue: ConnectionState = "idle";
-  private conn: Connection | undefined;
-  private readonly WS: WebSocketConstructor;
+  private conn: Link | undefined;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly fetchImpl: FetchLike | undefined;
+  private readonly fallback: Fallback;
+  private transportValue: TransportName | undefined;
   private readonly store: SeqStore;
   private readonly backoff: Backoff;
   private readonly dispatcher: Dispatcher | undefined;
@@ -135,6 +169,8 @@ export class TetherClient extends Emitter<ClientEvents> {
   private outbox: { id: number; op: string; fields: Record<string, unknown> }[] = [];
   /** Requests sent on the current connection whose answer is lost with it. */
   private sentRequests = new Set<number>();
+  /** Whether the round of attempts under way is the first (connect()'s, which has no retry). */
+  private firstRound = true;
   /** The URL of the connection up (or last up). */
   private currentUrl: string | undefined;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -149,18 +185,20 @@ export class TetherClient extends Emitter<ClientEvents> {
    */
   constructor(private readonly options: ClientOptions) {
     super();
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) {
-      throw new TetherError("config", "no WebSocket implementation: pass one as options.WebSocket (on Node 20, the `ws` package)");
-    }
     if (options.bindings.length === 0) throw new TetherError("config", "at least one binding is needed");
     if (!options.url && !options.dispatch) throw new TetherError("config", "a url or a dispatch URL is needed");
-    this.WS = WS;
+    this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.fetchImpl = options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
+    this.fallback = new Fallback({
+      transports: this.usableTransports(),
+      fallbackAfter: Math.max(1, options.fallbackAfter ?? DEFAULT_FALLBACK_AFTER),
+      retryFirstMs: options.retryFirstTransportMs ?? DEFAULT_RETRY_FIRST_TRANSPORT_MS,
+    });
     this.store = options.store ?? new MemoryStore();
     this.backoff = new Backoff(options.reconnect ?? {});
     this.tokens = new Tokens(options.bindings);
     if (options.dispatch) {
-      const fetchImpl = options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
+      const fetchImpl = this.fetchImpl;
       if (!fetchImpl) throw new TetherError("config", "no fetch implementation for the dispatcher: pass one as options.fetch");
       const first = options.bindings[0]!;
       this.dispatcher = new Dispatcher(options.dispatch, first.app, first.token, options.zone, fetchImpl, this.connectTimeoutMs);
@@ -188,6 +226,11 @@ export class TetherClient extends Emitter<ClientEvents> {
   /** The endpoint of the connection up, or last up. */
   get url(): string | undefined {
     return this.currentUrl;
+  }
+
+  /** The transport of the connection up, or last up: `websocket` or `sse`. */
+  get transport(): TransportName | undefined {
+    return this.transportValue;
   }
 
   /** The device id sent in `connect`. */
@@ -308,6 +351,24 @@ export class TetherClient extends Emitter<ClientEvents> {
     return this.options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
   }
 
+  /** `transports` without those that cannot work here; a `config` error when none is left. */
+  private usableTransports(): TransportName[] {
+    const asked = this.options.transports ?? ["websocket", "sse"];
+    const usable: TransportName[] = [];
+    for (const t of asked) {
+      if (t !== "websocket" && t !== "sse") throw new TetherError("config", `unknown transport ${JSON.stringify(t)}: "websocket" or "sse"`);
+      if (usable.includes(t)) continue;
+      if (t === "websocket" && !this.WS) continue;
+      if (t === "sse" && !this.fetchImpl) continue;
+      usable.push(t);
+    }
+    if (usable.length > 0) return usable;
+    if (asked.includes("websocket") && !this.WS) {
+      throw new TetherError("config", "no WebSocket implementation: pass one as options.WebSocket (on Node 20, the `ws` package)");
+    }
+    throw new TetherError("config", `no usable transport among ${JSON.stringify(asked)}: SSE needs fetch (options.fetch)`);
+  }
+
   private async start(): Promise<void> {
     this.device = this.options.device ?? (await this.loadDevice());
     for (const b of this.options.bindings) {
@@ -342,10 +403,11 @@ export class TetherClient extends Emitter<ClientEvents> {
       }
     }
     if (this.closed) {
-      established.conn.close();
+      established.link.close();
       throw new TetherError("closed", "the client was closed while connecting");
     }
-    this.up(established.conn, established.connected);
+    this.firstRound = false;
+    this.up(established.link, established.connected);
   }
 
   private async loadDevice(): Promise<string> {
@@ -356,9 +418,14 @@ export class TetherClient extends Emitter<ClientEvents> {
     return fresh;
   }
 
-  /** One round: the endpoints to try (from the dispatcher, or the URL), in order, until one accepts. */
-  private async establish(): Promise<{ conn: Connection; connected: Connected }> {
-    let candidates: string[];
+  /**
+   * One round: the endpoints to try (from the dispatcher, or the URL), in order, until one
+   * accepts, each over the transport the fallback policy names (and, when it says so, at once
+   * over the other).
+   */
+  private async establish(): Promise<Opened> {
+    let candidates: Endpoint[];
+    const own: Endpoint | undefined = this.options.url ? { ws: this.options.url, sse: this.options.sseUrl } : undefined;
     if (this.dispatcher) {
       const first = this.options.bindings[0]!;
       this.dispatcher.setToken(this.tokens.token(first.app));
@@ -373,28 +440,49 @@ export class TetherClient extends Emitter<ClientEvents> {
         // `url` is often one of them: trying it twice would double the round (two connect
         // timeouts against a node that hangs).
         candidates = this.dispatcher.fallback();
-        if (this.options.url && !candidates.includes(this.options.url)) candidates.push(this.options.url);
+        if (own && !candidates.some((c) => c.ws === own.ws)) candidates.push(own);
         if (candidates.length === 0) throw err;
       }
     } else {
-      candidates = [this.options.url!];
+      candidates = [own!];
     }
     let last: TetherError | undefined;
-    for (const url of candidates) {
-      if (this.closed) throw new TetherError("closed", "the client was closed");
-      try {
-        const established = await Connection.open(url, this.WS, this.connectRequest(), this.connectTimeoutMs, () => this.nextId());
-        this.dispatcher?.connected();
-        this.currentUrl = url;
-        return established;
-      } catch (e) {
-        const err = asError(e);
-        if (!err.willReconnect) throw err;
-        this.dispatcher?.failed(url);
-        last = err;
+    for (const endpoint of candidates) {
+      let transport: TransportName | undefined = this.fallback.next();
+      while (transport !== undefined) {
+        if (this.closed) throw new TetherError("closed", "the client was closed");
+        try {
+          const opened = await this.open(endpoint, transport);
+          this.fallback.connected(transport);
+          this.dispatcher?.connected();
+          this.currentUrl = opened.link.url;
+          return opened;
+        } catch (e) {
+          const err = asError(e);
+          const blocked = isBlocked(err);
+          const again = this.fallback.failed(transport, err, blocked, this.firstRound);
+          if (again === undefined && !err.willReconnect) throw err;
+          last = err;
+          transport = again;
+        }
       }
+      this.dispatcher?.failed(endpoint.ws);
     }
     throw last ?? new TetherError("dispatch", "the dispatcher offered no WebSocket endpoint", undefined, true);
+  }
+
+  /** Opens a session at `endpoint` over `transport`. */
+  private open(endpoint: Endpoint, transport: TransportName): Promise<Opened> {
+    if (transport === "websocket") {
+      return WebSocketLink.open(endpoint.ws, this.WS!, this.connectRequest(), this.connectTimeoutMs, () => this.nextId());
+    }
+    let streamUrl: string;
+    try {
+      streamUrl = endpoint.sse ?? sseUrlOf(endpoint.ws);
+    } catch {
+      return Promise.reject(new TetherError("config", `no SSE stream URL can be derived from ${endpoint.ws}`));
+    }
+    return SseLink.open(streamUrl, this.fetchImpl!, this.connectRequest(), this.connectTimeoutMs);
   }
 
   private connectRequest(): ConnectRequest {
@@ -411,7 +499,7 @@ export class TetherClient extends Emitter<ClientEvents> {
   }
 
   /** A connection is up: send what waited for it, and serve it. */
-  private up(conn: Connection, connected: Connected): void {
+  private up(conn: Link, connected: Connected): void {
     if (this.closed) {
       conn.close();
       return;
@@ -420,8 +508,14 @@ export class TetherClient extends Emitter<ClientEvents> {
     this.startedAt = Date.now();
     this.sentRequests = new Set();
     for (const b of connected.bindings) this.users.set(b.app, b.user);
+    const previous = this.transportValue;
+    this.transportValue = conn.transport;
+    if (previous !== conn.transport) {
+      this.emit("transport", { transport: conn.transport, previous });
+      if (this.conn !== conn) return; // A listener closed the client.
+    }
     this.setState("connected");
-    this.emit("connected", { ...connected, url: conn.url });
+    this.emit("connected", { ...connected, url: conn.url, transport: conn.transport });
     if (this.conn !== conn) return; // A listener closed the client.
     this.tokens.connectionStarted();
     this.flushAcks();
@@ -484,8 +578,8 @@ export class TetherClient extends Emitter<ClientEvents> {
       }
     }
     try {
-      const { conn, connected } = await this.establish();
-      this.up(conn, connected);
+      const { link, connected } = await this.establish();
+      this.up(link, connected);
     } catch (e) {
       if (this.closed) return;
       const err = asError(e);

@@ -2,6 +2,9 @@
  * Asking a dispatcher (`GET /v1/dispatch`, docs/protocol.md section 11) which WebSocket
  * endpoints to try, and remembering which failed since the last connection so that the
  * answer leaves them out. Uses the global `fetch` (browsers, Node 18+) or one passed in.
+ *
+ * An endpoint's SSE stream is the `sse` URL the answer gives with it, if any, else derived
+ * from its WebSocket URL (section 14: `ws://host:port/ws` streams at `http://host:port/v1/sse`).
  */
 
 import { TetherError } from "./errors.js";
@@ -18,20 +21,40 @@ export interface BackoffHint {
   jitter: number;
 }
 
+/** Where to connect: a WebSocket URL, and the SSE stream's URL when the dispatcher named one. */
+export interface Endpoint {
+  ws: string;
+  sse?: string | undefined;
+}
+
 export interface DispatchAnswer {
-  /** WebSocket URLs to try, in order. */
-  endpoints: string[];
+  /** Endpoints to try, in order. */
+  endpoints: Endpoint[];
   backoff: BackoffHint | undefined;
 }
 
-export type FetchLike = (url: string, init: { headers: Record<string, string>; signal?: AbortSignal }) => Promise<{
+/** What the client passes to `fetch`. */
+export interface FetchInit {
+  method?: string;
+  headers: Record<string, string>;
+  body?: string;
+  signal?: AbortSignal;
+}
+
+/** The parts of a `fetch` response the client reads (`body` and `headers` for SSE only). */
+export interface FetchResponse {
   status: number;
+  headers?: { get(name: string): string | null };
+  body?: ReadableStream<Uint8Array> | null;
   text(): Promise<string>;
-}>;
+}
+
+/** The WHATWG `fetch` (browsers, Node 18+), or anything that does the same for these calls. */
+export type FetchLike = (url: string, init: FetchInit) => Promise<FetchResponse>;
 
 export class Dispatcher {
   private failedUrls: string[] = [];
-  private lastEndpoints: string[] = [];
+  private lastEndpoints: Endpoint[] = [];
 
   constructor(
     private readonly url: string,
@@ -59,7 +82,7 @@ export class Dispatcher {
   }
 
   /** What to try when the dispatcher cannot be asked: the endpoints it gave last. */
-  fallback(): string[] {
+  fallback(): Endpoint[] {
     return [...this.lastEndpoints];
   }
 
@@ -120,10 +143,13 @@ function parseAnswer(body: unknown): DispatchAnswer {
   if (!raw || !Array.isArray(raw.endpoints)) {
     throw new TetherError("dispatch", "the dispatcher's answer has no endpoint list", undefined, true, 0, 200, "");
   }
-  const endpoints = raw.endpoints
-    .map((e) => (e as { url?: unknown } | null)?.url)
-    .filter((u): u is string => typeof u === "string" && /^wss?:\/\//.test(u))
-    .slice(0, MAX_ENDPOINTS);
+  const endpoints: Endpoint[] = [];
+  for (const e of raw.endpoints) {
+    const { url, sse } = (e ?? {}) as { url?: unknown; sse?: unknown };
+    if (typeof url !== "string" || !/^wss?:\/\//.test(url)) continue;
+    endpoints.push({ ws: url, sse: typeof sse === "string" && /^https?:\/\//.test(sse) ? sse : undefined });
+    if (endpoints.length === MAX_ENDPOINTS) break;
+  }
   const r = raw.reconnect as { initial_ms?: unknown; max_ms?: unknown; jitter?: unknown } | undefined;
   const backoff =
     r && typeof r.initial_ms === "number" && typeof r.max_ms === "number" && typeof r.jitter === "number"
@@ -132,7 +158,7 @@ function parseAnswer(body: unknown): DispatchAnswer {
   return { endpoints, backoff };
 }
 
-function errorText(e: unknown): string {
+export function errorText(e: unknown): string {
   if (e instanceof Error) {
     const cause = (e as { cause?: unknown }).cause;
     return cause instanceof Error ? `${e.message}: ${cause.message}` : e.message;

@@ -68,13 +68,24 @@ export const Codes = {
   TOKEN_REFUSED: 4306,
 } as const;
 
+/**
+ * The code of a refusal's label (`bad_token`...), for the codes that refuse a `connect` for
+ * good (42xx): how an SSE stream refused with an HTTP status names its code (section 14.1).
+ * Labels of HTTP answers that are not codes (`bad_request`, `forbidden`) give undefined.
+ */
+export function refusalCode(label: string): number | undefined {
+  const key = label.toUpperCase() as keyof typeof Codes;
+  const code = Object.prototype.hasOwnProperty.call(Codes, key) ? Codes[key] : undefined;
+  return code !== undefined && code >= 4200 && code < 4300 ? code : undefined;
+}
+
 /** What went wrong, as a stable name to switch on. */
 export type ErrorKind =
   /** Options the client cannot work with (no binding, no WebSocket implementation, ...). */
   | "config"
   /** The server refused the connection, or closed it, with `code`. */
   | "rejected"
-  /** The socket could not be opened, or closed without a tether code. */
+  /** The socket or the stream could not be opened, or closed without a tether code. */
   | "transport"
   /** Connecting and the handshake together took longer than `connectTimeoutMs`. */
   | "timeout"
@@ -107,7 +118,10 @@ export class TetherError extends Error {
     readonly willReconnect = false,
     /** The server's `retry_after_ms` (0 when it gave none). */
     readonly retryAfterMs = 0,
-    /** For `dispatch`: the HTTP status (undefined: unreachable) and the answer's error code. */
+    /**
+     * For `dispatch`: the HTTP status (undefined: unreachable) and the answer's error code; for
+     * an SSE stream refused with an HTTP error, its status and code label.
+     */
     readonly status: number | undefined = undefined,
     readonly dispatchCode: string | undefined = undefined,
   ) {

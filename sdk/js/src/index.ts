@@ -1,12 +1,16 @@
 /**
  * `@tether/client`: the TypeScript SDK of tether, over WebSocket with JSON frames
- * (docs/protocol.md), for browsers and Node 20+.
+ * (docs/protocol.md), or Server-Sent Events where WebSocket fails, for browsers and Node 20+.
  *
  * # Layout
  *
  * - `client`: {@link TetherClient}, the application's handle: lifecycle and reconnects, acks,
  *   topics, requests, tokens; its events ({@link ClientEvents}).
- * - `connection`: one WebSocket connection: handshake, heartbeats, how it ended.
+ * - `transport`: the seam between the client and a transport (`Link`, how one ends).
+ * - `websocket`: the WebSocket transport: handshake, heartbeats, how it ended.
+ * - `sse`: the SSE transport: a `fetch` stream of events, and POSTs for what the client sends.
+ * - `eventstream`: the `text/event-stream` parser; no I/O.
+ * - `fallback`: which transport to try next; no I/O.
  * - `frames`: the JSON encoding of frames, and the typed values of what the server sends.
  * - `topics`: the subscription table (offsets, resubscribes, duplicates); no I/O.
  * - `tokens`: the bindings' tokens and refreshes; no I/O.
@@ -20,8 +24,9 @@
 
 export { TetherClient } from "./client.js";
 export type { BindingOptions, ClientEvents, ClientOptions, ConnectionState, UpstreamReply } from "./client.js";
-export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
-export type { FetchLike } from "./dispatch.js";
+export type { WebSocketConstructor, WebSocketLike } from "./websocket.js";
+export type { TransportName } from "./transport.js";
+export type { FetchInit, FetchLike, FetchResponse } from "./dispatch.js";
 export type { ReconnectPolicy } from "./backoff.js";
 export { Codes, codeGroup, shouldReconnect, TetherError } from "./errors.js";
 export type { CodeGroup, ErrorKind } from "./errors.js";

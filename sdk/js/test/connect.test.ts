@@ -112,13 +112,19 @@ test("an unknown app fails connect with 4206, a close while connecting rejects i
   await assert.rejects(within(new TetherClient(nobody).connect(), WAIT_MS, "connect"), (e: TetherError) => e.kind === "transport" && e.code === undefined);
 });
 
-test("without a WebSocket implementation the client says how to pass one", async (t) => {
+test("without a WebSocket implementation the client says how to pass one, unless SSE may do", async (t) => {
   if ("WebSocket" in globalThis) {
     t.skip("this Node has a global WebSocket");
     return;
   }
   assert.throws(
-    () => new TetherClient({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }] }),
+    () => new TetherClient({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }], transports: ["websocket"] }),
     (e: TetherError) => e.kind === "config" && /options\.WebSocket/.test(e.message),
   );
+  assert.throws(
+    () => new TetherClient({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }], transports: ["carrier-pigeon" as "sse"] }),
+    (e: TetherError) => e.kind === "config" && /unknown transport/.test(e.message),
+  );
+  // The default allows SSE, which needs only fetch (sse.test.ts connects that way).
+  new TetherClient({ url: "ws://127.0.0.1:1/ws", bindings: [{ app: APP, token: "t" }] }).close();
 });

@@ -1,50 +1,10 @@
 /** Upstream with replies (a real webhook on node:http), sync, and what a lost connection does to them. */
 
 import assert from "node:assert/strict";
-import { createServer, type Server as HttpServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 
 import { TetherClient, TetherError } from "../src/index.js";
-import { APP, Collector, haveServer, OTHER_APP, OTHER_SECRET, options, recordingWebSocket, Server, token, WAIT_MS, within } from "./server.js";
-
-/** A webhook that answers by the upstream's kind; closed with the test. */
-async function webhook(t: { after(fn: () => unknown): void }): Promise<{ url: string; seen: any[] }> {
-  const seen: any[] = [];
-  const http: HttpServer = createServer((req, res) => {
-    let body = "";
-    req.on("data", (c) => (body += c));
-    req.on("end", () => {
-      const event = JSON.parse(body);
-      seen.push(event);
-      switch (event.kind) {
-        case "chat":
-          res.writeHead(200, { "content-type": "application/json" });
-          res.end(JSON.stringify({ delivered: true, echo: event.payload }));
-          return;
-        case "slow":
-          setTimeout(() => {
-            res.writeHead(200, { "content-type": "application/json" });
-            res.end("{}");
-          }, 1500);
-          return;
-        case "refuse":
-          res.writeHead(403, { "content-type": "text/plain" });
-          res.end("no");
-          return;
-        default:
-          res.writeHead(204);
-          res.end();
-      }
-    });
-  });
-  await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
-  t.after(() => {
-    http.closeAllConnections();
-    http.close();
-  });
-  return { url: `http://127.0.0.1:${(http.address() as AddressInfo).port}/hook`, seen };
-}
+import { APP, Collector, haveServer, OTHER_APP, OTHER_SECRET, options, recordingWebSocket, Server, token, WAIT_MS, webhook, within } from "./server.js";
 
 test("an upstream resolves to the webhook's status and body; a refusal and a missing webhook are told apart", async (t) => {
   if (!haveServer(t)) return;

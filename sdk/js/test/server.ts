@@ -10,12 +10,14 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { TestContext } from "node:test";
 import WebSocket from "ws";
 
-import { TetherClient, type ClientEvents, type ClientOptions, type WebSocketConstructor } from "../src/index.js";
+import { TetherClient, type ClientEvents, type ClientOptions, type FetchLike, type WebSocketConstructor } from "../src/index.js";
 
 export const APP = "demo";
 export const SECRET = "demo-secret-0123456789";
@@ -82,9 +84,12 @@ export class Server {
     return server;
   }
 
-  /** Stops the node (SIGTERM: a graceful shutdown, clients get 4100) and starts it again on the same ports and data. */
-  async restart(): Promise<void> {
-    await this.stopProcess();
+  /**
+   * Stops the node (SIGTERM: a graceful shutdown, clients get 4100; `hard`: SIGKILL, connections
+   * just drop) and starts it again on the same ports and data.
+   */
+  async restart(options: { hard?: boolean } = {}): Promise<void> {
+    await this.stopProcess(options.hard ? "SIGKILL" : "SIGTERM");
     this.options = { ...this.options, ws: hostPort(this.wsUrl), http: hostPort(this.httpUrl) };
     await this.launch();
   }
@@ -100,12 +105,12 @@ export class Server {
     rmSync(this.dir, { recursive: true, force: true });
   }
 
-  private async stopProcess(): Promise<void> {
+  private async stopProcess(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     const child = this.child;
     this.child = undefined;
     if (!child || child.exitCode !== null) return;
     const exited = new Promise<void>((res) => child.once("exit", () => res()));
-    child.kill("SIGTERM");
+    child.kill(signal);
     const timer = setTimeout(() => child.kill("SIGKILL"), WAIT_MS);
     await exited;
     clearTimeout(timer);
@@ -223,6 +228,25 @@ api_key = "${OTHER_API_KEY}"
     if (res.status !== 200) throw new Error(`publish answered ${res.status}: ${JSON.stringify(res.json)}`);
     return res.json;
   }
+
+  /** The user's presence (`GET .../presence`). */
+  async presence(user: string): Promise<any> {
+    const res = await this.api("GET", `/v1/apps/${APP}/users/${user}/presence`);
+    if (res.status !== 200) throw new Error(`presence answered ${res.status}: ${JSON.stringify(res.json)}`);
+    return res.json;
+  }
+
+  /** Waits (bounded) until the presence API shows `device` of `user` acked at `seq`. */
+  async ackedAt(user: string, device: string, seq: number): Promise<void> {
+    const deadline = Date.now() + WAIT_MS;
+    let devices: unknown;
+    while (Date.now() < deadline) {
+      devices = (await this.presence(user)).devices;
+      if ((devices as { device: string; acked: number }[]).some((d) => d.device === device && d.acked === seq)) return;
+      await sleep(50);
+    }
+    throw new Error(`device ${device} of ${user} not acked at ${seq} within ${WAIT_MS} ms; presence devices: ${JSON.stringify(devices)}`);
+  }
 }
 
 function hostPort(url: string): string {
@@ -243,11 +267,17 @@ function b64url(text: string): string {
   return Buffer.from(text).toString("base64url");
 }
 
-/** Client options for `user` of the demo app on `server`, with the `ws` package. */
+/**
+ * Client options for `user` of the demo app on `server`, with the `ws` package, on WebSocket
+ * only: these tests watch what goes over WebSocket, and keep clients away from the node by
+ * making WebSockets fail, which the fallback would get past. SSE and the fallback are
+ * sse.test.ts's (which passes `transports`).
+ */
 export function options(server: Server, user: string, extra: Partial<ClientOptions> = {}): ClientOptions {
   return {
     url: server.wsUrl,
     bindings: [{ app: APP, token: token(user) }],
+    transports: ["websocket"],
     WebSocket: WebSocket as unknown as WebSocketConstructor,
     connectTimeoutMs: 3000,
     reconnect: { initialMs: 50, maxMs: 500 },
@@ -291,6 +321,77 @@ export class Collector<K extends keyof ClientEvents> {
   }
 }
 
+/** A webhook that answers by the upstream's kind; closed with the test. */
+export async function webhook(t: { after(fn: () => unknown): void }): Promise<{ url: string; seen: any[] }> {
+  const seen: any[] = [];
+  const http: HttpServer = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      const event = JSON.parse(body);
+      seen.push(event);
+      switch (event.kind) {
+        case "chat":
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end(JSON.stringify({ delivered: true, echo: event.payload }));
+          return;
+        case "slow":
+          setTimeout(() => {
+            res.writeHead(200, { "content-type": "application/json" });
+            res.end("{}");
+          }, 1500);
+          return;
+        case "refuse":
+          res.writeHead(403, { "content-type": "text/plain" });
+          res.end("no");
+          return;
+        default:
+          res.writeHead(204);
+          res.end();
+      }
+    });
+  });
+  await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
+  t.after(() => {
+    http.closeAllConnections();
+    http.close();
+  });
+  return { url: `http://127.0.0.1:${(http.address() as AddressInfo).port}/hook`, seen };
+}
+
+/**
+ * The global `fetch`, recording each SSE stream it opens, that can `cut()` them (as a network
+ * drop: the client's read fails) and, while `gate.open` is false, sends stream requests to a
+ * closed port. POSTs always go through.
+ */
+export function cuttableFetch(gate = { open: true }): { fetch: FetchLike; cut(): void; streams: string[]; posts: string[] } {
+  const live = new Set<AbortController>();
+  const streams: string[] = [];
+  const posts: string[] = [];
+  const wrapped: FetchLike = async (url, init) => {
+    if (init.method === "POST") {
+      posts.push(String(init.body));
+      return fetch(url, init);
+    }
+    streams.push(url);
+    const target = gate.open ? url : url.replace(/^http:\/\/[^/]+/, "http://127.0.0.1:1");
+    const controller = new AbortController();
+    live.add(controller);
+    const signal = init.signal ? AbortSignal.any([init.signal, controller.signal]) : controller.signal;
+    // The body is read after this returns: the controller stays until a cut.
+    return fetch(target, { ...init, signal });
+  };
+  return {
+    fetch: wrapped,
+    cut() {
+      for (const c of live) c.abort(new Error("cut by the test"));
+      live.clear();
+    },
+    streams,
+    posts,
+  };
+}
+
 /** Resolves after `ms`. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -310,14 +411,22 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
  * `gate.open` is false its connections go to a closed port: that keeps a client away from
  * the node while a test changes what the node holds.
  */
-export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocketConstructor; sent: Record<string, any>[]; opened: number[] } {
+export function recordingWebSocket(gate = { open: true }): {
+  WebSocket: WebSocketConstructor;
+  sent: Record<string, any>[];
+  opened: number[];
+  /** Drops every socket opened (as a network drop: no close frame, 1006). */
+  drop(): void;
+} {
   const sent: Record<string, any>[] = [];
   /** When each socket was opened (`Date.now()`). */
   const opened: number[] = [];
+  const sockets: WebSocket[] = [];
   class Recording extends WebSocket {
     constructor(url: string) {
       super(gate.open ? url : "ws://127.0.0.1:1/ws");
       opened.push(Date.now());
+      sockets.push(this);
     }
 
     override send(data: any, ...rest: any[]): void {
@@ -325,5 +434,8 @@ export function recordingWebSocket(gate = { open: true }): { WebSocket: WebSocke
       (super.send as (...args: any[]) => void)(data, ...rest);
     }
   }
-  return { WebSocket: Recording as unknown as WebSocketConstructor, sent, opened };
+  const drop = () => {
+    for (const socket of sockets.splice(0)) socket.terminate();
+  };
+  return { WebSocket: Recording as unknown as WebSocketConstructor, sent, opened, drop };
 }

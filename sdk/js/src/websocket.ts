@@ -1,6 +1,7 @@
 /**
- * One WebSocket connection to a gateway: the handshake (`connect` answered by `connected`),
- * heartbeats (docs/protocol.md, section 6), and how it ended. No reconnect logic here.
+ * The WebSocket transport: one connection to a gateway, the handshake (`connect` answered by
+ * `connected`), heartbeats (docs/protocol.md, section 6), and how it ended. No reconnect logic
+ * here.
  *
  * A connection ends exactly once, with an {@link End}: the server's `disconnect` (its code,
  * reason and `retry_after_ms`), a WebSocket close (its code), a frame that does not decode, or
@@ -8,7 +9,8 @@
  */
 
 import { serverCode, shouldReconnect, TetherError } from "./errors.js";
-import { decode, DecodeError, encode, type Connected, type ServerFrame } from "./frames.js";
+import { decode, DecodeError, encode, type ServerFrame } from "./frames.js";
+import { Handoff, type ConnectRequest, type End, type Link, type Opened } from "./transport.js";
 
 /** The parts of the WHATWG WebSocket the client uses (browsers, Node 22, the `ws` package). */
 export interface WebSocketLike {
@@ -23,13 +25,6 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
-/** Why a connection ended. `code` is the server's code, when it gave one. */
-export interface End {
-  code: number | undefined;
-  reason: string;
-  retryAfterMs: number;
-}
-
 /** The shortest heartbeat interval accepted from a server (a guard against a ping flood). */
 const MIN_HEARTBEAT_MS = 10;
 
@@ -38,21 +33,21 @@ const DEFAULT_HEARTBEAT_MS = 25_000;
 
 const OPEN = 1;
 
-export interface ConnectRequest {
-  id: number;
-  device: string;
-  heartbeatMs: number;
-  bindings: { app: string; token: string; last_seq?: number }[];
+/** Errors of a WebSocket that could not even be constructed. */
+const blocked = new WeakSet<TetherError>();
+
+/** Whether `err` says that WebSockets cannot be opened at all here (the constructor threw). */
+export function isBlocked(err: TetherError): boolean {
+  return blocked.has(err);
 }
 
-export class Connection {
+export class WebSocketLink implements Link {
+  readonly transport = "websocket";
   /**
-   * Where frames and the end go once {@link Connection.attach} named them. Until then they
-   * wait: frames that arrive in the same read as `connected` (a backlog) are emitted by the
-   * socket before the promise of {@link Connection.open} is seen to resolve.
+   * Frames that arrive in the same read as `connected` (a backlog) are emitted by the socket
+   * before the promise of {@link WebSocketLink.open} is seen to resolve: they wait here.
    */
-  private handlers: { frame(frame: ServerFrame): void; end(end: End): void } | undefined;
-  private early: ({ frame: ServerFrame } | { end: End })[] = [];
+  private readonly handoff = new Handoff();
 
   private ended = false;
   private lastSent = Date.now();
@@ -80,16 +75,20 @@ export class Connection {
     connect: ConnectRequest,
     timeoutMs: number,
     nextId: () => number,
-  ): Promise<{ conn: Connection; connected: Connected }> {
+  ): Promise<Opened> {
     return new Promise((resolve, reject) => {
       let ws: WebSocketLike;
       try {
         ws = new WS(url);
       } catch (e) {
-        reject(new TetherError("config", `cannot open ${url}: ${e instanceof Error ? e.message : String(e)}`));
+        // A bad URL, or a page not allowed to open one (mixed content): a WebSocket cannot be
+        // used at all, which SSE may still be.
+        const err = new TetherError("config", `cannot open ${url}: ${e instanceof Error ? e.message : String(e)}`);
+        blocked.add(err);
+        reject(err);
         return;
       }
-      const conn = new Connection(url, ws, nextId);
+      const conn = new WebSocketLink(url, ws, nextId);
       let settled = false;
       let refusal: { code: number; reason: string; retryAfterMs: number } | undefined;
       const fail = (err: TetherError) => {
@@ -138,7 +137,7 @@ export class Connection {
             settled = true;
             clearTimeout(timer);
             conn.start(frame.body.heartbeatMs || connect.heartbeatMs || DEFAULT_HEARTBEAT_MS);
-            resolve({ conn, connected: frame.body });
+            resolve({ link: conn, connected: frame.body });
             return;
           case "disconnect":
             refusal = { code: frame.code, reason: frame.reason, retryAfterMs: frame.retryAfterMs };
@@ -157,15 +156,8 @@ export class Connection {
     });
   }
 
-  /** Names where frames and the end go, and hands over those that came before. */
   attach(frame: (frame: ServerFrame) => void, end: (end: End) => void): void {
-    this.handlers = { frame, end };
-    const early = this.early;
-    this.early = [];
-    for (const item of early) {
-      if ("frame" in item) frame(item.frame);
-      else end(item.end);
-    }
+    this.handoff.attach(frame, end);
   }
 
   /** Sends one frame; a socket no longer open drops it (the end is on its way). */
@@ -237,8 +229,7 @@ export class Connection {
         this.fail(`protocol violation by the server: a second "connected"`);
         return;
     }
-    if (this.handlers) this.handlers.frame(frame);
-    else this.early.push({ frame });
+    this.handoff.frame(frame);
   }
 
   /** Sends a ping when nothing was sent for an interval; ends the connection after a silence. */
@@ -274,8 +265,7 @@ export class Connection {
     if (this.ended) return;
     this.ended = true;
     this.detach();
-    if (this.handlers) this.handlers.end(end);
-    else this.early.push({ end });
+    this.handoff.end(end);
   }
 
   private detach(): void {
