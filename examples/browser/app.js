@@ -1,7 +1,7 @@
 // The example page's code: one TetherClient at a time, its events shown as they arrive.
 //
 // Each list item carries its facts in data-* attributes (seq, offset, code...), so that what a
-// person reads and what the end-to-end test checks (test/browser.test.js) are the same thing.
+// person reads and what the end-to-end test checks (test/*.test.js) are the same thing.
 
 import { LocalStorageStore, TetherClient } from "@tether/client";
 
@@ -62,12 +62,23 @@ async function connect() {
     if (client !== c) return;
     $("state").textContent = state;
   });
+  // WebSocket, or Server-Sent Events where WebSocket fails (a proxy that strips the upgrade).
+  c.on("transport", ({ transport, previous }) => {
+    if (client !== c) return;
+    $("transport").textContent = transport;
+    const why = previous ? ` instead of ${previous}` : "";
+    event("transport", `using ${transport === "sse" ? "Server-Sent Events" : "WebSocket"}${why}`, { transport, previous: previous ?? "" });
+  });
   c.on("connected", (x) => {
     $("user").textContent = x.bindings.map((b) => b.user).join(", ");
     $("device").textContent = c.deviceId;
     $("node").textContent = x.node;
     $("endpoint").textContent = x.url;
-    event("connected", `connected to ${x.node} (${x.url}), heartbeat ${x.heartbeatMs} ms`, { url: x.url, node: x.node });
+    event("connected", `connected to ${x.node} (${x.url}) over ${x.transport}, heartbeat ${x.heartbeatMs} ms`, {
+      url: x.url,
+      node: x.node,
+      transport: x.transport,
+    });
   });
   c.on("disconnected", (x) => {
     event("disconnected problem", x.error.message, { code: x.code ?? "", reconnecting: x.reconnecting });

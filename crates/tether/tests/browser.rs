@@ -125,3 +125,8 @@ fn the_example_page_receives_acks_resumes_and_recovers_topics_in_chromium() {
 fn the_example_page_asks_the_dispatcher_from_another_origin() {
     case("dispatch-cors.test.js");
 }
+
+#[test]
+fn the_example_page_falls_back_to_sse_when_a_proxy_blocks_websocket_in_chromium() {
+    case("sse-fallback.test.js");
+}

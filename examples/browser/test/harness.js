@@ -12,7 +12,7 @@
 
 import { execFile, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { createServer as createHttpServer } from "node:http";
+import { createServer as createHttpServer, request as httpRequest } from "node:http";
 import { createServer as createTcpServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, extname, join, normalize, resolve, sep } from "node:path";
@@ -348,6 +348,51 @@ export class Proxy {
 
   close() {
     this.cut();
+    return closeServer(this.server);
+  }
+}
+
+/**
+ * An HTTP proxy in front of the WebSocket listener that strips WebSocket upgrades, as some
+ * corporate proxies do: every upgrade is answered `403` (the browser sees 1006), every other
+ * request (the SSE stream, its POSTs, their preflights) is passed on, streamed both ways.
+ * `upgrades` counts the upgrades refused; `wsUrl` is the URL a page is given.
+ */
+export class UpgradeStrippingProxy {
+  upgrades = 0;
+  #sockets = new Set();
+
+  static async start(wsUrl) {
+    const target = new URL(wsUrl);
+    const proxy = new UpgradeStrippingProxy();
+    proxy.server = createHttpServer((req, res) => {
+      const upstream = httpRequest(
+        { host: target.hostname, port: Number(target.port), method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      upstream.on("error", () => res.destroy());
+      // The page went (or aborted the stream): so does the request to the node.
+      res.on("close", () => upstream.destroy());
+      req.pipe(upstream);
+    });
+    proxy.server.on("connection", (socket) => {
+      proxy.#sockets.add(socket);
+      socket.on("close", () => proxy.#sockets.delete(socket));
+    });
+    proxy.server.on("upgrade", (_req, socket) => {
+      proxy.upgrades += 1;
+      socket.on("error", () => {});
+      socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    });
+    proxy.wsUrl = `ws://${await listen(proxy.server)}/ws`;
+    return proxy;
+  }
+
+  close() {
+    for (const s of this.#sockets) s.destroy();
     return closeServer(this.server);
   }
 }
