@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { TetherClient, type TetherError } from "../src/index.js";
+import { TetherClient, type TetherError, type WebSocketConstructor } from "../src/index.js";
 import { APP, Collector, cuttableFetch, haveServer, options, recordingWebSocket, Server, sleep, token, WAIT_MS, webhook, within } from "./server.js";
 
 test("over SSE alone a client receives qos 0 and qos 1 pushes, acks them (the presence API shows it) and says it uses SSE", async (t) => {
@@ -315,6 +315,39 @@ test("when the WebSocket is refused, connect() comes up over SSE at once; after 
     messages.seen.map((m) => m.seq),
     [1, 2],
   );
+});
+
+test("a WebSocket that cannot even be constructed (blocked) moves a reconnect to SSE at once, without waiting for fallbackAfter", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const wire = recordingWebSocket();
+  const blocked = { now: false, tries: 0 };
+  class Blockable extends (wire.WebSocket as unknown as new (url: string) => object) {
+    constructor(url: string) {
+      blocked.tries += 1;
+      if (blocked.now) throw new Error("refused to connect: the page's policy blocks WebSocket");
+      super(url);
+    }
+  }
+  const client = new TetherClient(
+    options(server, "alice", { transports: ["websocket", "sse"], WebSocket: Blockable as unknown as WebSocketConstructor, fallbackAfter: 5 }),
+  );
+  t.after(() => client.close());
+  const connects = new Collector(client, "connected");
+  await within(client.connect(), WAIT_MS, "connect");
+  assert.equal(client.transport, "websocket");
+
+  blocked.now = true;
+  const tries = blocked.tries;
+  wire.drop();
+  await connects.count(2, "the reconnect", WAIT_MS * 2);
+  assert.equal(client.transport, "sse");
+  assert.equal(blocked.tries - tries, 1, "one WebSocket that threw, then SSE in the same round");
+
+  // With WebSocket alone, the same WebSocket is a configuration problem: connect() fails.
+  const only = new TetherClient(options(server, "bob", { WebSocket: Blockable as unknown as WebSocketConstructor }));
+  await assert.rejects(within(only.connect(), WAIT_MS, "connect"), (e: TetherError) => e.kind === "config" && /policy blocks/.test(e.message) && !e.willReconnect);
 });
 
 /** Polls `check` until it holds, within WAIT_MS. */
