@@ -317,6 +317,31 @@ test("when the WebSocket is refused, connect() comes up over SSE at once; after 
   );
 });
 
+test("a quiet stream stays up on the server's keep-alives with no heartbeat from the client, and a silent server is detected", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const net = cuttableFetch();
+  const client = new TetherClient(options(server, "alice", { transports: ["sse"], fetch: net.fetch, heartbeatMs: 300, connectTimeoutMs: 1000 }));
+  t.after(() => client.close());
+  const disconnects = new Collector(client, "disconnected");
+  const connects = new Collector(client, "connected");
+  await within(client.connect(), WAIT_MS, "connect");
+  assert.equal(connects.seen[0]!.heartbeatMs, 300);
+
+  // Five intervals with nothing to say: the server's comments keep the stream, the client posts nothing.
+  await sleep(1500);
+  assert.equal(disconnects.seen.length, 0, "the stream stays up");
+  assert.deepEqual(net.posts, [], "no ping from the client on a stream (section 14.1)");
+
+  server.pause(true);
+  await disconnects.count(1, "the silence noticed");
+  server.pause(false);
+  assert.match(disconnects.seen[0]!.reason, /nothing from the server for \d+ ms \(not even a keep-alive\)/);
+  assert.deepEqual([disconnects.seen[0]!.code, disconnects.seen[0]!.reconnecting], [undefined, true]);
+  await connects.count(2, "a reconnect", 2 * WAIT_MS);
+});
+
 test("a WebSocket that cannot even be constructed (blocked) moves a reconnect to SSE at once, without waiting for fallbackAfter", async (t) => {
   if (!haveServer(t)) return;
   const server = await Server.start();
