@@ -173,6 +173,8 @@ export class TetherClient extends Emitter<ClientEvents> {
   private firstRound = true;
   /** The URL of the connection up (or last up). */
   private currentUrl: string | undefined;
+  /** The WebSocket URL of its endpoint: how the dispatcher knows it, whatever the transport. */
+  private currentEndpoint: string | undefined;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   /** Subscribes refused as busy (4301), waiting to be sent again. */
   private readonly subscribeRetries = new Set<ReturnType<typeof setTimeout>>();
@@ -456,6 +458,7 @@ export class TetherClient extends Emitter<ClientEvents> {
           this.fallback.connected(transport);
           this.dispatcher?.connected();
           this.currentUrl = opened.link.url;
+          this.currentEndpoint = endpoint.ws;
           return opened;
         } catch (e) {
           const err = asError(e);
@@ -540,7 +543,7 @@ export class TetherClient extends Emitter<ClientEvents> {
     for (const id of this.sentRequests) this.requests.reject(id, lostErr);
     this.sentRequests = new Set();
     if (Date.now() - this.startedAt >= this.backoff.max) this.backoff.reset();
-    if (end.code !== undefined && codeGroup(end.code) === "redispatch" && conn) this.dispatcher?.failed(conn.url);
+    if (end.code !== undefined && codeGroup(end.code) === "redispatch" && conn && this.currentEndpoint) this.dispatcher?.failed(this.currentEndpoint);
     const renew = end.code === Codes.TOKEN_EXPIRED && this.tokens.canRenew(this.options.getToken !== undefined);
     const reconnecting = (this.options.reconnect?.enabled ?? true) && (renew || end.code === undefined || shouldReconnect(end.code));
     const error = new TetherError(end.code === undefined ? "transport" : "rejected", `connection lost: ${end.reason || "no reason given"}`, end.code, reconnecting, end.retryAfterMs);

@@ -1,6 +1,8 @@
 /** The SSE transport and the fallback from WebSocket, against a real node. */
 
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 
 import { TetherClient, type TetherError, type WebSocketConstructor } from "../src/index.js";
@@ -373,6 +375,46 @@ test("a WebSocket that cannot even be constructed (blocked) moves a reconnect to
   // With WebSocket alone, the same WebSocket is a configuration problem: connect() fails.
   const only = new TetherClient(options(server, "bob", { WebSocket: Blockable as unknown as WebSocketConstructor }));
   await assert.rejects(within(only.connect(), WAIT_MS, "connect"), (e: TetherError) => e.kind === "config" && /policy blocks/.test(e.message) && !e.willReconnect);
+});
+
+test("through a dispatcher, a blocked WebSocket falls back to the endpoint's SSE stream: the one the answer names, else derived", async (t) => {
+  if (!haveServer(t)) return;
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const blocked = recordingWebSocket({ open: false });
+  const viaTether = new TetherClient(
+    options(server, "alice", { url: undefined, dispatch: `${server.httpUrl}/v1/dispatch`, transports: ["websocket", "sse"], WebSocket: blocked.WebSocket }),
+  );
+  t.after(() => viaTether.close());
+  await within(viaTether.connect(), WAIT_MS, "connect through tether's dispatcher");
+  assert.equal(viaTether.transport, "sse");
+  assert.equal(viaTether.url, server.wsUrl.replace("ws://", "http://").replace(/\/ws$/, "/v1/sse"), "derived from the endpoint the dispatcher gave");
+  viaTether.close();
+
+  // A dispatcher whose endpoint names its stream: the WebSocket URL is dead, the `sse` one is the node's.
+  const stream = server.wsUrl.replace("ws://", "http://").replace(/\/ws$/, "/v1/sse");
+  const asked: string[] = [];
+  const dispatcher = createServer((req, res) => {
+    asked.push(req.url ?? "");
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ app: APP, user: "bob", endpoints: [{ url: "ws://127.0.0.1:1/ws", transport: "ws", node: "n", sse: stream }] }));
+  });
+  await new Promise<void>((r) => dispatcher.listen(0, "127.0.0.1", r));
+  t.after(() => {
+    dispatcher.closeAllConnections();
+    dispatcher.close();
+  });
+  const named = new TetherClient(
+    options(server, "bob", {
+      url: undefined,
+      dispatch: `http://127.0.0.1:${(dispatcher.address() as AddressInfo).port}/v1/dispatch`,
+      transports: ["websocket", "sse"],
+    }),
+  );
+  t.after(() => named.close());
+  await within(named.connect(), WAIT_MS, "connect through a dispatcher that names the stream");
+  assert.deepEqual([named.transport, named.url], ["sse", stream]);
+  assert.match(asked[0]!, /transport=ws/);
 });
 
 /** Polls `check` until it holds, within WAIT_MS. */
