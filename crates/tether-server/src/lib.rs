@@ -69,4 +69,4 @@ pub mod transport;
 pub mod webhook;
 
 pub use config::Config;
-pub use node::{Node, run};
+pub use node::{Node, run, run_with};

@@ -351,14 +351,18 @@ impl Node {
             })
         };
 
+        // Plain addresses (`127.0.0.1:7400`), and no field for a listener that is off.
+        let shown = |a: Option<SocketAddr>| a.map(tracing::field::display);
         info!(
             node = %config.node.id,
-            tcp = ?addrs.tcp,
-            ws = ?addrs.ws,
+            version = env!("CARGO_PKG_VERSION"),
+            tcp = shown(addrs.tcp),
+            ws = shown(addrs.ws),
             http = %addrs.http,
-            tls = ?addrs.tls,
-            wss = ?addrs.wss,
-            https = ?addrs.https,
+            tls = shown(addrs.tls),
+            wss = shown(addrs.wss),
+            https = shown(addrs.https),
+            store = ?config.store.backend,
             "tether node started"
         );
         Ok(Node {
@@ -499,9 +503,20 @@ impl Events for WebhookEvents {
 /// when its embedded store failed and cannot be reopened (see [`EmbeddedStore::fatal`]):
 /// `tether serve` then exits with status 1, for a supervisor to start it again.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `started` with the node once its listeners are bound (to print the
+/// addresses that port 0 picked, say).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    started: impl FnOnce(&Node),
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let node = Node::start(config).await?;
+    started(&node);
     let store = node.embedded.clone();
     let store_failed = async move {
         match store {
@@ -531,6 +546,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     node.shutdown();
     node.wait().await;
+    info!(store_failed = failed, "tether node stopped");
     if failed {
         anyhow::bail!(
             "the store failed and could not be reopened (see the log above); exiting so that \

@@ -1,7 +1,7 @@
 //! Loading: the TOML file and the `TETHER_<SECTION>__<KEY>` environment overrides (read by
 //! `collect.rs`), and the demo app generated into the data directory when no app is configured.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{AppConfig, Config, ConfigError, collect};
 
@@ -57,13 +57,32 @@ impl Config {
     /// on first use and kept in `<data_dir>/demo-app.toml`. Returns the app when it was added
     /// (so that the caller can print it).
     pub fn with_demo_app(&mut self) -> anyhow::Result<Option<AppConfig>> {
+        self.demo_app(true)
+    }
+
+    /// [`Config::with_demo_app`] for the commands that talk to a running node (`tether
+    /// token`, the API commands): when no app is configured, adds the demo app that `serve`
+    /// saved, or fails with [`NoDemoApp`] rather than generating one that no node knows.
+    pub fn with_saved_demo_app(&mut self) -> anyhow::Result<Option<AppConfig>> {
+        self.demo_app(false)
+    }
+
+    /// Where the demo app is kept.
+    pub fn demo_app_path(&self) -> PathBuf {
+        self.node.data_dir.join("demo-app.toml")
+    }
+
+    fn demo_app(&mut self, create: bool) -> anyhow::Result<Option<AppConfig>> {
         if !self.apps.is_empty() {
             return Ok(None);
         }
-        let path = self.node.data_dir.join("demo-app.toml");
+        let path = self.demo_app_path();
         let app = match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str::<AppConfig>(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                return Err(NoDemoApp { path }.into());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&self.node.data_dir)?;
                 let text = format!(
@@ -81,6 +100,14 @@ impl Config {
         self.validate()?;
         Ok(Some(app))
     }
+}
+
+/// No app is configured and the demo app's file (`path`) does not exist: the node that would
+/// have generated it has not run with this data directory.
+#[derive(Debug, thiserror::Error)]
+#[error("no app is configured, and there is no demo app in {}", path.display())]
+pub struct NoDemoApp {
+    pub path: PathBuf,
 }
 
 /// The demo app's topic rules: each user may join its own topic, and any topic with a

@@ -38,6 +38,7 @@ pub use apps::{
     ApiKeyConfig, AppConfig, PublicKeyConfig, Secret, TokenConfig, TopicAccess, TopicRule,
 };
 pub use de::parse_duration;
+pub use load::NoDemoApp;
 pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{

@@ -225,9 +225,23 @@ fn secrets_are_redacted() {
 fn the_demo_app_is_generated_once_and_kept() {
     let dir = std::env::temp_dir().join(format!("tether-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // The commands that talk to a node read the demo app, and never generate one.
+    let mut reader = Config::default();
+    reader.node.data_dir = dir.clone();
+    let missing = reader.with_saved_demo_app().expect_err("no demo app yet");
+    let missing = missing
+        .downcast_ref::<super::NoDemoApp>()
+        .expect("NoDemoApp");
+    assert_eq!(missing.path, dir.join("demo-app.toml"));
+    assert!(!dir.exists(), "nothing was created");
     let mut first = Config::default();
     first.node.data_dir = dir.clone();
     let app = first.with_demo_app().unwrap().unwrap();
+    let saved = reader
+        .with_saved_demo_app()
+        .unwrap()
+        .expect("the saved app");
+    assert_eq!(saved.secret, app.secret);
     let mut second = Config::default();
     second.node.data_dir = dir.clone();
     let again = second.with_demo_app().unwrap().unwrap();

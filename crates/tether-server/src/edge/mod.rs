@@ -288,17 +288,24 @@ fn rate_key(ip: IpAddr) -> IpAddr {
 }
 
 /// At most one log line a second for one reason, with the number of refusals not logged
-/// since the last one. Two atomics, no lock.
+/// since the last one. Two atomics, no lock. (The gateway's handshake refusals use it too.)
 #[derive(Debug, Default)]
-struct LogLimit {
+pub(crate) struct LogLimit {
     /// Milliseconds since [`epoch`] when the next line may be written.
     next_ms: AtomicU64,
     suppressed: AtomicU64,
 }
 
 impl LogLimit {
+    pub(crate) const fn new() -> Self {
+        LogLimit {
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
     /// `Some(suppressed)` when a line may be written now.
-    fn take(&self) -> Option<u64> {
+    pub(crate) fn take(&self) -> Option<u64> {
         let now = epoch().elapsed().as_millis() as u64;
         let next = self.next_ms.load(Ordering::Relaxed);
         if now >= next

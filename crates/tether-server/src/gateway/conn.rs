@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
 use tether_proto::{Body, Bound, Code, Connected, Frame};
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Gateway;
 use super::admission::Permit;
@@ -18,6 +18,7 @@ use super::handle::{ConnHandle, NewConn};
 use super::io::{GOODBYE_TIMEOUT, goodbye};
 use super::outbox::Close;
 use super::task::{Parked, ended, live};
+use crate::edge::LogLimit;
 use crate::link::{Binding, Link};
 use crate::session::handshake::Accepted;
 use crate::session::inbox::InboxState;
@@ -210,9 +211,26 @@ async fn handshake<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<(u32, Accepted
     }
 }
 
+/// Handshake refusals logged, by the code's place in [`Code::ALL`]: at most a line a second
+/// for each code (a client with a bad token retries; a flood must not flood the log).
+static REFUSAL_LOGS: [LogLimit; Code::ALL.len()] = [const { LogLimit::new() }; Code::ALL.len()];
+
 /// Refuses a connection that did not complete its handshake.
 async fn reject<W: Wire>(wire: &mut W, gw: &Gateway, code: Code, reason: &str) {
-    debug!(%code, reason, "handshake refused");
+    let limit = Code::ALL
+        .iter()
+        .position(|c| *c == code)
+        .map(|i| &REFUSAL_LOGS[i]);
+    match limit.and_then(LogLimit::take) {
+        Some(suppressed) => info!(
+            code = code.label(),
+            transport = wire.transport().as_str(),
+            reason,
+            suppressed,
+            "handshake refused (suppressed: refusals with this code not logged since the previous line)"
+        ),
+        None => debug!(%code, reason, "handshake refused"),
+    }
     gw.metrics.handshake_failed(code);
     goodbye(wire, &mut VecDeque::new(), &Close::at_once(code, reason)).await;
 }
