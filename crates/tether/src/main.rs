@@ -3,12 +3,17 @@
 //!
 //! # Layout
 //!
-//! - this file: the command line, `serve` (a node, until SIGTERM or SIGINT), `token` and
-//!   `config` (`example`, `check`).
+//! - this file: the command line, `serve` (a node, until SIGTERM or SIGINT; SIGHUP reloads),
+//!   `token` and `config` (`example`, `check`).
+//! - `target`: which node and app a command talks to, from `--config` / `TETHER_CONFIG` or the
+//!   command line; never a new demo app.
 //! - `listen`: `tether listen`, a client that prints what it receives and acks it.
-//! - `push`: `tether push`, a push through the HTTP API.
+//! - `push`: `tether push`, a push through the HTTP API, retried safely.
+//! - `api`: the other HTTP API commands: `publish`, `broadcast`, `kick`, `presence`,
+//!   `history`, `stats`.
+//! - `logs`: `serve`'s log filter and formats.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,7 +27,11 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "tether",
     version,
-    about = "A long-connection push and messaging server"
+    about = "A long-connection push and messaging server",
+    long_about = "A long-connection push and messaging server.\n\n\
+                  `tether serve` runs a node; the other commands talk to one. Give them the \
+                  configuration the node runs with (--config or TETHER_CONFIG) and they find its \
+                  apps, keys and HTTP address from any directory."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,11 +42,14 @@ struct Cli {
 enum Command {
     /// Run a node (with no config: the built-in defaults and a generated `demo` app).
     Serve {
-        #[arg(long, env = "TETHER_CONFIG")]
+        /// The configuration file (TOML; `tether config example` prints a commented one).
+        /// Without it: the built-in defaults. `TETHER_<SECTION>__<KEY>` variables override it.
+        #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Log format.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
+        /// Log format: `text` for people, `json` (one object a line) for a collector. The
+        /// filter is TETHER_LOG or RUST_LOG (default `info,fjall=warn,lsm_tree=warn`).
+        #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: logs::LogFormat,
         /// Allow the configuration's test modes (`gateway.ws_echo`), which serve no client:
         /// for conformance suites, never in production. Without it they are refused.
         #[arg(long)]
@@ -46,12 +58,14 @@ enum Command {
     /// Print a client token for a user of an app, signed with the app's secret (HS256); with
     /// --subscription, a subscription token for one topic instead.
     Token {
+        /// The app whose secret signs the token.
         #[arg(long)]
         app: String,
+        /// The user the token is for (its `sub` claim).
         #[arg(long)]
         user: String,
-        #[arg(long, env = "TETHER_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: target::ConfigArg,
         /// How long the token is valid: 30s, 10m, 24h...
         #[arg(long, default_value = "24h", value_parser = tether_server::config::parse_duration)]
         ttl: Duration,
@@ -68,6 +82,18 @@ enum Command {
     Listen(listen::ListenArgs),
     /// Push a message to users through the HTTP API.
     Push(push::PushArgs),
+    /// Publish a message to a topic's subscribers through the HTTP API.
+    Publish(api::PublishArgs),
+    /// Send a live message to every connection of an app through the HTTP API.
+    Broadcast(api::BroadcastArgs),
+    /// Close every connection of a user (code 4207 kicked) through the HTTP API.
+    Kick(api::KickArgs),
+    /// Show a user's connections and each device's acked position in the inbox.
+    Presence(api::PresenceArgs),
+    /// Show the last durable messages of a user's inbox.
+    History(api::HistoryArgs),
+    /// Show a node's figures (admin API: needs the admin key).
+    Stats(api::StatsArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -81,13 +107,17 @@ enum ConfigCommand {
     Example,
     /// Load and validate a configuration (file plus TETHER_* overrides), reporting every problem.
     Check {
-        #[arg(long, env = "TETHER_CONFIG")]
+        /// The configuration file to check (without it: the defaults and the environment).
+        #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
 }
 
+mod api;
 mod listen;
+mod logs;
 mod push;
+mod target;
 
 /// The exit code of a configuration that cannot be used (`EX_CONFIG` of sysexits.h): a
 /// supervisor can tell it from a crash and not restart the node in a loop
@@ -99,7 +129,10 @@ fn main() -> std::process::ExitCode {
     let serving = matches!(cli.command, Command::Serve { .. });
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<target::NoApp>().is_some() =>
+        {
             eprintln!("error: {e:#}");
             if serving {
                 eprintln!("the node was not started (exit code {EXIT_CONFIG})");
@@ -124,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 log_format,
                 test_modes,
-            } => serve(config, &log_format, test_modes).await,
+            } => serve(config, log_format, test_modes).await,
             Command::Token {
                 app,
                 user,
@@ -137,10 +170,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(topic) => TokenKind::Subscription(topic),
                     None => TokenKind::Connection(topics),
                 };
-                token(&app, &user, config, ttl, kind)
+                token(&app, &user, &config, ttl, kind)
             }
             Command::Listen(args) => listen::run(args).await,
             Command::Push(args) => push::run(args).await,
+            Command::Publish(args) => api::publish(args).await,
+            Command::Broadcast(args) => api::broadcast(args).await,
+            Command::Kick(args) => api::kick(args).await,
+            Command::Presence(args) => api::presence(args).await,
+            Command::History(args) => api::history(args).await,
+            Command::Stats(args) => api::stats(args).await,
             Command::Config {
                 command: ConfigCommand::Example,
             } => {
@@ -158,39 +197,92 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn load(
-    config: Option<PathBuf>,
+async fn serve(
+    path: Option<PathBuf>,
+    log_format: logs::LogFormat,
     test_modes: bool,
-) -> anyhow::Result<(Config, Option<tether_server::config::AppConfig>)> {
+) -> anyhow::Result<()> {
+    logs::init(log_format);
     let mut config = match test_modes {
-        true => Config::load_allowing_test_modes(config.as_deref())?,
-        false => Config::load(config.as_deref())?,
+        true => Config::load_allowing_test_modes(path.as_deref())?,
+        false => Config::load(path.as_deref())?,
     };
     let demo = config.with_demo_app()?;
-    Ok((config, demo))
-}
-
-async fn serve(config: Option<PathBuf>, log_format: &str, test_modes: bool) -> anyhow::Result<()> {
-    init_tracing(log_format);
-    let (config, demo) = load(config, test_modes)?;
-    if let Some(app) = demo {
-        let http = &config.listen.http;
-        println!(
-            "No app is configured: using the demo app kept in {dir}/demo-app.toml\n  \
-             app:     {id}\n  secret:  {secret}\n  api key: {key}\n\
-             Try, in two more terminals:\n  \
-             tether listen --url tcp://{tcp} --app demo --user alice --token $(tether token --app demo --user alice)\n  \
-             curl -H 'Authorization: Bearer {key}' -d '{{\"users\":[\"alice\"],\"payload\":{{\"hello\":\"world\"}}}}' http://{http}/v1/apps/demo/push",
-            dir = config.node.data_dir.display(),
-            id = app.id,
-            secret = app.secret.expose(),
-            key = app.api_key.expose(),
-            tcp = config.listen.tcp,
-        );
-    }
+    let data_dir = config.node.data_dir.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    tether_server::run(config, shutdown).await
+    tether_server::run_with(config, shutdown, |node| {
+        if let Some(app) = demo {
+            println!("{}", demo_hints(&app, &data_dir, path.as_deref(), node));
+        }
+    })
+    .await
+}
+
+/// What `serve` prints when it runs the demo app: the app, and commands that work when pasted
+/// in another terminal, from any directory (the node's real addresses, and where `token` finds
+/// the demo app's secret).
+fn demo_hints(
+    app: &tether_server::config::AppConfig,
+    data_dir: &Path,
+    config: Option<&Path>,
+    node: &tether_server::Node,
+) -> String {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let relative = data_dir.is_relative();
+    let data_dir = absolute(data_dir);
+    let file = data_dir.join("demo-app.toml");
+    let key = app.api_key.expose();
+    let http = target::loopback_if_wildcard(node.http_addr());
+    // `token` must read the demo app that this node uses: the same configuration, and the
+    // data directory spelled out when it is relative to this directory.
+    let mut token = String::new();
+    if relative {
+        token.push_str(&format!(
+            "TETHER_NODE__DATA_DIR={} ",
+            sh_quote(&data_dir.display().to_string())
+        ));
+    }
+    token.push_str("tether token");
+    if let Some(config) = config {
+        token.push_str(&format!(
+            " --config {}",
+            sh_quote(&absolute(config).display().to_string())
+        ));
+    }
+    token.push_str(" --app demo --user alice");
+    let client = match (node.tcp_addr(), node.ws_addr()) {
+        (Some(tcp), _) => format!("tcp://{}", target::loopback_if_wildcard(tcp)),
+        (None, Some(ws)) => format!("ws://{}/ws", target::loopback_if_wildcard(ws)),
+        (None, None) => String::new(),
+    };
+    let mut text = format!(
+        "No app is configured: using the demo app kept in {file}\n  \
+         app:     {id}\n  secret:  {secret}\n  api key: {key}\n\
+         Try, in two more terminals (from any directory):\n",
+        file = file.display(),
+        id = app.id,
+        secret = app.secret.expose(),
+    );
+    if !client.is_empty() {
+        text.push_str(&format!(
+            "  tether listen --url {client} --app demo --user alice --token \"$({token})\"\n"
+        ));
+    }
+    text.push_str(&format!(
+        "  tether push --url http://{http} --app demo --api-key {key} --user alice --data '{{\"hello\":\"world\"}}'\n  \
+         curl -H 'Authorization: Bearer {key}' -d '{{\"users\":[\"alice\"],\"payload\":{{\"hello\":\"world\"}}}}' http://{http}/v1/apps/demo/push"
+    ));
+    text
+}
+
+/// `text` quoted for a POSIX shell when it needs it.
+fn sh_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// What `tether token` mints.
@@ -205,14 +297,12 @@ enum TokenKind {
 fn token(
     app: &str,
     user: &str,
-    config: Option<PathBuf>,
+    config: &target::ConfigArg,
     ttl: Duration,
     kind: TokenKind,
 ) -> anyhow::Result<()> {
-    let (config, _) = load(config, false)?;
-    let app_config = config
-        .app(app)
-        .with_context(|| format!("app {app:?} is not configured"))?;
+    let config = config.load()?;
+    let app_config = target::app(&config, app)?;
     tether_core::validate_id("user", user).map_err(anyhow::Error::msg)?;
     let secret = app_config.secret.expose().as_bytes();
     println!("{}", mint(secret, app, user, ttl, kind)?);
@@ -275,21 +365,6 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: not in a log file, journald or a test's capture.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -310,6 +385,51 @@ mod tests {
         let mut argv = vec!["tether", "token", "--app", "demo", "--user", "u"];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    /// `tether help ...` is all an operator has at hand: no subcommand, flag or positional
+    /// argument without a line of help.
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cli, "tether", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        // The walk sees what it should: the API commands and their shared flags.
+        let publish = cli.find_subcommand("publish").expect("publish");
+        let ids: Vec<&str> = publish
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        for id in [
+            "config", "url", "app", "api_key", "topic", "data", "qos", "ttl",
+        ] {
+            assert!(ids.contains(&id), "publish has no --{id}: {ids:?}");
+        }
+    }
+
+    #[test]
+    fn shell_quoting_leaves_plain_paths_alone() {
+        assert_eq!(sh_quote("/tmp/a-b/tether-data"), "/tmp/a-b/tether-data");
+        assert_eq!(sh_quote("/tmp/a b/it's"), "'/tmp/a b/it'\\''s'");
+        assert_eq!(sh_quote(""), "''");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::api::{AppArgs, PayloadArgs, extend};
 
 /// How long one attempt may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,27 +27,13 @@ const MAX_KEY: usize = 256;
 /// prints the response body on stderr and exits non-zero.
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
-    /// Base URL of the node's HTTP API, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub url: String,
-    /// The app to push in.
-    #[arg(long)]
-    pub app: String,
-    /// The app's API key.
-    #[arg(long, env = "TETHER_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    #[command(flatten)]
+    pub app: AppArgs,
     /// A recipient; repeat for several users.
     #[arg(long = "user", value_name = "USER", required = true)]
     pub users: Vec<String>,
-    /// The payload. Must be valid JSON, delivered as JSON exactly as written; with --base64,
-    /// any text, delivered as opaque bytes.
-    #[arg(long)]
-    pub data: String,
-    /// Send DATA as a binary payload: its literal bytes (not parsed as JSON) are
-    /// base64-encoded into the request's `payload_base64`, and receivers get exactly those
-    /// bytes.
-    #[arg(long, alias = "binary")]
-    pub base64: bool,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     /// Delivery: 0 transient (online devices only), 1 durable (stored until acked).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
@@ -108,7 +94,10 @@ struct Failed {
 }
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
-    let url = push_url(&args.url, &args.app)?;
+    let mut resolve = args.app.node.resolver();
+    let mut url = resolve.base_url(args.app.node.url.as_deref())?;
+    extend(&mut url, &["v1", "apps", &args.app.app, "push"])?;
+    let api_key = resolve.api_key(&args.app.app, args.app.api_key.as_deref())?;
     let key = idempotency_key(&args)?;
     let body = request_body(&args, key.as_deref())?;
     let http = reqwest::Client::builder()
@@ -117,7 +106,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         .context("cannot build the HTTP client")?;
     let mut backoff = FIRST_BACKOFF;
     for attempt in 0..=args.retries {
-        let failed = match send(&http, &url, &args.api_key, &body).await {
+        let failed = match send(&http, &url, &api_key, &body).await {
             Ok(answer) => {
                 let mut stdout = std::io::stdout().lock();
                 writeln!(stdout, "{}", answer.trim_end()).context("cannot write to stdout")?;
@@ -215,7 +204,7 @@ async fn send(
 }
 
 /// `e` and its sources, which say what actually went wrong (reqwest's own text rarely does).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(e) = source {
@@ -246,38 +235,11 @@ fn idempotency_key(args: &PushArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// `{base}/v1/apps/{app}/push`, with `app` percent-encoded as one path segment.
-fn push_url(base: &str, app: &str) -> anyhow::Result<reqwest::Url> {
-    let mut url = reqwest::Url::parse(base).with_context(|| format!("invalid --url {base:?}"))?;
-    match url.scheme() {
-        "http" => {}
-        // This build's HTTP client has no TLS (the SDK's and the server's TLS are rustls with
-        // ring; reqwest's TLS would bring a second crypto provider).
-        "https" => bail!(
-            "--url {base:?}: `tether push` speaks plain HTTP only; use the node's http listener \
-             (listen.http) from a network you trust"
-        ),
-        _ => bail!("--url must be an http:// URL, got {base:?}"),
-    }
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("--url {base:?} cannot take a path"))?
-        .pop_if_empty()
-        .extend(["v1", "apps", app, "push"]);
-    Ok(url)
-}
-
 /// The request body. A JSON payload is passed through byte for byte (no re-serialisation, so
 /// big numbers and key order survive).
 fn request_body(args: &PushArgs, idempotency_key: Option<&str>) -> anyhow::Result<String> {
     let users = serde_json::to_string(&args.users).context("cannot encode --user")?;
-    let payload = if args.base64 {
-        let encoded = BASE64.encode(args.data.as_bytes());
-        format!("\"payload_base64\":\"{encoded}\"")
-    } else {
-        let raw = serde_json::from_str::<&serde_json::value::RawValue>(&args.data)
-            .context("--data is not valid JSON (use --base64 to send it as bytes)")?;
-        format!("\"payload\":{}", raw.get())
-    };
+    let payload = args.payload.field()?;
     let key = match idempotency_key {
         Some(key) => {
             let key = serde_json::to_string(key).context("cannot encode the idempotency key")?;
@@ -297,29 +259,24 @@ mod tests {
 
     fn args(data: &str, base64: bool) -> PushArgs {
         PushArgs {
-            url: "http://127.0.0.1:8080".into(),
-            app: "demo".into(),
-            api_key: "k".into(),
+            app: AppArgs {
+                node: crate::target::NodeArgs {
+                    config: crate::target::ConfigArg::default(),
+                    url: Some("http://127.0.0.1:7480".into()),
+                },
+                app: "demo".into(),
+                api_key: Some("k".into()),
+            },
             users: vec!["alice".into(), "bob \"b\"".into()],
-            data: data.into(),
-            base64,
+            payload: PayloadArgs {
+                data: data.into(),
+                base64,
+            },
             qos: 1,
             idempotency_key: None,
             no_idempotency_key: false,
             retries: 3,
         }
-    }
-
-    #[test]
-    fn urls() {
-        let u = push_url("http://127.0.0.1:8080", "demo").expect("url");
-        assert_eq!(u.as_str(), "http://127.0.0.1:8080/v1/apps/demo/push");
-        let u = push_url("http://h:1/prefix/", "a b/c").expect("url");
-        assert_eq!(u.as_str(), "http://h:1/prefix/v1/apps/a%20b%2Fc/push");
-        assert!(push_url("ws://h:1", "demo").is_err());
-        let https = push_url("https://h:1", "demo").expect_err("no TLS in this client");
-        assert!(https.to_string().contains("plain HTTP only"), "{https}");
-        assert!(push_url("not a url", "demo").is_err());
     }
 
     #[test]
@@ -335,6 +292,8 @@ mod tests {
 
     #[test]
     fn base64_body_carries_the_literal_bytes() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as BASE64;
         let body = request_body(&args("not json", true), None).expect("body");
         let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
         assert_eq!(v["payload_base64"], BASE64.encode("not json"));
