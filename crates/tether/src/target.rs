@@ -209,6 +209,32 @@ mod tests {
     }
 
     #[test]
+    fn a_given_url_needs_no_configuration_and_must_be_plain_http() {
+        // A configuration that cannot be read: never read when the URL is given.
+        let args = NodeArgs {
+            config: ConfigArg {
+                config: Some("/nonexistent/tether.toml".into()),
+            },
+            url: None,
+        };
+        let mut resolve = args.resolver();
+        let url = resolve
+            .base_url(Some("http://h:7480/prefix"))
+            .expect("a URL");
+        assert_eq!(url.as_str(), "http://h:7480/prefix");
+        let https = resolve
+            .base_url(Some("https://h:1"))
+            .unwrap_err()
+            .to_string();
+        assert!(https.contains("plain HTTP only"), "{https}");
+        assert!(resolve.base_url(Some("ws://h:1")).is_err());
+        assert!(resolve.base_url(Some("not a url")).is_err());
+        assert_eq!(resolve.api_key("demo", Some("k")).unwrap(), "k");
+        let e = format!("{:#}", resolve.base_url(None).unwrap_err());
+        assert!(e.contains("/nonexistent/tether.toml"), "{e}");
+    }
+
+    #[test]
     fn a_missing_demo_app_is_an_error_that_creates_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
