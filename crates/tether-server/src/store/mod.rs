@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`embedded`]: [`EmbeddedStore`], the [`tether_core::Store`] handle: queues writes, runs
-//!   reads on the blocking pool, opens and closes.
+//!   reads (small ones on the calling task, large ones on the blocking pool), opens and
+//!   closes.
 //! - `options`: [`EmbeddedOptions`], how the store keeps and writes its data.
 //! - `request`: what callers ask of the writer, and how it answers.
 //! - `writer`: the one thread that writes: batches, seq assignment, the inbox cap, expiry at
