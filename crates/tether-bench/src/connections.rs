@@ -44,6 +44,9 @@ pub struct Setup {
     pub heartbeat: Duration,
     pub sources: u8,
     pub tls: Option<TlsClient>,
+    /// Topics each connection subscribes to after its handshake (WebSocket; none: bound to
+    /// the app only).
+    pub topics: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +70,8 @@ pub struct Args {
     /// 127.0.0.1:7401, and with --tls to 127.0.0.1:7403).
     #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
-    /// tether only: also subscribe each connection to --topic (the peers always subscribe).
+    /// tether only: also subscribe each connection to --topic (and the others of --topics;
+    /// the peers always subscribe). Raw TCP and WebSocket.
     #[arg(long)]
     subscribe: bool,
     #[arg(long, default_value_t = 10_000)]
@@ -118,6 +122,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         && matches!(args.transport, Transport::Ws | Transport::Sse)
     {
         let target = args.target.target(args.count)?;
+        if args.subscribe && matches!(args.transport, Transport::Sse) {
+            bail!("--subscribe is for raw TCP and WebSocket connections");
+        }
+        let topics = match args.subscribe {
+            true => target.topic_names(),
+            false => Vec::new(),
+        };
         let setup = Setup {
             addrs: match (args.target.addr.is_empty(), &target.tls) {
                 (false, _) => args.target.addr.clone(),
@@ -129,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(target.heartbeat_s),
             sources: target.sources,
             tls: target.tls,
+            topics,
         };
         let sse = matches!(args.transport, Transport::Sse);
         return run_ws(Arc::new(setup), &args, &server, sse).await;
@@ -203,6 +215,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (_, None) => "tcp",
         },
         subscribed: target.kind != Kind::Tether || args.subscribe,
+        topics: target.topics,
         requested: args.count,
         connected: opened.connected,
         elapsed,
@@ -241,6 +254,8 @@ struct Outcome {
     target: &'static str,
     transport: &'static str,
     subscribed: bool,
+    /// Topics per subscribed connection.
+    topics: u16,
     requested: u64,
     connected: u64,
     elapsed: Duration,
@@ -279,7 +294,11 @@ impl Outcome {
                 "connections to {} ({}{})",
                 self.target,
                 self.transport,
-                if self.subscribed { ", subscribed" } else { "" }
+                match (self.subscribed, self.topics) {
+                    (false, _) => String::new(),
+                    (true, 1) => ", subscribed".to_owned(),
+                    (true, n) => format!(", subscribed to {n} topics"),
+                }
             ),
         )
         .row("connected", format!("{ok} of {}", self.requested))
@@ -379,6 +398,7 @@ impl Outcome {
                 "target": self.target,
                 "transport": self.transport,
                 "subscribed": self.subscribed,
+                "topics": if self.subscribed { self.topics } else { 0 },
                 "requested": self.requested,
                 "connected": ok,
                 "handshakes_per_s": handshakes,
@@ -516,7 +536,8 @@ async fn run_ws(
             (false, false) => "ws",
             (false, true) => "wss",
         },
-        subscribed: false,
+        subscribed: !setup.topics.is_empty(),
+        topics: setup.topics.len().max(1) as u16,
         requested: count,
         connected: stats.ok.load(Ordering::Relaxed),
         elapsed,
@@ -592,7 +613,7 @@ async fn hold_one(setup: &Setup, stats: &Stats, n: u64) -> anyhow::Result<()> {
         .context("connect")?;
     let stream = crate::tls::open(tcp, setup.tls.as_ref()).await?;
     let connect = connect_frame(&setup.app, &setup.secret, n, setup.heartbeat, None);
-    hold_ws(stream, addr, stats, connect).await
+    hold_ws(stream, addr, stats, connect, &setup.topics).await
 }
 
 /// Opens one SSE stream (`GET /v1/sse`, the connect in its query), reads until its
@@ -678,6 +699,7 @@ async fn hold_ws(
     addr: SocketAddr,
     stats: &Stats,
     connect: Frame,
+    topics: &[String],
 ) -> anyhow::Result<()> {
     let url = format!("ws://{addr}/ws");
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -685,9 +707,22 @@ async fn hold_ws(
         .write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
-    ws.send(Message::Binary(binary::encode_to_bytes(&connect)))
+    // The subscribes pipelined behind `connect`, like the raw TCP connections'.
+    let Body::Connect(c) = &connect.body else {
+        bail!("not a connect");
+    };
+    let subscribes = crate::target::tether::subscribes(&c.bindings[0].app, topics);
+    ws.feed(Message::Binary(binary::encode_to_bytes(&connect)))
         .await?;
+    for subscribe in subscribes {
+        ws.feed(Message::Binary(subscribe)).await?;
+    }
+    ws.flush().await?;
     let heartbeat = negotiated_heartbeat(read_ws(&mut ws).await?)?;
+    let mut waiting = topics.len();
+    while waiting > 0 {
+        waiting -= crate::target::tether::subscribed(read_ws(&mut ws).await?)?;
+    }
     stats.ok.fetch_add(1, Ordering::Relaxed);
     let ping = binary::encode_to_bytes(&Frame::new(2, Body::Ping));
     loop {

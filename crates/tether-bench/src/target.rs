@@ -103,6 +103,10 @@ pub struct TargetArgs {
     /// The topic (Nchan channel, MQTT topic) every subscriber joins.
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// How many topics each subscriber joins: --topic, then --topic-2 .. --topic-N (tether,
+    /// Mosquitto; Nchan and the bare writer take one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub topics: u16,
     /// tether: the app.
     #[arg(long, default_value = "demo")]
     pub app: String,
@@ -162,6 +166,7 @@ impl TargetArgs {
             addrs,
             publish_addr,
             topic: self.topic.clone(),
+            topics: self.topics,
             app: self.app.clone(),
             secret: self.secret.clone().unwrap_or_default(),
             api_key: self.api_key.clone().unwrap_or_default(),
@@ -181,6 +186,8 @@ pub struct Target {
     pub addrs: Vec<SocketAddr>,
     pub publish_addr: SocketAddr,
     pub topic: String,
+    /// Topics each subscriber joins (see [`Target::topic_names`]).
+    pub topics: u16,
     pub app: String,
     pub secret: String,
     pub api_key: String,
@@ -198,12 +205,23 @@ impl fmt::Debug for Target {
             .field("addrs", &self.addrs)
             .field("publish_addr", &self.publish_addr)
             .field("topic", &self.topic)
+            .field("topics", &self.topics)
             .field("app", &self.app)
             .field("tether_publish", &self.tether_publish)
             .field("sources", &self.sources)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
+}
+
+/// `topic`, then `<topic>-2` .. `<topic>-<count>`.
+pub fn topic_names(topic: &str, count: u16) -> Vec<String> {
+    (1..=count.max(1))
+        .map(|i| match i {
+            1 => topic.to_owned(),
+            i => format!("{topic}-{i}"),
+        })
+        .collect()
 }
 
 /// Largest message a subscriber accepts; anything larger is a protocol error.
@@ -224,6 +242,12 @@ impl Target {
     /// Where subscriber `n` connects.
     pub fn addr(&self, n: u64) -> SocketAddr {
         self.addrs[(n % self.addrs.len() as u64) as usize]
+    }
+
+    /// The topics each subscriber joins: the run's topic, then `<topic>-2` .. `<topic>-N`.
+    /// Publications go to the first.
+    pub fn topic_names(&self) -> Vec<String> {
+        topic_names(&self.topic, self.topics)
     }
 
     /// Opens subscriber `n` (its source address, tether user `u<n>`, MQTT client id): connects,
@@ -247,7 +271,8 @@ impl Target {
                 (Decoder::WebSocket, None)
             }
             Kind::Mosquitto => {
-                mqtt::handshake(&mut stream, &mut buf, &format!("bench-{n}"), &self.topic).await?;
+                let topics = self.topic_names();
+                mqtt::handshake(&mut stream, &mut buf, &format!("bench-{n}"), &topics).await?;
                 (Decoder::Mqtt, None)
             }
             Kind::Bare => {

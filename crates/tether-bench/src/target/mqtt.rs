@@ -177,7 +177,7 @@ pub async fn handshake(
     stream: &mut Stream,
     buf: &mut BytesMut,
     client_id: &str,
-    topic: &str,
+    topics: &[String],
 ) -> anyhow::Result<()> {
     let mut out = BytesMut::with_capacity(64);
     connect(&mut out, client_id, 0);
@@ -188,15 +188,22 @@ pub async fn handshake(
         Some(code) => bail!("CONNACK refused: return code {code}"),
         None => bail!("short CONNACK"),
     }
+    // One SUBSCRIBE per topic, like a client joining rooms one by one, all sent before the
+    // first SUBACK is read.
     out.clear();
-    subscribe(&mut out, 1, topic);
-    stream.write_all(&out).await?;
-    let suback = expect(stream, buf, SUBACK).await?;
-    match suback.get(2) {
-        Some(0) => Ok(()),
-        Some(code) => bail!("SUBACK refused: return code {code:#x}"),
-        None => bail!("short SUBACK"),
+    for (i, topic) in topics.iter().enumerate() {
+        subscribe(&mut out, i as u16 + 1, topic);
     }
+    stream.write_all(&out).await?;
+    for _ in topics {
+        let suback = expect(stream, buf, SUBACK).await?;
+        match suback.get(2) {
+            Some(0) => {}
+            Some(code) => bail!("SUBACK refused: return code {code:#x}"),
+            None => bail!("short SUBACK"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,32 +26,49 @@ pub async fn handshake(
     let heartbeat = Duration::from_secs(target.heartbeat_s);
     let connect = connect_frame(&app, &target.secret, n, heartbeat, None);
     let mut out = binary::encode_to_bytes(&connect).to_vec();
-    if target.tether_publish == TetherPublish::Topic {
-        let subscribe = Subscribe {
-            app: target.app.clone(),
-            topic: target.topic.clone(),
-            since: None,
-            token: None,
-        };
-        // Pipelined: the server reads `subscribe` once `connect` is through.
-        out.extend_from_slice(&binary::encode_to_bytes(&Frame::new(2, subscribe)));
-    }
+    let topics = match target.tether_publish {
+        TetherPublish::Topic => target.topic_names(),
+        TetherPublish::Broadcast => Vec::new(),
+    };
+    // Pipelined: the server reads the subscribes once `connect` is through.
+    out.extend(subscribes(&target.app, &topics).iter().flatten());
     stream.write_all(&out).await?;
     stream.flush().await?;
     let heartbeat = negotiated_heartbeat(read_tcp(stream, buf).await?)?;
-    if target.tether_publish == TetherPublish::Topic {
-        loop {
-            match read_tcp(stream, buf).await? {
-                Body::Subscribed(_) => break,
-                Body::Error(e) => bail!("subscribe refused: {} {}", e.code, e.message),
-                Body::Disconnect(d) => bail!("disconnected: {} {}", d.code, d.reason),
-                // Publications may not come before `subscribed`; anything else is noise.
-                _ => {}
-            }
-        }
+    let mut waiting = topics.len();
+    while waiting > 0 {
+        waiting -= subscribed(read_tcp(stream, buf).await?)?;
     }
     let ping = binary::encode_to_bytes(&Frame::new(3, Body::Ping));
     Ok((heartbeat / 2, ping))
+}
+
+/// The encoded `subscribe` frames (request ids from 2) of `app` to each of `topics`.
+pub fn subscribes(app: &str, topics: &[String]) -> Vec<Bytes> {
+    topics
+        .iter()
+        .zip(2..)
+        .map(|(topic, id)| {
+            let subscribe = Subscribe {
+                app: app.to_owned(),
+                topic: topic.clone(),
+                since: None,
+                token: None,
+            };
+            binary::encode_to_bytes(&Frame::new(id, subscribe))
+        })
+        .collect()
+}
+
+/// How many subscriptions `reply` confirms (1 or 0), or why the subscribe failed.
+pub fn subscribed(reply: Body) -> anyhow::Result<usize> {
+    match reply {
+        Body::Subscribed(_) => Ok(1),
+        Body::Error(e) => bail!("subscribe refused: {} {}", e.code, e.message),
+        Body::Disconnect(d) => bail!("disconnected: {} {}", d.code, d.reason),
+        // Publications may not come before `subscribed`; anything else is noise.
+        _ => Ok(0),
+    }
 }
 
 /// Bytes of a publication body between its topic and its payload: offset, msg_id, created_ms,
