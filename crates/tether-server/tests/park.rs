@@ -186,7 +186,7 @@ async fn a_push_the_socket_cannot_take_whole_wakes_a_parked_connection() {
 }
 
 #[tokio::test]
-async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
+async fn a_connection_parks_right_after_its_handshake_its_heartbeats_and_its_subscribes() {
     // The sweep would wait a minute: parking sooner is the task's own doing.
     let mut config = config();
     config.gateway.park_after = Duration::from_secs(60);
@@ -200,11 +200,12 @@ async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
     assert_eq!(tcp.frame().await, Frame::new(7, Body::Pong));
     wait_parked(&node, 1).await;
 
-    // Anything else than a heartbeat keeps the task until the sweep finds it idle.
+    // So does a subscribe: the fan-out's `subscribed` reaches the parked connection without
+    // waking it, and so do the topic's publications.
     tcp.send(&Frame::new(
         8,
         Body::Subscribe(tether_proto::Subscribe {
-            app: "demo".into(),
+            app: APP.into(),
             topic: "news".into(),
             since: None,
             token: None,
@@ -212,7 +213,39 @@ async fn a_connection_parks_right_after_its_handshake_and_its_heartbeats() {
     ))
     .await;
     let reply = tcp.frame().await;
-    assert_eq!(reply.id, 8, "{reply:?}");
+    assert!(matches!(reply.body, Body::Subscribed(_)), "{reply:?}");
+    assert_eq!(reply.id, 8);
+    wait_parked(&node, 1).await;
+    let http = Http::new(&node);
+    let published = http
+        .post_raw(
+            &format!("/v1/apps/{APP}/topics/news/publish"),
+            Some(API_KEY),
+            r#"{"payload":"headline"}"#,
+        )
+        .await;
+    assert_eq!(published.status, 200, "{:?}", published.body);
+    match tcp.frame().await.body {
+        Body::Publication(p) => {
+            assert!(
+                String::from_utf8_lossy(&p.payload).contains("headline"),
+                "{p:?}"
+            );
+        }
+        other => panic!("expected the publication, got {other:?}"),
+    }
+    wait_parked(&node, 1).await;
+
+    // Anything else (an ack) keeps the task until the sweep finds it idle.
+    tcp.send(&Frame::new(
+        9,
+        Ack {
+            app: APP.into(),
+            seq: 0,
+        },
+    ))
+    .await;
+    wait_parked(&node, 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.parked_connections(), 0, "parked without being asked");
 

@@ -8,9 +8,10 @@ use tether_core::{Seq, TopicId};
 use tether_proto::{Code, ErrorBody, Frame, Recovery, Subscribed, Unsubscribed};
 use tracing::debug;
 
+use super::batch::Reached;
 use super::topic::{Sub, Topic};
 use super::worker::{Worker, publication_frame};
-use crate::link::{Binding, Enqueued, Link};
+use crate::link::{Binding, Link, Offered};
 
 impl Worker {
     pub(super) async fn subscribe(
@@ -135,9 +136,9 @@ impl Worker {
                 recovery,
             },
         );
-        let mut open = conn.enqueue(conn.encoding().encode(&reply)) == Enqueued::Queued;
+        let mut open = self.answer(&**conn, &conn.encoding().encode(&reply));
         for frame in recovered.drain(..) {
-            open &= conn.enqueue(frame) == Enqueued::Queued;
+            open &= self.answer(&**conn, &frame);
         }
         if open
             && topic.insert(Sub {
@@ -197,7 +198,26 @@ impl Worker {
                 topic: topic.to_string(),
             },
         );
-        conn.enqueue(conn.encoding().encode(&reply));
+        self.answer(conn, &conn.encoding().encode(&reply));
+    }
+
+    /// Hands the connection a frame of the worker's answer; whether it is still open. The
+    /// client has usually fallen silent after its subscribe, and its task parked (see
+    /// `crate::gateway::io`): the frame is written to a parked connection directly rather
+    /// than queued, which would start a task for it only to write this and park again later.
+    /// Frames of one answer stay in order: a frame is written directly only when nothing is
+    /// queued.
+    fn answer(&self, conn: &dyn Link, frame: &bytes::Bytes) -> bool {
+        match conn.queue_shared(frame) {
+            Offered::Queued => true,
+            Offered::Written(n) => {
+                let mut reached = Reached::default();
+                reached.wrote(conn.transport(), 1, n);
+                self.count_written(&reached);
+                true
+            }
+            Offered::Closed | Offered::Overflow => false,
+        }
     }
 }
 

@@ -330,7 +330,7 @@ impl Worker {
         }
     }
 
-    fn count_written(&self, reached: &Reached) {
+    pub(super) fn count_written(&self, reached: &Reached) {
         for t in 0..3 {
             if reached.written[t] > 0 {
                 self.metrics.frames_out[t].increment(reached.written[t]);

@@ -111,8 +111,8 @@ struct Io {
     /// A write is under way (the transport may hold bytes not yet sent).
     sending: bool,
     /// Park as soon as the task holds nothing, without waiting for the sweep to ask: the last
-    /// thing the client did was its handshake or a heartbeat, after which a client usually
-    /// falls silent. Parking at once frees the task while the next connection's handshake can
+    /// thing the client did was its handshake, a heartbeat, or a subscribe or unsubscribe
+    /// (see [`parks_after`]), after which a client usually falls silent. Parking at once frees the task while the next connection's handshake can
     /// reuse its memory, rather than `park_after` later, when the allocator keeps it as a hole
     /// between the connections that came meanwhile. A client that does send something right
     /// away costs one more task spawn. Likewise after a keep-alive of the server's.
@@ -242,7 +242,7 @@ impl Io {
             metrics.frames_in.increment(1);
             metrics.bytes_in.increment(wire.take_bytes_read() as u64);
             ready = conn.poll_ready(cx).is_ready();
-            self.early = matches!(frame.body, Body::Ping) && !gw.park_after().is_zero();
+            self.early = parks_after(&frame.body) && !gw.park_after().is_zero();
             match handle(gw, conn, frame, &mut self.checks) {
                 Handled::Continue => {}
                 Handled::Leave => return Poll::Ready(Event::Gone),
@@ -286,6 +286,18 @@ impl Io {
             }
         }
     }
+}
+
+/// Whether a client usually falls silent after sending `body`, so that the task parks as soon
+/// as it holds nothing (see [`Io::early`]). A subscribe is the last thing most clients send
+/// after their handshake (a chat room, a live feed): without this, every subscribed
+/// connection kept its task until the sweep asked it to park, `park_after` later, and the
+/// freed task then stayed a hole in the heap (about 1 KiB per subscribed connection,
+/// `docs/benchmarks.md`). The fan-out's answer reaches a parked connection without waking
+/// it (see `crate::fanout`). Acks are left out: they come while pushes are flowing, and
+/// parking after each would cost a task spawn per push.
+fn parks_after(body: &Body) -> bool {
+    matches!(body, Body::Ping | Body::Subscribe(_) | Body::Unsubscribe(_))
 }
 
 /// What a frame from the client asks of the loop.
