@@ -296,6 +296,7 @@ impl Fanout {
         request: u32,
         since: Option<u64>,
     ) -> Result<bool, SubscribeError> {
+        let topic = &self.interned(&*conn, binding, topic);
         let new = conn
             .add_topic(binding, topic, self.max_topics)
             .map_err(SubscribeError::TooMany)?;
@@ -308,6 +309,7 @@ impl Fanout {
     /// `subscribed` with request id 0). Nothing is queued when it already is, or has no room
     /// for another topic. Returns whether it was queued.
     pub fn join(&self, conn: Arc<dyn Link>, binding: usize, topic: &TopicId) -> Result<bool, Busy> {
+        let topic = &self.interned(&*conn, binding, topic);
         // One step, under the connection's lock: a subscription that lands meanwhile (the
         // client's, or another from the business) must not make this one answer twice.
         if conn.add_topic(binding, topic, self.max_topics) != Ok(true) {
@@ -315,6 +317,25 @@ impl Fanout {
         }
         self.subscribe_added(conn, binding, topic, 0, None, true)?;
         Ok(true)
+    }
+
+    /// `topic` as the app's topic table holds it, when the topic has subscribers here: the
+    /// connection keeps that one rather than its own copy read from the wire, so that a topic's
+    /// name is one allocation however many connections are in it.
+    fn interned(&self, conn: &dyn Link, binding: usize, topic: &TopicId) -> TopicId {
+        let Some(Binding { app, .. }) = conn.bindings().get(binding) else {
+            return topic.clone();
+        };
+        self.apps
+            .load()
+            .get(app)
+            .and_then(|fanout| {
+                let topics = fanout.topics.lock();
+                topics
+                    .get_key_value(topic)
+                    .map(|(interned, _)| interned.clone())
+            })
+            .unwrap_or_else(|| topic.clone())
     }
 
     /// Queues the subscribe job of a topic `add_topic` counted (`new`: it was not there).
