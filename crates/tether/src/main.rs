@@ -146,9 +146,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Threads of tokio's blocking pool, where the embedded store's reads run (a connect reads a
+/// cursor, a backlog and a user's topics). Tokio's default, 512, let a storm of 5,000 connects
+/// per second start over a hundred threads: each touched a stack and took a malloc arena that
+/// stayed once the thread was gone, about 0.3 KiB per connection held (`docs/benchmarks.md`).
+/// The reads take microseconds: a few threads keep up with what two cores can handshake.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
