@@ -7,7 +7,9 @@
 # 1. broadcast side by side (tether, Nchan, Mosquitto, bare writer), 100 B and 1 KiB
 #    (bench/compare.sh: idle memory per subscribed connection, equal-rate CPU and latency,
 #    saturation);
-# 2. idle memory per connection, tether alone, raw TCP, WebSocket and SSE (19,000 connections);
+# 2. idle memory per connection, 19,000 connections, like for like (bench/memory.sh): Mosquitto
+#    subscribed to 1 and 10 topics; tether subscribed to 1 and 10 topics and bound only, with
+#    the in-memory and the embedded store, raw TCP and WebSocket; and SSE (bound only);
 # 3. handshakes per second (18,000 connections offered at 40,000/s);
 # 4. unicast through the HTTP API with the embedded store (fsync before the answer): qos 0 and
 #    qos 1, single-user and 100-user requests;
@@ -93,11 +95,11 @@ run() {
     sleep 1
 }
 
-# 2. Idle memory per connection.
-for transport in tcp ws sse; do
-    run "idle-$transport" -- "$bench" connections --target tether --transport "$transport" \
-        --count "$idle" --rate 5000 --hold 10 --server-pid '$pid' --json "$OUT/idle-$transport.json"
-done
+# 2. Idle memory per connection: subscribed connections against Mosquitto's (and bound-only
+# ones beside them), then SSE streams, which cannot subscribe over the stream.
+BUILD=0 COUNT=$idle OUT="$OUT/memory" "$here/memory.sh" || echo "!! memory failed" >&2
+run idle-sse -- "$bench" connections --target tether --transport sse \
+    --count "$idle" --rate 5000 --hold 10 --server-pid '$pid' --json "$OUT/idle-sse.json"
 
 # 3. Handshakes per second.
 run handshakes -- "$bench" connections --target tether --count "$handshakes" --rate 40000 \
