@@ -19,6 +19,8 @@ pub enum Transport {
     Ws,
     /// Server-Sent Events, with a POST route for what the client sends.
     Sse,
+    /// MQTT 3.1.1 or 5.0 (`docs/mqtt.md`).
+    Mqtt,
 }
 
 impl Transport {
@@ -27,6 +29,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
             Transport::Sse => "sse",
+            Transport::Mqtt => "mqtt",
         }
     }
 }

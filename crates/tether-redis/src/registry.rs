@@ -651,6 +651,7 @@ fn encode_session(s: &Session) -> Vec<u8> {
         Transport::Tcp => b't',
         Transport::Ws => b'w',
         Transport::Sse => b's',
+        Transport::Mqtt => b'm',
     });
     out.extend_from_slice(&s.connected_at_ms.to_be_bytes());
     out.extend_from_slice(s.device.as_str().as_bytes());
@@ -667,6 +668,7 @@ fn decode_session(app: &AppId, user: &UserId, field: &[u8], value: &[u8]) -> Opt
         b't' => Transport::Tcp,
         b'w' => Transport::Ws,
         b's' => Transport::Sse,
+        b'm' => Transport::Mqtt,
         _ => return None,
     };
     let connected_at_ms = u64::from_be_bytes(head[1..].try_into().ok()?);

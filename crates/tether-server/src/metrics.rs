@@ -111,6 +111,7 @@ pub struct Metrics {
     pub tcp: TransportMetrics,
     pub ws: TransportMetrics,
     pub sse: TransportMetrics,
+    pub mqtt: TransportMetrics,
     pub handshakes_ok: Counter,
     pub queue_overflows: Counter,
     pub push_deliveries: Counter,
@@ -146,6 +147,7 @@ impl Metrics {
             tcp: TransportMetrics::new(Transport::Tcp),
             ws: TransportMetrics::new(Transport::Ws),
             sse: TransportMetrics::new(Transport::Sse),
+            mqtt: TransportMetrics::new(Transport::Mqtt),
             handshakes_ok: counter!("tether_handshakes_total", "result" => "ok"),
             queue_overflows: counter!("tether_queue_overflows_total"),
             push_deliveries: counter!("tether_push_deliveries_total"),
@@ -167,6 +169,7 @@ impl Metrics {
             Transport::Tcp => &self.tcp,
             Transport::Ws => &self.ws,
             Transport::Sse => &self.sse,
+            Transport::Mqtt => &self.mqtt,
         }
     }
 

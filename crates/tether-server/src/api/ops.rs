@@ -220,7 +220,8 @@ struct ConnStats {
     tcp: u64,
     ws: u64,
     sse: u64,
-    /// App -> (tcp, ws, sse) connections bound to it.
+    mqtt: u64,
+    /// App -> (tcp, ws, sse) connections bound to it (MQTT's are in `mqtt` only).
     by_app: BTreeMap<AppId, (u64, u64, u64)>,
     queued_bytes: u64,
     over_half: u64,
@@ -234,6 +235,7 @@ fn conn_stats(links: &dyn Links) -> ConnStats {
             Transport::Tcp => &mut s.tcp,
             Transport::Ws => &mut s.ws,
             Transport::Sse => &mut s.sse,
+            Transport::Mqtt => &mut s.mqtt,
         };
         *n += 1;
         for Binding { app, .. } in conn.bindings() {
@@ -242,6 +244,7 @@ fn conn_stats(links: &dyn Links) -> ConnStats {
                 Transport::Tcp => *tcp += 1,
                 Transport::Ws => *ws += 1,
                 Transport::Sse => *sse += 1,
+                Transport::Mqtt => {}
             }
         }
         let queued = conn.queued_bytes();
@@ -315,10 +318,11 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
         "draining": ops.lifecycle.is_draining(),
         "endpoints": ops.lifecycle.endpoints(),
         "connections": {
-            "total": conns.tcp + conns.ws + conns.sse,
+            "total": conns.tcp + conns.ws + conns.sse + conns.mqtt,
             "tcp": conns.tcp,
             "ws": conns.ws,
             "sse": conns.sse,
+            "mqtt": conns.mqtt,
             "by_app": by_app,
         },
         "webhooks": webhooks,

@@ -228,5 +228,7 @@ pub fn by_transport(transport: Transport) -> usize {
         Transport::Tcp => 0,
         Transport::Ws => 1,
         Transport::Sse => 2,
+        // Never written past its task (`Framing::Sealed`): nothing to count here.
+        Transport::Mqtt => 2,
     }
 }

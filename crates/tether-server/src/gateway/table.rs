@@ -35,6 +35,7 @@ pub struct ConnTable {
     tcp: TransportMetrics,
     ws: TransportMetrics,
     sse: TransportMetrics,
+    mqtt: TransportMetrics,
     /// The SSE streams' sessions, by key.
     sessions: Arc<Sessions>,
 }
@@ -49,6 +50,7 @@ impl ConnTable {
             tcp: TransportMetrics::new(Transport::Tcp),
             ws: TransportMetrics::new(Transport::Ws),
             sse: TransportMetrics::new(Transport::Sse),
+            mqtt: TransportMetrics::new(Transport::Mqtt),
             sessions: Arc::default(),
         }
     }
@@ -117,6 +119,7 @@ impl ConnTable {
                     Transport::Tcp => &self.tcp,
                     Transport::Ws => &self.ws,
                     Transport::Sse => &self.sse,
+                    Transport::Mqtt => &self.mqtt,
                 };
                 metrics.frames_out.increment(1);
                 metrics.bytes_out.increment(n as u64);
