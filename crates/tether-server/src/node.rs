@@ -205,6 +205,7 @@ impl Node {
             )
             .with_guards(guards.tcp, guards.ws),
         );
+        gateway.set_mqtt_guard(guards.mqtt);
         let api = Arc::new(Api::new(&config, access.clone(), delivery.clone(), metrics));
         // The HTTP listener's guard, swapped by reloads: every route's address check
         // (`api::guarded`), and CORS on each client-facing one (`cors.client_facing(router)`).
@@ -223,6 +224,7 @@ impl Node {
             .await?
             .context("listen.http must be set")?;
         let https = bind(&listen.https, &config).await?;
+        let mqtt = bind(&listen.mqtt, &config).await?;
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
             tcp: local(&listeners.tcp),
@@ -231,6 +233,7 @@ impl Node {
             wss: local(&listeners.wss),
             http: http.local_addr()?,
             https: local(&https),
+            mqtt: local(&mqtt),
         };
         let endpoints = advertised_endpoints(&config, &listeners);
         let lifecycle = Arc::new(Lifecycle::new(
@@ -278,6 +281,9 @@ impl Node {
             if let Some(listener) = listener {
                 tokio::spawn(gateway.clone().serve_ws(listener, certs));
             }
+        }
+        if let Some(listener) = mqtt {
+            tokio::spawn(gateway.clone().serve_mqtt(listener, None));
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
         tokio::spawn(
@@ -362,6 +368,7 @@ impl Node {
             tls = shown(addrs.tls),
             wss = shown(addrs.wss),
             https = shown(addrs.https),
+            mqtt = shown(addrs.mqtt),
             store = ?config.store.backend,
             "tether node started"
         );
@@ -377,6 +384,11 @@ impl Node {
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.addrs.tcp
+    }
+
+    /// The MQTT listener (`mqtt://<addr>`).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mqtt
     }
 
     /// The WebSocket listener; clients connect to `ws://<addr>/ws`.
@@ -450,6 +462,7 @@ struct Addrs {
     wss: Option<SocketAddr>,
     http: SocketAddr,
     https: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
 }
 
 /// Serves the HTTP API on `listener` (plain or TLS) until `stopped`. Each request carries its

@@ -143,6 +143,7 @@ impl Reloader {
         // The running node's id (a new one needs a restart).
         let affinity = Affinity::new(&config.listen, self.gateway.node.as_str());
         self.gateway.set_affinity(affinity);
+        self.gateway.set_mqtt_guard(guards.mqtt);
         // The HTTP guard: its address lists for every route, its origins for the
         // client-facing routes' CORS.
         self.cors.reload(guards.http);
@@ -199,6 +200,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         let mut l = c.listen.clone();
         l.tcp_access = Default::default();
         l.ws_access = Default::default();
+        l.mqtt_access = Default::default();
         l.http_access = Default::default();
         l.affinity_cookie = Default::default();
         l.affinity_cookie_same_site = crate::config::SameSite::Lax;

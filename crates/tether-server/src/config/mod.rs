@@ -84,6 +84,7 @@ impl Config {
     pub fn for_tests() -> Config {
         let mut config = Config::default();
         config.listen.tcp = "127.0.0.1:0".into();
+        config.listen.mqtt = "127.0.0.1:0".into();
         config.listen.ws = "127.0.0.1:0".into();
         config.listen.http = "127.0.0.1:0".into();
         config.node.data_dir = std::env::temp_dir().join("tether-tests");

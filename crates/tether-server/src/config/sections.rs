@@ -65,6 +65,8 @@ pub struct ListenConfig {
     /// The HTTP API inside TLS, optionally with client certificates (`[tls] client_ca`).
     /// Empty string: disabled.
     pub https: String,
+    /// MQTT 3.1.1 and 5.0 for devices (`docs/mqtt.md`). Empty string: disabled.
+    pub mqtt: String,
     /// Set SO_REUSEPORT so that several processes can share the gateway ports.
     pub reuse_port: bool,
     /// Listen backlog.
@@ -74,6 +76,8 @@ pub struct ListenConfig {
     /// Who may connect to the WebSocket listeners (`ws` and `wss`; and from which web
     /// origins).
     pub ws_access: AccessConfig,
+    /// Who may connect to the MQTT listener.
+    pub mqtt_access: AccessConfig,
     /// Who may use the HTTP API listeners (`http` and `https`: the API, `/v1/dispatch`,
     /// health and metrics).
     pub http_access: AccessConfig,
@@ -120,10 +124,12 @@ impl Default for ListenConfig {
             tls: String::new(),
             wss: String::new(),
             https: String::new(),
+            mqtt: "127.0.0.1:7483".into(),
             reuse_port: false,
             backlog: 4096,
             tcp_access: AccessConfig::default(),
             ws_access: AccessConfig::default(),
+            mqtt_access: AccessConfig::default(),
             http_access: AccessConfig::default(),
             affinity_cookie: String::new(),
             affinity_cookie_same_site: SameSite::Lax,

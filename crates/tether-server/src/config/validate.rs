@@ -26,6 +26,7 @@ impl Config {
             ("listen.tls", &self.listen.tls, true),
             ("listen.wss", &self.listen.wss, true),
             ("listen.https", &self.listen.https, true),
+            ("listen.mqtt", &self.listen.mqtt, true),
         ] {
             if value.is_empty() && optional {
                 continue;
@@ -37,7 +38,7 @@ impl Config {
             }
         }
         let l = &self.listen;
-        let listeners: Vec<_> = [&l.tcp, &l.ws, &l.http, &l.tls, &l.wss, &l.https]
+        let listeners: Vec<_> = [&l.tcp, &l.ws, &l.http, &l.tls, &l.wss, &l.https, &l.mqtt]
             .into_iter()
             // Port 0 asks the kernel for a free port: those never collide.
             .filter(|a| !a.is_empty() && !a.ends_with(":0"))
@@ -50,6 +51,7 @@ impl Config {
         for (name, access, gateway, ws) in [
             ("listen.tcp_access", &self.listen.tcp_access, true, false),
             ("listen.ws_access", &self.listen.ws_access, true, true),
+            ("listen.mqtt_access", &self.listen.mqtt_access, true, false),
             ("listen.http_access", &self.listen.http_access, false, false),
         ] {
             problems.extend(access.problems(name, gateway, ws));

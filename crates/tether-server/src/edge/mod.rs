@@ -107,6 +107,7 @@ impl Refusal {
 pub struct Guards {
     pub tcp: Arc<Guard>,
     pub ws: Arc<Guard>,
+    pub mqtt: Arc<Guard>,
     pub http: Arc<Guard>,
 }
 
@@ -115,6 +116,11 @@ impl Guards {
         Ok(Guards {
             tcp: Arc::new(Guard::new("tcp", "listen.tcp_access", &listen.tcp_access)?),
             ws: Arc::new(Guard::new("ws", "listen.ws_access", &listen.ws_access)?),
+            mqtt: Arc::new(Guard::new(
+                "mqtt",
+                "listen.mqtt_access",
+                &listen.mqtt_access,
+            )?),
             http: Arc::new(Guard::new(
                 "http",
                 "listen.http_access",

@@ -166,7 +166,7 @@ impl Gateway {
 
     /// The TLS handshake of a client of `listener`, within the handshake timeout; `None` (and
     /// counted) when it failed.
-    async fn tls_handshake(
+    pub(super) async fn tls_handshake(
         &self,
         certs: &Certs,
         stream: TcpStream,
@@ -219,7 +219,7 @@ impl Gateway {
     }
 
     /// The next accepted socket, or `None` at shutdown.
-    async fn accept(
+    pub(super) async fn accept(
         &self,
         listener: &TcpListener,
         errors: &mut AcceptErrors,
@@ -244,7 +244,7 @@ impl Gateway {
 
     /// What `guard` says of a connection from `ip`: `Ok(None)` to go on, `Ok(Some(code))` to
     /// be told `code`, `Err` to be closed at once.
-    fn guard_ip(&self, guard: &Guard, ip: IpAddr) -> Result<Option<Code>, ()> {
+    pub(super) fn guard_ip(&self, guard: &Guard, ip: IpAddr) -> Result<Option<Code>, ()> {
         match guard.check_ip(ip) {
             Ok(()) => Ok(None),
             Err(refusal) => {

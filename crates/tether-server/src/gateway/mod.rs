@@ -33,6 +33,7 @@ pub mod drain;
 pub mod handle;
 mod io;
 mod listen;
+mod mqtt;
 pub mod outbox;
 mod poller;
 mod sse;
@@ -130,6 +131,7 @@ pub struct Gateway {
     ws_guard: ArcSwap<Guard>,
     /// The WebSocket listeners' affinity cookie (`listen.affinity_cookie`).
     affinity: ArcSwap<Affinity>,
+    mqtt_guard: ArcSwap<Guard>,
     /// Cancelled when the node stops accepting; handshakes in progress are refused.
     pub shutdown: CancellationToken,
     /// Cancelled when the node drains: listeners still accept, but every new connection is
@@ -176,6 +178,7 @@ impl Gateway {
             tcp_guard: ArcSwap::from_pointee(Guard::open("tcp")),
             ws_guard: ArcSwap::from_pointee(Guard::open("ws")),
             affinity: ArcSwap::from_pointee(Affinity::new(&config.listen, &config.node.id)),
+            mqtt_guard: ArcSwap::from_pointee(Guard::open("mqtt")),
             shutdown,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -202,6 +205,11 @@ impl Gateway {
     /// stream answered sets it.
     pub fn set_affinity(&self, affinity: Affinity) {
         self.affinity.store(Arc::new(affinity));
+    }
+
+    /// A new guard for the MQTT listener (at start, and at a reload).
+    pub fn set_mqtt_guard(&self, mqtt: Arc<Guard>) {
+        self.mqtt_guard.store(mqtt);
     }
 
     /// Silence after which a connection parks; zero when parking is off.

@@ -12,6 +12,7 @@
 //! - [`ws`]: WebSocket (RFC 6455), one frame per message, binary or JSON text, on framing of
 //!   tether's own (see [`tether_proto::ws`]).
 //! - [`upgrade`]: the HTTP request that opens a WebSocket connection.
+//! - [`mqtt`]: MQTT 3.1.1 and 5.0, translated to and from the session's frames.
 //! - [`sse`]: Server-Sent Events, a stream of events and a POST route for what the client
 //!   sends, for browsers behind proxies that strip the WebSocket upgrade.
 //!
@@ -19,6 +20,7 @@
 //! [`Tls`] over it.
 
 pub mod carrier;
+pub mod mqtt;
 pub mod sse;
 pub mod tcp;
 pub mod tls;

@@ -1,0 +1,310 @@
+//! MQTT 3.1.1 and 5.0 (`docs/mqtt.md`): a stream of MQTT control packets, over the socket
+//! itself or over TLS (`mqtts://`).
+//!
+//! The wire translates: a packet from the device becomes the session's frames (CONNECT a
+//! `connect`, PINGREQ a `ping`, PUBACKs `ack`s, SUBSCRIBE `subscribe`s, PUBLISH an
+//! `upstream`), and the session's frames, queued for this connection in the binary encoding,
+//! become packets as they are written ([`state`]). So the handshake, bindings, tokens, topic
+//! permissions, durable order, acks, the poison guard, heartbeats, limits and closes are the
+//! session's and the gateway's, unchanged. Frames are never written past the task
+//! ([`Framing::Sealed`]): each one is translated on the way out.
+//!
+//! # Memory
+//! The read buffer exists only while a packet is arriving (sized from its fixed header, see
+//! [`tether_mqtt::check`]); the write buffer only while a translated packet is being written.
+//! Parked, a connection keeps its carrier's rest and the translation state, boxed.
+
+pub mod state;
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tether_core::Transport;
+use tether_mqtt::{DecodeError as MqttError, Version};
+use tether_proto::{Code, DecodeError, Frame, binary};
+use tokio::net::TcpStream;
+
+use super::carrier::READ_CHUNK;
+use super::{Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
+use crate::link::Encoding;
+use state::{Fail, Flow, State};
+
+/// MQTT over raw TCP or TLS.
+#[derive(Debug)]
+pub struct MqttWire<C = Plain> {
+    carrier: C,
+    /// Bytes read and not yet a whole packet.
+    buf: BytesMut,
+    /// Packets to write: the translation of the frame being written, or the wire's own
+    /// answers (SUBACK, PUBACK, refusals).
+    out: BytesMut,
+    /// Frames made from one packet, handed to the session one at a time.
+    frames: VecDeque<Frame>,
+    max_packet: u32,
+    counts: Counts,
+    state: Box<State>,
+    /// The device sent DISCONNECT.
+    gone: bool,
+}
+
+/// What a parked MQTT connection keeps.
+#[derive(Debug)]
+pub struct MqttRest<R> {
+    carrier: R,
+    state: Box<State>,
+}
+
+impl MqttWire {
+    pub fn new(stream: TcpStream, max_packet: u32) -> Self {
+        Self::over(Plain::new(stream), max_packet)
+    }
+}
+
+impl<C: Carrier> MqttWire<C> {
+    /// A wire over `carrier`, whose handshake (if it has one) is done.
+    pub fn over(carrier: C, max_packet: u32) -> Self {
+        Self::with_state(carrier, max_packet, Box::default())
+    }
+
+    fn with_state(carrier: C, max_packet: u32, state: Box<State>) -> Self {
+        MqttWire {
+            carrier,
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+            frames: VecDeque::new(),
+            max_packet,
+            counts: Counts::default(),
+            state,
+            gone: false,
+        }
+    }
+
+    /// PUBACKs the device sent for nothing in flight, since the last call.
+    pub fn take_unknown_acks(&mut self) -> u64 {
+        std::mem::take(&mut self.state.unknown_acks)
+    }
+
+    /// The connection closes for `fail`: the device is told (a CONNACK or a DISCONNECT, as
+    /// its version has them), and the gateway gets the error to close with.
+    fn fail(&mut self, fail: Fail) -> WireError {
+        tracing::debug!(code = %fail.code, reason = fail.reason.0, detail = fail.detail, "mqtt: closing");
+        self.state.failed(&fail, &mut self.out);
+        let error = match fail.code {
+            Code::FRAME_TOO_LARGE => DecodeError::TooLarge {
+                len: 0,
+                max: self.max_packet,
+            },
+            _ => DecodeError::Malformed(fail.detail),
+        };
+        error.into()
+    }
+
+    /// Bytes that are no packet: the codec's error, answered as its version can be.
+    fn undecodable(&mut self, e: MqttError, level: Option<u8>) -> WireError {
+        if self.state.version.is_none() {
+            // A CONNECT that failed: its protocol level, if it got that far, says which
+            // CONNACK the client reads.
+            if let Some((version, code)) = e.connack_for_unknown_version() {
+                self.state.version = Some(version);
+                let fail = Fail {
+                    code: Code::UNSUPPORTED_VERSION,
+                    reason: tether_mqtt::ReasonCode(code),
+                    detail: "unsupported protocol version",
+                };
+                self.state.failed(&fail, &mut self.out);
+                return DecodeError::UnsupportedVersion(code).into();
+            }
+            if matches!(e, MqttError::ExpectedConnect { .. }) {
+                self.state.closing = true;
+                return DecodeError::Malformed("the first packet must be CONNECT").into();
+            }
+            match level {
+                Some(5) => self.state.version = Some(Version::V5),
+                Some(4) => self.state.version = Some(Version::V311),
+                _ => {
+                    self.state.closing = true;
+                    return DecodeError::Malformed("malformed CONNECT").into();
+                }
+            }
+        }
+        let code = match e {
+            MqttError::TooLarge { .. } => Code::FRAME_TOO_LARGE,
+            _ => Code::PROTOCOL,
+        };
+        let detail = match e {
+            MqttError::TooLarge { .. } => "packet too large",
+            MqttError::Malformed(d) | MqttError::Protocol(d) => d,
+            MqttError::TopicNameInvalid(d) | MqttError::TopicAliasInvalid(d) => d,
+            _ => "malformed packet",
+        };
+        tracing::debug!(error = %e, "mqtt: undecodable packet");
+        self.fail(Fail {
+            code,
+            reason: e.reason_code(),
+            detail,
+        })
+    }
+}
+
+/// The protocol level of the CONNECT at the front of `buf`, once its bytes are there.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    let (_, n) = tether_mqtt::wire::read_vbi(buf.get(1..)?).ok()??;
+    let at = 1 + n;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+    buf.get(at + 2 + name_len).copied()
+}
+
+impl<C: Carrier> Wire for MqttWire<C> {
+    type Rest = MqttRest<C::Rest>;
+
+    fn transport(&self) -> Transport {
+        Transport::Mqtt
+    }
+
+    fn encoding(&self) -> Encoding {
+        Encoding::Binary
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WireError>> {
+        loop {
+            if let Some(frame) = self.frames.pop_front() {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            if self.gone {
+                return Poll::Ready(Ok(None));
+            }
+            if self.state.closing {
+                // Told why already; the gateway closes after what is being written.
+                return Poll::Pending;
+            }
+            let version = self.state.version;
+            let level = match version {
+                None => connect_level(&self.buf),
+                Some(_) => None,
+            };
+            match tether_mqtt::decode(&mut self.buf, version, self.max_packet) {
+                Ok(Some(packet)) => {
+                    let had_out = !self.out.is_empty();
+                    match self
+                        .state
+                        .on_packet(packet, &mut self.frames, &mut self.out)
+                    {
+                        Ok(Flow::Go) => {}
+                        Ok(Flow::Gone) => self.gone = true,
+                        Err(fail) => return Poll::Ready(Err(self.fail(fail))),
+                    }
+                    if !had_out && !self.out.is_empty() {
+                        // Answers of the wire's own: the task's next pass writes them.
+                        cx.waker().wake_by_ref();
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(self.undecodable(e, level))),
+            }
+            if self.buf.is_empty() {
+                // Drop our reference to the last read's allocation while idle.
+                self.buf = BytesMut::new();
+            }
+            // A packet's whole length is known from its fixed header: read up to its end.
+            let want = match self
+                .buf
+                .get(1..)
+                .and_then(|b| tether_mqtt::wire::read_vbi(b).ok().flatten())
+            {
+                Some((remaining, n)) => (1 + n + remaining as usize).saturating_sub(self.buf.len()),
+                None => READ_CHUNK,
+            };
+            let end = (self.buf.is_empty(), "connection closed inside a packet");
+            let (carrier, buf, counts) = (&mut self.carrier, &mut self.buf, &mut self.counts);
+            if !ready!(poll_more(carrier, cx, buf, want.max(1), counts, end))? {
+                return Poll::Ready(Ok(None));
+            }
+        }
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while !self.out.is_empty() {
+                let slice = [io::IoSlice::new(&self.out)];
+                let n = ready!(self.carrier.poll_write(cx, &slice))?;
+                self.out.advance(n);
+            }
+            let Some(frame) = frames.pop_front() else {
+                break;
+            };
+            // The frame leaves the queue's budget here; its translation is the wire's.
+            self.counts.written += frame.len();
+            if frame.is_empty() {
+                continue;
+            }
+            let waiting = self.frames.len();
+            match binary::parse(frame, u32::MAX) {
+                Ok(frame) => self.state.on_frame(frame, &mut self.frames, &mut self.out),
+                Err(e) => tracing::warn!(error = %e, "mqtt: a queued frame does not decode"),
+            }
+            if self.frames.len() > waiting {
+                // Requests of the wire's own (a `sync`, an `ack`): the task reads them next.
+                cx.waker().wake_by_ref();
+            }
+        }
+        if self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+        self.carrier.poll_flush(cx)
+    }
+
+    fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.carrier.unflushed()
+    }
+
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+
+    fn direct(&self) -> Option<(Arc<TcpStream>, Framing)> {
+        Some((self.carrier.socket(), Framing::Sealed))
+    }
+
+    fn parkable(&self) -> bool {
+        self.buf.is_empty()
+            && self.out.is_empty()
+            && self.frames.is_empty()
+            && !self.gone
+            && !self.carrier.busy()
+    }
+
+    fn park(self) -> Result<Self::Rest, Self> {
+        if self.parkable() {
+            Ok(MqttRest {
+                carrier: self.carrier.park(),
+                state: self.state,
+            })
+        } else {
+            Err(self)
+        }
+    }
+
+    fn resume(stream: Arc<TcpStream>, rest: Self::Rest, max_frame: u32, _: Encoding) -> Self {
+        Self::with_state(C::resume(stream, rest.carrier), max_frame, rest.state)
+    }
+
+    async fn close(&mut self, _code: Code, _reason: &str) {
+        // What a failure wrote (a CONNACK, a DISCONNECT) goes out first, when the socket
+        // takes it.
+        let out = std::mem::take(&mut self.out);
+        if !out.is_empty() {
+            let mut frames = VecDeque::new();
+            self.out = out;
+            let _ = std::future::poll_fn(|cx| self.poll_send(cx, &mut frames)).await;
+        }
+        self.carrier.shutdown().await;
+    }
+}
