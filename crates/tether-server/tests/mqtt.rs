@@ -1,0 +1,442 @@
+//! MQTT end to end (`docs/mqtt.md`), with clients nobody here wrote: Mosquitto's
+//! `mosquitto_sub` / `mosquitto_pub` / `mosquitto_rr` (Debian `mosquitto-clients`) and
+//! Eclipse Paho for Python (`paho-mqtt`, in the venv `.ci/run` makes from
+//! `tests/mqtt/requirements.txt`), against a real node on port 0.
+//!
+//! A missing client skips its test, except under `CI=true`, where it fails it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::receiver::{Answer, Receiver};
+use common::*;
+use tether_proto::{Body, Code};
+use tether_server::Node;
+use tokio::process::Command;
+use tokio::time::timeout;
+
+/// Upper bound of one client run.
+const RUN: Duration = Duration::from_secs(20);
+
+/// A tool the test needs: its path, or `None` (skip) when it is missing outside CI.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is needed under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+/// The venv's Python with paho-mqtt (`TETHER_MQTT_VENV`, or `target/mqtt-venv` as `.ci/run`
+/// makes it), or `None` (skip) when it is missing outside CI.
+fn paho_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("TETHER_MQTT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mqtt-venv")
+        });
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the paho-mqtt venv {} is needed under CI=true (.ci/run makes it)",
+            venv.display()
+        );
+        eprintln!("skipped: no paho-mqtt venv at {}", venv.display());
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs a client to its end (bounded): its exit code and standard output.
+async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the client");
+    let output = timeout(RUN, child.wait_with_output())
+        .await
+        .expect("the client did not end in time")
+        .expect("client output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn port(node: &Node) -> String {
+    node.mqtt_addr().expect("mqtt listener").port().to_string()
+}
+
+/// `mosquitto_sub` of the demo app as `user` on `device`, subscribed to `topic` at `qos`,
+/// until `count` messages came or `wait_s` passed; prints each payload on a line.
+async fn sub(
+    node: &Node,
+    version: &str,
+    user: &str,
+    device: &str,
+    topic: &str,
+    count: usize,
+    wait_s: u32,
+) -> (Option<i32>, Vec<String>, String) {
+    let bin = tool("mosquitto_sub").expect("checked by the caller");
+    let (port, token, count, wait) = (
+        port(node),
+        token(user),
+        count.to_string(),
+        wait_s.to_string(),
+    );
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-i",
+            device,
+            "-u",
+            APP,
+            "-P",
+            &token,
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-C",
+            &count,
+            "-W",
+            &wait,
+            "-F",
+            "%p",
+        ],
+    )
+    .await;
+    (code, out.lines().map(str::to_owned).collect(), err)
+}
+
+async fn push(http: &Http, user: &str, qos: u8, text: &str) {
+    http.push(&format!(
+        r#"{{"users":["{user}"],"qos":{qos},"payload":{{"m":"{text}"}}}}"#
+    ))
+    .await;
+}
+
+fn payloads(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| format!(r#"{{"m":"{t}"}}"#)).collect()
+}
+
+/// Durable pushes sent while a device is away reach it on its next connect, in order, and
+/// once acked (PUBACK), never again; a second device of the user acks on its own.
+#[tokio::test]
+async fn offline_pushes_arrive_in_order_and_once_per_device_with_mosquitto() {
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let node = start(tether_server::Config::for_tests()).await;
+    let http = Http::new(&node);
+    for version in ["mqttv5", "mqttv311"] {
+        let user = format!("alice-{version}");
+        for text in ["a", "b", "c"] {
+            push(&http, &user, 1, text).await;
+        }
+        let inbox = "$tether/inbox/demo";
+        let (code, got, err) = sub(&node, version, &user, "phone", inbox, 3, 10).await;
+        assert_eq!((code, got), (Some(0), payloads(&["a", "b", "c"])), "{err}");
+        // Acked: nothing comes again on the next connect, and later pushes do.
+        for text in ["d", "e"] {
+            push(&http, &user, 1, text).await;
+        }
+        let (code, got, err) = sub(&node, version, &user, "phone", inbox, 2, 10).await;
+        assert_eq!((code, got), (Some(0), payloads(&["d", "e"])), "{err}");
+        let (code, got, _) = sub(&node, version, &user, "phone", inbox, 1, 1).await;
+        assert_eq!(
+            (code, got),
+            (Some(27), vec![]),
+            "27: timed out with nothing"
+        );
+        // Another device of the user has acked nothing: it gets all five.
+        let (code, got, err) = sub(&node, version, &user, "laptop", inbox, 5, 10).await;
+        assert_eq!(
+            (code, got),
+            (Some(0), payloads(&["a", "b", "c", "d", "e"])),
+            "{err}"
+        );
+    }
+}
+
+/// A topic subscription gets the business's publications; wildcards are refused.
+#[tokio::test]
+async fn topic_publications_reach_mosquitto_sub_and_wildcards_are_refused() {
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let node = start(tether_server::Config::for_tests()).await;
+    let http = Http::new(&node);
+    let subscriber = {
+        let port = port(&node);
+        tokio::spawn(async move {
+            let bin = tool("mosquitto_sub").expect("checked");
+            let token = token("bob");
+            run(
+                &bin,
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    "mqttv5",
+                    "-i",
+                    "tv",
+                    "-u",
+                    APP,
+                    "-P",
+                    &token,
+                    "-t",
+                    "room-1",
+                    "-q",
+                    "1",
+                    "-C",
+                    "2",
+                    "-W",
+                    "10",
+                    "-F",
+                    "%t %p",
+                ],
+            )
+            .await
+        })
+    };
+    http.wait_presence("bob", 1).await;
+    // The SUBSCRIBE may still be on its way: publish until the first one lands.
+    let publish = |text: &str| format!(r#"{{"qos":0,"payload":{{"m":"{text}"}}}}"#);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = http
+            .post_raw(
+                "/v1/apps/demo/topics/room-1/publish",
+                Some(API_KEY),
+                &publish("x"),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        if reply.body["subscribers"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = http
+        .post_raw(
+            "/v1/apps/demo/topics/room-1/publish",
+            Some(API_KEY),
+            &publish("y"),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let (code, out, err) = subscriber.await.expect("subscriber");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "room-1 {\"m\":\"x\"}\nroom-1 {\"m\":\"y\"}\n");
+
+    let bin = tool("mosquitto_sub").expect("checked");
+    let (port, token) = (port(&node), token("bob"));
+    for version in ["mqttv5", "mqttv311"] {
+        let (code, _, err) = run(
+            &bin,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                "tv2",
+                "-u",
+                APP,
+                "-P",
+                &token,
+                "-t",
+                "room/#",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ],
+        )
+        .await;
+        // mosquitto_sub reports the refusal and exits (0 in 2.0).
+        assert!(err.contains("denied"), "{version} ({code:?}): {err}");
+    }
+}
+
+/// A bad token gets CONNACK "bad user name or password", in both versions.
+#[tokio::test]
+async fn a_refused_token_gets_bad_user_name_or_password() {
+    let Some(bin) = tool("mosquitto_sub") else {
+        return;
+    };
+    let node = start(tether_server::Config::for_tests()).await;
+    let port = port(&node);
+    for version in ["mqttv5", "mqttv311"] {
+        let (code, _, err) = run(
+            &bin,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                "d",
+                "-u",
+                APP,
+                "-P",
+                "not-a-token",
+                "-t",
+                "$tether/inbox/demo",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ],
+        )
+        .await;
+        assert_ne!(code, Some(0));
+        assert!(
+            err.to_lowercase().contains("bad user name or password"),
+            "{version}: {err}"
+        );
+    }
+}
+
+/// `mosquitto_rr` publishes with a Response Topic and Correlation Data (MQTT 5): the
+/// webhook gets the upstream, the device gets its answer.
+#[tokio::test]
+async fn an_upstream_round_trip_with_mosquitto_rr() {
+    let Some(bin) = tool("mosquitto_rr") else {
+        return;
+    };
+    let hook = Receiver::start(|_, _| Answer::json(200, r#"{"pong":1}"#)).await;
+    let mut config = tether_server::Config::for_tests();
+    config.apps[0].webhook = Some(hook.url.clone());
+    let node = start(config).await;
+    let (port, token) = (port(&node), token("carol"));
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "sensor",
+            "-u",
+            APP,
+            "-P",
+            &token,
+            "-t",
+            "ping",
+            "-e",
+            "replies/sensor",
+            "-m",
+            r#"{"n":1}"#,
+            "-W",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), r#"{"pong":1}"#);
+    let seen = hook.seen();
+    let body = &seen.last().expect("the webhook was called").json;
+    assert_eq!(body["kind"], "ping", "{body}");
+    assert_eq!(body["user"], "carol", "{body}");
+}
+
+/// A push reaches the user's MQTT device and the same user's WebSocket client; each acks
+/// on its own.
+#[tokio::test]
+async fn a_push_reaches_an_mqtt_device_and_a_websocket_client_of_the_user() {
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let node = start(tether_server::Config::for_tests()).await;
+    let http = Http::new(&node);
+    let mut ws = WsClient::open(&node).await;
+    ws.send_frame(&connect_frame("dave", "browser", 0)).await;
+    assert!(matches!(ws.frame().await.body, Body::Connected(_)));
+    push(&http, "dave", 1, "hello").await;
+    let pushed = expect_push(ws.frame().await);
+    assert_eq!(pushed.seq, 1);
+    let (code, got, err) = sub(
+        &node,
+        "mqttv5",
+        "dave",
+        "watch",
+        "$tether/inbox/demo",
+        1,
+        10,
+    )
+    .await;
+    assert_eq!((code, got), (Some(0), payloads(&["hello"])), "{err}");
+    // The MQTT device acked; the browser did not, and a reconnect gets it again.
+    drop(ws);
+    let mut ws = WsClient::open(&node).await;
+    ws.send_frame(&connect_frame("dave", "browser", 0)).await;
+    assert!(matches!(ws.frame().await.body, Body::Connected(_)));
+    assert_eq!(expect_push(ws.frame().await).seq, 1);
+    let (code, got, _) = sub(&node, "mqttv5", "dave", "watch", "$tether/inbox/demo", 1, 1).await;
+    assert_eq!((code, got), (Some(27), vec![]));
+}
+
+/// The business kicks the user: an MQTT 5 client is told 0x98 Administrative action; a
+/// refused QoS 2 PUBLISH gets 0x9B (paho-mqtt).
+#[tokio::test]
+async fn kick_and_refusals_reach_paho() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let node = start(tether_server::Config::for_tests()).await;
+    let http = Http::new(&node);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
+    let script = script.to_str().expect("path").to_owned();
+    let (port, token) = (port(&node), token("erin"));
+    let client = {
+        let (python, script, port, token) =
+            (python.clone(), script.clone(), port.clone(), token.clone());
+        tokio::spawn(
+            async move { run(&python, &[&script, "wait-disconnect", &port, &token]).await },
+        )
+    };
+    http.wait_presence("erin", 1).await;
+    http.kick("erin").await;
+    let (code, out, err) = client.await.expect("paho");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "disconnected 152", "0x98 Administrative action");
+
+    let (code, out, err) = run(&python, &[&script, "qos2", &port, &token]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "disconnected 155", "0x9B QoS not supported");
+    let _ = Code::KICKED;
+}
