@@ -73,6 +73,7 @@ data_dir = "$OUT/data"
 tcp = ""
 ws = "127.0.0.1:$PORT"
 http = "127.0.0.1:$((PORT + 1))"
+mqtt = ""
 
 [limits]
 max_frame = 16777216

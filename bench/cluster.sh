@@ -54,6 +54,7 @@ start_node() {
         TETHER_LISTEN__TCP=127.0.0.1:$(tcp_port "$i") \
         TETHER_LISTEN__WS=127.0.0.1:$(ws_port "$i") \
         TETHER_LISTEN__HTTP=127.0.0.1:$(api_port "$i") \
+        TETHER_LISTEN__MQTT= \
         nohup "$bin" serve --config "$repo/bench/cluster-node.toml" \
         >"$dir/node-$i.log" 2>&1 &
     echo $! >"$pidfile"

@@ -271,6 +271,7 @@ fn file(origins: &str) -> String {
 tcp = "127.0.0.1:0"
 ws = ""
 http = "127.0.0.1:0"
+mqtt = ""
 
 [listen.http_access]
 origins = [{origins}]

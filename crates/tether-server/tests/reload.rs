@@ -23,6 +23,7 @@ fn file(apps: &str) -> String {
 tcp = "127.0.0.1:0"
 ws = ""
 http = "127.0.0.1:0"
+mqtt = ""
 
 [store]
 backend = "memory"

@@ -263,6 +263,7 @@ fn file(webhook: Option<&str>, more: &str) -> String {
 tcp = "127.0.0.1:0"
 ws = ""
 http = "127.0.0.1:0"
+mqtt = ""
 
 [store]
 backend = "memory"

@@ -50,6 +50,7 @@ announce_interval = "200ms"
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 
 [cluster]
 redis = ["{url}"]

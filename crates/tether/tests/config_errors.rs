@@ -110,6 +110,7 @@ data_dir = "data"
 tcp = "127.0.0.1:0"
 ws = "127.0.0.1:0"
 http = "127.0.0.1:0"
+mqtt = "127.0.0.1:0"
 
 [store]
 backend = "memory"

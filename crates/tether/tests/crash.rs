@@ -36,6 +36,7 @@ data_dir = "{dir}"
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 
 [store]
 backend = "embedded"

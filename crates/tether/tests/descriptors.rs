@@ -64,6 +64,7 @@ data_dir = "{dir}"
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 
 [[apps]]
 id = "demo"

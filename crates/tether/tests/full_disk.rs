@@ -290,6 +290,7 @@ data_dir = "{data}"
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 [store]
 backend = "embedded"
 inbox_cap = 1000000

@@ -20,6 +20,7 @@ fn config(tcp: std::net::SocketAddr, http: std::net::SocketAddr, more: &str) -> 
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 
 [store]
 backend = "memory"

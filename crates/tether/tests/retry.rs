@@ -35,6 +35,7 @@ data_dir = "{dir}"
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+mqtt = ""
 
 [[apps]]
 id = "demo"

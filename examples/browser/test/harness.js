@@ -119,6 +119,7 @@ data_dir = ${JSON.stringify(join(this.#dir, "data"))}
 tcp = "127.0.0.1:0"
 ws = "127.0.0.1:0"
 http = "127.0.0.1:0"
+mqtt = ""
 
 [gateway]
 shutdown_grace = "1s"

@@ -128,6 +128,7 @@ ${o.node ?? ""}
 tcp = "127.0.0.1:0"
 ws = ${JSON.stringify(o.ws ?? "127.0.0.1:0")}
 http = ${JSON.stringify(o.http ?? "127.0.0.1:0")}
+mqtt = ""
 
 [gateway]
 heartbeat_min = "100ms"
