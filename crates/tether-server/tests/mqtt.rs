@@ -440,3 +440,34 @@ async fn kick_and_refusals_reach_paho() {
     assert_eq!(out.trim(), "disconnected 155", "0x9B QoS not supported");
     let _ = Code::KICKED;
 }
+
+/// Bad input closes the connection with the right answer, never a panic: a level the server
+/// does not speak gets its CONNACK (5.0: 0x84; 3.1's level 3: 3.1.1's 0x01), a first packet
+/// that is not CONNECT and a reserved packet type get a close.
+#[tokio::test]
+async fn bad_input_gets_its_code_and_a_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(tether_server::Config::for_tests()).await;
+    let addr = node.mqtt_addr().expect("mqtt");
+    let answer = |bytes: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut got = Vec::new();
+        timeout(WAIT, s.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        got
+    };
+    // CONNECT, protocol name MQTT, level 6.
+    let level6 = b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x01a";
+    assert_eq!(answer(level6).await, b"\x20\x03\x00\x84\x00");
+    let level3 = b"\x10\x0f\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x01a";
+    assert_eq!(answer(level3).await, b"\x20\x02\x00\x01");
+    // A PUBLISH first; a packet of type 0.
+    assert_eq!(answer(b"\x30\x03\x00\x01a").await, b"");
+    assert_eq!(answer(b"\x00\x00").await, b"");
+    // The node is still serving.
+    let http = Http::new(&node);
+    assert_eq!(http.get("/healthz", None).await.status, 200);
+}

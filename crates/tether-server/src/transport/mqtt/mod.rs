@@ -109,12 +109,10 @@ impl<C: Carrier> MqttWire<C> {
             // CONNACK the client reads.
             if let Some((version, code)) = e.connack_for_unknown_version() {
                 self.state.version = Some(version);
-                let fail = Fail {
-                    code: Code::UNSUPPORTED_VERSION,
-                    reason: tether_mqtt::ReasonCode(code),
-                    detail: "unsupported protocol version",
-                };
-                self.state.failed(&fail, &mut self.out);
+                let reason = tether_mqtt::ReasonCode(code);
+                let detail = "unsupported protocol version";
+                self.state
+                    .connack_refusal(reason, Some(code), detail, &mut self.out);
                 return DecodeError::UnsupportedVersion(code).into();
             }
             if matches!(e, MqttError::ExpectedConnect { .. }) {

@@ -439,7 +439,7 @@ impl State {
 
     /// A CONNACK that refuses, unless 3.1.1 has no code for it (then the connection just
     /// closes, [MQTT-3.1.4-1]).
-    fn connack_refusal(
+    pub(super) fn connack_refusal(
         &mut self,
         reason: ReasonCode,
         v311: Option<u8>,
@@ -1423,5 +1423,110 @@ fn disconnect_code(code: Code) -> ReasonCode {
         Code::PROTOCOL | Code::UNKNOWN_OP | Code::EXPECTED_CONNECT => ReasonCode::PROTOCOL_ERROR,
         Code::FRAME_TOO_LARGE => ReasonCode::PACKET_TOO_LARGE,
         _ => ReasonCode::UNSPECIFIED_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn durable(receive_max: u16) -> State {
+        State {
+            version: Some(Version::V5),
+            connected: true,
+            receive_max,
+            max_packet: u32::MAX,
+            apps: vec![AppInbox {
+                app: "demo".into(),
+                inbox: Inbox::Durable,
+                ..AppInbox::default()
+            }],
+            ..State::default()
+        }
+    }
+
+    fn push(seq: u64) -> Frame {
+        Frame::new(
+            0,
+            proto::Push {
+                app: "demo".into(),
+                msg_id: seq,
+                seq,
+                qos: 1,
+                created_ms: 0,
+                kind: PayloadKind::Binary,
+                payload: Bytes::from_static(b"x"),
+            },
+        )
+    }
+
+    fn acks(frames: &mut VecDeque<Frame>) -> Vec<u64> {
+        frames
+            .drain(..)
+            .filter_map(|f| match f.body {
+                Body::Ack(a) => Some(a.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pubacks_out_of_order_ack_only_the_run_at_the_front() {
+        let (mut s, mut frames, mut out) = (durable(64), VecDeque::new(), BytesMut::new());
+        for seq in 1..=3 {
+            s.on_frame(push(seq), &mut frames, &mut out);
+        }
+        assert_eq!(s.inflight.len(), 3);
+        s.on_puback(2, &mut frames);
+        assert_eq!(acks(&mut frames), Vec::<u64>::new(), "1 is not acked yet");
+        s.on_puback(1, &mut frames);
+        assert_eq!(acks(&mut frames), [2]);
+        s.on_puback(7, &mut frames);
+        assert_eq!(s.unknown_acks, 1);
+        s.on_puback(3, &mut frames);
+        assert_eq!(acks(&mut frames), [3]);
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn pushes_past_the_window_are_pulled_with_sync_once_it_has_room() {
+        let (mut s, mut frames, mut out) = (durable(2), VecDeque::new(), BytesMut::new());
+        for seq in 1..=4 {
+            s.on_frame(push(seq), &mut frames, &mut out);
+        }
+        assert_eq!(s.inflight.len(), 2, "the window holds 2");
+        assert!(frames.is_empty(), "no room: no sync yet");
+        s.on_puback(1, &mut frames);
+        let sync = frames
+            .iter()
+            .find_map(|f| match &f.body {
+                Body::Sync(sync) => Some((f.id, sync.after, sync.limit)),
+                _ => None,
+            })
+            .expect("a sync for what did not fit");
+        assert_eq!((sync.1, sync.2), (2, 1));
+        // A live push behind the gap waits for the sync, which brings 3 first.
+        s.on_frame(push(5), &mut frames, &mut out);
+        assert_eq!(s.inflight.back().map(|f| f.seq), Some(2));
+        let mut reply = push(3);
+        reply.id = sync.0;
+        s.on_frame(reply, &mut frames, &mut out);
+        assert_eq!(s.inflight.back().map(|f| f.seq), Some(3));
+    }
+
+    #[test]
+    fn nothing_goes_out_on_the_inbox_before_its_subscribe() {
+        let mut s = durable(64);
+        s.apps[0].inbox = Inbox::Off;
+        let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
+        s.on_frame(push(4), &mut frames, &mut out);
+        s.on_frame(push(5), &mut frames, &mut out);
+        assert!(out.is_empty() && s.inflight.is_empty());
+        s.apps[0].inbox = Inbox::Durable;
+        s.sync_next(&mut frames);
+        match &frames.front().expect("a sync").body {
+            Body::Sync(sync) => assert_eq!(sync.after, 3, "from before the first one missed"),
+            other => panic!("{other:?}"),
+        }
     }
 }
