@@ -79,6 +79,8 @@ raise_nofile
 "$bench" cert --dir "$CERT_DIR" ${RSA_KEY:+--rsa-key "$RSA_KEY"} >/dev/null
 # tether's TLS listeners beside the plain ones of bench/tether.toml, with that certificate.
 export TETHER_LISTEN__TLS=127.0.0.1:7402 TETHER_LISTEN__WSS=127.0.0.1:7403
+# No MQTT listener: not measured here, and its default port may be taken.
+export TETHER_LISTEN__MQTT=
 export TETHER_TLS__CERT=$CERT_DIR/cert.pem TETHER_TLS__KEY=$CERT_DIR/key.pem
 tls=(--tls --ca-file "$CERT_DIR/ca.pem" ${TLS_SUITE:+--tls-suite "$TLS_SUITE"})
 

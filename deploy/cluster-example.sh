@@ -32,6 +32,7 @@ fi
 tcp_port() { echo $((base + 10 * $1)); }
 ws_port() { echo $((base + 10 * $1 + 1)); }
 http_port() { echo $((base + 10 * $1 + 2)); }
+mqtt_port() { echo $((base + 10 * $1 + 3)); }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -102,6 +103,7 @@ start() {
             TETHER_LISTEN__TCP=127.0.0.1:$(tcp_port $i) \
             TETHER_LISTEN__WS=127.0.0.1:$(ws_port $i) \
             TETHER_LISTEN__HTTP=127.0.0.1:$(http_port $i) \
+            TETHER_LISTEN__MQTT=127.0.0.1:$(mqtt_port $i) \
             "$bin" serve --config "$dir/tether.toml" >"$dir/node-$i.log" 2>&1 &
         echo $! >"$pidfile"
     done

@@ -28,6 +28,7 @@ start() {
     raise_nofile
     TETHER_NODE__DATA_DIR=$dir/data TETHER_LISTEN__TCP=127.0.0.1:$port \
         TETHER_LISTEN__WS=127.0.0.1:$((port + 1)) TETHER_LISTEN__HTTP=127.0.0.1:$((port + 80)) \
+        TETHER_LISTEN__MQTT=127.0.0.1:$((port + 83)) \
         nohup "$bin" serve --config "$repo/bench/tether.toml" >"$dir/tether.log" 2>&1 &
     echo $! >"$pidfile"
     wait_port "$port"

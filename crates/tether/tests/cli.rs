@@ -118,6 +118,7 @@ fn serve_demo(
         .env("TETHER_LISTEN__TCP", "127.0.0.1:0")
         .env("TETHER_LISTEN__WS", "127.0.0.1:0")
         .env("TETHER_LISTEN__HTTP", "127.0.0.1:0")
+        .env("TETHER_LISTEN__MQTT", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn tether serve");
