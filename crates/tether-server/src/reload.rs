@@ -42,7 +42,8 @@ use crate::session::access::{Access, Shared};
 use crate::tls::TlsListeners;
 
 /// What a reload changed.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Reloaded {
     /// The apps now configured.
     pub apps: Vec<String>,

@@ -13,11 +13,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use tether_core::{Registry, Transport, auth};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, Cors, bearer};
 use crate::config::{Config, DispatchConfig};
@@ -49,13 +51,16 @@ impl Dispatcher {
         }
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    /// `GET /v1/dispatch`, client-facing (CORS), with its OpenAPI operation.
+    pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let cors = self.cors.clone();
-        cors.client_facing(
-            Router::new()
-                .route("/v1/dispatch", get(dispatch))
-                .with_state(self),
-        )
+        let (router, doc) = Self::route_table().with_state(self).split_for_parts();
+        OpenApiRouter::with_openapi(doc).merge(cors.client_facing(router).into())
+    }
+
+    /// The one list of these routes, each added with `routes!`.
+    pub(super) fn route_table() -> OpenApiRouter<Arc<Dispatcher>> {
+        OpenApiRouter::default().routes(routes!(dispatch))
     }
 }
 
@@ -63,25 +68,44 @@ impl Dispatcher {
 const MAX_FAILED: usize = 32;
 
 /// Other parameters are ignored: pages add their own (a cache-buster such as `_=`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DispatchQuery {
+    /// The app the client binds to.
     app: String,
     /// Optional: the token names the user; when given, it must be the token's.
     #[serde(default)]
     user: Option<String>,
+    /// The client token, when not in `Authorization` (the `client_token_query` scheme).
     #[serde(default)]
+    #[param(ignore)]
     token: Option<String>,
     /// Comma-separated endpoint URLs the client could not connect to.
     #[serde(default)]
     failed: Option<String>,
     /// `tcp` or `ws`: only that transport's endpoints.
     #[serde(default)]
+    #[param(value_type = Option<super::schema::EndpointTransport>)]
     transport: Option<String>,
     /// The client's zone: nodes of that zone come first.
     #[serde(default)]
+    #[param(max_length = 64)]
     zone: Option<String>,
 }
 
+/// The gateway endpoints a client should try, in order (docs/protocol.md, section 11).
+#[utoipa::path(
+    get,
+    path = "/v1/dispatch",
+    tag = "clients",
+    params(DispatchQuery),
+    responses(
+        (status = 200, description = "The endpoints to try, in order", body = super::schema::Dispatched,
+         headers(("Cache-Control" = String, description = "`no-store`"))),
+        super::openapi::DispatchErrors,
+    ),
+    security(("client_token" = []), ("client_token_query" = [])),
+)]
 async fn dispatch(
     State(ops): State<Arc<Dispatcher>>,
     headers: HeaderMap,

@@ -18,6 +18,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 use tether_core::store::StoredMessage;
 use tether_core::{MessageId, Seq, UserId};
 use tether_proto::PayloadKind;
@@ -31,24 +32,48 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// Most messages one inbox read returns.
 const MAX_READ: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PushRequest {
+    /// 1 to `limits.max_push_users` user ids; a user named twice gets it once.
+    #[schema(value_type = Vec<super::openapi::Id>, min_items = 1)]
     users: Vec<String>,
+    /// Any JSON, delivered as a JSON payload (exactly one of `payload` and `payload_base64`;
+    /// `null` counts as absent).
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     payload: Option<Box<RawValue>>,
+    /// Bytes, standard base64 with padding, delivered as a binary payload.
     #[serde(default)]
     payload_base64: Option<String>,
+    /// 0: live only; 1: stored in each user's inbox before the answer.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     qos: u8,
     /// Durable only: seconds to keep the message (default: the store's `default_ttl`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl: Option<u64>,
     /// Durable only: a retry with the same key within the window stores nothing new.
     #[serde(default)]
+    #[schema(min_length = 1)]
     idempotency_key: Option<String>,
 }
 
+/// A message to users: live to their open connections (qos 0), or first stored in each
+/// user's inbox (qos 1: answered once durable).
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/push",
+    tag = "messages",
+    params(super::openapi::AppPath),
+    request_body(content = PushRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sent (qos 0) or stored (qos 1)", body = super::schema::PushResult),
+        super::openapi::MessageErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn push(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -104,11 +129,18 @@ pub(super) async fn push(
 /// The answer to a durable push: `{"id", "seqs": {user: seq, ...}, "connections",
 /// "duplicate"}`, serialized straight from the store's answer rather than through a JSON tree
 /// (which costs a string and a map node per user).
-#[derive(Debug, Serialize)]
-struct PushAnswer {
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PushAnswer {
+    /// The message's id (`push.msg_id`), a decimal string.
+    #[schema(value_type = String)]
     id: MessageId,
+    /// Each user's seq for the message.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
     seqs: Seqs,
+    /// Connections the push was handed to (for another node: sent to).
     connections: usize,
+    /// The `idempotency_key` was already stored: nothing new was.
     duplicate: bool,
 }
 
@@ -137,17 +169,32 @@ impl Serialize for Seqs {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReadQuery {
+    /// The messages after this seq (default 0).
     #[serde(default)]
     after: u64,
+    /// At most this many (1 to 1000, default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/apps/{app}/users/{user}/messages?after=SEQ&limit=N`: the held messages after
 /// `after`, oldest first, for business-side pulls. `next_after` is where the next page starts.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/users/{user}/messages",
+    tag = "messages",
+    params(super::openapi::UserPath, ReadQuery),
+    responses(
+        (status = 200, description = "A page of held messages, oldest first", body = super::schema::Inbox),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn messages(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -199,6 +246,18 @@ fn message_json(m: &StoredMessage) -> Value {
     v
 }
 
+/// The user's connections on every node, and each device's position in the inbox.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/users/{user}/presence",
+    tag = "messages",
+    params(super::openapi::UserPath),
+    responses(
+        (status = 200, description = "The user's presence", body = super::schema::Presence),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn presence(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -239,6 +298,18 @@ pub(super) async fn presence(
     })))
 }
 
+/// Closes each of the user's connections with `disconnect` 4207 `kicked`. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/users/{user}/kick",
+    tag = "messages",
+    params(super::openapi::UserPath),
+    responses(
+        (status = 200, description = "The connections closed", body = super::schema::Kicked),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn kick(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,

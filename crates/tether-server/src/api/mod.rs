@@ -8,6 +8,8 @@
 //! - [`cors`]: CORS for the client-facing routes (the dispatcher; web pages call it), none
 //!   for the rest.
 //! - [`error`]: [`ApiError`], and how the delivery service's errors map to statuses.
+//! - [`openapi`]: the OpenAPI document (`GET /v1/openapi.json`), built with the routers from
+//!   the handlers' annotations; [`schema`]: the shapes of the answers built with `json!`.
 //!
 //! Handlers authenticate, parse, validate and map errors; what a request does is the delivery
 //! service's ([`crate::delivery`]). Every `/v1/apps/{app}/...` route needs `Authorization:
@@ -27,13 +29,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tether_core::{AppId, UserId, validate_id};
 use tether_proto::PayloadKind;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::accept::Peer;
 use crate::config::{Config, StoreConfig};
@@ -46,7 +49,9 @@ pub mod cors;
 mod dispatch;
 mod error;
 mod messages;
+pub mod openapi;
 pub mod ops;
+mod schema;
 mod topics;
 
 pub use cors::{Cors, HttpGuard};
@@ -89,41 +94,34 @@ impl Api {
         }
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    /// The business API's routes, health and metrics, each with its OpenAPI operation (from
+    /// its handler's `#[utoipa::path]`: see [`openapi`]).
+    pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let limit = self.body_limit;
         let timeout = self.timeout;
-        Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/metrics", get(metrics))
-            .route("/v1/apps/{app}/push", post(messages::push))
-            .route(
-                "/v1/apps/{app}/users/{user}/presence",
-                get(messages::presence),
-            )
-            .route(
-                "/v1/apps/{app}/users/{user}/messages",
-                get(messages::messages),
-            )
-            .route("/v1/apps/{app}/users/{user}/kick", post(messages::kick))
-            .route(
-                "/v1/apps/{app}/topics/{topic}/publish",
-                post(topics::publish),
-            )
-            .route("/v1/apps/{app}/topics/{topic}", get(topics::info))
-            .route("/v1/apps/{app}/broadcast", post(topics::broadcast))
-            .route(
-                "/v1/apps/{app}/users/{user}/topics",
-                get(topics::user_topics),
-            )
-            .route(
-                "/v1/apps/{app}/users/{user}/topics/{topic}",
-                post(topics::subscribe_user).delete(topics::unsubscribe_user),
-            )
+        Self::route_table()
             .layer(DefaultBodyLimit::max(limit))
             .layer(axum::middleware::from_fn(move |request, next| {
                 request_timeout(timeout, request, next)
             }))
             .with_state(self)
+    }
+
+    /// The one list of these routes, each added with `routes!` (never `route`), so that each
+    /// is in the document.
+    fn route_table() -> OpenApiRouter<Arc<Api>> {
+        OpenApiRouter::default()
+            .routes(routes!(healthz))
+            .routes(routes!(metrics))
+            .routes(routes!(messages::push))
+            .routes(routes!(messages::presence))
+            .routes(routes!(messages::messages))
+            .routes(routes!(messages::kick))
+            .routes(routes!(topics::publish))
+            .routes(routes!(topics::info))
+            .routes(routes!(topics::broadcast))
+            .routes(routes!(topics::user_topics))
+            .routes(routes!(topics::subscribe_user, topics::unsubscribe_user))
     }
 
     /// Takes one message-sending request of `app` from its rate limit: 429 with `Retry-After`
@@ -288,6 +286,22 @@ fn user_id(user: String) -> Result<UserId, ApiError> {
     Ok(UserId::new(user))
 }
 
+/// The HTTP listener's OpenAPI document, without a node (tests, tools): the same routes'.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let routes = Api::route_table()
+        .into_openapi()
+        .merge_from(Ops::route_table().into_openapi())
+        .merge_from(Dispatcher::route_table().into_openapi());
+    openapi::complete(openapi::with_document(routes))
+}
+
+/// The HTTP listener's routes: the business API, readiness, the admin API, the dispatcher,
+/// and `GET /v1/openapi.json` with their document; behind `guard` (see [`guarded`]).
+pub fn http_router(api: Arc<Api>, ops: Arc<Ops>, guard: HttpGuard) -> Router {
+    let (router, _) = openapi::serve(api.routes().merge(ops.routes()));
+    guarded(router, guard)
+}
+
 /// `router` behind the HTTP listener's `guard` as last reloaded: a client whose address it
 /// refuses gets `403`. The server must be run with
 /// `into_make_service_with_connect_info::<Peer>()`: while the guard checks addresses, a
@@ -350,6 +364,32 @@ fn qos(qos: u8) -> Result<u8, ApiError> {
     Ok(qos)
 }
 
+/// The process is alive (see `/readyz` for whether it takes traffic).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive", content_type = "text/plain", body = String,
+         example = "ok\n"),
+        openapi::Common,
+    ),
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The node's metrics, in Prometheus' text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+         content_type = "text/plain", body = String),
+        openapi::Common,
+    ),
+)]
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

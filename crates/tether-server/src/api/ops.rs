@@ -12,10 +12,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{Value, json};
 use tether_core::{AppId, Transport};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Dispatcher;
 use super::{ApiError, bearer, request_timeout};
@@ -85,19 +86,25 @@ impl Ops {
         self
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    /// Readiness, the admin API and the dispatcher, each with its OpenAPI operation.
+    pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let timeout = self.timeout;
-        let dispatcher = self.dispatcher.clone().router();
-        Router::new()
-            .route("/readyz", get(readyz))
-            .route("/v1/admin/drain", post(drain))
-            .route("/v1/admin/reload", post(reload))
-            .route("/v1/admin/stats", get(stats))
+        let dispatcher = self.dispatcher.clone().routes();
+        Self::route_table()
             .with_state(self)
             .merge(dispatcher)
             .layer(axum::middleware::from_fn(move |request, next| {
                 request_timeout(timeout, request, next)
             }))
+    }
+
+    /// The one list of these routes (the dispatcher's aside), each added with `routes!`.
+    pub(super) fn route_table() -> OpenApiRouter<Arc<Ops>> {
+        OpenApiRouter::default()
+            .routes(routes!(readyz))
+            .routes(routes!(drain))
+            .routes(routes!(reload))
+            .routes(routes!(stats))
     }
 
     /// Checks the admin bearer key.
@@ -150,6 +157,19 @@ impl Ops {
 /// it drains or shuts down, or while its store cannot take new messages. `/healthz` stays 200
 /// meanwhile: the process is alive and finishing its work, or waiting for disk space, after
 /// which it serves again by itself; restarting it would only drop its connections.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The node takes traffic", content_type = "text/plain",
+         body = String, example = "ready\n"),
+        (status = 503, description = "The node takes no traffic now: one line says why \
+         (draining, shutting down, the store takes no new messages)",
+         content_type = "text/plain", body = String),
+        super::openapi::Common,
+    ),
+)]
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     match ops.not_ready() {
         None => (StatusCode::OK, "ready\n".to_owned()),
@@ -157,6 +177,19 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
 }
 
+/// Drains the node: it stops taking clients, tells each to reconnect elsewhere (spread over
+/// `gateway.drain_spread`), and stays up for the API.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/drain",
+    tag = "admin",
+    responses(
+        (status = 202, description = "The drain began (or was under way)",
+         body = super::schema::Draining),
+        super::openapi::AdminErrors,
+    ),
+    security(("admin_key" = [])),
+)]
 async fn drain(
     State(ops): State<Arc<Ops>>,
     headers: HeaderMap,
@@ -176,6 +209,18 @@ async fn drain(
 
 /// Reloads the configuration: 200 with what changed, or 422 with every problem (the old
 /// configuration stays).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reload",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Reloaded: what changed", body = crate::reload::Reloaded),
+        (status = 422, description = "The configuration does not load: the old one stays",
+         body = super::openapi::InvalidConfig),
+        super::openapi::ReloadErrors,
+    ),
+    security(("admin_key" = [])),
+)]
 async fn reload(
     State(ops): State<Arc<Ops>>,
     headers: HeaderMap,
@@ -256,6 +301,17 @@ fn conn_stats(links: &dyn Links) -> ConnStats {
     s
 }
 
+/// The node's figures: connections, queues, webhooks, the store.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/stats",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The node's figures", body = super::schema::Stats),
+        super::openapi::StatsErrors,
+    ),
+    security(("admin_key" = [])),
+)]
 async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     ops.admin(&headers)?;
     let limit = ops.outbound_limit;

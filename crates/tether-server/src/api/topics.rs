@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use serde_json::value::RawValue;
 use tether_core::{AppId, TopicId, validate_id};
 
@@ -26,21 +27,42 @@ fn topic_id(topic: &str) -> Result<TopicId, ApiError> {
     Ok(TopicId::from(topic))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PublishRequest {
+    /// Any JSON, delivered as a JSON payload (exactly one of `payload` and `payload_base64`;
+    /// `null` counts as absent).
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
+    /// Bytes, standard base64 with padding, delivered as a binary payload.
     #[serde(default)]
     payload_base64: Option<String>,
+    /// 0: live only; 1: first kept in the topic's history.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     qos: u8,
     /// qos 1 only: seconds the publication stays in the history (default: the store's
     /// `default_ttl`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl: Option<u64>,
 }
 
+/// A publication to every subscriber of the topic, on every node; answered once the fan-out
+/// is queued.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/topics/{topic}/publish",
+    tag = "topics",
+    params(super::openapi::TopicPath),
+    request_body(content = PublishRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued", body = super::schema::Published),
+        super::openapi::MessageErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn publish(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -74,6 +96,18 @@ pub(super) async fn publish(
     })))
 }
 
+/// The topic's subscribers on this node and its history's position.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/topics/{topic}",
+    tag = "topics",
+    params(super::openapi::TopicPath),
+    responses(
+        (status = 200, description = "The topic", body = super::schema::TopicInfo),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn info(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -92,15 +126,32 @@ pub(super) async fn info(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BroadcastRequest {
+    /// Any JSON, delivered as a JSON payload (exactly one of `payload` and `payload_base64`;
+    /// `null` counts as absent).
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
+    /// Bytes, standard base64 with padding, delivered as a binary payload.
     #[serde(default)]
     payload_base64: Option<String>,
 }
 
+/// A qos 0 push to every connection bound to the app, on every node.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/broadcast",
+    tag = "topics",
+    params(super::openapi::AppPath),
+    request_body(content = BroadcastRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sent", body = super::schema::Sent),
+        super::openapi::BroadcastErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn broadcast(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -118,6 +169,18 @@ pub(super) async fn broadcast(
     ))
 }
 
+/// The topics the business subscribed the user to.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/users/{user}/topics",
+    tag = "topics",
+    params(super::openapi::UserPath),
+    responses(
+        (status = 200, description = "The user's server-side subscriptions", body = super::schema::UserTopics),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn user_topics(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -128,6 +191,19 @@ pub(super) async fn user_topics(
     Ok(Json(json!({ "app": app, "user": user, "topics": topics })))
 }
 
+/// Subscribes the user to the topic, now and at its later connects (kept in the store). No
+/// body; no topic rule is checked.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/users/{user}/topics/{topic}",
+    tag = "topics",
+    params(super::openapi::UserTopicPath),
+    responses(
+        (status = 200, description = "Subscribed", body = super::schema::Subscription),
+        super::openapi::SubscribeErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn subscribe_user(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
@@ -136,6 +212,18 @@ pub(super) async fn subscribe_user(
     change_subscription(&api, app, user, &topic, true).await
 }
 
+/// Unsubscribes the user from the topic, now and at its later connects.
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/users/{user}/topics/{topic}",
+    tag = "topics",
+    params(super::openapi::UserTopicPath),
+    responses(
+        (status = 200, description = "Unsubscribed", body = super::schema::Subscription),
+        super::openapi::AppErrors,
+    ),
+    security(("api_key" = [])),
+)]
 pub(super) async fn unsubscribe_user(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,

@@ -74,8 +74,10 @@ impl Target {
 }
 
 /// One queue of one app's webhook, for the admin stats.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HookStats {
+    #[schema(value_type = String)]
     pub app: AppId,
     /// `upstream` or `presence`.
     pub kind: &'static str,
