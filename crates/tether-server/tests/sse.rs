@@ -619,6 +619,39 @@ async fn posts_are_checked_and_answered_on_a_socket_kept_alive() {
     let (_ws, _) = WsClient::connected(&node, "bob", "d", 0).await;
 }
 
+/// Found by schemathesis (crates/tether/tests/openapi.rs): the SSE routes' 405 had no `Allow`
+/// header, which RFC 9110 (15.5.6) requires of every 405.
+#[tokio::test]
+async fn a_wrong_method_is_answered_405_with_the_routes_methods_in_allow() {
+    let node = start(config()).await;
+    for (request, allow) in [
+        ("TRACE /v1/sse/abc.def", "allow: POST, OPTIONS"),
+        ("PUT /v1/sse?device=d&app=demo", "allow: GET, OPTIONS"),
+    ] {
+        let mut socket = TcpStream::connect(sse_addr(&node)).await.unwrap();
+        let head = format!("{request} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ = timeout(WAIT, socket.read_to_string(&mut answer))
+            .await
+            .expect("an answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{request}: {answer}"
+        );
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("{}\r\n", allow.to_ascii_lowercase())),
+            "{request}: {answer}"
+        );
+        assert!(
+            answer.contains(r#""code":"method_not_allowed""#),
+            "{answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn origins_are_the_websocket_listeners_with_the_apis_cors_answers() {
     let mut config = config();

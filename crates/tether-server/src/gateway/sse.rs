@@ -179,7 +179,11 @@ impl Gateway {
         };
         let Failure(status, code, message) = failure;
         debug!(peer = %check.peer, status, code, "SSE stream refused");
-        let lines = cors.header_lines(false);
+        let mut lines = cors.header_lines(false);
+        if status.starts_with("405") {
+            // RFC 9110, 15.5.6: a 405 lists the methods the route has.
+            lines.push_str("Allow: GET, OPTIONS\r\n");
+        }
         answer(stream, status, &lines, Some((code, &message)), true).await;
         Next::Served(Served::Done)
     }
@@ -247,6 +251,11 @@ impl Gateway {
         // The body was not read: the socket cannot serve another request.
         let Failure(status, code, message) = failure;
         crate::metrics::sse_post(code);
+        let mut lines = lines;
+        if status.starts_with("405") {
+            // RFC 9110, 15.5.6: a 405 lists the methods the route has.
+            lines.push_str("Allow: POST, OPTIONS\r\n");
+        }
         answer(stream, status, &lines, Some((code, &message)), true).await;
         Next::Served(Served::Done)
     }
