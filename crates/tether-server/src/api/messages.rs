@@ -18,10 +18,10 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use utoipa::{IntoParams, ToSchema};
 use tether_core::store::StoredMessage;
 use tether_core::{MessageId, Seq, UserId};
 use tether_proto::PayloadKind;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Api, ApiError, Authorized, JsonAnswer, PayloadFields, json_body, qos, user_id};
 use crate::delivery::{DurablePush, Stored};

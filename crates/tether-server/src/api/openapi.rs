@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::openapi::path::PathItem;
 use utoipa::openapi::response::Response;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -78,7 +78,7 @@ impl PartialSchema for Id {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(Some(1))
-            .pattern(Some(r"^[^\u0000-\u001F\u007F]+$"))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]+$"))
             .description(Some(
                 "1 to 128 bytes of UTF-8 without control characters (percent-decoded in a path)",
             ))
@@ -153,13 +153,13 @@ async fn document(State(document): State<Document>) -> impl IntoResponse {
 
 /// `routes` (the node's documented HTTP routes) with `GET /v1/openapi.json` serving their
 /// document, and the document.
-pub fn serve(routes: OpenApiRouter) -> (axum::Router, OpenApi) {
+pub fn serve(routes: OpenApiRouter) -> (axum::Router, Value) {
     let cell = Document::default();
     let (router, paths) = routes
         .merge(document_route().with_state(cell.clone()))
         .split_for_parts();
     let doc = complete(paths);
-    let bytes = serde_json::to_vec(&doc).expect("an OpenAPI document serializes");
+    let bytes = serde_json::to_vec(&doc).expect("a JSON value serializes");
     let _ = cell.set(Bytes::from(bytes));
     (router, doc)
 }
@@ -173,9 +173,41 @@ pub(super) fn with_document(routes: OpenApi) -> OpenApi {
     routes.merge_from(document_route().into_openapi())
 }
 
-/// The document of `routes`: info, the SSE routes, the security schemes and the shared schemas
-/// added.
-pub(super) fn complete(routes: OpenApi) -> OpenApi {
+/// The document of `routes` as served: info, the SSE routes, the security schemes and the
+/// shared schemas added, and what the derives cannot say.
+pub(super) fn complete(routes: OpenApi) -> Value {
+    let mut doc = serde_json::to_value(assemble(routes)).expect("the document serializes");
+    // A message request has exactly one of `payload` (not null) and `payload_base64`, in
+    // the standard alphabet with padding and no stray bits (`Api::payload`).
+    for name in ["PushRequest", "PublishRequest", "BroadcastRequest"] {
+        let schema = &mut doc["components"]["schemas"][name];
+        assert!(schema.is_object(), "{name} is in the document");
+        schema["oneOf"] = json!([
+            {
+                "required": ["payload"],
+                "properties": { "payload": { "not": { "type": "null" } } },
+                "not": {
+                    "required": ["payload_base64"],
+                    "properties": { "payload_base64": { "type": "string" } },
+                },
+            },
+            {
+                "required": ["payload_base64"],
+                "properties": {
+                    "payload_base64": { "type": "string" },
+                    "payload": { "type": "null" },
+                },
+            },
+        ]);
+        schema["properties"]["payload_base64"]["pattern"] = json!(
+            "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+        );
+    }
+    doc
+}
+
+/// The document of `routes` with what this module adds.
+fn assemble(routes: OpenApi) -> OpenApi {
     let mut doc = OpenApi::default();
     doc.info.title = "tether HTTP API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
@@ -485,7 +517,7 @@ fn sse_paths() -> Vec<(String, PathItem)> {
                 only its `disconnect` event.",
             "parameters": [
                 { "name": "device", "in": "query", "required": true,
-                  "schema": { "type": "string" },
+                  "schema": Id::schema(),
                   "description": "The device id (section 5)" },
                 { "name": "app", "in": "query", "required": true,
                   "schema": { "type": "string" },
@@ -511,7 +543,26 @@ fn sse_paths() -> Vec<(String, PathItem)> {
                     "description": "The stream, until the connection closes",
                     "headers": { "Cache-Control": { "schema": { "type": "string",
                                                                 "const": "no-store" } } },
-                    "content": { "text/event-stream": { "schema": { "type": "string" } } },
+                    "content": { "text/event-stream": { "schema": {
+                        "description": "The stream (a string); read event by event, each \
+                            event is an object: `event: session` first, whose `data` is the \
+                            session id, then one per server frame (the default event type, \
+                            `message`), `data` its JSON",
+                        "anyOf": [
+                            { "type": "string" },
+                            {
+                                "type": "object",
+                                "required": ["data"],
+                                "additionalProperties": false,
+                                "properties": {
+                                    "event": { "type": "string", "enum": ["session", "message"] },
+                                    "data": { "type": "string" },
+                                    "id": { "type": "string" },
+                                    "retry": { "type": "integer", "minimum": 0 },
+                                },
+                            },
+                        ],
+                    }}},
                 },
                 "400": error("The query does not read, or the `connect` was refused for good \
                               (`code`: the close code's label, e.g. `bad_device`)"),
@@ -642,10 +693,7 @@ mod tests {
     fn the_document_has_every_route_of_the_api_the_admin_api_and_the_clients() {
         let doc = document();
         let ops = operations(&doc);
-        let has = |method: &str, path: &str| {
-            ops.iter()
-                .any(|(m, p)| m == method && p == path)
-        };
+        let has = |method: &str, path: &str| ops.iter().any(|(m, p)| m == method && p == path);
         // The document is made from the routers' own tables; this checks that no group was
         // left out of it, and that each route has an id, a tag and an answer.
         for (method, path) in [
@@ -672,7 +720,10 @@ mod tests {
             let op = &doc["paths"][path][method];
             let id = op["operationId"].as_str().expect("an operation id");
             assert!(ids.insert(id.to_owned()), "operation id {id} twice");
-            assert!(op["tags"].as_array().is_some_and(|t| !t.is_empty()), "{path}: no tag");
+            assert!(
+                op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                "{path}: no tag"
+            );
             let responses = op["responses"].as_object().expect("responses");
             assert!(
                 responses.keys().any(|s| s.starts_with('2')),
@@ -685,7 +736,9 @@ mod tests {
     fn every_error_answer_is_code_and_error() {
         let doc = document();
         for (method, path) in operations(&doc) {
-            let responses = doc["paths"][&path][&method]["responses"].as_object().unwrap();
+            let responses = doc["paths"][&path][&method]["responses"]
+                .as_object()
+                .unwrap();
             assert!(
                 responses.contains_key("403"),
                 "{method} {path}: every route can refuse the caller (403)"

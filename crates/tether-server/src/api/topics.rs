@@ -16,9 +16,9 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use utoipa::ToSchema;
 use serde_json::value::RawValue;
 use tether_core::{AppId, TopicId, validate_id};
+use utoipa::ToSchema;
 
 use super::{Api, ApiError, Authorized, JsonAnswer, PayloadFields, json_body, qos, user_id};
 
