@@ -17,13 +17,14 @@ use utoipa::ToSchema;
 
 use super::messages::PushAnswer;
 
-/// `tcp`, `ws` or `sse` (TLS counts as its plain transport).
+/// `tcp`, `ws`, `sse` or `mqtt` (TLS counts as its plain transport).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportName {
     Tcp,
     Ws,
     Sse,
+    Mqtt,
 }
 
 /// A dispatcher endpoint's transport: `tcp` (also `tls://`) or `ws` (also `wss://`).
@@ -194,6 +195,10 @@ pub struct DispatchEndpoint {
     pub url: String,
     pub transport: EndpointTransport,
     pub node: String,
+    /// A `ws://` or `wss://` endpoint's SSE stream (`http(s)://.../v1/sse`); absent for
+    /// the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
 }
 
 /// The delays between rounds of connect attempts.
@@ -244,7 +249,8 @@ pub struct ConnectionStats {
     pub tcp: u64,
     pub ws: u64,
     pub sse: u64,
-    /// App -> its connections by transport.
+    pub mqtt: u64,
+    /// App -> its connections by transport (MQTT's are in `mqtt` only).
     pub by_app: BTreeMap<String, TransportCounts>,
 }
 
