@@ -1,6 +1,7 @@
 //! A message on its way out, encoded at most once per encoding.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tether_proto::{Body, Frame, Publication, Push, binary, json};
@@ -16,6 +17,9 @@ pub struct Outgoing {
     frame: Frame,
     binary: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
+    /// When this node's API accepted the message (for the push-to-write latency metric);
+    /// `None` for messages from other nodes, whose clocks are not this one's.
+    accepted: Option<Instant>,
 }
 
 impl Outgoing {
@@ -45,7 +49,19 @@ impl Outgoing {
             frame,
             binary: OnceLock::new(),
             json: OnceLock::new(),
+            accepted: None,
         }
+    }
+
+    /// This message, marked as accepted by this node's API at `at`.
+    pub fn accepted_at(mut self, at: Instant) -> Self {
+        self.accepted = Some(at);
+        self
+    }
+
+    /// When this node's API accepted the message, if it did.
+    pub fn accepted(&self) -> Option<Instant> {
+        self.accepted
     }
 
     /// The push, when this is one.

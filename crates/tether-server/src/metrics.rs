@@ -3,11 +3,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tether_core::Transport;
 use tether_proto::Code;
+
+pub mod catalog;
+pub mod process;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 ///
@@ -16,14 +20,45 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = catalog::with_buckets(PrometheusBuilder::new()).build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (an embedding program's);
             // then our figures go to that recorder and /metrics renders an empty page.
             let _ = metrics::set_global_recorder(recorder);
+            catalog::describe();
+            gauge!(
+                "tether_build_info",
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => env!("TETHER_COMMIT"),
+            )
+            .set(1.0);
+            // Histogram samples wait in a lock-free buffer until an upkeep folds them into
+            // the buckets: without one, a node nobody scrapes would hold every sample.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no metrics upkeep thread: histograms fold at scrapes only");
+            }
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The `/metrics` page: the recorder's metrics, then the process's (see [`process`]).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    process::render(&mut out);
+    out
 }
 
 /// The open-file budget (see `crate::descriptors`): the process's limit, the reserve kept for
@@ -205,6 +240,55 @@ impl Metrics {
     }
 }
 
+/// `tether_push_write_seconds`: from the API accepting a push to its frame reaching the
+/// first connection on this node, by qos and by what became of the frame (`written` to the
+/// socket at once, or `queued` for the connection's task). Observed once per push and node,
+/// at the first connection reached: an `Instant` read and a histogram observe.
+#[derive(Debug, Clone)]
+pub struct PushWriteMetrics {
+    /// [qos][written = 0, queued = 1]
+    seconds: [[Histogram; 2]; 2],
+}
+
+impl PushWriteMetrics {
+    pub fn new() -> Self {
+        let h = |qos: &'static str, path: &'static str| histogram!("tether_push_write_seconds", "qos" => qos, "path" => path);
+        PushWriteMetrics {
+            seconds: [
+                [h("0", "written"), h("0", "queued")],
+                [h("1", "written"), h("1", "queued")],
+            ],
+        }
+    }
+
+    /// A push accepted at `accepted` reached its first connection now.
+    pub fn reached(&self, accepted: Instant, qos: u8, written: bool) {
+        let qos = usize::from(qos != 0);
+        let path = usize::from(!written);
+        self.seconds[qos][path].record(accepted.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for PushWriteMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `tether_http_request_duration_seconds` and `tether_http_requests_total`, by method, route
+/// (the matched template, so that the label set stays bounded) and status. Looked up per
+/// request: the API's rate is far below the gateway's, and a lookup costs less than the
+/// request's parsing.
+pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    histogram!("tether_http_request_duration_seconds", &labels).record(seconds);
+    counter!("tether_http_requests_total", &labels).increment(1);
+}
+
 /// The fan-out's handles (see `crate::fanout`).
 #[derive(Debug, Clone)]
 pub struct FanoutMetrics {
@@ -222,6 +306,9 @@ pub struct FanoutMetrics {
     pub bytes_out: [Counter; 3],
     pub gap_fills: Counter,
     pub store_errors: Counter,
+    /// Time to hand one batch to every recipient, by kind.
+    pub topic_seconds: Histogram,
+    pub broadcast_seconds: Histogram,
 }
 
 impl FanoutMetrics {
@@ -246,6 +333,8 @@ impl FanoutMetrics {
             ],
             gap_fills: counter!("tether_topic_gap_fills_total"),
             store_errors: counter!("tether_store_errors_total", "op" => "history"),
+            topic_seconds: histogram!("tether_fanout_duration_seconds", "kind" => "topic"),
+            broadcast_seconds: histogram!("tether_fanout_duration_seconds", "kind" => "broadcast"),
         }
     }
 }

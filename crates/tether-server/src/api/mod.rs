@@ -52,6 +52,7 @@ mod messages;
 pub mod openapi;
 pub mod ops;
 mod schema;
+pub mod timing;
 mod topics;
 
 pub use cors::{Cors, HttpGuard};
@@ -393,7 +394,7 @@ async fn healthz() -> &'static str {
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.prometheus.render(),
+        crate::metrics::render(&api.prometheus),
     )
 }
 

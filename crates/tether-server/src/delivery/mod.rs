@@ -25,7 +25,7 @@ pub mod sink;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_core::store::{Append, Appended, Cursor, Idempotency, NewMessage, Page};
@@ -208,8 +208,9 @@ impl Delivery {
         users: &[UserId],
         payload: Payload,
     ) -> Result<Pushed, DeliveryError> {
+        let accepted = Instant::now();
         let id = self.ids.next();
-        let msg = Arc::new(live_push(app, id, payload));
+        let msg = Arc::new(live_push(app, id, payload).accepted_at(accepted));
         let sessions = self.registry.sessions(app, users).await?;
         let mut connections = 0;
         for (node, conns) in by_node(sessions) {
@@ -233,6 +234,7 @@ impl Delivery {
         app: &AppId,
         push: DurablePush,
     ) -> Result<Stored, DeliveryError> {
+        let accepted = Instant::now();
         let now = tether_core::now_ms();
         let message = NewMessage {
             id: self.ids.next(),
@@ -258,7 +260,7 @@ impl Delivery {
         // A duplicate is routed too: a connection that has the seq already drops it, and a
         // retry of an append that failed part-way (the Redis store appends user by user)
         // reaches live the users the first attempt missed.
-        let connections = self.route_durable(app, &appended, &message).await;
+        let connections = self.route_durable(app, &appended, &message, accepted).await;
         self.metrics.push(1);
         Ok(Stored {
             appended,
@@ -269,7 +271,13 @@ impl Delivery {
     /// Hands a stored message to the connections of its users; returns how many took it.
     ///
     /// Best effort: whatever is not routed here reaches the client from its inbox.
-    async fn route_durable(&self, app: &AppId, appended: &Appended, message: &NewMessage) -> usize {
+    async fn route_durable(
+        &self,
+        app: &AppId,
+        appended: &Appended,
+        message: &NewMessage,
+        accepted: Instant,
+    ) -> usize {
         let users: Vec<UserId> = appended.seqs.iter().map(|(u, _)| u.clone()).collect();
         let mut sessions = match self.registry.sessions(app, &users).await {
             Ok(sessions) => sessions,
@@ -290,15 +298,18 @@ impl Delivery {
             };
             // Each inbox has its own seq, so each user gets its own frame; the devices of one
             // user share it.
-            let msg = Arc::new(Outgoing::new(Push {
-                app: app.to_string(),
-                msg_id: appended.id.0,
-                seq: seq.0,
-                qos: 1,
-                created_ms: appended.created_ms,
-                kind: message.kind,
-                payload: message.payload.clone(),
-            }));
+            let msg = Arc::new(
+                Outgoing::new(Push {
+                    app: app.to_string(),
+                    msg_id: appended.id.0,
+                    seq: seq.0,
+                    qos: 1,
+                    created_ms: appended.created_ms,
+                    kind: message.kind,
+                    payload: message.payload.clone(),
+                })
+                .accepted_at(accepted),
+            );
             for on_node in user_sessions.chunk_by(|a, b| a.node == b.node) {
                 let node = &on_node[0].node;
                 conns.clear();

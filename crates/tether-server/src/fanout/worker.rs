@@ -3,7 +3,7 @@
 //! and fans out in parallel when there are many recipients.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_core::store::StoredMessage;
 use tether_core::{AppId, ConnId, Outgoing, Seq, Store, TopicId};
@@ -285,6 +285,7 @@ impl Worker {
         batch: &Arc<Batch>,
         direct: bool,
     ) {
+        let started = Instant::now();
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
             let subs = topic.snapshot(batch.needed_below());
@@ -321,6 +322,9 @@ impl Worker {
                 reached.add(topic.deliver_shard(i, batch, direct));
             }
         }
+        self.metrics
+            .topic_seconds
+            .record(started.elapsed().as_secs_f64());
         self.metrics.topic_deliveries.increment(reached.delivered);
         self.count_written(&reached);
         self.metrics.overflows.increment(reached.overflowed);
@@ -340,6 +344,7 @@ impl Worker {
     }
 
     async fn broadcast(&self, batch: &Arc<Batch>, direct: bool) {
+        let started = Instant::now();
         let app = self.topics.app.clone();
         let mut reached = Reached::default();
         if let Some(pacer) = &self.pacer {
@@ -375,6 +380,9 @@ impl Worker {
                 }
             }
         }
+        self.metrics
+            .broadcast_seconds
+            .record(started.elapsed().as_secs_f64());
         self.metrics
             .broadcast_deliveries
             .increment(reached.delivered);

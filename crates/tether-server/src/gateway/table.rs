@@ -15,7 +15,7 @@ use tether_proto::{Code, Frame};
 use super::handle::ConnHandle;
 use super::outbox::Close;
 use crate::link::{Link, Links, Offered};
-use crate::metrics::TransportMetrics;
+use crate::metrics::{PushWriteMetrics, TransportMetrics};
 use crate::transport::sse::request;
 use crate::transport::sse::session::{Posted, Sessions};
 
@@ -36,6 +36,7 @@ pub struct ConnTable {
     ws: TransportMetrics,
     sse: TransportMetrics,
     mqtt: TransportMetrics,
+    push_write: PushWriteMetrics,
     /// The SSE streams' sessions, by key.
     sessions: Arc<Sessions>,
 }
@@ -51,6 +52,7 @@ impl ConnTable {
             ws: TransportMetrics::new(Transport::Ws),
             sse: TransportMetrics::new(Transport::Sse),
             mqtt: TransportMetrics::new(Transport::Mqtt),
+            push_write: PushWriteMetrics::new(),
             sessions: Arc::default(),
         }
     }
@@ -177,6 +179,8 @@ impl Links for ConnTable {
     fn deliver(&self, conns: &[ConnId], msg: &Arc<Outgoing>) -> usize {
         let Some(push) = msg.push() else { return 0 };
         let mut reached = 0;
+        // Timed at the first connection reached only: one clock read per push and node.
+        let mut accepted = msg.accepted();
         for id in conns {
             let Some(conn) = self.handle(*id) else {
                 continue;
@@ -192,6 +196,13 @@ impl Links for ConnTable {
                     None => Offered::Closed,
                 }
             };
+            if let Some(at) = accepted
+                && matches!(offered, Offered::Written(_) | Offered::Queued)
+            {
+                let written = matches!(offered, Offered::Written(_));
+                self.push_write.reached(at, push.qos, written);
+                accepted = None;
+            }
             if self.counted(conn.transport, offered) {
                 reached += 1;
             }
