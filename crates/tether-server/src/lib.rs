@@ -38,7 +38,8 @@
 //! - [`lifecycle`]: the node's announcements to the registry, readiness, drain.
 //! - [`dispatch`]: the dispatcher's ordering of endpoints (rendezvous hashing over the nodes).
 //! - [`rate`]: rate limits (API requests) and pacing (deliveries).
-//! - [`metrics`]: every metric's name and registration; the hot-path handles.
+//! - [`metrics`]: every metric's name and registration; the hot-path handles; `catalog`, each
+//!   metric's type, help text and buckets; `process`, the process's figures read at scrape time.
 //! - [`store`]: the embedded durable store (fjall on local disk): one writer thread, group
 //!   commit, expiry sweep.
 //!
