@@ -7,6 +7,8 @@
 //!   their own state and authorization; and `dispatch`, the dispatcher, for clients.
 //! - [`cors`]: CORS for the client-facing routes (the dispatcher; web pages call it), none
 //!   for the rest.
+//! - [`console`]: the web console's page at `/console`, files built into the binary; it calls
+//!   the routes above with the keys an operator types in.
 //! - [`error`]: [`ApiError`], and how the delivery service's errors map to statuses.
 //! - [`openapi`]: the OpenAPI document (`GET /v1/openapi.json`), built with the routers from
 //!   the handlers' annotations; [`schema`]: the shapes of the answers built with `json!`.
@@ -45,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
 use crate::session::access::Shared;
 
+mod console;
 pub mod cors;
 mod dispatch;
 mod error;
@@ -55,6 +58,7 @@ mod schema;
 pub mod timing;
 mod topics;
 
+pub use console::router as console;
 pub use cors::{Cors, HttpGuard};
 pub use dispatch::Dispatcher;
 pub use error::ApiError;
@@ -297,10 +301,12 @@ pub fn document() -> serde_json::Value {
 }
 
 /// The HTTP listener's routes: the business API, readiness, the admin API, the dispatcher,
-/// and `GET /v1/openapi.json` with their document; behind `guard` (see [`guarded`]).
+/// `GET /v1/openapi.json` with their document, and the web console; behind `guard` (see
+/// [`guarded`]).
 pub fn http_router(api: Arc<Api>, ops: Arc<Ops>, guard: HttpGuard) -> Router {
     let (router, _) = openapi::serve(api.routes().merge(ops.routes()));
-    guarded(router, guard)
+    // The web console's static files: not API routes, so not in the document.
+    guarded(router.merge(console()), guard)
 }
 
 /// `router` behind the HTTP listener's `guard` as last reloaded: a client whose address it
