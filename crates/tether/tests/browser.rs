@@ -130,3 +130,8 @@ fn the_example_page_asks_the_dispatcher_from_another_origin() {
 fn the_example_page_falls_back_to_sse_when_a_proxy_blocks_websocket_in_chromium() {
     case("sse-fallback.test.js");
 }
+
+#[test]
+fn the_web_console_shows_a_connection_pushes_to_it_and_drains_in_chromium() {
+    case("console.test.js");
+}

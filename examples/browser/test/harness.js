@@ -28,7 +28,7 @@ const SDK_BUILD = resolve(HERE, "build/sdk");
 
 export const APP = "demo";
 const SECRET = "demo-secret-0123456789";
-const API_KEY = "demo-api-key-0123456789";
+export const API_KEY = "demo-api-key-0123456789";
 
 /** Upper bound of one wait. */
 export const WAIT_MS = 10_000;
