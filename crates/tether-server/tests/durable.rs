@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{Value, json};
 use tether_core::AppId;
 use tether_proto::{Ack, Binding, Body, Code, Connected, Frame, PayloadKind, Push, Sync, Synced};
-use tether_server::config::{AppConfig, Secret};
+use tether_server::config::{AppConfig, Secret, StoreBackend};
 use tether_server::{Config, Node};
 use tokio::time::{Instant, timeout};
 
@@ -426,6 +426,44 @@ async fn without_last_seq_a_device_resumes_after_its_own_last_ack() {
     // The ack was this device's: a device never seen gets everything.
     let mut tablet = open_user(addr, "alice", "tablet", None).await;
     assert_eq!(seqs(&pushes(&mut tablet, 6).await), [1, 2, 3, 4, 5, 6]);
+}
+
+/// With the embedded store, acks wait in memory for the writer's next batch (the store answers
+/// without it): a reconnect right after the ack was taken must still resume after it, and so
+/// must a restart (the close writes what waits).
+#[tokio::test]
+async fn with_the_embedded_store_a_reconnect_right_after_an_ack_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = || {
+        let mut config = Config::for_tests();
+        config.store.backend = StoreBackend::Embedded;
+        config.node.data_dir = dir.path().to_owned();
+        config
+    };
+    let node = start(embedded()).await;
+    let http = Http::new(&node);
+    let addr = node.tcp_addr().unwrap();
+    push_many(&http, "alice", 6, 1).await;
+
+    // Each connection acks, ends (its end writes the ack), and the next one reads the cursor
+    // at once: the ack may still wait for the store's writer.
+    let mut expected: Vec<u64> = (1..=6).collect();
+    for acked in [2, 4, 5] {
+        let mut phone = open_user(addr, "alice", "phone", None).await;
+        assert_eq!(seqs(&pushes(&mut phone, expected.len()).await), expected);
+        expect_quiet(&mut phone).await;
+        ack(&mut phone, 2, APP, acked).await;
+        drop(phone);
+        http.wait_presence("alice", 0).await;
+        expected = (acked + 1..=6).collect();
+    }
+    // Acked 5 last; a restart of the node (a clean close) keeps it.
+    node.shutdown();
+    timeout(WAIT, node.wait()).await.expect("the node stops");
+    let node = start(embedded()).await;
+    let mut phone = open_user(node.tcp_addr().unwrap(), "alice", "phone", None).await;
+    assert_eq!(seqs(&pushes(&mut phone, 1).await), [6]);
+    expect_quiet(&mut phone).await;
 }
 
 #[tokio::test]

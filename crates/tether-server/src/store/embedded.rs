@@ -15,6 +15,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{PendingAcks, apply_ack};
 use super::codec;
 use super::expiry::Swept;
 use super::inbox;
@@ -78,11 +79,13 @@ impl StoreProblem {
 
 /// Durable inboxes, topic histories and subscriptions in a fjall database in one directory.
 ///
-/// Writes (`append`, `publish`, `set_subscription`, `ack`, `note_attempt`) go to one writer
-/// thread over a bounded queue that they never wait on: when it is full, they fail at once
-/// with [`StoreError::Overloaded`] (the API turns that into a 503), so a burst beyond what the
+/// Writes (`append`, `publish`, `set_subscription`, `note_attempt`) go to one writer thread
+/// over a bounded queue that they never wait on: when it is full, they fail at once with
+/// [`StoreError::Overloaded`] (the API turns that into a 503), so a burst beyond what the
 /// disk takes is refused, not buffered without end. The writer groups everything waiting into
-/// one batch and one fsync. Reads go to the database directly: small ones (a cursor, a user's
+/// one batch and one fsync. An `ack` does not wait for the writer at all: it is recorded in
+/// memory (at most `store.queue` cursors, then [`StoreError::Overloaded`]), readable at once,
+/// and written with the writer's next batch (see `super::acks`). Reads go to the database directly: small ones (a cursor, a user's
 /// subscriptions, a page of at most [`INLINE_READ`] messages) on the calling task, larger ones
 /// on tokio's blocking pool.
 ///
@@ -102,8 +105,16 @@ impl StoreProblem {
 /// (and `publish`, and `set_subscription` when it changed something; not acks). An appended
 /// message is readable once `append` returned, and may be readable a moment before (between
 /// the batch's commit and the answer), but with [`Durability::Sync`](crate::config::Durability::Sync) never before its fsync;
-/// so are publications and subscriptions. With [`Durability::Interval`](crate::config::Durability::Interval), and for acks, a write
-/// is readable once committed.
+/// so are publications and subscriptions. With [`Durability::Interval`](crate::config::Durability::Interval) a write is readable
+/// once committed.
+///
+/// An ack is readable (`cursor`, `cursors`) once `ack` returned, before the writer wrote it;
+/// it reaches the journal with the writer's next batch (a nudge wakes the writer for the
+/// first ack after each batch) and is fsynced with whatever that batch or a later one
+/// fsyncs. A crash loses the acks not yet written or not yet fsynced: their devices get
+/// those messages again (at-least-once); no message is lost, and a cursor never moves past
+/// what its device acked. `ack` reports a bad key and a closed store; a damaged cursor value
+/// or a failed batch is found by the writer, which logs it and drops the ack.
 ///
 /// # Shutdown
 /// Call [`EmbeddedStore::close`] and wait for it: the writer finishes what is queued, fsyncs,
@@ -113,6 +124,8 @@ impl StoreProblem {
 /// [`Store`]: tether_core::Store
 pub struct EmbeddedStore {
     requests: mpsc::Sender<Request>,
+    /// Acks not yet written, shared with the writer.
+    acks: Arc<PendingAcks>,
     /// `None` once closed (and while a failed database is reopened): reads then fail, and the
     /// database closes when the last in-flight read ends. Shared with the writer, which swaps
     /// it when it reopens the database.
@@ -200,13 +213,15 @@ impl EmbeddedStore {
             fatal: fatal.clone(),
         };
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let writer = Writer::new(ks, options, counters.clone());
+        let acks = Arc::new(PendingAcks::new(options.queue));
+        let writer = Writer::new(ks, options, counters.clone(), acks.clone());
         let thread = std::thread::Builder::new()
             .name("tether-store-writer".into())
             .spawn(move || writer.run(rx, reopen))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(EmbeddedStore {
             requests: tx,
+            acks,
             reader,
             writer: Mutex::new(Some(thread)),
             counters,
@@ -423,7 +438,19 @@ impl Cursors for EmbeddedStore {
         seq: Seq,
     ) -> Result<(), StoreError> {
         let cursor = codec::cursor_key(&codec::inbox_key(app, user), device);
-        self.write(|reply| Write::Ack { cursor, seq, reply }).await
+        codec::check_key(&cursor)?;
+        if self.requests.is_closed() {
+            return Err(closed());
+        }
+        let nudge = self.acks.add(cursor, seq).map_err(|_| {
+            self.metrics.overloaded.increment(1);
+            StoreError::Overloaded("too many acks wait for the embedded store's writer".into())
+        })?;
+        // A full queue needs no nudge: the writer takes the acks with its next batch.
+        if nudge && let Err(TrySendError::Closed(_)) = self.requests.try_send(Request::Acks) {
+            return Err(closed());
+        }
+        Ok(())
     }
 
     async fn cursor(
@@ -434,10 +461,18 @@ impl Cursors for EmbeddedStore {
     ) -> Result<Cursor, StoreError> {
         let key = codec::cursor_key(&codec::inbox_key(app, user), device);
         codec::check_key(&key)?;
-        self.read_now(|ks| match ks.cursors.get(&key).map_err(unavailable)? {
-            Some(v) => codec::decode_cursor(&v),
-            None => Ok(Cursor::default()),
-        })
+        // The pending ack first, the disk second: the writer forgets an ack only once the
+        // disk has it (see `super::acks`).
+        let pending = self.acks.get(&key);
+        let mut cursor =
+            self.read_now(|ks| match ks.cursors.get(&key).map_err(unavailable)? {
+                Some(v) => codec::decode_cursor(&v),
+                None => Ok(Cursor::default()),
+            })?;
+        if let Some(seq) = pending {
+            apply_ack(&mut cursor, seq);
+        }
+        Ok(cursor)
     }
 
     async fn cursors(
@@ -447,7 +482,9 @@ impl Cursors for EmbeddedStore {
     ) -> Result<Vec<(DeviceId, Cursor)>, StoreError> {
         let inbox = codec::inbox_key(app, user);
         codec::check_key(&inbox)?;
-        self.read_now(|ks| {
+        // As for `cursor`: pending acks first, then the disk.
+        let pending = self.acks.with_prefix(&inbox);
+        let mut out = self.read_now(|ks| {
             let mut out = Vec::new();
             for guard in ks.cursors.prefix(&inbox) {
                 let (key, value) = guard.into_inner().map_err(unavailable)?;
@@ -456,10 +493,22 @@ impl Cursors for EmbeddedStore {
                     codec::decode_cursor(&value)?,
                 ));
             }
-            // Keys sort as device ids do; sorting again costs little and does not rely on it.
-            out.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(out)
-        })
+        })?;
+        for (key, seq) in pending {
+            let device = codec::cursor_device(&inbox, &key)?;
+            match out.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, cursor)) => apply_ack(cursor, seq),
+                None => {
+                    let mut cursor = Cursor::default();
+                    apply_ack(&mut cursor, seq);
+                    out.push((device, cursor));
+                }
+            }
+        }
+        // Keys sort as device ids do; sorting again costs little and does not rely on it.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     async fn note_attempt(
@@ -565,7 +614,11 @@ mod tests {
     const CURSOR_IDLE: Duration = Duration::from_secs(3600);
 
     fn store(dir: &Path, inbox_cap: usize) -> EmbeddedStore {
-        let options = EmbeddedOptions {
+        EmbeddedStore::open(dir, options(inbox_cap)).unwrap()
+    }
+
+    fn options(inbox_cap: usize) -> EmbeddedOptions {
+        EmbeddedOptions {
             retention: Retention {
                 inbox_cap,
                 cursor_idle: CURSOR_IDLE,
@@ -575,8 +628,16 @@ mod tests {
             sync_interval: Duration::from_millis(5),
             queue: 1024,
             min_free_bytes: 0,
-        };
-        EmbeddedStore::open(dir, options).unwrap()
+        }
+    }
+
+    /// Waits (bounded) until the writer wrote every pending ack.
+    async fn acks_written(store: &EmbeddedStore) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.acks.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "acks never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn keyspaces(store: &EmbeddedStore) -> Keyspaces {
@@ -623,7 +684,10 @@ mod tests {
         assert!(is_corrupt(store.read(&app, &broken, Seq(0), 10, 0).await));
         assert!(is_corrupt(store.cursor(&app, &broken, &phone).await));
         assert!(is_corrupt(store.cursors(&app, &broken).await));
-        assert!(is_corrupt(store.ack(&app, &broken, &phone, Seq(1)).await));
+        // An ack does not wait for the writer, so it cannot hear of the damage: the writer
+        // drops it (a redelivery), and the damaged value stays what reads report.
+        store.ack(&app, &broken, &phone, Seq(1)).await.unwrap();
+        assert!(is_corrupt(store.cursor(&app, &broken, &phone).await));
         assert!(is_corrupt(
             store.append(append(&["fine", "broken"], 1)).await
         ));
@@ -634,6 +698,78 @@ mod tests {
         );
         let ok = store.append(append(&["fine"], 2)).await.unwrap();
         assert_eq!(ok.seqs[0].1, Seq(1), "the writer is still serving");
+        assert!(store.acks.is_empty(), "the dropped ack is not kept");
+        assert!(is_corrupt(store.cursor(&app, &broken, &phone).await));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_ack_is_read_back_at_once_and_written_without_an_answer_from_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, user) = (AppId::from("app"), UserId::from("u"));
+        let (phone, tablet) = (DeviceId::from("phone"), DeviceId::from("tablet"));
+        let store = store(dir.path(), 10);
+        // Nudged or not, the writer is on another thread: reads must not depend on it.
+        for seq in 1..=50 {
+            store.ack(&app, &user, &phone, Seq(seq)).await.unwrap();
+            assert_eq!(
+                store.cursor(&app, &user, &phone).await.unwrap().acked,
+                Seq(seq)
+            );
+        }
+        store.ack(&app, &user, &tablet, Seq(3)).await.unwrap();
+        store.ack(&app, &user, &phone, Seq(7)).await.unwrap();
+        let all = store.cursors(&app, &user).await.unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|(d, c)| (d.as_str(), c.acked.0))
+                .collect::<Vec<_>>(),
+            vec![("phone", 50), ("tablet", 3)],
+            "a lower ack is ignored, a new device is listed"
+        );
+        // The writer takes pending acks on its own (its nudge), then they are on disk.
+        acks_written(&store).await;
+        let ks = keyspaces(&store);
+        let on_disk = ks
+            .cursors
+            .get(codec::cursor_key(&codec::inbox_key(&app, &user), &phone));
+        let on_disk = codec::decode_cursor(&on_disk.unwrap().expect("written")).unwrap();
+        assert_eq!(on_disk.acked, Seq(50));
+        drop(ks);
+        store.close().await;
+        let store = EmbeddedStore::open(dir.path(), options(10)).unwrap();
+        assert_eq!(
+            store.cursor(&app, &user, &phone).await.unwrap().acked,
+            Seq(50)
+        );
+        assert_eq!(
+            store.cursor(&app, &user, &tablet).await.unwrap().acked,
+            Seq(3)
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn acks_accepted_right_before_a_close_are_on_disk_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = AppId::from("app");
+        let phone = DeviceId::from("phone");
+        let store = store(dir.path(), 10);
+        for i in 0..20 {
+            let user = UserId::from(format!("u{i}").as_str());
+            store.ack(&app, &user, &phone, Seq(i + 1)).await.unwrap();
+        }
+        store.close().await;
+        assert!(matches!(
+            store.ack(&app, &UserId::from("u0"), &phone, Seq(30)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let store = EmbeddedStore::open(dir.path(), options(10)).unwrap();
+        for i in 0..20 {
+            let user = UserId::from(format!("u{i}").as_str());
+            let acked = store.cursor(&app, &user, &phone).await.unwrap().acked;
+            assert_eq!(acked, Seq(i + 1));
+        }
         store.close().await;
     }
 
@@ -701,6 +837,7 @@ mod tests {
         };
         let idle = CURSOR_IDLE.as_millis() as u64;
         store.ack(&app, &user, &phone, Seq(5)).await.unwrap();
+        acks_written(&store).await;
         let p = changed(&phone).expect("cursors are dated");
         // A cursor written by code that did not date cursors (format version 1), strictly
         // later: the writer's own idle sweep may date it before this test's sweep does.

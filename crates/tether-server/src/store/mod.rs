@@ -9,6 +9,8 @@
 //!   closes.
 //! - `options`: [`EmbeddedOptions`], how the store keeps and writes its data.
 //! - `request`: what callers ask of the writer, and how it answers.
+//! - `acks`: acks accepted but not yet written, which cursor reads see; the writer takes them
+//!   into its next batch.
 //! - `writer`: the one thread that writes: batches, seq assignment, the inbox cap, expiry at
 //!   the front of inboxes, idempotency, subscriptions and their count, group commit, interval
 //!   fsyncs; and when fjall fails, refusing writes until there is room, then reopening.
@@ -52,6 +54,7 @@
 //! are version 2 (`codec::META_VERSION`); version 1 records, which older code rewrote with
 //! every batch, read as they are, and older code refuses version 2 as corrupt.
 
+mod acks;
 mod codec;
 pub mod embedded;
 mod expiry;

@@ -127,7 +127,9 @@ pub(super) fn recover(
             Next::Closed => return Err(None),
             Next::Request(Request::Write(write)) => write.fail(failed()),
             Next::Request(Request::Sweep { reply, .. }) => drop(reply.send(Err(failed()))),
-            Next::Idle => {}
+            // Pending acks wait (bounded) for the reopened database: the writer takes them
+            // into its first batch.
+            Next::Request(Request::Acks) | Next::Idle => {}
         }
         let now = Instant::now();
         if reopen.fatal.is_cancelled() || now < next_try {

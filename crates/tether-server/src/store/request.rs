@@ -17,7 +17,11 @@ pub enum Request {
         now_ms: u64,
         reply: Reply<Swept>,
     },
-    /// Finish what is queued before this, fsync, release the files, and answer.
+    /// Acks wait in [`super::acks::PendingAcks`]: take them into a batch (no answer). Sent by
+    /// the first ack after each take, so that the writer comes even when nothing else does.
+    Acks,
+    /// Finish what is queued before this (pending acks included), fsync, release the files,
+    /// and answer.
     Close(oneshot::Sender<()>),
 }
 
@@ -30,11 +34,6 @@ pub enum Write {
         topic: Vec<u8>,
         message: NewMessage,
         reply: Reply<Seq>,
-    },
-    Ack {
-        cursor: Vec<u8>,
-        seq: Seq,
-        reply: Reply<()>,
     },
     NoteAttempt {
         cursor: Vec<u8>,
@@ -68,7 +67,6 @@ impl Write {
         match self {
             Write::Append(_, reply) => drop(reply.send(Err(e))),
             Write::Publish { reply, .. } => drop(reply.send(Err(e))),
-            Write::Ack { reply, .. } => drop(reply.send(Err(e))),
             Write::NoteAttempt { reply, .. } => drop(reply.send(Err(e))),
             Write::Subscribe { reply, .. } => drop(reply.send(Err(e))),
         }

@@ -17,6 +17,9 @@
 //! one log, with the same seqs, cache, cap (`topic_history` instead of `inbox_cap`), front
 //! expiry, records and fsyncs. What this module says of inboxes holds for topic histories.
 //!
+//! Acks do not come through its queue: they wait in [`PendingAcks`], readable there, and every
+//! batch takes those pending into the same fjall batch as the rest (see [`super::acks`]).
+//!
 //! When idle, it fsyncs what an interval left unsynced and runs the expiry sweep (see
 //! [`super::expiry`]).
 
@@ -30,6 +33,7 @@ use tether_core::store::{Appended, Cursor, count_attempt};
 use tether_core::{Seq, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
+use super::acks::{PendingAcks, apply_ack};
 use super::codec::IdemRecord;
 use super::expiry::Sweeper;
 use super::expiry::Swept;
@@ -54,6 +58,9 @@ const CACHE_LIMIT: usize = 1 << 18;
 const CURSOR_CACHE_LIMIT: usize = 1 << 16;
 /// How often an idle writer looks whether fjall poisoned the database in the background.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Longest an ack waits in [`PendingAcks`] when no nudge reached the writer (after a reopen):
+/// a safety net, as the first ack after each batch nudges the writer.
+const ACKS_WAIT: Duration = Duration::from_millis(50);
 /// Most held messages of one inbox the cap deletes in one batch (after the cap was lowered,
 /// there can be many); the rest are left below `first`, unreadable, for the sweep.
 const MAX_TRIM: u64 = 1024;
@@ -114,7 +121,6 @@ impl Staged {
 enum Answer {
     Append(Reply<Appended>, Result<Appended, StoreError>),
     Seq(Reply<Seq>, Result<Seq, StoreError>),
-    Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<u32>, Result<u32, StoreError>),
     Subscription(Reply<Subscription>, Result<Subscription, StoreError>),
 }
@@ -132,7 +138,6 @@ impl Answer {
         match self {
             Answer::Append(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Seq(tx, r) => drop(tx.send(pick(r, failed))),
-            Answer::Unit(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Count(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Subscription(tx, r) => drop(tx.send(pick(r, failed))),
         }
@@ -155,6 +160,8 @@ pub struct Writer {
     /// Scratch space for keys, reused by every batch.
     key_buf: Vec<u8>,
     counters: Arc<Counters>,
+    /// Acks accepted by the handle, for the next batch.
+    acks: Arc<PendingAcks>,
     metrics: StoreMetrics,
     /// Committed writes not yet fsynced.
     dirty: bool,
@@ -180,7 +187,12 @@ enum Stop {
 }
 
 impl Writer {
-    pub fn new(ks: Keyspaces, options: EmbeddedOptions, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        ks: Keyspaces,
+        options: EmbeddedOptions,
+        counters: Arc<Counters>,
+        acks: Arc<PendingAcks>,
+    ) -> Self {
         let now = Instant::now();
         let metrics = StoreMetrics::new();
         metrics.writable.set(1.0);
@@ -192,6 +204,7 @@ impl Writer {
             cursors: HashMap::new(),
             key_buf: Vec::new(),
             counters,
+            acks,
             metrics,
             dirty: false,
             last_sync: now,
@@ -225,6 +238,8 @@ impl Writer {
         let close = loop {
             match writer.serve(&rt, &mut rx, &mut held) {
                 Stop::Close(close) => {
+                    // Acks accepted before the close are written with the final fsync.
+                    writer.write_batch(Vec::new());
                     // Requests sent after `Close` fail (their answer channel drops) rather
                     // than wait.
                     drop(rx);
@@ -238,6 +253,7 @@ impl Writer {
                     let Writer {
                         options,
                         counters,
+                        acks,
                         ks,
                         ..
                     } = writer;
@@ -252,7 +268,7 @@ impl Writer {
                     match recover(&rt, &mut rx, &mut held, &reopen, &counters, failed) {
                         Ok(ks) => {
                             reopened_at = Some(Instant::now());
-                            writer = Writer::new(ks, options, counters);
+                            writer = Writer::new(ks, options, counters, acks);
                         }
                         Err(close) => {
                             drop(rx);
@@ -300,28 +316,40 @@ impl Writer {
                     }
                     let _ = reply.send(swept);
                 }
-                Request::Write(first) => {
-                    let mut weight = first.weight();
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH && weight < MAX_BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(Request::Write(w)) => {
-                                weight += w.weight();
-                                batch.push(w);
-                            }
-                            // Control requests wait for the batch of what came before them.
-                            Ok(other) => {
-                                *held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.write_batch(batch);
-                    self.after_batch();
-                }
+                Request::Write(first) => self.batch(rx, held, Some(first)),
+                Request::Acks => self.batch(rx, held, None),
             }
         }
+    }
+
+    /// Writes `first` (if any), what waits in the queue behind it, and the pending acks, as
+    /// one batch.
+    fn batch(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        held: &mut Option<Request>,
+        first: Option<Write>,
+    ) {
+        let mut weight = first.as_ref().map_or(0, Write::weight);
+        let mut batch: Vec<Write> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH && weight < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(Request::Write(w)) => {
+                    weight += w.weight();
+                    batch.push(w);
+                }
+                // This batch takes the pending acks: the nudge is answered.
+                Ok(Request::Acks) => {}
+                // Control requests wait for the batch of what came before them.
+                Ok(other) => {
+                    *held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.write_batch(batch);
+        self.after_batch();
     }
 
     /// After an error of the database: notes a failure when fjall now refuses every write.
@@ -346,7 +374,10 @@ impl Writer {
 
     /// When the writer must wake up if no request comes: at least every [`PROBE_EVERY`].
     fn next_wake(&self) -> Instant {
-        let sweep = self.sweeper.wake_at().min(Instant::now() + PROBE_EVERY);
+        let mut sweep = self.sweeper.wake_at().min(Instant::now() + PROBE_EVERY);
+        if !self.acks.is_empty() {
+            sweep = sweep.min(Instant::now() + ACKS_WAIT);
+        }
         if self.dirty {
             sweep.min(self.last_sync + self.options.sync_interval)
         } else {
@@ -355,6 +386,9 @@ impl Writer {
     }
 
     fn idle(&mut self) {
+        if !self.acks.is_empty() {
+            self.write_batch(Vec::new());
+        }
         self.sync_if_due();
         if self.sweeper.due(Instant::now()) {
             self.sweep_chunk();
@@ -425,14 +459,29 @@ impl Writer {
         self.last_sync = Instant::now();
     }
 
+    /// Writes `batch` and the pending acks as one fjall batch, then answers the requests.
     fn write_batch(&mut self, batch: Vec<Write>) {
+        let acks = self.acks.take();
+        if batch.is_empty() && acks.is_empty() {
+            return;
+        }
         if self.slots.len() > CACHE_LIMIT {
             self.forget();
         }
         let now_ms = tether_core::now_ms();
-        let requests = batch.len();
+        let requests = batch.len() + acks.len();
         let mut staged = Staged::default();
-        let mut answers = Vec::with_capacity(requests);
+        // Acks first: they were accepted before anything of this batch was taken from the
+        // queue (a device's `note_attempt` after its ack sees the ack, as it did when both
+        // came through the queue in order).
+        for (cursor, seq) in &acks {
+            let staged_ack = self.stage_cursor(&mut staged, cursor.clone(), |c| apply_ack(c, *seq));
+            if let Err(e) = staged_ack {
+                // Nobody waits for an ack's answer: the device gets a redelivery.
+                tracing::warn!(ack = seq.0, "store: an ack is dropped: {e}");
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
         for write in batch {
             answers.push(match write {
                 Write::Append(append, reply) => {
@@ -446,17 +495,6 @@ impl Writer {
                 } => {
                     let r = self.stage_publish(&mut staged, &topic, &message);
                     Answer::Seq(reply, r)
-                }
-                Write::Ack { cursor, seq, reply } => {
-                    let r = self.stage_cursor(&mut staged, cursor, |c| {
-                        if seq > c.acked {
-                            c.acked = seq;
-                            if c.attempt_seq <= seq {
-                                c.attempts = 0;
-                            }
-                        }
-                    });
-                    Answer::Unit(reply, r)
                 }
                 Write::NoteAttempt { cursor, seq, reply } => {
                     let r = self.stage_cursor(&mut staged, cursor, |c| count_attempt(c, seq));
@@ -500,6 +538,8 @@ impl Writer {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.metrics.batches.increment(1);
         self.metrics.batch_requests.record(requests as f64);
+        // Committed (so readable on disk), or failed and given up on (a redelivery).
+        self.acks.written(&acks);
         let failed = result.err();
         for answer in answers {
             answer.send(failed.as_ref());
