@@ -214,17 +214,20 @@ impl Node {
         let certs = Arc::new(TlsListeners::load(&config).map_err(anyhow::Error::msg)?);
 
         let listen = &config.listen;
+        // The gateway's sockets get `gateway.socket_send_buffer`; the HTTP API's keep the
+        // kernel's autotuning (its answers are read by the caller that asked for them).
+        let send_buffer = config.gateway.socket_send_buffer;
         let listeners = Listeners {
-            tcp: bind(&listen.tcp, &config).await?,
-            ws: bind(&listen.ws, &config).await?,
-            tls: bind(&listen.tls, &config).await?,
-            wss: bind(&listen.wss, &config).await?,
+            tcp: bind(&listen.tcp, &config, send_buffer).await?,
+            ws: bind(&listen.ws, &config, send_buffer).await?,
+            tls: bind(&listen.tls, &config, send_buffer).await?,
+            wss: bind(&listen.wss, &config, send_buffer).await?,
         };
-        let http = bind(&listen.http, &config)
+        let http = bind(&listen.http, &config, 0)
             .await?
             .context("listen.http must be set")?;
-        let https = bind(&listen.https, &config).await?;
-        let mqtt = bind(&listen.mqtt, &config).await?;
+        let https = bind(&listen.https, &config, 0).await?;
+        let mqtt = bind(&listen.mqtt, &config, send_buffer).await?;
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
             tcp: local(&listeners.tcp),
@@ -569,7 +572,13 @@ pub async fn run_with(
     Ok(())
 }
 
-async fn bind(addr: &str, config: &Config) -> anyhow::Result<Option<TcpListener>> {
+/// A listener on `addr` (`None` when it is empty). With `send_buffer` > 0, its `SO_SNDBUF`,
+/// which every accepted socket inherits at no cost per connection (`gateway.socket_send_buffer`).
+async fn bind(
+    addr: &str,
+    config: &Config,
+    send_buffer: usize,
+) -> anyhow::Result<Option<TcpListener>> {
     if addr.is_empty() {
         return Ok(None);
     }
@@ -583,6 +592,12 @@ async fn bind(addr: &str, config: &Config) -> anyhow::Result<Option<TcpListener>
     socket.set_reuseaddr(true)?;
     if config.listen.reuse_port {
         socket.set_reuseport(true)?;
+    }
+    if send_buffer > 0 {
+        let size = u32::try_from(send_buffer).unwrap_or(u32::MAX);
+        socket
+            .set_send_buffer_size(size)
+            .with_context(|| format!("cannot set SO_SNDBUF to {send_buffer} on {addr}"))?;
     }
     socket
         .bind(addr)

@@ -674,3 +674,103 @@ async fn a_stalled_subscriber_reads_whole_frames_then_its_disconnect() {
     client.expect_eof().await;
     assert!(received < published, "{received} of {published}");
 }
+
+/// A subscriber that stops reading, with its kernel's default receive buffer, is closed as
+/// slow after at most what the path holds: tether's queue (`limits.outbound_queue_bytes`),
+/// the server socket's send buffer (`gateway.socket_send_buffer`, doubled by Linux) and the
+/// client's receive window. Without the cap the kernel's autotuning let the server's socket
+/// take megabytes first. A reader of the same topic gets every publication.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_closed_within_the_capped_buffers() {
+    let config = Config::for_tests();
+    let queue = config.limits.outbound_queue_bytes;
+    let send_buffer = config.gateway.socket_send_buffer;
+    assert!(
+        send_buffer > 0,
+        "the gateway's send buffer is capped by default"
+    );
+    let node = start(config).await;
+    let http = Http::new(&node);
+    let mut reader = subscriber(&node, "reader", "fast").await;
+    let mut stuck = subscriber(&node, "stuck", "fast").await;
+    let reading = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            match timeout(Duration::from_secs(10), reader.recv()).await {
+                Ok(Ok(Some(Frame {
+                    body: Body::Publication(p),
+                    ..
+                }))) => {
+                    if &p.payload[..] == b"\"end\"" {
+                        return n;
+                    }
+                    n += 1;
+                }
+                other => panic!("the reader stopped at {n}: {other:?}"),
+            }
+        }
+    });
+
+    // 1 KiB qos 1 publications, 32 at a time, until the stuck subscriber leaves the topic.
+    let payload = "x".repeat(1000);
+    let body = json!({ "payload": payload, "qos": 1 });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut published = 0u64;
+    loop {
+        let batch = (0..32).map(|_| publish_ok(&http, "fast", body.clone()));
+        futures_util::future::join_all(batch).await;
+        published += 32;
+        let info = http
+            .get(&format!("/v1/apps/{APP}/topics/fast"), Some(API_KEY))
+            .await;
+        if info.body["subscribers"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed after {published} publications: {:?}",
+            info.body
+        );
+    }
+    // Each publication is about 1 KiB on the wire. Linux's doubled send buffer, the client's
+    // untuned receive window (128 KiB by default) and the queue, with room to spare; the
+    // kernel's autotuning alone lets the server's socket take up to 4 MiB.
+    let bound = (queue + 2 * send_buffer + 512 * 1024) as u64 / 1024;
+    assert!(
+        published <= bound,
+        "closed only after {published} publications of 1 KiB (bound {bound})"
+    );
+    publish_ok(&http, "fast", json!({ "payload": "end" })).await;
+    assert_eq!(
+        reading.await.unwrap(),
+        published,
+        "the reader got everything"
+    );
+
+    // What the stuck client finds once it reads again: the publications that were in the
+    // buffers, then its `disconnect` 4001 if the buffers had room for it, then the end.
+    let mut received = 0u64;
+    loop {
+        match timeout(WAIT, stuck.recv()).await {
+            Ok(Ok(Some(Frame {
+                body: Body::Publication(p),
+                ..
+            }))) => {
+                assert_eq!(p.payload.len(), 1002, "a whole publication");
+                received += 1;
+            }
+            Ok(Ok(Some(Frame {
+                body: Body::Disconnect(d),
+                ..
+            }))) => {
+                assert_eq!(d.code, Code::SLOW, "{}", d.reason);
+                stuck.expect_eof().await;
+                break;
+            }
+            // Closed without a `disconnect`, or reset.
+            Ok(Ok(None) | Err(_)) => break,
+            other => panic!("after {received} publications: {other:?}"),
+        }
+    }
+    assert!(received < published, "{received} of {published}");
+}

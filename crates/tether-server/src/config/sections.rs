@@ -243,6 +243,14 @@ pub struct GatewayConfig {
     /// A write that makes no progress for this long marks the client slow.
     #[serde(deserialize_with = "duration")]
     pub write_timeout: Duration,
+    /// `SO_SNDBUF` of the gateway's sockets (raw TCP, WebSocket, SSE, TLS), in bytes: what
+    /// the kernel may hold unsent for one client beyond tether's own queue
+    /// (`limits.outbound_queue_bytes`). Linux doubles the value for its bookkeeping, clamps it
+    /// to `net.core.wmem_max` and to at least 4608, and stops autotuning a socket whose size
+    /// was set; 0 leaves the kernel's autotuning, which lets a client that stopped reading pin
+    /// up to `net.ipv4.tcp_wmem`'s maximum (4 MiB on most machines). Set on the listening
+    /// sockets, which the accepted ones inherit; a reload does not change it.
+    pub socket_send_buffer: usize,
     /// Clock skew tolerated on token times (`exp`, `nbf`): at connect, on refresh, and when a
     /// live connection's token ends.
     #[serde(deserialize_with = "duration")]
@@ -283,6 +291,7 @@ impl Default for GatewayConfig {
             heartbeat_max: Duration::from_secs(120),
             heartbeat_missed: 3,
             write_timeout: Duration::from_secs(10),
+            socket_send_buffer: 64 * 1024,
             token_leeway: Duration::from_secs(5),
             token_warning: Duration::from_secs(60),
             shutdown_spread: Duration::from_secs(5),

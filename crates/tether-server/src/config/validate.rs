@@ -133,6 +133,9 @@ impl Config {
                 problems.push(format!("{name} must be between 1ms and 10m"));
             }
         }
+        if g.socket_send_buffer > i32::MAX as usize / 2 {
+            problems.push("gateway.socket_send_buffer must be at most 1073741823 (1 GiB)".into());
+        }
         problems.extend(over_an_hour("gateway.token_leeway", g.token_leeway));
         problems.extend(over_an_hour("gateway.shutdown_spread", g.shutdown_spread));
         if g.ws_echo && !self.test_modes {
