@@ -119,6 +119,9 @@ pub struct TargetArgs {
     /// tether: publish to the topic, or broadcast to every connection of the app.
     #[arg(long, value_enum, default_value = "topic")]
     pub tether_publish: TetherPublish,
+    /// tether: the qos of a topic's publications (1: kept in the topic's history).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
     /// tether: heartbeat proposed to the server, in seconds (pings go every half of it).
     #[arg(long, default_value_t = 60)]
     pub heartbeat: u64,
@@ -171,6 +174,7 @@ impl TargetArgs {
             secret: self.secret.clone().unwrap_or_default(),
             api_key: self.api_key.clone().unwrap_or_default(),
             tether_publish: self.tether_publish,
+            qos: self.qos,
             heartbeat_s: self.heartbeat,
             sources,
             tls,
@@ -192,6 +196,8 @@ pub struct Target {
     pub secret: String,
     pub api_key: String,
     pub tether_publish: TetherPublish,
+    /// The qos of a topic's publications.
+    pub qos: u8,
     pub heartbeat_s: u64,
     pub sources: u8,
     /// Subscribers connect inside TLS.

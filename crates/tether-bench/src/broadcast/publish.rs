@@ -46,8 +46,8 @@ enum Conn {
         auth: Option<HeaderValue>,
         /// tether: the payload goes inside `{"payload": ..., "qos": 0}`.
         wrap: bool,
-        /// tether: the body takes a `qos` (a topic's publish; a broadcast's refuses one).
-        qos: bool,
+        /// tether: the body's `qos` (a topic's publish; a broadcast's takes none).
+        qos: Option<u8>,
         /// The answer's field that counts the recipients.
         count_field: &'static [u8],
     },
@@ -94,7 +94,7 @@ impl Publisher {
                     host: HeaderValue::from_str(&target.publish_addr.to_string())?,
                     auth,
                     wrap: target.kind == Kind::Tether,
-                    qos: target.tether_publish == TetherPublish::Topic,
+                    qos: (target.tether_publish == TetherPublish::Topic).then_some(target.qos),
                     count_field: match (target.kind, target.tether_publish) {
                         (Kind::Tether, TetherPublish::Broadcast) => b"\"connections\"",
                         _ => b"\"subscribers\"",
@@ -158,8 +158,10 @@ impl Publisher {
                     self.out.clear();
                     self.out.extend_from_slice(b"{\"payload\":");
                     self.out.extend_from_slice(message);
-                    if *qos {
-                        self.out.extend_from_slice(b",\"qos\":0");
+                    match qos {
+                        Some(1) => self.out.extend_from_slice(b",\"qos\":1"),
+                        Some(_) => self.out.extend_from_slice(b",\"qos\":0"),
+                        None => {}
                     }
                     self.out.extend_from_slice(b"}");
                     Bytes::copy_from_slice(&self.out)

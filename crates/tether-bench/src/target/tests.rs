@@ -26,6 +26,7 @@ fn target(kind: Kind, addr: SocketAddr) -> Target {
         secret: String::new(),
         api_key: String::new(),
         tether_publish: TetherPublish::Topic,
+        qos: 0,
         topics: 1,
         heartbeat_s: 60,
         sources: 0,
