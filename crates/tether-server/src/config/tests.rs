@@ -638,3 +638,18 @@ fn a_jwks_file_that_cannot_be_read_or_parsed_and_a_bad_jwks_url_are_named_by_the
         "apps[2].tokens.jwks_refresh must be between 1s and 1d"
     );
 }
+
+#[test]
+fn the_gateway_send_buffer_is_capped_by_default_and_checked() {
+    assert_eq!(Config::default().gateway.socket_send_buffer, 64 * 1024);
+    let config = Config::from_toml("[gateway]\nsocket_send_buffer = 0\n").unwrap();
+    assert_eq!(
+        config.gateway.socket_send_buffer, 0,
+        "0 leaves the kernel's autotuning"
+    );
+    let err = Config::from_toml("[gateway]\nsocket_send_buffer = 2147483647\n").unwrap_err();
+    assert!(
+        err.to_string().contains("gateway.socket_send_buffer"),
+        "{err}"
+    );
+}
