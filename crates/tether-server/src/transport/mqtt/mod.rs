@@ -32,6 +32,9 @@ use super::{Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
 use state::{Fail, Flow, State};
 
+/// The most bytes of the wire's own answers held before it stops reading requests.
+const OUT_LIMIT: usize = 64 * 1024;
+
 /// MQTT over raw TCP or TLS.
 #[derive(Debug)]
 pub struct MqttWire<C = Plain> {
@@ -176,6 +179,13 @@ impl<C: Carrier> Wire for MqttWire<C> {
             }
             if self.state.closing {
                 // Told why already; the gateway closes after what is being written.
+                return Poll::Pending;
+            }
+            if self.out.len() >= OUT_LIMIT {
+                // The wire's own answers (PUBACK, PUBCOMP, SUBACK...) are not in the
+                // connection's budgeted outbox: a client that sends requests without reading
+                // their answers is not read from until `poll_send` has written them, which
+                // wakes the task again. Its own socket buffer then fills, not our memory.
                 return Poll::Pending;
             }
             let version = self.state.version;
