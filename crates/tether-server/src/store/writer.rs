@@ -238,11 +238,11 @@ impl Writer {
         let close = loop {
             match writer.serve(&rt, &mut rx, &mut held) {
                 Stop::Close(close) => {
-                    // Acks accepted before the close are written with the final fsync.
-                    writer.write_batch(Vec::new());
                     // Requests sent after `Close` fail (their answer channel drops) rather
-                    // than wait.
+                    // than wait; an ack sees the channel closed and is refused. Then the acks
+                    // accepted before are written with the final fsync.
                     drop(rx);
+                    writer.write_batch(Vec::new());
                     if let Err(e) = writer.sync() {
                         tracing::error!("store: final fsync failed: {e}");
                     }
@@ -474,11 +474,13 @@ impl Writer {
         // Acks first: they were accepted before anything of this batch was taken from the
         // queue (a device's `note_attempt` after its ack sees the ack, as it did when both
         // came through the queue in order).
+        let mut dropped = Vec::new();
         for (cursor, seq) in &acks {
             let staged_ack = self.stage_cursor(&mut staged, cursor.clone(), |c| apply_ack(c, *seq));
             if let Err(e) = staged_ack {
                 // Nobody waits for an ack's answer: the device gets a redelivery.
                 tracing::warn!(ack = seq.0, "store: an ack is dropped: {e}");
+                dropped.push((cursor.clone(), *seq));
             }
         }
         let mut answers = Vec::with_capacity(batch.len());
@@ -538,8 +540,14 @@ impl Writer {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.metrics.batches.increment(1);
         self.metrics.batch_requests.record(requests as f64);
-        // Committed (so readable on disk), or failed and given up on (a redelivery).
-        self.acks.written(&acks);
+        // Committed: readable on disk now. A batch that failed keeps its acks pending (they
+        // stay readable, and the next batch, or the reopened writer, writes them: `apply_ack`
+        // only moves forward), but for those that could not be staged at all (a damaged
+        // cursor), which would fail again: given up on, a redelivery.
+        match &result {
+            Ok(()) => self.acks.written(&acks),
+            Err(_) => self.acks.written(&dropped),
+        }
         let failed = result.err();
         for answer in answers {
             answer.send(failed.as_ref());
