@@ -1130,12 +1130,16 @@ impl State {
         };
         a.sync_req = 0;
         self.syncing = false;
-        if !a.sync_got {
-            // Nothing after `after` is held any more: what was missed expired.
-            a.gap_hi = 0;
-            a.gap_lo = 0;
-        } else {
-            a.gap_hi = a.gap_hi.max(s.head);
+        // A device that left the QoS 1 inbox while the sync ran had the sync's pushes
+        // dropped: its gap stays as it is, for its next QoS 1 subscribe to fetch.
+        if a.inbox == Inbox::Durable {
+            if a.sync_got {
+                a.gap_hi = a.gap_hi.max(s.head);
+            } else {
+                // Nothing after `after` is held any more: what was missed expired.
+                a.gap_hi = 0;
+                a.gap_lo = 0;
+            }
         }
         // Entries skipped as too large may have left an acked run at the front.
         self.settle_window(frames);
