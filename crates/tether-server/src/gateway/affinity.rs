@@ -89,7 +89,13 @@ pub fn problems(listen: &ListenConfig, node: &str) -> Vec<String> {
     }
     let prefixed = ["__Secure-", "__Host-"]
         .iter()
-        .any(|p| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p));
+        // Bytes, not `str` slices: a name that is not a token may hold multi-byte
+        // characters, and this check still runs for it.
+        .any(|p| {
+            name.as_bytes()
+                .get(..p.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+        });
     if prefixed && !secure {
         out.push(format!(
             "listen.affinity_cookie: {name:?} needs affinity_cookie_secure = true (browsers \
@@ -163,6 +169,9 @@ mod tests {
             ("n", "\"a\""),
             ("n", "né"),
             ("__Host-node", "n"),
+            // Not tokens, and their 7th or 9th byte inside a character: one problem, no panic.
+            ("__Hosté", "n"),
+            ("__Secureé", "n"),
         ] {
             assert_eq!(problems(&listen(name), node).len(), 1, "{name} {node}");
             let a = Affinity::new(&listen(name), node);
