@@ -67,6 +67,8 @@ const DEFAULT_HEARTBEAT_MS = 25_000;
 const CLOSE_GRACE_MS = 2_000;
 
 /** The longest error body read from a refusal. */
+/** The longest event the parser holds, whatever `max_frame` the server announces. */
+const MAX_EVENT_LENGTH = 64 * 1024 * 1024;
 const MAX_ERROR_BODY = 4096;
 
 /**
@@ -307,7 +309,9 @@ export class SseLink implements Link {
     this.heartbeatMs = connected.heartbeatMs > 0 ? connected.heartbeatMs : DEFAULT_HEARTBEAT_MS;
     this.maxFrame = connected.maxFrame > 0 ? connected.maxFrame : DEFAULT_MAX_FRAME;
     // A JSON frame of the server may take twice max_frame (base64 payloads, section 7).
-    this.parser.maxLength = Math.max(this.parser.maxLength, 4 * this.maxFrame);
+    // Capped: the server's figure does not lift the bound on what a hostile stream can make
+    // the parser hold (max_frame is at most 16 MiB).
+    this.parser.maxLength = Math.max(this.parser.maxLength, Math.min(4 * this.maxFrame, MAX_EVENT_LENGTH));
     this.lastReceived = Date.now();
     this.watch();
     handshake.resolve(connected);
