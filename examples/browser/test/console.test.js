@@ -130,6 +130,8 @@ test("the web console logs in with the admin key, shows a connection, pushes to 
     await ui.fill("login-key", ADMIN_KEY);
     await ui.click("login");
     await ui.waitFor(() => ui.visible("console"), "the console shown");
+    // The console shows before its first read of the node's stats has come back.
+    await ui.waitFor(async () => (await ui.text("node-id")) !== "", "the node's stats shown");
     assert.equal(await ui.text("node-id"), "browser-test");
     assert.equal(await ui.text("node-ready"), "ready");
     assert.equal(await ui.text("status"), "ready");
