@@ -1,0 +1,465 @@
+//! What an MQTT connection's wire keeps to translate (`docs/mqtt.md`): packets from the
+//! device into the session's frames (`connect`, `ping`, `ack`, `subscribe`, `unsubscribe`,
+//! `upstream`, `refresh`, `sync`), and the session's frames into packets (CONNACK, PUBLISH,
+//! SUBACK, UNSUBACK, PUBACK, PINGRESP, DISCONNECT).
+//!
+//! The wire is a client of the session like any SDK: the session decides bindings, tokens,
+//! topic permissions, durable order, acks and the poison guard; this state only holds what
+//! MQTT needs on top: the packet ids of QoS 1 PUBLISHes in flight (a PUBACK is a cumulative
+//! `ack` once every earlier one came, 4.2), which inboxes the device subscribed to (pushes
+//! before the subscription, or past the in-flight window, are left to a `sync` pull from the
+//! session, 4.1 and 4.3), the filter each topic was subscribed with, and the SUBSCRIBEs and
+//! upstreams waiting for their answers. Everything is bounded: the window by
+//! [`MAX_INFLIGHT`], upstreams by [`MAX_UPSTREAMS`], waiting SUBSCRIBEs by
+//! [`MAX_WAITING_ACKS`].
+//!
+//! By concern: [`connect`] (CONNECT, CONNACK, the server's DISCONNECTs), [`inbox`] (the durable
+//! inbox over QoS 1), [`topics`] (SUBSCRIBE, UNSUBSCRIBE, publications) and [`upstream`] (a
+//! device's PUBLISH and its outcome); this file holds the state and routes packets and frames.
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tether_core::validate_id;
+use tether_mqtt::{self as mqtt, Packet, PublishHead, QoS, ReasonCode, Version, reason::v311};
+use tether_mqtt::{Properties, Property};
+use tether_proto::{self as proto, Body, Code, Frame, PayloadKind};
+
+mod connect;
+mod inbox;
+mod topics;
+mod upstream;
+
+/// QoS 1 PUBLISHes in flight to a device at most (and at most its Receive Maximum).
+pub const MAX_INFLIGHT: u16 = 64;
+
+/// QoS 1 PUBLISHes from a device waiting for their upstream's outcome at most: the CONNACK's
+/// Receive Maximum.
+pub const MAX_UPSTREAMS: u16 = 32;
+
+/// SUBSCRIBEs and UNSUBSCRIBEs waiting for the session's answers at most; the filters of one
+/// past them are refused (0x97 Quota exceeded).
+pub const MAX_WAITING_ACKS: usize = 8;
+
+/// `$tether/reply/...` subscriptions (3.1.1's replies) a connection holds at most.
+const MAX_REPLY_SUBS: usize = 16;
+
+/// Why the wire closes the connection, and what the device is told.
+#[derive(Debug)]
+pub struct Fail {
+    /// tether's code, for the log and the metrics.
+    pub code: Code,
+    /// MQTT 5's reason code (a CONNACK before it is connected, a DISCONNECT after).
+    pub reason: ReasonCode,
+    /// What is logged.
+    pub detail: &'static str,
+}
+
+impl Fail {
+    fn new(code: Code, reason: ReasonCode, detail: &'static str) -> Self {
+        Fail {
+            code,
+            reason,
+            detail,
+        }
+    }
+
+    fn protocol(detail: &'static str) -> Self {
+        Fail::new(Code::PROTOCOL, ReasonCode::PROTOCOL_ERROR, detail)
+    }
+}
+
+/// What a packet from the device came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on reading.
+    Go,
+    /// The device said goodbye (DISCONNECT).
+    Gone,
+}
+
+/// How a device takes an app's inbox (`$tether/inbox/{app}`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Inbox {
+    /// Not subscribed: pushes are not sent (durable ones are left to a later `sync`).
+    #[default]
+    Off,
+    /// QoS 0: live pushes, as QoS 0.
+    Live,
+    /// QoS 1: durable delivery, PUBACKs ack.
+    Durable,
+}
+
+/// One binding's inbox as this connection delivers it.
+#[derive(Debug, Default)]
+struct AppInbox {
+    app: String,
+    inbox: Inbox,
+    /// The `$tether/inbox/{app}/+` form: the seq is the topic's last level.
+    seq_form: bool,
+    /// The highest seq published to the device (or skipped as too large for it).
+    delivered: u64,
+    /// The lowest durable seq not published while nothing was (where a `sync` starts).
+    gap_lo: u64,
+    /// The highest durable seq not published: above `delivered`, a `sync` must fetch it.
+    gap_hi: u64,
+    /// The request id of this app's `sync` under way (0: none).
+    sync_req: u32,
+    /// That `sync` brought pushes.
+    sync_got: bool,
+}
+
+impl AppInbox {
+    fn missed(&mut self, seq: u64) {
+        if self.delivered == 0 && (self.gap_lo == 0 || seq < self.gap_lo) {
+            self.gap_lo = seq;
+        }
+        self.gap_hi = self.gap_hi.max(seq);
+    }
+
+    fn wants_sync(&self) -> bool {
+        self.inbox == Inbox::Durable && self.sync_req == 0 && self.gap_hi > self.delivered
+    }
+
+    fn sync_after(&self) -> u64 {
+        match self.delivered {
+            0 => self.gap_lo.saturating_sub(1),
+            d => d,
+        }
+    }
+}
+
+/// A QoS 1 PUBLISH waiting for its PUBACK.
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    /// 0 for a push skipped as too large for the device: acked at once.
+    packet_id: u16,
+    app: u8,
+    seq: u64,
+    acked: bool,
+}
+
+/// A topic the connection is subscribed to, and the name its publications go out on.
+#[derive(Debug)]
+struct TopicName {
+    app: u8,
+    topic: String,
+    name: String,
+}
+
+/// A request whose answer the wire waits for, by request id.
+#[derive(Debug)]
+enum Req {
+    Sub {
+        packet_id: u16,
+        index: usize,
+        qos: QoS,
+        app: u8,
+        topic: String,
+        filter: String,
+    },
+    Unsub {
+        packet_id: u16,
+        index: usize,
+    },
+    Refresh {
+        app: u8,
+    },
+}
+
+/// A SUBACK or UNSUBACK waiting for its filters' answers.
+#[derive(Debug)]
+struct WaitingAck {
+    packet_id: u16,
+    unsubscribe: bool,
+    codes: Vec<Option<ReasonCode>>,
+}
+
+/// An upstream waiting for its outcome.
+#[derive(Debug)]
+struct Up {
+    req: u32,
+    /// The PUBLISH's packet id (QoS 1), or 0 (QoS 0: no PUBACK).
+    packet_id: u16,
+    app: u8,
+    kind: String,
+    /// MQTT 5's Response Topic and Correlation Data.
+    response: Option<(String, Option<Bytes>)>,
+    done: Option<ReasonCode>,
+}
+
+/// The translation state of one MQTT connection (kept while it is parked).
+#[derive(Debug, Default)]
+pub struct State {
+    /// `None` until CONNECT.
+    pub version: Option<Version>,
+    /// CONNACK 0x00 went out.
+    pub connected: bool,
+    /// A CONNACK refusal or a DISCONNECT went out: nothing more is written.
+    pub closing: bool,
+    /// The client id given to a device that came without one.
+    assigned: Option<String>,
+    /// MQTT 5's Request Problem Information (reason strings on refusals).
+    problem_info: bool,
+    /// What the client asked for as Session Expiry Interval (MQTT 5).
+    session_expiry: u32,
+    apps: Vec<AppInbox>,
+    /// The first app's name, for topic filters without `$tether/topic/`.
+    next_packet_id: u16,
+    next_req: u32,
+    /// QoS 1 PUBLISHes in flight to the device at most.
+    receive_max: u16,
+    /// The largest packet the device takes.
+    max_packet: u32,
+    inflight: VecDeque<Inflight>,
+    /// A `sync` is under way (the session takes one at a time).
+    syncing: bool,
+    topics: Vec<TopicName>,
+    reqs: Vec<(u32, Req)>,
+    acks: Vec<WaitingAck>,
+    ups: VecDeque<Up>,
+    /// 3.1.1 devices' `$tether/reply/{app}/{kind}` subscriptions.
+    reply_subs: Vec<String>,
+    /// The device subscribed to `$tether/expiring`.
+    expiring: bool,
+    /// PUBACKs for nothing in flight.
+    pub unknown_acks: u64,
+}
+
+fn v(state: &State) -> Version {
+    state.version.unwrap_or(Version::V5)
+}
+
+/// Appends `packet` to `out`. Packets are built from checked data: one that cannot be
+/// encoded is a bug, logged and dropped.
+fn put(version: Version, packet: &Packet, out: &mut BytesMut) {
+    if let Err(e) = mqtt::encode(packet, version, out) {
+        tracing::warn!(error = %e, "cannot encode an MQTT packet");
+    }
+}
+
+/// The properties that say a payload is JSON.
+fn json_format(props: &mut Properties, kind: PayloadKind) {
+    if kind == PayloadKind::Json {
+        props.push(Property::PayloadFormatIndicator(1));
+        props.push(Property::ContentType("application/json".into()));
+    }
+}
+
+impl State {
+    fn req(&mut self) -> u32 {
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        self.next_req
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            let id = self.next_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn app_index(&self, app: &str) -> Option<u8> {
+        self.apps.iter().position(|a| a.app == app).map(|i| i as u8)
+    }
+
+    fn room(&self) -> usize {
+        usize::from(self.receive_max).saturating_sub(self.inflight.len())
+    }
+
+    /// One packet from the device: frames for the session go to `frames`, packets the wire
+    /// answers itself to `out`.
+    pub fn on_packet(
+        &mut self,
+        packet: Packet,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+    ) -> Result<Flow, Fail> {
+        match packet {
+            Packet::Connect(c) if self.version.is_none() => self.on_connect(*c, frames, out),
+            Packet::Connect(_) => Err(Fail::protocol("a second CONNECT")),
+            _ if !self.connected => Err(Fail::protocol("a packet before CONNACK")),
+            Packet::PingReq => {
+                let id = self.req();
+                frames.push_back(Frame::new(id, Body::Ping));
+                Ok(Flow::Go)
+            }
+            Packet::PubAck(ack) => {
+                self.on_puback(ack.packet_id, frames);
+                Ok(Flow::Go)
+            }
+            Packet::Publish(p) => self.on_publish(p, frames, out),
+            Packet::Subscribe(s) => self.on_subscribe(s, frames, out),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, frames, out),
+            Packet::Disconnect(_) => Ok(Flow::Gone),
+            Packet::PubRel(rel) if v(self) == Version::V5 => {
+                let mut ack = mqtt::Ack::new(rel.packet_id);
+                ack.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                put(Version::V5, &Packet::PubComp(ack), out);
+                Ok(Flow::Go)
+            }
+            Packet::PubRel(_) => Err(Fail::protocol("PUBREL: no QoS 2 is accepted")),
+            Packet::PubRec(_) | Packet::PubComp(_) => Err(Fail::protocol(
+                "PUBREC or PUBCOMP: the server sends no QoS 2",
+            )),
+            Packet::Auth(_) => Err(Fail::protocol("AUTH: enhanced authentication is not taken")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Fail::protocol("a packet only servers send"))
+            }
+        }
+    }
+
+    fn take_req(&mut self, id: u32) -> Option<Req> {
+        let i = self.reqs.iter().position(|(r, _)| *r == id)?;
+        Some(self.reqs.swap_remove(i).1)
+    }
+
+    /// One frame from the session: packets for the device go to `out`; requests the wire
+    /// makes in turn (a `sync`, an `ack`) to `frames`.
+    pub fn on_frame(&mut self, frame: Frame, frames: &mut VecDeque<Frame>, out: &mut BytesMut) {
+        if self.closing {
+            return;
+        }
+        let id = frame.id;
+        match frame.body {
+            Body::Connected(c) => self.on_connected(c, out),
+            Body::Disconnect(d) => self.on_disconnect(d, out),
+            Body::Pong => put(v(self), &Packet::PingResp, out),
+            Body::Push(p) => self.on_push(id, p, frames, out),
+            Body::Synced(s) => self.on_synced(id, s, frames),
+            Body::Publication(p) => self.on_publication(p, out),
+            Body::Subscribed(s) => self.on_subscribed(id, s, out),
+            Body::Unsubscribed(u) => self.on_unsubscribed(id, u, out),
+            Body::Error(e) => self.on_error(id, e, frames, out),
+            Body::UpstreamReply(r) => {
+                let code = match r.status {
+                    200..=299 => ReasonCode::SUCCESS,
+                    400..=499 => ReasonCode::NOT_AUTHORIZED,
+                    _ => ReasonCode::UNSPECIFIED_ERROR,
+                };
+                self.upstream_done(id, code, r.status, r.kind, r.payload, out);
+            }
+            Body::Refreshed(r) => {
+                if let Some(Req::Refresh { app }) = self.take_req(id) {
+                    let topic = format!("$tether/refreshed/{}", self.apps[usize::from(app)].app);
+                    let payload = Bytes::from(r.expires_s.to_string());
+                    self.publish0(out, &topic, Properties::new(), &payload);
+                }
+            }
+            Body::Expiring(e) if self.expiring => {
+                let topic = format!("$tether/expiring/{}", e.app);
+                let payload = Bytes::from(e.expires_s.to_string());
+                self.publish0(out, &topic, Properties::new(), &payload);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn durable(receive_max: u16) -> State {
+        State {
+            version: Some(Version::V5),
+            connected: true,
+            receive_max,
+            max_packet: u32::MAX,
+            apps: vec![AppInbox {
+                app: "demo".into(),
+                inbox: Inbox::Durable,
+                ..AppInbox::default()
+            }],
+            ..State::default()
+        }
+    }
+
+    fn push(seq: u64) -> Frame {
+        Frame::new(
+            0,
+            proto::Push {
+                app: "demo".into(),
+                msg_id: seq,
+                seq,
+                qos: 1,
+                created_ms: 0,
+                kind: PayloadKind::Binary,
+                payload: Bytes::from_static(b"x"),
+            },
+        )
+    }
+
+    fn acks(frames: &mut VecDeque<Frame>) -> Vec<u64> {
+        frames
+            .drain(..)
+            .filter_map(|f| match f.body {
+                Body::Ack(a) => Some(a.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pubacks_out_of_order_ack_only_the_run_at_the_front() {
+        let (mut s, mut frames, mut out) = (durable(64), VecDeque::new(), BytesMut::new());
+        for seq in 1..=3 {
+            s.on_frame(push(seq), &mut frames, &mut out);
+        }
+        assert_eq!(s.inflight.len(), 3);
+        s.on_puback(2, &mut frames);
+        assert_eq!(acks(&mut frames), Vec::<u64>::new(), "1 is not acked yet");
+        s.on_puback(1, &mut frames);
+        assert_eq!(acks(&mut frames), [2]);
+        s.on_puback(7, &mut frames);
+        assert_eq!(s.unknown_acks, 1);
+        s.on_puback(3, &mut frames);
+        assert_eq!(acks(&mut frames), [3]);
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn pushes_past_the_window_are_pulled_with_sync_once_it_has_room() {
+        let (mut s, mut frames, mut out) = (durable(2), VecDeque::new(), BytesMut::new());
+        for seq in 1..=4 {
+            s.on_frame(push(seq), &mut frames, &mut out);
+        }
+        assert_eq!(s.inflight.len(), 2, "the window holds 2");
+        assert!(frames.is_empty(), "no room: no sync yet");
+        s.on_puback(1, &mut frames);
+        let sync = frames
+            .iter()
+            .find_map(|f| match &f.body {
+                Body::Sync(sync) => Some((f.id, sync.after, sync.limit)),
+                _ => None,
+            })
+            .expect("a sync for what did not fit");
+        assert_eq!((sync.1, sync.2), (2, 1));
+        // A live push behind the gap waits for the sync, which brings 3 first.
+        s.on_frame(push(5), &mut frames, &mut out);
+        assert_eq!(s.inflight.back().map(|f| f.seq), Some(2));
+        let mut reply = push(3);
+        reply.id = sync.0;
+        s.on_frame(reply, &mut frames, &mut out);
+        assert_eq!(s.inflight.back().map(|f| f.seq), Some(3));
+    }
+
+    #[test]
+    fn nothing_goes_out_on_the_inbox_before_its_subscribe() {
+        let mut s = durable(64);
+        s.apps[0].inbox = Inbox::Off;
+        let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
+        s.on_frame(push(4), &mut frames, &mut out);
+        s.on_frame(push(5), &mut frames, &mut out);
+        assert!(out.is_empty() && s.inflight.is_empty());
+        s.apps[0].inbox = Inbox::Durable;
+        s.sync_next(&mut frames);
+        match &frames.front().expect("a sync").body {
+            Body::Sync(sync) => assert_eq!(sync.after, 3, "from before the first one missed"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! SUBSCRIBE and UNSUBSCRIBE: each filter named (an inbox, a reply topic, a tether topic or
+//! a refusal), the session's answers gathered into SUBACK and UNSUBACK, and topic
+//! publications into PUBLISHes (docs/mqtt.md, sections 5 and 6).
+
+use super::*;
+
+impl State {
+    pub(super) fn on_subscribe(
+        &mut self,
+        s: mqtt::Subscribe,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+    ) -> Result<Flow, Fail> {
+        let version = v(self);
+        if s.properties
+            .iter()
+            .any(|p| matches!(p, Property::SubscriptionIdentifier(_)))
+        {
+            return Err(Fail::new(
+                Code::PROTOCOL,
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifiers are not supported",
+            ));
+        }
+        let token = s
+            .properties
+            .user()
+            .find(|(k, _)| *k == "token")
+            .map(|(_, t)| t.to_string());
+        let busy = self.acks.len() >= MAX_WAITING_ACKS;
+        let mut codes = vec![None; s.filters.len()];
+        for (index, (filter, options)) in s.filters.into_iter().enumerate() {
+            let qos = options.qos.min(QoS::AtLeastOnce);
+            let granted = ReasonCode(qos as u8);
+            let code = match self.classify(&filter) {
+                Filter::Inbox { app, seq_form } => {
+                    let a = &mut self.apps[usize::from(app)];
+                    a.inbox = match qos {
+                        QoS::AtMostOnce => Inbox::Live,
+                        _ => Inbox::Durable,
+                    };
+                    a.seq_form = seq_form;
+                    granted
+                }
+                Filter::Expiring => {
+                    self.expiring = true;
+                    ReasonCode::GRANTED_QOS_0
+                }
+                Filter::Reply if self.reply_subs.len() < MAX_REPLY_SUBS => {
+                    if !self.reply_subs.contains(&filter) {
+                        self.reply_subs.push(filter);
+                    }
+                    ReasonCode::GRANTED_QOS_0
+                }
+                Filter::Reply => ReasonCode::QUOTA_EXCEEDED,
+                Filter::Refused(code) => code,
+                Filter::Topic { .. } if busy => ReasonCode::QUOTA_EXCEEDED,
+                Filter::Topic { app, topic } => {
+                    let req = self.req();
+                    frames.push_back(Frame::new(
+                        req,
+                        proto::Subscribe {
+                            app: self.apps[usize::from(app)].app.clone(),
+                            topic: topic.clone(),
+                            since: None,
+                            token: token.clone(),
+                        },
+                    ));
+                    self.reqs.push((
+                        req,
+                        Req::Sub {
+                            packet_id: s.packet_id,
+                            index,
+                            qos,
+                            app,
+                            topic,
+                            filter,
+                        },
+                    ));
+                    continue;
+                }
+            };
+            codes[index] = Some(match (version, code.is_error()) {
+                (Version::V311, true) => ReasonCode(v311::SUBACK_FAILURE),
+                _ => code,
+            });
+        }
+        self.sync_next(frames);
+        self.waiting_ack(s.packet_id, false, codes, out);
+        Ok(Flow::Go)
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        u: mqtt::Unsubscribe,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+    ) -> Result<Flow, Fail> {
+        let busy = self.acks.len() >= MAX_WAITING_ACKS;
+        let mut codes = vec![None; u.filters.len()];
+        for (index, filter) in u.filters.into_iter().enumerate() {
+            codes[index] = Some(match self.classify(&filter) {
+                Filter::Inbox { app, .. } => {
+                    let a = &mut self.apps[usize::from(app)];
+                    let had = a.inbox != Inbox::Off;
+                    a.inbox = Inbox::Off;
+                    match had {
+                        true => ReasonCode::SUCCESS,
+                        false => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+                    }
+                }
+                Filter::Expiring => {
+                    self.expiring = false;
+                    ReasonCode::SUCCESS
+                }
+                Filter::Reply => {
+                    self.reply_subs.retain(|s| *s != filter);
+                    ReasonCode::SUCCESS
+                }
+                Filter::Topic { .. } if busy => ReasonCode::UNSPECIFIED_ERROR,
+                Filter::Topic { app, topic } => {
+                    if !self.topics.iter().any(|t| t.app == app && t.topic == topic) {
+                        ReasonCode::NO_SUBSCRIPTION_EXISTED
+                    } else {
+                        let req = self.req();
+                        frames.push_back(Frame::new(
+                            req,
+                            proto::Unsubscribe {
+                                app: self.apps[usize::from(app)].app.clone(),
+                                topic,
+                            },
+                        ));
+                        self.reqs.push((
+                            req,
+                            Req::Unsub {
+                                packet_id: u.packet_id,
+                                index,
+                            },
+                        ));
+                        continue;
+                    }
+                }
+                Filter::Refused(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            });
+        }
+        self.waiting_ack(u.packet_id, true, codes, out);
+        Ok(Flow::Go)
+    }
+
+    /// What a topic filter names.
+    fn classify(&self, filter: &str) -> Filter {
+        if let Some(rest) = filter.strip_prefix("$tether/inbox/") {
+            let (app, seq_form) = match rest.strip_suffix("/+") {
+                Some(app) => (app, true),
+                None => (rest, false),
+            };
+            return match self.app_index(app) {
+                Some(app) => Filter::Inbox { app, seq_form },
+                None => Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID),
+            };
+        }
+        if filter == "$tether/expiring" {
+            return Filter::Expiring;
+        }
+        if mqtt::topic::is_shared(filter) {
+            return Filter::Refused(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        if mqtt::topic::has_wildcards(filter) {
+            return Filter::Refused(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        if let Some(rest) = filter.strip_prefix("$tether/reply/") {
+            return match rest.split_once('/') {
+                Some((app, kind)) if self.app_index(app).is_some() && !kind.is_empty() => {
+                    Filter::Reply
+                }
+                _ => Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID),
+            };
+        }
+        let (app, topic) = match filter.strip_prefix("$tether/topic/") {
+            Some(rest) => match rest.split_once('/') {
+                Some((app, topic)) => match self.app_index(app) {
+                    Some(app) => (app, topic),
+                    None => return Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID),
+                },
+                None => return Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID),
+            },
+            None if filter.starts_with('$') => {
+                return Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID);
+            }
+            None => (0, filter),
+        };
+        if validate_id("topic", topic).is_err() {
+            return Filter::Refused(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        Filter::Topic {
+            app,
+            topic: topic.to_string(),
+        }
+    }
+
+    /// Writes the SUBACK or UNSUBACK now if every filter has its code, else keeps it until
+    /// the session answered the rest.
+    fn waiting_ack(
+        &mut self,
+        packet_id: u16,
+        unsubscribe: bool,
+        codes: Vec<Option<ReasonCode>>,
+        out: &mut BytesMut,
+    ) {
+        self.acks.push(WaitingAck {
+            packet_id,
+            unsubscribe,
+            codes,
+        });
+        self.flush_acks(out);
+    }
+
+    pub(super) fn flush_acks(&mut self, out: &mut BytesMut) {
+        let version = v(self);
+        while let Some(i) = self
+            .acks
+            .iter()
+            .position(|a| a.codes.iter().all(Option::is_some))
+        {
+            let a = self.acks.remove(i);
+            let codes = a.codes.into_iter().flatten().collect();
+            let packet = match a.unsubscribe {
+                false => Packet::SubAck(mqtt::SubAck {
+                    packet_id: a.packet_id,
+                    properties: Properties::new(),
+                    codes,
+                }),
+                true => Packet::UnsubAck(mqtt::UnsubAck {
+                    packet_id: a.packet_id,
+                    properties: Properties::new(),
+                    codes,
+                }),
+            };
+            put(version, &packet, out);
+        }
+        if self.acks.is_empty() && self.acks.capacity() > 0 {
+            self.acks = Vec::new();
+        }
+    }
+
+    pub(super) fn answer_filter(
+        &mut self,
+        packet_id: u16,
+        unsubscribe: bool,
+        index: usize,
+        code: ReasonCode,
+    ) {
+        let code = match (v(self), code.is_error(), unsubscribe) {
+            (Version::V311, true, false) => ReasonCode(v311::SUBACK_FAILURE),
+            _ => code,
+        };
+        if let Some(a) = self
+            .acks
+            .iter_mut()
+            .find(|a| a.packet_id == packet_id && a.unsubscribe == unsubscribe)
+            && let Some(slot) = a.codes.get_mut(index)
+        {
+            *slot = Some(code);
+        }
+    }
+
+    pub(super) fn on_publication(&mut self, p: proto::Publication, out: &mut BytesMut) {
+        let Some(app) = self.app_index(&p.app) else {
+            return;
+        };
+        let name = match self
+            .topics
+            .iter()
+            .find(|t| t.app == app && t.topic == p.topic)
+        {
+            Some(t) => t.name.clone(),
+            None => self.topic_name(app, &p.topic),
+        };
+        let mut props = Properties::new();
+        if v(self) == Version::V5 {
+            props.push(Property::UserProperty(
+                "offset".into(),
+                p.offset.to_string(),
+            ));
+            props.push(Property::UserProperty(
+                "msg_id".into(),
+                p.msg_id.to_string(),
+            ));
+            json_format(&mut props, p.kind);
+        }
+        self.publish0(out, &name, props, &p.payload);
+    }
+
+    /// The name a topic's publications go out on when no SUBSCRIBE named it.
+    fn topic_name(&self, app: u8, topic: &str) -> String {
+        match app == 0 && !topic.starts_with('$') {
+            true => topic.to_string(),
+            false => format!("$tether/topic/{}/{topic}", self.apps[usize::from(app)].app),
+        }
+    }
+
+    pub(super) fn on_subscribed(&mut self, id: u32, s: proto::Subscribed, out: &mut BytesMut) {
+        let (app, topic, name, answer) = match self.take_req(id) {
+            Some(Req::Sub {
+                packet_id,
+                index,
+                qos,
+                app,
+                topic,
+                filter,
+            }) => (app, topic, filter, Some((packet_id, index, qos))),
+            Some(other) => {
+                self.reqs.push((id, other));
+                return;
+            }
+            None => {
+                let Some(app) = self.app_index(&s.app) else {
+                    return;
+                };
+                let name = self.topic_name(app, &s.topic);
+                (app, s.topic, name, None)
+            }
+        };
+        match self
+            .topics
+            .iter_mut()
+            .find(|t| t.app == app && t.topic == topic)
+        {
+            Some(t) => t.name = name,
+            None => self.topics.push(TopicName { app, topic, name }),
+        }
+        if let Some((packet_id, index, qos)) = answer {
+            self.answer_filter(packet_id, false, index, ReasonCode(qos as u8));
+            self.flush_acks(out);
+        }
+    }
+
+    pub(super) fn on_unsubscribed(&mut self, id: u32, u: proto::Unsubscribed, out: &mut BytesMut) {
+        if let Some(app) = self.app_index(&u.app) {
+            self.topics
+                .retain(|t| !(t.app == app && t.topic == u.topic));
+        }
+        match self.take_req(id) {
+            Some(Req::Unsub { packet_id, index }) => {
+                self.answer_filter(packet_id, true, index, ReasonCode::SUCCESS);
+                self.flush_acks(out);
+            }
+            Some(other) => self.reqs.push((id, other)),
+            None => {}
+        }
+    }
+}
+
+/// What a topic filter names.
+enum Filter {
+    Inbox { app: u8, seq_form: bool },
+    Expiring,
+    Reply,
+    Topic { app: u8, topic: String },
+    Refused(ReasonCode),
+}
