@@ -3,6 +3,9 @@
 #
 #   bench/compare.sh [TARGET...]          (default: tether nchan mosquitto bare)
 #
+# TARGET `tether-mqtt` is tether with MQTT 3.1.1 subscribers on its MQTT listener
+# (`tether-bench ... --target tether --mqtt`), beside Mosquitto's.
+#
 # For each target: start it fresh and run `connections` (idle RSS per subscribed connection);
 # start it fresh again and run `broadcast` at one publish rate for every target (server CPU
 # per delivery and latency at equal load), then `broadcast --max` (saturation). Then the
@@ -46,7 +49,7 @@ MAX_STEPS=${MAX_STEPS:-16}
 SKIP_MAX=${SKIP_MAX:-0}
 TETHER_SUBSCRIBE=${TETHER_SUBSCRIBE:-1}
 OUT=${OUT:-$repo/bench/results/$(date +%Y%m%d-%H%M%S)}
-bench=$repo/target/release/tether-bench
+bench=${TETHER_BENCH:-$repo/target/release/tether-bench}
 
 # The credentials of bench/tether.toml's app `demo`.
 export TETHER_APP_SECRET=bench-secret-0123456789abcdef
@@ -102,27 +105,36 @@ run() {
 }
 
 for t in "${targets[@]}"; do
+    # The peer script that serves the target, and how tether-bench names it.
+    peer=$t
+    target=(--target "$t")
+    if [[ $t == tether-mqtt ]]; then
+        peer=tether
+        target=(--target tether --mqtt --addr "127.0.0.1:$((${TETHER_PORT:-7400} + 83))")
+    fi
     extra=()
-    [[ $t == tether && $TETHER_SUBSCRIBE == 1 ]] && extra=(--subscribe)
-    pid=$(start "$t")
-    run "$t-connections" "$bench" connections --target "$t" --count "$CONNECTIONS" \
+    [[ $peer == tether && $TETHER_SUBSCRIBE == 1 ]] && extra=(--subscribe)
+    echo "load before $t: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
+    pid=$(start "$peer")
+    run "$t-connections" "$bench" connections "${target[@]}" --count "$CONNECTIONS" \
         --rate "$CONNECT_RATE" --hold 5 --server-pid "$pid" "${extra[@]}" \
         --json "$OUT/$t-connections.json"
-    stop "$t"
+    stop "$peer"
 
-    pid=$(start "$t")
-    run "$t-broadcast" "$bench" broadcast --target "$t" --subscribers "$SUBSCRIBERS" \
+    pid=$(start "$peer")
+    run "$t-broadcast" "$bench" broadcast "${target[@]}" --subscribers "$SUBSCRIBERS" \
         --connect-rate "$CONNECT_RATE" --rate "$RATE" --payload "$PAYLOAD" \
         --duration "$DURATION" --warmup "$WARMUP" --server-pid "$pid" \
         --json "$OUT/$t-broadcast.json"
     if [[ $SKIP_MAX != 1 ]]; then
-        run "$t-max" "$bench" broadcast --target "$t" --subscribers "$SUBSCRIBERS" \
+        run "$t-max" "$bench" broadcast "${target[@]}" --subscribers "$SUBSCRIBERS" \
             --connect-rate "$CONNECT_RATE" --max --max-steps "$MAX_STEPS" --payload "$PAYLOAD" \
             --duration "$MAX_DURATION" --warmup 1s --server-pid "$pid" \
             --json "$OUT/$t-max.json"
     fi
-    stop "$t"
+    stop "$peer"
 done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
 
 echo "== summary ($OUT)" >&2
 "$bench" summary "$OUT" --json "$OUT/summary.json" | tee "$OUT/summary.txt"

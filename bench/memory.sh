@@ -5,7 +5,7 @@
 #   bench/memory.sh
 #
 # Cases, in this order in each round (one `tether-bench connections` run each):
-#   mosquitto, subscribed to 1 topic, then to TOPICS topics;
+#   mosquitto, subscribed to 1 topic, then to TOPICS topics (once when TOPICS is 1);
 #   tether, for each store of STORES and each transport of TRANSPORTS: bound to the app only,
 #   subscribed to 1 topic, subscribed to TOPICS topics.
 # Then a table of every run's bytes per connection (summary.txt, summary.json).
@@ -16,7 +16,9 @@
 #   HOLD [10]              seconds the connections are held before RSS is read
 #   TOPICS [10]            topics per connection of the many-topics case
 #   STORES [memory embedded]  tether's store backends (embedded: the default `tether serve`)
-#   TRANSPORTS [tcp ws]    tether's transports
+#   TRANSPORTS [tcp ws]    tether's transports: tcp, ws, and mqtt (MQTT 3.1.1 on tether's
+#                          MQTT listener, `--mqtt`: CONNECT with the app and a token, then
+#                          SUBSCRIBE, like Mosquitto's subscribers)
 #   SUBSCRIPTIONS [0 1 TOPICS]  topics per tether connection (0: bound to the app only)
 #   MOSQUITTO [1]          0: no Mosquitto runs
 #   ROUNDS [1]             how many times the whole set runs, alternating servers
@@ -70,6 +72,7 @@ sysctl -q -w net.core.somaxconn=$((saved_somaxconn > 8192 ? saved_somaxconn : 81
     echo "kernel: $(uname -r)"
     echo "mosquitto: $( (/usr/sbin/mosquitto -h 2>/dev/null || true) | head -1)"
     echo "connections: $COUNT at $RATE/s, held $HOLD s"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
 
 # one NAME PEER ENV -- ARGS...: a fresh PEER (started with ENV), one `connections` run with
@@ -90,6 +93,7 @@ one() {
     local cmd=("$bench" connections "$@" --count "$COUNT" --rate "$RATE" --hold "$HOLD"
         --server-pid "$pid" --json "$OUT/$name.json")
     {
+        echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "\$ ${env[*]} bench/peers/$peer.sh start"
         echo "\$ ${cmd[*]}"
     } >"$OUT/$name.txt"
@@ -103,7 +107,7 @@ one() {
 
 for round in $(seq "$ROUNDS"); do
     if [[ $MOSQUITTO == 1 ]]; then
-        for topics in 1 "$TOPICS"; do
+        for topics in $(printf '%s\n' 1 "$TOPICS" | uniq); do
             one "r$round-mosquitto-tcp-$topics" mosquitto -- --target mosquitto \
                 --addr "127.0.0.1:$MOSQUITTO_PORT" --topics "$topics"
         done
@@ -111,7 +115,10 @@ for round in $(seq "$ROUNDS"); do
     for store in "${stores[@]}"; do
         for transport in "${transports[@]}"; do
             port=$TETHER_PORT
+            via=(--transport "$transport")
             [[ $transport == ws ]] && port=$((TETHER_PORT + 1))
+            # bench/peers/tether.sh puts the MQTT listener at TETHER_PORT + 83.
+            [[ $transport == mqtt ]] && port=$((TETHER_PORT + 83)) && via=(--mqtt)
             for topics in "${subscriptions[@]}"; do
                 subscribe=()
                 ((topics > 0)) && subscribe=(--subscribe --topics "$topics")
@@ -119,7 +126,7 @@ for round in $(seq "$ROUNDS"); do
                 # connects/s with 10 topics each, a full queue refuses some as busy (4301).
                 one "r$round-tether-$store-$transport-$topics" tether \
                     "TETHER_STORE__BACKEND=$store" TETHER_RATE__FANOUT_QUEUE=100000 \
-                    -- --target tether --transport "$transport" \
+                    -- --target tether "${via[@]}" \
                     --addr "127.0.0.1:$port" --http "127.0.0.1:$((TETHER_PORT + 80))" \
                     "${subscribe[@]}"
             done

@@ -136,7 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let workers = workers::needed(args.subscribers, args.workers);
     eprintln!(
         "{}: opening {} subscribers of `{}` at {}",
-        target.kind.name(),
+        target.name(),
         args.subscribers,
         target.topic,
         target
@@ -220,7 +220,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
     let report = Report {
         scenario: "broadcast",
-        target: target.kind.name(),
+        target: target.name(),
         tether_publish: (target.kind == Kind::Tether)
             .then(|| format!("{:?}", target.tether_publish).to_lowercase()),
         mode: if args.max { "max" } else { "rate" },

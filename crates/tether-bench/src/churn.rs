@@ -4,7 +4,8 @@
 //! [`crate::workers::Pool`], so past ~18,000 they spread over worker processes). Then, for
 //! `--duration`, a new connection is started every `1/--rate` s: it completes the target's
 //! handshake (tether: `connect`, and `subscribe` with `--subscribe`; the peers: their
-//! subscribe handshake), stays `--hold`, and closes. Reported: handshakes per second reached,
+//! subscribe handshake; MQTT targets with `--connect-only`: CONNECT to CONNACK), stays
+//! `--hold`, and closes. Reported: handshakes per second reached,
 //! handshake latency, failures by reason, connects skipped because `--in-flight` were still
 //! open (the client's own limit: a sign the server is slower than the rate), stable connections
 //! the server dropped, and the server's RSS over the run (so a leak per connection shows).
@@ -37,6 +38,10 @@ pub struct Args {
     /// tether only: churning and stable connections also subscribe to --topic.
     #[arg(long)]
     subscribe: bool,
+    /// MQTT targets (mosquitto, tether --mqtt): the handshake is CONNECT to CONNACK, with no
+    /// SUBSCRIBE (Mosquitto's subscribers otherwise always subscribe).
+    #[arg(long, conflicts_with = "subscribe")]
+    connect_only: bool,
     /// Connections held for the whole run.
     #[arg(long, default_value_t = 1000)]
     stable: u64,
@@ -105,7 +110,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--rate and --in-flight must be at least 1");
     }
     let mut target = args.target.target(args.stable + args.rate * 2)?;
-    let subscribed = target.kind != Kind::Tether || args.subscribe;
+    if args.connect_only && !(target.kind == Kind::Mosquitto || target.mqtt) {
+        bail!("--connect-only is for MQTT targets: --target mosquitto, or tether with --mqtt");
+    }
+    target.connect_only = args.connect_only;
+    let subscribed = (target.kind != Kind::Tether || args.subscribe) && !args.connect_only;
     if !subscribed {
         target.tether_publish = TetherPublish::Broadcast;
     }
@@ -207,7 +216,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ok = counts.ok.load(Ordering::Relaxed);
     let report = Report {
         scenario: "churn",
-        target: target.kind.name(),
+        target: target.name(),
         subscribed,
         stable_requested: args.stable,
         stable_connected: stable.connected,

@@ -2,7 +2,8 @@
 //! peers) at a given rate, hold them (with heartbeats where the target needs them), and report
 //! handshakes per second, failures by reason, and the server's RSS growth per connection.
 //!
-//! Over TCP, and for every peer, connections are [`crate::target`] subscribers held by a
+//! Over TCP (and MQTT, `--mqtt`), and for every peer, connections are [`crate::target`]
+//! subscribers held by a
 //! [`crate::workers::Pool`] (so past ~18,000 they spread over worker processes); tether over
 //! WebSocket uses tungstenite, in this process. Each connection is one small task holding a
 //! bare socket and a small buffer, so that the client side stays light. With `--tls` the same
@@ -118,6 +119,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--rate must be at least 1");
     }
     let server = Processes::with_descendants(&args.server_pid);
+    if args.target.mqtt && !matches!(args.transport, Transport::Tcp) {
+        bail!("--mqtt is MQTT over TCP: leave --transport at tcp");
+    }
     if args.target.target == Kind::Tether
         && matches!(args.transport, Transport::Ws | Transport::Sse)
     {
@@ -208,9 +212,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let result = Outcome {
-        target: target.kind.name(),
+        target: target.name(),
         transport: match (target.kind, &target.tls) {
             (Kind::Nchan, _) => "ws",
+            (_, None) if target.mqtt => "mqtt",
             (_, Some(_)) => "tls",
             (_, None) => "tcp",
         },

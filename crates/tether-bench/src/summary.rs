@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 /// Targets in the order they are shown.
-const ORDER: [&str; 4] = ["tether", "nchan", "mosquitto", "bare"];
+const ORDER: [&str; 5] = ["tether", "tether-mqtt", "nchan", "mosquitto", "bare"];
 
 /// How a figure is shown.
 #[derive(Debug, Clone, Copy)]
@@ -270,7 +270,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Each row's ratios are taken against the first of these with a value in that row.
     let mut preference: Vec<String> = args.reference.iter().cloned().collect();
-    preference.extend(["tether".to_owned(), "bare".to_owned()]);
+    preference.extend(["tether", "tether-mqtt", "bare"].map(str::to_owned));
     preference.extend(targets.iter().cloned());
     for r in &mut rows {
         let Some((reference, base)) = preference.iter().find_map(|t| {

@@ -5,6 +5,7 @@
 //! | target | subscribers | publishes |
 //! |---|---|---|
 //! | `tether` | binary TCP (inside TLS with `--tls`): `connect`, then `subscribe` (or only `connect` with `--tether-publish broadcast`) | `POST /v1/apps/{app}/topics/{topic}/publish` (or `/broadcast`) |
+//! | `tether --mqtt` | MQTT 3.1.1 to tether's MQTT listener: `CONNECT` (app and token as user name and password), `SUBSCRIBE` qos 0 (none with `--tether-publish broadcast`) | as `tether` |
 //! | `nchan` | WebSocket `GET /sub?id=<topic>` | `POST /pub?id=<topic>` |
 //! | `mosquitto` | MQTT 3.1.1 `CONNECT`, `SUBSCRIBE` qos 0 | MQTT `PUBLISH` qos 0 on one connection |
 //! | `bare` | TCP, one `S` byte | TCP, one `P` byte, then length-prefixed messages |
@@ -38,6 +39,9 @@ pub mod ws;
 
 /// tether's `tls://` listener in `bench/tether.toml` (`wss://` is the next port).
 pub const TLS_PORT: u16 = 7402;
+/// tether's MQTT listener (`listen.mqtt`'s default; `bench/peers/tether.sh` puts it at
+/// TETHER_PORT + 83, the same with the default 7400).
+pub const MQTT_PORT: u16 = 7483;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -132,6 +136,11 @@ pub struct TargetArgs {
     pub sources: u8,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// tether: subscribers speak MQTT 3.1.1 to tether's MQTT listener (--addr default
+    /// 127.0.0.1:7483) instead of tether's binary protocol; publishes still go through the
+    /// HTTP API.
+    #[arg(long)]
+    pub mqtt: bool,
 }
 
 impl TargetArgs {
@@ -143,9 +152,13 @@ impl TargetArgs {
         if tls.is_some() && kind != Kind::Tether {
             anyhow::bail!("--tls is for --target tether only");
         }
+        if self.mqtt && (kind != Kind::Tether || tls.is_some()) {
+            anyhow::bail!("--mqtt is for --target tether, without --tls");
+        }
         let addrs = if self.addr.is_empty() {
             vec![match tls {
                 Some(_) => SocketAddr::from(([127, 0, 0, 1], TLS_PORT)),
+                None if self.mqtt => SocketAddr::from(([127, 0, 0, 1], MQTT_PORT)),
                 None => kind.default_addr(),
             }]
         } else {
@@ -178,6 +191,8 @@ impl TargetArgs {
             heartbeat_s: self.heartbeat,
             sources,
             tls,
+            mqtt: self.mqtt,
+            connect_only: false,
         })
     }
 }
@@ -202,6 +217,13 @@ pub struct Target {
     pub sources: u8,
     /// Subscribers connect inside TLS.
     pub tls: Option<TlsClient>,
+    /// tether: subscribers speak MQTT to its MQTT listener.
+    #[serde(default)]
+    pub mqtt: bool,
+    /// MQTT subscribers (Mosquitto, tether over MQTT) stop at `CONNACK`: no `SUBSCRIBE`
+    /// (`churn --connect-only`, handshakes alone).
+    #[serde(default)]
+    pub connect_only: bool,
 }
 
 impl fmt::Debug for Target {
@@ -216,6 +238,8 @@ impl fmt::Debug for Target {
             .field("tether_publish", &self.tether_publish)
             .field("sources", &self.sources)
             .field("tls", &self.tls)
+            .field("mqtt", &self.mqtt)
+            .field("connect_only", &self.connect_only)
             .finish_non_exhaustive()
     }
 }
@@ -245,6 +269,14 @@ pub struct Subscriber {
 }
 
 impl Target {
+    /// The name results carry: the kind, or `tether-mqtt` for tether over MQTT.
+    pub fn name(&self) -> &'static str {
+        match (self.kind, self.mqtt) {
+            (Kind::Tether, true) => "tether-mqtt",
+            (kind, _) => kind.name(),
+        }
+    }
+
     /// Where subscriber `n` connects.
     pub fn addr(&self, n: u64) -> SocketAddr {
         self.addrs[(n % self.addrs.len() as u64) as usize]
@@ -267,6 +299,11 @@ impl Target {
         let mut stream = crate::tls::open(tcp, self.tls.as_ref()).await?;
         let mut buf = BytesMut::with_capacity(4096);
         let (decoder, ping) = match self.kind {
+            Kind::Tether if self.mqtt => {
+                let every = mqtt::tether_handshake(self, &mut stream, &mut buf, n).await?;
+                let ping = Bytes::from_static(&mqtt::PINGREQ);
+                (Decoder::Mqtt, Some((every, ping)))
+            }
             Kind::Tether => {
                 let ping = tether::handshake(self, &mut stream, &mut buf, n).await?;
                 (Decoder::Tether, Some(ping))
@@ -277,7 +314,10 @@ impl Target {
                 (Decoder::WebSocket, None)
             }
             Kind::Mosquitto => {
-                let topics = self.topic_names();
+                let topics = match self.connect_only {
+                    true => Vec::new(),
+                    false => self.topic_names(),
+                };
                 mqtt::handshake(&mut stream, &mut buf, &format!("bench-{n}"), &topics).await?;
                 (Decoder::Mqtt, None)
             }

@@ -1,23 +1,34 @@
 //! A minimal MQTT 3.1.1 client: what a benchmark subscriber and publisher need and nothing
-//! more. Out: `CONNECT` (clean session), `SUBSCRIBE` (one topic, qos 0), `PUBLISH` (qos 0).
-//! In: `CONNACK`, `SUBACK`, `PUBLISH`; anything else is skipped.
+//! more. Out: `CONNECT` (clean session), `SUBSCRIBE` (one topic, qos 0), `PUBLISH` (qos 0),
+//! `PINGREQ`. In: `CONNACK`, `SUBACK`, `PUBLISH`; anything else is skipped.
+//!
+//! Mosquitto takes an anonymous `CONNECT` with the keep-alive off. tether's MQTT listener
+//! (`--target tether --mqtt`) wants the app as user name and a token as password, and closes a
+//! connection that is silent for 1.5 keep-alives (docs/mqtt.md, section 7): its `CONNECT` is
+//! encoded by tether's own codec (`tether-mqtt`), and the subscriber sends `PINGREQ` every half
+//! keep-alive.
 //!
 //! Packet layout (MQTT 3.1.1, section 2): a fixed header (packet type in the high nibble of
 //! byte 0, flags in the low one; then the remaining length as a base-128 varint of 1-4 bytes),
 //! a variable header, a payload. Strings are a u16 BE length and UTF-8 bytes.
 
+use std::time::Duration;
+
 use crate::tls::Stream;
 use anyhow::bail;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use tether_core::{AppId, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Item;
+use super::{Item, Target, TetherPublish};
 
 pub const CONNECT: u8 = 1;
 pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
+/// `PINGREQ`, whole: it has no variable part.
+pub const PINGREQ: [u8; 2] = [0xc0, 0x00];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MqttError {
@@ -172,7 +183,8 @@ async fn expect(stream: &mut Stream, buf: &mut BytesMut, kind: u8) -> anyhow::Re
     }
 }
 
-/// Connects as `client_id` (keep-alive off) and subscribes to `topic` at qos 0.
+/// Connects as `client_id` (keep-alive off) and subscribes to `topics` at qos 0 (none: the
+/// handshake ends at `CONNACK`).
 pub async fn handshake(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -181,12 +193,73 @@ pub async fn handshake(
 ) -> anyhow::Result<()> {
     let mut out = BytesMut::with_capacity(64);
     connect(&mut out, client_id, 0);
+    handshake_with(stream, buf, out, topics).await
+}
+
+/// `CONNECT` of user `u<n>` to tether's MQTT listener, device `bench-<n>`, with a token minted
+/// from the target's secret, encoded by `tether-mqtt`.
+pub fn tether_connect(target: &Target, n: u64, out: &mut BytesMut) -> anyhow::Result<()> {
+    let app = AppId::new(target.app.clone());
+    let token = tether_core::auth::mint(
+        target.secret.as_bytes(),
+        &app,
+        &UserId::new(format!("u{n}")),
+        Duration::from_secs(24 * 3600),
+    );
+    let connect = tether_mqtt::Connect {
+        version: tether_mqtt::Version::V311,
+        client_id: format!("bench-{n}"),
+        clean_start: true,
+        keep_alive: keep_alive_s(target),
+        properties: tether_mqtt::Properties::default(),
+        will: None,
+        username: Some(target.app.clone()),
+        password: Some(Bytes::from(token)),
+    };
+    let packet = tether_mqtt::Packet::Connect(Box::new(connect));
+    tether_mqtt::encode(&packet, tether_mqtt::Version::V311, out)?;
+    Ok(())
+}
+
+/// The keep-alive a tether subscriber asks for: the target's heartbeat.
+fn keep_alive_s(target: &Target) -> u16 {
+    target.heartbeat_s.clamp(1, u64::from(u16::MAX)) as u16
+}
+
+/// Subscriber `n` of tether over MQTT: `CONNECT`, then the run's topics unless it broadcasts
+/// to the app or the run is `--connect-only`. Returns how often to send `PINGREQ`.
+pub async fn tether_handshake(
+    target: &Target,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    n: u64,
+) -> anyhow::Result<Duration> {
+    let mut out = BytesMut::with_capacity(512);
+    tether_connect(target, n, &mut out)?;
+    let topics = match target.tether_publish {
+        TetherPublish::Topic if !target.connect_only => target.topic_names(),
+        _ => Vec::new(),
+    };
+    handshake_with(stream, buf, out, &topics).await?;
+    Ok(Duration::from_secs(u64::from(keep_alive_s(target))) / 2)
+}
+
+/// Writes `connect`, waits for an accepting `CONNACK`, then subscribes to `topics`.
+async fn handshake_with(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    mut out: BytesMut,
+    topics: &[String],
+) -> anyhow::Result<()> {
     stream.write_all(&out).await?;
     let connack = expect(stream, buf, CONNACK).await?;
     match connack.get(1) {
         Some(0) => {}
         Some(code) => bail!("CONNACK refused: return code {code}"),
         None => bail!("short CONNACK"),
+    }
+    if topics.is_empty() {
+        return Ok(());
     }
     // One SUBSCRIBE per topic, like a client joining rooms one by one, all sent before the
     // first SUBACK is read.
@@ -209,6 +282,7 @@ pub async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::Kind;
 
     #[test]
     fn connect_bytes() {
@@ -220,6 +294,31 @@ mod tests {
         ];
         assert_eq!(&out[..], expected);
         assert_eq!(check(&out, 1000).unwrap().unwrap().total(), out.len());
+    }
+
+    #[test]
+    fn tether_connect_carries_the_app_and_a_token_that_verifies() {
+        let mut target =
+            crate::target::tests::target(Kind::Tether, "127.0.0.1:7483".parse().unwrap());
+        target.mqtt = true;
+        target.secret = "bench-secret".into();
+        let mut out = BytesMut::new();
+        tether_connect(&target, 7, &mut out).unwrap();
+        let packet = tether_mqtt::decode(&mut out, None, 4096).unwrap().unwrap();
+        let tether_mqtt::Packet::Connect(c) = packet else {
+            panic!("not a CONNECT: {packet:?}");
+        };
+        assert_eq!(c.version, tether_mqtt::Version::V311);
+        assert_eq!(
+            (c.client_id.as_str(), c.clean_start, c.keep_alive),
+            ("bench-7", true, 60)
+        );
+        assert_eq!(c.username.as_deref(), Some("demo"));
+        let token = std::str::from_utf8(c.password.as_deref().unwrap()).unwrap();
+        let app = AppId::new("demo".to_owned());
+        let user = tether_core::auth::verify(b"bench-secret", &app, token, Duration::ZERO);
+        assert_eq!(user.unwrap().as_str(), "u7");
+        assert!(out.is_empty());
     }
 
     #[test]

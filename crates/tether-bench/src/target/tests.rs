@@ -16,7 +16,7 @@ use crate::payload::{self, Fields};
 use crate::stats::Clock;
 use crate::subscribers::{self, Collector, Snapshot};
 
-fn target(kind: Kind, addr: SocketAddr) -> Target {
+pub(super) fn target(kind: Kind, addr: SocketAddr) -> Target {
     Target {
         kind,
         addrs: vec![addr],
@@ -31,6 +31,8 @@ fn target(kind: Kind, addr: SocketAddr) -> Target {
         heartbeat_s: 60,
         sources: 0,
         tls: None,
+        mqtt: false,
+        connect_only: false,
     }
 }
 
