@@ -105,13 +105,23 @@ run() {
 }
 
 for t in "${targets[@]}"; do
-    # The peer script that serves the target, and how tether-bench names it.
+    # The peer script that serves the target, and where tether-bench finds it (the peer
+    # scripts' ports: TETHER_PORT, NCHAN_PORT, MOSQUITTO_PORT, BARE_PORT).
     peer=$t
-    target=(--target "$t")
-    if [[ $t == tether-mqtt ]]; then
-        peer=tether
-        target=(--target tether --mqtt --addr "127.0.0.1:$((${TETHER_PORT:-7400} + 83))")
-    fi
+    tether_port=${TETHER_PORT:-7400}
+    tether_http=(--http "127.0.0.1:$((tether_port + 80))")
+    case $t in
+        tether) target=(--target tether --addr "127.0.0.1:$tether_port" "${tether_http[@]}") ;;
+        tether-mqtt)
+            peer=tether
+            target=(--target tether --mqtt --addr "127.0.0.1:$((tether_port + 83))"
+                "${tether_http[@]}")
+            ;;
+        nchan) target=(--target nchan --addr "127.0.0.1:${NCHAN_PORT:-7700}") ;;
+        mosquitto) target=(--target mosquitto --addr "127.0.0.1:${MOSQUITTO_PORT:-7883}") ;;
+        bare) target=(--target bare --addr "127.0.0.1:${BARE_PORT:-7600}") ;;
+        *) target=(--target "$t") ;;
+    esac
     extra=()
     [[ $peer == tether && $TETHER_SUBSCRIBE == 1 ]] && extra=(--subscribe)
     echo "load before $t: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
