@@ -1,11 +1,14 @@
 //! MQTT end to end (`docs/mqtt.md`), with clients nobody here wrote: Mosquitto's
-//! `mosquitto_sub` / `mosquitto_pub` / `mosquitto_rr` (Debian `mosquitto-clients`) and
+//! `mosquitto_sub` / `mosquitto_pub` / `mosquitto_rr` (Debian `mosquitto-clients`),
 //! Eclipse Paho for Python (`paho-mqtt`, in the venv `.ci/run` makes from
-//! `tests/mqtt/requirements.txt`), against a real node on port 0.
+//! `tests/mqtt/requirements.txt`) and MQTT.js (npm `mqtt`, [`mqttjs`]), against a real node
+//! on port 0: one `cargo test --test mqtt` runs all three.
 //!
 //! A missing client skips its test, except under `CI=true`, where it fails it.
 
 mod common;
+#[path = "mqtt/mqttjs.rs"]
+mod mqttjs;
 
 use std::path::PathBuf;
 use std::process::Stdio;
