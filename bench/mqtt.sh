@@ -107,7 +107,7 @@ handshakes() {
 
 for round in $(seq "$ROUNDS"); do
     if ! skipped memory; then
-        OUT=$OUT/memory-r$round BUILD=0 COUNT=$COUNT TOPICS=1 SUBSCRIPTIONS=1 \
+        OUT=$OUT/memory-r$round BUILD=0 ROUNDS=1 COUNT=$COUNT TOPICS=1 SUBSCRIPTIONS=1 \
             TRANSPORTS=mqtt STORES="embedded memory" "$here/memory.sh"
     fi
     if ! skipped broadcast; then
