@@ -35,8 +35,8 @@ pub use registry::{
 };
 pub use router::{LocalSink, MemoryRouter, NodeMessage, Router, RouterError};
 pub use store::{
-    Cursors, Inboxes, MemoryStore, Retention, Store, StoreError, SubscriptionError, Subscriptions,
-    TopicHistory,
+    Cursors, Inboxes, MemoryStore, Retention, SavedSessions, Store, StoreError, SubscriptionError,
+    Subscriptions, TopicHistory,
 };
 
 /// Milliseconds since the Unix epoch, by the system clock.

@@ -9,8 +9,8 @@
 //!
 //! - this module: [`store_contract`], which runs the store parts below in order on one
 //!   backend.
-//!   - `inboxes`, `cursors`, `topic_history`, `subscriptions`: one part of the store seam
-//!     each; `store`: what they share ([`CONTRACT_INBOX_CAP`], [`CONTRACT_TOPIC_HISTORY`],
+//!   - `inboxes`, `cursors`, `topic_history`, `subscriptions`, `saved_sessions`: one part of
+//!     the store seam each; `store`: what they share ([`CONTRACT_INBOX_CAP`], [`CONTRACT_TOPIC_HISTORY`],
 //!     message builders).
 //! - `registry`: [`registry_contract`], sessions and node membership.
 //! - `router`: [`router_contract`] and [`remote_router_contract`], and [`numbered_push`].
@@ -21,6 +21,7 @@ mod cursors;
 mod inboxes;
 mod registry;
 mod router;
+mod saved_sessions;
 mod sink;
 mod store;
 mod subscriptions;
@@ -41,4 +42,5 @@ pub async fn store_contract(store: &dyn Store) {
     cursors::contract(store).await;
     topic_history::contract(store).await;
     subscriptions::contract(store).await;
+    saved_sessions::contract(store).await;
 }

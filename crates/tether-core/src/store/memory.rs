@@ -4,10 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{
-    Append, Appended, Cursor, Cursors, Inboxes, NewMessage, Page, Retention, StoreError,
-    StoredMessage, SubscriptionError, Subscriptions, TopicHistory, count_attempt,
+    Append, Appended, Cursor, Cursors, Inboxes, NewMessage, Page, Retention, SavedSessions,
+    StoreError, StoredMessage, SubscriptionError, Subscriptions, TopicHistory, check_session_size,
+    count_attempt,
 };
 use crate::{AppId, DeviceId, Seq, TopicId, UserId};
 
@@ -82,6 +84,10 @@ struct State {
     /// Keys in the order they were stored, to forget expired ones without a scan (the window
     /// is one setting, so this is also roughly expiry order).
     idempotency_order: VecDeque<(u64, IdemKey)>,
+    /// Saved sessions: (app, user, device) -> (value, expires_ms). An expired one is removed
+    /// when a save or a read meets it.
+    saved: HashMap<(AppId, UserId, DeviceId), (Bytes, u64)>,
+    saves: u64,
 }
 
 /// The in-memory store: exact and immediate, gone when the process exits.
@@ -311,6 +317,60 @@ impl Subscriptions for MemoryStore {
             .get(&(app.clone(), user.clone()))
             .map(|topics| topics.iter().cloned().collect())
             .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl SavedSessions for MemoryStore {
+    async fn save_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        value: Bytes,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        check_session_size(&value)?;
+        let mut state = self.state();
+        // Every 256th save sweeps the expired ones, so that they cannot pile up.
+        state.saves = state.saves.wrapping_add(1);
+        if state.saves.is_multiple_of(256) {
+            let now = crate::now_ms();
+            state.saved.retain(|_, (_, expires)| *expires > now);
+        }
+        let key = (app.clone(), user.clone(), device.clone());
+        state.saved.insert(key, (value, expires_ms));
+        Ok(())
+    }
+
+    async fn saved_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut state = self.state();
+        let key = (app.clone(), user.clone(), device.clone());
+        match state.saved.get(&key) {
+            Some((value, expires)) if *expires > now_ms => Ok(Some(value.clone())),
+            Some(_) => {
+                state.saved.remove(&key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn forget_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<(), StoreError> {
+        let key = (app.clone(), user.clone(), device.clone());
+        self.state().saved.remove(&key);
+        Ok(())
     }
 }
 

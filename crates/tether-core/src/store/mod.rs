@@ -11,9 +11,12 @@
 //! have not expired. The store also remembers the topics the business subscribed each user to,
 //! so that the user's later connections join them too.
 //!
-//! The seam is four traits, each with its guarantees: [`Inboxes`], [`Cursors`],
-//! [`TopicHistory`] and [`Subscriptions`]; [`Store`] is all four, what a node is given. A
-//! part that needs one of them takes only that one.
+//! The store also keeps what a transport remembers of a device between its connections (MQTT's
+//! persistent sessions): one small value per (app, user, device), with an expiry.
+//!
+//! The seam is five traits, each with its guarantees: [`Inboxes`], [`Cursors`],
+//! [`TopicHistory`], [`Subscriptions`] and [`SavedSessions`]; [`Store`] is all five, what a
+//! node is given. A part that needs one of them takes only that one.
 //!
 //! Backends: [`MemoryStore`] (tests, and nodes that need no durability; in [`memory`]), the
 //! embedded store in the server crate (`tether serve`'s default), Redis with the cluster mode.
@@ -137,15 +140,23 @@ pub struct Cursor {
 }
 
 /// Every seam of the store: what a node holds durably. Implemented for every type that
-/// implements the four parts, so a backend implements those and `Arc<dyn Store>` serves as each
+/// implements the five parts, so a backend implements those and `Arc<dyn Store>` serves as each
 /// of them (`Arc<dyn Store>` upcasts to `Arc<dyn Inboxes>` and the others).
 pub trait Store:
-    Inboxes + Cursors + TopicHistory + Subscriptions + Send + Sync + Debug + 'static
+    Inboxes + Cursors + TopicHistory + Subscriptions + SavedSessions + Send + Sync + Debug + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Inboxes + Cursors + TopicHistory + Subscriptions + Send + Sync + Debug + 'static
+    T: Inboxes
+        + Cursors
+        + TopicHistory
+        + Subscriptions
+        + SavedSessions
+        + Send
+        + Sync
+        + Debug
+        + 'static
 {
 }
 
@@ -281,6 +292,60 @@ pub trait Subscriptions: Send + Sync + Debug + 'static {
 
     /// The topics the business subscribed `user` to, sorted.
     async fn subscriptions(&self, app: &AppId, user: &UserId) -> Result<Vec<TopicId>, StoreError>;
+}
+
+/// The largest value [`SavedSessions::save_session`] takes.
+pub const MAX_SESSION_BYTES: usize = 64 * 1024;
+
+/// What a transport remembers of a device between its connections: MQTT's persistent sessions
+/// (its subscriptions and where each stands, docs/mqtt.md 4.4), so that a device that comes
+/// back, to this node or another, resumes them. One opaque value per (app, user, device), which
+/// the transport encodes; the store only keeps it until its expiry.
+///
+/// # Guarantees every backend gives
+/// - `save_session` replaces the value whole: the last save wins. It is as durable as an ack
+///   ([`Cursors::ack`]): a crash may lose the last saves, never return a mix of two.
+/// - A value is never returned at or after its `expires_ms`, and is deleted some time after
+///   it (a backend's sweep or the key's own ttl): stored sessions do not pile up.
+/// - A value over [`MAX_SESSION_BYTES`] is refused with [`StoreError::Unavailable`]: nothing is stored, the old value stays.
+#[async_trait]
+pub trait SavedSessions: Send + Sync + Debug + 'static {
+    /// Keeps `value` for (app, user, device) until `expires_ms` (ms since the epoch).
+    async fn save_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        value: Bytes,
+        expires_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The value saved for (app, user, device), unless it expired at `now_ms` or none was.
+    async fn saved_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<Option<Bytes>, StoreError>;
+
+    /// Forgets the value of (app, user, device), if there is one.
+    async fn forget_session(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<(), StoreError>;
+}
+
+/// Refuses a session value larger than [`MAX_SESSION_BYTES`] (every backend checks it first).
+pub fn check_session_size(value: &[u8]) -> Result<(), StoreError> {
+    match value.len() {
+        n if n > MAX_SESSION_BYTES => Err(StoreError::Unavailable(format!(
+            "a saved session of {n} bytes is larger than {MAX_SESSION_BYTES}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Why a server-side subscription was not recorded.

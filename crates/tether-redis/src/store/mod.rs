@@ -4,6 +4,7 @@
 //!
 //! - this module: [`RedisStore`] and its impls of the store traits, and the keys' TTLs.
 //! - `scripts.rs`: the Lua scripts, each of which reads and changes one slot's keys atomically.
+//! - `sessions.rs`: [`tether_core::SavedSessions`], one string per device's session.
 //! - `codec.rs`: list elements, idempotency records and cursors as bytes, and Redis's answers
 //!   and errors as [`StoreError`]s.
 //! - `tests.rs`: the unit tests of the encoding and of the TTLs.
@@ -26,6 +27,7 @@
 //!   `Retention::cursor_idle` (`max_ttl`) more to live, so the cursors of a user whose devices
 //!   all went quiet go once every message they covered has expired.
 //! - `subs`: a set of topics.
+//! - `session:<device>` (device escaped): a device's saved session (`sessions.rs`).
 //!
 //! Per (app, topic), `seq` and `history` are a log of the same shape as `seq` and `inbox`. Per
 //! app, `idem:<key>` (key escaped) holds an idempotency record: the first call's message id,
@@ -76,6 +78,7 @@
 
 mod codec;
 mod scripts;
+mod sessions;
 #[cfg(test)]
 mod tests;
 

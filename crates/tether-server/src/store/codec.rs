@@ -198,6 +198,22 @@ pub fn subscription_topic(inbox: &[u8], key: &[u8]) -> Result<TopicId, StoreErro
 }
 
 /// A subscription's value: nothing but the format.
+/// A saved session: `version u8 | expires_ms u64 | value`.
+pub fn encode_session(value: &[u8], expires_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + value.len());
+    out.push(VERSION);
+    out.extend_from_slice(&expires_ms.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// A saved session's expiry and value.
+pub fn decode_session(stored: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let mut r = Reader::new("saved session", stored)?;
+    let expires = r.u64()?;
+    Ok((expires, r.rest()))
+}
+
 pub fn encode_subscription() -> [u8; 1] {
     [VERSION]
 }

@@ -27,6 +27,8 @@ use super::space::Space;
 use super::writer::Writer;
 use crate::metrics::StoreMetrics;
 
+mod sessions;
+
 /// Work counters since the store opened, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {

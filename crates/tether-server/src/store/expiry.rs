@@ -6,12 +6,13 @@
 //! Two ways out, both run by the writer thread:
 //! - [`expire_front`]: when a batch writes to an inbox, expired messages at its front go in
 //!   the same batch (cheap: the writer knows where the front is);
-//! - [`Sweeper`]: a pass over every message, idempotency record and cursor, every
+//! - [`Sweeper`]: a pass over every message, idempotency record, cursor and saved session, every
 //!   [`SWEEP_EVERY`], in chunks of [`SWEEP_CHUNK`] entries that run while the writer is idle,
 //!   each resuming after the last key the previous one looked at. It catches what
 //!   `expire_front` cannot: messages behind a live front, inboxes nobody writes to any more,
 //!   idempotency keys, and cursors unchanged for `cursor_idle` (`max_ttl`: every message
-//!   such a cursor covers has expired, so deleting it changes nothing the device is sent).
+//!   such a cursor covers has expired, so deleting it changes nothing the device is sent),
+//!   and saved sessions past their expiry.
 //!
 //! Topic histories share the `messages` and `inboxes` keyspaces with inboxes (under keys of
 //! their own), so both ways out serve them unchanged.
@@ -38,6 +39,8 @@ pub struct Swept {
     pub idempotency_keys: u64,
     /// Device cursors not written for longer than `Retention::cursor_idle`.
     pub cursors: u64,
+    /// Saved sessions past their expiry.
+    pub sessions: u64,
 }
 
 /// How often a sweep pass over the whole store starts. (Unit tests watch the idle sweep, over
@@ -141,6 +144,7 @@ enum Part {
     Messages,
     Idempotency,
     Cursors,
+    Sessions,
 }
 
 /// The sweep's progress and pacing.
@@ -207,6 +211,7 @@ impl Sweeper {
             Part::Messages => &ks.messages,
             Part::Idempotency => &ks.idempotency,
             Part::Cursors => &ks.cursors,
+            Part::Sessions => &ks.sessions,
         };
         let mut iter = match after {
             Some(k) => keyspace.range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded)),
@@ -257,6 +262,14 @@ impl Sweeper {
                     Ok(_) => {}
                     Err(e) => tracing::warn!("store: the sweep skipped a cursor: {e}"),
                 },
+                Part::Sessions => match codec::decode_session(&value) {
+                    Ok((expires, _)) if expires <= now_ms => {
+                        batch.remove(keyspace, key.clone());
+                        deleted += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("store: the sweep skipped a saved session: {e}"),
+                },
             }
             last = Some(key.to_vec());
         }
@@ -277,7 +290,8 @@ impl Sweeper {
             match part {
                 Part::Messages => Some((Part::Idempotency, None)),
                 Part::Idempotency => Some((Part::Cursors, None)),
-                Part::Cursors => {
+                Part::Cursors => Some((Part::Sessions, None)),
+                Part::Sessions => {
                     self.next_pass = Instant::now() + SWEEP_EVERY;
                     None
                 }
@@ -288,6 +302,7 @@ impl Sweeper {
             Part::Messages => swept.messages = deleted,
             Part::Idempotency => swept.idempotency_keys = deleted,
             Part::Cursors => swept.cursors = deleted,
+            Part::Sessions => swept.sessions = deleted,
         }
         Ok(swept)
     }
@@ -301,6 +316,7 @@ impl Sweeper {
             total.messages += swept.messages;
             total.idempotency_keys += swept.idempotency_keys;
             total.cursors += swept.cursors;
+            total.sessions += swept.sessions;
             if self.at.is_none() {
                 return Ok(total);
             }

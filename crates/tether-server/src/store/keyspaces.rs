@@ -29,6 +29,7 @@ pub struct Keyspaces {
     pub cursors: Keyspace,
     pub idempotency: Keyspace,
     pub subscriptions: Keyspace,
+    pub sessions: Keyspace,
 }
 
 impl Keyspaces {
@@ -45,6 +46,7 @@ impl Keyspaces {
             cursors: keyspace("cursors")?,
             idempotency: keyspace("idempotency")?,
             subscriptions: keyspace("subscriptions")?,
+            sessions: keyspace("sessions")?,
             db: db.clone(),
         })
     }

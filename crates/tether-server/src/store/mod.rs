@@ -28,7 +28,7 @@
 //!
 //! # On disk
 //!
-//! Five fjall keyspaces, written together in atomic batches:
+//! Six fjall keyspaces, written together in atomic batches:
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
@@ -37,6 +37,7 @@
 //! | `cursors` | `app 0x00 user 0x00 device` | acked, attempt seq, attempts |
 //! | `idempotency` | `app 0x00 key` | expires, message id, created, (user, seq) list |
 //! | `subscriptions` | `app 0x00 user 0x00 topic` | version only |
+//! | `sessions` | `app 0x00 user 0x00 device` | version, expires, a transport's saved session (`embedded/sessions.rs`) |
 //!
 //! A log is a user's inbox (`app 0x00 user 0x00`) or a topic's history
 //! (`app 0x00 0x01 0x03 topic 0x00`; `codec` explains why the two never meet). Both are kept

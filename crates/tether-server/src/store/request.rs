@@ -49,6 +49,12 @@ pub enum Write {
         max: usize,
         reply: Reply<Subscription>,
     },
+    /// Save (`Some`: the encoded value) or forget (`None`) the session of cursor key `key`.
+    Session {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        reply: Reply<()>,
+    },
 }
 
 /// What a [`Write::Subscribe`] did.
@@ -69,6 +75,7 @@ impl Write {
             Write::Publish { reply, .. } => drop(reply.send(Err(e))),
             Write::NoteAttempt { reply, .. } => drop(reply.send(Err(e))),
             Write::Subscribe { reply, .. } => drop(reply.send(Err(e))),
+            Write::Session { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 

@@ -34,7 +34,7 @@ use tether_core::{Seq, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::acks::{PendingAcks, apply_ack};
-use super::codec::IdemRecord;
+use super::codec::{self, IdemRecord};
 use super::expiry::Sweeper;
 use super::expiry::Swept;
 use super::inbox::Inbox;
@@ -104,6 +104,8 @@ struct Staged {
     subscriptions: HashMap<Vec<u8>, bool>,
     /// Inbox key -> the user's subscriptions after the batch, for users the batch touched.
     subscription_counts: HashMap<Vec<u8>, usize>,
+    /// Saved session key -> its new value, or `None` to delete it.
+    sessions: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Messages x users stored.
     appends: u64,
     /// Publications stored.
@@ -123,6 +125,7 @@ enum Answer {
     Seq(Reply<Seq>, Result<Seq, StoreError>),
     Count(Reply<u32>, Result<u32, StoreError>),
     Subscription(Reply<Subscription>, Result<Subscription, StoreError>),
+    Done(Reply<()>, Result<(), StoreError>),
 }
 
 impl Answer {
@@ -140,6 +143,7 @@ impl Answer {
             Answer::Seq(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Count(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Subscription(tx, r) => drop(tx.send(pick(r, failed))),
+            Answer::Done(tx, r) => drop(tx.send(pick(r, failed))),
         }
     }
 }
@@ -423,7 +427,7 @@ impl Writer {
         self.metrics.expired_messages.increment(swept.messages);
         self.metrics.expired_keys.increment(swept.idempotency_keys);
         self.metrics.expired_cursors.increment(swept.cursors);
-        if swept.messages + swept.idempotency_keys + swept.cursors > 0 {
+        if swept.messages + swept.idempotency_keys + swept.cursors + swept.sessions > 0 {
             self.dirty = true;
         }
     }
@@ -511,6 +515,12 @@ impl Writer {
                 } => {
                     let r = self.stage_subscription(&mut staged, user, key, subscribed, max);
                     Answer::Subscription(reply, r)
+                }
+                Write::Session { key, value, reply } => {
+                    let r = codec::check_key(&key).map(|()| {
+                        staged.sessions.insert(key, value);
+                    });
+                    Answer::Done(reply, r)
                 }
             });
         }

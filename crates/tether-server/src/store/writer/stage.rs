@@ -286,6 +286,12 @@ impl Writer {
         for (key, record) in st.idempotency.drain() {
             batch.insert(&ks.idempotency, key, codec::encode_idempotency(&record)?);
         }
+        for (key, value) in st.sessions.drain() {
+            match value {
+                Some(value) => batch.insert(&ks.sessions, key, value),
+                None => batch.remove(&ks.sessions, key),
+            }
+        }
         for (key, subscribed) in st.subscriptions.drain() {
             if subscribed {
                 batch.insert(&ks.subscriptions, key, codec::encode_subscription());
