@@ -36,6 +36,7 @@ use crate::reload::{Reloaded, Reloader};
 use crate::session::access::Access;
 use crate::store::{DEFAULT_OPEN_FILES, EmbeddedOptions, EmbeddedStore};
 use crate::tls::TlsListeners;
+use crate::transport::{Will, Wills};
 use crate::webhook::{self, Webhooks};
 
 /// The backends of the store and registry seams (the router comes later: it needs the
@@ -493,6 +494,12 @@ async fn serve_api<L>(
 /// upstream data.
 #[derive(Debug)]
 struct WebhookEvents(Arc<Webhooks>);
+
+impl Wills for WebhookEvents {
+    fn will(&self, will: Will) {
+        self.0.will(will);
+    }
+}
 
 impl Events for WebhookEvents {
     fn connected(&self, conn: &dyn Link) {

@@ -23,6 +23,7 @@ mod apps;
 mod collect;
 mod de;
 mod load;
+mod mqtt;
 mod permission;
 mod problem;
 mod sections;
@@ -39,6 +40,7 @@ pub use apps::{
 };
 pub use de::parse_duration;
 pub use load::NoDemoApp;
+pub use mqtt::MqttConfig;
 pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
@@ -55,6 +57,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub limits: Limits,
     pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
     pub store: StoreConfig,
     pub rate: RateConfig,
     pub apps: Vec<AppConfig>,

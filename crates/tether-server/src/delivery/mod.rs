@@ -165,6 +165,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The store, for what a transport keeps of a device beyond its connections (MQTT's
+    /// sessions, `crate::transport::Accepted`).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// The service over the node's seams; `links` are the node's own connections.
     pub fn new(
         config: &Config,

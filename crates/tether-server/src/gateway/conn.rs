@@ -22,7 +22,7 @@ use crate::edge::LogLimit;
 use crate::link::{Binding, Link};
 use crate::session::handshake::Accepted;
 use crate::session::inbox::InboxState;
-use crate::transport::Wire;
+use crate::transport::{self, Wire};
 
 /// Serves one accepted connection until it ends or parks.
 ///
@@ -138,6 +138,15 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
                 .collect(),
         },
     );
+    wire.accepted(&transport::Accepted {
+        conn: conn.id,
+        device: &conn.device,
+        bindings: &conn.bindings,
+        sessions: &gw.sessions,
+        wills: &gw.wills,
+        max_session: gw.max_session,
+    })
+    .await;
     let mut pending = VecDeque::from([conn.encoding.encode(&reply)]);
     let sent = timeout(gw.config.write_timeout, wire.send(&mut pending)).await;
     // The reply was never in the queue's budget: count it here, apart from the queue.

@@ -47,7 +47,7 @@ mod work;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_core::NodeId;
+use tether_core::{NodeId, SavedSessions};
 use tether_proto::{ErrorBody, Upstream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,7 @@ use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::session::access::Shared;
 use crate::session::handshake::Handshake;
+use crate::transport::Wills;
 use admission::Admission;
 use affinity::Affinity;
 use table::ConnTable;
@@ -70,8 +71,9 @@ use table::ConnTable;
 /// What the gateway reports of its connections, for the node to pass on (to the apps'
 /// webhooks): two notifications, and upstream data, which is a request the client gets an
 /// answer to (now, if it is refused; later, from the webhook, if it is taken). Called on the
-/// connection's task: nothing here may wait.
-pub trait Events: Send + Sync + std::fmt::Debug {
+/// connection's task: nothing here may wait. A will ([`Wills`]) is upstream data too, sent
+/// after its connection ended.
+pub trait Events: Wills + Send + Sync + std::fmt::Debug {
     /// A connection completed its handshake; its client has not been told yet.
     fn connected(&self, conn: &dyn Link);
 
@@ -122,6 +124,12 @@ pub struct Gateway {
     pub delivery: Arc<Delivery>,
     /// Where connection events go.
     events: Arc<dyn Events>,
+    /// The same, for the wills of MQTT connections (`crate::transport::Accepted`).
+    wills: Arc<dyn Wills>,
+    /// Where MQTT sessions are kept: the store.
+    sessions: Arc<dyn SavedSessions>,
+    /// `mqtt.max_session_expiry`.
+    max_session: Duration,
     pub metrics: Metrics,
     admission: Arc<Admission>,
     /// Room for refused WebSocket clients waiting for their answer.
@@ -167,8 +175,11 @@ impl Gateway {
             access,
             poller: start_poller(config, &table),
             table,
+            sessions: delivery.store().clone(),
             delivery,
+            wills: events.clone(),
             events,
+            max_session: config.mqtt.max_session_expiry,
             metrics,
             admission: Arc::new(Admission::new(
                 config.limits.max_connections,

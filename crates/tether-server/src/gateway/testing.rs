@@ -14,6 +14,7 @@ use crate::fanout::Fanout;
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::session::access::Access;
+use crate::transport::{Will, Wills};
 
 /// Events nobody listens to.
 #[derive(Debug)]
@@ -27,6 +28,10 @@ impl Events for Unheard {
     fn upstream(&self, _: &dyn Link, _: usize, _: u32, _: Upstream) -> Result<(), ErrorBody> {
         Ok(())
     }
+}
+
+impl Wills for Unheard {
+    fn will(&self, _: Will) {}
 }
 
 /// A gateway of `Config::for_tests`, its node composed as `crate::node` does, in memory.

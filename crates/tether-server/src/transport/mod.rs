@@ -15,10 +15,13 @@
 //! - [`mqtt`]: MQTT 3.1.1 and 5.0, translated to and from the session's frames.
 //! - [`sse`]: Server-Sent Events, a stream of events and a POST route for what the client
 //!   sends, for browsers behind proxies that strip the WebSocket upgrade.
+//! - [`accepted`]: what a wire learns once its connection is accepted, for what it keeps of
+//!   a device beyond one connection (MQTT's sessions and wills).
 //!
 //! Under each framing, a [`Carrier`] moves the bytes: [`Plain`], the socket itself, or
 //! [`Tls`] over it.
 
+pub mod accepted;
 pub mod carrier;
 pub mod mqtt;
 pub mod sse;
@@ -41,6 +44,7 @@ use tokio::net::TcpStream;
 
 use crate::link::Encoding;
 
+pub use accepted::{Accepted, Will, Wills};
 pub use carrier::{Carrier, Plain};
 pub use sse::SseWire;
 pub use tcp::TcpWire;
@@ -230,6 +234,13 @@ pub trait Wire: Send + Sized + 'static {
     /// Closes the connection with `code` (WebSocket: a close frame), after what
     /// [`Wire::send`] wrote. Best effort.
     fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
+
+    /// The handshake accepted the connection; `connected` is written next. A wire that keeps
+    /// something of its device beyond a connection (MQTT's sessions) reads it here. It never
+    /// refuses: what it cannot read, it goes on without.
+    fn accepted(&mut self, _: &Accepted<'_>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// What a wire counts of its traffic.

@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Secret};
 use crate::link::{Binding, Link, Links};
 use crate::metrics::HookMetrics;
+use crate::transport::Will;
 use post::{Post, Poster};
 use presence::{Flusher, Presence, SeqGen};
 use upstream::{InFlight, Job, Worker};
@@ -276,6 +277,7 @@ impl Webhooks {
             payload: up.payload,
             received_ms: tether_core::now_ms(),
             ticket,
+            will: false,
         };
         match hooks.jobs.try_send(job) {
             Ok(()) => {
@@ -293,6 +295,54 @@ impl Webhooks {
                 Code::UNAVAILABLE,
                 "the server is shutting down; retry later".into(),
             )),
+        }
+    }
+
+    /// Takes a will (docs/mqtt.md, section 9) for its app's webhook, as an upstream of its
+    /// gone connection: the same checks, queue and per-connection bound, and no answer to
+    /// route. One that cannot be taken is dropped, logged and counted like a refused upstream.
+    pub fn will(&self, will: Will) {
+        let Will {
+            app,
+            user,
+            device,
+            conn,
+            kind,
+            payload_kind,
+            payload,
+        } = will;
+        let Some(hooks) = self.apps.get(&app) else {
+            tracing::debug!(%app, "a will is dropped: the app has no webhook");
+            return;
+        };
+        let hooks = &hooks.upstream;
+        if validate_id("upstream kind", &kind).is_err() || payload.len() > self.max_payload {
+            tracing::debug!(%app, "a will is dropped: its topic or its size is not an upstream's");
+            hooks.metrics.dropped.increment(1);
+            return;
+        }
+        let Ok(ticket) = hooks.in_flight.take(conn) else {
+            hooks.metrics.limited.increment(1);
+            return;
+        };
+        let job = Job {
+            conn,
+            request: 0,
+            user,
+            device,
+            kind,
+            payload_kind,
+            payload,
+            received_ms: tether_core::now_ms(),
+            ticket,
+            will: true,
+        };
+        match hooks.jobs.try_send(job) {
+            Ok(()) => hooks.metrics.queued.increment(1.0),
+            Err(_) => {
+                tracing::debug!(%app, "a will is dropped: the upstream queue is full");
+                hooks.metrics.dropped.increment(1);
+            }
         }
     }
 

@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub received_ms: u64,
     /// The connection's place among its upstreams in flight, given back when the job ends.
     pub ticket: Ticket,
+    /// A will (docs/mqtt.md, section 9): its connection is gone, nobody gets the answer.
+    pub will: bool,
 }
 
 /// Upstreams in flight per connection, so that one client cannot take an app's whole queue.
@@ -115,6 +117,8 @@ struct UpstreamBody<'a> {
     payload: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_base64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    will: bool,
 }
 
 impl Job {
@@ -144,6 +148,7 @@ impl Job {
             ts_ms: self.received_ms,
             payload: json,
             payload_base64,
+            will: self.will,
         };
         // Serialising borrowed strings and raw JSON cannot fail.
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
@@ -247,9 +252,13 @@ impl Worker {
             conn,
             request,
             ticket,
+            will,
             ..
         } = job;
         drop(ticket);
+        if will {
+            return;
+        }
         let reached = self.links.get(conn).is_some_and(|handle| {
             let frame = handle.encoding().encode(&Frame { id: request, body });
             handle.enqueue(frame) == Enqueued::Queued
@@ -289,6 +298,7 @@ mod tests {
             payload: Bytes::from_static(payload),
             received_ms: 1_763_700_000_000,
             ticket: InFlight::new(1).take(ConnId(7)).unwrap(),
+            will: false,
         };
         let (app, node) = (AppId::from("demo"), NodeId::from("n1"));
         let body = job(PayloadKind::Json, br#" {"text":"hi"} "#).body(&app, &node, "n1-1");
