@@ -6,16 +6,82 @@
                                                        reason the server answers with
 
 Prints "disconnected <reason code>" and exits 0; exits 1 when nothing came within 10 s.
+
+    python paho_client.py session-start PORT TOKEN ID  connect as ID with Clean Start 1 and a
+                                                       Session Expiry Interval of 300 s,
+                                                       subscribe to the inbox and to `room-s`
+                                                       at QoS 1, print "present <0|1>" and
+                                                       "subscribed", then DISCONNECT
+    python paho_client.py session-resume PORT TOKEN ID N
+                                                       connect as ID with Clean Start 0 and the
+                                                       same expiry, subscribe to nothing, print
+                                                       "present <0|1>" and each message as
+                                                       "<topic> <payload>" until N came, then
+                                                       DISCONNECT (exits 1 after 10 s)
 """
 
 import sys
 import threading
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def session(mode, port, token, client_id, count):
+    """The session-start and session-resume modes."""
+    done = threading.Event()
+    got = []
+
+    def on_connect(client, userdata, flags, rc, properties):
+        if rc != 0:
+            print(f"refused {rc.value}", flush=True)
+            done.set()
+            return
+        print(f"present {int(flags.session_present)}", flush=True)
+        if mode == "session-start":
+            client.subscribe([("$tether/inbox/demo", 1), ("room-s", 1)])
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        print("subscribed " + " ".join(str(c.value) for c in reason_codes), flush=True)
+        done.set()
+
+    def on_message(client, userdata, message):
+        print(f"{message.topic} {message.payload.decode()}", flush=True)
+        got.append(message)
+        if len(got) >= count:
+            done.set()
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    client.username_pw_set("demo", token)
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 300
+    client.connect(
+        "127.0.0.1",
+        port,
+        keepalive=30,
+        clean_start=(mode == "session-start"),
+        properties=props,
+    )
+    client.loop_start()
+    ok = done.wait(10)
+    client.disconnect()
+    client.loop_stop()
+    sys.exit(0 if ok else 1)
 
 
 def main():
     mode, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if mode.startswith("session-"):
+        count = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        session(mode, port, token, sys.argv[4], count)
     done = threading.Event()
     reason = []
 

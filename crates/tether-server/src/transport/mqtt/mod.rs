@@ -28,7 +28,7 @@ use tether_proto::{Code, DecodeError, Frame, binary};
 use tokio::net::TcpStream;
 
 use super::carrier::READ_CHUNK;
-use super::{Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
+use super::{Accepted, Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
 use state::{Fail, Flow, State};
 
@@ -302,6 +302,12 @@ impl<C: Carrier> Wire for MqttWire<C> {
 
     fn resume(stream: Arc<TcpStream>, rest: Self::Rest, max_frame: u32, _: Encoding) -> Self {
         Self::with_state(C::resume(stream, rest.carrier), max_frame, rest.state)
+    }
+
+    async fn accepted(&mut self, accepted: &Accepted<'_>) {
+        // The device's will and persistent session (docs/mqtt.md 4.4 and 9).
+        self.state.arm_will(accepted);
+        self.state.load_session(accepted).await;
     }
 
     async fn close(&mut self, _code: Code, _reason: &str) {

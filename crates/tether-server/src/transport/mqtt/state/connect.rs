@@ -11,6 +11,7 @@ impl State {
         out: &mut BytesMut,
     ) -> Result<Flow, Fail> {
         self.version = Some(c.version);
+        self.clean_start = c.clean_start;
         let props = &c.properties;
         self.problem_info = props
             .find(|p| match p {
@@ -104,6 +105,19 @@ impl State {
             true => Vec::new(),
             false => username.split(',').collect(),
         };
+        if let Some(will) = &c.will
+            && self.read_will(will, &apps).is_err()
+        {
+            if c.version == Version::V5 {
+                return refuse(
+                    self,
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    None,
+                    "the Will Topic names no upstream (docs/mqtt.md, section 6)",
+                );
+            }
+            tracing::debug!("mqtt: a will whose topic names no upstream is dropped");
+        }
         let mut tokens = password.split(',');
         let last_seqs: Vec<(String, u64)> = props
             .user()
@@ -205,14 +219,18 @@ impl State {
         put(Version::V5, &Packet::Disconnect(d), out);
     }
 
-    pub(super) fn on_connected(&mut self, c: proto::Connected, out: &mut BytesMut) {
+    pub(super) fn on_connected(
+        &mut self,
+        c: proto::Connected,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+    ) {
         self.connected = true;
         let version = v(self);
         let mut props = Properties::new();
         if version == Version::V5 {
-            if self.session_expiry > 0 {
-                // No MQTT session outlives the connection (the inbox's position does).
-                props.push(Property::SessionExpiryInterval(0));
+            if self.expiry_lowered {
+                props.push(Property::SessionExpiryInterval(self.session_expiry));
             }
             if let Some(id) = &self.assigned {
                 props.push(Property::AssignedClientIdentifier(id.clone()));
@@ -239,11 +257,33 @@ impl State {
             ));
         }
         let ack = mqtt::ConnAck {
-            session_present: false,
+            session_present: self.session_present(),
             code: 0,
             properties: props,
         };
         put(version, &Packet::ConnAck(ack), out);
+        self.restore(frames);
+    }
+
+    /// The device's DISCONNECT: its goodbye, unless its reason asks for the will (0x04); an
+    /// MQTT 5 Session Expiry Interval on it replaces the CONNECT's (within the cap).
+    pub(super) fn on_goodbye(&mut self, d: mqtt::Disconnect) -> Result<Flow, Fail> {
+        let expiry = d.properties.find(|p| match p {
+            Property::SessionExpiryInterval(s) => Some(*s),
+            _ => None,
+        });
+        if let Some(expiry) = expiry {
+            if self.session_expiry == 0 && !self.expiry_lowered && expiry > 0 {
+                return Err(Fail::protocol(
+                    "a Session Expiry Interval above 0 at DISCONNECT after 0 at CONNECT",
+                ));
+            }
+            self.set_session_expiry(expiry);
+        }
+        if d.reason != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            self.will = None;
+        }
+        Ok(Flow::Gone)
     }
 
     pub(super) fn on_disconnect(&mut self, d: proto::Disconnect, out: &mut BytesMut) {

@@ -14,8 +14,16 @@
 //! [`MAX_WAITING_ACKS`].
 //!
 //! By concern: [`connect`] (CONNECT, CONNACK, the server's DISCONNECTs), [`inbox`] (the durable
-//! inbox over QoS 1), [`topics`] (SUBSCRIBE, UNSUBSCRIBE, publications) and [`upstream`] (a
-//! device's PUBLISH and its outcome); this file holds the state and routes packets and frames.
+//! inbox over QoS 1), [`topics`] (SUBSCRIBE, UNSUBSCRIBE, publications), [`upstream`] (a
+//! device's PUBLISH and its outcome), [`session`] (persistent sessions, in the store) and
+//! [`will`] (the Will Message, sent when the connection is lost); this file holds the state and
+//! routes packets and frames.
+//!
+//! # On drop
+//! Dropping the state of a connection that was connected ends its MQTT session: the session
+//! is saved a last time (or forgotten), and the will is sent unless the connection ended with
+//! a goodbye ([`will`]). A parked connection keeps its state in its rest, so only the
+//! connection's end drops it.
 
 use std::collections::VecDeque;
 
@@ -27,8 +35,10 @@ use tether_proto::{self as proto, Body, Code, Frame, PayloadKind};
 
 mod connect;
 mod inbox;
+mod session;
 mod topics;
 mod upstream;
+mod will;
 
 /// QoS 1 PUBLISHes in flight to a device at most (and at most its Receive Maximum).
 pub const MAX_INFLIGHT: u16 = 64;
@@ -145,6 +155,12 @@ struct TopicName {
     app: u8,
     topic: String,
     name: String,
+    /// The device subscribed to it (not the business, through the API): part of its session.
+    own: bool,
+    /// The QoS granted.
+    qos: QoS,
+    /// The offset of the last publication sent (where a resumed session recovers from).
+    offset: u64,
 }
 
 /// A request whose answer the wire waits for, by request id.
@@ -157,6 +173,8 @@ enum Req {
         app: u8,
         topic: String,
         filter: String,
+        /// Recovering from this offset (a session's topic).
+        since: Option<u64>,
     },
     Unsub {
         packet_id: u16,
@@ -201,8 +219,17 @@ pub struct State {
     assigned: Option<String>,
     /// MQTT 5's Request Problem Information (reason strings on refusals).
     problem_info: bool,
-    /// What the client asked for as Session Expiry Interval (MQTT 5).
+    /// What the client asked for as Session Expiry Interval (MQTT 5); once accepted, what
+    /// the session gets (capped by `mqtt.max_session_expiry`).
     session_expiry: u32,
+    /// CONNECT's Clean Start (3.1.1: Clean Session).
+    clean_start: bool,
+    /// The CONNACK says the Session Expiry Interval used: lower than asked.
+    expiry_lowered: bool,
+    /// A persistent session's store and what was read of it ([`session`]).
+    kept: Option<Box<session::Kept>>,
+    /// The Will Message ([`will`]).
+    will: Option<Box<will::Left>>,
     apps: Vec<AppInbox>,
     /// The first app's name, for topic filters without `$tether/topic/`.
     next_packet_id: u16,
@@ -294,7 +321,7 @@ impl State {
             Packet::Publish(p) => self.on_publish(p, frames, out),
             Packet::Subscribe(s) => self.on_subscribe(s, frames, out),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, frames, out),
-            Packet::Disconnect(_) => Ok(Flow::Gone),
+            Packet::Disconnect(d) => self.on_goodbye(d),
             Packet::PubRel(rel) if v(self) == Version::V5 => {
                 let mut ack = mqtt::Ack::new(rel.packet_id);
                 ack.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -325,8 +352,11 @@ impl State {
         }
         let id = frame.id;
         match frame.body {
-            Body::Connected(c) => self.on_connected(c, out),
-            Body::Disconnect(d) => self.on_disconnect(d, out),
+            Body::Connected(c) => self.on_connected(c, frames, out),
+            Body::Disconnect(d) => {
+                self.ending(d.code);
+                self.on_disconnect(d, out)
+            }
             Body::Pong => put(v(self), &Packet::PingResp, out),
             Body::Push(p) => self.on_push(id, p, frames, out),
             Body::Synced(s) => self.on_synced(id, s, frames),
@@ -364,18 +394,17 @@ mod tests {
     use super::*;
 
     fn durable(receive_max: u16) -> State {
-        State {
-            version: Some(Version::V5),
-            connected: true,
-            receive_max,
-            max_packet: u32::MAX,
-            apps: vec![AppInbox {
-                app: "demo".into(),
-                inbox: Inbox::Durable,
-                ..AppInbox::default()
-            }],
-            ..State::default()
-        }
+        let mut s = State::default();
+        s.version = Some(Version::V5);
+        s.connected = true;
+        s.receive_max = receive_max;
+        s.max_packet = u32::MAX;
+        s.apps = vec![AppInbox {
+            app: "demo".into(),
+            inbox: Inbox::Durable,
+            ..AppInbox::default()
+        }];
+        s
     }
 
     fn push(seq: u64) -> Frame {

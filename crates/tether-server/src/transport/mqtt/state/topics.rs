@@ -29,6 +29,7 @@ impl State {
             .map(|(_, t)| t.to_string());
         let busy = self.acks.len() >= MAX_WAITING_ACKS;
         let mut codes = vec![None; s.filters.len()];
+        let mut inbox_changed = false;
         for (index, (filter, options)) in s.filters.into_iter().enumerate() {
             let qos = options.qos.min(QoS::AtLeastOnce);
             let granted = ReasonCode(qos as u8);
@@ -40,6 +41,7 @@ impl State {
                         _ => Inbox::Durable,
                     };
                     a.seq_form = seq_form;
+                    inbox_changed = true;
                     granted
                 }
                 Filter::Expiring => {
@@ -56,13 +58,19 @@ impl State {
                 Filter::Refused(code) => code,
                 Filter::Topic { .. } if busy => ReasonCode::QUOTA_EXCEEDED,
                 Filter::Topic { app, topic } => {
+                    // A topic the session holds resumes from where it stood (section 5).
+                    let since = self
+                        .topics
+                        .iter()
+                        .find(|t| t.own && t.app == app && t.topic == topic)
+                        .map(|t| t.offset);
                     let req = self.req();
                     frames.push_back(Frame::new(
                         req,
                         proto::Subscribe {
                             app: self.apps[usize::from(app)].app.clone(),
                             topic: topic.clone(),
-                            since: None,
+                            since,
                             token: token.clone(),
                         },
                     ));
@@ -75,6 +83,7 @@ impl State {
                             app,
                             topic,
                             filter,
+                            since,
                         },
                     ));
                     continue;
@@ -86,6 +95,9 @@ impl State {
             });
         }
         self.sync_next(frames);
+        if inbox_changed {
+            self.save_session(false);
+        }
         self.waiting_ack(s.packet_id, false, codes, out);
         Ok(Flow::Go)
     }
@@ -104,6 +116,9 @@ impl State {
                     let a = &mut self.apps[usize::from(app)];
                     let had = a.inbox != Inbox::Off;
                     a.inbox = Inbox::Off;
+                    if had {
+                        self.save_session(false);
+                    }
                     match had {
                         true => ReasonCode::SUCCESS,
                         false => ReasonCode::NO_SUBSCRIPTION_EXISTED,
@@ -270,10 +285,13 @@ impl State {
         };
         let name = match self
             .topics
-            .iter()
+            .iter_mut()
             .find(|t| t.app == app && t.topic == p.topic)
         {
-            Some(t) => t.name.clone(),
+            Some(t) => {
+                t.offset = t.offset.max(p.offset);
+                t.name.clone()
+            }
             None => self.topic_name(app, &p.topic),
         };
         let mut props = Properties::new();
@@ -308,7 +326,8 @@ impl State {
                 app,
                 topic,
                 filter,
-            }) => (app, topic, filter, Some((packet_id, index, qos))),
+                since,
+            }) => (app, topic, filter, Some((packet_id, index, qos, since))),
             Some(other) => {
                 self.reqs.push((id, other));
                 return;
@@ -321,24 +340,54 @@ impl State {
                 (app, s.topic, name, None)
             }
         };
+        let (own, qos) = match answer {
+            Some((_, _, qos, _)) => (true, qos),
+            None => (false, QoS::AtMostOnce),
+        };
+        // Recovered publications follow `subscribed`: until they are sent, the topic stands
+        // where the recovery began.
+        let offset = match (s.recovery, answer.and_then(|a| a.3)) {
+            (proto::Recovery::Complete, Some(since)) => since,
+            _ => s.offset,
+        };
         match self
             .topics
             .iter_mut()
             .find(|t| t.app == app && t.topic == topic)
         {
-            Some(t) => t.name = name,
-            None => self.topics.push(TopicName { app, topic, name }),
+            Some(t) => {
+                t.name = name;
+                if own {
+                    (t.own, t.qos) = (true, qos);
+                }
+                t.offset = t.offset.max(offset);
+            }
+            None => self.topics.push(TopicName {
+                app,
+                topic,
+                name,
+                own,
+                qos,
+                offset,
+            }),
         }
-        if let Some((packet_id, index, qos)) = answer {
-            self.answer_filter(packet_id, false, index, ReasonCode(qos as u8));
-            self.flush_acks(out);
+        if let Some((packet_id, index, qos, _)) = answer {
+            if packet_id != 0 {
+                self.answer_filter(packet_id, false, index, ReasonCode(qos as u8));
+                self.flush_acks(out);
+            }
+            self.save_session(false);
         }
     }
 
     pub(super) fn on_unsubscribed(&mut self, id: u32, u: proto::Unsubscribed, out: &mut BytesMut) {
         if let Some(app) = self.app_index(&u.app) {
+            let before = self.topics.len();
             self.topics
                 .retain(|t| !(t.app == app && t.topic == u.topic));
+            if self.topics.len() < before {
+                self.save_session(false);
+            }
         }
         match self.take_req(id) {
             Some(Req::Unsub { packet_id, index }) => {

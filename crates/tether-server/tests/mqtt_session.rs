@@ -1,0 +1,337 @@
+//! MQTT persistent sessions and wills end to end (`docs/mqtt.md` 4.4 and 9), with clients
+//! nobody here wrote: Mosquitto's `mosquitto_sub` (Debian `mosquitto-clients`) and Eclipse
+//! Paho for Python (`paho-mqtt`, in the venv `.ci/run` makes from
+//! `tests/mqtt/requirements.txt`), against real nodes on port 0.
+//!
+//! A missing client skips its test, except under `CI=true`, where it fails it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::receiver::{Answer, Receiver};
+use common::*;
+use tether_server::config::StoreBackend;
+use tether_server::{Config, Node};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+/// Upper bound of one client run.
+const RUN: Duration = Duration::from_secs(20);
+
+/// A tool the test needs: its path, or `None` (skip) when it is missing outside CI.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is needed under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+/// The venv's Python with paho-mqtt (`TETHER_MQTT_VENV`, or `target/mqtt-venv` as `.ci/run`
+/// makes it), or `None` (skip) when it is missing outside CI.
+fn paho_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("TETHER_MQTT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mqtt-venv")
+        });
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the paho-mqtt venv {} is needed under CI=true (.ci/run makes it)",
+            venv.display()
+        );
+        eprintln!("skipped: no paho-mqtt venv at {}", venv.display());
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs a client to its end (bounded): its exit code, standard output and error.
+async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the client");
+    let output = timeout(RUN, child.wait_with_output())
+        .await
+        .expect("the client did not end in time")
+        .expect("client output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn port(node: &Node) -> String {
+    node.mqtt_addr().expect("mqtt listener").port().to_string()
+}
+
+/// `mosquitto_sub` of the demo app as `user`, with `extra` arguments.
+fn sub_args(node: &Node, user: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port(node), "-u", APP, "-P"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(token(user));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+async fn mosquitto_sub(node: &Node, user: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let bin = tool("mosquitto_sub").expect("checked by the caller");
+    let args = sub_args(node, user, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&bin, &args).await
+}
+
+/// Publishes `text` to `topic` of the demo app; returns the publication's offset.
+async fn publish(http: &Http, topic: &str, text: &str) -> u64 {
+    let reply = http
+        .post_raw(
+            &format!("/v1/apps/{APP}/topics/{topic}/publish"),
+            Some(API_KEY),
+            &format!(r#"{{"qos":1,"payload":{{"m":"{text}"}}}}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body["offset"].as_u64().expect("an offset")
+}
+
+/// Two nodes sharing one store (embedded: one data directory, one node at a time), so that a
+/// session saved on the first is resumed on the second.
+fn embedded_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::for_tests();
+    config.store.backend = StoreBackend::Embedded;
+    config.node.data_dir = dir.to_path_buf();
+    config
+}
+
+/// Paho (MQTT 5): a device subscribes with Clean Start 1 and a Session Expiry Interval, and
+/// disconnects; a durable push and two publications come while it is away; it reconnects
+/// with Clean Start 0 and subscribes to nothing: Session Present 1, and what it missed
+/// arrives. The node in between restarts on the same store (the session lives in the
+/// store, not the node). A clean start then forgets the session.
+#[tokio::test]
+async fn a_paho_session_resumes_with_its_subscriptions_on_the_next_node() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
+    let script = script.to_str().expect("path").to_owned();
+    let dir = tempfile::tempdir().expect("data dir");
+    let token = token("sam");
+
+    let node = start(embedded_config(dir.path())).await;
+    let p = port(&node);
+    let (code, out, err) = run(&python, &[&script, "session-start", &p, &token, "dev-s"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "present 0\nsubscribed 1 1\n");
+    let http = Http::new(&node);
+    http.push(r#"{"users":["sam"],"qos":1,"payload":{"m":"p1"}}"#)
+        .await;
+    publish(&http, "room-s", "a").await;
+    publish(&http, "room-s", "b").await;
+    node.shutdown();
+    timeout(WAIT, node.wait()).await.expect("the node stops");
+
+    let node = start(embedded_config(dir.path())).await;
+    let p = port(&node);
+    let (code, out, err) = run(
+        &python,
+        &[&script, "session-resume", &p, &token, "dev-s", "3"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"present 1"), "{out}");
+    lines[1..].sort_unstable();
+    assert_eq!(
+        lines[1..],
+        [
+            r#"$tether/inbox/demo {"m":"p1"}"#,
+            r#"room-s {"m":"a"}"#,
+            r#"room-s {"m":"b"}"#,
+        ],
+        "{out}"
+    );
+    // The offsets moved with the publications: nothing comes twice.
+    let http = Http::new(&node);
+    publish(&http, "room-s", "c").await;
+    let (code, out, err) = run(
+        &python,
+        &[&script, "session-resume", &p, &token, "dev-s", "1"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "present 1\nroom-s {\"m\":\"c\"}\n");
+
+    // Clean Start 1 forgets it.
+    let (code, out, err) = run(&python, &[&script, "session-start", &p, &token, "dev-s"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "present 0\nsubscribed 1 1\n"),
+        "{err}"
+    );
+}
+
+/// mosquitto_sub with `-c` (3.1.1 clean session 0, and MQTT 5 Clean Start 0 with an
+/// expiry): the publications of a topic sent while it was away come on its next connect; a
+/// connection without `-c` starts clean.
+#[tokio::test]
+async fn mosquitto_sub_with_a_persistent_session_gets_what_it_missed() {
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    for (version, device, topic) in [
+        ("mqttv311", "persist-3", "room-m3"),
+        ("mqttv5", "persist-5", "room-m5"),
+    ] {
+        let (code, out, err) = mosquitto_sub(
+            &node,
+            "mo",
+            &[
+                "-V", version, "-c", "-i", device, "-t", topic, "-q", "1", "-W", "1",
+            ],
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (Some(27), ""), "{version}: {err}");
+        publish(&http, topic, "x").await;
+        publish(&http, topic, "y").await;
+        let (code, out, err) = mosquitto_sub(
+            &node,
+            "mo",
+            &[
+                "-V", version, "-c", "-i", device, "-t", topic, "-q", "1", "-C", "2", "-W", "10",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{version}: {err}");
+        assert_eq!(out, "{\"m\":\"x\"}\n{\"m\":\"y\"}\n", "{version}");
+        // Without -c: a clean session, live publications only.
+        publish(&http, topic, "z").await;
+        let (code, out, err) = mosquitto_sub(
+            &node,
+            "mo",
+            &[
+                "-V", version, "-i", device, "-t", topic, "-q", "1", "-W", "1",
+            ],
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (Some(27), ""), "{version}: {err}");
+    }
+}
+
+/// Spawns `mosquitto_sub` with a will and returns it once the node has its connection.
+async fn with_will(
+    node: &Node,
+    http: &Http,
+    user: &str,
+    payload: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    let bin = tool("mosquitto_sub").expect("checked by the caller");
+    let mut args = vec![
+        "-V",
+        "mqttv5",
+        "-i",
+        user,
+        "--will-topic",
+        "gone",
+        "--will-payload",
+        payload,
+        "-t",
+        "$tether/inbox/demo",
+        "-q",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let args = sub_args(node, user, &args);
+    let child = Command::new(bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    http.wait_presence(user, 1).await;
+    child
+}
+
+/// A device killed without DISCONNECT has its will sent to the app's webhook as an upstream
+/// of `kind` = the will topic, with `"will": true`; one that says goodbye (DISCONNECT 0x00),
+/// or that the business kicks, has none sent.
+#[tokio::test]
+async fn a_will_reaches_the_webhook_when_the_device_is_killed_and_only_then() {
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let hook = Receiver::start(|_, _| Answer::json(200, "{}")).await;
+    let mut config = Config::for_tests();
+    config.apps[0].webhook = Some(hook.url.clone());
+    let node = start(config).await;
+    let http = Http::new(&node);
+
+    // A goodbye: mosquitto_sub -C 1 disconnects after its message.
+    let mut clean = with_will(&node, &http, "w-clean", r#"{"bye":"clean"}"#, &["-C", "1"]).await;
+    http.push(r#"{"users":["w-clean"],"qos":1,"payload":{}}"#)
+        .await;
+    let status = timeout(RUN, clean.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+    // A kick: the server's doing.
+    let _kicked = with_will(&node, &http, "w-kicked", r#"{"bye":"kicked"}"#, &[]).await;
+    http.kick("w-kicked").await;
+    http.wait_presence("w-kicked", 0).await;
+    // Killed: the connection is lost.
+    let mut lost = with_will(&node, &http, "w-lost", r#"{"bye":"lost"}"#, &[]).await;
+    lost.kill().await.expect("kill");
+
+    let wills = || {
+        hook.seen()
+            .into_iter()
+            .filter(|s| s.json["type"] == "upstream")
+            .map(|s| s.json)
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while wills().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no will reached the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Anything else would have come by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wills = wills();
+    assert_eq!(wills.len(), 1, "{wills:?}");
+    let will = &wills[0];
+    assert_eq!(will["kind"], "gone", "{will}");
+    assert_eq!(will["will"], true, "{will}");
+    assert_eq!(will["user"], "w-lost", "{will}");
+    assert_eq!(will["device"], "w-lost", "{will}");
+    assert_eq!(will["payload"]["bye"], "lost", "{will}");
+}
