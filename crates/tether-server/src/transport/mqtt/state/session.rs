@@ -280,7 +280,7 @@ impl State {
     /// One binding's part of the session, encoded.
     fn stored(&self, app: u8) -> Vec<u8> {
         let a = &self.apps[usize::from(app)];
-        let stored = Stored {
+        let mut stored = Stored {
             i: match a.inbox {
                 Inbox::Off => 0,
                 Inbox::Live => 1,
@@ -299,6 +299,28 @@ impl State {
                 })
                 .collect(),
         };
+        // Topics of the session still being resubscribed (a connection that ends before the
+        // session answered them) stay in it, from where they stood.
+        for (_, req) in &self.reqs {
+            if let Req::Sub {
+                app: a,
+                topic,
+                filter,
+                qos,
+                since: Some(since),
+                ..
+            } = req
+                && *a == app
+                && !stored.t.iter().any(|t| t.t == *topic)
+            {
+                stored.t.push(StoredTopic {
+                    t: topic.clone(),
+                    l: filter != topic,
+                    q: *qos as u8,
+                    o: *since,
+                });
+            }
+        }
         // Plain data with string keys: it always encodes.
         serde_json::to_vec(&stored).unwrap_or_default()
     }
@@ -417,5 +439,10 @@ mod tests {
             ]
         );
         assert!(!r.session_present(), "restored once");
+        // Saved before the session answered: the topics being resubscribed stay in it.
+        let again: Stored = serde_json::from_slice(&r.stored(0)).unwrap();
+        let topics: Vec<_> = again.t.iter().map(|t| (t.t.as_str(), t.l, t.o)).collect();
+        assert_eq!(topics, [("room-1", false, 7), ("room-2", true, 0)]);
+        assert_eq!((again.i, again.s), (2, true));
     }
 }
