@@ -17,8 +17,10 @@ use crate::accept::AcceptErrors;
 use crate::edge::{Guard, Refusal};
 use crate::tls::Certs;
 use crate::transport::carrier::AsIo;
+use crate::transport::mqtt::MqttWire;
 use crate::transport::tls::{self, Tls};
-use crate::transport::upgrade::{self, Upgraded};
+use crate::transport::upgrade::{self, Speaks, Upgraded};
+use crate::transport::ws::stream::WsStream;
 use crate::transport::{Carrier, Plain, SseWire, TcpWire, WsWire};
 
 impl Gateway {
@@ -71,7 +73,7 @@ impl Gateway {
         }
     }
 
-    /// Accepts WebSocket clients on `/ws`, and SSE streams and their POSTs on `/v1/sse`
+    /// Accepts WebSocket clients on `/ws` (MQTT's on `/mqtt`, `docs/mqtt.md`), and SSE streams and their POSTs on `/v1/sse`
     /// (see `super::sse`), until shutdown, inside TLS with `tls`.
     ///
     /// A client whose address the listener's guard refuses is closed at once, before a byte
@@ -276,20 +278,25 @@ pub(super) struct Upgrade<'a> {
     pub cookie: &'a str,
 }
 
-/// Serves a WebSocket connection over `carrier` once its upgrade is answered; in the test
-/// mode `gateway.ws_echo`, echoes its messages instead.
+/// Serves a WebSocket connection over `carrier` once its upgrade is answered: tether's frames,
+/// or MQTT's packets (`docs/mqtt.md`, section 1); in the test mode `gateway.ws_echo`, echoes
+/// its messages instead.
 async fn serve_ws_over<C: Carrier>(
     carrier: C,
     upgraded: Upgraded,
     gw: Arc<Gateway>,
     permit: Permit,
 ) {
-    let wire = WsWire::over(
-        carrier,
-        upgraded.rest,
-        gw.limits.max_frame,
-        upgraded.encoding,
-    );
+    let encoding = match upgraded.speaks {
+        Speaks::Tether(encoding) => encoding,
+        Speaks::Mqtt => {
+            let stream = WsStream::new(carrier, upgraded.rest);
+            let wire = MqttWire::over(stream, gw.limits.max_frame);
+            conn::serve(wire, gw, permit).await;
+            return;
+        }
+    };
+    let wire = WsWire::over(carrier, upgraded.rest, gw.limits.max_frame, encoding);
     if gw.config.ws_echo {
         wire.echo().await;
         drop(permit);

@@ -19,7 +19,8 @@
 //!   a device beyond one connection (MQTT's sessions and wills).
 //!
 //! Under each framing, a [`Carrier`] moves the bytes: [`Plain`], the socket itself, or
-//! [`Tls`] over it.
+//! [`Tls`] over it; for MQTT, also [`ws::stream::WsStream`], binary WebSocket messages over
+//! either.
 
 pub mod accepted;
 pub mod carrier;
@@ -268,7 +269,14 @@ fn poll_more<C: Carrier>(
     counts: &mut Counts,
     (between, cut): (bool, &'static str),
 ) -> Poll<Result<bool, WireError>> {
-    match ready!(carrier.poll_read(cx, buf, want))? {
+    let read = ready!(carrier.poll_read(cx, buf, want)).map_err(|e| {
+        // A WebSocket stream's framing error: closed with its code, not taken as gone.
+        match ws::stream::ws_error(&e) {
+            Some(ws) => WireError::WebSocket(ws),
+            None => WireError::Io(e),
+        }
+    })?;
+    match read {
         0 if between => Poll::Ready(Ok(false)),
         0 => Poll::Ready(Err(DecodeError::Malformed(cut).into())),
         n => {

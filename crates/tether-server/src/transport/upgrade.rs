@@ -1,7 +1,7 @@
 //! The HTTP request that opens a WebSocket connection (RFC 6455, section 4), the server's side.
 //!
 //! The request's head is read into a buffer of at most [`MAX_REQUEST`] bytes and checked:
-//! `GET /ws` over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a
+//! `GET /ws` (or `/mqtt`) over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a
 //! key. The answer is `101 Switching Protocols`, or an error status with a line of text saying
 //! why. Whatever the client sent after the head (its first frames, if it did not wait) is handed
 //! to the wire. No extension is ever agreed to; of the subprotocols a client offers, the first
@@ -10,6 +10,11 @@
 //! that subprotocol's encoding from the start. A client that offers only others is answered
 //! without one (RFC 6455, 4.2.2: browsers then fail the connection themselves, other clients
 //! may go on), rather than refused: the choice is the client's.
+//!
+//! MQTT over WebSocket (`docs/mqtt.md`, section 1): an upgrade at `/mqtt`, or one at `/ws`
+//! whose first subprotocol of ours offered is [`MQTT`], carries MQTT packets rather than
+//! tether's frames. MQTT clients must offer `mqtt` [MQTT-6.0.0-3] and the server must answer
+//! it [MQTT-6.0.0-4]; at `/mqtt` a client that offers none is taken too (answered without one).
 
 use std::fmt::Write as _;
 
@@ -35,13 +40,26 @@ pub const SUBPROTOCOLS: [(&str, Encoding); 2] = [
     ("tether.binary", Encoding::Binary),
 ];
 
+/// The subprotocol of MQTT over WebSocket (MQTT 5.0, section 6; 3.1.1, section 6).
+pub const MQTT: &str = "mqtt";
+
+/// What a WebSocket connection carries, from its upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// tether's frames, in the encoding of the subprotocol agreed if any (otherwise the first
+    /// message's).
+    Tether(Option<Encoding>),
+    /// MQTT packets, as a byte stream in binary messages (`crate::transport::ws::stream`).
+    Mqtt,
+}
+
 /// What an answered upgrade hands to the wire.
 #[derive(Debug)]
 pub struct Upgraded {
     /// What the client sent after its request (its first frames, if it did not wait).
     pub rest: BytesMut,
-    /// The encoding of the subprotocol agreed, if any.
-    pub encoding: Option<Encoding>,
+    /// What the connection carries.
+    pub speaks: Speaks,
 }
 
 /// Why no WebSocket connection came of a request.
@@ -74,7 +92,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     headers: &str,
 ) -> Result<Upgraded, UpgradeError> {
     let mut buf = BytesMut::with_capacity(1024);
-    let (head_len, accept, protocol) = loop {
+    let (head_len, accept, (protocol, speaks)) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(UpgradeError::Closed);
         }
@@ -91,7 +109,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n"
     );
-    if let Some((name, _)) = protocol {
+    if let Some(name) = protocol {
         let _ = write!(response, "Sec-WebSocket-Protocol: {name}\r\n");
     }
     response.push_str(headers);
@@ -99,12 +117,13 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream.write_all(response.as_bytes()).await?;
     Ok(Upgraded {
         rest: buf.split_off(head_len),
-        encoding: protocol.map(|(_, encoding)| encoding),
+        speaks,
     })
 }
 
-/// What an acceptable request head gives: its length, the accept key, the subprotocol agreed.
-type Accepted = (usize, String, Option<(&'static str, Encoding)>);
+/// What an acceptable request head gives: its length, the accept key, the subprotocol agreed
+/// and what the connection carries.
+type Accepted = (usize, String, (Option<&'static str>, Speaks));
 
 /// The head's length, the accept key and the subprotocol agreed once the head is all there and
 /// acceptable; `None` while it is not complete; the status and reason to answer otherwise.
@@ -122,9 +141,11 @@ fn check(
         Err(_) => return Err((400, "malformed HTTP request")),
     };
     let path = request.path.unwrap_or("");
-    if path.split('?').next() != Some("/ws") {
-        return Err((404, "the WebSocket endpoint is /ws"));
-    }
+    let mqtt_path = match path.split('?').next() {
+        Some("/ws") => false,
+        Some("/mqtt") => true,
+        _ => return Err((404, "the WebSocket endpoints are /ws and /mqtt")),
+    };
     if request.method != Some("GET") {
         return Err((405, "a WebSocket upgrade is a GET"));
     }
@@ -162,26 +183,59 @@ fn check(
         // Asked once, of a complete and good request: it counts the refusal.
         None if !origin(header("origin")) => Err((403, "this origin may not connect")),
         None => {
-            let protocol = subprotocol(request.headers.iter().filter_map(|h| {
+            let offered = request.headers.iter().filter_map(|h| {
                 let named = h.name.eq_ignore_ascii_case("sec-websocket-protocol");
                 named.then_some(h.value)
-            }));
-            Ok(Some((head_len, derive_accept_key(key), protocol)))
+            });
+            let agreed = if mqtt_path {
+                let mqtt = offers(offered, MQTT);
+                (mqtt.then_some(MQTT), Speaks::Mqtt)
+            } else {
+                match subprotocol(offered) {
+                    Some(Offered::Tether(name, encoding)) => {
+                        (Some(name), Speaks::Tether(Some(encoding)))
+                    }
+                    Some(Offered::Mqtt) => (Some(MQTT), Speaks::Mqtt),
+                    None => (None, Speaks::Tether(None)),
+                }
+            };
+            Ok(Some((head_len, derive_accept_key(key), agreed)))
         }
     }
 }
 
-/// The first of tether's subprotocols that the `Sec-WebSocket-Protocol` header lines offer (a
-/// comma-separated list each, in the client's order of preference), if any.
-fn subprotocol<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<(&'static str, Encoding)> {
+/// One of the subprotocols the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    Tether(&'static str, Encoding),
+    Mqtt,
+}
+
+/// The first of the server's subprotocols (tether's, then [`MQTT`]) that the
+/// `Sec-WebSocket-Protocol` header lines offer (a comma-separated list each, in the client's
+/// order of preference), if any.
+fn subprotocol<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<Offered> {
     lines
         .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .find_map(|offered| {
+            let offered = offered.trim();
+            if offered == MQTT {
+                return Some(Offered::Mqtt);
+            }
             SUBPROTOCOLS
                 .into_iter()
-                .find(|(name, _)| *name == offered.trim())
+                .find(|(name, _)| *name == offered)
+                .map(|(name, encoding)| Offered::Tether(name, encoding))
         })
+}
+
+/// Whether the `Sec-WebSocket-Protocol` header lines offer `name`.
+fn offers<'a>(lines: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
+    lines
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .any(|offered| offered.trim() == name)
 }
 
 /// Answers `status` with `reason` as its body, best effort, and closes.
@@ -239,11 +293,11 @@ mod tests {
     #[test]
     fn the_rfc_example_key_is_accepted() {
         let req = request("/ws?x=1", "");
-        let (len, accept, protocol) = check(req.as_bytes(), None, &any).unwrap().unwrap();
+        let (len, accept, agreed) = check(req.as_bytes(), None, &any).unwrap().unwrap();
         assert_eq!(len, req.len());
         // RFC 6455, 1.3.
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert!(protocol.is_none());
+        assert_eq!(agreed, (None, Speaks::Tether(None)));
     }
 
     #[test]
@@ -254,18 +308,50 @@ mod tests {
         };
         assert_eq!(SUBPROTOCOLS[0], ("tether.json", Encoding::Json));
         assert_eq!(
-            agreed("Sec-WebSocket-Protocol: mqtt, tether.json, tether.binary\r\n"),
-            Some(SUBPROTOCOLS[0])
+            agreed("Sec-WebSocket-Protocol: chat, tether.json, tether.binary\r\n"),
+            (Some("tether.json"), Speaks::Tether(Some(Encoding::Json)))
         );
         assert_eq!(
             agreed("Sec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: tether.binary\r\n"),
-            Some(("tether.binary", Encoding::Binary))
+            (
+                Some("tether.binary"),
+                Speaks::Tether(Some(Encoding::Binary))
+            )
+        );
+        // MQTT offered first: the connection carries MQTT.
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: mqtt, tether.json\r\n"),
+            (Some("mqtt"), Speaks::Mqtt)
+        );
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: tether.binary, mqtt\r\n"),
+            (
+                Some("tether.binary"),
+                Speaks::Tether(Some(Encoding::Binary))
+            )
         );
         // Names are case-sensitive tokens.
         assert_eq!(
-            agreed("Sec-WebSocket-Protocol: Tether.JSON, chat\r\n"),
-            None
+            agreed("Sec-WebSocket-Protocol: Tether.JSON, MQTT\r\n"),
+            (None, Speaks::Tether(None))
         );
+    }
+
+    #[test]
+    fn the_mqtt_path_carries_mqtt_whatever_is_offered() {
+        let agreed = |extra: &str| {
+            let req = request("/mqtt", extra);
+            check(req.as_bytes(), None, &any).unwrap().unwrap().2
+        };
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: mqtt\r\n"),
+            (Some("mqtt"), Speaks::Mqtt)
+        );
+        assert_eq!(
+            agreed("Sec-WebSocket-Protocol: tether.json, mqtt\r\n"),
+            (Some("mqtt"), Speaks::Mqtt)
+        );
+        assert_eq!(agreed(""), (None, Speaks::Mqtt));
     }
 
     #[test]

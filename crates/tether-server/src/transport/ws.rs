@@ -25,6 +25,7 @@ use crate::link::Encoding;
 
 mod control;
 mod echo;
+pub mod stream;
 
 use control::Controls;
 

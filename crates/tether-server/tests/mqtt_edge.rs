@@ -1,0 +1,314 @@
+//! The MQTT listener's edges (`docs/mqtt.md`, section 1): MQTT over WebSocket on the WebSocket
+//! listener, with clients nobody here wrote: Eclipse Paho
+//! for Python (`paho-mqtt`, in the venv `.ci/run` makes from `tests/mqtt/requirements.txt`) and
+//! Mosquitto's `mosquitto_sub`, plus raw bytes where a client library would hide the framing.
+//!
+//! A missing client skips its test, except under `CI=true`, where it fails it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tether_server::{Config, Node};
+use tokio::process::Command;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Upper bound of one client run.
+const RUN: Duration = Duration::from_secs(20);
+
+/// A tool the test needs: its path, or `None` (skip) when it is missing outside CI.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is needed under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+/// The venv's Python with paho-mqtt (`TETHER_MQTT_VENV`, or `target/mqtt-venv` as `.ci/run`
+/// makes it), or `None` (skip) when it is missing outside CI.
+fn paho_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("TETHER_MQTT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mqtt-venv")
+        });
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the paho-mqtt venv {} is needed under CI=true (.ci/run makes it)",
+            venv.display()
+        );
+        eprintln!("skipped: no paho-mqtt venv at {}", venv.display());
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs a client to its end (bounded): its exit code, standard output and error.
+async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the client");
+    let output = timeout(RUN, child.wait_with_output())
+        .await
+        .expect("the client did not end in time")
+        .expect("client output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `tests/mqtt/paho_inbox.py` as `user` on `port` with `extra` options (`--ws /mqtt`,
+/// `--tls ca.pem`): the payloads it printed, once `count` came or `wait_s` passed.
+async fn paho_inbox(
+    python: &PathBuf,
+    port: u16,
+    user: &str,
+    count: usize,
+    wait_s: u32,
+    extra: &[&str],
+) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_inbox.py");
+    let (port, token, count, wait) = (
+        port.to_string(),
+        token(user),
+        count.to_string(),
+        wait_s.to_string(),
+    );
+    let mut args = vec![script.to_str().expect("path"), &port, &token, &count, &wait];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(python, &args).await;
+    assert_eq!(code, Some(0), "paho: {err}");
+    out.lines().map(str::to_owned).collect()
+}
+
+async fn push(http: &Http, user: &str, text: &str) {
+    http.push(&format!(
+        r#"{{"users":["{user}"],"qos":1,"payload":{{"m":"{text}"}}}}"#
+    ))
+    .await;
+}
+
+fn payloads(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| format!(r#"{{"m":"{t}"}}"#)).collect()
+}
+
+/// Durable pushes reach Paho over WebSocket (`ws://host/mqtt`) on `$tether/inbox/demo`, in
+/// order; its PUBACKs move the device's cursor, so a reconnect gets only what came after.
+#[tokio::test]
+async fn a_push_reaches_paho_over_websocket_and_its_pubacks_move_the_cursor() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let port = node.ws_addr().expect("ws").port();
+    push(&http, "wendy", "one").await;
+    push(&http, "wendy", "two").await;
+    let got = paho_inbox(&python, port, "wendy", 2, 10, &["--ws", "/mqtt"]).await;
+    assert_eq!(got, payloads(&["one", "two"]));
+    // Acked: nothing comes again (the run waits its 2 s out).
+    let got = paho_inbox(&python, port, "wendy", 1, 2, &["--ws", "/mqtt"]).await;
+    assert_eq!(got, Vec::<String>::new());
+    // 3.1.1 too, and on `/ws` with the `mqtt` subprotocol (Paho offers it).
+    push(&http, "wendy", "three").await;
+    let got = paho_inbox(&python, port, "wendy", 1, 10, &["--ws", "/ws", "--v311"]).await;
+    assert_eq!(got, payloads(&["three"]));
+}
+
+/// A CONNECT 3.1.1 of the demo app as `user` (clean session, keep alive 60 s).
+fn connect_packet(user: &str, device: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [device, APP, &token(user)] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// A packet of type-and-flags `first` around `body`.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// The packets in `bytes` (each whole: first byte and body), and what is left of a packet in
+/// part.
+fn split_packets(bytes: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut packets = Vec::new();
+    loop {
+        let (mut len, mut shift, mut at) = (0usize, 0, 1);
+        let whole = loop {
+            let Some(&b) = bytes.get(at) else { break None };
+            len |= usize::from(b & 0x7F) << shift;
+            shift += 7;
+            at += 1;
+            if b & 0x80 == 0 {
+                break Some(at + len);
+            }
+        };
+        match whole {
+            Some(end) if bytes.len() >= end => {
+                let rest = bytes.split_off(end);
+                packets.push((bytes[0], bytes[at..].to_vec()));
+                *bytes = rest;
+            }
+            _ => return packets,
+        }
+    }
+}
+
+/// A raw WebSocket client speaking MQTT bytes.
+struct MqttWs {
+    ws: Ws,
+    read: Vec<u8>,
+}
+
+impl MqttWs {
+    /// Opens `path` on the node's WebSocket listener offering `protocols`; the subprotocol
+    /// the server answered.
+    async fn open(node: &Node, path: &str, protocols: &str) -> (MqttWs, Option<String>) {
+        let url = format!("ws://{}{path}", node.ws_addr().expect("ws"));
+        let mut request = url.into_client_request().expect("request");
+        if !protocols.is_empty() {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocols.parse().expect("header"));
+        }
+        let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("upgrade in time")
+            .expect("upgrade");
+        let agreed = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        (
+            MqttWs {
+                ws,
+                read: Vec::new(),
+            },
+            agreed,
+        )
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        timeout(WAIT, self.ws.send(Message::binary(bytes.to_vec())))
+            .await
+            .expect("send in time")
+            .expect("send");
+    }
+
+    /// The next `n` packets, from however many messages they come in.
+    async fn packets(&mut self, n: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut got = split_packets(&mut self.read);
+        while got.len() < n {
+            let message = timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("open")
+                .expect("a message");
+            match message {
+                Message::Binary(bytes) => self.read.extend_from_slice(&bytes),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("not a binary message: {other:?}"),
+            }
+            got.extend(split_packets(&mut self.read));
+        }
+        assert_eq!(got.len(), n, "{got:?}");
+        got
+    }
+}
+
+/// MQTT over WebSocket is a byte stream: a packet may span messages and a message may hold
+/// several packets; a PUBACK moves the cursor; a text message is closed with 1003.
+#[tokio::test]
+async fn mqtt_packets_span_websocket_messages_and_share_them() {
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    // At `/ws`, `mqtt` offered before tether's own: MQTT.
+    let (mut client, agreed) = MqttWs::open(&node, "/ws", "mqtt, tether.binary").await;
+    assert_eq!(agreed.as_deref(), Some("mqtt"));
+    let connect = connect_packet("xavier", "raw-ws");
+    let subscribe = packet(0x82, b"\x00\x07\x00\x12$tether/inbox/demo\x01");
+    // The CONNECT in two messages, its tail sharing the second with the SUBSCRIBE.
+    client.send(&connect[..5]).await;
+    let mut second = connect[5..].to_vec();
+    second.extend_from_slice(&subscribe);
+    client.send(&second).await;
+    let answers = client.packets(2).await;
+    assert_eq!(answers[0], (0x20, vec![0, 0]), "CONNACK accepted");
+    assert_eq!(answers[1], (0x90, vec![0, 7, 1]), "SUBACK QoS 1");
+    push(&http, "xavier", "hi").await;
+    let (first, body) = client.packets(1).await.remove(0);
+    assert_eq!(first, 0x32, "PUBLISH QoS 1");
+    let topic = b"\x00\x12$tether/inbox/demo";
+    assert_eq!(&body[..topic.len()], topic);
+    let id = [body[topic.len()], body[topic.len() + 1]];
+    assert_eq!(&body[topic.len() + 2..], br#"{"m":"hi"}"#);
+    // The PUBACK, a byte at a time across three messages, then a PINGREQ.
+    client.send(&[0x40]).await;
+    client.send(&[0x02, id[0]]).await;
+    client.send(&[id[1], 0xC0, 0x00]).await;
+    assert_eq!(client.packets(1).await, vec![(0xD0, vec![])], "PINGRESP");
+    // A text message is not MQTT's.
+    timeout(WAIT, client.ws.send(Message::text("hello")))
+        .await
+        .expect("send in time")
+        .expect("send");
+    let closed = loop {
+        match timeout(WAIT, client.ws.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(CloseCode::Unsupported));
+
+    // Acked: the same device, at `/mqtt` with no subprotocol offered, gets nothing again.
+    let (mut client, agreed) = MqttWs::open(&node, "/mqtt", "").await;
+    assert_eq!(agreed, None);
+    let mut both = connect_packet("xavier", "raw-ws");
+    both.extend_from_slice(&subscribe);
+    client.send(&both).await;
+    assert_eq!(client.packets(2).await[1], (0x90, vec![0, 7, 1]));
+    push(&http, "xavier", "again").await;
+    let (first, body) = client.packets(1).await.remove(0);
+    assert_eq!(first, 0x32);
+    assert!(body.ends_with(br#"{"m":"again"}"#), "{body:?}");
+}
+
