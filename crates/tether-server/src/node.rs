@@ -229,6 +229,7 @@ impl Node {
             .context("listen.http must be set")?;
         let https = bind(&listen.https, &config, 0).await?;
         let mqtt = bind(&listen.mqtt, &config, send_buffer).await?;
+        let mqtts = bind(&listen.mqtts, &config, send_buffer).await?;
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
             tcp: local(&listeners.tcp),
@@ -238,6 +239,7 @@ impl Node {
             http: http.local_addr()?,
             https: local(&https),
             mqtt: local(&mqtt),
+            mqtts: local(&mqtts),
         };
         let endpoints = advertised_endpoints(&config, &listeners);
         let lifecycle = Arc::new(Lifecycle::new(
@@ -286,8 +288,10 @@ impl Node {
                 tokio::spawn(gateway.clone().serve_ws(listener, certs));
             }
         }
-        if let Some(listener) = mqtt {
-            tokio::spawn(gateway.clone().serve_mqtt(listener, None));
+        for (listener, certs) in [(mqtt, None), (mqtts, certs.mqtts.clone())] {
+            if let Some(listener) = listener {
+                tokio::spawn(gateway.clone().serve_mqtt(listener, certs));
+            }
         }
         tokio::spawn(gateway.clone().sweep_heartbeats());
         tokio::spawn(
@@ -373,6 +377,7 @@ impl Node {
             wss = shown(addrs.wss),
             https = shown(addrs.https),
             mqtt = shown(addrs.mqtt),
+            mqtts = shown(addrs.mqtts),
             store = ?config.store.backend,
             "tether node started"
         );
@@ -393,6 +398,11 @@ impl Node {
     /// The MQTT listener (`mqtt://<addr>`).
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.addrs.mqtt
+    }
+
+    /// The MQTT listener inside TLS (`mqtts://<addr>`).
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mqtts
     }
 
     /// The WebSocket listener; clients connect to `ws://<addr>/ws`.
@@ -467,6 +477,7 @@ struct Addrs {
     http: SocketAddr,
     https: Option<SocketAddr>,
     mqtt: Option<SocketAddr>,
+    mqtts: Option<SocketAddr>,
 }
 
 /// Serves the HTTP API on `listener` (plain or TLS) until `stopped`. Each request carries its

@@ -38,6 +38,7 @@ fn enabled(config: &Config, listener: TlsListener) -> bool {
         TlsListener::Tls => &config.listen.tls,
         TlsListener::Wss => &config.listen.wss,
         TlsListener::Https => &config.listen.https,
+        TlsListener::Mqtts => &config.listen.mqtts,
     };
     !address.is_empty()
 }
@@ -93,7 +94,9 @@ pub fn server_config(tls: &TlsConfig, listener: TlsListener) -> Result<ServerCon
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("{setting}: the certificate and key do not go together: {e}"))?;
-    if listener != TlsListener::Tls {
+    // The stream listeners (`tls`, `mqtts`) agree no ALPN protocol: one a client offers is
+    // ignored rather than refused.
+    if matches!(listener, TlsListener::Wss | TlsListener::Https) {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
     // A client that comes back (a reconnect, a network change) resumes with a ticket sealed
@@ -201,6 +204,7 @@ pub struct TlsListeners {
     pub tls: Option<Arc<Certs>>,
     pub wss: Option<Arc<Certs>>,
     pub https: Option<Arc<Certs>>,
+    pub mqtts: Option<Arc<Certs>>,
     /// The `[tls]` settings in force, which the watcher reads the files of.
     settings: Mutex<TlsConfig>,
 }
@@ -224,12 +228,15 @@ impl TlsListeners {
             tls: certs(TlsListener::Tls)?,
             wss: certs(TlsListener::Wss)?,
             https: certs(TlsListener::Https)?,
+            mqtts: certs(TlsListener::Mqtts)?,
             settings: Mutex::new(config.tls.clone()),
         })
     }
 
     fn each(&self) -> impl Iterator<Item = &Arc<Certs>> {
-        [&self.tls, &self.wss, &self.https].into_iter().flatten()
+        [&self.tls, &self.wss, &self.https, &self.mqtts]
+            .into_iter()
+            .flatten()
     }
 
     /// Reads the certificates of `config` for the listeners that run (a listener turned on or

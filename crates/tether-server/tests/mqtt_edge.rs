@@ -1,5 +1,5 @@
 //! The MQTT listener's edges (`docs/mqtt.md`, section 1): MQTT over WebSocket on the WebSocket
-//! listener, with clients nobody here wrote: Eclipse Paho
+//! listener, and MQTT inside TLS (`listen.mqtts`), with clients nobody here wrote: Eclipse Paho
 //! for Python (`paho-mqtt`, in the venv `.ci/run` makes from `tests/mqtt/requirements.txt`) and
 //! Mosquitto's `mosquitto_sub`, plus raw bytes where a client library would hide the framing.
 //!
@@ -312,3 +312,96 @@ async fn mqtt_packets_span_websocket_messages_and_share_them() {
     assert!(body.ends_with(br#"{"m":"again"}"#), "{body:?}");
 }
 
+/// A certificate authority of the test's own, and a server certificate it signed for
+/// `localhost` and 127.0.0.1, written as `ca.pem`, `cert.pem` and `key.pem` in `dir`.
+fn certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mqtt test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(names)
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("cert.pem", cert.pem()),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("write a PEM file");
+    }
+}
+
+/// A node with `listen.mqtts` and `listen.wss`, serving the certificate in `dir`.
+fn tls_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::for_tests();
+    config.listen.mqtts = "127.0.0.1:0".into();
+    config.listen.wss = "127.0.0.1:0".into();
+    config.tls.cert = Some(dir.join("cert.pem"));
+    config.tls.key = Some(dir.join("key.pem"));
+    config
+}
+
+/// `listen.mqtts` serves MQTT inside TLS with `[tls]`'s certificate: `mosquitto_sub
+/// --cafile` gets a durable push, and its PUBACK moves the cursor; Paho does over `mqtts://`
+/// and over `wss://.../mqtt`. A client that does not trust the certificate gets nothing.
+#[tokio::test]
+async fn mqtts_serves_mosquitto_sub_and_paho_with_the_tls_certificate() {
+    let Some(sub) = tool("mosquitto_sub") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    certificates(dir.path());
+    let node = start(tls_config(dir.path())).await;
+    let http = Http::new(&node);
+    let port = node.mqtts_addr().expect("mqtts").port().to_string();
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().expect("path");
+    let token = token("tess");
+    let mosquitto = |cafile: &'static str| {
+        let (sub, port, token, ca) = (sub.clone(), port.clone(), token.clone(), ca.to_owned());
+        async move {
+            let cafile = if cafile.is_empty() {
+                ca
+            } else {
+                cafile.to_owned()
+            };
+            #[rustfmt::skip]
+            let args = [
+                "-h", "localhost", "-p", &port, "--cafile", &cafile, "-V", "mqttv311",
+                "-i", "tls-device", "-u", APP, "-P", &token, "-t", "$tether/inbox/demo",
+                "-q", "1", "-C", "1", "-W", "3", "-F", "%p",
+            ];
+            run(&sub, &args).await
+        }
+    };
+    push(&http, "tess", "secret").await;
+    let (code, out, err) = mosquitto("").await;
+    assert_eq!((code, out.trim()), (Some(0), r#"{"m":"secret"}"#), "{err}");
+    // Acked: nothing more within its 3 s (mosquitto_sub's timeout exits 27).
+    let (code, out, _) = mosquitto("").await;
+    assert_eq!((code, out.as_str()), (Some(27), ""));
+    // A CA file that is not the server's: the handshake fails, nothing is read.
+    let (code, out, _) = mosquitto("/etc/ssl/certs/ca-certificates.crt").await;
+    assert_ne!(code, Some(0));
+    assert_eq!(out, "");
+
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let mqtts = node.mqtts_addr().expect("mqtts").port();
+    // Another user: Paho's device is new, and would get the inbox from its start.
+    push(&http, "tina", "paho").await;
+    let got = paho_inbox(&python, mqtts, "tina", 1, 10, &["--tls", ca]).await;
+    assert_eq!(got, payloads(&["paho"]));
+    let wss = node.wss_addr().expect("wss").port();
+    push(&http, "tina", "wss").await;
+    let got = paho_inbox(&python, wss, "tina", 1, 10, &["--tls", ca, "--ws", "/mqtt"]).await;
+    assert_eq!(got, payloads(&["wss"]));
+}

@@ -67,6 +67,8 @@ pub struct ListenConfig {
     pub https: String,
     /// MQTT 3.1.1 and 5.0 for devices (`docs/mqtt.md`). Empty string: disabled.
     pub mqtt: String,
+    /// MQTT inside TLS (`mqtts://`), with the certificate of `[tls]`. Empty string: disabled.
+    pub mqtts: String,
     /// Set SO_REUSEPORT so that several processes can share the gateway ports.
     pub reuse_port: bool,
     /// Listen backlog.
@@ -76,7 +78,7 @@ pub struct ListenConfig {
     /// Who may connect to the WebSocket listeners (`ws` and `wss`; and from which web
     /// origins).
     pub ws_access: AccessConfig,
-    /// Who may connect to the MQTT listener.
+    /// Who may connect to the MQTT listeners (`mqtt` and `mqtts`).
     pub mqtt_access: AccessConfig,
     /// Who may use the HTTP API listeners (`http` and `https`: the API, `/v1/dispatch`,
     /// health and metrics).
@@ -125,6 +127,7 @@ impl Default for ListenConfig {
             wss: String::new(),
             https: String::new(),
             mqtt: "127.0.0.1:7483".into(),
+            mqtts: String::new(),
             reuse_port: false,
             backlog: 4096,
             tcp_access: AccessConfig::default(),

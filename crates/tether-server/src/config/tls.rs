@@ -1,5 +1,5 @@
 //! `[tls]`: the certificates of the TLS listeners (`listen.tls`, `listen.wss`,
-//! `listen.https`). The files are read by `crate::tls`, at start, at a reload, and whenever they
+//! `listen.https`, `listen.mqtts`). The files are read by `crate::tls`, at start, at a reload, and whenever they
 //! change.
 
 use std::path::PathBuf;
@@ -52,6 +52,7 @@ pub struct TlsListeners {
     pub tls: Option<CertFiles>,
     pub wss: Option<CertFiles>,
     pub https: Option<CertFiles>,
+    pub mqtts: Option<CertFiles>,
 }
 
 /// A certificate chain and its key, in PEM files.
@@ -80,10 +81,17 @@ pub enum TlsListener {
     Wss,
     /// The HTTP API in TLS (`listen.https`).
     Https,
+    /// MQTT in TLS (`listen.mqtts`, `mqtts://`).
+    Mqtts,
 }
 
 impl TlsListener {
-    pub const ALL: [TlsListener; 3] = [TlsListener::Tls, TlsListener::Wss, TlsListener::Https];
+    pub const ALL: [TlsListener; 4] = [
+        TlsListener::Tls,
+        TlsListener::Wss,
+        TlsListener::Https,
+        TlsListener::Mqtts,
+    ];
 
     /// Its name in `listen` and `[tls.listeners]`, and in metrics.
     pub fn name(self) -> &'static str {
@@ -91,6 +99,7 @@ impl TlsListener {
             TlsListener::Tls => "tls",
             TlsListener::Wss => "wss",
             TlsListener::Https => "https",
+            TlsListener::Mqtts => "mqtts",
         }
     }
 }
@@ -103,6 +112,7 @@ impl TlsConfig {
             TlsListener::Tls => &self.listeners.tls,
             TlsListener::Wss => &self.listeners.wss,
             TlsListener::Https => &self.listeners.https,
+            TlsListener::Mqtts => &self.listeners.mqtts,
         };
         if let Some(own) = own {
             return Some((own.clone(), format!("tls.listeners.{}", listener.name())));

@@ -27,6 +27,7 @@ impl Config {
             ("listen.wss", &self.listen.wss, true),
             ("listen.https", &self.listen.https, true),
             ("listen.mqtt", &self.listen.mqtt, true),
+            ("listen.mqtts", &self.listen.mqtts, true),
         ] {
             if value.is_empty() && optional {
                 continue;
@@ -38,11 +39,13 @@ impl Config {
             }
         }
         let l = &self.listen;
-        let listeners: Vec<_> = [&l.tcp, &l.ws, &l.http, &l.tls, &l.wss, &l.https, &l.mqtt]
-            .into_iter()
-            // Port 0 asks the kernel for a free port: those never collide.
-            .filter(|a| !a.is_empty() && !a.ends_with(":0"))
-            .collect();
+        let listeners: Vec<_> = [
+            &l.tcp, &l.ws, &l.http, &l.tls, &l.wss, &l.https, &l.mqtt, &l.mqtts,
+        ]
+        .into_iter()
+        // Port 0 asks the kernel for a free port: those never collide.
+        .filter(|a| !a.is_empty() && !a.ends_with(":0"))
+        .collect();
         for (i, a) in listeners.iter().enumerate() {
             if listeners[..i].contains(a) {
                 problems.push(format!("listen: {a} is used by two listeners"));
