@@ -11,6 +11,7 @@ use tether_core::Transport;
 use tether_proto::Code;
 
 pub mod catalog;
+pub mod mqtt;
 pub mod process;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.

@@ -405,3 +405,50 @@ async fn mqtts_serves_mosquitto_sub_and_paho_with_the_tls_certificate() {
     let got = paho_inbox(&python, wss, "tina", 1, 10, &["--tls", ca, "--ws", "/mqtt"]).await;
     assert_eq!(got, payloads(&["wss"]));
 }
+
+/// The MQTT metrics count what crosses the wire: packets by type both ways, accepted
+/// connections by version, refusals by packet and reason code, unknown PUBACKs.
+#[tokio::test]
+async fn mqtt_metrics_count_packets_refusals_and_unknown_acks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let before = http.metrics().await;
+    let mut s = tokio::net::TcpStream::connect(node.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("connect");
+    let mut bytes = connect_packet("mona", "metered");
+    // A wildcard filter (refused: SUBACK 0x80), a PUBACK for nothing, a PINGREQ.
+    bytes.extend_from_slice(&packet(0x82, b"\x00\x02\x00\x03a/#\x01"));
+    bytes.extend_from_slice(b"\x40\x02\x03\xe7\xc0\x00");
+    s.write_all(&bytes).await.expect("write");
+    let mut read = Vec::new();
+    let answers = loop {
+        let mut chunk = [0u8; 256];
+        let n = timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("answers in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {read:?}");
+        read.extend_from_slice(&chunk[..n]);
+        let mut copy = read.clone();
+        let packets = split_packets(&mut copy);
+        if packets.len() == 3 {
+            break packets;
+        }
+    };
+    assert_eq!(answers[1], (0x90, vec![0, 2, 0x80]), "SUBACK failure");
+    assert_eq!(answers[2], (0xD0, vec![]), "PINGRESP");
+    let after = http.metrics().await;
+    let grew = |name: &str| {
+        let at = |page: &str| metric(page, name).unwrap_or(0.0);
+        at(&after) - at(&before)
+    };
+    // Other tests of this binary may add to them too: at least ours.
+    assert!(grew(r#"tether_mqtt_connections_total{version="3.1.1"}"#) >= 1.0);
+    assert!(grew(r#"tether_mqtt_packets_in_total{type="SUBSCRIBE"}"#) >= 1.0);
+    assert!(grew(r#"tether_mqtt_packets_in_total{type="PUBACK"}"#) >= 1.0);
+    assert!(grew(r#"tether_mqtt_packets_out_total{type="PINGRESP"}"#) >= 1.0);
+    assert!(grew(r#"tether_mqtt_refused_total{packet="SUBACK",code="0x80"}"#) >= 1.0);
+    assert!(grew("tether_mqtt_unknown_acks_total") >= 1.0);
+}

@@ -125,6 +125,37 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "POSTs to an SSE session, by result (taken, forwarded, lost, or an error code).",
     ),
+    // MQTT (docs/mqtt.md, section 12).
+    (
+        "tether_mqtt_connections_total",
+        Kind::Counter,
+        "MQTT connections accepted (CONNACK 0x00), by protocol version (3.1.1, 5.0); over TCP, TLS and WebSocket alike.",
+    ),
+    (
+        "tether_mqtt_packets_in_total",
+        Kind::Counter,
+        "MQTT packets read from devices, by type (CONNECT, PUBLISH, PUBACK, ...).",
+    ),
+    (
+        "tether_mqtt_packets_out_total",
+        Kind::Counter,
+        "MQTT packets written to devices, by type (CONNACK, PUBLISH, PUBACK, ...).",
+    ),
+    (
+        "tether_mqtt_refused_total",
+        Kind::Counter,
+        "MQTT refusals and server disconnects, by packet (CONNACK, SUBACK, PUBACK, PUBCOMP, DISCONNECT, or close: closed without a packet, as 3.1.1 must) and reason code (0x80 and above; 3.1.1 CONNACK 0x01 to 0x05).",
+    ),
+    (
+        "tether_mqtt_unknown_acks_total",
+        Kind::Counter,
+        "PUBACKs for no PUBLISH in flight (a duplicate, or one for a PUBLISH of a previous connection): ignored.",
+    ),
+    (
+        "tether_mqtt_too_large_skipped_total",
+        Kind::Counter,
+        "PUBLISHes not sent because they are larger than the device's Maximum Packet Size (a durable push is then skipped for the device).",
+    ),
     (
         "tether_jwks_fetch_total",
         Kind::Counter,

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use super::carrier::READ_CHUNK;
 use super::{Accepted, Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
 use crate::link::Encoding;
+use crate::metrics::mqtt::mqtt as metrics;
 use state::{Fail, Flow, State};
 
 /// The most bytes of the wire's own answers held before it stops reading requests.
@@ -90,11 +91,24 @@ impl<C: Carrier> MqttWire<C> {
         std::mem::take(&mut self.state.unknown_acks)
     }
 
+    /// Counts the packets written to `out` from `from` on (`tether_mqtt_*`).
+    fn count_out(&self, from: usize) {
+        if let Some(written) = self.out.get(from..).filter(|w| !w.is_empty()) {
+            metrics().packets_out(written, self.state.version);
+        }
+    }
+
     /// The connection closes for `fail`: the device is told (a CONNACK or a DISCONNECT, as
     /// its version has them), and the gateway gets the error to close with.
     fn fail(&mut self, fail: Fail) -> WireError {
         tracing::debug!(code = %fail.code, reason = fail.reason.0, detail = fail.detail, "mqtt: closing");
+        let from = self.out.len();
         self.state.failed(&fail, &mut self.out);
+        if self.out.len() == from {
+            // 3.1.1: closed without a word.
+            metrics().closed(fail.reason.0);
+        }
+        self.count_out(from);
         let error = match fail.code {
             Code::FRAME_TOO_LARGE => DecodeError::TooLarge {
                 len: 0,
@@ -114,12 +128,15 @@ impl<C: Carrier> MqttWire<C> {
                 self.state.version = Some(version);
                 let reason = tether_mqtt::ReasonCode(code);
                 let detail = "unsupported protocol version";
+                let from = self.out.len();
                 self.state
                     .connack_refusal(reason, Some(code), detail, &mut self.out);
+                self.count_out(from);
                 return DecodeError::UnsupportedVersion(code).into();
             }
             if matches!(e, MqttError::ExpectedConnect { .. }) {
                 self.state.closing = true;
+                metrics().closed(tether_mqtt::ReasonCode::PROTOCOL_ERROR.0);
                 return DecodeError::Malformed("the first packet must be CONNECT").into();
             }
             match level {
@@ -127,6 +144,7 @@ impl<C: Carrier> MqttWire<C> {
                 Some(4) => self.state.version = Some(Version::V311),
                 _ => {
                     self.state.closing = true;
+                    metrics().closed(tether_mqtt::ReasonCode::MALFORMED_PACKET.0);
                     return DecodeError::Malformed("malformed CONNECT").into();
                 }
             }
@@ -196,10 +214,14 @@ impl<C: Carrier> Wire for MqttWire<C> {
             match tether_mqtt::decode(&mut self.buf, version, self.max_packet) {
                 Ok(Some(packet)) => {
                     let had_out = !self.out.is_empty();
-                    match self
+                    let from = self.out.len();
+                    metrics().packet_in(packet.packet_type());
+                    let flow = self
                         .state
-                        .on_packet(packet, &mut self.frames, &mut self.out)
-                    {
+                        .on_packet(packet, &mut self.frames, &mut self.out);
+                    self.count_out(from);
+                    metrics().unknown_acks(self.take_unknown_acks());
+                    match flow {
                         Ok(Flow::Go) => {}
                         Ok(Flow::Gone) => self.gone = true,
                         Err(fail) => return Poll::Ready(Err(self.fail(fail))),
@@ -254,10 +276,12 @@ impl<C: Carrier> Wire for MqttWire<C> {
                 continue;
             }
             let waiting = self.frames.len();
+            let from = self.out.len();
             match binary::parse(frame, u32::MAX) {
                 Ok(frame) => self.state.on_frame(frame, &mut self.frames, &mut self.out),
                 Err(e) => tracing::warn!(error = %e, "mqtt: a queued frame does not decode"),
             }
+            self.count_out(from);
             if self.frames.len() > waiting {
                 // Requests of the wire's own (a `sync`, an `ack`): the task reads them next.
                 cx.waker().wake_by_ref();

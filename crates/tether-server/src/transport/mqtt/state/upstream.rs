@@ -266,6 +266,7 @@ impl State {
             return false;
         }
         if (bytes.len() + payload.len()) as u64 > u64::from(self.max_packet) {
+            crate::metrics::mqtt::mqtt().too_large_skipped();
             return false;
         }
         out.put(bytes);
