@@ -48,13 +48,26 @@ pub fn sse_url(url: &str) -> Option<String> {
     Some(format!("{scheme}://{prefix}/v1/sse"))
 }
 
-/// The transport an advertised URL names (`tcp://`/`tls://` or `ws://`/`wss://`).
+/// The transport an advertised URL names: `tcp://`/`tls://`, `ws://`/`wss://`, or MQTT's
+/// `mqtt://`/`mqtts://` and a `ws://`/`wss://` URL whose path ends in `/mqtt` (MQTT over
+/// WebSocket, `docs/mqtt.md` section 1).
 pub fn transport_of(url: &str) -> Option<Transport> {
-    match url.split_once("://")?.0 {
+    let (scheme, rest) = url.split_once("://")?;
+    match scheme {
         "tcp" | "tls" => Some(Transport::Tcp),
+        "ws" | "wss" if is_mqtt_path(rest) => Some(Transport::Mqtt),
         "ws" | "wss" => Some(Transport::Ws),
+        "mqtt" | "mqtts" => Some(Transport::Mqtt),
         _ => None,
     }
+}
+
+/// Whether a WebSocket URL's authority and path (`host:port/prefix/mqtt`) lead to MQTT: a path
+/// whose last segment is `mqtt`.
+pub fn is_mqtt_path(rest: &str) -> bool {
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    path.find('/')
+        .is_some_and(|at| path[at..].ends_with("/mqtt"))
 }
 
 /// The rendezvous score of `node` for (app, user): higher is tried first.
@@ -110,7 +123,8 @@ fn weighted(score: u64, weight: f64) -> f64 {
 /// - Each node's endpoints follow in the node's own order, so that a client whose TCP is
 ///   blocked falls back to the same node's WebSocket before it moves to another node.
 /// - Endpoints in `failed` (what the client could not reach) are left out, and so are those of
-///   another transport than `transport`, when given.
+///   another transport than `transport`, when given. MQTT's are given only to a client that
+///   asks for them (`transport=mqtt`): tether's clients speak tether's protocol.
 pub fn order(
     nodes: &[NodeInfo],
     app: &str,
@@ -141,7 +155,11 @@ pub fn order(
     for (_, _, _, node) in ranked {
         for url in &node.endpoints {
             let Some(t) = transport_of(url) else { continue };
-            if transport.is_some_and(|wanted| wanted != t) || failed.iter().any(|f| f == url) {
+            let wanted = match transport {
+                Some(wanted) => wanted == t,
+                None => t != Transport::Mqtt,
+            };
+            if !wanted || failed.iter().any(|f| f == url) {
                 continue;
             }
             out.push(Endpoint {
@@ -160,6 +178,45 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn mqtt_endpoints_are_told_apart_by_scheme_or_path() {
+        for (url, transport) in [
+            ("mqtt://h:7483", Some(Transport::Mqtt)),
+            ("mqtts://h:8883", Some(Transport::Mqtt)),
+            ("ws://h:7401/mqtt", Some(Transport::Mqtt)),
+            ("wss://lb.example/push/mqtt?x=1", Some(Transport::Mqtt)),
+            ("ws://h:7401/ws", Some(Transport::Ws)),
+            ("wss://mqtt", Some(Transport::Ws)),
+            ("ws://h/mqttx", Some(Transport::Ws)),
+            ("tls://h:7443", Some(Transport::Tcp)),
+            ("http://h/mqtt", None),
+        ] {
+            assert_eq!(transport_of(url), transport, "{url}");
+        }
+    }
+
+    #[test]
+    fn mqtt_endpoints_go_only_to_clients_that_ask_for_them() {
+        let mut n = node("a");
+        n.endpoints
+            .extend(["mqtt://a:7483".to_owned(), "ws://a:7401/mqtt".to_owned()]);
+        let urls = |transport| -> Vec<String> {
+            order(std::slice::from_ref(&n), "demo", "u", &[], transport, None)
+                .into_iter()
+                .map(|e| e.url)
+                .collect()
+        };
+        assert_eq!(
+            urls(None),
+            ["tcp://a:7400", "tcp://a:443", "ws://a:7401/ws"]
+        );
+        assert_eq!(
+            urls(Some(Transport::Mqtt)),
+            ["mqtt://a:7483", "ws://a:7401/mqtt"]
+        );
+        assert_eq!(urls(Some(Transport::Ws)), ["ws://a:7401/ws"]);
+    }
 
     #[test]
     fn a_websocket_endpoint_has_its_stream_beside_it() {

@@ -228,9 +228,11 @@ impl Lifecycle {
     }
 }
 
-/// The endpoints the node announces: `node.advertise_tcp` and `node.advertise_ws` when set,
-/// otherwise the listeners' own addresses (what clients on this machine or network reach):
-/// raw TCP (plain, then TLS), then WebSocket (plain, then TLS).
+/// The endpoints the node announces: `node.advertise_tcp`, `node.advertise_ws` and
+/// `node.advertise_mqtt` when set, otherwise the listeners' own addresses (what clients on
+/// this machine or network reach): raw TCP (plain, then TLS), then WebSocket (plain, then
+/// TLS), then MQTT (plain, then TLS, then over WebSocket at `/mqtt`). The dispatcher hands
+/// MQTT's only to devices that ask for them (`crate::dispatch::order`).
 pub fn advertised_endpoints(config: &Config, listeners: &Listeners) -> Vec<String> {
     let mut out = own_or_listener(
         &config.node.advertise_tcp,
@@ -246,6 +248,15 @@ pub fn advertised_endpoints(config: &Config, listeners: &Listeners) -> Vec<Strin
             (listeners.wss.as_ref(), "wss://", "/ws"),
         ],
     ));
+    out.extend(own_or_listener(
+        &config.node.advertise_mqtt,
+        &[
+            (listeners.mqtt.as_ref(), "mqtt://", ""),
+            (listeners.mqtts.as_ref(), "mqtts://", ""),
+            (listeners.ws.as_ref(), "ws://", "/mqtt"),
+            (listeners.wss.as_ref(), "wss://", "/mqtt"),
+        ],
+    ));
     out
 }
 
@@ -256,6 +267,9 @@ pub struct Listeners {
     pub ws: Option<TcpListener>,
     pub tls: Option<TcpListener>,
     pub wss: Option<TcpListener>,
+    /// MQTT, plain and inside TLS (`docs/mqtt.md`).
+    pub mqtt: Option<TcpListener>,
+    pub mqtts: Option<TcpListener>,
 }
 
 fn own_or_listener(
@@ -273,7 +287,7 @@ fn own_or_listener(
         if addr.ip().is_unspecified() {
             warn!(
                 %addr,
-                "a listener on every interface and no node.advertise_tcp/advertise_ws: the \
+                "a listener on every interface and no node.advertise_tcp/ws/mqtt: the \
                  dispatcher hands out this address, which remote clients cannot use"
             );
         }

@@ -223,13 +223,13 @@ impl Node {
             ws: bind(&listen.ws, &config, send_buffer).await?,
             tls: bind(&listen.tls, &config, send_buffer).await?,
             wss: bind(&listen.wss, &config, send_buffer).await?,
+            mqtt: bind(&listen.mqtt, &config, send_buffer).await?,
+            mqtts: bind(&listen.mqtts, &config, send_buffer).await?,
         };
         let http = bind(&listen.http, &config, 0)
             .await?
             .context("listen.http must be set")?;
         let https = bind(&listen.https, &config, 0).await?;
-        let mqtt = bind(&listen.mqtt, &config, send_buffer).await?;
-        let mqtts = bind(&listen.mqtts, &config, send_buffer).await?;
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
             tcp: local(&listeners.tcp),
@@ -238,8 +238,8 @@ impl Node {
             wss: local(&listeners.wss),
             http: http.local_addr()?,
             https: local(&https),
-            mqtt: local(&mqtt),
-            mqtts: local(&mqtts),
+            mqtt: local(&listeners.mqtt),
+            mqtts: local(&listeners.mqtts),
         };
         let endpoints = advertised_endpoints(&config, &listeners);
         let lifecycle = Arc::new(Lifecycle::new(
@@ -277,7 +277,14 @@ impl Node {
             )
             .with_reload(reloader.clone()),
         );
-        let Listeners { tcp, ws, tls, wss } = listeners;
+        let Listeners {
+            tcp,
+            ws,
+            tls,
+            wss,
+            mqtt,
+            mqtts,
+        } = listeners;
         for (listener, certs) in [(tcp, None), (tls, certs.tls.clone())] {
             if let Some(listener) = listener {
                 tokio::spawn(gateway.clone().serve_tcp(listener, certs));

@@ -452,3 +452,105 @@ async fn mqtt_metrics_count_packets_refusals_and_unknown_acks() {
     assert!(grew(r#"tether_mqtt_refused_total{packet="SUBACK",code="0x80"}"#) >= 1.0);
     assert!(grew("tether_mqtt_unknown_acks_total") >= 1.0);
 }
+
+/// The dispatcher hands MQTT's endpoints (`mqtt://`, `ws://.../mqtt`, or
+/// `node.advertise_mqtt`) to a device that asks with `transport=mqtt`, and to no other.
+#[tokio::test]
+async fn the_dispatcher_hands_mqtt_endpoints_only_to_devices_that_ask() {
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let urls = |reply: Reply| -> Vec<(String, String)> {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.body["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().expect("a string").to_owned();
+                (s("url"), s("transport"))
+            })
+            .collect()
+    };
+    let ask = |transport: &'static str| {
+        let http = &http;
+        async move {
+            let path = format!("/v1/dispatch?app={APP}{transport}");
+            http.get(&path, Some(&token("dora"))).await
+        }
+    };
+    let (mqtt, ws) = (node.mqtt_addr().unwrap(), node.ws_addr().unwrap());
+    assert_eq!(
+        urls(ask("&transport=mqtt").await),
+        [
+            (format!("mqtt://{mqtt}"), "mqtt".to_owned()),
+            (format!("ws://{ws}/mqtt"), "mqtt".to_owned()),
+        ]
+    );
+    let plain = urls(ask("").await);
+    assert!(
+        plain.iter().all(|(_, t)| t == "tcp" || t == "ws"),
+        "{plain:?}"
+    );
+
+    let mut config = Config::for_tests();
+    config.node.advertise_mqtt = vec![
+        "mqtts://push.example.com:8883".into(),
+        "wss://push.example.com/mqtt".into(),
+    ];
+    let node = start(config).await;
+    let reply = Http::new(&node)
+        .get(
+            &format!("/v1/dispatch?app={APP}&transport=mqtt"),
+            Some(&token("dora")),
+        )
+        .await;
+    assert_eq!(
+        urls(reply),
+        [
+            (
+                "mqtts://push.example.com:8883".to_owned(),
+                "mqtt".to_owned()
+            ),
+            ("wss://push.example.com/mqtt".to_owned(), "mqtt".to_owned()),
+        ]
+    );
+}
+
+/// A device's PUBLISH reaches the app's webhook with `"transport": "mqtt"`, over WebSocket too.
+#[tokio::test]
+async fn an_upstream_from_an_mqtt_device_says_so_in_the_webhook_body() {
+    use common::receiver::{Answer, Receiver};
+    let hook = Receiver::start(|_, _| Answer::json(200, "{}")).await;
+    let mut config = Config::for_tests();
+    config.apps[0].webhook = Some(hook.url.clone());
+    let node = start(config).await;
+    let (mut client, _) = MqttWs::open(&node, "/mqtt", "mqtt").await;
+    let mut bytes = connect_packet("uma", "ws-sensor");
+    // PUBLISH QoS 1 to `telemetry`, packet id 9.
+    bytes.extend_from_slice(&packet(0x32, b"\x00\x09telemetry\x00\x09{\"t\":21}"));
+    client.send(&bytes).await;
+    let answers = client.packets(2).await;
+    assert_eq!(answers[0], (0x20, vec![0, 0]));
+    assert_eq!(
+        answers[1],
+        (0x40, vec![0, 9]),
+        "PUBACK once the webhook took it"
+    );
+    let seen = hook.wait_for(1).await;
+    let body = &seen[0].json;
+    assert_eq!(
+        (
+            &body["transport"],
+            &body["kind"],
+            &body["device"],
+            &body["payload"]
+        ),
+        (
+            &serde_json::json!("mqtt"),
+            &serde_json::json!("telemetry"),
+            &serde_json::json!("ws-sensor"),
+            &serde_json::json!({"t": 21})
+        ),
+        "{body}"
+    );
+}

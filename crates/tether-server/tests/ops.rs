@@ -477,7 +477,12 @@ async fn stats_count_connections_by_app_and_transport_and_show_queues_and_the_st
     assert!(store["appends"].as_u64().unwrap() >= 1, "{store}");
     assert!(store["queued_writes"].is_u64(), "{store}");
     let endpoints: Vec<Value> = s["endpoints"].as_array().unwrap().clone();
-    assert_eq!(endpoints, own_endpoints(&node));
+    let mut announced = own_endpoints(&node);
+    announced.extend([
+        format!("mqtt://{}", node.mqtt_addr().unwrap()),
+        format!("ws://{}/mqtt", node.ws_addr().unwrap()),
+    ]);
+    assert_eq!(endpoints, announced);
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ async fn upstream_round_trip_over_tcp_signed() {
             "kind": "chat",
             "user": "alice",
             "device": "phone-1",
+            "transport": "tcp",
             "conn_id": connected.conn_id,
             "node": "tether-1",
             "request_id": 7,

@@ -83,7 +83,8 @@ pub(super) struct DispatchQuery {
     /// Comma-separated endpoint URLs the client could not connect to.
     #[serde(default)]
     failed: Option<String>,
-    /// `tcp` or `ws`: only that transport's endpoints.
+    /// `tcp`, `ws` or `mqtt`: only that transport's endpoints. Without it, every endpoint of
+    /// tether's own protocol (`tcp`, `ws`), and none of MQTT's.
     #[serde(default)]
     #[param(value_type = Option<super::schema::EndpointTransport>)]
     transport: Option<String>,
@@ -162,7 +163,8 @@ async fn dispatch(
         None | Some("") => None,
         Some("tcp") => Some(Transport::Tcp),
         Some("ws") => Some(Transport::Ws),
-        Some(_) => return Err(ApiError::bad_request("transport is tcp or ws")),
+        Some("mqtt") => Some(Transport::Mqtt),
+        Some(_) => return Err(ApiError::bad_request("transport is tcp, ws or mqtt")),
     };
     let nodes = ops
         .registry

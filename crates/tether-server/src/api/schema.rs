@@ -27,12 +27,14 @@ pub enum TransportName {
     Mqtt,
 }
 
-/// A dispatcher endpoint's transport: `tcp` (also `tls://`) or `ws` (also `wss://`).
+/// A dispatcher endpoint's transport: `tcp` (also `tls://`), `ws` (also `wss://`) or `mqtt`
+/// (`mqtt://`, `mqtts://`, and `ws://`/`wss://` URLs whose path ends in `/mqtt`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointTransport {
     Tcp,
     Ws,
+    Mqtt,
 }
 
 /// A live (qos 0) push, or a broadcast: the message's id and the connections it was handed
@@ -191,7 +193,8 @@ pub struct Dispatched {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchEndpoint {
-    /// `tcp://`, `tls://`, `ws://` or `wss://`.
+    /// `tcp://`, `tls://`, `ws://` or `wss://`; with `transport=mqtt`, `mqtt://`, `mqtts://`,
+    /// or `ws://`/`wss://` ending in `/mqtt`.
     pub url: String,
     pub transport: EndpointTransport,
     pub node: String,

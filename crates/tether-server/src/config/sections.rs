@@ -27,6 +27,11 @@ pub struct NodeConfig {
     /// `wss://host/ws`), in order. Empty: the WebSocket listeners' addresses (plain, then
     /// TLS).
     pub advertise_ws: Vec<String>,
+    /// The MQTT endpoints the dispatcher hands to devices that ask with `transport=mqtt`
+    /// (`mqtt://host:port`, `mqtts://host:port`, `ws://host:port/mqtt`, `wss://host/mqtt`), in
+    /// order. Empty: the MQTT listeners' addresses (plain, then TLS), then the WebSocket
+    /// listeners' `/mqtt` (plain, then TLS).
+    pub advertise_mqtt: Vec<String>,
     /// How often the node announces itself (endpoints, load, draining) to the registry. An
     /// announcement holds for three intervals.
     #[serde(deserialize_with = "duration")]
@@ -43,6 +48,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("tether-data"),
             advertise_tcp: Vec::new(),
             advertise_ws: Vec::new(),
+            advertise_mqtt: Vec::new(),
             announce_interval: Duration::from_secs(5),
             zone: String::new(),
         }

@@ -175,7 +175,8 @@ fn operations_settings_are_checked() {
         r#"
         [node]
         advertise_tcp = ["tcp://10.0.0.1:7400", "ws://10.0.0.1:7401/ws", "tcp://h:0"]
-        advertise_ws = ["wss://push.example.com/ws", "ws://:80/ws", "tcp://h:1"]
+        advertise_ws = ["wss://push.example.com/ws", "ws://:80/ws", "tcp://h:1", "ws://h/mqtt"]
+        advertise_mqtt = ["mqtts://push.example.com:8883", "mqtt://h", "wss://h/ws", "tls://h:1"]
         announce_interval = "10ms"
         [dispatch]
         reconnect_jitter = 1.5
@@ -190,6 +191,10 @@ fn operations_settings_are_checked() {
         "\"tcp://h:0\" has a bad port",
         "\"ws://:80/ws\" needs a host",
         "\"tcp://h:1\" must use ws:// or wss://",
+        "\"ws://h/mqtt\" ends in /mqtt",
+        "\"mqtt://h\" needs a port",
+        "\"wss://h/ws\" must end in /mqtt",
+        "\"tls://h:1\" must use mqtt:// or mqtts:// or ws:// or wss://",
         "announce_interval",
         "reconnect_jitter",
         "admin.key",
@@ -197,6 +202,7 @@ fn operations_settings_are_checked() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
     assert!(!text.contains("wss://push"), "{text}");
+    assert!(!text.contains("mqtts://push"), "{text}");
     let good = Config::from_toml(
         "[node]\nadvertise_tcp = [\"tcp://[::1]:7400\"]\n[admin]\nkey = \"an-admin-key-0123456789\"\n",
     )

@@ -244,6 +244,11 @@ impl Config {
         for (name, urls, schemes) in [
             ("node.advertise_tcp", &n.advertise_tcp, &["tcp", "tls"][..]),
             ("node.advertise_ws", &n.advertise_ws, &["ws", "wss"][..]),
+            (
+                "node.advertise_mqtt",
+                &n.advertise_mqtt,
+                &["mqtt", "mqtts", "ws", "wss"][..],
+            ),
         ] {
             if urls.len() > 8 {
                 problems.push(format!("{name}: at most 8 endpoints"));
@@ -251,6 +256,24 @@ impl Config {
             for url in urls {
                 if let Err(e) = check_endpoint(url, schemes) {
                     problems.push(format!("{name}: {url:?} {e}"));
+                    continue;
+                }
+                // The dispatcher tells MQTT over WebSocket by its path (`crate::dispatch`).
+                let mqtt = name == "node.advertise_mqtt";
+                let ws = url.starts_with("ws://") || url.starts_with("wss://");
+                let mqtt_path = url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| crate::dispatch::is_mqtt_path(rest));
+                if ws && mqtt && !mqtt_path {
+                    problems.push(format!(
+                        "{name}: {url:?} must end in /mqtt (MQTT over WebSocket)"
+                    ));
+                }
+                if ws && !mqtt && mqtt_path {
+                    problems.push(format!(
+                        "{name}: {url:?} ends in /mqtt, which is MQTT's: put it in \
+                         node.advertise_mqtt"
+                    ));
                 }
             }
         }
@@ -487,7 +510,7 @@ fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
         return Err("has whitespace, a comma or a control character".into());
     }
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let raw_tcp = matches!(scheme, "tcp" | "tls");
+    let raw_tcp = matches!(scheme, "tcp" | "tls" | "mqtt" | "mqtts");
     if raw_tcp && !matches!(path, "" | "/") {
         return Err("takes no path".into());
     }

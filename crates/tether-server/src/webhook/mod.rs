@@ -272,6 +272,7 @@ impl Webhooks {
             request,
             user: user.clone(),
             device: conn.device().clone(),
+            transport: conn.transport(),
             kind: up.kind,
             payload_kind: up.payload_kind,
             payload: up.payload,

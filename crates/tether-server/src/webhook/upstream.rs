@@ -8,7 +8,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tether_core::{AppId, ConnId, DeviceId, NodeId, UserId};
+use tether_core::{AppId, ConnId, DeviceId, NodeId, Transport, UserId};
 use tether_proto::{Body, Code, ErrorBody, Frame, PayloadKind, UpstreamReply};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ pub(crate) struct Job {
     pub request: u32,
     pub user: UserId,
     pub device: DeviceId,
+    /// The sending connection's transport (`mqtt` for a device's PUBLISH).
+    pub transport: Transport,
     pub kind: String,
     pub payload_kind: PayloadKind,
     pub payload: Bytes,
@@ -109,6 +111,7 @@ struct UpstreamBody<'a> {
     kind: &'a str,
     user: &'a str,
     device: &'a str,
+    transport: &'static str,
     conn_id: u64,
     node: &'a str,
     request_id: u32,
@@ -142,6 +145,7 @@ impl Job {
             kind: &self.kind,
             user: self.user.as_str(),
             device: self.device.as_str(),
+            transport: self.transport.as_str(),
             conn_id: self.conn.0,
             node: node.as_str(),
             request_id: self.request,
@@ -293,6 +297,7 @@ mod tests {
             request: 5,
             user: UserId::from("alice"),
             device: DeviceId::from("d1"),
+            transport: Transport::Mqtt,
             kind: "chat".into(),
             payload_kind: kind,
             payload: Bytes::from_static(payload),
@@ -304,7 +309,7 @@ mod tests {
         let body = job(PayloadKind::Json, br#" {"text":"hi"} "#).body(&app, &node, "n1-1");
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
-            r#"{"type":"upstream","id":"n1-1","app":"demo","kind":"chat","user":"alice","device":"d1","conn_id":7,"node":"n1","request_id":5,"ts_ms":1763700000000,"payload":{"text":"hi"}}"#
+            r#"{"type":"upstream","id":"n1-1","app":"demo","kind":"chat","user":"alice","device":"d1","transport":"mqtt","conn_id":7,"node":"n1","request_id":5,"ts_ms":1763700000000,"payload":{"text":"hi"}}"#
         );
         let body = job(PayloadKind::Json, b"{not json").body(&app, &node, "n1-2");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
