@@ -285,6 +285,25 @@ async fn mqtt_packets_span_websocket_messages_and_share_them() {
     client.send(&[0x02, id[0]]).await;
     client.send(&[id[1], 0xC0, 0x00]).await;
     assert_eq!(client.packets(1).await, vec![(0xD0, vec![])], "PINGRESP");
+    // A WebSocket ping between packets is answered with its pong, and is no MQTT byte.
+    client.send(&[0xC0]).await;
+    timeout(
+        WAIT,
+        client
+            .ws
+            .send(Message::Ping(b"are you there".to_vec().into())),
+    )
+    .await
+    .expect("send in time")
+    .expect("send");
+    client.send(&[0x00]).await;
+    let pong = timeout(WAIT, client.ws.next())
+        .await
+        .expect("a pong in time")
+        .expect("open")
+        .expect("a message");
+    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+    assert_eq!(client.packets(1).await, vec![(0xD0, vec![])], "PINGRESP");
     // A text message is not MQTT's.
     timeout(WAIT, client.ws.send(Message::text("hello")))
         .await
