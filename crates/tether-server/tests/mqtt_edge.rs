@@ -573,3 +573,31 @@ async fn an_upstream_from_an_mqtt_device_says_so_in_the_webhook_body() {
         "{body}"
     );
 }
+
+/// An idle MQTT-over-WebSocket connection parks (its stream holds nothing between messages),
+/// and wakes for a push and for the device's next packet.
+#[tokio::test]
+async fn an_idle_mqtt_websocket_connection_parks_and_wakes() {
+    let mut config = Config::for_tests();
+    config.gateway.park_after = Duration::from_millis(100);
+    let node = start(config).await;
+    let http = Http::new(&node);
+    let (mut client, _) = MqttWs::open(&node, "/mqtt", "mqtt").await;
+    let mut bytes = connect_packet("pat", "parker");
+    bytes.extend_from_slice(&packet(0x82, b"\x00\x01\x00\x12$tether/inbox/demo\x01"));
+    client.send(&bytes).await;
+    assert_eq!(client.packets(2).await[1], (0x90, vec![0, 1, 1]));
+    let parked = async {
+        while node.parked_connections() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(WAIT, parked).await.expect("parked in time");
+    push(&http, "pat", "wake").await;
+    let (first, body) = client.packets(1).await.remove(0);
+    assert_eq!(first, 0x32);
+    assert!(body.ends_with(br#"{"m":"wake"}"#), "{body:?}");
+    let id = &body[20..22];
+    client.send(&[0x40, 0x02, id[0], id[1], 0xC0, 0x00]).await;
+    assert_eq!(client.packets(1).await, vec![(0xD0, vec![])], "PINGRESP");
+}
