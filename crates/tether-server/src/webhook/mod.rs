@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use tether_core::{AppId, MessageIdGen, NodeId, validate_id};
+use tether_core::{AppId, MessageIdGen, NodeId, Transport, validate_id};
 use tether_proto::{Code, ErrorBody, Upstream};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -331,6 +331,7 @@ impl Webhooks {
             request: 0,
             user,
             device,
+            transport: Transport::Mqtt,
             kind,
             payload_kind,
             payload,
