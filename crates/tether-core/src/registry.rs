@@ -119,7 +119,9 @@ pub trait Membership: Send + Sync + Debug + 'static {
     async fn withdraw(&self, node: &NodeId) -> Result<(), RegistryError>;
 
     /// Every node whose announcement has not expired at `now_ms` (ms since the epoch), draining
-    /// ones included, sorted by node id.
+    /// ones included, sorted by node id. With `now_ms` 0: every announcement held, the expired
+    /// ones a [`Membership::reap`] has not removed yet included, withdrawn ones never (what the
+    /// admin API's node list shows, each with its expiry).
     async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, RegistryError>;
 
     /// Forgets the announcement and every session of each node whose announcement expired

@@ -123,6 +123,14 @@ impl Lifecycle {
         self.registry.announce(self.info()).await
     }
 
+    /// Every node the registry holds an announcement of, this one included when it announced,
+    /// sorted by id: the live ones, and those whose announcement expired (stopped announcing:
+    /// crashed, cut off) until a live node reaps them, within an announcement interval. A
+    /// withdrawn node (a clean shutdown) is not listed.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
+        self.registry.nodes(0).await
+    }
+
     /// Announces the node again every `node.announce_interval` until shutdown (the node makes
     /// the first announcement itself at start, and withdraws at shutdown). A failed
     /// announcement is retried at the next tick: the previous one holds for [`TTL_INTERVALS`]

@@ -1,6 +1,7 @@
 //! The cluster mode, end to end: three nodes in this process sharing a real Redis (registry,
 //! router and store), each test under a key prefix of its own. Pushes, topics, broadcasts,
-//! server-side subscriptions and presence cross nodes; a Redis restart is survived.
+//! server-side subscriptions and presence cross nodes; a Redis restart is survived; the admin
+//! node list shows every node.
 //!
 //! Without a Redis at `TETHER_TEST_REDIS` (default 127.0.0.1:6379) these tests are skipped,
 //! except under `CI=true`, where they fail.
@@ -527,4 +528,165 @@ async fn a_node_restarted_under_the_same_id_forgets_what_its_previous_run_left()
         .await;
     assert_eq!(reply["connections"], 0, "{reply}");
     quiet(&mut bob).await;
+}
+
+/// `GET /v1/admin/nodes` on `http`: asserts 200 and returns the answer.
+async fn admin_nodes(http: &Http, admin: &str) -> Value {
+    let reply = http.get("/v1/admin/nodes", Some(admin)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body
+}
+
+/// The answer's nodes by id.
+fn listed(answer: &Value) -> Vec<(&str, &Value)> {
+    answer["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_admin_node_list_shows_every_node_its_state_and_whether_it_still_announces() {
+    let Some(options) = tether_redis::testing::options("nodes").await else {
+        return;
+    };
+    let admin = "admin-key-0123456789";
+    let mut nodes = Vec::new();
+    for id in ["nodes-a", "nodes-b"] {
+        let mut config = config(&options, id);
+        config.admin.key = Some(tether_server::config::Secret::new(admin));
+        // Reaps (one per announcement) seldom enough that an expired node can be seen.
+        config.node.announce_interval = Duration::from_secs(1);
+        config.gateway.drain_spread = Duration::from_millis(100);
+        nodes.push(start(config).await);
+    }
+    let http = [Http::new(&nodes[0]), Http::new(&nodes[1])];
+
+    // Asked either node: both, with what each advertises, serving and alive.
+    for (i, http) in http.iter().enumerate() {
+        let answer = admin_nodes(http, admin).await;
+        assert_eq!(answer["node"], ["nodes-a", "nodes-b"][i], "{answer}");
+        let got = listed(&answer);
+        assert_eq!(
+            got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            ["nodes-a", "nodes-b"]
+        );
+        for ((_, n), node) in got.iter().zip(&nodes) {
+            let endpoints = [
+                format!("tcp://{}", node.tcp_addr().unwrap()),
+                format!("ws://{}/ws", node.ws_addr().unwrap()),
+            ];
+            assert_eq!(n["endpoints"], json!(endpoints), "{n}");
+            assert_eq!(n["state"], "serving", "{n}");
+            assert_eq!(n["alive"], true, "{n}");
+            assert_eq!(n["connections"], 0, "{n}");
+            assert!(n["expires_ms"].as_u64().unwrap() > answer["now_ms"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        http[0].get("/v1/admin/nodes", None).await.status,
+        401,
+        "the admin key is needed"
+    );
+
+    // A connection on b shows in its count from its next announcement on.
+    let (_bob, _) = TcpClient::connected(nodes[1].tcp_addr().unwrap(), "bob", "d", 0).await;
+    let deadline = Instant::now() + 3 * WAIT;
+    loop {
+        let answer = admin_nodes(&http[0], admin).await;
+        if listed(&answer)[1].1["connections"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b's connection not counted: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // b drains: a, asked, lists it draining at once (the drain is announced before any close).
+    let reply = http[1].post_raw("/v1/admin/drain", Some(admin), "").await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let answer = admin_nodes(&http[0], admin).await;
+    let b = listed(&answer)[1].1.clone();
+    assert_eq!(
+        (&b["state"], &b["alive"]),
+        (&json!("draining"), &json!(true)),
+        "{b}"
+    );
+
+    // A node that stopped announcing (a crash: no withdrawal) is listed as not alive until a
+    // live node reaps it. Its expired announcement is written as its last one would have
+    // been; a reap may take it before the list is read, so the write is repeated until one
+    // read sees it.
+    let registry = tether_redis::RedisRegistry::connect(&options)
+        .await
+        .unwrap();
+    let dead = |expires_ms| tether_core::NodeInfo {
+        id: "nodes-dead".into(),
+        endpoints: vec!["tcp://127.0.0.1:1".into()],
+        connections: 7,
+        max_connections: 10,
+        draining: false,
+        zone: "eu-1".into(),
+        expires_ms,
+    };
+    let mut seen = None;
+    for _ in 0..20 {
+        let expired = tether_core::now_ms() - 1;
+        // Refused while a reap holds the node (it took the previous write): write it again.
+        if tether_core::Membership::announce(&registry, dead(expired))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let answer = admin_nodes(&http[0], admin).await;
+        if let Some((_, n)) = listed(&answer)
+            .into_iter()
+            .find(|(id, _)| *id == "nodes-dead")
+        {
+            seen = Some(n.clone());
+            break;
+        }
+    }
+    let n = seen.expect("the dead node listed before a reap took it, in 20 tries");
+    assert_eq!(n["alive"], false, "{n}");
+    assert_eq!(
+        (&n["connections"], &n["zone"]),
+        (&json!(7), &json!("eu-1")),
+        "{n}"
+    );
+    // Reaped at a live node's next announcement.
+    let deadline = Instant::now() + 3 * WAIT;
+    loop {
+        let answer = admin_nodes(&http[0], admin).await;
+        if listed(&answer).iter().all(|(id, _)| *id != "nodes-dead") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node was not reaped: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A clean shutdown withdraws b: it leaves the list at once.
+    let b = nodes.pop().unwrap();
+    b.shutdown();
+    tokio::time::timeout(3 * WAIT, b.wait())
+        .await
+        .expect("b shuts down");
+    let answer = admin_nodes(&http[0], admin).await;
+    assert_eq!(
+        listed(&answer)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        ["nodes-a"],
+        "{answer}"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tether_core::{Membership, MemoryRegistry, Registry};
 use tether_proto::{Binding, Code};
 use tether_server::config::{AppConfig, Secret, StoreBackend};
@@ -254,6 +254,7 @@ async fn the_admin_api_needs_its_key_and_is_off_without_one() {
     for reply in [
         drain(&http, Some(ADMIN_KEY)).await,
         http.get("/v1/admin/stats", Some(ADMIN_KEY)).await,
+        http.get("/v1/admin/nodes", Some(ADMIN_KEY)).await,
     ] {
         assert_eq!(
             (reply.status, reply.body["code"].as_str()),
@@ -275,6 +276,11 @@ async fn the_admin_api_needs_its_key_and_is_off_without_one() {
             status,
             "stats with {key:?}"
         );
+        assert_eq!(
+            http.get("/v1/admin/nodes", key).await.status,
+            status,
+            "nodes with {key:?}"
+        );
     }
     assert_eq!(
         http.get("/readyz", None).await.status,
@@ -284,6 +290,17 @@ async fn the_admin_api_needs_its_key_and_is_off_without_one() {
     assert_eq!(
         http.get("/v1/admin/stats", Some(ADMIN_KEY)).await.status,
         200
+    );
+    // All-in-one, the node list is this node, as it announced itself.
+    let reply = http.get("/v1/admin/nodes", Some(ADMIN_KEY)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let nodes = reply.body["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{:?}", reply.body);
+    assert_eq!(nodes[0]["id"], reply.body["node"]);
+    assert_eq!(nodes[0]["endpoints"], json!(own_endpoints(&node)));
+    assert_eq!(
+        (&nodes[0]["state"], &nodes[0]["alive"]),
+        (&json!("serving"), &json!(true))
     );
 }
 

@@ -1,6 +1,7 @@
 /**
  * The web console that `tether serve` itself serves at `/console`, in headless Chromium: a
- * wrong admin key is refused; the right one shows the node; the example page connected as a
+ * wrong admin key is refused; the right one shows the node, and the node list (all-in-one: this
+ * node, serving and alive, then draining once drained); the example page connected as a
  * user shows up in the connections by app and transport; a push sent from the console's form
  * reaches that page; the user lookup shows its connection, its device's acked position and
  * the message in its inbox; the rate charts count the push (from successive reads of
@@ -139,6 +140,17 @@ test("the web console logs in with the admin key, shows a connection, pushes to 
     assert.equal(await ui.page.evaluate(() => sessionStorage.getItem("tether.console.admin")), ADMIN_KEY);
   });
 
+  await step("lists the node it runs on, all-in-one, as the one node: serving, alive, its endpoints", async () => {
+    const rows = await ui.waitFor(async () => {
+      const r = await ui.rows("nodes");
+      return r.length > 0 && r;
+    }, "the node list shown");
+    assert.deepEqual(rows.map((r) => [r.node, r.state, r.alive, r.connections]), [["browser-test", "serving", "true", "0"]]);
+    assert.ok(rows[0].endpoints.split(" ").includes(server.wsUrl), `${rows[0].endpoints} has ${server.wsUrl}`);
+    assert.match(rows[0].text, /\(this node\)/);
+    assert.equal(await ui.text("nodes-total"), "1");
+  });
+
   await step("shows a client's connection by app and transport once it connects", async () => {
     await client.fill("url", server.wsUrl);
     await client.fill("token", await server.token("erin"));
@@ -148,6 +160,8 @@ test("the web console logs in with the admin key, shows a connection, pushes to 
     const row = await ui.waitFor(async () => (await ui.rows("by-app")).find((r) => r.app === APP && r.ws === "1"), "the demo app with one ws connection");
     assert.equal(row.tcp, "0");
     assert.equal(await ui.text("conn-total"), "1");
+    // The node list counts what the node last announced (every 5 s by default).
+    await ui.waitFor(async () => (await ui.rows("nodes"))[0]?.connections === "1", "the node list's count at 1", 2 * WAIT_MS);
   });
 
   await step("refuses a push with a wrong app key, and says so", async () => {
@@ -221,6 +235,9 @@ test("the web console logs in with the admin key, shows a connection, pushes to 
     await ui.waitFor(async () => (await ui.text("drain-result")).startsWith("draining:"), "the drain answered");
     await ui.waitFor(async () => (await ui.text("status")) === "draining", "the node shown draining");
     assert.equal((await fetch(`${server.httpUrl}/readyz`)).status, 503);
+    // The drain is announced at once: the node list shows it.
+    await ui.waitFor(async () => (await ui.rows("nodes"))[0]?.state === "draining", "the node listed as draining");
+    assert.equal((await ui.rows("nodes"))[0].alive, "true");
   });
 
   await step("ran without a policy violation or a page error", async () => {

@@ -204,6 +204,11 @@ async fn node_contract(reg: &dyn Membership) {
         ["contract-node-b"],
         "a node is gone from its expiry on"
     );
+    assert_eq!(
+        ids(&ours(reg.nodes(0).await.unwrap())),
+        ["contract-node-a", "contract-node-b"],
+        "at 0, every announcement held, expired or not"
+    );
     // Announcing again brings it back.
     reg.announce(node_info("contract-node-a", 7500, false, now + 4 * minute))
         .await
@@ -220,6 +225,11 @@ async fn node_contract(reg: &dyn Membership) {
         ids(&ours(reg.nodes(now).await.unwrap())),
         ["contract-node-a"],
         "withdraw removes exactly that node"
+    );
+    assert_eq!(
+        ids(&ours(reg.nodes(0).await.unwrap())),
+        ["contract-node-a"],
+        "a withdrawn node is not listed, even at 0"
     );
     withdraw(reg, "contract-node-a").await;
     assert!(ours(reg.nodes(now).await.unwrap()).is_empty());
@@ -282,10 +292,18 @@ async fn reap_contract(reg: &dyn Registry) {
         !ids(&reg.nodes(now + minute).await.unwrap()).contains(&"contract-node-dead"),
         "an expired node is not listed"
     );
+    assert!(
+        ids(&reg.nodes(0).await.unwrap()).contains(&"contract-node-dead"),
+        "an expired node is held until a reap (listed at 0)"
+    );
     assert_eq!(
         reg.reap(now + minute).await.unwrap(),
         2,
         "listing the nodes first does not keep a dead node from being reaped"
+    );
+    assert!(
+        !ids(&reg.nodes(0).await.unwrap()).contains(&"contract-node-dead"),
+        "a reaped node is not listed, even at 0"
     );
     assert!(
         reg.node_sessions(&NodeId::from("contract-node-dead"))

@@ -4,7 +4,7 @@
 //!
 //! The files hold no data and need no key. The page asks for the admin key, keeps it in the
 //! tab's `sessionStorage`, and calls the routes that already exist with it: `/v1/admin/stats`,
-//! `/readyz`, `/metrics`, `/v1/admin/drain`; the app routes (presence, inbox, push, publish)
+//! `/v1/admin/nodes` (every node of the cluster), `/readyz`, `/metrics`, `/v1/admin/drain`; the app routes (presence, inbox, push, publish)
 //! with an app's API key typed into the page, since the admin key opens none of them.
 //!
 //! Every answer carries a Content-Security-Policy that allows only this origin's own script

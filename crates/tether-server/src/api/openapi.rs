@@ -428,7 +428,8 @@ errors!(
 );
 
 errors!(
-    /// `GET /v1/admin/stats`: [`AdminErrors`], and connections that could not be counted.
+    /// `GET /v1/admin/stats` and `/v1/admin/nodes`: [`AdminErrors`], and figures that cannot
+    /// be read now (connections not counted, the registry unreachable).
     StatsErrors {
         401 => ["unauthorized"],
         403 => ["forbidden"],

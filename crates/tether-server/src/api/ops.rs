@@ -105,6 +105,7 @@ impl Ops {
             .routes(routes!(drain))
             .routes(routes!(reload))
             .routes(routes!(stats))
+            .routes(routes!(nodes))
     }
 
     /// Checks the admin bearer key.
@@ -389,6 +390,50 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
         },
         "fanout": fanout,
         "store": store,
+    })))
+}
+
+/// Every node of the cluster (the one node, all-in-one) as the registry holds them: each one's
+/// advertised endpoints, zone, state and connections as of its last announcement, and whether
+/// that announcement still holds (`alive`). A node that stopped announcing is listed as not
+/// alive until a live node reaps it; one that shut down cleanly is not listed.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/nodes",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The nodes, sorted by id", body = super::schema::Nodes),
+        super::openapi::StatsErrors,
+    ),
+    security(("admin_key" = [])),
+)]
+async fn nodes(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    ops.admin(&headers)?;
+    let nodes = ops.lifecycle.nodes().await.map_err(|e| {
+        // The registry's own text (a Redis address) is for the log.
+        tracing::warn!(error = %e, "admin nodes: cannot read the nodes");
+        ApiError::unavailable("the node list cannot be read now; retry later")
+    })?;
+    let now = tether_core::now_ms();
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "endpoints": n.endpoints,
+                "zone": n.zone,
+                "state": if n.draining { "draining" } else { "serving" },
+                "connections": n.connections,
+                "max_connections": n.max_connections,
+                "alive": now < n.expires_ms,
+                "expires_ms": n.expires_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "node": ops.node,
+        "now_ms": now,
+        "nodes": nodes,
     })))
 }
 

@@ -300,3 +300,45 @@ pub struct StoreStats {
     pub appends: Option<u64>,
     pub publishes: Option<u64>,
 }
+
+/// `GET /v1/admin/nodes`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nodes {
+    /// The node that answered.
+    pub node: String,
+    /// Its clock when it read the list, ms since the epoch (what `alive` was decided at).
+    pub now_ms: u64,
+    /// Sorted by id.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// A node as its last announcement to the registry describes it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub id: String,
+    /// The endpoints the dispatcher hands out for it, in its order.
+    pub endpoints: Vec<String>,
+    /// Its `node.zone`; empty for none.
+    pub zone: String,
+    pub state: NodeState,
+    /// Open client connections when it last announced.
+    pub connections: u64,
+    /// Its `limits.max_connections`.
+    pub max_connections: u64,
+    /// Its announcement still holds: `false` for a node that stopped announcing (crashed, cut
+    /// off from the registry), listed until a live node reaps it.
+    pub alive: bool,
+    /// Until when its announcement holds, ms since the epoch.
+    pub expires_ms: u64,
+}
+
+/// `serving`: the dispatcher offers it; `draining`: it refuses new clients and moves its
+/// connections elsewhere.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Serving,
+    Draining,
+}

@@ -1,6 +1,7 @@
-// The tether console: reads this node's admin and ops routes with the admin key (kept in
-// sessionStorage), and the app routes with an app's API key. No framework, no inline script
-// (the page's Content-Security-Policy forbids it), nothing loaded from elsewhere.
+// The tether console: reads this node's admin and ops routes (the cluster's node list
+// included) with the admin key (kept in sessionStorage), and the app routes with an app's API
+// key. No framework, no inline script (the page's Content-Security-Policy forbids it), nothing
+// loaded from elsewhere.
 "use strict";
 
 const ADMIN = "tether.console.admin";
@@ -262,7 +263,45 @@ function showStats(stats, ready) {
   $("raw-stats").textContent = JSON.stringify(stats, null, 2);
 }
 
+// ---- nodes ----
+
+/** `/v1/admin/nodes`: a row per node, this one in bold. */
+function showNodes(answer) {
+  $("nodes-total").textContent = answer.nodes.length;
+  const body = $("nodes").querySelector("tbody");
+  body.replaceChildren();
+  for (const n of answer.nodes) {
+    const row = document.createElement("tr");
+    row.dataset.node = n.id;
+    row.dataset.state = n.state;
+    row.dataset.alive = n.alive;
+    row.dataset.connections = n.connections;
+    row.dataset.endpoints = n.endpoints.join(" ");
+    if (n.id === answer.node) row.className = "self";
+    cell(row, n.id === answer.node ? `${n.id} (this node)` : n.id);
+    cell(row, n.endpoints.join(" ")).className = "endpoints";
+    cell(row, n.zone || "-");
+    cell(row, n.state).className = n.state === "serving" ? "" : "bad";
+    cell(row, `${n.connections} / ${n.max_connections}`);
+    const left = Math.round((n.expires_ms - answer.now_ms) / 1000);
+    const alive = cell(row, n.alive ? `yes (announcement holds ${left} s more)` : `no: silent, expired ${-left} s ago`);
+    if (!n.alive) alive.className = "bad";
+    body.appendChild(row);
+  }
+}
+
+async function pollNodes() {
+  try {
+    showNodes(await admin("GET", "/v1/admin/nodes"));
+    $("nodes-error").textContent = "";
+  } catch (e) {
+    // A refused key is handled by the stats' read; the registry may be out of reach alone.
+    $("nodes-error").textContent = `reading the nodes failed: ${e.message}`;
+  }
+}
+
 async function poll() {
+  pollNodes();
   try {
     const [stats, metrics, ready] = await Promise.all([
       admin("GET", "/v1/admin/stats"),
