@@ -295,3 +295,50 @@ async fn an_unauthorized_request_is_refused_before_its_body_is_read() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_kick_with_a_device_closes_that_device_only() {
+    let node = start(config()).await;
+    let http = Http::new(&node);
+    let addr = node.tcp_addr().unwrap();
+    // A device id with what a query must escape.
+    let (mut phone, _) = TcpClient::connected(addr, "alice", "phone 1/é&x", 0).await;
+    let (mut laptop, _) = TcpClient::connected(addr, "alice", "laptop", 0).await;
+    http.wait_presence("alice", 2).await;
+    let kick = "/v1/apps/demo/users/alice/kick";
+
+    // Bad device ids and unknown parameters are refused; nothing is closed.
+    for query in ["?device=", "?device=a%01b", "?devices=phone"] {
+        let reply = http
+            .post_raw(&format!("{kick}{query}"), Some(API_KEY), "")
+            .await;
+        assert_error(&reply, 400);
+    }
+    let reply = http
+        .post_raw(&format!("{kick}?device=tablet"), Some(API_KEY), "")
+        .await;
+    assert_eq!(
+        (reply.status, &reply.body["kicked"]),
+        (200, &Value::from(0))
+    );
+
+    let reply = http
+        .post_raw(
+            &format!("{kick}?device=phone%201%2F%C3%A9%26x"),
+            Some(API_KEY),
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["kicked"], 1);
+    phone.expect_disconnect(tether_proto::Code::KICKED).await;
+    let presence = http.wait_presence("alice", 1).await;
+    assert_eq!(presence["connections"][0]["device"], "laptop", "{presence}");
+    // The other device still gets what is pushed.
+    http.push(OK_BODY).await;
+    expect_push(laptop.frame().await);
+
+    // Without a device, every connection of the user.
+    assert_eq!(http.kick("alice").await["kicked"], 1);
+    laptop.expect_disconnect(tether_proto::Code::KICKED).await;
+}

@@ -110,15 +110,18 @@ pub struct UserArgs {
     pub user: String,
 }
 
-/// Close every connection of a user, on every node, with code 4207 `kicked` (clients do not
-/// reconnect by themselves) (POST /v1/apps/APP/users/USER/kick).
+/// Close every connection of a user, or of one of its devices, on every node, with code 4207
+/// `kicked` (clients do not reconnect by themselves) (POST /v1/apps/APP/users/USER/kick).
 ///
-/// Prints `{"kicked":N}`, the connections closed. The API kicks a user's every device: there
-/// is no route that kicks one device.
+/// Prints `{"kicked":N}`, the connections closed.
 #[derive(Debug, clap::Args)]
 pub struct KickArgs {
     #[command(flatten)]
     pub user: UserArgs,
+    /// Only this device's connections (the device id it connected with; `tether presence`
+    /// lists them). Without it: every device of the user.
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// Show a user's connections on every node, and each device's acked position in the inbox
@@ -241,7 +244,12 @@ pub async fn broadcast(args: BroadcastArgs) -> anyhow::Result<()> {
 pub async fn kick(args: KickArgs) -> anyhow::Result<()> {
     let u = &args.user;
     let path = ["users", u.user.as_str(), "kick"];
-    run(Call::app(&u.app, reqwest::Method::POST, &path, None)?).await
+    let mut call = Call::app(&u.app, reqwest::Method::POST, &path, None)?;
+    if let Some(device) = &args.device {
+        // Percent-encoded by the URL's serializer: a device id may hold any character.
+        call.url.query_pairs_mut().append_pair("device", device);
+    }
+    run(call).await
 }
 
 pub async fn presence(args: PresenceArgs) -> anyhow::Result<()> {

@@ -86,7 +86,8 @@ enum Command {
     Publish(api::PublishArgs),
     /// Send a live message to every connection of an app through the HTTP API.
     Broadcast(api::BroadcastArgs),
-    /// Close every connection of a user (code 4207 kicked) through the HTTP API.
+    /// Close every connection of a user, or of one device (--device), with code 4207 kicked,
+    /// through the HTTP API.
     Kick(api::KickArgs),
     /// Show a user's connections and each device's acked position in the inbox.
     Presence(api::PresenceArgs),

@@ -239,6 +239,8 @@ fn config(tcp: std::net::SocketAddr, http: std::net::SocketAddr) -> String {
 tcp = "{tcp}"
 ws = ""
 http = "{http}"
+# Off: the default port (7483) is taken whenever another node runs on the machine.
+mqtt = ""
 
 [store]
 backend = "memory"
@@ -419,6 +421,12 @@ async fn the_api_commands_find_the_node_and_its_keys_from_its_configuration() {
         "{stats}"
     );
 
+    // Another device than alice's: her connection stays.
+    let other = [
+        "kick", "--app", "demo", "--user", "alice", "--device", "not/hers",
+    ];
+    let kicked = json(&ok(&run_in(here, c, &other), "kick --device"));
+    assert_eq!(kicked["kicked"], 0, "{kicked}");
     let kicked = json(&ok(
         &run_in(here, c, &["kick", "--app", "demo", "--user", "alice"]),
         "kick",

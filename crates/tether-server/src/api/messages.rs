@@ -4,7 +4,8 @@
 //!   before the answer).
 //! - `GET /v1/apps/{app}/users/{user}/messages?after=SEQ&limit=N`: the user's held durable
 //!   messages, for business-side pulls.
-//! - `GET /v1/apps/{app}/users/{user}/presence`; `POST /v1/apps/{app}/users/{user}/kick`.
+//! - `GET /v1/apps/{app}/users/{user}/presence`; `POST /v1/apps/{app}/users/{user}/kick`
+//!   (`?device=D`: one device's connections only).
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tether_core::store::StoredMessage;
-use tether_core::{MessageId, Seq, UserId};
+use tether_core::{DeviceId, MessageId, Seq, UserId, validate_id};
 use tether_proto::PayloadKind;
 use utoipa::{IntoParams, ToSchema};
 
@@ -298,12 +299,24 @@ pub(super) async fn presence(
     })))
 }
 
-/// Closes each of the user's connections with `disconnect` 4207 `kicked`. No body.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct KickQuery {
+    /// Only this device's connections (its `connect.device`); without it, every connection of
+    /// the user.
+    #[serde(default)]
+    #[param(value_type = Option<super::openapi::Id>)]
+    device: Option<String>,
+}
+
+/// Closes each of the user's connections, or those of one device (`?device=`), with
+/// `disconnect` 4207 `kicked`, on every node. No body.
 #[utoipa::path(
     post,
     path = "/v1/apps/{app}/users/{user}/kick",
     tag = "messages",
-    params(super::openapi::UserPath),
+    params(super::openapi::UserPath, KickQuery),
     responses(
         (status = 200, description = "The connections closed", body = super::schema::Kicked),
         super::openapi::AppErrors,
@@ -314,8 +327,17 @@ pub(super) async fn kick(
     State(api): State<Arc<Api>>,
     Authorized(app): Authorized,
     Path((_, user)): Path<(String, String)>,
+    query: Result<Query<KickQuery>, QueryRejection>,
 ) -> JsonAnswer {
     let user = user_id(user)?;
-    let kicked = api.delivery.kick(&app, &user).await?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let device = match q.device {
+        Some(device) => {
+            validate_id("device", &device).map_err(ApiError::bad_request)?;
+            Some(DeviceId::new(device))
+        }
+        None => None,
+    };
+    let kicked = api.delivery.kick(&app, &user, device.as_ref()).await?;
     Ok(Json(json!({ "kicked": kicked })))
 }

@@ -419,12 +419,20 @@ impl Delivery {
         Ok(Broadcasted { id, connections })
     }
 
-    /// Closes every connection of `user` with 4207 (kicked); returns how many.
-    pub async fn kick(&self, app: &AppId, user: &UserId) -> Result<usize, DeliveryError> {
+    /// Closes every connection of `user` with 4207 (kicked), or only those of `device` when
+    /// given, on every node; returns how many.
+    pub async fn kick(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        device: Option<&DeviceId>,
+    ) -> Result<usize, DeliveryError> {
         let sessions = self
             .registry
             .sessions(app, std::slice::from_ref(user))
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|s| device.is_none_or(|d| &s.device == d));
         let mut kicked = 0;
         for (node, conns) in by_node(sessions) {
             kicked += self
