@@ -20,8 +20,8 @@
 //!   whenever they change (`tls.watch_interval`).
 //!
 //! Everything else (listen addresses, limits, the store, the
-//! cluster, webhooks, fan-out pacing, the admin key) is read at start only: a reload that
-//! changes it says which settings need a restart, and applies the rest.
+//! cluster, webhooks, fan-out pacing, the admin key, the logs) is read at start only: a reload
+//! that changes it says which settings need a restart, and applies the rest.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -214,7 +214,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         w.permission = Default::default();
         w
     };
-    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
         ("node", &old.node, &new.node),
         ("listen", &listen(old), &listen(new)),
         ("limits", &old.limits, &new.limits),
@@ -223,6 +223,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("webhook", &webhook(old), &webhook(new)),
         ("dispatch", &old.dispatch, &new.dispatch),
         ("cluster", &old.cluster, &new.cluster),
+        ("log", &old.log, &new.log),
         (
             "rate (fan-out pacing)",
             &(old.rate.deliveries_per_sec, old.rate.deliveries_burst),

@@ -1,9 +1,10 @@
 //! `tether serve`'s logs: what is logged (the filter), how (text or JSON lines), and where
 //! (stderr, coloured only on a terminal).
 //!
-//! The filter is `TETHER_LOG`, else `RUST_LOG`, else [`DEFAULT_FILTER`]: our own events at
-//! INFO, the storage engine's (fjall and its LSM tree, which log every table they write) at
-//! WARN. A filter given names its own levels (`TETHER_LOG=info,fjall=info`).
+//! The environment wins over the configuration's `[log]`: the filter is `TETHER_LOG`, else
+//! `RUST_LOG`, else `log.filter` (by default [`DEFAULT_LOG_FILTER`]: our own events at INFO,
+//! the storage engine's at WARN); the format is `--log-format` (`TETHER_LOG_FORMAT`), else
+//! `log.format`. A filter given names its own levels (`TETHER_LOG=info,fjall=info`).
 //!
 //! The JSON format is our own [`JsonLines`] rather than `tracing-subscriber`'s: that one
 //! writes the `log.file` of events bridged from the `log` crate (a path on the build
@@ -12,6 +13,7 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
+use tether_server::config::{DEFAULT_LOG_FILTER, LogConfig};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -19,42 +21,53 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// What is logged when neither `TETHER_LOG` nor `RUST_LOG` says.
-pub const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
-
-/// The log format: `text` (one line per event, for people) or `json` (one JSON object per
-/// line, for a collector).
+/// The log format of `--log-format`: `text` (one line per event, for people) or `json` (one
+/// JSON object per line, for a collector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// The filter from the environment (`TETHER_LOG`, then `RUST_LOG`), or [`DEFAULT_FILTER`]. An
-/// invalid one is reported on stderr and the default used: a typo must not silence the node.
-fn filter() -> EnvFilter {
+impl From<tether_server::config::LogFormat> for LogFormat {
+    fn from(format: tether_server::config::LogFormat) -> Self {
+        match format {
+            tether_server::config::LogFormat::Text => LogFormat::Text,
+            tether_server::config::LogFormat::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// The filter from the environment (`TETHER_LOG`, then `RUST_LOG`), else `configured` (the
+/// configuration checked it). An invalid variable is reported on stderr and skipped: a typo
+/// must not silence the node.
+fn filter(configured: &str) -> EnvFilter {
     for var in ["TETHER_LOG", "RUST_LOG"] {
         let Ok(value) = std::env::var(var) else {
             continue;
         };
         match EnvFilter::try_new(&value) {
             Ok(filter) => return filter,
-            Err(e) => {
-                eprintln!("{var}={value:?} is not a log filter ({e}); using {DEFAULT_FILTER:?}")
-            }
+            Err(e) => eprintln!("{var}={value:?} is not a log filter ({e}); ignored"),
         }
     }
-    EnvFilter::new(DEFAULT_FILTER)
+    EnvFilter::try_new(configured).unwrap_or_else(|e| {
+        eprintln!(
+            "log.filter {configured:?} is not a log filter ({e}); using {DEFAULT_LOG_FILTER:?}"
+        );
+        EnvFilter::new(DEFAULT_LOG_FILTER)
+    })
 }
 
-/// Installs the global subscriber: `format` on stderr, colours only when stderr is a
-/// terminal (not in a log file, journald or a test's pipe).
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber on stderr, colours only when stderr is a terminal (not in a
+/// log file, journald or a test's pipe): `format` (the command line's) or else the
+/// configuration's, with the filter of [`filter`].
+pub fn init(config: &LogConfig, format: Option<LogFormat>) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
+        .with_env_filter(filter(&config.filter))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
+    match format.unwrap_or(config.format.into()) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.event_format(JsonLines).init(),
     }

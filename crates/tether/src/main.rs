@@ -46,10 +46,11 @@ enum Command {
         /// Without it: the built-in defaults. `TETHER_<SECTION>__<KEY>` variables override it.
         #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Log format: `text` for people, `json` (one object a line) for a collector. The
-        /// filter is TETHER_LOG or RUST_LOG (default `info,fjall=warn,lsm_tree=warn`).
-        #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
-        log_format: logs::LogFormat,
+        /// Log format: `text` for people, `json` (one object a line) for a collector; over
+        /// the configuration's `[log] format` (default `text`). The filter is TETHER_LOG, else
+        /// RUST_LOG, else `[log] filter` (default `info,fjall=warn,lsm_tree=warn`).
+        #[arg(long, env = "TETHER_LOG_FORMAT", value_enum)]
+        log_format: Option<logs::LogFormat>,
         /// Allow the configuration's test modes (`gateway.ws_echo`), which serve no client:
         /// for conformance suites, never in production. Without it they are refused.
         #[arg(long)]
@@ -208,14 +209,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(
     path: Option<PathBuf>,
-    log_format: logs::LogFormat,
+    log_format: Option<logs::LogFormat>,
     test_modes: bool,
 ) -> anyhow::Result<()> {
-    logs::init(log_format);
+    // The configuration first, for its `[log]`: a configuration that does not load is
+    // reported on stderr by `main`, logs or not.
     let mut config = match test_modes {
         true => Config::load_allowing_test_modes(path.as_deref())?,
         false => Config::load(path.as_deref())?,
     };
+    logs::init(&config.log, log_format);
     let demo = config.with_demo_app()?;
     let data_dir = config.node.data_dir.clone();
     let shutdown = CancellationToken::new();

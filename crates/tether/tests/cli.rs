@@ -107,6 +107,15 @@ fn serve_demo(
     dir: &Path,
     extra: &[&str],
 ) -> (Killed, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    serve_demo_with(dir, extra, &[])
+}
+
+/// [`serve_demo`] with the variables `env` set.
+fn serve_demo_with(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Killed, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut command = tether();
     command
         .arg("serve")
@@ -114,11 +123,13 @@ fn serve_demo(
         .current_dir(dir)
         .env_remove("TETHER_CONFIG")
         .env_remove("TETHER_LOG")
+        .env_remove("TETHER_LOG_FORMAT")
         .env_remove("RUST_LOG")
         .env("TETHER_LISTEN__TCP", "127.0.0.1:0")
         .env("TETHER_LISTEN__WS", "127.0.0.1:0")
         .env("TETHER_LISTEN__HTTP", "127.0.0.1:0")
         .env("TETHER_LISTEN__MQTT", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn tether serve");
@@ -555,4 +566,46 @@ async fn serve_json_logs_are_json_lines_with_plain_values() {
         json(line);
     }
     assert!(wait_child(&mut server.0, WAIT).success());
+}
+
+/// `[log]` in the configuration file chooses JSON lines and the filter; `TETHER_LOG_FORMAT`
+/// and `TETHER_LOG` still win over it.
+#[test]
+fn serve_takes_its_log_format_and_filter_from_the_configuration_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tether.toml");
+    std::fs::write(
+        &path,
+        "[log]\nformat = \"json\"\nfilter = \"warn,tether_server::node=info\"\n",
+    )
+    .expect("write the configuration");
+    let config = path.to_str().expect("UTF-8 path");
+
+    let (server, _stdout, stderr) = serve_demo(dir.path(), &["--config", config]);
+    let logs = until(&stderr, WAIT, |l| l.contains("tether node started"));
+    for line in &logs {
+        let line = json(line);
+        let target = line["target"].as_str().unwrap_or_default();
+        assert!(
+            line["level"] != "INFO" || target == "tether_server::node",
+            "an INFO line the filter leaves out: {line}"
+        );
+    }
+    // Stopped (and waited for) before the next run takes its data directory.
+    drop(server);
+
+    let env = [("TETHER_LOG_FORMAT", "text"), ("TETHER_LOG", "info")];
+    let (_server, _stdout, stderr) = serve_demo_with(dir.path(), &["--config", config], &env);
+    let logs = until(&stderr, WAIT, |l| l.contains("tether node started"));
+    for line in &logs {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_err(),
+            "TETHER_LOG_FORMAT=text, yet a JSON line: {line}"
+        );
+    }
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(" INFO ") && !l.contains("tether_server::node")),
+        "TETHER_LOG=info lets other targets' INFO lines through: {logs:#?}"
+    );
 }

@@ -44,8 +44,9 @@ pub use mqtt::MqttConfig;
 pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
-    AccessConfig, AdminConfig, ClusterConfig, DispatchConfig, Durability, GatewayConfig, Limits,
-    ListenConfig, NodeConfig, RateConfig, SameSite, StoreBackend, StoreConfig, WebhookConfig,
+    AccessConfig, AdminConfig, ClusterConfig, DEFAULT_LOG_FILTER, DispatchConfig, Durability,
+    GatewayConfig, Limits, ListenConfig, LogConfig, LogFormat, NodeConfig, RateConfig, SameSite,
+    StoreBackend, StoreConfig, WebhookConfig,
 };
 pub use tls::{CertFiles, ClientAuth, TlsConfig, TlsListener, TlsListeners};
 
@@ -66,6 +67,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
+    pub log: LogConfig,
     /// The file this configuration was read from, read again by a reload (none: the defaults
     /// and the environment).
     #[serde(skip)]

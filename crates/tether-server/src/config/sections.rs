@@ -566,3 +566,39 @@ pub struct AdminConfig {
     /// The bearer key of the admin API. None: the admin API is disabled (404).
     pub key: Option<Secret>,
 }
+
+/// `tether serve`'s logs (`[log]`). The environment wins over the file: `TETHER_LOG`, else
+/// `RUST_LOG`, over `filter`; `serve --log-format` (or `TETHER_LOG_FORMAT`) over `format`.
+/// Read at start only: a reload that changes it says it needs a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// What is logged: a level (`info`, `debug`...) or a tracing filter of per-target levels
+    /// (`info,tether_server::gateway=debug`).
+    pub filter: String,
+    /// `text` (one line per event, for people) or `json` (one object per line, for a
+    /// collector).
+    pub format: LogFormat,
+}
+
+/// What is logged when neither the environment nor `[log] filter` says: our own events at
+/// INFO, the storage engine's (fjall and its LSM tree, which log every table they write) at
+/// WARN.
+pub const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: DEFAULT_LOG_FILTER.into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -659,3 +659,38 @@ fn the_gateway_send_buffer_is_capped_by_default_and_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn the_log_section_is_read_checked_and_overridden_by_its_variables() {
+    let config = Config::default();
+    assert_eq!(config.log.filter, DEFAULT_LOG_FILTER);
+    assert_eq!(config.log.format, LogFormat::Text);
+
+    let config =
+        Config::from_toml("[log]\nfilter = \"warn,tether_server=debug\"\nformat = \"json\"\n")
+            .unwrap();
+    assert_eq!(config.log.filter, "warn,tether_server=debug");
+    assert_eq!(config.log.format, LogFormat::Json);
+
+    // TETHER_LOG and TETHER_LOG_FORMAT are the binary's (no `__`), not overrides of the file.
+    let env = [
+        ("TETHER_LOG__FORMAT".to_string(), "json".to_string()),
+        ("TETHER_LOG".to_string(), "debug".to_string()),
+        ("TETHER_LOG_FORMAT".to_string(), "text".to_string()),
+    ];
+    let config = Config::load_with_env(None, env).unwrap();
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.filter, DEFAULT_LOG_FILTER);
+
+    let err =
+        Config::from_toml("[log]\nfilter = \"info,fjall=loud\"\nformat = \"xml\"\n").unwrap_err();
+    let text = err.to_string();
+    for needle in ["log.filter", "not a tracing filter", "log.format", "xml"] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let err = Config::from_toml("[log]\nfilter = \" \"\n").unwrap_err();
+    assert!(
+        err.to_string().contains("log.filter must not be empty"),
+        "{err}"
+    );
+}

@@ -321,6 +321,17 @@ impl Config {
         if n.zone.len() > 64 || n.zone.chars().any(|c| c.is_control() || c == ' ') {
             problems.push("node.zone must be at most 64 bytes, without spaces".into());
         }
+        if self.log.filter.trim().is_empty() {
+            problems.push("log.filter must not be empty: write a level such as info".into());
+        } else if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.filter) {
+            // Worded without a bare `log`: a word that names a section is read as a key, and a
+            // problem about a key that could not be read (`log.format`) would be dropped.
+            problems.push(format!(
+                "log.filter: {:?} is not a tracing filter ({e}); write a level (info) or \
+                 target=level pairs (info,tether_server::gateway=debug)",
+                self.log.filter
+            ));
+        }
         if n.announce_interval < Duration::from_millis(100)
             || n.announce_interval > Duration::from_secs(300)
         {
