@@ -311,6 +311,8 @@ async fn every_metric_has_help_and_a_type_and_every_metric_the_dashboard_queries
     assert!(count("tether_store_fsync_seconds_count") >= 1.0);
     let push_route = "tether_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/apps/{app}/push\",status=\"200\"}";
     assert!(count(push_route) >= 2.0, "{push_route} missing");
+    // The histogram's _count is the request counter: no second series per label set.
+    assert!(!page.text.contains("tether_http_requests_total"));
     // The path's own values never become labels.
     assert!(!page.text.contains("route=\"/v1/apps/demo/"));
     let version = env!("CARGO_PKG_VERSION");

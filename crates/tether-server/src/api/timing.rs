@@ -1,5 +1,6 @@
 //! Request durations of every HTTP route (the business API, ops, the dispatcher), by method,
-//! route and status: `tether_http_request_duration_seconds` and `tether_http_requests_total`.
+//! route and status: `tether_http_request_duration_seconds` (its `_count` is the number of
+//! requests: no separate counter).
 //!
 //! The route label is the matched route's template (`/v1/apps/{app}/push`), never the path
 //! itself, so that ids in paths cannot grow the label set; a path no route matches is

@@ -260,14 +260,9 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     // HTTP API.
     (
-        "tether_http_requests_total",
-        Kind::Counter,
-        "HTTP requests answered, by method, route (the route template, or unmatched) and status.",
-    ),
-    (
         "tether_http_request_duration_seconds",
         Kind::Histogram,
-        "HTTP request time, from the request's head to its response's head, by method, route and status.",
+        "HTTP request time, from the request's head to its response's head, by method, route (the route template, or unmatched) and status; its _count counts the requests.",
     ),
     // Store.
     (
