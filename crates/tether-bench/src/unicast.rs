@@ -80,6 +80,10 @@ pub struct Args {
     qos: u8,
     #[arg(long, default_value_t = 1)]
     users_per_request: u64,
+    /// Send batches of N single-user pushes (`POST .../push/batch`) instead of pushes to
+    /// --users-per-request users; --rate then counts batches.
+    #[arg(long, conflicts_with = "users_per_request", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: Option<u64>,
     /// Requests per second, paced on a schedule (one every 1/R s).
     #[arg(long, required_unless_present = "max", conflicts_with = "max")]
     rate: Option<u64>,
@@ -203,6 +207,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.users_per_request == 0 || args.users_per_request > space {
         bail!("--users-per-request must be between 1 and the users pushed to ({space})");
     }
+    if args.batch.is_some_and(|n| n > space) {
+        bail!("--batch must be at most the users pushed to ({space})");
+    }
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -248,7 +255,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let plan = Arc::new(Plan {
         http: args.http,
-        push_uri: format!("/v1/apps/{app}/push").parse()?,
+        push_uri: match args.batch {
+            Some(_) => format!("/v1/apps/{app}/push/batch").parse()?,
+            None => format!("/v1/apps/{app}/push").parse()?,
+        },
+        batch: args.batch,
         host,
         auth,
         qos: args.qos,
@@ -442,6 +453,18 @@ async fn progress(shared: Arc<Shared>, start: Instant) {
     }
 }
 
+/// The sum of the unsigned integers right after each `key` in `text`, and how many there
+/// were (a batch's answer: one field per push).
+fn json_u64_sum(text: &[u8], key: &[u8]) -> (u64, u64) {
+    let (mut sum, mut count, mut at) = (0, 0, 0);
+    while let Some(found) = text[at..].windows(key.len()).position(|w| w == key) {
+        at += found + key.len();
+        sum += json_u64(&text[at - key.len()..], key).unwrap_or(0);
+        count += 1;
+    }
+    (sum, count)
+}
+
 /// The unsigned integer right after the first `key` in `text` (a JSON field known to be
 /// written without spaces, as serde_json and this module write them).
 fn json_u64(text: &[u8], key: &[u8]) -> Option<u64> {
@@ -460,6 +483,8 @@ struct Report {
     users: u64,
     connected: u64,
     users_per_request: u64,
+    /// Single-user pushes per batch request (`--batch`).
+    batch: Option<u64>,
     concurrency: usize,
     /// Target requests/s; absent with --max.
     rate: Option<u64>,
@@ -526,6 +551,7 @@ fn report(
         users: args.users,
         connected,
         users_per_request: args.users_per_request,
+        batch: args.batch,
         concurrency: args.concurrency,
         rate: args.rate.filter(|_| !args.max),
         payload_bytes: args.payload_bytes,
@@ -583,12 +609,16 @@ impl Report {
         let target = self
             .rate
             .map_or("max".to_owned(), |r| format!("{r} req/s target"));
+        let per_request = match self.batch {
+            Some(n) => format!("batches of {n} pushes"),
+            None => format!("{} users/request", self.users_per_request),
+        };
         t.row("scenario", format!("unicast, qos {}", self.qos))
             .row(
                 "load",
                 format!(
-                    "{} connected of {} users, {} users/request, concurrency {}, {target}, {} B payload",
-                    self.connected, self.users, self.users_per_request, self.concurrency, self.payload_bytes
+                    "{} connected of {} users, {per_request}, concurrency {}, {target}, {} B payload",
+                    self.connected, self.users, self.concurrency, self.payload_bytes
                 ),
             )
             .row(
@@ -685,5 +715,13 @@ mod tests {
         let answer = br#"{"connections":3,"duplicate":false,"id":"9","seqs":{"u1":4}}"#;
         assert_eq!(json_u64(answer, b"\"connections\":"), Some(3));
         assert_eq!(json_u64(answer, b"\"head\":"), None);
+    }
+
+    #[test]
+    fn sums_a_batch_s_fields() {
+        let answer = br#"{"results":[{"id":"1","connections":2},{"code":"bad_request","error":"x","status":400},{"id":"2","seq":3,"connections":1,"duplicate":false}]}"#;
+        assert_eq!(json_u64_sum(answer, b"\"connections\":"), (3, 2));
+        assert_eq!(json_u64_sum(answer, b"\"status\":").1, 1);
+        assert_eq!(json_u64_sum(b"{}", b"\"connections\":"), (0, 0));
     }
 }

@@ -80,6 +80,19 @@ impl RequestLimit {
         Some(RequestLimit { limiter, clock })
     }
 
+    /// Takes `n` requests at once (a batch of `n` pushes), or says how long until they would
+    /// be allowed; `None` when `n` is more than the burst, which never allows them at once.
+    pub fn check_n(&self, n: u32) -> Result<(), Option<Duration>> {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match self.limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(self.clock.now()))),
+            Err(_) => Err(None),
+        }
+    }
+
     /// Takes one request, or says how long until one would be allowed.
     pub fn check(&self) -> Result<(), Duration> {
         self.limiter

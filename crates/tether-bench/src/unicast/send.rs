@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Uri};
 use tokio::task::JoinSet;
 
-use super::{Args, Shared, json_u64};
+use super::{Args, Shared, json_u64, json_u64_sum};
 
 /// Longest a request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,6 +27,8 @@ pub(super) struct Plan {
     pub(super) auth: HeaderValue,
     pub(super) qos: u8,
     pub(super) users_per_request: u64,
+    /// Batches of this many single-user pushes instead (`POST .../push/batch`).
+    pub(super) batch: Option<u64>,
     /// Round-robin runs over u0 .. u(space-1).
     pub(super) space: u64,
     pub(super) payload_bytes: usize,
@@ -68,7 +70,7 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
         };
         let first = plan
             .next_user
-            .fetch_add(plan.users_per_request, Ordering::Relaxed);
+            .fetch_add(plan.per_request(), Ordering::Relaxed);
         let t = shared.clock.now_us();
         let expected = build_body(&mut body, plan, first, t, shared.connected);
         let request = Request::builder()
@@ -96,14 +98,26 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
                 if let Some(phase) = shared.phase(t) {
                     shared.api_latency[phase].record_one(worker, took);
                 }
+                // A batch's pushes that failed alone: counted as errors, not messages (and
+                // their deliveries, if they were to connected users, show as missing).
+                let failed = match plan.batch {
+                    Some(_) => json_u64_sum(&answer, b"\"status\":").1,
+                    None => 0,
+                };
                 if in_window {
                     shared.win_requests_ok.fetch_add(1, Ordering::Relaxed);
                     shared
                         .win_messages
-                        .fetch_add(plan.users_per_request, Ordering::Relaxed);
+                        .fetch_add(plan.per_request() - failed, Ordering::Relaxed);
                     shared.win_expected.fetch_add(expected, Ordering::Relaxed);
-                    let routed = json_u64(&answer, b"\"connections\":").unwrap_or(0);
+                    let routed = match plan.batch {
+                        Some(_) => json_u64_sum(&answer, b"\"connections\":").0,
+                        None => json_u64(&answer, b"\"connections\":").unwrap_or(0),
+                    };
                     shared.win_routed.fetch_add(routed, Ordering::Relaxed);
+                }
+                for _ in 0..failed {
+                    Shared::count(&shared.errors, "a push of a batch failed".to_owned());
                 }
                 None
             }
@@ -130,10 +144,20 @@ pub(super) async fn send_loop(plan: &Plan, shared: &Shared, worker: usize) {
     }
 }
 
+impl Plan {
+    /// Messages one request carries.
+    pub(super) fn per_request(&self) -> u64 {
+        self.batch.unwrap_or(self.users_per_request)
+    }
+}
+
 /// Writes the push request for users `first ..` (round-robin) sent at `t` into `body`;
 /// returns how many of its users are connected.
 fn build_body(body: &mut Vec<u8>, plan: &Plan, first: u64, t: u64, connected: u64) -> u64 {
     body.clear();
+    if let Some(n) = plan.batch {
+        return build_batch(body, plan, n, first, t, connected);
+    }
     body.extend_from_slice(b"{\"users\":[");
     let mut expected = 0;
     for i in 0..plan.users_per_request {
@@ -150,6 +174,31 @@ fn build_body(body: &mut Vec<u8>, plan: &Plan, first: u64, t: u64, connected: u6
     let _ = write!(body, "],\"qos\":{},\"payload\":", plan.qos);
     write_payload(body, t, plan.payload_bytes);
     body.push(b'}');
+    expected
+}
+
+/// Writes a batch of `n` single-user pushes to users `first ..` (round-robin) sent at `t`;
+/// returns how many of its users are connected.
+fn build_batch(body: &mut Vec<u8>, plan: &Plan, n: u64, first: u64, t: u64, connected: u64) -> u64 {
+    body.extend_from_slice(b"{\"pushes\":[");
+    let mut expected = 0;
+    for i in 0..n {
+        let user = (first + i) % plan.space;
+        if user < connected {
+            expected += 1;
+        }
+        if i > 0 {
+            body.push(b',');
+        }
+        let _ = write!(
+            body,
+            "{{\"user\":\"u{user}\",\"qos\":{},\"payload\":",
+            plan.qos
+        );
+        write_payload(body, t, plan.payload_bytes);
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
     expected
 }
 

@@ -174,6 +174,84 @@ pub(super) async fn contract(store: &dyn Inboxes) {
     assert_eq!(expired_key.seqs[0].1, Seq(3));
 }
 
+/// `append_many`: one answer per append, in order; appends of one inbox take their seqs in
+/// the order given; each keeps its idempotency key, within the call too.
+pub(super) async fn many_contract(store: &dyn Inboxes) {
+    let now = crate::now_ms();
+    let hour = 3_600_000;
+    let app = AppId::from("contract-m");
+    let keyed = |id: u64, key: &str, users: &[&str]| {
+        let mut a = append_to("contract-m", users, new_message(id, now, hour, "{}"));
+        a.idempotency = Some(Idempotency {
+            key: key.into(),
+            expires_ms: now + 60_000,
+        });
+        a
+    };
+    assert!(
+        store.append_many(Vec::new()).await.is_empty(),
+        "no appends, no answers"
+    );
+    let appends = vec![
+        append_to(
+            "contract-m",
+            &["hana"],
+            new_message(71, now, hour, "{\"i\":0}"),
+        ),
+        append_to(
+            "contract-m",
+            &["ivan"],
+            new_message(72, now, hour, "{\"i\":1}"),
+        ),
+        append_to(
+            "contract-m",
+            &["hana"],
+            new_message(73, now, hour, "{\"i\":2}"),
+        ),
+        keyed(74, "m1", &["ivan", "hana"]),
+        keyed(75, "m1", &["ivan", "hana"]),
+        append_to(
+            "contract-m",
+            &["hana"],
+            new_message(76, now, hour, "{\"i\":5}"),
+        ),
+    ];
+    let answers: Vec<Appended> = store
+        .append_many(appends)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let hana = UserId::from("hana");
+    let ivan = UserId::from("ivan");
+    let ids: Vec<u64> = answers.iter().map(|a| a.id.0).collect();
+    assert_eq!(
+        ids,
+        vec![71, 72, 73, 74, 74, 76],
+        "one answer per append, in order"
+    );
+    assert_eq!(answers[0].seqs, vec![(hana.clone(), Seq(1))]);
+    assert_eq!(answers[1].seqs, vec![(ivan.clone(), Seq(1))]);
+    assert_eq!(
+        answers[2].seqs,
+        vec![(hana.clone(), Seq(2))],
+        "appends of one inbox take seqs in the order given"
+    );
+    assert_eq!(
+        answers[3].seqs,
+        vec![(ivan.clone(), Seq(2)), (hana.clone(), Seq(3))]
+    );
+    assert!(!answers[3].duplicate);
+    assert!(
+        answers[4].duplicate && answers[4].seqs == answers[3].seqs,
+        "a key used twice in one call stores once and answers the first result"
+    );
+    assert_eq!(answers[5].seqs, vec![(hana.clone(), Seq(4))]);
+    let page = read(store, &app, &hana, Seq(0), 10, now).await;
+    let held: Vec<u64> = page.messages.iter().map(|m| m.id.0).collect();
+    assert_eq!(held, vec![71, 73, 74, 76], "every append is held, in order");
+}
+
 /// Appends `message` to `users` of `contract-s`; the append must succeed.
 async fn append(store: &dyn Inboxes, users: &[&str], message: NewMessage) -> Appended {
     store

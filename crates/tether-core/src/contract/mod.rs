@@ -39,6 +39,7 @@ use crate::Store;
 /// an empty backend.
 pub async fn store_contract(store: &dyn Store) {
     inboxes::contract(store).await;
+    inboxes::many_contract(store).await;
     cursors::contract(store).await;
     topic_history::contract(store).await;
     subscriptions::contract(store).await;

@@ -180,6 +180,23 @@ pub trait Inboxes: Send + Sync + Debug + 'static {
     /// calls with one key store once. An inbox over the cap drops its oldest messages.
     async fn append(&self, append: Append) -> Result<Appended, StoreError>;
 
+    /// Each of `appends` as if by [`Inboxes::append`], one answer per append, in their order;
+    /// for callers with many appends at once (a batch push), so that a backend can write them
+    /// together (the embedded store: one queue entry, one batch, one fsync).
+    ///
+    /// Each append keeps every guarantee of [`Inboxes::append`] on its own: one can fail while
+    /// the others succeed. Two appends of one inbox take their seqs in the order given. When
+    /// this returns, every `Ok` append is as durable as `append` promises.
+    ///
+    /// The default appends them one after another.
+    async fn append_many(&self, appends: Vec<Append>) -> Vec<Result<Appended, StoreError>> {
+        let mut answers = Vec::with_capacity(appends.len());
+        for append in appends {
+            answers.push(self.append(append).await);
+        }
+        answers
+    }
+
     /// Up to `limit` messages of (app, user) with a seq above `after` that have not expired at
     /// `now_ms`, in seq order, and the inbox head.
     async fn read(

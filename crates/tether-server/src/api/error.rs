@@ -38,6 +38,11 @@ impl ApiError {
         self
     }
 
+    /// Its status, code and message: what a batch answers for one of its pushes.
+    pub(super) fn parts(&self) -> (StatusCode, &'static str, &str) {
+        (self.status, self.code, &self.message)
+    }
+
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

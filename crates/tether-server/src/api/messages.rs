@@ -110,13 +110,7 @@ pub(super) async fn push(
         return Ok(Json(answer).into_response());
     }
     let ttl = api.ttl(req.ttl)?;
-    if let Some(key) = &req.idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
-    {
-        return Err(ApiError::bad_request(format!(
-            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-        )));
-    }
+    check_idempotency_key(req.idempotency_key.as_deref())?;
     let durable = DurablePush {
         users,
         payload,
@@ -125,6 +119,18 @@ pub(super) async fn push(
     };
     let stored = api.delivery.push_durable(&app, durable).await?;
     Ok(Json(PushAnswer::from(stored)).into_response())
+}
+
+/// An `idempotency_key`, if any: 1 to [`MAX_IDEMPOTENCY_KEY`] bytes.
+pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY => {
+            Err(ApiError::bad_request(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The answer to a durable push: `{"id", "seqs": {user: seq, ...}, "connections",

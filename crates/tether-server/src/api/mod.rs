@@ -2,6 +2,7 @@
 //!
 //! - this module: routing, authorization, the request rate limit, bodies and payloads.
 //! - [`messages`]: pushes (live and durable), inbox reads, presence, kick.
+//! - [`batch`]: many single-user pushes in one request, one outcome each.
 //! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
 //! - [`ops`]: readiness and the admin API, for operators rather than business servers, with
 //!   their own state and authorization; and `dispatch`, the dispatcher, for clients.
@@ -47,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::rate::RequestLimit;
 use crate::session::access::Shared;
 
+mod batch;
 mod console;
 pub mod cors;
 mod dispatch;
@@ -119,6 +121,7 @@ impl Api {
             .routes(routes!(healthz))
             .routes(routes!(metrics))
             .routes(routes!(messages::push))
+            .routes(routes!(batch::push_batch))
             .routes(routes!(messages::presence))
             .routes(routes!(messages::messages))
             .routes(routes!(messages::kick))
@@ -147,6 +150,37 @@ impl Api {
                 ),
             )
             .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        })
+    }
+
+    /// Takes `n` message-sending requests of `app` at once (a batch of `n` pushes): 429, with
+    /// `Retry-After` while a retry can pass, over the rate or beyond its burst.
+    fn limit_n(&self, app: &AppId, n: usize) -> Result<(), ApiError> {
+        let requests = self.requests.load();
+        let Some(limit) = requests.get(app) else {
+            return Ok(());
+        };
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        limit.check_n(n).map_err(|wait| {
+            self.metrics.rate_limited.increment(1);
+            match wait {
+                Some(wait) => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "over the app's request rate ({n} pushes); retry in {} ms",
+                        wait.as_millis()
+                    ),
+                )
+                .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64),
+                None => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "a batch of {n} pushes is more than the app's request burst allows                          at once; send smaller batches"
+                    ),
+                ),
+            }
         })
     }
 

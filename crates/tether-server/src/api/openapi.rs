@@ -179,7 +179,12 @@ pub(super) fn complete(routes: OpenApi) -> Value {
     let mut doc = serde_json::to_value(assemble(routes)).expect("the document serializes");
     // A message request has exactly one of `payload` (not null) and `payload_base64`, in
     // the standard alphabet with padding and no stray bits (`Api::payload`).
-    for name in ["PushRequest", "PublishRequest", "BroadcastRequest"] {
+    for name in [
+        "PushRequest",
+        "PushBatchItem",
+        "PublishRequest",
+        "BroadcastRequest",
+    ] {
         let schema = &mut doc["components"]["schemas"][name];
         assert!(schema.is_object(), "{name} is in the document");
         schema["oneOf"] = json!([
@@ -290,8 +295,8 @@ fn error_response(status: u16, codes: &[&str]) -> (String, RefOr<Response>) {
         ),
         409 => ("A limit of the user was reached", false),
         413 => (
-            "The payload is over `limits.max_payload`, or the body over \
-             `limits.api_body_bytes`",
+            "The payload is over `limits.max_payload`, the body over \
+             `limits.api_body_bytes`, or a batch over its most pushes",
             false,
         ),
         429 => ("Over the app's request rate", true),
@@ -400,6 +405,19 @@ errors!(
         500 => ["internal"],
         503 => ["busy", "overloaded", "unavailable"],
         507 => ["storage_full"],
+    }
+);
+
+errors!(
+    /// `POST .../push/batch`: [`MessageErrors`], and a batch over its count of pushes; what
+    /// the store or the cluster answers fails only the pushes it concerns (in the answer).
+    BatchErrors {
+        400 => ["bad_request"],
+        401 => ["unauthorized"],
+        403 => ["forbidden"],
+        408 => ["timeout"],
+        413 => ["payload_too_large", "batch_too_large"],
+        429 => ["rate_limited"],
     }
 );
 

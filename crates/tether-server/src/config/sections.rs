@@ -397,7 +397,8 @@ pub enum Durability {
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     /// API requests that send messages (push, publish, broadcast) per second and app; over
-    /// it the API answers 429 with `Retry-After`. 0: no limit.
+    /// it the API answers 429 with `Retry-After`. A batch push counts one per push. 0: no
+    /// limit.
     pub requests_per_sec: u32,
     /// Requests allowed in a burst above the rate (at least 1 when the rate is set).
     pub requests_burst: u32,

@@ -8,6 +8,8 @@
 //!
 //! - this module: [`Delivery`] and what it answers.
 //! - [`sessions`]: this node's connections in the registry, and what sessions ask.
+//! - [`batch`]: many single-user pushes in one call, with one registry lookup and one store
+//!   call for all of them.
 //! - [`sink`]: what the router hands this node ([`tether_core::LocalSink`]).
 //! - [`peers`]: the other nodes of the cluster.
 //!
@@ -19,6 +21,7 @@
 //! stored or sent, so that a full queue is answered with 503 and leaves nothing behind (a
 //! stored publication always has its fan-out); the other nodes get theirs through the router.
 
+mod batch;
 mod peers;
 pub mod sessions;
 pub mod sink;
@@ -41,6 +44,7 @@ pub use crate::fanout::{Busy, SubscribeError};
 use crate::fanout::{Fanout, Job};
 use crate::link::Links;
 use crate::metrics::Metrics;
+pub use batch::{BatchPush, BatchSent, Durability};
 use peers::Peers;
 use sessions::NodeSessions;
 

@@ -417,6 +417,18 @@ impl Inboxes for EmbeddedStore {
         self.write(|reply| Write::Append(append, reply)).await
     }
 
+    /// One queue entry and one answer for all of them: they join one batch (one fsync).
+    async fn append_many(&self, appends: Vec<Append>) -> Vec<Result<Appended, StoreError>> {
+        let n = appends.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        match self.write(|reply| Write::AppendMany(appends, reply)).await {
+            Ok(answers) => answers,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     async fn read(
         &self,
         app: &AppId,

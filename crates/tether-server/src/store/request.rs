@@ -29,6 +29,9 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Write {
     Append(Append, Reply<Appended>),
+    /// Several appends in one request (`append_many`): one answer each, in order, or one
+    /// error for all when the batch did not commit.
+    AppendMany(Vec<Append>, Reply<Vec<Result<Appended, StoreError>>>),
     /// Append `message` to the topic history whose log key is `topic`.
     Publish {
         topic: Vec<u8>,
@@ -72,6 +75,7 @@ impl Write {
         // A caller that gave up has dropped its receiver: nothing to tell it.
         match self {
             Write::Append(_, reply) => drop(reply.send(Err(e))),
+            Write::AppendMany(_, reply) => drop(reply.send(Err(e))),
             Write::Publish { reply, .. } => drop(reply.send(Err(e))),
             Write::NoteAttempt { reply, .. } => drop(reply.send(Err(e))),
             Write::Subscribe { reply, .. } => drop(reply.send(Err(e))),
@@ -82,15 +86,24 @@ impl Write {
     /// Whether the request stores a new message (an append or a publication): what the
     /// store refuses when its disk is at the reserve.
     pub fn is_message(&self) -> bool {
-        matches!(self, Write::Append(..) | Write::Publish { .. })
+        matches!(
+            self,
+            Write::Append(..) | Write::AppendMany(..) | Write::Publish { .. }
+        )
     }
 
     /// Bytes this request adds to a batch, roughly.
     pub fn weight(&self) -> usize {
         match self {
-            Write::Append(a, _) => (a.message.payload.len() + 64) * a.users.len().max(1),
+            Write::Append(a, _) => append_weight(a),
+            Write::AppendMany(appends, _) => appends.iter().map(append_weight).sum(),
             Write::Publish { message, .. } => message.payload.len() + 64,
             _ => 64,
         }
     }
+}
+
+/// Bytes one append adds to a batch, roughly.
+fn append_weight(a: &Append) -> usize {
+    (a.message.payload.len() + 64) * a.users.len().max(1)
 }

@@ -122,6 +122,10 @@ impl Staged {
 
 enum Answer {
     Append(Reply<Appended>, Result<Appended, StoreError>),
+    Many(
+        Reply<Vec<Result<Appended, StoreError>>>,
+        Vec<Result<Appended, StoreError>>,
+    ),
     Seq(Reply<Seq>, Result<Seq, StoreError>),
     Count(Reply<u32>, Result<u32, StoreError>),
     Subscription(Reply<Subscription>, Result<Subscription, StoreError>),
@@ -140,6 +144,11 @@ impl Answer {
         // A caller that gave up has dropped its receiver: nothing to tell it.
         match self {
             Answer::Append(tx, r) => drop(tx.send(pick(r, failed))),
+            // A batch that did not commit stored none of them.
+            Answer::Many(tx, rs) => drop(tx.send(match failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(rs),
+            })),
             Answer::Seq(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Count(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Subscription(tx, r) => drop(tx.send(pick(r, failed))),
@@ -493,6 +502,13 @@ impl Writer {
                 Write::Append(append, reply) => {
                     let r = self.stage_append(&mut staged, append);
                     Answer::Append(reply, r)
+                }
+                Write::AppendMany(appends, reply) => {
+                    let rs = appends
+                        .into_iter()
+                        .map(|append| self.stage_append(&mut staged, append))
+                        .collect();
+                    Answer::Many(reply, rs)
                 }
                 Write::Publish {
                     topic,
