@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tether_proto::{Code, Disconnect, Frame};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
@@ -195,8 +196,14 @@ impl Gateway {
     }
 
     /// Reads and answers a WebSocket upgrade request on `stream` (the socket, or TLS over
-    /// it): what the wire starts with, or `None` when no connection came of it.
-    pub(super) async fn upgrade<S>(&self, stream: &mut S, check: Upgrade<'_>) -> Option<Upgraded>
+    /// it), of which `read` was read already: what the wire starts with, or `None` when no
+    /// connection came of it.
+    pub(super) async fn upgrade<S>(
+        &self,
+        stream: &mut S,
+        read: BytesMut,
+        check: Upgrade<'_>,
+    ) -> Option<Upgraded>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -206,7 +213,7 @@ impl Gateway {
             Some(_) => self.config.handshake_timeout.min(REFUSAL_TIMEOUT),
             None => self.config.handshake_timeout,
         };
-        let upgrading = upgrade::upgrade(stream, check.refused, check.origin, check.cookie);
+        let upgrading = upgrade::upgrade(stream, read, check.refused, check.origin, check.cookie);
         match tokio::time::timeout(limit, Box::pin(upgrading)).await {
             Ok(Ok(upgraded)) => Some(upgraded),
             Ok(Err(e)) => {

@@ -2,9 +2,11 @@
 //! an SSE stream (`GET /v1/sse`), or frames for a stream's session (`POST /v1/sse/<session>`),
 //! with their CORS preflights. Requests are read here one after another on a socket kept
 //! alive (a browser sends its POSTs that way) until one becomes a connection, a stream or a
-//! WebSocket, or the client leaves. The upgrade itself is `transport::upgrade`'s, which reads
-//! the request again (given back by a [`Replay`]) and answers everything that is not SSE as it
-//! always has.
+//! WebSocket, or the client leaves. The upgrade itself is `transport::upgrade`'s, which takes
+//! the bytes read so far and answers everything that is not SSE as it always has. A request
+//! for another path than SSE's is told from its borrowed head, so that a WebSocket upgrade
+//! allocates nothing for SSE (each allocation made and freed during a handshake can stay a
+//! hole between the connections' long-lived ones).
 //!
 //! Origins are the WebSocket listener's (`listen.ws_access`), answered with the CORS of
 //! [`crate::edge::cors`]. A socket refused by the limits (429/503 for an upgrade) gets, for a
@@ -28,7 +30,7 @@ use super::{Gateway, REFUSAL_TIMEOUT};
 use crate::delivery::DeliveryError;
 use crate::edge::cors::Cors;
 use crate::link::Encoding;
-use crate::transport::sse::request::{self, Head, HeadError, Replay, Route};
+use crate::transport::sse::request::{self, Head, HeadError, Route};
 use crate::transport::sse::session::{self, Posted};
 use crate::transport::sse::{Opened, event};
 use crate::transport::upgrade::Upgraded;
@@ -104,12 +106,10 @@ impl Gateway {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut replay = Replay::new(read, stream);
-        let Some(mut upgraded) = self.upgrade(&mut replay, check).await else {
-            return Served::Done;
-        };
-        upgraded.rest.extend_from_slice(&replay.unread());
-        Served::WebSocket(upgraded)
+        match self.upgrade(stream, read, check).await {
+            Some(upgraded) => Served::WebSocket(upgraded),
+            None => Served::Done,
+        }
     }
 
     /// The CORS of a request of this listener: its origins, and, like an upgrade's, its

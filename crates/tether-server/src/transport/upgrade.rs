@@ -77,34 +77,44 @@ pub enum UpgradeError {
 /// Whether a request with this `Origin` header (`None`: without one) may connect.
 pub type OriginCheck<'a> = &'a (dyn Fn(Option<&[u8]>) -> bool + Sync);
 
-/// Reads the upgrade request, answers it, and returns the bytes that followed its head and the
-/// subprotocol agreed. The `101` carries `headers` (lines ending in CRLF: the affinity
+/// Reads the upgrade request (after `read`, what was read of it already), answers it, and
+/// returns the bytes that followed its head and the subprotocol agreed. The `101` carries `headers` (lines ending in CRLF: the affinity
 /// cookie), an error answer does not. With
 /// `refused`, the client is told why it cannot connect (429 for its address's limit, 503 for
 /// the node's) once its request has been read; its path is checked first, so that a wrong
 /// URL reads as one. Otherwise a request whose Origin `origin` refuses is answered 403.
 ///
 /// `stream` is the socket, or the TLS stream over it (`wss://`).
+///
+/// # Memory
+/// The request's buffer is gone before the answer is written, and what followed the head is
+/// copied out of it (nothing, from clients that wait for the `101`): a buffer kept by the
+/// connection, or freed only once the session has made its long-lived allocations, would
+/// leave a hole between them in the heap of every WebSocket connection.
 pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
+    read: BytesMut,
     refused: Option<Code>,
     origin: OriginCheck<'_>,
     headers: &str,
 ) -> Result<Upgraded, UpgradeError> {
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = read;
     let (head_len, accept, (protocol, speaks)) = loop {
+        if !buf.is_empty() {
+            match check(&buf, refused, origin) {
+                Ok(Some(done)) => break done,
+                Ok(None) if buf.len() < MAX_REQUEST => {}
+                Ok(None) => return Err(answer_error(stream, 431, "request head too large").await),
+                Err((status, reason)) => return Err(answer_error(stream, status, reason).await),
+            }
+        }
+        buf.reserve(1024.min(MAX_REQUEST - buf.len()));
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(UpgradeError::Closed);
         }
-        match check(&buf, refused, origin) {
-            Ok(Some(done)) => break done,
-            Ok(None) if buf.len() < MAX_REQUEST => {
-                buf.reserve(1024.min(MAX_REQUEST - buf.len()));
-            }
-            Ok(None) => return Err(answer_error(stream, 431, "request head too large").await),
-            Err((status, reason)) => return Err(answer_error(stream, status, reason).await),
-        }
     };
+    let rest = BytesMut::from(&buf[head_len..]);
+    drop(buf);
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n"
@@ -116,7 +126,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
     Ok(Upgraded {
-        rest: buf.split_off(head_len),
+        rest,
         speaks,
     })
 }

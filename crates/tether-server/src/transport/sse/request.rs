@@ -7,12 +7,9 @@
 //! parameter, for a first connection, since `EventSource` sets no header) says where the client
 //! stands: it wins over `last_seq`, and its topics are subscribed again.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::BytesMut;
 use tether_proto::{Binding, Body, Connect, Frame, PROTOCOL_VERSION, Subscribe, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::event::Positions;
 use crate::transport::upgrade::MAX_REQUEST;
@@ -89,8 +86,8 @@ pub enum HeadError {
     /// The client closed the connection (between requests: it is done).
     Closed,
     Io(std::io::Error),
-    /// Not a request these routes can read (too large, malformed): the WebSocket upgrade
-    /// answers it, as it always has.
+    /// Not a request these routes can read (too large, malformed) or one for another path:
+    /// the WebSocket upgrade answers it, as it always has.
     Unreadable,
 }
 
@@ -124,9 +121,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
     };
+    let target = request.path.unwrap_or("");
+    // Not SSE's: nothing owned is made of it (see `crate::gateway::sse`).
+    if route_of(target.split('?').next().unwrap_or("")) == Route::Other {
+        return Err(());
+    }
     let head = Head {
         method: request.method.unwrap_or("").to_owned(),
-        target: request.path.unwrap_or("").to_owned(),
+        target: target.to_owned(),
         minor: request.version.unwrap_or(0),
         headers: request
             .headers
@@ -149,7 +151,12 @@ pub enum Route<'a> {
 }
 
 pub fn route(head: &Head) -> Route<'_> {
-    match head.path().strip_prefix(STREAM_PATH) {
+    route_of(head.path())
+}
+
+/// The route of a request for `path` (without its query).
+fn route_of(path: &str) -> Route<'_> {
+    match path.strip_prefix(STREAM_PATH) {
         Some("") => Route::Stream,
         Some(rest) => match rest.strip_prefix('/') {
             Some(session) if !session.is_empty() && !session.contains('/') => Route::Post(session),
@@ -334,59 +341,6 @@ pub fn body_frames(body: &[u8]) -> Result<Vec<(Frame, usize)>, String> {
         .collect()
 }
 
-/// A stream that gives back bytes already read from it before reading more: a request head
-/// read to find its route, for the WebSocket upgrade to read again.
-#[derive(Debug)]
-pub struct Replay<'a, S> {
-    read: BytesMut,
-    inner: &'a mut S,
-}
-
-impl<'a, S> Replay<'a, S> {
-    pub fn new(read: BytesMut, inner: &'a mut S) -> Self {
-        Replay { read, inner }
-    }
-
-    /// What its reader did not take of the bytes given back.
-    pub fn unread(self) -> BytesMut {
-        self.read
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.read.is_empty() {
-            return Pin::new(&mut *this.inner).poll_read(cx, buf);
-        }
-        let n = this.read.len().min(buf.remaining());
-        buf.put_slice(&this.read.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -507,6 +461,28 @@ mod tests {
         assert!(body_frames(b"[1,").is_err());
         assert!(body_frames(b"\xff").is_err());
         assert_eq!(body_frames(b"[]").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn only_sse_s_paths_get_an_owned_head() {
+        let request = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let parsed = parse_head(request("/v1/sse?app=a").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.0.target, "/v1/sse?app=a");
+        assert!(
+            parse_head(request("/v1/sse/abc").as_bytes())
+                .unwrap()
+                .is_some()
+        );
+        // The WebSocket upgrade's, read by `transport::upgrade` as it is.
+        for other in ["/ws", "/ws?v=1", "/v1/ssex", "/"] {
+            assert!(parse_head(request(other).as_bytes()).is_err(), "{other}");
+        }
+        assert!(
+            matches!(parse_head(b"GET /ws HTTP/1.1\r\n"), Ok(None)),
+            "incomplete"
+        );
     }
 
     proptest! {
