@@ -5,9 +5,12 @@
 //! 5xx and that every answer (status, content type, headers, body) is one the document
 //! describes.
 //!
-//! Three runs, bounded in examples and time: the SSE routes against the WebSocket listener
-//! (which serves them), everything else against the API listener but the drain, then the drain
-//! alone (after it, the node takes no clients, and the dispatcher rightly answers 503).
+//! Four runs, bounded in examples and time: the SSE routes against the WebSocket listener
+//! (which serves them), everything else against the API listener but the drain and the CPU
+//! profile, the profile alone with few examples (each valid request records for a second: the
+//! node under test allows 1-second profiles only, `admin.profile_max_seconds = 1`, so that
+//! every longer one is a quick 400), then the drain alone (after it, the node takes no
+//! clients, and the dispatcher rightly answers 503).
 //!
 //! schemathesis comes from the virtualenv `.ci/run` makes (`target/ci-venv`, pinned versions),
 //! or `TETHER_SCHEMATHESIS` naming the executable. Under `CI=true` a missing schemathesis fails
@@ -28,7 +31,7 @@ const SECRET: &str = "openapi-secret-0123456789";
 const API_KEY: &str = "openapi-api-key-0123456789";
 const ADMIN_KEY: &str = "openapi-admin-key-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
-/// The longest one schemathesis run may take (the three take about 20 s together here).
+/// The longest one schemathesis run may take (the four take about 75 s together here).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 /// The schemathesis executable, if there is one.
@@ -61,6 +64,7 @@ http = "{http}"
 
 [admin]
 key = "{ADMIN_KEY}"
+profile_max_seconds = 1
 
 [[apps]]
 id = "demo"
@@ -235,13 +239,11 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         "20261207",
         "--generation-database",
         "none",
-        "--request-timeout",
-        "5",
         "--workers",
         "2",
         "--no-color",
     ];
-    let runs: [(&str, Vec<&str>); 3] = [
+    let runs: [(&str, Vec<&str>); 4] = [
         (
             "SSE routes",
             vec![
@@ -252,6 +254,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
                 "^/v1/sse",
                 "--max-examples",
                 "60",
+                "--request-timeout",
+                "5",
             ],
         ),
         (
@@ -264,8 +268,28 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
                 "^/v1/sse",
                 "--exclude-path",
                 "/v1/admin/drain",
+                "--exclude-path",
+                "/v1/admin/profile",
                 "--max-examples",
                 "40",
+                "--request-timeout",
+                "5",
+            ],
+        ),
+        (
+            "profile",
+            vec![
+                &schema,
+                "--url",
+                &http_url,
+                "--include-path",
+                "/v1/admin/profile",
+                "--max-examples",
+                "5",
+                // A valid request records for 1 s, and the first one of a process also reads
+                // the binary's symbols: about 8 s in a debug build here.
+                "--request-timeout",
+                "30",
             ],
         ),
         (
@@ -277,6 +301,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
                 "--include-path",
                 "/v1/admin/drain",
                 "--max-examples",
+                "5",
+                "--request-timeout",
                 "5",
             ],
         ),

@@ -6,6 +6,7 @@
 //! - [`topics`]: publish, broadcast, topic info, server-side subscriptions.
 //! - [`ops`]: readiness and the admin API, for operators rather than business servers, with
 //!   their own state and authorization; and `dispatch`, the dispatcher, for clients.
+//! - [`profile`]: the admin API's CPU profile (`GET /v1/admin/profile`), one at a time.
 //! - [`cors`]: CORS for the client-facing routes (the dispatcher; web pages call it), none
 //!   for the rest.
 //! - [`console`]: the web console's page at `/console`, files built into the binary; it calls
@@ -56,6 +57,7 @@ mod error;
 mod messages;
 pub mod openapi;
 pub mod ops;
+mod profile;
 mod schema;
 pub mod timing;
 mod topics;
@@ -330,6 +332,7 @@ pub fn document() -> serde_json::Value {
     let routes = Api::route_table()
         .into_openapi()
         .merge_from(Ops::route_table().into_openapi())
+        .merge_from(Ops::profile_table().into_openapi())
         .merge_from(Dispatcher::route_table().into_openapi());
     openapi::complete(openapi::with_document(routes))
 }

@@ -293,7 +293,10 @@ fn error_response(status: u16, codes: &[&str]) -> (String, RefOr<Response>) {
             "The request took longer than `limits.api_timeout`; what it started may go on",
             false,
         ),
-        409 => ("A limit of the user was reached", false),
+        409 => (
+            "A limit was reached: the user's topics, or the node's one profile at a time",
+            false,
+        ),
         413 => (
             "The payload is over `limits.max_payload`, the body over \
              `limits.api_body_bytes`, or a batch over its most pushes",
@@ -454,6 +457,20 @@ errors!(
         404 => ["admin_disabled"],
         408 => ["timeout"],
         503 => ["unavailable"],
+    }
+);
+
+errors!(
+    /// `GET /v1/admin/profile`: [`AdminErrors`], the route turned off, a bad length, a
+    /// profile already under way, a profiler that failed.
+    ProfileErrors {
+        400 => ["bad_request"],
+        401 => ["unauthorized"],
+        403 => ["forbidden"],
+        404 => ["admin_disabled", "profile_disabled"],
+        408 => ["timeout"],
+        409 => ["profile_running"],
+        500 => ["internal"],
     }
 );
 
@@ -728,6 +745,7 @@ mod tests {
             ("post", "/v1/admin/drain"),
             ("post", "/v1/admin/reload"),
             ("get", "/v1/admin/stats"),
+            ("get", "/v1/admin/profile"),
             ("get", "/v1/dispatch"),
             ("get", "/v1/sse"),
             ("post", "/v1/sse/{session}"),

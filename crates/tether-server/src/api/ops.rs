@@ -19,6 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::Dispatcher;
+use super::profile::Profiler;
 use super::{ApiError, bearer, request_timeout};
 use crate::config::{Config, Secret};
 use crate::delivery::Delivery;
@@ -45,6 +46,8 @@ pub struct Ops {
     timeout: Duration,
     /// What `POST /v1/admin/reload` runs; none: the route answers 404.
     reload: Option<Arc<dyn Reload>>,
+    /// `GET /v1/admin/profile`'s limit and its one slot.
+    pub(super) profiler: Profiler,
 }
 
 /// Reads the configuration again and applies it (the node's reloader): what changed, or every
@@ -77,6 +80,11 @@ impl Ops {
             outbound_limit: config.limits.outbound_queue_bytes,
             timeout: config.limits.api_timeout,
             reload: None,
+            profiler: Profiler::new(
+                config.admin.profile_max_seconds,
+                config.limits.api_timeout,
+                config.node.id.clone(),
+            ),
         }
     }
 
@@ -90,15 +98,20 @@ impl Ops {
     pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let timeout = self.timeout;
         let dispatcher = self.dispatcher.clone().routes();
+        // Merged after the timeout layer, which it would outlast: the profile bounds itself
+        // (its length, then `limits.api_timeout` for the report).
+        let profile = Self::profile_table().with_state(self.clone());
         Self::route_table()
             .with_state(self)
             .merge(dispatcher)
             .layer(axum::middleware::from_fn(move |request, next| {
                 request_timeout(timeout, request, next)
             }))
+            .merge(profile)
     }
 
-    /// The one list of these routes (the dispatcher's aside), each added with `routes!`.
+    /// The one list of these routes (the dispatcher's and the profile's aside), each added
+    /// with `routes!`.
     pub(super) fn route_table() -> OpenApiRouter<Arc<Ops>> {
         OpenApiRouter::default()
             .routes(routes!(readyz))
@@ -108,8 +121,13 @@ impl Ops {
             .routes(routes!(nodes))
     }
 
+    /// `GET /v1/admin/profile`, which records for seconds: not under `limits.api_timeout`.
+    pub(super) fn profile_table() -> OpenApiRouter<Arc<Ops>> {
+        OpenApiRouter::default().routes(routes!(super::profile::profile))
+    }
+
     /// Checks the admin bearer key.
-    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(super) fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(key) = &self.admin_key else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

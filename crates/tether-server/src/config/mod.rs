@@ -45,8 +45,8 @@ pub use permission::PermissionConfig;
 pub use problem::{ConfigError, Place, Problem};
 pub use sections::{
     AccessConfig, AdminConfig, ClusterConfig, DEFAULT_LOG_FILTER, DispatchConfig, Durability,
-    GatewayConfig, Limits, ListenConfig, LogConfig, LogFormat, NodeConfig, RateConfig, SameSite,
-    StoreBackend, StoreConfig, WebhookConfig,
+    GatewayConfig, Limits, ListenConfig, LogConfig, LogFormat, NodeConfig, PROFILE_MAX_SECONDS,
+    RateConfig, SameSite, StoreBackend, StoreConfig, WebhookConfig,
 };
 pub use tls::{CertFiles, ClientAuth, TlsConfig, TlsListener, TlsListeners};
 

@@ -561,11 +561,27 @@ impl ClusterConfig {
 }
 
 /// The admin API (`/v1/admin/...`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// The bearer key of the admin API. None: the admin API is disabled (404).
     pub key: Option<Secret>,
+    /// The longest CPU profile `GET /v1/admin/profile` records, in seconds (at most
+    /// [`PROFILE_MAX_SECONDS`]); 0 turns the route off (404 `profile_disabled`).
+    pub profile_max_seconds: u32,
+}
+
+/// The ceiling of `admin.profile_max_seconds`: a profile holds the node's one profiler (and
+/// its client) this long at most.
+pub const PROFILE_MAX_SECONDS: u32 = 60;
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            key: None,
+            profile_max_seconds: PROFILE_MAX_SECONDS,
+        }
+    }
 }
 
 /// `tether serve`'s logs (`[log]`). The environment wins over the file: `TETHER_LOG`, else

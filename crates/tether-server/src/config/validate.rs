@@ -362,6 +362,12 @@ impl Config {
         {
             problems.push("admin.key must be at least 16 characters".into());
         }
+        if self.admin.profile_max_seconds > super::PROFILE_MAX_SECONDS {
+            problems.push(format!(
+                "admin.profile_max_seconds must be at most {} (0: no profiling)",
+                super::PROFILE_MAX_SECONDS
+            ));
+        }
     }
 }
 
