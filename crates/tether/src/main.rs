@@ -11,6 +11,7 @@
 //! - `push`: `tether push`, a push through the HTTP API, retried safely.
 //! - `api`: the other HTTP API commands: `publish`, `broadcast`, `kick`, `presence`,
 //!   `history`, `stats`.
+//! - `profile`: `tether profile`, a node's CPU profile written to a file.
 //! - `logs`: `serve`'s log filter and formats.
 
 use std::path::{Path, PathBuf};
@@ -96,6 +97,9 @@ enum Command {
     History(api::HistoryArgs),
     /// Show a node's figures (admin API: needs the admin key).
     Stats(api::StatsArgs),
+    /// Record a node's CPU profile into a file: a flame graph or pprof (admin API: needs the
+    /// admin key).
+    Profile(profile::ProfileArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -118,6 +122,7 @@ enum ConfigCommand {
 mod api;
 mod listen;
 mod logs;
+mod profile;
 mod push;
 mod target;
 
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Presence(args) => api::presence(args).await,
             Command::History(args) => api::history(args).await,
             Command::Stats(args) => api::stats(args).await,
+            Command::Profile(args) => profile::run(args).await,
             Command::Config {
                 command: ConfigCommand::Example,
             } => {

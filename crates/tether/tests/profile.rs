@@ -1,4 +1,4 @@
-//! `GET /v1/admin/profile` against a running `tether serve`: off without
+//! `GET /v1/admin/profile` and `tether profile` against a running `tether serve`: off without
 //! the admin key, a flame graph or a pprof protobuf of the node under load with it, one
 //! profile at a time, lengths out of range refused.
 
@@ -229,4 +229,43 @@ async fn a_second_profile_while_one_is_recorded_answers_409_at_once() {
     // Once it ended, the slot is free again.
     let (status, _, _) = profile(http, "seconds=1", Some(ADMIN_KEY)).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tether_profile_writes_the_flame_graph_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &format!("[admin]\nkey = \"{ADMIN_KEY}\"")).await;
+    let out = dir.path().join("cpu.svg");
+    let command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["profile", "--seconds", "1", "--url"])
+        .arg(format!("http://{}", server.http))
+        .arg("--out")
+        .arg(&out)
+        .env("TETHER_ADMIN_KEY", ADMIN_KEY)
+        .env_remove("TETHER_CONFIG")
+        .output()
+        .expect("tether profile runs");
+    assert!(
+        command.status.success(),
+        "{}",
+        String::from_utf8_lossy(&command.stderr)
+    );
+    let svg = std::fs::read_to_string(&out).expect("the file");
+    assert!(svg.starts_with("<?xml") || svg.starts_with("<svg"));
+    let printed = String::from_utf8_lossy(&command.stdout);
+    assert!(printed.contains("cpu.svg"), "{printed}");
+
+    // Refused: the command fails and says why.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["profile", "--seconds", "1", "--url"])
+        .arg(format!("http://{}", server.http))
+        .arg("--out")
+        .arg(dir.path().join("never.svg"))
+        .env("TETHER_ADMIN_KEY", "not-the-admin-key-0123")
+        .env_remove("TETHER_CONFIG")
+        .output()
+        .expect("tether profile runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
+    assert!(!dir.path().join("never.svg").exists());
 }
