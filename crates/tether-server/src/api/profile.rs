@@ -12,8 +12,9 @@
 //! - at most `admin.profile_max_seconds` (60 at most), 99 samples per CPU-second: at most about
 //!   12,000 samples on two busy cores in 60 s;
 //! - the sampler's table is allocated when the first profile starts and kept for the process's
-//!   life (pprof-rs allocates it once; docs/benchmarks.md has its size); the report and the
-//!   answer are as large as the distinct stacks seen, at most one per sample;
+//!   life (pprof-rs's, a fresh one after each profile, with the symbol resolver's caches: about
+//!   186 MiB in a release build, docs/benchmarks.md); the report and the answer are as large as
+//!   the distinct stacks seen, at most one per sample;
 //! - the recording and the report run on a blocking thread, not on the async workers; a client
 //!   that goes away ends its recording early.
 //!
