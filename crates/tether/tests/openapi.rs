@@ -61,6 +61,7 @@ data_dir = "{data}"
 tcp = "{tcp}"
 ws = "{ws}"
 http = "{http}"
+mqtt = ""
 
 [admin]
 key = "{ADMIN_KEY}"

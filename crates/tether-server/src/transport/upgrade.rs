@@ -125,10 +125,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     response.push_str(headers);
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
-    Ok(Upgraded {
-        rest,
-        speaks,
-    })
+    Ok(Upgraded { rest, speaks })
 }
 
 /// What an acceptable request head gives: its length, the accept key, the subprotocol agreed
