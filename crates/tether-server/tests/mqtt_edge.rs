@@ -5,82 +5,21 @@
 //!
 //! A missing client skips its test, except under `CI=true`, where it fails it.
 
+#[path = "mqtt/clients.rs"]
+mod clients;
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
+use clients::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tether_server::{Config, Node};
-use tokio::process::Command;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-/// Upper bound of one client run.
-const RUN: Duration = Duration::from_secs(20);
-
-/// A tool the test needs: its path, or `None` (skip) when it is missing outside CI.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is needed under CI=true (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} is not installed");
-    }
-    found
-}
-
-/// The venv's Python with paho-mqtt (`TETHER_MQTT_VENV`, or `target/mqtt-venv` as `.ci/run`
-/// makes it), or `None` (skip) when it is missing outside CI.
-fn paho_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("TETHER_MQTT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mqtt-venv")
-        });
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the paho-mqtt venv {} is needed under CI=true (.ci/run makes it)",
-            venv.display()
-        );
-        eprintln!("skipped: no paho-mqtt venv at {}", venv.display());
-        return None;
-    }
-    Some(python)
-}
-
-/// Runs a client to its end (bounded): its exit code, standard output and error.
-async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the client");
-    let output = timeout(RUN, child.wait_with_output())
-        .await
-        .expect("the client did not end in time")
-        .expect("client output");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// `tests/mqtt/paho_inbox.py` as `user` on `port` with `extra` options (`--ws /mqtt`,
 /// `--tls ca.pem`): the payloads it printed, once `count` came or `wait_s` passed.
@@ -111,10 +50,6 @@ async fn push(http: &Http, user: &str, text: &str) {
         r#"{{"users":["{user}"],"qos":1,"payload":{{"m":"{text}"}}}}"#
     ))
     .await;
-}
-
-fn payloads(texts: &[&str]) -> Vec<String> {
-    texts.iter().map(|t| format!(r#"{{"m":"{t}"}}"#)).collect()
 }
 
 /// Durable pushes reach Paho over WebSocket (`ws://host/mqtt`) on `$tether/inbox/demo`, in

@@ -1,0 +1,81 @@
+//! What the MQTT end-to-end tests (`mqtt.rs`, `mqtt_edge.rs`, `mqtt_session.rs`) share: finding
+//! the clients nobody here wrote (Mosquitto's tools, Paho in the venv `.ci/run` makes, Node
+//! for MQTT.js), and running one to its end within a bound.
+//!
+//! A missing client skips its test, except under `CI=true`, where it fails it.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::timeout;
+
+/// Upper bound of one client run.
+pub const RUN: Duration = Duration::from_secs(20);
+
+/// A tool the test needs: its path, or `None` (skip) when it is missing outside CI.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is needed under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+/// The venv's Python with paho-mqtt (`TETHER_MQTT_VENV`, or `target/mqtt-venv` as `.ci/run`
+/// makes it), or `None` (skip) when it is missing outside CI.
+pub fn paho_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("TETHER_MQTT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mqtt-venv")
+        });
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the paho-mqtt venv {} is needed under CI=true (.ci/run makes it)",
+            venv.display()
+        );
+        eprintln!("skipped: no paho-mqtt venv at {}", venv.display());
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs a client to its end (bounded): its exit code, standard output and error.
+pub async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the client");
+    let output = timeout(RUN, child.wait_with_output())
+        .await
+        .expect("the client did not end in time")
+        .expect("client output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The JSON payloads the tests push, as the clients print them.
+pub fn payloads(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| format!(r#"{{"m":"{t}"}}"#)).collect()
+}
