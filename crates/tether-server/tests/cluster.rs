@@ -577,6 +577,8 @@ async fn the_admin_node_list_shows_every_node_its_state_and_whether_it_still_ann
             let endpoints = [
                 format!("tcp://{}", node.tcp_addr().unwrap()),
                 format!("ws://{}/ws", node.ws_addr().unwrap()),
+                format!("mqtt://{}", node.mqtt_addr().unwrap()),
+                format!("ws://{}/mqtt", node.ws_addr().unwrap()),
             ];
             assert_eq!(n["endpoints"], json!(endpoints), "{n}");
             assert_eq!(n["state"], "serving", "{n}");
