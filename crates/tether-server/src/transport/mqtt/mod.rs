@@ -12,7 +12,8 @@
 //! # Memory
 //! The read buffer exists only while a packet is arriving (sized from its fixed header, see
 //! [`tether_mqtt::check`]); the write buffer only while a translated packet is being written.
-//! Parked, a connection keeps its carrier's rest and the translation state, boxed.
+//! Parked, a connection keeps its carrier's rest and the translation state, boxed, its lists
+//! without spare room ([`State::compact`]; the state's size is pinned by a test).
 
 pub mod state;
 
@@ -315,9 +316,11 @@ impl<C: Carrier> Wire for MqttWire<C> {
 
     fn park(self) -> Result<Self::Rest, Self> {
         if self.parkable() {
+            let mut state = self.state;
+            state.compact();
             Ok(MqttRest {
                 carrier: self.carrier.park(),
-                state: self.state,
+                state,
             })
         } else {
             Err(self)

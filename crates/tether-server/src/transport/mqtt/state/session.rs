@@ -293,7 +293,12 @@ impl State {
                 .filter(|t| t.app == app && t.own)
                 .map(|t| StoredTopic {
                     t: t.topic.clone(),
-                    l: t.name != t.topic,
+                    // Subscribed with the long form (`$tether/topic/...`): the name is not
+                    // the topic itself, kept or implied.
+                    l: match &t.name {
+                        Some(name) => *name != t.topic,
+                        None => self.topic_name(t.app, &t.topic) != t.topic,
+                    },
                     q: t.qos as u8,
                     o: t.offset,
                 })
@@ -346,7 +351,7 @@ mod tests {
         TopicName {
             app,
             topic: topic.into(),
-            name: name.into(),
+            name: Some(name.into()),
             own,
             qos,
             offset,

@@ -292,8 +292,9 @@ impl State {
                 t.offset = t.offset.max(p.offset);
                 t.name.clone()
             }
-            None => self.topic_name(app, &p.topic),
+            None => None,
         };
+        let name = name.unwrap_or_else(|| self.topic_name(app, &p.topic));
         let mut props = Properties::new();
         if v(self) == Version::V5 {
             props.push(Property::UserProperty(
@@ -310,7 +311,7 @@ impl State {
     }
 
     /// The name a topic's publications go out on when no SUBSCRIBE named it.
-    fn topic_name(&self, app: u8, topic: &str) -> String {
+    pub(super) fn topic_name(&self, app: u8, topic: &str) -> String {
         match app == 0 && !topic.starts_with('$') {
             true => topic.to_string(),
             false => format!("$tether/topic/{}/{topic}", self.apps[usize::from(app)].app),
@@ -350,6 +351,8 @@ impl State {
             (proto::Recovery::Complete, Some(since)) => since,
             _ => s.offset,
         };
+        // Kept only when it is not the name the topic's publications go out on anyway.
+        let name = (name != self.topic_name(app, &topic)).then_some(name);
         match self
             .topics
             .iter_mut()
@@ -362,14 +365,18 @@ impl State {
                 }
                 t.offset = t.offset.max(offset);
             }
-            None => self.topics.push(TopicName {
-                app,
-                topic,
-                name,
-                own,
-                qos,
-                offset,
-            }),
+            None => {
+                // Kept as long as the connection: no spare room (see `State::compact`).
+                self.topics.reserve_exact(1);
+                self.topics.push(TopicName {
+                    app,
+                    topic,
+                    name,
+                    own,
+                    qos,
+                    offset,
+                });
+            }
         }
         if let Some((packet_id, index, qos, _)) = answer {
             if packet_id != 0 {
