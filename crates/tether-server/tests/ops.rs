@@ -297,7 +297,12 @@ async fn the_admin_api_needs_its_key_and_is_off_without_one() {
     let nodes = reply.body["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{:?}", reply.body);
     assert_eq!(nodes[0]["id"], reply.body["node"]);
-    assert_eq!(nodes[0]["endpoints"], json!(own_endpoints(&node)));
+    // Every endpoint the node advertises, MQTT's included (the dispatcher hands those only
+    // to devices that ask for them).
+    let mut endpoints = own_endpoints(&node);
+    endpoints.push(format!("mqtt://{}", node.mqtt_addr().unwrap()));
+    endpoints.push(format!("ws://{}/mqtt", node.ws_addr().unwrap()));
+    assert_eq!(nodes[0]["endpoints"], json!(endpoints));
     assert_eq!(
         (&nodes[0]["state"], &nodes[0]["alive"]),
         (&json!("serving"), &json!(true))
