@@ -105,6 +105,9 @@ codes! {
     BAD_BINDINGS = 4209, "bad_bindings";
     /// A binding's app was removed from the server's configuration by a reload.
     APP_REMOVED = 4210, "app_removed";
+    /// A newer connection of the same MQTT client (client id, user and app) took this one's
+    /// place: MQTT's session takeover (docs/mqtt.md 4.4). Reconnecting would take it back.
+    TAKEN_OVER = 4211, "taken_over";
     /// A request that is well-formed but not valid here (e.g. an ack for an app not bound).
     BAD_REQUEST = 4300, "bad_request";
     /// The request could not be served right now (the store is unavailable, or the server is

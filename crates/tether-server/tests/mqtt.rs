@@ -379,6 +379,50 @@ async fn kick_and_refusals_reach_paho() {
     let _ = Code::KICKED;
 }
 
+/// A device that connects again while its first connection still lives takes that one's
+/// place: paho's MQTT 5 connection is told 0x8E Session taken over, and the inbox goes to the
+/// new one (mosquitto_sub with the same client id).
+#[tokio::test]
+async fn a_reconnecting_device_takes_over_from_paho() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    if tool("mosquitto_sub").is_none() {
+        return;
+    }
+    let node = start(tether_server::Config::for_tests()).await;
+    let http = Http::new(&node);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
+    let script = script.to_str().expect("path").to_owned();
+    let (port, token) = (port(&node), token("tom"));
+    let first =
+        tokio::spawn(
+            async move { run(&python, &[&script, "wait-disconnect", &port, &token]).await },
+        );
+    http.wait_presence("tom", 1).await;
+    let second = {
+        let node_sub = async {
+            // paho's client id for that mode.
+            let inbox = "$tether/inbox/demo";
+            sub(&node, "mqttv5", "tom", "paho-wait-disconnect", inbox, 1, 10).await
+        };
+        let pushed = async {
+            let (code, out, err) = first.await.expect("paho");
+            assert_eq!(code, Some(0), "{err}");
+            assert_eq!(out.trim(), "disconnected 142", "0x8E Session taken over");
+            http.wait_presence("tom", 1).await;
+            push(&http, "tom", 1, "to the new one").await;
+        };
+        tokio::join!(node_sub, pushed).0
+    };
+    let (code, got, err) = second;
+    assert_eq!(
+        (code, got),
+        (Some(0), payloads(&["to the new one"])),
+        "{err}"
+    );
+}
+
 /// Bad input closes the connection with the right answer, never a panic: a level the server
 /// does not speak gets its CONNACK (5.0: 0x84; 3.1's level 3: 3.1.1's 0x01), a first packet
 /// that is not CONNECT and a reserved packet type get a close.

@@ -536,3 +536,70 @@ async fn an_idle_mqtt_websocket_connection_parks_and_wakes() {
     client.send(&[0x40, 0x02, id[0], id[1], 0xC0, 0x00]).await;
     assert_eq!(client.packets(1).await, vec![(0xD0, vec![])], "PINGRESP");
 }
+
+/// A second MQTT connection with the client id of a live one takes its place (3.1.1: the
+/// first is closed without a packet); the same client id under another user is another
+/// device and closes nothing, and neither does a tether WebSocket client of the same device.
+#[tokio::test]
+async fn a_second_connection_of_a_client_id_takes_the_first_ones_place() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let addr = node.mqtt_addr().expect("mqtt");
+    let before = http.metrics().await;
+    let open = |user: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&connect_packet(user, "boiler"))
+            .await
+            .expect("write");
+        let mut connack = [0u8; 4];
+        timeout(WAIT, s.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("read");
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+        s
+    };
+    let mut first = open("tess").await;
+    let mut ws = WsClient::open(&node).await;
+    ws.send_frame(&connect_frame("tess", "boiler", 0)).await;
+    assert!(matches!(
+        ws.frame().await.body,
+        tether_proto::Body::Connected(_)
+    ));
+    http.wait_presence("tess", 2).await;
+    let mut second = open("tess").await;
+    let mut rest = Vec::new();
+    let read = timeout(WAIT, first.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the first is closed without a packet (3.1.1): {read:?} {rest:?}"
+    );
+    // The second and the WebSocket client stay; another user's `boiler` closes neither.
+    let mut other = open("ursula").await;
+    http.wait_presence("tess", 2).await;
+    for s in [&mut second, &mut other] {
+        s.write_all(b"\xc0\x00").await.expect("PINGREQ");
+        let mut pong = [0u8; 2];
+        timeout(WAIT, s.read_exact(&mut pong))
+            .await
+            .expect("PINGRESP in time")
+            .expect("read");
+        assert_eq!(pong, [0xD0, 0], "still connected");
+    }
+    let taken = |page: &str| metric(page, r#"tether_disconnects_total{code="taken_over"}"#);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let grew = taken(&http.metrics().await).unwrap_or(0.0) - taken(&before).unwrap_or(0.0);
+        if grew == 1.0 {
+            break;
+        }
+        assert!(grew < 1.0, "one taken over, not {grew}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not counted in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(ws);
+}

@@ -38,11 +38,12 @@ use tether_core::{
     TopicId, UserId,
 };
 use tether_proto::{Code, PayloadKind, Publication, Push};
+use tracing::warn;
 
 use crate::config::Config;
 pub use crate::fanout::{Busy, SubscribeError};
 use crate::fanout::{Fanout, Job};
-use crate::link::Links;
+use crate::link::{Link, Links};
 use crate::metrics::Metrics;
 pub use batch::{BatchPush, BatchSent, Durability};
 use peers::Peers;
@@ -445,6 +446,26 @@ impl Delivery {
                 .await?;
         }
         Ok(kicked)
+    }
+
+    /// Closes, on every node, the older connections that `conn` takes the place of (MQTT's
+    /// session takeover, docs/mqtt.md 4.4: see [`NodeSessions::older_twins`]) with 4211
+    /// (taken over); returns how many.
+    pub async fn take_over(&self, conn: &dyn Link) -> usize {
+        let twins = self.sessions.older_twins(conn).await;
+        let mut closed = 0;
+        for (node, conns) in by_node(twins) {
+            let reason = "another connection of this client took its session over";
+            match self
+                .router
+                .disconnect(&node, &conns, Code::TAKEN_OVER, reason)
+                .await
+            {
+                Ok(n) => closed += n,
+                Err(e) => warn!(error = %e, %node, "cannot close a connection taken over"),
+            }
+        }
+        closed
     }
 
     /// Carries what a client posted to a session of another node (an SSE stream's) to that

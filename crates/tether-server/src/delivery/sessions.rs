@@ -70,6 +70,40 @@ impl NodeSessions {
         }
     }
 
+    /// The sessions of other connections that `conn` takes the place of: those of the same
+    /// device and user in one of its apps, over the same transport, that connected before it
+    /// (ordered by connection time, then node and connection id, so that of two connections
+    /// racing exactly one takes the other's place). A registry that cannot be read gives
+    /// none (logged): the connection is served, the older one stays.
+    pub async fn older_twins(&self, conn: &dyn Link) -> Vec<Session> {
+        let mine = (conn.connected_at_ms(), &self.node, conn.id());
+        let mut twins: Vec<Session> = Vec::new();
+        for Binding { app, user, .. } in conn.bindings() {
+            let sessions = match self
+                .registry
+                .sessions(app, std::slice::from_ref(user))
+                .await
+            {
+                Ok(sessions) => sessions,
+                Err(e) => {
+                    warn!(error = %e, "cannot look for the connections a new one takes over");
+                    continue;
+                }
+            };
+            for s in sessions {
+                let older = (s.connected_at_ms, &s.node, s.conn) < mine;
+                if older
+                    && s.device == *conn.device()
+                    && s.transport == conn.transport()
+                    && !twins.iter().any(|t| t.node == s.node && t.conn == s.conn)
+                {
+                    twins.push(s);
+                }
+            }
+        }
+        twins
+    }
+
     /// Forgets a closed connection's sessions.
     pub async fn unregister(&self, conn: &dyn Link) {
         for Binding { app, user, .. } in conn.bindings() {

@@ -113,6 +113,11 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         conn.close(Close::new(Code::APP_REMOVED, reason));
     }
     gw.delivery.attach(&(conn.clone() as Arc<dyn Link>)).await;
+    // MQTT: the device's older connection goes (on whichever node), before this one reads
+    // the session that connection leaves.
+    if wire.takes_over() {
+        gw.delivery.take_over(&*conn).await;
+    }
     // Before `connected`: a client that saw it and then closed another connection of its user
     // must not make the user look offline.
     gw.events.connected(&*conn);

@@ -236,6 +236,14 @@ pub trait Wire: Send + Sized + 'static {
     /// [`Wire::send`] wrote. Best effort.
     fn close(&mut self, code: Code, reason: &str) -> impl Future<Output = ()> + Send;
 
+    /// Whether a new connection takes the place of the older ones of its device (same user
+    /// and app, this transport), which are closed with 4211 `taken_over`: MQTT's session
+    /// takeover (docs/mqtt.md 4.4). tether's own clients may hold several connections of a
+    /// device at once.
+    fn takes_over(&self) -> bool {
+        false
+    }
+
     /// The handshake accepted the connection; `connected` is written next. A wire that keeps
     /// something of its device beyond a connection (MQTT's sessions) reads it here. It never
     /// refuses: what it cannot read, it goes on without.

@@ -331,6 +331,10 @@ impl<C: Carrier> Wire for MqttWire<C> {
         Self::with_state(C::resume(stream, rest.carrier), max_frame, rest.state)
     }
 
+    fn takes_over(&self) -> bool {
+        true
+    }
+
     async fn accepted(&mut self, accepted: &Accepted<'_>) {
         // The device's will and persistent session (docs/mqtt.md 4.4 and 9).
         self.state.arm_will(accepted);

@@ -332,6 +332,7 @@ fn connack_code(code: Code) -> (ReasonCode, Option<u8>) {
 fn disconnect_code(code: Code) -> ReasonCode {
     match code {
         Code::KICKED => ReasonCode::ADMINISTRATIVE_ACTION,
+        Code::TAKEN_OVER => ReasonCode::SESSION_TAKEN_OVER,
         Code::APP_REMOVED => ReasonCode::NOT_AUTHORIZED,
         Code::TOKEN_EXPIRED => ReasonCode::MAXIMUM_CONNECT_TIME,
         Code::DRAIN => ReasonCode::USE_ANOTHER_SERVER,

@@ -73,9 +73,14 @@ impl State {
         self.will = Some(Box::new(Left::Armed(a.wills.clone(), will)));
     }
 
-    /// How the connection ends, as far as the will goes: `code` is the `disconnect` the
-    /// server closes it with.
+    /// How the connection ends, as far as the will and the session go: `code` is the
+    /// `disconnect` the server closes it with. A connection taken over leaves its session to
+    /// the one that took it (which read it at connect and saves it from then on), and sends
+    /// its will, as MQTT 5 says (3.1.4).
     pub(super) fn ending(&mut self, code: Code) {
+        if code == Code::TAKEN_OVER {
+            self.kept = None;
+        }
         if matches!(
             code,
             Code::KICKED | Code::DRAIN | Code::SHUTDOWN | Code::APP_REMOVED
