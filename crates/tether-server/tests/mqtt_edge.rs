@@ -603,3 +603,40 @@ async fn a_second_connection_of_a_client_id_takes_the_first_ones_place() {
     }
     drop(ws);
 }
+
+/// MQTT over WebSocket lingers after its close frame as tether's own WebSocket connections do
+/// (RFC 6455, 7.1.1): a device that still sends after the server closed (here a kick, which
+/// 3.1.1 gets as a close alone) is read on, and sees the close frame and a clean end of the
+/// stream, never a reset.
+#[tokio::test]
+async fn an_mqtt_websocket_close_waits_for_the_device_to_answer() {
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let (mut client, _) = MqttWs::open(&node, "/mqtt", "mqtt").await;
+    client.send(&connect_packet("lin", "lingerer")).await;
+    assert_eq!(client.packets(1).await[0], (0x20, vec![0, 0]), "CONNACK");
+    http.kick("lin").await;
+    // The device has not read the close yet and sends on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.send(&[0xC0, 0x00]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.connections(), 1, "the server reads on after its close");
+    let mut closed = None;
+    loop {
+        match timeout(WAIT, client.ws.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => closed = frame.map(|f| f.code),
+            Some(Ok(other)) => panic!("after the kick: {other:?}"),
+            Some(Err(e)) => panic!("not a clean end: {e}"),
+            None => break,
+        }
+    }
+    assert_eq!(closed, Some(CloseCode::Normal));
+    let gone = async {
+        while node.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(WAIT, gone)
+        .await
+        .expect("closed once the device answered");
+}

@@ -26,6 +26,18 @@ use crate::transport::carrier::READ_CHUNK;
 /// How long a closing stream tries to write its close frame.
 const CLOSE_TIME: Duration = Duration::from_secs(1);
 
+/// How long a closed stream waits for the client's close frame (see [`WsStream::linger`]):
+/// the bound of tether's own WebSocket connections.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// How much a closed stream reads while it waits for the client's close: MQTT's largest
+/// packet the node takes is 64 KiB by default (`limits.max_frame`), and a device may be in the
+/// middle of one.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Bytes asked of each read while lingering.
+const LINGER_READ: usize = 16 * 1024;
+
 /// A byte stream over WebSocket binary messages, over the socket or TLS (`C`).
 ///
 /// # Memory
@@ -166,6 +178,45 @@ impl<C: Carrier> WsStream<C> {
     }
 }
 
+impl<C: Carrier> WsStream<C> {
+    /// After our close frame went out: reads and drops what the client still sends, until its
+    /// close frame or the end of its stream, so that the socket is not dropped with unread
+    /// bytes (the kernel would answer them with a reset, which can destroy our close frame, and
+    /// a DISCONNECT before it, in the client's receive buffer: RFC 6455, 7.1.1), as tether's
+    /// own WebSocket connections do. Bounded by the caller in time, and here in bytes
+    /// ([`LINGER_BYTES`]).
+    async fn linger(&mut self) {
+        let mut left = LINGER_BYTES;
+        // Payload bytes, dropped as they are unwrapped.
+        let mut dropped = BytesMut::new();
+        // Bytes that cannot be framed: only the end of the stream is awaited.
+        let mut lost = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                if !lost && self.unwrap(cx, &mut dropped).is_err() {
+                    lost = true;
+                }
+                dropped.clear();
+                if lost {
+                    self.raw.clear();
+                }
+                if self.ended || left == 0 {
+                    return Poll::Ready(());
+                }
+                match ready!(
+                    self.inner
+                        .poll_read(cx, &mut self.raw, left.min(LINGER_READ))
+                ) {
+                    Ok(0) | Err(_) => return Poll::Ready(()),
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        self.raw = BytesMut::new();
+    }
+}
+
 /// A [`WsError`] carried in an [`io::Error`], which `super::super::poll_more` unwraps, so that
 /// the connection is closed for it (with its code) rather than taken as gone.
 fn failed(e: WsError) -> io::Error {
@@ -271,9 +322,12 @@ impl<C: Carrier> Carrier for WsStream<C> {
 
     async fn shutdown(&mut self) {
         self.close_with(1000, "");
-        let _ =
+        let sent =
             tokio::time::timeout(CLOSE_TIME, std::future::poll_fn(|cx| self.poll_flush(cx))).await;
         self.inner.shutdown().await;
+        if matches!(sent, Ok(Ok(()))) && !self.ended {
+            let _ = tokio::time::timeout(LINGER_TIME, self.linger()).await;
+        }
     }
 
     fn park(self) -> Self::Rest {
