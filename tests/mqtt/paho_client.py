@@ -18,6 +18,11 @@ Prints "disconnected <reason code>" and exits 0; exits 1 when nothing came withi
                                                        "present <0|1>" and each message as
                                                        "<topic> <payload>" until N came, then
                                                        DISCONNECT (exits 1 after 10 s)
+    python paho_client.py session-hold PORT TOKEN ID   as session-start, but stays connected:
+                                                       prints each message as
+                                                       "<topic> <payload>" and the server's
+                                                       DISCONNECT as "disconnected <reason>"
+                                                       (exits 1 if none within 10 s)
 """
 
 import sys
@@ -29,7 +34,7 @@ from paho.mqtt.properties import Properties
 
 
 def session(mode, port, token, client_id, count):
-    """The session-start and session-resume modes."""
+    """The session-start, session-hold and session-resume modes."""
     done = threading.Event()
     got = []
 
@@ -39,17 +44,23 @@ def session(mode, port, token, client_id, count):
             done.set()
             return
         print(f"present {int(flags.session_present)}", flush=True)
-        if mode == "session-start":
+        if mode in ("session-start", "session-hold"):
             client.subscribe([("$tether/inbox/demo", 1), ("room-s", 1)])
 
     def on_subscribe(client, userdata, mid, reason_codes, properties):
         print("subscribed " + " ".join(str(c.value) for c in reason_codes), flush=True)
-        done.set()
+        if mode == "session-start":
+            done.set()
+
+    def on_disconnect(client, userdata, flags, rc, properties):
+        if mode == "session-hold":
+            print(f"disconnected {rc.value}", flush=True)
+            done.set()
 
     def on_message(client, userdata, message):
         print(f"{message.topic} {message.payload.decode()}", flush=True)
         got.append(message)
-        if len(got) >= count:
+        if mode == "session-resume" and len(got) >= count:
             done.set()
 
     client = mqtt.Client(
@@ -61,13 +72,14 @@ def session(mode, port, token, client_id, count):
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    client.on_disconnect = on_disconnect
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 300
     client.connect(
         "127.0.0.1",
         port,
         keepalive=30,
-        clean_start=(mode == "session-start"),
+        clean_start=(mode != "session-resume"),
         properties=props,
     )
     client.loop_start()

@@ -133,6 +133,73 @@ async fn a_paho_session_resumes_with_its_subscriptions_on_the_next_node() {
     );
 }
 
+/// A node that stops while a device with a persistent session is connected writes the
+/// session's last state (the offsets its publications moved) before it closes the store: the
+/// device resumes on the next node after what it was sent, with nothing twice (paho).
+#[tokio::test]
+async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
+    let script = script.to_str().expect("path").to_owned();
+    let dir = tempfile::tempdir().expect("data dir");
+    let token = token("stan");
+
+    let node = start(embedded_config(dir.path())).await;
+    let http = Http::new(&node);
+    let held = {
+        let (python, script, p, token) =
+            (python.clone(), script.clone(), port(&node), token.clone());
+        tokio::spawn(
+            async move { run(&python, &[&script, "session-hold", &p, &token, "dev-h"]).await },
+        )
+    };
+    // Subscribed once the business sees the topic's subscriber.
+    let subscribed = async {
+        loop {
+            let reply = http.get("/v1/apps/demo/topics/room-s", Some(API_KEY)).await;
+            if reply.body["subscribers"].as_u64() == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, subscribed).await.expect("subscribed in time");
+    publish(&http, "room-s", "a").await;
+    publish(&http, "room-s", "b").await;
+    node.shutdown();
+    timeout(WAIT, node.wait()).await.expect("the node stops");
+    let (code, out, err) = held.await.expect("paho");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        "present 0\nsubscribed 1 1\nroom-s {\"m\":\"a\"}\nroom-s {\"m\":\"b\"}\ndisconnected 139\n",
+        "both publications, then 0x8B Server shutting down"
+    );
+
+    let node = start(embedded_config(dir.path())).await;
+    let http = Http::new(&node);
+    publish(&http, "room-s", "c").await;
+    let (code, out, err) = run(
+        &python,
+        &[
+            &script,
+            "session-resume",
+            &port(&node),
+            &token,
+            "dev-h",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out, "present 1\nroom-s {\"m\":\"c\"}\n",
+        "c alone: a and b were sent"
+    );
+}
+
 /// mosquitto_sub with `-c` (3.1.1 clean session 0, and MQTT 5 Clean Start 0 with an
 /// expiry): the publications of a topic sent while it was away come on its next connect; a
 /// connection without `-c` starts clean.

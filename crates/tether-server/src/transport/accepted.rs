@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tether_core::{AppId, ConnId, DeviceId, SavedSessions, UserId};
 use tether_proto::PayloadKind;
+use tokio_util::task::TaskTracker;
 
 use crate::link::Binding;
 
@@ -25,6 +26,9 @@ pub struct Accepted<'a> {
     pub wills: &'a Arc<dyn Wills>,
     /// The longest a session may outlive its connection (`mqtt.max_session_expiry`).
     pub max_session: Duration,
+    /// Where work that outlives the connection runs (a session's last write), so that a
+    /// graceful shutdown waits for it before it closes the store.
+    pub tasks: &'a TaskTracker,
 }
 
 /// Upstream data a device left to be sent on its behalf once its connection is lost: MQTT's

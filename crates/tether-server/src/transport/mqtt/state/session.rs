@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tether_core::{AppId, DeviceId, SavedSessions, StoreError, UserId};
+use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::transport::Accepted;
@@ -79,6 +80,9 @@ struct Saver {
     /// Where the writes run: the connection may end off the runtime (a parked connection's
     /// clean-up).
     runtime: tokio::runtime::Handle,
+    /// The gateway's tasks: a graceful shutdown waits for the writes before it closes the
+    /// store.
+    tasks: TaskTracker,
     store: Arc<dyn SavedSessions>,
     device: DeviceId,
     users: Vec<(AppId, UserId)>,
@@ -97,7 +101,8 @@ impl Saver {
         next.writing = true;
         drop(next);
         let saver = self.clone();
-        self.runtime.spawn(async move { saver.run().await });
+        self.tasks
+            .spawn_on(async move { saver.run().await }, &self.runtime);
     }
 
     async fn run(&self) {
@@ -177,6 +182,7 @@ impl State {
         }
         let saver = Arc::new(Saver {
             runtime: tokio::runtime::Handle::current(),
+            tasks: a.tasks.clone(),
             store: a.sessions.clone(),
             device: a.device.clone(),
             users,
@@ -396,6 +402,7 @@ mod tests {
         r.kept = Some(Box::new(Kept {
             saver: Arc::new(Saver {
                 runtime: tokio::runtime::Handle::current(),
+                tasks: TaskTracker::new(),
                 store: Arc::new(MemoryStore::default()),
                 device: DeviceId::from("d"),
                 users: Vec::new(),
