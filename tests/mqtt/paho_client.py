@@ -18,15 +18,26 @@ Prints "disconnected <reason code>" and exits 0; exits 1 when nothing came withi
                                                        "present <0|1>" and each message as
                                                        "<topic> <payload>" until N came, then
                                                        DISCONNECT (exits 1 after 10 s)
-    python paho_client.py session-hold PORT TOKEN ID   as session-start, but stays connected:
+    python paho_client.py session-hold PORT TOKEN ID   as session-start (`room-s` at QoS 0:
+                                                       its offset is the last one sent), but
+                                                       stays connected:
                                                        prints each message as
                                                        "<topic> <payload>" and the server's
                                                        DISCONNECT as "disconnected <reason>"
                                                        (exits 1 if none within 10 s)
+    python paho_client.py slow-acks PORT TOKEN N       connect with a Receive Maximum of 2
+                                                       and acks of its own, subscribe to
+                                                       `room-q` at QoS 1, print "subscribed",
+                                                       then ack each message 50 ms after it
+                                                       came; print each as "<qos> <payload>"
+                                                       and the most ever unacked as
+                                                       "in flight <n>" once N came (exits 1
+                                                       after 15 s)
 """
 
 import sys
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -44,8 +55,10 @@ def session(mode, port, token, client_id, count):
             done.set()
             return
         print(f"present {int(flags.session_present)}", flush=True)
-        if mode in ("session-start", "session-hold"):
+        if mode == "session-start":
             client.subscribe([("$tether/inbox/demo", 1), ("room-s", 1)])
+        elif mode == "session-hold":
+            client.subscribe([("$tether/inbox/demo", 1), ("room-s", 0)])
 
     def on_subscribe(client, userdata, mid, reason_codes, properties):
         print("subscribed " + " ".join(str(c.value) for c in reason_codes), flush=True)
@@ -89,8 +102,65 @@ def session(mode, port, token, client_id, count):
     sys.exit(0 if ok else 1)
 
 
+def slow_acks(port, token, count):
+    """The slow-acks mode: a device that takes its time, with a small window."""
+    done = threading.Event()
+    lock = threading.Lock()
+    got = []
+    unacked = []
+    most = [0]
+
+    def on_connect(client, userdata, flags, rc, properties):
+        client.subscribe("room-q", qos=1)
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        print("subscribed " + " ".join(str(c.value) for c in reason_codes), flush=True)
+
+    def on_message(client, userdata, message):
+        with lock:
+            got.append(f"{message.qos} {message.payload.decode()}")
+            if message.qos > 0:
+                unacked.append(message.mid)
+                most[0] = max(most[0], len(unacked))
+            if len(got) >= count:
+                done.set()
+
+    def acker():
+        while not done.is_set():
+            time.sleep(0.05)
+            with lock:
+                mid = unacked.pop(0) if unacked else None
+            if mid is not None:
+                client.ack(mid, 1)
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id="paho-slow-acks",
+        protocol=mqtt.MQTTv5,
+        manual_ack=True,
+    )
+    client.username_pw_set("demo", token)
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = 2
+    client.connect("127.0.0.1", port, keepalive=30, properties=props)
+    client.loop_start()
+    threading.Thread(target=acker, daemon=True).start()
+    ok = done.wait(15)
+    for line in got:
+        print(line, flush=True)
+    print(f"in flight {most[0]}", flush=True)
+    client.disconnect()
+    client.loop_stop()
+    sys.exit(0 if ok else 1)
+
+
 def main():
     mode, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if mode == "slow-acks":
+        slow_acks(port, token, int(sys.argv[4]))
     if mode.startswith("session-"):
         count = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         session(mode, port, token, sys.argv[4], count)

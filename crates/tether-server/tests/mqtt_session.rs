@@ -135,7 +135,8 @@ async fn a_paho_session_resumes_with_its_subscriptions_on_the_next_node() {
 
 /// A node that stops while a device with a persistent session is connected writes the
 /// session's last state (the offsets its publications moved) before it closes the store: the
-/// device resumes on the next node after what it was sent, with nothing twice (paho).
+/// device resumes on the next node after what it was sent, with nothing twice (paho; the
+/// topic at QoS 0, whose offset is the last publication sent rather than the last acked).
 #[tokio::test]
 async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
     let Some(python) = paho_python() else {
@@ -174,7 +175,7 @@ async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(
         out,
-        "present 0\nsubscribed 1 1\nroom-s {\"m\":\"a\"}\nroom-s {\"m\":\"b\"}\ndisconnected 139\n",
+        "present 0\nsubscribed 1 0\nroom-s {\"m\":\"a\"}\nroom-s {\"m\":\"b\"}\ndisconnected 139\n",
         "both publications, then 0x8B Server shutting down"
     );
 
@@ -197,6 +198,59 @@ async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
     assert_eq!(
         out, "present 1\nroom-s {\"m\":\"c\"}\n",
         "c alone: a and b were sent"
+    );
+}
+
+/// A topic subscribed at QoS 1 gets its qos 1 publications as QoS 1, in order and each
+/// once, within the device's Receive Maximum (2 here, with PUBACKs 50 ms late): what did not
+/// fit is fetched again from the topic's history as PUBACKs make room (paho).
+#[tokio::test]
+async fn qos1_publications_respect_the_window_of_a_slow_device() {
+    let Some(python) = paho_python() else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
+    let script = script.to_str().expect("path").to_owned();
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let before = http.metrics().await;
+    let device = {
+        let (p, token) = (port(&node), token("quinn"));
+        tokio::spawn(async move { run(&python, &[&script, "slow-acks", &p, &token, "8"]).await })
+    };
+    let subscribed = async {
+        loop {
+            let reply = http.get("/v1/apps/demo/topics/room-q", Some(API_KEY)).await;
+            if reply.body["subscribers"].as_u64() == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, subscribed).await.expect("subscribed in time");
+    let texts = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for text in texts {
+        publish(&http, "room-q", text).await;
+    }
+    let (code, out, err) = device.await.expect("paho");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let expected: Vec<String> = texts
+        .iter()
+        .map(|t| format!("1 {{\"m\":\"{t}\"}}"))
+        .collect();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("subscribed 1"), "{out}");
+    let got: Vec<&str> = lines.by_ref().take(texts.len()).collect();
+    assert_eq!(got, expected, "all eight, QoS 1, in order, once");
+    assert_eq!(
+        lines.next(),
+        Some("in flight 2"),
+        "never more than the window"
+    );
+    let recovered = |page: &str| metric(page, "tether_mqtt_topic_recoveries_total").unwrap_or(0.0);
+    assert!(
+        recovered(&http.metrics().await) > recovered(&before),
+        "what did not fit was fetched again"
     );
 }
 

@@ -157,6 +157,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "PUBLISHes not sent because they are larger than the device's Maximum Packet Size (a durable push is then skipped for the device).",
     ),
     (
+        "tether_mqtt_topic_recoveries_total",
+        Kind::Counter,
+        "Publications of topics subscribed at QoS 1 fetched again from the topic's history, because the device's in-flight window was full when they came.",
+    ),
+    (
         "tether_jwks_fetch_total",
         Kind::Counter,
         "Fetches of an app's JWKS URL, by app and result (ok, error).",

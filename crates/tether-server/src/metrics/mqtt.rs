@@ -20,6 +20,7 @@ pub struct MqttMetrics {
     connections: [Counter; 2],
     unknown_acks: Counter,
     too_large: Counter,
+    recoveries: Counter,
 }
 
 /// The MQTT metrics, their handles resolved at first use, once the recorder is installed.
@@ -51,6 +52,7 @@ impl MqttMetrics {
             ],
             unknown_acks: counter!("tether_mqtt_unknown_acks_total"),
             too_large: counter!("tether_mqtt_too_large_skipped_total"),
+            recoveries: counter!("tether_mqtt_topic_recoveries_total"),
         }
     }
 
@@ -69,6 +71,12 @@ impl MqttMetrics {
     /// A PUBLISH not sent: larger than the device's Maximum Packet Size (`docs/mqtt.md` 4.5).
     pub fn too_large_skipped(&self) {
         self.too_large.increment(1);
+    }
+
+    /// A QoS 1 topic's publications fetched again from its history: the window was full
+    /// (`docs/mqtt.md`, section 5).
+    pub fn topic_recovery(&self) {
+        self.recoveries.increment(1);
     }
 
     /// The connection closes without a packet that says why (3.1.1 has no DISCONNECT from

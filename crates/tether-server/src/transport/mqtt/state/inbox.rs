@@ -22,10 +22,18 @@ impl State {
 
     /// Takes the acked run at the front of the window off it, as one cumulative `ack` per
     /// app, then fetches what waited for room.
-    fn settle_window(&mut self, frames: &mut VecDeque<Frame>) {
+    pub(super) fn settle_window(&mut self, frames: &mut VecDeque<Frame>) {
         let mut acked: Vec<(u8, u64)> = Vec::new();
         while let Some(f) = self.inflight.front().filter(|f| f.acked).copied() {
             self.inflight.pop_front();
+            if f.topic != 0 {
+                // A topic's: its publications went out in offset order, so this is its
+                // highest acked run (no tether ack: only the session's offset moves).
+                if let Some(t) = self.topics.iter_mut().find(|t| t.id == f.topic) {
+                    t.acked = t.acked.max(f.seq);
+                }
+                continue;
+            }
             match acked.iter_mut().find(|(a, _)| *a == f.app) {
                 Some((_, seq)) => *seq = (*seq).max(f.seq),
                 None => acked.push((f.app, f.seq)),
@@ -39,6 +47,7 @@ impl State {
             self.inflight = VecDeque::new();
         }
         self.sync_next(frames);
+        self.recover_next(frames);
     }
 
     /// Asks the session for the durable pushes an inbox has not had, if one needs them and
@@ -149,6 +158,7 @@ impl State {
             self.inflight.push_back(Inflight {
                 packet_id: if written { packet_id } else { 0 },
                 app,
+                topic: 0,
                 seq: p.seq,
                 acked: !written,
             });

@@ -139,12 +139,16 @@ impl AppInbox {
     }
 }
 
-/// A QoS 1 PUBLISH waiting for its PUBACK.
+/// A QoS 1 PUBLISH waiting for its PUBACK: a durable push (its seq), or a publication of a
+/// topic subscribed at QoS 1 (its offset).
 #[derive(Debug, Clone, Copy)]
 struct Inflight {
     /// 0 for a push skipped as too large for the device: acked at once.
     packet_id: u16,
     app: u8,
+    /// 0: the inbox's; otherwise the [`TopicName::id`] of the topic.
+    topic: u16,
+    /// The push's seq, or the publication's offset.
     seq: u64,
     acked: bool,
 }
@@ -160,8 +164,18 @@ struct TopicName {
     own: bool,
     /// The QoS granted.
     qos: QoS,
-    /// The offset of the last publication sent (where a resumed session recovers from).
+    /// What the connection's QoS 1 window entries call it (never 0).
+    id: u16,
+    /// A QoS 1 publication of it was not sent (the window was full, or it did not follow
+    /// `offset`): a recovery from `offset` fetches what was missed.
+    gap: bool,
+    /// That recovery is under way.
+    recovering: bool,
+    /// The offset of the last publication sent (QoS 0: where a resumed session recovers from).
     offset: u64,
+    /// QoS 1: the offset up to which the device acked every publication (where a resumed
+    /// session recovers from).
+    acked: u64,
 }
 
 /// A request whose answer the wire waits for, by request id.
@@ -183,6 +197,10 @@ enum Req {
     },
     Refresh {
         app: u8,
+    },
+    /// A `subscribe` with `since` to a topic held, to fetch the QoS 1 publications not sent.
+    Recover {
+        id: u16,
     },
 }
 
@@ -290,6 +308,17 @@ impl State {
         }
     }
 
+    /// A [`TopicName::id`] that no topic held and no entry of the window names (an entry of
+    /// a topic unsubscribed may still wait for its PUBACK).
+    fn topic_id(&self) -> u16 {
+        (1..=u16::MAX)
+            .find(|id| {
+                !self.topics.iter().any(|t| t.id == *id)
+                    && !self.inflight.iter().any(|f| f.topic == *id)
+            })
+            .unwrap_or(u16::MAX)
+    }
+
     fn app_index(&self, app: &str) -> Option<u8> {
         self.apps.iter().position(|a| a.app == app).map(|i| i as u8)
     }
@@ -375,7 +404,7 @@ impl State {
             Body::Pong => put(v(self), &Packet::PingResp, out),
             Body::Push(p) => self.on_push(id, p, frames, out),
             Body::Synced(s) => self.on_synced(id, s, frames),
-            Body::Publication(p) => self.on_publication(p, out),
+            Body::Publication(p) => self.on_publication(p, frames, out),
             Body::Subscribed(s) => self.on_subscribed(id, s, out),
             Body::Unsubscribed(u) => self.on_unsubscribed(id, u, out),
             Body::Error(e) => self.on_error(id, e, frames, out),
@@ -526,6 +555,98 @@ mod tests {
         };
         s.on_frame(Frame::new(req, answer), &mut frames, &mut out);
         assert!(!out.is_empty(), "a SUBACK");
+    }
+
+    fn publication(offset: u64) -> Frame {
+        Frame::new(
+            0,
+            proto::Publication {
+                app: "demo".into(),
+                topic: "room".into(),
+                offset,
+                msg_id: offset,
+                created_ms: 0,
+                kind: PayloadKind::Binary,
+                payload: Bytes::from_static(b"x"),
+            },
+        )
+    }
+
+    /// QoS 1 publications of a topic subscribed at QoS 1 go out in the window, in offset
+    /// order; those past it are fetched again from the history once PUBACKs make room, and the
+    /// session keeps the offset the device acked.
+    #[test]
+    fn qos1_publications_past_the_window_are_recovered_in_order() {
+        let mut s = durable(2);
+        s.apps[0].inbox = Inbox::Off;
+        let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
+        let packet = mqtt::Subscribe {
+            packet_id: 9,
+            properties: Properties::new(),
+            filters: vec![("room".into(), mqtt::SubscribeOptions::qos(QoS::AtLeastOnce))],
+        };
+        s.on_subscribe(packet, &mut frames, &mut out).unwrap();
+        let req = frames.pop_front().expect("a subscribe").id;
+        let live = proto::Subscribed {
+            app: "demo".into(),
+            topic: "room".into(),
+            offset: 10,
+            recovery: proto::Recovery::Live,
+        };
+        s.on_frame(Frame::new(req, live), &mut frames, &mut out);
+        for offset in 11..=14 {
+            s.on_frame(publication(offset), &mut frames, &mut out);
+        }
+        let sent: Vec<u64> = s.inflight.iter().map(|f| f.seq).collect();
+        assert_eq!(sent, [11, 12], "the window holds 2");
+        assert!(frames.is_empty(), "no room: no recovery yet");
+        let first = s.inflight[0].packet_id;
+        s.on_puback(first, &mut frames);
+        assert!(
+            acks(&mut frames.clone()).is_empty(),
+            "a topic's PUBACK is no tether ack"
+        );
+        let (recovery, since) = frames
+            .iter()
+            .find_map(|f| match &f.body {
+                Body::Subscribe(sub) if sub.topic == "room" => Some((f.id, sub.since)),
+                _ => None,
+            })
+            .expect("a recovery for what did not fit");
+        frames.clear();
+        assert_eq!(since, Some(12), "after the last one sent");
+        // A live one behind the gap is not sent before it.
+        s.on_frame(publication(15), &mut frames, &mut out);
+        assert_eq!(s.inflight.back().map(|f| f.seq), Some(12));
+        let complete = proto::Subscribed {
+            app: "demo".into(),
+            topic: "room".into(),
+            offset: 15,
+            recovery: proto::Recovery::Complete,
+        };
+        s.on_frame(Frame::new(recovery, complete), &mut frames, &mut out);
+        for offset in 13..=15 {
+            s.on_frame(publication(offset), &mut frames, &mut out);
+        }
+        let sent: Vec<u64> = s.inflight.iter().map(|f| f.seq).collect();
+        assert_eq!(sent, [12, 13], "in order, within the window");
+        let ids: Vec<u16> = s.inflight.iter().map(|f| f.packet_id).collect();
+        for id in ids {
+            s.on_puback(id, &mut frames);
+        }
+        let t = &s.topics[0];
+        assert_eq!((t.acked, t.offset, t.gap), (13, 13, true));
+        let stored: serde_json::Value = serde_json::from_slice(&s.stored(0)).unwrap();
+        assert_eq!(
+            stored["t"][0]["o"], 13,
+            "the session resumes after what was acked"
+        );
+        // The next recovery fetches 14 and 15.
+        let since = frames.iter().find_map(|f| match &f.body {
+            Body::Subscribe(sub) => sub.since,
+            _ => None,
+        });
+        assert_eq!(since, Some(13));
     }
 
     #[test]

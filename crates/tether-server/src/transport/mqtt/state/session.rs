@@ -284,7 +284,7 @@ impl State {
     }
 
     /// One binding's part of the session, encoded.
-    fn stored(&self, app: u8) -> Vec<u8> {
+    pub(super) fn stored(&self, app: u8) -> Vec<u8> {
         let a = &self.apps[usize::from(app)];
         let mut stored = Stored {
             i: match a.inbox {
@@ -306,7 +306,11 @@ impl State {
                         None => self.topic_name(t.app, &t.topic) != t.topic,
                     },
                     q: t.qos as u8,
-                    o: t.offset,
+                    // QoS 1: what the device acked; what was sent after it comes again.
+                    o: match t.qos {
+                        QoS::AtLeastOnce => t.acked,
+                        _ => t.offset,
+                    },
                 })
                 .collect(),
         };
@@ -360,7 +364,11 @@ mod tests {
             name: Some(name.into()),
             own,
             qos,
+            id: 1,
+            gap: false,
+            recovering: false,
             offset,
+            acked: offset,
         }
     }
 

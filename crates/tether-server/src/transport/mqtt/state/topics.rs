@@ -279,15 +279,40 @@ impl State {
         }
     }
 
-    pub(super) fn on_publication(&mut self, p: proto::Publication, out: &mut BytesMut) {
+    /// A publication of a topic the connection holds: QoS 1 when the topic was subscribed at
+    /// QoS 1 and the publication is in the topic's history (docs/mqtt.md, section 5), in
+    /// offset order within the window; QoS 0 otherwise.
+    pub(super) fn on_publication(
+        &mut self,
+        p: proto::Publication,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+    ) {
         let Some(app) = self.app_index(&p.app) else {
             return;
         };
+        let room = self.room() > 0;
+        let mut qos1 = None;
         let name = match self
             .topics
             .iter_mut()
             .find(|t| t.app == app && t.topic == p.topic)
         {
+            Some(t) if t.qos == QoS::AtLeastOnce && p.offset > 0 => {
+                if p.offset <= t.offset {
+                    // Sent already: a recovery's page overlapping what came live.
+                    return;
+                }
+                if t.gap || p.offset != t.offset + 1 || !room {
+                    // Not sent, so not acked: a recovery from `offset` fetches it, in order.
+                    t.gap = true;
+                    self.recover_next(frames);
+                    return;
+                }
+                t.offset = p.offset;
+                qos1 = Some(t.id);
+                t.name.clone()
+            }
             Some(t) => {
                 t.offset = t.offset.max(p.offset);
                 t.name.clone()
@@ -307,7 +332,70 @@ impl State {
             ));
             json_format(&mut props, p.kind);
         }
-        self.publish0(out, &name, props, &p.payload);
+        let Some(topic) = qos1 else {
+            self.publish0(out, &name, props, &p.payload);
+            return;
+        };
+        let packet_id = self.packet_id();
+        let written = self.publish(out, &name, QoS::AtLeastOnce, packet_id, &props, &p.payload);
+        // One the device cannot take counts as sent and acked (docs/mqtt.md 4.5).
+        self.inflight.push_back(Inflight {
+            packet_id: if written { packet_id } else { 0 },
+            app,
+            topic,
+            seq: p.offset,
+            acked: !written,
+        });
+        if !written {
+            self.settle_window(frames);
+        }
+    }
+
+    /// Asks the session again for a QoS 1 topic's publications after the last one sent, when
+    /// one was not sent and there is room in the window: one recovery at a time, as a
+    /// `subscribe` with `since` to the topic held (docs/protocol.md 7.2), whose page follows
+    /// its `subscribed`.
+    pub(super) fn recover_next(&mut self, frames: &mut VecDeque<Frame>) {
+        if self.room() == 0 || self.topics.iter().any(|t| t.recovering) {
+            return;
+        }
+        let Some(t) = self.topics.iter_mut().find(|t| t.gap) else {
+            return;
+        };
+        t.recovering = true;
+        let (id, app, topic, since) = (t.id, t.app, t.topic.clone(), t.offset);
+        crate::metrics::mqtt::mqtt().topic_recovery();
+        let req = self.req();
+        frames.push_back(Frame::new(
+            req,
+            proto::Subscribe {
+                app: self.apps[usize::from(app)].app.clone(),
+                topic,
+                since: Some(since),
+                token: None,
+            },
+        ));
+        self.reqs.push((req, Req::Recover { id }));
+    }
+
+    /// A recovery's answer: its page follows (`complete`), or the history no longer reaches
+    /// back (`too_old`: those publications are lost to the device, and the topic goes on
+    /// from where it stands now).
+    fn recovered(&mut self, id: u16, s: &proto::Subscribed) {
+        if let Some(t) = self.topics.iter_mut().find(|t| t.id == id) {
+            t.recovering = false;
+            t.gap = false;
+            if s.recovery != proto::Recovery::Complete {
+                t.offset = t.offset.max(s.offset);
+            }
+        }
+    }
+
+    /// A recovery refused (the store is down, the node busy): the next PUBACK tries again.
+    pub(super) fn recovery_failed(&mut self, id: u16) {
+        if let Some(t) = self.topics.iter_mut().find(|t| t.id == id) {
+            t.recovering = false;
+        }
     }
 
     /// The name a topic's publications go out on when no SUBSCRIBE named it.
@@ -320,6 +408,7 @@ impl State {
 
     pub(super) fn on_subscribed(&mut self, id: u32, s: proto::Subscribed, out: &mut BytesMut) {
         let (app, topic, name, answer) = match self.take_req(id) {
+            Some(Req::Recover { id }) => return self.recovered(id, &s),
             Some(Req::Sub {
                 packet_id,
                 index,
@@ -361,11 +450,17 @@ impl State {
             Some(t) => {
                 t.name = name;
                 if own {
+                    if t.qos != qos {
+                        // Acked so far: nothing of the other QoS waits for a PUBACK.
+                        t.acked = t.offset;
+                    }
                     (t.own, t.qos) = (true, qos);
                 }
                 t.offset = t.offset.max(offset);
+                t.acked = t.acked.max(offset.min(t.offset));
             }
             None => {
+                let id = self.topic_id();
                 // Kept as long as the connection: no spare room (see `State::compact`).
                 self.topics.reserve_exact(1);
                 self.topics.push(TopicName {
@@ -374,7 +469,11 @@ impl State {
                     name,
                     own,
                     qos,
+                    id,
+                    gap: false,
+                    recovering: false,
                     offset,
+                    acked: offset,
                 });
             }
         }

@@ -158,6 +158,10 @@ impl State {
                 self.answer_filter(packet_id, true, index, ReasonCode::UNSPECIFIED_ERROR);
                 self.flush_acks(out);
             }
+            Some(Req::Recover { id }) => {
+                tracing::debug!(code = %e.code, "an MQTT topic recovery failed");
+                self.recovery_failed(id);
+            }
             Some(Req::Refresh { app }) => {
                 let topic = format!(
                     "$tether/refresh_refused/{}",
