@@ -477,11 +477,11 @@ async fn stats_count_connections_by_app_and_transport_and_show_queues_and_the_st
     assert_eq!(c["sse"].as_u64(), Some(0), "{c}");
     assert_eq!(
         c["by_app"]["demo"],
-        serde_json::json!({"tcp": 2, "ws": 1, "sse": 0})
+        serde_json::json!({"tcp": 2, "ws": 1, "sse": 0, "mqtt": 0})
     );
     assert_eq!(
         c["by_app"]["shop"],
-        serde_json::json!({"tcp": 1, "ws": 0, "sse": 0})
+        serde_json::json!({"tcp": 1, "ws": 0, "sse": 0, "mqtt": 0})
     );
     let o = &s["outbound"];
     assert!(o["queued_bytes"].is_u64() && o["over_half"].is_u64(), "{o}");

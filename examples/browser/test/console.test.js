@@ -159,6 +159,7 @@ test("the web console logs in with the admin key, shows a connection, pushes to 
     device = await client.text("device");
     const row = await ui.waitFor(async () => (await ui.rows("by-app")).find((r) => r.app === APP && r.ws === "1"), "the demo app with one ws connection");
     assert.equal(row.tcp, "0");
+    assert.equal(row.mqtt, "0");
     assert.equal(await ui.text("conn-total"), "1");
     // The node list counts what the node last announced (every 5 s by default).
     await ui.waitFor(async () => (await ui.rows("nodes"))[0]?.connections === "1", "the node list's count at 1", 2 * WAIT_MS);

@@ -285,8 +285,8 @@ struct ConnStats {
     ws: u64,
     sse: u64,
     mqtt: u64,
-    /// App -> (tcp, ws, sse) connections bound to it (MQTT's are in `mqtt` only).
-    by_app: BTreeMap<AppId, (u64, u64, u64)>,
+    /// App -> (tcp, ws, sse, mqtt) connections bound to it.
+    by_app: BTreeMap<AppId, [u64; 4]>,
     queued_bytes: u64,
     over_half: u64,
 }
@@ -295,21 +295,15 @@ struct ConnStats {
 fn conn_stats(links: &dyn Links) -> ConnStats {
     let mut s = ConnStats::default();
     links.for_each_in(0..links.shard_count(), &mut |conn| {
-        let n = match conn.transport() {
-            Transport::Tcp => &mut s.tcp,
-            Transport::Ws => &mut s.ws,
-            Transport::Sse => &mut s.sse,
-            Transport::Mqtt => &mut s.mqtt,
+        let (n, i) = match conn.transport() {
+            Transport::Tcp => (&mut s.tcp, 0),
+            Transport::Ws => (&mut s.ws, 1),
+            Transport::Sse => (&mut s.sse, 2),
+            Transport::Mqtt => (&mut s.mqtt, 3),
         };
         *n += 1;
         for Binding { app, .. } in conn.bindings() {
-            let (tcp, ws, sse) = s.by_app.entry(app.clone()).or_default();
-            match conn.transport() {
-                Transport::Tcp => *tcp += 1,
-                Transport::Ws => *ws += 1,
-                Transport::Sse => *sse += 1,
-                Transport::Mqtt => {}
-            }
+            s.by_app.entry(app.clone()).or_default()[i] += 1;
         }
         let queued = conn.queued_bytes();
         s.queued_bytes += queued as u64;
@@ -345,7 +339,10 @@ async fn stats(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Json<V
     let by_app: BTreeMap<&str, Value> = conns
         .by_app
         .iter()
-        .map(|(app, (tcp, ws, sse))| (app.as_str(), json!({ "tcp": tcp, "ws": ws, "sse": sse })))
+        .map(|(app, [tcp, ws, sse, mqtt])| {
+            let counts = json!({ "tcp": tcp, "ws": ws, "sse": sse, "mqtt": mqtt });
+            (app.as_str(), counts)
+        })
         .collect();
     let fanout: BTreeMap<String, Value> = ops
         .delivery
@@ -496,16 +493,17 @@ mod tests {
         let b = conn(2, Transport::Ws, &["demo", "shop"]);
         let c = conn(3, Transport::Tcp, &["shop"]);
         let d = conn(4, Transport::Sse, &["shop"]);
-        for conn in [&a, &b, &c, &d] {
+        let e = conn(5, Transport::Mqtt, &["demo", "shop"]);
+        for conn in [&a, &b, &c, &d, &e] {
             table.insert(conn.clone());
         }
         a.enqueue(Bytes::from(vec![0; 501]));
         b.enqueue(Bytes::from(vec![0; 500]));
         c.enqueue(Bytes::from(vec![0; 10]));
         let s = conn_stats(&table);
-        assert_eq!((s.tcp, s.ws, s.sse), (2, 1, 1));
-        assert_eq!(s.by_app[&AppId::from("demo")], (1, 1, 0));
-        assert_eq!(s.by_app[&AppId::from("shop")], (1, 1, 1));
+        assert_eq!((s.tcp, s.ws, s.sse, s.mqtt), (2, 1, 1, 1));
+        assert_eq!(s.by_app[&AppId::from("demo")], [1, 1, 0, 1]);
+        assert_eq!(s.by_app[&AppId::from("shop")], [1, 1, 1, 1]);
         assert_eq!(s.queued_bytes, 1011);
         assert_eq!(s.over_half, 1, "past half of 1000 bytes: only the 501");
     }

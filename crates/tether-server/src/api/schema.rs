@@ -253,7 +253,8 @@ pub struct ConnectionStats {
     pub ws: u64,
     pub sse: u64,
     pub mqtt: u64,
-    /// App -> its connections by transport (MQTT's are in `mqtt` only).
+    /// App -> its connections by transport (a connection bound to several apps counts in
+    /// each).
     pub by_app: BTreeMap<String, TransportCounts>,
 }
 
@@ -263,6 +264,7 @@ pub struct TransportCounts {
     pub tcp: u64,
     pub ws: u64,
     pub sse: u64,
+    pub mqtt: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -217,7 +217,7 @@ function drawCharts() {
       item.dataset.rate = last === null || last === undefined ? "" : String(last);
       item.dataset.peak = String(Math.max(0, ...points.filter((v) => v !== null)));
       item.title = `peak ${Number(item.dataset.peak).toFixed(2)}/s in the window`;
-      item.textContent = `${line.label}: ${last === null || last === undefined ? "n/a" : last.toFixed(1)}/s`;
+      item.textContent = `${line.label}: ${last === null || last === undefined ? "n/a" : `${last.toFixed(1)}/s`}`;
       legend.appendChild(item);
     });
   });
@@ -253,11 +253,13 @@ function showStats(stats, ready) {
     row.dataset.tcp = n.tcp;
     row.dataset.ws = n.ws;
     row.dataset.sse = n.sse;
+    row.dataset.mqtt = n.mqtt;
     cell(row, app);
     cell(row, n.tcp);
     cell(row, n.ws);
     cell(row, n.sse);
-    cell(row, n.tcp + n.ws + n.sse);
+    cell(row, n.mqtt);
+    cell(row, n.tcp + n.ws + n.sse + n.mqtt);
     body.appendChild(row);
   }
   $("raw-stats").textContent = JSON.stringify(stats, null, 2);
