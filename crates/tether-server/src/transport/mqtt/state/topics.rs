@@ -449,15 +449,15 @@ impl State {
         {
             Some(t) => {
                 t.name = name;
+                let was = t.qos;
                 if own {
-                    if t.qos != qos {
-                        // Acked so far: nothing of the other QoS waits for a PUBACK.
-                        t.acked = t.offset;
-                    }
                     (t.own, t.qos) = (true, qos);
                 }
                 t.offset = t.offset.max(offset);
-                t.acked = t.acked.max(offset.min(t.offset));
+                if t.qos != was {
+                    // Nothing of the other QoS waits for a PUBACK: acked so far.
+                    t.acked = t.offset;
+                }
             }
             None => {
                 let id = self.topic_id();
