@@ -214,7 +214,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         w.permission = Default::default();
         w
     };
-    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
+    let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 11] = [
         ("node", &old.node, &new.node),
         ("listen", &listen(old), &listen(new)),
         ("limits", &old.limits, &new.limits),
@@ -224,6 +224,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("dispatch", &old.dispatch, &new.dispatch),
         ("cluster", &old.cluster, &new.cluster),
         ("log", &old.log, &new.log),
+        ("mqtt", &old.mqtt, &new.mqtt),
         (
             "rate (fan-out pacing)",
             &(old.rate.deliveries_per_sec, old.rate.deliveries_burst),

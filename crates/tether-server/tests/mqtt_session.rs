@@ -202,8 +202,9 @@ async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
 }
 
 /// A topic subscribed at QoS 1 gets its qos 1 publications as QoS 1, in order and each
-/// once, within the device's Receive Maximum (2 here, with PUBACKs 50 ms late): what did not
-/// fit is fetched again from the topic's history as PUBACKs make room (paho).
+/// once, within the device's Receive Maximum (2 here, with PUBACKs 50 ms late) and the node's
+/// `mqtt.max_inflight` (1 in the second run): what did not fit is fetched again from the
+/// topic's history as PUBACKs make room (paho).
 #[tokio::test]
 async fn qos1_publications_respect_the_window_of_a_slow_device() {
     let Some(python) = paho_python() else {
@@ -211,47 +212,56 @@ async fn qos1_publications_respect_the_window_of_a_slow_device() {
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/mqtt/paho_client.py");
     let script = script.to_str().expect("path").to_owned();
-    let node = start(Config::for_tests()).await;
-    let http = Http::new(&node);
-    let before = http.metrics().await;
-    let device = {
-        let (p, token) = (port(&node), token("quinn"));
-        tokio::spawn(async move { run(&python, &[&script, "slow-acks", &p, &token, "8"]).await })
-    };
-    let subscribed = async {
-        loop {
-            let reply = http.get("/v1/apps/demo/topics/room-q", Some(API_KEY)).await;
-            if reply.body["subscribers"].as_u64() == Some(1) {
-                break;
+    for (max_inflight, window) in [(64, "2"), (1, "1")] {
+        let mut config = Config::for_tests();
+        config.mqtt.max_inflight = max_inflight;
+        let node = start(config).await;
+        let http = Http::new(&node);
+        let before = http.metrics().await;
+        let device = {
+            let (python, script) = (python.clone(), script.clone());
+            let (p, token) = (port(&node), token("quinn"));
+            tokio::spawn(
+                async move { run(&python, &[&script, "slow-acks", &p, &token, "8"]).await },
+            )
+        };
+        let subscribed = async {
+            loop {
+                let reply = http.get("/v1/apps/demo/topics/room-q", Some(API_KEY)).await;
+                if reply.body["subscribers"].as_u64() == Some(1) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        timeout(WAIT, subscribed).await.expect("subscribed in time");
+        let texts = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        for text in texts {
+            publish(&http, "room-q", text).await;
         }
-    };
-    timeout(WAIT, subscribed).await.expect("subscribed in time");
-    let texts = ["a", "b", "c", "d", "e", "f", "g", "h"];
-    for text in texts {
-        publish(&http, "room-q", text).await;
+        let (code, out, err) = device.await.expect("paho");
+        assert_eq!(code, Some(0), "{out}{err}");
+        let expected: Vec<String> = texts
+            .iter()
+            .map(|t| format!("1 {{\"m\":\"{t}\"}}"))
+            .collect();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("subscribed 1"), "{out}");
+        let got: Vec<&str> = lines.by_ref().take(texts.len()).collect();
+        assert_eq!(got, expected, "all eight, QoS 1, in order, once");
+        let in_flight = format!("in flight {window}");
+        assert_eq!(
+            lines.next(),
+            Some(in_flight.as_str()),
+            "never more than the window"
+        );
+        let recovered =
+            |page: &str| metric(page, "tether_mqtt_topic_recoveries_total").unwrap_or(0.0);
+        assert!(
+            recovered(&http.metrics().await) > recovered(&before),
+            "what did not fit was fetched again"
+        );
     }
-    let (code, out, err) = device.await.expect("paho");
-    assert_eq!(code, Some(0), "{out}{err}");
-    let expected: Vec<String> = texts
-        .iter()
-        .map(|t| format!("1 {{\"m\":\"{t}\"}}"))
-        .collect();
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("subscribed 1"), "{out}");
-    let got: Vec<&str> = lines.by_ref().take(texts.len()).collect();
-    assert_eq!(got, expected, "all eight, QoS 1, in order, once");
-    assert_eq!(
-        lines.next(),
-        Some("in flight 2"),
-        "never more than the window"
-    );
-    let recovered = |page: &str| metric(page, "tether_mqtt_topic_recoveries_total").unwrap_or(0.0);
-    assert!(
-        recovered(&http.metrics().await) > recovered(&before),
-        "what did not fit was fetched again"
-    );
 }
 
 /// mosquitto_sub with `-c` (3.1.1 clean session 0, and MQTT 5 Clean Start 0 with an

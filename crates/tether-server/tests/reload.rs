@@ -185,11 +185,14 @@ async fn a_reload_reports_what_needs_a_restart_and_applies_the_rest() {
     let node = start(Config::load(Some(&path)).expect("valid file")).await;
     let http = Http::new(&node);
 
-    let changed = file(OLD_KEY_ENTRY).replace("[admin]", "[limits]\nmax_topics = 7\n\n[admin]");
+    let changed = file(OLD_KEY_ENTRY).replace(
+        "[admin]",
+        "[limits]\nmax_topics = 7\n\n[mqtt]\nmax_inflight = 8\n\n[admin]",
+    );
     write(&path, &changed);
     let reply = reload(&http).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(reply.body["restart_needed"], json!(["limits"]));
+    assert_eq!(reply.body["restart_needed"], json!(["limits", "mqtt"]));
     assert_eq!(push_status(&http, APP, OLD_KEY).await, 200, "applied");
 }
 

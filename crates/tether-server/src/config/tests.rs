@@ -31,6 +31,23 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn the_mqtt_window_is_at_least_one_and_fits_16_bits() {
+    let read = |value: &str| {
+        Config::from_toml(&format!(
+            "[mqtt]\nmax_inflight = {value}\n[[apps]]\nid = \"a\"\nsecret = \"0123456789abcdefa\"\napi_key = \"0123456789abcdefa\"\n"
+        ))
+    };
+    assert_eq!(read("1").expect("1 is fine").mqtt.max_inflight, 1);
+    let zero = read("0").unwrap_err().to_string();
+    assert!(
+        zero.contains("mqtt.max_inflight must be at least 1"),
+        "{zero}"
+    );
+    let big = read("65536").unwrap_err().to_string();
+    assert!(big.contains("max_inflight"), "{big}");
+}
+
+#[test]
 fn webhook_keys_are_checked() {
     let err = Config::from_toml(
         r#"

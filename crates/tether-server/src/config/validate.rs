@@ -102,6 +102,9 @@ impl Config {
         if l.outbound_queue_bytes > u32::MAX as usize {
             problems.push("limits.outbound_queue_bytes must be at most 4294967295 (4 GiB)".into());
         }
+        if self.mqtt.max_inflight == 0 {
+            problems.push("mqtt.max_inflight must be at least 1".into());
+        }
         if l.max_push_users == 0 {
             problems.push("limits.max_push_users must be at least 1".into());
         }

@@ -150,6 +150,7 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         sessions: &gw.sessions,
         wills: &gw.wills,
         max_session: gw.max_session,
+        max_inflight: gw.max_inflight,
         tasks: &gw.tasks,
     })
     .await;

@@ -130,6 +130,8 @@ pub struct Gateway {
     sessions: Arc<dyn SavedSessions>,
     /// `mqtt.max_session_expiry`.
     max_session: Duration,
+    /// `mqtt.max_inflight`.
+    max_inflight: u16,
     pub metrics: Metrics,
     admission: Arc<Admission>,
     /// Room for refused WebSocket clients waiting for their answer.
@@ -180,6 +182,7 @@ impl Gateway {
             wills: events.clone(),
             events,
             max_session: config.mqtt.max_session_expiry,
+            max_inflight: config.mqtt.max_inflight,
             metrics,
             admission: Arc::new(Admission::new(
                 config.limits.max_connections,

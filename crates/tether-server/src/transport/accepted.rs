@@ -26,6 +26,8 @@ pub struct Accepted<'a> {
     pub wills: &'a Arc<dyn Wills>,
     /// The longest a session may outlive its connection (`mqtt.max_session_expiry`).
     pub max_session: Duration,
+    /// QoS 1 PUBLISHes in flight to a device at most (`mqtt.max_inflight`).
+    pub max_inflight: u16,
     /// Where work that outlives the connection runs (a session's last write), so that a
     /// graceful shutdown waits for it before it closes the store.
     pub tasks: &'a TaskTracker,

@@ -337,6 +337,7 @@ impl<C: Carrier> Wire for MqttWire<C> {
 
     async fn accepted(&mut self, accepted: &Accepted<'_>) {
         // The device's will and persistent session (docs/mqtt.md 4.4 and 9).
+        self.state.limit_inflight(accepted.max_inflight);
         self.state.arm_will(accepted);
         self.state.load_session(accepted).await;
     }

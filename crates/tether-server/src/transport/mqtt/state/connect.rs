@@ -30,8 +30,9 @@ impl State {
                 Property::ReceiveMaximum(r) => Some(*r),
                 _ => None,
             })
-            .unwrap_or(MAX_INFLIGHT)
-            .min(MAX_INFLIGHT);
+            // The node's own limit applies once the connection is accepted
+            // (`State::limit_inflight`).
+            .unwrap_or(u16::MAX);
         self.max_packet = props
             .find(|p| match p {
                 Property::MaximumPacketSize(m) => Some(*m),

@@ -10,7 +10,7 @@
 //! before the subscription, or past the in-flight window, are left to a `sync` pull from the
 //! session, 4.1 and 4.3), the filter each topic was subscribed with, and the SUBSCRIBEs and
 //! upstreams waiting for their answers. Everything is bounded: the window by
-//! [`MAX_INFLIGHT`], upstreams by [`MAX_UPSTREAMS`], waiting SUBSCRIBEs by
+//! `mqtt.max_inflight`, upstreams by [`MAX_UPSTREAMS`], waiting SUBSCRIBEs by
 //! [`MAX_WAITING_ACKS`].
 //!
 //! By concern: [`connect`] (CONNECT, CONNACK, the server's DISCONNECTs), [`inbox`] (the durable
@@ -39,9 +39,6 @@ mod session;
 mod topics;
 mod upstream;
 mod will;
-
-/// QoS 1 PUBLISHes in flight to a device at most (and at most its Receive Maximum).
-pub const MAX_INFLIGHT: u16 = 64;
 
 /// QoS 1 PUBLISHes from a device waiting for their upstream's outcome at most: the CONNACK's
 /// Receive Maximum.
@@ -321,6 +318,12 @@ impl State {
 
     fn app_index(&self, app: &str) -> Option<u8> {
         self.apps.iter().position(|a| a.app == app).map(|i| i as u8)
+    }
+
+    /// At most `max` QoS 1 PUBLISHes in flight (`mqtt.max_inflight`), whatever the device's
+    /// Receive Maximum allows.
+    pub fn limit_inflight(&mut self, max: u16) {
+        self.receive_max = self.receive_max.min(max.max(1));
     }
 
     fn room(&self) -> usize {
