@@ -1,7 +1,7 @@
 //! The cluster mode, end to end: three nodes in this process sharing a real Redis (registry,
 //! router and store), each test under a key prefix of its own. Pushes, topics, broadcasts,
-//! server-side subscriptions and presence cross nodes; a Redis restart is survived; the admin
-//! node list shows every node.
+//! server-side subscriptions, presence and MQTT's session takeover cross nodes; a Redis
+//! restart is survived; the admin node list shows every node.
 //!
 //! Without a Redis at `TETHER_TEST_REDIS` (default 127.0.0.1:6379) these tests are skipped,
 //! except under `CI=true`, where they fail.
@@ -690,5 +690,59 @@ async fn the_admin_node_list_shows_every_node_its_state_and_whether_it_still_ann
             .collect::<Vec<_>>(),
         ["nodes-a"],
         "{answer}"
+    );
+}
+
+/// An MQTT 3.1.1 connection of the demo app as `user` with client id `device`, its CONNACK
+/// read (accepted).
+async fn mqtt_connected(node: &Node, user: &str, device: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [device, APP, &token(user)] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    // The remaining length in MQTT's variable-length encoding (two bytes here at most).
+    assert!(body.len() < 16_384);
+    let mut packet = vec![0x10];
+    match body.len() {
+        n if n < 128 => packet.push(n as u8),
+        n => packet.extend_from_slice(&[(n % 128) as u8 | 0x80, (n / 128) as u8]),
+    }
+    packet.extend_from_slice(&body);
+    let addr = node.mqtt_addr().expect("an MQTT listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&packet).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("read");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    s
+}
+
+/// MQTT's takeover crosses nodes: a device that connects again through another node closes
+/// its older connection on the first (3.1.1: a close without a packet), found in the registry
+/// and closed through the router; presence then shows the new one alone.
+#[tokio::test]
+async fn an_mqtt_device_reconnecting_through_another_node_takes_the_old_connection_s_place() {
+    use tokio::io::AsyncReadExt;
+    let Some((nodes, http)) = cluster("takeover", 2).await else {
+        return;
+    };
+    let mut first = mqtt_connected(&nodes[0], "tina", "sensor-1").await;
+    http[1].wait_presence("tina", 1).await;
+    let _second = mqtt_connected(&nodes[1], "tina", "sensor-1").await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, first.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the first is closed: {read:?} {rest:?}"
+    );
+    let presence = http[0].wait_presence("tina", 1).await;
+    assert_eq!(
+        presence["connections"][0]["node"], "takeover-1",
+        "{presence}"
     );
 }
