@@ -141,6 +141,10 @@ pub struct TargetArgs {
     /// HTTP API.
     #[arg(long)]
     pub mqtt: bool,
+    /// tether over binary TCP or TLS: send the subscribes once `connected` has come, as an
+    /// MQTT client sends its SUBSCRIBE after CONNACK, rather than pipelined behind `connect`.
+    #[arg(long)]
+    pub wait_connected: bool,
 }
 
 impl TargetArgs {
@@ -193,6 +197,7 @@ impl TargetArgs {
             tls,
             mqtt: self.mqtt,
             connect_only: false,
+            wait_connected: self.wait_connected,
         })
     }
 }
@@ -224,6 +229,10 @@ pub struct Target {
     /// (`churn --connect-only`, handshakes alone).
     #[serde(default)]
     pub connect_only: bool,
+    /// tether's binary protocol: subscribes wait for `connected` (see
+    /// [`TargetArgs::wait_connected`]).
+    #[serde(default)]
+    pub wait_connected: bool,
 }
 
 impl fmt::Debug for Target {
@@ -240,6 +249,7 @@ impl fmt::Debug for Target {
             .field("tls", &self.tls)
             .field("mqtt", &self.mqtt)
             .field("connect_only", &self.connect_only)
+            .field("wait_connected", &self.wait_connected)
             .finish_non_exhaustive()
     }
 }

@@ -33,6 +33,7 @@ pub(super) fn target(kind: Kind, addr: SocketAddr) -> Target {
         tls: None,
         mqtt: false,
         connect_only: false,
+        wait_connected: false,
     }
 }
 

@@ -30,11 +30,19 @@ pub async fn handshake(
         TetherPublish::Topic => target.topic_names(),
         TetherPublish::Broadcast => Vec::new(),
     };
-    // Pipelined: the server reads the subscribes once `connect` is through.
-    out.extend(subscribes(&target.app, &topics).iter().flatten());
+    // Pipelined: the server reads the subscribes once `connect` is through. Unless asked to
+    // wait for `connected`, as an MQTT client waits for CONNACK.
+    let subscribes = subscribes(&target.app, &topics);
+    if !target.wait_connected {
+        out.extend(subscribes.iter().flatten());
+    }
     stream.write_all(&out).await?;
     stream.flush().await?;
     let heartbeat = negotiated_heartbeat(read_tcp(stream, buf).await?)?;
+    if target.wait_connected && !subscribes.is_empty() {
+        stream.write_all(&subscribes.concat()).await?;
+        stream.flush().await?;
+    }
     let mut waiting = topics.len();
     while waiting > 0 {
         waiting -= subscribed(read_tcp(stream, buf).await?)?;
