@@ -306,12 +306,19 @@ impl<C: Carrier> Wire for MqttWire<C> {
         Some((self.carrier.socket(), Framing::Sealed))
     }
 
+    /// Also not while the wire waits for an answer of the session's ([`State::waiting`]):
+    /// unlike a raw TCP connection's, it is never written past the task ([`Framing::Sealed`]),
+    /// so it is queued and would wake a parked connection within milliseconds. A SUBSCRIBE
+    /// answered that way cost a second wake and a second task per subscribed connection, and
+    /// the heap kept most of it (about 0.7 KiB per idle subscribed connection,
+    /// `docs/benchmarks.md`).
     fn parkable(&self) -> bool {
         self.buf.is_empty()
             && self.out.is_empty()
             && self.frames.is_empty()
             && !self.gone
             && !self.carrier.busy()
+            && !self.state.waiting()
     }
 
     fn park(self) -> Result<Self::Rest, Self> {

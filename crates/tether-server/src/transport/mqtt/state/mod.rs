@@ -386,6 +386,13 @@ impl State {
         self.reply_subs.shrink_to_fit();
     }
 
+    /// Whether the wire waits for an answer of the session's (a SUBACK's, an UNSUBACK's, an
+    /// upstream's outcome, a `sync`'s pushes, a refresh): it comes as a queued frame, which
+    /// would wake a parked connection at once.
+    pub fn waiting(&self) -> bool {
+        !self.reqs.is_empty() || !self.acks.is_empty() || !self.ups.is_empty() || self.syncing
+    }
+
     fn take_req(&mut self, id: u32) -> Option<Req> {
         let i = self.reqs.iter().position(|(r, _)| *r == id)?;
         Some(self.reqs.swap_remove(i).1)
@@ -650,6 +657,33 @@ mod tests {
             _ => None,
         });
         assert_eq!(since, Some(13));
+    }
+
+    #[test]
+    fn a_subscribe_keeps_the_wire_waiting_until_its_suback() {
+        // The wire does not park while it waits: the answer comes as a queued frame, which
+        // would wake the connection again at once.
+        let mut s = durable(64);
+        s.version = Some(Version::V311);
+        assert!(!s.waiting());
+        let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
+        let packet = mqtt::Subscribe {
+            packet_id: 1,
+            properties: Properties::new(),
+            filters: vec![("t0".into(), mqtt::SubscribeOptions::qos(QoS::AtMostOnce))],
+        };
+        s.on_subscribe(packet, &mut frames, &mut out).unwrap();
+        assert!(s.waiting(), "the SUBACK waits for `subscribed`");
+        let req = frames.pop_front().expect("a subscribe for the session").id;
+        let answer = proto::Subscribed {
+            app: "demo".into(),
+            topic: "t0".into(),
+            offset: 0,
+            recovery: proto::Recovery::Live,
+        };
+        s.on_frame(Frame::new(req, answer), &mut frames, &mut out);
+        assert!(!out.is_empty(), "a SUBACK");
+        assert!(!s.waiting(), "answered: nothing left to wait for");
     }
 
     #[test]
