@@ -13,7 +13,9 @@
 //! The read buffer exists only while a packet is arriving (sized from its fixed header, see
 //! [`tether_mqtt::check`]); the write buffer only while a translated packet is being written.
 //! Parked, a connection keeps its carrier's rest and the translation state, boxed, its lists
-//! without spare room ([`State::compact`]; the state's size is pinned by a test).
+//! without spare room and without the room for what is under way, which an idle connection
+//! does not have ([`State::compact`]; the state's size is pinned by a test). It does not park
+//! while it waits for an answer of the session's ([`Wire::parkable`] below).
 
 pub mod state;
 

@@ -7,6 +7,7 @@ use super::*;
 impl State {
     pub(super) fn on_puback(&mut self, packet_id: u16, frames: &mut VecDeque<Frame>) {
         match self
+            .pending_mut()
             .inflight
             .iter_mut()
             .find(|f| f.packet_id == packet_id && !f.acked)
@@ -24,8 +25,8 @@ impl State {
     /// app, then fetches what waited for room.
     pub(super) fn settle_window(&mut self, frames: &mut VecDeque<Frame>) {
         let mut acked: Vec<(u8, u64)> = Vec::new();
-        while let Some(f) = self.inflight.front().filter(|f| f.acked).copied() {
-            self.inflight.pop_front();
+        while let Some(f) = self.pending().inflight.front().filter(|f| f.acked).copied() {
+            self.pending_mut().inflight.pop_front();
             if f.topic != 0 {
                 // A topic's: its publications went out in offset order, so this is its
                 // highest acked run (no tether ack: only the session's offset moves).
@@ -43,8 +44,8 @@ impl State {
             let app = self.apps[usize::from(app)].app.clone();
             frames.push_back(Frame::new(self.req(), proto::Ack { app, seq }));
         }
-        if self.inflight.is_empty() && self.inflight.capacity() > 0 {
-            self.inflight = VecDeque::new();
+        if self.pending().inflight.is_empty() && self.pending().inflight.capacity() > 0 {
+            self.pending_mut().inflight = VecDeque::new();
         }
         self.sync_next(frames);
         self.recover_next(frames);
@@ -113,7 +114,7 @@ impl State {
         if p.seq <= a.delivered {
             return;
         }
-        let room = usize::from(self.receive_max) > self.inflight.len();
+        let room = usize::from(self.receive_max) > self.pending().inflight.len();
         let a = &mut self.apps[usize::from(ai)];
         if (id == 0 && (a.sync_req != 0 || a.gap_hi > a.delivered)) || !room {
             a.missed(p.seq);
@@ -155,7 +156,7 @@ impl State {
         let written = self.publish(out, &topic, qos, packet_id, &props, &p.payload);
         if qos == QoS::AtLeastOnce {
             // One the device cannot take counts as sent and acked (docs/mqtt.md 4.5).
-            self.inflight.push_back(Inflight {
+            self.pending_mut().inflight.push_back(Inflight {
                 packet_id: if written { packet_id } else { 0 },
                 app,
                 topic: 0,

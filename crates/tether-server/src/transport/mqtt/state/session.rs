@@ -247,7 +247,7 @@ impl State {
                         token: None,
                     },
                 ));
-                self.reqs.push((
+                self.pending_mut().reqs.push((
                     req,
                     Req::Sub {
                         packet_id: 0,
@@ -316,7 +316,7 @@ impl State {
         };
         // Topics of the session still being resubscribed (a connection that ends before the
         // session answered them) stay in it, from where they stood.
-        for (_, req) in &self.reqs {
+        for (_, req) in &self.pending().reqs {
             if let Req::Sub {
                 app: a,
                 topic,
@@ -443,6 +443,7 @@ mod tests {
             ]
         );
         let filters: Vec<_> = r
+            .pending()
             .reqs
             .iter()
             .filter_map(|(_, req)| match req {

@@ -27,7 +27,7 @@ impl State {
             .user()
             .find(|(k, _)| *k == "token")
             .map(|(_, t)| t.to_string());
-        let busy = self.acks.len() >= MAX_WAITING_ACKS;
+        let busy = self.pending().acks.len() >= MAX_WAITING_ACKS;
         let mut codes = vec![None; s.filters.len()];
         let mut inbox_changed = false;
         for (index, (filter, options)) in s.filters.into_iter().enumerate() {
@@ -74,7 +74,7 @@ impl State {
                             token: token.clone(),
                         },
                     ));
-                    self.reqs.push((
+                    self.pending_mut().reqs.push((
                         req,
                         Req::Sub {
                             packet_id: s.packet_id,
@@ -108,7 +108,7 @@ impl State {
         frames: &mut VecDeque<Frame>,
         out: &mut BytesMut,
     ) -> Result<Flow, Fail> {
-        let busy = self.acks.len() >= MAX_WAITING_ACKS;
+        let busy = self.pending().acks.len() >= MAX_WAITING_ACKS;
         let mut codes = vec![None; u.filters.len()];
         for (index, filter) in u.filters.into_iter().enumerate() {
             codes[index] = Some(match self.classify(&filter) {
@@ -145,7 +145,7 @@ impl State {
                                 topic,
                             },
                         ));
-                        self.reqs.push((
+                        self.pending_mut().reqs.push((
                             req,
                             Req::Unsub {
                                 packet_id: u.packet_id,
@@ -222,7 +222,7 @@ impl State {
         codes: Vec<Option<ReasonCode>>,
         out: &mut BytesMut,
     ) {
-        self.acks.push(WaitingAck {
+        self.pending_mut().acks.push(WaitingAck {
             packet_id,
             unsubscribe,
             codes,
@@ -233,11 +233,12 @@ impl State {
     pub(super) fn flush_acks(&mut self, out: &mut BytesMut) {
         let version = v(self);
         while let Some(i) = self
+            .pending()
             .acks
             .iter()
             .position(|a| a.codes.iter().all(Option::is_some))
         {
-            let a = self.acks.remove(i);
+            let a = self.pending_mut().acks.remove(i);
             let codes = a.codes.into_iter().flatten().collect();
             let packet = match a.unsubscribe {
                 false => Packet::SubAck(mqtt::SubAck {
@@ -253,8 +254,8 @@ impl State {
             };
             put(version, &packet, out);
         }
-        if self.acks.is_empty() && self.acks.capacity() > 0 {
-            self.acks = Vec::new();
+        if self.pending().acks.is_empty() && self.pending().acks.capacity() > 0 {
+            self.pending_mut().acks = Vec::new();
         }
     }
 
@@ -270,6 +271,7 @@ impl State {
             _ => code,
         };
         if let Some(a) = self
+            .pending_mut()
             .acks
             .iter_mut()
             .find(|a| a.packet_id == packet_id && a.unsubscribe == unsubscribe)
@@ -339,7 +341,7 @@ impl State {
         let packet_id = self.packet_id();
         let written = self.publish(out, &name, QoS::AtLeastOnce, packet_id, &props, &p.payload);
         // One the device cannot take counts as sent and acked (docs/mqtt.md 4.5).
-        self.inflight.push_back(Inflight {
+        self.pending_mut().inflight.push_back(Inflight {
             packet_id: if written { packet_id } else { 0 },
             app,
             topic,
@@ -375,7 +377,7 @@ impl State {
                 token: None,
             },
         ));
-        self.reqs.push((req, Req::Recover { id }));
+        self.pending_mut().reqs.push((req, Req::Recover { id }));
     }
 
     /// A recovery's answer: its page follows (`complete`), or the history no longer reaches
@@ -419,7 +421,7 @@ impl State {
                 since,
             }) => (app, topic, filter, Some((packet_id, index, qos, since))),
             Some(other) => {
-                self.reqs.push((id, other));
+                self.pending_mut().reqs.push((id, other));
                 return;
             }
             None => {
@@ -500,7 +502,7 @@ impl State {
                 self.answer_filter(packet_id, true, index, ReasonCode::SUCCESS);
                 self.flush_acks(out);
             }
-            Some(other) => self.reqs.push((id, other)),
+            Some(other) => self.pending_mut().reqs.push((id, other)),
             None => {}
         }
     }

@@ -49,7 +49,7 @@ impl State {
                 return invalid(out);
             };
             let req = self.req();
-            self.reqs.push((req, Req::Refresh { app }));
+            self.pending_mut().reqs.push((req, Req::Refresh { app }));
             let token = String::from_utf8_lossy(&p.payload).trim().to_string();
             frames.push_back(Frame::new(
                 req,
@@ -96,7 +96,7 @@ impl State {
             .any(|s| *s == format!("$tether/reply/{}/{kind}", self.apps[usize::from(app)].app));
         let tracked = qos1 || response.is_some() || reply_sub;
         if tracked {
-            if self.ups.len() >= usize::from(MAX_UPSTREAMS) {
+            if self.pending().ups.len() >= usize::from(MAX_UPSTREAMS) {
                 if qos1 {
                     return Err(Fail::new(
                         Code::PROTOCOL,
@@ -105,7 +105,7 @@ impl State {
                     ));
                 }
             } else {
-                self.ups.push_back(Up {
+                self.pending_mut().ups.push_back(Up {
                     req,
                     packet_id: if qos1 { p.packet_id } else { 0 },
                     app,
@@ -196,15 +196,16 @@ impl State {
     ) {
         let version = v(self);
         let Some(i) = self
+            .pending()
             .ups
             .iter()
             .position(|u| u.req == req && u.done.is_none())
         else {
             return;
         };
-        self.ups[i].done = Some(code);
+        self.pending_mut().ups[i].done = Some(code);
         let (app, up_kind, response) = {
-            let u = &mut self.ups[i];
+            let u = &mut self.pending_mut().ups[i];
             (u.app, u.kind.clone(), u.response.take())
         };
         match (version, response) {
@@ -227,13 +228,13 @@ impl State {
                 }
             }
         }
-        while let Some(u) = self.ups.front().filter(|u| u.done.is_some()) {
+        while let Some(u) = self.pending().ups.front().filter(|u| u.done.is_some()) {
             if u.packet_id != 0 {
                 let mut ack = mqtt::Ack::new(u.packet_id);
                 ack.reason = u.done.unwrap_or(ReasonCode::SUCCESS);
                 put(version, &Packet::PubAck(ack), out);
             }
-            self.ups.pop_front();
+            self.pending_mut().ups.pop_front();
         }
     }
 
