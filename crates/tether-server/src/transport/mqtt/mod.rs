@@ -345,6 +345,7 @@ impl<C: Carrier> Wire for MqttWire<C> {
     }
 
     async fn accepted(&mut self, accepted: &Accepted<'_>) {
+        self.state.share_apps(accepted.bindings);
         // The device's will and persistent session (docs/mqtt.md 4.4 and 9).
         self.state.limit_inflight(accepted.max_inflight);
         self.state.arm_will(accepted);

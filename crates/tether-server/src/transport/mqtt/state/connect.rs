@@ -138,10 +138,7 @@ impl State {
             .collect();
         self.apps = apps
             .iter()
-            .map(|app| AppInbox {
-                app: app.to_string(),
-                ..AppInbox::default()
-            })
+            .map(|app| AppInbox::new((*app).into()))
             .collect();
         // The session closes after `heartbeat_missed` (3) silent heartbeats: a heartbeat of
         // half the keep alive closes after one and a half keep alives, as MQTT says.

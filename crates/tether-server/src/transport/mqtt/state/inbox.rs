@@ -41,7 +41,7 @@ impl State {
             }
         }
         for (app, seq) in acked {
-            let app = self.apps[usize::from(app)].app.clone();
+            let app = self.apps[usize::from(app)].app.to_string();
             frames.push_back(Frame::new(self.req(), proto::Ack { app, seq }));
         }
         if self.pending().inflight.is_empty() && self.pending().inflight.capacity() > 0 {
@@ -69,7 +69,7 @@ impl State {
         frames.push_back(Frame::new(
             req,
             proto::Sync {
-                app: app.app.clone(),
+                app: app.app.to_string(),
                 after: app.sync_after(),
                 limit: room,
             },

@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tether_core::validate_id;
+use tether_core::{AppId, validate_id};
 use tether_mqtt::{self as mqtt, Packet, PublishHead, QoS, ReasonCode, Version, reason::v311};
 use tether_mqtt::{Properties, Property};
 use tether_proto::{self as proto, Body, Code, Frame, PayloadKind};
@@ -98,9 +98,11 @@ enum Inbox {
 }
 
 /// One binding's inbox as this connection delivers it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AppInbox {
-    app: String,
+    /// The app, once the connection is accepted the binding's own (shared, see
+    /// [`State::share_apps`]).
+    app: AppId,
     inbox: Inbox,
     /// The `$tether/inbox/{app}/+` form: the seq is the topic's last level.
     seq_form: bool,
@@ -117,6 +119,19 @@ struct AppInbox {
 }
 
 impl AppInbox {
+    fn new(app: AppId) -> Self {
+        AppInbox {
+            app,
+            inbox: Inbox::Off,
+            seq_form: false,
+            delivered: 0,
+            gap_lo: 0,
+            gap_hi: 0,
+            sync_req: 0,
+            sync_got: false,
+        }
+    }
+
     fn missed(&mut self, seq: u64) {
         if self.delivered == 0 && (self.gap_lo == 0 || seq < self.gap_lo) {
             self.gap_lo = seq;
@@ -353,7 +368,10 @@ impl State {
     }
 
     fn app_index(&self, app: &str) -> Option<u8> {
-        self.apps.iter().position(|a| a.app == app).map(|i| i as u8)
+        self.apps
+            .iter()
+            .position(|a| a.app.as_str() == app)
+            .map(|i| i as u8)
     }
 
     /// At most `max` QoS 1 PUBLISHes in flight (`mqtt.max_inflight`), whatever the device's
@@ -428,6 +446,16 @@ impl State {
         }
     }
 
+    /// Takes each app's id from the accepted connection's bindings (the same apps, in the same
+    /// order) rather than keeping a copy of its own: one allocation less per connection.
+    pub fn share_apps(&mut self, bindings: &[crate::link::Binding]) {
+        for (a, b) in self.apps.iter_mut().zip(bindings) {
+            if a.app == b.app {
+                a.app = b.app.clone();
+            }
+        }
+    }
+
     /// Whether the wire waits for an answer of the session's (a SUBACK's, an UNSUBACK's, an
     /// upstream's outcome, a `sync`'s pushes, a refresh): it comes as a queued frame, which
     /// would wake a parked connection at once.
@@ -497,9 +525,8 @@ mod tests {
         s.receive_max = receive_max;
         s.max_packet = u32::MAX;
         s.apps = vec![AppInbox {
-            app: "demo".into(),
             inbox: Inbox::Durable,
-            ..AppInbox::default()
+            ..AppInbox::new("demo".into())
         }];
         s
     }
@@ -700,6 +727,17 @@ mod tests {
             _ => None,
         });
         assert_eq!(since, Some(13));
+    }
+
+    #[test]
+    fn an_accepted_connection_keeps_no_copy_of_its_apps_ids() {
+        let mut s = durable(64);
+        let bindings = [crate::link::Binding::new("demo".into(), "u".into(), 0)];
+        s.share_apps(&bindings);
+        assert!(std::ptr::eq(
+            s.apps[0].app.as_str(),
+            bindings[0].app.as_str()
+        ));
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl State {
                 _ => Inbox::Off,
             };
             a.seq_form = stored.s;
-            let app_name = a.app.clone();
+            let app_name = a.app.to_string();
             for t in stored.t {
                 if validate_id("topic", &t.t).is_err() {
                     continue;
@@ -348,13 +348,7 @@ mod tests {
     use super::*;
 
     fn apps(names: &[&str]) -> Vec<AppInbox> {
-        names
-            .iter()
-            .map(|a| AppInbox {
-                app: a.to_string(),
-                ..AppInbox::default()
-            })
-            .collect()
+        names.iter().map(|a| AppInbox::new((*a).into())).collect()
     }
 
     fn topic(app: u8, topic: &str, name: &str, own: bool, qos: QoS, offset: u64) -> TopicName {

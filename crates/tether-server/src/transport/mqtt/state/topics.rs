@@ -68,7 +68,7 @@ impl State {
                     frames.push_back(Frame::new(
                         req,
                         proto::Subscribe {
-                            app: self.apps[usize::from(app)].app.clone(),
+                            app: self.apps[usize::from(app)].app.to_string(),
                             topic: topic.clone(),
                             since,
                             token: token.clone(),
@@ -141,7 +141,7 @@ impl State {
                         frames.push_back(Frame::new(
                             req,
                             proto::Unsubscribe {
-                                app: self.apps[usize::from(app)].app.clone(),
+                                app: self.apps[usize::from(app)].app.to_string(),
                                 topic,
                             },
                         ));
@@ -371,7 +371,7 @@ impl State {
         frames.push_back(Frame::new(
             req,
             proto::Subscribe {
-                app: self.apps[usize::from(app)].app.clone(),
+                app: self.apps[usize::from(app)].app.to_string(),
                 topic,
                 since: Some(since),
                 token: None,

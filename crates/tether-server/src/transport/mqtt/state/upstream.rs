@@ -54,7 +54,7 @@ impl State {
             frames.push_back(Frame::new(
                 req,
                 proto::Refresh {
-                    app: self.apps[usize::from(app)].app.clone(),
+                    app: self.apps[usize::from(app)].app.to_string(),
                     token,
                 },
             ));
@@ -118,7 +118,7 @@ impl State {
         frames.push_back(Frame::new(
             req,
             proto::Upstream {
-                app: self.apps[usize::from(app)].app.clone(),
+                app: self.apps[usize::from(app)].app.to_string(),
                 kind,
                 payload_kind,
                 payload: p.payload,
