@@ -393,7 +393,8 @@ impl State {
         }
     }
 
-    /// A recovery refused (the store is down, the node busy): the next PUBACK tries again.
+    /// A recovery refused (the store is down, the node busy): the next PUBACK, or the topic's
+    /// next publication, tries again.
     pub(super) fn recovery_failed(&mut self, id: u16) {
         if let Some(t) = self.topics.iter_mut().find(|t| t.id == id) {
             t.recovering = false;
