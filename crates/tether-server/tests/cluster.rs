@@ -6,6 +6,8 @@
 //! Without a Redis at `TETHER_TEST_REDIS` (default 127.0.0.1:6379) these tests are skipped,
 //! except under `CI=true`, where they fail.
 
+#[path = "mqtt/clients.rs"]
+mod clients;
 mod common;
 
 use std::time::Duration;
@@ -697,19 +699,7 @@ async fn the_admin_node_list_shows_every_node_its_state_and_whether_it_still_ann
 /// read (accepted).
 async fn mqtt_connected(node: &Node, user: &str, device: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
-    for field in [device, APP, &token(user)] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    // The remaining length in MQTT's variable-length encoding (two bytes here at most).
-    assert!(body.len() < 16_384);
-    let mut packet = vec![0x10];
-    match body.len() {
-        n if n < 128 => packet.push(n as u8),
-        n => packet.extend_from_slice(&[(n % 128) as u8 | 0x80, (n / 128) as u8]),
-    }
-    packet.extend_from_slice(&body);
+    let packet = clients::connect_311(device, APP, &token(user));
     let addr = node.mqtt_addr().expect("an MQTT listener");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(&packet).await.expect("CONNECT");

@@ -77,28 +77,7 @@ async fn a_push_reaches_paho_over_websocket_and_its_pubacks_move_the_cursor() {
 
 /// A CONNECT 3.1.1 of the demo app as `user` (clean session, keep alive 60 s).
 fn connect_packet(user: &str, device: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
-    for field in [device, APP, &token(user)] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    packet(0x10, &body)
-}
-
-/// A packet of type-and-flags `first` around `body`.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
+    connect_311(device, APP, &token(user))
 }
 
 /// The packets in `bytes` (each whole: first byte and body), and what is left of a packet in

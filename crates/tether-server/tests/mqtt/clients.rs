@@ -1,6 +1,7 @@
-//! What the MQTT end-to-end tests (`mqtt.rs`, `mqtt_edge.rs`, `mqtt_session.rs`) share: finding
-//! the clients nobody here wrote (Mosquitto's tools, Paho in the venv `.ci/run` makes, Node
-//! for MQTT.js), and running one to its end within a bound.
+//! What the MQTT end-to-end tests (`mqtt.rs`, `mqtt_edge.rs`, `mqtt_session.rs`, and
+//! `cluster.rs`'s MQTT case) share: finding the clients nobody here wrote (Mosquitto's tools,
+//! Paho in the venv `.ci/run` makes, Node for MQTT.js), running one to its end within a
+//! bound, and raw packets where a client library would hide the bytes.
 //!
 //! A missing client skips its test, except under `CI=true`, where it fails it.
 
@@ -78,4 +79,32 @@ pub async fn run(program: &PathBuf, args: &[&str]) -> (Option<i32>, String, Stri
 /// The JSON payloads the tests push, as the clients print them.
 pub fn payloads(texts: &[&str]) -> Vec<String> {
     texts.iter().map(|t| format!(r#"{{"m":"{t}"}}"#)).collect()
+}
+
+/// A CONNECT 3.1.1 as client id `device`, user name `app`, password `token` (clean session,
+/// keep alive 60 s).
+pub fn connect_311(device: &str, app: &str, token: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [device, app, token] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// A packet of type-and-flags `first` around `body` (its remaining length in MQTT's
+/// variable-length encoding).
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
 }
