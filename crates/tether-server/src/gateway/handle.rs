@@ -354,7 +354,9 @@ impl ConnHandle {
 
     /// Every topic of the connection, forgetting them: for its end.
     pub fn take_topics(&self) -> Vec<(usize, TopicId)> {
-        std::mem::take(&mut self.outbox().topics)
+        self.outbox()
+            .topics
+            .take()
             .into_iter()
             .map(|(b, t)| (b as usize, t))
             .collect()
@@ -673,36 +675,22 @@ impl Link for ConnHandle {
     fn add_topic(&self, binding: usize, topic: &TopicId, max: usize) -> Result<bool, usize> {
         let mut outbox = self.outbox();
         let binding = binding as u8;
-        if outbox
-            .topics
-            .iter()
-            .any(|(b, t)| *b == binding && t == topic)
-        {
+        if outbox.topics.contains(binding, topic) {
             return Ok(false);
         }
         if outbox.topics.len() >= max {
             return Err(outbox.topics.len());
         }
-        // Most connections have a few topics: grow one at a time rather than by doubling.
-        outbox.topics.reserve_exact(1);
-        outbox.topics.push((binding, topic.clone()));
+        outbox.topics.push(binding, topic.clone());
         Ok(true)
     }
 
     fn remove_topic(&self, binding: usize, topic: &TopicId) -> bool {
-        let mut outbox = self.outbox();
-        let before = outbox.topics.len();
-        outbox
-            .topics
-            .retain(|(b, t)| !(*b as usize == binding && t == topic));
-        before != outbox.topics.len()
+        u8::try_from(binding).is_ok_and(|binding| self.outbox().topics.remove(binding, topic))
     }
 
     fn has_topic(&self, binding: usize, topic: &TopicId) -> bool {
-        self.outbox()
-            .topics
-            .iter()
-            .any(|(b, t)| *b as usize == binding && t == topic)
+        u8::try_from(binding).is_ok_and(|binding| self.outbox().topics.contains(binding, topic))
     }
 }
 

@@ -125,9 +125,9 @@ pub struct Outbox {
     pub sync: Option<Box<SyncRequest>>,
     /// A `sync` is waiting or being answered.
     pub sync_busy: bool,
-    /// The topics this connection is subscribed to, or asked to be: (binding, topic). Kept
-    /// for the per-connection limit and for leaving every topic when the connection ends.
-    pub topics: Vec<(u8, TopicId)>,
+    /// The topics this connection is subscribed to, or asked to be. Kept for the
+    /// per-connection limit and for leaving every topic when the connection ends.
+    pub topics: Topics,
     /// The task holds frames it has not finished writing (or has not started yet: true until
     /// the task says it is idle, so that nothing is written before `connected`). A direct
     /// write needs this false and an empty queue.
@@ -154,6 +154,82 @@ impl Outbox {
     }
 }
 
+/// A connection's topics: (binding, topic) pairs. Most subscribed connections have one, which
+/// is kept in place: a list would cost the handle the same 24 bytes and a 32-byte allocation
+/// besides. More than one go to a boxed slice, grown and shrunk one at a time (subscribing is
+/// rare next to holding a subscription, and a connection's topics are few).
+#[derive(Debug, Default)]
+pub enum Topics {
+    #[default]
+    None,
+    One(u8, TopicId),
+    Many(Box<[(u8, TopicId)]>),
+}
+
+impl Topics {
+    pub fn len(&self) -> usize {
+        match self {
+            Topics::None => 0,
+            Topics::One(..) => 1,
+            Topics::Many(many) => many.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Topics::None)
+    }
+
+    pub fn contains(&self, binding: u8, topic: &TopicId) -> bool {
+        match self {
+            Topics::None => false,
+            Topics::One(b, t) => *b == binding && t == topic,
+            Topics::Many(many) => many.iter().any(|(b, t)| *b == binding && t == topic),
+        }
+    }
+
+    /// Adds a pair (the caller checked it is not there yet).
+    pub fn push(&mut self, binding: u8, topic: TopicId) {
+        *self = match std::mem::take(self) {
+            Topics::None => Topics::One(binding, topic),
+            Topics::One(b, t) => Topics::Many(Box::new([(b, t), (binding, topic)])),
+            Topics::Many(many) => {
+                let mut many = many.into_vec();
+                many.reserve_exact(1);
+                many.push((binding, topic));
+                Topics::Many(many.into_boxed_slice())
+            }
+        };
+    }
+
+    /// Removes a pair; whether it was there.
+    pub fn remove(&mut self, binding: u8, topic: &TopicId) -> bool {
+        if !self.contains(binding, topic) {
+            return false;
+        }
+        *self = match std::mem::take(self) {
+            Topics::None | Topics::One(..) => Topics::None,
+            Topics::Many(many) => {
+                let mut many = many.into_vec();
+                many.retain(|(b, t)| !(*b == binding && t == topic));
+                match <[_; 1]>::try_from(many) {
+                    Ok([(b, t)]) => Topics::One(b, t),
+                    Err(many) => Topics::Many(many.into_boxed_slice()),
+                }
+            }
+        };
+        true
+    }
+
+    /// Every pair, leaving none.
+    pub fn take(&mut self) -> Vec<(u8, TopicId)> {
+        match std::mem::take(self) {
+            Topics::None => Vec::new(),
+            Topics::One(b, t) => vec![(b, t)],
+            Topics::Many(many) => many.into_vec(),
+        }
+    }
+}
+
 /// What is left to write of `header` then `frame` once `n` bytes of them are written (fewer
 /// than all): a slice of `frame`, or, when the write ended inside the header (a full socket
 /// buffer at exactly that point, rare), a copy of the header's rest and the frame.
@@ -165,6 +241,43 @@ pub fn rest(header: &[u8], frame: &Bytes, n: usize) -> Bytes {
             rest.extend_from_slice(&header[n..]);
             rest.extend_from_slice(frame);
             rest.freeze()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any sequence of subscribes and unsubscribes leaves the same pairs as a plain list.
+        #[test]
+        fn topics_hold_what_a_list_would(ops in proptest::collection::vec((any::<bool>(), 0u8..2, 0u8..4), 0..40)) {
+            let mut topics = Topics::default();
+            let mut model: Vec<(u8, TopicId)> = Vec::new();
+            for (add, binding, name) in ops {
+                let topic = TopicId::from(format!("t{name}").as_str());
+                let there = model.contains(&(binding, topic.clone()));
+                prop_assert_eq!(topics.contains(binding, &topic), there);
+                if add {
+                    if !there {
+                        topics.push(binding, topic.clone());
+                        model.push((binding, topic));
+                    }
+                } else {
+                    prop_assert_eq!(topics.remove(binding, &topic), there);
+                    model.retain(|pair| *pair != (binding, topic.clone()));
+                }
+                prop_assert_eq!(topics.len(), model.len());
+                prop_assert_eq!(matches!(topics, Topics::One(..)), model.len() == 1);
+            }
+            let mut left = topics.take();
+            left.sort();
+            model.sort();
+            prop_assert_eq!(left, model);
+            prop_assert!(topics.is_empty());
         }
     }
 }
