@@ -96,12 +96,20 @@ pub struct InboxState {
     /// Live pushes that overtook an earlier seq, held (at most [`REORDER_FRAMES`], counted in
     /// the queue's bytes) until the earlier one arrives: concurrent API requests for one user
     /// routinely reach a connection out of order, and a store read per overtaking push would
-    /// cost more than the push. Empty (no allocation) while pushes arrive in order.
-    pub held: Vec<(u64, Bytes)>,
-    /// When the oldest held push arrived (ms since the epoch).
-    pub held_since_ms: u64,
+    /// cost more than the push. `None` (one word, no allocation) while pushes arrive in order:
+    /// every binding of every connection holds this state.
+    pub held: Option<Box<Held>>,
     /// When an ack write last started (ms since the epoch).
     pub ack_written_ms: u64,
+}
+
+/// Pushes held for an earlier seq (see [`InboxState::held`]).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// (seq, frame), in the order they arrived.
+    pub frames: Vec<(u64, Bytes)>,
+    /// When the oldest of them arrived (ms since the epoch).
+    pub since_ms: u64,
 }
 
 /// What offering a live durable push did, and what the connection must do about it.
@@ -141,8 +149,7 @@ impl InboxState {
             catching_up: true,
             missed: 0,
             first_page: true,
-            held: Vec::new(),
-            held_since_ms: 0,
+            held: None,
             ack_written_ms: 0,
         }
     }
@@ -163,13 +170,16 @@ impl InboxState {
         if seq > self.sent + 1 {
             // Overtaken: hold it for the earlier seq, within the queue's budget, or fall back
             // to the store.
-            if queue.fits(frame.len(), limit) && self.held.len() < REORDER_FRAMES {
-                let first = self.held.is_empty();
-                if first {
-                    self.held_since_ms = tether_core::now_ms();
-                }
+            if queue.fits(frame.len(), limit) && self.held_count() < REORDER_FRAMES {
+                let first = self.held.is_none();
+                let held = self.held.get_or_insert_with(|| {
+                    Box::new(Held {
+                        frames: Vec::new(),
+                        since_ms: tether_core::now_ms(),
+                    })
+                });
                 queue.bytes += frame.len();
-                self.held.push((seq, frame));
+                held.frames.push((seq, frame));
                 return if first { Offer::Held } else { Offer::Done };
             }
             self.catch_up(queue, seq);
@@ -183,19 +193,18 @@ impl InboxState {
         }
         let mut wake = queue.push(frame);
         self.sent = seq;
-        // Held pushes that now follow on (their bytes are already counted).
-        while let Some(i) = self.held.iter().position(|(s, _)| *s == self.sent + 1) {
-            let (s, frame) = self.held.swap_remove(i);
-            queue.frames.push_back(frame);
-            self.sent = s;
-            wake = true;
-        }
-        self.top = self.top.max(self.sent);
-        if !self.held.is_empty() {
+        if let Some(held) = &mut self.held {
+            // Held pushes that now follow on (their bytes are already counted).
+            while let Some(i) = held.frames.iter().position(|(s, _)| *s == self.sent + 1) {
+                let (s, frame) = held.frames.swap_remove(i);
+                queue.frames.push_back(frame);
+                self.sent = s;
+                wake = true;
+            }
             // Anything left is either older than `sent` (already sent: drop it) or still ahead.
             let sent = self.sent;
             let mut freed = 0;
-            self.held.retain(|(s, f)| {
+            held.frames.retain(|(s, f)| {
                 let keep = *s > sent;
                 if !keep {
                     freed += f.len();
@@ -203,20 +212,26 @@ impl InboxState {
                 keep
             });
             queue.bytes -= freed;
+            if held.frames.is_empty() {
+                // Back in order: give the hold's memory back rather than keep it per binding.
+                self.held = None;
+            }
         }
-        if self.held.is_empty() && self.held.capacity() > 0 {
-            // Back in order: give the hold's memory back rather than keep it per connection.
-            self.held = Vec::new();
-        }
+        self.top = self.top.max(self.sent);
         if wake { Offer::Wake } else { Offer::Done }
+    }
+
+    /// How many pushes are held for an earlier seq.
+    pub fn held_count(&self) -> usize {
+        self.held.as_ref().map_or(0, |held| held.frames.len())
     }
 
     /// Switches to reading the store, giving up what is held; `seq` is the highest seq known
     /// to be missing.
     fn catch_up(&mut self, queue: &mut Queue, seq: u64) {
-        let held: usize = self.held.iter().map(|(_, f)| f.len()).sum();
-        let highest = self.held.iter().map(|(s, _)| *s).max().unwrap_or(0);
-        self.held = Vec::new();
+        let frames = self.held.take().map(|held| held.frames).unwrap_or_default();
+        let held: usize = frames.iter().map(|(_, f)| f.len()).sum();
+        let highest = frames.iter().map(|(s, _)| *s).max().unwrap_or(0);
         self.catching_up = true;
         self.missed = self.missed.max(seq).max(highest);
         queue.bytes -= held;
@@ -225,10 +240,10 @@ impl InboxState {
     /// Falls back to the store if what is held waited longer than [`REORDER_WAIT_MS`] at
     /// `now_ms` (the missing push may never come live, e.g. lost between nodes).
     pub fn expire_held(&mut self, queue: &mut Queue, now_ms: u64) -> Hold {
-        if self.held.is_empty() {
+        let Some(held) = &self.held else {
             return Hold::None;
-        }
-        if now_ms.saturating_sub(self.held_since_ms) > REORDER_WAIT_MS {
+        };
+        if now_ms.saturating_sub(held.since_ms) > REORDER_WAIT_MS {
             self.catch_up(queue, 0);
             return Hold::Expired;
         }
@@ -471,6 +486,14 @@ mod tests {
     }
 
     #[test]
+    fn a_bindings_delivery_state_stays_small() {
+        // One per binding of every connection, in a boxed slice: one binding's fits glibc's
+        // 80-byte chunk (64 bytes and the chunk's header).
+        let size = size_of::<InboxState>();
+        assert!(size <= 64, "InboxState grew to {size} bytes");
+    }
+
+    #[test]
     fn pushes_in_order_are_queued_and_only_the_first_on_an_empty_queue_wakes() {
         let (mut inbox, mut queue) = (live(0), Queue::default());
         assert_eq!(inbox.offer(1, frame(1), &mut queue, 1000), Offer::Wake);
@@ -489,7 +512,11 @@ mod tests {
         assert_eq!(inbox.offer(1, frame(1), &mut queue, 1000), Offer::Wake);
         let order: Vec<u8> = queue.frames.iter().map(|f| f[0]).collect();
         assert_eq!(order, [1, 2, 3]);
-        assert_eq!((queue.bytes, inbox.sent, inbox.held.capacity()), (30, 3, 0));
+        assert_eq!((queue.bytes, inbox.sent), (30, 3));
+        assert!(
+            inbox.held.is_none(),
+            "back in order, the hold is given back"
+        );
     }
 
     #[test]
@@ -500,7 +527,7 @@ mod tests {
 
         let (mut inbox, mut queue) = (live(0), Queue::default());
         inbox.offer(4, frame(4), &mut queue, 1000);
-        let since = inbox.held_since_ms;
+        let since = inbox.held.as_ref().expect("held").since_ms;
         assert_eq!(inbox.expire_held(&mut queue, since), Hold::Waiting);
         let late = since + REORDER_WAIT_MS + 1;
         assert_eq!(inbox.expire_held(&mut queue, late), Hold::Expired);

@@ -78,7 +78,7 @@ fn overtaking_pushes_wait_for_the_earlier_seq_and_go_out_in_order() {
     assert_eq!(order, vec![1, 2, 3], "in seq order, each once");
     let inbox = conn.inbox(0).unwrap();
     assert_eq!(
-        (inbox.sent, inbox.held.len(), inbox.catching_up),
+        (inbox.sent, inbox.held_count(), inbox.catching_up),
         (3, 0, false)
     );
     conn.written(30, 0);
@@ -98,7 +98,7 @@ fn a_gap_that_does_not_fill_falls_back_to_the_store() {
     assert!(!conn.inbox(0).unwrap().catching_up, "not before the wait");
     conn.expire_held(tether_core::now_ms() + REORDER_WAIT_MS + 1);
     let inbox = conn.inbox(0).unwrap();
-    assert!(inbox.catching_up && inbox.held.is_empty());
+    assert!(inbox.catching_up && inbox.held.is_none());
     assert_eq!(inbox.missed, 5);
     assert_eq!(conn.outbox().queue.bytes, 0);
     assert!(matches!(
@@ -145,7 +145,7 @@ fn too_many_overtaking_pushes_fall_back_to_the_store() {
         conn.offer_durable(0, seq, Bytes::from(vec![0u8; 10]));
     }
     let inbox = conn.inbox(0).unwrap();
-    assert!(inbox.catching_up && inbox.held.is_empty());
+    assert!(inbox.catching_up && inbox.held.is_none());
     assert_eq!(inbox.missed, 2 + REORDER_FRAMES as u64);
 }
 
