@@ -133,7 +133,13 @@ impl Gateway {
                         let Ok(permit) = permit else { return };
                         match served {
                             Served::WebSocket(upgraded) => {
-                                serve_ws_over(Plain::new(stream), upgraded, gw, permit).await;
+                                let tasks = gw.tasks.clone();
+                                tasks.spawn(serve_ws_over(
+                                    Plain::new(stream),
+                                    upgraded,
+                                    gw,
+                                    permit,
+                                ));
                             }
                             Served::Stream(opened) => {
                                 conn::serve(SseWire::new(stream, *opened), gw, permit).await;
