@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use tether_core::{Outgoing, Transport};
 
-use crate::link::{Link, Offered};
+use crate::link::{Encoding, Link, Offered};
 
 /// At most this many publications leave in one [`Batch`]. goim merges up to 20 messages per
 /// write; more cost no latency here, since a batch only takes what is already waiting. At
@@ -122,9 +122,11 @@ impl Batch {
 /// to `after` it has) to it, in the encoding it speaks, and counts them in `reached`: joined
 /// in one entry where it takes that and the entry is at most a quarter of its outbound queue
 /// (a small `limits.outbound_queue_bytes` must not make one entry close it as slow), else one
-/// frame each. Returns whether the connection was found closed.
+/// frame each. `encoding` is the connection's ([`Link::encoding`]), read by the caller (see
+/// `super::topic::Topic::deliver_shard`). Returns whether the connection was found closed.
 pub fn offer_batch(
     conn: &dyn Link,
+    encoding: Encoding,
     batch: &Batch,
     after: u64,
     direct: bool,
@@ -144,7 +146,7 @@ pub fn offer_batch(
         if *offset != 0 && *offset <= after {
             continue;
         }
-        let frame = conn.encoding().frame_of(msg);
+        let frame = encoding.frame_of(msg);
         if !reached.tally(conn, hand(conn, frame, direct), 1, &mut closed) {
             break;
         }

@@ -398,7 +398,7 @@ fn offer_all(conns: &[Arc<dyn Link>], batch: &Batch, direct: bool) -> (Reached, 
     let mut reached = Reached::default();
     let mut closed = Vec::new();
     for conn in conns {
-        if offer_batch(&**conn, batch, 0, direct, &mut reached) {
+        if offer_batch(&**conn, conn.encoding(), batch, 0, direct, &mut reached) {
             closed.push(conn.id());
         }
     }
@@ -417,7 +417,7 @@ fn broadcast_range(
         if conn.binding(app.as_str()).is_none() {
             return;
         }
-        if offer_batch(conn, batch, 0, direct, &mut reached) {
+        if offer_batch(conn, conn.encoding(), batch, 0, direct, &mut reached) {
             reached.closed += 1;
         }
     });
