@@ -418,3 +418,42 @@ async fn a_full_queue_is_refused_not_grown() {
     assert!(refused >= 7, "{refused} refused");
     assert!(fanout.reserve(&app).is_err());
 }
+
+#[test]
+fn a_shard_walked_in_groups_reaches_every_subscriber_once_in_its_own_encoding() {
+    // More subscribers than a group holds, and not a multiple of it, encodings alternating:
+    // each must get the publication once, framed as it speaks.
+    let table = table();
+    let (app, topic_id) = (AppId::from("demo"), TopicId::from("t"));
+    let topic = Topic::new(1, 0);
+    let conns: Vec<Arc<ConnHandle>> = (0..37)
+        .map(|i| {
+            let encoding = if i % 2 == 0 {
+                Encoding::Binary
+            } else {
+                Encoding::Json
+            };
+            let conn = conn_with_queue(&table, &app, Transport::Tcp, encoding, 64 * 1024);
+            topic.insert(Sub {
+                conn: conn.clone(),
+                after: 0,
+            });
+            conn
+        })
+        .collect();
+    let msg = Arc::new(Outgoing::publication(Publication {
+        app: app.to_string(),
+        topic: topic_id.to_string(),
+        offset: 1,
+        msg_id: 9,
+        created_ms: 0,
+        kind: PayloadKind::Binary,
+        payload: Bytes::from_static(b"x"),
+    }));
+    let batches = Batch::group(vec![(1, msg)]);
+    let reached = topic.deliver_shard(0, &batches[0], false);
+    assert_eq!(reached.delivered, 37);
+    for conn in &conns {
+        assert_eq!(publications(conn), (1, vec![(1, 9)]), "{:?}", conn.encoding);
+    }
+}

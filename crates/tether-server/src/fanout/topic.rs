@@ -9,7 +9,7 @@ use hashbrown::HashTable;
 use tether_core::ConnId;
 
 use super::batch::{Batch, Reached, offer_batch};
-use crate::link::Link;
+use crate::link::{Encoding, Link};
 
 /// A subscriber: its connection, and the last offset it has (from recovery, or from when it
 /// joined): publications up to it are not sent to it again.
@@ -136,14 +136,18 @@ impl Topic {
             // is written to: the reads are independent, so their cache misses overlap, where
             // one at a time each would stall between two writes (a subscriber's handle is
             // rarely in cache: docs/benchmarks.md, "Against the bare writer again").
-            let mut group = Vec::with_capacity(GROUP.min(shard.len()));
+            let mut group: [Option<(&Sub, Encoding)>; GROUP] = [None; GROUP];
             loop {
-                group.clear();
-                group.extend(subs.by_ref().take(GROUP).map(|s| (s, s.conn.encoding())));
-                if group.is_empty() {
+                let mut n = 0;
+                // `zip` asks the group for a slot first: no subscriber is taken without one.
+                for (slot, sub) in group.iter_mut().zip(subs.by_ref()) {
+                    *slot = Some((sub, sub.conn.encoding()));
+                    n += 1;
+                }
+                if n == 0 {
                     break;
                 }
-                for &(sub, encoding) in &group {
+                for &(sub, encoding) in group[..n].iter().flatten() {
                     let conn = &*sub.conn;
                     if offer_batch(conn, encoding, batch, sub.after, direct, &mut reached) {
                         closed.push(conn.id());
