@@ -339,13 +339,12 @@ impl Sessions for MemoryRegistry {
         let Some(table) = users.apps.get_mut(app) else {
             return Ok(());
         };
-        if let Ok(found) = table.find_entry(hash, |u| &u.user == user) {
-            let mut found = found;
-            if !found.get_mut().retain(|e| !e.is(node, conn)) {
-                found.remove();
-                if table.is_empty() {
-                    users.apps.remove(app);
-                }
+        if let Ok(mut found) = table.find_entry(hash, |u| &u.user == user)
+            && !found.get_mut().retain(|e| !e.is(node, conn))
+        {
+            found.remove();
+            if table.is_empty() {
+                users.apps.remove(app);
             }
         }
         Ok(())

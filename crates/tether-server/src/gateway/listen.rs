@@ -133,6 +133,9 @@ impl Gateway {
                         let Ok(permit) = permit else { return };
                         match served {
                             Served::WebSocket(upgraded) => {
+                                // A task of its own, so that this one (sized for TLS and SSE
+                                // too) is freed before the connection's long-lived allocations
+                                // rather than leaving a hole between them when it parks.
                                 let tasks = gw.tasks.clone();
                                 tasks.spawn(serve_ws_over(
                                     Plain::new(stream),
