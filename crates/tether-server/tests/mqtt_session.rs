@@ -157,16 +157,7 @@ async fn a_graceful_stop_keeps_the_last_state_of_a_connected_session() {
         )
     };
     // Subscribed once the business sees the topic's subscriber.
-    let subscribed = async {
-        loop {
-            let reply = http.get("/v1/apps/demo/topics/room-s", Some(API_KEY)).await;
-            if reply.body["subscribers"].as_u64() == Some(1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    timeout(WAIT, subscribed).await.expect("subscribed in time");
+    one_subscriber(&http, "room-s").await;
     publish(&http, "room-s", "a").await;
     publish(&http, "room-s", "b").await;
     node.shutdown();
@@ -225,16 +216,7 @@ async fn qos1_publications_respect_the_window_of_a_slow_device() {
                 async move { run(&python, &[&script, "slow-acks", &p, &token, "8"]).await },
             )
         };
-        let subscribed = async {
-            loop {
-                let reply = http.get("/v1/apps/demo/topics/room-q", Some(API_KEY)).await;
-                if reply.body["subscribers"].as_u64() == Some(1) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        timeout(WAIT, subscribed).await.expect("subscribed in time");
+        one_subscriber(&http, "room-q").await;
         let texts = ["a", "b", "c", "d", "e", "f", "g", "h"];
         for text in texts {
             publish(&http, "room-q", text).await;
@@ -406,4 +388,19 @@ async fn a_will_reaches_the_webhook_when_the_device_is_killed_and_only_then() {
     assert_eq!(will["user"], "w-lost", "{will}");
     assert_eq!(will["device"], "w-lost", "{will}");
     assert_eq!(will["payload"]["bye"], "lost", "{will}");
+}
+
+/// Waits (at most `WAIT`) until app `demo`'s `topic` has one subscriber, as the business sees it.
+async fn one_subscriber(http: &Http, topic: &str) {
+    let path = format!("/v1/apps/demo/topics/{topic}");
+    let subscribed = async {
+        loop {
+            let reply = http.get(&path, Some(API_KEY)).await;
+            if reply.body["subscribers"].as_u64() == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, subscribed).await.expect("subscribed in time");
 }

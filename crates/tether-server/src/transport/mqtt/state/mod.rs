@@ -620,20 +620,44 @@ mod tests {
     /// session answers.
     fn subscribe(s: &mut State, packet_id: u16, topic: &str) {
         let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
+        let req = ask_subscribe(s, &mut frames, &mut out, packet_id, topic, QoS::AtMostOnce);
+        answer_subscribe(s, &mut frames, &mut out, req, topic, 0);
+    }
+
+    /// The device's SUBSCRIBE to `topic` at `qos`; returns the request it makes of the session.
+    fn ask_subscribe(
+        s: &mut State,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+        packet_id: u16,
+        topic: &str,
+        qos: QoS,
+    ) -> u32 {
         let packet = mqtt::Subscribe {
             packet_id,
             properties: Properties::new(),
-            filters: vec![(topic.into(), mqtt::SubscribeOptions::qos(QoS::AtMostOnce))],
+            filters: vec![(topic.into(), mqtt::SubscribeOptions::qos(qos))],
         };
-        s.on_subscribe(packet, &mut frames, &mut out).unwrap();
-        let req = frames.pop_front().expect("a subscribe for the session").id;
+        s.on_subscribe(packet, frames, out).unwrap();
+        frames.pop_front().expect("a subscribe for the session").id
+    }
+
+    /// The session's `subscribed` for request `req`, live from `offset`: the SUBACK goes out.
+    fn answer_subscribe(
+        s: &mut State,
+        frames: &mut VecDeque<Frame>,
+        out: &mut BytesMut,
+        req: u32,
+        topic: &str,
+        offset: u64,
+    ) {
         let answer = proto::Subscribed {
             app: "demo".into(),
             topic: topic.into(),
-            offset: 0,
+            offset,
             recovery: proto::Recovery::Live,
         };
-        s.on_frame(Frame::new(req, answer), &mut frames, &mut out);
+        s.on_frame(Frame::new(req, answer), frames, out);
         assert!(!out.is_empty(), "a SUBACK");
     }
 
@@ -660,20 +684,8 @@ mod tests {
         let mut s = durable(2);
         s.apps[0].inbox = Inbox::Off;
         let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
-        let packet = mqtt::Subscribe {
-            packet_id: 9,
-            properties: Properties::new(),
-            filters: vec![("room".into(), mqtt::SubscribeOptions::qos(QoS::AtLeastOnce))],
-        };
-        s.on_subscribe(packet, &mut frames, &mut out).unwrap();
-        let req = frames.pop_front().expect("a subscribe").id;
-        let live = proto::Subscribed {
-            app: "demo".into(),
-            topic: "room".into(),
-            offset: 10,
-            recovery: proto::Recovery::Live,
-        };
-        s.on_frame(Frame::new(req, live), &mut frames, &mut out);
+        let req = ask_subscribe(&mut s, &mut frames, &mut out, 9, "room", QoS::AtLeastOnce);
+        answer_subscribe(&mut s, &mut frames, &mut out, req, "room", 10);
         for offset in 11..=14 {
             s.on_frame(publication(offset), &mut frames, &mut out);
         }
@@ -748,22 +760,9 @@ mod tests {
         s.version = Some(Version::V311);
         assert!(!s.waiting());
         let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
-        let packet = mqtt::Subscribe {
-            packet_id: 1,
-            properties: Properties::new(),
-            filters: vec![("t0".into(), mqtt::SubscribeOptions::qos(QoS::AtMostOnce))],
-        };
-        s.on_subscribe(packet, &mut frames, &mut out).unwrap();
+        let req = ask_subscribe(&mut s, &mut frames, &mut out, 1, "t0", QoS::AtMostOnce);
         assert!(s.waiting(), "the SUBACK waits for `subscribed`");
-        let req = frames.pop_front().expect("a subscribe for the session").id;
-        let answer = proto::Subscribed {
-            app: "demo".into(),
-            topic: "t0".into(),
-            offset: 0,
-            recovery: proto::Recovery::Live,
-        };
-        s.on_frame(Frame::new(req, answer), &mut frames, &mut out);
-        assert!(!out.is_empty(), "a SUBACK");
+        answer_subscribe(&mut s, &mut frames, &mut out, req, "t0", 0);
         assert!(!s.waiting(), "answered: nothing left to wait for");
     }
 
