@@ -310,11 +310,20 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     ];
     for (label, args) in runs {
         let args: Vec<String> = args.into_iter().chain(common).map(str::to_owned).collect();
-        let exe = exe.clone();
-        let path = dir.path().to_owned();
-        let (output, passed) = tokio::task::spawn_blocking(move || run(&exe, &path, &args))
-            .await
-            .unwrap();
+        let (exe, path) = (exe.clone(), dir.path().to_owned());
+        let (output, passed) = tokio::task::spawn_blocking(move || {
+            let (output, passed) = run(&exe, &path, &args);
+            // CPython 3.11's `compile` can fail inside hypothesis's description of a strategy
+            // ("SystemError: AST constructor recursion depth mismatch"): a crash of the tool
+            // while generating, not a finding about the server. That alone gets one more run.
+            if !passed && output.contains("AST constructor recursion depth mismatch") {
+                eprintln!("schemathesis ({label}): the tool crashed in CPython, running again");
+                return run(&exe, &path, &args);
+            }
+            (output, passed)
+        })
+        .await
+        .unwrap();
         show(label, &output);
         assert!(passed, "schemathesis ({label}) failed:\n{output}");
     }
