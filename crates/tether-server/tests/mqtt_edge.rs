@@ -80,32 +80,6 @@ fn connect_packet(user: &str, device: &str) -> Vec<u8> {
     connect_311(device, APP, &token(user))
 }
 
-/// The packets in `bytes` (each whole: first byte and body), and what is left of a packet in
-/// part.
-fn split_packets(bytes: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
-    let mut packets = Vec::new();
-    loop {
-        let (mut len, mut shift, mut at) = (0usize, 0, 1);
-        let whole = loop {
-            let Some(&b) = bytes.get(at) else { break None };
-            len |= usize::from(b & 0x7F) << shift;
-            shift += 7;
-            at += 1;
-            if b & 0x80 == 0 {
-                break Some(at + len);
-            }
-        };
-        match whole {
-            Some(end) if bytes.len() >= end => {
-                let rest = bytes.split_off(end);
-                packets.push((bytes[0], bytes[at..].to_vec()));
-                *bytes = rest;
-            }
-            _ => return packets,
-        }
-    }
-}
-
 /// A raw WebSocket client speaking MQTT bytes.
 struct MqttWs {
     ws: Ws,

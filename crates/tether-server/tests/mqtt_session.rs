@@ -404,3 +404,66 @@ async fn one_subscriber(http: &Http, topic: &str) {
     };
     timeout(WAIT, subscribed).await.expect("subscribed in time");
 }
+
+/// A device whose new connection comes while the old one is still open (it switched
+/// networks) resumes after the old one's last acks: the old connection's acks are written at
+/// most every 100 ms while it lives, and the new one reads where the device stands only once
+/// the old one ended and wrote the rest (docs/mqtt.md 4.4).
+#[tokio::test]
+async fn a_new_connection_resumes_after_the_last_acks_of_the_one_it_replaces() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(Config::for_tests()).await;
+    let http = Http::new(&node);
+    let addr = node.mqtt_addr().expect("mqtt");
+    for text in ["a", "b"] {
+        http.push(&format!(
+            r#"{{"users":["vera"],"qos":1,"payload":{{"m":"{text}"}}}}"#
+        ))
+        .await;
+    }
+    let subscribe = packet(0x82, b"\x00\x07\x00\x12$tether/inbox/demo\x01");
+    let mut read = Vec::new();
+    let open = || async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut both = connect_311("kettle", APP, &token("vera"));
+        both.extend_from_slice(&subscribe);
+        s.write_all(&both).await.expect("write");
+        s
+    };
+    let mut old = open().await;
+    let got = read_packets(&mut old, &mut read, 4).await;
+    assert_eq!(got[0], (0x20, vec![0, 0]), "CONNACK accepted");
+    assert_eq!(got[1], (0x90, vec![0, 7, 1]), "SUBACK QoS 1");
+    let topic = b"\x00\x12$tether/inbox/demo";
+    for ((first, body), text) in got[2..].iter().zip(["a", "b"]) {
+        assert_eq!(*first, 0x32, "PUBLISH QoS 1");
+        assert!(body.ends_with(format!(r#"{{"m":"{text}"}}"#).as_bytes()));
+        // Each PUBACK apart, a PINGREQ behind it: the first is written at once, the second
+        // waits for the ack writes' interval.
+        let id = [body[topic.len()], body[topic.len() + 1]];
+        old.write_all(&[0x40, 0x02, id[0], id[1], 0xC0, 0x00])
+            .await
+            .expect("PUBACK");
+        let pong = read_packets(&mut old, &mut read, 1).await;
+        assert_eq!(pong, vec![(0xD0, vec![])], "PINGRESP");
+    }
+    let mut new = open().await;
+    let mut fresh = Vec::new();
+    let got = read_packets(&mut new, &mut fresh, 2).await;
+    assert_eq!(got, vec![(0x20, vec![0, 0]), (0x90, vec![0, 7, 1])]);
+    let mut rest = Vec::new();
+    let closed = timeout(WAIT, old.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the old connection is closed without a packet (3.1.1): {closed:?} {rest:?}"
+    );
+    http.push(r#"{"users":["vera"],"qos":1,"payload":{"m":"c"}}"#)
+        .await;
+    let (first, body) = read_packets(&mut new, &mut fresh, 1).await.remove(0);
+    assert_eq!(first, 0x32, "PUBLISH QoS 1");
+    assert!(
+        body.ends_with(br#"{"m":"c"}"#),
+        "the first PUBLISH is the new push, not an acked one again: {}",
+        String::from_utf8_lossy(&body)
+    );
+}

@@ -453,6 +453,60 @@ impl Delivery {
     /// (taken over); returns how many.
     pub async fn take_over(&self, conn: &dyn Link) -> usize {
         let twins = self.sessions.older_twins(conn).await;
+        self.close_taken_over(twins).await
+    }
+
+    /// Before a new connection of `device` over `transport` reads where it resumes: waits
+    /// until the device's other connections on this node have left the registry, closing
+    /// those still there after `grace` (each with 4211, taken over), and goes on after `wait`
+    /// in any case. A connection writes the acks it had not written yet before it leaves the
+    /// registry, so the new one starts after every ack the old one took: one that was ending
+    /// already (the device acked, disconnected and connected again at once) and one still
+    /// open (the device switched networks; while a connection lives, its acks are written at
+    /// most every 100 ms). The grace lets the first kind end by itself, reading what the
+    /// device sent last, rather than be closed before it read it. Past `wait` the new
+    /// connection goes on and gets again what the old one acked last: duplicates, never
+    /// losses.
+    ///
+    /// Connections on other nodes are not waited for (a dead node's stay in the registry
+    /// until it is reaped, and a device reconnecting after its node died must not wait for
+    /// them): [`Delivery::take_over`] closes them once the new one is registered. Returns how
+    /// many connections it waited for.
+    pub async fn hand_over(
+        &self,
+        device: &DeviceId,
+        transport: tether_core::Transport,
+        bindings: &[crate::link::Binding],
+        grace: Duration,
+        wait: Duration,
+    ) -> usize {
+        let here = |found: Vec<Session>| -> Vec<Session> {
+            let node = self.sessions.node();
+            found.into_iter().filter(|s| &s.node == node).collect()
+        };
+        let sessions = || self.sessions.device_sessions(device, transport, bindings);
+        let mut left = here(sessions().await);
+        let waited = left.len();
+        let start = Instant::now();
+        let (mut closed, mut step) = (false, Duration::from_millis(1));
+        while !left.is_empty() {
+            if start.elapsed() >= wait {
+                warn!(%device, "an older connection of the device did not end in time");
+                break;
+            }
+            if !closed && start.elapsed() >= grace {
+                self.close_taken_over(left.clone()).await;
+                closed = true;
+            }
+            tokio::time::sleep(step).await;
+            step = (step * 2).min(Duration::from_millis(10));
+            let now = sessions().await;
+            left.retain(|t| now.iter().any(|s| s.node == t.node && s.conn == t.conn));
+        }
+        waited
+    }
+
+    async fn close_taken_over(&self, twins: Vec<Session>) -> usize {
         let mut closed = 0;
         for (node, conns) in by_node(twins) {
             let reason = "another connection of this client took its session over";

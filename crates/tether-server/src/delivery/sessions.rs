@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream};
 use tether_core::{
-    AppId, ConnId, DeviceId, NodeId, Registry, Session, StoreError, TopicId, UserId,
+    AppId, ConnId, DeviceId, NodeId, Registry, Session, StoreError, TopicId, Transport, UserId,
 };
 use tracing::{info, warn};
 
@@ -43,6 +43,11 @@ impl NodeSessions {
             links,
             unsynced: Unsynced::default(),
         }
+    }
+
+    /// This node's id, as its sessions carry it.
+    pub fn node(&self) -> &NodeId {
+        &self.node
     }
 
     fn session(&self, conn: &dyn Link, app: &AppId, user: &UserId) -> Session {
@@ -77,8 +82,24 @@ impl NodeSessions {
     /// none (logged): the connection is served, the older one stays.
     pub async fn older_twins(&self, conn: &dyn Link) -> Vec<Session> {
         let mine = (conn.connected_at_ms(), &self.node, conn.id());
-        let mut twins: Vec<Session> = Vec::new();
-        for Binding { app, user, .. } in conn.bindings() {
+        let mut twins = self
+            .device_sessions(conn.device(), conn.transport(), conn.bindings())
+            .await;
+        twins.retain(|s| (s.connected_at_ms, &s.node, s.conn) < mine);
+        twins
+    }
+
+    /// The connections of `device` over `transport` that the registry holds for the users of
+    /// `bindings`, on every node, each once. A registry that cannot be read gives none
+    /// (logged).
+    pub async fn device_sessions(
+        &self,
+        device: &DeviceId,
+        transport: Transport,
+        bindings: &[Binding],
+    ) -> Vec<Session> {
+        let mut found: Vec<Session> = Vec::new();
+        for Binding { app, user, .. } in bindings {
             let sessions = match self
                 .registry
                 .sessions(app, std::slice::from_ref(user))
@@ -91,17 +112,15 @@ impl NodeSessions {
                 }
             };
             for s in sessions {
-                let older = (s.connected_at_ms, &s.node, s.conn) < mine;
-                if older
-                    && s.device == *conn.device()
-                    && s.transport == conn.transport()
-                    && !twins.iter().any(|t| t.node == s.node && t.conn == s.conn)
+                if s.device == *device
+                    && s.transport == transport
+                    && !found.iter().any(|t| t.node == s.node && t.conn == s.conn)
                 {
-                    twins.push(s);
+                    found.push(s);
                 }
             }
         }
-        twins
+        found
     }
 
     /// Forgets a closed connection's sessions.

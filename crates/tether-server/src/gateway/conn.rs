@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
@@ -23,6 +24,14 @@ use crate::link::{Binding, Link};
 use crate::session::handshake::Accepted;
 use crate::session::inbox::InboxState;
 use crate::transport::{self, Wire};
+
+/// How long a new MQTT connection lets the device's other connection end by itself before it
+/// closes it (see [`crate::delivery::Delivery::hand_over`]).
+const HAND_OVER_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a new MQTT connection waits for the one it replaces to end (its goodbye, at most
+/// [`GOODBYE_TIMEOUT`], then its last acks' writes) before it reads where it resumes.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection until it ends or parks.
 ///
@@ -54,6 +63,15 @@ pub(super) fn serve<W: Wire>(
 /// or lost (and everything is cleaned up).
 async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle>> {
     let (id, accepted) = handshake(wire, gw).await?;
+    if wire.takes_over() {
+        // MQTT: the device's connection that this one replaces ends first, its last acks
+        // written, so that this one resumes after them (docs/mqtt.md 4.4).
+        let (device, bindings) = (&accepted.device, &accepted.bindings[..]);
+        let transport = wire.transport();
+        gw.delivery
+            .hand_over(device, transport, bindings, HAND_OVER_GRACE, HAND_OVER_WAIT)
+            .await;
+    }
     let mut resume = Vec::with_capacity(accepted.bindings.len());
     for (Binding { app, user, .. }, last_seq) in accepted.bindings.iter().zip(&accepted.last_seqs) {
         // Read even when the client says where it is: acks are written only past the stored
@@ -113,8 +131,9 @@ async fn establish<W: Wire>(wire: &mut W, gw: &Gateway) -> Option<Arc<ConnHandle
         conn.close(Close::new(Code::APP_REMOVED, reason));
     }
     gw.delivery.attach(&(conn.clone() as Arc<dyn Link>)).await;
-    // MQTT: the device's older connection goes (on whichever node), before this one reads
-    // the session that connection leaves.
+    // MQTT: of two connections of the device that raced through the hand-over above (each
+    // found the other not registered yet), the older one goes, before this one reads the
+    // session that connection leaves.
     if wire.takes_over() {
         gw.delivery.take_over(&*conn).await;
     }

@@ -108,3 +108,51 @@ pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(body);
     out
 }
+
+/// The packets in `bytes` (each whole: first byte and body), and what is left of a packet in
+/// part.
+pub fn split_packets(bytes: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut packets = Vec::new();
+    loop {
+        let (mut len, mut shift, mut at) = (0usize, 0, 1);
+        let whole = loop {
+            let Some(&b) = bytes.get(at) else { break None };
+            len |= usize::from(b & 0x7F) << shift;
+            shift += 7;
+            at += 1;
+            if b & 0x80 == 0 {
+                break Some(at + len);
+            }
+        };
+        match whole {
+            Some(end) if bytes.len() >= end => {
+                let rest = bytes.split_off(end);
+                packets.push((bytes[0], bytes[at..].to_vec()));
+                *bytes = rest;
+            }
+            _ => return packets,
+        }
+    }
+}
+
+/// The next `n` whole packets from `s`, `read` keeping what came of the next one.
+pub async fn read_packets(
+    s: &mut tokio::net::TcpStream,
+    read: &mut Vec<u8>,
+    n: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut got = split_packets(read);
+    while got.len() < n {
+        let mut chunk = [0u8; 512];
+        let len = timeout(RUN, s.read(&mut chunk))
+            .await
+            .expect("packets in time")
+            .expect("read");
+        assert!(len > 0, "closed after {got:?}");
+        read.extend_from_slice(&chunk[..len]);
+        got.extend(split_packets(read));
+    }
+    assert_eq!(got.len(), n, "{got:?}");
+    got
+}
