@@ -2,11 +2,13 @@
 //! handshake starts; a [`Permit`] holds a connection's place until it ends.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_proto::Code;
+
+use super::Gateway;
 
 /// The global and per-IP connection limits.
 #[derive(Debug)]
@@ -17,16 +19,41 @@ pub(super) struct Admission {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One admitted connection; dropping it gives the slot back. Owned, so that a parked
-/// connection keeps it without a task.
+/// One admitted connection, and the gateway that admitted it; dropping it gives the slot
+/// back. Owned, so that a parked connection keeps it without a task, and the connection's
+/// only reference to the gateway, so that a parked connection holds one `Arc` and not two.
 pub(super) struct Permit {
-    admission: Arc<Admission>,
-    ip: IpAddr,
+    gw: Arc<Gateway>,
+    /// The client's address, canonical, as IPv6 (IPv4 mapped): 16 bytes where an `IpAddr`
+    /// takes 17 and its padding, which keeps a parked connection's waker in a smaller chunk.
+    ip: [u8; 16],
 }
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").field("ip", &self.ip).finish()
+        f.debug_struct("Permit").field("ip", &self.ip()).finish()
+    }
+}
+
+impl Permit {
+    /// A place on `gw` for a connection from `ip`, or the code it is refused with.
+    pub fn admit(gw: &Arc<Gateway>, ip: IpAddr) -> Result<Permit, Code> {
+        let ip = ip.to_canonical();
+        gw.admission.admit(ip)?;
+        let ip = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        Ok(Permit { gw: gw.clone(), ip })
+    }
+
+    /// The gateway that admitted the connection.
+    pub fn gw(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    fn ip(&self) -> IpAddr {
+        Ipv6Addr::from(self.ip).to_canonical()
     }
 }
 
@@ -40,8 +67,8 @@ impl Admission {
         }
     }
 
-    /// A place for a connection from `ip`, or the code it is refused with.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Code> {
+    /// Counts a connection from `ip` (canonical), or says the code it is refused with.
+    fn admit(&self, ip: IpAddr) -> Result<(), Code> {
         if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return Err(Code::CONNECTION_LIMIT);
@@ -54,27 +81,25 @@ impl Admission {
             return Err(Code::IP_LIMIT);
         }
         *count += 1;
-        Ok(Permit {
-            admission: self.clone(),
-            ip,
-        })
+        Ok(())
+    }
+
+    /// A connection from `ip` (canonical) is over.
+    fn release(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+        drop(per_ip);
+        self.total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
-        self.admission.total.fetch_sub(1, Ordering::Relaxed);
+        self.gw.admission.release(self.ip());
     }
 }

@@ -40,17 +40,13 @@ const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 /// what it holds while idle is kept small: the handshake, the goodbye and the clean-up are
 /// boxed, so that their state is allocated only while they run rather than reserved for the
 /// connection's whole life. An idle connection gives it up altogether (see `super::task`).
-pub(super) fn serve<W: Wire>(
-    wire: W,
-    gw: Arc<Gateway>,
-    permit: Permit,
-) -> impl Future<Output = ()> + Send {
+pub(super) fn serve<W: Wire>(wire: W, permit: Permit) -> impl Future<Output = ()> + Send {
     // Not an `async fn`: its arguments would be kept beside its state for its whole life. They
     // move into the boxed handshake instead, and out of it into `live`.
     let handshake = Box::pin(async move {
         let mut wire = wire;
-        let conn = establish(&mut wire, &gw).await?;
-        Some((wire, Parked { conn, gw, permit }))
+        let conn = establish(&mut wire, permit.gw()).await?;
+        Some((wire, Parked { conn, permit }))
     });
     // A chain rather than an `async` block: the block would keep the handshake's result
     // beside `live`'s state, this holds one or the other.
@@ -277,7 +273,7 @@ mod tests {
     use super::super::handle::{ConnHandle, NewConn};
     use super::super::testing::gateway;
     use crate::link::Encoding;
-    use crate::transport::TcpWire;
+    use crate::transport::{TcpWire, WsWire};
 
     fn handle() -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(NewConn {
@@ -311,11 +307,13 @@ mod tests {
             .unwrap();
         let held = super::Parked {
             conn: handle(),
-            gw: gw.clone(),
             permit: gw
                 .admit(&gw.tcp_guard.load(), [127, 0, 0, 2].into())
                 .unwrap(),
         };
+        // With its lock and `Arc` (16 bytes), a parked connection's waker stays within 56
+        // bytes: glibc's 64-byte chunk.
+        assert!(size_of::<super::Parked>() <= 32);
         // A parked connection's new task: `live` alone.
         let size = size_of_future(&super::live(TcpWire::new(resumed, 1024), held, false));
         assert!(
@@ -325,11 +323,41 @@ mod tests {
         let permit = gw
             .admit(&gw.tcp_guard.load(), [127, 0, 0, 1].into())
             .unwrap();
-        let future = super::serve(TcpWire::new(stream, 1024), gw, permit);
+        let future = super::serve(TcpWire::new(stream, 1024), permit);
         let size = size_of_future(&future);
         assert!(
             size <= 384,
             "the TCP connection future grew to {size} bytes"
+        );
+    }
+
+    /// Likewise a WebSocket connection's, with tether's wire or MQTT's.
+    #[tokio::test]
+    async fn the_websocket_connection_futures_stay_small() {
+        use crate::transport::Plain;
+        use crate::transport::mqtt::MqttWire;
+        use crate::transport::ws::stream::WsStream;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = gateway();
+        let permit = |last: u8| {
+            gw.admit(&gw.ws_guard.load(), [127, 0, 0, last].into())
+                .unwrap()
+        };
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let wire = WsWire::over(Plain::new(stream), Default::default(), 1024, None);
+        let size = size_of_future(&super::serve(wire, permit(1)));
+        assert!(
+            size <= 512,
+            "the WebSocket connection future grew to {size} bytes"
+        );
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let carrier = WsStream::new(Plain::new(stream), Default::default());
+        let wire = MqttWire::over(carrier, 1024);
+        let size = size_of_future(&super::serve(wire, permit(2)));
+        assert!(
+            size <= 640,
+            "the MQTT over WebSocket connection future grew to {size} bytes"
         );
     }
 }

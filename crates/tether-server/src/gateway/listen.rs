@@ -11,7 +11,7 @@ use tether_proto::{Code, Disconnect, Frame};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::admission::{Admission, Permit};
+use super::admission::Permit;
 use super::sse::Served;
 use super::{Gateway, REFUSAL_TIMEOUT, conn};
 use crate::accept::AcceptErrors;
@@ -58,7 +58,7 @@ impl Gateway {
             match &tls {
                 None => self.tasks.spawn(async move {
                     let wire = TcpWire::new(stream, max_frame);
-                    conn::serve(wire, gw, permit).await;
+                    conn::serve(wire, permit).await;
                 }),
                 Some(certs) => {
                     let certs = certs.clone();
@@ -67,7 +67,7 @@ impl Gateway {
                             return;
                         };
                         let wire = TcpWire::over(tls, max_frame);
-                        conn::serve(wire, gw, permit).await;
+                        conn::serve(wire, permit).await;
                     })
                 }
             };
@@ -137,15 +137,10 @@ impl Gateway {
                                 // too) is freed before the connection's long-lived allocations
                                 // rather than leaving a hole between them when it parks.
                                 let tasks = gw.tasks.clone();
-                                tasks.spawn(serve_ws_over(
-                                    Plain::new(stream),
-                                    upgraded,
-                                    gw,
-                                    permit,
-                                ));
+                                tasks.spawn(serve_ws_over(Plain::new(stream), upgraded, permit));
                             }
                             Served::Stream(opened) => {
-                                conn::serve(SseWire::new(stream, *opened), gw, permit).await;
+                                conn::serve(SseWire::new(stream, *opened), permit).await;
                             }
                             Served::Done => {}
                         }
@@ -163,10 +158,10 @@ impl Gateway {
                         match served {
                             Served::WebSocket(mut upgraded) => {
                                 upgraded.rest.extend_from_slice(&unread);
-                                serve_ws_over(tls, upgraded, gw, permit).await;
+                                serve_ws_over(tls, upgraded, permit).await;
                             }
                             Served::Stream(opened) if unread.is_empty() => {
-                                conn::serve(SseWire::over(tls, *opened), gw, permit).await;
+                                conn::serve(SseWire::over(tls, *opened), permit).await;
                             }
                             Served::Stream(_) | Served::Done => {}
                         }
@@ -273,8 +268,8 @@ impl Gateway {
     }
 
     /// A place for a connection from `ip` on the listener of `guard`, which counts a refusal.
-    pub(super) fn admit(&self, guard: &Guard, ip: IpAddr) -> Result<Permit, Code> {
-        Admission::admit(&self.admission, ip).inspect_err(|code| {
+    pub(super) fn admit(self: &Arc<Self>, guard: &Guard, ip: IpAddr) -> Result<Permit, Code> {
+        Permit::admit(self, ip).inspect_err(|code| {
             self.metrics.rejected_connections.increment(1);
             self.metrics.handshake_failed(*code);
             guard.refused(Refusal::of_limit(*code), ip.to_canonical());
@@ -297,18 +292,14 @@ pub(super) struct Upgrade<'a> {
 /// Serves a WebSocket connection over `carrier` once its upgrade is answered: tether's frames,
 /// or MQTT's packets (`docs/mqtt.md`, section 1); in the test mode `gateway.ws_echo`, echoes
 /// its messages instead.
-async fn serve_ws_over<C: Carrier>(
-    carrier: C,
-    upgraded: Upgraded,
-    gw: Arc<Gateway>,
-    permit: Permit,
-) {
+async fn serve_ws_over<C: Carrier>(carrier: C, upgraded: Upgraded, permit: Permit) {
+    let gw = permit.gw();
     let encoding = match upgraded.speaks {
         Speaks::Tether(encoding) => encoding,
         Speaks::Mqtt => {
             let stream = WsStream::new(carrier, upgraded.rest);
             let wire = MqttWire::over(stream, gw.limits.max_frame);
-            conn::serve(wire, gw, permit).await;
+            conn::serve(wire, permit).await;
             return;
         }
     };
@@ -318,7 +309,7 @@ async fn serve_ws_over<C: Carrier>(
         drop(permit);
         return;
     }
-    conn::serve(wire, gw, permit).await;
+    conn::serve(wire, permit).await;
 }
 
 /// Tells a raw TCP client that it was refused, in a binary `disconnect` frame, with one

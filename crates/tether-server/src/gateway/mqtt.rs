@@ -65,7 +65,7 @@ impl Gateway {
             };
             match &tls {
                 None => self.tasks.spawn(async move {
-                    conn::serve(MqttWire::new(stream, max_packet), gw, permit).await;
+                    conn::serve(MqttWire::new(stream, max_packet), permit).await;
                 }),
                 Some(certs) => {
                     let certs = certs.clone();
@@ -73,7 +73,7 @@ impl Gateway {
                         let Some(tls) = gw.tls_handshake(&certs, stream, peer, name).await else {
                             return;
                         };
-                        conn::serve(MqttWire::over(tls, max_packet), gw, permit).await;
+                        conn::serve(MqttWire::over(tls, max_packet), permit).await;
                     })
                 }
             };

@@ -69,7 +69,7 @@ pub(super) fn live<W: Wire>(
     async move {
         let mut early = fresh;
         let outcome = loop {
-            match run(&mut wire, &held.gw, &held.conn, early).await {
+            match run(&mut wire, held.gw(), &held.conn, early).await {
                 Ran::Over(outcome) => break outcome,
                 // The wire goes first (its share of the socket with it): the socket can leave
                 // tokio's reactor only once the handle's is the last reference to it.
@@ -83,7 +83,7 @@ pub(super) fn live<W: Wire>(
                         // Something arrived while parking: carry on.
                         Err((stream, rest, back)) => {
                             held = back;
-                            let max_frame = held.gw.limits.max_frame;
+                            let max_frame = held.gw().limits.max_frame;
                             wire = W::resume(stream, rest, max_frame, held.conn.encoding);
                             early = false;
                         }
@@ -91,7 +91,7 @@ pub(super) fn live<W: Wire>(
                 },
             }
         };
-        Box::pin(ended(&held.gw, &held.conn, outcome)).await;
+        Box::pin(ended(held.gw(), &held.conn, outcome)).await;
         // The admission slot goes back last, with `held`.
     }
 }
@@ -99,7 +99,7 @@ pub(super) fn live<W: Wire>(
 /// Ends a parked connection whose socket could not be given back to tokio: it is gone.
 async fn lost_task(held: Parked) {
     let _ = held.conn.finish();
-    ended(&held.gw, &held.conn, None).await;
+    ended(held.gw(), &held.conn, None).await;
 }
 
 /// Counts a connection's end and forgets it.
@@ -113,14 +113,20 @@ pub(super) async fn ended(gw: &Gateway, conn: &ConnHandle, outcome: Option<Code>
     gw.events.closed(conn);
 }
 
-/// What a connection's task holds besides the wire, and what a parked connection keeps.
+/// What a connection's task holds besides the wire, and what a parked connection keeps (32
+/// bytes: with its lock and `Arc`, the waker of a parked connection is a 64-byte chunk).
 #[derive(Debug)]
 pub(super) struct Parked {
     pub conn: Arc<ConnHandle>,
-    pub gw: Arc<Gateway>,
-    /// The connection's admission slot: a parked connection still counts against the limits.
-    #[expect(dead_code, reason = "held for its Drop, which gives the slot back")]
+    /// The connection's admission slot, and its gateway: a parked connection still counts
+    /// against the limits.
     pub permit: Permit,
+}
+
+impl Parked {
+    pub fn gw(&self) -> &Arc<Gateway> {
+        self.permit.gw()
+    }
 }
 
 /// The waker a parked connection leaves in its handle, which the poller wakes too when the
@@ -162,7 +168,7 @@ pub(super) type Unparked<W> = (Arc<TcpStream>, <W as Wire>::Rest, Parked);
 /// connection again (it is parked, or a wake already gave it a new task).
 pub(super) fn park<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
     let conn = parked.conn.clone();
-    let gw = parked.gw.clone();
+    let gw = parked.gw().clone();
     let Some(poller) = &gw.poller else {
         return refused::<W>(parked, rest);
     };
@@ -192,7 +198,7 @@ pub(super) fn park<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparke
 
 /// Gives a connection that did not park its socket back, for its wire again.
 fn refused<W: Wire>(parked: Parked, rest: W::Rest) -> Result<(), Unparked<W>> {
-    let gw = parked.gw.clone();
+    let gw = parked.gw().clone();
     match parked.conn.with_socket(|socket| in_reactor(socket, &gw)) {
         Ok(stream) => Err((stream, rest, parked)),
         Err(e) => {
@@ -233,7 +239,7 @@ fn in_reactor(socket: &mut Socket, gw: &Gateway) -> io::Result<Arc<TcpStream>> {
 /// back in tokio's reactor.
 fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
     parked.conn.unparked();
-    let gw = parked.gw.clone();
+    let gw = parked.gw().clone();
     gw.metrics.parked.decrement(1.0);
     gw.metrics.unparks.increment(1);
     match parked.conn.with_socket(|socket| in_reactor(socket, &gw)) {
@@ -250,7 +256,7 @@ fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
 
 /// Ends a connection that has no socket left to serve it with.
 fn lost(parked: Parked) {
-    let gw = parked.gw.clone();
+    let gw = parked.gw().clone();
     gw.tasks.spawn_on(lost_task(parked), &gw.runtime);
 }
 
