@@ -83,15 +83,17 @@ impl Gateway {
                 }
             };
             first = false;
+            // SSE's answers are boxed: a WebSocket client's task holds this future while it
+            // upgrades, and is kept small (see `super::listen`).
             let next = match request::route(&head) {
                 Route::Other => return self.replay(stream, buf, check).await,
                 Route::Stream => {
                     let _ = buf.split_to(len);
-                    self.stream(stream, &head, buf.is_empty(), &check).await
+                    Box::pin(self.stream(stream, &head, buf.is_empty(), &check)).await
                 }
                 Route::Post(session) => {
                     let _ = buf.split_to(len);
-                    self.post(stream, &head, &mut buf, session, &check).await
+                    Box::pin(self.post(stream, &head, &mut buf, session, &check)).await
                 }
             };
             match next {
