@@ -470,8 +470,7 @@ impl Delivery {
     ///
     /// Connections on other nodes are not waited for (a dead node's stay in the registry
     /// until it is reaped, and a device reconnecting after its node died must not wait for
-    /// them): [`Delivery::take_over`] closes them once the new one is registered. Returns how
-    /// many connections it waited for.
+    /// them): [`Delivery::take_over`] closes them once the new one is registered.
     pub async fn hand_over(
         &self,
         device: &DeviceId,
@@ -479,14 +478,13 @@ impl Delivery {
         bindings: &[crate::link::Binding],
         grace: Duration,
         wait: Duration,
-    ) -> usize {
+    ) {
         let here = |found: Vec<Session>| -> Vec<Session> {
             let node = self.sessions.node();
             found.into_iter().filter(|s| &s.node == node).collect()
         };
         let sessions = || self.sessions.device_sessions(device, transport, bindings);
         let mut left = here(sessions().await);
-        let waited = left.len();
         let start = Instant::now();
         let (mut closed, mut step) = (false, Duration::from_millis(1));
         while !left.is_empty() {
@@ -503,7 +501,6 @@ impl Delivery {
             let now = sessions().await;
             left.retain(|t| now.iter().any(|s| s.node == t.node && s.conn == t.conn));
         }
-        waited
     }
 
     async fn close_taken_over(&self, twins: Vec<Session>) -> usize {

@@ -171,7 +171,8 @@ impl Gateway {
             Some(_) => self.config.handshake_timeout.min(REFUSAL_TIMEOUT),
             None => self.config.handshake_timeout,
         };
-        let upgrading = upgrade::upgrade(stream, read, check.refused, check.origin, check.cookie);
+        let origin = |origin: Option<&[u8]>| check.origin_ok(origin);
+        let upgrading = upgrade::upgrade(stream, read, check.refused, &origin, check.cookie);
         match tokio::time::timeout(limit, Box::pin(upgrading)).await {
             Ok(Ok(upgraded)) => Some(upgraded),
             Ok(Err(e)) => {
@@ -240,6 +241,7 @@ struct WsClient {
     /// Its admission, or the code it is to be told.
     permit: Result<Permit, Code>,
     /// A refused client's slot among the refusals being answered.
+    #[expect(dead_code, reason = "held for its Drop, which gives the slot back")]
     refusal: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -249,68 +251,58 @@ impl WsClient {
     /// connection's long-lived allocations rather than leaving a hole between them; and this
     /// one is sized for its own work alone, not for a TLS handshake and connection as well
     /// (1,280 bytes against 2,176 in a release build, `docs/benchmarks.md`).
-    async fn plain(self) {
-        let WsClient {
-            gw,
-            mut stream,
-            peer,
-            guard,
-            permit,
-            refusal: _refusal,
-        } = self;
-        let origin_ok = |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
-        // A draining node sends no client back to itself.
-        let affinity = gw.affinity.load_full();
-        let check = Upgrade {
-            peer,
-            refused: permit.as_ref().err().copied(),
-            origin: &origin_ok,
-            guard: &guard,
-            cookie: affinity.line(false, gw.drain.is_cancelled()),
-        };
-        // A WebSocket upgrade, or SSE's routes (`super::sse`).
-        let served = gw.serve_http(&mut stream, check).await;
+    async fn plain(mut self) {
+        let (gw, peer, guard) = (&self.gw, self.peer, &self.guard);
+        let served = Self::request_of(gw, peer, guard, &self.permit, &mut self.stream, false).await;
         // A refused client was answered above (its answer was the refusal).
-        let Ok(permit) = permit else { return };
-        let tasks = gw.tasks.clone();
+        let Ok(permit) = self.permit else { return };
+        let tasks = self.gw.tasks.clone();
         match served {
             Served::WebSocket(upgraded) => {
-                tasks.spawn(serve_ws_over(Plain::new(stream), upgraded, permit));
+                tasks.spawn(serve_ws_over(Plain::new(self.stream), upgraded, permit));
             }
             Served::Stream(opened) => {
-                tasks.spawn(conn::serve(SseWire::new(stream, *opened), permit));
+                tasks.spawn(conn::serve(SseWire::new(self.stream, *opened), permit));
             }
             Served::Done => {}
         }
     }
 
-    /// The TLS handshake, then the client's request inside it, served on this task.
-    async fn tls(self, certs: Arc<Certs>, name: &'static str) {
-        let WsClient {
-            gw,
-            stream,
-            peer,
-            guard,
-            permit,
-            refusal: _refusal,
-        } = self;
-        let origin_ok = |origin: Option<&[u8]>| guard.check_origin(origin, peer.ip()).is_ok();
+    /// Reads and answers the client's request on `stream` (its socket, or TLS over it, as
+    /// `tls` says): a WebSocket upgrade, or SSE's routes (`super::sse`).
+    async fn request_of<S>(
+        gw: &Gateway,
+        peer: SocketAddr,
+        guard: &Guard,
+        permit: &Result<Permit, Code>,
+        stream: &mut S,
+        tls: bool,
+    ) -> Served
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        // A draining node sends no client back to itself.
         let affinity = gw.affinity.load_full();
         let check = Upgrade {
             peer,
             refused: permit.as_ref().err().copied(),
-            origin: &origin_ok,
-            guard: &guard,
-            cookie: affinity.line(true, gw.drain.is_cancelled()),
+            guard,
+            cookie: affinity.line(tls, gw.drain.is_cancelled()),
         };
-        let Some(mut tls) = gw.tls_handshake(&certs, stream, peer, name).await else {
+        gw.serve_http(stream, check).await
+    }
+
+    /// The TLS handshake, then the client's request inside it, served on this task.
+    async fn tls(self, certs: Arc<Certs>, name: &'static str) {
+        let (gw, peer) = (&self.gw, self.peer);
+        let Some(mut tls) = gw.tls_handshake(&certs, self.stream, peer, name).await else {
             return;
         };
         let mut io = AsIo::new(&mut tls);
-        let served = gw.serve_http(&mut io, check).await;
+        let served = Self::request_of(gw, peer, &self.guard, &self.permit, &mut io, true).await;
         // What TLS decrypted past what the requests took comes after them.
         let unread = io.unread();
-        let Ok(permit) = permit else { return };
+        let Ok(permit) = self.permit else { return };
         match served {
             Served::WebSocket(mut upgraded) => {
                 upgraded.rest.extend_from_slice(&unread);
@@ -329,11 +321,17 @@ pub(super) struct Upgrade<'a> {
     pub peer: SocketAddr,
     /// The client is to be told this code instead of connecting.
     pub refused: Option<Code>,
-    pub origin: upgrade::OriginCheck<'a>,
-    /// The listener's guard, for the CORS of SSE's routes.
+    /// The listener's guard: its origins, and the CORS of SSE's routes.
     pub guard: &'a Guard,
     /// The affinity cookie's header line for a `101` or a stream (`super::affinity`), or "".
     pub cookie: &'a str,
+}
+
+impl Upgrade<'_> {
+    /// Whether a request with this `Origin` header (`None`: without one) may connect.
+    pub fn origin_ok(&self, origin: Option<&[u8]>) -> bool {
+        self.guard.check_origin(origin, self.peer.ip()).is_ok()
+    }
 }
 
 /// Serves a WebSocket connection over `carrier` once its upgrade is answered: tether's frames,
