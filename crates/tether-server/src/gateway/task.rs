@@ -84,7 +84,13 @@ pub(super) fn live<W: Wire>(
                         Err((stream, rest, back)) => {
                             held = back;
                             let max_frame = held.gw().limits.max_frame;
-                            wire = W::resume(stream, rest, max_frame, held.conn.encoding);
+                            wire = W::resume(
+                                stream,
+                                rest,
+                                max_frame,
+                                held.conn.encoding,
+                                &held.conn.bindings,
+                            );
                             early = false;
                         }
                     },
@@ -244,7 +250,8 @@ fn resume<W: Wire>(parked: Parked, rest: W::Rest) {
     gw.metrics.unparks.increment(1);
     match parked.conn.with_socket(|socket| in_reactor(socket, &gw)) {
         Ok(stream) => {
-            let wire = W::resume(stream, rest, gw.limits.max_frame, parked.conn.encoding);
+            let (max_frame, encoding) = (gw.limits.max_frame, parked.conn.encoding);
+            let wire = W::resume(stream, rest, max_frame, encoding, &parked.conn.bindings);
             gw.tasks.spawn_on(live(wire, parked, false), &gw.runtime);
         }
         Err(e) => {

@@ -43,7 +43,7 @@ use tether_proto::ws::{ServerHeader, WsError};
 use tether_proto::{Code, DecodeError, Frame};
 use tokio::net::TcpStream;
 
-use crate::link::Encoding;
+use crate::link::{Binding, Encoding};
 
 pub use accepted::{Accepted, Will, Wills};
 pub use carrier::{Carrier, Plain};
@@ -228,9 +228,14 @@ pub trait Wire: Send + Sized + 'static {
     fn park(self) -> Result<Self::Rest, Self>;
 
     /// The wire again, on the socket of a connection that parked from it with `rest`,
-    /// speaking `encoding`.
-    fn resume(stream: Arc<TcpStream>, rest: Self::Rest, max_frame: u32, encoding: Encoding)
-    -> Self;
+    /// speaking `encoding`, with the connection's `bindings` (MQTT shares their app ids).
+    fn resume(
+        stream: Arc<TcpStream>,
+        rest: Self::Rest,
+        max_frame: u32,
+        encoding: Encoding,
+        bindings: &[Binding],
+    ) -> Self;
 
     /// Closes the connection with `code` (WebSocket: a close frame), after what
     /// [`Wire::send`] wrote. Best effort.

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::carrier::READ_CHUNK;
 use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
-use crate::link::Encoding;
+use crate::link::{Binding, Encoding};
 
 /// Raw TCP: a stream of binary frames, over the socket itself or over TLS (`tls://`).
 ///
@@ -137,7 +137,13 @@ impl<C: Carrier> Wire for TcpWire<C> {
         }
     }
 
-    fn resume(stream: Arc<TcpStream>, rest: C::Rest, max_frame: u32, _: Encoding) -> Self {
+    fn resume(
+        stream: Arc<TcpStream>,
+        rest: C::Rest,
+        max_frame: u32,
+        _: Encoding,
+        _: &[Binding],
+    ) -> Self {
         Self::over(C::resume(stream, rest), max_frame)
     }
 

@@ -21,7 +21,7 @@ use tether_proto::{Code, Frame, binary, json};
 use tokio::net::TcpStream;
 
 use super::{Carrier, Counts, Framing, MAX_IOVECS, Plain, Wire, WireError, poll_more};
-use crate::link::Encoding;
+use crate::link::{Binding, Encoding};
 
 mod control;
 mod echo;
@@ -536,7 +536,13 @@ impl<C: Carrier> Wire for WsWire<C> {
         }
     }
 
-    fn resume(stream: Arc<TcpStream>, rest: C::Rest, max_frame: u32, encoding: Encoding) -> Self {
+    fn resume(
+        stream: Arc<TcpStream>,
+        rest: C::Rest,
+        max_frame: u32,
+        encoding: Encoding,
+        _: &[Binding],
+    ) -> Self {
         // Resumed after its handshake: the encoding is the one its `connect` chose.
         Self::with(C::resume(stream, rest), max_frame, encoding)
     }

@@ -12,10 +12,11 @@
 //! # Memory
 //! The read buffer exists only while a packet is arriving (sized from its fixed header, see
 //! [`tether_mqtt::check`]); the write buffer only while a translated packet is being written.
-//! Parked, a connection keeps its carrier's rest and the translation state, boxed, its lists
-//! without spare room and without the room for what is under way, which an idle connection
-//! does not have ([`State::compact`]; the state's size is pinned by a test). It does not park
-//! while it waits for an answer of the session's ([`Wire::parkable`] below).
+//! Parked, a connection keeps its carrier's rest and the translation state, packed into one
+//! byte string when it is idle and has no persistent session or will ([`ParkedState`]),
+//! otherwise boxed, its lists without spare room and without the room for what is under way
+//! ([`State::compact`]; the state's size is pinned by a test). It does not park while it
+//! waits for an answer of the session's ([`Wire::parkable`] below).
 
 pub mod state;
 
@@ -32,9 +33,9 @@ use tokio::net::TcpStream;
 
 use super::carrier::READ_CHUNK;
 use super::{Accepted, Carrier, Counts, Framing, Plain, Wire, WireError, poll_more};
-use crate::link::Encoding;
+use crate::link::{Binding, Encoding};
 use crate::metrics::mqtt::mqtt as metrics;
-use state::{Fail, Flow, State};
+use state::{Fail, Flow, ParkedState, State};
 
 /// The most bytes of the wire's own answers held before it stops reading requests.
 const OUT_LIMIT: usize = 64 * 1024;
@@ -61,7 +62,7 @@ pub struct MqttWire<C = Plain> {
 #[derive(Debug)]
 pub struct MqttRest<R> {
     carrier: R,
-    state: Box<State>,
+    state: ParkedState,
 }
 
 impl MqttWire {
@@ -325,19 +326,24 @@ impl<C: Carrier> Wire for MqttWire<C> {
 
     fn park(self) -> Result<Self::Rest, Self> {
         if self.parkable() {
-            let mut state = self.state;
-            state.compact();
             Ok(MqttRest {
                 carrier: self.carrier.park(),
-                state,
+                state: ParkedState::park(self.state),
             })
         } else {
             Err(self)
         }
     }
 
-    fn resume(stream: Arc<TcpStream>, rest: Self::Rest, max_frame: u32, _: Encoding) -> Self {
-        Self::with_state(C::resume(stream, rest.carrier), max_frame, rest.state)
+    fn resume(
+        stream: Arc<TcpStream>,
+        rest: Self::Rest,
+        max_frame: u32,
+        _: Encoding,
+        bindings: &[Binding],
+    ) -> Self {
+        let state = rest.state.resume(bindings);
+        Self::with_state(C::resume(stream, rest.carrier), max_frame, state)
     }
 
     fn takes_over(&self) -> bool {

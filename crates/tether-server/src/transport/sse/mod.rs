@@ -43,7 +43,7 @@ use tether_proto::{Body, Code, DecodeError, Frame, Group};
 use tokio::net::TcpStream;
 
 use super::{Carrier, Counts, Framing, Plain, Wire, WireError};
-use crate::link::Encoding;
+use crate::link::{Binding, Encoding};
 use event::{Head, Positions};
 use session::Session;
 
@@ -365,7 +365,13 @@ impl<C: Carrier> Wire for SseWire<C> {
         })
     }
 
-    fn resume(stream: Arc<TcpStream>, rest: Self::Rest, _: u32, _: Encoding) -> Self {
+    fn resume(
+        stream: Arc<TcpStream>,
+        rest: Self::Rest,
+        _: u32,
+        _: Encoding,
+        _: &[Binding],
+    ) -> Self {
         Self::resumed(
             C::resume(stream, rest.carrier),
             rest.session,

@@ -35,10 +35,13 @@ use tether_proto::{self as proto, Body, Code, Frame, PayloadKind};
 
 mod connect;
 mod inbox;
+mod packed;
 mod session;
 mod topics;
 mod upstream;
 mod will;
+
+pub use packed::ParkedState;
 
 /// QoS 1 PUBLISHes from a device waiting for their upstream's outcome at most: the CONNACK's
 /// Receive Maximum.
@@ -518,7 +521,7 @@ impl State {
 mod tests {
     use super::*;
 
-    fn durable(receive_max: u16) -> State {
+    pub(super) fn durable(receive_max: u16) -> State {
         let mut s = State::default();
         s.version = Some(Version::V5);
         s.connected = true;
@@ -618,14 +621,14 @@ mod tests {
 
     /// A device subscribes to `topic` the way most do (3.1.1, one SUBSCRIBE, qos 0) and the
     /// session answers.
-    fn subscribe(s: &mut State, packet_id: u16, topic: &str) {
+    pub(super) fn subscribe(s: &mut State, packet_id: u16, topic: &str) {
         let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
         let req = ask_subscribe(s, &mut frames, &mut out, packet_id, topic, QoS::AtMostOnce);
         answer_subscribe(s, &mut frames, &mut out, req, topic, 0);
     }
 
     /// The device's SUBSCRIBE to `topic` at `qos`; returns the request it makes of the session.
-    fn ask_subscribe(
+    pub(super) fn ask_subscribe(
         s: &mut State,
         frames: &mut VecDeque<Frame>,
         out: &mut BytesMut,
