@@ -20,6 +20,8 @@
 #                          MQTT listener, `--mqtt`: CONNECT with the app and a token, then
 #                          SUBSCRIBE, like Mosquitto's subscribers)
 #   SUBSCRIPTIONS [0 1 TOPICS]  topics per tether connection (0: bound to the app only)
+#   MQTT_SESSION [0]       1: tether's MQTT clients ask for a persistent session (Clean
+#                          Session 0, `--mqtt-session`)
 #   MOSQUITTO [1]          0: no Mosquitto runs
 #   ROUNDS [1]             how many times the whole set runs, alternating servers
 #   TETHER_PORT [7400]     tether's TCP port (WebSocket +1, API +80; see bench/peers/tether.sh)
@@ -119,6 +121,7 @@ for round in $(seq "$ROUNDS"); do
             [[ $transport == ws ]] && port=$((TETHER_PORT + 1))
             # bench/peers/tether.sh puts the MQTT listener at TETHER_PORT + 83.
             [[ $transport == mqtt ]] && port=$((TETHER_PORT + 83)) && via=(--mqtt)
+            [[ $transport == mqtt && ${MQTT_SESSION:-0} == 1 ]] && via+=(--mqtt-session)
             for topics in "${subscriptions[@]}"; do
                 subscribe=()
                 ((topics > 0)) && subscribe=(--subscribe --topics "$topics")

@@ -145,6 +145,10 @@ pub struct TargetArgs {
     /// MQTT client sends its SUBSCRIBE after CONNACK, rather than pipelined behind `connect`.
     #[arg(long)]
     pub wait_connected: bool,
+    /// tether over MQTT: subscribers ask for a persistent session (`CONNECT` with Clean
+    /// Session 0), which the server keeps and saves in its store.
+    #[arg(long, requires = "mqtt")]
+    pub mqtt_session: bool,
 }
 
 impl TargetArgs {
@@ -198,6 +202,7 @@ impl TargetArgs {
             mqtt: self.mqtt,
             connect_only: false,
             wait_connected: self.wait_connected,
+            mqtt_session: self.mqtt_session,
         })
     }
 }
@@ -233,6 +238,9 @@ pub struct Target {
     /// [`TargetArgs::wait_connected`]).
     #[serde(default)]
     pub wait_connected: bool,
+    /// tether over MQTT: persistent sessions (see [`TargetArgs::mqtt_session`]).
+    #[serde(default)]
+    pub mqtt_session: bool,
 }
 
 impl fmt::Debug for Target {
@@ -250,6 +258,7 @@ impl fmt::Debug for Target {
             .field("mqtt", &self.mqtt)
             .field("connect_only", &self.connect_only)
             .field("wait_connected", &self.wait_connected)
+            .field("mqtt_session", &self.mqtt_session)
             .finish_non_exhaustive()
     }
 }

@@ -209,7 +209,7 @@ pub fn tether_connect(target: &Target, n: u64, out: &mut BytesMut) -> anyhow::Re
     let connect = tether_mqtt::Connect {
         version: tether_mqtt::Version::V311,
         client_id: format!("bench-{n}"),
-        clean_start: true,
+        clean_start: !target.mqtt_session,
         keep_alive: keep_alive_s(target),
         properties: tether_mqtt::Properties::default(),
         will: None,

@@ -34,6 +34,7 @@ pub(super) fn target(kind: Kind, addr: SocketAddr) -> Target {
         mqtt: false,
         connect_only: false,
         wait_connected: false,
+        mqtt_session: false,
     }
 }
 

@@ -10,12 +10,14 @@
 //! come back from the connection's bindings when it resumes (or are made again from their
 //! names, should a binding be gone).
 //!
-//! Only an idle state packs: nothing under way (no window, no waiting request), no persistent
-//! session and no will. Those hold handles to the store and to the webhook that a byte string
-//! cannot, and dropping a state that has them saves the session or sends the will
-//! (`will.rs`): a state without them drops as nothing, so a packed one that is dropped unread
-//! (a parked connection's clean-up) loses nothing. Packing and unpacking happen once per
-//! park and resume, beside a task spawn and two epoll updates that cost far more.
+//! Only an idle state packs: nothing under way (no window, no waiting request). A persistent
+//! session and a will are handles (to the store, to the webhook) rather than data: they are
+//! kept beside the bytes as they are ([`Beside`]), and what dropping a state does with them
+//! (save the session, send the will, `will.rs`) still happens when a parked connection ends
+//! without resuming (its clean-up drops its rest): the state is unpacked and dropped then. A
+//! state without them drops as nothing, so its bytes are simply freed. Packing and unpacking
+//! happen once per park and resume, beside a task spawn and two epoll updates that cost far
+//! more.
 
 use super::*;
 use crate::link::Binding;
@@ -25,42 +27,81 @@ use crate::link::Binding;
 pub enum ParkedState {
     /// An idle state without a persistent session or a will: see the module's doc.
     Packed(Box<[u8]>),
-    /// Any other state, as it is.
+    /// An idle state with a persistent session or a will.
+    Beside(Box<Beside>),
+    /// A state with something under way, as it is.
     Whole(Box<State>),
 }
 
+/// A packed state, and its persistent session and will beside it.
+#[derive(Debug)]
+pub struct Beside {
+    bytes: Box<[u8]>,
+    kept: Option<Box<session::Kept>>,
+    will: Option<Box<will::Left>>,
+}
+
+impl Drop for Beside {
+    /// A parked connection that ends without resuming ends its session as a running one
+    /// does: its state, unpacked and dropped, saves the session and sends the will.
+    fn drop(&mut self) {
+        if self.kept.is_none() && self.will.is_none() {
+            return;
+        }
+        let mut state = unpacked(&self.bytes, &[]);
+        state.kept = self.kept.take();
+        state.will = self.will.take();
+    }
+}
+
 impl ParkedState {
-    /// Packs `state` when it is idle and holds nothing that does not pack (see the module's
-    /// doc), after giving back its lists' spare room.
+    /// Packs `state` when nothing is under way, after giving back its lists' spare room.
     pub fn park(mut state: Box<State>) -> Self {
         state.compact();
-        if state.pending.is_some() || state.kept.is_some() || state.will.is_some() {
+        if state.pending.is_some() {
             return ParkedState::Whole(state);
         }
         let mut out = Vec::with_capacity(64);
         state.pack(&mut out);
         // Copied into an allocation of its own size rather than shrunk in place, which would
         // leave a hole behind it in the heap for as long as the connection stays parked.
-        // `state` has no session to save and no will to send: dropping it does nothing else.
-        ParkedState::Packed(Box::from(out.as_slice()))
+        let bytes = Box::from(out.as_slice());
+        // Taken out of `state`, which then has no session to save and no will to send:
+        // dropping it does nothing else.
+        match (state.kept.take(), state.will.take()) {
+            (None, None) => ParkedState::Packed(bytes),
+            (kept, will) => ParkedState::Beside(Box::new(Beside { bytes, kept, will })),
+        }
     }
 
     /// The state again, sharing the app ids of `bindings` (the connection's).
     pub fn resume(self, bindings: &[Binding]) -> Box<State> {
         match self {
             ParkedState::Whole(state) => state,
-            ParkedState::Packed(bytes) => match State::unpack(&bytes, bindings) {
-                Some(state) => Box::new(state),
-                None => {
-                    // Only a bug gets here: the bytes are this module's own. The connection
-                    // is not served on a state that is not its own: it answers nothing and
-                    // refuses the device's next packet, which closes it.
-                    tracing::error!("mqtt: a parked connection's state does not unpack");
-                    let mut state = Box::<State>::default();
-                    state.closing = true;
-                    state
-                }
-            },
+            ParkedState::Packed(bytes) => unpacked(&bytes, bindings),
+            ParkedState::Beside(mut beside) => {
+                let mut state = unpacked(&beside.bytes, bindings);
+                // Out of `beside` first, whose drop then has nothing left to end.
+                state.kept = beside.kept.take();
+                state.will = beside.will.take();
+                state
+            }
+        }
+    }
+}
+
+/// The state packed in `bytes`.
+fn unpacked(bytes: &[u8], bindings: &[Binding]) -> Box<State> {
+    match State::unpack(bytes, bindings) {
+        Some(state) => Box::new(state),
+        None => {
+            // Only a bug gets here: the bytes are this module's own. The connection is not
+            // served on a state that is not its own: it answers nothing and refuses the
+            // device's next packet, which closes it.
+            tracing::error!("mqtt: a parked connection's state does not unpack");
+            let mut state = Box::<State>::default();
+            state.closing = true;
+            state
         }
     }
 }
@@ -310,7 +351,10 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use proptest::prelude::*;
+    use tether_core::SavedSessions;
 
     use super::super::tests;
     use super::*;
@@ -439,30 +483,60 @@ mod tests {
     }
 
     #[test]
-    fn a_state_with_something_under_way_or_a_will_stays_whole() {
-        let waiting = || {
-            let mut s = tests::durable(64);
-            s.connected = false;
-            s.version = Some(Version::V311);
-            s
-        };
-        let mut s = waiting();
+    fn a_state_with_something_under_way_stays_whole() {
+        let mut s = tests::durable(64);
+        s.connected = false;
+        s.version = Some(Version::V311);
         let (mut frames, mut out) = (VecDeque::new(), BytesMut::new());
         tests::ask_subscribe(&mut s, &mut frames, &mut out, 1, "t0", QoS::AtMostOnce);
         assert!(matches!(
             ParkedState::park(Box::new(s)),
             ParkedState::Whole(_)
         ));
+    }
 
-        let mut s = waiting();
-        s.will = Some(Box::new(will::Left::Read {
-            app: 0,
-            kind: "gone".into(),
-            payload: Bytes::from_static(b"x"),
-        }));
-        assert!(matches!(
-            ParkedState::park(Box::new(s)),
-            ParkedState::Whole(_)
+    #[test]
+    fn a_will_waits_beside_a_packed_state_and_goes_when_the_connection_ends() {
+        // Resumed, then lost: the will goes when the running state is dropped.
+        let heard = Arc::new(will::tests::Heard::default());
+        let parked = ParkedState::park(Box::new(will::tests::armed(&heard)));
+        assert!(matches!(parked, ParkedState::Beside(_)));
+        assert!(heard.0.lock().unwrap().is_empty(), "not sent by parking");
+        let state = parked.resume(&[]);
+        assert!(heard.0.lock().unwrap().is_empty(), "not sent by resuming");
+        drop(state);
+        assert_eq!(heard.0.lock().unwrap().len(), 1);
+
+        // Ended while parked (its clean-up drops the rest): sent all the same.
+        let heard = Arc::new(will::tests::Heard::default());
+        drop(ParkedState::park(Box::new(will::tests::armed(&heard))));
+        let wills = heard.0.lock().unwrap();
+        assert_eq!((wills.len(), wills[0].kind.as_str()), (1, "gone"));
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_is_saved_when_a_parked_connection_ends() {
+        let store = Arc::new(tether_core::MemoryStore::default());
+        let tasks = tokio_util::task::TaskTracker::new();
+        let mut s = tests::durable(64);
+        s.version = Some(Version::V311);
+        tests::subscribe(&mut s, 1, "t0");
+        s.kept = Some(session::tests::kept(
+            store.clone(),
+            tasks.clone(),
+            ("demo", "u"),
         ));
+        let parked = ParkedState::park(Box::new(s));
+        assert!(matches!(parked, ParkedState::Beside(_)));
+        drop(parked);
+        tasks.close();
+        tasks.wait().await;
+        let saved = store
+            .saved_session(&"demo".into(), &"u".into(), &"d".into(), 0)
+            .await
+            .unwrap()
+            .expect("saved when the parked connection ended");
+        let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+        assert_eq!(saved["t"][0]["t"], "t0", "{saved}");
     }
 }

@@ -342,10 +342,31 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tether_core::MemoryStore;
 
     use super::*;
+
+    /// A persistent session of device `d` and one (app, user), saved to `store` for 60 s.
+    pub(in crate::transport::mqtt::state) fn kept(
+        store: Arc<MemoryStore>,
+        tasks: TaskTracker,
+        (app, user): (&str, &str),
+    ) -> Box<Kept> {
+        Box::new(Kept {
+            saver: Arc::new(Saver {
+                runtime: tokio::runtime::Handle::current(),
+                tasks,
+                store,
+                device: DeviceId::from("d"),
+                users: vec![(app.into(), user.into())],
+                next: Mutex::default(),
+            }),
+            expiry_s: 60,
+            max_s: 60,
+            restored: Vec::new(),
+        })
+    }
 
     fn apps(names: &[&str]) -> Vec<AppInbox> {
         names.iter().map(|a| AppInbox::new((*a).into())).collect()

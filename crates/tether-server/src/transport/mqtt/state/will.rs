@@ -106,7 +106,7 @@ impl Drop for State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Mutex;
 
     use tether_core::ConnId;
@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Default)]
-    struct Heard(Mutex<Vec<Will>>);
+    pub(in crate::transport::mqtt::state) struct Heard(pub Mutex<Vec<Will>>);
 
     impl Wills for Heard {
         fn will(&self, will: Will) {
@@ -122,7 +122,7 @@ mod tests {
         }
     }
 
-    fn armed(heard: &Arc<Heard>) -> State {
+    pub(in crate::transport::mqtt::state) fn armed(heard: &Arc<Heard>) -> State {
         let mut s = State::default();
         s.version = Some(Version::V5);
         s.connected = true;
