@@ -22,8 +22,9 @@
 //! # On drop
 //! Dropping the state of a connection that was connected ends its MQTT session: the session
 //! is saved a last time (or forgotten), and the will is sent unless the connection ended with
-//! a goodbye ([`will`]). A parked connection keeps its state in its rest, so only the
-//! connection's end drops it.
+//! a goodbye ([`will`]). A parked connection keeps its state in its rest, packed with its
+//! session and will beside it ([`packed`]): the state dropped when it parks has neither, and
+//! the connection's end, parked or not, drops one that has them.
 
 use std::collections::VecDeque;
 

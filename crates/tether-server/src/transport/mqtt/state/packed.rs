@@ -6,9 +6,9 @@
 //! topic's name: about 330 bytes with glibc's chunk headers and rounding), which put an idle
 //! MQTT connection 0.3-0.4 KiB above a TCP one and above Mosquitto's (`docs/benchmarks.md`).
 //! Packed, the same state is one allocation of a few tens of bytes: counters as LEB128
-//! varints, flags as bits, names as length-prefixed bytes. The app ids are not copied: they
-//! come back from the connection's bindings when it resumes (or are made again from their
-//! names, should a binding be gone).
+//! varints, flags as bits, names as length-prefixed bytes. An app is packed as its name, and
+//! comes back as the connection's binding's own id when it resumes (or as a new one, should
+//! the binding be gone): the parked state holds no reference to it.
 //!
 //! Only an idle state packs: nothing under way (no window, no waiting request). A persistent
 //! session and a will are handles (to the store, to the webhook) rather than data: they are
@@ -126,8 +126,9 @@ const SYNCING: u8 = 1;
 const ASSIGNED: u8 = 1 << 1;
 
 impl State {
-    /// Appends the state's fields (all but the persistent session, the will and what is
-    /// under way, which [`ParkedState::park`] leaves whole).
+    /// Appends the state's fields: all but the persistent session and the will, which
+    /// [`ParkedState::park`] keeps beside the bytes, and what is under way, with which it
+    /// keeps the state whole.
     fn pack(&self, out: &mut Vec<u8>) {
         let version = match self.version {
             None => 0,
