@@ -12,10 +12,10 @@
 //! # Memory
 //! The read buffer exists only while a packet is arriving (sized from its fixed header, see
 //! [`tether_mqtt::check`]); the write buffer only while a translated packet is being written.
-//! Parked, a connection keeps its carrier's rest and the translation state, packed into one
-//! byte string when it is idle and has no persistent session or will ([`ParkedState`]),
-//! otherwise boxed, its lists without spare room and without the room for what is under way
-//! ([`State::compact`]; the state's size is pinned by a test). It does not park while it
+//! Parked, a connection keeps its carrier's rest and the translation state: packed into one
+//! byte string when nothing is under way, its persistent session and will beside it
+//! ([`ParkedState`]); otherwise boxed, its lists without spare room ([`State::compact`]; the
+//! state's size is pinned by a test). It does not park while it
 //! waits for an answer of the session's ([`Wire::parkable`] below).
 
 pub mod state;
@@ -343,7 +343,15 @@ impl<C: Carrier> Wire for MqttWire<C> {
         bindings: &[Binding],
     ) -> Self {
         let state = rest.state.resume(bindings);
-        Self::with_state(C::resume(stream, rest.carrier), max_frame, state)
+        let lost = state.is_none();
+        let mut wire = Self::with_state(
+            C::resume(stream, rest.carrier),
+            max_frame,
+            state.unwrap_or_default(),
+        );
+        // A state that did not unpack (a bug, logged): the connection ends as if lost.
+        wire.gone = lost;
+        wire
     }
 
     fn takes_over(&self) -> bool {

@@ -48,9 +48,10 @@ impl Drop for Beside {
         if self.kept.is_none() && self.will.is_none() {
             return;
         }
-        let mut state = unpacked(&self.bytes, &[]);
-        state.kept = self.kept.take();
-        state.will = self.will.take();
+        if let Some(mut state) = unpacked(&self.bytes, &[]) {
+            state.kept = self.kept.take();
+            state.will = self.will.take();
+        }
     }
 }
 
@@ -74,36 +75,32 @@ impl ParkedState {
         }
     }
 
-    /// The state again, sharing the app ids of `bindings` (the connection's).
-    pub fn resume(self, bindings: &[Binding]) -> Box<State> {
+    /// The state again, sharing the app ids of `bindings` (the connection's). `None` when it
+    /// does not unpack, which only a bug can cause (the bytes are this module's own): the
+    /// connection is then ended rather than served on a state that is not its own.
+    pub fn resume(self, bindings: &[Binding]) -> Option<Box<State>> {
         match self {
-            ParkedState::Whole(state) => state,
+            ParkedState::Whole(state) => Some(state),
             ParkedState::Packed(bytes) => unpacked(&bytes, bindings),
             ParkedState::Beside(mut beside) => {
-                let mut state = unpacked(&beside.bytes, bindings);
                 // Out of `beside` first, whose drop then has nothing left to end.
-                state.kept = beside.kept.take();
-                state.will = beside.will.take();
-                state
+                let (kept, will) = (beside.kept.take(), beside.will.take());
+                let mut state = unpacked(&beside.bytes, bindings)?;
+                state.kept = kept;
+                state.will = will;
+                Some(state)
             }
         }
     }
 }
 
-/// The state packed in `bytes`.
-fn unpacked(bytes: &[u8], bindings: &[Binding]) -> Box<State> {
-    match State::unpack(bytes, bindings) {
-        Some(state) => Box::new(state),
-        None => {
-            // Only a bug gets here: the bytes are this module's own. The connection is not
-            // served on a state that is not its own: it answers nothing and refuses the
-            // device's next packet, which closes it.
-            tracing::error!("mqtt: a parked connection's state does not unpack");
-            let mut state = Box::<State>::default();
-            state.closing = true;
-            state
-        }
+/// The state packed in `bytes`, or `None` (logged).
+fn unpacked(bytes: &[u8], bindings: &[Binding]) -> Option<Box<State>> {
+    let state = State::unpack(bytes, bindings).map(Box::new);
+    if state.is_none() {
+        tracing::error!("mqtt: a parked connection's state does not unpack");
     }
+    state
 }
 
 // Flags of the state's first byte (its version in the two lowest bits).
@@ -267,6 +264,11 @@ impl State {
                 0 => None,
                 _ => Some(r.str()?.to_string()),
             };
+            // What the rest of the state indexes by: an app that is there, an id that is not
+            // the inbox's.
+            if usize::from(app) >= s.apps.len() || id == 0 {
+                return None;
+            }
             s.topics.push(TopicName {
                 app,
                 topic,
@@ -387,7 +389,7 @@ mod tests {
             proptest::option::of("\\PC{0,20}"),
             any::<(bool, bool, bool)>(),
             0u8..3,
-            any::<(u16, u64, u64)>(),
+            (1..=u16::MAX, any::<u64>(), any::<u64>()),
         )
             .prop_map(
                 |(app, topic, name, (own, gap, recovering), qos, (id, offset, acked))| TopicName {
@@ -425,6 +427,12 @@ mod tests {
             (s.session_expiry, s.next_packet_id, s.next_req) = (expiry, packet_id, req);
             (s.receive_max, s.max_packet, s.unknown_acks) = (receive_max, max_packet, unknown);
             s.assigned = assigned;
+            // A topic is of one of the connection's apps.
+            let mut topics = topics;
+            match apps.len() {
+                0 => topics.clear(),
+                n => topics.iter_mut().for_each(|t| t.app %= n as u8),
+            }
             s.apps = apps;
             s.topics = topics;
             s.reply_subs = reply_subs;
@@ -474,13 +482,30 @@ mod tests {
         eprintln!("packed: {} bytes", bytes.len());
         assert!(bytes.len() <= 40, "{} bytes", bytes.len());
         let bindings = [binding("demo")];
-        let back = parked.resume(&bindings);
+        let back = parked.resume(&bindings).expect("unpacks");
         assert!(std::ptr::eq(
             back.apps[0].app.as_str(),
             bindings[0].app.as_str()
         ));
         assert_eq!(back.topics[0].topic, "t0");
         assert_eq!(back.apps[0].inbox, Inbox::Durable);
+    }
+
+    #[test]
+    fn bytes_that_do_not_unpack_resume_no_state() {
+        assert!(
+            ParkedState::Packed(Box::from(&[0xff][..]))
+                .resume(&[])
+                .is_none()
+        );
+        // A topic of an app the state does not have would be indexed out of bounds later.
+        let mut s = tests::durable(64);
+        s.connected = false;
+        tests::subscribe(&mut s, 1, "t0");
+        s.topics[0].app = 1;
+        let mut bytes = Vec::new();
+        s.pack(&mut bytes);
+        assert!(State::unpack(&bytes, &[]).is_none());
     }
 
     #[test]
@@ -503,7 +528,7 @@ mod tests {
         let parked = ParkedState::park(Box::new(will::tests::armed(&heard)));
         assert!(matches!(parked, ParkedState::Beside(_)));
         assert!(heard.0.lock().unwrap().is_empty(), "not sent by parking");
-        let state = parked.resume(&[]);
+        let state = parked.resume(&[]).expect("unpacks");
         assert!(heard.0.lock().unwrap().is_empty(), "not sent by resuming");
         drop(state);
         assert_eq!(heard.0.lock().unwrap().len(), 1);
