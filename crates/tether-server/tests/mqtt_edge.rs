@@ -593,3 +593,35 @@ async fn an_mqtt_websocket_close_waits_for_the_device_to_answer() {
         .await
         .expect("closed once the device answered");
 }
+
+/// A device that sends a SUBSCRIBE per topic without waiting for the SUBACKs, as clients
+/// joining rooms one by one do, gets every topic: past the SUBSCRIBEs that may wait for the
+/// session at once (8), the connection reads the next only once an answer came, rather than
+/// refusing it (which made pipelined subscribes fail at random).
+#[tokio::test]
+async fn twelve_subscribes_sent_at_once_are_all_granted_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let node = start(Config::for_tests()).await;
+    let mut s = tokio::net::TcpStream::connect(node.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("connect");
+    let mut bytes = connect_packet("rooms", "joiner");
+    for id in 1..=12u8 {
+        let topic = format!("room-{id}");
+        let mut body = vec![0, id, 0, topic.len() as u8];
+        body.extend_from_slice(topic.as_bytes());
+        body.push(0x00);
+        bytes.extend_from_slice(&packet(0x82, &body));
+    }
+    s.write_all(&bytes).await.expect("write");
+    let mut read = Vec::new();
+    let got = read_packets(&mut s, &mut read, 13).await;
+    assert_eq!(got[0], (0x20, vec![0, 0]), "CONNACK accepted");
+    for (id, suback) in (1..=12u8).zip(&got[1..]) {
+        assert_eq!(
+            *suback,
+            (0x90, vec![0, id, 0x00]),
+            "SUBACK {id}: granted QoS 0"
+        );
+    }
+}

@@ -203,6 +203,11 @@ impl<C: Carrier> Wire for MqttWire<C> {
                 // Told why already; the gateway closes after what is being written.
                 return Poll::Pending;
             }
+            if !self.state.reads_more() {
+                // Subscribes wait for their answers: the next packet is read once one comes
+                // (a queued frame, which wakes the task).
+                return Poll::Pending;
+            }
             if self.out.len() >= OUT_LIMIT {
                 // The wire's own answers (PUBACK, PUBCOMP, SUBACK...) are not in the
                 // connection's budgeted outbox: a client that sends requests without reading

@@ -48,8 +48,10 @@ pub use packed::ParkedState;
 /// Receive Maximum.
 pub const MAX_UPSTREAMS: u16 = 32;
 
-/// SUBSCRIBEs and UNSUBSCRIBEs waiting for the session's answers at most; the filters of one
-/// past them are refused (0x97 Quota exceeded).
+/// SUBSCRIBEs and UNSUBSCRIBEs waiting for the session's answers at most: past them the wire
+/// reads no more packets until an answer comes (see [`State::reads_more`]), as a server that
+/// answers slowly would. Clients commonly send a SUBSCRIBE per topic without waiting for the
+/// SUBACKs; refusing those past the limit made them fail at random.
 pub const MAX_WAITING_ACKS: usize = 8;
 
 /// `$tether/reply/...` subscriptions (3.1.1's replies) a connection holds at most.
@@ -466,6 +468,13 @@ impl State {
     pub fn waiting(&self) -> bool {
         let p = self.pending();
         !p.reqs.is_empty() || !p.acks.is_empty() || !p.ups.is_empty() || self.syncing
+    }
+
+    /// Whether the wire may read the device's next packet: not while [`MAX_WAITING_ACKS`]
+    /// SUBACKs and UNSUBACKs wait for the session's answers, whose arrival wakes the
+    /// connection's task again. The device's packets wait in the socket meanwhile.
+    pub fn reads_more(&self) -> bool {
+        self.pending().acks.len() < MAX_WAITING_ACKS
     }
 
     fn take_req(&mut self, id: u32) -> Option<Req> {

@@ -27,7 +27,6 @@ impl State {
             .user()
             .find(|(k, _)| *k == "token")
             .map(|(_, t)| t.to_string());
-        let busy = self.pending().acks.len() >= MAX_WAITING_ACKS;
         let mut codes = vec![None; s.filters.len()];
         let mut inbox_changed = false;
         for (index, (filter, options)) in s.filters.into_iter().enumerate() {
@@ -56,7 +55,6 @@ impl State {
                 }
                 Filter::Reply => ReasonCode::QUOTA_EXCEEDED,
                 Filter::Refused(code) => code,
-                Filter::Topic { .. } if busy => ReasonCode::QUOTA_EXCEEDED,
                 Filter::Topic { app, topic } => {
                     // A topic the session holds resumes from where it stood (section 5).
                     let since = self
@@ -108,7 +106,6 @@ impl State {
         frames: &mut VecDeque<Frame>,
         out: &mut BytesMut,
     ) -> Result<Flow, Fail> {
-        let busy = self.pending().acks.len() >= MAX_WAITING_ACKS;
         let mut codes = vec![None; u.filters.len()];
         for (index, filter) in u.filters.into_iter().enumerate() {
             codes[index] = Some(match self.classify(&filter) {
@@ -132,7 +129,6 @@ impl State {
                     self.reply_subs.retain(|s| *s != filter);
                     ReasonCode::SUCCESS
                 }
-                Filter::Topic { .. } if busy => ReasonCode::UNSPECIFIED_ERROR,
                 Filter::Topic { app, topic } => {
                     if !self.topics.iter().any(|t| t.app == app && t.topic == topic) {
                         ReasonCode::NO_SUBSCRIPTION_EXISTED
