@@ -15,8 +15,8 @@
 //! Parked, a connection keeps its carrier's rest and the translation state: packed into one
 //! byte string when nothing is under way, its persistent session and will beside it
 //! ([`ParkedState`]); otherwise boxed, its lists without spare room ([`State::compact`]; the
-//! state's size is pinned by a test). It does not park while it
-//! waits for an answer of the session's ([`Wire::parkable`] below).
+//! state's size is pinned by a test). It does not park while it waits for an answer of the
+//! session's ([`Wire::parkable`] below).
 
 pub mod state;
 
