@@ -56,10 +56,11 @@ impl Drop for Beside {
 }
 
 impl ParkedState {
-    /// Packs `state` when nothing is under way, after giving back its lists' spare room.
+    /// Packs `state` when nothing is under way; otherwise keeps it whole, its lists without
+    /// spare room. (A packed state's lists are dropped, so they are not shrunk first.)
     pub fn park(mut state: Box<State>) -> Self {
-        state.compact();
-        if state.pending.is_some() {
+        if state.pending.as_deref().is_some_and(|p| !p.is_empty()) {
+            state.compact();
             return ParkedState::Whole(state);
         }
         let mut out = Vec::with_capacity(64);
