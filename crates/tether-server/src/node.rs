@@ -306,7 +306,7 @@ impl Node {
                 .clone()
                 .watch(config.tls.watch_interval, shutdown.clone()),
         );
-        let app = crate::api::timing::timed(crate::api::http_router(api, ops, http_guard));
+        let app = crate::api::http_router(api, ops, http_guard);
         let https_task = match (https, &certs.https) {
             (Some(listener), Some(certs)) => {
                 let timeout = config.gateway.handshake_timeout;

@@ -59,7 +59,7 @@ pub mod openapi;
 pub mod ops;
 mod profile;
 mod schema;
-pub mod timing;
+mod timing;
 mod topics;
 
 pub use console::router as console;
@@ -108,11 +108,14 @@ impl Api {
     pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let limit = self.body_limit;
         let timeout = self.timeout;
+        // One `Router::layer` for both, the timeout outside (see [`edge`]).
         Self::route_table()
-            .layer(DefaultBodyLimit::max(limit))
-            .layer(axum::middleware::from_fn(move |request, next| {
-                request_timeout(timeout, request, next)
-            }))
+            .layer((
+                axum::middleware::from_fn(move |request, next| {
+                    request_timeout(timeout, request, next)
+                }),
+                DefaultBodyLimit::max(limit),
+            ))
             .with_state(self)
     }
 
@@ -338,28 +341,24 @@ pub fn document() -> serde_json::Value {
 }
 
 /// The HTTP listener's routes: the business API, readiness, the admin API, the dispatcher,
-/// `GET /v1/openapi.json` with their document, and the web console; behind `guard` (see
-/// [`guarded`]).
+/// `GET /v1/openapi.json` with their document, and the web console; each request timed
+/// ([`timing`]) and behind `guard` (see [`guarded`]).
 pub fn http_router(api: Arc<Api>, ops: Arc<Ops>, guard: HttpGuard) -> Router {
     let (router, _) = openapi::serve(api.routes().merge(ops.routes()));
     // The web console's static files: not API routes, so not in the document.
-    guarded(router.merge(console()), guard)
+    edge(router.merge(console()), guard)
 }
 
-/// `router` behind the HTTP listener's `guard` as last reloaded: a client whose address it
-/// refuses gets `403`. The server must be run with
-/// `into_make_service_with_connect_info::<Peer>()`: while the guard checks addresses, a
-/// request without its peer's address is refused, not waved through.
-pub fn guarded(router: Router, guard: HttpGuard) -> Router {
+/// `router` with every request timed and behind the listener's guard, the timing outside so
+/// that it also times the guard's refusals. Both in one `from_fn` layer: each `Router::layer`
+/// wraps every route in one more boxed service, which every request clones, and each `from_fn`
+/// boxes its inner service and its future again (docs/benchmarks.md, "single requests, where
+/// the instructions go").
+fn edge(router: Router, guard: HttpGuard) -> Router {
     router.layer(axum::middleware::from_fn(
         move |request: Request, next: Next| {
-            let guard = guard.load();
-            let allowed = !guard.checks_ips()
-                || request
-                    .extensions()
-                    .get::<ConnectInfo<Peer>>()
-                    .is_some_and(|ConnectInfo(Peer(addr))| guard.check_ip(addr.ip()).is_ok());
-            async move {
+            let allowed = guarded(&guard, &request);
+            timing::time(request, move |request| async move {
                 if allowed {
                     next.run(request).await
                 } else {
@@ -370,9 +369,22 @@ pub fn guarded(router: Router, guard: HttpGuard) -> Router {
                     )
                     .into_response()
                 }
-            }
+            })
         },
     ))
+}
+
+/// Whether the listener's guard as last reloaded lets `request` through: a client whose
+/// address it refuses gets `403`. The server must be run with
+/// `into_make_service_with_connect_info::<Peer>()`: while the guard checks addresses, a
+/// request without its peer's address is refused, not waved through.
+fn guarded(guard: &HttpGuard, request: &Request) -> bool {
+    let guard = guard.load();
+    !guard.checks_ips()
+        || request
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .is_some_and(|ConnectInfo(Peer(addr))| guard.check_ip(addr.ip()).is_ok())
 }
 
 /// Answers 408 when a request (its body included) takes longer than `limit`.

@@ -9,18 +9,17 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
+use axum::response::Response;
 
-/// `router` with every request timed. Apply it last, so that it also times the answers of the
-/// layers inside it (the listener's guard, the body limit, the request timeout).
-pub fn timed(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(time))
-}
-
-async fn time(request: Request, next: Next) -> axum::response::Response {
+/// Times one request, answered by `inner`: the listener's guard, and through it the route (its
+/// body limit and request timeout included). Called by [`super::http_router`]'s one layer
+/// over every route, so that it also times the guard's refusals.
+pub(super) async fn time<F>(request: Request, inner: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = Instant::now();
     // A method outside the standard ones would be a label value a client chooses: bounded
     // here to `other`.
@@ -36,7 +35,7 @@ async fn time(request: Request, next: Next) -> axum::response::Response {
     };
     // Cloned: an `Arc<str>` inside.
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
+    let response = inner(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     crate::metrics::http_request(
         method,
