@@ -283,7 +283,7 @@ impl Default for PushWriteMetrics {
 ///
 /// Each series' handle is looked up in the recorder once and kept in [`HTTP_SERIES`]: a lookup
 /// there builds three label strings and a key and hashes them, six allocations a request on
-/// the single-push path (docs/benchmarks.md, "single requests, where the instructions go").
+/// the single-push path (docs/benchmarks.md, "where a push's instructions went").
 pub fn http_request(method: &'static str, route: &str, status: u16, seconds: f64) {
     let table = &*HTTP_SERIES;
     let hash = series_hash(method, route, status);

@@ -352,8 +352,8 @@ pub fn http_router(api: Arc<Api>, ops: Arc<Ops>, guard: HttpGuard) -> Router {
 /// `router` with every request timed and behind the listener's guard, the timing outside so
 /// that it also times the guard's refusals. Both in one `from_fn` layer: each `Router::layer`
 /// wraps every route in one more boxed service, which every request clones, and each `from_fn`
-/// boxes its inner service and its future again (docs/benchmarks.md, "single requests, where
-/// the instructions go").
+/// boxes its inner service and its future again (docs/benchmarks.md, "where a push's
+/// instructions went").
 fn edge(router: Router, guard: HttpGuard) -> Router {
     router.layer(axum::middleware::from_fn(
         move |request: Request, next: Next| {
