@@ -12,7 +12,8 @@
 # server, and prints the instructions and `__rust_alloc` calls of all the server's threads per
 # message, with the functions that cost the most (self) and where the allocations come from.
 # Everything the server does while instrumented counts: its heartbeats and sweeps are in the
-# figure, and so are the handshakes of the users the run connects.
+# figure, and so are the handshakes of the users the run connects, the load generator's reads
+# of their inbox heads, and its wait for the last deliveries; the shutdown is not.
 #
 # Environment (defaults in brackets):
 #   TETHER_BIN [target/release/tether]   TETHER_BENCH [target/release/tether-bench]
@@ -43,39 +44,47 @@ fi
     echo "build them first: cargo build --release -p tether -p tether-bench" >&2
     exit 1
 }
+rm -rf "$OUT/data"
 mkdir -p "$OUT/data"
-port_free 7400
-port_free 7480
+for port in 7400 7401 7480; do port_free $port; done
 
 TETHER_NODE__DATA_DIR=$OUT/data TETHER_STORE__BACKEND=${STORE:-embedded} \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
     "$bin" serve --config "$repo/bench/tether.toml" >"$OUT/server.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true' EXIT
-wait_port 7480 120
+# Under callgrind a start takes seconds; a server that died does not make us wait.
+for _ in $(seq 1200); do
+    (exec 3<>/dev/tcp/127.0.0.1/7480) 2>/dev/null && break
+    kill -0 "$server" 2>/dev/null || { echo "the server ended: $OUT/server.log" >&2; exit 1; }
+    sleep 0.1
+done
+wait_port 7480 1
 # The node's start-up goes on for a moment after the API listens (its first sweeps, the
 # store's background work): not counted either.
 sleep 2
 callgrind_control -i on "$server" >/dev/null
 
 "$bench" unicast --http 127.0.0.1:7480 --addr 127.0.0.1:7400 "${args[@]}" | tee "$OUT/unicast.txt"
+# The shutdown (closing connections, flushing the store) is not the workload's.
+callgrind_control -i off "$server" >/dev/null
 kill -TERM "$server"
 wait "$server" || true
 trap - EXIT
 
-# Messages the server took while instrumented: warm-up and window, from the load generator's
-# "accepted" count of the window and its rate over the warm-up.
+# Messages the server took while instrumented: the window's, counted by the load generator,
+# and the warm-up's at the window's rate (its "window  12.0 s after 2.0 s warm-up" line).
 accepted=$(sed -n 's/^messages\/s *[0-9]* *(\([0-9]*\) accepted).*/\1/p' "$OUT/unicast.txt")
-[[ -n $accepted ]] || { echo "no messages/s line in $OUT/unicast.txt" >&2; exit 1; }
-python3 - "$OUT" "$accepted" "${args[*]}" <<'EOF' | tee "$OUT/report.txt"
+window=$(sed -n 's/^window *\([0-9.]*\) s after \([0-9.]*\) s warm-up.*/\1 \2/p' "$OUT/unicast.txt")
+if [[ -z $accepted || $accepted == 0 || -z $window ]]; then
+    echo "no messages accepted, or no window line, in $OUT/unicast.txt" >&2
+    exit 1
+fi
+python3 - "$OUT" "$accepted" $window <<'EOF' | tee "$OUT/report.txt"
 import re, subprocess, sys
-out, accepted, args = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-# The warm-up's messages count too: the window's rate times the warm-up's length.
-warmup = re.search(r"--warmup (\d+)s", args)
-duration = re.search(r"--duration (\d+)s", args)
-total = accepted
-if warmup and duration:
-    total = round(accepted * (1 + int(warmup.group(1)) / int(duration.group(1))))
+out, accepted = sys.argv[1], int(sys.argv[2])
+duration, warmup = float(sys.argv[3]), float(sys.argv[4])
+total = round(accepted * (1 + warmup / duration))
 def annotate(*extra):
     return subprocess.run(["callgrind_annotate", "--threshold=100", *extra, f"{out}/callgrind.out"],
                           capture_output=True, text=True, check=True).stdout.splitlines()
@@ -89,15 +98,18 @@ print(f"messages       {total} (the window's {accepted} and the warm-up's)")
 print(f"instructions   {program / total:,.0f} per message, all of the server's threads")
 # Calls of __rust_alloc, by caller (the caller tree lists each caller with its call count).
 tree = annotate("--inclusive=yes", "--tree=caller")
-at = next(i for i, l in enumerate(tree) if "*  " in l and "__rustc::__rust_alloc [" in l)
+at = next((i for i, l in enumerate(tree) if "*  " in l and "__rust_alloc [" in l), None)
 callers = []
-for line in reversed(tree[:at]):
+for line in reversed(tree[:at] if at is not None else []):
     if not line.strip():
         break
     m = re.search(r"<\s+(.*?)\s+\(([\d,]+)x\)", line)
     if m:
         callers.append((int(m.group(2).replace(",", "")), m.group(1).replace("???:", "")))
-print(f"allocations    {sum(c for c, _ in callers) / total:.1f} per message")
+if at is None:
+    print("allocations    (no __rust_alloc in the profile)")
+else:
+    print(f"allocations    {sum(c for c, _ in callers) / total:.1f} per message (__rust_alloc calls)")
 print("\nmost instructions (self), per message:")
 for ir, name in [r for r in rows if r[1] != "PROGRAM TOTALS"][:25]:
     print(f"{ir / total:9,.0f}  {name.replace('???:', '')[:150]}")

@@ -296,6 +296,8 @@ pub fn http_request(method: &'static str, route: &str, status: u16, seconds: f64
         series.histogram.record(seconds);
         return;
     }
+    // The recorder first: a handle taken before it is installed would be a no-op one, kept.
+    prometheus();
     let labels = [
         ("method", method.to_owned()),
         ("route", route.to_owned()),

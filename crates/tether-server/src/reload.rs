@@ -12,7 +12,7 @@
 //! - each app's API request rate;
 //! - the TCP and WebSocket listeners' access lists, per-IP rates and origins (the next
 //!   accepted connection meets them), and the HTTP API's address lists and origins (the next
-//!   request meets them: [`crate::api::guarded`], [`Cors`]);
+//!   request meets them: `crate::api::guarded`, [`Cors`]);
 //! - the WebSocket listeners' affinity cookie (`listen.affinity_cookie*`: the next upgrade or
 //!   stream answered sets the new one);
 //! - the TLS listeners' certificates and keys, and the HTTPS API's client CA (the next

@@ -38,7 +38,7 @@ pub struct Cors {
 }
 
 /// The HTTP listener's guard as last reloaded, shared by the address check of every route
-/// ([`super::guarded`]) and the CORS of the client-facing ones.
+/// (`super::guarded`) and the CORS of the client-facing ones.
 pub type HttpGuard = Arc<ArcSwap<Guard>>;
 
 impl Cors {
@@ -48,7 +48,7 @@ impl Cors {
     }
 
     /// Takes a reloaded configuration's HTTP guard: the next request meets its origins here,
-    /// and its address lists in [`super::guarded`].
+    /// and its address lists in `super::guarded`.
     pub fn reload(&self, guard: Arc<Guard>) {
         self.guard.store(guard);
     }

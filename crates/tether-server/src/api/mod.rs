@@ -20,7 +20,7 @@
 //! Bearer <api key>`: no key or an unknown one answers 401, another app's key answers 403.
 //! Errors are JSON: `{"error": "...", "code": "..."}`. A client whose address the listener's
 //! guard (`listen.http_access`) refuses gets `403` with the code `forbidden` on every route
-//! ([`guarded`]).
+//! (`guarded`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,7 +108,8 @@ impl Api {
     pub fn routes(self: Arc<Self>) -> OpenApiRouter {
         let limit = self.body_limit;
         let timeout = self.timeout;
-        // One `Router::layer` for both, the timeout outside (see [`edge`]).
+        // One `Router::layer` for both, the timeout outside the body limit: each `Router::layer`
+        // costs every request a boxed clone (see [`edge`]).
         Self::route_table()
             .layer((
                 axum::middleware::from_fn(move |request, next| {
@@ -342,7 +343,7 @@ pub fn document() -> serde_json::Value {
 
 /// The HTTP listener's routes: the business API, readiness, the admin API, the dispatcher,
 /// `GET /v1/openapi.json` with their document, and the web console; each request timed
-/// ([`timing`]) and behind `guard` (see [`guarded`]).
+/// (`timing`) and behind `guard` (see `guarded`).
 pub fn http_router(api: Arc<Api>, ops: Arc<Ops>, guard: HttpGuard) -> Router {
     let (router, _) = openapi::serve(api.routes().merge(ops.routes()));
     // The web console's static files: not API routes, so not in the document.
